@@ -1,0 +1,3 @@
+"""mrc-cli: fine-tune ALBERT/BERT-family encoders for extractive reading comprehension."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from mrc_cli.cli import main
+
+main()

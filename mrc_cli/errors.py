@@ -1,0 +1,17 @@
+"""Exceptions a user can see: each message names the file, the record, the problem and what to do."""
+
+
+class MrcError(Exception):
+    """Base class; the CLI prints `Error: <message>` and exits 1 without a traceback."""
+
+
+class DataError(MrcError):
+    """A data file is unreadable, of the wrong shape, or unusable for the requested job."""
+
+
+class ConfigError(MrcError):
+    """A config file, flag or override is invalid."""
+
+
+class CheckpointError(MrcError):
+    """A checkpoint or model folder is missing, incomplete or unsafe to load."""
