@@ -1,0 +1,128 @@
+"""The `mrc` command line: each command parses its flags, calls one library function and prints a summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from mrc_cli.errors import MrcError
+
+_debug = False
+
+
+class _UserErrorsGroup(TyperGroup):
+    """The one edge where our errors become `Error: ...` and exit 1; `--debug` keeps the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MrcError as err:
+            if _debug:
+                raise
+            typer.echo(f"Error: {err}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_UserErrorsGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Fine-tune ALBERT/BERT encoders for extractive reading comprehension (SQuAD, CMRC 2018).",
+)
+
+Use = Literal["train", "eval", "predict"]
+DataArg = Annotated[str, typer.Argument(help="A .json (SQuAD-style), .jsonl file, saved dataset folder or Hub name[:split].")]
+FormatOpt = Annotated[Literal["auto", "squad", "jsonl", "hf"], typer.Option("--format", help="Input format (detected by default).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config (YAML).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: section.key=value.")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
+    global _debug
+    _debug = debug
+
+
+@app.command()
+def validate(
+    data: DataArg,
+    use: Annotated[Use, typer.Option("--for", help="What the file is for: train needs answer positions, eval answer texts.")] = "train",
+    fmt: FormatOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check a data file and report counts, repairs and errors. Exit 0 when it is usable for --for, 1 when not."""
+    from mrc_cli.validate import validate_file
+
+    report = validate_file(data, use, fmt)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        typer.echo(report.summary())
+        for title, lines in (("repairs", report.repairs), ("warnings", report.warnings), ("errors", report.errors)):
+            if lines:
+                typer.echo(f"{title}:\n  " + "\n  ".join(lines))
+        typer.echo(f"usable for {use}: {'yes' if report.usable else 'no'}")
+    raise typer.Exit(0 if report.usable else 1)
+
+
+@app.command()
+def preprocess(
+    data: Annotated[str, typer.Option("--data", help="Data file, dataset folder or Hub name[:split].")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to save the features in (datasets.save_to_disk).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Model folder or Hub id whose tokenizer to use.")] = None,
+    use: Annotated[Use, typer.Option("--for", help="train/eval features carry labels; predict features do not.")] = "train",
+    config: ConfigOpt = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="auto | squad | jsonl | hf")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Tokens per window.")] = None,
+    doc_stride: Annotated[Optional[int], typer.Option(help="Tokens shared by neighbouring windows.")] = None,
+    max_query_length: Annotated[Optional[int], typer.Option(help="Questions are cut to this many tokens.")] = None,
+    word_segmenter: Annotated[Optional[str], typer.Option(help="tokenizer | chars | jieba | module:function")] = None,
+    num_proc: Annotated[Optional[int], typer.Option(help="Tokenizer processes.")] = None,
+    sets: SetOpt = None,
+) -> None:
+    """Tokenize a data file into windowed features with offsets, word ids and labels; cached for the next run."""
+    from mrc_cli.config import load_config
+    from mrc_cli.features import preprocess_file
+
+    cfg = load_config(config, _flags(
+        model__name_or_path=model, data__format=fmt, data__max_seq_length=max_seq_length, data__doc_stride=doc_stride,
+        data__max_query_length=max_query_length, data__word_segmenter=word_segmenter, data__num_proc=num_proc,
+    ), sets or [])
+    _, report, summary = preprocess_file(data, cfg.model, cfg.data, use, out)
+    typer.echo(report.summary())
+    typer.echo(str(summary))
+    typer.echo(f"saved to {out}")
+
+
+@app.command()
+def score(
+    gold: Annotated[str, typer.Argument(help="Gold data file (SQuAD-style JSON, JSONL, ...).")],
+    predictions: Annotated[Path, typer.Argument(help="Predictions JSON {question id: answer text}.")],
+    metric: Annotated[Literal["auto", "squad", "squad_v2", "cmrc2018"], typer.Option(help="Official metric; auto picks by the gold data.")] = "auto",
+    null_odds: Annotated[Optional[Path], typer.Option("--null-odds", help="JSON {question id: null odds} for SQuAD v2 best thresholds.")] = None,
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Score predictions with the official SQuAD v1.1 / v2.0 or CMRC 2018 rules; prints one JSON object."""
+    from mrc_cli.scoring import score_files
+
+    result = score_files(gold, str(predictions), metric, str(null_odds) if null_odds else None, fmt)
+    typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+def _flags(**flags) -> dict:
+    """Named flags as config overrides: `data__doc_stride=64` -> {"data.doc_stride": 64}; None means not given."""
+    return {key.replace("__", "."): value for key, value in flags.items()}
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

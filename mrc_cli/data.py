@@ -1,0 +1,229 @@
+"""Read SQuAD-style JSON, JSON Lines and Hugging Face datasets into one canonical form.
+
+A record is `{id, title, context, question, answers: {text: [...], answer_start: [...]}, is_impossible}`, the shape
+of the Hub's `squad`/`squad_v2` datasets, so users' data and Hub data flow through the same code. Reading keeps
+records as they are; `validate.py` checks and repairs them. Shape problems of single records (a missing or mistyped
+field) are collected as `RecordProblem`s so that `mrc validate` can list them all; problems with the file as a whole
+(unreadable, wrong encoding, wrong top-level shape) raise `DataError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from mrc_cli.errors import DataError
+
+FORMATS = ("auto", "squad", "jsonl", "hf")
+TEXT_FIELDS = ("context", "question")
+
+
+@dataclass
+class RecordProblem:
+    where: str  # "question ID" or "line N", as the user finds it in the file
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}"
+
+
+@dataclass
+class RawData:
+    """What a reader found: canonical records plus the records it could not read."""
+
+    source: str
+    format: str
+    records: list[dict] = field(default_factory=list)
+    problems: list[RecordProblem] = field(default_factory=list)
+
+
+def read_data(source: str | Path, fmt: str = "auto") -> RawData:
+    """Read a data file, a saved dataset folder or a Hub dataset (`name` or `name:split`)."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(source)
+    if fmt == "auto":
+        fmt = _detect_format(path)
+    if fmt == "hf":
+        return _read_hf(str(source))
+    if not path.is_file():
+        raise DataError(f"{source}: no such file")
+    text = _read_text(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path, text)
+    return _read_json(path, text)
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir() or (not path.exists() and path.suffix not in (".json", ".jsonl", ".ndjson")):
+        return "hf"  # a saved dataset folder, or a Hub name such as squad_v2:validation
+    if path.suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return "squad"  # .json: nested SQuAD, or a flat list of records (handled by _read_json)
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 4]!r}); "
+            "re-save the file as UTF-8, e.g. `iconv -f GB18030 -t UTF-8 in.json > out.json`"
+        ) from None
+
+
+def _read_json(path: Path, text: str) -> RawData:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "is the file truncated? JSON Lines files should end in .jsonl"
+        ) from None
+    if isinstance(obj, list):  # a flat list of records, as a JSON array
+        raw = RawData(str(path), "jsonl")
+        for i, rec in enumerate(obj):
+            _add_flat(raw, rec, f"record {i}")
+        return raw
+    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
+        keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise DataError(
+            f"{path}: expected SQuAD-style JSON {{\"data\": [{{\"paragraphs\": [{{\"context\", \"qas\"}}]}}]}}, "
+            f"found top-level {keys}"
+        )
+    raw = RawData(str(path), "squad")
+    for a, article in enumerate(obj["data"]):
+        for p, paragraph in enumerate(_list_field(raw, article, "paragraphs", f"article {a}")):
+            where = f"article {a} paragraph {p}"
+            if not isinstance(paragraph, dict):
+                raw.problems.append(RecordProblem(where, f"expected an object, found {type(paragraph).__name__}"))
+                continue
+            context = paragraph.get("context")
+            for q, qa in enumerate(_list_field(raw, paragraph, "qas", where)):
+                flat = dict(qa) if isinstance(qa, dict) else qa
+                if isinstance(flat, dict):
+                    flat["context"] = context
+                    flat.setdefault("title", article.get("title", "") if isinstance(article, dict) else "")
+                _add_flat(raw, flat, f"{where} question {q}")
+    return raw
+
+
+def _list_field(raw: RawData, obj: Any, key: str, where: str) -> list:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, list):
+        raw.problems.append(RecordProblem(where, f"field {key!r} missing or not a list"))
+        return []
+    return value
+
+
+def _read_jsonl(path: Path, text: str) -> RawData:
+    raw = RawData(str(path), "jsonl")
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raw.problems.append(RecordProblem(f"line {n}", f"not valid JSON ({err.msg}, column {err.colno})"))
+            continue
+        _add_flat(raw, rec, f"line {n}")
+    return raw
+
+
+def _read_hf(source: str) -> RawData:
+    import datasets
+
+    name, _, split = source.partition(":")
+    try:
+        if Path(name).is_dir():
+            ds = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=split or "validation")
+    except Exception as err:  # the Hub and disk loaders raise many types; all mean "cannot read this source"
+        raise DataError(
+            f"{source}: not a data file, a saved dataset folder or a reachable Hub dataset ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); offline, pass a local .json/.jsonl file"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = split or ("validation" if "validation" in ds else next(iter(ds)))
+        ds = ds[split]
+    raw = RawData(source, "hf")
+    for i, rec in enumerate(ds):
+        _add_flat(raw, rec, f"row {i}")
+    return raw
+
+
+def _add_flat(raw: RawData, rec: Any, where: str) -> None:
+    """Turn one flat question record into the canonical form, or note why it cannot be read."""
+    if not isinstance(rec, dict):
+        raw.problems.append(RecordProblem(where, f"expected an object, found {type(rec).__name__}"))
+        return
+    if rec.get("id") is not None:
+        where = f"question {rec['id']}"
+    missing = [k for k in ("id", *TEXT_FIELDS) if k not in rec or rec[k] is None]
+    if missing:
+        raw.problems.append(RecordProblem(where, f"missing field(s) {', '.join(missing)}"))
+        return
+    wrong = [k for k in TEXT_FIELDS if not isinstance(rec[k], str)]
+    if wrong:
+        raw.problems.append(RecordProblem(where, f"field(s) {', '.join(wrong)} must be text"))
+        return
+    answers = _canonical_answers(rec.get("answers"))
+    if answers is None:
+        raw.problems.append(
+            RecordProblem(where, "field 'answers' must be [{\"text\", \"answer_start\"}] or {\"text\": [], \"answer_start\": []}")
+        )
+        return
+    raw.records.append(
+        {
+            "id": str(rec["id"]),
+            "title": str(rec.get("title") or ""),
+            "context": rec["context"],
+            "question": rec["question"],
+            "answers": answers,
+            "is_impossible": bool(rec.get("is_impossible", False)),
+        }
+    )
+
+
+def _canonical_answers(answers: Any) -> dict | None:
+    """Accept SQuAD's list of {text, answer_start} and the Hub's dict of lists; None means malformed."""
+    if answers is None:
+        return {"text": [], "answer_start": []}  # a test file: nothing to train or score on, fine for predict
+    if isinstance(answers, dict):
+        texts, starts = answers.get("text"), answers.get("answer_start", [-1] * len(answers.get("text") or []))
+        pairs = list(zip(texts, starts)) if isinstance(texts, list) and isinstance(starts, list) else None
+        if pairs is None or len(texts) != len(starts):
+            return None
+    elif isinstance(answers, list):
+        if not all(isinstance(a, dict) and "text" in a for a in answers):
+            return None
+        pairs = [(a["text"], a.get("answer_start", -1)) for a in answers]
+    else:
+        return None
+    if not all(isinstance(t, str) and isinstance(s, int) and not isinstance(s, bool) for t, s in pairs):
+        return None
+    return {"text": [t for t, _ in pairs], "answer_start": [s for _, s in pairs]}
+
+
+def to_dataset(records: Iterable[dict]):
+    """The canonical `datasets.Dataset` (explicit features, so an empty file still has the right columns)."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "title": datasets.Value("string"),
+            "context": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "answers": {
+                "text": datasets.Sequence(datasets.Value("string")),
+                "answer_start": datasets.Sequence(datasets.Value("int32")),
+            },
+            "is_impossible": datasets.Value("bool"),
+        }
+    )
+    return datasets.Dataset.from_list(list(records), features=features)

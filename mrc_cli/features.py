@@ -1,0 +1,247 @@
+"""Windowed features: question + context windows with character offsets, whole-word ids and (optionally) labels.
+
+One builder serves training, evaluation and prediction. A feature keeps, per token:
+- `offset_mapping`: [start, end) characters of the context for context tokens, [-1, -1] for all others (question,
+  special tokens), so decoding needs no `sequence_ids` and no Python `None`s;
+- `word_ids`: the index of the whole word of the context the token belongs to (the same word has the same id in
+  every window of its example), -1 for non-context tokens;
+- `start_positions`/`end_positions` (when labels are asked for): the answer's first and last token, the CLS
+  position 0 when the window does not hold the whole answer or the question is unanswerable, and -100 (ignored by
+  the loss) for an answerable question whose answer could not be located in its context.
+Features are not padded: the collator pads each batch to its own longest feature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mrc_cli.config import DataConfig, ModelConfig, check_data_config
+from mrc_cli.errors import ConfigError
+
+FEATURES_VERSION = 1  # bump when the feature layout changes, so old cache files are not reused
+IGNORE_INDEX = -100
+# "chars": each CJK character, each run of other letters and digits ("1898", "iPhone"), each other symbol
+_CHAR_WORDS = re.compile(r"[\u4e00-\u9fff]|[^\W\u4e00-\u9fff]+|[^\s\w]")
+CLS_INDEX = 0
+
+
+@dataclass
+class FeatureSummary:
+    examples: int
+    features: int
+    questions_truncated: int
+    answers_lost_to_truncation: int  # answerable, located, yet no window holds the whole answer
+    from_cache: bool
+    seconds: float
+
+    def __str__(self) -> str:
+        source = "loaded from cache" if self.from_cache else "tokenized"
+        return (
+            f"{self.examples} examples -> {self.features} features ({source} in {self.seconds:.1f}s); "
+            f"{self.questions_truncated} questions truncated, "
+            f"{self.answers_lost_to_truncation} answers in no window"
+        )
+
+
+def build_features(examples, tokenizer, data: DataConfig, labels: bool):
+    """Tokenize a canonical examples `Dataset` into windowed features; returns (features Dataset, FeatureSummary)."""
+    check_data_config(data, tokenizer.num_special_tokens_to_add(pair=True))
+    started = time.perf_counter()
+    fingerprint = _fingerprint(examples, tokenizer, data, labels)
+    cache_dir = Path(data.cache_dir or Path.home() / ".cache" / "mrc-cli") / "features"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    from_cache = any(cache_dir.glob(f"{fingerprint}*.arrow"))
+    num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
+    features = examples.map(
+        partial(_tokenize_batch, tokenizer=tokenizer, data=data, labels=labels),
+        batched=True,
+        batch_size=256,
+        num_proc=num_proc,
+        remove_columns=examples.column_names,
+        cache_file_name=str(cache_dir / f"{fingerprint}.arrow"),
+        new_fingerprint=fingerprint,
+        desc="Tokenizing",
+    )
+    summary = FeatureSummary(
+        examples=len(examples),
+        features=len(features),
+        questions_truncated=_count_truncated(examples, tokenizer, data.max_query_length),
+        answers_lost_to_truncation=_count_lost(examples, features) if labels else 0,
+        from_cache=from_cache,
+        seconds=time.perf_counter() - started,
+    )
+    return features, summary
+
+
+def _tokenize_batch(batch: dict, tokenizer, data: DataConfig, labels: bool) -> dict:
+    questions = _truncate_questions(batch["question"], tokenizer, data.max_query_length)
+    enc = tokenizer(
+        questions,
+        batch["context"],
+        truncation="only_second",
+        max_length=data.max_seq_length,
+        stride=data.doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+    segment = _segmenter(data.word_segmenter)
+    word_starts = {}  # example index -> char starts of its words, for segmenters other than the tokenizer's
+    out = {key: enc[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in enc}
+    out.update(example_id=[], offset_mapping=[], word_ids=[])
+    if labels:
+        out.update(start_positions=[], end_positions=[])
+    for i, ex in enumerate(enc["overflow_to_sample_mapping"]):
+        is_context = np.array([s == 1 for s in enc.sequence_ids(i)])
+        offsets = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
+        offsets[~is_context] = -1
+        if segment is None:
+            words = np.array([-1 if w is None else w for w in enc.word_ids(i)])
+        else:
+            if ex not in word_starts:
+                word_starts[ex] = segment(batch["context"][ex])
+            words = np.searchsorted(word_starts[ex], offsets[:, 0], side="right") - 1
+        words[~is_context] = -1
+        out["example_id"].append(batch["id"][ex])
+        out["offset_mapping"].append(offsets.tolist())
+        out["word_ids"].append(words.tolist())
+        if labels:
+            start, end = _label_window(offsets, is_context, batch["answers"][ex], batch["is_impossible"][ex])
+            out["start_positions"].append(start)
+            out["end_positions"].append(end)
+    return out
+
+
+def _truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
+    """Cut questions to `max_query_length` tokens by character offset (the pair call only truncates contexts)."""
+    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    return [
+        q if len(offs) <= max_query_length else q[: offs[max_query_length - 1][1]]
+        for q, offs in zip(questions, enc["offset_mapping"])
+    ]
+
+
+def _label_window(offsets: np.ndarray, is_context: np.ndarray, answers: dict, is_impossible: bool) -> tuple[int, int]:
+    """Token positions of the first located answer in this window; CLS when it is not wholly inside."""
+    if is_impossible:
+        return CLS_INDEX, CLS_INDEX
+    located = [(t, s) for t, s in zip(answers["text"], answers["answer_start"]) if s >= 0]
+    if not located:
+        return IGNORE_INDEX, IGNORE_INDEX
+    text, start = located[0]
+    # surrounding whitespace is part of no token: label the stripped answer
+    start_char = start + len(text) - len(text.lstrip())
+    end_char = start + len(text.rstrip())
+    tokens = np.flatnonzero(is_context)
+    starts, ends = offsets[tokens, 0], offsets[tokens, 1]
+    if len(tokens) == 0 or start_char < starts[0] or end_char > ends[-1]:
+        return CLS_INDEX, CLS_INDEX
+    first = tokens[np.searchsorted(starts, start_char, side="right") - 1]  # last token starting at or before it
+    last = tokens[np.searchsorted(ends, end_char, side="left")]  # first token ending at or after it
+    return int(first), int(last)
+
+
+@lru_cache(maxsize=None)
+def _segmenter(name: str) -> Callable[[str], np.ndarray] | None:
+    """A function from context to the sorted start characters of its words; None for the tokenizer's own words."""
+    if name == "tokenizer":
+        return None
+    if name == "chars":
+        return lambda text: np.array([m.start() for m in _CHAR_WORDS.finditer(text)], dtype=np.int64)
+    if name == "jieba":
+        import logging
+
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)  # its dictionary-loading chatter is not for our users
+        return lambda text: np.array([s for w, s, _ in jieba.tokenize(text) if w.strip()], dtype=np.int64)
+    module_name, _, func_name = name.partition(":")
+    try:
+        words_of = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"data.word_segmenter {name!r}: cannot import it ({err})") from None
+    return partial(_starts_of_words, words_of=words_of)
+
+
+def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> np.ndarray:
+    """Start characters of a user segmenter's words, found left to right in the text."""
+    starts, pos = [], 0
+    for word in words_of(text):
+        found = text.find(word, pos) if word.strip() else -1
+        if found >= 0:
+            starts.append(found)
+            pos = found + len(word)
+    return np.array(starts, dtype=np.int64)
+
+
+def _fingerprint(examples, tokenizer, data: DataConfig, labels: bool) -> str:
+    """Same data, tokenizer and settings -> same cache file (our own key: in-memory datasets get random ones)."""
+    h = hashlib.sha256()
+    for column in ("id", "question", "context", "answers", "is_impossible"):
+        h.update(json.dumps(list(examples[column]), ensure_ascii=False).encode())
+    h.update(type(tokenizer).__name__.encode())
+    # the backend JSON also records the truncation/padding of the last call, which is not part of its identity
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend.pop("truncation", None)
+    backend.pop("padding", None)
+    h.update(json.dumps(backend, sort_keys=True).encode())
+    settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter, labels)
+    h.update(repr((FEATURES_VERSION, settings)).encode())
+    return "features-" + h.hexdigest()[:24]
+
+
+def _count_truncated(examples, tokenizer, max_query_length: int) -> int:
+    lengths = tokenizer(list(examples["question"]), add_special_tokens=False, return_length=True)["length"]
+    return int(sum(n > max_query_length for n in lengths))
+
+
+def _count_lost(examples, features) -> int:
+    labelled = {ex for ex, s in zip(features["example_id"], features["start_positions"]) if s > CLS_INDEX}
+    answerable = [
+        ex for ex, answers, impossible in zip(examples["id"], examples["answers"], examples["is_impossible"])
+        if not impossible and any(s >= 0 for s in answers["answer_start"])
+    ]
+    return sum(ex not in labelled for ex in answerable)
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer from a local folder or a Hub id, with a message that says what to do when it fails."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as err:  # not found, offline, or not a tokenizer folder
+        local = Path(name_or_path).exists()
+        raise ConfigError(
+            f"cannot load a tokenizer from {name_or_path!r}: "
+            + ("the folder has no tokenizer files" if local else "no such folder, and the Hub is not reachable or has no such id")
+            + f" ({type(err).__name__}); pass a local model folder or --set model.tokenizer=<folder>"
+        ) from None
+    if not tokenizer.is_fast:
+        raise ConfigError(
+            f"{name_or_path}: mrc-cli needs a fast (Rust) tokenizer for character offsets and word ids; "
+            "pass --set model.tokenizer=<a folder with tokenizer.json>"
+        )
+    return tokenizer
+
+
+def preprocess_file(source: str, model: ModelConfig, data: DataConfig, use: str, out: str | Path | None = None):
+    """Read, validate and featurize one data file (labels unless `use` is predict); save the features to `out`."""
+    from mrc_cli.validate import load_examples
+
+    examples, report, _ = load_examples(source, use, data.format)
+    tokenizer = load_tokenizer(model.tokenizer or model.name_or_path)
+    features, summary = build_features(examples, tokenizer, data, labels=use != "predict")
+    if out is not None:
+        features.save_to_disk(str(out))
+    return features, report, summary

@@ -1,0 +1,177 @@
+"""Check and repair canonical records for one use: training, evaluation or prediction.
+
+Training needs a character position for one answer per question; scoring needs only the answer texts; prediction
+needs neither. So a misaligned `answer_start` is relocated to the occurrence of its text nearest the given start
+(exactly, then ignoring whitespace), an answer that cannot be found keeps `answer_start = -1`, and a training
+question with no locatable answer is left out of training. Every repair and every omission is counted in the report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from mrc_cli.data import RawData, read_data, to_dataset
+from mrc_cli.errors import DataError
+
+USES = ("train", "eval", "predict")
+MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
+
+
+@dataclass
+class ValidationReport:
+    source: str
+    use: str
+    questions: int = 0
+    answers: int = 0
+    unanswerable: int = 0
+    misaligned: int = 0
+    relocated: int = 0
+    unlocatable: int = 0
+    duplicate_ids: int = 0
+    empty_questions: int = 0
+    empty_contexts: int = 0
+    without_answers: int = 0  # answerable questions that carry no answer at all (test files)
+    left_out_of_training: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "usable": self.usable}
+
+    def summary(self) -> str:
+        """Two lines for training/eval logs; `mrc validate` prints the details."""
+        line = (
+            f"{self.source}: {self.questions} questions, {self.answers} answers ({self.unanswerable} unanswerable); "
+            f"{self.misaligned} misaligned answers: {self.relocated} relocated, {self.unlocatable} not in the context"
+        )
+        extra = []
+        if self.duplicate_ids:
+            extra.append(f"{self.duplicate_ids} duplicate ids")
+        if self.without_answers and self.use != "predict":
+            extra.append(f"{self.without_answers} questions without answers")
+        if self.use == "train":
+            extra.append(f"{self.left_out_of_training} questions left out of training (no locatable answer)")
+        if self.errors:
+            extra.append(f"{len(self.errors)} errors")
+        return line + ("\n  " + "; ".join(extra) if extra else "")
+
+
+def validate_file(source: str, use: str, fmt: str = "auto") -> ValidationReport:
+    """The report for a file; a file that cannot be read at all is a report with one error, not an exception."""
+    try:
+        raw = read_data(source, fmt)
+    except DataError as err:
+        return ValidationReport(str(source), use, errors=[str(err)])
+    return validate_records(raw, use)[1]
+
+
+def load_examples(source: str, use: str, fmt: str = "auto"):
+    """Read and validate for `use`; returns (examples Dataset, report, golds for scoring with the original texts).
+
+    Raises DataError listing the first problems when the file is not usable for `use`.
+    """
+    raw = read_data(source, fmt)
+    records, report = validate_records(raw, use)
+    if not report.usable:
+        shown = "\n  ".join(report.errors[:5])
+        more = f"\n  ... and {len(report.errors) - 5} more" if len(report.errors) > 5 else ""
+        raise DataError(
+            f"{source} is not usable for {use} ({len(report.errors)} problems):\n  {shown}{more}\n"
+            f"Run `mrc validate {source} --for {use}` for the full report."
+        )
+    golds = [
+        {"id": r["id"], "answers": r["answers"]["text"], "is_impossible": r["is_impossible"], "context": r["context"]}
+        for r in raw.records
+    ]
+    return to_dataset(records), report, golds
+
+
+def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationReport]:
+    """Return the records fit for `use` (answers relocated where needed) and the report."""
+    if use not in USES:
+        raise ValueError(f"use must be one of {USES}, not {use!r}")
+    report = ValidationReport(raw.source, use)
+    report.errors.extend(f"{raw.source}: {p}" for p in raw.problems)
+    counts = Counter(r["id"] for r in raw.records)
+    report.duplicate_ids = sum(n - 1 for n in counts.values() if n > 1)
+    for qid in sorted(q for q, n in counts.items() if n > 1)[:MAX_LISTED]:
+        msg = f"{raw.source}: question id {qid} occurs {counts[qid]} times"
+        if use == "train":
+            report.warnings.append(msg)
+        else:
+            report.errors.append(msg + " (a prediction file keyed by id would be ambiguous; make ids unique)")
+
+    kept = []
+    for rec in raw.records:
+        report.questions += 1
+        report.unanswerable += rec["is_impossible"]
+        where = f"{raw.source}: question {rec['id']}"
+        if not rec["question"].strip():
+            report.empty_questions += 1
+            report.errors.append(f"{where}: the question is empty")
+        if not rec["context"].strip():
+            report.empty_contexts += 1
+            report.errors.append(f"{where}: the context is empty")
+        rec = {**rec, "answers": _locate_answers(rec, where, report)}
+        located = any(s >= 0 for s in rec["answers"]["answer_start"])
+        if not rec["is_impossible"] and not rec["answers"]["text"]:
+            report.without_answers += 1
+            if use == "eval":
+                report.errors.append(f"{where}: no answers and not marked is_impossible; cannot score it")
+        if use == "train" and not rec["is_impossible"] and not located:
+            report.left_out_of_training += 1
+            continue
+        kept.append(rec)
+    return kept, report
+
+
+def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
+    context = rec["context"]
+    texts, starts = [], []
+    for text, start in zip(rec["answers"]["text"], rec["answers"]["answer_start"]):
+        report.answers += 1
+        if text.strip() and 0 <= start and context.startswith(text, start):
+            texts.append(text)
+            starts.append(start)
+            continue
+        report.misaligned += 1
+        found = locate_answer(context, text, start)
+        if found is None:
+            report.unlocatable += 1
+            texts.append(text)
+            starts.append(-1)
+            _listed(report.repairs, f'{where}: answer "{text}" is not in its context (kept for scoring only)')
+            continue
+        report.relocated += 1
+        new_start, new_text = found
+        texts.append(new_text)
+        starts.append(new_start)
+        _listed(report.repairs, f'{where}: answer "{text}" is not at char {start} of its context (found at {new_start}; relocated)')
+    return {"text": texts, "answer_start": starts}
+
+
+def locate_answer(context: str, text: str, start: int) -> tuple[int, str] | None:
+    """The occurrence of `text` nearest `start`: exact first, then ignoring whitespace. None if absent or empty."""
+    needle = text.strip()
+    if not needle:
+        return None
+    hits = [(m.start(), needle) for m in re.finditer(re.escape(needle), context)]
+    if not hits:
+        # "1998 年" against "1998年", or a line break inside the context's copy of the answer
+        pattern = r"\s*".join(re.escape(c) for c in needle if not c.isspace())
+        hits = [(m.start(), m.group()) for m in re.finditer(pattern, context)]
+    if not hits:
+        return None
+    return min(hits, key=lambda hit: abs(hit[0] - max(start, 0)))
+
+
+def _listed(messages: list[str], msg: str) -> None:
+    if len(messages) < MAX_LISTED:
+        messages.append(msg)

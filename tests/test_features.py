@@ -1,0 +1,128 @@
+"""Features: labels that cut exactly the gold answer, windows, whole-word ids, question truncation, the cache."""
+
+import numpy as np
+import pytest
+
+from conftest import shared_file, write_squad
+from mrc_cli.config import DataConfig
+from mrc_cli.errors import ConfigError
+from mrc_cli.features import build_features
+from mrc_cli.validate import load_examples
+
+
+def _labelled_spans(features, examples):
+    """(context, gold answer, labelled text, gold aligned to token boundaries) for every feature holding its answer."""
+    by_id = {ex["id"]: ex for ex in examples}
+    for f in features:
+        start, end = f["start_positions"], f["end_positions"]
+        if start <= 0:
+            continue
+        ex = by_id[f["example_id"]]
+        offsets = np.array(f["offset_mapping"])
+        gold = ex["answers"]["text"][0].strip()
+        gold_start = ex["answers"]["answer_start"][0] + len(ex["answers"]["text"][0]) - len(ex["answers"]["text"][0].lstrip())
+        on_boundaries = gold_start in offsets[:, 0] and gold_start + len(gold) in offsets[:, 1]
+        yield gold, ex["context"][offsets[start][0]:offsets[end][1]].strip(), on_boundaries
+
+
+@pytest.mark.parametrize("tokenizer_name", ["wordpiece_tokenizer", "albert_tokenizer"])
+def test_labels_cut_exactly_the_gold_answer_on_real_squad(tokenizer_name, request, tmp_path):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    examples, _, _ = load_examples(str(shared_file("squad_v1.1_train_head.json")), "train")
+    features, summary = build_features(examples, tokenizer, DataConfig(cache_dir=str(tmp_path)), labels=True)
+    assert summary.examples == 4370 and summary.features >= 4370
+    spans = list(_labelled_spans(features, examples))
+    assert len(spans) >= 4300  # nearly every example has a window holding its answer
+    exact = [(gold, got) for gold, got, aligned in spans if aligned]
+    assert all(gold == got for gold, got in exact), [(g, t) for g, t in exact if g != t][:5]
+    # answers that begin or end inside a token ("7" of "1817") can only be labelled by the whole token
+    inside = [(gold, got) for gold, got, aligned in spans if not aligned]
+    assert all(gold in got for gold, got in inside) and len(inside) < 0.02 * len(spans)
+
+
+def test_windows_overlap_by_stride_and_word_ids_agree_across_windows(wordpiece_tokenizer, tmp_path):
+    context = " ".join(f"word{i} is unbelievable" for i in range(60))
+    answer_start = context.index("word50")
+    path = write_squad(tmp_path / "d.json", [(context, [
+        {"id": "long", "question": "Which word?", "answers": [{"text": "word50", "answer_start": answer_start}]}])])
+    examples, _, _ = load_examples(str(path), "train")
+    data = DataConfig(max_seq_length=64, max_query_length=16, doc_stride=16, cache_dir=str(tmp_path))
+    features, _ = build_features(examples, wordpiece_tokenizer, data, labels=True)
+    assert len(features) > 3
+    words_at = {}  # char offset -> word id, must agree in every window
+    for f in features:
+        assert len(f["input_ids"]) <= 64
+        for (start, end), word in zip(f["offset_mapping"], f["word_ids"]):
+            assert (start < 0) == (word < 0)
+            if start >= 0:
+                assert words_at.setdefault(start, word) == word
+    # consecutive windows share doc_stride context tokens
+    first, second = ([tuple(o) for o in f["offset_mapping"] if o[0] >= 0] for f in features.select([0, 1]))
+    assert len(set(first) & set(second)) == 16
+    # the answer is labelled in the windows that hold it, CLS elsewhere
+    labelled = [f["start_positions"] for f in features]
+    assert any(s > 0 for s in labelled) and any(s == 0 for s in labelled)
+
+
+def test_long_questions_are_truncated_not_rejected(wordpiece_tokenizer, tmp_path):
+    question = "why " * 100 + "?"
+    path = write_squad(tmp_path / "d.json", [("The cat sat on the mat.", [
+        {"id": "q", "question": question, "answers": [{"text": "mat", "answer_start": 19}]}])])
+    examples, _, _ = load_examples(str(path), "train")
+    features, summary = build_features(examples, wordpiece_tokenizer, DataConfig(max_query_length=10, cache_dir=str(tmp_path)), labels=True)
+    assert summary.questions_truncated == 1
+    question_tokens = sum(1 for o in features[0]["offset_mapping"] if o[0] < 0) - 3  # minus CLS and two SEPs
+    assert question_tokens == 10
+    assert features[0]["start_positions"] > 0
+
+
+def test_unanswerable_and_unlocatable_labels(wordpiece_tokenizer, tmp_path):
+    path = write_squad(tmp_path / "d.json", [("The cat sat on the mat.", [
+        {"id": "no", "question": "Who?", "answers": [], "is_impossible": True},
+        {"id": "lost", "question": "Why?", "answers": [{"text": "because", "answer_start": 0}, {"text": "cat", "answer_start": 4}]},
+        {"id": "bad", "question": "What?", "answers": [{"text": "dog", "answer_start": 0}]},
+    ])])
+    examples, _, _ = load_examples(str(path), "eval")
+    features, _ = build_features(examples, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path)), labels=True)
+    labels = {f["example_id"]: (f["start_positions"], f["end_positions"]) for f in features}
+    assert labels["no"] == (0, 0)
+    assert labels["lost"][0] > 0  # the first locatable answer is used
+    assert labels["bad"] == (-100, -100)  # ignored by the loss, still decoded and scored
+
+
+def test_second_run_is_served_from_the_cache(wordpiece_tokenizer, tmp_path):
+    examples, _, _ = load_examples(str(shared_file("squad_v2.0_dev_head.json")), "eval")
+    data = DataConfig(cache_dir=str(tmp_path))
+    first, s1 = build_features(examples, wordpiece_tokenizer, data, labels=True)
+    second, s2 = build_features(examples, wordpiece_tokenizer, data, labels=True)
+    assert not s1.from_cache and s2.from_cache
+    assert first["input_ids"] == second["input_ids"]
+    _, s3 = build_features(examples, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path), doc_stride=100), labels=True)
+    assert not s3.from_cache  # other settings, other features
+
+
+@pytest.mark.parametrize("segmenter", ["chars", "jieba"])
+def test_chinese_word_ids_follow_the_segmenter(segmenter, wordpiece_tokenizer, tmp_path):
+    context = "北京大学是中国最早的国立综合性大学，创办于1898年。"
+    path = write_squad(tmp_path / "zh.json", [(context, [
+        {"id": "zh", "question": "北京大学创办于哪一年？", "answers": [{"text": "1898年", "answer_start": context.index("1898")}]}])])
+    examples, _, _ = load_examples(str(path), "train")
+    features, _ = build_features(examples, wordpiece_tokenizer, DataConfig(word_segmenter=segmenter, cache_dir=str(tmp_path)), labels=True)
+    f = features[0]
+    words = {}
+    for (start, end), word in zip(f["offset_mapping"], f["word_ids"]):
+        if start >= 0:
+            words.setdefault(word, []).append(context[start:end])
+    texts = ["".join(pieces) for _, pieces in sorted(words.items())]
+    if segmenter == "chars":
+        assert texts[:4] == ["北", "京", "大", "学"]
+    else:
+        assert "北京大学" in texts and "1898" in texts
+    assert sorted(words) == list(range(len(words)))  # word ids count up from 0 without gaps
+
+
+def test_doc_stride_that_leaves_no_room_is_a_config_error(wordpiece_tokenizer, tmp_path):
+    path = write_squad(tmp_path / "d.json", [("The cat sat.", [{"id": "q", "question": "Who?", "answers": []}])])
+    examples, _, _ = load_examples(str(path), "predict")
+    with pytest.raises(ConfigError, match="doc_stride 400 must be below the 317 tokens left for context"):
+        build_features(examples, wordpiece_tokenizer, DataConfig(doc_stride=400), labels=False)

@@ -1,0 +1,77 @@
+"""Validation: relocation of misaligned answers, per-use decisions, and the counts on the real CMRC file."""
+
+from conftest import shared_file, write_squad
+from mrc_cli.data import read_data
+from mrc_cli.validate import locate_answer, validate_file, validate_records
+
+
+def test_locate_prefers_the_occurrence_nearest_the_given_start():
+    context = "cat dog cat dog cat"
+    assert locate_answer(context, "cat", 9) == (8, "cat")
+    assert locate_answer(context, "cat", 17) == (16, "cat")
+    assert locate_answer(context, "cat", -1) == (0, "cat")
+
+
+def test_locate_ignores_whitespace_differences_and_returns_the_context_text():
+    assert locate_answer("founded in 1998年 by", "1998 年", 3) == (11, "1998年")
+    assert locate_answer("New\nYork City", "New York", 0) == (0, "New\nYork")
+    assert locate_answer("abc", "xyz", 0) is None
+    assert locate_answer("abc", "   ", 0) is None
+
+
+def test_misaligned_answers_are_relocated_or_marked_and_counted(tmp_path):
+    path = write_squad(tmp_path / "d.json", [("The cat sat on the mat.", [
+        {"id": "ok", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]},
+        {"id": "moved", "question": "Where?", "answers": [{"text": "mat", "answer_start": 2}]},
+        {"id": "gone", "question": "What?", "answers": [{"text": "dog", "answer_start": -1}, {"text": "sat", "answer_start": 8}]},
+        {"id": "lost", "question": "Why?", "answers": [{"text": "because", "answer_start": -1}]},
+    ])])
+    records, report = validate_records(read_data(path), "train")
+    assert (report.questions, report.answers, report.misaligned, report.relocated, report.unlocatable) == (4, 5, 3, 1, 2)
+    by_id = {r["id"]: r for r in records}
+    assert by_id["moved"]["answers"]["answer_start"] == [19]
+    assert by_id["gone"]["answers"]["answer_start"] == [-1, 8]  # one locatable answer is enough for training
+    assert "lost" not in by_id and report.left_out_of_training == 1
+    assert any('question moved: answer "mat" is not at char 2 of its context (found at 19; relocated)' in m for m in report.repairs)
+    # scoring needs only texts: nothing is left out for eval
+    records, report = validate_records(read_data(path), "eval")
+    assert len(records) == 4 and report.usable
+
+
+def test_duplicate_ids_warn_for_training_and_fail_eval(tmp_path):
+    qa = {"id": "dup", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]}
+    path = write_squad(tmp_path / "d.json", [("The cat sat.", [qa, qa])])
+    train = validate_file(str(path), "train")
+    assert train.usable and train.duplicate_ids == 1 and "question id dup occurs 2 times" in train.warnings[0]
+    evaluation = validate_file(str(path), "eval")
+    assert not evaluation.usable and "ambiguous" in evaluation.errors[0]
+
+
+def test_empty_question_and_context_are_errors_naming_the_record(tmp_path):
+    path = write_squad(tmp_path / "d.json", [
+        ("The cat sat.", [{"id": "e1", "question": "  ", "answers": []}]),
+        ("", [{"id": "e2", "question": "Who?", "answers": []}]),
+    ])
+    report = validate_file(str(path), "predict")
+    assert (report.empty_questions, report.empty_contexts) == (1, 1)
+    assert report.errors == [f"{path}: question e1: the question is empty", f"{path}: question e2: the context is empty"]
+
+
+def test_eval_needs_answers_predict_does_not(tmp_path):
+    path = write_squad(tmp_path / "t.json", [("The cat sat.", [{"id": "x", "question": "Who?"}])])
+    assert validate_file(str(path), "predict").usable
+    report = validate_file(str(path), "eval")
+    assert not report.usable and "no answers and not marked is_impossible" in report.errors[0]
+
+
+def test_real_cmrc_counts():
+    report = validate_file(str(shared_file("cmrc2018_dev.json")), "train")
+    assert (report.questions, report.answers) == (3219, 9657)
+    assert (report.misaligned, report.relocated, report.unlocatable) == (200, 7, 193)
+    assert report.usable and report.left_out_of_training == 0
+
+
+def test_real_squad_v2_counts():
+    report = validate_file(str(shared_file("squad_v2.0_dev_head.json")), "eval")
+    assert (report.questions, report.unanswerable, report.misaligned) == (1407, 702, 0)
+    assert report.usable
