@@ -27,7 +27,7 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	@echo "make demo will fine-tune the offline MiniLM on data/quickstart, then evaluate and predict (coming with the trainer)."
 	@echo "Today: validate and featurize the shipped sample, and score a predictions file:"
-	$(VENV)/bin/mrc validate data/quickstart_en.json --for train
+	$(VENV)/bin/mrc validate data/quickstart/en_train.json --for train
 
 bench: $(STAMP)
 	$(PY) bench/bench_decoding.py --quick

@@ -94,9 +94,9 @@ def preprocess(
         model__name_or_path=model, data__format=fmt, data__max_seq_length=max_seq_length, data__doc_stride=doc_stride,
         data__max_query_length=max_query_length, data__word_segmenter=word_segmenter, data__num_proc=num_proc,
     ), sets or [])
-    _, report, summary = preprocess_file(data, cfg.model, cfg.data, use, out)
-    typer.echo(report.summary())
-    typer.echo(str(summary))
+    split = preprocess_file(data, cfg.model, cfg.data, use, out)
+    typer.echo(split.report.summary())
+    typer.echo(str(split.summary))
     typer.echo(f"saved to {out}")
 
 
@@ -113,6 +113,51 @@ def score(
 
     result = score_files(gold, str(predictions), metric, str(null_odds) if null_odds else None, fmt)
     typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    model: Annotated[Optional[str], typer.Option(help="Encoder: Hub id or local folder.")] = None,
+    train_file: Annotated[Optional[str], typer.Option("--train", help="Training data.")] = None,
+    dev_file: Annotated[Optional[str], typer.Option("--dev", help="Dev data, evaluated every --eval-steps and at the end.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Run directory.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs (ignored when --max-steps is set).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    warmup: Annotated[Optional[float], typer.Option(help="Warm-up fraction of the steps.")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="Tokens per window.")] = None,
+    doc_stride: Annotated[Optional[int], typer.Option(help="Tokens shared by neighbouring windows.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0: at the end).")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="auto (newest checkpoint in the run directory) or a checkpoint folder.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from these weights (strict=False; key differences are listed).")] = None,
+    sets: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Fine-tune a span-extraction model; flags override the YAML config, --set reaches any key."""
+    from mrc_cli.config import check_train_config, config_to_dict, load_config
+
+    cfg = load_config(config, _flags(
+        model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file, train__output_dir=output_dir,
+        train__epochs=epochs, train__max_steps=max_steps, train__batch_size=batch_size, train__grad_accum=grad_accum,
+        train__lr=lr, train__warmup=warmup, data__max_seq_length=max_seq_length, data__doc_stride=doc_stride,
+        train__seed=seed, train__eval_steps=eval_steps, train__save_steps=save_steps, train__resume=resume,
+        train__init_from=init_from,
+    ), sets or [])
+    check_train_config(cfg.train)
+    if dry_run:
+        import yaml
+
+        typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+        return
+    from mrc_cli.training import train as run_training
+
+    result = run_training(cfg)
+    typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
 
 
 def _flags(**flags) -> dict:

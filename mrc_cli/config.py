@@ -39,12 +39,39 @@ class DataConfig:
 class ModelConfig:
     name_or_path: str = "bert-base-uncased"
     tokenizer: str | None = None  # another tokenizer than the model's (Chinese ALBERT ships a BERT vocabulary)
+    dropout: float | None = None  # None keeps the model's; 0 is fine for small data that does not overfit
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/run"
+    epochs: float = 2.0
+    max_steps: int = 0  # > 0: stop after this many optimizer steps, whatever the epochs
+    batch_size: int = 16  # per process; effective batch = batch_size * grad_accum * processes
+    grad_accum: int = 1
+    eval_batch_size: int = 64
+    lr: float = 1e-4  # measured best for small encoders (MiniLM); the paper configs set 3e-5 for base models
+    weight_decay: float = 0.01  # not on biases and norms (rank-1 tensors)
+    warmup: float = 0.1  # fraction of the optimizer steps, then linear decay to 0
+    max_grad_norm: float = 0.0  # 0: no clipping (clipping at 1.0 cost 2-3 F1 in short runs, shared/MEASURED.md)
+    precision: str = "auto"  # auto (bf16 where the CPU/GPU runs it natively) | bf16 | fp16 | no
+    group_by_length: bool = True  # batches of similar length: about half the padding of random batches
+    seed: int = 0
+    log_steps: int = 10
+    eval_steps: int = 0  # 0: evaluate at the end only
+    save_steps: int = 200  # checkpoints to resume from; also written at the end
+    keep_last: int = 2  # checkpoints kept besides the best
+    metric_for_best: str = "f1"  # f1 | exact | dev_loss (lower is better)
+    patience: int = 0  # stop after this many evaluations without improvement; 0: never
+    resume: str | None = None  # auto (the newest checkpoint in output_dir) or a checkpoint folder
+    init_from: str | None = None  # weights to start from (strict=False, the key differences are reported)
 
 
 @dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
@@ -135,3 +162,26 @@ def check_data_config(data: DataConfig, num_special_tokens: int) -> None:
         raise ConfigError(
             f"data.word_segmenter {data.word_segmenter!r}: choose {', '.join(SEGMENTERS)} or module:function"
         )
+
+
+def check_train_config(train: TrainConfig) -> None:
+    """Flags that would fail or silently do nothing, refused before any heavy work."""
+    problems = []
+    if not train.lr > 0:
+        problems.append(f"train.lr must be > 0 (got {train.lr}); 1e-4 suits small encoders, 3e-5 base models")
+    for key in ("batch_size", "grad_accum", "eval_batch_size", "log_steps", "keep_last"):
+        if getattr(train, key) < 1:
+            problems.append(f"train.{key} must be at least 1 (got {getattr(train, key)})")
+    if train.max_steps < 0 or (train.max_steps == 0 and not train.epochs > 0):
+        problems.append(f"train.epochs must be > 0 or train.max_steps > 0 (got epochs {train.epochs}, max_steps {train.max_steps})")
+    if not 0 <= train.warmup < 1:
+        problems.append(f"train.warmup is a fraction of the steps in [0, 1) (got {train.warmup})")
+    for key in ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "patience"):
+        if getattr(train, key) < 0:
+            problems.append(f"train.{key} must not be negative (got {getattr(train, key)})")
+    if train.precision not in ("auto", "bf16", "fp16", "no"):
+        problems.append(f"train.precision must be auto, bf16, fp16 or no (got {train.precision!r})")
+    if train.metric_for_best not in ("f1", "exact", "dev_loss"):
+        problems.append(f"train.metric_for_best must be f1, exact or dev_loss (got {train.metric_for_best!r})")
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -189,15 +189,20 @@ def _fingerprint(examples, tokenizer, data: DataConfig, labels: bool) -> str:
     h = hashlib.sha256()
     for column in ("id", "question", "context", "answers", "is_impossible"):
         h.update(json.dumps(list(examples[column]), ensure_ascii=False).encode())
-    h.update(type(tokenizer).__name__.encode())
-    # the backend JSON also records the truncation/padding of the last call, which is not part of its identity
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    backend.pop("truncation", None)
-    backend.pop("padding", None)
-    h.update(json.dumps(backend, sort_keys=True).encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
     settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter, labels)
     h.update(repr((FEATURES_VERSION, settings)).encode())
     return "features-" + h.hexdigest()[:24]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's class and backend, stable across calls (the backend JSON also records the
+    truncation and padding of the last call, which are not part of its identity)."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend.pop("truncation", None)
+    backend.pop("padding", None)
+    text = type(tokenizer).__name__ + json.dumps(backend, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _count_truncated(examples, tokenizer, max_query_length: int) -> int:
@@ -235,13 +240,33 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def preprocess_file(source: str, model: ModelConfig, data: DataConfig, use: str, out: str | Path | None = None):
-    """Read, validate and featurize one data file (labels unless `use` is predict); save the features to `out`."""
+@dataclass
+class Split:
+    """One data file made ready for a job: examples, their validation report, gold answers and features."""
+
+    examples: object  # datasets.Dataset of canonical records
+    report: object  # ValidationReport
+    golds: list[dict]
+    features: object  # datasets.Dataset of features
+    summary: FeatureSummary
+
+    @property
+    def contexts(self) -> dict[str, str]:
+        return dict(zip(self.examples["id"], self.examples["context"]))
+
+
+def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
+    """Read, validate and featurize one data file; labels unless `use` is predict."""
     from mrc_cli.validate import load_examples
 
-    examples, report, _ = load_examples(source, use, data.format)
-    tokenizer = load_tokenizer(model.tokenizer or model.name_or_path)
+    examples, report, golds = load_examples(source, use, data.format)
     features, summary = build_features(examples, tokenizer, data, labels=use != "predict")
+    return Split(examples, report, golds, features, summary)
+
+
+def preprocess_file(source: str, model: ModelConfig, data: DataConfig, use: str, out: str | Path | None = None) -> Split:
+    """`mrc preprocess`: featurize with the model's tokenizer and save the features to `out`."""
+    split = featurize_file(source, load_tokenizer(model.tokenizer or model.name_or_path), data, use)
     if out is not None:
-        features.save_to_disk(str(out))
-    return features, report, summary
+        split.features.save_to_disk(str(out))
+    return split

@@ -1,0 +1,279 @@
+"""Benchmark: vectorised `mrc_cli.decoding.decode` against the classic Hugging Face post-processing loop.
+
+    .venv/bin/python bench/bench_decoding.py            # 2,000 examples, length 384
+    .venv/bin/python bench/bench_decoding.py --quick    # 200 examples, a smoke run
+
+Both decoders see the same synthetic logits, shaped like a trained model's: context tokens are noisy, the gold span
+(when the question has one) stands out, question and special tokens are low, CLS is high only for unanswerable
+questions. The decode timing includes `pad_offsets`, since the classic loop reads the unpadded offset lists.
+Writes a JSON result (timings, machine, versions, command) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from hf_recipe import _window_candidates, classic_postprocess  # noqa: E402
+
+from mrc_cli import __version__, decoding  # noqa: E402
+from mrc_cli.decoding import DecodeConfig, decode, pad_offsets  # noqa: E402
+
+PAD_LOGIT = -100.0  # the value the HF recipe pads logits with
+SPECIAL_TOKENS = 3  # [CLS] question [SEP] context [SEP]
+SPEEDUP_BASELINES = {"decode": "classic", "pad_offsets + decode": "classic", "decode search stage": "classic search stage"}
+
+
+@dataclass
+class Batch:
+    example_ids: list[str]  # (F,) one per window
+    offset_mappings: list[list[list[int]]]  # (F, tokens_f, 2), [-1, -1] off the context
+    start_logits: np.ndarray  # (F, L) float32
+    end_logits: np.ndarray  # (F, L) float32
+    contexts: dict[str, str]
+
+
+def synthetic_batch(
+    rng: np.random.Generator,
+    num_examples: int,
+    seq_lengths: tuple[int, int] = (384, 384),
+    window_weights: tuple[float, ...] = (0.85, 0.12, 0.03),
+    null_fraction: float = 0.5,
+) -> Batch:
+    """Windowed examples with model-like logits; window_weights[i] is the share of examples with i + 1 windows."""
+    windows = []  # (example_id, offsets, start_logits, end_logits)
+    contexts = {}
+    for e in range(num_examples):
+        example_id = f"q{e}"
+        max_len = int(rng.integers(seq_lengths[0], seq_lengths[1] + 1))
+        num_windows = 1 + int(rng.choice(len(window_weights), p=window_weights))
+        context, word_offsets = _random_context(rng, max_len, num_windows)
+        contexts[example_id] = context
+        gold = None if rng.random() < null_fraction else _random_span(rng, len(word_offsets))
+        for offsets, start, end in _windows(rng, word_offsets, max_len, gold):
+            windows.append((example_id, offsets, start, end))
+
+    width = max(len(w[1]) for w in windows)
+    start_logits = np.full((len(windows), width), PAD_LOGIT, dtype=np.float32)  # (F, L)
+    end_logits = np.full((len(windows), width), PAD_LOGIT, dtype=np.float32)  # (F, L)
+    for f, (_, offsets, start, end) in enumerate(windows):
+        start_logits[f, : len(offsets)] = start
+        end_logits[f, : len(offsets)] = end
+    return Batch([w[0] for w in windows], [w[1] for w in windows], start_logits, end_logits, contexts)
+
+
+def _random_context(rng: np.random.Generator, max_len: int, num_windows: int) -> tuple[str, np.ndarray]:
+    """Random lowercase words, one token each, enough for num_windows windows; returns (text, (T, 2) offsets)."""
+    chunk = _chunk_size(max_len)
+    # The last window is partly filled, so window lengths vary as they do with real contexts.
+    num_tokens = chunk + (num_windows - 1) * _stride(chunk) - int(rng.integers(0, _stride(chunk)))
+    num_tokens = max(num_tokens, 1)
+    lengths = rng.integers(1, 9, size=num_tokens)
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    ends = starts + lengths
+    chars = rng.integers(ord("a"), ord("z") + 1, size=ends[-1] + 1).astype(np.uint8)
+    chars[ends] = ord(" ")
+    return chars[: ends[-1]].tobytes().decode(), np.stack([starts, ends], axis=1)
+
+
+def _chunk_size(max_len: int) -> int:
+    """Context tokens per window: what the question (at most a quarter, up to 30) and specials leave."""
+    return max_len - min(30, max_len // 4) - SPECIAL_TOKENS
+
+
+def _stride(chunk: int) -> int:
+    """Step between windows: half a chunk, so neighbouring windows overlap by half."""
+    return max(chunk // 2, 1)
+
+
+def _random_span(rng: np.random.Generator, num_tokens: int) -> tuple[int, int]:
+    start = int(rng.integers(0, num_tokens))
+    return start, min(num_tokens - 1, start + int(rng.geometric(0.3)) - 1)
+
+
+def _windows(rng: np.random.Generator, word_offsets: np.ndarray, max_len: int, gold):
+    """Yield (offsets, start_logits, end_logits) per window, windows overlapping by half a chunk."""
+    question_len = min(30, max_len // 4)
+    prefix = 2 + question_len  # CLS, question, SEP
+    chunk = _chunk_size(max_len)
+    num_tokens = len(word_offsets)
+    for first in range(0, max(num_tokens - chunk, 0) + _stride(chunk), _stride(chunk)):
+        last = min(first + chunk, num_tokens)
+        length = prefix + (last - first) + 1
+        offsets = [[-1, -1]] * prefix + word_offsets[first:last].tolist() + [[-1, -1]]
+        start, end = rng.normal(-6.0, 1.0, size=(2, length)).astype(np.float32)  # question and specials: low
+        start[prefix : prefix + last - first], end[prefix : prefix + last - first] = _context_logits(
+            rng, first, last, gold
+        )
+        cls = rng.normal(-4.0, 1.0) if gold is not None else rng.normal(6.0, 1.5)
+        start[0], end[0] = cls, cls
+        yield offsets, start, end
+        if last == num_tokens:
+            return
+
+
+def _context_logits(rng: np.random.Generator, first: int, last: int, gold) -> np.ndarray:
+    """(2, last - first) start and end logits over one window's context tokens.
+
+    A trained model spreads its mass over a few plausible spans (entities, dates) rather than over all tokens, so its
+    top starts and ends cluster: besides noise, 2-6 distractor spans lift their start and end tokens (the inner
+    tokens half as much), and the gold span, when inside the window, is lifted more.
+    """
+    num_tokens = last - first
+    logits = rng.normal(-1.0, 1.0, size=(2, num_tokens))  # (2, T)
+    spans = [(int(p), int(p) + int(rng.integers(0, 6)), rng.uniform(1.0, 5.0))
+             for p in rng.integers(0, num_tokens, size=rng.integers(2, 7))]  # fmt: skip
+    if gold is not None and first <= gold[0] and gold[1] < last:
+        spans.append((gold[0] - first, gold[1] - first, rng.uniform(4.0, 9.0)))
+    for span_start, span_end, height in spans:
+        span_end = min(span_end, num_tokens - 1)
+        logits[0, span_start : span_end + 1] += height / 2
+        logits[1, span_start : span_end + 1] += height / 2
+        logits[0, span_start] += height / 2
+        logits[1, span_end] += height / 2
+    return logits
+
+
+def _time(fn, repeats: int) -> tuple[list[float], object]:
+    times, result = [], None
+    for _ in range(repeats):
+        gc.collect()  # start each repeat from the same heap, so a collection owed by the last one does not land here
+        began = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - began)
+    return times, result
+
+
+def _summary(times: list[float], num_examples: int, baseline: dict | None = None) -> dict:
+    best, median = min(times), statistics.median(times)
+    summary = {"seconds": times, "best_s": best, "median_s": median, "questions_per_s": num_examples / median}
+    if baseline is not None:
+        summary["speedup"] = baseline["median_s"] / median  # medians: robust to a noisy neighbour on a shared box
+    return summary
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = DecodeConfig(allow_null=args.allow_null)
+    # SQuAD v1 questions all have answers; in v2 dev about half have none.
+    null_fraction = 0.5 if args.allow_null else 0.0
+    batch = synthetic_batch(np.random.default_rng(args.seed), args.examples, null_fraction=null_fraction)
+    num_examples, num_features = len(batch.contexts), len(batch.example_ids)
+    width = batch.start_logits.shape[1]
+    offsets = pad_offsets(batch.offset_mappings, width)
+    logits = (batch.start_logits, batch.end_logits)
+
+    def classic_search():  # the per-window argsorts and double loops, without the per-example sort and output
+        for f, window_offsets in enumerate(batch.offset_mappings):
+            _window_candidates(window_offsets, *(side[f] for side in logits), cfg.n_best_size, cfg.max_answer_length)
+
+    def decode_search():  # the array work up to the per-example n-best, without building Predictions
+        example_index, _ = decoding._index_examples(batch.example_ids)
+        return decoding._nbest_spans(example_index, offsets, *logits, cfg)
+
+    # Named callables, timed in this order; the stages reach into private helpers to explain where time goes.
+    runs = {
+        "classic": lambda: classic_postprocess(
+            batch.example_ids, batch.offset_mappings, *logits, batch.contexts,
+            cfg.n_best_size, cfg.max_answer_length, cfg.allow_null, cfg.null_score_diff_threshold,
+        ),  # fmt: skip
+        "decode": lambda: decode(batch.example_ids, offsets, *logits, batch.contexts, cfg),
+        "pad_offsets + decode": lambda: decode(
+            batch.example_ids, pad_offsets(batch.offset_mappings, width), *logits, batch.contexts, cfg
+        ),
+        "pad_offsets": lambda: pad_offsets(batch.offset_mappings, width),
+        "classic search stage": classic_search,
+        "decode search stage": decode_search,
+    }
+    timings, results = {}, {}
+    for name, fn in runs.items():
+        repeats = args.classic_repeats if name.startswith("classic") else args.decode_repeats
+        times, results[name] = _time(fn, repeats)
+        timings[name] = _summary(times, num_examples, timings.get(SPEEDUP_BASELINES.get(name)))
+
+    classic_answers, _, classic_null_odds = results["classic"]
+    predictions = results["decode"]
+    mismatches = [eid for eid, text in classic_answers.items() if predictions[eid].text != text]
+    return {
+        "benchmark": "decoding",
+        "command": _command(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "mrc_cli": __version__,
+                     "git": _git_revision()},  # fmt: skip
+        "workload": {"examples": num_examples, "features": num_features, "seq_length": width,
+                     "windows_per_example": num_features / num_examples, "seed": args.seed, **vars(cfg)},  # fmt: skip
+        "timings": timings,
+        "identical_answers": not mismatches,
+        "identical_null_odds": all(predictions[eid].null_odds == odds for eid, odds in classic_null_odds.items()),
+        "mismatched_ids": mismatches[:20],
+    }
+
+
+def _command() -> str:
+    python = Path(sys.executable)
+    python = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
+    return " ".join([str(python), *sys.argv])
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="200 examples, fewer repeats: a smoke run")
+    parser.add_argument("--allow-null", action="store_true", help="SQuAD v2 decoding (null answers allowed)")
+    parser.add_argument("--classic-repeats", type=int, default=5)
+    parser.add_argument("--decode-repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "decoding.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.examples, args.classic_repeats, args.decode_repeats = 200, 3, 5
+
+    result = run(args)
+    work = result["workload"]
+    print(f"{work['examples']} examples, {work['features']} windows of <= {work['seq_length']} tokens, "
+          f"allow_null={work['allow_null']}; median of repeats")  # fmt: skip
+    for name, timing in result["timings"].items():
+        speedup = f"{timing['speedup']:6.1f}x" if "speedup" in timing else ""
+        print(f"  {name:22s} {timing['median_s'] * 1e3:8.1f} ms {timing['questions_per_s']:12,.0f} questions/s {speedup}")
+    print(f"identical answers: {result['identical_answers']}, identical null odds: {result['identical_null_odds']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if result["identical_answers"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Reference implementations in the style of the Hugging Face question-answering recipe, as benchmark baselines.
+
+`classic_postprocess` is our own code for the classic nested loop of `postprocess_qa_predictions`
+(transformers, examples/pytorch/question-answering/utils_qa.py): per window, argsort the start and end logits, take
+the top n_best_size of ALL tokens, try every (start, end) pair in Python and skip the invalid ones, then sort the
+survivors of the example. `mrc_cli.decoding.decode` must give the same answers, much faster.
+
+One departure, to match our decoding contract: an example with no valid span gets "" (the recipe invents the text
+"empty" with score 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def classic_postprocess(
+    example_ids: Sequence[str],
+    offset_mappings: Sequence[Sequence],
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    contexts: Mapping[str, str],
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    allow_null: bool = False,
+    null_threshold: float = 0.0,
+) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
+    """Answers {id: text}, n-best lists {id: [{"text", "score", "probability"}]} and null odds {id: float}.
+
+    `offset_mappings` are per-feature lists, unpadded; a non-context token is None (the recipe's convention) or
+    [-1, -1] (ours). Logits are (F, L), padded to the longest feature. The n-best list is the n_best_size best spans
+    plus, with allow_null, the null candidate, as in `mrc_cli.decoding`.
+    """
+    features_per_example = defaultdict(list)
+    for feature_index, example_id in enumerate(example_ids):
+        features_per_example[example_id].append(feature_index)
+
+    answers, all_nbest, null_odds = {}, {}, {}
+    for example_id, feature_indices in features_per_example.items():
+        null_prediction, candidates = None, []
+        for feature_index in feature_indices:
+            window_start, window_end = start_logits[feature_index], end_logits[feature_index]
+            window_null = window_start[0] + window_end[0]
+            if null_prediction is None or window_null < null_prediction["score"]:
+                null_prediction = {"offsets": (0, 0), "score": window_null}
+            candidates += _window_candidates(
+                offset_mappings[feature_index], window_start, window_end, n_best_size, max_answer_length
+            )
+        nbest = sorted(candidates, key=lambda c: c["score"], reverse=True)[:n_best_size]
+        best = nbest[0] if nbest else {"text": "", "score": -math.inf}  # its text is filled in below
+        if allow_null:
+            nbest = sorted([*nbest, null_prediction], key=lambda c: c["score"], reverse=True)
+
+        context = contexts[example_id]
+        for prediction in nbest:
+            offsets = prediction.pop("offsets")
+            prediction["text"] = context[offsets[0] : offsets[1]]
+        if nbest:
+            scores = np.array([prediction["score"] for prediction in nbest])
+            exp_scores = np.exp(scores - np.max(scores))
+            for probability, prediction in zip(exp_scores / exp_scores.sum(), nbest):
+                prediction["probability"] = probability
+
+        score_diff = null_prediction["score"] - best["score"]
+        null_odds[example_id] = float(score_diff)
+        answers[example_id] = "" if allow_null and score_diff > null_threshold else best["text"]
+        # JSON-ready, as the recipe writes its nbest file: numpy floats become Python floats.
+        all_nbest[example_id] = [
+            {k: float(v) if isinstance(v, np.floating) else v for k, v in prediction.items()} for prediction in nbest
+        ]
+    return answers, all_nbest, null_odds
+
+
+def _window_candidates(offsets, start_logits, end_logits, n_best_size: int, max_answer_length: int) -> list[dict]:
+    """Every valid (start, end) pair among the window's top n_best_size starts and ends, as the recipe finds them."""
+    start_indexes = np.argsort(start_logits)[-1 : -n_best_size - 1 : -1].tolist()
+    end_indexes = np.argsort(end_logits)[-1 : -n_best_size - 1 : -1].tolist()
+    candidates = []
+    for start_index in start_indexes:
+        for end_index in end_indexes:
+            # Padding, question and special tokens hold no answer, yet they took their top-k slots above.
+            if start_index >= len(offsets) or end_index >= len(offsets):
+                continue
+            if not _is_context(offsets[start_index]) or not _is_context(offsets[end_index]):
+                continue
+            if end_index < start_index or end_index - start_index + 1 > max_answer_length:
+                continue
+            candidates.append(
+                {
+                    "offsets": (offsets[start_index][0], offsets[end_index][1]),
+                    "score": start_logits[start_index] + end_logits[end_index],
+                }
+            )
+    return candidates
+
+
+def _is_context(offset) -> bool:
+    return offset is not None and offset[0] >= 0

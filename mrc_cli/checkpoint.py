@@ -1,0 +1,128 @@
+"""Checkpoints: the model's state_dict in safetensors plus everything needed to resume, written atomically.
+
+A checkpoint folder (`RUN/checkpoints/step-000200/`) holds `model.safetensors`, `training_state.pt` (optimizer,
+scheduler and every process's RNG states; tensors and plain values only, read back with `weights_only=True`),
+`trainer_state.json` (the position in training, written last), `config.yaml` (the resolved run config), the
+encoder's `config.json` and the tokenizer, so `mrc eval` and `mrc predict` need nothing else. A folder is written
+under a temporary name and renamed when complete, so a crash mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mrc_cli.config import RunConfig, load_config, save_config
+from mrc_cli.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+BEST_POINTER = "best_checkpoint.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_state: dict, training_state: dict,
+                    keep_last: int) -> Path:
+    """Write step-N atomically, then prune to the newest `keep_last` plus the best (trainer_state['best_step'])."""
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / f"step-{trainer_state['step']:06d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    torch.save(training_state, tmp / "training_state.pt")
+    model.config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    save_config(cfg, tmp / "config.yaml")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+    if final.exists():  # the same step saved again after a resume
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _prune(root, keep_last, trainer_state.get("best_step"))
+    return final
+
+
+def _prune(root: Path, keep_last: int, best_step: int | None) -> None:
+    steps = sorted(step for step, _ in _complete_checkpoints(root))
+    for step in steps[:-keep_last]:
+        if step != best_step:
+            shutil.rmtree(root / f"step-{step:06d}", ignore_errors=True)
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in root.glob("step-*") if root.is_dir() else []:
+        match = _STEP_DIR.match(path.name)
+        if match and (path / "trainer_state.json").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = _complete_checkpoints(Path(run_dir) / CHECKPOINTS)
+    return found[-1][1] if found else None
+
+
+def write_best_pointer(run_dir: Path, checkpoint: Path, metrics: dict) -> None:
+    tmp = Path(run_dir) / f".{BEST_POINTER}.tmp"
+    tmp.write_text(json.dumps({"checkpoint": str(checkpoint.relative_to(run_dir)), "metrics": metrics}, indent=2))
+    os.replace(tmp, Path(run_dir) / BEST_POINTER)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or a run directory's best (else newest) checkpoint."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    pointer = path / BEST_POINTER
+    if pointer.is_file():
+        best = path / json.loads(pointer.read_text())["checkpoint"]
+        if (best / "model.safetensors").is_file():
+            return best
+    newest = latest_checkpoint(path)
+    if newest is not None:
+        return newest
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint folder or run directory")
+    raise CheckpointError(
+        f"{path}: no model.safetensors here and no checkpoints/step-* below; pass a checkpoint folder "
+        "(RUN/checkpoints/step-N), a run directory or an `mrc export` folder"
+    )
+
+
+def read_checkpoint_config(checkpoint: Path) -> RunConfig:
+    path = checkpoint / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint}: no config.yaml; is this an mrc-cli checkpoint?")
+    return load_config(path)
+
+
+def read_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
+    """(trainer_state.json, training_state.pt) of a checkpoint; the latter loaded without unpickling code."""
+    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
+    training_state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=True)
+    return trainer_state, training_state
+
+
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "model.safetensors"))

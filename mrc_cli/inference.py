@@ -1,0 +1,117 @@
+"""One inference path for in-training evaluation, `mrc eval`, `mrc predict` and the Reader API.
+
+features -> logits (length-sorted batches, autocast, gathered across processes) -> n-best answers -> official scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from mrc_cli.batching import LABELS, Collator, inference_batches
+from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets
+from mrc_cli.metrics import score
+from mrc_cli.model import MODEL_INPUTS, span_loss
+
+NEG = torch.finfo(torch.float32).min
+
+
+@dataclass
+class Logits:
+    start: np.ndarray  # (features, max_seq_length)
+    end: np.ndarray  # (features, max_seq_length)
+    loss: float | None  # mean loss over the features with labels (-100 labels excluded)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    predictions: dict[str, Prediction]
+
+
+def resolve_precision(precision: str) -> str:
+    """auto: bf16 where it runs natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), else full precision."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return "no"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def predict_logits(model, features, accelerator, batch_size: int, precision: str, width: int) -> Logits:
+    """Logits of every feature, padded to `width`; each process runs a share of the batches."""
+    columns = [c for c in (*MODEL_INPUTS, *LABELS) if c in features.column_names]
+    rows = features.select_columns(columns).add_column("feature_index", list(range(len(features))))
+    lengths = [len(ids) for ids in features["input_ids"]]
+    pad_id = getattr(model.config, "pad_token_id", None) or 0
+    loader = accelerator.prepare_data_loader(
+        DataLoader(rows, batch_sampler=inference_batches(lengths, batch_size), collate_fn=Collator(pad_id))
+    )
+    start = np.zeros((len(features), width), dtype=np.float32)
+    end = np.zeros((len(features), width), dtype=np.float32)
+    loss_sum, loss_count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        index = batch.pop("feature_index")
+        labels = [batch.pop(k) for k in LABELS if k in batch]
+        with autocast(accelerator.device, precision):
+            out = model(**batch)
+        pad = (0, width - out.start_logits.shape[1])
+        gathered = [index, F.pad(out.start_logits, pad, value=NEG), F.pad(out.end_logits, pad, value=NEG)]
+        if labels:
+            losses = span_loss(out.start_logits, out.end_logits, *labels, reduction="none")  # (batch,), 0 where ignored
+            gathered += [losses, (labels[0] != -100).float()]
+        gathered = [t.cpu() for t in accelerator.gather_for_metrics(gathered)]
+        start[gathered[0].numpy()] = gathered[1].numpy()
+        end[gathered[0].numpy()] = gathered[2].numpy()
+        if labels:
+            loss_sum += float(gathered[3].sum())
+            loss_count += int(gathered[4].sum())
+    model.train(was_training)
+    return Logits(start, end, loss_sum / loss_count if loss_count else None)
+
+
+def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: DecodeConfig) -> dict[str, Prediction]:
+    offsets = pad_offsets(features["offset_mapping"], logits.start.shape[1])
+    return decode(list(features["example_id"]), offsets, logits.start, logits.end, contexts, cfg)
+
+
+def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig, metric: str = "auto") -> dict:
+    """Official scores at the configured null threshold; for SQuAD v2 also the threshold that maximises F1.
+
+    The sweep scores each question's best non-null span against its null odds, so it can move answers both ways
+    (scoring the already-thresholded answers could only turn answers into nulls).
+    """
+    metrics = score(golds, {pid: p.text for pid, p in predictions.items()}, metric)
+    if cfg.allow_null:
+        best_spans = {pid: _best_span_text(p) for pid, p in predictions.items()}
+        odds = {pid: p.null_odds for pid, p in predictions.items()}
+        sweep = score(golds, best_spans, "squad_v2", null_odds=odds)
+        metrics.update({k: v for k, v in sweep.items() if k.startswith("best_")})
+    return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """EM and F1 under one name whatever the metric (squad: exact_match, squad_v2: exact, cmrc2018: EM/F1)."""
+    exact = next((metrics[k] for k in ("exact_match", "exact", "EM") if k in metrics), None)
+    f1 = next((metrics[k] for k in ("f1", "F1") if k in metrics), None)
+    return {"exact": exact, "f1": f1}
+
+
+def _best_span_text(p: Prediction) -> str:
+    return next((c["text"] for c in p.nbest if c["start"] >= 0), p.text)

@@ -1,0 +1,89 @@
+"""Official SQuAD v1.1, SQuAD v2.0 and CMRC 2018 scores, offline.
+
+`score` applies the rules of `mrc_cli.metrics.rules` directly. `load_metric` gives the same rules as evaluate
+modules: `evaluate.load("squad")` fetches its script from the Hub, while ours ship in this folder and load by
+path, so they work without a network.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mrc_cli.errors import DataError
+from mrc_cli.metrics import rules
+
+if TYPE_CHECKING:
+    import evaluate
+
+METRICS = ("squad", "squad_v2", "cmrc2018")
+
+_MODULES_DIR = Path(__file__).resolve().parent
+_CJK_CHARACTER = re.compile("[\u4e00-\u9fa5]")
+_WHITESPACE = re.compile(r"\s")
+
+
+def _check_name(name: str, choices: tuple[str, ...]) -> None:
+    if name not in choices:
+        raise DataError(f"unknown metric {name!r}: choose one of {', '.join(choices)}")
+
+
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """The evaluate module of one of METRICS, loaded from its folder in this package (no Hub access)."""
+    _check_name(name, METRICS)
+    import evaluate  # deferred: evaluate pulls in datasets, which scoring with `score` does not need
+
+    # An absolute path: evaluate treats a relative name without a local script as a Hub id.
+    return evaluate.load(str(_MODULES_DIR / name))
+
+
+def detect_metric(golds: list[dict]) -> str:
+    """cmrc2018 when the texts are mostly CJK, squad_v2 when a question is unanswerable, else squad."""
+    text = "".join(
+        gold.get("context", "") + gold.get("question", "") + "".join(gold["answers"]) for gold in golds
+    )
+    num_chars = len(_WHITESPACE.sub("", text))
+    if num_chars and len(_CJK_CHARACTER.findall(text)) > num_chars / 2:
+        return "cmrc2018"
+    if any(gold.get("is_impossible", False) for gold in golds):
+        return "squad_v2"
+    return "squad"
+
+
+def score(
+    golds: list[dict],
+    predictions: dict[str, str],
+    metric: str = "auto",
+    null_odds: dict[str, float] | None = None,
+) -> dict:
+    """Score predictions (id -> answer text, "" for no answer) against gold records with the official rules.
+
+    golds are `{"id", "answers": [str], "is_impossible": bool}` records; metric "auto" picks one with
+    detect_metric. null_odds (id -> odds that the question has no answer) apply to squad_v2 only. Returns the
+    official figures in percent plus `missing` and `unknown_ids` counts (see mrc_cli.metrics.rules).
+    """
+    _check_name(metric, ("auto", *METRICS))
+    if metric == "auto":
+        metric = detect_metric(golds)
+    if metric == "squad_v2":
+        return rules.score_squad_v2(golds, predictions, null_odds)
+    if null_odds is not None:
+        raise DataError(f"null odds apply to the squad_v2 metric only, but the metric is {metric}")
+    if metric == "squad":
+        return rules.score_squad(golds, predictions)
+    return rules.score_cmrc2018(golds, predictions)
+
+
+def from_evaluate_inputs(predictions: list[dict], references: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """Gold records and an id -> text map from the evaluate modules' Hub-style inputs.
+
+    A reference with no answer text is unanswerable (as in the Hub's squad_v2); a prediction_text of None marks
+    a question without prediction.
+    """
+    golds = [
+        {"id": ref["id"], "answers": list(ref["answers"]["text"]), "is_impossible": not ref["answers"]["text"]}
+        for ref in references
+    ]
+    texts = {pred["id"]: pred["prediction_text"] for pred in predictions if pred["prediction_text"] is not None}
+    return golds, texts

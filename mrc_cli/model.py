@@ -1,0 +1,138 @@
+"""The span-extraction model: any Hugging Face encoder plus a start/end head; state_dict loading with a key report.
+
+Token level: start/end logits from the token states, CLS (position 0) as "no answer". The loss ignores labels of
+-100 (answers that could not be located) and padding never wins a softmax.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mrc_cli.errors import CheckpointError, ConfigError
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class SpanOutput:
+    start_logits: torch.Tensor  # (batch, seq)
+    end_logits: torch.Tensor  # (batch, seq)
+    loss: torch.Tensor | None = None  # mean of the start and end cross-entropies
+
+
+class SpanExtractionModel(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        # unused by span extraction; dropping it also keeps DDP from waiting for gradients that never come
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None
+        self.qa_outputs = nn.Linear(encoder.config.hidden_size, 2)
+        std = getattr(encoder.config, "initializer_range", 0.02)
+        nn.init.normal_(self.qa_outputs.weight, std=std)
+        nn.init.zeros_(self.qa_outputs.bias)
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, start_positions=None, end_positions=None):
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        logits = self.qa_outputs(states).float()  # (batch, seq, 2); fp32 for a stable softmax under autocast
+        logits = logits.masked_fill(attention_mask[..., None] == 0, torch.finfo(torch.float32).min)
+        start_logits, end_logits = logits.unbind(-1)
+        loss = None if start_positions is None else span_loss(start_logits, end_logits, start_positions, end_positions)
+        return SpanOutput(start_logits, end_logits, loss)
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions, reduction: str = "mean") -> torch.Tensor:
+    """Mean of the start and end cross-entropies; labels of -100 (unlocated answers) are ignored."""
+    start = F.cross_entropy(start_logits, start_positions, ignore_index=-100, reduction=reduction)
+    end = F.cross_entropy(end_logits, end_positions, ignore_index=-100, reduction=reduction)
+    return (start + end) / 2
+
+
+def _encoder_config(name_or_path: str, dropout: float | None, max_seq_length: int):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as err:
+        where = "the folder has no config.json" if Path(name_or_path).exists() else "no such folder, and the Hub is not reachable or has no such id"
+        raise ConfigError(f"cannot load model {name_or_path!r}: {where} ({type(err).__name__}); pass a local model folder") from None
+    if dropout is not None:
+        # BERT/ALBERT/RoBERTa name them hidden_dropout_prob and attention_probs_dropout_prob (ALBERT: +classifier_)
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(
+            f"max_seq_length {max_seq_length} is longer than {name_or_path} allows ({limit} positions); "
+            f"use --max-seq-length {min(limit, 512)} or less"
+        )
+    return config
+
+
+def build_model(name_or_path: str, dropout: float | None, max_seq_length: int, pretrained: bool = True) -> SpanExtractionModel:
+    """An encoder with pretrained weights (or only its architecture, to load a checkpoint into) and a fresh head."""
+    from transformers import AutoModel
+
+    config = _encoder_config(name_or_path, dropout, max_seq_length)
+    if pretrained:
+        encoder = AutoModel.from_pretrained(name_or_path, config=config, attn_implementation="sdpa")
+    else:
+        encoder = AutoModel.from_config(config, attn_implementation="sdpa")
+    return SpanExtractionModel(encoder)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from safetensors; a pickle (.bin/.pt) only through torch's weights-only loader, which runs no code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # an UnpicklingError for a file that would run code; other errors for corrupt files
+        raise CheckpointError(
+            f"{path}: refused to load: it is not a plain tensor file and could run code when unpickled "
+            f"({type(err).__name__}); ask for a .safetensors file"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load a state_dict; with strict=False also into another shape. Returns (missing, unexpected) key lists."""
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched and strict:
+        raise CheckpointError(f"weights do not fit this model: {describe_keys(mismatched)} differ in shape")
+    state = {k: v for k, v in state.items() if k not in mismatched}
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = sorted(set(result.missing_keys) | set(mismatched)), sorted(result.unexpected_keys)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"weights do not fit this model: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}")
+    return missing, unexpected
+
+
+def describe_keys(keys: list[str]) -> str:
+    """Keys grouped by their first two name parts: 'encoder.pooler (2 keys), qa_outputs (2 keys)'."""
+    if not keys:
+        return "none"
+    groups: dict[str, int] = defaultdict(int)
+    for key in keys:
+        groups[".".join(key.split(".")[:2]) if key.count(".") > 1 else key.rsplit(".", 1)[0]] += 1
+    return ", ".join(f"{prefix} ({n} key{'s' if n > 1 else ''})" for prefix, n in sorted(groups.items()))

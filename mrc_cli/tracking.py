@@ -1,0 +1,79 @@
+"""What a run leaves for people: a log, metrics as JSON lines (and TensorBoard when installed), a PNG of the curves."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+class RunLog:
+    """Prints on the main process (without breaking the progress bar) and appends to train.log and metrics.jsonl."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.tensorboard = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                pass
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        tqdm.write(message)
+        with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def metrics(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_curves(metrics_file: Path, out: Path) -> Path:
+    """Training loss and dev loss over steps (left), dev EM/F1 over steps (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_file)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, ax, label in (("loss", left, "train loss"), ("dev_loss", left, "dev loss"),
+                           ("exact", right, "dev EM"), ("f1", right, "dev F1")):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key != "loss" else None, label=label)
+    left.set(xlabel="optimizer step", ylabel="loss", title="Loss")
+    right.set(xlabel="optimizer step", ylabel="%", title="Dev EM / F1")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

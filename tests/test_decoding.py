@@ -1,0 +1,248 @@
+"""Span decoding: hand-built windows for each rule, then agreement with the classic Hugging Face loop."""
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrc_cli.decoding import DecodeConfig, decode, pad_offsets, predictions_to_json
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_decoding import synthetic_batch  # noqa: E402
+from hf_recipe import classic_postprocess  # noqa: E402
+
+CONTEXT = "alpha beta gamma delta epsilon zeta eta theta"
+WORD_SPANS = [[m.start(), m.end()] for m in re.finditer(r"\S+", CONTEXT)]
+NOT_CONTEXT = [-1, -1]
+PREFIX = 3  # [CLS] question [SEP]: the first context word is token 3
+
+
+def _window(words: range) -> list[list[int]]:
+    """Offsets of `[CLS] question [SEP] words... [SEP]`."""
+    return [NOT_CONTEXT] * PREFIX + [WORD_SPANS[w] for w in words] + [NOT_CONTEXT]
+
+
+def _logits(width: int, peaks: dict[int, float] | None = None) -> np.ndarray:
+    """(width,) low, slightly decreasing background (no ties) with `peaks` {token: logit}."""
+    row = (-5.0 - 0.01 * np.arange(width)).astype(np.float32)
+    for token, value in (peaks or {}).items():
+        row[token] = value
+    return row
+
+
+def _decode_windows(windows, starts, ends, cfg=DecodeConfig(), context=CONTEXT):
+    """Decode one example ("q") from its windows' offsets and per-window {token: logit} peaks."""
+    width = max(len(w) for w in windows)
+    start_logits = np.stack([_logits(width, peaks) for peaks in starts])  # (F, L)
+    end_logits = np.stack([_logits(width, peaks) for peaks in ends])  # (F, L)
+    offsets = pad_offsets(windows, width)
+    return decode(["q"] * len(windows), offsets, start_logits, end_logits, {"q": context}, cfg)["q"]
+
+
+def _token(word: int, first: int = 0) -> int:
+    """Token index of context word `word` in a window whose context starts at word `first`."""
+    return PREFIX + word - first
+
+
+def test_best_span_wins():
+    starts = {_token(0): 3.0, _token(2): 6.0}
+    ends = {_token(1): 3.0, _token(3): 5.0}
+    prediction = _decode_windows([_window(range(8))], [starts], [ends])
+    assert prediction.text == "gamma delta"
+    assert (prediction.start, prediction.end) == (WORD_SPANS[2][0], WORD_SPANS[3][1])
+    assert prediction.score == pytest.approx(11.0)
+    assert prediction.nbest[0]["text"] == "gamma delta"
+    assert [c["text"] for c in prediction.nbest[1:3]] == ["alpha beta gamma delta", "alpha beta"]  # 8, then 6
+
+
+def test_end_before_start_is_rejected():
+    # The two highest logits form a reversed span (start at epsilon, end at beta).
+    starts = {_token(4): 8.0, _token(0): 2.0}
+    ends = {_token(1): 8.0, _token(2): 2.0}
+    prediction = _decode_windows([_window(range(8))], [starts], [ends])
+    assert prediction.text == "alpha beta"
+    assert prediction.score == pytest.approx(10.0)  # not the reversed pair's 16
+    assert all(c["start"] < c["end"] for c in prediction.nbest)
+
+
+def test_too_long_span_is_rejected():
+    starts = {_token(0): 8.0, _token(3): 1.0}
+    ends = {_token(4): 8.0}
+    cfg = DecodeConfig(max_answer_length=2)
+    prediction = _decode_windows([_window(range(8))], [starts], [ends], cfg)
+    assert prediction.text == "delta epsilon"  # alpha..epsilon scores 16 but is 5 tokens long
+    assert all(len(c["text"].split()) <= 2 for c in prediction.nbest)
+
+
+def test_question_special_and_padding_tokens_are_never_chosen():
+    short, long = _window(range(0, 3)), _window(range(0, 8))
+    width = len(long)
+    high = 100.0
+    # Every non-context token of the short window, padding included, outscores its context.
+    start_logits = np.stack([_logits(width), _logits(width)])  # (2, L)
+    end_logits = np.stack([_logits(width), _logits(width)])  # (2, L)
+    for row in (start_logits, end_logits):
+        row[:, :PREFIX] = high
+        row[0, len(short) - 1 :] = high
+        row[1, len(long) - 1] = high
+    offsets = pad_offsets([short, long], width)
+    predictions = decode(["a", "b"], offsets, start_logits, end_logits, {"a": CONTEXT, "b": CONTEXT}, DecodeConfig())
+    for prediction in predictions.values():
+        assert prediction.text and prediction.score < 0
+        assert all(c["start"] >= 0 for c in prediction.nbest)
+    assert predictions["a"].text == predictions["b"].text == "alpha"  # the best background start and end
+
+
+@pytest.mark.parametrize("winner", [0, 1])
+def test_best_span_over_two_windows(winner):
+    windows = [_window(range(0, 5)), _window(range(3, 8))]
+    heights = [6.0, 5.0] if winner == 0 else [5.0, 6.0]
+    starts = [{_token(1): heights[0]}, {_token(6, first=3): heights[1]}]
+    ends = [{_token(2): heights[0]}, {_token(7, first=3): heights[1]}]
+    prediction = _decode_windows(windows, starts, ends)
+    assert prediction.text == ("beta gamma" if winner == 0 else "eta theta")
+    assert {c["text"] for c in prediction.nbest[:2]} == {"beta gamma", "eta theta"}
+
+
+def _null_case(cls_logits: list[float], cfg: DecodeConfig):
+    """Span alpha..beta scores 10; window w has CLS start and end logits cls_logits[w]."""
+    windows = [_window(range(0, 5)), _window(range(3, 8))]
+    starts = [{0: cls_logits[0], _token(0): 5.0}, {0: cls_logits[1]}]
+    ends = [{0: cls_logits[0], _token(1): 5.0}, {0: cls_logits[1]}]
+    return _decode_windows(windows, starts, ends, cfg)
+
+
+def test_null_answer_needs_allow_null_and_a_margin():
+    null_wins = _null_case([6.0, 7.0], DecodeConfig(allow_null=True))
+    assert null_wins.text == "" and (null_wins.start, null_wins.end) == (-1, -1)
+    assert null_wins.null_score == pytest.approx(12.0)  # the lower of the two windows' CLS scores
+    assert null_wins.null_odds == pytest.approx(2.0)
+    assert null_wins.score == pytest.approx(10.0)
+
+    assert _null_case([6.0, 7.0], DecodeConfig(allow_null=False)).text == "alpha beta"
+    # One window that does not want the null answer is enough: null score 2 * 4 < 10.
+    assert _null_case([6.0, 4.0], DecodeConfig(allow_null=True)).text == "alpha beta"
+
+
+@pytest.mark.parametrize(("threshold", "text"), [(1.0, ""), (1.99, ""), (2.01, "alpha beta"), (3.0, "alpha beta")])
+def test_threshold_moves_the_null_decision(threshold, text):
+    cfg = DecodeConfig(allow_null=True, null_score_diff_threshold=threshold)
+    assert _null_case([6.0, 7.0], cfg).text == text  # null_odds is 2
+
+
+def test_text_is_cut_from_the_context_by_offsets():
+    context = "An unbelievable result."
+    subwords = [[3, 5], [5, 11], [11, 15], [16, 22], [22, 23]]  # un | believ | able | result | .
+    window = [NOT_CONTEXT] * PREFIX + subwords + [NOT_CONTEXT]
+    prediction = _decode_windows([window], [{_token(1): 5.0}], [{_token(2): 5.0}], context=context)
+    assert (prediction.text, prediction.start, prediction.end) == ("believable", 5, 15)
+    assert all(c["text"] == context[c["start"] : c["end"]] for c in prediction.nbest)
+
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_nbest_probabilities_sum_to_one(allow_null):
+    cfg = DecodeConfig(n_best_size=5, allow_null=allow_null)
+    prediction = _null_case([4.0, 4.5], cfg)
+    nbest = prediction.nbest
+    assert sum(c["probability"] for c in nbest) == pytest.approx(1.0)
+    assert [c["score"] for c in nbest] == sorted((c["score"] for c in nbest), reverse=True)
+    assert len(nbest) == 5 + allow_null
+    null_entries = [c for c in nbest if c["start"] == -1]
+    assert len(null_entries) == allow_null
+    if allow_null:
+        assert null_entries[0]["text"] == "" and null_entries[0]["score"] == pytest.approx(8.0)
+
+
+def test_example_without_a_valid_span_gets_empty_text():
+    question_only = [NOT_CONTEXT] * 6
+    for allow_null in (False, True):
+        prediction = _decode_windows([question_only], [{3: 9.0}], [{4: 9.0}], DecodeConfig(allow_null=allow_null))
+        assert (prediction.text, prediction.start, prediction.score) == ("", -1, -np.inf)
+        assert prediction.null_odds == np.inf
+        assert [c["probability"] for c in prediction.nbest] == ([1.0] if allow_null else [])
+
+
+def test_interleaved_features_decode_like_grouped_ones():
+    rng = np.random.default_rng(0)
+    windows = [_window(range(0, 5)), _window(range(3, 8))]
+    width = len(windows[0])
+    ids = ["a", "b", "a", "b", "c"]
+    offsets = pad_offsets([windows[0], windows[0], windows[1], windows[1], windows[0]], width)
+    start_logits, end_logits = rng.normal(size=(2, len(ids), width)).astype(np.float32)
+    contexts = dict.fromkeys("abc", CONTEXT)
+    cfg = DecodeConfig(allow_null=True)
+    together = decode(ids, offsets, start_logits, end_logits, contexts, cfg)
+    assert list(together) == ["a", "b", "c"]  # order of first appearance
+    for example_id in "abc":
+        rows = [i for i, eid in enumerate(ids) if eid == example_id]
+        alone = decode([example_id] * len(rows), offsets[rows], start_logits[rows], end_logits[rows], contexts, cfg)
+        assert together[example_id] == alone[example_id]
+    reversed_order = decode(ids[::-1], offsets[::-1], start_logits[::-1], end_logits[::-1], contexts, cfg)
+    assert {k: v.text for k, v in reversed_order.items()} == {k: v.text for k, v in together.items()}
+
+
+def test_masked_top_k_finds_spans_the_classic_loop_misses():
+    # Question tokens hold the two best logits; with n_best_size=2 the classic loop's top-2 are both question tokens.
+    window = _window(range(8))
+    starts = _logits(len(window), {1: 9.0, 2: 9.0, _token(2): 3.0})[None]  # (1, L)
+    ends = _logits(len(window), {1: 9.0, 2: 9.0, _token(3): 3.0})[None]  # (1, L)
+    cfg = DecodeConfig(n_best_size=2)
+    answers, _, _ = classic_postprocess(["q"], [window], starts, ends, {"q": CONTEXT}, n_best_size=2)
+    prediction = decode(["q"], pad_offsets([window]), starts, ends, {"q": CONTEXT}, cfg)["q"]
+    assert answers["q"] == ""
+    assert prediction.text == "gamma delta"
+
+
+def test_pad_offsets_pads_with_minus_one():
+    padded = pad_offsets([[[0, 3], [4, 6]], [[-1, -1]]], length=4)
+    assert padded.shape == (2, 4, 2)
+    assert padded[0, :2].tolist() == [[0, 3], [4, 6]]
+    assert (padded[0, 2:] == -1).all() and (padded[1] == -1).all()
+    assert pad_offsets([[[0, 1]] * 3, [[0, 1]]]).shape == (2, 3, 2)
+    with pytest.raises(ValueError, match="padded to 2"):
+        pad_offsets([[[0, 1]] * 3], length=2)
+
+
+def test_decode_rejects_offsets_of_another_width():
+    offsets = pad_offsets([_window(range(8))])
+    logits = np.zeros((1, offsets.shape[1] + 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="pad_offsets"):
+        decode(["q"], offsets, logits, logits, {"q": CONTEXT}, DecodeConfig())
+
+
+def test_predictions_to_json():
+    prediction = _null_case([6.0, 7.0], DecodeConfig(allow_null=True))
+    answers, nbest, null_odds = predictions_to_json({"q": prediction})
+    assert answers == {"q": ""}
+    assert nbest == {"q": prediction.nbest}
+    assert null_odds == {"q": pytest.approx(2.0)}
+
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_agrees_with_the_classic_loop(allow_null):
+    # SQuAD v1 models never want the null answer; for v2 half the questions are unanswerable (CLS high).
+    batch = synthetic_batch(
+        np.random.default_rng(7), 400, seq_lengths=(50, 384), window_weights=(0.25,) * 4,
+        null_fraction=0.5 if allow_null else 0.0,
+    )  # fmt: skip
+    order = np.random.default_rng(8).permutation(len(batch.example_ids))  # features in arbitrary order
+    example_ids = [batch.example_ids[i] for i in order]
+    offset_mappings = [batch.offset_mappings[i] for i in order]
+    start_logits, end_logits = batch.start_logits[order], batch.end_logits[order]
+    width = start_logits.shape[1]
+    assert width == max(len(o) for o in offset_mappings) and min(len(o) for o in offset_mappings) < 100
+
+    answers, _, null_odds = classic_postprocess(
+        example_ids, offset_mappings, start_logits, end_logits, batch.contexts, allow_null=allow_null
+    )
+    cfg = DecodeConfig(allow_null=allow_null)
+    predictions = decode(example_ids, pad_offsets(offset_mappings, width), start_logits, end_logits, batch.contexts, cfg)
+
+    assert {eid: p.text for eid, p in predictions.items()} == answers
+    assert {eid: p.null_odds for eid, p in predictions.items()} == null_odds
+    num_null = sum(text == "" for text in answers.values())
+    assert (num_null == 0) if not allow_null else (0.2 < num_null / len(answers) < 0.8)
