@@ -85,18 +85,16 @@ def _window_candidates(offsets, start_logits, end_logits, n_best_size: int, max_
             # Padding, question and special tokens hold no answer, yet they took their top-k slots above.
             if start_index >= len(offsets) or end_index >= len(offsets):
                 continue
-            if not _is_context(offsets[start_index]) or not _is_context(offsets[end_index]):
+            start_offsets, end_offsets = offsets[start_index], offsets[end_index]
+            if start_offsets is None or end_offsets is None or start_offsets[0] < 0 or end_offsets[0] < 0:
                 continue
             if end_index < start_index or end_index - start_index + 1 > max_answer_length:
                 continue
             candidates.append(
                 {
-                    "offsets": (offsets[start_index][0], offsets[end_index][1]),
+                    "offsets": (start_offsets[0], end_offsets[1]),
                     "score": start_logits[start_index] + end_logits[end_index],
                 }
             )
     return candidates
 
-
-def _is_context(offset) -> bool:
-    return offset is not None and offset[0] >= 0

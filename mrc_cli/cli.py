@@ -160,6 +160,50 @@ def train(
     typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
 
 
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="A checkpoint folder, a run directory (its best checkpoint) or an export.")]
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: CheckpointOpt,
+    data: Annotated[str, typer.Option("--data", help="Data with answers.")],
+    out: Annotated[Optional[str], typer.Option(help="Folder for predictions.json, nbest.json, null_odds.json, metrics.json.")] = None,
+    store_threshold: Annotated[bool, typer.Option(help="SQuAD v2: keep the best null threshold with the checkpoint for predict.")] = False,
+) -> None:
+    """Score a checkpoint on a dev set; the metrics are the last line of stdout, as one JSON object."""
+    from mrc_cli.reader import evaluate_file
+
+    metrics = evaluate_file(checkpoint, data, out, store_threshold)
+    if "best_f1_thresh" in metrics:
+        typer.echo(f"null threshold: F1 {metrics['f1']:.2f} at the checkpoint's, {metrics['best_f1']:.2f} at "
+                   f"{metrics['best_f1_thresh']:.3f}" + (" (stored)" if store_threshold else " (--store-threshold keeps it)"))
+    typer.echo(json.dumps(metrics, ensure_ascii=False, default=float))
+
+
+@app.command()
+def predict(
+    checkpoint: CheckpointOpt,
+    data: Annotated[str, typer.Option("--data", help="Questions, with or without answers.")],
+    out: Annotated[str, typer.Option("--out", help="Submission file {question id: answer}.")],
+) -> None:
+    """Write the submission file {id: answer} that SQuAD and CMRC 2018 expect."""
+    from mrc_cli.reader import predict_file
+
+    summary = predict_file(checkpoint, data, out)
+    typer.echo(f"{summary['questions']} questions, {summary['answered']} answered; wrote {summary['out']}")
+
+
+@app.command()
+def export(
+    checkpoint: CheckpointOpt,
+    out: Annotated[str, typer.Option("--out", help="Folder for the Hugging Face model, tokenizer and decoding settings.")],
+) -> None:
+    """Write a standard Hugging Face folder (AutoModelForQuestionAnswering + AutoTokenizer) with mrc_cli.yaml."""
+    from mrc_cli.export import export_checkpoint
+
+    typer.echo(f"exported to {export_checkpoint(checkpoint, out)}")
+
+
 def _flags(**flags) -> dict:
     """Named flags as config overrides: `data__doc_stride=64` -> {"data.doc_stride": 64}; None means not given."""
     return {key.replace("__", "."): value for key, value in flags.items()}

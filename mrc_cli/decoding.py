@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mrc_cli.errors import ConfigError
+
 
 @dataclass
 class DecodeConfig:
@@ -33,6 +35,11 @@ class DecodeConfig:
     max_answer_length: int = 30  # in tokens
     null_score_diff_threshold: float = 0.0  # higher: fewer null answers
     allow_null: bool = False  # SQuAD v2: an example may be answered with ""
+
+    def __post_init__(self) -> None:
+        for name in ("n_best_size", "max_answer_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"decode.{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -135,7 +142,9 @@ def _top_context_tokens(logits: np.ndarray, is_context: np.ndarray, k: int) -> t
     return top, np.take_along_axis(masked, top, axis=1)
 
 
-def _window_candidates(offsets: np.ndarray, start_logits, end_logits, cfg: DecodeConfig) -> tuple[np.ndarray, ...]:
+def _window_candidates(
+    offsets: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray, cfg: DecodeConfig
+) -> tuple[np.ndarray, ...]:
     """(feature, start token, end token, score) of every valid pair of every window's top-k starts and ends."""
     num_features, length = start_logits.shape
     k = min(cfg.n_best_size, length)
@@ -155,6 +164,7 @@ def _window_candidates(offsets: np.ndarray, start_logits, end_logits, cfg: Decod
 def _nbest_spans(
     example_index: np.ndarray, offsets: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray, cfg: DecodeConfig
 ) -> _Spans:
+    """Each example's n_best_size best spans over all its windows, as character offsets."""
     feature, start, end, score = _window_candidates(offsets, start_logits, end_logits, cfg)
     keep = _first_n_per_group(example_index[feature], score, cfg.n_best_size)
     return _Spans(
@@ -231,7 +241,7 @@ def _nbest_lists(
     if allow_null:
         # Spans are best first, so the null candidate goes after every span that scores at least as high.
         null_at = np.bincount(spans.example, weights=spans.score >= null_scores[spans.example], minlength=len(ids))
-        null_probabilities = null_weights / totals
-        for nbest, at, score, p in zip(nbests, null_at.astype(int).tolist(), null_scores.tolist(), null_probabilities.tolist()):
+        nulls = zip(null_at.astype(int).tolist(), null_scores.tolist(), (null_weights / totals).tolist())
+        for nbest, (at, score, p) in zip(nbests, nulls):
             nbest.insert(at, {"text": "", "start": -1, "end": -1, "score": score, "probability": p})
     return nbests

@@ -53,14 +53,19 @@ class FeatureSummary:
         )
 
 
-def build_features(examples, tokenizer, data: DataConfig, labels: bool):
-    """Tokenize a canonical examples `Dataset` into windowed features; returns (features Dataset, FeatureSummary)."""
+def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True):
+    """Tokenize a canonical examples `Dataset` into windowed features; returns (features Dataset, FeatureSummary).
+
+    With `cache`, features are stored under data.cache_dir and a second call with the same data, tokenizer and
+    settings loads them; without it (the Reader's few questions) they stay in memory.
+    """
     check_data_config(data, tokenizer.num_special_tokens_to_add(pair=True))
     started = time.perf_counter()
     fingerprint = _fingerprint(examples, tokenizer, data, labels)
     cache_dir = Path(data.cache_dir or Path.home() / ".cache" / "mrc-cli") / "features"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    from_cache = any(cache_dir.glob(f"{fingerprint}*.arrow"))
+    if cache:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    from_cache = cache and any(cache_dir.glob(f"{fingerprint}*.arrow"))
     num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
     features = examples.map(
         partial(_tokenize_batch, tokenizer=tokenizer, data=data, labels=labels),
@@ -68,7 +73,8 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool):
         batch_size=256,
         num_proc=num_proc,
         remove_columns=examples.column_names,
-        cache_file_name=str(cache_dir / f"{fingerprint}.arrow"),
+        cache_file_name=str(cache_dir / f"{fingerprint}.arrow") if cache else None,
+        keep_in_memory=not cache,
         new_fingerprint=fingerprint,
         desc="Tokenizing",
     )

@@ -76,3 +76,62 @@ def write_squad(path: Path, paragraphs: list[tuple[str, list[dict]]]) -> Path:
     data = [{"title": "t", "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs]}]
     path.write_text(json.dumps({"version": "test", "data": data}, ensure_ascii=False), encoding="utf-8")
     return path
+
+
+# --- tiny models for training tests ---------------------------------------------------------------------------
+
+
+def _save_tiny_encoder(folder: Path, config, tokenizer) -> str:
+    """Random weights of `config` (seed 0) saved as a model folder (safetensors) with its tokenizer beside them."""
+    import torch
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, wordpiece_tokenizer) -> str:
+    """A 2-layer, 32-wide BERT with random weights and the MiniLM (WordPiece) tokenizer: a local model folder."""
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=len(wordpiece_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), config, wordpiece_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_albert_dir(tmp_path_factory, albert_tokenizer) -> str:
+    """A 2-layer, 32-wide ALBERT with random weights and the test SentencePiece tokenizer: a local model folder."""
+    from transformers import AlbertConfig
+
+    config = AlbertConfig(vocab_size=len(albert_tokenizer), embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, intermediate_size=64, pad_token_id=albert_tokenizer.pad_token_id)
+    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny_albert"), config, albert_tokenizer)
+
+
+def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):
+    """A RunConfig for a few CPU steps on the quickstart English data: short windows, small batches, fp32, a log line
+    per step; the feature cache sits beside the run directory (tmp)."""
+    from mrc_cli.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.name_or_path = str(model_dir)
+    cfg.data.train_file = str(QUICKSTART / "en_train.json")
+    cfg.data.dev_file = str(QUICKSTART / "en_dev.json")
+    cfg.data.max_seq_length = 128
+    cfg.data.doc_stride = 32
+    cfg.data.max_query_length = 32
+    cfg.data.cache_dir = str(Path(output_dir).parent / "feature_cache")
+    cfg.train.output_dir = str(output_dir)
+    cfg.train.batch_size = 8
+    cfg.train.eval_batch_size = 32
+    cfg.train.precision = "no"
+    cfg.train.log_steps = 1
+    for key, value in train_overrides.items():
+        if not hasattr(cfg.train, key):
+            raise AttributeError(f"TrainConfig has no field {key!r}")
+        setattr(cfg.train, key, value)
+    return cfg

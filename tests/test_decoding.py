@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mrc_cli.decoding import DecodeConfig, decode, pad_offsets, predictions_to_json
+from mrc_cli.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -214,6 +215,11 @@ def test_decode_rejects_offsets_of_another_width():
         decode(["q"], offsets, logits, logits, {"q": CONTEXT}, DecodeConfig())
 
 
+def test_config_rejects_an_empty_nbest():
+    with pytest.raises(ConfigError, match="decode.n_best_size"):
+        DecodeConfig(n_best_size=0)
+
+
 def test_predictions_to_json():
     prediction = _null_case([6.0, 7.0], DecodeConfig(allow_null=True))
     answers, nbest, null_odds = predictions_to_json({"q": prediction})
@@ -240,7 +246,8 @@ def test_agrees_with_the_classic_loop(allow_null):
         example_ids, offset_mappings, start_logits, end_logits, batch.contexts, allow_null=allow_null
     )
     cfg = DecodeConfig(allow_null=allow_null)
-    predictions = decode(example_ids, pad_offsets(offset_mappings, width), start_logits, end_logits, batch.contexts, cfg)
+    offsets = pad_offsets(offset_mappings, width)
+    predictions = decode(example_ids, offsets, start_logits, end_logits, batch.contexts, cfg)
 
     assert {eid: p.text for eid, p in predictions.items()} == answers
     assert {eid: p.null_odds for eid, p in predictions.items()} == null_odds

@@ -1,0 +1,127 @@
+"""Trained models at work: `mrc eval`, `mrc predict` and the Python `Reader`, all through one inference path.
+
+Transformers 5 removed the question-answering pipeline, so extractive QA has no inference API there any more:
+`Reader.load(path)` takes an `mrc export` folder, a checkpoint or a run directory and answers questions with the same
+features and decoder as `mrc predict`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from accelerate import Accelerator
+
+from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
+from mrc_cli.config import RunConfig, config_to_dict, load_config
+from mrc_cli.data import to_dataset
+from mrc_cli.errors import CheckpointError
+from mrc_cli.features import Split, build_features, featurize_file, load_tokenizer
+from mrc_cli.inference import resolve_precision
+from mrc_cli.model import build_model, load_weights
+
+EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    cfg: RunConfig
+    path: Path  # the checkpoint or export folder
+
+
+def load_trained(path: str | Path) -> Loaded:
+    """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
+    path = Path(path)
+    if (path / EXPORT_SETTINGS).is_file():
+        from mrc_cli.export import read_export
+
+        return read_export(path)
+    checkpoint = resolve_checkpoint(path)
+    cfg = read_checkpoint_config(checkpoint)
+    model = build_model(str(checkpoint), cfg.model.dropout, cfg.data.max_seq_length, pretrained=False)
+    load_weights(model, read_weights(checkpoint), strict=True)
+    tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
+    return Loaded(model.eval(), tokenizer, cfg, checkpoint)
+
+
+def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
+    """(metrics, predictions) of a loaded model on a featurized split; metrics only where the split has answers."""
+    from mrc_cli.training import evaluate_split
+
+    cfg = loaded.cfg
+    if batch_size:
+        cfg.train.eval_batch_size = batch_size
+    accelerator = Accelerator()
+    model = accelerator.prepare_model(loaded.model, evaluation_mode=True)
+    return evaluate_split(model, split, cfg, accelerator, resolve_precision(cfg.train.precision))
+
+
+def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False) -> dict:
+    """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint on a data file."""
+    from mrc_cli.training import write_prediction_files
+
+    loaded = load_trained(checkpoint)
+    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "eval")
+    if any(g["is_impossible"] for g in split.golds):
+        loaded.cfg.decode.allow_null = True
+    metrics, predictions = run_inference(loaded, split)
+    out_dir = Path(out) if out else Path(checkpoint) / "eval"
+    write_prediction_files(out_dir, predictions, metrics)
+    if store_threshold and "best_f1_thresh" in metrics:
+        _store_threshold(loaded, metrics["best_f1_thresh"])
+    return {**metrics, "out": str(out_dir)}
+
+
+def _store_threshold(loaded: Loaded, threshold: float) -> None:
+    """Keep the dev-tuned null threshold with the checkpoint, so `predict` uses it (the HF scripts pass a fixed 0.0)."""
+    settings = loaded.path / ("config.yaml" if (loaded.path / "config.yaml").is_file() else EXPORT_SETTINGS)
+    loaded.cfg.decode.null_score_diff_threshold = float(threshold)
+    loaded.cfg.decode.allow_null = True
+    settings.write_text(yaml.safe_dump(config_to_dict(loaded.cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def predict_file(checkpoint: str, data: str, out: str) -> dict:
+    """`mrc predict`: the submission file {id: answer} for a data file, with or without answers."""
+    loaded = load_trained(checkpoint)
+    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "predict")
+    _, predictions = run_inference(loaded, split)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    answers = {pid: p.text for pid, p in predictions.items()}
+    out_path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
+    return {"questions": len(answers), "answered": sum(bool(a) for a in answers.values()), "out": str(out_path)}
+
+
+class Reader:
+    """Answers questions about contexts: `Reader.load(path)(question=..., context=...)`, or lists of both."""
+
+    def __init__(self, loaded: Loaded, batch_size: int = 64):
+        self.loaded = loaded
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path: str | Path, batch_size: int = 64) -> Reader:
+        return cls(load_trained(path), batch_size)
+
+    def __call__(self, question: str | list[str], context: str | list[str]) -> dict | list[dict]:
+        single = isinstance(question, str)
+        questions = [question] if single else list(question)
+        contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+        if len(questions) != len(contexts):
+            raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+        records = [{"id": str(i), "title": "", "context": c, "question": q, "answers": {"text": [], "answer_start": []},
+                    "is_impossible": False} for i, (q, c) in enumerate(zip(questions, contexts))]
+        examples = to_dataset(records)
+        features, summary = build_features(examples, self.loaded.tokenizer, self.loaded.cfg.data, labels=False, cache=False)
+        split = Split(examples, None, [], features, summary)
+        _, predictions = run_inference(self.loaded, split, self.batch_size)
+        answers = [_answer(predictions[str(i)]) for i in range(len(records))]
+        return answers[0] if single else answers
+
+
+def _answer(p) -> dict:
+    return {"answer": p.text, "score": p.score, "start": p.start, "end": p.end, "null_odds": p.null_odds}

@@ -1,0 +1,76 @@
+"""The data commands from the shell's side: validate, preprocess and score, with exit codes and files."""
+
+import json
+
+from typer.testing import CliRunner
+
+from conftest import shared_file, write_squad
+from mrc_cli.cli import app
+
+runner = CliRunner()
+REPORT_KEYS = {"questions", "answers", "misaligned", "relocated", "unlocatable", "duplicate_ids", "empty_questions",
+               "empty_contexts", "errors"}
+
+
+def test_validate_json_on_real_cmrc():
+    result = runner.invoke(app, ["validate", str(shared_file("cmrc2018_dev.json")), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert REPORT_KEYS <= set(report)
+    assert (report["questions"], report["misaligned"], report["relocated"], report["unlocatable"]) == (3219, 200, 7, 193)
+
+
+def test_validate_exit_codes_follow_the_use(tmp_path):
+    qa = {"id": "dup", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]}
+    path = write_squad(tmp_path / "d.json", [("The cat sat.", [qa, qa])])
+    assert runner.invoke(app, ["validate", str(path), "--for", "train"]).exit_code == 0
+    result = runner.invoke(app, ["validate", str(path), "--for", "eval"])
+    assert result.exit_code == 1 and "question id dup occurs 2 times" in result.stdout
+
+
+def test_validate_unreadable_file_is_a_report_not_a_traceback(tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text('{"data": [{"paragraphs": [{"context": "abc", "qas": [')
+    result = runner.invoke(app, ["validate", str(path), "--json"])
+    assert result.exit_code == 1
+    assert "not valid JSON" in json.loads(result.stdout)["errors"][0]
+
+
+def test_preprocess_saves_features_and_reuses_the_cache(minilm_path, tmp_path):
+    args = ["preprocess", "--model", minilm_path, "--data", str(shared_file("squad_v2.0_dev_head.json")),
+            "--for", "eval", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    first = runner.invoke(app, [*args, "--out", str(tmp_path / "f1")])
+    assert first.exit_code == 0, first.output
+    assert "1407 examples -> " in first.stdout and "tokenized" in first.stdout
+    second = runner.invoke(app, [*args, "--out", str(tmp_path / "f2")])
+    assert "loaded from cache" in second.stdout
+    import datasets
+
+    features = datasets.load_from_disk(str(tmp_path / "f2"))
+    assert {"input_ids", "offset_mapping", "word_ids", "example_id", "start_positions"} <= set(features.column_names)
+
+
+def test_preprocess_bad_stride_is_one_line_error(minilm_path, tmp_path):
+    result = runner.invoke(app, ["preprocess", "--model", minilm_path, "--data", "data/quickstart/en_dev.json",
+                                 "--out", str(tmp_path / "f"), "--doc-stride", "400"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: doc_stride 400 must be below") and "Traceback" not in result.output
+
+
+def test_score_counts_missing_predictions(tmp_path):
+    gold = shared_file("squad_v2.0_dev_head.json")
+    data = json.loads(gold.read_text())["data"]
+    qas = [qa for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    preds = {qa["id"]: (qa["answers"][0]["text"] if qa["answers"] else "") for qa in qas[:1000]}
+    (tmp_path / "p.json").write_text(json.dumps(preds))
+    result = runner.invoke(app, ["score", str(gold), str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["missing"] == 407 and scores["total"] == 1407
+    assert abs(scores["exact"] - 100 * 1000 / 1407) < 0.01  # all given predictions right, missing ones score 0
+
+
+def test_score_rejects_a_predictions_file_of_the_wrong_shape(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps([{"id": "x", "prediction_text": "y"}]))
+    result = runner.invoke(app, ["score", "data/quickstart/en_dev.json", str(tmp_path / "p.json")])
+    assert result.exit_code == 1 and "a predictions file is one JSON object" in result.stderr

@@ -1,0 +1,101 @@
+"""Train -> eval -> predict -> export -> Reader: the same answers everywhere, from the CLI and from Python."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_run_config
+from mrc_cli import Reader
+from mrc_cli.cli import app
+from mrc_cli.errors import CheckpointError
+from mrc_cli.training import train
+
+DEV = "data/quickstart/en_dev.json"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_bert_dir, tmp_path_factory):
+    cfg = tiny_run_config(tiny_bert_dir, str(tmp_path_factory.mktemp("run") / "run"), max_steps=4, save_steps=2, eval_steps=2)
+    return train(cfg).run_dir
+
+
+def _dev_questions():
+    data = json.load(open(DEV, encoding="utf-8"))["data"]
+    return [(qa["id"], qa["question"], p["context"]) for a in data for p in a["paragraphs"] for qa in p["qas"]]
+
+
+def test_eval_predict_export_and_reader_agree(trained_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", DEV, "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["total"] == 49 and 0 <= metrics["f1"] <= 100 and metrics["dev_loss"] > 0
+    assert "best_f1_thresh" in metrics  # the dev set has unanswerable questions: SQuAD v2 rules
+    for name in ("predictions.json", "nbest.json", "null_odds.json", "metrics.json"):
+        assert (tmp_path / "eval" / name).is_file()
+    eval_answers = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+
+    result = runner.invoke(app, ["predict", "--checkpoint", str(trained_run), "--data", DEV, "--out", str(tmp_path / "sub.json")])
+    assert result.exit_code == 0, result.output
+    submission = json.loads((tmp_path / "sub.json").read_text())
+    assert submission == eval_answers
+
+    result = runner.invoke(app, ["export", "--checkpoint", str(trained_run), "--out", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    hf_model = AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "export"))
+    assert type(hf_model).__name__ == "BertForQuestionAnswering"
+    AutoTokenizer.from_pretrained(str(tmp_path / "export"))
+
+    questions = _dev_questions()
+    for source in (trained_run, tmp_path / "export"):
+        reader = Reader.load(source)
+        answers = reader(question=[q for _, q, _ in questions], context=[c for _, _, c in questions])
+        assert [a["answer"] for a in answers] == [submission[qid] for qid, _, _ in questions]
+    one = Reader.load(tmp_path / "export")(question=questions[0][1], context=questions[0][2])
+    assert one["answer"] == submission[questions[0][0]]
+    assert set(one) == {"answer", "score", "start", "end", "null_odds"}
+    if one["answer"]:
+        assert questions[0][2][one["start"]:one["end"]] == one["answer"]
+
+
+def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    from mrc_cli.export import export_checkpoint
+    from mrc_cli.reader import load_trained
+
+    export_checkpoint(str(trained_run), str(tmp_path / "export"))
+    ours = load_trained(trained_run)
+    theirs = AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "export")).eval()
+    batch = ours.tokenizer(["Who?"], ["The cat sat on the mat."], return_tensors="pt")
+    with torch.no_grad():
+        a = ours.model(**batch)
+        b = theirs(**batch)
+    assert torch.allclose(a.start_logits, b.start_logits, atol=1e-5)
+    assert torch.allclose(a.end_logits, b.end_logits, atol=1e-5)
+
+
+def test_store_threshold_is_used_by_predict(trained_run, tmp_path):
+    run = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(trained_run, run)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--store-threshold"])
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.stdout.strip().splitlines()[-1])["best_f1_thresh"]
+    from mrc_cli.reader import load_trained
+
+    assert load_trained(run).cfg.decode.null_score_diff_threshold == pytest.approx(best)
+
+
+def test_checkpoint_folder_without_weights_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no model.safetensors here"):
+        Reader.load(tmp_path / "empty")
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(tmp_path / "empty"), "--data", DEV, "--out", str(tmp_path / "x.json")])
+    assert result.exit_code == 1 and result.stderr.startswith("Error:") and "no model.safetensors" in result.stderr
