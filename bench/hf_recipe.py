@@ -3,7 +3,7 @@
 `classic_postprocess` is our own code for the classic nested loop of `postprocess_qa_predictions`
 (transformers, examples/pytorch/question-answering/utils_qa.py): per window, argsort the start and end logits, take
 the top n_best_size of ALL tokens, try every (start, end) pair in Python and skip the invalid ones, then sort the
-survivors of the example. `mrc_cli.decoding.decode` must give the same answers, much faster.
+survivors of the example. `mrc_cli.decoding.decode` must give the same answers (tests/test_decoding.py).
 
 One departure, to match our decoding contract: an example with no valid span gets "" (the recipe invents the text
 "empty" with score 0).

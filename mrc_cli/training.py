@@ -105,7 +105,7 @@ def train(cfg: RunConfig) -> TrainResult:
     collate = Collator(tokenizer.pad_token_id or 0)
     batches = _batch_stream(_lengths(train_split.features), cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
-    running, micro = torch.zeros((), device=accelerator.device), 0
+    running, micro, seen = torch.zeros((), device=accelerator.device), 0, 0
     started = time.perf_counter()
     model.train()
     while state.step < total_steps:
@@ -120,6 +120,7 @@ def train(cfg: RunConfig) -> TrainResult:
             optimizer.zero_grad()
         running += loss.detach()
         micro += 1
+        seen += len(feature_ids) * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
         scheduler.step()
@@ -133,7 +134,7 @@ def train(cfg: RunConfig) -> TrainResult:
             lr = scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
             log.metrics(state.step, {"loss": mean_loss, "lr": lr, "epoch": epoch,
-                                     "features_per_s": state.step * effective / (time.perf_counter() - started)})
+                                     "features_per_s": seen / (time.perf_counter() - started)})
             running.zero_()
             micro = 0
         stop = False

@@ -231,10 +231,10 @@ def test_predictions_to_json():
 @pytest.mark.parametrize("allow_null", [False, True])
 def test_agrees_with_the_classic_loop(allow_null):
     # SQuAD v1 models never want the null answer; for v2 half the questions are unanswerable (CLS high).
+    null_fraction = 0.5 if allow_null else 0.0
     batch = synthetic_batch(
-        np.random.default_rng(7), 400, seq_lengths=(50, 384), window_weights=(0.25,) * 4,
-        null_fraction=0.5 if allow_null else 0.0,
-    )  # fmt: skip
+        np.random.default_rng(7), 400, seq_lengths=(50, 384), window_weights=(0.25,) * 4, null_fraction=null_fraction
+    )
     order = np.random.default_rng(8).permutation(len(batch.example_ids))  # features in arbitrary order
     example_ids = [batch.example_ids[i] for i in order]
     offset_mappings = [batch.offset_mappings[i] for i in order]
