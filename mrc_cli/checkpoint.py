@@ -47,17 +47,26 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step-{trainer_state['step']:06d}"
     tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    torch.save(training_state, tmp / "training_state.pt")
-    model.config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    save_config(cfg, tmp / "config.yaml")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    if final.exists():  # the same step saved again after a resume
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        torch.save(training_state, tmp / "training_state.pt")
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        save_config(cfg, tmp / "config.yaml")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        if final.exists():  # the same step saved again after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as err:  # a full disk, a quota, a read-only folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        raise CheckpointError(
+            f"could not write checkpoint {final}: {err.strerror or err}; "
+            + (f"the previous checkpoint {previous} is intact, " if previous else "no earlier checkpoint exists, ")
+            + "free some space and continue with --resume auto"
+        ) from None
     _prune(root, keep_last, trainer_state.get("best_step"))
     return final
 

@@ -156,8 +156,11 @@ def train(
         return
     from mrc_cli.training import train as run_training
 
+    from accelerate import PartialState
+
     result = run_training(cfg)
-    typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
+    if PartialState().is_main_process:
+        typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
 
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="A checkpoint folder, a run directory (its best checkpoint) or an export.")]

@@ -130,6 +130,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str):
+            try:  # YAML 1.1 reads 3e-5 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
         if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     names = " or ".join("null" if k is type(None) else k.__name__ for k in options)

@@ -14,15 +14,18 @@ Two deliberate differences from that loop:
   candidate take one of the n slots when it ranks among them).
 
 Candidate search is array work over all windows at once: a masked top-k (F, k), the pair scores (F, k, k), then one
-sort that groups the valid pairs by example, best first. The only loop over examples assembles the output objects,
-and with n-best lists of 20 dicts per example that assembly, not the search, is most of the run time
-(docs/benchmarks.md, "Decoding").
+sort that groups the valid pairs by example, best first. The only loop over examples assembles the Prediction
+objects; their n-best lists of dicts are cut from shared arrays only when read (`Prediction.nbest`), because building
+20 dicts per example costs more than the whole search (docs/benchmarks.md, "Decoding").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from functools import cached_property, partial
+from itertools import chain
 
 import numpy as np
 
@@ -51,7 +54,22 @@ class Prediction:
     score: float  # start + end logit of the best span, -inf when there is none
     null_score: float  # min over the example's windows of the CLS start + end logits
     null_odds: float  # null_score - score (+inf without a span): the "na_prob" the official v2 script thresholds
-    nbest: list[dict] = field(default_factory=list)  # {"text", "start", "end", "score", "probability"}, best first
+    # Lazy n-best: `decode` passes a function that cuts this example's list from arrays shared by the whole batch, and
+    # `nbest` calls it on first read, so callers that only need answers (evaluation) never pay for ~20 dicts per
+    # example, which cost more than the whole span search.
+    build_nbest: Callable[[], list[dict]] = field(default=list, repr=False, compare=False)
+
+    @cached_property
+    def nbest(self) -> list[dict]:
+        """{"text", "start", "end", "score", "probability"}, best first; with allow_null the null candidate too."""
+        return self.build_nbest()
+
+    def __eq__(self, other: object) -> bool:
+        # The generated __eq__ would skip the n-best (it cannot compare build functions); compare the lists.
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        same = all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.compare)
+        return same and self.nbest == other.nbest
 
 
 @dataclass
@@ -64,20 +82,56 @@ class _Spans:
     score: np.ndarray  # (S,)
 
 
-def pad_offsets(offset_mappings: Sequence[Sequence[Sequence[int]]], length: int | None = None) -> np.ndarray:
+def pad_offsets(offset_mappings, length: int | None = None) -> np.ndarray:
     """Stack per-feature offset mappings into one (F, L, 2) int array, padding with -1 (not context).
 
-    `length` is the width of the padded logits; it defaults to the longest feature.
+    `offset_mappings` is a features `Dataset`'s `offset_mapping` column (`features["offset_mapping"]`, read as Arrow,
+    with no Python object per token), a pyarrow list array, or per-feature sequences of [start, end] pairs. `length`
+    is the width of the padded logits; it defaults to the longest feature.
     """
-    longest = max((len(offsets) for offsets in offset_mappings), default=0)
+    lengths, pairs = _flatten_offsets(offset_mappings)  # (F,), (T, 2)
+    longest = int(lengths.max(initial=0))
     length = longest if length is None else length
     if longest > length:
         raise ValueError(f"a feature has {longest} tokens but the logits are padded to {length}")
-    padded = np.full((len(offset_mappings), length, 2), -1, dtype=np.int64)  # (F, L, 2)
-    for i, offsets in enumerate(offset_mappings):
-        if len(offsets):
-            padded[i, : len(offsets)] = offsets
+    padded = np.full((len(lengths), length, 2), -1, dtype=np.int64)  # (F, L, 2)
+    # The mask's True cells, in row-major order, are the features' tokens in order: exactly the rows of `pairs`.
+    padded[np.arange(length) < lengths[:, None]] = pairs
     return padded
+
+
+def _flatten_offsets(offset_mappings) -> tuple[np.ndarray, np.ndarray]:
+    """(F,) token counts and the (T, 2) [start, end] pairs of all features, concatenated."""
+    column = _arrow_column(offset_mappings)
+    if column is not None:
+        outer = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+        pairs = outer.flatten()  # one [start, end] list per token
+        if outer.null_count or pairs.null_count:
+            raise ValueError("offset_mapping holds None; mark non-context tokens [-1, -1] instead (mrc_cli.features)")
+        lengths = outer.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pairs.flatten().to_numpy(zero_copy_only=False)
+    else:
+        lengths = np.fromiter(map(len, offset_mappings), dtype=np.int64, count=len(offset_mappings))
+        # One flat conversion: per-feature np.asarray calls cost several times more.
+        values = np.fromiter(chain.from_iterable(chain.from_iterable(offset_mappings)), dtype=np.int64)
+    if len(values) != 2 * lengths.sum():
+        raise ValueError(
+            f"offset_mapping needs a [start, end] pair per token: {len(values)} values, {lengths.sum()} tokens"
+        )
+    return lengths, values.reshape(-1, 2)
+
+
+def _arrow_column(values):
+    """The Arrow array behind `values` when it is a pyarrow array or a datasets `Column`, else None."""
+    pa = sys.modules.get("pyarrow")  # neither check imports anything: such values exist only once it is imported
+    if pa is not None and isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    datasets = sys.modules.get("datasets")
+    column = getattr(datasets, "Column", None)  # `dataset["name"]` since datasets 4; a plain list before
+    if column is not None and isinstance(values, column) and isinstance(values.source, datasets.Dataset):
+        # Iterating a Column decodes it row by row into Python lists, 100 times slower than reading it as Arrow.
+        return values.source.with_format("arrow")[values.column_name]
+    return None
 
 
 def decode(
@@ -90,10 +144,13 @@ def decode(
 ) -> dict[str, Prediction]:
     """Decode one prediction per example from its windows' logits; features may come in any order.
 
-    `offsets` is `pad_offsets(...)` for the same features (F, L, 2), logits are (F, L). An example whose windows offer
-    no valid span (no context token, or every pair too long or reversed) gets text "", start/end -1 and score -inf.
+    `example_ids` may be a features `Dataset`'s column (`features["example_id"]`, read as Arrow); `offsets` is
+    `pad_offsets(...)` for the same features (F, L, 2), logits are (F, L). An example whose windows offer no valid
+    span (no context token, or every pair too long or reversed) gets text "", start/end -1 and score -inf.
     Returns {example_id: Prediction} in order of first appearance in `example_ids`.
     """
+    column = _arrow_column(example_ids)
+    example_ids = example_ids if column is None else column.to_pylist()
     start_logits, end_logits, offsets = np.asarray(start_logits), np.asarray(end_logits), np.asarray(offsets)
     _check_shapes(example_ids, offsets, start_logits, end_logits)
     if len(example_ids) == 0:
@@ -157,7 +214,8 @@ def _window_candidates(
     # A masked (non-context) start or end made its scores -inf.
     valid = np.isfinite(scores) & (span_length >= 1) & (span_length <= cfg.max_answer_length)  # (F, k, k)
     flat = np.flatnonzero(valid)  # (C,) indices into (F, k, k)
-    feature, i, j = flat // (k * k), flat // k % k, flat % k
+    feature, pair = np.divmod(flat, k * k)
+    i, j = np.divmod(pair, k)
     return feature, starts[feature, i], ends[feature, j], scores.reshape(-1)[flat]
 
 
@@ -177,14 +235,24 @@ def _nbest_spans(
 
 def _first_n_per_group(group: np.ndarray, score: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n best scores of every group, ordered by group, then best first (ties in any order)."""
-    score_rank = np.empty(len(score), dtype=np.int64)
-    score_rank[np.argsort(-score)] = np.arange(len(score))
-    # One argsort of a unique integer key (group major, score rank minor) is several times faster than
-    # lexsort((-score, group)), whose float key goes through a slow indirect merge sort.
-    order = np.argsort(group * len(score) + score_rank)
+    # One argsort of an int64 key, group in the high 32 bits and the score's order in the low 32, is several times
+    # faster than lexsort((-score, group)), whose float key goes through a slow indirect merge sort.
+    order = np.argsort((group.astype(np.int64) << 32) | _descending_order_key(score))
     sizes = np.bincount(group)
     rank_in_group = np.arange(len(order)) - (np.cumsum(sizes) - sizes)[group[order]]
     return order[rank_in_group < n]
+
+
+def _descending_order_key(score: np.ndarray) -> np.ndarray:
+    """Integers in [0, 2**32) that sort ascending as `score` sorts descending (NaN-free scores)."""
+    if score.dtype.itemsize > 4:  # float64 bits do not fit: rank the scores instead (one more sort)
+        rank = np.empty(len(score), dtype=np.int64)
+        rank[np.argsort(-score)] = np.arange(len(score))
+        return rank
+    bits = score.astype(np.float32).view(np.int32)
+    # IEEE 754 is sign and magnitude: flipping the magnitude bits of negatives makes the int order the float order.
+    ascending = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (~ascending).astype(np.int64) + 2**31
 
 
 def _null_scores(example_index: np.ndarray, num_examples: int, start_logits, end_logits) -> np.ndarray:
@@ -206,42 +274,54 @@ def _build_predictions(
     # In the logits' dtype, so the threshold test agrees bit for bit with the classic loop's.
     null_odds = null_scores - best_scores  # (E,)
     answered = (sizes > 0) & ~(cfg.allow_null & (null_odds > cfg.null_score_diff_threshold))  # (E,)
-    nbests = _nbest_lists(ids, contexts, spans, sizes, null_scores, best_scores, cfg.allow_null)
+    example_contexts = [contexts[example_id] for example_id in ids]
+    nbest_of = _NbestColumns(example_contexts, spans, sizes, null_scores, best_scores, cfg.allow_null).nbest
 
     # Plain lists: indexing numpy arrays element by element would cost more than the rest of the loop.
     char_start, char_end = spans.char_start.tolist(), spans.char_end.tolist()
     columns = (first.tolist(), answered.tolist(), best_scores.tolist(), null_scores.tolist(), null_odds.tolist())
     predictions = {}
-    for example_id, i, has_answer, score, null_score, odds, nbest in zip(ids, *columns, nbests):
+    rows = zip(ids, example_contexts, *columns)
+    for e, (example_id, context, i, has_answer, score, null_score, odds) in enumerate(rows):
         start, end = (char_start[i], char_end[i]) if has_answer else (-1, -1)
-        text = contexts[example_id][start:end] if has_answer else ""
-        predictions[example_id] = Prediction(example_id, text, start, end, score, null_score, odds, nbest)
+        text = context[start:end] if has_answer else ""
+        predictions[example_id] = Prediction(
+            example_id, text, start, end, score, null_score, odds, build_nbest=partial(nbest_of, e)
+        )
     return predictions
 
 
-def _nbest_lists(
-    ids: list[str], contexts: Mapping[str, str], spans: _Spans, sizes, null_scores, best_scores, allow_null: bool
-) -> list[list[dict]]:
-    """Each example's n-best as dicts, with the softmax probability over its list (the null candidate included)."""
-    top = np.maximum(best_scores, null_scores) if allow_null else best_scores  # (E,) so that exp cannot overflow
-    top = top.astype(np.float64)
-    weights = np.exp(spans.score - top[spans.example])  # (S,)
-    null_weights = np.exp(null_scores - top) if allow_null else np.zeros(len(ids))  # (E,)
-    totals = np.bincount(spans.example, weights=weights, minlength=len(ids)) + null_weights  # (E,)
+class _NbestColumns:
+    """The n-best lists of all examples of one `decode` call as arrays; `nbest(e)` builds example e's list of dicts.
 
-    example_contexts = [contexts[example_id] for example_id in ids]
-    columns = (spans.char_start.tolist(), spans.char_end.tolist(), spans.score.tolist())
-    probabilities = (weights / totals[spans.example]).tolist()
-    entries = [
-        {"text": example_contexts[e][s:t], "start": s, "end": t, "score": score, "probability": p}
-        for e, s, t, score, p in zip(spans.example.tolist(), *columns, probabilities)
-    ]
-    bounds = np.cumsum(sizes).tolist()
-    nbests = [entries[lo:hi] for lo, hi in zip([0, *bounds], bounds)]
-    if allow_null:
-        # Spans are best first, so the null candidate goes after every span that scores at least as high.
-        null_at = np.bincount(spans.example, weights=spans.score >= null_scores[spans.example], minlength=len(ids))
-        nulls = zip(null_at.astype(int).tolist(), null_scores.tolist(), (null_weights / totals).tolist())
-        for nbest, (at, score, p) in zip(nbests, nulls):
-            nbest.insert(at, {"text": "", "start": -1, "end": -1, "score": score, "probability": p})
-    return nbests
+    Probabilities are the softmax over each example's list, the null candidate included when allow_null.
+    """
+
+    def __init__(self, contexts: list[str], spans: _Spans, sizes, null_scores, best_scores, allow_null: bool):
+        num_examples = len(contexts)
+        top = np.maximum(best_scores, null_scores) if allow_null else best_scores  # (E,) so that exp cannot overflow
+        top = top.astype(np.float64)
+        weights = np.exp(spans.score - top[spans.example])  # (S,)
+        null_weights = np.exp(null_scores - top) if allow_null else np.zeros(num_examples)  # (E,)
+        totals = np.bincount(spans.example, weights=weights, minlength=num_examples) + null_weights  # (E,)
+        self.contexts = contexts
+        self.bounds = [0, *np.cumsum(sizes).tolist()]  # example e's spans are rows bounds[e]:bounds[e + 1]
+        self.columns = (spans.char_start, spans.char_end, spans.score, weights / totals[spans.example])  # (S,) each
+        self.null = None
+        if allow_null:
+            # Spans are best first, so the null candidate goes after every span that scores at least as high.
+            ahead = spans.score >= null_scores[spans.example]  # (S,)
+            null_at = np.bincount(spans.example, weights=ahead, minlength=num_examples)  # (E,)
+            self.null = (null_at.astype(int).tolist(), null_scores.tolist(), (null_weights / totals).tolist())
+
+    def nbest(self, e: int) -> list[dict]:
+        context, rows = self.contexts[e], slice(self.bounds[e], self.bounds[e + 1])
+        char_start, char_end, score, probability = (column[rows].tolist() for column in self.columns)
+        nbest = [
+            {"text": context[s:t], "start": s, "end": t, "score": sc, "probability": p}
+            for s, t, sc, p in zip(char_start, char_end, score, probability)
+        ]
+        if self.null is not None:
+            at, score, probability = (column[e] for column in self.null)
+            nbest.insert(at, {"text": "", "start": -1, "end": -1, "score": score, "probability": probability})
+        return nbest

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -53,37 +54,44 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def predict_logits(model, features, accelerator, batch_size: int, precision: str, width: int) -> Logits:
-    """Logits of every feature, padded to `width`; each process runs a share of the batches."""
+    """Logits of every feature, padded to `width`.
+
+    Each process runs every world-th length-sorted batch and the results are gathered once at the end, placed by
+    feature index: no feature is dropped or counted twice however unevenly the batches divide (accelerate's
+    gather_for_metrics needs equal batch shapes on every process, which length-sorted batches do not have).
+    """
     columns = [c for c in (*MODEL_INPUTS, *LABELS) if c in features.column_names]
     rows = features.select_columns(columns).add_column("feature_index", list(range(len(features))))
-    lengths = [len(ids) for ids in features["input_ids"]]
-    pad_id = getattr(model.config, "pad_token_id", None) or 0
-    loader = accelerator.prepare_data_loader(
-        DataLoader(rows, batch_sampler=inference_batches(lengths, batch_size), collate_fn=Collator(pad_id))
-    )
-    start = np.zeros((len(features), width), dtype=np.float32)
-    end = np.zeros((len(features), width), dtype=np.float32)
-    loss_sum, loss_count = 0.0, 0
+    batches = inference_batches([len(ids) for ids in features["input_ids"]], batch_size)
+    mine = batches[accelerator.process_index::accelerator.num_processes]
+    pad_id = getattr(accelerator.unwrap_model(model).config, "pad_token_id", None) or 0
+    loader = DataLoader(rows, batch_sampler=mine, collate_fn=Collator(pad_id))
+    results = []  # (feature indices, start logits, end logits, per-feature loss or None)
     was_training = model.training
     model.eval()
     for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         index = batch.pop("feature_index")
         labels = [batch.pop(k) for k in LABELS if k in batch]
         with autocast(accelerator.device, precision):
             out = model(**batch)
         pad = (0, width - out.start_logits.shape[1])
-        gathered = [index, F.pad(out.start_logits, pad, value=NEG), F.pad(out.end_logits, pad, value=NEG)]
-        if labels:
-            losses = span_loss(out.start_logits, out.end_logits, *labels, reduction="none")  # (batch,), 0 where ignored
-            gathered += [losses, (labels[0] != -100).float()]
-        gathered = [t.cpu() for t in accelerator.gather_for_metrics(gathered)]
-        start[gathered[0].numpy()] = gathered[1].numpy()
-        end[gathered[0].numpy()] = gathered[2].numpy()
-        if labels:
-            loss_sum += float(gathered[3].sum())
-            loss_count += int(gathered[4].sum())
+        losses = span_loss(out.start_logits, out.end_logits, *labels, reduction="none") if labels else None  # (batch,)
+        results.append((index.cpu().numpy(), F.pad(out.start_logits, pad, value=NEG).cpu().numpy(),
+                        F.pad(out.end_logits, pad, value=NEG).cpu().numpy(),
+                        None if losses is None else (losses.cpu().numpy(), (labels[0] != -100).cpu().numpy())))
     model.train(was_training)
-    return Logits(start, end, loss_sum / loss_count if loss_count else None)
+    if accelerator.num_processes > 1:
+        results = gather_object(results)
+    start = np.zeros((len(features), width), dtype=np.float32)
+    end = np.zeros((len(features), width), dtype=np.float32)
+    loss = np.zeros(len(features))
+    valid = np.zeros(len(features), dtype=bool)
+    for index, s, e, losses in results:
+        start[index], end[index] = s, e
+        if losses is not None:
+            loss[index], valid[index] = losses
+    return Logits(start, end, float(loss[valid].mean()) if valid.any() else None)
 
 
 def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: DecodeConfig) -> dict[str, Prediction]:

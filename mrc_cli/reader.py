@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
 from mrc_cli.config import RunConfig, config_to_dict, load_config
@@ -70,9 +70,10 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         loaded.cfg.decode.allow_null = True
     metrics, predictions = run_inference(loaded, split)
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
-    write_prediction_files(out_dir, predictions, metrics)
-    if store_threshold and "best_f1_thresh" in metrics:
-        _store_threshold(loaded, metrics["best_f1_thresh"])
+    if PartialState().is_main_process:  # under accelerate launch every process has all predictions
+        write_prediction_files(out_dir, predictions, metrics)
+        if store_threshold and "best_f1_thresh" in metrics:
+            _store_threshold(loaded, metrics["best_f1_thresh"])
     return {**metrics, "out": str(out_dir)}
 
 
@@ -90,9 +91,10 @@ def predict_file(checkpoint: str, data: str, out: str) -> dict:
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "predict")
     _, predictions = run_inference(loaded, split)
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     answers = {pid: p.text for pid, p in predictions.items()}
-    out_path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
+    if PartialState().is_main_process:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
     return {"questions": len(answers), "answered": sum(bool(a) for a in answers.values()), "out": str(out_path)}
 
 

@@ -17,11 +17,10 @@ class RunLog:
         self.enabled = enabled
         self.tensorboard = None
         if enabled:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))  # creates the run directory
             except ImportError:  # tensorboard is optional
                 pass
 
@@ -29,18 +28,27 @@ class RunLog:
         if not self.enabled:
             return
         tqdm.write(message)
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # not before the first line: a run that fails its checks leaves nothing
         with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def metrics(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
         if self.tensorboard is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self.tensorboard.add_scalar(key, value, step)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric lines after `step` (a resumed run repeats the steps after its checkpoint)."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.enabled and path.is_file():
+            kept = [r for r in read_metrics(path) if r["step"] <= step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def close(self) -> None:
         if self.tensorboard is not None:

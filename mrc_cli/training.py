@@ -11,7 +11,9 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import platform
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -40,6 +43,10 @@ RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_st
 
 class TrainingError(MrcError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class TrainingInterrupted(MrcError):
+    """SIGINT/SIGTERM: a checkpoint was saved and the run stopped."""
 
 
 @dataclass
@@ -65,11 +72,14 @@ def train(cfg: RunConfig) -> TrainResult:
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir)
+    resume_notes = []
     if resume_from is not None:
-        cfg = _config_for_resume(cfg, resume_from)
+        cfg, resume_notes = _config_for_resume(cfg, resume_from)
     precision = resolve_precision(cfg.train.precision)
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
+    accelerator = _accelerator(precision, cfg.train.grad_accum)
     log = RunLog(run_dir, accelerator.is_main_process)
+    for note in resume_notes:
+        log.info(note)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
@@ -108,46 +118,87 @@ def train(cfg: RunConfig) -> TrainResult:
     running, micro, seen = torch.zeros((), device=accelerator.device), 0, 0
     started = time.perf_counter()
     model.train()
-    while state.step < total_steps:
-        epoch, index, feature_ids = next(batches)
-        batch = {k: v.to(accelerator.device) for k, v in collate([rows[i] for i in feature_ids]).items()}
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-        running += loss.detach()
-        micro += 1
-        seen += len(feature_ids) * accelerator.num_processes
-        if not accelerator.sync_gradients:
-            continue
-        scheduler.step()
-        state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, index + 1
-        bar.update(1)
-        if state.step % cfg.train.log_steps == 0 or state.step == total_steps:
-            mean_loss = accelerator.reduce(running, "mean").item() / micro
-            if not math.isfinite(mean_loss):
-                raise TrainingError(f"the training loss became {mean_loss} at step {state.step}; the checkpoints in "
-                                    f"{run_dir / 'checkpoints'} are from before it. Try a lower --lr or --set train.max_grad_norm=1.0")
-            lr = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-            log.metrics(state.step, {"loss": mean_loss, "lr": lr, "epoch": epoch,
-                                     "features_per_s": seen / (time.perf_counter() - started)})
-            running.zero_()
-            micro = 0
-        stop = False
-        if dev_split is not None and (state.step == total_steps or (cfg.train.eval_steps and state.step % cfg.train.eval_steps == 0)):
-            stop = _evaluate_and_track(model, dev_split, cfg, accelerator, precision, state, log)
-        if state.step == total_steps or stop or (cfg.train.save_steps and state.step % cfg.train.save_steps == 0) \
-                or state.best_step == state.step:
-            _save(run_dir, accelerator, model, optimizer, scheduler, tokenizer, cfg, state)
-        if stop:
-            log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of {cfg.train.metric_for_best}")
-            break
+    with _StopOnSignal() as stopper:
+        while state.step < total_steps:
+            epoch, index, feature_ids = next(batches)
+            batch = {k: v.to(accelerator.device) for k, v in collate([rows[i] for i in feature_ids]).items()}
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            running, micro, seen = running + loss.detach(), micro + 1, seen + len(feature_ids) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, index + 1
+            bar.update(1)
+            _check_finite(running, state.step, run_dir)  # before anything is saved from this step
+            if state.step % cfg.train.log_steps == 0 or state.step == total_steps:
+                mean_loss, lr = accelerator.reduce(running, "mean").item() / micro, scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
+                log.metrics(state.step, {"loss": mean_loss, "lr": lr, "epoch": epoch,
+                                         "features_per_s": seen / (time.perf_counter() - started)})
+                running, micro = torch.zeros_like(running), 0
+            stop = False
+            if dev_split is not None and (state.step == total_steps or _every(state.step, cfg.train.eval_steps)):
+                stop = _evaluate_and_track(model, dev_split, cfg, accelerator, precision, state, log)
+            interrupted = stopper.requested(accelerator)
+            if state.step == total_steps or stop or interrupted or _every(state.step, cfg.train.save_steps) \
+                    or state.best_step == state.step:
+                _save(run_dir, accelerator, model, optimizer, scheduler, tokenizer, cfg, state)
+            if interrupted:
+                raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step {state.step}; the checkpoint is "
+                                          f"saved: continue with --resume auto --output-dir {run_dir}")
+            if stop:
+                log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of {cfg.train.metric_for_best}")
+                break
     bar.close()
     return _finish(run_dir, model, dev_split, cfg, accelerator, precision, state, log)
+
+
+def _every(step: int, interval: int) -> bool:
+    return bool(interval) and step % interval == 0
+
+
+def _check_finite(running_loss: torch.Tensor, step: int, run_dir: Path) -> None:
+    if not torch.isfinite(running_loss):
+        raise TrainingError(f"the training loss became {running_loss.item()} at step {step}; nothing from this step was "
+                            f"saved, the checkpoints in {run_dir / 'checkpoints'} are from before it. Try a lower --lr "
+                            "or --set train.max_grad_norm=1.0")
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop after the current step; a second SIGINT kills."""
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): no graceful stop there
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        tqdm.write(f"{self.signal_name} received: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    def requested(self, accelerator) -> bool:
+        """True on every process when any process got a signal, so that all of them save and stop together."""
+        flag = torch.tensor(float(self.signal_name is not None), device=accelerator.device)
+        return accelerator.reduce(flag, "sum").item() > 0 if accelerator.num_processes > 1 else bool(flag)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
@@ -165,20 +216,35 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> RunConfig:
-    """The checkpoint's config, except the keys that only say how long and how often; each difference is printed."""
+def _accelerator(precision: str, grad_accum: int) -> Accelerator:
+    """One Accelerator per run; on a machine without a GPU, processes started by torchrun/accelerate meet over gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        # accelerate keeps one state per Python process; a second run with other settings (a notebook) needs a new one
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum,
+                              cpu=not torch.cuda.is_available())
+    if accelerator.num_processes != world:
+        raise ConfigError(f"{world} processes were launched but accelerate set up {accelerator.num_processes}; "
+                          "on CPU launch with `accelerate launch --cpu --multi_gpu --num_processes N` or torchrun")
+    return accelerator
+
+
+def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, list[str]]:
+    """The checkpoint's config, except the keys that only say how long and how often; each difference is noted."""
     saved = read_checkpoint_config(checkpoint)
     now, then = config_to_dict(cfg), config_to_dict(saved)
+    notes = []
     for section, values in now.items():
         for key, value in values.items():
             if value == then[section][key]:
                 continue
             keep_new = section == "train" and key in RESUME_OVERRIDABLE or (section, key) == ("train", "output_dir")
-            print(f"resume: {section}.{key} is {then[section][key]!r} in the checkpoint and {value!r} now; "
-                  f"using {'the new value' if keep_new else 'the checkpoint'}")
+            notes.append(f"resume: {section}.{key} is {then[section][key]!r} in the checkpoint and {value!r} now; "
+                         f"using {'the new value' if keep_new else 'the checkpoint'}")
             if keep_new:
                 setattr(getattr(saved, section), key, value)
-    return saved
+    return saved, notes
 
 
 def _load_split(source: str | None, use: str, tokenizer, cfg: RunConfig, log: RunLog):
@@ -285,6 +351,7 @@ def _restore(checkpoint: Path, accelerator, model, optimizer, scheduler, log: Ru
                  f"{accelerator.num_processes}; dropout noise will differ from the original run")
     set_rng_state(rngs[accelerator.process_index % len(rngs)])
     state = TrainerState(**trainer_state)
+    log.truncate_metrics(state.step)  # lines logged after the checkpoint by the stopped run are logged again
     log.info(f"resumed from {checkpoint} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     return state
 

@@ -1,0 +1,196 @@
+"""A killed run resumes exactly, signals save a checkpoint, a full disk and a NaN loss stop cleanly, pickles never run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, tiny_run_config
+from mrc_cli.config import save_config
+from mrc_cli.errors import CheckpointError
+
+# Runs mrc_cli's training in a fresh process and SIGKILLs it at the n-th call of a chosen function:
+# "step" = the n-th training forward's loss, "eval" = the n-th evaluation, "save" = the n-th checkpoint, after its
+# weights file is written and before the folder is complete. No hook in the product: the driver patches functions.
+DRIVER = textwrap.dedent('''
+    import os, signal, sys
+    kind, n, config = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    import mrc_cli.checkpoint as checkpoint, mrc_cli.model as model, mrc_cli.training as training
+    calls = [0]
+    def kill_at_nth(original, after=False):
+        def wrapped(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == n and not after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)
+            if calls[0] == n and after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        return wrapped
+    if kind == "step":
+        model.span_loss = kill_at_nth(model.span_loss)
+    elif kind == "eval":
+        training.predict_logits = kill_at_nth(training.predict_logits)
+    elif kind == "save":
+        checkpoint.save_file = kill_at_nth(checkpoint.save_file, after=True)
+    from mrc_cli.config import load_config
+    training.train(load_config(config))
+''')
+
+
+def _run_driver(tmp_path: Path, cfg, kind: str = "none", n: int = 0) -> subprocess.CompletedProcess:
+    config = tmp_path / f"{Path(cfg.train.output_dir).name}.yaml"
+    save_config(cfg, config)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(driver), kind, str(n), str(config)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _final_state(run_dir: Path, step: int):
+    weights = load_file(str(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return weights, lines
+
+
+@pytest.mark.parametrize("kind, n", [("step", 7), ("eval", 2), ("save", 2)])
+def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_run(tiny_bert_dir, tmp_path, kind, n):
+    settings = dict(max_steps=8, save_steps=2, eval_steps=4, keep_last=10, seed=3)
+    reference = tiny_run_config(tiny_bert_dir, tmp_path / "reference", **settings)
+    done = _run_driver(tmp_path, reference)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed = tiny_run_config(tiny_bert_dir, tmp_path / "killed", **settings)
+    crash = _run_driver(tmp_path, killed, kind, n)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-2000:]
+    assert not (tmp_path / "killed" / "checkpoints" / "step-000008").exists()
+    if kind == "save":  # a half-written folder stays behind under its temporary name, and is never resumed from
+        assert any(p.name.startswith(".tmp-") for p in (tmp_path / "killed" / "checkpoints").iterdir())
+
+    killed.train.resume = "auto"
+    resumed = _run_driver(tmp_path, killed)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in (tmp_path / "killed" / "train.log").read_text()
+
+    ref_weights, ref_lines = _final_state(tmp_path / "reference", 8)
+    new_weights, new_lines = _final_state(tmp_path / "killed", 8)
+    assert ref_weights.keys() == new_weights.keys()
+    assert all(torch.equal(ref_weights[k], new_weights[k]) for k in ref_weights)  # bitwise on CPU
+    # same losses and dev metrics, step for step, with no duplicate lines from the killed attempt
+    strip = lambda lines: [{k: v for k, v in r.items() if k != "features_per_s"} for r in lines]
+    assert strip(new_lines) == strip(ref_lines)
+    ref_pred = json.loads((tmp_path / "reference" / "predictions.json").read_text())
+    assert json.loads((tmp_path / "killed" / "predictions.json").read_text()) == ref_pred
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_path):
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=500, save_steps=0, eval_steps=0)
+    cfg.data.dev_file = None
+    config = tmp_path / "run.yaml"
+    save_config(cfg, config)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mrc_cli", "train", "--config", str(config)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "stopped by SIGTERM at step" in stderr and "--resume auto" in stderr and "Traceback" not in stderr
+    step = int(stderr.split("at step ")[1].split(";")[0])
+    state = json.loads((tmp_path / "run" / "checkpoints" / f"step-{step:06d}" / "trainer_state.json").read_text())
+    assert state["step"] == step >= 2
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_bert_dir, tmp_path, monkeypatch):
+    import mrc_cli.checkpoint as checkpoint
+    from mrc_cli.training import train
+
+    calls = []
+    original = checkpoint.save_file
+
+    def fill_the_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", fill_the_disk)
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=4, save_steps=2, eval_steps=0)
+    cfg.data.dev_file = None
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint .*step-000002 is intact"):
+        train(cfg)
+    folders = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()]
+    assert folders == ["step-000002"]  # no half-written folder left behind
+    load_file(str(tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors"))
+
+
+def test_nan_loss_stops_with_the_step_and_saves_nothing_after_it(tiny_bert_dir, tmp_path, monkeypatch):
+    import mrc_cli.model as model
+    from mrc_cli.training import TrainingError, train
+
+    calls = []
+    original = model.span_loss
+
+    def nan_at_third(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(model, "span_loss", nan_at_third)
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=6, save_steps=2, eval_steps=0)
+    cfg.data.dev_file = None
+    with pytest.raises(TrainingError, match="became nan at step 3"):
+        train(cfg)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    import pickle
+
+    from mrc_cli.model import load_state_dict_file
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "pytorch_model.bin"
+    evil.write_bytes(pickle.dumps({"encoder.weight": _Exploit(marker)}))
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_state_dict_file(evil)
+    assert not marker.exists()
+
+    from typer.testing import CliRunner
+
+    from mrc_cli.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--init-from", str(evil), "--train", "data/quickstart/en_train.json",
+                                      "--model", "/no/such/model", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1 and not marker.exists()
+
+
+def test_a_plain_tensor_pickle_still_loads(tmp_path):
+    from mrc_cli.model import load_state_dict_file
+
+    path = tmp_path / "weights.bin"
+    torch.save({"qa_outputs.weight": torch.ones(2, 3)}, path)
+    assert torch.equal(load_state_dict_file(path)["qa_outputs.weight"], torch.ones(2, 3))
