@@ -1,21 +1,67 @@
-"""Reference implementations in the style of the Hugging Face question-answering recipe, as benchmark baselines.
+"""Reference implementations of the Hugging Face question-answering recipe's post-processing, as benchmark baselines.
 
-`classic_postprocess` is our own code for the classic nested loop of `postprocess_qa_predictions`
-(transformers, examples/pytorch/question-answering/utils_qa.py): per window, argsort the start and end logits, take
-the top n_best_size of ALL tokens, try every (start, end) pair in Python and skip the invalid ones, then sort the
-survivors of the example. `mrc_cli.decoding.decode` must give the same answers (tests/test_decoding.py).
+Both are our own code for `postprocess_qa_predictions` (transformers, examples/pytorch/question-answering/utils_qa.py):
+per window, argsort the start and end logits, take the top n_best_size of ALL tokens, try every (start, end) pair in
+Python and skip the invalid ones, then sort the survivors of the example. They share that loop and differ only in how
+they reach the data:
 
-One departure, to match our decoding contract: an example with no valid span gets "" (the recipe invents the text
-"empty" with score 0).
+- `recipe_postprocess` reads `datasets.Dataset`s the way the recipe does, so it is what users of the recipe run: it
+  maps examples to features by iterating over every feature row (each row decoded from Arrow into Python, all
+  columns), reads each window's offsets with a row access `features[i]["offset_mapping"]` inside the loop (None for
+  non-context tokens) and each context from an example row. The recipe decodes each feature row a second time for
+  its optional `token_is_max_context` column; ours does not, so it is, if anything, faster than the recipe.
+- `classic_postprocess` starts from Python lists and a {id: context} dict: the same loop with no data access cost,
+  an honest lower bound for any loop of this kind.
+
+`mrc_cli.decoding.decode` must give the same answers as both (tests/test_decoding.py). Two departures from the
+recipe, to match our decoding contract: an example with no valid span gets "" (the recipe invents the text "empty"
+with score 0), and the n-best list is the n_best_size best spans plus, with allow_null, the null candidate (the
+recipe lets the null candidate take one of the n slots). Neither changes an answer or a null odds value.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+# (example_id, context, its windows as (offsets, start_logits, end_logits))
+ExampleWindows = tuple[str, str, Iterable[tuple[Sequence, np.ndarray, np.ndarray]]]
+
+
+def recipe_postprocess(
+    examples,
+    features,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    allow_null: bool = False,
+    null_threshold: float = 0.0,
+) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
+    """Answers, n-best lists and null odds (as `classic_postprocess`) from `datasets.Dataset`s, read as the recipe does.
+
+    `examples` has the columns "id" and "context"; `features` has "example_id" and "offset_mapping" (None for
+    non-context tokens, the recipe's convention) and may have more, which every row access decodes too. Logits are
+    (F, L) in the features' order.
+    """
+    example_id_to_index = {example_id: i for i, example_id in enumerate(examples["id"])}
+    features_per_example = defaultdict(list)
+    for feature_index, feature in enumerate(features):  # decodes every column of every feature row
+        features_per_example[example_id_to_index[feature["example_id"]]].append(feature_index)
+
+    def windows(feature_indices: list[int]) -> Iterator:
+        for feature_index in feature_indices:
+            offsets = features[feature_index]["offset_mapping"]  # a row decode per window, inside the loop
+            yield offsets, start_logits[feature_index], end_logits[feature_index]
+
+    per_example = (
+        (example["id"], example["context"], windows(features_per_example[example_index]))
+        for example_index, example in enumerate(examples)
+    )
+    return _postprocess(per_example, n_best_size, max_answer_length, allow_null, null_threshold)
 
 
 def classic_postprocess(
@@ -32,30 +78,35 @@ def classic_postprocess(
     """Answers {id: text}, n-best lists {id: [{"text", "score", "probability"}]} and null odds {id: float}.
 
     `offset_mappings` are per-feature lists, unpadded; a non-context token is None (the recipe's convention) or
-    [-1, -1] (ours). Logits are (F, L), padded to the longest feature. The n-best list is the n_best_size best spans
-    plus, with allow_null, the null candidate, as in `mrc_cli.decoding`.
+    [-1, -1] (ours). Logits are (F, L), padded to the longest feature.
     """
     features_per_example = defaultdict(list)
     for feature_index, example_id in enumerate(example_ids):
         features_per_example[example_id].append(feature_index)
+    per_example = (
+        (example_id, contexts[example_id], ((offset_mappings[f], start_logits[f], end_logits[f]) for f in indices))
+        for example_id, indices in features_per_example.items()
+    )
+    return _postprocess(per_example, n_best_size, max_answer_length, allow_null, null_threshold)
 
+
+def _postprocess(
+    per_example: Iterable[ExampleWindows], n_best_size: int, max_answer_length: int, allow_null: bool, null_threshold
+) -> tuple[dict[str, str], dict[str, list[dict]], dict[str, float]]:
+    """The recipe's loop over examples: candidates of all windows, the n best, probabilities, the null decision."""
     answers, all_nbest, null_odds = {}, {}, {}
-    for example_id, feature_indices in features_per_example.items():
+    for example_id, context, windows in per_example:
         null_prediction, candidates = None, []
-        for feature_index in feature_indices:
-            window_start, window_end = start_logits[feature_index], end_logits[feature_index]
+        for offsets, window_start, window_end in windows:
             window_null = window_start[0] + window_end[0]
             if null_prediction is None or window_null < null_prediction["score"]:
                 null_prediction = {"offsets": (0, 0), "score": window_null}
-            candidates += _window_candidates(
-                offset_mappings[feature_index], window_start, window_end, n_best_size, max_answer_length
-            )
+            candidates += _window_candidates(offsets, window_start, window_end, n_best_size, max_answer_length)
         nbest = sorted(candidates, key=lambda c: c["score"], reverse=True)[:n_best_size]
         best = nbest[0] if nbest else {"text": "", "score": -math.inf}  # its text is filled in below
         if allow_null:
             nbest = sorted([*nbest, null_prediction], key=lambda c: c["score"], reverse=True)
 
-        context = contexts[example_id]
         for prediction in nbest:
             offsets = prediction.pop("offsets")
             prediction["text"] = context[offsets[0] : offsets[1]]
@@ -97,4 +148,3 @@ def _window_candidates(offsets, start_logits, end_logits, n_best_size: int, max_
                 }
             )
     return candidates
-

@@ -130,7 +130,8 @@ def _tokenize_batch(batch: dict, tokenizer, data: DataConfig, labels: bool) -> d
 
 def _truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
     """Cut questions to `max_query_length` tokens by character offset (the pair call only truncates contexts)."""
-    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: no "sequence longer than the model's maximum" warning: long questions are what we cut here
+    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     return [
         q if len(offs) <= max_query_length else q[: offs[max_query_length - 1][1]]
         for q, offs in zip(questions, enc["offset_mapping"])
@@ -212,7 +213,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _count_truncated(examples, tokenizer, max_query_length: int) -> int:
-    lengths = tokenizer(list(examples["question"]), add_special_tokens=False, return_length=True)["length"]
+    lengths = tokenizer(list(examples["question"]), add_special_tokens=False, return_length=True, verbose=False)["length"]
     return int(sum(n > max_query_length for n in lengths))
 
 

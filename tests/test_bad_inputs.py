@@ -1,0 +1,160 @@
+"""The catalogue of broken inputs, through the CLI: each gets a one-paragraph error and exit 1, or a counted repair.
+
+No case may print a traceback; every error names the file or flag and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_squad
+from mrc_cli.cli import app
+
+runner = CliRunner()
+GOOD_QA = {"id": "ok", "question": "Where does the cat sit?", "answers": [{"text": "the mat", "answer_start": 15}]}
+CONTEXT = "The cat sat on the mat."
+
+
+def _invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def _fails(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def _train(minilm_path, tmp_path, train_file, *flags):
+    return _invoke("train", "--model", minilm_path, "--train", train_file, "--output-dir", tmp_path / "run",
+                   "--set", f"data.cache_dir={tmp_path / 'cache'}", "--max-steps", "1", *flags)
+
+
+# --- files that cannot be read ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, fragments", [
+    (b'{"data": [{"paragraphs": [{"context": "abc", "qas": [', ["truncated.json", "not valid JSON (line 1", "truncated"]),
+    (b'{"articles": []}', ["truncated.json", "expected SQuAD-style JSON", "found top-level articles"]),
+    (b'\xff\xfe{\x00}\x00', ["truncated.json", "not UTF-8 text", "iconv"]),
+])
+def test_unreadable_files(minilm_path, tmp_path, content, fragments):
+    path = tmp_path / "truncated.json"
+    path.write_bytes(content)
+    _fails(_train(minilm_path, tmp_path, path), *fragments)
+    report = _invoke("validate", path, "--json")
+    assert report.exit_code == 1 and fragments[1] in json.loads(report.stdout)["errors"][0]
+
+
+def test_missing_fields_and_wrong_types_name_each_record(minilm_path, tmp_path):
+    path = write_squad(tmp_path / "d.json", [(CONTEXT, [
+        GOOD_QA, {"id": "no-question", "answers": []}, {"id": "number", "question": 7, "answers": []}])])
+    _fails(_train(minilm_path, tmp_path, path), "not usable for train (2 problems)",
+           "question no-question: missing field(s) question", "question number: field(s) question must be text",
+           "mrc validate")
+
+
+def test_empty_question_and_context(minilm_path, tmp_path):
+    path = write_squad(tmp_path / "d.json", [(CONTEXT, [GOOD_QA, {**GOOD_QA, "id": "empty", "question": " "}]),
+                                             ("  ", [{**GOOD_QA, "id": "blank"}])])
+    _fails(_train(minilm_path, tmp_path, path), "question empty: the question is empty", "question blank: the context is empty")
+
+
+def test_duplicate_ids_warn_in_training_and_stop_prediction(minilm_path, tmp_path, tiny_bert_dir):
+    path = write_squad(tmp_path / "d.json", [(CONTEXT, [GOOD_QA, GOOD_QA])])
+    report = json.loads(_invoke("validate", path, "--for", "train", "--json").stdout)
+    assert report["duplicate_ids"] == 1 and report["errors"] == [] and "occurs 2 times" in report["warnings"][0]
+    _fails(_invoke("predict", "--checkpoint", tmp_path / "none", "--data", path, "--out", tmp_path / "p.json"),
+           "no such checkpoint")  # the checkpoint is checked first; the data check follows in test_inference's run
+    from mrc_cli.errors import DataError
+    from mrc_cli.validate import load_examples
+
+    with pytest.raises(DataError, match="question id ok occurs 2 times .*ambiguous"):
+        load_examples(str(path), "predict")
+
+
+# --- repairs that are counted, not errors -------------------------------------------------------------------------
+
+
+def test_answers_not_in_the_context_or_past_its_end_are_counted(tmp_path):
+    path = write_squad(tmp_path / "d.json", [(CONTEXT, [
+        GOOD_QA,
+        {"id": "elsewhere", "question": "q?", "answers": [{"text": "the mat", "answer_start": 2}]},
+        {"id": "past-end", "question": "q?", "answers": [{"text": "mat", "answer_start": 999}]},
+        {"id": "absent", "question": "q?", "answers": [{"text": "a dog", "answer_start": 4}]},
+    ])])
+    result = _invoke("validate", path, "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0
+    assert (report["misaligned"], report["relocated"], report["unlocatable"], report["left_out_of_training"]) == (3, 2, 1, 1)
+    assert any("question absent" in r and "not in its context" in r for r in report["repairs"])
+
+
+def test_huge_context_and_overlong_question_are_windowed_and_truncated(minilm_path, tmp_path):
+    context = " ".join(f"sentence {i} tells of the river." for i in range(3500))  # ~110k characters
+    answer_at = context.index("sentence 3000")
+    question = "Which sentence " + "really " * 600 + "mentions three thousand?"
+    path = write_squad(tmp_path / "huge.json", [(context, [
+        {"id": "huge", "question": question, "answers": [{"text": "sentence 3000", "answer_start": answer_at}]}])])
+    assert len(context) > 100_000
+    result = _invoke("preprocess", "--model", minilm_path, "--data", path, "--out", tmp_path / "f",
+                     "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert result.exit_code == 0, result.output
+    assert "1 questions truncated" in result.stdout and "0 answers in no window" in result.stdout
+    import datasets
+
+    features = datasets.load_from_disk(str(tmp_path / "f"))
+    assert len(features) > 100 and max(len(ids) for ids in features["input_ids"]) <= 384
+    assert sum(s > 0 for s in features["start_positions"]) >= 1
+
+
+# --- models, flags and run directories ----------------------------------------------------------------------------
+
+
+def test_nonexistent_model_folder_and_unreachable_hub_id(tmp_path):
+    data = "data/quickstart/en_train.json"
+    _fails(_invoke("train", "--model", tmp_path / "nope", "--train", data, "--output-dir", tmp_path / "r"),
+           "cannot load a tokenizer from", "no such folder")
+    _fails(_invoke("train", "--model", "no-such-org/no-such-model", "--train", data, "--output-dir", tmp_path / "r"),
+           "no-such-org/no-such-model", "Hub is not reachable")
+
+
+def test_model_without_a_fast_tokenizer(tmp_path):
+    from transformers import ByT5Tokenizer
+
+    ByT5Tokenizer().save_pretrained(str(tmp_path / "byt5"))  # a byte-level tokenizer with no Rust version
+    _fails(_invoke("preprocess", "--model", tmp_path / "byt5", "--data", "data/quickstart/en_dev.json", "--out", tmp_path / "f"),
+           "needs a fast (Rust) tokenizer")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--doc-stride", "400"], "doc_stride 400 must be below the 317 tokens left for context"),
+    (["--batch-size", "0"], "train.batch_size must be at least 1"),
+    (["--batch-size", "-3"], "train.batch_size must be at least 1"),
+    (["--lr", "0"], "train.lr must be > 0"),
+    (["--lr", "-1"], "train.lr must be > 0"),
+    (["--max-steps", "-5"], "train.epochs must be > 0 or train.max_steps > 0"),
+    (["--max-steps", "0", "--epochs", "0"], "train.epochs must be > 0 or train.max_steps > 0"),
+    (["--set", "train.lr=fast"], "train.lr: expected float, got 'fast'"),
+    (["--set", "train.learning_rate=1e-4"], "unknown config key 'train.learning_rate'"),
+])
+def test_bad_flags_stop_before_any_heavy_work(minilm_path, tmp_path, flags, fragment):
+    _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", *flags), fragment)  # later flags win
+
+
+def test_output_directory_of_another_run(tiny_bert_dir, tmp_path):
+    from conftest import tiny_run_config
+    from mrc_cli.training import train
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1)
+    cfg.data.dev_file = None
+    train(cfg)
+    result = _invoke("train", "--model", tiny_bert_dir, "--train", "data/quickstart/en_train.json",
+                     "--output-dir", tmp_path / "run", "--max-steps", "2")
+    _fails(result, "holds another run (checkpoints up to step-000001)", "--resume auto")
