@@ -50,6 +50,8 @@ class Collator:
         }
         if "token_type_ids" in rows[0]:
             batch["token_type_ids"] = self._pad(rows, "token_type_ids", width, 0)
+        if "word_ids" in rows[0]:
+            batch["word_ids"] = self._pad(rows, "word_ids", width, -1)
         for key in (*LABELS, "feature_index"):
             if key in rows[0]:
                 batch[key] = torch.tensor([r[key] for r in rows])

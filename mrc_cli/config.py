@@ -40,6 +40,7 @@ class ModelConfig:
     name_or_path: str = "bert-base-uncased"
     tokenizer: str | None = None  # another tokenizer than the model's (Chinese ALBERT ships a BERT vocabulary)
     dropout: float | None = None  # None keeps the model's; 0 is fine for small data that does not overfit
+    span_level: str = "token"  # token | word: answers start and end on whole words (data.word_segmenter's)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def export_checkpoint(checkpoint: str, out: str) -> Path:
 
 def read_export(path: Path) -> Loaded:
     cfg = load_config(path / EXPORT_SETTINGS)
-    model = build_model(str(path), cfg.model.dropout, cfg.data.max_seq_length, pretrained=False)
+    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(path))
     prefix = model.encoder.base_model_prefix + "."
     state = {(f"encoder.{k[len(prefix):]}" if k.startswith(prefix) else k): v
              for k, v in load_file(str(path / "model.safetensors")).items()}

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from mrc_cli.batching import LABELS, Collator, inference_batches
 from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets
 from mrc_cli.metrics import score
-from mrc_cli.model import MODEL_INPUTS, span_loss
+from mrc_cli.model import MODEL_INPUTS
+from mrc_cli.words import unit_offsets
 
 NEG = torch.finfo(torch.float32).min
 
@@ -72,14 +73,12 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         index = batch.pop("feature_index")
-        labels = [batch.pop(k) for k in LABELS if k in batch]
         with autocast(accelerator.device, precision):
             out = model(**batch)
         pad = (0, width - out.start_logits.shape[1])
-        losses = span_loss(out.start_logits, out.end_logits, *labels, reduction="none") if labels else None  # (batch,)
+        losses = None if out.feature_loss is None else (out.feature_loss.cpu().numpy(), out.labelled.cpu().numpy())
         results.append((index.cpu().numpy(), F.pad(out.start_logits, pad, value=NEG).cpu().numpy(),
-                        F.pad(out.end_logits, pad, value=NEG).cpu().numpy(),
-                        None if losses is None else (losses.cpu().numpy(), (labels[0] != -100).cpu().numpy())))
+                        F.pad(out.end_logits, pad, value=NEG).cpu().numpy(), losses))
     model.train(was_training)
     if accelerator.num_processes > 1:
         results = gather_object(results)
@@ -94,9 +93,16 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
     return Logits(start, end, float(loss[valid].mean()) if valid.any() else None)
 
 
-def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: DecodeConfig) -> dict[str, Prediction]:
-    offsets = pad_offsets(features["offset_mapping"], logits.start.shape[1])
-    return decode(list(features["example_id"]), offsets, logits.start, logits.end, contexts, cfg)
+def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: DecodeConfig,
+                    span_level: str = "token") -> dict[str, Prediction]:
+    """Answers from logits over tokens, or over words (units: CLS, then the window's words; max_answer_length in words)."""
+    example_ids = list(features["example_id"])
+    width = logits.start.shape[1]
+    if span_level == "word":
+        offsets = unit_offsets(example_ids, features["offset_mapping"], features["word_ids"], width)
+    else:
+        offsets = pad_offsets(features["offset_mapping"], width)
+    return decode(example_ids, offsets, logits.start, logits.end, contexts, cfg)
 
 
 def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig, metric: str = "auto") -> dict:

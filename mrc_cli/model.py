@@ -14,21 +14,31 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mrc_cli.config import ModelConfig
 from mrc_cli.errors import CheckpointError, ConfigError
+from mrc_cli.words import pool_words, token_to_unit_labels, unit_index
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "word_ids")
+SPAN_LEVELS = ("token", "word")
 
 
 @dataclass
 class SpanOutput:
-    start_logits: torch.Tensor  # (batch, seq)
-    end_logits: torch.Tensor  # (batch, seq)
-    loss: torch.Tensor | None = None  # mean of the start and end cross-entropies
+    start_logits: torch.Tensor  # (batch, units): tokens, or CLS + words at word level
+    end_logits: torch.Tensor  # (batch, units)
+    loss: torch.Tensor | None = None  # mean over labelled features of the start and end cross-entropies
+    feature_loss: torch.Tensor | None = None  # (batch,), 0 where the label is ignored (-100)
+    labelled: torch.Tensor | None = None  # (batch,) bool
 
 
 class SpanExtractionModel(nn.Module):
-    def __init__(self, encoder: nn.Module):
+    """span_level "token": start/end over tokens; "word": over whole words pooled from their tokens (mrc_cli.words)."""
+
+    def __init__(self, encoder: nn.Module, span_level: str = "token"):
         super().__init__()
+        if span_level not in SPAN_LEVELS:
+            raise ConfigError(f"model.span_level must be one of {', '.join(SPAN_LEVELS)}, not {span_level!r}")
+        self.span_level = span_level
         self.encoder = encoder
         # unused by span extraction; dropping it also keeps DDP from waiting for gradients that never come
         if getattr(encoder, "pooler", None) is not None:
@@ -42,20 +52,32 @@ class SpanExtractionModel(nn.Module):
     def config(self):
         return self.encoder.config
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, start_positions=None, end_positions=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, word_ids=None, start_positions=None,
+                end_positions=None):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        logits = self.qa_outputs(states).float()  # (batch, seq, 2); fp32 for a stable softmax under autocast
-        logits = logits.masked_fill(attention_mask[..., None] == 0, torch.finfo(torch.float32).min)
+        present = attention_mask.bool()  # (batch, seq)
+        if self.span_level == "word":
+            units = unit_index(word_ids)  # (batch, seq)
+            states, present = pool_words(states, units)  # (batch, units, hidden), (batch, units)
+            if start_positions is not None:
+                start_positions = token_to_unit_labels(start_positions, units)
+                end_positions = token_to_unit_labels(end_positions, units)
+        logits = self.qa_outputs(states).float()  # (batch, units, 2); fp32 for a stable softmax under autocast
+        logits = logits.masked_fill(~present[..., None], torch.finfo(torch.float32).min)
         start_logits, end_logits = logits.unbind(-1)
-        loss = None if start_positions is None else span_loss(start_logits, end_logits, start_positions, end_positions)
-        return SpanOutput(start_logits, end_logits, loss)
+        if start_positions is None:
+            return SpanOutput(start_logits, end_logits)
+        feature_loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        labelled = start_positions != -100
+        loss = feature_loss.sum() / labelled.sum().clamp(min=1)  # a batch with no label is 0, not NaN
+        return SpanOutput(start_logits, end_logits, loss, feature_loss, labelled)
 
 
-def span_loss(start_logits, end_logits, start_positions, end_positions, reduction: str = "mean") -> torch.Tensor:
-    """Mean of the start and end cross-entropies; labels of -100 (unlocated answers) are ignored."""
-    start = F.cross_entropy(start_logits, start_positions, ignore_index=-100, reduction=reduction)
-    end = F.cross_entropy(end_logits, end_positions, ignore_index=-100, reduction=reduction)
+def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch.Tensor:
+    """Per feature, the mean of the start and end cross-entropies; 0 for labels of -100 (unlocated answers)."""
+    start = F.cross_entropy(start_logits, start_positions, ignore_index=-100, reduction="none")
+    end = F.cross_entropy(end_logits, end_positions, ignore_index=-100, reduction="none")
     return (start + end) / 2
 
 
@@ -81,16 +103,17 @@ def _encoder_config(name_or_path: str, dropout: float | None, max_seq_length: in
     return config
 
 
-def build_model(name_or_path: str, dropout: float | None, max_seq_length: int, pretrained: bool = True) -> SpanExtractionModel:
-    """An encoder with pretrained weights (or only its architecture, to load a checkpoint into) and a fresh head."""
+def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True, source: str | None = None) -> SpanExtractionModel:
+    """The encoder of `model.name_or_path` (or of `source`, a checkpoint or export folder) with pretrained weights or
+    only its architecture (to load weights into), and a fresh head."""
     from transformers import AutoModel
 
-    config = _encoder_config(name_or_path, dropout, max_seq_length)
+    config = _encoder_config(source or model.name_or_path, model.dropout, max_seq_length)
     if pretrained:
-        encoder = AutoModel.from_pretrained(name_or_path, config=config, attn_implementation="sdpa")
+        encoder = AutoModel.from_pretrained(source or model.name_or_path, config=config, attn_implementation="sdpa")
     else:
         encoder = AutoModel.from_config(config, attn_implementation="sdpa")
-    return SpanExtractionModel(encoder)
+    return SpanExtractionModel(encoder, model.span_level)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -42,7 +42,7 @@ def load_trained(path: str | Path) -> Loaded:
         return read_export(path)
     checkpoint = resolve_checkpoint(path)
     cfg = read_checkpoint_config(checkpoint)
-    model = build_model(str(checkpoint), cfg.model.dropout, cfg.data.max_seq_length, pretrained=False)
+    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(checkpoint))
     load_weights(model, read_weights(checkpoint), strict=True)
     tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
     return Loaded(model.eval(), tokenizer, cfg, checkpoint)

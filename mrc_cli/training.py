@@ -89,7 +89,7 @@ def train(cfg: RunConfig) -> TrainResult:
         cfg.decode.allow_null = True
         log.info("dev set has unanswerable questions: decode.allow_null set to true")
 
-    model = build_model(cfg.model.name_or_path, cfg.model.dropout, cfg.data.max_seq_length, pretrained=resume_from is None)
+    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=resume_from is None)
     if cfg.train.init_from and resume_from is None:
         _init_from(model, cfg.train.init_from, log)
     optimizer = _optimizer(model, cfg, log)
@@ -111,7 +111,7 @@ def train(cfg: RunConfig) -> TrainResult:
              f"{int(cfg.train.warmup * total_steps)} of warm-up")
 
     rows = train_split.features.select_columns([c for c in train_split.features.column_names
-                                                if c not in ("example_id", "offset_mapping", "word_ids")])
+                                                if c not in ("example_id", "offset_mapping")])
     collate = Collator(tokenizer.pad_token_id or 0)
     batches = _batch_stream(_lengths(train_split.features), cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
@@ -323,7 +323,7 @@ def _evaluate_and_track(model, dev_split, cfg: RunConfig, accelerator, precision
 def evaluate_split(model, split, cfg: RunConfig, accelerator, precision: str):
     """(metrics with dev_loss, predictions) of a model on a featurized split."""
     logits = predict_logits(model, split.features, accelerator, cfg.train.eval_batch_size, precision, cfg.data.max_seq_length)
-    predictions = decode_features(split.features, logits, split.contexts, cfg.decode)
+    predictions = decode_features(split.features, logits, split.contexts, cfg.decode, cfg.model.span_level)
     metrics = evaluate_predictions(split.golds, predictions, cfg.decode) if split.golds else {}
     metrics["dev_loss"] = logits.loss
     return metrics, predictions

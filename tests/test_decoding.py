@@ -1,20 +1,23 @@
-"""Span decoding: hand-built windows for each rule, then agreement with the classic Hugging Face loop."""
+"""Span decoding: hand-built windows for each rule, then agreement with the Hugging Face recipe's loop."""
 
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from mrc_cli.decoding import DecodeConfig, decode, pad_offsets, predictions_to_json
+from mrc_cli import decoding
+from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_decoding import synthetic_batch  # noqa: E402
-from hf_recipe import classic_postprocess  # noqa: E402
+from bench_decoding import synthetic_batch, to_datasets  # noqa: E402
+from hf_recipe import classic_postprocess, recipe_postprocess  # noqa: E402
 
 CONTEXT = "alpha beta gamma delta epsilon zeta eta theta"
 WORD_SPANS = [[m.start(), m.end()] for m in re.finditer(r"\S+", CONTEXT)]
@@ -208,6 +211,44 @@ def test_pad_offsets_pads_with_minus_one():
         pad_offsets([[[0, 1]] * 3], length=2)
 
 
+def _pad_offsets_simply(offset_mappings, length):
+    """The obvious per-feature loop, as the reference for the flat and Arrow paths."""
+    padded = np.full((len(offset_mappings), length, 2), -1, dtype=np.int64)
+    for i, offsets in enumerate(offset_mappings):
+        if len(offsets):
+            padded[i, : len(offsets)] = offsets
+    return padded
+
+
+def test_pad_offsets_equals_the_simple_loop_for_every_input_form():
+    batch = synthetic_batch(np.random.default_rng(3), 60, seq_lengths=(20, 120), window_weights=(0.5, 0.5))
+    offset_mappings = [*batch.offset_mappings, []]  # a feature without tokens too
+    width = max(map(len, offset_mappings)) + 3  # logits padded wider than the longest feature
+    expected = _pad_offsets_simply(offset_mappings, width)
+    _, features, _ = to_datasets(batch)
+    shuffled = features.shuffle(seed=0)  # an indices mapping over the Arrow table: the column must follow it
+    forms = {
+        "lists": offset_mappings,
+        "arrays": [np.asarray(offsets, dtype=np.int64).reshape(-1, 2) for offsets in offset_mappings],
+        "arrow int32": pa.array(offset_mappings, type=pa.list_(pa.list_(pa.int32()))),
+        "chunked arrow": pa.chunked_array([pa.array(offset_mappings[:7]), pa.array(offset_mappings[7:])]),
+    }
+    for name, form in forms.items():
+        padded = pad_offsets(form, width)
+        assert padded.dtype == np.int64 and np.array_equal(padded, expected), name
+    column_width = max(map(len, batch.offset_mappings))
+    assert np.array_equal(pad_offsets(features["offset_mapping"]), expected[:-1, :column_width])
+    shuffled_lists = list(shuffled.with_format(None)["offset_mapping"])
+    assert np.array_equal(pad_offsets(shuffled["offset_mapping"]), _pad_offsets_simply(shuffled_lists, column_width))
+
+
+def test_pad_offsets_rejects_none_and_malformed_pairs():
+    with pytest.raises(ValueError, match=r"\[-1, -1\]"):
+        pad_offsets(pa.array([[[0, 3], None]]))
+    with pytest.raises(ValueError, match="pair per token"):
+        pad_offsets([[[0, 3, 4]]])
+
+
 def test_decode_rejects_offsets_of_another_width():
     offsets = pad_offsets([_window(range(8))])
     logits = np.zeros((1, offsets.shape[1] + 1), dtype=np.float32)
@@ -228,28 +269,110 @@ def test_predictions_to_json():
     assert null_odds == {"q": pytest.approx(2.0)}
 
 
-@pytest.mark.parametrize("allow_null", [False, True])
-def test_agrees_with_the_classic_loop(allow_null):
+def _shuffled_batch(allow_null: bool):
+    """400 questions of 1-4 windows of 50-384 tokens, features in arbitrary order; half unanswerable for v2."""
     # SQuAD v1 models never want the null answer; for v2 half the questions are unanswerable (CLS high).
     null_fraction = 0.5 if allow_null else 0.0
     batch = synthetic_batch(
         np.random.default_rng(7), 400, seq_lengths=(50, 384), window_weights=(0.25,) * 4, null_fraction=null_fraction
     )
     order = np.random.default_rng(8).permutation(len(batch.example_ids))  # features in arbitrary order
-    example_ids = [batch.example_ids[i] for i in order]
-    offset_mappings = [batch.offset_mappings[i] for i in order]
-    start_logits, end_logits = batch.start_logits[order], batch.end_logits[order]
-    width = start_logits.shape[1]
-    assert width == max(len(o) for o in offset_mappings) and min(len(o) for o in offset_mappings) < 100
-
-    answers, _, null_odds = classic_postprocess(
-        example_ids, offset_mappings, start_logits, end_logits, batch.contexts, allow_null=allow_null
+    return replace(
+        batch,
+        example_ids=[batch.example_ids[i] for i in order],
+        offset_mappings=[batch.offset_mappings[i] for i in order],
+        start_logits=batch.start_logits[order],
+        end_logits=batch.end_logits[order],
     )
-    cfg = DecodeConfig(allow_null=allow_null)
-    offsets = pad_offsets(offset_mappings, width)
-    predictions = decode(example_ids, offsets, start_logits, end_logits, batch.contexts, cfg)
 
-    assert {eid: p.text for eid, p in predictions.items()} == answers
-    assert {eid: p.null_odds for eid, p in predictions.items()} == null_odds
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_agrees_with_the_recipe_and_the_classic_loop(allow_null):
+    batch = _shuffled_batch(allow_null)
+    logits = (batch.start_logits, batch.end_logits)
+    width = logits[0].shape[1]
+    assert width == max(map(len, batch.offset_mappings)) and min(map(len, batch.offset_mappings)) < 100
+    examples, features, recipe_features = to_datasets(batch)
+    assert recipe_features[0]["offset_mapping"][0] is None  # the recipe's convention off the context
+
+    loop_args = (20, 30, allow_null)
+    recipe_answers, _, recipe_null_odds = recipe_postprocess(examples, recipe_features, *logits, *loop_args)
+    answers, _, null_odds = classic_postprocess(batch.example_ids, batch.offset_mappings, *logits, batch.contexts,
+                                                *loop_args)
+    # End to end from the datasets, as an evaluation runs it: the columns go in as they are.
+    offsets = pad_offsets(features["offset_mapping"], width)
+    predictions = decode(features["example_id"], offsets, *logits, batch.contexts, DecodeConfig(allow_null=allow_null))
+
+    assert {eid: p.text for eid, p in predictions.items()} == answers == recipe_answers
+    assert {eid: p.null_odds for eid, p in predictions.items()} == null_odds == recipe_null_odds
     num_null = sum(text == "" for text in answers.values())
     assert (num_null == 0) if not allow_null else (0.2 < num_null / len(answers) < 0.8)
+
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_nbest_is_built_only_when_read(allow_null, monkeypatch):
+    built = []
+    build = decoding._NbestColumns.nbest
+    monkeypatch.setattr(decoding._NbestColumns, "nbest", lambda columns, e: built.append(e) or build(columns, e))
+    batch = _shuffled_batch(allow_null)
+    logits, cfg = (batch.start_logits, batch.end_logits), DecodeConfig(allow_null=allow_null)
+    offsets = pad_offsets(batch.offset_mappings, logits[0].shape[1])
+    predictions = decode(batch.example_ids, offsets, *logits, batch.contexts, cfg)
+
+    # Evaluation reads answers and null odds only: they are complete, and no n-best list was built.
+    answers, _, null_odds = classic_postprocess(batch.example_ids, batch.offset_mappings, *logits, batch.contexts,
+                                                allow_null=allow_null)
+    assert {eid: p.text for eid, p in predictions.items()} == answers
+    assert {eid: p.null_odds for eid, p in predictions.items()} == null_odds
+    assert built == []
+
+    first = next(iter(predictions.values()))
+    assert first.nbest is first.nbest and len(built) == 1  # built once, then kept
+    assert "nbest" not in repr(first) and "build_nbest" not in repr(first)
+
+
+def _examples_with_context_top_k(batch, k: int = 20) -> set[str]:
+    """Examples where the classic loop's top-k starts and ends of every window are context tokens (no lost slots)."""
+    clean = dict.fromkeys(batch.contexts, True)
+    rows = zip(batch.example_ids, batch.offset_mappings, batch.start_logits, batch.end_logits)
+    for example_id, offsets, start_logits, end_logits in rows:
+        top = np.concatenate([np.argsort(start_logits)[-k:], np.argsort(end_logits)[-k:]])
+        clean[example_id] &= all(t < len(offsets) and offsets[t][0] >= 0 for t in top)
+    return {example_id for example_id, is_clean in clean.items() if is_clean}
+
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_lazy_nbest_lists_match_the_classic_loop(allow_null):
+    batch = _shuffled_batch(allow_null)
+    logits = (batch.start_logits, batch.end_logits)
+    offsets = pad_offsets(batch.offset_mappings, logits[0].shape[1])
+    predictions = decode(batch.example_ids, offsets, *logits, batch.contexts, DecodeConfig(allow_null=allow_null))
+    classic = classic_postprocess(batch.example_ids, batch.offset_mappings, *logits, batch.contexts,
+                                  allow_null=allow_null)
+    _, nbest, _ = predictions_to_json(predictions)
+    comparable = _examples_with_context_top_k(batch)
+    # With allow_null a high CLS logit takes one of the loop's slots in most unanswerable questions.
+    assert len(comparable) > (0.4 if allow_null else 0.9) * len(nbest)
+
+    assert nbest.keys() == classic[1].keys()
+    for example_id, candidates in nbest.items():
+        context, prediction = batch.contexts[example_id], predictions[example_id]
+        assert all(list(c) == ["text", "start", "end", "score", "probability"] for c in candidates)
+        assert all(c["text"] == (context[c["start"] : c["end"]] if c["start"] >= 0 else "") for c in candidates)
+        assert sum(c["start"] == -1 for c in candidates) == allow_null
+        assert sum(c["probability"] for c in candidates) == pytest.approx(1.0)
+        assert (prediction.start, prediction.end) in [(c["start"], c["end"]) for c in candidates[: 1 + allow_null]]
+        if example_id in comparable:
+            expected = classic[1][example_id]
+            assert [(c["text"], c["score"]) for c in candidates] == [(c["text"], c["score"]) for c in expected]
+            # Ours in float64; the loop's softmax runs in the logits' float32.
+            probabilities = [c["probability"] for c in expected]
+            assert [c["probability"] for c in candidates] == pytest.approx(probabilities, rel=1e-5, abs=1e-9)
+
+
+def test_prediction_equality_compares_the_nbest_lists():
+    fields = ("q", "alpha", 0, 5, 1.0, 0.5, -0.5)
+    one = {"text": "alpha", "start": 0, "end": 5, "score": 1.0, "probability": 1.0}
+    assert Prediction(*fields).nbest == []
+    assert Prediction(*fields, build_nbest=lambda: [one]) == Prediction(*fields, build_nbest=lambda: [dict(one)])
+    assert Prediction(*fields, build_nbest=lambda: [one]) != Prediction(*fields)

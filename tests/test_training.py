@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from conftest import QUICKSTART, ROOT, tiny_run_config
 from mrc_cli.batching import Collator
 from mrc_cli.cli import app
-from mrc_cli.config import DataConfig, load_config, save_config
+from mrc_cli.config import DataConfig, ModelConfig, load_config, save_config
 from mrc_cli.errors import ConfigError
 from mrc_cli.features import featurize_file, load_tokenizer
 from mrc_cli.model import build_model, describe_keys
@@ -53,7 +53,7 @@ def test_optimizer_steps_lower_the_loss_on_a_fixed_batch(model_dir, request, tmp
     batch = Collator(tokenizer.pad_token_id or 0)(list(rows))
 
     torch.manual_seed(0)
-    model = build_model(folder, dropout=0.0, max_seq_length=128)
+    model = build_model(ModelConfig(name_or_path=folder, dropout=0.0), max_seq_length=128)
     # the encoder came from the folder's weights, not a fresh init (the pooler is dropped: span extraction needs none)
     saved = load_file(str(Path(folder) / "model.safetensors"))
     encoder = model.encoder.state_dict()
@@ -214,7 +214,7 @@ def test_init_from_another_shape_trains_and_reports_keys_by_prefix(run_a, tiny_a
     weights = _init_run(tiny_albert_dir, checkpoint, tmp_path / "albert")
 
     source = load_file(str(checkpoint / "model.safetensors"))
-    target = build_model(tiny_albert_dir, None, 128).state_dict()
+    target = build_model(ModelConfig(name_or_path=tiny_albert_dir), 128).state_dict()
     missing = sorted(k for k in target if k not in source or source[k].shape != target[k].shape)
     unexpected = sorted(k for k in source if k not in target)
     assert any(k.startswith("encoder.encoder.albert_layer_groups") for k in missing)

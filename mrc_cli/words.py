@@ -1,0 +1,80 @@
+"""Whole-word units: which unit each token belongs to, word states pooled from token states, word character spans.
+
+A feature's units are CLS (unit 0, "no answer") and the words of its window, numbered 1.. in order. A word's state is
+the mean of its tokens' states: one `index_add_` over the flattened batch (sum) divided by the token count, not a
+dense (words x tokens) selection matrix. A word's text is the whole word of the context, also where the window edge
+cuts it, so a word-level answer can never begin or end inside a word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def unit_index(word_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) word ids (-1 off context) -> unit of each token: 0 for CLS, 1.. for words, -1 for the rest."""
+    is_word = word_ids >= 0
+    big = torch.iinfo(word_ids.dtype).max
+    first = torch.where(is_word, word_ids, big).min(dim=1, keepdim=True).values  # (batch, 1) first word of each window
+    units = torch.where(is_word, word_ids - first + 1, -1)
+    units[:, 0] = 0  # CLS
+    return units
+
+
+def pool_words(states: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of each unit's token states: (batch, seq, hidden) -> (batch, units, hidden), and a (batch, units) mask of
+    units that have tokens (word ids may skip numbers where a token spans two segmenter words)."""
+    batch, _, hidden = states.shape
+    num_units = int(units.max()) + 1
+    keep = units >= 0
+    flat = (torch.arange(batch, device=units.device)[:, None] * num_units + units)[keep]  # (tokens kept,)
+    # summed in fp32: under bf16 autocast a long word's sum would lose precision
+    sums = states.new_zeros(batch * num_units, hidden, dtype=torch.float32).index_add_(0, flat, states[keep].float())
+    counts = torch.bincount(flat, minlength=batch * num_units)  # (batch * units,)
+    pooled = sums / counts.clamp(min=1)[:, None]
+    return pooled.view(batch, num_units, hidden), (counts > 0).view(batch, num_units)
+
+
+def token_to_unit_labels(positions: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Token labels -> unit labels: CLS stays 0, -100 (ignored) stays -100, a token becomes its word's unit."""
+    safe = positions.clamp(min=0)
+    labels = units.gather(1, safe[:, None]).squeeze(1)
+    return torch.where(positions < 0, positions, labels)
+
+
+def unit_offsets(example_ids, offset_mappings, word_ids, width: int) -> np.ndarray:
+    """(features, width, 2) character spans of each feature's units, [-1, -1] for CLS and empty units.
+
+    A word's span runs from the first to the last character of all its tokens in every window of its example, so a
+    word cut by a window edge still decodes to the whole word.
+    """
+    rows, unit_of, example_of, word_of, starts, ends = [], [], [], [], [], []
+    example_number = {e: i for i, e in enumerate(dict.fromkeys(example_ids))}
+    for f, (example_id, offsets, words) in enumerate(zip(example_ids, offset_mappings, word_ids)):
+        words = np.asarray(words)
+        context = words >= 0
+        if not context.any():
+            continue
+        offsets = np.asarray(offsets)[context]
+        words = words[context]
+        rows.append(np.full(len(words), f))
+        unit_of.append(words - words.min() + 1)
+        example_of.append(np.full(len(words), example_number[example_id]))
+        word_of.append(words)
+        starts.append(offsets[:, 0])
+        ends.append(offsets[:, 1])
+    spans = np.full((len(example_ids), width, 2), -1, dtype=np.int64)
+    if not rows:
+        return spans
+    rows, unit_of, example_of, word_of, starts, ends = map(np.concatenate, (rows, unit_of, example_of, word_of, starts, ends))
+    # whole-word spans per (example, word), over all windows
+    key = example_of * (word_of.max() + 1) + word_of
+    uniq, group = np.unique(key, return_inverse=True)
+    word_start = np.full(len(uniq), np.iinfo(np.int64).max)
+    word_end = np.full(len(uniq), -1)
+    np.minimum.at(word_start, group, starts)
+    np.maximum.at(word_end, group, ends)
+    spans[rows, unit_of, 0] = word_start[group]
+    spans[rows, unit_of, 1] = word_end[group]
+    return spans
