@@ -8,15 +8,17 @@ they reach the data:
 - `recipe_postprocess` reads `datasets.Dataset`s the way the recipe does, so it is what users of the recipe run: it
   maps examples to features by iterating over every feature row (each row decoded from Arrow into Python, all
   columns), reads each window's offsets with a row access `features[i]["offset_mapping"]` inside the loop (None for
-  non-context tokens) and each context from an example row. The recipe decodes each feature row a second time for
-  its optional `token_is_max_context` column; ours does not, so it is, if anything, faster than the recipe.
+  non-context tokens) and each context from an example row. The recipe also decodes each feature row a second time
+  for its optional `token_is_max_context` column and draws a progress bar; ours does neither, so it is, if anything,
+  faster than the recipe.
 - `classic_postprocess` starts from Python lists and a {id: context} dict: the same loop with no data access cost,
   an honest lower bound for any loop of this kind.
 
-`mrc_cli.decoding.decode` must give the same answers as both (tests/test_decoding.py). Two departures from the
-recipe, to match our decoding contract: an example with no valid span gets "" (the recipe invents the text "empty"
-with score 0), and the n-best list is the n_best_size best spans plus, with allow_null, the null candidate (the
-recipe lets the null candidate take one of the n slots). Neither changes an answer or a null odds value.
+`mrc_cli.decoding.decode` must give the same answers as both (tests/test_decoding.py). Departures from the recipe,
+to match our decoding contract: an example with no valid span gets "" (the recipe invents the text "empty" with score
+0); the n-best list is the n_best_size best spans plus, with allow_null, the null candidate (the recipe lets the null
+candidate take one of the n slots); null odds are null - (start + end), where the recipe's (null - start) - end may
+round differently in the last float32 bit.
 """
 
 from __future__ import annotations

@@ -104,9 +104,8 @@ def pad_offsets(offset_mappings, length: int | None = None) -> np.ndarray:
 
 def _flatten_offsets(offset_mappings) -> tuple[np.ndarray, np.ndarray]:
     """(F,) token counts and the (T, 2) [start, end] pairs of all features, concatenated."""
-    column = _arrow_column(offset_mappings)
-    if column is not None:
-        outer = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    outer = _arrow_array(offset_mappings)  # one list of [start, end] lists per feature
+    if outer is not None:
         pairs = outer.flatten()  # one [start, end] list per token
         if outer.null_count or pairs.null_count:
             raise ValueError("offset_mapping holds None; mark non-context tokens [-1, -1] instead (mrc_cli.features)")
@@ -123,17 +122,17 @@ def _flatten_offsets(offset_mappings) -> tuple[np.ndarray, np.ndarray]:
     return lengths, np.ascontiguousarray(values, dtype=np.int64).reshape(-1, 2)
 
 
-def _arrow_column(values):
-    """The Arrow array behind `values` when it is a pyarrow array or a datasets `Column`, else None."""
+def _arrow_array(values):
+    """`values` as one pyarrow Array when they are a pyarrow array or a datasets `Column`, else None."""
     pa = sys.modules.get("pyarrow")  # neither check imports anything: such values exist only once it is imported
-    if pa is not None and isinstance(values, (pa.Array, pa.ChunkedArray)):
-        return values
     datasets = sys.modules.get("datasets")
     column = getattr(datasets, "Column", None)  # `dataset["name"]` since datasets 4; a plain list before
     if column is not None and isinstance(values, column) and isinstance(values.source, datasets.Dataset):
         # Iterating a Column decodes it row by row into Python lists, 100 times slower than reading it as Arrow.
-        return values.source.with_format("arrow")[values.column_name]
-    return None
+        values = values.source.with_format("arrow")[values.column_name]
+    if pa is not None and isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()  # combine copies even one
+    return values if pa is not None and isinstance(values, pa.Array) else None
 
 
 def decode(
@@ -151,7 +150,7 @@ def decode(
     span (no context token, or every pair too long or reversed) gets text "", start/end -1 and score -inf.
     Returns {example_id: Prediction} in order of first appearance in `example_ids`.
     """
-    column = _arrow_column(example_ids)
+    column = _arrow_array(example_ids)
     example_ids = example_ids if column is None else column.to_pylist()
     start_logits, end_logits, offsets = np.asarray(start_logits), np.asarray(end_logits), np.asarray(offsets)
     _check_shapes(example_ids, offsets, start_logits, end_logits)

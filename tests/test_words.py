@@ -1,0 +1,141 @@
+"""Whole-word units: pooling equals a slow per-word reference, labels map to words, answers never cut a word."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import QUICKSTART, tiny_run_config, write_squad
+from mrc_cli.cli import app
+from mrc_cli.config import DataConfig
+from mrc_cli.features import build_features
+from mrc_cli.validate import load_examples
+from mrc_cli.words import pool_words, token_to_unit_labels, unit_index, unit_offsets
+
+
+def _random_word_ids(rng, batch, seq):
+    """CLS, a question (-1), SEP, then context words of 1-4 tokens with a random first id, padding (-1)."""
+    rows = []
+    for _ in range(batch):
+        question = rng.integers(1, 6)
+        row = [-1] * (1 + question + 1)
+        word = int(rng.integers(0, 50))
+        while len(row) < seq - rng.integers(1, 8):
+            row += [word] * int(rng.integers(1, 5))
+            word += int(rng.integers(1, 3))  # sometimes skips an id (a token spanning two segmenter words)
+        rows.append((row + [-1] * seq)[:seq])
+    return torch.tensor(rows)
+
+
+def test_pooling_equals_a_slow_per_word_reference():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        word_ids = _random_word_ids(rng, batch=4, seq=int(rng.integers(20, 60)))
+        states = torch.randn(*word_ids.shape, 8, generator=torch.Generator().manual_seed(trial))
+        units = unit_index(word_ids)
+        pooled, present = pool_words(states, units)
+        for b in range(word_ids.shape[0]):
+            for u in range(pooled.shape[1]):
+                tokens = [t for t in range(word_ids.shape[1]) if units[b, t] == u]
+                assert bool(present[b, u]) == bool(tokens)
+                expected = torch.stack([states[b, t] for t in tokens]).mean(0) if tokens else torch.zeros(8)
+                assert torch.allclose(pooled[b, u], expected, atol=1e-6)
+        assert torch.equal(units[:, 0], torch.zeros(4, dtype=units.dtype))  # CLS is unit 0
+        assert present[:, 0].all()
+
+
+def test_token_labels_become_the_units_of_their_words():
+    word_ids = torch.tensor([[-1, -1, -1, 5, 5, 6, 7, 7, -1]])
+    units = unit_index(word_ids)
+    assert units.tolist() == [[0, -1, -1, 1, 1, 2, 3, 3, -1]]
+    positions = torch.tensor([4, 0, -100, 7])
+    assert token_to_unit_labels(positions, units.expand(4, -1)).tolist() == [1, 0, -100, 3]
+
+
+def test_a_word_cut_by_the_window_edge_decodes_whole(wordpiece_tokenizer, tmp_path):
+    word = "antidisestablishmentarianism"  # many word pieces
+    context = " ".join(["river"] * 40 + [word] + ["stone"] * 40)
+    path = write_squad(tmp_path / "d.json", [(context, [{"id": "q", "question": "Which?", "answers": []}])])
+    examples, _, _ = load_examples(str(path), "predict")
+    data = DataConfig(max_seq_length=48, max_query_length=8, doc_stride=8, cache_dir=str(tmp_path))
+    features, _ = build_features(examples, wordpiece_tokenizer, data, labels=False)
+    spans = unit_offsets(list(features["example_id"]), features["offset_mapping"], features["word_ids"], 48)
+    cut = 0
+    for f, (offsets, words) in enumerate(zip(features["offset_mapping"], features["word_ids"])):
+        units = unit_index(torch.tensor([words]))[0]
+        for t, (start, end) in enumerate(offsets):
+            if start >= 0 and context[start:end] in word and len(context[start:end]) < len(word):
+                u = int(units[t])
+                assert context[spans[f, u, 0]:spans[f, u, 1]] == word
+                pieces_here = sum(1 for s, e in offsets if s >= 0 and context[s:e] in word)
+                cut += pieces_here < len(wordpiece_tokenizer.tokenize(word))
+    assert cut > 0  # some window really held only part of the word
+    assert (spans[:, 0] == -1).all()  # CLS has no span
+
+
+@pytest.fixture(scope="module")
+def word_runs(tiny_bert_dir, tmp_path_factory):
+    """Word-level runs on English (the tokenizer's words) and Chinese (jieba words), a few steps each."""
+    from mrc_cli.training import train
+
+    root = tmp_path_factory.mktemp("word_runs")
+    runs = {}
+    for lang, segmenter in (("en", "tokenizer"), ("zh", "jieba")):
+        cfg = tiny_run_config(tiny_bert_dir, root / lang, max_steps=6, eval_steps=0, save_steps=0)
+        cfg.model.span_level = "word"
+        cfg.data.word_segmenter = segmenter
+        cfg.data.train_file = str(QUICKSTART / f"{lang}_train.json")
+        cfg.data.dev_file = str(QUICKSTART / f"{lang}_dev.json")
+        cfg.data.max_seq_length = 256 if lang == "zh" else 128
+        runs[lang] = (cfg, train(cfg))
+    return runs
+
+
+def _words(context: str, segmenter: str, tokenizer) -> tuple[set[int], set[int]]:
+    """Start and end characters of the context's words as the segmenter sees them."""
+    if segmenter == "jieba":
+        import jieba
+
+        spans = [(s, e) for w, s, e in jieba.tokenize(context) if w.strip()]
+    else:
+        spans = [span for _, span in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(context)]
+    return {s for s, _ in spans}, {e for _, e in spans}
+
+
+def test_word_level_predictions_never_cut_a_word(word_runs, wordpiece_tokenizer):
+    for lang, (cfg, result) in word_runs.items():
+        predictions = json.loads((result.run_dir / "nbest.json").read_text())
+        data = json.loads(open(cfg.data.dev_file, encoding="utf-8").read())["data"]
+        contexts = {qa["id"]: p["context"] for a in data for p in a["paragraphs"] for qa in p["qas"]}
+        checked = 0
+        for qid, nbest in predictions.items():
+            starts, ends = _words(contexts[qid], cfg.data.word_segmenter, wordpiece_tokenizer)
+            for candidate in nbest:
+                if candidate["start"] >= 0:
+                    assert candidate["start"] in starts and candidate["end"] in ends, (lang, candidate)
+                    checked += 1
+        assert checked > 100
+
+
+def test_word_level_runs_score_with_the_right_metric_and_predict(word_runs, tmp_path):
+    en_cfg, en = word_runs["en"]
+    zh_cfg, zh = word_runs["zh"]
+    assert "HasAns_f1" in en.metrics  # the English dev set has unanswerable questions: SQuAD v2 rules
+    assert {"EM", "F1", "AVERAGE", "SKIP"} <= set(zh.metrics)  # Chinese: the CMRC 2018 metric
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", "--checkpoint", str(zh.run_dir), "--data", zh_cfg.data.dev_file,
+                                 "--out", str(tmp_path / "cmrc_submission.json")])
+    assert result.exit_code == 0, result.output
+    submission = json.loads((tmp_path / "cmrc_submission.json").read_text(encoding="utf-8"))
+    data = json.loads(open(zh_cfg.data.dev_file, encoding="utf-8").read())["data"]
+    ids = [qa["id"] for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    assert sorted(submission) == sorted(ids) and all(isinstance(v, str) for v in submission.values())
+    result = runner.invoke(app, ["eval", "--checkpoint", str(zh.run_dir), "--data", zh_cfg.data.dev_file,
+                                 "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["F1"] == pytest.approx(zh.metrics["F1"]) and figures["TOTAL"] == len(ids)
