@@ -233,14 +233,21 @@ def _context_logits(rng: np.random.Generator, first: int, last: int, gold) -> np
     return logits
 
 
-def _time(fn, repeats: int) -> tuple[list[float], object]:
-    times, result = [], None
-    for _ in range(repeats):
-        gc.collect()  # start each repeat from the same heap, so a collection owed by the last one does not land here
-        began = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - began)
-    return times, result
+def _time_interleaved(runs: dict, repeats: dict[str, int]) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Seconds of every repeat of every run, and each run's last result.
+
+    Repeats go round-robin over the runs, so a burst of load from other jobs on a shared machine slows every run
+    alike instead of the one that happened to be timed then.
+    """
+    times, results = {name: [] for name in runs}, {}
+    for round_number in range(max(repeats.values())):
+        for name, fn in runs.items():
+            if round_number < repeats[name]:
+                gc.collect()  # start from the same heap, so a collection owed by the last run does not land here
+                began = time.perf_counter()
+                results[name] = fn()
+                times[name].append(time.perf_counter() - began)
+    return times, results
 
 
 def _summary(times: list[float], num_examples: int, baselines: dict[str, dict]) -> dict:
@@ -281,7 +288,7 @@ def run(args: argparse.Namespace) -> dict:
         example_index, _ = decoding._index_examples(batch.example_ids)
         return decoding._nbest_spans(example_index, offsets, *logits, cfg)
 
-    # Named callables, timed in this order; the stages reach into private helpers to explain where time goes.
+    # Named callables; the stages reach into private helpers to explain where the time goes.
     runs = {
         "recipe": lambda: recipe_postprocess(examples, recipe_features, *logits, *loop_args),
         "classic": lambda: classic_postprocess(
@@ -295,12 +302,13 @@ def run(args: argparse.Namespace) -> dict:
         "classic search stage": classic_search,
         "decode search stage": decode_search,
     }
-    timings, results = {}, {}
-    for name, fn in runs.items():
-        repeats = args.decode_repeats if "decode" in name or "pad_offsets" in name else args.classic_repeats
-        times, results[name] = _time(fn, repeats)
+    is_ours = {name: "decode" in name or "pad_offsets" in name for name in runs}
+    repeats = {name: args.decode_repeats if is_ours[name] else args.classic_repeats for name in runs}
+    times, results = _time_interleaved(runs, repeats)
+    timings = {}
+    for name in runs:  # baselines come first in `runs`
         baselines = {baseline: timings[baseline] for baseline in SPEEDUP_BASELINES.get(name, ())}
-        timings[name] = _summary(times, num_examples, baselines)
+        timings[name] = _summary(times[name], num_examples, baselines)
 
     predictions = results["decode, end to end"]
     agreement = {loop: _agreement(predictions, *results[loop]) for loop in ("recipe", "classic")}
@@ -373,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="200 examples, fewer repeats: a smoke run")
     parser.add_argument("--allow-null", action="store_true", help="SQuAD v2 decoding (null answers allowed)")
     parser.add_argument("--classic-repeats", type=int, default=5, help="repeats of the recipe and classic rows")
-    parser.add_argument("--decode-repeats", type=int, default=20)
+    parser.add_argument("--decode-repeats", type=int, default=20, help="repeats of the decode and pad_offsets rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="result JSON (default outputs/bench/decoding[_quick].json)")
     args = parser.parse_args(argv)

@@ -22,6 +22,13 @@ SHARED = ROOT.parent / "shared" / "data"
 RECIPE = {"f1": 45.48, "exact": 31.21, "features_per_s": 3.68, "source": "shared/MEASURED.md"}
 
 
+def machine() -> str:
+    """CPU model and core count, for the record beside every figure."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def answerable_dev(out_dir: Path) -> Path:
     """The v2.0 dev head without its unanswerable questions (the v1.1 rules then apply)."""
     data = json.loads((SHARED / "squad_v2.0_dev_head.json").read_text())
@@ -76,7 +83,7 @@ def main() -> None:
         runs.append(run)
         print(json.dumps(run))
     summary = {
-        "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "settings": vars(args), "recipe": RECIPE, "runs": runs,
         "mean_f1": sum(r["f1"] for r in runs) / len(runs), "mean_exact": sum(r["exact"] for r in runs) / len(runs),
         "speedup_vs_recipe": sum(r["train_features_per_s"] for r in runs) / len(runs) / RECIPE["features_per_s"],

