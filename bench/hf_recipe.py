@@ -150,3 +150,240 @@ def _window_candidates(offsets, start_logits, end_logits, n_best_size: int, max_
                 }
             )
     return candidates
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The recipe's preprocessing, training loop and evaluation loop, as baselines for bench/bench_suite.py.
+#
+# Our own code for what transformers' examples/pytorch/question-answering/run_qa_no_trainer.py does with its default
+# flags: `prepare_train_features` / `prepare_validation_features` (one tokenizer call with overflowing windows, then a
+# Python loop over `sequence_ids` and offsets), `DataLoader(shuffle=True)` over the features, AutoModelForQuestionAnswering
+# in fp32 under accelerate, AdamW at 5e-5 with weight decay 0 (grouped by parameter name), a linear schedule without
+# warm-up, no gradient clipping, then a sequential evaluation loop whose logits are padded with -100 into one float64
+# array and handed to the post-processing above. The recipe's `--pad_to_max_length` is a store_true flag, so its default
+# is dynamic padding (DataCollatorWithPadding); `pad_to_max_length=True` gives the other mode (default_data_collator
+# over features padded to max_seq_length, the default of the Trainer version run_qa.py).
+
+
+def recipe_prepare_train_features(
+    examples: dict,
+    tokenizer,
+    max_seq_length: int = 384,
+    doc_stride: int = 128,
+    pad_to_max_length: bool = False,
+    keep_example_id: bool = False,
+) -> dict:
+    """The recipe's training features of a batch of examples: windows labelled with the first answer's tokens.
+
+    A batched `Dataset.map` function over examples with "question", "context" and "answers" ({text, answer_start}).
+    As in the recipe, the first answer is taken as given (answer_start unchecked, surrounding whitespace included)
+    and a window that does not hold all of it is labelled with the CLS index. `keep_example_id` adds an "example_id"
+    column (the recipe drops it), so that labels can be compared feature by feature.
+    """
+    tokenized, sample_mapping, context_index = _recipe_tokenize(examples, tokenizer, max_seq_length, doc_stride,
+                                                                pad_to_max_length)
+    offset_mapping = tokenized.pop("offset_mapping")
+    tokenized["start_positions"], tokenized["end_positions"] = [], []
+    if keep_example_id:
+        tokenized["example_id"] = []
+    for i, offsets in enumerate(offset_mapping):
+        input_ids = tokenized["input_ids"][i]
+        answers = examples["answers"][sample_mapping[i]]
+        start, end = _recipe_label(offsets, tokenized.sequence_ids(i), answers, _cls_index(input_ids, tokenizer),
+                                   context_index)
+        tokenized["start_positions"].append(start)
+        tokenized["end_positions"].append(end)
+        if keep_example_id:
+            tokenized["example_id"].append(examples["id"][sample_mapping[i]])
+    return tokenized
+
+
+def recipe_prepare_validation_features(
+    examples: dict, tokenizer, max_seq_length: int = 384, doc_stride: int = 128, pad_to_max_length: bool = False
+) -> dict:
+    """The recipe's evaluation features: windows with their example id and offsets, None off the context."""
+    tokenized, sample_mapping, context_index = _recipe_tokenize(examples, tokenizer, max_seq_length, doc_stride,
+                                                                pad_to_max_length)
+    tokenized["example_id"] = []
+    for i in range(len(tokenized["input_ids"])):
+        sequence_ids = tokenized.sequence_ids(i)
+        tokenized["example_id"].append(examples["id"][sample_mapping[i]])
+        tokenized["offset_mapping"][i] = [
+            offsets if sequence_ids[k] == context_index else None for k, offsets in enumerate(tokenized["offset_mapping"][i])
+        ]
+    return tokenized
+
+
+def _recipe_tokenize(examples: dict, tokenizer, max_seq_length: int, doc_stride: int, pad_to_max_length: bool):
+    """(BatchEncoding, overflow_to_sample_mapping, index of the context sequence): the recipe's one tokenizer call."""
+    pad_on_right = tokenizer.padding_side == "right"  # (question, context), else (context, question)
+    # Leading whitespace of a question would take room from the context in every window.
+    questions = [q.lstrip() for q in examples["question"]]
+    tokenized = tokenizer(
+        questions if pad_on_right else examples["context"],
+        examples["context"] if pad_on_right else questions,
+        truncation="only_second" if pad_on_right else "only_first",
+        max_length=min(max_seq_length, tokenizer.model_max_length),
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length" if pad_to_max_length else False,
+    )
+    return tokenized, tokenized.pop("overflow_to_sample_mapping"), 1 if pad_on_right else 0
+
+
+def _cls_index(input_ids: list[int], tokenizer) -> int:
+    if tokenizer.cls_token_id in input_ids:
+        return input_ids.index(tokenizer.cls_token_id)
+    if tokenizer.bos_token_id in input_ids:
+        return input_ids.index(tokenizer.bos_token_id)
+    return 0
+
+
+def _recipe_label(offsets, sequence_ids, answers: dict, cls_index: int, context_index: int) -> tuple[int, int]:
+    """The recipe's walk over one window: first and last context token, then inwards to the answer's tokens."""
+    if len(answers["answer_start"]) == 0:
+        return cls_index, cls_index
+    start_char = answers["answer_start"][0]
+    end_char = start_char + len(answers["text"][0])
+    token_start = 0
+    while sequence_ids[token_start] != context_index:
+        token_start += 1
+    token_end = len(sequence_ids) - 1
+    while sequence_ids[token_end] != context_index:
+        token_end -= 1
+    if not (offsets[token_start][0] <= start_char and offsets[token_end][1] >= end_char):
+        return cls_index, cls_index
+    # As in the recipe, this walk does not stop at the last context token: for an answer that starts in the window's
+    # last context token it runs on over [SEP] (and padding), whose offsets are (0, 0).
+    while token_start < len(offsets) and offsets[token_start][0] <= start_char:
+        token_start += 1
+    while offsets[token_end][1] >= end_char:
+        token_end -= 1
+    return token_start - 1, token_end + 1
+
+
+def recipe_featurize(examples, tokenizer, train: bool, max_seq_length: int = 384, doc_stride: int = 128,
+                     pad_to_max_length: bool = False, keep_example_id: bool = False, load_from_cache_file: bool = True):
+    """The recipe's `examples.map(prepare_..._features, batched=True, remove_columns=...)`; cached by datasets when
+    `examples` was loaded from files (load_dataset), computed again otherwise."""
+    from functools import partial
+
+    if train:
+        prepare = partial(recipe_prepare_train_features, keep_example_id=keep_example_id)
+    else:
+        prepare = recipe_prepare_validation_features
+    return examples.map(
+        partial(prepare, tokenizer=tokenizer, max_seq_length=max_seq_length, doc_stride=doc_stride,
+                pad_to_max_length=pad_to_max_length),
+        batched=True,
+        remove_columns=examples.column_names,
+        load_from_cache_file=load_from_cache_file,
+        desc=f"Running tokenizer on {'train' if train else 'validation'} dataset",
+    )
+
+
+def _recipe_collator(tokenizer):
+    """default_data_collator for features padded to max_seq_length (tokenizer None), else dynamic padding."""
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    return default_data_collator if tokenizer is None else DataCollatorWithPadding(tokenizer)
+
+
+def recipe_train(model_dir: str, features, steps: int, batch_size: int, lr: float = 5e-5, seed: int = 0,
+                 tokenizer=None):
+    """The recipe's training loop for `steps` optimizer steps; returns (model, stats).
+
+    `features` are the recipe's training features; pass `tokenizer` when they are not padded to max_seq_length (the
+    recipe's default, dynamic padding). stats: loop seconds, features, real (attention-mask) and padded tokens seen,
+    mean loss. The clock starts at the first batch, after the model is loaded and the loader built.
+    """
+    import time
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForQuestionAnswering, get_scheduler
+
+    accelerator = Accelerator()
+    set_seed(seed)  # before the model: the new QA head is drawn from it, then the shuffling
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    if "example_id" in features.column_names:
+        features = features.remove_columns("example_id")
+    loader = DataLoader(features, shuffle=True, collate_fn=_recipe_collator(tokenizer), batch_size=batch_size)
+    no_decay = ("bias", "LayerNorm.weight")  # the recipe's name filter; its weight decay is 0 by default anyway
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in model.named_parameters() if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    scheduler = get_scheduler("linear", optimizer=optimizer, num_warmup_steps=0, num_training_steps=steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    done, num_features = 0, 0
+    real_tokens = padded_tokens = loss_sum = torch.zeros((), device=accelerator.device)
+    model.train()
+    started = time.perf_counter()
+    while done < steps:  # epochs, each a new shuffle, as the recipe's epoch loop with max_train_steps
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            num_features += batch["input_ids"].shape[0]
+            real_tokens = real_tokens + batch["attention_mask"].sum()
+            padded_tokens = padded_tokens + batch["input_ids"].numel()
+            loss_sum = loss_sum + loss.detach()
+            done += int(accelerator.sync_gradients)
+            if done >= steps:
+                break
+    seconds = time.perf_counter() - started
+    stats = {"seconds": seconds, "steps": done, "features": num_features, "real_tokens": int(real_tokens),
+             "padded_tokens": int(padded_tokens), "mean_loss": float(loss_sum) / max(done, 1)}
+    return accelerator.unwrap_model(model), stats
+
+
+def recipe_eval(model, features, examples, batch_size: int = 8, tokenizer=None, version_2_with_negative: bool = False,
+                null_threshold: float = 0.0, n_best_size: int = 20, max_answer_length: int = 30):
+    """The recipe's evaluation loop then `recipe_postprocess`; returns (answers {id: text}, null odds, stats).
+
+    Batches in the features' order, fp32, no gradients; `tokenizer` as in `recipe_train` (None: features padded to
+    max_seq_length). Logits are padded with -100 into one (features, longest) float64 array, as the recipe's
+    `create_and_fill_np_array` does. stats: forward and post-processing seconds, features.
+    """
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(features.remove_columns(["example_id", "offset_mapping"]),
+                        collate_fn=_recipe_collator(tokenizer), batch_size=batch_size)
+    device = next(model.parameters()).device
+    model.eval()
+    all_start, all_end = [], []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for batch in loader:
+            outputs = model(**{k: v.to(device) for k, v in batch.items()})
+            all_start.append(outputs.start_logits.cpu().numpy())
+            all_end.append(outputs.end_logits.cpu().numpy())
+    forward_s = time.perf_counter() - started
+    width = max(x.shape[1] for x in all_start)
+    start_logits, end_logits = _fill_logits(all_start, width), _fill_logits(all_end, width)  # (F, width) each
+    started = time.perf_counter()
+    answers, _, null_odds = recipe_postprocess(examples, features, start_logits, end_logits, n_best_size,
+                                               max_answer_length, version_2_with_negative, null_threshold)
+    stats = {"forward_s": forward_s, "postprocess_s": time.perf_counter() - started, "features": len(features)}
+    return answers, null_odds, stats
+
+
+def _fill_logits(batches: list[np.ndarray], width: int) -> np.ndarray:
+    logits = np.full((sum(len(b) for b in batches), width), -100, dtype=np.float64)
+    row = 0
+    for batch in batches:
+        logits[row : row + len(batch), : batch.shape[1]] = batch
+        row += len(batch)
+    return logits

@@ -96,10 +96,10 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
 def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: DecodeConfig,
                     span_level: str = "token") -> dict[str, Prediction]:
     """Answers from logits over tokens, or over words (units: CLS, then the window's words; max_answer_length in words)."""
-    example_ids = list(features["example_id"])
+    example_ids = features["example_id"]
     width = logits.start.shape[1]
     if span_level == "word":
-        offsets = unit_offsets(example_ids, features["offset_mapping"], features["word_ids"], width)
+        offsets = unit_offsets(list(example_ids), features["offset_mapping"], features["word_ids"], width)
     else:
         offsets = pad_offsets(features["offset_mapping"], width)
     return decode(example_ids, offsets, logits.start, logits.end, contexts, cfg)
