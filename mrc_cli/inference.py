@@ -5,7 +5,9 @@ features -> logits (length-sorted batches, autocast, gathered across processes) 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +16,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from mrc_cli.batching import LABELS, Collator, inference_batches
-from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets
+from mrc_cli.config import RunConfig
+from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.metrics import score
 from mrc_cli.model import MODEL_INPUTS
 from mrc_cli.words import unit_offsets
@@ -118,6 +121,31 @@ def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], 
         sweep = score(golds, best_spans, "squad_v2", null_odds=odds)
         metrics.update({k: v for k, v in sweep.items() if k.startswith("best_")})
     return metrics
+
+
+def evaluate_split(model, split, cfg: RunConfig, accelerator, precision: str):
+    """(metrics with dev_loss, predictions) of a model on a featurized split."""
+    logits = predict_logits(model, split.features, accelerator, cfg.train.eval_batch_size, precision, cfg.data.max_seq_length)
+    predictions = decode_features(split.features, logits, split.contexts, cfg.decode, cfg.model.span_level)
+    metrics = evaluate_predictions(split.golds, predictions, cfg.decode) if split.golds else {}
+    metrics["dev_loss"] = logits.loss
+    return metrics, predictions
+
+
+def write_prediction_files(out_dir: Path, predictions, metrics: dict | None = None) -> None:
+    """predictions.json {id: answer}, nbest.json, null_odds.json (and metrics.json when scored)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    answers, nbest, null_odds = predictions_to_json(predictions)
+    files = {"predictions.json": answers, "nbest.json": nbest, "null_odds.json": null_odds}
+    if metrics:
+        files["metrics.json"] = metrics
+    for name, obj in files.items():
+        (out_dir / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1, default=_finite), encoding="utf-8")
+
+
+def _finite(value):
+    return float(value)
 
 
 def headline(metrics: dict) -> dict:

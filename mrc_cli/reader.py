@@ -15,11 +15,10 @@ import yaml
 from accelerate import Accelerator, PartialState
 
 from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
-from mrc_cli.config import RunConfig, config_to_dict, load_config
+from mrc_cli.config import RunConfig, config_to_dict
 from mrc_cli.data import to_dataset
-from mrc_cli.errors import CheckpointError
 from mrc_cli.features import Split, build_features, featurize_file, load_tokenizer
-from mrc_cli.inference import resolve_precision
+from mrc_cli.inference import evaluate_split, resolve_precision, write_prediction_files
 from mrc_cli.model import build_model, load_weights
 
 EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
@@ -50,8 +49,6 @@ def load_trained(path: str | Path) -> Loaded:
 
 def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
     """(metrics, predictions) of a loaded model on a featurized split; metrics only where the split has answers."""
-    from mrc_cli.training import evaluate_split
-
     cfg = loaded.cfg
     if batch_size:
         cfg.train.eval_batch_size = batch_size
@@ -62,8 +59,6 @@ def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False) -> dict:
     """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint on a data file."""
-    from mrc_cli.training import write_prediction_files
-
     loaded = load_trained(checkpoint)
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "eval")
     if any(g["is_impossible"] for g in split.golds):

@@ -30,10 +30,9 @@ from mrc_cli.batching import Collator, epoch_batches
 from mrc_cli.checkpoint import (latest_checkpoint, read_checkpoint_config, read_trainer_state, read_weights,
                                 rng_state, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
-from mrc_cli.decoding import predictions_to_json
 from mrc_cli.errors import ConfigError, MrcError
 from mrc_cli.features import featurize_file, load_tokenizer, tokenizer_fingerprint
-from mrc_cli.inference import decode_features, evaluate_predictions, headline, predict_logits, resolve_precision
+from mrc_cli.inference import evaluate_split, headline, resolve_precision, write_prediction_files
 from mrc_cli.model import build_model, describe_keys, load_state_dict_file, load_weights
 from mrc_cli.tracking import RunLog, plot_curves
 
@@ -321,15 +320,6 @@ def _evaluate_and_track(model, dev_split, cfg: RunConfig, accelerator, precision
     return bool(cfg.train.patience) and state.evals_without_improvement >= cfg.train.patience
 
 
-def evaluate_split(model, split, cfg: RunConfig, accelerator, precision: str):
-    """(metrics with dev_loss, predictions) of a model on a featurized split."""
-    logits = predict_logits(model, split.features, accelerator, cfg.train.eval_batch_size, precision, cfg.data.max_seq_length)
-    predictions = decode_features(split.features, logits, split.contexts, cfg.decode, cfg.model.span_level)
-    metrics = evaluate_predictions(split.golds, predictions, cfg.decode) if split.golds else {}
-    metrics["dev_loss"] = logits.loss
-    return metrics, predictions
-
-
 def _save(run_dir: Path, accelerator, model, optimizer, scheduler, tokenizer, cfg: RunConfig, state: TrainerState) -> None:
     rngs = gather_object([rng_state()])  # one per process
     if accelerator.is_main_process:
@@ -369,22 +359,6 @@ def _finish(run_dir: Path, model, dev_split, cfg: RunConfig, accelerator, precis
     log.close()
     best = run_dir / "checkpoints" / f"step-{state.best_step:06d}" if state.best_step else None
     return TrainResult(run_dir, state.step, metrics, best)
-
-
-def write_prediction_files(out_dir: Path, predictions, metrics: dict | None = None) -> None:
-    """predictions.json {id: answer}, nbest.json, null_odds.json (and metrics.json when scored)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    answers, nbest, null_odds = predictions_to_json(predictions)
-    files = {"predictions.json": answers, "nbest.json": nbest, "null_odds.json": null_odds}
-    if metrics:
-        files["metrics.json"] = metrics
-    for name, obj in files.items():
-        (out_dir / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1, default=_finite), encoding="utf-8")
-
-
-def _finite(value):
-    return float(value)
 
 
 def _write_run_info(run_dir: Path, cfg: RunConfig, tokenizer, train_split, dev_split, precision, accelerator) -> None:
