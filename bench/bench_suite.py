@@ -112,7 +112,8 @@ def main() -> None:
     suite = {part: json.loads((args.out / f"{part}.json").read_text())
              for part in PARTS if (args.out / f"{part}.json").is_file()}
     (args.out / "suite.json").write_text(json.dumps(suite, indent=2))
-    print(f"wrote {args.out / 'suite.json'} ({', '.join(suite)})")
+    # parts from earlier runs are merged too: their size and date say which run each is from
+    print(f"wrote {args.out / 'suite.json'}: " + ", ".join(f"{p} ({r['size']}, {r['date']})" for p, r in suite.items()))
 
 
 # ---------------------------------------------------------------------------------------------------------- the parts

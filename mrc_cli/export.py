@@ -41,7 +41,10 @@ def export_checkpoint(checkpoint: str, out: str) -> Path:
 
 
 def read_export(path: Path) -> Loaded:
-    cfg = load_config(path / EXPORT_SETTINGS)
+    """An `mrc export` folder, or any Hugging Face QA folder (then with mrc-cli's default settings)."""
+    settings = path / EXPORT_SETTINGS
+    cfg = load_config(settings if settings.is_file() else None)
+    cfg.model.name_or_path = str(path)
     model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(path))
     prefix = model.encoder.base_model_prefix + "."
     state = {(f"encoder.{k[len(prefix):]}" if k.startswith(prefix) else k): v

@@ -78,14 +78,16 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
         new_fingerprint=fingerprint,
         desc="Tokenizing",
     )
-    summary = FeatureSummary(
-        examples=len(examples),
-        features=len(features),
-        questions_truncated=_count_truncated(examples, tokenizer, data.max_query_length),
-        answers_lost_to_truncation=_count_lost(examples, features) if labels else 0,
-        from_cache=from_cache,
-        seconds=time.perf_counter() - started,
-    )
+    counts_file = cache_dir / f"{fingerprint}.counts.json"  # the counts travel with the cached features
+    if from_cache and counts_file.is_file():
+        counts = json.loads(counts_file.read_text())
+    else:
+        counts = {"questions_truncated": _count_truncated(examples, tokenizer, data.max_query_length),
+                  "answers_lost_to_truncation": _count_lost(examples, features) if labels else 0}
+        if cache:
+            counts_file.write_text(json.dumps(counts))
+    summary = FeatureSummary(examples=len(examples), features=len(features), **counts, from_cache=from_cache,
+                             seconds=time.perf_counter() - started)
     return features, summary
 
 

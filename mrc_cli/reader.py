@@ -35,7 +35,7 @@ class Loaded:
 def load_trained(path: str | Path) -> Loaded:
     """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
     path = Path(path)
-    if (path / EXPORT_SETTINGS).is_file():
+    if (path / EXPORT_SETTINGS).is_file() or _is_hf_qa_folder(path):
         from mrc_cli.export import read_export
 
         return read_export(path)
@@ -45,6 +45,14 @@ def load_trained(path: str | Path) -> Loaded:
     load_weights(model, read_weights(checkpoint), strict=True)
     tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
     return Loaded(model.eval(), tokenizer, cfg, checkpoint)
+
+
+def _is_hf_qa_folder(path: Path) -> bool:
+    """A Hugging Face *ForQuestionAnswering folder (not made by mrc-cli): it loads with default settings."""
+    config = path / "config.json"
+    if not (config.is_file() and (path / "model.safetensors").is_file()):
+        return False
+    return any(a.endswith("ForQuestionAnswering") for a in json.loads(config.read_text()).get("architectures") or [])
 
 
 def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):

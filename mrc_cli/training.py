@@ -116,6 +116,7 @@ def train(cfg: RunConfig) -> TrainResult:
     batches = _batch_stream(_lengths(train_split.features), cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     running, micro, seen = torch.zeros((), device=accelerator.device), 0, 0
+    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # real (not padding) tokens, this process
     started = time.perf_counter()
     model.train()
     with _StopOnSignal() as stopper:
@@ -130,6 +131,7 @@ def train(cfg: RunConfig) -> TrainResult:
                 optimizer.step()
                 optimizer.zero_grad()
             running, micro, seen = running + loss.detach(), micro + 1, seen + len(feature_ids) * accelerator.num_processes
+            tokens += batch["attention_mask"].sum()
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -138,9 +140,10 @@ def train(cfg: RunConfig) -> TrainResult:
             _check_finite(running, state.step, run_dir)  # before anything is saved from this step
             if state.step % cfg.train.log_steps == 0 or state.step == total_steps:
                 mean_loss, lr = accelerator.reduce(running, "mean").item() / micro, scheduler.get_last_lr()[0]
+                elapsed = time.perf_counter() - started
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-                log.metrics(state.step, {"loss": mean_loss, "lr": lr, "epoch": epoch,
-                                         "features_per_s": seen / (time.perf_counter() - started)})
+                log.metrics(state.step, {"loss": mean_loss, "lr": lr, "epoch": epoch, "features_per_s": seen / elapsed,
+                                         "tokens_per_s": accelerator.reduce(tokens, "sum").item() / elapsed})
                 running, micro = torch.zeros_like(running), 0
             stop = False
             if dev_split is not None and (state.step == total_steps or _every(state.step, cfg.train.eval_steps)):

@@ -99,3 +99,14 @@ def test_checkpoint_folder_without_weights_is_a_clear_error(tmp_path):
         Reader.load(tmp_path / "empty")
     result = CliRunner().invoke(app, ["predict", "--checkpoint", str(tmp_path / "empty"), "--data", DEV, "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 1 and result.stderr.startswith("Error:") and "no model.safetensors" in result.stderr
+
+
+def test_a_plain_hugging_face_qa_folder_loads_with_default_settings(trained_run, tmp_path):
+    from mrc_cli.export import export_checkpoint
+
+    folder = export_checkpoint(str(trained_run), str(tmp_path / "hf"))
+    (folder / "mrc_cli.yaml").unlink()  # now just what AutoModelForQuestionAnswering.save_pretrained would leave
+    reader = Reader.load(folder)
+    assert reader.loaded.cfg.decode.allow_null is False and reader.loaded.cfg.model.name_or_path == str(folder)
+    answer = reader(question="Where does the cat sit?", context="The cat sat on the mat.")
+    assert answer["answer"] and answer["answer"] in "The cat sat on the mat."
