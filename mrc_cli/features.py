@@ -14,6 +14,7 @@ Features are not padded: the collator pads each batch to its own longest feature
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left, bisect_right
 import importlib
 import json
 import re
@@ -23,7 +24,6 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from mrc_cli.config import DataConfig, ModelConfig, check_data_config
 from mrc_cli.errors import ConfigError
@@ -109,22 +109,25 @@ def _tokenize_batch(batch: dict, tokenizer, data: DataConfig, labels: bool) -> d
     out.update(example_id=[], offset_mapping=[], word_ids=[])
     if labels:
         out.update(start_positions=[], end_positions=[])
+    # Plain lists, not numpy, per feature: converting thousands of small arrays back to lists cost more than the rest.
     for i, ex in enumerate(enc["overflow_to_sample_mapping"]):
-        is_context = np.array([s == 1 for s in enc.sequence_ids(i)])
-        offsets = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
-        offsets[~is_context] = -1
+        sequence = enc.sequence_ids(i)
+        first = sequence.index(1)  # the context is one contiguous run after the question
+        last = len(sequence) - sequence[::-1].index(1)
+        before, after = [-1] * first, [-1] * (len(sequence) - last)
+        context_offsets = enc["offset_mapping"][i][first:last]
         if segment is None:
-            words = np.array([-1 if w is None else w for w in enc.word_ids(i)])
+            words = enc.word_ids(i)[first:last]
         else:
             if ex not in word_starts:
                 word_starts[ex] = segment(batch["context"][ex])
-            words = np.searchsorted(word_starts[ex], offsets[:, 0], side="right") - 1
-        words[~is_context] = -1
+            words = [bisect_right(word_starts[ex], start) - 1 for start, _ in context_offsets]
         out["example_id"].append(batch["id"][ex])
-        out["offset_mapping"].append(offsets.tolist())
-        out["word_ids"].append(words.tolist())
+        # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
+        out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
+        out["word_ids"].append(before + list(words) + after)
         if labels:
-            start, end = _label_window(offsets, is_context, batch["answers"][ex], batch["is_impossible"][ex])
+            start, end = _label_window(context_offsets, first, batch["answers"][ex], batch["is_impossible"][ex])
             out["start_positions"].append(start)
             out["end_positions"].append(end)
     return out
@@ -140,8 +143,9 @@ def _truncate_questions(questions: list[str], tokenizer, max_query_length: int) 
     ]
 
 
-def _label_window(offsets: np.ndarray, is_context: np.ndarray, answers: dict, is_impossible: bool) -> tuple[int, int]:
-    """Token positions of the first located answer in this window; CLS when it is not wholly inside."""
+def _label_window(context_offsets: list, first: int, answers: dict, is_impossible: bool) -> tuple[int, int]:
+    """Token positions of the first located answer in this window (whose context tokens start at `first`); CLS when
+    the answer is not wholly inside."""
     if is_impossible:
         return CLS_INDEX, CLS_INDEX
     located = [(t, s) for t, s in zip(answers["text"], answers["answer_start"]) if s >= 0]
@@ -151,29 +155,28 @@ def _label_window(offsets: np.ndarray, is_context: np.ndarray, answers: dict, is
     # surrounding whitespace is part of no token: label the stripped answer
     start_char = start + len(text) - len(text.lstrip())
     end_char = start + len(text.rstrip())
-    tokens = np.flatnonzero(is_context)
-    starts, ends = offsets[tokens, 0], offsets[tokens, 1]
-    if len(tokens) == 0 or start_char < starts[0] or end_char > ends[-1]:
+    if start_char < context_offsets[0][0] or end_char > context_offsets[-1][1]:
         return CLS_INDEX, CLS_INDEX
-    first = tokens[np.searchsorted(starts, start_char, side="right") - 1]  # last token starting at or before it
-    last = tokens[np.searchsorted(ends, end_char, side="left")]  # first token ending at or after it
-    return int(first), int(last)
+    starts = [s for s, _ in context_offsets]
+    ends = [e for _, e in context_offsets]
+    # the last token starting at or before the answer, the first token ending at or after it
+    return first + bisect_right(starts, start_char) - 1, first + bisect_left(ends, end_char)
 
 
 @lru_cache(maxsize=None)
-def _segmenter(name: str) -> Callable[[str], np.ndarray] | None:
+def _segmenter(name: str) -> Callable[[str], list[int]] | None:
     """A function from context to the sorted start characters of its words; None for the tokenizer's own words."""
     if name == "tokenizer":
         return None
     if name == "chars":
-        return lambda text: np.array([m.start() for m in _CHAR_WORDS.finditer(text)], dtype=np.int64)
+        return lambda text: [m.start() for m in _CHAR_WORDS.finditer(text)]
     if name == "jieba":
         import logging
 
         import jieba
 
         jieba.setLogLevel(logging.WARNING)  # its dictionary-loading chatter is not for our users
-        return lambda text: np.array([s for w, s, _ in jieba.tokenize(text) if w.strip()], dtype=np.int64)
+        return lambda text: [s for w, s, _ in jieba.tokenize(text) if w.strip()]
     module_name, _, func_name = name.partition(":")
     try:
         words_of = getattr(importlib.import_module(module_name), func_name)
@@ -182,7 +185,7 @@ def _segmenter(name: str) -> Callable[[str], np.ndarray] | None:
     return partial(_starts_of_words, words_of=words_of)
 
 
-def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> np.ndarray:
+def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> list[int]:
     """Start characters of a user segmenter's words, found left to right in the text."""
     starts, pos = [], 0
     for word in words_of(text):
@@ -190,14 +193,18 @@ def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> np.ndar
         if found >= 0:
             starts.append(found)
             pos = found + len(word)
-    return np.array(starts, dtype=np.int64)
+    return starts
 
 
 def _fingerprint(examples, tokenizer, data: DataConfig, labels: bool) -> str:
     """Same data, tokenizer and settings -> same cache file (our own key: in-memory datasets get random ones)."""
     h = hashlib.sha256()
+    table = examples.with_format("arrow")[:]  # hashing Arrow buffers: no per-row Python objects
     for column in ("id", "question", "context", "answers", "is_impossible"):
-        h.update(json.dumps(list(examples[column]), ensure_ascii=False).encode())
+        for chunk in table.column(column).chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    h.update(buffer)
     h.update(tokenizer_fingerprint(tokenizer).encode())
     settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter, labels)
     h.update(repr((FEATURES_VERSION, settings)).encode())
@@ -214,15 +221,27 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def column(dataset, name: str) -> list:
+    """A whole column as a Python list, read through Arrow (iterating a datasets Column formats row by row)."""
+    return dataset.with_format("arrow")[name].to_pylist()
+
+
+def feature_lengths(features) -> list[int]:
+    """Tokens per feature, from the Arrow list offsets without materialising the ids."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(features.with_format("arrow")["input_ids"]).to_pylist()
+
+
 def _count_truncated(examples, tokenizer, max_query_length: int) -> int:
-    lengths = tokenizer(list(examples["question"]), add_special_tokens=False, return_length=True, verbose=False)["length"]
+    lengths = tokenizer(column(examples, "question"), add_special_tokens=False, return_length=True, verbose=False)["length"]
     return int(sum(n > max_query_length for n in lengths))
 
 
 def _count_lost(examples, features) -> int:
-    labelled = {ex for ex, s in zip(features["example_id"], features["start_positions"]) if s > CLS_INDEX}
+    labelled = {ex for ex, s in zip(column(features, "example_id"), column(features, "start_positions")) if s > CLS_INDEX}
     answerable = [
-        ex for ex, answers, impossible in zip(examples["id"], examples["answers"], examples["is_impossible"])
+        ex for ex, answers, impossible in zip(column(examples, "id"), column(examples, "answers"), column(examples, "is_impossible"))
         if not impossible and any(s >= 0 for s in answers["answer_start"])
     ]
     return sum(ex not in labelled for ex in answerable)
@@ -261,7 +280,7 @@ class Split:
 
     @property
     def contexts(self) -> dict[str, str]:
-        return dict(zip(self.examples["id"], self.examples["context"]))
+        return dict(zip(column(self.examples, "id"), column(self.examples, "context")))
 
 
 def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:

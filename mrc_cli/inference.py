@@ -19,6 +19,7 @@ from mrc_cli.batching import LABELS, Collator, inference_batches
 from mrc_cli.config import RunConfig
 from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.metrics import score
+from mrc_cli.features import feature_lengths
 from mrc_cli.model import MODEL_INPUTS
 from mrc_cli.words import unit_offsets
 
@@ -66,7 +67,7 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
     """
     columns = [c for c in (*MODEL_INPUTS, *LABELS) if c in features.column_names]
     rows = features.select_columns(columns).add_column("feature_index", list(range(len(features))))
-    batches = inference_batches([len(ids) for ids in features["input_ids"]], batch_size)
+    batches = inference_batches(feature_lengths(features), batch_size)
     mine = batches[accelerator.process_index::accelerator.num_processes]
     pad_id = getattr(accelerator.unwrap_model(model).config, "pad_token_id", None) or 0
     loader = DataLoader(rows, batch_sampler=mine, collate_fn=Collator(pad_id))

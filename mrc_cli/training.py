@@ -31,7 +31,7 @@ from mrc_cli.checkpoint import (latest_checkpoint, read_checkpoint_config, read_
                                 rng_state, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, MrcError
-from mrc_cli.features import featurize_file, load_tokenizer, tokenizer_fingerprint
+from mrc_cli.features import feature_lengths, featurize_file, load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, resolve_precision, write_prediction_files
 from mrc_cli.model import build_model, describe_keys, load_state_dict_file, load_weights
 from mrc_cli.tracking import RunLog, plot_curves
@@ -113,11 +113,12 @@ def train(cfg: RunConfig) -> TrainResult:
     rows = train_split.features.select_columns([c for c in train_split.features.column_names
                                                 if c not in ("example_id", "offset_mapping")])
     collate = Collator(tokenizer.pad_token_id or 0)
-    batches = _batch_stream(_lengths(train_split.features), cfg, state, accelerator)
+    batches = _batch_stream(feature_lengths(train_split.features), cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     running, micro, seen = torch.zeros((), device=accelerator.device), 0, 0
+    last_eval = None  # (metrics, predictions) of the latest evaluation
     tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # real (not padding) tokens, this process
-    started = time.perf_counter()
+    started, paused = time.perf_counter(), 0.0  # paused: seconds spent evaluating and saving, not training
     model.train()
     with _StopOnSignal() as stopper:
         while state.step < total_steps:
@@ -140,18 +141,20 @@ def train(cfg: RunConfig) -> TrainResult:
             _check_finite(running, state.step, run_dir)  # before anything is saved from this step
             if state.step % cfg.train.log_steps == 0 or state.step == total_steps:
                 mean_loss, lr = accelerator.reduce(running, "mean").item() / micro, scheduler.get_last_lr()[0]
-                elapsed = time.perf_counter() - started
+                elapsed = time.perf_counter() - started - paused
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
                 log.metrics(state.step, {"loss": mean_loss, "lr": lr, "epoch": epoch, "features_per_s": seen / elapsed,
                                          "tokens_per_s": accelerator.reduce(tokens, "sum").item() / elapsed})
                 running, micro = torch.zeros_like(running), 0
-            stop = False
+            stop, pause_start = False, time.perf_counter()
             if dev_split is not None and (state.step == total_steps or _every(state.step, cfg.train.eval_steps)):
-                stop = _evaluate_and_track(model, dev_split, cfg, accelerator, precision, state, log)
+                last_eval = evaluate_split(model, dev_split, cfg, accelerator, precision)
+                stop = _track(last_eval[0], cfg, state, log)
             interrupted = stopper.requested(accelerator)
             if state.step == total_steps or stop or interrupted or _every(state.step, cfg.train.save_steps) \
                     or state.best_step == state.step:
                 _save(run_dir, accelerator, model, optimizer, scheduler, tokenizer, cfg, state)
+            paused += time.perf_counter() - pause_start
             if interrupted:
                 raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step {state.step}; the checkpoint is "
                                           f"saved: continue with --resume auto --output-dir {run_dir}")
@@ -159,7 +162,9 @@ def train(cfg: RunConfig) -> TrainResult:
                 log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of {cfg.train.metric_for_best}")
                 break
     bar.close()
-    return _finish(run_dir, model, dev_split, cfg, accelerator, precision, state, log)
+    if dev_split is not None and last_eval is None:  # resumed at the last step: nothing evaluated yet
+        last_eval = evaluate_split(model, dev_split, cfg, accelerator, precision)
+    return _finish(run_dir, last_eval, accelerator, state, log)
 
 
 def _every(step: int, interval: int) -> bool:
@@ -259,10 +264,6 @@ def _load_split(source: str | None, use: str, tokenizer, cfg: RunConfig, log: Ru
     return split
 
 
-def _lengths(features) -> list[int]:
-    return [len(ids) for ids in features["input_ids"]]
-
-
 def _init_from(model, path: str, log: RunLog) -> None:
     from mrc_cli.checkpoint import resolve_checkpoint
 
@@ -305,9 +306,8 @@ def _batch_stream(lengths: list[int], cfg: RunConfig, state: TrainerState, accel
             yield epoch, index, mine[index]
 
 
-def _evaluate_and_track(model, dev_split, cfg: RunConfig, accelerator, precision, state: TrainerState, log: RunLog) -> bool:
-    """Evaluate, log, remember the best step; True when early stopping should end the run."""
-    metrics, _ = evaluate_split(model, dev_split, cfg, accelerator, precision)
+def _track(metrics: dict, cfg: RunConfig, state: TrainerState, log: RunLog) -> bool:
+    """Log an evaluation, remember the best step; True when early stopping should end the run."""
     log.metrics(state.step, metrics)
     key = cfg.train.metric_for_best
     value = metrics["dev_loss"] if key == "dev_loss" else headline(metrics)[key]
@@ -350,12 +350,11 @@ def _restore(checkpoint: Path, accelerator, model, optimizer, scheduler, log: Ru
     return state
 
 
-def _finish(run_dir: Path, model, dev_split, cfg: RunConfig, accelerator, precision, state: TrainerState, log: RunLog) -> TrainResult:
-    metrics = {}
-    if dev_split is not None:
-        metrics, predictions = evaluate_split(model, dev_split, cfg, accelerator, precision)
-        if accelerator.is_main_process:
-            write_prediction_files(run_dir, predictions, metrics)
+def _finish(run_dir: Path, last_eval, accelerator, state: TrainerState, log: RunLog) -> TrainResult:
+    """The final dev predictions (from the evaluation at the last step), the curves, the result."""
+    metrics, predictions = last_eval or ({}, None)
+    if predictions is not None and accelerator.is_main_process:
+        write_prediction_files(run_dir, predictions, metrics)
     if accelerator.is_main_process:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         log.info(f"done: {state.step} steps; files in {run_dir}")

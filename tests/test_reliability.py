@@ -89,7 +89,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_run(tiny_bert_dir,
     assert ref_weights.keys() == new_weights.keys()
     assert all(torch.equal(ref_weights[k], new_weights[k]) for k in ref_weights)  # bitwise on CPU
     # same losses and dev metrics, step for step, with no duplicate lines from the killed attempt
-    strip = lambda lines: [{k: v for k, v in r.items() if k != "features_per_s"} for r in lines]
+    strip = lambda lines: [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in lines]  # timings differ
     assert strip(new_lines) == strip(ref_lines)
     ref_pred = json.loads((tmp_path / "reference" / "predictions.json").read_text())
     assert json.loads((tmp_path / "killed" / "predictions.json").read_text()) == ref_pred
