@@ -26,7 +26,7 @@ from mrc_cli.errors import CheckpointError
 DRIVER = textwrap.dedent('''
     import os, signal, sys
     kind, n, config = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    import mrc_cli.checkpoint as checkpoint, mrc_cli.model as model, mrc_cli.training as training
+    import mrc_cli.checkpoint as checkpoint, mrc_cli.inference as inference, mrc_cli.model as model, mrc_cli.training as training
     calls = [0]
     def kill_at_nth(original, after=False):
         def wrapped(*args, **kwargs):
@@ -41,7 +41,7 @@ DRIVER = textwrap.dedent('''
     if kind == "step":
         model.span_loss = kill_at_nth(model.span_loss)
     elif kind == "eval":
-        training.predict_logits = kill_at_nth(training.predict_logits)
+        inference.predict_logits = kill_at_nth(inference.predict_logits)
     elif kind == "save":
         checkpoint.save_file = kill_at_nth(checkpoint.save_file, after=True)
     from mrc_cli.config import load_config
