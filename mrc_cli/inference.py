@@ -15,7 +15,7 @@ from accelerate.utils import gather_object
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from mrc_cli.batching import LABELS, Collator, inference_batches
+from mrc_cli.batching import LABELS, Collator, inference_batches, pad_multiple
 from mrc_cli.config import RunConfig
 from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.metrics import score
@@ -70,7 +70,7 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
     batches = inference_batches(feature_lengths(features), batch_size)
     mine = batches[accelerator.process_index::accelerator.num_processes]
     pad_id = getattr(accelerator.unwrap_model(model).config, "pad_token_id", None) or 0
-    loader = DataLoader(rows, batch_sampler=mine, collate_fn=Collator(pad_id))
+    loader = DataLoader(rows, batch_sampler=mine, collate_fn=Collator(pad_id, pad_multiple(accelerator.device)))
     results = []  # (feature indices, start logits, end logits, per-feature loss or None)
     was_training = model.training
     model.eval()

@@ -26,7 +26,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mrc_cli import __version__
-from mrc_cli.batching import Collator, epoch_batches
+from mrc_cli.batching import Collator, epoch_batches, pad_multiple
 from mrc_cli.checkpoint import (latest_checkpoint, read_checkpoint_config, read_trainer_state, read_weights,
                                 rng_state, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
@@ -112,7 +112,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
     rows = train_split.features.select_columns([c for c in train_split.features.column_names
                                                 if c not in ("example_id", "offset_mapping")])
-    collate = Collator(tokenizer.pad_token_id or 0)
+    collate = Collator(tokenizer.pad_token_id or 0, pad_multiple(accelerator.device))
     batches = _batch_stream(feature_lengths(train_split.features), cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     running, micro, seen = torch.zeros((), device=accelerator.device), 0, 0
@@ -280,8 +280,7 @@ def _optimizer(model, cfg: RunConfig, log: RunLog) -> torch.optim.Optimizer:
     no_decay = [p for p in params if p.dim() < 2]
     log.info(f"parameters: {sum(p.numel() for p in decay):,} with weight decay, {sum(p.numel() for p in no_decay):,} without")
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available()  # the fused kernel is GPU-only in practice; CPU gains nothing measurable
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)  # one kernel for all tensors, on CPU and GPU
 
 
 def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
