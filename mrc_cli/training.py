@@ -234,7 +234,7 @@ def _accelerator(precision: str, grad_accum: int) -> Accelerator:
                               cpu=not torch.cuda.is_available())
     if accelerator.num_processes != world:
         raise ConfigError(f"{world} processes were launched but accelerate set up {accelerator.num_processes}; "
-                          "on CPU launch with `accelerate launch --cpu --multi_gpu --num_processes N` or torchrun")
+                          "on CPU launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
     return accelerator
 
 

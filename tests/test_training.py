@@ -416,3 +416,19 @@ def test_two_processes_without_accelerate_use_cpu_are_one_run_or_refused(tiny_be
         _assert_two_ranks_trained(run_dir, 2)
     else:
         assert "Error: " in done.stderr and "Traceback" not in done.stderr, done.stderr[-4000:]
+
+
+def test_accelerate_launch_runs_two_processes_on_cpu(tiny_bert_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (without --multi_gpu accelerate starts one process on CPU)."""
+    run_dir = tmp_path / "ddp"
+    cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=4, save_steps=2)
+    cfg.data.dev_file = None
+    config = tmp_path / "run.yaml"
+    save_config(cfg, config)
+    launcher = Path(sys.executable).with_name("accelerate")
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
+               "-m", "mrc_cli", "train", "--config", str(config)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    _assert_two_ranks_trained(run_dir, 4)
