@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared_file
+
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import detect_metric, load_metric, score
 from mrc_cli.metrics.rules import (
@@ -321,21 +323,14 @@ def perturb(golds: list[dict]) -> dict[str, str]:
     return predictions
 
 
-def require(name: str) -> Path:
-    path = DATA_DIR / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent: the shared data folder sits beside the repository on dev and CI machines")
-    return path
-
-
 @pytest.fixture(scope="module")
 def squad_v2_golds() -> list[dict]:
-    return read_squad_json(require("squad_v2.0_dev_head.json"))
+    return read_squad_json(shared_file("squad_v2.0_dev_head.json"))
 
 
 @pytest.fixture(scope="module")
 def cmrc_golds() -> list[dict]:
-    return read_squad_json(require("cmrc2018_dev.json"))
+    return read_squad_json(shared_file("cmrc2018_dev.json"))
 
 
 def test_real_files_detect_their_metric(squad_v2_golds, cmrc_golds):
