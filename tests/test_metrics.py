@@ -24,7 +24,6 @@ from mrc_cli.metrics.rules import (
     strip_cmrc_punctuation,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def gold(qid: str, *answers: str, impossible: bool = False, **text: str) -> dict:
