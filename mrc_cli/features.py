@@ -14,25 +14,24 @@ Features are not padded: the collator pads each batch to its own longest feature
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, bisect_right
 import importlib
 import json
 import re
 import time
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from typing import Callable
-
 
 from mrc_cli.config import DataConfig, ModelConfig, check_data_config
 from mrc_cli.errors import ConfigError
 
 FEATURES_VERSION = 1  # bump when the feature layout changes, so old cache files are not reused
 IGNORE_INDEX = -100
+CLS_INDEX = 0
 # "chars": each CJK character, each run of other letters and digits ("1898", "iPhone"), each other symbol
 _CHAR_WORDS = re.compile(r"[\u4e00-\u9fff]|[^\W\u4e00-\u9fff]+|[^\s\w]")
-CLS_INDEX = 0
 
 
 @dataclass
@@ -278,7 +277,7 @@ class Split:
     features: object  # datasets.Dataset of features
     summary: FeatureSummary
 
-    @property
+    @cached_property  # read once: training evaluates the same split every eval_steps
     def contexts(self) -> dict[str, str]:
         return dict(zip(column(self.examples, "id"), column(self.examples, "context")))
 

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from mrc_cli.batching import LABELS, Collator, inference_batches, pad_multiple
 from mrc_cli.config import RunConfig
 from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
-from mrc_cli.metrics import score
 from mrc_cli.features import feature_lengths
+from mrc_cli.metrics import score
 from mrc_cli.model import MODEL_INPUTS
 from mrc_cli.words import unit_offsets
 

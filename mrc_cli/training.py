@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from mrc_cli import __version__
 from mrc_cli.batching import Collator, epoch_batches, pad_multiple
 from mrc_cli.checkpoint import (latest_checkpoint, read_checkpoint_config, read_trainer_state, read_weights,
-                                rng_state, save_checkpoint, set_rng_state, write_best_pointer)
+                                resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
+                                write_best_pointer)
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, MrcError
 from mrc_cli.features import feature_lengths, featurize_file, load_tokenizer, tokenizer_fingerprint
@@ -265,8 +266,6 @@ def _load_split(source: str | None, use: str, tokenizer, cfg: RunConfig, log: Ru
 
 
 def _init_from(model, path: str, log: RunLog) -> None:
-    from mrc_cli.checkpoint import resolve_checkpoint
-
     source = Path(path)
     weights = source if source.is_file() else resolve_checkpoint(source) / "model.safetensors"
     missing, unexpected = load_weights(model, load_state_dict_file(weights), strict=False)
