@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -26,7 +26,7 @@ SEGMENTERS = ("tokenizer", "chars", "jieba")  # or "module:function" returning a
 class DataConfig:
     train_file: str | None = None
     dev_file: str | None = None
-    format: str = "auto"  # auto | squad | jsonl | hf
+    format: Literal["auto", "squad", "jsonl", "hf"] = "auto"
     max_seq_length: int = 384  # longer: fewer windows per example, slower steps
     doc_stride: int = 128  # tokens shared by neighbouring windows; must leave room for the question
     max_query_length: int = 64  # longer questions are cut to this many tokens
@@ -40,7 +40,7 @@ class ModelConfig:
     name_or_path: str = "bert-base-uncased"
     tokenizer: str | None = None  # another tokenizer than the model's (Chinese ALBERT ships a BERT vocabulary)
     dropout: float | None = None  # None keeps the model's; 0 is fine for small data that does not overfit
-    span_level: str = "token"  # token | word: answers start and end on whole words (data.word_segmenter's)
+    span_level: Literal["token", "word"] = "token"  # word: answers start and end on whole words (data.word_segmenter's)
 
 
 @dataclass
@@ -55,14 +55,14 @@ class TrainConfig:
     weight_decay: float = 0.01  # not on biases and norms (rank-1 tensors)
     warmup: float = 0.1  # fraction of the optimizer steps, then linear decay to 0
     max_grad_norm: float = 0.0  # 0: no clipping (clipping at 1.0 cost 2-3 F1 in short runs, shared/MEASURED.md)
-    precision: str = "auto"  # auto (bf16 where the CPU/GPU runs it natively) | bf16 | fp16 | no
+    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 where the CPU/GPU runs it natively
     group_by_length: bool = True  # batches of similar length: about half the padding of random batches
     seed: int = 0
     log_steps: int = 10
     eval_steps: int = 0  # 0: evaluate at the end only
     save_steps: int = 200  # checkpoints to resume from; also written at the end
     keep_last: int = 2  # checkpoints kept besides the best
-    metric_for_best: str = "f1"  # f1 | exact | dev_loss (lower is better)
+    metric_for_best: Literal["f1", "exact", "dev_loss"] = "f1"  # dev_loss: lower is better
     patience: int = 0  # stop after this many evaluations without improvement; 0: never
     resume: str | None = None  # auto (the newest checkpoint in output_dir) or a checkpoint folder
     init_from: str | None = None  # weights to start from (strict=False, the key differences are reported)
@@ -120,7 +120,12 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a field type (str, int, float, bool, X | None); ints are accepted for floats."""
+    """Check `value` against a field type (str, int, float, bool, a Literal of choices, X | None); ints are accepted
+    for floats."""
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
+        return value
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in options:
         return None

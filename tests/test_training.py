@@ -432,3 +432,12 @@ def test_accelerate_launch_runs_two_processes_on_cpu(tiny_bert_dir, tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     _assert_two_ranks_trained(run_dir, 4)
+
+
+def test_choice_keys_are_checked_when_the_config_is_read(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--dry-run", "--set", "model.span_level=sentence"])
+    assert result.exit_code == 1 and "model.span_level: expected one of token, word, got 'sentence'" in result.stderr
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  precision: fp8\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="train.precision: expected one of auto, bf16, fp16, no, got 'fp8'"):
+        load_config(config)
