@@ -56,7 +56,7 @@ def run_and_measure(cfg) -> tuple[dict, object]:
     wall = time.perf_counter() - started
     log = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     figures = headline(result.metrics)
-    return {"steps": result.steps, "exact": figures["exact"], "f1": figures["f1"],
+    return {"steps": result.steps, "attention_dropout": cfg.model.attention_dropout, "exact": figures["exact"], "f1": figures["f1"],
             "train_features_per_s": [r["features_per_s"] for r in log if "features_per_s" in r][-1],
             "wall_s_including_eval": wall, "run_dir": str(result.run_dir)}, result
 
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--max-grad-norm", type=float, default=0.0)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--attention-dropout", type=float, help="model.attention_dropout (default: mrc-cli's)")
     parser.add_argument("--no-group", action="store_true", help="random batches instead of length-grouped ones")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "train_quality.json"))
     args = parser.parse_args()
@@ -96,11 +97,12 @@ def main() -> None:
         t = cfg.train
         t.lr, t.warmup, t.weight_decay, t.max_grad_norm = args.lr, args.warmup, args.weight_decay, args.max_grad_norm
         t.precision, t.group_by_length = args.precision, not args.no_group
+        if args.attention_dropout is not None:
+            cfg.model.attention_dropout = args.attention_dropout
         run, _ = run_and_measure(cfg)
         run["seed"] = seed
         print(json.dumps(run))
         runs.append(run)
-        print(json.dumps(run))
     summary = {
         "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "settings": vars(args), "recipe": RECIPE, "runs": runs,

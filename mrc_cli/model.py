@@ -81,7 +81,7 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     return (start + end) / 2
 
 
-def _encoder_config(name_or_path: str, dropout: float | None, max_seq_length: int):
+def _encoder_config(name_or_path: str, dropout: float | None, attention_dropout: float | None, max_seq_length: int):
     from transformers import AutoConfig
 
     try:
@@ -94,6 +94,10 @@ def _encoder_config(name_or_path: str, dropout: float | None, max_seq_length: in
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(config, key):
                 setattr(config, key, dropout)
+    if attention_dropout is not None:
+        for key in ("attention_probs_dropout_prob", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, attention_dropout)
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_seq_length > limit:
         raise ConfigError(
@@ -108,7 +112,7 @@ def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True
     only its architecture (to load weights into), and a fresh head."""
     from transformers import AutoModel
 
-    config = _encoder_config(source or model.name_or_path, model.dropout, max_seq_length)
+    config = _encoder_config(source or model.name_or_path, model.dropout, model.attention_dropout, max_seq_length)
     if pretrained:
         encoder = AutoModel.from_pretrained(source or model.name_or_path, config=config, attn_implementation="sdpa")
     else:
