@@ -43,11 +43,12 @@ class Collator:
         self.multiple_of = multiple_of
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(r["input_ids"]) for r in rows)
-        width = -(-longest // self.multiple_of) * self.multiple_of
+        lengths = torch.tensor([len(r["input_ids"]) for r in rows])
+        width = -(-int(lengths.max()) // self.multiple_of) * self.multiple_of
         batch = {
             "input_ids": self._pad(rows, "input_ids", width, self.pad_token_id),
-            "attention_mask": self._pad(rows, "attention_mask", width, 0),
+            # features are unpadded: the mask is each feature's length
+            "attention_mask": (torch.arange(width) < lengths[:, None]).long(),
         }
         if "token_type_ids" in rows[0]:
             batch["token_type_ids"] = self._pad(rows, "token_type_ids", width, 0)

@@ -13,6 +13,7 @@ Features are not padded: the collator pads each batch to its own longest feature
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -27,7 +28,7 @@ from typing import Callable
 from mrc_cli.config import DataConfig, ModelConfig, check_data_config
 from mrc_cli.errors import ConfigError
 
-FEATURES_VERSION = 1  # bump when the feature layout changes, so old cache files are not reused
+FEATURES_VERSION = 2  # bump when the feature layout changes, so old cache files are not reused
 IGNORE_INDEX = -100
 CLS_INDEX = 0
 # "chars": each CJK character, each run of other letters and digits ("1898", "iPhone"), each other symbol
@@ -66,8 +67,10 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
         cache_dir.mkdir(parents=True, exist_ok=True)
     from_cache = cache and any(cache_dir.glob(f"{fingerprint}*.arrow"))
     num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
+    encoders = rust_encoders(tokenizer, data)
     features = examples.map(
-        partial(_tokenize_batch, tokenizer=tokenizer, data=data, labels=labels),
+        partial(_tokenize_batch, encoders=encoders, data=data, labels=labels,
+                type_ids="token_type_ids" in tokenizer.model_input_names),
         batched=True,
         batch_size=256,
         num_proc=num_proc,
@@ -81,7 +84,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     if from_cache and counts_file.is_file():
         counts = json.loads(counts_file.read_text())
     else:
-        counts = {"questions_truncated": _count_truncated(examples, tokenizer, data.max_query_length),
+        counts = {"questions_truncated": _count_truncated(examples, encoders[0], data.max_query_length),
                   "answers_lost_to_truncation": _count_lost(examples, features) if labels else 0}
         if cache:
             counts_file.write_text(json.dumps(counts))
@@ -90,33 +93,30 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     return features, summary
 
 
-def _tokenize_batch(batch: dict, tokenizer, data: DataConfig, labels: bool) -> dict:
-    questions = _truncate_questions(batch["question"], tokenizer, data.max_query_length)
-    enc = tokenizer(
-        questions,
-        batch["context"],
-        truncation="only_second",
-        max_length=data.max_seq_length,
-        stride=data.doc_stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding=False,
-    )
+def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool, type_ids: bool) -> dict:
+    question_encoder, window_encoder = encoders
+    questions = _truncate_questions(batch["question"], question_encoder, data.max_query_length)
+    # a window is the encoding of the first cut of the context, then its `overflowing` cuts (the order of
+    # transformers' return_overflowing_tokens)
+    windows = [(ex, w) for ex, enc in enumerate(window_encoder.encode_batch(list(zip(questions, batch["context"]))))
+               for w in (enc, *enc.overflowing)]
     segment = _segmenter(data.word_segmenter)
     word_starts = {}  # example index -> char starts of its words, for segmenters other than the tokenizer's
-    out = {key: enc[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in enc}
+    out = {"input_ids": [w.ids for _, w in windows]}
+    if type_ids:
+        out["token_type_ids"] = [w.type_ids for _, w in windows]
     out.update(example_id=[], offset_mapping=[], word_ids=[])
     if labels:
         out.update(start_positions=[], end_positions=[])
     # Plain lists, not numpy, per feature: converting thousands of small arrays back to lists cost more than the rest.
-    for i, ex in enumerate(enc["overflow_to_sample_mapping"]):
-        sequence = enc.sequence_ids(i)
+    for ex, window in windows:
+        sequence = window.sequence_ids
         first = sequence.index(1)  # the context is one contiguous run after the question
         last = len(sequence) - sequence[::-1].index(1)
         before, after = [-1] * first, [-1] * (len(sequence) - last)
-        context_offsets = enc["offset_mapping"][i][first:last]
+        context_offsets = window.offsets[first:last]
         if segment is None:
-            words = enc.word_ids(i)[first:last]
+            words = window.word_ids[first:last]
         else:
             if ex not in word_starts:
                 word_starts[ex] = segment(batch["context"][ex])
@@ -124,7 +124,7 @@ def _tokenize_batch(batch: dict, tokenizer, data: DataConfig, labels: bool) -> d
         out["example_id"].append(batch["id"][ex])
         # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
         out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
-        out["word_ids"].append(before + list(words) + after)
+        out["word_ids"].append(before + words + after)
         if labels:
             start, end = _label_window(context_offsets, first, batch["answers"][ex], batch["is_impossible"][ex])
             out["start_positions"].append(start)
@@ -132,13 +132,32 @@ def _tokenize_batch(batch: dict, tokenizer, data: DataConfig, labels: bool) -> d
     return out
 
 
-def _truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
-    """Cut questions to `max_query_length` tokens by character offset (the pair call only truncates contexts)."""
-    # verbose=False: no "sequence longer than the model's maximum" warning: long questions are what we cut here
-    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+def rust_encoders(tokenizer, data: DataConfig) -> tuple:
+    """Two copies of the tokenizer's Rust backend: for questions (whole), and for question + context windows (what
+    the tokenizer call with truncation="only_second", a stride and return_overflowing_tokens sets up before the same
+    encode_batch).
+
+    Called directly because transformers' conversion of every encoding into Python dicts was a fifth of featurizing
+    time (docs/benchmarks.md); copies, so the caller's tokenizer keeps its own settings.
+    """
+    questions = copy.deepcopy(tokenizer.backend_tokenizer)
+    questions.no_padding()
+    questions.no_truncation()
+    windows = copy.deepcopy(questions)
+    windows.enable_truncation(data.max_seq_length, stride=data.doc_stride, strategy="only_second")
+    return questions, windows
+
+
+def _question_offsets(questions: list[str], backend) -> list[list[tuple[int, int]]]:
+    """Character offsets of each question's tokens, without special tokens."""
+    return [enc.offsets for enc in backend.encode_batch(questions, add_special_tokens=False)]
+
+
+def _truncate_questions(questions: list[str], backend, max_query_length: int) -> list[str]:
+    """Cut questions to `max_query_length` tokens by character offset (the pair encoding only cuts contexts)."""
     return [
         q if len(offs) <= max_query_length else q[: offs[max_query_length - 1][1]]
-        for q, offs in zip(questions, enc["offset_mapping"])
+        for q, offs in zip(questions, _question_offsets(questions, backend))
     ]
 
 
@@ -232,9 +251,8 @@ def feature_lengths(features) -> list[int]:
     return pc.list_value_length(features.with_format("arrow")["input_ids"]).to_pylist()
 
 
-def _count_truncated(examples, tokenizer, max_query_length: int) -> int:
-    lengths = tokenizer(column(examples, "question"), add_special_tokens=False, return_length=True, verbose=False)["length"]
-    return int(sum(n > max_query_length for n in lengths))
+def _count_truncated(examples, backend, max_query_length: int) -> int:
+    return sum(len(offsets) > max_query_length for offsets in _question_offsets(column(examples, "question"), backend))
 
 
 def _count_lost(examples, features) -> int:

@@ -36,8 +36,8 @@ def test_inference_batches_are_longest_first():
 
 
 def test_collator_pads_every_column_with_its_own_value():
-    rows = [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "word_ids": [-1, 0, 1], "start_positions": 1},
-            {"input_ids": [4], "attention_mask": [1], "word_ids": [-1], "start_positions": 0}]
+    rows = [{"input_ids": [1, 2, 3], "word_ids": [-1, 0, 1], "start_positions": 1},
+            {"input_ids": [4], "word_ids": [-1], "start_positions": 0}]
     batch = Collator(pad_token_id=9, multiple_of=4)(rows)
     assert batch["input_ids"].tolist() == [[1, 2, 3, 9], [4, 9, 9, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]

@@ -40,6 +40,29 @@ def test_labels_cut_exactly_the_gold_answer_on_real_squad(tokenizer_name, reques
     assert all(gold in got for gold, got in inside) and len(inside) < 0.02 * len(spans)
 
 
+@pytest.mark.parametrize("tokenizer_name", ["wordpiece_tokenizer", "albert_tokenizer"])
+def test_windows_are_those_of_the_tokenizer_call(tokenizer_name, request, tmp_path):
+    """Features come from the Rust backend directly (rust_encoders): the same ids, token types, offsets and window
+    count as transformers' tokenizer call that users know, with its stride and overflowing windows."""
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    examples, _, _ = load_examples(str(shared_file("squad_v1.1_train_head.json")), "train")
+    examples = examples.select(range(300))
+    data = DataConfig(max_seq_length=128, doc_stride=48, cache_dir=str(tmp_path))
+    settings = tokenizer.backend_tokenizer.truncation
+    features, _ = build_features(examples, tokenizer, data, labels=True)
+    assert tokenizer.backend_tokenizer.truncation == settings  # the caller's tokenizer is left as it was
+    enc = tokenizer(list(examples["question"]), list(examples["context"]), truncation="only_second", max_length=128, stride=48,
+                    return_overflowing_tokens=True, return_offsets_mapping=True)
+    assert len(features) == len(enc["input_ids"]) > len(examples)  # contexts of 128 tokens overflow
+    assert features["input_ids"] == enc["input_ids"]
+    assert features["example_id"] == [examples[i]["id"] for i in enc["overflow_to_sample_mapping"]]
+    if "token_type_ids" in enc:
+        assert features["token_type_ids"] == enc["token_type_ids"]
+    for i, offsets in enumerate(features["offset_mapping"]):
+        context = [o for o, s in zip(enc["offset_mapping"][i], enc.sequence_ids(i)) if s == 1]
+        assert [tuple(o) for o in offsets if o[0] >= 0] == [tuple(o) for o in context]
+
+
 def test_windows_overlap_by_stride_and_word_ids_agree_across_windows(wordpiece_tokenizer, tmp_path):
     context = " ".join(f"word{i} is unbelievable" for i in range(60))
     answer_start = context.index("word50")
