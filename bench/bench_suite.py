@@ -157,10 +157,15 @@ def bench_train(args, sizes: dict) -> dict:
         runs.append({"side": "recipe", "seed": seed, **run_side(
             "train_recipe", **common, seed=seed, cache_dir=str(work / "cache_recipe"),
             pad_to_max_length=args.recipe_padding == "max_length", save_dir=str(work / f"recipe_seed{seed}"))})
+    peak = run_side("matmul_peak")
+    peak.pop("peak_rss_mb")
     for run in runs:
         run["features_per_s"] = run["features"] / run["loop_s"]
         run["real_tokens_per_s"] = run["real_tokens"] / run["loop_s"]
-    return {"train_questions": train["questions"], "dev_questions": dev["questions"],
+        run["model_gflop"] = training_gflop(run["padded_tokens"], run["padded_square"])
+        run["achieved_gflop_per_s"] = run["model_gflop"] / run["loop_s"]
+        run["pct_of_matmul_peak"] = 100 * run["achieved_gflop_per_s"] / peak[run["precision"]]
+    return {"train_questions": train["questions"], "dev_questions": dev["questions"], "matmul_peak_gflop_per_s": peak,
             "recipe_padding": args.recipe_padding, "runs": runs, "means": mean_by_side(runs),
             "recipe_checkpoint": str(work / f"recipe_seed{args.seeds[0]}")}
 
@@ -211,8 +216,36 @@ def agreement(answers: dict, reference: dict) -> float:
     return 100.0 * sum(answers.get(qid) == text for qid, text in reference.items()) / max(len(reference), 1)
 
 
+def training_gflop(padded_tokens: int, padded_square: int) -> float:
+    """Model FLOPs of training MiniLM on these batches: 3x the forward pass (backward = 2x), the forward being 2 FLOPs
+    per weight per computed token (padding included: it is computed) plus QK^T and AV over each batch's width."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(minilm())
+    h, layers, inter = c.hidden_size, c.num_hidden_layers, c.intermediate_size
+    per_token = 2 * (layers * (4 * h * h + 2 * h * inter) + 2 * h)  # attention projections, MLP, the span head
+    attention = 4 * layers * h  # per (token, position it attends to): QK^T and AV
+    return 3 * (padded_tokens * per_token + padded_square * attention) / 1e9
+
+
+def matmul_peak() -> dict:
+    """GFLOP/s of a 4096x4096 matmul in bf16 and fp32 on this machine: the ceiling training FLOP/s is compared with."""
+    import torch
+
+    peak = {}
+    for precision, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+        a @ b
+        started = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        peak[precision] = 4 * 2 * 4096 ** 3 / (time.perf_counter() - started) / 1e9
+    return peak
+
+
 def mean_by_side(runs: list[dict]) -> dict:
-    keys = ("features_per_s", "real_tokens_per_s", "exact", "f1", "peak_rss_mb")
+    keys = ("features_per_s", "real_tokens_per_s", "exact", "f1", "peak_rss_mb", "achieved_gflop_per_s",
+            "pct_of_matmul_peak")
     by_side = defaultdict(list)
     for run in runs:
         by_side[run["side"]].append(run)
@@ -448,16 +481,16 @@ def train_ours(train_file, dev_file, steps, batch_size, eval_batch_size, seed, s
     wall = time.perf_counter() - started
     peak = peak_rss_mb()
     speed = [r["features_per_s"] for r in read_metrics(Path(output_dir) / "metrics.jsonl") if "features_per_s" in r][-1]
-    features, real, padded = ours_batches(cfg, steps)
+    features, real, padded, square = ours_batches(cfg, steps)
     return {"steps": result.steps, "features": features, "loop_s": features / speed,
-            "real_tokens": real, "padded_tokens": padded, "exact": result.metrics["exact_match"],
+            "real_tokens": real, "padded_tokens": padded, "padded_square": square, "exact": result.metrics["exact_match"],
             "f1": result.metrics["f1"], "wall_s_with_features_and_eval": wall, "peak_rss_mb": peak,
             "precision": resolve_precision(t.precision), "lr": t.lr, "warmup": t.warmup, "weight_decay": t.weight_decay,
             "group_by_length": t.group_by_length}
 
 
-def ours_batches(cfg, steps: int) -> tuple[int, int, int]:
-    """(features, real tokens, padded tokens) of mrc-cli's first `steps` batches, regenerated: its batch order is a
+def ours_batches(cfg, steps: int) -> tuple[int, int, int, int]:
+    """(features, real tokens, padded tokens, sum of batch size x width^2) of mrc-cli's first `steps` batches, regenerated: its batch order is a
     pure function of seed and epoch (mrc_cli.batching)."""
     from mrc_cli.batching import epoch_batches
     from mrc_cli.features import featurize_file, load_tokenizer
@@ -470,8 +503,8 @@ def ours_batches(cfg, steps: int) -> tuple[int, int, int]:
         epoch += 1
     batches = batches[:steps]
     real = sum(lengths[i] for batch in batches for i in batch)
-    padded = sum(len(batch) * math.ceil(max(lengths[i] for i in batch) / 8) * 8 for batch in batches)  # Collator: x8
-    return sum(len(batch) for batch in batches), real, padded
+    widths = [(len(batch), max(lengths[i] for i in batch)) for batch in batches]  # the Collator pads to the longest
+    return (sum(n for n, _ in widths), real, sum(n * w for n, w in widths), sum(n * w * w for n, w in widths))
 
 
 def train_recipe(train_file, dev_file, steps, batch_size, eval_batch_size, seed, cache_dir, pad_to_max_length,
@@ -495,7 +528,8 @@ def train_recipe(train_file, dev_file, steps, batch_size, eval_batch_size, seed,
     model.save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     return {"steps": stats["steps"], "features": stats["features"], "loop_s": stats["seconds"],
-            "real_tokens": stats["real_tokens"], "padded_tokens": stats["padded_tokens"], "exact": metrics["exact_match"],
+            "real_tokens": stats["real_tokens"], "padded_tokens": stats["padded_tokens"],
+            "padded_square": stats["padded_square"], "exact": metrics["exact_match"],
             "f1": metrics["f1"], "wall_s_with_features_and_eval": wall, "precision": "no", "lr": 5e-5, "warmup": 0.0,
             "weight_decay": 0.0, "group_by_length": False}
 
@@ -576,7 +610,7 @@ def infer_ours_reader(export, dev_file, batch_size) -> dict:
 
 
 WORKERS = {f.__name__: f for f in (preprocess_ours, preprocess_recipe, compare_labels, train_ours, train_recipe,
-                                   fresh_checkpoint, infer_recipe, infer_ours_eval, infer_ours_reader)}
+                                   matmul_peak, fresh_checkpoint, infer_recipe, infer_ours_eval, infer_ours_reader)}
 
 
 # ------------------------------------------------------------------------------------------------------- the record
@@ -651,6 +685,9 @@ def train_rows(r: dict) -> list[tuple]:
                  (f"{side}: real tokens/s", m["real_tokens_per_s"], recipe["real_tokens_per_s"]),
                  (f"{side}: dev EM", m["exact"], recipe["exact"]),
                  (f"{side}: dev F1", m["f1"], recipe["f1"]),
+                 (f"{side}: model GFLOP/s", m["achieved_gflop_per_s"], recipe["achieved_gflop_per_s"],
+                  f"{m['pct_of_matmul_peak']:.0f}% / {recipe['pct_of_matmul_peak']:.0f}% of a big matmul's "
+                  f"(bf16 {r['matmul_peak_gflop_per_s']['bf16']:.0f}, fp32 {r['matmul_peak_gflop_per_s']['no']:.0f})"),
                  (f"{side}: peak RSS MiB (lower is better)", m["peak_rss_mb"], recipe["peak_rss_mb"])]
     return rows
 

@@ -322,7 +322,7 @@ def recipe_train(model_dir: str, features, steps: int, batch_size: int, lr: floa
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     done, num_features = 0, 0
-    real_tokens = padded_tokens = loss_sum = torch.zeros((), device=accelerator.device)
+    real_tokens = padded_tokens = padded_square = loss_sum = torch.zeros((), device=accelerator.device)
     model.train()
     started = time.perf_counter()
     while done < steps:  # epochs, each a new shuffle, as the recipe's epoch loop with max_train_steps
@@ -336,6 +336,7 @@ def recipe_train(model_dir: str, features, steps: int, batch_size: int, lr: floa
             num_features += batch["input_ids"].shape[0]
             real_tokens = real_tokens + batch["attention_mask"].sum()
             padded_tokens = padded_tokens + batch["input_ids"].numel()
+            padded_square = padded_square + batch["input_ids"].numel() * batch["input_ids"].shape[1]  # attention cost
             loss_sum = loss_sum + loss.detach()
             done += int(accelerator.sync_gradients)
             if done >= steps:
@@ -344,7 +345,7 @@ def recipe_train(model_dir: str, features, steps: int, batch_size: int, lr: floa
         torch.cuda.synchronize()  # the loop queues GPU work without waiting for it
     seconds = time.perf_counter() - started
     stats = {"seconds": seconds, "steps": done, "features": num_features, "real_tokens": int(real_tokens),
-             "padded_tokens": int(padded_tokens), "mean_loss": float(loss_sum) / max(done, 1)}
+             "padded_tokens": int(padded_tokens), "padded_square": int(padded_square), "mean_loss": float(loss_sum) / max(done, 1)}
     return accelerator.unwrap_model(model), stats
 
 
