@@ -22,6 +22,7 @@ import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, partial
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable
 
@@ -94,12 +95,10 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
 
 
 def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool, type_ids: bool) -> dict:
-    question_encoder, window_encoder = encoders
-    questions = _truncate_questions(batch["question"], question_encoder, data.max_query_length)
+    encodings = _encode_pairs(batch["question"], batch["context"], encoders, data.max_query_length)
     # a window is the encoding of the first cut of the context, then its `overflowing` cuts (the order of
     # transformers' return_overflowing_tokens)
-    windows = [(ex, w) for ex, enc in enumerate(window_encoder.encode_batch(list(zip(questions, batch["context"]))))
-               for w in (enc, *enc.overflowing)]
+    windows = [(ex, w) for ex, enc in enumerate(encodings) for w in (enc, *enc.overflowing)]
     segment = _segmenter(data.word_segmenter)
     word_starts = {}  # example index -> char starts of its words, for segmenters other than the tokenizer's
     out = {"input_ids": [w.ids for _, w in windows]}
@@ -148,6 +147,24 @@ def rust_encoders(tokenizer, data: DataConfig) -> tuple:
     return questions, windows
 
 
+def _encode_pairs(questions: list[str], contexts: list[str], encoders: tuple, max_query_length: int) -> list:
+    """Question + context encodings (windows in `overflowing`), questions cut to `max_query_length` tokens.
+
+    A batch is encoded once when no question is too long (the pair encoding shows each question's length), which is
+    nearly always; otherwise its questions are cut by character offset and it is encoded again.
+    """
+    question_encoder, window_encoder = encoders
+    try:
+        encodings = window_encoder.encode_batch(list(zip(questions, contexts)))
+        if all(enc.sequence_ids.count(0) <= max_query_length for enc in encodings):
+            return encodings
+    except Exception as err:  # tokenizers raises a bare Exception when a question leaves no room for the context
+        if "Truncation error" not in str(err):
+            raise
+    questions = _truncate_questions(questions, question_encoder, max_query_length)
+    return window_encoder.encode_batch(list(zip(questions, contexts)))
+
+
 def _question_offsets(questions: list[str], backend) -> list[list[tuple[int, int]]]:
     """Character offsets of each question's tokens, without special tokens."""
     return [enc.offsets for enc in backend.encode_batch(questions, add_special_tokens=False)]
@@ -175,10 +192,9 @@ def _label_window(context_offsets: list, first: int, answers: dict, is_impossibl
     end_char = start + len(text.rstrip())
     if start_char < context_offsets[0][0] or end_char > context_offsets[-1][1]:
         return CLS_INDEX, CLS_INDEX
-    starts = [s for s, _ in context_offsets]
-    ends = [e for _, e in context_offsets]
     # the last token starting at or before the answer, the first token ending at or after it
-    return first + bisect_right(starts, start_char) - 1, first + bisect_left(ends, end_char)
+    return (first + bisect_right(context_offsets, start_char, key=itemgetter(0)) - 1,
+            first + bisect_left(context_offsets, end_char, key=itemgetter(1)))
 
 
 @lru_cache(maxsize=None)
