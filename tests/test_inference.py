@@ -110,3 +110,34 @@ def test_a_plain_hugging_face_qa_folder_loads_with_default_settings(trained_run,
     assert reader.loaded.cfg.decode.allow_null is False and reader.loaded.cfg.model.name_or_path == str(folder)
     answer = reader(question="Where does the cat sit?", context="The cat sat on the mat.")
     assert answer["answer"] and answer["answer"] in "The cat sat on the mat."
+
+
+def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):
+    """A question whose best answers are within decode.recheck_margin is decided again from fp32 logits: with every
+    question a close call, bf16 inference answers exactly as fp32 does; with the margin at 0 nothing is rerun."""
+    from accelerate import Accelerator
+
+    import mrc_cli.inference as inference
+    from mrc_cli.features import featurize_file
+    from mrc_cli.reader import load_trained
+
+    loaded = load_trained(trained_run)
+    split = featurize_file(DEV, loaded.tokenizer, loaded.cfg.data, "eval")
+    cfg, accelerator = loaded.cfg, Accelerator(cpu=True)
+    cfg.decode.allow_null = True
+    _, fp32 = inference.predict_answers(loaded.model, split, cfg, accelerator, "no")
+    runs = []
+    original = inference.predict_logits
+    monkeypatch.setattr(inference, "predict_logits",
+                        lambda model, features, *args: runs.append((len(features), args[-2])) or original(model, features, *args))
+
+    cfg.decode.recheck_margin = 1e9
+    _, rechecked = inference.predict_answers(loaded.model, split, cfg, accelerator, "bf16")
+    assert runs == [(len(split.features), "bf16"), (len(split.features), "no")]
+    assert {q: p.text for q, p in rechecked.items()} == {q: p.text for q, p in fp32.items()}
+    assert all(abs(rechecked[q].score - p.score) < 1e-4 for q, p in fp32.items() if p.text)
+
+    runs.clear()
+    cfg.decode.recheck_margin = 0.0
+    inference.predict_answers(loaded.model, split, cfg, accelerator, "bf16")
+    assert runs == [(len(split.features), "bf16")]
