@@ -76,7 +76,7 @@ def preprocess(
     data: Annotated[str, typer.Option("--data", help="Data file, dataset folder or Hub name[:split].")],
     out: Annotated[Path, typer.Option("--out", help="Folder to save the features in (datasets.save_to_disk).")],
     model: Annotated[Optional[str], typer.Option("--model", help="Model folder or Hub id whose tokenizer to use.")] = None,
-    use: Annotated[Use, typer.Option("--for", help="train/eval features carry labels; predict features do not.")] = "train",
+    use: Annotated[Use, typer.Option("--for", help="train/eval features carry labels, eval/predict features character offsets.")] = "train",
     config: ConfigOpt = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="auto | squad | jsonl | hf")] = None,
     max_seq_length: Annotated[Optional[int], typer.Option(help="Tokens per window.")] = None,

@@ -2,7 +2,8 @@
 
 One builder serves training, evaluation and prediction. A feature keeps, per token:
 - `offset_mapping`: [start, end) characters of the context for context tokens, [-1, -1] for all others (question,
-  special tokens), so decoding needs no `sequence_ids` and no Python `None`s;
+  special tokens), so decoding needs no `sequence_ids` and no Python `None`s; training features leave it out
+  (nothing in training reads it, and writing it was a sixth of featurizing time);
 - `word_ids`: the index of the whole word of the context the token belongs to (the same word has the same id in
   every window of its example), -1 for non-context tokens;
 - `start_positions`/`end_positions` (when labels are asked for): the answer's first and last token, the CLS
@@ -54,7 +55,7 @@ class FeatureSummary:
         )
 
 
-def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True):
+def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True, offsets: bool = True):
     """Tokenize a canonical examples `Dataset` into windowed features; returns (features Dataset, FeatureSummary).
 
     With `cache`, features are stored under data.cache_dir and a second call with the same data, tokenizer and
@@ -62,7 +63,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     """
     check_data_config(data, tokenizer.num_special_tokens_to_add(pair=True))
     started = time.perf_counter()
-    fingerprint = _fingerprint(examples, tokenizer, data, labels)
+    fingerprint = _fingerprint(examples, tokenizer, data, (labels, offsets))
     cache_dir = Path(data.cache_dir or Path.home() / ".cache" / "mrc-cli") / "features"
     if cache:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
     encoders = rust_encoders(tokenizer, data)
     features = examples.map(
-        partial(_tokenize_batch, encoders=encoders, data=data, labels=labels,
+        partial(_tokenize_batch, encoders=encoders, data=data, labels=labels, offsets=offsets,
                 type_ids="token_type_ids" in tokenizer.model_input_names),
         batched=True,
         batch_size=256,
@@ -94,7 +95,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     return features, summary
 
 
-def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool, type_ids: bool) -> dict:
+def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool, offsets: bool, type_ids: bool) -> dict:
     encodings = _encode_pairs(batch["question"], batch["context"], encoders, data.max_query_length)
     # a window is the encoding of the first cut of the context, then its `overflowing` cuts (the order of
     # transformers' return_overflowing_tokens)
@@ -104,7 +105,9 @@ def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool
     out = {"input_ids": [w.ids for _, w in windows]}
     if type_ids:
         out["token_type_ids"] = [w.type_ids for _, w in windows]
-    out.update(example_id=[], offset_mapping=[], word_ids=[])
+    out.update(example_id=[], word_ids=[])
+    if offsets:
+        out["offset_mapping"] = []
     if labels:
         out.update(start_positions=[], end_positions=[])
     # Plain lists, not numpy, per feature: converting thousands of small arrays back to lists cost more than the rest.
@@ -121,8 +124,8 @@ def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool
                 word_starts[ex] = segment(batch["context"][ex])
             words = [bisect_right(word_starts[ex], start) - 1 for start, _ in context_offsets]
         out["example_id"].append(batch["id"][ex])
-        # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
-        out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
+        if offsets:  # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
+            out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
         out["word_ids"].append(before + words + after)
         if labels:
             start, end = _label_window(context_offsets, first, batch["answers"][ex], batch["is_impossible"][ex])
@@ -230,7 +233,7 @@ def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> list[in
     return starts
 
 
-def _fingerprint(examples, tokenizer, data: DataConfig, labels: bool) -> str:
+def _fingerprint(examples, tokenizer, data: DataConfig, columns: tuple[bool, bool]) -> str:
     """Same data, tokenizer and settings -> same cache file (our own key: in-memory datasets get random ones)."""
     h = hashlib.sha256()
     table = examples.with_format("arrow")[:]  # hashing Arrow buffers: no per-row Python objects
@@ -240,7 +243,7 @@ def _fingerprint(examples, tokenizer, data: DataConfig, labels: bool) -> str:
                 if buffer is not None:
                     h.update(buffer)
     h.update(tokenizer_fingerprint(tokenizer).encode())
-    settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter, labels)
+    settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter, columns)
     h.update(repr((FEATURES_VERSION, settings)).encode())
     return "features-" + h.hexdigest()[:24]
 
@@ -317,11 +320,11 @@ class Split:
 
 
 def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
-    """Read, validate and featurize one data file; labels unless `use` is predict."""
+    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train."""
     from mrc_cli.validate import load_examples
 
     examples, report, golds = load_examples(source, use, data.format)
-    features, summary = build_features(examples, tokenizer, data, labels=use != "predict")
+    features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
     return Split(examples, report, golds, features, summary)
 
 

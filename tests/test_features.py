@@ -6,7 +6,7 @@ import pytest
 from conftest import shared_file, write_squad
 from mrc_cli.config import DataConfig
 from mrc_cli.errors import ConfigError
-from mrc_cli.features import build_features
+from mrc_cli.features import build_features, featurize_file
 from mrc_cli.validate import load_examples
 
 
@@ -149,3 +149,14 @@ def test_doc_stride_that_leaves_no_room_is_a_config_error(wordpiece_tokenizer, t
     examples, _, _ = load_examples(str(path), "predict")
     with pytest.raises(ConfigError, match="doc_stride 400 must be below the 317 tokens left for context"):
         build_features(examples, wordpiece_tokenizer, DataConfig(doc_stride=400), labels=False)
+
+
+def test_training_features_leave_out_offsets(wordpiece_tokenizer, tmp_path):
+    path = write_squad(tmp_path / "d.json", [("The cat sat on the mat.", [
+        {"id": "q", "question": "Where did the cat sit?", "answers": [{"text": "the mat", "answer_start": 15}]}])])
+    data = DataConfig(cache_dir=str(tmp_path))
+    train = featurize_file(str(path), wordpiece_tokenizer, data, "train").features
+    evaluation = featurize_file(str(path), wordpiece_tokenizer, data, "eval").features
+    assert "offset_mapping" not in train.column_names and "offset_mapping" in evaluation.column_names
+    for name in train.column_names:  # everything else is the same, labels included
+        assert train[name] == evaluation[name]
