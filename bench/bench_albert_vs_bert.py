@@ -26,12 +26,16 @@ def measure(kind: str, precision: str, batch: int, seq: int, steps: int) -> dict
     import torch
     from transformers import AlbertConfig, AutoModel, BertConfig
 
+    from mrc_cli.config import ModelConfig
     from mrc_cli.inference import autocast
     from mrc_cli.model import SpanExtractionModel
 
     torch.manual_seed(0)
     config = AlbertConfig(hidden_size=768, num_attention_heads=12, intermediate_size=3072, embedding_size=128,
                           vocab_size=30000) if kind == "albert" else BertConfig()
+    # mrc-cli's default for both (AlbertConfig has 0, BertConfig 0.1): on CPU attention dropout takes SDPA off its
+    # fused kernel and would make the comparison one of dropout, not of the architectures
+    config.attention_probs_dropout_prob = ModelConfig().attention_dropout
     model = SpanExtractionModel(AutoModel.from_config(config, attn_implementation="sdpa"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
