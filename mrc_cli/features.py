@@ -64,7 +64,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     check_data_config(data, tokenizer.num_special_tokens_to_add(pair=True))
     started = time.perf_counter()
     fingerprint = _fingerprint(examples, tokenizer, data, (labels, offsets))
-    cache_dir = Path(data.cache_dir or Path.home() / ".cache" / "mrc-cli") / "features"
+    cache_dir = cache_root(data) / "features"
     if cache:
         cache_dir.mkdir(parents=True, exist_ok=True)
     from_cache = cache and any(cache_dir.glob(f"{fingerprint}*.arrow"))
@@ -93,6 +93,11 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     summary = FeatureSummary(examples=len(examples), features=len(features), **counts, from_cache=from_cache,
                              seconds=time.perf_counter() - started)
     return features, summary
+
+
+def cache_root(data: DataConfig) -> Path:
+    """Where validated examples and features are cached: data.cache_dir, else ~/.cache/mrc-cli."""
+    return Path(data.cache_dir or Path.home() / ".cache" / "mrc-cli")
 
 
 def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool, offsets: bool, type_ids: bool) -> dict:
@@ -323,7 +328,7 @@ def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
     """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train."""
     from mrc_cli.validate import load_examples
 
-    examples, report, golds = load_examples(source, use, data.format)
+    examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
     features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
     return Split(examples, report, golds, features, summary)
 

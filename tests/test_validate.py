@@ -75,3 +75,27 @@ def test_real_squad_v2_counts():
     report = validate_file(str(shared_file("squad_v2.0_dev_head.json")), "eval")
     assert (report.questions, report.unanswerable, report.misaligned) == (1407, 702, 0)
     assert report.usable
+
+
+def test_validated_examples_are_cached_by_path_and_content(tmp_path, monkeypatch):
+    import pytest
+
+    import mrc_cli.validate as validate
+
+    qas = [{"id": "a", "question": "Where?", "answers": [{"text": "the mat", "answer_start": 3}]},  # misaligned: at 15
+           {"id": "b", "question": "Who?", "answers": [{"text": "a dog", "answer_start": 0}]}]  # not in the context
+    path = write_squad(tmp_path / "d.json", [("The cat sat on the mat.", qas)])
+    cache = tmp_path / "cache"
+    examples, report, golds = validate.load_examples(str(path), "train", cache_dir=cache)
+    assert report.relocated == 1 and report.left_out_of_training == 1 and len(examples) == 1
+
+    with monkeypatch.context() as patched:
+        patched.setattr(validate, "validate_records", lambda *args: pytest.fail("the same file was validated again"))
+        cached = validate.load_examples(str(path), "train", cache_dir=cache)
+    assert cached[0].to_list() == examples.to_list() and cached[1] == report and cached[2] == golds
+
+    qas[1]["answers"][0]["text"] = "The cat"  # new content: read and validated again
+    write_squad(path, [("The cat sat on the mat.", qas)])
+    examples, report, _ = validate.load_examples(str(path), "train", cache_dir=cache)
+    assert report.left_out_of_training == 0 and len(examples) == 2
+    assert len(list(cache.iterdir())) == 2  # one entry per content, no half-written folders left
