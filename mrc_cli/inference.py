@@ -6,6 +6,8 @@ features -> logits (length-sorted batches, autocast, gathered across processes) 
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from mrc_cli.model import MODEL_INPUTS
 from mrc_cli.words import unit_offsets
 
 NEG = torch.finfo(torch.float32).min
+RECHECK_MAX_SHARE = 0.1  # of the windows rerun in fp32 at most (decode.recheck_margin)
 
 
 @dataclass
@@ -128,10 +131,10 @@ def predict_answers(model, split, cfg: RunConfig, accelerator, precision: str) -
     batch_size, width = cfg.train.eval_batch_size, cfg.data.max_seq_length
     logits = predict_logits(model, split.features, accelerator, batch_size, precision, width)
     predictions = decode_features(split.features, logits, split.contexts, cfg.decode, cfg.model.span_level)
-    margin = cfg.decode.recheck_margin
-    if precision != "no" and margin > 0:
-        close = {qid for qid, p in predictions.items() if _close_call(p, cfg.decode)}
-        rows = [i for i, qid in enumerate(column(split.features, "example_id")) if qid in close]
+    if precision != "no" and cfg.decode.recheck_margin > 0:
+        example_ids = column(split.features, "example_id")
+        close = _closest_calls(predictions, Counter(example_ids), cfg.decode)
+        rows = [i for i, qid in enumerate(example_ids) if qid in close]
         if rows:
             windows = split.features.select(rows)
             exact = predict_logits(model, windows, accelerator, batch_size, "no", width)
@@ -139,13 +142,28 @@ def predict_answers(model, split, cfg: RunConfig, accelerator, precision: str) -
     return logits, predictions
 
 
-def _close_call(p: Prediction, cfg: DecodeConfig) -> bool:
-    """The best span and the best one with another text, or the null decision, within decode.recheck_margin."""
+def _closest_calls(predictions: dict[str, Prediction], windows_of: Counter, cfg: DecodeConfig) -> set[str]:
+    """Questions within recheck_margin of another answer, closest first, up to RECHECK_MAX_SHARE of the windows:
+    an undertrained model has close calls everywhere, and rerunning them all would cost more than fp32 alone."""
+    margins = {qid: _decision_margin(p, cfg) for qid, p in predictions.items()}
+    budget, chosen, used = RECHECK_MAX_SHARE * sum(windows_of.values()), set(), 0
+    for qid in sorted((q for q, m in margins.items() if m < cfg.recheck_margin), key=margins.__getitem__):
+        if used + windows_of[qid] > budget:
+            break
+        chosen.add(qid)
+        used += windows_of[qid]
+    return chosen
+
+
+def _decision_margin(p: Prediction, cfg: DecodeConfig) -> float:
+    """How little the scores must move to change the answer: the gap from the best span to the best one with another
+    text and, with allow_null, the distance of the null odds from the threshold."""
     spans = [c for c in p.nbest if c["start"] >= 0]
     runner_up = next((c["score"] for c in spans[1:] if c["text"] != spans[0]["text"]), None)
-    if runner_up is not None and spans[0]["score"] - runner_up < cfg.recheck_margin:
-        return True
-    return cfg.allow_null and abs(p.null_odds - cfg.null_score_diff_threshold) < cfg.recheck_margin
+    margin = spans[0]["score"] - runner_up if runner_up is not None else math.inf
+    if cfg.allow_null:
+        margin = min(margin, abs(p.null_odds - cfg.null_score_diff_threshold))
+    return margin
 
 
 def evaluate_split(model, split, cfg: RunConfig, accelerator, precision: str):

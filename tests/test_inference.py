@@ -114,7 +114,8 @@ def test_a_plain_hugging_face_qa_folder_loads_with_default_settings(trained_run,
 
 def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):
     """A question whose best answers are within decode.recheck_margin is decided again from fp32 logits: with every
-    question a close call, bf16 inference answers exactly as fp32 does; with the margin at 0 nothing is rerun."""
+    question a close call and no cap, bf16 inference answers exactly as fp32 does; the cap bounds the rerun; with the
+    margin at 0 nothing is rerun."""
     from accelerate import Accelerator
 
     import mrc_cli.inference as inference
@@ -132,10 +133,17 @@ def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):
                         lambda model, features, *args: runs.append((len(features), args[-2])) or original(model, features, *args))
 
     cfg.decode.recheck_margin = 1e9
-    _, rechecked = inference.predict_answers(loaded.model, split, cfg, accelerator, "bf16")
+    with monkeypatch.context() as no_cap:
+        no_cap.setattr(inference, "RECHECK_MAX_SHARE", 1.0)
+        _, rechecked = inference.predict_answers(loaded.model, split, cfg, accelerator, "bf16")
     assert runs == [(len(split.features), "bf16"), (len(split.features), "no")]
     assert {q: p.text for q, p in rechecked.items()} == {q: p.text for q, p in fp32.items()}
     assert all(abs(rechecked[q].score - p.score) < 1e-4 for q, p in fp32.items() if p.text)
+
+    runs.clear()  # an undertrained model's close calls everywhere: at most RECHECK_MAX_SHARE of the windows rerun
+    inference.predict_answers(loaded.model, split, cfg, accelerator, "bf16")
+    assert runs[0] == (len(split.features), "bf16") and len(runs) == 2
+    assert 0 < runs[1][0] <= inference.RECHECK_MAX_SHARE * len(split.features)
 
     runs.clear()
     cfg.decode.recheck_margin = 0.0
