@@ -111,8 +111,7 @@ def train(cfg: RunConfig) -> TrainResult:
              f"{batches_per_epoch} batches per epoch per process; {total_steps} optimizer steps, "
              f"{int(cfg.train.warmup * total_steps)} of warm-up")
 
-    rows = train_split.features.select_columns([c for c in train_split.features.column_names
-                                                if c not in ("example_id", "offset_mapping")])
+    rows = train_split.features.remove_columns("example_id")  # training features carry no offsets
     collate = Collator(tokenizer.pad_token_id or 0, pad_multiple(accelerator.device))
     batches = _batch_stream(feature_lengths(train_split.features), cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
