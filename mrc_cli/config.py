@@ -120,6 +120,11 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
         raise ConfigError(f"{source}: unknown config key {dotted!r}{hint}")
     hint = typing.get_type_hints(type(section))[key]
     setattr(section, key, _coerce(value, hint, f"{source}: {dotted}"))
+    if hasattr(section, "__post_init__"):  # a section's own checks (DecodeConfig's) hold for changed values too
+        try:
+            section.__post_init__()
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -143,6 +143,8 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--max-steps", "0", "--epochs", "0"], "train.epochs must be > 0 or train.max_steps > 0"),
     (["--set", "train.lr=fast"], "train.lr: expected float, got 'fast'"),
     (["--set", "train.learning_rate=1e-4"], "unknown config key 'train.learning_rate'"),
+    (["--set", "decode.n_best_size=0"], "decode.n_best_size must be at least 1, got 0"),
+    (["--set", "decode.recheck_margin=-1"], "decode.recheck_margin must be 0 (off) or more, got -1"),
 ])
 def test_bad_flags_stop_before_any_heavy_work(minilm_path, tmp_path, flags, fragment):
     _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", *flags), fragment)  # later flags win
