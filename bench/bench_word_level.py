@@ -8,7 +8,7 @@ For each run: EM, F1, the share of predicted answers that begin or end inside a 
 words; Chinese: the `chars` segmenter's words, and jieba's), and training speed. Also how many CMRC gold answers begin
 or end inside a segmenter word.
 
-    .venv/bin/python bench/bench_word_level.py [--tasks squad cmrc] [--levels token word] [--max-steps N]
+    .venv/bin/python bench/bench_word_level.py [--tasks squad cmrc] [--levels token word] [--seeds 0 1] [--max-steps N]
 
 Writes outputs/bench/word_level.json.
 """
@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["squad", "cmrc"])
     parser.add_argument("--levels", nargs="+", default=["token", "word"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "word_level.json"))
     args = parser.parse_args()
@@ -101,22 +103,22 @@ def main() -> None:
         report["gold"] = {"cmrc_answers": len(gold), "cut_by_jieba_pct": cut_share(gold, "jieba", tokenizer),
                           "cut_by_chars_pct": cut_share(gold, "chars", tokenizer)}
         print(json.dumps(report["gold"]))
-    for task, (train_file, dev_file, segmenter, max_answer) in tasks.items():
-        for level in args.levels:
-            cfg = minilm_config(train_file, dev_file, out.parent / f"word_level_{task}_{level}_{int(time.time())}",
-                                max_steps=args.max_steps)
-            cfg.model.span_level, cfg.data.word_segmenter, cfg.decode.max_answer_length = level, segmenter, max_answer
-            figures, result = run_and_measure(cfg)
-            contexts = dict(zip(*_contexts(dev_file)))
-            nbest = json.loads((result.run_dir / "nbest.json").read_text(encoding="utf-8"))
-            best = {q: next((c for c in cands if c["start"] >= 0), None) for q, cands in nbest.items()}
-            answers = [(contexts[q], c["start"], c["end"]) for q, c in best.items() if c is not None]
-            run = {"task": task, "level": level, "segmenter": segmenter, **figures,
-                   "cut_word_pct": cut_share(answers, segmenter, tokenizer)}
-            if task == "cmrc":
-                run["cut_jieba_word_pct"] = cut_share(answers, "jieba", tokenizer)
-            report["runs"].append(run)
-            print(json.dumps(run))
+    for (task, (train_file, dev_file, segmenter, max_answer)), seed, level in product(tasks.items(), args.seeds,
+                                                                                     args.levels):
+        cfg = minilm_config(train_file, dev_file, out.parent / f"word_level_{task}_{level}_{int(time.time())}",
+                            seed=seed, max_steps=args.max_steps)
+        cfg.model.span_level, cfg.data.word_segmenter, cfg.decode.max_answer_length = level, segmenter, max_answer
+        figures, result = run_and_measure(cfg)
+        contexts = dict(zip(*_contexts(dev_file)))
+        nbest = json.loads((result.run_dir / "nbest.json").read_text(encoding="utf-8"))
+        best = {q: next((c for c in cands if c["start"] >= 0), None) for q, cands in nbest.items()}
+        answers = [(contexts[q], c["start"], c["end"]) for q, c in best.items() if c is not None]
+        run = {"task": task, "level": level, "seed": seed, "segmenter": segmenter, **figures,
+               "cut_word_pct": cut_share(answers, segmenter, tokenizer)}
+        if task == "cmrc":
+            run["cut_jieba_word_pct"] = cut_share(answers, "jieba", tokenizer)
+        report["runs"].append(run)
+        print(json.dumps(run))
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(f"wrote {out}")
 
