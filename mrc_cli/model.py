@@ -20,6 +20,7 @@ from mrc_cli.words import pool_words, token_to_unit_labels, unit_index
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "word_ids")
 SPAN_LEVELS = ("token", "word")
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  # BERT/ALBERT, other families
 
 
 @dataclass
@@ -89,15 +90,9 @@ def _encoder_config(name_or_path: str, dropout: float | None, attention_dropout:
     except (OSError, ValueError, KeyError) as err:
         where = "the folder has no config.json" if Path(name_or_path).exists() else "no such folder, and the Hub is not reachable or has no such id"
         raise ConfigError(f"cannot load model {name_or_path!r}: {where} ({type(err).__name__}); pass a local model folder") from None
-    if dropout is not None:
-        # BERT/ALBERT/RoBERTa name them hidden_dropout_prob and attention_probs_dropout_prob (ALBERT: +classifier_)
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob", "dropout", "attention_dropout"):
-            if hasattr(config, key):
-                setattr(config, key, dropout)
-    if attention_dropout is not None:
-        for key in ("attention_probs_dropout_prob", "attention_dropout"):
-            if hasattr(config, key):
-                setattr(config, key, attention_dropout)
+    # BERT/ALBERT/RoBERTa name them hidden_dropout_prob and attention_probs_dropout_prob (ALBERT: +classifier_)
+    _set_existing(config, ("hidden_dropout_prob", "classifier_dropout_prob", "dropout", *ATTENTION_DROPOUT_KEYS), dropout)
+    _set_existing(config, ATTENTION_DROPOUT_KEYS, attention_dropout)  # after `dropout`: it wins on these keys
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_seq_length > limit:
         raise ConfigError(
@@ -105,6 +100,13 @@ def _encoder_config(name_or_path: str, dropout: float | None, attention_dropout:
             f"use --max-seq-length {min(limit, 512)} or less"
         )
     return config
+
+
+def _set_existing(config, keys: tuple[str, ...], value: float | None) -> None:
+    """Set the keys this model family's config has; None leaves them as they are."""
+    for key in keys:
+        if value is not None and hasattr(config, key):
+            setattr(config, key, value)
 
 
 def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True, source: str | None = None) -> SpanExtractionModel:
