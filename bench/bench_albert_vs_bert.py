@@ -27,7 +27,7 @@ def measure(kind: str, precision: str, batch: int, seq: int, steps: int) -> dict
     from transformers import AlbertConfig, AutoModel, BertConfig
 
     from mrc_cli.config import ModelConfig
-    from mrc_cli.inference import autocast
+    from mrc_cli.precision import autocast
     from mrc_cli.model import SpanExtractionModel
 
     torch.manual_seed(0)

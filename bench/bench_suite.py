@@ -171,7 +171,9 @@ def bench_train(args, sizes: dict) -> dict:
 
 def bench_inference(args, sizes: dict, trained_checkpoint: str | None) -> dict:
     """One checkpoint, read by the recipe as a Hugging Face folder and by mrc-cli as an `mrc export` folder."""
-    from mrc_cli.inference import resolve_precision
+    import torch
+
+    from mrc_cli.precision import resolve_precision
 
     work = fresh_dir(args.out / "inference")
     dev = write_jsonl(DEV_FILE, work / "dev.jsonl", sizes["infer_questions"])
@@ -186,7 +188,8 @@ def bench_inference(args, sizes: dict, trained_checkpoint: str | None) -> dict:
     recipe = run_side("infer_recipe", checkpoint=str(checkpoint), dev_file=str(dev["path"]),
                       cache_dir=str(work / "cache_recipe"), eval_batch_size=args.eval_batch_size, pad_to_max_length=pad)
     runs = {"recipe": recipe}
-    precisions = ["no"] + ([resolve_precision("auto")] if resolve_precision("auto") != "no" else [])
+    auto = resolve_precision("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    precisions = ["no"] + ([auto] if auto != "no" else [])
     for precision in precisions:
         export = make_export(checkpoint, work / f"export_{precision}", precision, args.eval_batch_size,
                              work / f"cache_ours_{precision}", allow_null=dev["unanswerable"] > 0)
@@ -461,8 +464,10 @@ def label_difference_cause(record: dict, validated: dict, recipe_start: int, rec
 
 
 def train_ours(train_file, dev_file, steps, batch_size, eval_batch_size, seed, settings, cache_dir, output_dir) -> dict:
+    import torch
+
     from mrc_cli.config import RunConfig
-    from mrc_cli.inference import resolve_precision
+    from mrc_cli.precision import resolve_precision
     from mrc_cli.tracking import read_metrics
     from mrc_cli.training import train
 
@@ -484,25 +489,26 @@ def train_ours(train_file, dev_file, steps, batch_size, eval_batch_size, seed, s
     return {"steps": result.steps, "features": features, "loop_s": features / speed,
             "real_tokens": real, "padded_tokens": padded, "padded_square": square, "exact": result.metrics["exact_match"],
             "f1": result.metrics["f1"], "wall_s_with_features_and_eval": wall, "peak_rss_mb": peak,
-            "precision": resolve_precision(t.precision), "lr": t.lr, "warmup": t.warmup, "weight_decay": t.weight_decay,
+            "precision": resolve_precision(t.precision, torch.device("cpu")), "lr": t.lr, "warmup": t.warmup, "weight_decay": t.weight_decay,
             "group_by_length": t.group_by_length}
 
 
 def ours_batches(cfg, steps: int) -> tuple[int, int, int, int]:
     """(features, real tokens, padded tokens, sum of batch size x width^2) of mrc-cli's first `steps` batches, regenerated: its batch order is a
     pure function of seed and epoch (mrc_cli.batching)."""
-    from mrc_cli.batching import epoch_batches
+    from mrc_cli.batching import epoch_plan
     from mrc_cli.features import featurize_file, load_tokenizer
 
     split = featurize_file(cfg.data.train_file, load_tokenizer(cfg.model.name_or_path), cfg.data, "train")  # cached
     lengths = [len(ids) for ids in split.features["input_ids"]]
     batches, epoch = [], 0
     while len(batches) < steps:
-        batches += epoch_batches(lengths, cfg.train.batch_size, cfg.train.seed, epoch, cfg.train.group_by_length)
+        plan = epoch_plan(lengths, cfg.train.batch_size, 1, cfg.train.seed, epoch, cfg.train.group_by_length)
+        batches += [batch for step in plan for batch in step]
         epoch += 1
     batches = batches[:steps]
     real = sum(lengths[i] for batch in batches for i in batch)
-    widths = [(len(batch), max(lengths[i] for i in batch)) for batch in batches]  # the Collator pads to the longest
+    widths = [(len(batch), max(lengths[i] for i in batch)) for batch in batches]  # batches are padded to the longest
     return (sum(n for n, _ in widths), real, sum(n * w for n, w in widths), sum(n * w * w for n, w in widths))
 
 

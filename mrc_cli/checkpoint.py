@@ -1,7 +1,7 @@
 """Checkpoints: the model's state_dict in safetensors plus everything needed to resume, written atomically.
 
 A checkpoint folder (`RUN/checkpoints/step-000200/`) holds `model.safetensors`, `training_state.pt` (optimizer,
-scheduler and every process's RNG states; tensors and plain values only, read back with `weights_only=True`),
+scheduler, loss scaler and every process's RNG states; tensors and plain values only, read back with `weights_only=True`),
 `trainer_state.json` (the position in training, written last), `config.yaml` (the resolved run config), the
 encoder's `config.json` and the tokenizer, so `mrc eval` and `mrc predict` need nothing else. A folder is written
 under a temporary name and renamed when complete, so a crash mid-save leaves the previous checkpoint intact.
@@ -27,25 +27,27 @@ BEST_POINTER = "best_checkpoint.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG states: Python's, the CPU generator and its own accelerator's (not every visible GPU's:
+    a run resumed on fewer GPUs must still be able to restore them)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_state: dict, training_state: dict,
                     keep_last: int) -> Path:
     """Write step-N atomically, then prune to the newest `keep_last` plus the best (trainer_state['best_step'])."""
     root = Path(run_dir) / CHECKPOINTS
-    final = root / f"step-{trainer_state['step']:06d}"
+    final = checkpoint_dir(run_dir, trainer_state["step"])
     tmp = root / f".tmp-{final.name}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -71,11 +73,16 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
     return final
 
 
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """The one place a checkpoint folder is named: RUN/checkpoints/step-000200."""
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
 def _prune(root: Path, keep_last: int, best_step: int | None) -> None:
     steps = sorted(step for step, _ in _complete_checkpoints(root))
     for step in steps[:-keep_last]:
         if step != best_step:
-            shutil.rmtree(root / f"step-{step:06d}", ignore_errors=True)
+            shutil.rmtree(checkpoint_dir(root.parent, step), ignore_errors=True)
 
 
 def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:

@@ -52,13 +52,17 @@ class TrainConfig:
     epochs: float = 2.0
     max_steps: int = 0  # > 0: stop after this many optimizer steps, whatever the epochs
     batch_size: int = 16  # per process; effective batch = batch_size * grad_accum * processes
+    scale_lr: bool = False  # true: lr x processes (linear scaling for the larger effective batch of several GPUs)
     grad_accum: int = 1
     eval_batch_size: int = 64
     lr: float = 1e-4  # measured best for small encoders (MiniLM); the paper configs set 3e-5 for base models
     weight_decay: float = 0.01  # not on biases and norms (rank-1 tensors)
     warmup: float = 0.1  # fraction of the optimizer steps, then linear decay to 0
     max_grad_norm: float = 0.0  # 0: no clipping (clipping at 1.0 cost 2-3 F1 in short runs, shared/MEASURED.md)
-    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 where the CPU/GPU runs it natively
+    # auto: bf16 where the GPU/CPU runs it natively (Ampere+, AVX512-BF16/AMX), fp16 on older GPUs, else fp32
+    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward: far less memory, ~30 % more compute
+    cpu: bool = False  # train on the CPU even where a GPU is visible
     group_by_length: bool = True  # batches of similar length: about half the padding of random batches
     seed: int = 0
     log_steps: int = 10
@@ -131,6 +135,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Check `value` against a field type (str, int, float, bool, a Literal of choices, X | None); ints are accepted
     for floats."""
     if typing.get_origin(hint) is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans: `precision: no` means "no"
+            value = next((w for w in (("no", "off", "false") if not value else ("yes", "on", "true"))
+                          if w in typing.get_args(hint)), value)
         if value not in typing.get_args(hint):
             raise ConfigError(f"{where}: expected one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
         return value

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
-from mrc_cli.batching import LABELS, Collator, inference_batches, pad_multiple
+from mrc_cli.batching import FeatureTensors, inference_batches
 from mrc_cli.config import RunConfig
 from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
-from mrc_cli.features import column, feature_lengths
+from mrc_cli.features import column
 from mrc_cli.metrics import score
-from mrc_cli.model import MODEL_INPUTS
+from mrc_cli.precision import autocast
 from mrc_cli.words import unit_offsets
 
 NEG = torch.finfo(torch.float32).min
@@ -36,49 +35,27 @@ class Logits:
     loss: float | None  # mean loss over the features with labels (-100 labels excluded)
 
 
-def resolve_precision(precision: str) -> str:
-    """auto: bf16 where it runs natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), else full precision."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return "no"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
-
-
 @torch.no_grad()
 def predict_logits(model, features, accelerator, batch_size: int, precision: str, width: int) -> Logits:
     """Logits of every feature, padded to `width`.
 
-    Each process runs every world-th length-sorted batch and the results are gathered once at the end, placed by
-    feature index: no feature is dropped or counted twice however unevenly the batches divide (accelerate's
+    `accelerator`: anything with device, process_index and num_processes (an Accelerator or a PartialState). Each
+    process runs every world-th length-sorted batch and the results are gathered once at the end, placed by feature
+    index: no feature is dropped or counted twice however unevenly the batches divide (accelerate's
     gather_for_metrics needs equal batch shapes on every process, which length-sorted batches do not have).
     """
-    columns = [c for c in (*MODEL_INPUTS, *LABELS) if c in features.column_names]
-    rows = features.select_columns(columns).add_column("feature_index", list(range(len(features))))
-    batches = inference_batches(feature_lengths(features), batch_size)
-    mine = batches[accelerator.process_index::accelerator.num_processes]
-    pad_id = getattr(accelerator.unwrap_model(model).config, "pad_token_id", None) or 0
-    loader = DataLoader(rows, batch_sampler=mine, collate_fn=Collator(pad_id, pad_multiple(accelerator.device)))
+    pad_id = getattr(model.config, "pad_token_id", None) or 0
+    store = FeatureTensors(features, accelerator.device, pad_id)
+    mine = inference_batches(store.lengths.tolist(), batch_size)[accelerator.process_index::accelerator.num_processes]
     results = []  # (feature indices, start logits, end logits, per-feature loss or None)
     was_training = model.training
     model.eval()
     with autocast(accelerator.device, precision):  # one context for all batches: the weights are cast once
-        for batch in loader:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            index = batch.pop("feature_index")
-            out = model(**batch)
+        for index in mine:
+            out = model(**store.batch(index))
             pad = (0, width - out.start_logits.shape[1])
             losses = None if out.feature_loss is None else (out.feature_loss.cpu().numpy(), out.labelled.cpu().numpy())
-            results.append((index.cpu().numpy(), F.pad(out.start_logits, pad, value=NEG).cpu().numpy(),
+            results.append((np.asarray(index), F.pad(out.start_logits, pad, value=NEG).cpu().numpy(),
                             F.pad(out.end_logits, pad, value=NEG).cpu().numpy(), losses))
     model.train(was_training)
     if accelerator.num_processes > 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,11 +54,14 @@ class SpanExtractionModel(nn.Module):
     def config(self):
         return self.encoder.config
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, word_ids=None, start_positions=None,
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, word_ids=None, start_positions=None,
                 end_positions=None):
+        """attention_mask: (batch, seq) 1 for tokens, 0 for padding; None for a batch without padding."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        present = attention_mask.bool()  # (batch, seq)
+        # a 4D boolean mask reaches SDPA as it is; from a 2D one transformers first reads `mask.all()`, a device sync
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (batch, 1, 1, seq)
+        states = self.encoder(input_ids=input_ids, attention_mask=mask, **kwargs).last_hidden_state
+        present = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if self.span_level == "word":
             units = unit_index(word_ids)  # (batch, seq)
             states, present = pool_words(states, units)  # (batch, units, hidden), (batch, units)
@@ -120,6 +124,27 @@ def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True
     else:
         encoder = AutoModel.from_config(config, attn_implementation="sdpa")
     return SpanExtractionModel(encoder, model.span_level)
+
+
+def enable_gradient_checkpointing(model: SpanExtractionModel) -> None:
+    """Recompute each encoder layer's activations in the backward pass instead of keeping them (albert-xxlarge at
+    batch 48 x 384 holds ~30 GB of them otherwise). transformers' own switch where the family has one (BERT,
+    RoBERTa, ELECTRA ...); ALBERT has none in transformers 5, so its (shared) layers are wrapped here."""
+    from torch.utils.checkpoint import checkpoint
+
+    encoder = model.encoder
+    if encoder.supports_gradient_checkpointing:
+        if hasattr(encoder, "activation_checkpointing_enable"):  # its name since transformers 5.2x
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    layers = [m for m in encoder.modules() if type(m).__name__ == "AlbertLayer"]
+    if not layers:
+        raise ConfigError(f"train.gradient_checkpointing: {type(encoder).__name__} supports no gradient checkpointing; "
+                          "set it to false")
+    for layer in layers:
+        layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

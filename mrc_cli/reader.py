@@ -11,15 +11,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 
 from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
 from mrc_cli.config import RunConfig, config_to_dict
 from mrc_cli.data import to_dataset
 from mrc_cli.features import Split, build_features, featurize_file, load_tokenizer
-from mrc_cli.inference import evaluate_split, resolve_precision, write_prediction_files
+from mrc_cli.inference import evaluate_split, write_prediction_files
 from mrc_cli.model import build_model, load_weights
+from mrc_cli.precision import resolve_precision
 
 EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
 
@@ -60,9 +62,11 @@ def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
     cfg = loaded.cfg
     if batch_size:
         cfg.train.eval_batch_size = batch_size
-    accelerator = Accelerator()
-    model = accelerator.prepare_model(loaded.model, evaluation_mode=True)
-    return evaluate_split(model, split, cfg, accelerator, resolve_precision(cfg.train.precision))
+    # a PartialState only places the model: an Accelerator would inherit this process's mixed-precision state (a
+    # notebook after training) and bake its autocast into the model; precision comes from the checkpoint's config
+    state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
+    model = loaded.model.to(state.device)
+    return evaluate_split(model, split, cfg, state, resolve_precision(cfg.train.precision, state.device))
 
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False) -> dict:

@@ -1,12 +1,15 @@
 """The training loop on accelerate: one readable loop, set up by small helpers.
 
-CPU, one GPU or many (`accelerate launch`) run the same code. Each process takes every world-th batch of the
-epoch's length-grouped order (a pure function of seed and epoch), so a resumed run regenerates the order and skips
-what it has done. A step is one optimizer step (`grad_accum` micro-batches).
+CPU, one GPU or many (`accelerate launch`) run the same code. An optimizer step is `processes x grad_accum`
+micro-batches of similar width cut from the epoch's length-grouped plan (a pure function of seed, epoch and that
+group size), so a resumed run regenerates the plan and skips what it has done. Batches are cut on the device from
+features stored there once; nothing in an ordinary step waits for the device: the loss, token counts, NaN check and
+stop signal meet in one all-reduce at log, evaluation and save steps only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -26,19 +29,21 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mrc_cli import __version__
-from mrc_cli.batching import Collator, epoch_batches, pad_multiple
-from mrc_cli.checkpoint import (latest_checkpoint, read_checkpoint_config, read_trainer_state, read_weights,
-                                resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
+from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps
+from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoint_config, read_trainer_state,
+                                read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                 write_best_pointer)
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, MrcError
-from mrc_cli.features import feature_lengths, featurize_file, load_tokenizer, tokenizer_fingerprint
-from mrc_cli.inference import evaluate_split, headline, resolve_precision, write_prediction_files
-from mrc_cli.model import build_model, describe_keys, load_state_dict_file, load_weights
+from mrc_cli.features import featurize_file, load_tokenizer, tokenizer_fingerprint
+from mrc_cli.inference import evaluate_split, headline, write_prediction_files
+from mrc_cli.model import build_model, describe_keys, enable_gradient_checkpointing, load_state_dict_file, load_weights
+from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
 from mrc_cli.tracking import RunLog, plot_curves
 
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
-RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume"}
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
+                      "cpu"}
 
 
 class TrainingError(MrcError):
@@ -52,8 +57,12 @@ class TrainingInterrupted(MrcError):
 @dataclass
 class TrainerState:
     step: int = 0  # optimizer steps done
-    epoch: int = 0  # epoch of the next micro-batch
-    batch_in_epoch: int = 0  # this process's micro-batches done in that epoch
+    epoch: int = 0  # epoch of the last step done
+    # [group, steps] run in that epoch, in order; group = processes x grad_accum (another after a resume elsewhere)
+    epoch_segments: list = field(default_factory=list)
+    samples: int = 0  # features trained on, all processes together
+    plan_group: int = 0  # the group the run started with: its steps per epoch set the schedule's length
+    processes: int = 1  # of the run that wrote the checkpoint
     best_metric: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
@@ -72,13 +81,17 @@ def train(cfg: RunConfig) -> TrainResult:
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir)
-    resume_notes = []
+    resume_notes, saved_state = [], None
     if resume_from is not None:
         cfg, resume_notes = _config_for_resume(cfg, resume_from)
-    precision = resolve_precision(cfg.train.precision)
-    accelerator = _accelerator(precision, cfg.train.grad_accum)
+        saved_state = TrainerState(**read_trainer_state(resume_from)[0])
+    accelerator = _accelerator(cfg.train.cpu)
+    precision = resolve_precision(cfg.train.precision, accelerator.device)
+    world = accelerator.num_processes
+    if saved_state is not None:
+        resume_notes += _keep_effective_batch(cfg, saved_state, world)
     log = RunLog(run_dir, accelerator.is_main_process)
-    for note in resume_notes:
+    for note in filter(None, [unseen_gpus_warning(), *resume_notes]):
         log.info(note)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
@@ -92,94 +105,184 @@ def train(cfg: RunConfig) -> TrainResult:
     model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=resume_from is None)
     if cfg.train.init_from and resume_from is None:
         _init_from(model, cfg.train.init_from, log)
-    optimizer = _optimizer(model, cfg, log)
-    batches_per_epoch = math.ceil(len(train_split.features) / cfg.train.batch_size) // accelerator.num_processes
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * batches_per_epoch / cfg.train.grad_accum)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model = accelerator.prepare(model)
+    optimizer = _optimizer(model, cfg, world, log)
+    state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
+    store = FeatureTensors(train_split.features, accelerator.device, tokenizer.pad_token_id or 0)
+    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * _steps_per_epoch(store, cfg, state.plan_group))
     scheduler = _scheduler(optimizer, cfg, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours: one step per optimizer step
-
-    state = TrainerState(seed=cfg.train.seed)
+    scaler = LossScaler(precision, accelerator.device)
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}  # what a checkpoint holds besides weights
     if resume_from is not None:
-        state = _restore(resume_from, accelerator, model, optimizer, scheduler, log)
+        _restore(resume_from, accelerator, model, stateful, state, log)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         _write_run_info(run_dir, cfg, tokenizer, train_split, dev_split, precision, accelerator)
-    effective = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
-    log.info(f"{accelerator.num_processes} process(es) on {accelerator.device}, precision {precision}; effective batch "
-             f"{effective} = {cfg.train.batch_size} x {cfg.train.grad_accum} accumulation x {accelerator.num_processes}; "
-             f"{batches_per_epoch} batches per epoch per process; {total_steps} optimizer steps, "
-             f"{int(cfg.train.warmup * total_steps)} of warm-up")
+    _describe_run(cfg, world, total_steps, precision, accelerator, store, log)
 
-    rows = train_split.features.remove_columns("example_id")  # training features carry no offsets
-    collate = Collator(tokenizer.pad_token_id or 0, pad_multiple(accelerator.device))
-    batches = _batch_stream(feature_lengths(train_split.features), cfg, state, accelerator)
+    steps = _step_stream(store, cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
-    running, micro, seen = torch.zeros((), device=accelerator.device), 0, 0
+    meter = _Meter(accelerator.device)
     last_eval = None  # (metrics, predictions) of the latest evaluation
-    tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # real (not padding) tokens, this process
-    started, paused = time.perf_counter(), 0.0  # paused: seconds spent evaluating and saving, not training
     model.train()
     with _StopOnSignal() as stopper:
         while state.step < total_steps:
-            epoch, index, feature_ids = next(batches)
-            batch = {k: v.to(accelerator.device) for k, v in collate([rows[i] for i in feature_ids]).items()}
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            running, micro, seen = running + loss.detach(), micro + 1, seen + len(feature_ids) * accelerator.num_processes
-            tokens += batch["attention_mask"].sum()
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, index + 1
+            epoch, batches, counts = next(steps)
+            loss, stepped = _train_step(model, optimizer, scaler, batches, accelerator, precision, cfg.train.max_grad_norm)
+            if stepped:  # fp16 skips the step (and so the schedule) when gradients overflowed
+                scheduler.step()
+            _advance(state, epoch, world * cfg.train.grad_accum)
+            meter.add(loss, counts, stepped)
             bar.update(1)
-            _check_finite(running, state.step, run_dir)  # before anything is saved from this step
-            if state.step % cfg.train.log_steps == 0 or state.step == total_steps:
-                mean_loss, lr = accelerator.reduce(running, "mean").item() / micro, scheduler.get_last_lr()[0]
-                elapsed = time.perf_counter() - started - paused
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-                log.metrics(state.step, {"loss": mean_loss, "lr": lr, "epoch": epoch, "features_per_s": seen / elapsed,
-                                         "tokens_per_s": accelerator.reduce(tokens, "sum").item() / elapsed})
-                running, micro = torch.zeros_like(running), 0
-            stop, pause_start = False, time.perf_counter()
-            if dev_split is not None and (state.step == total_steps or _every(state.step, cfg.train.eval_steps)):
-                last_eval = evaluate_split(model, dev_split, cfg, accelerator, precision)
+
+            # after a step: log, evaluate, save, stop; the device is waited for only at these steps
+            last = state.step == total_steps
+            evaluate = dev_split is not None and (last or _every(state.step, cfg.train.eval_steps))
+            save = last or _every(state.step, cfg.train.save_steps)
+            signalled = stopper.signal_name is not None and world == 1  # several processes agree at a sync point
+            if not (evaluate or save or signalled or last or _every(state.step, cfg.train.log_steps)):
+                continue
+            pause_start = time.perf_counter()
+            values, signalled = meter.sync(stopper, accelerator, state, run_dir)  # raises on every rank after a NaN
+            state.samples += values.pop("features")
+            bar.set_postfix(loss=f"{values['loss'] or math.nan:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            log.metrics(state.step, {**values, "lr": scheduler.get_last_lr()[0], "epoch": epoch})
+            stop = False
+            if evaluate:
+                last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
+                model.train()
                 stop = _track(last_eval[0], cfg, state, log)
-            interrupted = stopper.requested(accelerator)
-            if state.step == total_steps or stop or interrupted or _every(state.step, cfg.train.save_steps) \
-                    or state.best_step == state.step:
-                _save(run_dir, accelerator, model, optimizer, scheduler, tokenizer, cfg, state)
-            paused += time.perf_counter() - pause_start
-            if interrupted:
-                raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step {state.step}; the checkpoint is "
-                                          f"saved: continue with --resume auto --output-dir {run_dir}")
+            if save or stop or signalled or state.best_step == state.step:
+                _save(run_dir, accelerator, model, stateful, tokenizer, cfg, state)
+            meter.pause(time.perf_counter() - pause_start)
+            if signalled:
+                raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step "
+                                          f"{state.step}; the checkpoint is saved: continue with --resume auto "
+                                          f"--output-dir {run_dir}")
             if stop:
                 log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of {cfg.train.metric_for_best}")
                 break
     bar.close()
     if dev_split is not None and last_eval is None:  # resumed at the last step: nothing evaluated yet
-        last_eval = evaluate_split(model, dev_split, cfg, accelerator, precision)
+        last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
     return _finish(run_dir, last_eval, accelerator, state, log)
+
+
+def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,
+                max_grad_norm: float) -> tuple[torch.Tensor, bool]:
+    """One optimizer step over this process's micro-batches: forward and backward of each (gradients are synced
+    across processes on the last one only), clipping, the step. Returns the step's mean loss (still on the device)
+    and whether the step was taken."""
+    total = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(batches):
+        with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
+            with autocast(accelerator.device, precision):
+                loss = model(**batch).loss / len(batches)
+            scaler.backward(loss)
+        total += loss.detach()
+    if max_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    stepped = scaler.step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return total, stepped
+
+
+def _advance(state: TrainerState, epoch: int, group: int) -> None:
+    """Count one optimizer step of `group` micro-batches in `epoch` (the position a resumed run starts from)."""
+    if epoch != state.epoch:
+        state.epoch, state.epoch_segments = epoch, []
+    if not state.epoch_segments or state.epoch_segments[-1][0] != group:
+        state.epoch_segments.append([group, 0])
+    state.epoch_segments[-1][1] += 1
+    state.step += 1
+
+
+def _step_stream(store: FeatureTensors, cfg: RunConfig, state: TrainerState, accelerator: Accelerator):
+    """(epoch, this process's micro-batches, (features, real tokens, computed tokens)) of every optimizer step from
+    the resumed position on, epoch after epoch. Micro-batch a of an optimizer step goes to rank r as piece
+    a * world + r, so the pieces that ranks run side by side are neighbours in length."""
+    rank, world, accum = accelerator.process_index, accelerator.num_processes, cfg.train.grad_accum
+    lengths = store.lengths.tolist()
+    t = cfg.train
+    for epoch in itertools.count(state.epoch):
+        segments = state.epoch_segments if epoch == state.epoch else []
+        plan = remaining_steps(lengths, t.batch_size, world * accum, t.seed, epoch, t.group_by_length, segments)
+        mine = [[step[a * world + rank] for a in range(accum)] for step in plan]
+        # one copy to the device per epoch; a micro-batch's rows are a slice of it
+        rows = torch.tensor([f for step in mine for batch in step for f in batch], device=accelerator.device)
+        at = 0
+        for step in mine:
+            batches = []
+            for index in step:
+                batches.append(store.batch(index, rows[at:at + len(index)]))
+                at += len(index)
+            counts = [sum(len(b) for b in step), sum(lengths[i] for b in step for i in b),
+                      sum(batch["input_ids"].numel() for batch in batches)]  # features, real and computed tokens
+            yield epoch, batches, counts
+
+
+def _steps_per_epoch(store: FeatureTensors, cfg: RunConfig, group: int) -> int:
+    t = cfg.train
+    return len(epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, 0, t.group_by_length))
+
+
+class _Meter:
+    """Loss and throughput of the steps since the last sync point: the loss stays on the device, counts on the host.
+    Rates are since the start of this process's training; the loss and the share of real tokens are the interval's."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss = torch.zeros((), device=device)  # summed over the steps taken
+        self.steps, self.skipped, self.counts = 0, 0, [0, 0, 0]  # counts: features, real and computed tokens (this process)
+        self.totals = [0.0, 0.0, 0.0]  # all processes, since the start
+        self.started, self.paused = time.perf_counter(), 0.0  # paused: seconds spent evaluating and saving
+
+    def add(self, loss: torch.Tensor, counts: list[int], stepped: bool) -> None:
+        """A step's loss and counts; an fp16 step skipped for overflowed values is counted, its loss is not."""
+        if stepped:
+            self.loss += loss
+        self.steps, self.skipped = self.steps + 1, self.skipped + (not stepped)
+        self.counts = [a + b for a, b in zip(self.counts, counts)]
+
+    def pause(self, seconds: float) -> None:
+        self.paused += seconds
+
+    def sync(self, stopper, accelerator, state: TrainerState, run_dir: Path) -> tuple[dict, bool]:
+        """One all-reduce of loss, counts and stop flags; the one wait for the device. A NaN loss on any process
+        is in the sum, so every process raises together instead of the others hanging in the next collective."""
+        local = torch.cat([self.loss.double().reshape(1), torch.tensor(
+            [*self.counts, stopper.signal_name is not None], dtype=torch.float64, device=self.device)])
+        loss, features, real, computed, stops = (accelerator.reduce(local, "sum") if accelerator.num_processes > 1
+                                                 else local).tolist()
+        if not math.isfinite(loss):
+            when = f"at step {state.step}" if self.steps == 1 else f"in steps {state.step - self.steps + 1}-{state.step}"
+            raise TrainingError(f"the training loss became {loss} {when}; nothing from there on was saved, the "
+                                f"checkpoints in {run_dir / 'checkpoints'} are from before. Try a lower --lr or --set "
+                                "train.max_grad_norm=1.0")
+        self.totals = [a + b for a, b in zip(self.totals, (features, real, computed))]
+        elapsed = time.perf_counter() - self.started - self.paused
+        taken = self.steps - self.skipped
+        values = {"loss": loss / (taken * accelerator.num_processes) if taken else None, "features": int(features),
+                  "features_per_s": self.totals[0] / elapsed, "tokens_per_s": self.totals[1] / elapsed,
+                  "computed_tokens_per_s": self.totals[2] / elapsed, "real_token_share": real / computed}
+        if self.skipped:
+            values["skipped_steps"] = self.skipped
+        self.loss.zero_()
+        self.steps, self.skipped, self.counts = 0, 0, [0, 0, 0]
+        return values, stops > 0
 
 
 def _every(step: int, interval: int) -> bool:
     return bool(interval) and step % interval == 0
 
 
-def _check_finite(running_loss: torch.Tensor, step: int, run_dir: Path) -> None:
-    if not torch.isfinite(running_loss):
-        raise TrainingError(f"the training loss became {running_loss.item()} at step {step}; nothing from this step was "
-                            f"saved, the checkpoints in {run_dir / 'checkpoints'} are from before it. Try a lower --lr "
-                            "or --set train.max_grad_norm=1.0")
-
-
 class _StopOnSignal:
-    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop after the current step; a second SIGINT kills."""
+    """SIGINT/SIGTERM ask the loop to save a checkpoint and stop: one process after the current step, several
+    together at the next log step (they agree without an extra wait on the device); a second SIGINT kills."""
 
     def __init__(self):
         self.signal_name = None
@@ -197,12 +300,7 @@ class _StopOnSignal:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
-        tqdm.write(f"{self.signal_name} received: saving a checkpoint after this step (Ctrl-C again to abort)")
-
-    def requested(self, accelerator) -> bool:
-        """True on every process when any process got a signal, so that all of them save and stop together."""
-        flag = torch.tensor(float(self.signal_name is not None), device=accelerator.device)
-        return accelerator.reduce(flag, "sum").item() > 0 if accelerator.num_processes > 1 else bool(flag)
+        tqdm.write(f"{self.signal_name} received: saving a checkpoint and stopping (Ctrl-C again to abort)")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -224,14 +322,14 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def _accelerator(precision: str, grad_accum: int) -> Accelerator:
-    """One Accelerator per run; on a machine without a GPU, processes started by torchrun/accelerate meet over gloo."""
+def _accelerator(cpu: bool) -> Accelerator:
+    """One Accelerator per run, without mixed precision (mrc_cli.precision owns autocast); on a machine without a GPU,
+    processes started by torchrun/accelerate meet over gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         # accelerate keeps one state per Python process; a second run with other settings (a notebook) needs a new one
         AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum,
-                              cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision="no", cpu=cpu or not torch.cuda.is_available())
     if accelerator.num_processes != world:
         raise ConfigError(f"{world} processes were launched but accelerate set up {accelerator.num_processes}; "
                           "on CPU launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
@@ -255,6 +353,26 @@ def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, lis
     return saved, notes
 
 
+def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> list[str]:
+    """On resume with another process count, keep processes x grad_accum (the effective batch and the batch plan)
+    where the new count divides it: then the run goes on exactly. Otherwise say what changes."""
+    group = state.processes * cfg.train.grad_accum
+    if world == state.processes:
+        return []
+    effective = cfg.train.batch_size * group
+    if group % world == 0:
+        old, cfg.train.grad_accum = cfg.train.grad_accum, group // world
+        return [f"resume: {world} process(es) instead of {state.processes}: train.grad_accum {old} -> "
+                f"{cfg.train.grad_accum} keeps the effective batch of {effective} and the batch plan, so the same "
+                "features make each step; dropout noise and the order of float sums differ"]
+    now = cfg.train.batch_size * cfg.train.grad_accum * world
+    return [f"resume: {world} process(es) instead of {state.processes}: the effective batch changes from {effective} "
+            f"to {now} ({world} does not divide {group} = processes x grad_accum); the rest of epoch {state.epoch} is "
+            "planned again for it (no feature repeated or skipped) and the schedule keeps its number of steps, so "
+            f"the run sees {now / effective:.2f}x the features it planned. Resume on a process count that divides "
+            f"{group} to continue exactly"]
+
+
 def _load_split(source: str | None, use: str, tokenizer, cfg: RunConfig, log: RunLog):
     if source is None:
         raise ConfigError("no training data: pass --train FILE or set data.train_file in the config")
@@ -271,14 +389,16 @@ def _init_from(model, path: str, log: RunLog) -> None:
     log.info(f"--init-from {weights}: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}")
 
 
-def _optimizer(model, cfg: RunConfig, log: RunLog) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (by rank: ALBERT's norms escape a 'LayerNorm' name filter)."""
+def _optimizer(model, cfg: RunConfig, world: int, log: RunLog) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (by rank: ALBERT's norms escape a 'LayerNorm' name filter). With
+    train.scale_lr the lr grows with the process count (the linear scaling rule for the larger effective batch)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     log.info(f"parameters: {sum(p.numel() for p in decay):,} with weight decay, {sum(p.numel() for p in no_decay):,} without")
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)  # one kernel for all tensors, on CPU and GPU
+    lr = cfg.train.lr * (world if cfg.train.scale_lr else 1)
+    return torch.optim.AdamW(groups, lr=lr, fused=True)  # one kernel for all tensors, on CPU and GPU
 
 
 def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
@@ -292,15 +412,17 @@ def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _batch_stream(lengths: list[int], cfg: RunConfig, state: TrainerState, accelerator: Accelerator):
-    """(epoch, index, feature ids) for this process, from the resumed position on, epoch after epoch."""
-    rank, world = accelerator.process_index, accelerator.num_processes
-    for epoch in itertools.count(state.epoch):
-        batches = epoch_batches(lengths, cfg.train.batch_size, cfg.train.seed, epoch, cfg.train.group_by_length)
-        mine = batches[rank: len(batches) // world * world: world]  # equal counts: DDP steps stay in lockstep
-        first = state.batch_in_epoch if epoch == state.epoch else 0
-        for index in range(first, len(mine)):
-            yield epoch, index, mine[index]
+def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, accelerator, store, log: RunLog) -> None:
+    """The derived numbers, once at the start; and the learning rate question of a many-process run."""
+    t = cfg.train
+    effective = t.batch_size * t.grad_accum * world
+    log.info(f"{world} process(es) on {accelerator.device}, precision {precision}; effective batch {effective} = "
+             f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {len(store)} features; "
+             f"{total_steps} optimizer steps, {int(t.warmup * total_steps)} of warm-up")
+    if world > 1:
+        log.info(f"lr {t.lr * world:g} = {t.lr:g} x {world} processes (train.scale_lr)" if t.scale_lr else
+                 f"lr {t.lr:g} is not scaled for the {world}x larger effective batch; --set train.scale_lr=true "
+                 f"multiplies it by {world} (the linear scaling rule; often too much for fine-tuning: compare)")
 
 
 def _track(metrics: dict, cfg: RunConfig, state: TrainerState, log: RunLog) -> bool:
@@ -320,10 +442,11 @@ def _track(metrics: dict, cfg: RunConfig, state: TrainerState, log: RunLog) -> b
     return bool(cfg.train.patience) and state.evals_without_improvement >= cfg.train.patience
 
 
-def _save(run_dir: Path, accelerator, model, optimizer, scheduler, tokenizer, cfg: RunConfig, state: TrainerState) -> None:
-    rngs = gather_object([rng_state()])  # one per process
+def _save(run_dir: Path, accelerator, model, stateful: dict, tokenizer, cfg: RunConfig, state: TrainerState) -> None:
+    rngs = gather_object([rng_state(accelerator.device)])  # one per process
     if accelerator.is_main_process:
-        training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs}
+        state.processes = accelerator.num_processes
+        training_state = {**{name: part.state_dict() for name, part in stateful.items()}, "rng": rngs}
         path = save_checkpoint(run_dir, accelerator.unwrap_model(model), tokenizer, cfg, asdict(state),
                                training_state, cfg.train.keep_last)
         if state.best_step == state.step:
@@ -331,20 +454,19 @@ def _save(run_dir: Path, accelerator, model, optimizer, scheduler, tokenizer, cf
     accelerator.wait_for_everyone()
 
 
-def _restore(checkpoint: Path, accelerator, model, optimizer, scheduler, log: RunLog) -> TrainerState:
-    trainer_state, training_state = read_trainer_state(checkpoint)
+def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: TrainerState, log: RunLog) -> None:
+    """Weights, every part of `stateful` and this process's RNG states from a checkpoint."""
+    training_state = read_trainer_state(checkpoint)[1]
     load_weights(accelerator.unwrap_model(model), read_weights(checkpoint), strict=True)
-    optimizer.load_state_dict(training_state["optimizer"])
-    scheduler.load_state_dict(training_state["scheduler"])
+    for name, part in stateful.items():
+        part.load_state_dict(training_state[name])
     rngs = training_state["rng"]
     if len(rngs) != accelerator.num_processes:
         log.info(f"resume: the checkpoint has RNG states of {len(rngs)} processes, this run has "
                  f"{accelerator.num_processes}; dropout noise will differ from the original run")
-    set_rng_state(rngs[accelerator.process_index % len(rngs)])
-    state = TrainerState(**trainer_state)
+    set_rng_state(rngs[accelerator.process_index % len(rngs)], accelerator.device)
     log.truncate_metrics(state.step)  # lines logged after the checkpoint by the stopped run are logged again
-    log.info(f"resumed from {checkpoint} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
-    return state
+    log.info(f"resumed from {checkpoint} at step {state.step} (epoch {state.epoch}, {state.samples} features trained on)")
 
 
 def _finish(run_dir: Path, last_eval, accelerator, state: TrainerState, log: RunLog) -> TrainResult:
@@ -356,7 +478,7 @@ def _finish(run_dir: Path, last_eval, accelerator, state: TrainerState, log: Run
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         log.info(f"done: {state.step} steps; files in {run_dir}")
     log.close()
-    best = run_dir / "checkpoints" / f"step-{state.best_step:06d}" if state.best_step else None
+    best = checkpoint_dir(run_dir, state.best_step) if state.best_step else None
     return TrainResult(run_dir, state.step, metrics, best)
 
 

@@ -115,7 +115,8 @@ def tiny_albert_dir(tmp_path_factory, albert_tokenizer) -> str:
 
 def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):
     """A RunConfig for a few CPU steps on the quickstart English data: short windows, small batches, fp32, a log line
-    per step; the feature cache sits beside the run directory (tmp)."""
+    per step; the feature cache sits beside the run directory (tmp). On the CPU also where a GPU is visible: the
+    bitwise resume checks hold only there (CUDA kernels are not deterministic)."""
     from mrc_cli.config import RunConfig
 
     cfg = RunConfig()
@@ -130,6 +131,7 @@ def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):
     cfg.train.batch_size = 8
     cfg.train.eval_batch_size = 32
     cfg.train.precision = "no"
+    cfg.train.cpu = True
     cfg.train.log_steps = 1
     for key, value in train_overrides.items():
         if not hasattr(cfg.train, key):

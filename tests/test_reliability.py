@@ -159,6 +159,65 @@ def test_nan_loss_stops_with_the_step_and_saves_nothing_after_it(tiny_bert_dir, 
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
 
 
+def test_nan_found_at_the_next_log_step_names_the_steps_and_saves_nothing_after_it(tiny_bert_dir, tmp_path, monkeypatch):
+    """Without a per-step device sync the NaN check runs at log and save steps: the save at step 4 must not happen."""
+    import mrc_cli.model as model
+    from mrc_cli.training import TrainingError, train
+
+    calls, original = [], model.span_loss
+
+    def nan_at_third(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(model, "span_loss", nan_at_third)
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, save_steps=2, log_steps=4, eval_steps=0)
+    cfg.data.dev_file = None
+    with pytest.raises(TrainingError, match="became nan in steps 3-4"):
+        train(cfg)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
+
+
+NAN_ON_ONE_RANK = textwrap.dedent('''
+    import os, sys
+    import mrc_cli.model as model, mrc_cli.training as training
+    from mrc_cli.config import load_config
+    original, calls = model.span_loss, [0]
+    def nan_on_rank_1(*args, **kwargs):
+        calls[0] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if os.environ["RANK"] == "1" and calls[0] == 3 else loss
+    model.span_loss = nan_on_rank_1
+    try:
+        training.train(load_config(sys.argv[1]))
+    except training.TrainingError as err:
+        print(f"rank {os.environ['RANK']}: {err}", file=sys.stderr)
+        sys.exit(3)
+''')
+
+
+def test_a_nan_on_one_rank_stops_every_rank_with_the_message(tiny_bert_dir, tmp_path):
+    """The NaN of one process is in the all-reduced loss: both stop at the same step, none waits in a collective."""
+    from test_training import _free_port
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, save_steps=2, log_steps=2, eval_steps=0)
+    cfg.data.dev_file = None
+    config, driver = tmp_path / "run.yaml", tmp_path / "driver.py"
+    save_config(cfg, config)
+    driver.write_text(NAN_ON_ONE_RANK)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                           str(_free_port()), str(driver), str(config)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: the training loss became nan in steps 3-4" in done.stderr, done.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
+
+
 class _Exploit:
     def __init__(self, marker: Path):
         self.marker = marker
