@@ -18,7 +18,8 @@ Parts
   bert_base       a bert-base-sized encoder from BertConfig defaults (12 layers, hidden 768, 12 heads, ffn 3072,
                   vocabulary of the MiniLM tokenizer; random weights) trained through `mrc_cli.training.train` on the
                   SQuAD v1.1 train head: max_seq_length 384, doc_stride 128, bf16, batch 32, 300 steps, a log line
-                  every 25 steps, no dev file, no checkpoint before the end. Twice: group_by_length true, then false.
+                  every 25 steps, no dev file, no checkpoint before the end. Two runs ($BERT_RUNS): grouped and
+                  random (group_by_length false).
                   From metrics.jsonl (cumulative averages since the start of training, at each log line):
                     last line      features/s, real (non-padding) tokens/s, computed (padded) tokens/s where logged;
                     steady state   between the first log line at step >= 50 and the last one: elapsed_k =
@@ -39,8 +40,8 @@ Parts
                   copies, a NaN check and a signal all-reduce every step), carried as .gpu_carry/old_trainer: the
                   side-by-side ratio of the new trainer's features/s.
   syncs           40 MiniLM steps under torch.cuda.set_sync_debug_mode("warn"): CUDA's count of host syncs in each
-                  phase of the loop (building batches, the step, after it, the log steps' sync point), with the
-                  stacks of the first ones inside a step.
+                  phase of the loop (building batches, the step, after it, the log steps' sync point, the final
+                  checkpoint), with the stacks of the first ones outside setup, sync points and checkpoints.
   minilm          the MiniLM fine-tuned with mrc-cli's defaults for 1 epoch of the train head (batch 16, 384/128,
                   bf16, seed 0), dev = the answerable questions of the SQuAD v2.0 dev head scored with the v1.1
                   rules (as docs/benchmarks.md and ../shared/MEASURED.md: the CPU bar is F1 56.5 mean of 2 seeds):
@@ -164,11 +165,11 @@ def part_bert_base(size: dict) -> dict:
     n_params = non_embedding_parameters(config)
     peak = bf16_peak(size)
     runs = {}
-    for grouped in (True, False):
-        cfg = run_config(str(model_dir), work / f"run_{'grouped' if grouped else 'random'}", size["bert_batch"],
-                         size["bert_steps"], size["precision"], log_steps=size["bert_log"])
-        cfg.train.group_by_length = grouped
-        runs["grouped" if grouped else "random"] = measured_train(cfg, size, config, n_params, peak)
+    for name in os.environ.get("BERT_RUNS", "grouped random").split():
+        cfg = run_config(str(model_dir), work / f"run_{name}", size["bert_batch"], size["bert_steps"],
+                         size["precision"], log_steps=size["bert_log"])
+        cfg.train.group_by_length = name == "grouped"
+        runs[name] = measured_train(cfg, size, config, n_params, peak)
     return {"config": size["bert"] | {"vocab_size": config.vocab_size}, "non_embedding_parameters": n_params,
             "batch_size": size["bert_batch"], "steps": size["bert_steps"], "precision": size["precision"],
             "bf16_peak_tflop_per_s": peak,
@@ -225,18 +226,32 @@ def part_syncs(size: dict) -> dict:
         return wrapped
 
     stream = training._step_stream
-    training._step_stream = lambda *a: (in_phase("batches", lambda: b)() for b in stream(*a))
+
+    def phased_stream(*args):  # the generator's own work (cutting the batches) runs inside next()
+        steps = stream(*args)
+        while True:
+            phase[0] = "batches"
+            try:
+                item = next(steps)
+            except StopIteration:
+                return
+            finally:
+                phase[0] = "after step"
+            yield item
+
+    training._step_stream = phased_stream
     training._train_step = in_phase("step", training._train_step)
     training._Meter.sync = in_phase("sync point", training._Meter.sync)
+    training._save = in_phase("checkpoint", training._save)  # copies every tensor to the host: not a step
     shown = warnings.showwarning
 
     def count(message, category, *args, **kwargs):
         if "synchroniz" not in str(message):
             return shown(message, category, *args, **kwargs)
         counts[phase[0]] += 1
-        if phase[0] in ("batches", "step") and len(examples) < 5:
-            examples.append([f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
-                             for f in traceback.extract_stack()[-9:-1]])
+        if phase[0] not in ("setup", "sync point", "checkpoint") and len(examples) < 12:
+            examples.append([phase[0]] + [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
+                                          for f in traceback.extract_stack()[-12:-1]])
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -250,7 +265,8 @@ def part_syncs(size: dict) -> dict:
                 torch.cuda.set_sync_debug_mode("default")
     steps = size["sync_steps"]
     line = (f"host syncs over {steps} MiniLM steps (log every 10): batches {counts['batches']}, step "
-            f"{counts['step']}, after step {counts['after step']}, sync points {counts['sync point']}"
+            f"{counts['step']}, after step {counts['after step']}, sync points {counts['sync point']}, checkpoint "
+            f"{counts['checkpoint']}"
             + ("" if cuda() else " (no CUDA: not counted)"))
     return {"steps": steps, "counts": dict(counts), "examples": examples, "cuda": cuda(), "line": line}
 
