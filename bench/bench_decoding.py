@@ -48,7 +48,8 @@ from hf_recipe import _window_candidates, classic_postprocess, recipe_postproces
 
 from mrc_cli import __version__, decoding  # noqa: E402
 from mrc_cli.data import to_dataset  # noqa: E402
-from mrc_cli.decoding import DecodeConfig, decode, pad_offsets, predictions_to_json  # noqa: E402
+from mrc_cli.config import DecodeConfig  # noqa: E402
+from mrc_cli.decoding import decode, pad_offsets, predictions_to_json  # noqa: E402
 
 PAD_LOGIT = -100.0  # the value the HF recipe pads logits with
 SPECIAL_TOKENS = 3  # [CLS] question [SEP] context [SEP]

@@ -414,7 +414,9 @@ def run_config(model_dir: str, output_dir: Path, batch_size: int, steps: int, pr
 
 def measured_train(cfg, size: dict, config, n_params: int, peak_tflops: float | None) -> dict:
     """train(cfg) with NVML sampled beside it; speed, MFU and GPU idle share from the run's metrics.jsonl."""
-    from mrc_cli.features import feature_lengths, featurize_file, load_tokenizer
+    from mrc_cli.features import feature_lengths
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.tokenizer import load_tokenizer
     from mrc_cli.training import train
 
     metrics_file = Path(cfg.train.output_dir) / "metrics.jsonl"

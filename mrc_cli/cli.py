@@ -74,7 +74,6 @@ def validate(
 @app.command()
 def preprocess(
     data: Annotated[str, typer.Option("--data", help="Data file, dataset folder or Hub name[:split].")],
-    out: Annotated[Path, typer.Option("--out", help="Folder to save the features in (datasets.save_to_disk).")],
     model: Annotated[Optional[str], typer.Option("--model", help="Model folder or Hub id whose tokenizer to use.")] = None,
     use: Annotated[Use, typer.Option("--for", help="train/eval features carry labels, eval/predict features character offsets.")] = "train",
     config: ConfigOpt = None,
@@ -86,18 +85,20 @@ def preprocess(
     num_proc: Annotated[Optional[int], typer.Option(help="Tokenizer processes.")] = None,
     sets: SetOpt = None,
 ) -> None:
-    """Tokenize a data file into windowed features with offsets, word ids and labels; cached for the next run."""
+    """Tokenize a data file into windowed features with offsets, word ids and labels, into the feature cache that
+    train, eval and predict with the same tokenizer and data settings then load."""
     from mrc_cli.config import load_config
-    from mrc_cli.features import preprocess_file
+    from mrc_cli.features import cache_root
+    from mrc_cli.splits import preprocess_file
 
     cfg = load_config(config, _flags(
         model__name_or_path=model, data__format=fmt, data__max_seq_length=max_seq_length, data__doc_stride=doc_stride,
         data__max_query_length=max_query_length, data__word_segmenter=word_segmenter, data__num_proc=num_proc,
     ), sets or [])
-    split = preprocess_file(data, cfg.model, cfg.data, use, out)
+    split = preprocess_file(data, cfg.model, cfg.data, use)
     typer.echo(split.report.summary())
     typer.echo(str(split.summary))
-    typer.echo(f"saved to {out}")
+    typer.echo(f"cached in {cache_root(cfg.data)}: train, eval and predict with the same settings load them")
 
 
 @app.command()

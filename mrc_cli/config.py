@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import yaml
 
-from mrc_cli.decoding import DecodeConfig
 from mrc_cli.errors import ConfigError
 
 SEGMENTERS = ("tokenizer", "chars", "jieba")  # or "module:function" returning a list of words
@@ -73,6 +72,25 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without improvement; 0: never
     resume: str | None = None  # auto (the newest checkpoint in output_dir) or a checkpoint folder
     init_from: str | None = None  # weights to start from (strict=False, the key differences are reported)
+
+
+@dataclass
+class DecodeConfig:
+    n_best_size: int = 20
+    max_answer_length: int = 30  # in tokens
+    null_score_diff_threshold: float = 0.0  # higher: fewer null answers
+    allow_null: bool = False  # SQuAD v2: an example may be answered with ""
+    # bf16/fp16 inference: a question whose best two answers (or null decision) are closer than this in score is
+    # decided again in fp32 (0: never). SQuAD v2 dev head, MiniLM: 0 keeps 98.6 % of fp32's answers, 0.03 99.5 % for
+    # 2.5 % of the windows rerun, 0.05 100 % for 5.8 % (docs/benchmarks.md)
+    recheck_margin: float = 0.03
+
+    def __post_init__(self) -> None:
+        for name in ("n_best_size", "max_answer_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"decode.{name} must be at least 1, got {getattr(self, name)}")
+        if self.recheck_margin < 0:
+            raise ConfigError(f"decode.recheck_margin must be 0 (off) or more, got {self.recheck_margin}")
 
 
 @dataclass

@@ -29,26 +29,7 @@ from itertools import chain
 
 import numpy as np
 
-from mrc_cli.errors import ConfigError
-
-
-@dataclass
-class DecodeConfig:
-    n_best_size: int = 20
-    max_answer_length: int = 30  # in tokens
-    null_score_diff_threshold: float = 0.0  # higher: fewer null answers
-    allow_null: bool = False  # SQuAD v2: an example may be answered with ""
-    # bf16/fp16 inference: a question whose best two answers (or null decision) are closer than this in score is
-    # decided again in fp32 (0: never). SQuAD v2 dev head, MiniLM: 0 keeps 98.6 % of fp32's answers, 0.03 99.5 % for
-    # 2.5 % of the windows rerun, 0.05 100 % for 5.8 % (docs/benchmarks.md)
-    recheck_margin: float = 0.03
-
-    def __post_init__(self) -> None:
-        for name in ("n_best_size", "max_answer_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"decode.{name} must be at least 1, got {getattr(self, name)}")
-        if self.recheck_margin < 0:
-            raise ConfigError(f"decode.recheck_margin must be 0 (off) or more, got {self.recheck_margin}")
+from mrc_cli.config import DecodeConfig
 
 
 @dataclass

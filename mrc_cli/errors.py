@@ -15,3 +15,11 @@ class ConfigError(MrcError):
 
 class CheckpointError(MrcError):
     """A checkpoint or model folder is missing, incomplete or unsafe to load."""
+
+
+class TrainingError(MrcError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class TrainingInterrupted(MrcError):
+    """SIGINT/SIGTERM: a checkpoint was saved and the run stopped."""

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mrc_cli.config import load_config, save_config
+from mrc_cli.config import save_config
 from mrc_cli.errors import CheckpointError
-from mrc_cli.features import load_tokenizer
-from mrc_cli.model import build_model, load_weights
-from mrc_cli.reader import EXPORT_SETTINGS, Loaded, load_trained
+from mrc_cli.loading import EXPORT_SETTINGS, load_trained
 
 
 def export_checkpoint(checkpoint: str, out: str) -> Path:
@@ -38,16 +36,3 @@ def export_checkpoint(checkpoint: str, out: str) -> Path:
     loaded.tokenizer.save_pretrained(out_dir)
     save_config(loaded.cfg, out_dir / EXPORT_SETTINGS)
     return out_dir
-
-
-def read_export(path: Path) -> Loaded:
-    """An `mrc export` folder, or any Hugging Face QA folder (then with mrc-cli's default settings)."""
-    settings = path / EXPORT_SETTINGS
-    cfg = load_config(settings if settings.is_file() else None)
-    cfg.model.name_or_path = str(path)
-    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(path))
-    prefix = model.encoder.base_model_prefix + "."
-    state = {(f"encoder.{k[len(prefix):]}" if k.startswith(prefix) else k): v
-             for k, v in load_file(str(path / "model.safetensors")).items()}
-    load_weights(model, state, strict=True)
-    return Loaded(model.eval(), load_tokenizer(str(path)), cfg, path)

@@ -15,22 +15,21 @@ Features are not padded: the collator pads each batch to its own longest feature
 from __future__ import annotations
 
 import copy
-import gc
 import hashlib
 import importlib
 import json
 import re
 import time
 from bisect import bisect_left, bisect_right
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property, lru_cache, partial
+from functools import lru_cache, partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Callable
 
-from mrc_cli.config import DataConfig, ModelConfig, check_data_config
+from mrc_cli.config import DataConfig, check_data_config
 from mrc_cli.errors import ConfigError
+from mrc_cli.tokenizer import tokenizer_fingerprint
 
 FEATURES_VERSION = 2  # bump when the feature layout changes, so old cache files are not reused
 IGNORE_INDEX = -100
@@ -255,16 +254,6 @@ def _fingerprint(examples, tokenizer, data: DataConfig, columns: tuple[bool, boo
     return "features-" + h.hexdigest()[:24]
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of the tokenizer's class and backend, stable across calls (the backend JSON also records the
-    truncation and padding of the last call, which are not part of its identity)."""
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    backend.pop("truncation", None)
-    backend.pop("padding", None)
-    text = type(tokenizer).__name__ + json.dumps(backend, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def column(dataset, name: str) -> list:
     """A whole column as a Python list, read through Arrow (iterating a datasets Column formats row by row)."""
     return dataset.with_format("arrow")[name].to_pylist()
@@ -288,71 +277,3 @@ def _count_lost(examples, features) -> int:
         if not impossible and any(s >= 0 for s in answers["answer_start"])
     ]
     return sum(ex not in labelled for ex in answerable)
-
-
-def load_tokenizer(name_or_path: str):
-    """A fast tokenizer from a local folder or a Hub id, with a message that says what to do when it fails."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError, KeyError) as err:  # not found, offline, or not a tokenizer folder
-        local = Path(name_or_path).exists()
-        raise ConfigError(
-            f"cannot load a tokenizer from {name_or_path!r}: "
-            + ("the folder has no tokenizer files" if local else "no such folder, and the Hub is not reachable or has no such id")
-            + f" ({type(err).__name__}); pass a local model folder or --set model.tokenizer=<folder>"
-        ) from None
-    if not tokenizer.is_fast:
-        raise ConfigError(
-            f"{name_or_path}: mrc-cli needs a fast (Rust) tokenizer for character offsets and word ids; "
-            "pass --set model.tokenizer=<a folder with tokenizer.json>"
-        )
-    return tokenizer
-
-
-@dataclass
-class Split:
-    """One data file made ready for a job: examples, their validation report, gold answers and features."""
-
-    examples: object  # datasets.Dataset of canonical records
-    report: object  # ValidationReport
-    golds: list[dict]
-    features: object  # datasets.Dataset of features
-    summary: FeatureSummary
-
-    @cached_property  # read once: training evaluates the same split every eval_steps
-    def contexts(self) -> dict[str, str]:
-        return dict(zip(column(self.examples, "id"), column(self.examples, "context")))
-
-
-def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
-    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train."""
-    from mrc_cli.validate import load_examples
-
-    with _cyclic_gc_paused():
-        examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
-        features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
-    return Split(examples, report, golds, features, summary)
-
-
-@contextmanager
-def _cyclic_gc_paused():
-    """Reading and featurizing make millions of short-lived objects without cycles (refcounting frees them); the
-    cyclic collector's passes over a heap that holds torch and transformers cost more than the work itself: 1.47 ->
-    1.07 s on the SQuAD train head (docs/benchmarks.md)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def preprocess_file(source: str, model: ModelConfig, data: DataConfig, use: str, out: str | Path | None = None) -> Split:
-    """`mrc preprocess`: featurize with the model's tokenizer and save the features to `out`."""
-    split = featurize_file(source, load_tokenizer(model.tokenizer or model.name_or_path), data, use)
-    if out is not None:
-        split.features.save_to_disk(str(out))
-    return split

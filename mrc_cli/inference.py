@@ -17,8 +17,8 @@ from accelerate.utils import gather_object
 from torch.nn import functional as F
 
 from mrc_cli.batching import FeatureTensors, inference_batches
-from mrc_cli.config import RunConfig
-from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
+from mrc_cli.config import DecodeConfig, RunConfig
+from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.features import column
 from mrc_cli.metrics import score
 from mrc_cli.precision import autocast

@@ -8,54 +8,19 @@ features and decoder as `mrc predict`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from accelerate import PartialState
 
-from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
-from mrc_cli.config import RunConfig, config_to_dict
+from mrc_cli.config import config_to_dict
 from mrc_cli.data import to_dataset
-from mrc_cli.features import Split, build_features, featurize_file, load_tokenizer
+from mrc_cli.features import build_features
 from mrc_cli.inference import evaluate_split, write_prediction_files
-from mrc_cli.model import build_model, load_weights
+from mrc_cli.loading import EXPORT_SETTINGS, Loaded, load_trained
 from mrc_cli.precision import resolve_precision
-
-EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
-
-
-@dataclass
-class Loaded:
-    model: object
-    tokenizer: object
-    cfg: RunConfig
-    path: Path  # the checkpoint or export folder
-
-
-def load_trained(path: str | Path) -> Loaded:
-    """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
-    path = Path(path)
-    if (path / EXPORT_SETTINGS).is_file() or _is_hf_qa_folder(path):
-        from mrc_cli.export import read_export
-
-        return read_export(path)
-    checkpoint = resolve_checkpoint(path)
-    cfg = read_checkpoint_config(checkpoint)
-    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(checkpoint))
-    load_weights(model, read_weights(checkpoint), strict=True)
-    tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
-    return Loaded(model.eval(), tokenizer, cfg, checkpoint)
-
-
-def _is_hf_qa_folder(path: Path) -> bool:
-    """A Hugging Face *ForQuestionAnswering folder (not made by mrc-cli): it loads with default settings."""
-    config = path / "config.json"
-    if not (config.is_file() and (path / "model.safetensors").is_file()):
-        return False
-    return any(a.endswith("ForQuestionAnswering") for a in json.loads(config.read_text()).get("architectures") or [])
-
+from mrc_cli.splits import Split, featurize_file
 
 def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
     """(metrics, predictions) of a loaded model on a featurized split; metrics only where the split has answers."""

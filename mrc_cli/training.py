@@ -34,8 +34,9 @@ from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoi
                                 read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                 write_best_pointer)
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
-from mrc_cli.errors import ConfigError, MrcError
-from mrc_cli.features import featurize_file, load_tokenizer, tokenizer_fingerprint
+from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
+from mrc_cli.splits import Split, featurize_file
+from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.model import build_model, describe_keys, enable_gradient_checkpointing, load_state_dict_file, load_weights
 from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
@@ -44,14 +45,6 @@ from mrc_cli.tracking import RunLog, plot_curves
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
                       "cpu"}
-
-
-class TrainingError(MrcError):
-    """Training cannot go on (e.g. the loss became NaN)."""
-
-
-class TrainingInterrupted(MrcError):
-    """SIGINT/SIGTERM: a checkpoint was saved and the run stopped."""
 
 
 @dataclass
@@ -77,7 +70,9 @@ class TrainResult:
     best_checkpoint: Path | None = None
 
 
-def train(cfg: RunConfig) -> TrainResult:
+def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | None = None) -> TrainResult:
+    """Fine-tune as `cfg` says. `train_split`/`dev_split`: splits already in memory (k-fold, distillation), built
+    with this model's tokenizer and cfg.data; without them cfg.data.train_file/dev_file are read."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir)
@@ -96,8 +91,9 @@ def train(cfg: RunConfig) -> TrainResult:
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
-        train_split = _load_split(cfg.data.train_file, "train", tokenizer, cfg, log)
-        dev_split = _load_split(cfg.data.dev_file, "eval", tokenizer, cfg, log) if cfg.data.dev_file else None
+        train_split = _load_split(train_split, cfg.data.train_file, "train", tokenizer, cfg, log)
+        if dev_split is not None or cfg.data.dev_file:
+            dev_split = _load_split(dev_split, cfg.data.dev_file, "eval", tokenizer, cfg, log)
     if dev_split is not None and not cfg.decode.allow_null and any(g["is_impossible"] for g in dev_split.golds):
         cfg.decode.allow_null = True
         log.info("dev set has unanswerable questions: decode.allow_null set to true")
@@ -373,7 +369,15 @@ def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> li
             f"{group} to continue exactly"]
 
 
-def _load_split(source: str | None, use: str, tokenizer, cfg: RunConfig, log: RunLog):
+def _load_split(given: Split | None, source: str | None, use: str, tokenizer, cfg: RunConfig, log: RunLog) -> Split:
+    """A split handed in (checked for what `use` needs), else the file `source` read, validated and featurized."""
+    if given is not None:
+        needed = "start_positions" if use == "train" else "offset_mapping"
+        if needed not in given.features.column_names:
+            raise ConfigError(f"the {use} split handed to train() has no {needed}: build it with featurize_file(..., "
+                              f"use={use!r}) or build_features for that use")
+        log.info(f"{use}: {given.summary} (in memory)")
+        return given
     if source is None:
         raise ConfigError("no training data: pass --train FILE or set data.train_file in the config")
     split = featurize_file(source, tokenizer, cfg.data, use)

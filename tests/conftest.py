@@ -35,7 +35,7 @@ def minilm_path() -> str:
 
 @pytest.fixture(scope="session")
 def wordpiece_tokenizer(minilm_path):
-    from mrc_cli.features import load_tokenizer
+    from mrc_cli.tokenizer import load_tokenizer
 
     return load_tokenizer(minilm_path)
 
@@ -59,7 +59,7 @@ def albert_tokenizer_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def albert_tokenizer(albert_tokenizer_dir):
-    from mrc_cli.features import load_tokenizer
+    from mrc_cli.tokenizer import load_tokenizer
 
     return load_tokenizer(albert_tokenizer_dir)
 

@@ -103,13 +103,15 @@ def test_huge_context_and_overlong_question_are_windowed_and_truncated(minilm_pa
     path = write_squad(tmp_path / "huge.json", [(context, [
         {"id": "huge", "question": question, "answers": [{"text": "sentence 3000", "answer_start": answer_at}]}])])
     assert len(context) > 100_000
-    result = _invoke("preprocess", "--model", minilm_path, "--data", path, "--out", tmp_path / "f",
-                     "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    result = _invoke("preprocess", "--model", minilm_path, "--data", path, "--set", f"data.cache_dir={tmp_path / 'cache'}")
     assert result.exit_code == 0, result.output
     assert "1 questions truncated" in result.stdout and "0 answers in no window" in result.stdout
-    import datasets
+    from mrc_cli.config import DataConfig
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.tokenizer import load_tokenizer
 
-    features = datasets.load_from_disk(str(tmp_path / "f"))
+    features = featurize_file(str(path), load_tokenizer(minilm_path), DataConfig(cache_dir=str(tmp_path / "cache")),
+                              "train").features  # from the cache the command filled
     assert len(features) > 100 and max(len(ids) for ids in features["input_ids"]) <= 384
     assert sum(s > 0 for s in features["start_positions"]) >= 1
 
@@ -129,7 +131,7 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     from transformers import ByT5Tokenizer
 
     ByT5Tokenizer().save_pretrained(str(tmp_path / "byt5"))  # a byte-level tokenizer with no Rust version
-    _fails(_invoke("preprocess", "--model", tmp_path / "byt5", "--data", "data/quickstart/en_dev.json", "--out", tmp_path / "f"),
+    _fails(_invoke("preprocess", "--model", tmp_path / "byt5", "--data", "data/quickstart/en_dev.json"),
            "needs a fast (Rust) tokenizer")
 
 

@@ -66,7 +66,7 @@ def test_grouped_batches_pad_far_less_but_keep_the_order_random():
 @pytest.fixture(scope="module")
 def squad_lengths(wordpiece_tokenizer, tmp_path_factory) -> list[int]:
     from mrc_cli.config import DataConfig
-    from mrc_cli.features import featurize_file
+    from mrc_cli.splits import featurize_file
 
     data = DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache")))  # 384 / 128, as the benchmarks
     split = featurize_file(str(shared_file("squad_v1.1_train_head.json")), wordpiece_tokenizer, data, "train")

@@ -36,23 +36,28 @@ def test_validate_unreadable_file_is_a_report_not_a_traceback(tmp_path):
     assert "not valid JSON" in json.loads(result.stdout)["errors"][0]
 
 
-def test_preprocess_saves_features_and_reuses_the_cache(minilm_path, tmp_path):
+def test_preprocess_fills_the_cache_that_the_next_run_loads(minilm_path, tmp_path):
     args = ["preprocess", "--model", minilm_path, "--data", str(shared_file("squad_v2.0_dev_head.json")),
             "--for", "eval", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
-    first = runner.invoke(app, [*args, "--out", str(tmp_path / "f1")])
+    first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "1407 examples -> " in first.stdout and "tokenized" in first.stdout
-    second = runner.invoke(app, [*args, "--out", str(tmp_path / "f2")])
+    assert f"cached in {tmp_path / 'cache'}" in first.stdout
+    second = runner.invoke(app, args)
     assert "loaded from cache" in second.stdout
-    import datasets
+    from mrc_cli.config import DataConfig
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.tokenizer import load_tokenizer
 
-    features = datasets.load_from_disk(str(tmp_path / "f2"))
-    assert {"input_ids", "offset_mapping", "word_ids", "example_id", "start_positions"} <= set(features.column_names)
+    split = featurize_file(str(shared_file("squad_v2.0_dev_head.json")), load_tokenizer(minilm_path),
+                           DataConfig(cache_dir=str(tmp_path / "cache")), "eval")  # what `mrc eval` would read
+    assert split.summary.from_cache
+    assert {"input_ids", "offset_mapping", "word_ids", "example_id", "start_positions"} <= set(split.features.column_names)
 
 
 def test_preprocess_bad_stride_is_one_line_error(minilm_path, tmp_path):
     result = runner.invoke(app, ["preprocess", "--model", minilm_path, "--data", "data/quickstart/en_dev.json",
-                                 "--out", str(tmp_path / "f"), "--doc-stride", "400"])
+                                 "--doc-stride", "400"])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: doc_stride 400 must be below") and "Traceback" not in result.output
 

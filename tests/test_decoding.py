@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from mrc_cli import decoding
-from mrc_cli.decoding import DecodeConfig, Prediction, decode, pad_offsets, predictions_to_json
+from mrc_cli.config import DecodeConfig
+from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

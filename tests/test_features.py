@@ -6,7 +6,8 @@ import pytest
 from conftest import shared_file, write_squad
 from mrc_cli.config import DataConfig
 from mrc_cli.errors import ConfigError
-from mrc_cli.features import build_features, featurize_file
+from mrc_cli.features import build_features
+from mrc_cli.splits import featurize_file
 from mrc_cli.validate import load_examples
 
 

@@ -66,7 +66,7 @@ def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):
     from transformers import AutoModelForQuestionAnswering
 
     from mrc_cli.export import export_checkpoint
-    from mrc_cli.reader import load_trained
+    from mrc_cli.loading import load_trained
 
     export_checkpoint(str(trained_run), str(tmp_path / "export"))
     ours = load_trained(trained_run)
@@ -88,7 +88,7 @@ def test_store_threshold_is_used_by_predict(trained_run, tmp_path):
     result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--store-threshold"])
     assert result.exit_code == 0, result.output
     best = json.loads(result.stdout.strip().splitlines()[-1])["best_f1_thresh"]
-    from mrc_cli.reader import load_trained
+    from mrc_cli.loading import load_trained
 
     assert load_trained(run).cfg.decode.null_score_diff_threshold == pytest.approx(best)
 
@@ -119,8 +119,8 @@ def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):
     from accelerate import Accelerator
 
     import mrc_cli.inference as inference
-    from mrc_cli.features import featurize_file
-    from mrc_cli.reader import load_trained
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.loading import load_trained
 
     loaded = load_trained(trained_run)
     split = featurize_file(DEV, loaded.tokenizer, loaded.cfg.data, "eval")

@@ -22,7 +22,8 @@ from mrc_cli.batching import FeatureTensors
 from mrc_cli.cli import app
 from mrc_cli.config import DataConfig, ModelConfig, load_config, save_config
 from mrc_cli.errors import ConfigError
-from mrc_cli.features import featurize_file, load_tokenizer
+from mrc_cli.splits import featurize_file
+from mrc_cli.tokenizer import load_tokenizer
 from mrc_cli.model import build_model, describe_keys
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
@@ -174,6 +175,25 @@ def test_resumed_run_is_bitwise_the_uninterrupted_run(run_a, tiny_bert_dir, tmp_
     state_a = json.loads((run_dir_a / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
     state_b = json.loads((run_dir_b / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
     assert state_a == state_b
+
+
+def test_splits_in_memory_train_exactly_as_their_files(run_a, tiny_bert_dir, tmp_path):
+    """k-fold and distillation hand train() splits built in memory: the run equals run A, which read the files."""
+    reference, _ = run_a
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "in_memory", max_steps=6, eval_steps=3, save_steps=3, keep_last=5)
+    tokenizer = load_tokenizer(tiny_bert_dir)
+    train_split = featurize_file(cfg.data.train_file, tokenizer, cfg.data, "train")
+    dev_split = featurize_file(cfg.data.dev_file, tokenizer, cfg.data, "eval")
+    cfg.data.train_file = cfg.data.dev_file = None  # nothing read from disk
+    result = train(cfg, train_split, dev_split)
+    assert "(in memory)" in (tmp_path / "in_memory" / "train.log").read_text()
+    final = "checkpoints/step-000006/model.safetensors"
+    ours, theirs = load_file(str(tmp_path / "in_memory" / final)), load_file(str(reference / final))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert result.metrics == json.loads((reference / "metrics.json").read_text())
+    unlabelled = featurize_file(tiny_run_config(tiny_bert_dir, tmp_path).data.dev_file, tokenizer, cfg.data, "predict")
+    with pytest.raises(ConfigError, match="the train split handed to train\\(\\) has no start_positions"):
+        train(tiny_run_config(tiny_bert_dir, tmp_path / "wrong"), unlabelled)
 
 
 def test_fresh_run_into_an_existing_run_dir_is_refused(run_a, tiny_bert_dir):

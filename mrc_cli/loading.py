@@ -1,0 +1,61 @@
+"""Trained models back into memory: a checkpoint folder, a run directory (its best checkpoint) or an export folder
+(`mrc export`, or any Hugging Face *ForQuestionAnswering folder), each as a model with its tokenizer and run config.
+`mrc eval`, `mrc predict`, `mrc export` and the Reader all start here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
+from mrc_cli.config import RunConfig, load_config
+from mrc_cli.model import build_model, load_weights
+from mrc_cli.tokenizer import load_tokenizer
+
+EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    cfg: RunConfig
+    path: Path  # the checkpoint or export folder
+
+
+def load_trained(path: str | Path) -> Loaded:
+    """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
+    path = Path(path)
+    if (path / EXPORT_SETTINGS).is_file() or _is_hf_qa_folder(path):
+        return read_export(path)
+    checkpoint = resolve_checkpoint(path)
+    cfg = read_checkpoint_config(checkpoint)
+    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(checkpoint))
+    load_weights(model, read_weights(checkpoint), strict=True)
+    tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
+    return Loaded(model.eval(), tokenizer, cfg, checkpoint)
+
+
+def _is_hf_qa_folder(path: Path) -> bool:
+    """A Hugging Face *ForQuestionAnswering folder (not made by mrc-cli): it loads with default settings."""
+    config = path / "config.json"
+    if not (config.is_file() and (path / "model.safetensors").is_file()):
+        return False
+    return any(a.endswith("ForQuestionAnswering") for a in json.loads(config.read_text()).get("architectures") or [])
+
+
+
+def read_export(path: Path) -> Loaded:
+    """An `mrc export` folder, or any Hugging Face QA folder (then with mrc-cli's default settings)."""
+    settings = path / EXPORT_SETTINGS
+    cfg = load_config(settings if settings.is_file() else None)
+    cfg.model.name_or_path = str(path)
+    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(path))
+    prefix = model.encoder.base_model_prefix + "."
+    state = {(f"encoder.{k[len(prefix):]}" if k.startswith(prefix) else k): v
+             for k, v in load_file(str(path / "model.safetensors")).items()}
+    load_weights(model, state, strict=True)
+    return Loaded(model.eval(), load_tokenizer(str(path)), cfg, path)

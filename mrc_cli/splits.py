@@ -1,0 +1,60 @@
+"""A data file made ready for one job (train, eval or predict): read, validated, featurized, with its gold answers.
+
+What training, `mrc eval`, `mrc predict` and `mrc preprocess` load; k-fold and distillation build `Split`s in memory
+and hand them to `train(cfg, train_split, dev_split)`.
+"""
+
+from __future__ import annotations
+
+import gc
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+
+from mrc_cli.config import DataConfig, ModelConfig
+from mrc_cli.features import FeatureSummary, build_features, cache_root, column
+from mrc_cli.tokenizer import load_tokenizer
+
+
+@dataclass
+class Split:
+    """One data file made ready for a job: examples, their validation report, gold answers and features."""
+
+    examples: object  # datasets.Dataset of canonical records
+    report: object  # ValidationReport
+    golds: list[dict]
+    features: object  # datasets.Dataset of features
+    summary: FeatureSummary
+
+    @cached_property  # read once: training evaluates the same split every eval_steps
+    def contexts(self) -> dict[str, str]:
+        return dict(zip(column(self.examples, "id"), column(self.examples, "context")))
+
+
+def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
+    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train."""
+    from mrc_cli.validate import load_examples
+
+    with _cyclic_gc_paused():
+        examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
+        features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
+    return Split(examples, report, golds, features, summary)
+
+
+@contextmanager
+def _cyclic_gc_paused():
+    """Reading and featurizing make millions of short-lived objects without cycles (refcounting frees them); the
+    cyclic collector's passes over a heap that holds torch and transformers cost more than the work itself: 1.47 ->
+    1.07 s on the SQuAD train head (docs/benchmarks.md)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def preprocess_file(source: str, model: ModelConfig, data: DataConfig, use: str) -> Split:
+    """`mrc preprocess`: featurize with the model's tokenizer into the cache that later runs read."""
+    return featurize_file(source, load_tokenizer(model.tokenizer or model.name_or_path), data, use)

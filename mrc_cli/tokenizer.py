@@ -1,0 +1,40 @@
+"""The tokenizer of a model: loaded with a message that says what to do when it fails, and fingerprinted for caches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from mrc_cli.errors import ConfigError
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer from a local folder or a Hub id, with a message that says what to do when it fails."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as err:  # not found, offline, or not a tokenizer folder
+        local = Path(name_or_path).exists()
+        raise ConfigError(
+            f"cannot load a tokenizer from {name_or_path!r}: "
+            + ("the folder has no tokenizer files" if local else "no such folder, and the Hub is not reachable or has no such id")
+            + f" ({type(err).__name__}); pass a local model folder or --set model.tokenizer=<folder>"
+        ) from None
+    if not tokenizer.is_fast:
+        raise ConfigError(
+            f"{name_or_path}: mrc-cli needs a fast (Rust) tokenizer for character offsets and word ids; "
+            "pass --set model.tokenizer=<a folder with tokenizer.json>"
+        )
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's class and backend, stable across calls (the backend JSON also records the
+    truncation and padding of the last call, which are not part of its identity)."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    backend.pop("truncation", None)
+    backend.pop("padding", None)
+    text = type(tokenizer).__name__ + json.dumps(backend, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
