@@ -98,11 +98,14 @@ class FeatureTensors:
         self._length = lengths.to(device)
         self._start = (torch.cumsum(lengths, 0) - lengths).to(device)
         self._tokens = {}  # column -> (flat values on the device, padding value)
+        self.units = None  # word level: CLS + the words of each feature, on the host
         for key, dtype, pad in (("input_ids", np.int32, pad_token_id), ("token_type_ids", np.int8, 0),
                                 ("word_ids", np.int32, -1)):
             if key in table.column_names:
                 flat = pc.list_flatten(table[key]).to_numpy().astype(dtype)  # a compact, writable copy
                 self._tokens[key] = (torch.from_numpy(flat).to(device), pad)
+                if key == "word_ids":
+                    self.units = _units(flat, self.lengths)
         self._labels = {key: torch.tensor(table[key].to_numpy(), dtype=torch.long, device=device)
                         for key in LABELS if key in table.column_names}
 
@@ -125,8 +128,18 @@ class FeatureTensors:
         batch = {key: torch.where(present, flat[at], pad).long() for key, (flat, pad) in self._tokens.items()}
         if lengths.min() < width:
             batch["attention_mask"] = present.long()
+        if self.units is not None:
+            batch["num_units"] = int(self.units[index].max())
         batch.update({key: values[rows] for key, values in self._labels.items()})
         return batch
+
+
+def _units(word_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per feature, CLS + the span of its word ids (mrc_cli.words.unit_index numbers them), from the flat word ids."""
+    starts = np.cumsum(lengths) - lengths
+    last = np.maximum.reduceat(word_ids, starts)
+    first = np.minimum.reduceat(np.where(word_ids >= 0, word_ids, np.iinfo(word_ids.dtype).max), starts)
+    return np.where(last >= 0, last - first + 2, 1)
 
 
 def pad_multiple(device) -> int:

@@ -55,8 +55,9 @@ class SpanExtractionModel(nn.Module):
         return self.encoder.config
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, word_ids=None, start_positions=None,
-                end_positions=None):
-        """attention_mask: (batch, seq) 1 for tokens, 0 for padding; None for a batch without padding."""
+                end_positions=None, num_units=None):
+        """attention_mask: (batch, seq) 1 for tokens, 0 for padding; None for a batch without padding. num_units (word
+        level): CLS + words of the widest window, from the host (else read from word_ids, a device sync)."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         # a 4D boolean mask reaches SDPA as it is; from a 2D one transformers first reads `mask.all()`, a device sync
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (batch, 1, 1, seq)
@@ -64,7 +65,7 @@ class SpanExtractionModel(nn.Module):
         present = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if self.span_level == "word":
             units = unit_index(word_ids)  # (batch, seq)
-            states, present = pool_words(states, units)  # (batch, units, hidden), (batch, units)
+            states, present = pool_words(states, units, num_units)  # (batch, units, hidden), (batch, units)
             if start_positions is not None:
                 start_positions = token_to_unit_labels(start_positions, units)
                 end_positions = token_to_unit_labels(end_positions, units)

@@ -22,18 +22,25 @@ def unit_index(word_ids: torch.Tensor) -> torch.Tensor:
     return units
 
 
-def pool_words(states: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_words(states: torch.Tensor, units: torch.Tensor, num_units: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of each unit's token states: (batch, seq, hidden) -> (batch, units, hidden), and a (batch, units) mask of
-    units that have tokens (word ids may skip numbers where a token spans two segmenter words)."""
+    units that have tokens (word ids may skip numbers where a token spans two segmenter words).
+
+    `num_units`: units per feature in this batch, known on the host from the features (FeatureTensors); without it
+    it is read from `units`, which makes the host wait for the device. Tokens of no unit go to one extra slot per
+    feature that is dropped, instead of a boolean selection (whose size the host would have to wait for too).
+    """
     batch, _, hidden = states.shape
-    num_units = int(units.max()) + 1
-    keep = units >= 0
-    flat = (torch.arange(batch, device=units.device)[:, None] * num_units + units)[keep]  # (tokens kept,)
+    if num_units is None:
+        num_units = int(units.max()) + 1
+    slots = num_units + 1
+    rows = torch.arange(batch, device=units.device)[:, None] * slots
+    flat = (rows + torch.where(units >= 0, units, num_units)).reshape(-1)  # (batch * seq,)
     # summed in fp32: under bf16 autocast a long word's sum would lose precision
-    sums = states.new_zeros(batch * num_units, hidden, dtype=torch.float32).index_add_(0, flat, states[keep].float())
-    counts = torch.bincount(flat, minlength=batch * num_units)  # (batch * units,)
-    pooled = sums / counts.clamp(min=1)[:, None]
-    return pooled.view(batch, num_units, hidden), (counts > 0).view(batch, num_units)
+    sums = states.new_zeros(batch * slots, hidden, dtype=torch.float32).index_add_(0, flat, states.reshape(-1, hidden).float())
+    counts = states.new_zeros(batch * slots, dtype=torch.float32).index_add_(0, flat, states.new_ones(flat.shape, dtype=torch.float32))
+    pooled = (sums / counts.clamp(min=1)[:, None]).view(batch, slots, hidden)[:, :num_units]
+    return pooled, (counts > 0).view(batch, slots)[:, :num_units]
 
 
 def token_to_unit_labels(positions: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

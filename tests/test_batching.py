@@ -123,6 +123,7 @@ def test_batches_cut_on_the_device_equal_per_row_padding():
     assert batch["token_type_ids"].tolist() == [[0, 0, 0], [0, 1, 1]]
     assert batch["word_ids"].tolist() == [[-1, -1, -1], [-1, 0, 1]]
     assert batch["start_positions"].tolist() == [0, 1] and batch["end_positions"].tolist() == [0, 2]
+    assert batch.pop("num_units") == 3  # word level: CLS + words 0..1 of feature 0, read on the host
     assert all(v.dtype == torch.long for v in batch.values())
     assert store.batch([2], rows=torch.tensor([2]))["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert "attention_mask" not in store.batch([2])  # no padding, no mask: SDPA's fast path without a device sync

@@ -30,7 +30,8 @@ def _no_dev(cfg):
 # --- no host sync in an ordinary step -----------------------------------------------------------------------------
 
 
-def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("span_level", ["token", "word"])
+def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch, span_level):
     """Tensor reads that make the host wait for the device (on CUDA), counted in each phase of the loop: building the
     batches, the step itself (forward, backward, optimizer), and the bookkeeping after it. Only log/save steps may
     read (one all-reduced tensor there)."""
@@ -77,6 +78,7 @@ def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, mo
     monkeypatch.setattr(training._Meter, "sync", in_phase("sync point", sync_point))
 
     cfg = _no_dev(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, log_steps=4, save_steps=0, grad_accum=2))
+    cfg.model.span_level = span_level
     training.train(cfg)
     counts = {p: sum(1 for q, _ in syncs if q == p) for p in ("batches", "step", "after step", "sync point")}
     assert counts["batches"] == 0 and counts["step"] == 0, [s for s in syncs if s[0] in ("batches", "step")][:10]
