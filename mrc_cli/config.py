@@ -65,6 +65,9 @@ class TrainConfig:
     group_by_length: bool = True  # batches of similar length: about half the padding of random batches
     seed: int = 0
     log_steps: int = 10
+    # experiment trackers besides metrics.jsonl and curves.png: none, or accelerate's (tensorboard, wandb, mlflow,
+    # comet_ml, aim, ...), comma-separated; files of local ones go to the run directory
+    report_to: str = "none"
     eval_steps: int = 0  # 0: evaluate at the end only
     save_steps: int = 200  # checkpoints to resume from; also written at the end
     keep_last: int = 2  # checkpoints kept besides the best

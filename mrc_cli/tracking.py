@@ -1,4 +1,5 @@
-"""What a run leaves for people: a log, metrics as JSON lines (and TensorBoard when installed), a PNG of the curves."""
+"""What a run leaves for people: a log, metrics as JSON lines, a PNG of the curves, and the experiment trackers of
+train.report_to (TensorBoard, Weights & Biases, MLflow ...: accelerate's, which owns their set-up and their files)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,10 @@ from tqdm.auto import tqdm
 class RunLog:
     """Prints on the main process (without breaking the progress bar) and appends to train.log and metrics.jsonl."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, trackers=None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.tensorboard = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))  # creates the run directory
-            except ImportError:  # tensorboard is optional
-                pass
+        self.trackers = trackers  # an Accelerator whose trackers are initialised (accelerate logs on the main process)
 
     def info(self, message: str) -> None:
         if not self.enabled:
@@ -38,10 +32,8 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
-        if self.tensorboard is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, step)
+        if self.trackers is not None:
+            self.trackers.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
     def truncate_metrics(self, step: int) -> None:
         """Drop metric lines after `step` (a resumed run repeats the steps after its checkpoint)."""
@@ -51,8 +43,8 @@ class RunLog:
             path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        if self.trackers is not None:
+            self.trackers.end_training()
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -44,7 +44,7 @@ from mrc_cli.tracking import RunLog, plot_curves
 
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
-                      "cpu"}
+                      "cpu", "report_to"}
 
 
 @dataclass
@@ -80,12 +80,12 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
     if resume_from is not None:
         cfg, resume_notes = _config_for_resume(cfg, resume_from)
         saved_state = TrainerState(**read_trainer_state(resume_from)[0])
-    accelerator = _accelerator(cfg.train.cpu)
+    accelerator = _accelerator(cfg.train.cpu, cfg.train.report_to, run_dir)
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     world = accelerator.num_processes
     if saved_state is not None:
         resume_notes += _keep_effective_batch(cfg, saved_state, world)
-    log = RunLog(run_dir, accelerator.is_main_process)
+    log = RunLog(run_dir, accelerator.is_main_process, accelerator if accelerator.log_with else None)
     for note in filter(None, [unseen_gpus_warning(), *resume_notes]):
         log.info(note)
     set_seed(cfg.train.seed)
@@ -118,6 +118,8 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
         save_config(cfg, run_dir / "config.yaml")
         _write_run_info(run_dir, cfg, tokenizer, train_split, dev_split, precision, accelerator)
     _describe_run(cfg, world, total_steps, precision, accelerator, store, log)
+    if accelerator.log_with:
+        accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
 
     steps = _step_stream(store, cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
@@ -318,18 +320,40 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def _accelerator(cpu: bool) -> Accelerator:
-    """One Accelerator per run, without mixed precision (mrc_cli.precision owns autocast); on a machine without a GPU,
-    processes started by torchrun/accelerate meet over gloo."""
+def _accelerator(cpu: bool, report_to: str, run_dir: Path) -> Accelerator:
+    """One Accelerator per run, without mixed precision (mrc_cli.precision owns autocast) and with the trackers of
+    train.report_to; on a machine without a GPU, processes started by torchrun/accelerate meet over gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         # accelerate keeps one state per Python process; a second run with other settings (a notebook) needs a new one
         AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision="no", cpu=cpu or not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision="no", cpu=cpu or not torch.cuda.is_available(),
+                              log_with=_trackers(report_to), project_dir=run_dir / "trackers")
     if accelerator.num_processes != world:
         raise ConfigError(f"{world} processes were launched but accelerate set up {accelerator.num_processes}; "
                           "on CPU launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
     return accelerator
+
+
+def _trackers(report_to: str) -> list[str] | None:
+    """train.report_to as accelerate's tracker names, each checked: accelerate would skip a missing one silently."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
+    for name in names:
+        if name not in LoggerType.list() or name == "all":
+            raise ConfigError(f"train.report_to: unknown tracker {name!r}; choose none or from "
+                              f"{', '.join(n for n in LoggerType.list() if n != 'all')}")
+        if LoggerType(name) not in get_available_trackers():
+            raise ConfigError(f"train.report_to: {name} is not installed here (pip install {name}), or set none")
+    return names or None
+
+
+def _flat_config(cfg: RunConfig) -> dict:
+    """The run config as the flat scalars trackers accept ("train.lr": 1e-4); None as "none"."""
+    return {f"{section}.{key}": "none" if value is None else value
+            for section, values in config_to_dict(cfg).items() for key, value in values.items()}
 
 
 def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, list[str]]:

@@ -196,6 +196,58 @@ def test_splits_in_memory_train_exactly_as_their_files(run_a, tiny_bert_dir, tmp
         train(tiny_run_config(tiny_bert_dir, tmp_path / "wrong"), unlabelled)
 
 
+def test_metrics_and_config_reach_the_experiment_trackers(tiny_bert_dir, tmp_path, monkeypatch):
+    """train.report_to goes through accelerate's trackers: a tracker of our own stands in for TensorBoard or W&B."""
+    from accelerate.tracking import GeneralTracker
+
+    import mrc_cli.training as training
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory, main_process_only = "recorder", False, True
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.logged, self.finished = None, [], False
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.logged.append((step, values))
+
+        def finish(self):
+            self.finished = True
+
+    recorder = Recorder()
+    asked = []
+    monkeypatch.setattr(training, "_trackers", lambda report_to: asked.append(report_to) or [recorder])
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=2, report_to="wandb")
+    train(cfg)
+    assert asked == ["wandb"] and recorder.finished
+    assert recorder.config["train.max_steps"] == 2 and recorder.config["model.name_or_path"] == tiny_bert_dir
+    assert recorder.config["train.resume"] == "none"  # flat scalars only
+    lines = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [step for step, _ in recorder.logged] == [r["step"] for r in lines]
+    assert recorder.logged[0][1]["loss"] == lines[0]["loss"] and "f1" in recorder.logged[-1][1]
+
+
+@pytest.mark.parametrize(("report_to", "problem"), [("tensorboardx", "unknown tracker 'tensorboardx'"),
+                                                     ("none,tensorboard", "tensorboard is not installed here")])
+def test_unknown_or_missing_trackers_are_refused_before_training(report_to, problem, tiny_bert_dir, tmp_path):
+    if report_to.endswith("tensorboard"):
+        from accelerate.utils import is_tensorboard_available
+
+        if is_tensorboard_available():
+            pytest.skip("tensorboard is installed here")
+    with pytest.raises(ConfigError, match=problem):
+        train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1, report_to=report_to))
+    assert not (tmp_path / "run").exists()
+
+
 def test_fresh_run_into_an_existing_run_dir_is_refused(run_a, tiny_bert_dir):
     run_dir, _ = run_a
     before = (run_dir / "metrics.jsonl").read_text()
