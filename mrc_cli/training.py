@@ -19,7 +19,7 @@ import platform
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoi
                                 read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                 write_best_pointer)
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
-from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
+from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
@@ -79,7 +79,7 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
     resume_notes, saved_state = [], None
     if resume_from is not None:
         cfg, resume_notes = _config_for_resume(cfg, resume_from)
-        saved_state = TrainerState(**read_trainer_state(resume_from)[0])
+        saved_state = _trainer_state(resume_from)
     accelerator = _accelerator(cfg.train.cpu, cfg.train.report_to, run_dir)
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     world = accelerator.num_processes
@@ -373,6 +373,15 @@ def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, lis
     return saved, notes
 
 
+def _trainer_state(checkpoint: Path) -> TrainerState:
+    saved = read_trainer_state(checkpoint)[0]
+    unknown = sorted(set(saved) - {f.name for f in fields(TrainerState)})
+    if unknown:  # e.g. batch_in_epoch: a per-process position, before positions were kept per optimizer step
+        raise CheckpointError(f"{checkpoint}: written by an older mrc-cli (trainer_state.json has {', '.join(unknown)}); "
+                              f"it cannot be resumed, but its weights can start a new run: --init-from {checkpoint}")
+    return TrainerState(**saved)
+
+
 def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> list[str]:
     """On resume with another process count, keep processes x grad_accum (the effective batch and the batch plan)
     where the new count divides it: then the run goes on exactly. Otherwise say what changes."""
@@ -430,9 +439,11 @@ def _optimizer(model, cfg: RunConfig, world: int, log: RunLog) -> torch.optim.Op
 
 
 def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
+    """Linear warm-up, then linear decay to 0. Ours, not transformers' get_linear_schedule_with_warmup: that one
+    gives the first step lr 0 (a wasted step), and the figures in docs/benchmarks.md were measured with this one."""
     warmup = int(cfg.train.warmup * total_steps)
 
-    def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
+    def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))

@@ -248,6 +248,19 @@ def test_unknown_or_missing_trackers_are_refused_before_training(report_to, prob
     assert not (tmp_path / "run").exists()
 
 
+def test_a_checkpoint_of_an_older_trainer_is_refused_with_what_to_do(run_a, tiny_bert_dir, tmp_path):
+    old = tmp_path / "old" / "checkpoints" / "step-000003"
+    shutil.copytree(run_a[0] / "checkpoints" / "step-000003", old)
+    state = json.loads((old / "trainer_state.json").read_text())
+    state["batch_in_epoch"] = state.pop("epoch_segments")  # the position as mrc-cli up to c62c0a9 kept it
+    (old / "trainer_state.json").write_text(json.dumps(state))
+    result = CliRunner().invoke(app, ["train", "--model", tiny_bert_dir, "--train", str(QUICKSTART / "en_train.json"),
+                                      "--output-dir", str(tmp_path / "old"), "--resume", "auto", "--max-steps", "6"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "written by an older mrc-cli (trainer_state.json has batch_in_epoch)" in result.stderr
+    assert f"--init-from {old}" in result.stderr
+
+
 def test_fresh_run_into_an_existing_run_dir_is_refused(run_a, tiny_bert_dir):
     run_dir, _ = run_a
     before = (run_dir / "metrics.jsonl").read_text()
