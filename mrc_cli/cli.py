@@ -178,6 +178,7 @@ def evaluate(
     from mrc_cli.reader import evaluate_file
 
     metrics = evaluate_file(checkpoint, data, out, store_threshold)
+    typer.echo(metrics.pop("data"))
     if "best_f1_thresh" in metrics:
         typer.echo(f"null threshold: F1 {metrics['f1']:.2f} at the checkpoint's, {metrics['best_f1']:.2f} at "
                    f"{metrics['best_f1_thresh']:.3f}" + (" (stored)" if store_threshold else " (--store-threshold keeps it)"))
@@ -194,6 +195,7 @@ def predict(
     from mrc_cli.reader import predict_file
 
     summary = predict_file(checkpoint, data, out)
+    typer.echo(summary["data"])
     typer.echo(f"{summary['questions']} questions, {summary['answered']} answered; wrote {summary['out']}")
 
 

@@ -35,7 +35,8 @@ def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
 
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False) -> dict:
-    """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint on a data file."""
+    """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint on a data file, with the
+    data's validation summary under "data" (repairs, questions left out)."""
     loaded = load_trained(checkpoint)
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "eval")
     if any(g["is_impossible"] for g in split.golds):
@@ -46,7 +47,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         write_prediction_files(out_dir, predictions, metrics)
         if store_threshold and "best_f1_thresh" in metrics:
             _store_threshold(loaded, metrics["best_f1_thresh"])
-    return {**metrics, "out": str(out_dir)}
+    return {**metrics, "out": str(out_dir), "data": split.report.summary()}
 
 
 def _store_threshold(loaded: Loaded, threshold: float) -> None:
@@ -67,7 +68,8 @@ def predict_file(checkpoint: str, data: str, out: str) -> dict:
     if PartialState().is_main_process:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
-    return {"questions": len(answers), "answered": sum(bool(a) for a in answers.values()), "out": str(out_path)}
+    return {"questions": len(answers), "answered": sum(bool(a) for a in answers.values()), "out": str(out_path),
+            "data": split.report.summary()}
 
 
 class Reader:

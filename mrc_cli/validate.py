@@ -3,7 +3,9 @@
 Training needs a character position for one answer per question; scoring needs only the answer texts; prediction
 needs neither. So a misaligned `answer_start` is relocated to the occurrence of its text nearest the given start
 (exactly, then ignoring whitespace), an answer that cannot be found keeps `answer_start = -1`, and a training
-question with no locatable answer is left out of training. Every repair and every omission is counted in the report.
+question with no locatable answer is left out of training. A question with an empty text stops training, but is
+left out of evaluation and prediction, with its gold answers kept for scoring: the official CMRC 2018 trial file has
+two, and the official scorers score such a file. Every repair and every omission is counted in the report.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from mrc_cli.errors import DataError
 
 USES = ("train", "eval", "predict")
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
-EXAMPLES_VERSION = 1  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 2  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -64,6 +66,9 @@ class ValidationReport:
             extra.append(f"{self.without_answers} questions without answers")
         if self.use == "train":
             extra.append(f"{self.left_out_of_training} questions left out of training (no locatable answer)")
+        elif self.empty_questions:
+            extra.append(f"{self.empty_questions} questions left out of {self.use} (empty question text; "
+                         + ("scored as missing)" if self.use == "eval" else "not in the predictions)"))
         if self.errors:
             extra.append(f"{len(self.errors)} errors")
         return line + ("\n  " + "; ".join(extra) if extra else "")
@@ -164,9 +169,13 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
         report.questions += 1
         report.unanswerable += rec["is_impossible"]
         where = f"{raw.source}: question {rec['id']}"
-        if not rec["question"].strip():
+        empty_question = not rec["question"].strip()
+        if empty_question:
             report.empty_questions += 1
-            report.errors.append(f"{where}: the question is empty")
+            if use == "train":
+                report.errors.append(f"{where}: the question is empty")
+            else:  # no model input, but its gold answers (golds come from raw.records) still count in the scores
+                _listed(report.repairs, f"{where}: the question is empty (left out of {use})")
         if not rec["context"].strip():
             report.empty_contexts += 1
             report.errors.append(f"{where}: the context is empty")
@@ -178,6 +187,8 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
                 report.errors.append(f"{where}: no answers and not marked is_impossible; cannot score it")
         if use == "train" and not rec["is_impossible"] and not located:
             report.left_out_of_training += 1
+            continue
+        if empty_question:
             continue
         kept.append(rec)
     return kept, report

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import shared_file, write_squad
@@ -79,3 +80,20 @@ def test_score_rejects_a_predictions_file_of_the_wrong_shape(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps([{"id": "x", "prediction_text": "y"}]))
     result = runner.invoke(app, ["score", "data/quickstart/en_dev.json", str(tmp_path / "p.json")])
     assert result.exit_code == 1 and "a predictions file is one JSON object" in result.stderr
+
+
+def test_score_accepts_a_gold_file_with_an_empty_question(tmp_path):
+    """Scoring needs ids and gold answers only: the empty question is scored like any other (as the CMRC 2018 scorer
+    does with its trial file)."""
+    context = "北京是中国的首都，上海是中国最大的城市。"
+    gold = write_squad(tmp_path / "gold.json", [(context, [
+        {"id": "empty", "question": "", "answers": [{"text": "北京", "answer_start": 0}]},
+        {"id": "ok", "question": "中国最大的城市是哪里？", "answers": [{"text": "上海", "answer_start": 9}]},
+    ])])
+    (tmp_path / "p.json").write_text(json.dumps({"empty": "北京", "ok": "上海市"}, ensure_ascii=False), encoding="utf-8")
+    result = runner.invoke(app, ["score", str(gold), str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    # EM: "empty" right, "ok" wrong; F1 of "上海市" against "上海": 2 of 3 characters, 2 of 2 -> 0.8
+    assert (scores["TOTAL"], scores["SKIP"]) == (2, 0)
+    assert scores["EM"] == pytest.approx(50.0) and scores["F1"] == pytest.approx(90.0)

@@ -61,6 +61,28 @@ def test_eval_predict_export_and_reader_agree(trained_run, tmp_path):
         assert questions[0][2][one["start"]:one["end"]] == one["answer"]
 
 
+def test_eval_and_predict_leave_out_an_empty_question_and_say_so(trained_run, tmp_path):
+    data = json.load(open(DEV, encoding="utf-8"))
+    emptied = data["data"][0]["paragraphs"][0]["qas"][0]
+    emptied["question"] = " "
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", str(path), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "1 questions left out of eval (empty question text; scored as missing)" in result.stdout
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (metrics["total"], metrics["missing"]) == (49, 1)  # its gold answers still count, as in the official scorer
+    assert emptied["id"] not in json.loads((tmp_path / "eval" / "predictions.json").read_text())
+
+    result = runner.invoke(app, ["predict", "--checkpoint", str(trained_run), "--data", str(path), "--out", str(tmp_path / "sub.json")])
+    assert result.exit_code == 0, result.output
+    assert "1 questions left out of predict (empty question text; not in the predictions)" in result.stdout
+    submission = json.loads((tmp_path / "sub.json").read_text())
+    assert len(submission) == 48 and emptied["id"] not in submission
+
+
 def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):
     import torch
     from transformers import AutoModelForQuestionAnswering

@@ -52,9 +52,25 @@ def test_empty_question_and_context_are_errors_naming_the_record(tmp_path):
         ("The cat sat.", [{"id": "e1", "question": "  ", "answers": []}]),
         ("", [{"id": "e2", "question": "Who?", "answers": []}]),
     ])
-    report = validate_file(str(path), "predict")
+    report = validate_file(str(path), "train")
     assert (report.empty_questions, report.empty_contexts) == (1, 1)
     assert report.errors == [f"{path}: question e1: the question is empty", f"{path}: question e2: the context is empty"]
+    assert validate_file(str(path), "predict").errors == [f"{path}: question e2: the context is empty"]
+
+
+def test_an_empty_question_is_left_out_of_eval_and_predict_and_counted(tmp_path):
+    """The official CMRC 2018 trial file has questions with empty text; its scorers score the file."""
+    path = write_squad(tmp_path / "d.json", [("The cat sat.", [
+        {"id": "empty", "question": "", "answers": [{"text": "cat", "answer_start": 4}]},
+        {"id": "ok", "question": "Who sat?", "answers": [{"text": "cat", "answer_start": 4}]},
+    ])])
+    for use in ("eval", "predict"):
+        records, report = validate_records(read_data(path), use)
+        assert report.usable and report.errors == []
+        assert [r["id"] for r in records] == ["ok"] and report.empty_questions == 1
+        assert report.repairs == [f"{path}: question empty: the question is empty (left out of {use})"]
+        assert f"1 questions left out of {use} (empty question text" in report.summary()
+    assert not validate_file(str(path), "train").usable
 
 
 def test_eval_needs_answers_predict_does_not(tmp_path):
