@@ -29,6 +29,17 @@ def test_validate_exit_codes_follow_the_use(tmp_path):
     assert result.exit_code == 1 and "question id dup occurs 2 times" in result.stdout
 
 
+def test_validate_prints_each_message_and_the_verdict_on_lines_of_their_own(tmp_path):
+    qa = {"id": "dup", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]}
+    path = write_squad(tmp_path / "d.json", [("The cat sat.", [qa, qa, {**qa, "id": "x", "question": " "}])])
+    result = runner.invoke(app, ["validate", str(path), "--for", "eval"])
+    assert result.exit_code == 1 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[-3:] == ["errors:", f"  {path}: question id dup occurs 2 times (a prediction file keyed by id would be "
+                          "ambiguous; make ids unique)", "usable for eval: no"]
+    assert f"  {path}: question x: the question is empty (left out of eval)" in lines
+
+
 def test_validate_unreadable_file_is_a_report_not_a_traceback(tmp_path):
     path = tmp_path / "cut.json"
     path.write_text('{"data": [{"paragraphs": [{"context": "abc", "qas": [')
