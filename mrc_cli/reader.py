@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import PartialState
 
-from mrc_cli.config import config_to_dict
+from mrc_cli.config import save_config
 from mrc_cli.data import to_dataset
 from mrc_cli.features import build_features
 from mrc_cli.inference import evaluate_split, write_prediction_files
@@ -55,7 +54,7 @@ def _store_threshold(loaded: Loaded, threshold: float) -> None:
     settings = loaded.path / ("config.yaml" if (loaded.path / "config.yaml").is_file() else EXPORT_SETTINGS)
     loaded.cfg.decode.null_score_diff_threshold = float(threshold)
     loaded.cfg.decode.allow_null = True
-    settings.write_text(yaml.safe_dump(config_to_dict(loaded.cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    save_config(loaded.cfg, settings)  # atomic: a training checkpoint's config.yaml is what resume reads
 
 
 def predict_file(checkpoint: str, data: str, out: str) -> dict:

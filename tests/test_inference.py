@@ -115,6 +115,35 @@ def test_store_threshold_is_used_by_predict(trained_run, tmp_path):
     assert load_trained(run).cfg.decode.null_score_diff_threshold == pytest.approx(best)
 
 
+def test_storing_the_threshold_never_leaves_half_a_config(trained_run, tmp_path, monkeypatch):
+    """A checkpoint's config.yaml is what resume and eval read: a write cut short by a full disk keeps the old file."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    from mrc_cli.loading import load_trained
+    from mrc_cli.reader import _store_threshold
+
+    checkpoint = tmp_path / "step"
+    shutil.copytree(trained_run / "checkpoints" / "step-000004", checkpoint)
+    before = (checkpoint / "config.yaml").read_text()
+    loaded = load_trained(checkpoint)
+
+    def half_then_disk_full(self, text, *args, **kwargs):
+        Path.write_bytes(self, text.encode()[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as full_disk:
+        full_disk.setattr(Path, "write_text", half_then_disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            _store_threshold(loaded, 0.25)
+    assert (checkpoint / "config.yaml").read_text() == before
+    assert sorted(p.name for p in checkpoint.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+    _store_threshold(loaded, 0.25)
+    assert load_trained(checkpoint).cfg.decode.null_score_diff_threshold == 0.25
+
+
 def test_checkpoint_folder_without_weights_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no model.safetensors here"):
