@@ -6,6 +6,11 @@ Token level: start/end logits from the token states, CLS (position 0) as "no ans
 
 from __future__ import annotations
 
+import os
+import pickle
+import pickletools
+import re
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +27,7 @@ from mrc_cli.words import pool_words, token_to_unit_labels, unit_index
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "word_ids")
 SPAN_LEVELS = ("token", "word")
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  # BERT/ALBERT, other families
+LEGACY_PICKLES = 5  # pickles before the raw storages in a file of the pre-1.6 torch.save format
 
 
 @dataclass
@@ -159,14 +165,59 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # an UnpicklingError for a file that would run code; other errors for corrupt files
-        raise CheckpointError(
-            f"{path}: refused to load: it is not a plain tensor file and could run code when unpickled "
-            f"({type(err).__name__}); ask for a .safetensors file"
-        ) from None
+    except pickle.UnpicklingError as err:  # a refusal, or a damaged file that the weights-only reader trips over
+        if _pickle_intact(path):
+            raise CheckpointError(
+                f"{path}: refused to load: the file is whole, but it holds more than tensors ({_refusal(err)}) and "
+                "unpickling it could run code; ask for a .safetensors file"
+            ) from None
+        raise CheckpointError(_damaged(path, "its pickle is cut short or damaged")) from None
+    except Exception as err:  # torch's zip reader, EOFError, ...: the bytes are not a whole torch file
+        reason = str(err).splitlines()[0][:120] if str(err) else ""
+        raise CheckpointError(_damaged(path, f"{type(err).__name__}{': ' + reason if reason else ''}")) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state_dict (a mapping of names to tensors)")
     return state
+
+
+def _damaged(path: Path, detail: str) -> str:
+    return f"{path}: cannot be read: the file is truncated or corrupt, or not a torch file ({detail}); copy or download it again"
+
+
+def _refusal(err: pickle.UnpicklingError) -> str:
+    """torch's reason without its advice to load with weights_only=False (that is what could run code)."""
+    found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(err))
+    return found.group(0) if found else "not a plain tensor file"
+
+
+def _pickle_intact(path: Path) -> bool:
+    """Whether the file is whole, checked without unpickling it (pickletools only parses opcodes): a truncated file
+    also makes torch's weights-only reader raise UnpicklingError ("Unsupported global" on a name cut in half), and
+    that must not be reported as a file that could run code.
+
+    The zip format (torch >= 1.6): every member's CRC and data.pkl parsed to its STOP. Older files: the pickles that
+    the legacy torch.save writes before the raw storages (magic number, protocol, sys info, object, storage keys);
+    a plain pickle.dump file is one of them.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is not None:
+                    return False
+                data = next(n for n in archive.namelist() if n.rpartition("/")[2] == "data.pkl")
+                for _ in pickletools.genops(archive.read(data)):
+                    pass
+            return True
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            for _ in range(LEGACY_PICKLES):
+                for _ in pickletools.genops(f):
+                    pass
+                if f.tell() == size:
+                    break
+        return True
+    except (ValueError, StopIteration, zipfile.BadZipFile, OSError, EOFError):  # cut short, or not pickle opcodes
+        return False
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> tuple[list[str], list[str]]:

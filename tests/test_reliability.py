@@ -247,6 +247,30 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
     assert result.exit_code == 1 and not marker.exists()
 
 
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_truncated_weights_file_is_called_damaged_not_dangerous(tmp_path, zip_format):
+    """A cut-off file also trips torch's weights-only reader (an UnpicklingError on a half-read name); the message
+    must say which of the two it is, and the malicious file of the test above keeps its own message."""
+    from mrc_cli.model import load_state_dict_file
+
+    whole = tmp_path / "whole.bin"
+    torch.save({"qa_outputs.weight": torch.ones(8, 8)}, whole, _use_new_zipfile_serialization=zip_format)
+    data = whole.read_bytes()
+    for cut in range(1, len(data), max(1, len(data) // 40)):
+        cut_off = tmp_path / f"cut-{cut}.bin"
+        cut_off.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError) as refused:
+            load_state_dict_file(cut_off)
+        message = str(refused.value)
+        assert message.startswith(f"{cut_off}: cannot be read: the file is truncated or corrupt"), message
+        assert "could run code" not in message and "weights_only" not in message
+    evil = tmp_path / "evil.bin"
+    torch.save({"qa_outputs.weight": _Exploit(tmp_path / "pwned")}, evil, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError, match="the file is whole, but it holds more than tensors .*could run code"):
+        load_state_dict_file(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_a_plain_tensor_pickle_still_loads(tmp_path):
     from mrc_cli.model import load_state_dict_file
 
