@@ -162,3 +162,29 @@ def test_output_directory_of_another_run(tiny_bert_dir, tmp_path):
     result = _invoke("train", "--model", tiny_bert_dir, "--train", "data/quickstart/en_train.json",
                      "--output-dir", tmp_path / "run", "--max-steps", "2")
     _fails(result, "holds another run (checkpoints up to step-000001)", "--resume auto")
+
+
+# --- --debug ------------------------------------------------------------------------------------------------------
+
+
+def test_debug_shows_the_traceback_of_an_error_that_is_otherwise_one_line(tmp_path):
+    """`mrc --debug COMMAND` re-raises our errors, so Python prints the traceback; without it, one `Error:` line."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    missing = tmp_path / "no-such-gold.json"
+    (tmp_path / "p.json").write_text("{}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    runs = {}
+    for flags in ([], ["--debug"]):
+        runs[bool(flags)] = subprocess.run([sys.executable, "-m", "mrc_cli", *flags, "score", str(missing),
+                                            str(tmp_path / "p.json")], cwd=ROOT, env=env, capture_output=True,
+                                           text=True, timeout=120)
+    plain, debug = runs[False], runs[True]
+    assert plain.returncode == 1 and plain.stderr == f"Error: {missing}: no such file\n"
+    assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
+    assert debug.stderr.rstrip().endswith(f"mrc_cli.errors.DataError: {missing}: no such file")
+    assert "mrc_cli/data.py" in debug.stderr  # the frames, down to where the error was raised
