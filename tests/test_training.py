@@ -331,11 +331,28 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def test_two_runs_with_different_precisions_in_one_process(tiny_bert_dir, tmp_path, fresh_accelerate_state):
-    for precision in ("no", "bf16"):
-        cfg = tiny_run_config(tiny_bert_dir, tmp_path / precision, max_steps=1, precision=precision)
+def test_two_runs_with_different_precisions_in_one_process(tiny_bert_dir, tmp_path, fresh_accelerate_state,
+                                                           monkeypatch):
+    """Each run trains at its own precision: the second is not refused (accelerate's state is per process) and its
+    precision is not that of the first; seen in the autocast state of every training forward, the log and run_info."""
+    from mrc_cli.model import SpanExtractionModel
+
+    forward, seen = SpanExtractionModel.forward, []
+
+    def recording_forward(self, *args, **kwargs):
+        if self.training:
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpanExtractionModel, "forward", recording_forward)
+    for precision, dtype in (("no", None), ("bf16", torch.bfloat16)):
+        cfg = tiny_run_config(tiny_bert_dir, tmp_path / precision, max_steps=2, precision=precision)
         cfg.data.dev_file = None
-        assert train(cfg).steps == 1
+        seen.clear()
+        assert train(cfg).steps == 2
+        assert seen == [dtype, dtype]  # one forward per step (batch 8, no accumulation)
+        assert json.loads((tmp_path / precision / "run_info.json").read_text())["precision"] == precision
+        assert len(_log_lines(tmp_path / precision, f"on cpu, precision {precision};")) == 1
 
 
 # --- 5. the CLI ----------------------------------------------------------------------------------------------------
