@@ -1,5 +1,6 @@
 """Span decoding: hand-built windows for each rule, then agreement with the Hugging Face recipe's loop."""
 
+import math
 import re
 import sys
 from dataclasses import replace
@@ -263,11 +264,21 @@ def test_config_rejects_an_empty_nbest():
 
 
 def test_predictions_to_json():
-    prediction = _null_case([6.0, 7.0], DecodeConfig(allow_null=True))
-    answers, nbest, null_odds = predictions_to_json({"q": prediction})
-    assert answers == {"q": ""}
-    assert nbest == {"q": prediction.nbest}
-    assert null_odds == {"q": pytest.approx(2.0)}
+    """The three files' contents, written out by hand from _null_case: the span alpha..beta (chars 0-10) scores
+    5 + 5 = 10; the null score is the lower window's CLS 6 + 6 = 12; probabilities are a softmax over the n-best."""
+    predictions = {
+        "null": _null_case([6.0, 7.0], DecodeConfig(allow_null=True, n_best_size=1)),
+        "span": _null_case([6.0, 7.0], DecodeConfig(allow_null=False, n_best_size=1)),
+    }
+    answers, nbest, null_odds = predictions_to_json(predictions)
+    assert answers == {"null": "", "span": "alpha beta"}
+    null_wins = 1 / (1 + math.exp(-2))  # e^12 / (e^12 + e^10)
+    assert nbest == {
+        "null": [{"text": "", "start": -1, "end": -1, "score": 12.0, "probability": pytest.approx(null_wins)},
+                 {"text": "alpha beta", "start": 0, "end": 10, "score": 10.0, "probability": pytest.approx(1 - null_wins)}],
+        "span": [{"text": "alpha beta", "start": 0, "end": 10, "score": 10.0, "probability": pytest.approx(1.0)}],
+    }
+    assert null_odds == {"null": pytest.approx(2.0), "span": pytest.approx(2.0)}  # 12 - 10, whether or not null may win
 
 
 def _shuffled_batch(allow_null: bool):
