@@ -284,6 +284,7 @@ def _weights(tmp_path, name):
     return load_file(str(tmp_path / name / "checkpoints" / "step-000006" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_on_fewer_processes_keeps_the_effective_batch_and_continues(tiny_bert_dir, tmp_path):
     state, log = _resume_elsewhere(tiny_bert_dir, tmp_path, before=2, after=1)
     assert "1 process(es) instead of 2: train.grad_accum 1 -> 2 keeps the effective batch of 16" in log
@@ -294,6 +295,7 @@ def test_resume_on_fewer_processes_keeps_the_effective_batch_and_continues(tiny_
     assert all(torch.allclose(reference[k], resumed[k], atol=1e-5) for k in reference)
 
 
+@pytest.mark.slow
 def test_resume_on_more_processes_plans_the_rest_of_the_epoch_again(tiny_bert_dir, tmp_path):
     state, log = _resume_elsewhere(tiny_bert_dir, tmp_path, before=1, after=2)
     assert "2 process(es) instead of 1: the effective batch changes from 8 to 16" in log

@@ -65,6 +65,7 @@ def _final_state(run_dir: Path, step: int):
     return weights, lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, n", [("step", 7), ("eval", 2), ("save", 2)])
 def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_run(tiny_bert_dir, tmp_path, kind, n):
     settings = dict(max_steps=8, save_steps=2, eval_steps=4, keep_last=10, seed=3)
@@ -95,6 +96,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_run(tiny_bert_dir,
     assert json.loads((tmp_path / "killed" / "predictions.json").read_text()) == ref_pred
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_path):
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=500, save_steps=0, eval_steps=0)
     cfg.data.dev_file = None
@@ -197,6 +199,7 @@ NAN_ON_ONE_RANK = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_with_the_message(tiny_bert_dir, tmp_path):
     """The NaN of one process is in the all-reduced loss: both stop at the same step, none waits in a collective."""
     from test_training import _free_port

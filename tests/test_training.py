@@ -477,6 +477,7 @@ def _assert_two_ranks_trained(run_dir: Path, steps: int) -> None:
     assert position["samples"] == 16 * steps  # both ranks' features: the global position
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_run(tiny_bert_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=4, save_steps=2)
@@ -487,6 +488,7 @@ def test_two_processes_train_one_run(tiny_bert_dir, tmp_path):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"run_dir": str(run_dir), "steps": 4}
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_one_run(tiny_bert_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=4, eval_steps=2, save_steps=2)
@@ -507,6 +509,7 @@ def test_two_processes_train_and_evaluate_one_run(tiny_bert_dir, tmp_path):
     assert {k: single[k] for k in final} == final
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the ranks join without ACCELERATE_USE_CPU")
 def test_two_processes_without_accelerate_use_cpu_are_one_run_or_refused(tiny_bert_dir, tmp_path):
     run_dir = tmp_path / "ddp"
@@ -519,6 +522,7 @@ def test_two_processes_without_accelerate_use_cpu_are_one_run_or_refused(tiny_be
         assert "Error: " in done.stderr and "Traceback" not in done.stderr, done.stderr[-4000:]
 
 
+@pytest.mark.slow
 def test_accelerate_launch_runs_two_processes_on_cpu(tiny_bert_dir, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` (without --multi_gpu accelerate starts one process on CPU)."""
     run_dir = tmp_path / "ddp"
