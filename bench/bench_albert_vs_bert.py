@@ -16,13 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_quality import ROOT, machine  # noqa: E402
+if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import OUT, command_line, git_revision, machine, peak_rss_mb  # noqa: E402
 
 
 def measure(kind: str, precision: str, batch: int, seq: int, steps: int) -> dict:
-    import resource
-
     import torch
     from transformers import AlbertConfig, AutoModel, BertConfig
 
@@ -57,7 +56,7 @@ def measure(kind: str, precision: str, batch: int, seq: int, steps: int) -> dict
             times.append(time.perf_counter() - started)
     step_s = sorted(times)[len(times) // 2]
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            else peak_rss_mb())
     return {"model": kind, "precision": precision, "parameters": sum(p.numel() for p in model.parameters()),
             "step_s": step_s, "tokens_per_s": batch * seq / step_s, "peak_memory_mib": peak, "device": str(device)}
 
@@ -68,7 +67,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)  # child process
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "albert_vs_bert.json"))
+    parser.add_argument("--out", default=str(OUT / "albert_vs_bert.json"))
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(*args.one, args.batch, args.seq, args.steps)))
@@ -80,7 +79,8 @@ def main() -> None:
                      str(args.seq), "--steps", str(args.steps)]
             rows.append(json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout.splitlines()[-1]))
             print(json.dumps(rows[-1]))
-    report = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": machine(), "rows": rows}
+    report = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
+              "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
 

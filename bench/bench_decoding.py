@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -40,12 +38,11 @@ import datasets
 import numpy as np
 import pyarrow
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
-sys.path.insert(0, str(ROOT / "bench"))
+if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_recipe import _window_candidates, classic_postprocess, recipe_postprocess  # noqa: E402
-
+from bench.common import OUT, command_line, git_revision, machine  # noqa: E402
+from bench.hf_recipe import _window_candidates, classic_postprocess, recipe_postprocess  # noqa: E402
 from mrc_cli import __version__, decoding  # noqa: E402
 from mrc_cli.data import to_dataset  # noqa: E402
 from mrc_cli.config import DecodeConfig  # noqa: E402
@@ -315,16 +312,16 @@ def run(args: argparse.Namespace) -> dict:
     agreement = {loop: _agreement(predictions, *results[loop]) for loop in ("recipe", "classic")}
     return {
         "benchmark": "decoding",
-        "command": _command(),
+        "command": command_line(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
+        **git_revision(),
         "versions": {
             "python": platform.python_version(),
             "numpy": np.__version__,
             "datasets": datasets.__version__,
             "pyarrow": pyarrow.__version__,
             "mrc_cli": __version__,
-            "git": _git_revision(),
         },
         "workload": {
             "examples": num_examples,
@@ -352,30 +349,6 @@ def _agreement(predictions, answers: dict[str, str], _nbest, null_odds: dict[str
     return {"identical_answers": identical, "mismatched_ids": mismatches[:20], "null_odds": counts}
 
 
-def _command() -> str:
-    python = Path(sys.executable)
-    python = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
-    return " ".join([str(python), *sys.argv])
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000)
@@ -389,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.examples, args.classic_repeats, args.decode_repeats = 200, 3, 5
     # A smoke run must not overwrite the full run's result.
-    args.out = args.out or ROOT / "outputs" / "bench" / ("decoding_quick.json" if args.quick else "decoding.json")
+    args.out = args.out or OUT / ("decoding_quick.json" if args.quick else "decoding.json")
 
     result = run(args)
     work = result["workload"]

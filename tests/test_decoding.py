@@ -2,24 +2,18 @@
 
 import math
 import re
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from bench.bench_decoding import synthetic_batch, to_datasets
+from bench.hf_recipe import classic_postprocess, recipe_postprocess
 from mrc_cli import decoding
 from mrc_cli.config import DecodeConfig
 from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_decoding import synthetic_batch, to_datasets  # noqa: E402
-from hf_recipe import classic_postprocess, recipe_postprocess  # noqa: E402
 
 CONTEXT = "alpha beta gamma delta epsilon zeta eta theta"
 WORD_SPANS = [[m.start(), m.end()] for m in re.finditer(r"\S+", CONTEXT)]
