@@ -77,7 +77,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # stdlib only at import time (the libraries it needs come from .whl/ when gpu_check.sh runs it); mrc_cli loads lazily
-from bench.common import OFFLINE_ENV, fresh_dir, git_revision, machine, write_jsonl  # noqa: E402
+from bench.common import OFFLINE_ENV, fresh_dir, git_revision, machine, track_loop_phases, write_jsonl  # noqa: E402
 
 # No network there: fail at once instead of retrying the Hub; progress bars would fill the 12,000 characters of output
 # that come back.
@@ -212,35 +212,7 @@ def part_syncs(size: dict) -> dict:
 
     work = fresh_dir(WORK / "syncs")
     cfg = run_config(minilm_package(), work / "run", 16, size["sync_steps"], size["precision"], log_steps=10)
-    phase, counts, examples = ["setup"], Counter(), []
-
-    def in_phase(name, fn):
-        def wrapped(*args, **kwargs):
-            phase[0] = name
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                phase[0] = "after step"
-        return wrapped
-
-    stream = training._step_stream
-
-    def phased_stream(*args):  # the generator's own work (cutting the batches) runs inside next()
-        steps = stream(*args)
-        while True:
-            phase[0] = "batches"
-            try:
-                item = next(steps)
-            except StopIteration:
-                return
-            finally:
-                phase[0] = "after step"
-            yield item
-
-    training._step_stream = phased_stream
-    training._train_step = in_phase("step", training._train_step)
-    training._Meter.sync = in_phase("sync point", training._Meter.sync)
-    training._save = in_phase("checkpoint", training._save)  # copies every tensor to the host: not a step
+    phase, counts, examples = track_loop_phases(training), Counter(), []
     shown = warnings.showwarning
 
     def count(message, category, *args, **kwargs):

@@ -126,3 +126,40 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def track_loop_phases(training, setattr=setattr) -> list[str]:
+    """Wrap the training loop's parts (mrc_cli.training) so that the returned one-item list names the phase running
+    now: "batches" (the generator cutting them, inside next()), "step" (forward, backward, optimizer), "sync point"
+    (the log steps' all-reduce), "checkpoint" (copies to the host), else "after step"; "setup" before. `setattr`:
+    pytest's monkeypatch.setattr in tests, so the wrapping is undone."""
+    phase = ["setup"]
+
+    def in_phase(name, fn):
+        def wrapped(*args, **kwargs):
+            phase[0] = name
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phase[0] = "after step"
+        return wrapped
+
+    stream = training._step_stream
+
+    def phased_stream(*args):
+        steps = stream(*args)
+        while True:
+            phase[0] = "batches"
+            try:
+                item = next(steps)
+            except StopIteration:
+                return
+            finally:
+                phase[0] = "after step"
+            yield item
+
+    setattr(training, "_step_stream", phased_stream)
+    setattr(training, "_train_step", in_phase("step", training._train_step))
+    setattr(training._Meter, "sync", in_phase("sync point", training._Meter.sync))
+    setattr(training, "_save", in_phase("checkpoint", training._save))
+    return phase

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.common import track_loop_phases
 from conftest import ROOT, tiny_run_config
 from mrc_cli.config import save_config
 
@@ -37,7 +38,7 @@ def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, mo
     read (one all-reduced tensor there)."""
     import mrc_cli.training as training
 
-    phase, syncs = ["setup"], []
+    phase, syncs = track_loop_phases(training, monkeypatch.setattr), []
     for name in HOST_SYNCS:
         original = getattr(torch.Tensor, name)
 
@@ -48,34 +49,6 @@ def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, mo
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-
-    def in_phase(name, fn):
-        def wrapped(*args, **kwargs):
-            phase[0] = name
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                phase[0] = "after step"
-        return wrapped
-
-    stream = training._step_stream
-
-    def phased_stream(*args):  # the generator's own work (cutting the batches) runs inside next()
-        steps = stream(*args)
-        while True:
-            phase[0] = "batches"
-            try:
-                item = next(steps)
-            except StopIteration:
-                return
-            finally:
-                phase[0] = "after step"
-            yield item
-
-    monkeypatch.setattr(training, "_step_stream", phased_stream)
-    monkeypatch.setattr(training, "_train_step", in_phase("step", training._train_step))
-    sync_point = training._Meter.sync
-    monkeypatch.setattr(training._Meter, "sync", in_phase("sync point", sync_point))
 
     cfg = _no_dev(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, log_steps=4, save_steps=0, grad_accum=2))
     cfg.model.span_level = span_level
