@@ -44,6 +44,7 @@ class ModelConfig:
     # SQuAD with MiniLM (docs/benchmarks.md): on CPU, attention dropout forces SDPA off its fused kernel
     attention_dropout: float | None = 0.0
     span_level: Literal["token", "word"] = "token"  # word: answers start and end on whole words (data.word_segmenter's)
+    multi_sample_dropout: int = 0  # > 1: the head sees that many dropout masks in training, the loss is their mean
 
 
 @dataclass
@@ -76,6 +77,14 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without improvement; 0: never
     resume: str | None = None  # auto (the newest checkpoint in output_dir) or a checkpoint folder
     init_from: str | None = None  # weights to start from (strict=False, the key differences are reported)
+    # tricks (mrc_cli/tricks.py; what each was worth: docs/benchmarks.md)
+    llrd: float = 1.0  # layer-wise lr decay: each layer below the head trains at this factor of the one above (1: off)
+    adversarial: Literal["none", "fgm", "pgd"] = "none"  # perturbed word embeddings: one more forward (fgm), adv_steps (pgd)
+    adv_epsilon: float = 1.0  # L2 size of the perturbation of a feature's embeddings
+    adv_alpha: float = 0.3  # pgd: size of each step
+    adv_steps: int = 3  # pgd: steps of the climb
+    ema_decay: float = 0.0  # > 0: evaluate, keep and export shadow weights averaged at this decay (e.g. 0.999)
+    rdrop_alpha: float = 0.0  # > 0: R-Drop, each batch twice with the KL between the two as a loss term at this weight
 
 
 @dataclass
@@ -237,6 +246,15 @@ def check_train_config(train: TrainConfig) -> None:
             problems.append(f"train.{key} must not be negative (got {getattr(train, key)})")
     if train.precision not in ("auto", "bf16", "fp16", "no"):
         problems.append(f"train.precision must be auto, bf16, fp16 or no (got {train.precision!r})")
+    if not 0 < train.llrd <= 1:
+        problems.append(f"train.llrd is a factor in (0, 1] (got {train.llrd}); 1 is off, 0.8-0.95 are usual")
+    if not 0 <= train.ema_decay < 1:
+        problems.append(f"train.ema_decay must be in [0, 1) (got {train.ema_decay}); 0 is off, 0.99-0.9999 are usual")
+    if train.rdrop_alpha < 0:
+        problems.append(f"train.rdrop_alpha must not be negative (got {train.rdrop_alpha}); 0 is off")
+    if train.adversarial != "none" and not (train.adv_epsilon > 0 and train.adv_alpha > 0 and train.adv_steps >= 1):
+        problems.append(f"train.adv_epsilon and adv_alpha must be > 0 and adv_steps at least 1 (got {train.adv_epsilon}, "
+                        f"{train.adv_alpha}, {train.adv_steps})")
     if train.metric_for_best not in ("f1", "exact", "dev_loss"):
         problems.append(f"train.metric_for_best must be f1, exact or dev_loss (got {train.metric_for_best!r})")
     if problems:

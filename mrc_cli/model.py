@@ -42,11 +42,19 @@ class SpanOutput:
 class SpanExtractionModel(nn.Module):
     """span_level "token": start/end over tokens; "word": over whole words pooled from their tokens (mrc_cli.words)."""
 
-    def __init__(self, encoder: nn.Module, span_level: str = "token"):
+    def __init__(self, encoder: nn.Module, span_level: str = "token", dropout_samples: int = 0):
         super().__init__()
         if span_level not in SPAN_LEVELS:
             raise ConfigError(f"model.span_level must be one of {', '.join(SPAN_LEVELS)}, not {span_level!r}")
         self.span_level = span_level
+        # multi-sample dropout (Inoue, 2019): in training, the head sees the states under this many dropout masks
+        # (at the encoder's hidden dropout rate) and the loss is their mean; evaluation is unchanged
+        self.dropout_samples = dropout_samples
+        rate = getattr(encoder.config, "hidden_dropout_prob", 0.0)
+        if dropout_samples > 1 and not rate:
+            raise ConfigError(f"model.multi_sample_dropout {dropout_samples} does nothing with the encoder's hidden "
+                              "dropout at 0; set model.dropout above 0 or multi_sample_dropout to 0")
+        self.head_dropout = nn.Dropout(rate)
         self.encoder = encoder
         # unused by span extraction; dropping it also keeps DDP from waiting for gradients that never come
         if getattr(encoder, "pooler", None) is not None:
@@ -75,12 +83,16 @@ class SpanExtractionModel(nn.Module):
             if start_positions is not None:
                 start_positions = token_to_unit_labels(start_positions, units)
                 end_positions = token_to_unit_labels(end_positions, units)
-        logits = self.qa_outputs(states).float()  # (batch, units, 2); fp32 for a stable softmax under autocast
-        logits = logits.masked_fill(~present[..., None], torch.finfo(torch.float32).min)
-        start_logits, end_logits = logits.unbind(-1)
+        samples = self.dropout_samples if self.training and self.dropout_samples > 1 else 1
+        heads = torch.stack([self.head_dropout(states) for _ in range(samples)] if samples > 1 else [states])
+        logits = self.qa_outputs(heads).float()  # (samples, batch, units, 2); fp32 for a stable softmax under autocast
+        padding = ~present[..., None]
+        start_logits, end_logits = logits.mean(0).masked_fill(padding, torch.finfo(torch.float32).min).unbind(-1)
         if start_positions is None:
             return SpanOutput(start_logits, end_logits)
-        feature_loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        # per feature, the mean over the dropout samples (of the one sample without multi-sample dropout)
+        feature_loss = torch.stack([span_loss(*sample.masked_fill(padding, torch.finfo(torch.float32).min).unbind(-1),
+                                              start_positions, end_positions) for sample in logits]).mean(0)
         labelled = start_positions != -100
         loss = feature_loss.sum() / labelled.sum().clamp(min=1)  # a batch with no label is 0, not NaN
         return SpanOutput(start_logits, end_logits, loss, feature_loss, labelled)
@@ -130,7 +142,7 @@ def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True
         encoder = AutoModel.from_pretrained(source or model.name_or_path, config=config, attn_implementation="sdpa")
     else:
         encoder = AutoModel.from_config(config, attn_implementation="sdpa")
-    return SpanExtractionModel(encoder, model.span_level)
+    return SpanExtractionModel(encoder, model.span_level, model.multi_sample_dropout)
 
 
 def enable_gradient_checkpointing(model: SpanExtractionModel) -> None:

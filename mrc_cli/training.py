@@ -33,7 +33,7 @@ from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps
 from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoint_config, read_trainer_state,
                                 read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                 write_best_pointer)
-from mrc_cli.config import RunConfig, check_train_config, config_to_dict, save_config
+from mrc_cli.config import RunConfig, TrainConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -41,6 +41,7 @@ from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.model import build_model, describe_keys, enable_gradient_checkpointing, load_state_dict_file, load_weights
 from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
 from mrc_cli.tracking import RunLog, plot_curves
+from mrc_cli.tricks import EMA, Adversary, check_rdrop, layer_lr_scales, rdrop_loss
 
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
@@ -103,14 +104,18 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
         _init_from(model, cfg.train.init_from, log)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    check_rdrop(model.encoder, cfg.train.rdrop_alpha)
     model = accelerator.prepare(model)
-    optimizer = _optimizer(model, cfg, world, log)
+    optimizer = _optimizer(accelerator.unwrap_model(model), cfg, world, log)
+    adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(train_split.features, accelerator.device, tokenizer.pad_token_id or 0)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * _steps_per_epoch(store, cfg, state.plan_group))
     scheduler = _scheduler(optimizer, cfg, total_steps)
     scaler = LossScaler(precision, accelerator.device)
-    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}  # what a checkpoint holds besides weights
+    ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
+    # what a checkpoint holds besides the weights: save and restore walk this
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {})}
     if resume_from is not None:
         _restore(resume_from, accelerator, model, stateful, state, log)
     if accelerator.is_main_process:
@@ -129,9 +134,11 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
     with _StopOnSignal() as stopper:
         while state.step < total_steps:
             epoch, batches, counts = next(steps)
-            loss, stepped = _train_step(model, optimizer, scaler, batches, accelerator, precision, cfg.train.max_grad_norm)
+            loss, stepped = _train_step(model, optimizer, scaler, batches, accelerator, precision, cfg.train, adversary)
             if stepped:  # fp16 skips the step (and so the schedule) when gradients overflowed
                 scheduler.step()
+                if ema is not None:
+                    ema.update()
             _advance(state, epoch, world * cfg.train.grad_accum)
             meter.add(loss, counts, stepped)
             bar.update(1)
@@ -150,11 +157,12 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
             log.metrics(state.step, {**values, "lr": scheduler.get_last_lr()[0], "epoch": epoch})
             stop = False
             if evaluate:
-                last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
+                with _shadow(ema):
+                    last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
                 model.train()
                 stop = _track(last_eval[0], cfg, state, log)
             if save or stop or signalled or state.best_step == state.step:
-                _save(run_dir, accelerator, model, stateful, tokenizer, cfg, state)
+                _save(run_dir, accelerator, model, stateful, tokenizer, cfg, state, ema)
             meter.pause(time.perf_counter() - pause_start)
             if signalled:
                 raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step "
@@ -165,25 +173,34 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
                 break
     bar.close()
     if dev_split is not None and last_eval is None:  # resumed at the last step: nothing evaluated yet
-        last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
+        with _shadow(ema):
+            last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
     return _finish(run_dir, last_eval, accelerator, state, log)
 
 
 def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,
-                max_grad_norm: float) -> tuple[torch.Tensor, bool]:
+                train_cfg: TrainConfig, adversary: Adversary | None) -> tuple[torch.Tensor, bool]:
     """One optimizer step over this process's micro-batches: forward and backward of each (gradients are synced
-    across processes on the last one only), clipping, the step. Returns the step's mean loss (still on the device)
-    and whether the step was taken."""
+    across processes on the last one only; R-Drop in the loss, adversarial training as a second backward),
+    clipping, the step. Returns the step's mean loss (still on the device) and whether the step was taken."""
     total = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
-        with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
+        def loss_fn(batch=batch) -> torch.Tensor:
             with autocast(accelerator.device, precision):
-                loss = model(**batch).loss / len(batches)
-            scaler.backward(loss)
+                loss = rdrop_loss(model, batch, train_cfg.rdrop_alpha) if train_cfg.rdrop_alpha else model(**batch).loss
+            return loss / len(batches)
+
+        sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
+        if adversary is None:
+            with sync:
+                loss = loss_fn()
+                scaler.backward(loss)
+        else:
+            loss = adversary.backward(loss_fn, scaler.backward, lambda: accelerator.no_sync(model), sync)
         total += loss.detach()
-    if max_grad_norm > 0:
+    if train_cfg.max_grad_norm > 0:
         scaler.unscale_(optimizer)
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
     stepped = scaler.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return total, stepped
@@ -427,14 +444,21 @@ def _init_from(model, path: str, log: RunLog) -> None:
 
 
 def _optimizer(model, cfg: RunConfig, world: int, log: RunLog) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (by rank: ALBERT's norms escape a 'LayerNorm' name filter). With
-    train.scale_lr the lr grows with the process count (the linear scaling rule for the larger effective batch)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    log.info(f"parameters: {sum(p.numel() for p in decay):,} with weight decay, {sum(p.numel() for p in no_decay):,} without")
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW; weight decay on matrices only (by rank: ALBERT's norms escape a 'LayerNorm' name filter); with
+    train.llrd a pair of groups per depth. With train.scale_lr the lr grows with the process count (the linear
+    scaling rule for the larger effective batch)."""
     lr = cfg.train.lr * (world if cfg.train.scale_lr else 1)
+    groups, decayed, plain = [], 0, 0
+    for scale, params in layer_lr_scales(model, cfg.train.llrd):
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups += [{"params": decay, "weight_decay": cfg.train.weight_decay, "lr": lr * scale},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": lr * scale}]
+        decayed, plain = decayed + sum(p.numel() for p in decay), plain + sum(p.numel() for p in no_decay)
+    log.info(f"parameters: {decayed:,} with weight decay, {plain:,} without")
+    if cfg.train.llrd != 1:
+        log.info(f"layer-wise lr decay {cfg.train.llrd:g}: {len(groups) // 2} depths, lr from "
+                 f"{min(g['lr'] for g in groups):.3g} (embeddings) to {lr:g} (head)")
     return torch.optim.AdamW(groups, lr=lr, fused=True)  # one kernel for all tensors, on CPU and GPU
 
 
@@ -481,13 +505,20 @@ def _track(metrics: dict, cfg: RunConfig, state: TrainerState, log: RunLog) -> b
     return bool(cfg.train.patience) and state.evals_without_improvement >= cfg.train.patience
 
 
-def _save(run_dir: Path, accelerator, model, stateful: dict, tokenizer, cfg: RunConfig, state: TrainerState) -> None:
+def _shadow(ema: EMA | None):
+    """With train.ema_decay, the model holds its shadow weights inside this block (evaluation, saving)."""
+    return ema.applied_to_model() if ema is not None else contextlib.nullcontext()
+
+
+def _save(run_dir: Path, accelerator, model, stateful: dict, tokenizer, cfg: RunConfig, state: TrainerState,
+          ema: EMA | None) -> None:
     rngs = gather_object([rng_state(accelerator.device)])  # one per process
     if accelerator.is_main_process:
         state.processes = accelerator.num_processes
-        training_state = {**{name: part.state_dict() for name, part in stateful.items()}, "rng": rngs}
-        path = save_checkpoint(run_dir, accelerator.unwrap_model(model), tokenizer, cfg, asdict(state),
-                               training_state, cfg.train.keep_last)
+        with _shadow(ema):  # model.safetensors holds the weights to evaluate and export
+            training_state = {**{name: part.state_dict() for name, part in stateful.items()}, "rng": rngs}
+            path = save_checkpoint(run_dir, accelerator.unwrap_model(model), tokenizer, cfg, asdict(state),
+                                   training_state, cfg.train.keep_last)
         if state.best_step == state.step:
             write_best_pointer(run_dir, path, {"step": state.step, cfg.train.metric_for_best: state.best_metric})
     accelerator.wait_for_everyone()

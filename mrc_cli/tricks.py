@@ -1,0 +1,197 @@
+"""Training tricks, each a switch in the config and off by default: layer-wise lr decay (train.llrd), adversarial
+training on the word embeddings (train.adversarial: fgm | pgd), shadow weights (train.ema_decay) and R-Drop
+(train.rdrop_alpha). Multi-sample dropout belongs to the head (model.py). docs/benchmarks.md has what each is worth.
+
+Each is called from one place in training.py: `layer_lr_scales` by the optimizer, `rdrop_loss` and `Adversary` by
+`_train_step`, `EMA` after the optimizer step, at evaluation and at saving. Their state is in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mrc_cli.errors import ConfigError
+
+# BERT, RoBERTa, ELECTRA: encoder.layer.N; ALBERT: encoder.albert_layer_groups.N (N < num_hidden_groups, usually 1)
+_LAYER = re.compile(r"\.(?:layer|layers|albert_layer_groups)\.(\d+)\.")
+_EMBEDDING = ("embeddings.", "embedding_hidden_mapping_in.")  # ALBERT's factorised embedding and its projection
+
+
+def layer_lr_scales(model: nn.Module, decay: float) -> list[tuple[float, list[nn.Parameter]]]:
+    """(lr factor, parameters) per depth: the head and anything above the layers 1, layer k of L decay^(L-k),
+    the embeddings decay^(L+1). A "layer" is a block of its own weights: ALBERT's one shared layer group serves
+    every depth, so it is one layer (factor decay), with its factorised embeddings below it (decay^2).
+    decay 1: one group of everything (the plain optimizer)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if decay == 1:
+        return [(1.0, [p for _, p in params])]
+    depths = {n: _depth(n) for n, _ in params}
+    layers = {d for d in depths.values() if d is not None and d > 0}
+    if not layers:
+        raise ConfigError(f"train.llrd: no numbered layers found in {type(model).__name__}'s parameters; set it to 1")
+    top = max(layers) + 1
+    groups: dict[int, list[nn.Parameter]] = {}
+    for name, p in params:
+        groups.setdefault(top if depths[name] is None else depths[name], []).append(p)
+    return [(decay ** (top - depth), groups[depth]) for depth in sorted(groups, reverse=True)]
+
+
+def _depth(name: str) -> int | None:
+    """0 for embeddings, k + 1 for layer k, None for the rest (the head, final norms)."""
+    found = _LAYER.search(name)
+    if found:
+        return int(found.group(1)) + 1
+    if any(part in name for part in _EMBEDDING):
+        return 0
+    return None
+
+
+def check_rdrop(encoder: nn.Module, alpha: float) -> None:
+    """R-Drop compares two dropout masks: without dropout in the encoder it would add nothing but cost."""
+    if alpha and not any(isinstance(m, nn.Dropout) and m.p > 0 for m in encoder.modules()):
+        raise ConfigError(f"train.rdrop_alpha {alpha:g} does nothing: the encoder has no dropout (model.dropout 0?); "
+                          "set model.dropout above 0 or rdrop_alpha to 0")
+
+
+def rdrop_loss(model: nn.Module, batch: dict, alpha: float) -> torch.Tensor:
+    """R-Drop (Liang et al., 2021): the batch twice in one forward pass (two dropout masks), the mean of the two span
+    losses plus alpha/2 times the symmetric KL between the two start (and end) distributions, per feature: the
+    paper's NLL_1 + NLL_2 + alpha * KL_sym, halved to stay on the scale of the plain loss."""
+    twice = {key: torch.cat([value, value]) if torch.is_tensor(value) else value for key, value in batch.items()}
+    out = model(**twice)
+    n = batch["input_ids"].shape[0]
+    kl = sum(_symmetric_kl(logits[:n], logits[n:]) for logits in (out.start_logits, out.end_logits)) / 2
+    return out.loss + alpha / 2 * kl
+
+
+def _symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(KL(a||b) + KL(b||a)) / 2 of softmaxes over the last axis, summed over positions, mean over features.
+    Masked positions hold finfo.min in both: probability 0, a term of 0."""
+    log_a, log_b = F.log_softmax(a, -1), F.log_softmax(b, -1)
+    both = F.kl_div(log_a, log_b, log_target=True, reduction="none") + F.kl_div(log_b, log_a, log_target=True, reduction="none")
+    return both.sum(-1).mean() / 2
+
+
+class Adversary:
+    """Adversarial training on the word embeddings of each batch (Miyato et al., 2017): after the clean backward,
+    the embedding output of every feature moves by epsilon along its loss gradient (FGM, L2-normalised per
+    feature), or climbs in `steps` steps of `alpha` inside that epsilon ball (PGD, Madry et al.); the loss there is
+    backpropagated on top of the clean gradients. It perturbs the embedding output, not the embedding matrix as
+    some competition code does: no weights to back up and restore, and each feature gets its own direction."""
+
+    def __init__(self, model: nn.Module, kind: str, epsilon: float, alpha: float, steps: int):
+        self.kind, self.epsilon, self.alpha, self.steps = kind, epsilon, alpha, steps
+        self._record: torch.Tensor | None = None  # the clean pass's embedding output (its .grad is the direction)
+        self._delta: torch.Tensor | None = None  # added to the embedding output while set
+        self._recording = False
+        model.encoder.get_input_embeddings().register_forward_hook(self._hook)
+
+    @classmethod
+    def for_config(cls, model: nn.Module, train) -> Adversary | None:
+        """The adversary train.adversarial asks for (a TrainConfig), or None."""
+        if train.adversarial == "none":
+            return None
+        return cls(model, train.adversarial, train.adv_epsilon, train.adv_alpha, train.adv_steps)
+
+    def _hook(self, module, inputs, output):
+        if self._recording:
+            output.retain_grad()
+            self._record = output
+        return output if self._delta is None else output + self._delta
+
+    def backward(self, loss_fn: Callable[[], torch.Tensor], backward: Callable[[torch.Tensor], None],
+                 no_sync: Callable[[], contextlib.AbstractContextManager], sync) -> torch.Tensor:
+        """Clean forward and backward (gradients not yet synced across processes), the attack, the adversarial
+        forward and backward under `sync` (the caller's: synced on the last micro-batch). Returns the clean loss."""
+        self._recording = True
+        try:
+            with no_sync():
+                loss = loss_fn()
+                backward(loss)
+        finally:
+            self._recording = False
+        delta = self._step(torch.zeros_like(self._record), self._record.grad)
+        self._record = None
+        for _ in range(self.steps - 1 if self.kind == "pgd" else 0):
+            delta.requires_grad_(True)
+            self._delta = delta
+            with no_sync():  # the climb needs only the gradient of the perturbation, not of the weights
+                grad, = torch.autograd.grad(loss_fn(), delta)
+            delta = self._step(delta.detach(), grad)
+        self._delta = delta
+        try:
+            with sync:
+                backward(loss_fn())
+        finally:
+            self._delta = None
+        return loss
+
+    def _step(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """FGM: epsilon along the gradient. PGD: alpha along it, projected back onto the epsilon ball."""
+        dims = tuple(range(1, grad.dim()))
+        direction = grad / grad.norm(dim=dims, keepdim=True).clamp(min=1e-12)
+        if self.kind == "fgm":
+            return self.epsilon * direction
+        delta = delta + self.alpha * direction
+        norm = delta.norm(dim=dims, keepdim=True)
+        return delta * (self.epsilon / norm.clamp(min=self.epsilon))
+
+
+class EMA:
+    """Shadow weights: after each optimizer step shadow += (1 - d) (weights - shadow), with d = min(decay,
+    (1 + n) / (10 + n)) after n updates, so a short run is not dominated by the pretrained weights (TensorFlow's
+    ExponentialMovingAverage with num_updates). Evaluation, the best checkpoint and the exported model use the
+    shadow: a checkpoint's model.safetensors holds it, and the training weights go into training_state.pt."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.updates = 0
+        self.applied = False  # whether the model holds the shadow now (and self.shadow the training weights)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - decay)
+        self.updates += 1
+
+    @contextlib.contextmanager
+    def applied_to_model(self):
+        """The model holds the shadow weights inside this block, its training weights again after it."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for p, s in zip(self.params, self.shadow):
+            held = p.detach().clone()
+            p.copy_(s)
+            s.copy_(held)
+        self.applied = not self.applied
+
+    def state_dict(self) -> dict:
+        """The weights that are not in model.safetensors: taken inside `applied_to_model`, the training weights."""
+        if not self.applied:
+            raise RuntimeError("EMA.state_dict() is taken with the shadow in the model (inside applied_to_model)")
+        return {"training_weights": {n: s.clone() for n, s in zip(self.names, self.shadow)}, "updates": self.updates}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """After the model was loaded from model.safetensors (the shadow): keep that as the shadow and put the
+        training weights back into the model."""
+        training = state["training_weights"]
+        for name, p, s in zip(self.names, self.params, self.shadow):
+            s.copy_(p)
+            p.copy_(training[name])
+        self.updates = state["updates"]
