@@ -41,6 +41,9 @@ DataArg = Annotated[str, typer.Argument(help="A .json (SQuAD-style), .jsonl file
 FormatOpt = Annotated[Literal["auto", "squad", "jsonl", "hf"], typer.Option("--format", help="Input format (detected by default).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config (YAML).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: section.key=value.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Encoder: Hub id or local folder.")]
+TrainFileOpt = Annotated[Optional[str], typer.Option("--train", help="Training data.")]
+DevFileOpt = Annotated[Optional[str], typer.Option("--dev", help="Dev data, evaluated every --eval-steps and at the end.")]
 
 
 @app.callback()
@@ -119,9 +122,9 @@ def score(
 @app.command()
 def train(
     config: ConfigOpt = None,
-    model: Annotated[Optional[str], typer.Option(help="Encoder: Hub id or local folder.")] = None,
-    train_file: Annotated[Optional[str], typer.Option("--train", help="Training data.")] = None,
-    dev_file: Annotated[Optional[str], typer.Option("--dev", help="Dev data, evaluated every --eval-steps and at the end.")] = None,
+    model: ModelOpt = None,
+    train_file: TrainFileOpt = None,
+    dev_file: DevFileOpt = None,
     output_dir: Annotated[Optional[str], typer.Option(help="Run directory.")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Epochs (ignored when --max-steps is set).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
@@ -162,6 +165,37 @@ def train(
     result = run_training(cfg)
     if PartialState().is_main_process:
         typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
+
+
+@app.command()
+def compare(
+    variants: Annotated[list[str], typer.Option("--variant", help="name:section.key=value[,section.key=value...]; repeat for each variant.")],
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    train_file: TrainFileOpt = None,
+    dev_file: DevFileOpt = None,
+    sets: SetOpt = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Seeds 0..N-1 for every variant (3 when neither this nor --seed-list is given).")] = None,
+    seed_list: Annotated[Optional[str], typer.Option("--seed-list", help="These seeds instead, e.g. 0,5,7.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the runs (OUT/<variant>/seed-<k>) and compare.json/.md/.png.")] = Path("outputs/compare"),
+) -> None:
+    """Train each variant and the baseline (the config unchanged, unless a variant is named baseline) once per seed
+    at the same budget; print a table of EM/F1 (mean +/- std), wall time, features/s and a verdict per variant.
+    Run it again to resume: finished runs are skipped, unfinished ones continue from their checkpoint."""
+    from mrc_cli.compare import Variant, compare as run_compare, markdown_table
+    from mrc_cli.config import load_config
+
+    if seeds is not None and seed_list is not None:
+        raise typer.BadParameter("give --seeds N or --seed-list, not both", param_hint="--seed-list")
+    try:
+        chosen = [int(seed) for seed in seed_list.split(",")] if seed_list is not None else list(range(seeds or 3))
+    except ValueError:
+        raise typer.BadParameter(f"{seed_list!r}: expected integers such as 0,5,7", param_hint="--seed-list") from None
+    cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
+                      sets or [])
+    result = run_compare(cfg, [Variant.parse(text) for text in variants], chosen, out)
+    typer.echo(markdown_table(result))
+    typer.echo(f"files in {out}: compare.json, compare.md, compare.png")
 
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="A checkpoint folder, a run directory (its best checkpoint) or an export.")]

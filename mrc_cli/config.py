@@ -11,6 +11,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -135,12 +136,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_value(cfg, dotted, value, source="command line")
+    apply_sets(cfg, sets)
+    return cfg
+
+
+def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> None:
+    """Apply `section.key=value` overrides to `cfg`, each value read as YAML (3e-5, true, null); `source` names them
+    in errors (--set, a compare variant)."""
     for item in sets:
         dotted, sep, text = item.partition("=")
         if not sep:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=1e-4")
-        set_value(cfg, dotted.strip(), yaml.safe_load(text), source="--set")
-    return cfg
+            raise ConfigError(f"{source} {item!r}: expected section.key=value, e.g. --set train.lr=1e-4")
+        set_value(cfg, dotted.strip(), yaml.safe_load(text), source=source)
 
 
 def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:

@@ -23,9 +23,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
     if device.type == "cpu":
-        native = (getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-        return "bf16" if any(native) else "no"
+        return "bf16" if any(cpu_bf16_support().values()) else "no"
     return "no"
+
+
+def cpu_bf16_support() -> dict[str, bool]:
+    """The CPU features that make bf16 native here (torch's own cpuid probes; False where this torch has none)."""
+    return {flag: getattr(torch.cpu, f"_is_{flag}_supported", lambda: False)() for flag in ("avx512_bf16", "amx_tile")}
 
 
 def autocast(device: torch.device, precision: str):

@@ -1,0 +1,336 @@
+"""`mrc compare`: variants parsed and checked before anything trains, their settings reaching the runs, runs skipped
+when finished and resumed when not, the paired verdict on constructed numbers, the GPU scheduling, the CLI's files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_run_config
+from mrc_cli import compare as compare_module
+from mrc_cli.cli import app
+from mrc_cli.compare import (INSIDE, ONE_SEED, Variant, _plan_runs, _run_on_gpus, _train_in_subprocess,
+                             _visible_gpus, compare, markdown_table, paired_difference, summarize)
+from mrc_cli.config import load_config, save_config
+from mrc_cli.errors import ConfigError, TrainingError
+from mrc_cli.tracking import read_metrics
+from mrc_cli.training import train
+
+VARIANT = "drop:model.dropout=0.3,train.warmup=0.5"
+
+
+def _no_training(*args, **kwargs):
+    pytest.fail("nothing should have trained")
+
+
+# --- variants ------------------------------------------------------------------------------------------------------
+
+
+def test_a_comma_starts_a_new_setting_only_before_section_key(tmp_path):
+    variant = Variant.parse("multi:train.report_to=tensorboard,wandb, train.lr=5e-5,data.word_segmenter=my.mod:split")
+    assert variant.name == "multi"
+    assert variant.sets == ("train.report_to=tensorboard,wandb", "train.lr=5e-5", "data.word_segmenter=my.mod:split")
+    (run,) = _plan_runs(tiny_run_config("m", tmp_path / "unused"), [variant], [3], tmp_path / "out")
+    cfg = run.cfg
+    assert (cfg.train.report_to, cfg.train.lr, cfg.data.word_segmenter) == ("tensorboard,wandb", 5e-5, "my.mod:split")
+    assert (cfg.train.seed, cfg.train.resume, cfg.train.output_dir) == (3, "auto", str(tmp_path / "out" / "multi" / "seed-3"))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("train.lr=5e-5", "expected name:section.key=value"),
+    ("lr:", "expected name:section.key=value"),
+    ("my lr:train.lr=1e-3", "the name names its run folders"),
+    ("lr:lr=1e-3", "'lr=1e-3' is not section.key=value"),
+    ("s:train.seed=3", "compare sets train.seed for each run itself"),
+    ("o:train.lr=1e-3,train.output_dir=x", "compare sets train.output_dir"),
+])
+def test_a_malformed_variant_is_refused_naming_its_text(text, problem):
+    with pytest.raises(ConfigError) as err:
+        Variant.parse(text)
+    assert f"variant {text!r}" in str(err.value) and problem in str(err.value)
+
+
+def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_module, "train", _no_training)
+    base = tiny_run_config(tiny_bert_dir, tmp_path / "unused")
+    out = tmp_path / "out"
+    cases = [
+        ([Variant.parse(VARIANT), Variant.parse("x:train.lrr=1e-3")], [0, 1],
+         "variant 'x:train.lrr=1e-3': unknown config key 'train.lrr'; did you mean train.lr?"),
+        ([Variant.parse("w:train.warmup=1.5")], [0], "train.warmup is a fraction of the steps"),
+        ([Variant.parse("a:train.lr=1e-3"), Variant.parse("a:train.lr=1e-2")], [0], "a given twice"),
+        ([Variant.parse(VARIANT)], [0, 0], "seeds [0, 0]: give at least one, each once"),
+        ([Variant.parse("nodev:data.dev_file=null")], [0], "nodev: no dev file, so nothing to compare on"),
+    ]
+    for variants, seeds, problem in cases:
+        with pytest.raises(ConfigError) as err:
+            compare(base, variants, seeds, out)
+        assert problem in str(err.value)
+    base.data.dev_file = None
+    with pytest.raises(ConfigError, match="baseline: no dev file"):
+        compare(base, [Variant.parse(VARIANT)], [0], out)
+    assert not out.exists()
+
+
+def test_a_variant_named_baseline_is_the_reference_and_runs_first(tmp_path):
+    variants = [Variant.parse("a:train.lr=1e-3"), Variant.parse("baseline:train.lr=5e-5")]
+    runs = _plan_runs(tiny_run_config("m", tmp_path / "unused"), compare_module._with_reference(variants), [0, 1], tmp_path)
+    assert [(r.variant.name, r.seed, r.cfg.train.lr) for r in runs] == [
+        ("baseline", 0, 5e-5), ("a", 0, 1e-3), ("baseline", 1, 5e-5), ("a", 1, 1e-3)]  # seed by seed
+
+
+# --- the verdict ---------------------------------------------------------------------------------------------------
+
+
+def test_paired_verdicts_on_constructed_differences():
+    better = paired_difference([2.0, 2.1, 1.9])  # mean 2, sd 0.1: half width 4.303 * 0.1 / sqrt(3) = 0.248
+    assert better["verdict"] == "better" and better["t_crit"] == 4.303
+    assert (better["low"], better["high"]) == (pytest.approx(1.7516, abs=1e-4), pytest.approx(2.2484, abs=1e-4))
+    worse = paired_difference([-1.0, -1.2, -0.8, -1.1])
+    assert worse["verdict"] == "worse" and worse["t_crit"] == 3.182 and worse["high"] < 0
+    noisy = paired_difference([3.0, -1.0, 1.0])  # mean 1, sd 2: half width 4.97
+    assert noisy["verdict"] == INSIDE and noisy["low"] == pytest.approx(1 - 4.303 * 2 / 3 ** 0.5)
+    one = paired_difference([5.0])
+    assert one["verdict"] == ONE_SEED and one["low"] is None and one["mean"] == 5.0
+    assert paired_difference([1.0, 1.5] * 20)["t_crit"] == 1.96  # beyond 30 degrees of freedom
+
+
+def _rows(variant: str, f1: list[float], steps: list[int], resumed: tuple[int, ...] = ()) -> list[dict]:
+    return [{"variant": variant, "seed": seed, "exact": value - 10, "f1": value, "steps": n, "wall_s": 60.0 + seed,
+             "features_per_s": 100.0, "resumed_from": "step-000004" if seed in resumed else None}
+            for seed, (value, n) in enumerate(zip(f1, steps))]
+
+
+def test_pairing_by_seed_calls_an_effect_the_seed_spread_would_hide_and_budgets_are_flagged():
+    variants = [Variant("baseline"), Variant("plus", ("train.lr=1e-3",)), Variant("short", ("train.max_steps=8",)),
+                Variant("stopped", ("train.patience=1",))]
+    rows = (_rows("baseline", [50.0, 60.0, 70.0], [10, 10, 10]) + _rows("plus", [51.0, 61.0, 71.2], [10, 10, 10])
+            + _rows("short", [49.0, 61.0, 69.0], [8, 8, 8]) + _rows("stopped", [50.0, 60.0, 70.0], [10, 9, 10], (1,)))
+    summaries = summarize(rows, variants, [0, 1, 2])
+    by_name = {s["variant"]: s for s in summaries}
+    assert by_name["baseline"]["verdict"] == "reference" and by_name["baseline"]["f1"]["std"] == pytest.approx(10.0)
+    # +1.07 F1 with a seed spread of 10: paired, the differences (1, 1, 1.2) are far from 0
+    assert by_name["plus"]["verdict"] == "better" and by_name["plus"]["vs_reference"]["f1"]["mean"] == pytest.approx(1.0667, abs=1e-4)
+    assert by_name["short"]["verdict"] == INSIDE
+    assert [s["same_budget"] for s in summaries] == [True, True, False, False]
+    assert by_name["stopped"]["steps"] == [9, 10]
+
+    table = markdown_table({"settings": {"reference": "baseline", "seeds": [0, 1, 2]}, "runs": rows,
+                            "variants": summaries})
+    lines = table.splitlines()
+    assert len([line for line in lines if line.startswith("| ")]) == 5  # header and four variants
+    assert "| plus | train.lr=1e-3 | 51.07 ± 10.10 | 61.07 ± 10.10 | +1.07 [+0.78, +1.35] | better | 10 |" in table
+    assert "| 8 (differs) |" in table and "| 9/10 (differs) |" in table
+    assert "Not the same budget: short, stopped ran another number of steps than baseline's 10" in table
+    assert "t = 4.30 at 2 degrees of freedom" in table
+    assert "Resumed: stopped seed 1; their wall time counts only the part after the resume" in table
+
+
+# --- several GPUs: scheduling and the subprocess (no GPU here: unit level) ----------------------------------------
+
+
+def test_runs_share_the_gpus_one_run_per_gpu_at_a_time():
+    lock, running, seen, peak = threading.Lock(), set(), [], [0]
+
+    def launch(job, gpu):
+        with lock:
+            assert gpu not in running, f"GPU {gpu} given to two runs at once"
+            running.add(gpu)
+            peak[0] = max(peak[0], len(running))
+        time.sleep(0.05)
+        with lock:
+            running.discard(gpu)
+            seen.append((job, gpu))
+        if job == 2:
+            raise TrainingError("run 2 failed")
+
+    with pytest.raises(TrainingError, match="run 2 failed"):
+        _run_on_gpus(list(range(6)), ["3", "5"], launch)
+    assert sorted(job for job, _ in seen) == list(range(6))  # the failure did not stop the other runs
+    assert peak[0] == 2 and {gpu for _, gpu in seen} == {"3", "5"}
+
+
+def test_several_visible_gpus_are_named_as_cuda_visible_devices_names_them(tiny_bert_dir, tmp_path, monkeypatch):
+    import torch
+
+    train_cfg = tiny_run_config(tiny_bert_dir, tmp_path).train
+    train_cfg.cpu = False
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    assert _visible_gpus(train_cfg) == ["2", "5", "7"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _visible_gpus(train_cfg) == ["0", "1", "2"]
+    train_cfg.cpu = True
+    assert _visible_gpus(train_cfg) == []
+    train_cfg.cpu = False
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _visible_gpus(train_cfg) == []  # one GPU: runs go one after another in this process
+
+
+def test_a_run_on_a_gpu_is_mrc_train_on_its_saved_config(tmp_path, monkeypatch):
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(compare_module.subprocess, "run", lambda command, **kw: calls.append((command, kw)) or Done())
+    (run,) = _plan_runs(tiny_run_config("m", tmp_path / "unused"), [Variant.parse(VARIANT)], [4], tmp_path / "out")
+    _train_in_subprocess(run, "5")
+    ((command, kwargs),) = calls
+    config = run.run_dir / "config.yaml"
+    assert command[1:] == ["-m", "mrc_cli", "train", "--config", str(config)]
+    assert kwargs["env"]["CUDA_VISIBLE_DEVICES"] == "5"
+    saved = load_config(config)
+    assert (saved.train.seed, saved.train.resume, saved.model.dropout) == (4, "auto", 0.3)
+    Done.returncode = 1
+    with pytest.raises(TrainingError, match=f"exited with status 1; its output is in {run.run_dir / 'compare_output.log'}"):
+        _train_in_subprocess(run, "5")
+
+
+# --- end to end on the tiny BERT: 2 variants x 2 seeds, 4 steps each ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_bert_dir):
+    """`mrc compare` of the baseline and VARIANT over seeds 0 and 1: checkpoints at steps 2 and 4 of each run."""
+    root = tmp_path_factory.mktemp("compare")
+    config = root / "base.yaml"
+    save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=4, save_steps=2), config)
+    out = root / "out"
+    result = CliRunner().invoke(app, ["compare", "-c", str(config), "--variant", VARIANT, "--seeds", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, config, result.stdout
+
+
+def test_compare_cli_writes_the_table_the_json_and_the_plot(compared):
+    out, _, stdout = compared
+    for i, (name, seed) in enumerate([("baseline", 0), ("drop", 0), ("baseline", 1), ("drop", 1)], 1):
+        assert f"run {i}/4: {name} seed {seed}\n" in stdout
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["settings"]["seeds"] == [0, 1] and saved["settings"]["config"]["train"]["max_steps"] == 4
+    assert [(r["variant"], r["seed"], r["steps"]) for r in saved["runs"]] == [
+        ("baseline", 0, 4), ("drop", 0, 4), ("baseline", 1, 4), ("drop", 1, 4)]
+    for row in saved["runs"]:
+        run_dir = out / row["variant"] / f"seed-{row['seed']}"
+        assert row["f1"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["f1"])
+        rates = [r["features_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "features_per_s" in r]
+        assert row["features_per_s"] == rates[-1] > 0
+        assert row["wall_s"] > 0 and row["resumed_from"] is None
+    baseline, drop = saved["variants"]
+    assert (baseline["variant"], baseline["verdict"], drop["variant"]) == ("baseline", "reference", "drop")
+    assert drop["sets"] == ["model.dropout=0.3", "train.warmup=0.5"] and drop["same_budget"]
+    differences = [d["f1"] - b["f1"] for b, d in zip(saved["runs"][::2], saved["runs"][1::2])]
+    assert drop["vs_reference"]["f1"] == paired_difference(differences)
+    assert drop["verdict"] in ("better", "worse", INSIDE)
+    assert saved["machine"]["torch"] and "avx512_bf16" in saved["machine"]
+
+    table = (out / "compare.md").read_text()
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 3
+    assert "| drop | model.dropout=0.3, train.warmup=0.5 |" in table and table.strip() in stdout
+    assert "t = 12.71 at 1 degrees of freedom" in table
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_a_variants_settings_and_each_seed_reach_its_runs(compared):
+    out, _, _ = compared
+    for seed in (0, 1):
+        drop, baseline = (load_config(out / name / f"seed-{seed}" / "config.yaml") for name in ("drop", "baseline"))
+        assert (drop.model.dropout, drop.train.warmup, drop.train.seed) == (0.3, 0.5, seed)
+        assert (baseline.model.dropout, baseline.train.warmup, baseline.train.seed) == (None, 0.1, seed)
+        assert "4 optimizer steps, 2 of warm-up" in (out / "drop" / f"seed-{seed}" / "train.log").read_text()
+        assert "4 optimizer steps, 0 of warm-up" in (out / "baseline" / f"seed-{seed}" / "train.log").read_text()
+    first_losses = [read_metrics(out / "baseline" / f"seed-{seed}" / "metrics.jsonl")[0]["loss"] for seed in (0, 1)]
+    assert first_losses[0] != first_losses[1]  # another seed, another first batch
+
+
+def test_a_second_compare_skips_finished_runs(compared, monkeypatch, capsys):
+    out, config, _ = compared
+    before = json.loads((out / "compare.json").read_text())
+    monkeypatch.setattr(compare_module, "train", _no_training)
+    result = compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], out)
+    assert capsys.readouterr().out.count(": done, skipped") == 4
+    assert result["runs"] == before["runs"] and result["variants"] == before["variants"]
+
+
+def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkeypatch):
+    out, config, _ = compared
+    monkeypatch.setattr(compare_module, "train", _no_training)
+    with pytest.raises(ConfigError, match="baseline/seed-0 finished with other settings \\(train.max_steps: 4 there, 5 now\\)"):
+        compare(load_config(config, sets=["train.max_steps=5"]), [Variant.parse(VARIANT)], [0, 1], out)
+
+
+def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monkeypatch, capsys):
+    out, config, _ = compared
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    run_dir = copy / "drop" / "seed-1"
+    finished = json.loads((run_dir / "compare_run.json").read_text())
+    (run_dir / "compare_run.json").unlink()  # as if killed after the checkpoint at step 2
+    shutil.rmtree(run_dir / "checkpoints" / "step-000004")
+    calls = []
+
+    def counted_train(cfg):
+        calls.append(cfg)
+        return train(cfg)
+
+    monkeypatch.setattr(compare_module, "train", counted_train)
+    result = compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
+    printed = capsys.readouterr().out
+    assert len(calls) == 1 and printed.count(": done, skipped") == 3
+    assert f"run 4/4: drop seed 1, resuming from {run_dir / 'checkpoints' / 'step-000002'}" in printed
+    assert "at step 2" in next(line for line in (run_dir / "train.log").read_text().splitlines() if "resumed from" in line)
+    row = result["runs"][3]
+    assert (row["variant"], row["seed"], row["steps"], row["resumed_from"]) == ("drop", 1, 4, "step-000002")
+    assert (row["exact"], row["f1"]) == (finished["exact"], finished["f1"])  # a resumed run ends as the uninterrupted one
+    assert "Resumed: drop seed 1" in (copy / "compare.md").read_text()
+
+
+# --- the command line hands its flags to compare() ----------------------------------------------------------------
+
+
+def test_compare_cli_hands_config_variants_and_seeds_to_the_library(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(compare_module, "compare", lambda *args: seen.append(args) or {})
+    monkeypatch.setattr(compare_module, "markdown_table", lambda result: "TABLE")
+    runner = CliRunner()
+    result = runner.invoke(app, ["compare", "--model", "m", "--train", "t.json", "--dev", "d.json", "--set",
+                                 "train.lr=5e-5", "--variant", "a:train.warmup=0.2", "--variant",
+                                 "b:model.dropout=0,train.lr=1e-3", "--seed-list", "0,5,7", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "TABLE" in result.stdout
+    ((cfg, variants, seeds, out),) = seen
+    assert (cfg.model.name_or_path, cfg.data.train_file, cfg.data.dev_file, cfg.train.lr) == ("m", "t.json", "d.json", 5e-5)
+    assert variants == [Variant("a", ("train.warmup=0.2",)), Variant("b", ("model.dropout=0", "train.lr=1e-3"))]
+    assert (seeds, out) == ([0, 5, 7], tmp_path)
+
+    assert runner.invoke(app, ["compare", "--variant", "a:train.lr=1e-3"]).exit_code == 0
+    assert seen[-1][2] == [0, 1, 2]  # the default: 3 seeds
+    for flags, problem in ((["--seeds", "2", "--seed-list", "0,1"], "not both"), (["--seed-list", "0,x"], "0,x")):
+        refused = runner.invoke(app, ["compare", "--variant", "a:train.lr=1e-3", *flags])
+        assert refused.exit_code == 2 and problem in refused.output
+    refused = runner.invoke(app, ["compare", "--variant", "a=1"])
+    assert refused.exit_code == 1 and refused.stderr.startswith("Error: variant 'a=1': expected name:")
+
+
+@pytest.mark.slow
+def test_runs_on_two_gpus_go_as_two_mrc_train_processes_at_once(tiny_bert_dir, tmp_path, monkeypatch):
+    """The several-GPU path for real, minus the GPUs: two `mrc train` processes side by side (CUDA_VISIBLE_DEVICES
+    empty, the config on the CPU), their records and the summary as the in-process path writes them."""
+    monkeypatch.setattr(compare_module, "_visible_gpus", lambda train_cfg: ["", ""])
+    monkeypatch.setattr(compare_module, "train", _no_training)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=2)
+    result = compare(base, [Variant.parse("warm:train.warmup=0.5")], [0], tmp_path / "out")
+    assert [(r["variant"], r["steps"]) for r in result["runs"]] == [("baseline", 2), ("warm", 2)]
+    for name, warmup in (("baseline", 0.1), ("warm", 0.5)):
+        run_dir = tmp_path / "out" / name / "seed-0"
+        assert load_config(run_dir / "config.yaml").train.warmup == warmup
+        assert '"steps": 2' in (run_dir / "compare_output.log").read_text()  # mrc train's last line
+    assert result["variants"][1]["verdict"] == ONE_SEED
