@@ -264,5 +264,11 @@ def check_train_config(train: TrainConfig) -> None:
                         f"{train.adv_alpha}, {train.adv_steps})")
     if train.metric_for_best not in ("f1", "exact", "dev_loss"):
         problems.append(f"train.metric_for_best must be f1, exact or dev_loss (got {train.metric_for_best!r})")
+    from mrc_cli import tracking  # accelerate's tracker names: a typo or a missing package fails here, --dry-run too
+
+    try:
+        tracking.tracker_names(train.report_to)
+    except ConfigError as err:
+        problems.append(str(err))
     if problems:
         raise ConfigError("; ".join(problems))

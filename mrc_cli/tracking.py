@@ -9,6 +9,23 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mrc_cli.errors import ConfigError
+
+
+def tracker_names(report_to: str) -> list[str] | None:
+    """train.report_to as accelerate's tracker names, each checked: accelerate would skip a missing one silently."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
+    for name in names:
+        if name not in LoggerType.list() or name == "all":
+            raise ConfigError(f"train.report_to: unknown tracker {name!r}; choose none or from "
+                              f"{', '.join(n for n in LoggerType.list() if n != 'all')}")
+        if LoggerType(name) not in get_available_trackers():
+            raise ConfigError(f"train.report_to: {name} is not installed here (pip install {name}), or set none")
+    return names or None
+
 
 class RunLog:
     """Prints on the main process (without breaking the progress bar) and appends to train.log and metrics.jsonl."""

@@ -40,6 +40,7 @@ from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.model import build_model, describe_keys, enable_gradient_checkpointing, load_state_dict_file, load_weights
 from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
+from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
 from mrc_cli.tricks import EMA, Adversary, check_rdrop, layer_lr_scales, rdrop_loss
 
@@ -345,26 +346,11 @@ def _accelerator(cpu: bool, report_to: str, run_dir: Path) -> Accelerator:
         # accelerate keeps one state per Python process; a second run with other settings (a notebook) needs a new one
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision="no", cpu=cpu or not torch.cuda.is_available(),
-                              log_with=_trackers(report_to), project_dir=run_dir / "trackers")
+                              log_with=tracking.tracker_names(report_to), project_dir=run_dir / "trackers")
     if accelerator.num_processes != world:
         raise ConfigError(f"{world} processes were launched but accelerate set up {accelerator.num_processes}; "
                           "on CPU launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
     return accelerator
-
-
-def _trackers(report_to: str) -> list[str] | None:
-    """train.report_to as accelerate's tracker names, each checked: accelerate would skip a missing one silently."""
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
-    names = [name.strip() for name in report_to.split(",") if name.strip() and name.strip() != "none"]
-    for name in names:
-        if name not in LoggerType.list() or name == "all":
-            raise ConfigError(f"train.report_to: unknown tracker {name!r}; choose none or from "
-                              f"{', '.join(n for n in LoggerType.list() if n != 'all')}")
-        if LoggerType(name) not in get_available_trackers():
-            raise ConfigError(f"train.report_to: {name} is not installed here (pip install {name}), or set none")
-    return names or None
 
 
 def _flat_config(cfg: RunConfig) -> dict:
