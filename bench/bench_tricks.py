@@ -1,0 +1,51 @@
+"""Training tricks measured over seeds through `mrc compare` (issue 14): the offline MiniLM, the SQuAD v1.1 train head,
+one epoch (279 optimizer steps at batch 16), scored on the answerable questions of the SQuAD v2 dev head; each trick
+alone against today's defaults, or the variants given.
+
+    .venv/bin/python bench/bench_tricks.py [--seeds 3] [--variant name:key=value,...] [--out outputs/bench/tricks]
+
+Resumable: run it again and finished runs are skipped (mrc compare). Writes OUT/compare.{json,md,png} and
+OUT/bench_tricks.json (the command, machine with CPU flags, git revision, date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_train_quality import answerable_dev, minilm_config  # noqa: E402
+from bench.common import OUT, SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD, command_line, git_revision, machine, require_shared  # noqa: E402
+
+# each trick alone, at the settings its authors or common competition code use (ema: a window of ~100 of the 279 steps)
+TRICKS = ["llrd:train.llrd=0.9", "ema:train.ema_decay=0.99", "msd:model.multi_sample_dropout=4",
+          "fgm:train.adversarial=fgm", "rdrop:train.rdrop_alpha=1.0"]
+
+
+def main() -> None:
+    from mrc_cli.compare import Variant, compare
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--variant", action="append", help="name:key=value,... (default: each trick alone)")
+    parser.add_argument("--out", default=str(OUT / "tricks"))
+    args = parser.parse_args()
+    require_shared("bench_tricks", SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = minilm_config(SQUAD_TRAIN_HEAD, answerable_dev(out), out / "unused")
+    base.train.save_steps = 100  # a killed run resumes from its last checkpoint
+    result = compare(base, [Variant.parse(v) for v in args.variant or TRICKS], list(range(args.seeds)), out)
+    record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
+              "variants": result["variants"]}
+    (out / "bench_tricks.json").write_text(json.dumps(record, indent=2))
+    print(f"{out / 'compare.md'}")
+
+
+if __name__ == "__main__":
+    main()
