@@ -244,10 +244,13 @@ def _load_record(run: Run) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
-    then = record.pop("config")
-    changed = [f"{section}.{key}: {then[section].get(key)!r} there, {value!r} now"
+    then, defaults = record.pop("config"), config_to_dict(RunConfig())
+    # a key the record lacks (added to mrc-cli since) had its default then
+    was = {section: {key: then.get(section, {}).get(key, default) for key, default in values.items()}
+           for section, values in defaults.items()}
+    changed = [f"{section}.{key}: {was[section][key]!r} there, {value!r} now"
                for section, values in run.settings.items() for key, value in values.items()
-               if value != then[section].get(key) and (section, key) != ("train", "output_dir")]
+               if value != was[section][key] and (section, key) != ("train", "output_dir")]
     if changed:
         raise ConfigError(f"{run.run_dir} finished with other settings ({'; '.join(changed)}); choose another --out, "
                           "or delete that folder to run it again")

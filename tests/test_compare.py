@@ -32,7 +32,10 @@ def _no_training(*args, **kwargs):
 # --- variants ------------------------------------------------------------------------------------------------------
 
 
-def test_a_comma_starts_a_new_setting_only_before_section_key(tmp_path):
+def test_a_comma_starts_a_new_setting_only_before_section_key(tmp_path, monkeypatch):
+    from mrc_cli import tracking
+
+    monkeypatch.setattr(tracking, "tracker_names", lambda report_to: report_to.split(","))  # installed or not here
     variant = Variant.parse("multi:train.report_to=tensorboard,wandb, train.lr=5e-5,data.word_segmenter=my.mod:split")
     assert variant.name == "multi"
     assert variant.sets == ("train.report_to=tensorboard,wandb", "train.lr=5e-5", "data.word_segmenter=my.mod:split")
@@ -264,6 +267,22 @@ def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkey
     monkeypatch.setattr(compare_module, "train", _no_training)
     with pytest.raises(ConfigError, match="baseline/seed-0 finished with other settings \\(train.max_steps: 4 there, 5 now\\)"):
         compare(load_config(config, sets=["train.max_steps=5"]), [Variant.parse(VARIANT)], [0, 1], out)
+
+
+def test_a_record_without_a_key_added_since_counts_it_at_its_default(compared, tmp_path, monkeypatch, capsys):
+    """A config key added to mrc-cli after the runs (a new trick, off by default) leaves them valid."""
+    out, config, _ = compared
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for record_file in copy.glob("*/seed-*/compare_run.json"):
+        record = json.loads(record_file.read_text())
+        del record["config"]["train"]["ema_decay"]
+        record_file.write_text(json.dumps(record))
+    monkeypatch.setattr(compare_module, "train", _no_training)
+    compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
+    assert capsys.readouterr().out.count(": done, skipped") == 4
+    with pytest.raises(ConfigError, match="train.ema_decay: 0.0 there, 0.5 now"):
+        compare(load_config(config, sets=["train.ema_decay=0.5"]), [Variant.parse(VARIANT)], [0, 1], copy)
 
 
 def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monkeypatch, capsys):
