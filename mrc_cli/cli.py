@@ -244,6 +244,44 @@ def export(
     typer.echo(f"exported to {export_checkpoint(checkpoint, out)}")
 
 
+@app.command()
+def analyze(
+    gold: Annotated[str, typer.Option("--gold", help="Gold data file with answers.")],
+    pred: Annotated[list[str], typer.Option("--pred", help="Predictions {id: answer} or the folder `mrc eval --out` wrote; twice to compare A and B.")],
+    nbest: Annotated[Optional[list[Path]], typer.Option("--nbest", help="n-best JSON, one per --pred (default: the folder's nbest.json).")] = None,
+    null_odds: Annotated[Optional[list[Path]], typer.Option("--null-odds", help="Null odds JSON, one per --pred (default: the folder's null_odds.json).")] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option("--threshold", help="SQuAD v2 null threshold, once or once per --pred (default: best_f1_thresh of the folder's metrics.json, else 0).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Count windows per question as this trained model cuts the gold file.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Count windows with this tokenizer and the data settings of --config/--set.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    metric: Annotated[Literal["auto", "squad", "squad_v2", "cmrc2018"], typer.Option(help="Official metric; auto picks by the gold data.")] = "auto",
+    examples: Annotated[int, typer.Option("--examples", min=0, help="Worst questions listed per slice.")] = 5,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for analysis.json and analysis.png (default: the first --pred's folder).")] = None,
+    fmt: FormatOpt = "auto",
+) -> None:
+    """EM/F1 by slice (question type, answer length and position, windows, answerable), the worst questions of each
+    slice and, with two --pred, where A beats B; prints a table, writes analysis.json and analysis.png."""
+    from mrc_cli.analysis import analyze as analyze_predictions
+    from mrc_cli.analysis import count_windows
+    from mrc_cli.analysis_report import format_summary
+
+    if checkpoint and model:
+        raise typer.BadParameter("give --checkpoint or --model for the windows, not both")
+    if (config or sets) and not model:
+        raise typer.BadParameter("--config and --set give the data settings of --model")
+    windows = None
+    if checkpoint or model:
+        from mrc_cli.config import load_config
+
+        cfg = load_config(config, _flags(model__name_or_path=model), sets or []) if model else None
+        windows = count_windows(gold, checkpoint, cfg)
+    first = Path(pred[0])
+    result = analyze_predictions(gold, pred, nbest, null_odds, threshold, windows, metric, examples, fmt,
+                                 out or (first if first.is_dir() else first.parent))
+    typer.echo(format_summary(result))
+
+
 def _flags(**flags) -> dict:
     """Named flags as config overrides: `data__doc_stride=64` -> {"data.doc_stride": 64}; None means not given."""
     return {key.replace("__", "."): value for key, value in flags.items()}

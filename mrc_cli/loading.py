@@ -29,7 +29,7 @@ class Loaded:
 def load_trained(path: str | Path) -> Loaded:
     """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
     path = Path(path)
-    if (path / EXPORT_SETTINGS).is_file() or _is_hf_qa_folder(path):
+    if _is_export(path):
         return read_export(path)
     checkpoint = resolve_checkpoint(path)
     cfg = read_checkpoint_config(checkpoint)
@@ -37,6 +37,20 @@ def load_trained(path: str | Path) -> Loaded:
     load_weights(model, read_weights(checkpoint), strict=True)
     tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
     return Loaded(model.eval(), tokenizer, cfg, checkpoint)
+
+
+def load_tokenizer_and_config(path: str | Path) -> tuple[object, RunConfig]:
+    """The tokenizer and run config of what load_trained would load, without the weights: enough to featurize data
+    as that model sees it (`mrc analyze` counts windows so)."""
+    path = Path(path)
+    if _is_export(path):
+        return load_tokenizer(str(path)), _export_config(path)
+    checkpoint = resolve_checkpoint(path)
+    return load_tokenizer(str(checkpoint / "tokenizer")), read_checkpoint_config(checkpoint)
+
+
+def _is_export(path: Path) -> bool:
+    return (path / EXPORT_SETTINGS).is_file() or _is_hf_qa_folder(path)
 
 
 def _is_hf_qa_folder(path: Path) -> bool:
@@ -50,12 +64,18 @@ def _is_hf_qa_folder(path: Path) -> bool:
 
 def read_export(path: Path) -> Loaded:
     """An `mrc export` folder, or any Hugging Face QA folder (then with mrc-cli's default settings)."""
-    settings = path / EXPORT_SETTINGS
-    cfg = load_config(settings if settings.is_file() else None)
-    cfg.model.name_or_path = str(path)
+    cfg = _export_config(path)
     model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(path))
     prefix = model.encoder.base_model_prefix + "."
     state = {(f"encoder.{k[len(prefix):]}" if k.startswith(prefix) else k): v
              for k, v in load_file(str(path / "model.safetensors")).items()}
     load_weights(model, state, strict=True)
     return Loaded(model.eval(), load_tokenizer(str(path)), cfg, path)
+
+
+def _export_config(path: Path) -> RunConfig:
+    """An export's run config, from mrc_cli.yaml (mrc-cli's defaults for a foreign Hugging Face folder)."""
+    settings = path / EXPORT_SETTINGS
+    cfg = load_config(settings if settings.is_file() else None)
+    cfg.model.name_or_path = str(path)
+    return cfg

@@ -109,6 +109,17 @@ def f1_cmrc(gold: str, prediction: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def score_question(gold: dict, prediction: str, metric: str) -> tuple[int, float]:
+    """(exact, f1) of one prediction, each the best over the gold answers, by the rules of metric (squad,
+    squad_v2 or cmrc2018): what the score_* functions sum, and what error analysis slices."""
+    if metric == "squad_v2":
+        answers = _squad_v2_golds(gold)
+        return max(exact_squad(a, prediction) for a in answers), max(f1_squad(a, prediction, v2=True) for a in answers)
+    answers = _required_answers(gold, metric)
+    exact, f1 = (exact_squad, f1_squad) if metric == "squad" else (exact_cmrc, f1_cmrc)
+    return max(exact(a, prediction) for a in answers), max(f1(a, prediction) for a in answers)
+
+
 def _pair(golds: list[dict], predictions: dict[str, str]) -> tuple[list[tuple[dict, str | None]], int]:
     """Each gold record with its prediction (None when there is none), and the number of unknown prediction ids."""
     if not golds:
@@ -136,13 +147,14 @@ def score_squad(golds: list[dict], predictions: dict[str, str]) -> dict:
     pairs, num_unknown = _pair(golds, predictions)
     exact, f1 = [], []
     for gold, prediction in pairs:
-        answers = _required_answers(gold, "squad")
+        _required_answers(gold, "squad")
         if prediction is None:
             exact.append(0)
             f1.append(0.0)
             continue
-        exact.append(max(exact_squad(answer, prediction) for answer in answers))
-        f1.append(max(f1_squad(answer, prediction) for answer in answers))
+        question_exact, question_f1 = score_question(gold, prediction, "squad")
+        exact.append(question_exact)
+        f1.append(question_f1)
     total = len(pairs)
     return {
         "exact_match": 100.0 * sum(exact) / total,
@@ -176,9 +188,7 @@ def score_squad_v2(
     raw_exact, raw_f1 = {}, {}
     for gold, prediction in pairs:
         if prediction is not None:
-            answers = _squad_v2_golds(gold)
-            raw_exact[gold["id"]] = max(exact_squad(answer, prediction) for answer in answers)
-            raw_f1[gold["id"]] = max(f1_squad(answer, prediction, v2=True) for answer in answers)
+            raw_exact[gold["id"]], raw_f1[gold["id"]] = score_question(gold, prediction, "squad_v2")
     if null_odds is not None:
         _check_null_odds(raw_exact, null_odds)
     exact = _apply_null_threshold(raw_exact, null_odds, null_threshold, has_answer)
@@ -269,12 +279,13 @@ def score_cmrc2018(golds: list[dict], predictions: dict[str, str]) -> dict:
     exact, f1 = [], []
     num_skipped = 0
     for gold, prediction in pairs:
-        answers = _required_answers(gold, "cmrc2018")
+        _required_answers(gold, "cmrc2018")
         if prediction is None:
             num_skipped += 1
             continue
-        exact.append(max(exact_cmrc(answer, prediction) for answer in answers))
-        f1.append(max(f1_cmrc(answer, prediction) for answer in answers))
+        question_exact, question_f1 = score_question(gold, prediction, "cmrc2018")
+        exact.append(question_exact)
+        f1.append(question_f1)
     total = len(pairs)
     em_percent = 100.0 * sum(exact) / total
     f1_percent = 100.0 * sum(f1) / total
