@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from mrc_cli.analysis_report import write_analysis
+from mrc_cli.decoding import best_span_text
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import METRICS, detect_metric, rules
 from mrc_cli.scoring import read_json_map
@@ -308,7 +309,7 @@ def _answers(files: PredictionFiles, metric: str, threshold: float | None,
         elif nbest is not None:
             if qid not in nbest:
                 raise DataError(f"{files.nbest}: no n-best list for question {qid}, which {files.predictions} answers")
-            answers[qid] = next((c["text"] for c in nbest[qid] if c["start"] >= 0), "")
+            answers[qid] = best_span_text(nbest[qid])
         else:
             answers[qid] = text
     info.update(threshold=threshold, threshold_from=source,

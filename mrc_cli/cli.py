@@ -198,6 +198,29 @@ def compare(
     typer.echo(f"files in {out}: compare.json, compare.md, compare.png")
 
 
+@app.command()
+def kfold(
+    folds: Annotated[int, typer.Option("--folds", min=2, help="K: K models, each trained on K-1 folds of the training data and evaluated on the one left.")],
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    train_file: TrainFileOpt = None,
+    dev_file: Annotated[Optional[str], typer.Option("--dev", help="Dev data: every fold's best checkpoint is scored on it after training.")] = None,
+    sets: SetOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the folds (OUT/fold-<k>), the OOF files (OUT/oof) and kfold.json.")] = Path("outputs/kfold"),
+) -> None:
+    """Split the training data by article into K folds, train a model on every K-1 of them and evaluate it on the one
+    held out; score the out-of-fold predictions of all training questions and, for SQuAD v2 data, store the null
+    threshold best on them with every fold's best checkpoint. Run it again to resume: finished folds are skipped."""
+    from mrc_cli.config import load_config
+    from mrc_cli.kfold import format_kfold, kfold as run_kfold
+
+    cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
+                      sets or [])
+    result = run_kfold(cfg, folds, out)
+    typer.echo(format_kfold(result))
+    typer.echo(f"files in {out}: kfold.json, oof/ (predictions.json, nbest.json, null_odds.json), fold-<k>/")
+
+
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="A checkpoint folder, a run directory (its best checkpoint) or an export.")]
 
 
@@ -208,11 +231,16 @@ def evaluate(
     out: Annotated[Optional[str], typer.Option(help="Folder for predictions.json, nbest.json, null_odds.json, metrics.json.")] = None,
     store_threshold: Annotated[bool, typer.Option(help="SQuAD v2: keep the best null threshold with the checkpoint for predict.")] = False,
 ) -> None:
-    """Score a checkpoint on a dev set; the metrics are the last line of stdout, as one JSON object."""
+    """Score a checkpoint on a dev set; the metrics are the last line of stdout, as one JSON object. A checkpoint
+    whose null threshold `mrc kfold` chose out of fold also gets it compared with 0 and the best one on this set."""
     from mrc_cli.reader import evaluate_file
 
     metrics = evaluate_file(checkpoint, data, out, store_threshold)
     typer.echo(metrics.pop("data"))
+    if "threshold_report" in metrics:
+        from mrc_cli.thresholds import format_threshold_report
+
+        typer.echo(format_threshold_report(metrics["threshold_report"]))
     if "best_f1_thresh" in metrics:
         typer.echo(f"null threshold: F1 {metrics['f1']:.2f} at the checkpoint's, {metrics['best_f1']:.2f} at "
                    f"{metrics['best_f1_thresh']:.3f}" + (" (stored)" if store_threshold else " (--store-threshold keeps it)"))

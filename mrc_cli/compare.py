@@ -29,6 +29,7 @@ from mrc_cli.checkpoint import latest_checkpoint
 from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, TrainingError
 from mrc_cli.inference import headline
+from mrc_cli.runs import load_record, write_json, write_record
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
 
@@ -114,7 +115,7 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
         "runs": rows,
         "variants": summarize(rows, variants, seeds),
     }
-    _write_json(out_dir / "compare.json", result)
+    write_json(out_dir / "compare.json", result)
     (out_dir / "compare.md").write_text(markdown_table(result) + "\n", encoding="utf-8")
     plot_comparison(result, out_dir / "compare.png")
     return result
@@ -228,33 +229,19 @@ def _write_record(run: Run, wall_s: float, resumed_from: Path | None) -> None:
     """The run's scores at its last step, its length and speed, and its planned config: the mark of a finished run."""
     scores = headline(json.loads((run.run_dir / "metrics.json").read_text(encoding="utf-8")))
     logged = read_metrics(run.run_dir / "metrics.jsonl")
-    _write_json(run.run_dir / RUN_RECORD, {
+    write_record(run.run_dir / RUN_RECORD, {
         "variant": run.variant.name, "seed": run.seed, **scores, "steps": logged[-1]["step"],
         "wall_s": wall_s,  # of this call: a resumed run's counts only the part after the resume
         # features per second of training (evaluation and saving excluded) in the process that finished the run
         "features_per_s": next(r["features_per_s"] for r in reversed(logged) if "features_per_s" in r),
-        "resumed_from": resumed_from.name if resumed_from else None, "config": run.settings,
-    })
+        "resumed_from": resumed_from.name if resumed_from else None,
+    }, run.settings)
 
 
 def _load_record(run: Run) -> dict | None:
-    """A finished run's record (without its config), or None. A run finished with other settings is refused: its
-    scores would pass for this comparison's."""
-    path = run.run_dir / RUN_RECORD
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    then, defaults = record.pop("config"), config_to_dict(RunConfig())
-    # a key the record lacks (added to mrc-cli since) had its default then
-    was = {section: {key: then.get(section, {}).get(key, default) for key, default in values.items()}
-           for section, values in defaults.items()}
-    changed = [f"{section}.{key}: {was[section][key]!r} there, {value!r} now"
-               for section, values in run.settings.items() for key, value in values.items()
-               if value != was[section][key] and (section, key) != ("train", "output_dir")]
-    if changed:
-        raise ConfigError(f"{run.run_dir} finished with other settings ({'; '.join(changed)}); choose another --out, "
-                          "or delete that folder to run it again")
-    return record
+    """A finished run's record, or None; one finished with other settings is refused (its scores would pass for
+    this comparison's)."""
+    return load_record(run.run_dir / RUN_RECORD, run.settings)
 
 
 # --- the summary: pure functions of the records ----------------------------------------------------------------
@@ -384,10 +371,3 @@ def _machine() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "cpu_cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), **cpu_bf16_support()}
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    """Written beside `path` and renamed over it: a half-written record must not pass for a finished run."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    os.replace(tmp, path)

@@ -159,6 +159,12 @@ def predictions_to_json(
     return answers, nbest, null_odds
 
 
+def best_span_text(nbest: Sequence[Mapping]) -> str:
+    """The text of the best span of an n-best list, passing over the null candidate ("" when there is no span): the
+    answer at any null threshold the question's null odds do not exceed."""
+    return next((candidate["text"] for candidate in nbest if candidate["start"] >= 0), "")
+
+
 def _check_shapes(example_ids: Sequence[str], offsets: np.ndarray, start_logits, end_logits) -> None:
     num_features = len(example_ids)
     if start_logits.shape != end_logits.shape or start_logits.ndim != 2:

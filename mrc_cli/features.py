@@ -245,6 +245,9 @@ def _fingerprint(examples, tokenizer, data: DataConfig, columns: tuple[bool, boo
     table = examples.with_format("arrow")[:]  # hashing Arrow buffers: no per-row Python objects
     for column in ("id", "question", "context", "answers", "is_impossible"):
         for chunk in table.column(column).chunks:
+            # a slice (`examples.select(range(a, b))`, a fold) shares the whole table's buffers: its offset and length
+            # say which rows it holds
+            h.update(repr((chunk.offset, len(chunk))).encode())
             for buffer in chunk.buffers():
                 if buffer is not None:
                     h.update(buffer)

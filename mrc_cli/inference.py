@@ -22,6 +22,7 @@ from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_jso
 from mrc_cli.features import column
 from mrc_cli.metrics import score
 from mrc_cli.precision import autocast
+from mrc_cli.thresholds import null_threshold_sweep
 from mrc_cli.words import unit_offsets
 
 NEG = torch.finfo(torch.float32).min
@@ -84,17 +85,11 @@ def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: Dec
 
 
 def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig, metric: str = "auto") -> dict:
-    """Official scores at the configured null threshold; for SQuAD v2 also the threshold that maximises F1.
-
-    The sweep scores each question's best non-null span against its null odds, so it can move answers both ways
-    (scoring the already-thresholded answers could only turn answers into nulls).
-    """
+    """Official scores at the configured null threshold; for SQuAD v2 also the threshold that maximises F1."""
     metrics = score(golds, {pid: p.text for pid, p in predictions.items()}, metric)
     if cfg.allow_null:
-        best_spans = {pid: _best_span_text(p) for pid, p in predictions.items()}
-        odds = {pid: p.null_odds for pid, p in predictions.items()}
-        sweep = score(golds, best_spans, "squad_v2", null_odds=odds)
-        metrics.update({k: v for k, v in sweep.items() if k.startswith("best_")})
+        nbest = {pid: p.nbest for pid, p in predictions.items()}
+        metrics.update(null_threshold_sweep(golds, nbest, {pid: p.null_odds for pid, p in predictions.items()}))
     return metrics
 
 
@@ -153,9 +148,13 @@ def evaluate_split(model, split, cfg: RunConfig, accelerator, precision: str):
 
 def write_prediction_files(out_dir: Path, predictions, metrics: dict | None = None) -> None:
     """predictions.json {id: answer}, nbest.json, null_odds.json (and metrics.json when scored)."""
+    write_answer_files(out_dir, *predictions_to_json(predictions), metrics)
+
+
+def write_answer_files(out_dir: Path, answers: dict, nbest: dict, null_odds: dict, metrics: dict | None = None) -> None:
+    """The files of write_prediction_files from their JSON contents (k-fold merges the folds' so)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    answers, nbest, null_odds = predictions_to_json(predictions)
     files = {"predictions.json": answers, "nbest.json": nbest, "null_odds.json": null_odds}
     if metrics:
         files["metrics.json"] = metrics
@@ -172,7 +171,3 @@ def headline(metrics: dict) -> dict:
     exact = next((metrics[k] for k in ("exact_match", "exact", "EM") if k in metrics), None)
     f1 = next((metrics[k] for k in ("f1", "F1") if k in metrics), None)
     return {"exact": exact, "f1": f1}
-
-
-def _best_span_text(p: Prediction) -> str:
-    return next((c["text"] for c in p.nbest if c["start"] >= 0), p.text)

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from mrc_cli.config import save_config
+from mrc_cli import thresholds
 from mrc_cli.data import to_dataset
 from mrc_cli.features import build_features
 from mrc_cli.inference import evaluate_split, write_prediction_files
-from mrc_cli.loading import EXPORT_SETTINGS, Loaded, load_trained
+from mrc_cli.loading import Loaded, load_trained
 from mrc_cli.precision import resolve_precision
 from mrc_cli.splits import Split, featurize_file
+
 
 def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
     """(metrics, predictions) of a loaded model on a featurized split; metrics only where the split has answers."""
@@ -35,26 +36,24 @@ def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False) -> dict:
     """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint on a data file, with the
-    data's validation summary under "data" (repairs, questions left out)."""
+    data's validation summary under "data" (repairs, questions left out). A checkpoint whose null threshold was
+    chosen out of fold (`mrc kfold`) adds `threshold_report`: the scores at 0, at it and at the best one here."""
     loaded = load_trained(checkpoint)
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "eval")
     if any(g["is_impossible"] for g in split.golds):
         loaded.cfg.decode.allow_null = True
     metrics, predictions = run_inference(loaded, split)
+    decode = loaded.cfg.decode
+    if "best_f1_thresh" in metrics and decode.null_threshold_from == "oof":
+        metrics["threshold_report"] = thresholds.threshold_report(
+            split.golds, {qid: p.nbest for qid, p in predictions.items()},
+            {qid: p.null_odds for qid, p in predictions.items()}, decode.null_score_diff_threshold)
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
     if PartialState().is_main_process:  # under accelerate launch every process has all predictions
         write_prediction_files(out_dir, predictions, metrics)
         if store_threshold and "best_f1_thresh" in metrics:
-            _store_threshold(loaded, metrics["best_f1_thresh"])
+            thresholds.store_threshold(loaded.path, loaded.cfg, metrics["best_f1_thresh"], "dev")
     return {**metrics, "out": str(out_dir), "data": split.report.summary()}
-
-
-def _store_threshold(loaded: Loaded, threshold: float) -> None:
-    """Keep the dev-tuned null threshold with the checkpoint, so `predict` uses it (the HF scripts pass a fixed 0.0)."""
-    settings = loaded.path / ("config.yaml" if (loaded.path / "config.yaml").is_file() else EXPORT_SETTINGS)
-    loaded.cfg.decode.null_score_diff_threshold = float(threshold)
-    loaded.cfg.decode.allow_null = True
-    save_config(loaded.cfg, settings)  # atomic: a training checkpoint's config.yaml is what resume reads
 
 
 def predict_file(checkpoint: str, data: str, out: str) -> dict:

@@ -1,7 +1,7 @@
 """A data file made ready for one job (train, eval or predict): read, validated, featurized, with its gold answers.
 
-What training, `mrc eval`, `mrc predict` and `mrc preprocess` load; k-fold and distillation build `Split`s in memory
-and hand them to `train(cfg, train_split, dev_split)`.
+What training, `mrc eval`, `mrc predict` and `mrc preprocess` load; k-fold (`select_split`) and distillation build
+`Split`s in memory and hand them to `train(cfg, train_split, dev_split)`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,20 @@ def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
 
     with _cyclic_gc_paused():
         examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
-        features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
+        return _featurize(examples, report, golds, tokenizer, data, use)
+
+
+def select_split(examples, report, golds: list[dict], rows: list[int], tokenizer, data: DataConfig, use: str) -> Split:
+    """The examples at `rows` of a loaded file (a fold) featurized for `use`, with their golds: a Split in memory,
+    whose features the cache keeps under the content of those rows. `report` stays the whole file's."""
+    chosen = examples.select(rows)
+    ids = set(column(chosen, "id"))
+    with _cyclic_gc_paused():
+        return _featurize(chosen, report, [gold for gold in golds if gold["id"] in ids], tokenizer, data, use)
+
+
+def _featurize(examples, report, golds: list[dict], tokenizer, data: DataConfig, use: str) -> Split:
+    features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
     return Split(examples, report, golds, features, summary)
 
 

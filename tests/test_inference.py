@@ -112,7 +112,9 @@ def test_store_threshold_is_used_by_predict(trained_run, tmp_path):
     best = json.loads(result.stdout.strip().splitlines()[-1])["best_f1_thresh"]
     from mrc_cli.loading import load_trained
 
-    assert load_trained(run).cfg.decode.null_score_diff_threshold == pytest.approx(best)
+    decode = load_trained(run).cfg.decode
+    assert decode.null_score_diff_threshold == pytest.approx(best) and decode.null_threshold_from == "dev"
+    assert "threshold_report" not in json.loads(result.stdout.strip().splitlines()[-1])  # reported for oof ones only
 
 
 def test_storing_the_threshold_never_leaves_half_a_config(trained_run, tmp_path, monkeypatch):
@@ -122,7 +124,7 @@ def test_storing_the_threshold_never_leaves_half_a_config(trained_run, tmp_path,
     from pathlib import Path
 
     from mrc_cli.loading import load_trained
-    from mrc_cli.reader import _store_threshold
+    from mrc_cli.thresholds import store_threshold
 
     checkpoint = tmp_path / "step"
     shutil.copytree(trained_run / "checkpoints" / "step-000004", checkpoint)
@@ -136,11 +138,11 @@ def test_storing_the_threshold_never_leaves_half_a_config(trained_run, tmp_path,
     with monkeypatch.context() as full_disk:
         full_disk.setattr(Path, "write_text", half_then_disk_full)
         with pytest.raises(OSError, match="No space left"):
-            _store_threshold(loaded, 0.25)
+            store_threshold(loaded.path, loaded.cfg, 0.25, "dev")
     assert (checkpoint / "config.yaml").read_text() == before
     assert sorted(p.name for p in checkpoint.iterdir() if p.name.startswith(".")) == []  # no temporary file left
 
-    _store_threshold(loaded, 0.25)
+    store_threshold(loaded.path, loaded.cfg, 0.25, "dev")
     assert load_trained(checkpoint).cfg.decode.null_score_diff_threshold == 0.25
 
 

@@ -1,0 +1,249 @@
+"""k-fold training (`mrc kfold`): the training data split into K folds by article, K models trained with one config,
+each on all folds but one and evaluated on the one held out, so that every training question gets an out-of-fold
+(OOF) prediction. Their score is the recipe's on this data; for SQuAD v2 data the null threshold best on them is
+chosen on questions no model trained on, and stored with every fold's best checkpoint for `mrc predict`.
+
+Folds are built in memory (`splits.select_split`), never written as data files. An article (where the data names
+articles) and a context stay in one fold: questions on one paragraph in training and held out would leak its answers.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrc_cli.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
+from mrc_cli.config import RunConfig, check_train_config, config_to_dict
+from mrc_cli.errors import ConfigError, DataError
+from mrc_cli.features import cache_root, column
+from mrc_cli.inference import headline, write_answer_files
+from mrc_cli.metrics import score
+from mrc_cli.runs import load_record, write_json, write_record
+from mrc_cli.scoring import read_json_map
+from mrc_cli.splits import select_split
+from mrc_cli.thresholds import null_threshold_sweep, store_threshold
+from mrc_cli.tokenizer import load_tokenizer
+from mrc_cli.training import train
+from mrc_cli.validate import MAX_LISTED, load_examples
+
+FOLD_RECORD = "kfold_fold.json"  # written when a fold has finished: the next kfold skips it
+
+
+@dataclass
+class Fold:
+    index: int
+    rows: list[int]  # rows of the training examples held out: this fold's dev split
+    cfg: RunConfig
+    settings: dict  # the config as planned; train() fills derived values into cfg
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.train.output_dir)
+
+
+def article_groups(titles: list[str], contexts: list[str]) -> list[list[int]]:
+    """Rows that must share a fold: those of one article (a non-empty title) or one context, joined transitively (a
+    context repeated under two titles joins both articles); groups in the order of their first row."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving keeps the trees flat
+            node = parent[node]
+        return node
+
+    for title, context in zip(titles, contexts):
+        if title:
+            parent[root(("context", context))] = root(("title", title))
+    groups: dict[tuple[str, str], list[int]] = {}
+    for row, context in enumerate(contexts):
+        groups.setdefault(root(("context", context)), []).append(row)
+    return list(groups.values())
+
+
+def fold_rows(examples, folds: int, seed: int, source: str = "the training data") -> list[list[int]]:
+    """The rows of an examples Dataset each fold holds out (sorted): whole groups (`article_groups`), the largest
+    first, each into the fold with the fewest questions so far; `seed` orders groups of equal size."""
+    groups = article_groups(column(examples, "title"), column(examples, "context"))
+    if len(groups) < folds:
+        raise DataError(f"{source}: {len(groups)} articles (contexts where no title is given) cannot make {folds} "
+                        "folds without a context in two of them; use fewer --folds")
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: -len(groups[g]))  # stable: groups of one size keep the shuffled order
+    held_out, sizes = [[] for _ in range(folds)], [0] * folds
+    for g in order:
+        k = sizes.index(min(sizes))
+        held_out[k] += groups[g]
+        sizes[k] += len(groups[g])
+    return [sorted(rows) for rows in held_out]
+
+
+def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
+    """Train `folds` models with `cfg` (in OUT/fold-<k>), each on every fold but k and evaluated on fold k, and return
+    what OUT/kfold.json holds: each fold's figures, the score of the OOF predictions (merged in OUT/oof/) and, for
+    SQuAD v2 data, the null threshold chosen on them, then stored with every fold's best checkpoint. Finished folds
+    are skipped, an unfinished one resumes from its newest checkpoint. With data.dev_file, every fold's best
+    checkpoint is then scored there (with `thresholds.threshold_report` where the threshold is stored)."""
+    out_dir = Path(out_dir)
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: k-fold training needs at least 2 folds")
+    source = cfg.data.train_file
+    if not source:
+        raise ConfigError("no training data: pass --train FILE or set data.train_file in the config")
+    examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
+    print(report.summary(), flush=True)
+    plan = _plan_folds(cfg, fold_rows(examples, folds, cfg.train.seed, source), golds, out_dir)
+    ids = column(examples, "id")
+    todo = []
+    for fold in plan:
+        if _finished(fold, ids) is None:
+            todo.append(fold)
+        else:
+            print(f"fold {fold.index + 1}/{folds}: done, skipped", flush=True)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path) if todo else None
+    for fold in todo:
+        _run_fold(fold, examples, report, golds, tokenizer, ids, folds)
+
+    result = {
+        "settings": {"folds": folds, "seed": cfg.train.seed, "train_file": source, "dev_file": cfg.data.dev_file,
+                     "out_dir": str(out_dir), "config": config_to_dict(cfg)},
+        "questions": len(golds),
+        "left_out": _left_out(golds, set(ids), source),
+        "folds": [_finished(fold, ids) for fold in plan],
+        **_score_oof(plan, golds, out_dir / "oof"),
+    }
+    if cfg.data.dev_file:
+        result["dev"] = _score_dev(plan, cfg.data.dev_file)
+    write_json(out_dir / "kfold.json", result)
+    return result
+
+
+def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], out_dir: Path) -> list[Fold]:
+    """Every fold's config, checked before the first one trains."""
+    base = copy.deepcopy(cfg)
+    base.data.dev_file = None  # a fold's dev split is its held-out fold; the dev file is scored after training
+    if any(gold["is_impossible"] for gold in golds):
+        base.decode.allow_null = True  # every fold decodes nulls, also one whose held-out questions all have answers
+    plan = []
+    for k, rows in enumerate(held_out):
+        fold_cfg = copy.deepcopy(base)
+        fold_cfg.train.output_dir, fold_cfg.train.resume = str(out_dir / f"fold-{k}"), "auto"
+        check_train_config(fold_cfg.train)
+        plan.append(Fold(k, rows, fold_cfg, config_to_dict(fold_cfg)))
+    return plan
+
+
+def _run_fold(fold: Fold, examples, report, golds: list[dict], tokenizer, ids: list[str], folds: int) -> None:
+    """Train one fold on the other folds' rows, evaluated on its own, then write its record."""
+    held_out = set(fold.rows)
+    train_rows = [row for row in range(len(examples)) if row not in held_out]
+    resumed_from = latest_checkpoint(fold.run_dir)
+    print(f"fold {fold.index + 1}/{folds}: training on {len(train_rows)} questions, {len(fold.rows)} held out"
+          + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
+    data = fold.cfg.data
+    train_split = select_split(examples, report, golds, train_rows, tokenizer, data, "train")
+    dev_split = select_split(examples, report, golds, fold.rows, tokenizer, data, "eval")
+    started = time.perf_counter()
+    result = train(fold.cfg, train_split, dev_split)
+    write_record(fold.run_dir / FOLD_RECORD, {
+        "fold": fold.index, "trained_on": len(train_rows), "held_out": len(fold.rows), **headline(result.metrics),
+        "steps": result.steps,
+        "wall_s": time.perf_counter() - started,  # of this call: a resumed fold's counts only the part after the resume
+        "resumed_from": resumed_from.name if resumed_from else None,
+        "held_out_ids": _digest([ids[row] for row in fold.rows]),
+    }, fold.settings)
+
+
+def _finished(fold: Fold, ids: list[str]) -> dict | None:
+    """A finished fold's record, or None. One finished with other settings, or on other held-out questions (the
+    data changed), is refused: its predictions would pass for this split's."""
+    record = load_record(fold.run_dir / FOLD_RECORD, fold.settings)
+    if record is not None and record["held_out_ids"] != _digest([ids[row] for row in fold.rows]):
+        raise ConfigError(f"{fold.run_dir} finished holding out other questions than fold {fold.index} holds out now "
+                          "(the training data changed); choose another --out, or delete that folder to run it again")
+    return record
+
+
+def _digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def _left_out(golds: list[dict], used: set[str], source: str) -> dict:
+    """Training questions no fold trained on or predicts (no locatable answer): counted, listed, scored 0."""
+    ids = [gold["id"] for gold in golds if gold["id"] not in used]
+    return {"count": len(ids), "ids": ids[:MAX_LISTED],
+            "why": f"no locatable answer, so left out of training (`mrc validate {source}` lists them); without an "
+                   "out-of-fold prediction they score 0 in the OOF score"}
+
+
+def _score_oof(plan: list[Fold], golds: list[dict], oof_dir: Path) -> dict:
+    """The folds' final predictions, n-best lists and null odds merged into oof_dir and scored against every
+    training question (official rules: what `mrc score` gives for oof_dir/predictions.json). SQuAD v2 data: the
+    null threshold best for F1 on them, stored with every fold's best checkpoint."""
+    answers, nbest, null_odds = {}, {}, {}
+    for fold in plan:
+        answers.update(read_json_map(fold.run_dir / "predictions.json", str, "predictions"))
+        nbest.update(read_json_map(fold.run_dir / "nbest.json", list, "n-best"))
+        null_odds.update(read_json_map(fold.run_dir / "null_odds.json", float, "null odds"))
+    write_answer_files(oof_dir, answers, nbest, null_odds)
+    scores = score(golds, answers)
+    if not any(gold["is_impossible"] for gold in golds):
+        return {"oof": scores, "null_threshold": None}
+    sweep = null_threshold_sweep(golds, nbest, null_odds)
+    threshold = sweep["best_f1_thresh"]
+    for fold in plan:
+        best = resolve_checkpoint(fold.run_dir)
+        store_threshold(best, read_checkpoint_config(best), threshold, "oof")
+    return {"oof": {**scores, **sweep}, "null_threshold": threshold}
+
+
+def _score_dev(plan: list[Fold], dev_file: str) -> list[dict]:
+    """Every fold's best checkpoint on the dev file, as `mrc eval` scores it (files in OUT/fold-<k>/dev)."""
+    from mrc_cli.reader import evaluate_file
+
+    rows = []
+    for fold in plan:
+        metrics = evaluate_file(str(fold.run_dir), dev_file, str(fold.run_dir / "dev"))
+        rows.append({"fold": fold.index, **headline(metrics), "threshold_report": metrics.get("threshold_report")})
+    return rows
+
+
+def format_kfold(result: dict) -> str:
+    """The table `mrc kfold` prints: each fold on its held-out questions (and on the dev file), the OOF score, the
+    questions left out and the null threshold."""
+    dev = {row["fold"]: row for row in result.get("dev") or []}
+    lines = ["| fold | trained on | held out | EM | F1 | steps |" + (" dev EM | dev F1 |" if dev else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if dev else "")]
+    for row in result["folds"]:
+        cells = [row["fold"], row["trained_on"], row["held_out"], f"{row['exact']:.2f}", f"{row['f1']:.2f}", row["steps"]]
+        if dev:
+            cells += [f"{dev[row['fold']]['exact']:.2f}", f"{dev[row['fold']]['f1']:.2f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    oof = headline(result["oof"])
+    lines.append(f"| OOF | | {sum(r['held_out'] for r in result['folds'])} | {oof['exact']:.2f} | {oof['f1']:.2f} | |"
+                 + (" | |" if dev else ""))
+    lines += ["", f"OOF: every training question scored by the model that did not train on it ({result['questions']} "
+                  "questions, official rules)."]
+    if dev:
+        lines.append(f"dev: each fold's best checkpoint on {result['settings']['dev_file']}, at the null threshold it "
+                     "carries.")
+    left_out = result["left_out"]
+    if left_out["count"]:
+        lines.append(f"{left_out['count']} questions left out: {left_out['why']}.")
+    threshold = result["null_threshold"]
+    if threshold is not None:
+        lines.append(f"Null threshold chosen out of fold: {threshold:.3f} (OOF F1 {result['oof']['best_f1']:.2f} at it, "
+                     f"{oof['f1']:.2f} at the config's); stored with every fold's best checkpoint for mrc predict.")
+    for row in dev.values():
+        report = row["threshold_report"]
+        if report:
+            lines.append(f"fold {row['fold']} on dev: F1 {report['zero']['f1']:.2f} at null threshold 0, "
+                         f"{report['oof']['f1']:.2f} at the OOF one, {report['best']['f1']:.2f} at the best there "
+                         f"({report['best']['threshold']:.3f}: tuned on the questions it scores, so optimistic)")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Records of finished trainings, for the commands that run several and can be run again (`mrc compare`, `mrc kfold`):
+a run's record file marks it finished and holds the settings it ran with; a later call skips it, and refuses it
+when the settings differ, rather than pass its scores off as those of the new settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mrc_cli.config import RunConfig, config_to_dict
+from mrc_cli.errors import ConfigError
+
+
+def write_record(path: Path, record: dict, settings: dict) -> None:
+    """`record` with the run's planned config (`settings`, as config_to_dict gives it): the mark of a finished run."""
+    write_json(path, {**record, "config": settings})
+
+
+def load_record(path: Path, settings: dict) -> dict | None:
+    """A finished run's record (without its config), or None when there is none. A run finished with other settings
+    than `settings` is refused (train.output_dir aside: the folder may have moved)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    then, defaults = record.pop("config"), config_to_dict(RunConfig())
+    # a key the record lacks (added to mrc-cli since) had its default then
+    was = {section: {key: then.get(section, {}).get(key, default) for key, default in values.items()}
+           for section, values in defaults.items()}
+    changed = [f"{section}.{key}: {was[section][key]!r} there, {value!r} now"
+               for section, values in settings.items() for key, value in values.items()
+               if value != was[section][key] and (section, key) != ("train", "output_dir")]
+    if changed:
+        raise ConfigError(f"{path.parent} finished with other settings ({'; '.join(changed)}); choose another --out, "
+                          "or delete that folder to run it again")
+    return record
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Written beside `path` and renamed over it: a half-written record must not pass for a finished run."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
+    os.replace(tmp, path)

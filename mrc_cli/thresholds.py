@@ -1,0 +1,71 @@
+"""The SQuAD v2 null threshold: the official sweep for the best one, answers at a given one, a report of a threshold
+chosen elsewhere (out of fold, `mrc kfold`) against 0 and the one best on the scored data, and keeping a threshold
+with a trained model so that `mrc predict` applies it.
+
+A threshold tuned on the data it is scored on is optimistic: the report puts it beside one chosen out of fold, which
+is what the same model can expect on new questions. Answers at a threshold t follow the decoder's rule: "" where the
+question's null odds exceed t, else the best span of its n-best list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from mrc_cli.config import RunConfig, save_config
+from mrc_cli.decoding import best_span_text
+from mrc_cli.metrics import score
+
+
+def null_threshold_sweep(golds: list[dict], nbest: Mapping[str, Sequence[Mapping]],
+                         null_odds: Mapping[str, float]) -> dict:
+    """best_exact, best_exact_thresh, best_f1, best_f1_thresh: the official find_best_thresh over each question's best
+    span and its null odds, so the sweep can move answers both ways (the answers decoded at one threshold could only
+    be turned into nulls)."""
+    best_spans = {qid: best_span_text(candidates) for qid, candidates in nbest.items()}
+    swept = score(golds, best_spans, "squad_v2", null_odds=dict(null_odds))
+    return {key: value for key, value in swept.items() if key.startswith("best_")}
+
+
+def answers_at_threshold(nbest: Mapping[str, Sequence[Mapping]], null_odds: Mapping[str, float],
+                         threshold: float) -> dict[str, str]:
+    """{id: answer} as the decoder gives them at `threshold`."""
+    return {qid: "" if null_odds[qid] > threshold else best_span_text(candidates) for qid, candidates in nbest.items()}
+
+
+def threshold_report(golds: list[dict], nbest: Mapping[str, Sequence[Mapping]], null_odds: Mapping[str, float],
+                     oof_threshold: float) -> dict:
+    """Official EM/F1 (SQuAD v2 rules) of the same n-best lists at threshold 0, at `oof_threshold` (chosen out of
+    fold) and at the threshold best for F1 on these golds; `optimism_f1` is how much the last flatters the model
+    over the out-of-fold one."""
+    best = null_threshold_sweep(golds, nbest, null_odds)["best_f1_thresh"]
+    report = {}
+    for name, threshold in (("zero", 0.0), ("oof", float(oof_threshold)), ("best", best)):
+        scores = score(golds, answers_at_threshold(nbest, null_odds, threshold), "squad_v2")
+        report[name] = {"threshold": threshold, "exact": scores["exact"], "f1": scores["f1"]}
+    report["optimism_f1"] = report["best"]["f1"] - report["oof"]["f1"]
+    return report
+
+
+def format_threshold_report(report: dict) -> str:
+    """The report as a few aligned lines for the terminal."""
+    labels = {"zero": "zero", "oof": "out of fold", "best": "best on this data"}
+    lines = [f"{'null threshold':<28} {'EM':>6} {'F1':>6}"]
+    for name, label in labels.items():
+        row = report[name]
+        lines.append(f"{row['threshold']:>7.3f}  {label:<19} {row['exact']:6.2f} {row['f1']:6.2f}")
+    lines.append(f"the best on this data is {report['optimism_f1']:+.2f} F1 over the out-of-fold one: tuned on the "
+                 "questions it scores, it flatters the model")
+    return "\n".join(lines)
+
+
+def store_threshold(folder: Path, cfg: RunConfig, threshold: float, source: str) -> None:
+    """Keep a null threshold in the run config of a checkpoint or export `folder` (`cfg`: that config), so `mrc predict`
+    applies it (the Hugging Face scripts pass a fixed 0.0); `source` says where it came from (dev, oof)."""
+    from mrc_cli.loading import EXPORT_SETTINGS  # here: scoring with this module needs no torch
+
+    settings = folder / ("config.yaml" if (folder / "config.yaml").is_file() else EXPORT_SETTINGS)
+    cfg.decode.null_score_diff_threshold = float(threshold)
+    cfg.decode.null_threshold_from = source
+    cfg.decode.allow_null = True
+    save_config(cfg, settings)  # atomic: a training checkpoint's config.yaml is what resume reads

@@ -1,0 +1,330 @@
+"""`mrc kfold` and the out-of-fold null threshold: the article split on real data, folds in memory with their feature
+cache, the threshold sweep and report on constructed numbers, and end to end on the tiny BERT: files, OOF coverage and
+score, the threshold stored for `mrc predict` and reported by `mrc eval`, finished folds skipped, a stopped one resumed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import QUICKSTART, shared_file, tiny_run_config
+from mrc_cli import kfold as kfold_module
+from mrc_cli.checkpoint import read_checkpoint_config, resolve_checkpoint
+from mrc_cli.cli import app
+from mrc_cli.config import DataConfig, load_config, save_config
+from mrc_cli.data import to_dataset
+from mrc_cli.errors import ConfigError, DataError
+from mrc_cli.features import build_features, column
+from mrc_cli.kfold import article_groups, fold_rows, kfold
+from mrc_cli.metrics import score
+from mrc_cli.splits import select_split
+from mrc_cli.thresholds import answers_at_threshold, null_threshold_sweep, threshold_report
+from mrc_cli.training import train
+from mrc_cli.validate import load_examples
+
+
+def _no_training(*args, **kwargs):
+    pytest.fail("nothing should have trained")
+
+
+# --- the split ---------------------------------------------------------------------------------------------------
+
+
+def _fold_of(rows: list[list[int]]) -> dict[int, int]:
+    return {row: k for k, fold in enumerate(rows) for row in fold}
+
+
+def _folds_per(values: list[str], rows: list[list[int]]) -> dict[str, set[int]]:
+    fold_of, folds = _fold_of(rows), defaultdict(set)
+    for row, value in enumerate(values):
+        folds[value].add(fold_of[row])
+    return folds
+
+
+def test_folds_hold_whole_articles_and_balance_questions_on_squad():
+    examples = load_examples(str(shared_file("squad_v1.1_train_head.json")), "train")[0]
+    rows = fold_rows(examples, 4, seed=0)
+    assert sorted(row for fold in rows for row in fold) == list(range(len(examples))) == list(range(4370))
+    titles, contexts = column(examples, "title"), column(examples, "context")
+    assert all(len(folds) == 1 for folds in _folds_per(titles, rows).values())
+    assert all(len(folds) == 1 for folds in _folds_per(contexts, rows).values())
+    # 12 articles of 137..758 questions, largest first into the emptiest fold
+    assert [len(fold) for fold in rows] == [1027, 1121, 1160, 1062]
+    assert [sorted({titles[row] for row in fold}) for fold in rows][0] == ["Beyoncé", "University_of_Notre_Dame"]
+    assert fold_rows(examples, 4, seed=0) == rows and fold_rows(examples, 4, seed=7) == rows  # no two of one size
+
+
+def test_without_titles_each_context_is_a_group_and_the_seed_orders_ties():
+    records = load_examples(str(shared_file("squad_v2.0_dev_head.json")), "train")[0].to_list()
+    examples = to_dataset([{**record, "title": ""} for record in records])
+    rows = fold_rows(examples, 5, seed=0)
+    contexts = column(examples, "context")
+    assert sorted(row for fold in rows for row in fold) == list(range(1407))
+    assert all(len(folds) == 1 for folds in _folds_per(contexts, rows).values())
+    assert [len(fold) for fold in rows] == [283, 280, 280, 282, 282]  # 173 contexts of 3..10 questions
+    other = fold_rows(examples, 5, seed=1)
+    assert other != rows and sorted(map(len, other)) == sorted(map(len, rows))
+    assert fold_rows(examples, 5, seed=1) == other
+
+
+def test_a_context_under_two_titles_joins_the_articles():
+    titles = ["a", "b", "b", "c", "", ""]
+    contexts = ["x", "y", "x", "z", "w", "w"]
+    assert article_groups(titles, contexts) == [[0, 1, 2], [3], [4, 5]]
+    with pytest.raises(DataError, match="t.json: 3 articles \\(contexts where no title is given\\) cannot make 4 folds"):
+        fold_rows(to_dataset([{"id": str(i), "title": t, "context": c, "question": "q?", "is_impossible": True,
+                               "answers": {"text": [], "answer_start": []}} for i, (t, c) in enumerate(zip(titles, contexts))]),
+                  4, 0, "t.json")
+
+
+def test_a_fold_is_featurized_from_its_rows_and_its_features_cached(wordpiece_tokenizer, tmp_path):
+    """A slice of a loaded file shares the file's Arrow buffers: its features must not be the whole file's."""
+    data = DataConfig(max_seq_length=128, doc_stride=32, max_query_length=32, cache_dir=str(tmp_path / "cache"))
+    examples, report, golds = load_examples(str(QUICKSTART / "en_train.json"), "train", cache_dir=tmp_path / "ex")
+    whole, _ = build_features(examples, wordpiece_tokenizer, data, labels=True, offsets=False)
+    split = select_split(examples, report, golds, list(range(10)), wordpiece_tokenizer, data, "train")
+    alone, _ = build_features(to_dataset(examples.select(range(10)).to_list()), wordpiece_tokenizer, data,
+                              labels=True, offsets=False, cache=False)
+    assert split.summary.examples == 10 and not split.summary.from_cache
+    assert column(split.features, "input_ids") == column(alone, "input_ids") != column(whole, "input_ids")
+    assert [g["id"] for g in split.golds] == column(examples, "id")[:10]
+    again = select_split(examples, report, golds, list(range(10)), wordpiece_tokenizer, data, "train")
+    assert again.summary.from_cache and column(again.features, "input_ids") == column(alone, "input_ids")
+
+
+# --- the null threshold on constructed numbers ---------------------------------------------------------------------
+
+GOLDS = [
+    {"id": "q1", "answers": ["Paris"], "is_impossible": False},
+    {"id": "q2", "answers": ["blue whale"], "is_impossible": False},
+    {"id": "q3", "answers": [], "is_impossible": True},
+    {"id": "q4", "answers": [], "is_impossible": True},
+    {"id": "q5", "answers": ["1998"], "is_impossible": False},
+]
+NULL = {"text": "", "start": -1, "end": -1, "score": 1.0, "probability": 0.5}
+NBEST = {
+    "q1": [{"text": "Paris", "start": 0, "end": 5}, {"text": "Lyon", "start": 9, "end": 13}],
+    "q2": [{"text": "whale", "start": 5, "end": 10}],  # F1 2/3 against "blue whale"
+    "q3": [NULL, {"text": "x", "start": 0, "end": 1}],  # the null candidate first: passed over
+    "q4": [{"text": "y", "start": 0, "end": 1}, NULL],
+    "q5": [{"text": "1998", "start": 3, "end": 7}],
+}
+ODDS = {"q1": -2.0, "q2": 0.5, "q3": 1.0, "q4": 3.0, "q5": 2.0}
+
+
+def test_the_sweep_releases_answers_by_null_odds_and_keeps_the_first_best_threshold():
+    sweep = null_threshold_sweep(GOLDS, NBEST, ODDS)
+    # all withheld: q3, q4 right (2); q1 +1 -> 3; q2 +2/3 -> 3.67 (t 0.5); q3 -1; q5 +1 -> 3.67 again, not better
+    assert sweep["best_f1"] == pytest.approx(100 * (3 + 2 / 3) / 5) and sweep["best_f1_thresh"] == 0.5
+    assert (sweep["best_exact"], sweep["best_exact_thresh"]) == (60.0, -2.0)
+    assert answers_at_threshold(NBEST, ODDS, 1.5) == {"q1": "Paris", "q2": "whale", "q3": "x", "q4": "", "q5": ""}
+
+
+def test_threshold_report_at_zero_out_of_fold_and_best():
+    report = threshold_report(GOLDS, NBEST, ODDS, oof_threshold=1.5)
+    assert report["zero"] == {"threshold": 0.0, "exact": 60.0, "f1": 60.0}  # q1, q3, q4 right
+    assert report["oof"] == {"threshold": 1.5, "exact": 40.0, "f1": pytest.approx(100 * (2 + 2 / 3) / 5)}
+    assert report["best"] == {"threshold": 0.5, "exact": 60.0, "f1": pytest.approx(100 * (3 + 2 / 3) / 5)}
+    assert report["optimism_f1"] == pytest.approx(20.0)
+
+
+# --- end to end: 2 folds of the tiny BERT, 3 steps each -------------------------------------------------------------
+
+
+def _squad(articles: list[dict]) -> dict:
+    return {"version": "v2.0", "data": articles}
+
+
+@pytest.fixture(scope="module")
+def kfolded(tmp_path_factory, tiny_bert_dir):
+    """`mrc kfold --folds 2` on SQuAD v2-style data (the quickstart train set, 6 dev articles and a question whose answer
+    is not in its context), scored on the other 4 dev articles; checkpoints at steps 2 and 3 of each fold."""
+    root = tmp_path_factory.mktemp("kfold")
+    train_articles = json.loads((QUICKSTART / "en_train.json").read_text())["data"]
+    dev_articles = json.loads((QUICKSTART / "en_dev.json").read_text())["data"]
+    unlocatable = {"id": "NOT_IN_CONTEXT", "question": "What is not here?", "is_impossible": False,
+                   "answers": [{"text": "a zebra crossing", "answer_start": 3}]}
+    train_articles[0]["paragraphs"][0]["qas"].append(unlocatable)
+    train_file, dev_file = root / "train.json", root / "dev.json"
+    train_file.write_text(json.dumps(_squad(train_articles + dev_articles[:6])))
+    dev_file.write_text(json.dumps(_squad(dev_articles[6:])))
+    config = root / "base.yaml"
+    save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=3, save_steps=2), config)
+    out = root / "out"
+    result = CliRunner().invoke(app, ["kfold", "-c", str(config), "--folds", "2", "--train", str(train_file),
+                                      "--dev", str(dev_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, config, train_file, dev_file, result.stdout
+
+
+def _cfg(config, train_file, dev_file, *sets):
+    return load_config(config, {"data.train_file": str(train_file), "data.dev_file": str(dev_file)}, list(sets))
+
+
+def test_kfold_writes_every_fold_the_oof_files_and_the_report(kfolded):
+    out, _, train_file, _, stdout = kfolded
+    saved = json.loads((out / "kfold.json").read_text())
+    assert saved["questions"] == 177 + 29 + 1
+    assert saved["left_out"]["count"] == 1 and saved["left_out"]["ids"] == ["NOT_IN_CONTEXT"]
+    assert [(f["fold"], f["steps"], f["trained_on"] + f["held_out"]) for f in saved["folds"]] == [(0, 3, 206), (1, 3, 206)]
+    assert [f["held_out"] for f in saved["folds"]] == [103, 103]
+    for fold in saved["folds"]:
+        run_dir = out / f"fold-{fold['fold']}"
+        assert fold["f1"] == json.loads((run_dir / "metrics.json").read_text())["f1"]
+        assert (run_dir / "kfold_fold.json").is_file() and resolve_checkpoint(run_dir).name == "step-000003"
+    for name in ("predictions.json", "nbest.json", "null_odds.json"):
+        assert (out / "oof" / name).is_file()
+    assert "| OOF | | 206 |" in stdout and "1 questions left out: no locatable answer" in stdout
+    assert f"Null threshold chosen out of fold: {saved['null_threshold']:.3f}" in stdout
+    assert len([line for line in stdout.splitlines() if line.startswith("| ")]) == 4
+
+
+def test_oof_predictions_cover_every_usable_question_once_and_no_article_is_in_two_folds(kfolded):
+    out, _, train_file, _, _ = kfolded
+    examples = load_examples(str(train_file), "train")[0]
+    title_of = dict(zip(column(examples, "id"), column(examples, "title")))
+    held_out = [set(json.loads((out / f"fold-{k}" / "predictions.json").read_text())) for k in (0, 1)]
+    assert not held_out[0] & held_out[1]
+    oof = json.loads((out / "oof" / "predictions.json").read_text())
+    assert set(oof) == held_out[0] | held_out[1] == set(title_of)  # every question but NOT_IN_CONTEXT
+    assert set(json.loads((out / "oof" / "null_odds.json").read_text())) == set(json.loads((out / "oof" / "nbest.json").read_text())) == set(oof)
+    assert not {title_of[q] for q in held_out[0]} & {title_of[q] for q in held_out[1]}
+
+
+def test_the_oof_score_is_mrc_score_of_the_oof_predictions(kfolded):
+    out, _, train_file, _, _ = kfolded
+    result = CliRunner().invoke(app, ["score", str(train_file), str(out / "oof" / "predictions.json")])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout)
+    saved = json.loads((out / "kfold.json").read_text())["oof"]
+    assert {key: saved[key] for key in scored} == scored
+    assert (scored["total"], scored["missing"], scored["NoAns_total"]) == (207, 1, 6)
+
+
+def test_the_oof_threshold_is_stored_with_every_fold_and_predict_applies_it(kfolded, tmp_path):
+    out, _, train_file, dev_file, _ = kfolded
+    saved = json.loads((out / "kfold.json").read_text())
+    _, _, golds = load_examples(str(train_file), "train")
+    nbest = json.loads((out / "oof" / "nbest.json").read_text())
+    odds = json.loads((out / "oof" / "null_odds.json").read_text())
+    threshold = null_threshold_sweep(golds, nbest, odds)["best_f1_thresh"]
+    assert saved["null_threshold"] == threshold != 0.0
+    for k in (0, 1):
+        decode = read_checkpoint_config(resolve_checkpoint(out / f"fold-{k}")).decode
+        assert (decode.null_score_diff_threshold, decode.null_threshold_from, decode.allow_null) == (threshold, "oof", True)
+
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(out / "fold-0"), "--data", str(dev_file),
+                                      "--out", str(tmp_path / "sub.json")])
+    assert result.exit_code == 0, result.output
+    submission = json.loads((tmp_path / "sub.json").read_text())
+    dev_nbest = json.loads((out / "fold-0" / "dev" / "nbest.json").read_text())
+    dev_odds = json.loads((out / "fold-0" / "dev" / "null_odds.json").read_text())
+    assert len(submission) == 20 and submission == answers_at_threshold(dev_nbest, dev_odds, threshold)
+    assert submission != answers_at_threshold(dev_nbest, dev_odds, 0.0)
+
+
+def test_eval_reports_the_oof_threshold_against_zero_and_the_dev_optimal_one(kfolded, tmp_path):
+    out, _, _, dev_file, _ = kfolded
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out / "fold-1"), "--data", str(dev_file),
+                                      "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    report = metrics["threshold_report"]
+    saved = json.loads((out / "kfold.json").read_text())
+    assert report == saved["dev"][1]["threshold_report"]
+    assert report["oof"]["threshold"] == saved["null_threshold"]
+    assert (report["oof"]["f1"], report["oof"]["exact"]) == (metrics["f1"], metrics["exact"])  # decoded at it
+    assert report["best"]["threshold"] == metrics["best_f1_thresh"] and report["best"]["f1"] >= report["oof"]["f1"]
+    assert report["optimism_f1"] == report["best"]["f1"] - report["oof"]["f1"]
+    oof, best = report["oof"], report["best"]
+    assert f"{oof['threshold']:>7.3f}  out of fold         {oof['exact']:6.2f} {oof['f1']:6.2f}" in result.stdout
+    assert f"{best['threshold']:>7.3f}  best on this data   {best['exact']:6.2f} {best['f1']:6.2f}" in result.stdout
+
+
+def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
+    out, config, train_file, dev_file, _ = kfolded
+    before = json.loads((out / "kfold.json").read_text())
+    monkeypatch.setattr(kfold_module, "train", _no_training)
+    result = kfold(_cfg(config, train_file, dev_file), 2, out)
+    assert capsys.readouterr().out.count(": done, skipped") == 2
+    assert result["folds"] == before["folds"] and result["oof"] == before["oof"]
+    assert result["null_threshold"] == before["null_threshold"]
+
+
+def test_finished_folds_of_other_settings_or_other_questions_are_refused(kfolded, monkeypatch, tmp_path):
+    out, config, train_file, dev_file, _ = kfolded
+    monkeypatch.setattr(kfold_module, "train", _no_training)
+    with pytest.raises(ConfigError, match="fold-0 finished with other settings \\(train.max_steps: 3 there, 4 now\\)"):
+        kfold(_cfg(config, train_file, dev_file, "train.max_steps=4"), 2, out)
+    # the training file edited in place: a question of fold 0 deleted
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    edited = tmp_path / "train.json"
+    gone = sorted(json.loads((out / "fold-0" / "predictions.json").read_text()))[0]
+    data = json.loads(train_file.read_text())
+    for paragraph in (p for article in data["data"] for p in article["paragraphs"]):
+        paragraph["qas"] = [qa for qa in paragraph["qas"] if qa["id"] != gone]
+    edited.write_text(json.dumps(data))
+    for record_file in copy.glob("fold-*/kfold_fold.json"):
+        record = json.loads(record_file.read_text())
+        record["config"]["data"]["train_file"] = str(edited)
+        record_file.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="fold-0 finished holding out other questions than fold 0 holds out now"):
+        kfold(_cfg(config, edited, dev_file), 2, copy)
+
+
+def test_a_fold_stopped_after_its_checkpoint_resumes(kfolded, tmp_path, monkeypatch, capsys):
+    out, config, train_file, dev_file, _ = kfolded
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    run_dir = copy / "fold-1"
+    finished = json.loads((run_dir / "kfold_fold.json").read_text())
+    (run_dir / "kfold_fold.json").unlink()  # as if killed after the checkpoint at step 2
+    shutil.rmtree(run_dir / "checkpoints" / "step-000003")
+    calls = []
+    monkeypatch.setattr(kfold_module, "train", lambda *args: calls.append(args) or train(*args))
+    result = kfold(_cfg(config, train_file, dev_file), 2, copy)
+    printed = capsys.readouterr().out
+    assert len(calls) == 1 and printed.count(": done, skipped") == 1
+    assert f"fold 2/2: training on {finished['trained_on']} questions, {finished['held_out']} held out, resuming from " \
+           f"{run_dir / 'checkpoints' / 'step-000002'}" in printed
+    row = result["folds"][1]
+    assert (row["steps"], row["resumed_from"]) == (3, "step-000002")
+    assert (row["exact"], row["f1"]) == (finished["exact"], finished["f1"])  # as the uninterrupted fold ended
+    assert (copy / "oof" / "predictions.json").read_text() == (out / "oof" / "predictions.json").read_text()
+    assert result["null_threshold"] == json.loads((out / "kfold.json").read_text())["null_threshold"]
+
+
+def test_kfold_on_answerable_only_data_scores_the_oof_predictions_and_stores_no_threshold(tiny_bert_dir, tmp_path, capsys):
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=1)
+    cfg.data.dev_file = None
+    result = kfold(cfg, 3, tmp_path / "out")
+    assert [f["held_out"] for f in result["folds"]] == [59, 59, 59] and result["left_out"]["count"] == 0
+    oof = json.loads((tmp_path / "out" / "oof" / "predictions.json").read_text())
+    assert len(oof) == 177 and all(oof.values())  # every question answered: no null answers without v2 data
+    scored = score(load_examples(cfg.data.train_file, "eval")[2], oof)
+    assert result["oof"] == scored and set(scored) >= {"exact_match", "f1"}
+    assert result["null_threshold"] is None and "dev" not in result
+    decode = read_checkpoint_config(resolve_checkpoint(tmp_path / "out" / "fold-2")).decode
+    assert (decode.null_score_diff_threshold, decode.null_threshold_from, decode.allow_null) == (0.0, "config", False)
+    assert "Null threshold" not in kfold_module.format_kfold(result)
+
+
+def test_kfold_cli_hands_config_folds_and_out_to_the_library(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(kfold_module, "kfold", lambda *args: seen.append(args) or {})
+    monkeypatch.setattr(kfold_module, "format_kfold", lambda result: "TABLE")
+    runner = CliRunner()
+    result = runner.invoke(app, ["kfold", "--folds", "5", "--model", "m", "--train", "t.json", "--dev", "d.json",
+                                 "--set", "train.lr=5e-5", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "TABLE" in result.stdout
+    ((cfg, folds, out),) = seen
+    assert (cfg.model.name_or_path, cfg.data.train_file, cfg.data.dev_file, cfg.train.lr) == ("m", "t.json", "d.json", 5e-5)
+    assert (folds, out) == (5, tmp_path)
+    refused = runner.invoke(app, ["kfold", "--folds", "1"])
+    assert refused.exit_code == 2 and "--folds" in refused.output
