@@ -32,13 +32,14 @@ class Split:
 
 
 def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
-    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train."""
+    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train; gold
+    answers unless it is predict (nothing scores predictions, and a test file has no answers to score them by)."""
     from mrc_cli.validate import load_examples
 
     with _cyclic_gc_paused():
         examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
         features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
-    return Split(examples, report, golds, features, summary)
+    return Split(examples, report, golds if use != "predict" else [], features, summary)
 
 
 @contextmanager
