@@ -262,6 +262,32 @@ def predict(
 
 
 @app.command()
+def ensemble(
+    checkpoints: Annotated[list[str], typer.Option("--checkpoint", help="A member (checkpoint, run directory or export); repeat. The first is the reference: its windows and decoding settings are used.")],
+    data: Annotated[str, typer.Option("--data", help="Questions, with or without answers.")],
+    out: Annotated[str, typer.Option("--out", help="Folder for predictions.json, nbest.json, null_odds.json (metrics.json when the data has answers).")],
+    weights: Annotated[str, typer.Option(help="equal, oof, or one positive number per member such as 2,1.")] = "equal",
+    combine: Annotated[Literal["prob", "logprob"], typer.Option(help="Weighted mean of the members' probabilities, or of their log-probabilities.")] = "prob",
+    threshold: Annotated[Optional[float], typer.Option(help="SQuAD v2 null threshold (default: the reference's stored one).")] = None,
+    submission: Annotated[Optional[str], typer.Option(help="Also write the submission file {question id: answer}.")] = None,
+    save: Annotated[Optional[str], typer.Option(help="Save the ensemble as a new folder that eval, predict and Reader.load take.")] = None,
+    copy_members: Annotated[bool, typer.Option(help="With --save: copy the members into the folder (weights, config, tokenizer).")] = False,
+) -> None:
+    """Answer with several models at once, also with different tokenizers or span levels: their start/end
+    probabilities meet on the context's characters and are decoded once. Writes the files of `mrc eval`; with
+    answers in the data, the metrics are the last line of stdout, as one JSON object."""
+    from mrc_cli.reader import ensemble_file
+
+    if copy_members and not save:
+        raise typer.BadParameter("--copy-members copies the members into the --save folder; give --save DIR too")
+    summary = ensemble_file(checkpoints, data, out, weights, combine, threshold, submission, save, copy_members)
+    typer.echo(summary.pop("data"))
+    typer.echo(f"{summary['members']} members; {summary['questions']} questions, {summary['answered']} answered; "
+               f"wrote {summary['out']}" + (f", {submission}" if submission else "") + (f"; saved to {save}" if save else ""))
+    typer.echo(json.dumps(summary, ensure_ascii=False, default=float))
+
+
+@app.command()
 def export(
     checkpoint: CheckpointOpt,
     out: Annotated[str, typer.Option("--out", help="Folder for the Hugging Face model, tokenizer and decoding settings.")],

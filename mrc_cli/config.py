@@ -209,12 +209,17 @@ def config_to_dict(cfg: RunConfig) -> dict:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Written beside `path` and renamed over it: resume and eval read a checkpoint's config.yaml, and a write cut
-    short (a full disk, a kill) must leave the previous file whole, never half of one."""
+    """Written atomically: resume and eval read a checkpoint's config.yaml."""
+    write_yaml_atomically(config_to_dict(cfg), path)
+
+
+def write_yaml_atomically(obj: dict, path: str | Path) -> None:
+    """Written beside `path` and renamed over it: a write cut short (a full disk, a kill) must leave the previous file
+    whole, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False, allow_unicode=True), encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

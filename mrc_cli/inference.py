@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.nn import functional as F
 
@@ -21,7 +23,7 @@ from mrc_cli.config import DecodeConfig, RunConfig
 from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.features import column
 from mrc_cli.metrics import score
-from mrc_cli.precision import autocast
+from mrc_cli.precision import autocast, resolve_precision
 from mrc_cli.thresholds import null_threshold_sweep
 from mrc_cli.words import unit_offsets
 
@@ -72,16 +74,19 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
     return Logits(start, end, float(loss[valid].mean()) if valid.any() else None)
 
 
+def position_offsets(features, width: int, span_level: str = "token") -> np.ndarray:
+    """(features, width, 2) characters of each scored position in its context, [-1, -1] off the context: tokens, or
+    at word level the units (CLS, then the window's whole words)."""
+    if span_level == "word":
+        return unit_offsets(list(features["example_id"]), features["offset_mapping"], features["word_ids"], width)
+    return pad_offsets(features["offset_mapping"], width)
+
+
 def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: DecodeConfig,
                     span_level: str = "token") -> dict[str, Prediction]:
-    """Answers from logits over tokens, or over words (units: CLS, then the window's words; max_answer_length in words)."""
-    example_ids = features["example_id"]
-    width = logits.start.shape[1]
-    if span_level == "word":
-        offsets = unit_offsets(list(example_ids), features["offset_mapping"], features["word_ids"], width)
-    else:
-        offsets = pad_offsets(features["offset_mapping"], width)
-    return decode(example_ids, offsets, logits.start, logits.end, contexts, cfg)
+    """Answers from logits over tokens, or over words (max_answer_length then counts words)."""
+    offsets = position_offsets(features, logits.start.shape[1], span_level)
+    return decode(features["example_id"], offsets, logits.start, logits.end, contexts, cfg)
 
 
 def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig, metric: str = "auto") -> dict:
@@ -103,15 +108,26 @@ def predict_answers(model, split, cfg: RunConfig, accelerator, precision: str) -
     batch_size, width = cfg.train.eval_batch_size, cfg.data.max_seq_length
     logits = predict_logits(model, split.features, accelerator, batch_size, precision, width)
     predictions = decode_features(split.features, logits, split.contexts, cfg.decode, cfg.model.span_level)
-    if precision != "no" and cfg.decode.recheck_margin > 0:
-        example_ids = column(split.features, "example_id")
-        close = _closest_calls(predictions, Counter(example_ids), cfg.decode)
-        rows = [i for i, qid in enumerate(example_ids) if qid in close]
-        if rows:
+    if precision != "no":
+        def decide_in_fp32(rows: list[int]) -> dict[str, Prediction]:
             windows = split.features.select(rows)
             exact = predict_logits(model, windows, accelerator, batch_size, "no", width)
-            predictions.update(decode_features(windows, exact, split.contexts, cfg.decode, cfg.model.span_level))
+            return decode_features(windows, exact, split.contexts, cfg.decode, cfg.model.span_level)
+
+        recheck_close_calls(predictions, column(split.features, "example_id"), cfg.decode, decide_in_fp32)
     return logits, predictions
+
+
+def recheck_close_calls(predictions: dict[str, Prediction], example_ids: list[str], cfg: DecodeConfig,
+                        decide_in_fp32: Callable[[list[int]], dict[str, Prediction]]) -> None:
+    """Replace the answers of the close calls (decode.recheck_margin) by `decide_in_fp32(rows)`: the answers of the
+    examples of those feature rows (`example_ids` is the features' column) from fp32 logits."""
+    if cfg.recheck_margin <= 0:
+        return
+    close = _closest_calls(predictions, Counter(example_ids), cfg)
+    rows = [i for i, qid in enumerate(example_ids) if qid in close]
+    if rows:
+        predictions.update(decide_in_fp32(rows))
 
 
 def _closest_calls(predictions: dict[str, Prediction], windows_of: Counter, cfg: DecodeConfig) -> set[str]:
@@ -136,6 +152,16 @@ def _decision_margin(p: Prediction, cfg: DecodeConfig) -> float:
     if cfg.allow_null:
         margin = min(margin, abs(p.null_odds - cfg.null_score_diff_threshold))
     return margin
+
+
+def place_for_inference(model, cfg: RunConfig):
+    """(the model on its device, the PartialState, the precision) for inference with a loaded model's run config.
+
+    A PartialState only places the model: an Accelerator would inherit this process's mixed-precision state (a
+    notebook after training) and bake its autocast into the model; precision comes from the checkpoint's config.
+    """
+    state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
+    return model.to(state.device), state, resolve_precision(cfg.train.precision, state.device)
 
 
 def evaluate_split(model, split, cfg: RunConfig, accelerator, precision: str):

@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 
 from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
 from mrc_cli.config import RunConfig, load_config
+from mrc_cli.errors import CheckpointError
 from mrc_cli.model import build_model, load_weights
 from mrc_cli.tokenizer import load_tokenizer
 
 EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
+ENSEMBLE_SETTINGS = "ensemble.yaml"  # a saved ensemble's folder: members, weights, combination, decoding settings
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Loaded:
 
 def load_trained(path: str | Path) -> Loaded:
     """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
-    path = Path(path)
+    path = _not_an_ensemble(Path(path))
     if _is_export(path):
         return read_export(path)
     checkpoint = resolve_checkpoint(path)
@@ -42,11 +44,23 @@ def load_trained(path: str | Path) -> Loaded:
 def load_tokenizer_and_config(path: str | Path) -> tuple[object, RunConfig]:
     """The tokenizer and run config of what load_trained would load, without the weights: enough to featurize data
     as that model sees it (`mrc analyze` counts windows so)."""
-    path = Path(path)
+    path = _not_an_ensemble(Path(path))
     if _is_export(path):
         return load_tokenizer(str(path)), _export_config(path)
     checkpoint = resolve_checkpoint(path)
     return load_tokenizer(str(checkpoint / "tokenizer")), read_checkpoint_config(checkpoint)
+
+
+def is_ensemble(path: str | Path) -> bool:
+    """A folder saved by `mrc ensemble --save`: mrc_cli.reader loads it (mrc_cli.ensemble.load_ensemble)."""
+    return (Path(path) / ENSEMBLE_SETTINGS).is_file()
+
+
+def _not_an_ensemble(path: Path) -> Path:
+    if is_ensemble(path):
+        raise CheckpointError(f"{path} is an ensemble ({ENSEMBLE_SETTINGS}): mrc eval, mrc predict and Reader.load take "
+                              "it; here give one model, e.g. one of its members")
+    return path
 
 
 def _is_export(path: Path) -> bool:

@@ -1,8 +1,9 @@
-"""Trained models at work: `mrc eval`, `mrc predict` and the Python `Reader`, all through one inference path.
+"""Trained models at work: `mrc eval`, `mrc predict`, `mrc ensemble` and the Python `Reader`, all through one
+inference path.
 
 Transformers 5 removed the question-answering pipeline, so extractive QA has no inference API there any more:
-`Reader.load(path)` takes an `mrc export` folder, a checkpoint or a run directory and answers questions with the same
-features and decoder as `mrc predict`.
+`Reader.load(path)` takes an `mrc export` folder, a checkpoint, a run directory or a saved ensemble and answers
+questions with the same features and decoder as `mrc predict`.
 """
 
 from __future__ import annotations
@@ -10,39 +11,53 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 
 from mrc_cli import thresholds
+from mrc_cli.config import DataConfig
 from mrc_cli.data import to_dataset
-from mrc_cli.features import build_features
-from mrc_cli.inference import evaluate_split, write_prediction_files
-from mrc_cli.loading import Loaded, load_trained
-from mrc_cli.precision import resolve_precision
+from mrc_cli.decoding import Prediction
+from mrc_cli.ensemble import (Ensemble, build_ensemble, check_save_folder, ensemble_inference, load_ensemble,
+                              save_ensemble, store_settings)
+from mrc_cli.features import build_features, cache_root
+from mrc_cli.inference import evaluate_split, place_for_inference, write_prediction_files
+from mrc_cli.loading import Loaded, is_ensemble, load_trained
 from mrc_cli.splits import Split, featurize_file
 
 
-def run_inference(loaded: Loaded, split: Split, batch_size: int | None = None):
-    """(metrics, predictions) of a loaded model on a featurized split; metrics only where the split has answers."""
+def load_model(path: str | Path) -> Loaded | Ensemble:
+    """A trained model (checkpoint, run directory, export) or a saved ensemble (a folder with ensemble.yaml)."""
+    return load_ensemble(path) if is_ensemble(path) else load_trained(path)
+
+
+def run_inference(loaded: Loaded | Ensemble, split: Split, batch_size: int | None = None):
+    """(metrics, predictions) of a loaded model or ensemble on a featurized split; metrics only where the split has
+    answers."""
+    if isinstance(loaded, Ensemble):
+        return ensemble_inference(loaded, split, batch_size)
     cfg = loaded.cfg
     if batch_size:
         cfg.train.eval_batch_size = batch_size
-    # a PartialState only places the model: an Accelerator would inherit this process's mixed-precision state (a
-    # notebook after training) and bake its autocast into the model; precision comes from the checkpoint's config
-    state = PartialState(cpu=cfg.train.cpu or not torch.cuda.is_available())
-    model = loaded.model.to(state.device)
-    return evaluate_split(model, split, cfg, state, resolve_precision(cfg.train.precision, state.device))
+    model, state, precision = place_for_inference(loaded.model, cfg)
+    return evaluate_split(model, split, cfg, state, precision)
+
+
+def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, dict[str, Prediction], Split]:
+    """(metrics, predictions, split) of a data file featurized for `use` (eval or predict); with unanswerable
+    questions in eval data, the SQuAD v2 null rule is on."""
+    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, use)
+    if use == "eval" and any(g["is_impossible"] for g in split.golds):
+        loaded.cfg.decode.allow_null = True
+    metrics, predictions = run_inference(loaded, split)
+    return metrics, predictions, split
 
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False) -> dict:
-    """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint on a data file, with the
-    data's validation summary under "data" (repairs, questions left out). A checkpoint whose null threshold was
+    """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint or ensemble on a data file,
+    with the data's validation summary under "data" (repairs, questions left out). A model whose null threshold was
     chosen out of fold (`mrc kfold`) adds `threshold_report`: the scores at 0, at it and at the best one here."""
-    loaded = load_trained(checkpoint)
-    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "eval")
-    if any(g["is_impossible"] for g in split.golds):
-        loaded.cfg.decode.allow_null = True
-    metrics, predictions = run_inference(loaded, split)
+    loaded = load_model(checkpoint)
+    metrics, predictions, split = answer_file(loaded, data, "eval")
     decode = loaded.cfg.decode
     if "best_f1_thresh" in metrics and decode.null_threshold_from == "oof":
         metrics["threshold_report"] = thresholds.threshold_report(
@@ -52,34 +67,85 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     if PartialState().is_main_process:  # under accelerate launch every process has all predictions
         write_prediction_files(out_dir, predictions, metrics)
         if store_threshold and "best_f1_thresh" in metrics:
-            thresholds.store_threshold(loaded.path, loaded.cfg, metrics["best_f1_thresh"], "dev")
+            _store_threshold(loaded, metrics["best_f1_thresh"], "dev")
     return {**metrics, "out": str(out_dir), "data": split.report.summary()}
+
+
+def _store_threshold(loaded: Loaded | Ensemble, threshold: float, source: str) -> None:
+    """Keep a null threshold with the model or saved ensemble, so `predict` uses it."""
+    if not isinstance(loaded, Ensemble):
+        thresholds.store_threshold(loaded.path, loaded.cfg, threshold, source)
+        return
+    decode = loaded.cfg.decode
+    decode.null_score_diff_threshold, decode.null_threshold_from, decode.allow_null = float(threshold), source, True
+    store_settings(loaded)
 
 
 def predict_file(checkpoint: str, data: str, out: str) -> dict:
     """`mrc predict`: the submission file {id: answer} for a data file, with or without answers."""
-    loaded = load_trained(checkpoint)
-    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "predict")
-    _, predictions = run_inference(loaded, split)
-    out_path = Path(out)
-    answers = {pid: p.text for pid, p in predictions.items()}
+    _, predictions, split = answer_file(load_model(checkpoint), data, "predict")
     if PartialState().is_main_process:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
-    return {"questions": len(answers), "answered": sum(bool(a) for a in answers.values()), "out": str(out_path),
-            "data": split.report.summary()}
+        _write_submission(Path(out), predictions)
+    return {**_answered(predictions), "out": str(Path(out)), "data": split.report.summary()}
+
+
+def _write_submission(path: Path, predictions: dict[str, Prediction]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    answers = {pid: p.text for pid, p in predictions.items()}
+    path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def _answered(predictions: dict[str, Prediction]) -> dict:
+    return {"questions": len(predictions), "answered": sum(bool(p.text) for p in predictions.values())}
+
+
+def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "equal", combine: str = "prob",
+                  threshold: float | None = None, submission: str | None = None, save: str | None = None,
+                  copy_members: bool = False) -> dict:
+    """`mrc ensemble`: the files of `mrc eval` (metrics.json only where the data has answers) for the members'
+    combined answers; with `submission` also {id: answer}; with `save` the ensemble as a folder, with the decoding
+    settings it ran with. Returns the metrics, the counts, the files written and the data's validation summary."""
+    if save:
+        check_save_folder(save)
+    ensemble = build_ensemble(checkpoints, weights, combine, threshold)
+    metrics, predictions, split = answer_file(ensemble, data, _use_of(data, ensemble.cfg.data))
+    if PartialState().is_main_process:
+        if save:  # first: the files may go into the same folder
+            save_ensemble(ensemble, save, copy_members)
+        write_prediction_files(Path(out), predictions, metrics)  # metrics.json only where there are metrics
+        if submission:
+            _write_submission(Path(submission), predictions)
+    return {**metrics, **_answered(predictions), "members": len(ensemble.members),
+            "out": out, "data": split.report.summary()}
+
+
+def ensemble_predict(members: list[str] | Ensemble, data: str, weights: str = "equal", combine: str = "prob",
+                     threshold: float | None = None) -> tuple[dict, dict[str, Prediction]]:
+    """(metrics, predictions) of an ensemble, or of members given as model folders (the first is the reference), on
+    a data file; metrics are empty where the data has no answers."""
+    ensemble = members if isinstance(members, Ensemble) else build_ensemble(members, weights, combine, threshold)
+    metrics, predictions, _ = answer_file(ensemble, data, _use_of(data, ensemble.cfg.data))
+    return metrics, predictions
+
+
+def _use_of(data: str, settings: DataConfig) -> str:
+    """eval where every question has answers or is marked unanswerable (it can be scored), else predict."""
+    from mrc_cli.validate import load_examples
+
+    _, _, golds = load_examples(data, "predict", settings.format, cache_root(settings) / "examples")
+    return "eval" if all(g["answers"] or g["is_impossible"] for g in golds) else "predict"
 
 
 class Reader:
     """Answers questions about contexts: `Reader.load(path)(question=..., context=...)`, or lists of both."""
 
-    def __init__(self, loaded: Loaded, batch_size: int = 64):
+    def __init__(self, loaded: Loaded | Ensemble, batch_size: int = 64):
         self.loaded = loaded
         self.batch_size = batch_size
 
     @classmethod
     def load(cls, path: str | Path, batch_size: int = 64) -> Reader:
-        return cls(load_trained(path), batch_size)
+        return cls(load_model(path), batch_size)
 
     def __call__(self, question: str | list[str], context: str | list[str]) -> dict | list[dict]:
         single = isinstance(question, str)

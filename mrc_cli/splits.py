@@ -32,7 +32,8 @@ class Split:
 
 
 def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
-    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train."""
+    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train; gold
+    answers unless it is predict (nothing scores predictions, and a test file has no answers to score them by)."""
     from mrc_cli.validate import load_examples
 
     with _cyclic_gc_paused():
@@ -51,7 +52,7 @@ def select_split(examples, report, golds: list[dict], rows: list[int], tokenizer
 
 def _featurize(examples, report, golds: list[dict], tokenizer, data: DataConfig, use: str) -> Split:
     features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
-    return Split(examples, report, golds, features, summary)
+    return Split(examples, report, golds if use != "predict" else [], features, summary)
 
 
 @contextmanager

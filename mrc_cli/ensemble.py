@@ -1,0 +1,239 @@
+"""An ensemble of trained models that answers like one model: `mrc ensemble`, and a saved folder (ensemble.yaml) that
+`mrc eval`, `mrc predict` and `Reader.load` take. How the answers are combined: mrc_cli/combining.py.
+
+The first member is the reference: the data is featurized as it featurizes it, and the decoder sees its windows and
+positions, with its decoding settings (max_answer_length in its units; its stored null threshold unless one is
+given). Every other member featurizes the same examples with its own tokenizer and data settings and runs at its own
+precision. Under bf16/fp16 the close calls (decode.recheck_margin) are decided again from fp32 logits of every member,
+as for one model, so a one-model ensemble answers exactly as `mrc eval` of that model does at any precision.
+
+ensemble.yaml names each member by the folder loaded (a run directory's best checkpoint at the time), absolute, or
+relative to the ensemble's folder for members copied in (`--copy-members`): a saved ensemble does not change when a
+member's training goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
+from mrc_cli.config import RunConfig, set_value, write_yaml_atomically
+from mrc_cli.decoding import Prediction, decode
+from mrc_cli.errors import CheckpointError, ConfigError, DataError
+from mrc_cli.features import build_features, column
+from mrc_cli.inference import (evaluate_predictions, place_for_inference, position_offsets, predict_logits,
+                               recheck_close_calls)
+from mrc_cli.loading import ENSEMBLE_SETTINGS, Loaded, load_trained
+from mrc_cli.splits import Split
+
+MEMBERS_FOLDER = "members"  # inside a saved ensemble: the members' copies (--copy-members)
+WEIGHTS_HELP = "equal, oof, or one positive number per member such as 2,1"
+
+
+@dataclass
+class Ensemble:
+    members: list[Loaded]  # the reference first
+    sources: list[str]  # each member's folder as ensemble.yaml names it
+    weights: list[float]  # one per member, summing to 1
+    combine: str  # prob | logprob (mrc_cli.combining)
+    cfg: RunConfig  # the reference's run config with the ensemble's decoding settings
+    path: Path | None = None  # the saved folder, once saved or loaded
+
+    @property
+    def tokenizer(self):
+        """The reference's: eval, predict and the Reader featurize the data as it does."""
+        return self.members[0].tokenizer
+
+
+def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str = "prob",
+                   threshold: float | None = None) -> Ensemble:
+    """Members from checkpoints, run directories or exports; the first is the reference. `threshold` replaces the
+    reference's stored null threshold."""
+    if not checkpoints:
+        raise ConfigError("an ensemble needs at least one member (--checkpoint)")
+    if combine not in COMBINATIONS:
+        raise ConfigError(f"--combine {combine!r}: choose {' or '.join(COMBINATIONS)}")
+    shares = parse_weights(weights, len(checkpoints))  # before loading any model
+    members = [load_trained(path) for path in checkpoints]
+    cfg = copy.deepcopy(members[0].cfg)
+    if threshold is not None:
+        cfg.decode.null_score_diff_threshold = float(threshold)
+    return Ensemble(members, [str(m.path.resolve()) for m in members], shares, combine, cfg)
+
+
+def parse_weights(text: str, num_members: int) -> list[float]:
+    """`equal`, or one positive number per member, normalised to sum 1."""
+    if text == "equal":
+        return [1 / num_members] * num_members
+    if text == "oof":
+        raise ConfigError("--weights oof needs the out-of-fold F1 of each member from `mrc kfold` (OUT/kfold.json), "
+                          "which is not available yet; use equal or explicit weights such as 2,1")
+    return normalised_weights(text.split(","), num_members, f"--weights {text!r}")
+
+
+def normalised_weights(values: list, num_members: int, where: str) -> list[float]:
+    """One positive number per member, scaled to sum 1."""
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {WEIGHTS_HELP}") from None
+    if len(values) != num_members:
+        raise ConfigError(f"{where}: {len(values)} weights for {num_members} members; give one per member")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"{where}: weights must be positive numbers; leave a member out rather than weighting it 0")
+    return [v / sum(values) for v in values]
+
+
+def ensemble_inference(ensemble: Ensemble, split: Split, batch_size: int | None = None):
+    """(metrics, predictions) on a split featurized as the reference featurizes; the other members featurize its
+    examples themselves, in the feature cache where the reference's features are cached (not the Reader's)."""
+    cache = bool(split.features.cache_files)
+    splits = [split] + [_member_split(split, member, cache) for member in ensemble.members[1:]]
+    predictions = ensemble_answers(ensemble, splits, batch_size)
+    metrics = evaluate_predictions(split.golds, predictions, ensemble.cfg.decode) if split.golds else {}
+    return metrics, predictions
+
+
+def _member_split(split: Split, member: Loaded, cache: bool) -> Split:
+    features, summary = build_features(split.examples, member.tokenizer, member.cfg.data, labels=False, cache=cache)
+    return dataclasses.replace(split, features=features, summary=summary)
+
+
+def ensemble_answers(ensemble: Ensemble, splits: list[Split], batch_size: int | None = None) -> dict[str, Prediction]:
+    """Answers from every member's split (each featurized by that member) combined on the reference's positions."""
+    if len(splits) != len(ensemble.members):
+        raise ValueError(f"{len(splits)} splits for {len(ensemble.members)} members: give one per member")
+    _check_same_questions(ensemble, splits)
+    runs = [_MemberRun(member, split, batch_size) for member, split in zip(ensemble.members, splits)]
+    contexts = splits[0].contexts
+    predictions = _combine_and_decode(ensemble, [run.positions for run in runs], contexts)
+    if any(run.precision != "no" for run in runs):
+        ids = runs[0].positions.example_ids
+
+        def decide_in_fp32(rows: list[int]) -> dict[str, Prediction]:
+            close = {ids[r] for r in rows}
+            return _combine_and_decode(ensemble, [run.in_fp32(close) for run in runs], contexts)
+
+        recheck_close_calls(predictions, ids, ensemble.cfg.decode, decide_in_fp32)
+    return predictions
+
+
+def _combine_and_decode(ensemble: Ensemble, positions: list[Positions], contexts: dict[str, str]):
+    reference, *others = positions
+    start, end = combined_logits(reference, others, ensemble.weights, ensemble.combine)
+    return decode(reference.example_ids, reference.offsets, start, end, contexts, ensemble.cfg.decode)
+
+
+class _MemberRun:
+    """One member's logits on its features, placed on its device at its precision."""
+
+    def __init__(self, member: Loaded, split: Split, batch_size: int | None):
+        cfg = member.cfg
+        self.model, self.state, self.precision = place_for_inference(member.model, cfg)
+        self.features, self.batch_size = split.features, batch_size or cfg.train.eval_batch_size
+        self.width, self.span_level = cfg.data.max_seq_length, cfg.model.span_level
+        self.positions = self._positions(self.features, self.precision)
+
+    def _positions(self, features, precision: str) -> Positions:
+        logits = predict_logits(self.model, features, self.state, self.batch_size, precision, self.width)
+        offsets = position_offsets(features, self.width, self.span_level)
+        return Positions(column(features, "example_id"), offsets, logits.start, logits.end)
+
+    def in_fp32(self, example_ids: set[str]) -> Positions:
+        """The windows of these examples, from fp32 logits."""
+        rows = [i for i, e in enumerate(self.positions.example_ids) if e in example_ids]
+        if self.precision == "no":
+            return self.positions.select(rows)
+        return self._positions(self.features.select(rows), "no")
+
+
+def _check_same_questions(ensemble: Ensemble, splits: list[Split]) -> None:
+    expected = set(column(splits[0].features, "example_id"))
+    for number, (source, split) in enumerate(zip(ensemble.sources[1:], splits[1:]), start=2):
+        found = set(column(split.features, "example_id"))
+        if found != expected:
+            extra, missing = sorted(found - expected), sorted(expected - found)
+            raise DataError(
+                f"ensemble member {number} ({source}) answers other questions than the reference "
+                f"({ensemble.sources[0]}): {len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra "
+                f"(e.g. {extra[:3]}); every member must featurize the same examples"
+            )
+
+
+def load_ensemble(folder: str | Path) -> Ensemble:
+    """A folder saved by `mrc ensemble --save` (or save_ensemble), its members loaded."""
+    folder = Path(folder)
+    settings_file = folder / ENSEMBLE_SETTINGS
+    settings = _read_settings(settings_file)
+    weights = settings["weights"] if isinstance(settings["weights"], list) else [settings["weights"]]
+    shares = normalised_weights(weights, len(settings["members"]), f"{settings_file}: weights")
+    members = []
+    for number, source in enumerate(settings["members"], start=1):
+        path = folder / source  # an absolute source stays as it is
+        if not path.exists():
+            raise CheckpointError(f"{settings_file}: member {number} {path} does not exist; restore it, or save the "
+                                  "ensemble again (--copy-members keeps copies of the members inside its folder)")
+        try:
+            members.append(load_trained(path))
+        except CheckpointError as err:
+            raise CheckpointError(f"{settings_file}: member {number}: {err}") from None
+    cfg = copy.deepcopy(members[0].cfg)
+    for key, value in settings["decode"].items():
+        set_value(cfg, f"decode.{key}", value, source=str(settings_file))
+    return Ensemble(members, list(settings["members"]), shares, settings["combine"], cfg, folder)
+
+
+def _read_settings(path: Path) -> dict:
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    keys = {"members", "weights", "combine", "decode"}
+    if not isinstance(settings, dict) or set(settings) != keys:
+        raise ConfigError(f"{path}: expected the keys {', '.join(sorted(keys))}, as `mrc ensemble --save` writes them")
+    if not (isinstance(settings["members"], list) and settings["members"]):
+        raise ConfigError(f"{path}: members must be a list of model folders")
+    if settings["combine"] not in COMBINATIONS:
+        raise ConfigError(f"{path}: combine {settings['combine']!r}: choose {' or '.join(COMBINATIONS)}")
+    if not isinstance(settings["decode"], dict):
+        raise ConfigError(f"{path}: decode must hold decode.* settings (n_best_size, null_score_diff_threshold, ...)")
+    return settings
+
+
+def check_save_folder(folder: str | Path) -> None:
+    """Refused before any work: saving must not mix an ensemble into another folder's files."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(f"{folder}: exists and is not an empty folder; save the ensemble into a new one")
+
+
+def save_ensemble(ensemble: Ensemble, folder: str | Path, copy_members: bool = False) -> Path:
+    """Write ensemble.yaml (and with `copy_members` the members' weights, config and tokenizer, not their optimizer
+    state) into a new folder; the ensemble then belongs to it (a stored threshold is written there)."""
+    folder = Path(folder)
+    check_save_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if copy_members:
+        sources = []
+        for number, member in enumerate(ensemble.members, start=1):
+            copied = Path(MEMBERS_FOLDER) / f"{number}-{member.path.name}"
+            shutil.copytree(member.path, folder / copied, ignore=shutil.ignore_patterns("training_state.pt"))
+            sources.append(str(copied))
+        ensemble.sources = sources
+    ensemble.path = folder
+    store_settings(ensemble)
+    return folder
+
+
+def store_settings(ensemble: Ensemble) -> None:
+    """(Re)write the saved folder's ensemble.yaml from the ensemble: members, weights, combination, decoding."""
+    settings = {"members": ensemble.sources, "weights": ensemble.weights, "combine": ensemble.combine,
+                "decode": dataclasses.asdict(ensemble.cfg.decode)}
+    write_yaml_atomically(settings, ensemble.path / ENSEMBLE_SETTINGS)
