@@ -269,11 +269,16 @@ def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkey
         compare(load_config(config, sets=["train.max_steps=5"]), [Variant.parse(VARIANT)], [0, 1], out)
 
 
+def _copied(out: Path, tmp_path: Path) -> Path:
+    """The compare folder of the module's runs, copied: a test that changes it leaves the others theirs."""
+    shutil.copytree(out, tmp_path / "out")
+    return tmp_path / "out"
+
+
 def test_a_record_without_a_key_added_since_counts_it_at_its_default(compared, tmp_path, monkeypatch, capsys):
     """A config key added to mrc-cli after the runs (a new trick, off by default) leaves them valid."""
     out, config, _ = compared
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
+    copy = _copied(out, tmp_path)
     for record_file in copy.glob("*/seed-*/compare_run.json"):
         record = json.loads(record_file.read_text())
         del record["config"]["train"]["ema_decay"]
@@ -287,8 +292,7 @@ def test_a_record_without_a_key_added_since_counts_it_at_its_default(compared, t
 
 def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monkeypatch, capsys):
     out, config, _ = compared
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
+    copy = _copied(out, tmp_path)
     run_dir = copy / "drop" / "seed-1"
     finished = json.loads((run_dir / "compare_run.json").read_text())
     (run_dir / "compare_run.json").unlink()  # as if killed after the checkpoint at step 2
