@@ -1,8 +1,11 @@
-"""Training tricks measured over seeds through `mrc compare` (issue 14): the offline MiniLM, the SQuAD v1.1 train head,
-one epoch (279 optimizer steps at batch 16), scored on the answerable questions of the SQuAD v2 dev head; each trick
-alone against today's defaults, or the variants given.
+"""Training tricks measured over seeds through `mrc compare` (issue 14): the offline MiniLM, one epoch at batch 16;
+each trick alone against today's defaults, or the variants given.
 
-    .venv/bin/python bench/bench_tricks.py [--seeds 3] [--variant name:key=value,...] [--out outputs/bench/tricks]
+- squad: the SQuAD v1.1 train head (279 optimizer steps), scored on the answerable questions of the SQuAD v2 dev head;
+- cmrc: cmrc2018_dev.json split by article (bench_word_level.cmrc_split: every third article to dev), `chars` words,
+  answers up to 50 characters, the CMRC metric. MiniLM's vocabulary is English: compare differences, not levels.
+
+    .venv/bin/python bench/bench_tricks.py [--task squad|cmrc] [--seeds 3] [--variant name:key=value,...] [--out DIR]
 
 Resumable: run it again and finished runs are skipped (mrc compare). Writes OUT/compare.{json,md,png} and
 OUT/bench_tricks.json (the command, machine with CPU flags, git revision, date).
@@ -19,7 +22,17 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_train_quality import answerable_dev, minilm_config  # noqa: E402
-from bench.common import OUT, SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD, command_line, git_revision, machine, require_shared  # noqa: E402
+from bench.bench_word_level import cmrc_split  # noqa: E402
+from bench.common import (  # noqa: E402
+    CMRC_DEV,
+    OUT,
+    SQUAD_TRAIN_HEAD,
+    SQUAD_V2_DEV_HEAD,
+    command_line,
+    git_revision,
+    machine,
+    require_shared,
+)
 
 # each trick alone, at the settings its authors or common competition code use (ema: a window of ~100 of the 279 steps)
 TRICKS = ["llrd:train.llrd=0.9", "ema:train.ema_decay=0.99", "msd:model.multi_sample_dropout=4",
@@ -30,15 +43,20 @@ def main() -> None:
     from mrc_cli.compare import Variant, compare
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["squad", "cmrc"], default="squad")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variant", action="append", help="name:key=value,... (default: each trick alone)")
-    parser.add_argument("--out", default=str(OUT / "tricks"))
+    parser.add_argument("--out", help="default: outputs/bench/tricks (squad), outputs/bench/tricks_cmrc (cmrc)")
     args = parser.parse_args()
-    require_shared("bench_tricks", SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD)
-
-    out = Path(args.out)
+    out = Path(args.out or OUT / ("tricks" if args.task == "squad" else "tricks_cmrc"))
     out.mkdir(parents=True, exist_ok=True)
-    base = minilm_config(SQUAD_TRAIN_HEAD, answerable_dev(out), out / "unused")
+    if args.task == "squad":
+        require_shared("bench_tricks", SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD)
+        base = minilm_config(SQUAD_TRAIN_HEAD, answerable_dev(out), out / "unused")
+    else:
+        require_shared("bench_tricks", CMRC_DEV)
+        base = minilm_config(*cmrc_split(out), out / "unused")
+        base.data.word_segmenter, base.decode.max_answer_length = "chars", 50
     base.train.save_steps = 100  # a killed run resumes from its last checkpoint
     result = compare(base, [Variant.parse(v) for v in args.variant or TRICKS], list(range(args.seeds)), out)
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
