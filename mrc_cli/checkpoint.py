@@ -52,7 +52,7 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file(_untied(model.state_dict()), str(tmp / "model.safetensors"))
         torch.save(training_state, tmp / "training_state.pt")
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
@@ -71,6 +71,18 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
         ) from None
     _prune(root, keep_last, trainer_state.get("best_step"))
     return final
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor once, under its first name: tied weights (an MLM decoder and the input embeddings) are one tensor
+    under two names, which safetensors refuses; load_weights fills the other name."""
+    seen, unique = set(), {}
+    for key, value in state.items():
+        where = (value.data_ptr(), value.shape) if value.numel() else None  # empty tensors share address 0
+        if where is None or where not in seen:
+            seen.add(where)
+            unique[key] = value.detach().contiguous().cpu()
+    return unique
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:

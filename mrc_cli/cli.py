@@ -143,7 +143,7 @@ def train(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Fine-tune a span-extraction model; flags override the YAML config, --set reaches any key."""
-    from mrc_cli.config import check_train_config, config_to_dict, load_config
+    from mrc_cli.config import check_train_config, load_config
 
     cfg = load_config(config, _flags(
         model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file, train__output_dir=output_dir,
@@ -154,9 +154,7 @@ def train(
     ), sets or [])
     check_train_config(cfg.train)
     if dry_run:
-        import yaml
-
-        typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+        _print_config(cfg)
         return
     from mrc_cli.training import train as run_training
 
@@ -165,6 +163,43 @@ def train(
     result = run_training(cfg)
     if PartialState().is_main_process:
         typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
+
+
+@app.command()
+def pretrain(
+    model: ModelOpt = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="SQuAD-style file: its contexts, each distinct one once; repeat for more.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="Plain text, documents separated by blank lines; repeat for more.")] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="File you will evaluate on: its contexts are left out (default: data.dev_file); repeat for more.")] = None,
+    include_eval_contexts: Annotated[bool, typer.Option("--include-eval-contexts", help="Keep the eval files' contexts (fair where the test contexts are given unlabeled).")] = False,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run directory; at the end also the pre-trained model folder.")] = None,
+    config: ConfigOpt = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs (ignored when --max-steps is set).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="auto (newest checkpoint in --out) or a checkpoint folder.")] = None,
+    sets: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Masked-language-model training (whole-word masking) on the contexts of SQuAD-style files and on plain text;
+    --out becomes a model folder that `mrc train --model` fine-tunes. --set pretrain.masking=token masks tokens."""
+    from mrc_cli.config import check_pretrain_config, load_config
+
+    cfg = load_config(config, _flags(
+        model__name_or_path=model, pretrain__data_files=data, pretrain__text_files=text, pretrain__eval_files=eval_data,
+        pretrain__include_eval_contexts=include_eval_contexts or None, train__output_dir=out, train__epochs=epochs,
+        train__max_steps=max_steps, train__resume=resume,
+    ), sets or [])
+    check_pretrain_config(cfg)
+    if dry_run:
+        _print_config(cfg)
+        return
+    from accelerate import PartialState
+
+    from mrc_cli.pretraining import pretrain as run_pretraining
+
+    result = run_pretraining(cfg)
+    if PartialState().is_main_process:
+        typer.echo(json.dumps({"model_dir": str(result.run_dir), "steps": result.steps}))
 
 
 @app.command()
@@ -334,6 +369,14 @@ def analyze(
     result = analyze_predictions(gold, pred, nbest, null_odds, threshold, windows, metric, examples, fmt,
                                  out or (first if first.is_dir() else first.parent))
     typer.echo(format_summary(result))
+
+
+def _print_config(cfg) -> None:
+    import yaml
+
+    from mrc_cli.config import config_to_dict
+
+    typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
 def _flags(**flags) -> dict:

@@ -112,11 +112,28 @@ class DecodeConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """`mrc pretrain` (mrc_cli/pretraining.py): masked-language-model training on contexts and plain text."""
+
+    data_files: list[str] = field(default_factory=list)  # SQuAD-style files: each distinct context once
+    text_files: list[str] = field(default_factory=list)  # plain UTF-8 text: documents separated by blank lines
+    eval_files: list[str] = field(default_factory=list)  # their contexts are left out; empty: data.dev_file
+    include_eval_contexts: bool = False  # true: keep them (fair where the test contexts are given unlabeled)
+    masking: Literal["word", "token"] = "word"  # word: all sub-tokens of data.word_segmenter's words together
+    mask_prob: float = 0.15  # of the words (token: of the tokens) selected for prediction, as BERT
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_prob < 1:
+            raise ConfigError(f"pretrain.mask_prob is a fraction in (0, 1), got {self.mask_prob}")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, sets: list[str] = ()) -> RunConfig:
@@ -174,8 +191,11 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a field type (str, int, float, bool, a Literal of choices, X | None); ints are accepted
-    for floats."""
+    """Check `value` against a field type (str, int, float, bool, a Literal of choices, X | None, a list of one of
+    these); ints are accepted for floats, one value for a list of one."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value if isinstance(value, list) else [value])]
     if typing.get_origin(hint) is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans: `precision: no` means "no"
             value = next((w for w in (("no", "off", "false") if not value else ("yes", "on", "true"))
@@ -279,5 +299,26 @@ def check_train_config(train: TrainConfig) -> None:
         tracking.tracker_names(train.report_to)
     except ConfigError as err:
         problems.append(str(err))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def check_pretrain_config(cfg: RunConfig) -> None:
+    """`mrc pretrain`'s settings, refused before any heavy work: something to train on, no setting that belongs to the
+    span head, an output folder that is not the model it starts from."""
+    check_train_config(cfg.train)
+    problems = []
+    if not cfg.pretrain.data_files and not cfg.pretrain.text_files:
+        problems.append("nothing to pre-train on: pass --data FILE (SQuAD-style: its contexts) or --text FILE (plain text)")
+    if cfg.data.max_seq_length < 3:
+        problems.append(f"data.max_seq_length {cfg.data.max_seq_length} leaves no room between [CLS] and [SEP]")
+    for key, value in (("train.rdrop_alpha", cfg.train.rdrop_alpha), ("model.multi_sample_dropout", cfg.model.multi_sample_dropout),
+                       ("train.init_from", cfg.train.init_from)):
+        if value:
+            problems.append(f"{key} {value!r} belongs to span fine-tuning (mrc train); pre-training starts from --model "
+                            "and has no span head: unset it")
+    if Path(cfg.train.output_dir).resolve() == Path(cfg.model.name_or_path).resolve():
+        problems.append(f"--out {cfg.train.output_dir} is the model folder pre-training starts from; its files would be "
+                        "overwritten: choose another folder")
     if problems:
         raise ConfigError("; ".join(problems))

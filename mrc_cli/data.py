@@ -50,7 +50,7 @@ def read_data(source: str | Path, fmt: str = "auto") -> RawData:
         return _read_hf(str(source))
     if not path.is_file():
         raise DataError(f"{source}: no such file")
-    text = _read_text(path)
+    text = read_text(path)
     if fmt == "jsonl":
         return _read_jsonl(path, text)
     return _read_json(path, text)
@@ -64,7 +64,8 @@ def _detect_format(path: Path) -> str:
     return "squad"  # .json: nested SQuAD, or a flat list of records (handled by _read_json)
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A file's text as UTF-8 (a byte-order mark tolerated); another encoding is an error that says how to convert."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it

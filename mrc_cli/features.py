@@ -106,7 +106,7 @@ def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool
     # a window is the encoding of the first cut of the context, then its `overflowing` cuts (the order of
     # transformers' return_overflowing_tokens)
     windows = [(ex, w) for ex, enc in enumerate(encodings) for w in (enc, *enc.overflowing)]
-    segment = _segmenter(data.word_segmenter)
+    segment = segmenter(data.word_segmenter)
     word_starts = {}  # example index -> char starts of its words, for segmenters other than the tokenizer's
     out = {"input_ids": [w.ids for _, w in windows]}
     if type_ids:
@@ -123,12 +123,9 @@ def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool
         last = len(sequence) - sequence[::-1].index(1)
         before, after = [-1] * first, [-1] * (len(sequence) - last)
         context_offsets = window.offsets[first:last]
-        if segment is None:
-            words = window.word_ids[first:last]
-        else:
-            if ex not in word_starts:
-                word_starts[ex] = segment(batch["context"][ex])
-            words = [bisect_right(word_starts[ex], start) - 1 for start, _ in context_offsets]
+        if segment is not None and ex not in word_starts:
+            word_starts[ex] = segment(batch["context"][ex])
+        words = token_words(context_offsets, window.word_ids[first:last], word_starts.get(ex))
         out["example_id"].append(batch["id"][ex])
         if offsets:  # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
             out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
@@ -207,7 +204,7 @@ def _label_window(context_offsets: list, first: int, answers: dict, is_impossibl
 
 
 @lru_cache(maxsize=None)
-def _segmenter(name: str) -> Callable[[str], list[int]] | None:
+def segmenter(name: str) -> Callable[[str], list[int]] | None:
     """A function from context to the sorted start characters of its words; None for the tokenizer's own words."""
     if name == "tokenizer":
         return None
@@ -226,6 +223,14 @@ def _segmenter(name: str) -> Callable[[str], list[int]] | None:
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"data.word_segmenter {name!r}: cannot import it ({err})") from None
     return partial(_starts_of_words, words_of=words_of)
+
+
+def token_words(offsets: list, tokenizer_words: list[int], word_starts: list[int] | None) -> list[int]:
+    """The word of each token: the tokenizer's own (`word_starts` None), else the segmenter's word holding the token's
+    first character (`word_starts`: `segmenter(name)(text)`)."""
+    if word_starts is None:
+        return tokenizer_words
+    return [bisect_right(word_starts, start) - 1 for start, _ in offsets]
 
 
 def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> list[int]:

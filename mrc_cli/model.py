@@ -27,6 +27,8 @@ from mrc_cli.words import pool_words, token_to_unit_labels, unit_index
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "word_ids")
 SPAN_LEVELS = ("token", "word")
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  # BERT/ALBERT, other families
+# what model.dropout sets: BERT/ALBERT/RoBERTa's hidden_dropout_prob (ALBERT: classifier_ too), other families' dropout
+DROPOUT_KEYS = ("hidden_dropout_prob", "classifier_dropout_prob", "dropout", *ATTENTION_DROPOUT_KEYS)
 LEGACY_PICKLES = 5  # pickles before the raw storages in a file of the pre-1.6 torch.save format
 
 
@@ -105,7 +107,8 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     return (start + end) / 2
 
 
-def _encoder_config(name_or_path: str, dropout: float | None, attention_dropout: float | None, max_seq_length: int):
+def encoder_config(name_or_path: str, dropout: float | None, attention_dropout: float | None, max_seq_length: int):
+    """The encoder's config with model.dropout / attention_dropout applied; refused when max_seq_length does not fit."""
     from transformers import AutoConfig
 
     try:
@@ -113,8 +116,7 @@ def _encoder_config(name_or_path: str, dropout: float | None, attention_dropout:
     except (OSError, ValueError, KeyError) as err:
         where = "the folder has no config.json" if Path(name_or_path).exists() else "no such folder, and the Hub is not reachable or has no such id"
         raise ConfigError(f"cannot load model {name_or_path!r}: {where} ({type(err).__name__}); pass a local model folder") from None
-    # BERT/ALBERT/RoBERTa name them hidden_dropout_prob and attention_probs_dropout_prob (ALBERT: +classifier_)
-    _set_existing(config, ("hidden_dropout_prob", "classifier_dropout_prob", "dropout", *ATTENTION_DROPOUT_KEYS), dropout)
+    _set_existing(config, DROPOUT_KEYS, dropout)
     _set_existing(config, ATTENTION_DROPOUT_KEYS, attention_dropout)  # after `dropout`: it wins on these keys
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_seq_length > limit:
@@ -137,7 +139,7 @@ def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True
     only its architecture (to load weights into), and a fresh head."""
     from transformers import AutoModel
 
-    config = _encoder_config(source or model.name_or_path, model.dropout, model.attention_dropout, max_seq_length)
+    config = encoder_config(source or model.name_or_path, model.dropout, model.attention_dropout, max_seq_length)
     if pretrained:
         encoder = AutoModel.from_pretrained(source or model.name_or_path, config=config, attn_implementation="sdpa")
     else:
@@ -145,8 +147,8 @@ def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True
     return SpanExtractionModel(encoder, model.span_level, model.multi_sample_dropout)
 
 
-def enable_gradient_checkpointing(model: SpanExtractionModel) -> None:
-    """Recompute each encoder layer's activations in the backward pass instead of keeping them (albert-xxlarge at
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations of `model.encoder` in the backward pass instead of keeping them (albert-xxlarge at
     batch 48 x 384 holds ~30 GB of them otherwise). transformers' own switch where the family has one (BERT,
     RoBERTa, ELECTRA ...); ALBERT has none in transformers 5, so its (shared) layers are wrapped here."""
     from torch.utils.checkpoint import checkpoint
@@ -240,7 +242,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool 
         raise CheckpointError(f"weights do not fit this model: {describe_keys(mismatched)} differ in shape")
     state = {k: v for k, v in state.items() if k not in mismatched}
     result = model.load_state_dict(state, strict=False)
-    missing, unexpected = sorted(set(result.missing_keys) | set(mismatched)), sorted(result.unexpected_keys)
+    # a tied weight (an MLM decoder is the input embedding matrix) is saved once: loaded under its other name
+    loaded = {own[k].data_ptr() for k in state if k in own and own[k].numel()}
+    tied = {k for k in result.missing_keys if own[k].numel() and own[k].data_ptr() in loaded}
+    missing, unexpected = sorted(set(result.missing_keys) - tied | set(mismatched)), sorted(result.unexpected_keys)
     if strict and (missing or unexpected):
         raise CheckpointError(f"weights do not fit this model: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}")
     return missing, unexpected

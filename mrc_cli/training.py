@@ -1,4 +1,6 @@
-"""The training loop on accelerate: one readable loop, set up by small helpers.
+"""The training loop on accelerate: one readable loop, set up by small helpers, for any `Task`: span fine-tuning
+(`train`, `SpanTask` here) and masked-language-model pre-training (mrc_cli.pretraining) differ only in their data,
+model, batches, evaluation and final files.
 
 CPU, one GPU or many (`accelerate launch`) run the same code. An optimizer step is `processes x grad_accum`
 micro-batches of similar width cut from the epoch's length-grouped plan (a pure function of seed, epoch and that
@@ -21,6 +23,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator
@@ -56,6 +59,7 @@ class TrainerState:
     # [group, steps] run in that epoch, in order; group = processes x grad_accum (another after a resume elsewhere)
     epoch_segments: list = field(default_factory=list)
     samples: int = 0  # features trained on, all processes together
+    tokens: int = 0  # real (not padding) tokens trained on, all processes together
     plan_group: int = 0  # the group the run started with: its steps per epoch set the schedule's length
     processes: int = 1  # of the run that wrote the checkpoint
     best_metric: float | None = None
@@ -75,6 +79,87 @@ class TrainResult:
 def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | None = None) -> TrainResult:
     """Fine-tune as `cfg` says. `train_split`/`dev_split`: splits already in memory (k-fold, distillation), built
     with this model's tokenizer and cfg.data; without them cfg.data.train_file/dev_file are read."""
+    return run_task(cfg, SpanTask(train_split, dev_split))
+
+
+class Task(Protocol):
+    """What a run trains, around the one loop: span fine-tuning (`SpanTask`) and masked-language-model pre-training
+    (mrc_cli.pretraining). The loop owns the rest: plan, steps, precision, meter, checkpoints, resume, stop signal."""
+
+    unit: str  # what a row of the training data is, for the log: "features", "sequences"
+    evaluates: bool  # whether the task has a dev set (known after `load`)
+
+    def load(self, cfg: RunConfig, tokenizer, log: RunLog):
+        """Read the data; return the training rows (a datasets.Dataset that FeatureTensors stores). May fill
+        derived config values, which the saved config.yaml then holds."""
+
+    def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog) -> torch.nn.Module:
+        """A model with `.encoder` (the Hugging Face encoder), `.config` and forward(**batch).loss; `pretrained`
+        False: the architecture only, for a resumed run's checkpoint."""
+
+    def batch(self, store: FeatureTensors, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
+        """The inputs of rows `index` (`rows`: the same on the device) in `epoch`."""
+
+    def evaluate(self, model, cfg: RunConfig, accelerator, precision: str) -> tuple[dict, object]:
+        """(metrics, predictions) on the dev set; called only where `evaluates`."""
+
+    def run_info(self, cfg: RunConfig) -> dict:
+        """The task's part of run_info.json: data fingerprints and counts."""
+
+    def finish(self, run_dir: Path, model, last_eval, state: TrainerState, main: bool) -> dict:
+        """The task's files at the end (`main`: this process writes them), the model holding the weights to keep;
+        returns the run's metrics."""
+
+
+class SpanTask:
+    """Span extraction on SQuAD-style data, evaluated on a dev set: what `train()` fine-tunes."""
+
+    unit = "features"
+
+    def __init__(self, train_split: Split | None, dev_split: Split | None):
+        self.train_split, self.dev_split = train_split, dev_split
+
+    @property
+    def evaluates(self) -> bool:
+        return self.dev_split is not None
+
+    def load(self, cfg: RunConfig, tokenizer, log: RunLog):
+        self.train_split = _load_split(self.train_split, cfg.data.train_file, "train", tokenizer, cfg, log)
+        if self.dev_split is not None or cfg.data.dev_file:
+            self.dev_split = _load_split(self.dev_split, cfg.data.dev_file, "eval", tokenizer, cfg, log)
+        if self.evaluates and not cfg.decode.allow_null and any(g["is_impossible"] for g in self.dev_split.golds):
+            cfg.decode.allow_null = True
+            log.info("dev set has unanswerable questions: decode.allow_null set to true")
+        return self.train_split.features
+
+    def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):
+        model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=pretrained)
+        if cfg.train.init_from and pretrained:
+            _init_from(model, cfg.train.init_from, log)
+        return model
+
+    def batch(self, store: FeatureTensors, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
+        return store.batch(index, rows)
+
+    def evaluate(self, model, cfg: RunConfig, accelerator, precision: str) -> tuple[dict, object]:
+        return evaluate_split(model, self.dev_split, cfg, accelerator, precision)
+
+    def run_info(self, cfg: RunConfig) -> dict:
+        train, dev = self.train_split.summary, self.dev_split.summary if self.dev_split else None
+        return {"train_file_sha256": file_sha256(cfg.data.train_file), "dev_file_sha256": file_sha256(cfg.data.dev_file),
+                "train_examples": train.examples, "train_features": train.features,
+                "dev_examples": dev.examples if dev else None, "dev_features": dev.features if dev else None}
+
+    def finish(self, run_dir: Path, model, last_eval, state: TrainerState, main: bool) -> dict:
+        """The dev predictions of the evaluation at the last step."""
+        metrics, predictions = last_eval or ({}, None)
+        if predictions is not None and main:
+            write_prediction_files(run_dir, predictions, metrics)
+        return metrics
+
+
+def run_task(cfg: RunConfig, task: Task) -> TrainResult:
+    """Train `task` as `cfg` says: set up by small helpers, then the loop."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir)
@@ -93,16 +178,9 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
-        train_split = _load_split(train_split, cfg.data.train_file, "train", tokenizer, cfg, log)
-        if dev_split is not None or cfg.data.dev_file:
-            dev_split = _load_split(dev_split, cfg.data.dev_file, "eval", tokenizer, cfg, log)
-    if dev_split is not None and not cfg.decode.allow_null and any(g["is_impossible"] for g in dev_split.golds):
-        cfg.decode.allow_null = True
-        log.info("dev set has unanswerable questions: decode.allow_null set to true")
+        rows = task.load(cfg, tokenizer, log)
 
-    model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=resume_from is None)
-    if cfg.train.init_from and resume_from is None:
-        _init_from(model, cfg.train.init_from, log)
+    model = task.build_model(cfg, pretrained=resume_from is None, log=log)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     check_rdrop(model.encoder, cfg.train.rdrop_alpha)
@@ -110,7 +188,7 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
     optimizer = _optimizer(accelerator.unwrap_model(model), cfg, world, log)
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
-    store = FeatureTensors(train_split.features, accelerator.device, tokenizer.pad_token_id or 0)
+    store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * _steps_per_epoch(store, cfg, state.plan_group))
     scheduler = _scheduler(optimizer, cfg, total_steps)
     scaler = LossScaler(precision, accelerator.device)
@@ -118,16 +196,16 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
     # what a checkpoint holds besides the weights: save and restore walk this
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {})}
     if resume_from is not None:
-        _restore(resume_from, accelerator, model, stateful, state, log)
+        _restore(resume_from, accelerator, model, stateful, state, task.unit, log)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        _write_run_info(run_dir, cfg, tokenizer, train_split, dev_split, precision, accelerator)
-    _describe_run(cfg, world, total_steps, precision, accelerator, store, log)
+        _write_run_info(run_dir, tokenizer, precision, accelerator, task.run_info(cfg))
+    _describe_run(cfg, world, total_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
 
-    steps = _step_stream(store, cfg, state, accelerator)
+    steps = _step_stream(task, store, cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     meter = _Meter(accelerator.device)
     last_eval = None  # (metrics, predictions) of the latest evaluation
@@ -146,7 +224,7 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
 
             # after a step: log, evaluate, save, stop; the device is waited for only at these steps
             last = state.step == total_steps
-            evaluate = dev_split is not None and (last or _every(state.step, cfg.train.eval_steps))
+            evaluate = task.evaluates and (last or _every(state.step, cfg.train.eval_steps))
             save = last or _every(state.step, cfg.train.save_steps)
             signalled = stopper.signal_name is not None and world == 1  # several processes agree at a sync point
             if not (evaluate or save or signalled or last or _every(state.step, cfg.train.log_steps)):
@@ -154,12 +232,13 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
             pause_start = time.perf_counter()
             values, signalled = meter.sync(stopper, accelerator, state, run_dir)  # raises on every rank after a NaN
             state.samples += values.pop("features")
+            state.tokens += values.pop("tokens")
             bar.set_postfix(loss=f"{values['loss'] or math.nan:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             log.metrics(state.step, {**values, "lr": scheduler.get_last_lr()[0], "epoch": epoch})
             stop = False
             if evaluate:
                 with _shadow(ema):
-                    last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
+                    last_eval = task.evaluate(accelerator.unwrap_model(model), cfg, accelerator, precision)
                 model.train()
                 stop = _track(last_eval[0], cfg, state, log)
             if save or stop or signalled or state.best_step == state.step:
@@ -173,10 +252,10 @@ def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | N
                 log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of {cfg.train.metric_for_best}")
                 break
     bar.close()
-    if dev_split is not None and last_eval is None:  # resumed at the last step: nothing evaluated yet
+    if task.evaluates and last_eval is None:  # resumed at the last step: nothing evaluated yet
         with _shadow(ema):
-            last_eval = evaluate_split(accelerator.unwrap_model(model), dev_split, cfg, accelerator, precision)
-    return _finish(run_dir, last_eval, accelerator, state, log)
+            last_eval = task.evaluate(accelerator.unwrap_model(model), cfg, accelerator, precision)
+    return _finish(run_dir, task, model, ema, last_eval, accelerator, state, log)
 
 
 def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,
@@ -217,10 +296,11 @@ def _advance(state: TrainerState, epoch: int, group: int) -> None:
     state.step += 1
 
 
-def _step_stream(store: FeatureTensors, cfg: RunConfig, state: TrainerState, accelerator: Accelerator):
+def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: TrainerState, accelerator: Accelerator):
     """(epoch, this process's micro-batches, (features, real tokens, computed tokens)) of every optimizer step from
-    the resumed position on, epoch after epoch. Micro-batch a of an optimizer step goes to rank r as piece
-    a * world + r, so the pieces that ranks run side by side are neighbours in length."""
+    the resumed position on, epoch after epoch; `task` makes each micro-batch's inputs. Micro-batch a of an
+    optimizer step goes to rank r as piece a * world + r, so the pieces that ranks run side by side are neighbours in
+    length."""
     rank, world, accum = accelerator.process_index, accelerator.num_processes, cfg.train.grad_accum
     lengths = store.lengths.tolist()
     t = cfg.train
@@ -234,7 +314,7 @@ def _step_stream(store: FeatureTensors, cfg: RunConfig, state: TrainerState, acc
         for step in mine:
             batches = []
             for index in step:
-                batches.append(store.batch(index, rows[at:at + len(index)]))
+                batches.append(task.batch(store, index, rows[at:at + len(index)], epoch))
                 at += len(index)
             counts = [sum(len(b) for b in step), sum(lengths[i] for b in step for i in b),
                       sum(batch["input_ids"].numel() for batch in batches)]  # features, real and computed tokens
@@ -283,6 +363,7 @@ class _Meter:
         elapsed = time.perf_counter() - self.started - self.paused
         taken = self.steps - self.skipped
         values = {"loss": loss / (taken * accelerator.num_processes) if taken else None, "features": int(features),
+                  "tokens": int(real),
                   "features_per_s": self.totals[0] / elapsed, "tokens_per_s": self.totals[1] / elapsed,
                   "computed_tokens_per_s": self.totals[2] / elapsed, "real_token_share": real / computed}
         if self.skipped:
@@ -354,9 +435,11 @@ def _accelerator(cpu: bool, report_to: str, run_dir: Path) -> Accelerator:
 
 
 def _flat_config(cfg: RunConfig) -> dict:
-    """The run config as the flat scalars trackers accept ("train.lr": 1e-4); None as "none"."""
-    return {f"{section}.{key}": "none" if value is None else value
-            for section, values in config_to_dict(cfg).items() for key, value in values.items()}
+    """The run config as the flat scalars trackers accept ("train.lr": 1e-4); None as "none", a list as "a,b"."""
+    def scalar(value):
+        return "none" if value is None else ",".join(value) if isinstance(value, list) else value
+
+    return {f"{section}.{key}": scalar(value) for section, values in config_to_dict(cfg).items() for key, value in values.items()}
 
 
 def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, list[str]]:
@@ -461,12 +544,12 @@ def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, accelerator, store, log: RunLog) -> None:
+def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, accelerator, rows: str, log: RunLog) -> None:
     """The derived numbers, once at the start; and the learning rate question of a many-process run."""
     t = cfg.train
     effective = t.batch_size * t.grad_accum * world
     log.info(f"{world} process(es) on {accelerator.device}, precision {precision}; effective batch {effective} = "
-             f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {len(store)} features; "
+             f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {rows}; "
              f"{total_steps} optimizer steps, {int(t.warmup * total_steps)} of warm-up")
     if world > 1:
         log.info(f"lr {t.lr * world:g} = {t.lr:g} x {world} processes (train.scale_lr)" if t.scale_lr else
@@ -510,7 +593,8 @@ def _save(run_dir: Path, accelerator, model, stateful: dict, tokenizer, cfg: Run
     accelerator.wait_for_everyone()
 
 
-def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: TrainerState, log: RunLog) -> None:
+def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: TrainerState, unit: str,
+             log: RunLog) -> None:
     """Weights, every part of `stateful` and this process's RNG states from a checkpoint."""
     training_state = read_trainer_state(checkpoint)[1]
     load_weights(accelerator.unwrap_model(model), read_weights(checkpoint), strict=True)
@@ -522,14 +606,14 @@ def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: Traine
                  f"{accelerator.num_processes}; dropout noise will differ from the original run")
     set_rng_state(rngs[accelerator.process_index % len(rngs)], accelerator.device)
     log.truncate_metrics(state.step)  # lines logged after the checkpoint by the stopped run are logged again
-    log.info(f"resumed from {checkpoint} at step {state.step} (epoch {state.epoch}, {state.samples} features trained on)")
+    log.info(f"resumed from {checkpoint} at step {state.step} (epoch {state.epoch}, {state.samples} {unit} trained on)")
 
 
-def _finish(run_dir: Path, last_eval, accelerator, state: TrainerState, log: RunLog) -> TrainResult:
-    """The final dev predictions (from the evaluation at the last step), the curves, the result."""
-    metrics, predictions = last_eval or ({}, None)
-    if predictions is not None and accelerator.is_main_process:
-        write_prediction_files(run_dir, predictions, metrics)
+def _finish(run_dir: Path, task: Task, model, ema: EMA | None, last_eval, accelerator, state: TrainerState,
+            log: RunLog) -> TrainResult:
+    """The task's files (with EMA: from the shadow weights), the curves, the result."""
+    with _shadow(ema):
+        metrics = task.finish(run_dir, accelerator.unwrap_model(model), last_eval, state, accelerator.is_main_process)
     if accelerator.is_main_process:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         log.info(f"done: {state.step} steps; files in {run_dir}")
@@ -538,14 +622,11 @@ def _finish(run_dir: Path, last_eval, accelerator, state: TrainerState, log: Run
     return TrainResult(run_dir, state.step, metrics, best)
 
 
-def _write_run_info(run_dir: Path, cfg: RunConfig, tokenizer, train_split, dev_split, precision, accelerator) -> None:
-    """The reproducibility record: versions, commit, fingerprints of tokenizer and data, feature counts."""
+def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_info: dict) -> None:
+    """The reproducibility record: versions, commit, the tokenizer's fingerprint, then the task's data record."""
     import accelerate
     import datasets
     import transformers
-
-    def sha(path: str | None) -> str | None:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path and Path(path).is_file() else None
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -558,9 +639,11 @@ def _write_run_info(run_dir: Path, cfg: RunConfig, tokenizer, train_split, dev_s
         "accelerate": accelerate.__version__, "device": str(accelerator.device), "processes": accelerator.num_processes,
         "precision": precision,
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-        "train_file_sha256": sha(cfg.data.train_file), "dev_file_sha256": sha(cfg.data.dev_file),
-        "train_examples": train_split.summary.examples, "train_features": train_split.summary.features,
-        "dev_examples": dev_split.summary.examples if dev_split else None,
-        "dev_features": dev_split.summary.features if dev_split else None,
+        **task_info,
     }
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+def file_sha256(path: str | None) -> str | None:
+    """The first 16 hex digits of a data file's SHA-256; None when there is no such file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path and Path(path).is_file() else None

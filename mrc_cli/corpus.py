@@ -1,0 +1,192 @@
+"""The pre-training corpus: the contexts of SQuAD-style files and the documents of plain text files, each distinct text
+once, without the contexts of the files you will evaluate on, cut into sequences with word ids.
+
+- A SQuAD-style file (any format `read_data` reads) gives its contexts: a context asked about by 30 questions is one
+  text, and a text met again (in any file, compared with whitespace folded) is counted as a duplicate and skipped.
+- A plain text file is UTF-8 with documents separated by blank lines; the line breaks inside a document stay (the
+  tokenizers treat them as spaces; Chinese lines are not glued together with a space). A file with one document per
+  line and no blank lines is one long document, cut into full sequences like any other.
+- Leak guard: the contexts of the eval files are left out unless `include_eval_contexts`; both counts are reported.
+- A text becomes [CLS] tokens [SEP] sequences of at most max_seq_length tokens, cut between words (inside a word only
+  when one word is longer than a sequence) into near-equal parts, so no sequence is a short leftover. Short texts are
+  not packed together: length-grouped batches already pad little, attention never mixes unrelated paragraphs, and a
+  fine-tuning window also holds one context.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from array import array
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mrc_cli.config import DataConfig, PretrainConfig
+from mrc_cli.data import read_data, read_text
+from mrc_cli.errors import DataError
+from mrc_cli.features import segmenter, token_words
+
+
+@dataclass
+class SourceCount:
+    file: str
+    kind: str  # "contexts" (SQuAD-style) or "text"
+    records: int  # questions (contexts files) or documents (text files) read
+    distinct: int  # texts not met before in this or an earlier file
+    eval_matches: int  # of those, texts that are contexts of the eval files
+    unreadable: int = 0  # records `read_data` could not read (`mrc validate FILE` lists them)
+
+
+@dataclass
+class Corpus:
+    texts: list[str]
+    sources: list[SourceCount]
+    eval_files: list[str]
+    eval_contexts: int  # distinct contexts in the eval files
+    include_eval_contexts: bool
+    duplicates: int = 0  # texts skipped because an identical one came earlier
+
+    @property
+    def eval_matches(self) -> int:
+        return sum(s.eval_matches for s in self.sources)
+
+    def summary(self) -> list[str]:
+        """What was included and what was left out, one line per file and one for the leak guard."""
+        lines = []
+        for s in self.sources:
+            read, distinct = ("questions", "contexts") if s.kind == "contexts" else ("documents", "documents")
+            lines.append(f"{s.file}: {s.records} {read} -> {s.distinct} distinct {distinct}"
+                         + (f", {s.eval_matches} of them in the eval files" if s.eval_matches else "")
+                         + (f"; {s.unreadable} records unreadable (mrc validate lists them)" if s.unreadable else ""))
+        if not self.eval_files:
+            lines.append("no eval file named (--eval-data or data.dev_file): no context left out")
+        elif self.include_eval_contexts:
+            lines.append(f"included: {self.eval_matches} texts that are contexts of {', '.join(self.eval_files)} "
+                         f"({self.eval_contexts} contexts there; --include-eval-contexts)")
+        else:
+            lines.append(f"left out: {self.eval_matches} texts that are contexts of {', '.join(self.eval_files)} "
+                         f"({self.eval_contexts} contexts there; --include-eval-contexts keeps them)")
+        lines.append(f"corpus: {len(self.texts)} texts; {self.duplicates} repeats skipped (a context of several "
+                     "questions, a text met before)")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {"sources": [asdict(s) for s in self.sources], "eval_files": self.eval_files,
+                "eval_contexts": self.eval_contexts, "include_eval_contexts": self.include_eval_contexts,
+                "eval_matches": self.eval_matches, "duplicates": self.duplicates, "texts": len(self.texts)}
+
+
+def collect_texts(pretrain: PretrainConfig, eval_files: list[str], fmt: str = "auto") -> Corpus:
+    """The distinct texts of pretrain.data_files (contexts) and text_files (documents), in file order, less the
+    eval files' contexts unless pretrain.include_eval_contexts."""
+    eval_keys = {_key(c) for f in eval_files for c in _contexts(f, fmt)[0]}
+    corpus = Corpus([], [], list(eval_files), len(eval_keys), pretrain.include_eval_contexts)
+    seen: set[str] = set()
+    sources = [(f, "contexts") for f in pretrain.data_files] + [(f, "text") for f in pretrain.text_files]
+    for path, kind in sources:
+        texts, unreadable = _contexts(path, fmt) if kind == "contexts" else (read_documents(Path(path)), 0)
+        count = SourceCount(path, kind, len(texts), 0, 0, unreadable)
+        for text in texts:
+            key = _key(text)
+            if not key:
+                continue
+            if key in seen:
+                corpus.duplicates += 1
+                continue
+            seen.add(key)
+            count.distinct += 1
+            if key in eval_keys:
+                count.eval_matches += 1
+                if not pretrain.include_eval_contexts:
+                    continue
+            corpus.texts.append(text)
+        corpus.sources.append(count)
+    return corpus
+
+
+def _contexts(path: str, fmt: str) -> tuple[list[str], int]:
+    """The context of every question record of a SQuAD-style file (repeats included), and the unreadable records."""
+    raw = read_data(path, fmt)
+    return [record["context"] for record in raw.records], len(raw.problems)
+
+
+def read_documents(path: Path) -> list[str]:
+    """A plain text file's documents: the runs of lines between blank lines."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return [doc.strip() for doc in re.split(r"\n\s*\n", read_text(path)) if doc.strip()]
+
+
+def _key(text: str) -> str:
+    """Texts that differ only in whitespace are the same text."""
+    return " ".join(text.split())
+
+
+@dataclass
+class SequenceSummary:
+    texts: int
+    sequences: int
+    tokens: int  # without the special tokens
+    words: int  # summed over sequences: a word cut by a sequence boundary counts in both
+    longest: int  # tokens of the longest sequence, special tokens included
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"{self.texts} texts -> {self.sequences} sequences of up to {self.longest} tokens; {self.tokens} tokens, "
+                f"{self.words} words ({self.seconds:.1f}s)")
+
+
+def build_sequences(texts: list[str], tokenizer, data: DataConfig):
+    """(datasets.Dataset of input_ids and word_ids (-1 on [CLS]/[SEP]), SequenceSummary) of `texts` cut into
+    sequences of at most data.max_seq_length tokens; words as data.word_segmenter gives them."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+
+    started = time.perf_counter()
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise DataError(f"{type(tokenizer).__name__} has no [CLS]/[SEP] tokens to frame a sequence with")
+    encoder = copy.deepcopy(tokenizer.backend_tokenizer)  # the caller's tokenizer keeps its settings
+    encoder.no_truncation()
+    encoder.no_padding()
+    segment = segmenter(data.word_segmenter)
+    room = data.max_seq_length - 2  # [CLS] and [SEP]
+    ids, words, offsets = array("i"), array("i"), array("i", [0])  # flat, as Arrow list arrays store them
+    num_words = 0
+    for i in range(0, len(texts), 256):
+        batch = texts[i:i + 256]
+        for text, encoding in zip(batch, encoder.encode_batch(batch, add_special_tokens=False)):
+            token_word = token_words(encoding.offsets, encoding.word_ids, segment(text) if segment else None)
+            for a, b in _cuts(token_word, room):
+                ids.extend([tokenizer.cls_token_id, *encoding.ids[a:b], tokenizer.sep_token_id])
+                words.extend([-1, *token_word[a:b], -1])
+                offsets.append(len(ids))
+                num_words += sum(1 for t in range(a, b) if t == a or token_word[t] != token_word[t - 1])
+
+    def column(values: array) -> pa.ListArray:
+        return pa.ListArray.from_arrays(pa.array(np.frombuffer(offsets, dtype=np.int32)),
+                                        pa.array(np.frombuffer(values, dtype=np.int32)))
+
+    sequences = datasets.Dataset(pa.table({"input_ids": column(ids), "word_ids": column(words)}))
+    lengths = np.diff(np.frombuffer(offsets, dtype=np.int32))
+    summary = SequenceSummary(len(texts), len(sequences), len(ids) - 2 * len(sequences), num_words,
+                              int(lengths.max()) if len(lengths) else 0, time.perf_counter() - started)
+    return sequences, summary
+
+
+def _cuts(token_word: list[int], room: int) -> list[tuple[int, int]]:
+    """[start, end) token ranges of at most `room` tokens: each an equal share of what is left, moved back to the
+    start of the word it would cut (unless that word fills the whole share)."""
+    cuts, start, n = [], 0, len(token_word)
+    while start < n:
+        left = n - start
+        end = start + -(-left // -(-left // room))  # left / ceil(left / room), rounded up
+        if end < n:
+            back = end
+            while back > start and token_word[back] == token_word[back - 1]:
+                back -= 1
+            end = back if back > start else end
+        cuts.append((start, end))
+        start = end
+    return cuts

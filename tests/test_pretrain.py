@@ -1,0 +1,332 @@
+"""Pre-training (mrc pretrain): whole-word masks on real SQuAD (WordPiece) and CMRC (jieba) text, BERT's 15 % and
+80/10/10, masks as a pure function of (seed, epoch, sequence); the corpus deduplicated, with the eval contexts left
+out or kept; sequences cut between words; end to end from the CLI on a tiny BERT: the run's files, the output folder
+fine-tuned by `mrc train`, a resumed run bitwise the uninterrupted one; ALBERT with a fresh and with a loaded head."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import QUICKSTART, shared_file, write_squad
+from mrc_cli.batching import FeatureTensors
+from mrc_cli.cli import app
+from mrc_cli.config import DataConfig, ModelConfig, PretrainConfig
+from mrc_cli.corpus import build_sequences, collect_texts
+from mrc_cli.masking import IGNORE_INDEX, MaskingRule
+from mrc_cli.model import build_model
+from mrc_cli.pretraining import MaskedLMTask, build_masked_lm
+from mrc_cli.tracking import read_metrics
+
+
+def _task(tokenizer, whole_word: bool = True, seed: int = 0) -> MaskedLMTask:
+    task = MaskedLMTask()
+    task.rule = MaskingRule(whole_word, 0.15, tokenizer.mask_token_id, len(tokenizer), seed)
+    return task
+
+
+def _masked(sequences, task: MaskedLMTask, index: list[int], epoch: int = 0) -> dict:
+    """The training batch of `index` with, beside it, the word ids and original ids it was made from."""
+    store = FeatureTensors(sequences, torch.device("cpu"), 0)
+    plain = store.batch(index)
+    batch = task.batch(store, index, torch.tensor(index), epoch)
+    return {**batch, "word_ids": plain["word_ids"], "original": plain["input_ids"]}
+
+
+def _real_sequences(name: str, tokenizer, segmenter: str):
+    corpus = collect_texts(PretrainConfig(data_files=[str(shared_file(name))]), [])
+    return build_sequences(corpus.texts, tokenizer, DataConfig(max_seq_length=128, word_segmenter=segmenter))
+
+
+# --- 1. masks on real text -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "segmenter"), [("squad_v1.1_train_head.json", "tokenizer"),
+                                                 ("cmrc2018_dev.json", "jieba")])
+def test_whole_word_masks_take_every_sub_token_of_a_word_and_nothing_else(name, segmenter, wordpiece_tokenizer):
+    sequences, summary = _real_sequences(name, wordpiece_tokenizer, segmenter)
+    index = list(range(len(sequences)))
+    shares = {}
+    for whole_word in (True, False):
+        batch = _masked(sequences, _task(wordpiece_tokenizer, whole_word), index)
+        predicted = batch["labels"] != IGNORE_INDEX
+        assert not predicted[batch["word_ids"] < 0].any()  # [CLS], [SEP], padding
+        assert torch.equal(batch["labels"][predicted], batch["original"][predicted])
+        assert torch.equal(batch["input_ids"][~predicted], batch["original"][~predicted])  # nothing else changed
+        tokens_of = defaultdict(list)  # (sequence, word) -> whether each of its tokens is predicted
+        word_ids, flags = batch["word_ids"].tolist(), predicted.tolist()
+        for row, col in torch.nonzero(batch["word_ids"] >= 0).tolist():
+            tokens_of[(row, word_ids[row][col])].append(flags[row][col])
+        whole = sum(all(flags) for flags in tokens_of.values() if len(flags) > 1)
+        partial = sum(any(flags) and not all(flags) for flags in tokens_of.values())
+        if whole_word:
+            # every word all or nothing, and the check has teeth: predicted words of several tokens (SQuAD 794,
+            # CMRC 18.7k); token masking splits 1.6k and 35k of them
+            assert partial == 0 and whole > 300, (partial, whole)
+            assert len(tokens_of) == summary.words
+            shares["words"] = sum(any(flags) for flags in tokens_of.values()) / len(tokens_of)
+            shown = batch["input_ids"][predicted]
+            labels = batch["labels"][predicted]
+            shares["mask"] = (shown == wordpiece_tokenizer.mask_token_id).float().mean().item()
+            shares["unchanged"] = (shown == labels).float().mean().item()
+            shares["tokens"] = int(predicted.sum())
+        else:  # token masking splits words: the same check fails on it
+            assert partial > 300, partial
+    # measured: SQuAD 96.6k words (5.2k of several tokens), 15.5k tokens predicted, shares 0.148 / 0.804 / 0.097;
+    # CMRC 247k jieba words, 60k tokens, 0.150 / 0.798 / 0.100. The tolerances are 4 standard errors of SQuAD's.
+    assert shares["tokens"] > 15_000
+    assert shares["words"] == pytest.approx(0.15, abs=0.005)
+    assert shares["mask"] == pytest.approx(0.8, abs=0.015)
+    assert shares["unchanged"] == pytest.approx(0.1, abs=0.01)
+    assert 1 - shares["mask"] - shares["unchanged"] == pytest.approx(0.1, abs=0.01)  # random tokens
+
+
+def test_masks_are_a_function_of_seed_epoch_and_sequence_only(wordpiece_tokenizer):
+    """Whatever batch a sequence is in, and at whatever position, it gets the same masks (a resumed run, another
+    process count); another epoch or seed gives others."""
+    corpus = collect_texts(PretrainConfig(data_files=[str(QUICKSTART / "en_train.json")]), [])
+    sequences, _ = build_sequences(corpus.texts, wordpiece_tokenizer, DataConfig(max_seq_length=128))
+    task = _task(wordpiece_tokenizer)
+
+    def masks(index, epoch=0, seed_task=task):
+        batch = _masked(sequences, seed_task, index, epoch)
+        lengths = [len(sequences[i]["input_ids"]) for i in index]
+        return {i: (batch["input_ids"][row, :n].tolist(), batch["labels"][row, :n].tolist())
+                for row, (i, n) in enumerate(zip(index, lengths))}
+
+    everything = masks(list(range(len(sequences))))
+    assert masks(list(range(len(sequences)))) == everything  # the same call twice
+    mixed = masks([30, 2, 17, 5])  # another batch, order and width
+    assert mixed == {i: everything[i] for i in mixed}
+    other_epoch = masks(list(range(len(sequences))), epoch=1)
+    other_seed = masks(list(range(len(sequences))), seed_task=_task(wordpiece_tokenizer, seed=1))
+    for other in (other_epoch, other_seed):
+        assert sum(other[i][1] != everything[i][1] for i in everything) >= 0.9 * len(everything)
+
+
+# --- 2. the corpus -------------------------------------------------------------------------------------------------
+
+
+def test_contexts_are_deduplicated_and_eval_contexts_left_out_or_kept(tmp_path):
+    c1, c2, c3 = "The first context is here.", "A second context, also asked about in dev.", "Only in dev."
+    qa = lambda i: {"id": f"q{i}", "question": "What?", "answers": [{"text": "context", "answer_start": 4}]}
+    train = write_squad(tmp_path / "train.json", [(c1, [qa(1), qa(2), qa(3)]), (c2, [qa(4)]),
+                                                   ("The  first context\nis here.", [qa(5)])])  # c1, other whitespace
+    dev = write_squad(tmp_path / "dev.json", [(c2, [qa(6), qa(7)]), (c3, [qa(8)])])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Doc one,\nits second line.\n\n\n\nDoc two.\r\n\r\nOnly in dev.\n", encoding="utf-8")
+
+    left_out = collect_texts(PretrainConfig(data_files=[str(train)], text_files=[str(notes)]), [str(dev)])
+    assert left_out.texts == [c1, "Doc one,\nits second line.", "Doc two."]
+    assert [(s.kind, s.records, s.distinct, s.eval_matches) for s in left_out.sources] == [
+        ("contexts", 5, 2, 1), ("text", 3, 3, 1)]
+    assert (left_out.duplicates, left_out.eval_contexts, left_out.eval_matches) == (3, 2, 2)
+    assert "left out: 2 texts that are contexts of" in "\n".join(left_out.summary())
+
+    kept = collect_texts(PretrainConfig(data_files=[str(train)], text_files=[str(notes)], include_eval_contexts=True),
+                         [str(dev)])
+    assert kept.texts == [c1, c2, "Doc one,\nits second line.", "Doc two.", c3]
+    assert "included: 2 texts that are contexts of" in "\n".join(kept.summary())
+
+
+def test_long_texts_become_near_equal_sequences_cut_between_words(wordpiece_tokenizer):
+    text = " ".join(json.loads((QUICKSTART / "en_train.json").read_text())["data"][0]["paragraphs"][0]["context"]
+                    for _ in range(4))
+    sequences, summary = build_sequences([text, "Short."], wordpiece_tokenizer, DataConfig(max_seq_length=64))
+    full = wordpiece_tokenizer(text, add_special_tokens=False)
+    rows = sequences[:]
+    inner = [ids[1:-1] for ids in rows["input_ids"]]
+    assert all(ids[0] == wordpiece_tokenizer.cls_token_id and ids[-1] == wordpiece_tokenizer.sep_token_id
+               for ids in rows["input_ids"])
+    assert sum(inner[:-1], []) == full["input_ids"]  # every token once, in order
+    assert inner[-1] == wordpiece_tokenizer("Short.", add_special_tokens=False)["input_ids"]  # not packed with others
+    lengths = [len(ids) for ids in inner[:-1]]
+    assert len(lengths) == -(-len(full["input_ids"]) // 62) and max(lengths) <= 62 and max(lengths) - min(lengths) <= 8
+    words = [w[1:-1] for w in rows["word_ids"][:-1]]
+    assert all(a[-1] != b[0] for a, b in zip(words, words[1:]))  # no word split across two sequences
+    assert summary.sequences == len(inner) and summary.tokens == sum(map(len, inner))
+
+
+# --- 3. the model learns -------------------------------------------------------------------------------------------
+
+
+def test_optimizer_steps_lower_the_masked_lm_loss_on_a_fixed_batch(tiny_bert_dir, wordpiece_tokenizer):
+    corpus = collect_texts(PretrainConfig(data_files=[str(QUICKSTART / "en_train.json")]), [])
+    sequences, _ = build_sequences(corpus.texts, wordpiece_tokenizer, DataConfig(max_seq_length=128))
+    batch = _masked(sequences, _task(wordpiece_tokenizer), list(range(8)))
+    batch = {k: batch[k] for k in ("input_ids", "labels", "attention_mask") if k in batch}
+    torch.manual_seed(0)
+    model, missing = build_masked_lm(ModelConfig(name_or_path=tiny_bert_dir, dropout=0.0), 128)
+    assert any(k.startswith("cls.predictions") for k in missing)  # the folder has no MLM head: a fresh one
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    # measured: 10.32 (ln 30522 = 10.33, chance) -> 6.63, falling at every step
+    assert losses[0] == pytest.approx(10.33, abs=0.2)
+    assert losses[-1] < 0.8 * losses[0] and losses[-1] < min(losses[:10]), losses
+
+
+# --- 4. end to end from the CLI ------------------------------------------------------------------------------------
+
+
+def _pretrain_args(model_dir: str, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--model", model_dir, "--data", str(QUICKSTART / "en_train.json"), "--data",
+            str(QUICKSTART / "en_dev.json"), "--eval-data", str(QUICKSTART / "en_dev.json"), "--out", str(out),
+            "--set", "train.batch_size=8", "--set", "data.max_seq_length=128", "--set", "train.precision=no",
+            "--set", "train.cpu=true", "--set", "train.log_steps=1", *extra]
+
+
+def _invoke(args: list[str]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, tiny_bert_dir) -> Path:
+    """6 steps on the quickstart train contexts (its dev contexts left out), checkpoints at 3 and 6."""
+    out = tmp_path_factory.mktemp("pretrain") / "A"
+    result = _invoke(_pretrain_args(tiny_bert_dir, out, "--max-steps", "6", "--set", "train.save_steps=3",
+                                    "--set", "train.keep_last=5"))
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"model_dir": str(out), "steps": 6}
+    return out
+
+
+def test_pretrain_writes_a_model_folder_and_what_it_was_trained_on(pretrained, tiny_bert_dir):
+    out = pretrained
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "config.yaml", "pretrain_info.json",
+                 "run_info.json", "train.log", "metrics.jsonl", "curves.png"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "pretrain_info.json").read_text())
+    # quickstart: 30 train contexts (177 questions), 10 dev contexts (49 questions), all of them left out
+    assert [(s["records"], s["distinct"], s["eval_matches"]) for s in info["sources"]] == [(177, 30, 0), (49, 10, 10)]
+    assert (info["texts"], info["eval_contexts"], info["duplicates"], info["include_eval_contexts"]) == (30, 10, 186, False)
+    assert info["masking"] == "word" and info["mlm_head"].startswith("fresh (cls.predictions")
+    state = json.loads((out / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+    assert info["steps"] == 6 and (info["sequences_seen"], info["tokens_seen"]) == (state["samples"], state["tokens"])
+    assert 5 * 8 < state["samples"] <= 6 * 8 and 0 < state["tokens"] <= state["samples"] * 128
+    predicted = info["predicted_epoch_0"]
+    assert predicted["words"] / info["words"] == pytest.approx(0.15, abs=0.03)
+    assert predicted["tokens"] == predicted["mask"] + predicted["random"] + predicted["unchanged"]
+    log = (out / "train.log").read_text()
+    assert "left out: 10 texts that are contexts of" in log and f"{info['sequences']} sequences" in log
+    losses = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")}
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(5 < v < 12 for v in losses.values())
+
+    from transformers import AutoModelForMaskedLM
+
+    lm = AutoModelForMaskedLM.from_pretrained(str(out))
+    assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight
+    final = load_file(str(out / "checkpoints" / "step-000006" / "model.safetensors"))
+    assert all(torch.equal(value, final[f"lm.{key}"]) for key, value in lm.state_dict().items() if f"lm.{key}" in final)
+    assert json.loads((out / "config.json").read_text())["attention_probs_dropout_prob"] == 0.1  # the source's, not 0
+
+
+def test_the_pretrained_folder_fine_tunes_with_mrc_train(pretrained, tmp_path):
+    encoder = build_model(ModelConfig(name_or_path=str(pretrained)), 128).encoder.state_dict()
+    saved = load_file(str(pretrained / "model.safetensors"))
+    assert all(torch.equal(value, saved[f"bert.{key}"]) for key, value in encoder.items() if "pooler" not in key)
+    result = _invoke(["train", "--model", str(pretrained), "--train", str(QUICKSTART / "en_train.json"),
+                      "--output-dir", str(tmp_path / "ft"), "--max-steps", "1", "--max-seq-length", "128",
+                      "--doc-stride", "32", "--set", "data.max_query_length=32", "--set", "train.precision=no",
+                      "--set", "train.cpu=true", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 1
+
+
+def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_bert_dir, tmp_path):
+    out = tmp_path / "B"
+    shutil.copytree(pretrained / "checkpoints" / "step-000003", out / "checkpoints" / "step-000003")
+    _invoke(_pretrain_args(tiny_bert_dir, out, "--max-steps", "6", "--set", "train.save_steps=3",
+                           "--set", "train.keep_last=5", "--resume", "auto"))
+    assert "resumed from" in (out / "train.log").read_text()
+    for weights in ("checkpoints/step-000006/model.safetensors", "model.safetensors"):
+        a, b = load_file(str(pretrained / weights)), load_file(str(out / weights))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+    step3 = load_file(str(pretrained / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert not torch.equal(step3["lm.cls.predictions.transform.dense.weight"],
+                           load_file(str(out / "checkpoints/step-000006/model.safetensors"))["lm.cls.predictions.transform.dense.weight"])
+    losses_a, losses_b = (read_metrics(d / "metrics.jsonl") for d in (pretrained, out))
+    assert [(r["step"], r["loss"]) for r in losses_b] == [(r["step"], r["loss"]) for r in losses_a if r["step"] > 3]
+    state = lambda d: json.loads((d / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+    assert state(pretrained) == state(out)
+
+
+def test_an_ordinary_pretraining_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch):
+    """test_gpu_ready's check of the fine-tuning loop, on pre-training: the masks are drawn on the device and the
+    loss divides by a count that stays there, so only the log steps read from the device."""
+    import traceback
+
+    import mrc_cli.training as training
+    from bench.common import track_loop_phases
+    from mrc_cli.config import load_config
+    from mrc_cli.pretraining import pretrain
+    from test_gpu_ready import HOST_SYNCS
+
+    phase, syncs = track_loop_phases(training, monkeypatch.setattr), []
+    for name in HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if not any(frame.name == "epoch_plan" for frame in traceback.extract_stack(limit=4)):  # host tensors
+                syncs.append((phase[0], _name))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    cfg = load_config(sets=[f"model.name_or_path={tiny_bert_dir}", f"pretrain.data_files=[{QUICKSTART / 'en_train.json'}]",
+                            f"train.output_dir={tmp_path / 'run'}", "train.max_steps=8", "train.log_steps=4",
+                            "train.save_steps=0", "train.grad_accum=2", "train.batch_size=4", "train.precision=no",
+                            "train.cpu=true", "data.max_seq_length=128"])
+    pretrain(cfg)
+    in_loop = [s for s in syncs if s[0] in ("batches", "step")]
+    assert not in_loop, in_loop[:10]
+    assert sum(1 for p, _ in syncs if p == "sync point") == 2  # steps 4 and 8
+
+
+# --- 5. ALBERT, and what is refused --------------------------------------------------------------------------------
+
+
+def test_albert_pretrains_with_a_fresh_head_or_its_own(tiny_albert_dir, albert_tokenizer, tmp_path):
+    from transformers import AlbertForMaskedLM, AutoConfig
+
+    fresh = tmp_path / "fresh"
+    _invoke(_pretrain_args(tiny_albert_dir, fresh, "--max-steps", "2", "--set", "pretrain.masking=token"))
+    info = json.loads((fresh / "pretrain_info.json").read_text())
+    assert info["mlm_head"].startswith("fresh (predictions") and info["tied_decoder"] and info["masking"] == "token"
+
+    with_head = tmp_path / "albert_mlm"
+    torch.manual_seed(1)
+    AlbertForMaskedLM(AutoConfig.from_pretrained(tiny_albert_dir)).save_pretrained(str(with_head))
+    albert_tokenizer.save_pretrained(str(with_head))
+    loaded = tmp_path / "loaded"
+    _invoke(_pretrain_args(str(with_head), loaded, "--max-steps", "1", "--set", "train.lr=1e-9"))
+    assert json.loads((loaded / "pretrain_info.json").read_text())["mlm_head"] == f"loaded from {with_head}"
+    before, after = load_file(str(with_head / "model.safetensors")), load_file(str(loaded / "model.safetensors"))
+    head = [k for k in before if k.startswith("predictions.")]
+    assert head and all(torch.allclose(before[k], after[k], atol=1e-6) for k in head)
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    ([], "nothing to pre-train on: pass --data FILE"),
+    (["--data", "x.json", "--set", "train.rdrop_alpha=1"], "train.rdrop_alpha 1.0 belongs to span fine-tuning"),
+    (["--data", "x.json", "--out", "SAME"], "is the model folder pre-training starts from"),
+    (["--data", str(QUICKSTART / "en_dev.json"), "--eval-data", str(QUICKSTART / "en_dev.json")],
+     "nothing left to pre-train on: every text is a context of the eval files"),
+])
+def test_pretrain_refuses_what_cannot_work_with_one_line(args, problem, tiny_bert_dir, tmp_path):
+    args = [a.replace("SAME", tiny_bert_dir) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, ["pretrain", "--model", tiny_bert_dir, *out, "--set", "train.cpu=true", *args])
+    assert result.exit_code == 1 and problem in result.stderr, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "checkpoints").exists()
