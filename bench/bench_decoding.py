@@ -1,61 +1,75 @@
-"""Benchmark: vectorised `mrc_cli.decoding.decode` against the Hugging Face recipe's post-processing loop.
+"""Benchmark: `mrc_cli.decoding.decode` against the decoder before it and the Hugging Face recipe's loop, side by side.
 
     .venv/bin/python bench/bench_decoding.py                 # 2,000 SQuAD v1-like questions, windows of 384
     .venv/bin/python bench/bench_decoding.py --allow-null    # SQuAD v2-like: half the questions unanswerable
+    .venv/bin/python bench/bench_decoding.py --bf16-logits   # logits rounded to bf16, as a bf16 forward gives: ties
     .venv/bin/python bench/bench_decoding.py --quick         # 200 questions, a smoke run
+    .venv/bin/python bench/bench_decoding.py --checkpoint outputs/run   # + a model's logits on the SQuAD v2 dev head
 
 All decoders see the same synthetic logits, shaped like a trained model's (see `_context_logits`): question and
 special tokens low, a few plausible spans lifted above noisy context tokens, CLS high only when unanswerable. The
 examples and features are real `datasets.Dataset`s with mrc_cli's columns (`to_datasets`), built before any timing.
-Rows, each the median of its repeats:
+Rows, each the median of its repeats, run round-robin:
   recipe                   `hf_recipe.recipe_postprocess` on the datasets, reading them as the HF recipe does
                            (row iteration, a row decode per window): what users of the recipe run
   classic                  `hf_recipe.classic_postprocess`: the same loop from Python lists, a lower bound
-  decode, end to end       contexts, example ids and offsets read from the datasets (`pad_offsets` on the
-                           `offset_mapping` column), then `decode`; n-best lists left unread, as evaluation does
-  ... + every n-best read  the same, then `predictions_to_json`, which builds all n-best lists as the loops do
-  decode, offsets padded   `decode` alone, from offsets padded once per evaluation set beforehand
-  pad_offsets ...          padding the offsets from the Column (read as Arrow) or from Python lists
-  *search stage            only the candidate search: the classic per-window loops against the array work up to
-                           the per-example n-best (private helpers, timed to show where the time goes)
-Answers must agree with both loops exactly (exit status 1 otherwise). Writes the result, machine, versions and
-command to --out.
+  decode before / now      from the datasets and the logits, as `inference.decode_features` reads them: contexts
+                           (read as Arrow), `pad_offsets` on the `offset_mapping` column, `decode` with the
+                           `example_id` column; "before" is mrc_cli/decoding.py at --before (default 525bc50, the
+                           micro-optimised decoder, which read both columns as Arrow), loaded with `git show`
+  ... + every n-best read  then `predictions_to_json`, which reads every n-best list: `mrc eval` writes them all
+Answers must agree with both loops and the n-best lists with the decoder before (exit status 1 otherwise; with
+--bf16-logits equal scores may be ordered differently, and that is counted instead). With --checkpoint, the same
+two decoders also run on real logits: the checkpoint's on the SQuAD v2 dev head (../shared/data), in fp32 and in
+bf16 where the machine runs it natively, with the forward pass timed so that decoding can be put in proportion
+(the `mrc eval` of that file is this forward pass, plus rechecks, loading and scoring). Writes the result,
+machine, versions and command to --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow
+import torch
 
 if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, command_line, git_revision, machine  # noqa: E402
-from bench.hf_recipe import _window_candidates, classic_postprocess, recipe_postprocess  # noqa: E402
+from bench.common import (  # noqa: E402
+    OUT,
+    ROOT,
+    SQUAD_V2_DEV_HEAD,
+    command_line,
+    git_revision,
+    machine,
+    require_shared,
+)
+from bench.hf_recipe import classic_postprocess, recipe_postprocess  # noqa: E402
 from mrc_cli import __version__, decoding  # noqa: E402
-from mrc_cli.data import to_dataset  # noqa: E402
 from mrc_cli.config import DecodeConfig  # noqa: E402
-from mrc_cli.decoding import decode, pad_offsets, predictions_to_json  # noqa: E402
+from mrc_cli.data import to_dataset  # noqa: E402
 
 PAD_LOGIT = -100.0  # the value the HF recipe pads logits with
 SPECIAL_TOKENS = 3  # [CLS] question [SEP] context [SEP]
+BEFORE = "525bc50"  # the last revision of the micro-optimised decoder (complex128 views, bit-packed sort keys)
 # row: the rows its speed-ups are measured against
 SPEEDUP_BASELINES = {
-    "decode, end to end": ("recipe", "classic"),
-    "decode, end to end + every n-best read": ("recipe", "classic"),
-    "decode, offsets padded beforehand": ("recipe", "classic"),
-    "decode search stage": ("classic search stage",),
+    "decode now": ("recipe", "classic", "decode before"),
+    "decode now + every n-best read": ("recipe", "classic", "decode before + every n-best read"),
 }
 
 
@@ -260,62 +274,68 @@ def _summary(times: list[float], num_examples: int, baselines: dict[str, dict]) 
     return summary
 
 
+def decoder_at(rev: str):
+    """mrc_cli/decoding.py as of git revision `rev`, imported as a module of its own (its mrc_cli imports are ours)."""
+    source = subprocess.run(["git", "show", f"{rev}:mrc_cli/decoding.py"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"decoding_{rev}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(args: argparse.Namespace) -> dict:
     cfg = DecodeConfig(allow_null=args.allow_null)
     # SQuAD v1 questions all have answers; in v2 dev about half have none.
     null_fraction = 0.5 if args.allow_null else 0.0
     batch = synthetic_batch(np.random.default_rng(args.seed), args.examples, null_fraction=null_fraction)
+    if args.bf16_logits:  # what a bf16 forward hands over: fp32 logits with bf16's 8 significant bits
+        batch.start_logits, batch.end_logits = (torch.from_numpy(side).bfloat16().float().numpy()
+                                                for side in (batch.start_logits, batch.end_logits))
     examples, features, recipe_features = to_datasets(batch)
     num_examples, num_features = len(batch.contexts), len(batch.example_ids)
     width = batch.start_logits.shape[1]
-    offsets = pad_offsets(batch.offset_mappings, width)
     logits = (batch.start_logits, batch.end_logits)
     loop_args = (cfg.n_best_size, cfg.max_answer_length, cfg.allow_null, cfg.null_score_diff_threshold)
+    before = decoder_at(args.before)
 
-    def decode_end_to_end():  # from the datasets and the logits, as an evaluation after the model runs
+    def decode_with(module):  # from the datasets and the logits, as inference.decode_features reads them
         example_columns = examples.with_format("arrow")
         contexts = dict(zip(example_columns["id"].to_pylist(), example_columns["context"].to_pylist()))
-        padded = pad_offsets(features["offset_mapping"], width)
-        return decode(features["example_id"], padded, *logits, contexts, cfg)
+        offsets = module.pad_offsets(features["offset_mapping"], width)
+        return module.decode(features["example_id"], offsets, *logits, contexts, cfg)
 
-    def classic_search():  # the per-window argsorts and double loops, without the per-example sort and output
-        for f, window_offsets in enumerate(batch.offset_mappings):
-            _window_candidates(window_offsets, *(side[f] for side in logits), cfg.n_best_size, cfg.max_answer_length)
-
-    def decode_search():  # the array work up to the per-example n-best, without building Predictions
-        example_index, _ = decoding._index_examples(batch.example_ids)
-        return decoding._nbest_spans(example_index, offsets, *logits, cfg)
-
-    # Named callables; the stages reach into private helpers to explain where the time goes.
     runs = {
         "recipe": lambda: recipe_postprocess(examples, recipe_features, *logits, *loop_args),
         "classic": lambda: classic_postprocess(
             batch.example_ids, batch.offset_mappings, *logits, batch.contexts, *loop_args
         ),
-        "decode, end to end": decode_end_to_end,
-        "decode, end to end + every n-best read": lambda: predictions_to_json(decode_end_to_end()),
-        "decode, offsets padded beforehand": lambda: decode(batch.example_ids, offsets, *logits, batch.contexts, cfg),
-        "pad_offsets, Column read as Arrow": lambda: pad_offsets(features["offset_mapping"], width),
-        "pad_offsets, Python lists": lambda: pad_offsets(batch.offset_mappings, width),
-        "classic search stage": classic_search,
-        "decode search stage": decode_search,
+        "decode before": lambda: decode_with(before),
+        "decode before + every n-best read": lambda: before.predictions_to_json(decode_with(before)),
+        "decode now": lambda: decode_with(decoding),
+        "decode now + every n-best read": lambda: decoding.predictions_to_json(decode_with(decoding)),
     }
-    is_ours = {name: "decode" in name or "pad_offsets" in name for name in runs}
-    repeats = {name: args.decode_repeats if is_ours[name] else args.classic_repeats for name in runs}
+    repeats = {name: args.decode_repeats if name.startswith("decode") else args.classic_repeats for name in runs}
     times, results = _time_interleaved(runs, repeats)
     timings = {}
     for name in runs:  # baselines come first in `runs`
         baselines = {baseline: timings[baseline] for baseline in SPEEDUP_BASELINES.get(name, ())}
         timings[name] = _summary(times[name], num_examples, baselines)
 
-    predictions = results["decode, end to end"]
+    predictions = results["decode now"]
     agreement = {loop: _agreement(predictions, *results[loop]) for loop in ("recipe", "classic")}
+    agreement["before"] = _agreement_before(predictions, decode_with(before))
+    real = run_checkpoint(args.checkpoint, before, args.decode_repeats) if args.checkpoint else None
     return {
         "benchmark": "decoding",
         "command": command_line(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         **git_revision(),
+        "before": args.before,
         "versions": {
             "python": platform.python_version(),
             "numpy": np.__version__,
@@ -329,12 +349,52 @@ def run(args: argparse.Namespace) -> dict:
             "seq_length": width,
             "windows_per_example": num_features / num_examples,
             "feature_columns": features.column_names,
+            "bf16_logits": args.bf16_logits,
             "seed": args.seed,
             **vars(cfg),
         },
         "timings": timings,
         "agreement": agreement,
+        "checkpoint": real,
     }
+
+
+def run_checkpoint(checkpoint: str, before, repeats: int) -> dict:
+    """Both decoders on a checkpoint's logits for the SQuAD v2 dev head, every n-best read (as `mrc eval` writes
+    them), against the forward pass that made the logits; per precision."""
+    from accelerate import PartialState
+
+    from mrc_cli.inference import predict_logits
+    from mrc_cli.loading import load_trained
+    from mrc_cli.precision import resolve_precision
+    from mrc_cli.splits import featurize_file
+
+    loaded, state = load_trained(checkpoint), PartialState()
+    split = featurize_file(str(SQUAD_V2_DEV_HEAD), loaded.tokenizer, loaded.cfg.data, "eval")
+    cfg, width = replace(loaded.cfg.decode, allow_null=True), loaded.cfg.data.max_seq_length
+    result = {"checkpoint": checkpoint, "questions": len(split.golds), "features": len(split.features)}
+    for precision in dict.fromkeys(("no", resolve_precision("auto", state.device))):
+        began = time.perf_counter()
+        logits = predict_logits(loaded.model, split.features, state, loaded.cfg.train.eval_batch_size, precision, width)
+        forward_s = time.perf_counter() - began
+
+        def decode_with(module):  # as inference.decode_features, then every n-best list read
+            offsets = module.pad_offsets(split.features["offset_mapping"], width)
+            predictions = module.decode(split.features["example_id"], offsets, logits.start, logits.end,
+                                        split.contexts, cfg)
+            module.predictions_to_json(predictions)
+            return predictions
+
+        runs = {"decode before": lambda: decode_with(before), "decode now": lambda: decode_with(decoding)}
+        times, results = _time_interleaved(runs, dict.fromkeys(runs, repeats))
+        medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+        result[precision] = {
+            "forward_s": forward_s,
+            **{f"{name}_s": median for name, median in medians.items()},
+            **{f"{name}_share_of_forward": median / forward_s for name, median in medians.items()},
+            "agreement": _agreement_before(results["decode now"], results["decode before"]),
+        }
+    return result
 
 
 def _agreement(predictions, answers: dict[str, str], _nbest, null_odds: dict[str, float]) -> dict:
@@ -349,13 +409,34 @@ def _agreement(predictions, answers: dict[str, str], _nbest, null_odds: dict[str
     return {"identical_answers": identical, "mismatched_ids": mismatches[:20], "null_odds": counts}
 
 
+def _agreement_before(predictions, before) -> dict:
+    """Questions whose answer, scores or n-best list differ from the decoder before; n-best lists that hold the
+    same candidates in another order of equal scores are counted apart (the order of ties was the sort's before)."""
+    def by_score(nbest):
+        return sorted((-c["score"], c["start"], c["end"], c["probability"]) for c in nbest)
+
+    counts = {"questions": len(predictions), "answers": 0, "scores": 0, "nbest": 0, "nbest_only_ties_reordered": 0}
+    for example_id, now in predictions.items():
+        then = before[example_id]
+        counts["answers"] += (now.text, now.start, now.end) != (then.text, then.start, then.end)
+        counts["scores"] += (now.score, now.null_score, now.null_odds) != (then.score, then.null_score, then.null_odds)
+        if now.nbest != then.nbest:
+            reordered = by_score(now.nbest) == by_score(then.nbest)
+            counts["nbest_only_ties_reordered" if reordered else "nbest"] += 1
+    counts["identical"] = not any(counts[name] for name in ("answers", "scores", "nbest", "nbest_only_ties_reordered"))
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="200 examples, fewer repeats: a smoke run")
     parser.add_argument("--allow-null", action="store_true", help="SQuAD v2 decoding (null answers allowed)")
+    parser.add_argument("--bf16-logits", action="store_true", help="logits rounded to bf16 (many equal scores)")
+    parser.add_argument("--before", default=BEFORE, help=f"git revision of the decoder to compare with ({BEFORE})")
     parser.add_argument("--classic-repeats", type=int, default=5, help="repeats of the recipe and classic rows")
-    parser.add_argument("--decode-repeats", type=int, default=20, help="repeats of the decode and pad_offsets rows")
+    parser.add_argument("--decode-repeats", type=int, default=20, help="repeats of the decode rows")
+    parser.add_argument("--checkpoint", help="also decode this checkpoint's logits on the SQuAD v2 dev head")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="result JSON (default outputs/bench/decoding[_quick].json)")
     args = parser.parse_args(argv)
@@ -363,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         args.examples, args.classic_repeats, args.decode_repeats = 200, 3, 5
     # A smoke run must not overwrite the full run's result.
     args.out = args.out or OUT / ("decoding_quick.json" if args.quick else "decoding.json")
+    if args.checkpoint:
+        require_shared("bench_decoding.py", SQUAD_V2_DEV_HEAD)
 
     result = run(args)
     work = result["workload"]
@@ -376,15 +459,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{ratio['median']:.1f}x ({ratio['best']:.1f}x) vs {baseline}"
             for baseline, ratio in timing.get("speedup", {}).items()
         )
-        print(f"  {name:40s} {median_ms:8.1f} ms ({best_ms:7.1f}) {rate:9,.0f} questions/s  {speedups}")
-    for loop, agreement in result["agreement"].items():
-        answers, null_odds = agreement["identical_answers"], agreement["null_odds"]
+        print(f"  {name:34s} {median_ms:8.1f} ms ({best_ms:7.1f}) {rate:9,.0f} questions/s  {speedups}")
+    agreement = result["agreement"]
+    for loop in ("recipe", "classic"):
+        answers, null_odds = agreement[loop]["identical_answers"], agreement[loop]["null_odds"]
         print(f"agreement with {loop}: identical answers {answers}; null odds {null_odds}")
+    print(f"against the decoder before ({result['before']}), questions that differ: {agreement['before']}")
+    real = result["checkpoint"]
+    for precision, part in (real or {}).items():
+        if isinstance(part, dict):
+            print(f"{real['checkpoint']}, {real['questions']} questions ({real['features']} windows) of the SQuAD v2 "
+                  f"dev head, precision {precision}: forward {part['forward_s']:.1f} s; decode with every n-best read: "
+                  f"before {part['decode before_s'] * 1e3:.0f} ms ({part['decode before_share_of_forward']:.2%}), now "
+                  f"{part['decode now_s'] * 1e3:.0f} ms ({part['decode now_share_of_forward']:.2%}); questions that "
+                  f"differ: {part['agreement']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
-    agreed = all(a["identical_answers"] and not a["null_odds"]["higher"] for a in result["agreement"].values())
-    return 0 if agreed else 1
+    if work["bf16_logits"]:  # equal scores: the loops, the decoder before and this one each order them their own way
+        return 0
+    agreed = all(agreement[loop]["identical_answers"] and not agreement[loop]["null_odds"]["higher"]
+                 for loop in ("recipe", "classic"))
+    return 0 if agreed and agreement["before"]["identical"] else 1
 
 
 if __name__ == "__main__":
