@@ -43,7 +43,7 @@ def plot_slices(result: dict, out: Path) -> Path:
         positions = range(len(slice_rows))
         for k, name in enumerate(names):
             f1 = [row[name]["f1"] for row in slice_rows]
-            label = f"{name}: {'/'.join(Path(result['predictions'][name]['predictions']).parts[-2:])}"
+            label = f"{name}: {_short(Path(result['predictions'][name]['predictions']))}"
             bars = ax.barh([p + (k - (len(names) - 1) / 2) * height for p in positions], f1, height, label=label)
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         ax.set_yticks(list(positions), [f"{row['slice']} (n={row['count']})" for row in slice_rows], fontsize=8)
@@ -100,6 +100,11 @@ def _notes(files: dict) -> str:
     if files.get("withheld_without_nbest"):
         notes.append(f"{files['withheld_without_nbest']} withheld answers below the threshold stay empty: no nbest.json")
     return "; ".join(notes)
+
+
+def _short(path: Path) -> str:
+    """A predictions file by its last two folders when it has the default name (run-dir/seed-0), else its own."""
+    return "/".join(path.parts[-3:-1] if path.name == "predictions.json" else path.parts[-2:])
 
 
 def _table_line(label: str, row: dict, names: Sequence[str]) -> str:
