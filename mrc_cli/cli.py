@@ -166,6 +166,40 @@ def train(
 
 
 @app.command()
+def distil(
+    teacher: Annotated[str, typer.Option("--teacher", help="A trained model (checkpoint, run directory, export) or a saved ensemble.")],
+    student: Annotated[str, typer.Option("--student", help="The student's encoder: Hub id or local folder; any tokenizer.")],
+    config: ConfigOpt = None,
+    train_file: TrainFileOpt = None,
+    dev_file: DevFileOpt = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Run directory.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="auto (newest checkpoint in the run directory) or a checkpoint folder.")] = None,
+    sets: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Train one model (the student) on the gold answers and on the teacher's start/end distributions over the
+    training data, mapped onto the student's tokens through characters: --set distil.alpha=0.5 weighs the teacher
+    term, distil.temperature=2 softens both. The run directory is that of `mrc train`."""
+    from mrc_cli.config import check_train_config, load_config
+
+    cfg = load_config(config, _flags(
+        distil__teacher=teacher, model__name_or_path=student, data__train_file=train_file, data__dev_file=dev_file,
+        train__output_dir=output_dir, train__resume=resume,
+    ), sets or [])
+    check_train_config(cfg.train)
+    if dry_run:
+        _print_config(cfg)
+        return
+    from accelerate import PartialState
+
+    from mrc_cli.distillation import distil as run_distil
+
+    result = run_distil(cfg)
+    if PartialState().is_main_process:
+        typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
+
+
+@app.command()
 def pretrain(
     model: ModelOpt = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", help="SQuAD-style file: its contexts, each distinct one once; repeat for more.")] = None,

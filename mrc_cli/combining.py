@@ -103,6 +103,26 @@ def on_reference(reference: Positions, other: Positions) -> tuple[np.ndarray, np
     return spans.receive(other, other_index, *lp)
 
 
+def window_distributions(reference: Positions, other: Positions) -> tuple[np.ndarray, np.ndarray]:
+    """(F, L) another model's start and end distributions on the reference's positions, one per reference window,
+    each row summing to 1 (what a window's softmax learns in distillation): a context position gets the whole mass
+    of its characters (on_reference shares it between the windows that hold it), CLS the null mass plus the mass
+    outside the window, as a window's gold label is CLS when the answer lies outside it."""
+    example_index, _ = _index_examples(reference.example_ids)
+    rows, cols = np.nonzero(reference.offsets[..., 0] >= 0)
+    stride = int(reference.offsets.max()) + 2  # more than any character: (example, char) as one int
+    # a position and its copies in the example's other windows share a start character
+    _, copy_of = np.unique(example_index[rows] * stride + reference.offsets[rows, cols, 0], return_inverse=True)
+    out = []
+    for lp in on_reference(reference, other):
+        mass = np.bincount(copy_of, weights=np.exp(lp[rows, cols]))  # a position's mass over all its copies
+        p = np.zeros(reference.offsets.shape[:2])
+        p[rows, cols] = mass[copy_of]
+        p[:, 0] = np.clip(1 - p.sum(axis=1), 0, None)
+        out.append(p)
+    return out[0], out[1]
+
+
 def log_probs(logits: np.ndarray, candidate: np.ndarray, example_index: np.ndarray, num_examples: int) -> np.ndarray:
     """(F, L) float64 log-softmax over all candidate positions of each example's windows jointly; -inf elsewhere.
 

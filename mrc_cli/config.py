@@ -128,12 +128,30 @@ class PretrainConfig:
 
 
 @dataclass
+class DistilConfig:
+    """`mrc distil` (mrc_cli/distillation.py): a student trained on a teacher's answer distributions as well."""
+
+    teacher: str | None = None  # a trained model (checkpoint, run directory, export) or a saved ensemble folder
+    alpha: float = 0.5  # weight of the teacher term; 1 - alpha goes to the span loss on gold labels (0: plain training)
+    # both distributions are softened by it and the term scaled by T^2, so its gradients keep their size (Hinton
+    # et al., 2015); higher: more of the teacher's ranking of the wrong spans is learnt
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"distil.alpha is a weight in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ConfigError(f"distil.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    distil: DistilConfig = field(default_factory=DistilConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, sets: list[str] = ()) -> RunConfig:

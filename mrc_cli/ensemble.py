@@ -111,7 +111,7 @@ def ensemble_answers(ensemble: Ensemble, splits: list[Split], batch_size: int | 
     if len(splits) != len(ensemble.members):
         raise ValueError(f"{len(splits)} splits for {len(ensemble.members)} members: give one per member")
     _check_same_questions(ensemble, splits)
-    runs = [_MemberRun(member, split, batch_size) for member, split in zip(ensemble.members, splits)]
+    runs = [_MemberRun(member, split.features, batch_size) for member, split in zip(ensemble.members, splits)]
     contexts = splits[0].contexts
     predictions = _combine_and_decode(ensemble, [run.positions for run in runs], contexts)
     if any(run.precision != "no" for run in runs):
@@ -125,19 +125,33 @@ def ensemble_answers(ensemble: Ensemble, splits: list[Split], batch_size: int | 
     return predictions
 
 
-def _combine_and_decode(ensemble: Ensemble, positions: list[Positions], contexts: dict[str, str]):
+def combined_positions(ensemble: Ensemble, examples) -> Positions:
+    """The members' scores on `examples`, each featurized by its member (in memory), combined on the reference's
+    positions: logits whose softmax per example is the combined distribution (mrc_cli.combining). What a student
+    learns from (mrc_cli.distillation); a one-model ensemble gives that model's logits to the bit."""
+    runs = [_MemberRun(member, build_features(examples, member.tokenizer, member.cfg.data, labels=False, cache=False)[0],
+                       None) for member in ensemble.members]
+    return _combine(ensemble, [run.positions for run in runs])
+
+
+def _combine(ensemble: Ensemble, positions: list[Positions]) -> Positions:
     reference, *others = positions
     start, end = combined_logits(reference, others, ensemble.weights, ensemble.combine)
-    return decode(reference.example_ids, reference.offsets, start, end, contexts, ensemble.cfg.decode)
+    return Positions(reference.example_ids, reference.offsets, start, end)
+
+
+def _combine_and_decode(ensemble: Ensemble, positions: list[Positions], contexts: dict[str, str]):
+    combined = _combine(ensemble, positions)
+    return decode(combined.example_ids, combined.offsets, combined.start, combined.end, contexts, ensemble.cfg.decode)
 
 
 class _MemberRun:
     """One member's logits on its features, placed on its device at its precision."""
 
-    def __init__(self, member: Loaded, split: Split, batch_size: int | None):
+    def __init__(self, member: Loaded, features, batch_size: int | None):
         cfg = member.cfg
         self.model, self.state, self.precision = place_for_inference(member.model, cfg)
-        self.features, self.batch_size = split.features, batch_size or cfg.train.eval_batch_size
+        self.features, self.batch_size = features, batch_size or cfg.train.eval_batch_size
         self.width, self.span_level = cfg.data.max_seq_length, cfg.model.span_level
         self.positions = self._positions(self.features, self.precision)
 

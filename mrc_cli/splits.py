@@ -1,7 +1,7 @@
 """A data file made ready for one job (train, eval or predict): read, validated, featurized, with its gold answers.
 
-What training, `mrc eval`, `mrc predict` and `mrc preprocess` load; k-fold (`select_split`) and distillation build
-`Split`s in memory and hand them to `train(cfg, train_split, dev_split)`.
+What training, `mrc eval`, `mrc predict` and `mrc preprocess` load; k-fold (`select_split`) builds `Split`s in
+memory and hands them to `train(cfg, train_split, dev_split)`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ class Split:
         return dict(zip(column(self.examples, "id"), column(self.examples, "context")))
 
 
-def featurize_file(source: str, tokenizer, data: DataConfig, use: str) -> Split:
-    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train; gold
-    answers unless it is predict (nothing scores predictions, and a test file has no answers to score them by)."""
+def featurize_file(source: str, tokenizer, data: DataConfig, use: str, offsets: bool = False) -> Split:
+    """Read, validate and featurize one data file; labels unless `use` is predict, offsets unless it is train (or
+    with `offsets`: distillation maps a teacher onto training windows through them); gold answers unless it is
+    predict (nothing scores predictions, and a test file has no answers to score them by)."""
     from mrc_cli.validate import load_examples
 
     with _cyclic_gc_paused():
         examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
-        return _featurize(examples, report, golds, tokenizer, data, use)
+        return _featurize(examples, report, golds, tokenizer, data, use, offsets)
 
 
 def select_split(examples, report, golds: list[dict], rows: list[int], tokenizer, data: DataConfig, use: str) -> Split:
@@ -50,8 +51,8 @@ def select_split(examples, report, golds: list[dict], rows: list[int], tokenizer
         return _featurize(chosen, report, [gold for gold in golds if gold["id"] in ids], tokenizer, data, use)
 
 
-def _featurize(examples, report, golds: list[dict], tokenizer, data: DataConfig, use: str) -> Split:
-    features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train")
+def _featurize(examples, report, golds: list[dict], tokenizer, data: DataConfig, use: str, offsets: bool = False) -> Split:
+    features, summary = build_features(examples, tokenizer, data, labels=use != "predict", offsets=use != "train" or offsets)
     return Split(examples, report, golds if use != "predict" else [], features, summary)
 
 

@@ -1,6 +1,6 @@
 """The training loop on accelerate: one readable loop, set up by small helpers, for any `Task`: span fine-tuning
-(`train`, `SpanTask` here) and masked-language-model pre-training (mrc_cli.pretraining) differ only in their data,
-model, batches, evaluation and final files.
+(`train`, `SpanTask` here), distillation (mrc_cli.distillation) and masked-language-model pre-training
+(mrc_cli.pretraining) differ only in their data, model, batches, evaluation and final files.
 
 CPU, one GPU or many (`accelerate launch`) run the same code. An optimizer step is `processes x grad_accum`
 micro-batches of similar width cut from the epoch's length-grouped plan (a pure function of seed, epoch and that
@@ -77,7 +77,7 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | None = None) -> TrainResult:
-    """Fine-tune as `cfg` says. `train_split`/`dev_split`: splits already in memory (k-fold, distillation), built
+    """Fine-tune as `cfg` says. `train_split`/`dev_split`: splits already in memory (k-fold), built
     with this model's tokenizer and cfg.data; without them cfg.data.train_file/dev_file are read."""
     return run_task(cfg, SpanTask(train_split, dev_split))
 

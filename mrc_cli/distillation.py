@@ -1,0 +1,135 @@
+"""`mrc distil`: one student model trained on a teacher's answer distributions as well as on the gold labels, run by
+the fine-tuning loop (`training.run_task`): the same dev evaluation, final files, checkpoints, exact resume,
+precision and tricks as `mrc train`.
+
+The teacher (a trained model or a saved ensemble, `reader.load_model`) scores the training examples once, before
+training, with its own tokenizer and windows (`ensemble.combined_positions`). Its start and end probabilities reach
+the student's training windows through the context's characters (`combining.window_distributions`): per window a
+distribution over CLS and the window's context positions, with the teacher's null mass, and the mass of positions
+outside the window, on CLS, as a window's gold label is CLS when the answer is outside it. A window whose teacher mass
+lies wholly outside it therefore learns CLS from the teacher too; none is dropped. The targets sit beside the
+features on the device, aligned with their rows (2 x 4 bytes x max_seq_length per window) and are not cached: a
+resumed run computes them again (the same values on the CPU; on a GPU at the teacher's precision, close to them).
+
+Loss per window: (1 - alpha) x span loss + alpha x T^2 x KL(teacher_T || student_T), the mean of start and end,
+where a distribution at temperature T is softmax(log p / T). The student stays a plain SpanExtractionModel: a hook
+the task installs adds the term to `model(**batch).loss` when a batch carries targets, so R-Drop and adversarial
+training see the combined loss and every checkpoint is an ordinary span checkpoint (eval, predict, export, Reader).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from torch.nn import functional as F
+
+from mrc_cli.combining import Positions, window_distributions
+from mrc_cli.config import RunConfig
+from mrc_cli.ensemble import Ensemble, combined_positions
+from mrc_cli.errors import ConfigError
+from mrc_cli.features import column
+from mrc_cli.inference import position_offsets
+from mrc_cli.reader import load_model
+from mrc_cli.splits import featurize_file
+from mrc_cli.tracking import RunLog
+from mrc_cli.training import SpanTask, TrainResult, run_task
+
+TARGETS = "teacher_targets"  # the batch key of the targets: (batch, 2, max_seq_length), start and end
+
+
+def distil(cfg: RunConfig) -> TrainResult:
+    """Train cfg.model (the student) as `mrc train` does, with the teacher term of cfg.distil in the loss."""
+    if not cfg.distil.teacher:
+        raise ConfigError("no teacher: pass --teacher MODEL_OR_ENSEMBLE or set distil.teacher in the config")
+    return run_task(cfg, DistilTask())
+
+
+class DistilTask(SpanTask):
+    """SpanTask whose training rows carry the teacher's distributions and whose model adds the teacher term."""
+
+    def __init__(self):
+        super().__init__(None, None)
+        self.targets: torch.Tensor | None = None  # (features, 2, max_seq_length) float32, moved to the device once
+
+    def load(self, cfg: RunConfig, tokenizer, log: RunLog):
+        if PartialState().num_processes > 1:
+            raise ConfigError("mrc distil runs in one process for now: the teacher pass is not shared between "
+                              "processes; start it without accelerate launch / torchrun")
+        if cfg.data.train_file:  # without one, SpanTask.load says what to pass
+            self.train_split = featurize_file(cfg.data.train_file, tokenizer, cfg.data, "train", offsets=True)
+            log.info(self.train_split.report.summary())
+        rows = super().load(cfg, tokenizer, log)
+        # loading the teacher draws random weights before its own load: it must not move the student's seed
+        with torch.random.fork_rng(devices=[]):
+            teacher = load_model(cfg.distil.teacher)
+            scores = teacher_scores(teacher, self.train_split.examples)
+        student = Positions(column(rows, "example_id"), position_offsets(rows, cfg.data.max_seq_length, cfg.model.span_level),
+                            None, None)
+        start, end = window_distributions(student, scores)
+        self.targets = torch.from_numpy(np.stack([start, end], axis=1)).float()
+        outside = float(start[:, 0].mean())
+        log.info(f"teacher {cfg.distil.teacher}: distributions on {len(rows)} training windows; mean start mass on CLS "
+                 f"(null or outside the window) {outside:.3f}; alpha {cfg.distil.alpha:g}, temperature "
+                 f"{cfg.distil.temperature:g}")
+        return rows
+
+    def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):
+        model = super().build_model(cfg, pretrained, log)
+        TeacherTerm(cfg.distil.alpha, cfg.distil.temperature).install(model)
+        return model
+
+    def batch(self, store, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
+        if self.targets.device != rows.device:
+            self.targets = self.targets.to(rows.device)
+        return {**store.batch(index, rows), TARGETS: self.targets[rows]}
+
+    def run_info(self, cfg: RunConfig) -> dict:
+        return {**super().run_info(cfg), "teacher": cfg.distil.teacher}
+
+
+def teacher_scores(teacher, examples) -> Positions:
+    """A model's or an ensemble's start/end logits on its own windows of `examples` (an ensemble's combined ones on
+    its reference's windows); a model alone is a one-member ensemble, whose scores are its own to the bit."""
+    if not isinstance(teacher, Ensemble):
+        teacher = Ensemble([teacher], [str(teacher.path)], [1.0], "prob", teacher.cfg)
+    return combined_positions(teacher, examples)
+
+
+class TeacherTerm:
+    """Installed on a span model: a forward whose inputs carry TARGETS returns the distillation loss as `.loss`."""
+
+    def __init__(self, alpha: float, temperature: float):
+        self.alpha, self.temperature = alpha, temperature
+        self._targets = None  # from the pre-hook to the hook of the same forward
+
+    def install(self, model: torch.nn.Module) -> None:
+        model.register_forward_pre_hook(self._take_targets, with_kwargs=True)
+        model.register_forward_hook(self._add_term)
+
+    def _take_targets(self, module, args, kwargs):
+        self._targets = kwargs.pop(TARGETS, None)
+        return args, kwargs
+
+    def _add_term(self, module, args, output):
+        targets, self._targets = self._targets, None
+        if targets is None:  # evaluation, inference
+            return output
+        kl = distillation_kl(output.start_logits, output.end_logits, targets, self.temperature)
+        output.loss = (1 - self.alpha) * output.loss + self.alpha * self.temperature ** 2 * kl
+        return output
+
+
+def distillation_kl(start_logits: torch.Tensor, end_logits: torch.Tensor, targets: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """KL(teacher_T || student_T) per window, the mean of start and end, averaged over the batch. `targets`:
+    (batch, 2, L) teacher probabilities, 0 off its positions (padding, question), whose terms are 0."""
+    total = 0.0
+    for side, logits in enumerate((start_logits, end_logits)):  # (batch, units)
+        p = targets[:, side, :logits.shape[1]]
+        held = p > 0
+        teacher = F.log_softmax(torch.where(held, torch.log(p) / temperature, -torch.inf), dim=-1)
+        student = F.log_softmax(logits / temperature, dim=-1)
+        # off the teacher's positions its probability is 0: a 0 x finite term (0 x -inf would be NaN)
+        total = total + (teacher.exp() * (torch.where(held, teacher, 0) - student)).sum(-1)
+    return (total / 2).mean()

@@ -1,0 +1,198 @@
+"""`mrc distil`: the teacher's distributions land on the student's windows where the teacher put them, each a
+distribution; alpha 0 is plain training to the bit; the teacher term pulls the student toward the teacher; a BERT
+teacher trains an ALBERT student from the CLI into a checkpoint `mrc eval` takes; a saved ensemble teaches; resume is
+exact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import QUICKSTART, tiny_run_config
+from mrc_cli.batching import FeatureTensors
+from mrc_cli.cli import app
+from mrc_cli.combining import Positions, own_log_probs, window_distributions
+from mrc_cli.distillation import TARGETS, DistilTask, distil, distillation_kl, teacher_scores
+from mrc_cli.ensemble import build_ensemble, save_ensemble
+from mrc_cli.features import build_features, column
+from mrc_cli.inference import position_offsets
+from mrc_cli.reader import load_model
+from mrc_cli.tokenizer import load_tokenizer
+from mrc_cli.tracking import RunLog, read_metrics
+from mrc_cli.training import train
+from mrc_cli.validate import load_examples
+
+TRAIN, DEV = str(QUICKSTART / "en_train.json"), str(QUICKSTART / "en_dev.json")
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_bert_dir, tmp_path_factory):
+    """Tiny BERT (WordPiece) trained a few steps: the teacher."""
+    return train(tiny_run_config(tiny_bert_dir, tmp_path_factory.mktemp("teacher") / "run", max_steps=4)).run_dir
+
+
+def _distil_cfg(student_dir, out, teacher, alpha=0.5, **train_overrides):
+    cfg = tiny_run_config(student_dir, out, **train_overrides)
+    cfg.distil.teacher, cfg.distil.alpha = str(teacher), alpha
+    return cfg
+
+
+def _weights(run_dir, step):
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+
+
+def _positions(example_ids, spans_per_window, start=None, end=None):
+    """Windows whose position 0 is CLS, then the given (start, end) character spans."""
+    width = max(len(spans) for spans in spans_per_window) + 1
+    offsets = np.full((len(spans_per_window), width, 2), -1)
+    for f, spans in enumerate(spans_per_window):
+        offsets[f, 1:len(spans) + 1] = spans
+    logits = lambda x: None if x is None else np.asarray(x, dtype=np.float32)
+    return Positions(list(example_ids), offsets, logits(start), logits(end))
+
+
+# --- the teacher's distributions on the student's windows ---------------------------------------------------------
+
+
+def test_teacher_mass_lands_whole_on_every_student_window_that_holds_it_and_on_cls_elsewhere():
+    # teacher: one window; start on "11-20" (logit 8), end on it too; student: three windows of finer tokens
+    teacher = _positions(["q"], [[(0, 5), (6, 10), (11, 20), (21, 30)]], [[0, 0, 0, 8, 0]], [[0, 0, 0, 8, 0]])
+    student = _positions(["q"] * 3, [[(0, 3), (3, 5), (6, 10), (11, 15), (15, 20)],  # holds the answer
+                                     [(11, 15), (15, 20), (21, 25), (25, 30)],  # holds it too (overlap)
+                                     [(21, 25), (25, 30)]])  # does not hold it
+    start, end = window_distributions(student, teacher)
+    best = np.exp(8) / (np.exp(8) + 4)  # the teacher's probability of its best start (and end)
+    for p in (start, end):
+        np.testing.assert_allclose(p.sum(axis=1), 1, atol=1e-12)
+    assert start[0, 4] == pytest.approx(best) and start[1, 1] == pytest.approx(best)  # not halved between windows
+    assert end[0, 5] == pytest.approx(best) and end[1, 2] == pytest.approx(best)  # the end at the last character
+    assert start[2, 0] == pytest.approx(1 - 1 / (np.exp(8) + 4))  # outside window 2: on its CLS, with the null mass
+    assert start[0].argmax() == 4 and end[0].argmax() == 5
+
+
+def test_on_real_windows_each_target_is_a_distribution_holding_the_teacher_best_start(teacher_run, albert_tokenizer,
+                                                                                      tmp_path):
+    teacher = load_model(teacher_run)
+    examples, _, _ = load_examples(TRAIN, "train", "auto", tmp_path / "examples")
+    scores = teacher_scores(teacher, examples)
+    cfg = tiny_run_config(teacher_run, tmp_path / "unused")
+    features, _ = build_features(examples, albert_tokenizer, cfg.data, labels=True, cache=False)
+    student = Positions(column(features, "example_id"), position_offsets(features, 128), None, None)
+    start, end = window_distributions(student, scores)
+    np.testing.assert_allclose(start.sum(axis=1), 1, atol=1e-9)
+    np.testing.assert_allclose(end.sum(axis=1), 1, atol=1e-9)
+    candidate = student.candidates()  # CLS and the context: nothing on the question or padding
+    assert (start[~candidate] == 0).all() and (end[~candidate] == 0).all() and (start >= 0).all() and (end >= 0).all()
+    own_start, _ = own_log_probs(scores)
+    ids = np.array(scores.example_ids)
+    checked = 0
+    for example in set(scores.example_ids):
+        rows = np.nonzero(ids == example)[0]
+        f, pos = np.unravel_index(own_start[rows].argmax(), own_start[rows].shape)
+        if pos == 0:
+            continue  # the null answer: on CLS
+        char, mass = scores.offsets[rows[f], pos, 0], np.exp(own_start[rows[f], pos])
+        for r in np.nonzero(np.array(student.example_ids) == example)[0]:
+            held = np.nonzero((student.offsets[r, :, 0] <= char) & (char < student.offsets[r, :, 1]))[0]
+            if len(held):  # the student token holding the teacher's best start gets at least its mass
+                assert start[r, held[0]] >= mass * (1 - 1e-9)
+                checked += 1
+    assert checked > 50
+
+
+# --- the loss --------------------------------------------------------------------------------------------------
+
+
+def test_alpha_zero_is_plain_training_to_the_bit(teacher_run, tiny_albert_dir, tmp_path):
+    plain = train(tiny_run_config(tiny_albert_dir, tmp_path / "plain", max_steps=3)).run_dir
+    distilled = distil(_distil_cfg(tiny_albert_dir, tmp_path / "distil", teacher_run, alpha=0.0, max_steps=3)).run_dir
+    a, b = _weights(plain, 3), _weights(distilled, 3)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in read_metrics(plain / "metrics.jsonl") if "loss" in r] == \
+           [r["loss"] for r in read_metrics(distilled / "metrics.jsonl") if "loss" in r]
+
+
+def test_the_teacher_term_pulls_the_student_toward_the_teacher(teacher_run, tiny_albert_dir, tmp_path):
+    cfg = _distil_cfg(tiny_albert_dir, tmp_path / "run", teacher_run, alpha=1.0)
+    task, log = DistilTask(), RunLog(tmp_path / "run", True, None)
+    tokenizer = load_tokenizer(tiny_albert_dir)
+    rows = task.load(cfg, tokenizer, log)
+    model = task.build_model(cfg, True, log)
+    store = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id)
+    index = list(range(8))
+    batch = task.batch(store, index, torch.tensor(index), 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    kls = []
+    for _ in range(6):
+        out = model(**batch)
+        kl = distillation_kl(out.start_logits, out.end_logits, batch[TARGETS], cfg.distil.temperature)
+        assert out.loss.item() == pytest.approx(cfg.distil.temperature ** 2 * kl.item(), rel=1e-6)  # alpha 1: KL only
+        kls.append(kl.item())
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert kls[-1] < 0.8 * kls[0], kls
+    plain = model(**{k: v for k, v in batch.items() if k != TARGETS})  # without targets: the span loss alone
+    assert plain.loss.item() != pytest.approx(out.loss.item())
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_bert_teacher_trains_an_albert_student_from_the_cli_into_a_checkpoint_mrc_eval_takes(teacher_run,
+                                                                                            tiny_albert_dir, tmp_path):
+    out = tmp_path / "student"
+    result = _invoke("distil", "--teacher", teacher_run, "--student", tiny_albert_dir, "--train", TRAIN, "--dev", DEV,
+                     "--output-dir", out, "--set", "train.max_steps=2", "--set", "data.max_seq_length=128",
+                     "--set", "data.doc_stride=32", "--set", "data.max_query_length=32", "--set", "train.precision=no",
+                     "--set", "train.cpu=true", "--set", "distil.temperature=3", "--set", f"data.cache_dir={tmp_path / 'c'}")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 2
+    config = (out / "checkpoints" / "step-000002" / "config.yaml").read_text()
+    assert f"teacher: {teacher_run}" in config and "temperature: 3.0" in config
+    assert json.loads((out / "run_info.json").read_text())["teacher"] == str(teacher_run)
+    assert "mean start mass on CLS" in (out / "train.log").read_text()
+    scored = _invoke("eval", "--checkpoint", out, "--data", DEV, "--out", tmp_path / "eval")
+    assert scored.exit_code == 0, scored.output
+    assert "f1" in json.loads(scored.stdout.strip().splitlines()[-1])
+
+
+def test_a_saved_ensemble_teaches_as_its_combined_distribution(teacher_run, tiny_bert_dir, tmp_path):
+    folder = save_ensemble(build_ensemble([str(teacher_run), str(teacher_run)], weights="2,1"), tmp_path / "ens")
+    examples, _, _ = load_examples(TRAIN, "train", "auto", tmp_path / "examples")
+    alone, together = teacher_scores(load_model(teacher_run), examples), teacher_scores(load_model(folder), examples)
+    for a, b in zip(own_log_probs(alone), own_log_probs(together)):  # the same model twice: its own distribution
+        finite = np.isfinite(a)
+        np.testing.assert_allclose(np.exp(a[finite]), np.exp(b[finite]), atol=1e-6)
+    result = distil(_distil_cfg(tiny_bert_dir, tmp_path / "run", folder, max_steps=1))
+    assert result.steps == 1 and f"teacher {folder}" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_the_teacher_is_required_and_its_settings_checked(tiny_bert_dir, tmp_path):
+    result = _invoke("distil", "--teacher", tmp_path / "none", "--student", tiny_bert_dir, "--train", TRAIN,
+                     "--set", "distil.alpha=1.5")
+    assert result.exit_code == 1 and "distil.alpha is a weight in [0, 1]" in result.output
+
+
+def test_resumed_distillation_is_bitwise_the_uninterrupted_run(teacher_run, tiny_albert_dir, tmp_path):
+    cfg = lambda out, **kw: _distil_cfg(tiny_albert_dir, out, teacher_run, max_steps=4, save_steps=2, keep_last=5, **kw)
+    a = distil(cfg(tmp_path / "A")).run_dir
+    b = tmp_path / "B"
+    shutil.copytree(a / "checkpoints" / "step-000002", b / "checkpoints" / "step-000002")
+    distil(cfg(b, resume="auto"))
+    assert "resumed from" in (b / "train.log").read_text()
+    wa, wb = _weights(a, 4), _weights(b, 4)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(_weights(a, 2)["qa_outputs.weight"], wb["qa_outputs.weight"])
+    losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
+    assert losses(b) == [x for x in losses(a) if x[0] > 2]
