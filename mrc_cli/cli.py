@@ -158,11 +158,7 @@ def train(
         return
     from mrc_cli.training import train as run_training
 
-    from accelerate import PartialState
-
-    result = run_training(cfg)
-    if PartialState().is_main_process:
-        typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
+    _echo_result(run_training(cfg))
 
 
 @app.command()
@@ -190,11 +186,15 @@ def distil(
     if dry_run:
         _print_config(cfg)
         return
-    from accelerate import PartialState
-
     from mrc_cli.distillation import distil as run_distil
 
-    result = run_distil(cfg)
+    _echo_result(run_distil(cfg))
+
+
+def _echo_result(result) -> None:
+    """A training run's directory, steps and final metrics as one JSON line, once (the main process)."""
+    from accelerate import PartialState
+
     if PartialState().is_main_process:
         typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
 

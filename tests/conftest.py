@@ -138,3 +138,18 @@ def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):
             raise AttributeError(f"TrainConfig has no field {key!r}")
         setattr(cfg.train, key, value)
     return cfg
+
+
+def losses_on_a_fixed_batch(model, batch: dict, lr: float, steps: int = 20) -> list[float]:
+    """The loss of `steps` AdamW steps on one batch: a model that learns brings it well down."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import QUICKSTART, ROOT, tiny_run_config
+from conftest import QUICKSTART, ROOT, losses_on_a_fixed_batch, tiny_run_config
 from mrc_cli.batching import FeatureTensors
 from mrc_cli.cli import app
 from mrc_cli.config import DataConfig, ModelConfig, load_config, save_config
@@ -59,15 +59,8 @@ def test_optimizer_steps_lower_the_loss_on_a_fixed_batch(model_dir, request, tmp
     assert set(encoder) == {k for k in saved if "pooler" not in k}
     assert all(torch.equal(encoder[k], saved[k]) for k in encoder)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
-    losses = []
-    for _ in range(20):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = losses_on_a_fixed_batch(model, batch, lr=1e-3)
     # measured: BERT 4.37 -> 3.04 (0.70 of the first), ALBERT 4.83 -> 3.30 (0.68); ln(128 positions) = 4.85 is chance
     assert losses[0] > 3.5
     assert losses[-1] < 0.8 * losses[0], losses
