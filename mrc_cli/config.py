@@ -81,8 +81,10 @@ class TrainConfig:
     # tricks (mrc_cli/tricks.py; what each was worth: docs/benchmarks.md)
     llrd: float = 1.0  # layer-wise lr decay: each layer below the head trains at this factor of the one above (1: off)
     adversarial: Literal["none", "fgm", "pgd"] = "none"  # perturbed word embeddings: one more forward (fgm), adv_steps (pgd)
-    adv_epsilon: float = 1.0  # L2 size of the perturbation of a feature's embeddings
-    adv_alpha: float = 0.3  # pgd: size of each step
+    # L2 size of the perturbation of one feature's embeddings. Competition code's 1.0 (there over the whole embedding
+    # matrix of a batch) cost 24 F1 here at one seed, per feature it is a far larger step (docs/benchmarks.md)
+    adv_epsilon: float = 0.1
+    adv_alpha: float = 0.03  # pgd: size of each step (competition code's ratio to epsilon, 0.3)
     adv_steps: int = 3  # pgd: steps of the climb
     ema_decay: float = 0.0  # > 0: evaluate, keep and export shadow weights averaged at this decay (e.g. 0.999)
     rdrop_alpha: float = 0.0  # > 0: R-Drop, each batch twice with the KL between the two as a loss term at this weight
