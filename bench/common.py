@@ -73,6 +73,11 @@ def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
                  platform.processor() or platform.machine())
     flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), None)
+    # "AMD EPYC" names Zen 4 and Zen 5 alike, whose bf16 peaks differ 2x: family and model tell them apart
+    family, number = (next((line.split(":", 1)[1].strip() for line in cpuinfo if line.split(":")[0].strip() == key), None)
+                      for key in ("cpu family", "model"))
+    if family is not None:
+        model = f"{model} (family {family} model {number})"
     return {"cpu": model, "cores": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "cpu_flags": {flag: None if flags is None else flag in flags for flag in CPU_FLAGS},
