@@ -90,6 +90,12 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a checkpoint folder (RUN/checkpoints/step-N); any other path as it is."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == CHECKPOINTS and _STEP_DIR.match(path.name) else path
+
+
 def _prune(root: Path, keep_last: int, best_step: int | None) -> None:
     steps = sorted(step for step, _ in _complete_checkpoints(root))
     for step in steps[:-keep_last]:

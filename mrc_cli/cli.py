@@ -335,7 +335,7 @@ def ensemble(
     checkpoints: Annotated[list[str], typer.Option("--checkpoint", help="A member (checkpoint, run directory or export); repeat. The first is the reference: its windows and decoding settings are used.")],
     data: Annotated[str, typer.Option("--data", help="Questions, with or without answers.")],
     out: Annotated[str, typer.Option("--out", help="Folder for predictions.json, nbest.json, null_odds.json (metrics.json when the data has answers).")],
-    weights: Annotated[str, typer.Option(help="equal, oof, or one positive number per member such as 2,1.")] = "equal",
+    weights: Annotated[str, typer.Option(help="equal; oof (each member's held-out F1 from mrc kfold); or one positive number per member such as 2,1.")] = "equal",
     combine: Annotated[Literal["prob", "logprob"], typer.Option(help="Weighted mean of the members' probabilities, or of their log-probabilities.")] = "prob",
     threshold: Annotated[Optional[float], typer.Option(help="SQuAD v2 null threshold (default: the reference's stored one).")] = None,
     submission: Annotated[Optional[str], typer.Option(help="Also write the submission file {question id: answer}.")] = None,
@@ -351,7 +351,8 @@ def ensemble(
         raise typer.BadParameter("--copy-members copies the members into the --save folder; give --save DIR too")
     summary = ensemble_file(checkpoints, data, out, weights, combine, threshold, submission, save, copy_members)
     typer.echo(summary.pop("data"))
-    typer.echo(f"{summary['members']} members; {summary['questions']} questions, {summary['answered']} answered; "
+    shares = ", ".join(f"{w:.3f}" for w in summary.pop("weights"))
+    typer.echo(f"{summary['members']} members (weights {shares}); {summary['questions']} questions, {summary['answered']} answered; "
                f"wrote {summary['out']}" + (f", {submission}" if submission else "") + (f"; saved to {save}" if save else ""))
     typer.echo(json.dumps(summary, ensure_ascii=False, default=float))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
+from mrc_cli.checkpoint import run_dir_of
 from mrc_cli.config import RunConfig, set_value, write_yaml_atomically
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
@@ -31,6 +33,7 @@ from mrc_cli.features import build_features, column
 from mrc_cli.inference import (evaluate_predictions, place_for_inference, position_offsets, predict_logits,
                                recheck_close_calls)
 from mrc_cli.loading import ENSEMBLE_SETTINGS, Loaded, load_trained
+from mrc_cli.runs import FOLD_RECORD
 from mrc_cli.splits import Split
 
 MEMBERS_FOLDER = "members"  # inside a saved ensemble: the members' copies (--copy-members)
@@ -60,7 +63,7 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
         raise ConfigError("an ensemble needs at least one member (--checkpoint)")
     if combine not in COMBINATIONS:
         raise ConfigError(f"--combine {combine!r}: choose {' or '.join(COMBINATIONS)}")
-    shares = parse_weights(weights, len(checkpoints))  # before loading any model
+    shares = parse_weights(weights, checkpoints)  # before loading any model
     members = [load_trained(path) for path in checkpoints]
     cfg = copy.deepcopy(members[0].cfg)
     if threshold is not None:
@@ -68,14 +71,28 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
     return Ensemble(members, [str(m.path.resolve()) for m in members], shares, combine, cfg)
 
 
-def parse_weights(text: str, num_members: int) -> list[float]:
-    """`equal`, or one positive number per member, normalised to sum 1."""
+def parse_weights(text: str, checkpoints: list[str]) -> list[float]:
+    """`equal`, `oof`, or one positive number per member, normalised to sum 1."""
     if text == "equal":
-        return [1 / num_members] * num_members
+        return [1 / len(checkpoints)] * len(checkpoints)
     if text == "oof":
-        raise ConfigError("--weights oof needs the out-of-fold F1 of each member from `mrc kfold` (OUT/kfold.json), "
-                          "which is not available yet; use equal or explicit weights such as 2,1")
-    return normalised_weights(text.split(","), num_members, f"--weights {text!r}")
+        return normalised_weights(held_out_f1(checkpoints), len(checkpoints), "--weights oof (held-out F1)")
+    return normalised_weights(text.split(","), len(checkpoints), f"--weights {text!r}")
+
+
+def held_out_f1(checkpoints: list[str]) -> list[float]:
+    """`--weights oof`: each member's F1 on the fold it was held out of, from the record `mrc kfold` writes in the
+    fold's run directory (the member is that directory or one of its checkpoints). Proportional weights: a member
+    that scored better on questions it never saw counts more, by as much as it scored better."""
+    scores = []
+    for number, checkpoint in enumerate(checkpoints, start=1):
+        record = run_dir_of(checkpoint) / FOLD_RECORD
+        if not record.is_file():
+            raise ConfigError(f"--weights oof: member {number} ({checkpoint}) was not trained by `mrc kfold` (no "
+                              f"{FOLD_RECORD} in it or its run directory), so it has no out-of-fold F1; pass the folds' "
+                              "run directories (OUT/fold-<k>), or weights such as 2,1")
+        scores.append(json.loads(record.read_text(encoding="utf-8"))["f1"])
+    return scores
 
 
 def normalised_weights(values: list, num_members: int, where: str) -> list[float]:

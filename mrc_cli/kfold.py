@@ -22,16 +22,13 @@ from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score
-from mrc_cli.runs import load_record, write_json, write_record
+from mrc_cli.runs import FOLD_RECORD, load_record, write_json, write_record
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import select_split
 from mrc_cli.thresholds import null_threshold_sweep, store_threshold
 from mrc_cli.tokenizer import load_tokenizer
 from mrc_cli.training import train
 from mrc_cli.validate import MAX_LISTED, load_examples
-
-FOLD_RECORD = "kfold_fold.json"  # written when a fold has finished: the next kfold skips it
-
 
 @dataclass
 class Fold:

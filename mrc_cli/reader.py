@@ -115,7 +115,7 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
         write_prediction_files(Path(out), predictions, metrics)  # metrics.json only where there are metrics
         if submission:
             _write_submission(Path(submission), predictions)
-    return {**metrics, **_answered(predictions), "members": len(ensemble.members),
+    return {**metrics, **_answered(predictions), "members": len(ensemble.members), "weights": ensemble.weights,
             "out": out, "data": split.report.summary()}
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from mrc_cli.config import RunConfig, config_to_dict
 from mrc_cli.errors import ConfigError
 
+FOLD_RECORD = "kfold_fold.json"  # in a fold's run directory once it has finished: kfold skips it, --weights oof reads it
+
 
 def write_record(path: Path, record: dict, settings: dict) -> None:
     """`record` with the run's planned config (`settings`, as config_to_dict gives it): the mark of a finished run."""

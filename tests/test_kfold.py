@@ -9,6 +9,7 @@ import shutil
 from collections import defaultdict
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from conftest import QUICKSTART, shared_file, tiny_run_config
@@ -225,6 +226,22 @@ def test_the_oof_threshold_is_stored_with_every_fold_and_predict_applies_it(kfol
     dev_odds = json.loads((out / "fold-0" / "dev" / "null_odds.json").read_text())
     assert len(submission) == 20 and submission == answers_at_threshold(dev_nbest, dev_odds, threshold)
     assert submission != answers_at_threshold(dev_nbest, dev_odds, 0.0)
+
+
+def test_oof_weights_are_the_folds_held_out_f1_shares(kfolded, tmp_path):
+    out, _, _, dev_file, _ = kfolded
+    f1 = [fold["f1"] for fold in json.loads((out / "kfold.json").read_text())["folds"]]
+    assert min(f1) > 0 and f1[0] != f1[1]  # else equal weights would pass for these
+    members = [str(out / "fold-0"), str(resolve_checkpoint(out / "fold-1"))]  # a run directory and a checkpoint
+    result = CliRunner().invoke(app, ["ensemble", *sum((["--checkpoint", m] for m in members), []), "--weights", "oof",
+                                      "--data", str(dev_file), "--out", str(tmp_path / "ens"), "--save", str(tmp_path / "saved")])
+    assert result.exit_code == 0, result.output
+    weights = yaml.safe_load((tmp_path / "saved" / "ensemble.yaml").read_text())["weights"]
+    assert weights == pytest.approx([f1[0] / sum(f1), f1[1] / sum(f1)])
+
+    result = CliRunner().invoke(app, ["ensemble", "--checkpoint", members[0], "--checkpoint", str(tmp_path / "saved"),
+                                      "--weights", "oof", "--data", str(dev_file), "--out", str(tmp_path / "ens2")])
+    assert result.exit_code == 1 and "member 2" in result.stderr and "was not trained by `mrc kfold`" in result.stderr
 
 
 def test_eval_reports_the_oof_threshold_against_zero_and_the_dev_optimal_one(kfolded, tmp_path):
