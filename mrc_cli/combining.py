@@ -51,6 +51,12 @@ class Positions:
     def select(self, rows: list[int]) -> Positions:
         return Positions([self.example_ids[r] for r in rows], self.offsets[rows], self.start[rows], self.end[rows])
 
+    @staticmethod
+    def concatenate(parts: list[Positions]) -> Positions:
+        """The features of `parts` one after another, in the order given (all of one width L)."""
+        return Positions([e for part in parts for e in part.example_ids], np.concatenate([p.offsets for p in parts]),
+                         np.concatenate([p.start for p in parts]), np.concatenate([p.end for p in parts]))
+
     def candidates(self) -> np.ndarray:
         """(F, L) the positions an answer can take: CLS (position 0, "no answer") and the context."""
         candidate = self.offsets[..., 0] >= 0

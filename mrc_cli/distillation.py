@@ -3,13 +3,17 @@ the fine-tuning loop (`training.run_task`): the same dev evaluation, final files
 precision and tricks as `mrc train`.
 
 The teacher (a trained model or a saved ensemble, `reader.load_model`) scores the training examples once, before
-training, with its own tokenizer and windows (`ensemble.combined_positions`). Its start and end probabilities reach
-the student's training windows through the context's characters (`combining.window_distributions`): per window a
+training, with its own tokenizer and windows (`ensemble.combined_positions`). Several processes (torchrun, accelerate
+launch) share that pass: each scores a contiguous share of the examples, and the shares' scores are gathered to every
+process and put in the examples' order, as one process has them; every process then computes the targets of all
+training windows, as the batch plan may give any window to any process. The teacher's start and end probabilities
+reach the student's training windows through the context's characters (`combining.window_distributions`): per window a
 distribution over CLS and the window's context positions, with the teacher's null mass, and the mass of positions
 outside the window, on CLS, as a window's gold label is CLS when the answer is outside it. A window whose teacher mass
 lies wholly outside it therefore learns CLS from the teacher too; none is dropped. The targets sit beside the
 features on the device, aligned with their rows (2 x 4 bytes x max_seq_length per window) and are not cached: a
-resumed run computes them again (the same values on the CPU; on a GPU at the teacher's precision, close to them).
+resumed run computes them again (the same values on the CPU with the same process count; close to them on a GPU at
+the teacher's precision, or with another process count, whose shares are batched otherwise).
 
 Loss per window: (1 - alpha) x span loss + alpha x T^2 x KL(teacher_T || student_T), the mean of start and end,
 where a distribution at temperature T is softmax(log p / T). The student stays a plain SpanExtractionModel: a hook
@@ -22,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from torch.nn import functional as F
 
 from mrc_cli.combining import Positions, window_distributions
@@ -53,31 +58,33 @@ class DistilTask(SpanTask):
         self.targets: torch.Tensor | None = None  # (features, 2, max_seq_length) float32, moved to the device once
 
     def load(self, cfg: RunConfig, tokenizer, log: RunLog):
-        if PartialState().num_processes > 1:
-            raise ConfigError("mrc distil runs in one process for now: the teacher pass is not shared between "
-                              "processes; start it without accelerate launch / torchrun")
         if cfg.data.train_file:  # without one, SpanTask.load says what to pass
             self.train_split = featurize_file(cfg.data.train_file, tokenizer, cfg.data, "train", offsets=True)
             log.info(self.train_split.report.summary())
-        rows = super().load(cfg, tokenizer, log)
+        return super().load(cfg, tokenizer, log)
+
+    def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):
+        # the teacher pass is here, not in load: run_task calls load in one process after the other
+        # (main_process_first), and every process takes part in this pass at the same time
+        self.targets = self._teacher_targets(cfg, log)
+        model = super().build_model(cfg, pretrained, log)
+        TeacherTerm(cfg.distil.alpha, cfg.distil.temperature).install(model)
+        return model
+
+    def _teacher_targets(self, cfg: RunConfig, log: RunLog) -> torch.Tensor:
+        """(windows, 2, max_seq_length) the teacher's start and end distributions on every training window."""
+        rows = self.train_split.features
         # loading the teacher draws random weights before its own load: it must not move the student's seed
         with torch.random.fork_rng(devices=[]):
-            teacher = load_model(cfg.distil.teacher)
-            scores = teacher_scores(teacher, self.train_split.examples)
+            scores = shared_teacher_scores(load_model(cfg.distil.teacher), self.train_split.examples)
         student = Positions(column(rows, "example_id"), position_offsets(rows, cfg.data.max_seq_length, cfg.model.span_level),
                             None, None)
         start, end = window_distributions(student, scores)
-        self.targets = torch.from_numpy(np.stack([start, end], axis=1)).float()
         outside = float(start[:, 0].mean())
         log.info(f"teacher {cfg.distil.teacher}: distributions on {len(rows)} training windows; mean start mass on CLS "
                  f"(null or outside the window) {outside:.3f}; alpha {cfg.distil.alpha:g}, temperature "
                  f"{cfg.distil.temperature:g}")
-        return rows
-
-    def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):
-        model = super().build_model(cfg, pretrained, log)
-        TeacherTerm(cfg.distil.alpha, cfg.distil.temperature).install(model)
-        return model
+        return torch.from_numpy(np.stack([start, end], axis=1)).float()
 
     def batch(self, store, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
         if self.targets.device != rows.device:
@@ -86,6 +93,18 @@ class DistilTask(SpanTask):
 
     def run_info(self, cfg: RunConfig) -> dict:
         return {**super().run_info(cfg), "teacher": cfg.distil.teacher}
+
+
+def shared_teacher_scores(teacher, examples) -> Positions:
+    """teacher_scores of all `examples`, every process scoring a contiguous share of them at the same time: the
+    shares are gathered to every process and put one after another, in the examples' order (one process: its
+    scores of them all)."""
+    state = PartialState()
+    if len(examples) < state.num_processes:
+        raise ConfigError(f"{len(examples)} training examples for {state.num_processes} processes: the teacher "
+                          "pass needs at least one per process; start fewer processes")
+    share = examples.shard(num_shards=state.num_processes, index=state.process_index, contiguous=True)
+    return Positions.concatenate(gather_object([teacher_scores(teacher, share)]))
 
 
 def teacher_scores(teacher, examples) -> Positions:

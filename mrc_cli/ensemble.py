@@ -30,8 +30,8 @@ from mrc_cli.config import RunConfig, set_value, write_yaml_atomically
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
 from mrc_cli.features import build_features, column
-from mrc_cli.inference import (evaluate_predictions, place_for_inference, position_offsets, predict_logits,
-                               recheck_close_calls)
+from mrc_cli.inference import (OneProcess, evaluate_predictions, place_for_inference, position_offsets,
+                               predict_logits, recheck_close_calls)
 from mrc_cli.loading import ENSEMBLE_SETTINGS, Loaded, load_trained
 from mrc_cli.runs import FOLD_RECORD
 from mrc_cli.splits import Split
@@ -145,9 +145,10 @@ def ensemble_answers(ensemble: Ensemble, splits: list[Split], batch_size: int | 
 def combined_positions(ensemble: Ensemble, examples) -> Positions:
     """The members' scores on `examples`, each featurized by its member (in memory), combined on the reference's
     positions: logits whose softmax per example is the combined distribution (mrc_cli.combining). What a student
-    learns from (mrc_cli.distillation); a one-model ensemble gives that model's logits to the bit."""
+    learns from (mrc_cli.distillation); a one-model ensemble gives that model's logits to the bit. This process
+    scores them all, without waiting for the others: several processes share the work by their examples."""
     runs = [_MemberRun(member, build_features(examples, member.tokenizer, member.cfg.data, labels=False, cache=False)[0],
-                       None) for member in ensemble.members]
+                       None, alone=True) for member in ensemble.members]
     return _combine(ensemble, [run.positions for run in runs])
 
 
@@ -163,11 +164,14 @@ def _combine_and_decode(ensemble: Ensemble, positions: list[Positions], contexts
 
 
 class _MemberRun:
-    """One member's logits on its features, placed on its device at its precision."""
+    """One member's logits on its features, placed on its device at its precision; `alone`: all of them computed in
+    this process, else the batches are shared between the processes and gathered."""
 
-    def __init__(self, member: Loaded, features, batch_size: int | None):
+    def __init__(self, member: Loaded, features, batch_size: int | None, alone: bool = False):
         cfg = member.cfg
         self.model, self.state, self.precision = place_for_inference(member.model, cfg)
+        if alone:
+            self.state = OneProcess(self.state.device)
         self.features, self.batch_size = features, batch_size or cfg.train.eval_batch_size
         self.width, self.span_level = cfg.data.max_seq_length, cfg.model.span_level
         self.positions = self._positions(self.features, self.precision)

@@ -38,6 +38,16 @@ class Logits:
     loss: float | None  # mean loss over the features with labels (-100 labels excluded)
 
 
+@dataclass(frozen=True)
+class OneProcess:
+    """A state for predict_logits that runs every batch in this process and gathers nothing: for work the caller
+    has already shared between the processes (each process its own examples)."""
+
+    device: torch.device
+    process_index: int = 0
+    num_processes: int = 1
+
+
 @torch.no_grad()
 def predict_logits(model, features, accelerator, batch_size: int, precision: str, width: int) -> Logits:
     """Logits of every feature, padded to `width`.

@@ -1,12 +1,16 @@
 """`mrc distil`: the teacher's distributions land on the student's windows where the teacher put them, each a
 distribution; alpha 0 is plain training to the bit; the teacher term pulls the student toward the teacher; a BERT
 teacher trains an ALBERT student from the CLI into a checkpoint `mrc eval` takes; a saved ensemble teaches; resume is
-exact."""
+exact; two processes share the teacher pass and each holds the targets one process computes."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +18,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import QUICKSTART, tiny_run_config
+from conftest import QUICKSTART, ROOT, tiny_run_config
 from mrc_cli.batching import FeatureTensors
 from mrc_cli.cli import app
+from mrc_cli.config import save_config
 from mrc_cli.combining import Positions, own_log_probs, window_distributions
 from mrc_cli.distillation import TARGETS, DistilTask, distil, distillation_kl, teacher_scores
 from mrc_cli.ensemble import build_ensemble, save_ensemble
@@ -196,3 +201,69 @@ def test_resumed_distillation_is_bitwise_the_uninterrupted_run(teacher_run, tiny
     assert not torch.equal(_weights(a, 2)["qa_outputs.weight"], wb["qa_outputs.weight"])
     losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
     assert losses(b) == [x for x in losses(a) if x[0] > 2]
+
+
+# --- two processes ---------------------------------------------------------------------------------------------
+
+# `mrc distil` as `python -m mrc_cli` runs it, saving on each rank the teacher scores it trains with (the gathered
+# shares) and the targets made of them, in RECORD_DIR/rank-<RANK>.npz
+RECORDING_DRIVER = '''
+import os
+import numpy as np
+from mrc_cli import distillation
+from mrc_cli.cli import main
+
+shared, targets, seen = distillation.shared_teacher_scores, distillation.DistilTask._teacher_targets, {}
+
+def recorded_scores(teacher, examples):
+    seen["scores"] = shared(teacher, examples)
+    return seen["scores"]
+
+def recorded_targets(task, cfg, log):
+    out, scores = targets(task, cfg, log), seen["scores"]
+    np.savez(os.path.join(os.environ["RECORD_DIR"], f"rank-{os.environ['RANK']}.npz"), targets=out.numpy(),
+             example_ids=np.array(scores.example_ids), offsets=scores.offsets, start=scores.start, end=scores.end)
+    return out
+
+distillation.shared_teacher_scores, distillation.DistilTask._teacher_targets = recorded_scores, recorded_targets
+main()
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_teacher_pass_and_each_holds_the_targets_of_one_process(teacher_run, tiny_albert_dir,
+                                                                                         tmp_path):
+    from test_training import _assert_two_ranks_trained, _free_port
+
+    run_dir, record = tmp_path / "ddp", tmp_path / "record"
+    record.mkdir()
+    cfg = _distil_cfg(tiny_albert_dir, run_dir, teacher_run, max_steps=2, save_steps=2)
+    cfg.data.dev_file = None
+    save_config(cfg, tmp_path / "run.yaml")
+    (tmp_path / "driver.py").write_text(RECORDING_DRIVER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "1",
+           "CUDA_VISIBLE_DEVICES": "", "RECORD_DIR": str(record)}
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port())]
+    done = subprocess.run([*torchrun, str(tmp_path / "driver.py"), "distil", "--config", str(tmp_path / "run.yaml"),
+                           "--teacher", str(teacher_run), "--student", tiny_albert_dir],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    _assert_two_ranks_trained(run_dir, 2)
+    ranks = [np.load(record / f"rank-{rank}.npz") for rank in (0, 1)]
+    assert all(np.array_equal(ranks[0][key], ranks[1][key]) for key in ranks[0].files)  # the same on both, to the bit
+
+    # one process: all the examples in one teacher pass
+    task, log = DistilTask(), RunLog(tmp_path / "one", True, None)
+    task.load(cfg, load_tokenizer(tiny_albert_dir), log)
+    task.build_model(cfg, True, log)
+    alone = teacher_scores(load_model(teacher_run), task.train_split.examples)
+    gathered = ranks[0]
+    # every window of every example, in the examples' order: not one rank's share, nor the shares swapped
+    assert gathered["example_ids"].tolist() == alone.example_ids
+    np.testing.assert_array_equal(gathered["offsets"], alone.offsets)
+    # each share is batched apart from the other: the logits may differ in the last bits
+    np.testing.assert_allclose(gathered["start"], alone.start, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(gathered["end"], alone.end, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(gathered["targets"], task.targets.numpy(), rtol=0, atol=1e-6)
