@@ -40,6 +40,7 @@ from bench.common import (  # noqa: E402
     SQUAD_TRAIN_HEAD,
     SQUAD_V2_DEV_HEAD,
     command_line,
+    copy_baseline_runs,
     git_revision,
     machine,
     require_shared,
@@ -53,11 +54,7 @@ def models(base, seeds: list[int], out: Path, baseline_from: str | None) -> dict
     """single and word over the seeds, through mrc compare (the word row's verdict against single comes with it)."""
     from mrc_cli.compare import Variant, compare
 
-    if baseline_from:  # the same config and seeds: compare refuses a copied run whose settings differ
-        for seed in seeds:
-            done, here = Path(baseline_from) / "baseline" / f"seed-{seed}", out / "baseline" / f"seed-{seed}"
-            if done.is_dir() and not here.exists():
-                shutil.copytree(done, here)
+    copy_baseline_runs(baseline_from, out, seeds)  # with their checkpoints: they are ensemble members
     return compare(base, [Variant("word", ("model.span_level=word",))], seeds, out)
 
 

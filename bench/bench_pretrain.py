@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench.common import (  # noqa: E402
     SQUAD_TRAIN_HEAD,
     SQUAD_V2_DEV_HEAD,
     command_line,
+    copy_baseline_runs,
     git_revision,
     machine,
     require_shared,
@@ -99,11 +99,7 @@ def main() -> None:
     pretrain_base.data.dev_file = str(eval_file)
     infos = {name: pretrain_row(pretrain_base, name, settings, args.pretrain_steps, out)
              for name, settings in PRETRAININGS[args.task].items()}
-    if args.baseline_from:
-        for seed in range(args.seeds):
-            done, here = Path(args.baseline_from) / "baseline" / f"seed-{seed}", out / "baseline" / f"seed-{seed}"
-            if done.is_dir() and not here.exists():
-                shutil.copytree(done, here, ignore=shutil.ignore_patterns("checkpoints"))
+    copy_baseline_runs(args.baseline_from, out, list(range(args.seeds)), checkpoints=False)
     variants = [Variant(name, (f"model.name_or_path={out / 'pretrain' / name}",)) for name in infos]
     result = compare(base, variants, list(range(args.seeds)), out)
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),

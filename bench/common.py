@@ -110,6 +110,15 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
+def copy_baseline_runs(source: str | Path | None, out: Path, seeds: list[int], checkpoints: bool = True) -> None:
+    """A `mrc compare` folder's finished baseline runs copied into `out` where missing, so that another benchmark
+    with the same config and seeds need not train them again (compare refuses a copied run whose settings differ)."""
+    for seed in seeds if source else []:
+        done, here = Path(source) / "baseline" / f"seed-{seed}", out / "baseline" / f"seed-{seed}"
+        if done.is_dir() and not here.exists():
+            shutil.copytree(done, here, ignore=None if checkpoints else shutil.ignore_patterns("checkpoints"))
+
+
 def write_jsonl(source: Path, path: Path, limit: int | None, answerable_only: bool = False) -> dict:
     """The first `limit` questions of a SQuAD file as flat records (the Hub's squad columns plus is_impossible), the
     form the recipe's `load_dataset("json")` reads and mrc-cli reads too; both sides read the same file."""
