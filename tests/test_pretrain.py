@@ -227,6 +227,14 @@ def test_pretrain_writes_a_model_folder_and_what_it_was_trained_on(pretrained, t
     assert json.loads((out / "config.json").read_text())["attention_probs_dropout_prob"] == 0.1  # the source's, not 0
 
 
+def test_pretraining_again_from_its_saved_config_gives_the_same_model(pretrained, tmp_path):
+    _invoke(["pretrain", "-c", str(pretrained / "config.yaml"), "--out", str(tmp_path / "again")])
+    a, b = load_file(str(pretrained / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    source = load_file(str(pretrained / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert not torch.equal(source["lm.bert.embeddings.word_embeddings.weight"], b["bert.embeddings.word_embeddings.weight"])
+
+
 def test_the_pretrained_folder_fine_tunes_with_mrc_train(pretrained, tmp_path):
     encoder = build_model(ModelConfig(name_or_path=str(pretrained)), 128).encoder.state_dict()
     saved = load_file(str(pretrained / "model.safetensors"))
