@@ -119,14 +119,27 @@ def window_distributions(reference: Positions, other: Positions) -> tuple[np.nda
     stride = int(reference.offsets.max()) + 2  # more than any character: (example, char) as one int
     # a position and its copies in the example's other windows share a start character
     _, copy_of = np.unique(example_index[rows] * stride + reference.offsets[rows, cols, 0], return_inverse=True)
+    receives = _one_per_window(rows, copy_of)
     out = []
     for lp in on_reference(reference, other):
-        mass = np.bincount(copy_of, weights=np.exp(lp[rows, cols]))  # a position's mass over all its copies
+        mass = np.bincount(copy_of, weights=np.exp(lp[rows, cols]))  # a character's mass over all its positions
         p = np.zeros(reference.offsets.shape[:2])
-        p[rows, cols] = mass[copy_of]
+        p[rows[receives], cols[receives]] = mass[copy_of[receives]]
         p[:, 0] = np.clip(1 - p.sum(axis=1), 0, None)
         out.append(p)
     return out[0], out[1]
+
+
+def _one_per_window(rows: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """(N,) True for the position that receives a span's mass in each window: the last of those starting at its
+    character, as a labelled answer starts at the last token starting at or before it. A SentencePiece "▁" alone
+    (a word boundary) shares its character with the next piece: counted as a copy in its own window, it would take
+    half of that character's mass, or (as a target) double it. `rows` ascending, positions in a row ascending."""
+    pair = rows.astype(np.int64) * (int(span.max(initial=0)) + 1) + span
+    last = len(pair) - 1 - np.unique(pair[::-1], return_index=True)[1]
+    receives = np.zeros(len(pair), dtype=bool)
+    receives[last] = True
+    return receives
 
 
 def log_probs(logits: np.ndarray, candidate: np.ndarray, example_index: np.ndarray, num_examples: int) -> np.ndarray:
@@ -181,10 +194,13 @@ class _ReferenceSpans:
         self.stride = stride
         key = example_index[rows] * stride + starts
         # a span is a start character: the windows of an example cut one tokenization, so equal starts are copies
-        self.keys, self.span_of, self.copies = np.unique(key, return_inverse=True, return_counts=True)
+        self.keys, span_of = np.unique(key, return_inverse=True)
         self.example = self.keys // self.stride
         span_end = np.zeros(len(self.keys), dtype=np.int64)
-        np.maximum.at(span_end, self.span_of, ends)
+        np.maximum.at(span_end, span_of, ends)
+        receives = _one_per_window(rows, span_of)
+        rows, cols, self.span_of = rows[receives], cols[receives], span_of[receives]
+        self.copies = np.bincount(self.span_of, minlength=len(self.keys))  # the windows holding each span
         # sorted as the spans are when they do not overlap; the running max keeps searchsorted valid when they do
         self.end_keys = np.maximum.accumulate(self.example * self.stride + span_end)
         self.rows, self.cols, self.example_index = rows, cols, example_index

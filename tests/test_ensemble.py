@@ -108,6 +108,19 @@ def test_another_tokenization_lands_on_the_reference_tokens_that_hold_its_charac
     assert start_lp[0, 2] == LOG_FLOOR  # no member token starts in "##believ": log(1e-308), not -inf
 
 
+def test_a_lone_sentencepiece_boundary_does_not_take_half_of_the_next_piece_mass():
+    # an ALBERT reference of "a $5": its "▁" alone before "$" has the offsets of "$" (2, 3), in both windows
+    reference = _positions(["q", "q"], [[(0, 1), (2, 3), (2, 3), (3, 4)], [(2, 3), (2, 3), (3, 4)]],
+                           start=np.zeros((2, 5)), end=np.zeros((2, 5)))
+    member = Positions(["q"], np.array([[(-1, -1), (0, 1), (2, 4)]]), np.log([[0.2, 0.3, 0.5]]).astype(np.float32),
+                       np.log([[0.2, 0.3, 0.5]]).astype(np.float32))
+    start = np.exp(on_reference(reference, member)[0])
+    # "$5" starts at char 2: all its mass on "$", shared by the two windows; none on the "▁" before it
+    assert start[0, 3] == pytest.approx(0.25) and start[1, 2] == pytest.approx(0.25)
+    assert start[0, 2] < 1e-300 and start[1, 1] < 1e-300
+    assert start[reference.candidates()].sum() == pytest.approx(1.0)
+
+
 def test_one_model_and_the_same_model_twice_are_the_model_to_the_bit():
     rng = np.random.default_rng(0)
     offsets = [[(0, 3), (4, 9), (10, 12)], [(4, 9), (10, 12), (13, 20)], [(0, 5), (6, 8), (9, 11)]]
