@@ -31,7 +31,7 @@ from mrc_cli.config import DataConfig, check_data_config
 from mrc_cli.errors import ConfigError
 from mrc_cli.tokenizer import tokenizer_fingerprint
 
-FEATURES_VERSION = 2  # bump when the feature layout changes, so old cache files are not reused
+FEATURES_VERSION = 3  # bump when the feature layout changes, so old cache files are not reused
 IGNORE_INDEX = -100
 CLS_INDEX = 0
 # "chars": each CJK character, each run of other letters and digits ("1898", "iPhone"), each other symbol
@@ -198,9 +198,11 @@ def _label_window(context_offsets: list, first: int, answers: dict, is_impossibl
     end_char = start + len(text.rstrip())
     if start_char < context_offsets[0][0] or end_char > context_offsets[-1][1]:
         return CLS_INDEX, CLS_INDEX
-    # the last token starting at or before the answer, the first token ending at or after it
-    return (first + bisect_right(context_offsets, start_char, key=itemgetter(0)) - 1,
-            first + bisect_left(context_offsets, end_char, key=itemgetter(1)))
+    # the last token starting at or before the answer, the first token ending at or after it, not before the start:
+    # a SentencePiece "▁" alone ends where the piece after it ends, and would end "$" before it starts
+    start_token = bisect_right(context_offsets, start_char, key=itemgetter(0)) - 1
+    end_token = max(bisect_left(context_offsets, end_char, key=itemgetter(1)), start_token)
+    return first + start_token, first + end_token
 
 
 @lru_cache(maxsize=None)

@@ -6,7 +6,7 @@ import pytest
 from conftest import shared_file, write_squad
 from mrc_cli.config import DataConfig
 from mrc_cli.errors import ConfigError
-from mrc_cli.features import build_features
+from mrc_cli.features import _label_window, build_features
 from mrc_cli.splits import featurize_file
 from mrc_cli.validate import load_examples
 
@@ -161,3 +161,11 @@ def test_training_features_leave_out_offsets(wordpiece_tokenizer, tmp_path):
     assert "offset_mapping" not in train.column_names and "offset_mapping" in evaluation.column_names
     for name in train.column_names:  # everything else is the same, labels included
         assert train[name] == evaluation[name]
+
+
+def test_an_answer_after_a_lone_sentencepiece_boundary_ends_where_it_starts():
+    # "a $5 b" as ALBERT cuts it: "▁a", "▁" alone with the offsets of "$", "$", "5", "▁b"; context tokens from 7
+    offsets = [(0, 1), (2, 3), (2, 3), (3, 4), (5, 6)]
+    assert _label_window(offsets, 7, {"text": ["$"], "answer_start": [2]}, False) == (9, 9)  # not (9, 8)
+    assert _label_window(offsets, 7, {"text": ["$5"], "answer_start": [2]}, False) == (9, 10)
+    assert _label_window(offsets, 7, {"text": ["a"], "answer_start": [0]}, False) == (7, 7)
