@@ -151,6 +151,8 @@ def threshold_row(base, seed: int, out: Path) -> dict:
     """kfold on the v2-style train file; each fold model's and the fold ensemble's report on the v2 dev part."""
     from mrc_cli.ensemble import build_ensemble, save_ensemble
     from mrc_cli.reader import evaluate_file
+    from mrc_cli.thresholds import threshold_report
+    from mrc_cli.validate import load_examples
 
     train_file, dev_file = threshold_files(out)
     cfg = copy.deepcopy(base)
@@ -159,11 +161,16 @@ def threshold_row(base, seed: int, out: Path) -> dict:
     result = kfold_row(cfg, seed, run)
     folds = [run / f"fold-{k}" for k in range(FOLDS)]
     saved = run / "ensemble"
-    if not saved.exists():  # its decoding settings are fold 0's, with the OOF threshold kfold stored there
+    if not saved.exists():  # its decoding settings are fold 0's
         save_ensemble(build_ensemble([str(f) for f in folds]), saved)
-    ensemble = evaluate_file(str(saved), str(dev_file), str(run / "ensemble-eval"))
+    evaluate_file(str(saved), str(dev_file), str(run / "ensemble-eval"))
+    # the folds' OOF threshold was chosen for one model's null odds: how it serves the ensemble's is measured here
+    golds = load_examples(str(dev_file), "eval")[2]
+    nbest, odds = (json.loads((run / "ensemble-eval" / name).read_text(encoding="utf-8"))
+                   for name in ("nbest.json", "null_odds.json"))
     return {"oof_threshold": result["null_threshold"], "oof_f1": result["oof"]["f1"],
-            "folds": [row["threshold_report"] for row in result["dev"]], "ensemble": ensemble.get("threshold_report")}
+            "folds": [row["threshold_report"] for row in result["dev"]],
+            "ensemble": threshold_report(golds, nbest, odds, result["null_threshold"])}
 
 
 def table(per_seed: dict[int, dict]) -> str:

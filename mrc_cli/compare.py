@@ -29,7 +29,7 @@ from mrc_cli.checkpoint import latest_checkpoint
 from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, TrainingError
 from mrc_cli.inference import headline
-from mrc_cli.runs import load_record, write_json, write_record
+from mrc_cli.runs import load_record, start_run, write_json, write_record
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
 
@@ -171,6 +171,7 @@ def _execute(label: str, run: Run, gpu: str | None) -> None:
     resumed_from = latest_checkpoint(run.run_dir)
     print(label + (f" on GPU {gpu}" if gpu else "") + (f", resuming from {resumed_from}" if resumed_from else ""),
           flush=True)
+    start_run(run.run_dir, run.settings)
     started = time.perf_counter()
     if gpu is None:
         train(run.cfg)

@@ -96,9 +96,10 @@ class DecodeConfig:
     max_answer_length: int = 30  # in tokens
     null_score_diff_threshold: float = 0.0  # higher: fewer null answers
     # where that threshold came from: config (the default or set by hand), dev (`mrc eval --store-threshold`: tuned on
-    # the data it was scored on) or oof (`mrc kfold`: chosen on out-of-fold predictions; `mrc eval` then reports it
-    # against the threshold 0 and the dev-optimal one)
-    null_threshold_from: Literal["config", "dev", "oof"] = "config"
+    # the data it was scored on), oof (`mrc kfold`: chosen on out-of-fold predictions; `mrc eval` then reports it
+    # against the threshold 0 and the dev-optimal one) or reference (an ensemble's, taken from its first member: chosen
+    # for that model's null odds, not the ensemble's)
+    null_threshold_from: Literal["config", "dev", "oof", "reference"] = "config"
     allow_null: bool = False  # SQuAD v2: an example may be answered with ""
     # bf16/fp16 inference: a question whose best two answers (or null decision) are closer than this in score is
     # decided again in fp32 (0: never). SQuAD v2 dev head, MiniLM: 0 keeps 98.6 % of fp32's answers, 0.03 99.5 % for

@@ -58,7 +58,8 @@ class Ensemble:
 def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str = "prob",
                    threshold: float | None = None) -> Ensemble:
     """Members from checkpoints, run directories or exports; the first is the reference. `threshold` replaces the
-    reference's stored null threshold."""
+    reference's stored null threshold; a threshold the reference stored (tuned on dev or out of fold for its own
+    null odds) is kept, marked as the reference's where other members change the null odds."""
     if not checkpoints:
         raise ConfigError("an ensemble needs at least one member (--checkpoint)")
     if combine not in COMBINATIONS:
@@ -67,7 +68,9 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
     members = [load_trained(path) for path in checkpoints]
     cfg = copy.deepcopy(members[0].cfg)
     if threshold is not None:
-        cfg.decode.null_score_diff_threshold = float(threshold)
+        cfg.decode.null_score_diff_threshold, cfg.decode.null_threshold_from = float(threshold), "config"
+    elif len(members) > 1 and cfg.decode.null_threshold_from != "config":
+        cfg.decode.null_threshold_from = "reference"
     return Ensemble(members, [str(m.path.resolve()) for m in members], shares, combine, cfg)
 
 

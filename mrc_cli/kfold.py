@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate import PartialState
+
 from mrc_cli.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score
-from mrc_cli.runs import FOLD_RECORD, load_record, write_json, write_record
+from mrc_cli.runs import FOLD_RECORD, load_record, start_run, write_json, write_record
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import select_split
 from mrc_cli.thresholds import null_threshold_sweep, store_threshold
@@ -36,6 +38,7 @@ class Fold:
     rows: list[int]  # rows of the training examples held out: this fold's dev split
     cfg: RunConfig
     settings: dict  # the config as planned; train() fills derived values into cfg
+    of: int  # the number of folds
 
     @property
     def run_dir(self) -> Path:
@@ -93,8 +96,14 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     source = cfg.data.train_file
     if not source:
         raise ConfigError("no training data: pass --train FILE or set data.train_file in the config")
+    if PartialState().num_processes > 1:
+        raise ConfigError("mrc kfold runs in one process: start it without accelerate launch / torchrun (its folds "
+                          "share files between their trainings, which several processes would race on)")
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)
+    if cfg.train.eval_steps or cfg.train.patience:
+        print("k-fold evaluates each fold once, at its end (train.eval_steps and train.patience are not used): a "
+              "checkpoint chosen by the held-out questions would flatter their out-of-fold score", flush=True)
     plan = _plan_folds(cfg, fold_rows(examples, folds, cfg.train.seed, source), golds, out_dir)
     ids = column(examples, "id")
     todo = []
@@ -125,6 +134,9 @@ def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], ou
     """Every fold's config, checked before the first one trains."""
     base = copy.deepcopy(cfg)
     base.data.dev_file = None  # a fold's dev split is its held-out fold; the dev file is scored after training
+    # evaluated once, at the end: a checkpoint chosen by its held-out questions would flatter their OOF score, and
+    # the OOF files and threshold would come from another step than the model that predict uses
+    base.train.eval_steps, base.train.patience = 0, 0
     if any(gold["is_impossible"] for gold in golds):
         base.decode.allow_null = True  # every fold decodes nulls, also one whose held-out questions all have answers
     plan = []
@@ -132,7 +144,7 @@ def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], ou
         fold_cfg = copy.deepcopy(base)
         fold_cfg.train.output_dir, fold_cfg.train.resume = str(out_dir / f"fold-{k}"), "auto"
         check_train_config(fold_cfg.train)
-        plan.append(Fold(k, rows, fold_cfg, config_to_dict(fold_cfg)))
+        plan.append(Fold(k, rows, fold_cfg, config_to_dict(fold_cfg), len(held_out)))
     return plan
 
 
@@ -144,6 +156,7 @@ def _run_fold(fold: Fold, examples, report, golds: list[dict], tokenizer, ids: l
     print(f"fold {fold.index + 1}/{folds}: training on {len(train_rows)} questions, {len(fold.rows)} held out"
           + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
     data = fold.cfg.data
+    start_run(fold.run_dir, fold.settings, _facts(fold, ids))  # a resumed fold must be this one
     train_split = select_split(examples, report, golds, train_rows, tokenizer, data, "train")
     dev_split = select_split(examples, report, golds, fold.rows, tokenizer, data, "eval")
     started = time.perf_counter()
@@ -153,7 +166,7 @@ def _run_fold(fold: Fold, examples, report, golds: list[dict], tokenizer, ids: l
         "steps": result.steps,
         "wall_s": time.perf_counter() - started,  # of this call: a resumed fold's counts only the part after the resume
         "resumed_from": resumed_from.name if resumed_from else None,
-        "held_out_ids": _digest([ids[row] for row in fold.rows]),
+        **_facts(fold, ids),
     }, fold.settings)
 
 
@@ -161,10 +174,18 @@ def _finished(fold: Fold, ids: list[str]) -> dict | None:
     """A finished fold's record, or None. One finished with other settings, or on other held-out questions (the
     data changed), is refused: its predictions would pass for this split's."""
     record = load_record(fold.run_dir / FOLD_RECORD, fold.settings)
-    if record is not None and record["held_out_ids"] != _digest([ids[row] for row in fold.rows]):
+    if record is not None and record.get("folds", fold.of) != fold.of:
+        raise ConfigError(f"{fold.run_dir} finished as a fold of {record['folds']}, and --folds is {fold.of} now; "
+                          "choose another --out, or delete that folder to run it again")
+    if record is not None and record["held_out_ids"] != _facts(fold, ids)["held_out_ids"]:
         raise ConfigError(f"{fold.run_dir} finished holding out other questions than fold {fold.index} holds out now "
                           "(the training data changed); choose another --out, or delete that folder to run it again")
     return record
+
+
+def _facts(fold: Fold, ids: list[str]) -> dict:
+    """What a fold's run must share with the fold planned now, besides its settings."""
+    return {"folds": fold.of, "held_out_ids": _digest([ids[row] for row in fold.rows])}
 
 
 def _digest(ids: list[str]) -> str:

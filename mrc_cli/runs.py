@@ -11,6 +11,7 @@ from pathlib import Path
 from mrc_cli.config import RunConfig, config_to_dict
 from mrc_cli.errors import ConfigError
 
+PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
 FOLD_RECORD = "kfold_fold.json"  # in a fold's run directory once it has finished: kfold skips it, --weights oof reads it
 
 
@@ -19,7 +20,21 @@ def write_record(path: Path, record: dict, settings: dict) -> None:
     write_json(path, {**record, "config": settings})
 
 
-def load_record(path: Path, settings: dict) -> dict | None:
+def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
+    """Called before a run trains. A run begun with other settings, or other `facts` (the questions a fold holds out),
+    is refused: resuming it would finish the old run and record it under the new settings. A new run is marked."""
+    facts = facts or {}
+    planned = load_record(run_dir / PLAN_RECORD, settings, "was started")
+    if planned is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_record(run_dir / PLAN_RECORD, facts, settings)
+    elif planned != facts:
+        changed = sorted(key for key in {*planned, *facts} if planned.get(key) != facts.get(key))
+        raise ConfigError(f"{run_dir} was started with other {', '.join(changed)} than planned now; choose another "
+                          "--out, or delete that folder to run it again")
+
+
+def load_record(path: Path, settings: dict, done: str = "finished") -> dict | None:
     """A finished run's record (without its config), or None when there is none. A run finished with other settings
     than `settings` is refused (train.output_dir aside: the folder may have moved)."""
     if not path.is_file():
@@ -33,7 +48,7 @@ def load_record(path: Path, settings: dict) -> dict | None:
                for section, values in settings.items() for key, value in values.items()
                if value != was[section][key] and (section, key) != ("train", "output_dir")]
     if changed:
-        raise ConfigError(f"{path.parent} finished with other settings ({'; '.join(changed)}); choose another --out, "
+        raise ConfigError(f"{path.parent} {done} with other settings ({'; '.join(changed)}); choose another --out, "
                           "or delete that folder to run it again")
     return record
 

@@ -232,6 +232,8 @@ def test_a_cross_tokenizer_ensemble_writes_every_file_and_answers_every_question
     saved = yaml.safe_load((root / "saved" / "ensemble.yaml").read_text())
     assert saved["weights"] == pytest.approx([2 / 3, 1 / 3]) and saved["combine"] == "prob"
     assert saved["decode"]["allow_null"] is True  # as it ran: the dev set has unanswerable questions
+    # BERT's stored threshold was tuned for BERT's null odds alone
+    assert saved["decode"]["null_threshold_from"] == "reference"
 
 
 def test_a_saved_ensemble_works_in_eval_predict_and_the_reader(cross_ensemble, tmp_path):
@@ -316,6 +318,7 @@ def test_threshold_and_copied_members_travel_with_the_saved_folder(bert_run, alb
         shutil.rmtree(member)  # the copies inside the folder are what it loads now
     settings = yaml.safe_load((tmp_path / "saved" / "ensemble.yaml").read_text())
     assert settings["decode"]["null_score_diff_threshold"] == 1.5 and settings["combine"] == "logprob"
+    assert settings["decode"]["null_threshold_from"] == "config"  # given, not the member's dev-tuned one
     assert all(not m.startswith("/") for m in settings["members"])
     assert not list((tmp_path / "saved").rglob("training_state.pt"))  # no optimizer state copied
     ensemble = load_ensemble(tmp_path / "saved")
@@ -327,7 +330,8 @@ def test_threshold_and_copied_members_travel_with_the_saved_folder(bert_run, alb
     result = _invoke("eval", "--checkpoint", tmp_path / "saved", "--data", DEV, "--store-threshold")
     assert result.exit_code == 0, result.output
     best = json.loads(result.stdout.strip().splitlines()[-1])["best_f1_thresh"]
-    assert load_ensemble(tmp_path / "saved").cfg.decode.null_score_diff_threshold == pytest.approx(best)
+    decode = load_ensemble(tmp_path / "saved").cfg.decode
+    assert decode.null_score_diff_threshold == pytest.approx(best) and decode.null_threshold_from == "dev"
 
 
 def test_a_missing_member_is_named(bert_run, tmp_path):

@@ -23,6 +23,7 @@ from mrc_cli.features import build_features, column
 from mrc_cli.kfold import article_groups, fold_rows, kfold
 from mrc_cli.metrics import score
 from mrc_cli.splits import select_split
+from mrc_cli.tracking import read_metrics
 from mrc_cli.thresholds import answers_at_threshold, null_threshold_sweep, threshold_report
 from mrc_cli.training import train
 from mrc_cli.validate import load_examples
@@ -154,7 +155,8 @@ def kfolded(tmp_path_factory, tiny_bert_dir):
     train_file.write_text(json.dumps(_squad(train_articles + dev_articles[:6])))
     dev_file.write_text(json.dumps(_squad(dev_articles[6:])))
     config = root / "base.yaml"
-    save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=3, save_steps=2), config)
+    # eval_steps and patience set: a fold is still evaluated at its end only
+    save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=3, save_steps=2, eval_steps=2, patience=1), config)
     out = root / "out"
     result = CliRunner().invoke(app, ["kfold", "-c", str(config), "--folds", "2", "--train", str(train_file),
                                       "--dev", str(dev_file), "--out", str(out)])
@@ -182,6 +184,9 @@ def test_kfold_writes_every_fold_the_oof_files_and_the_report(kfolded):
     assert "| OOF | | 206 |" in stdout and "1 questions left out: no locatable answer" in stdout
     assert f"Null threshold chosen out of fold: {saved['null_threshold']:.3f}" in stdout
     assert len([line for line in stdout.splitlines() if line.startswith("| ")]) == 4
+    assert "k-fold evaluates each fold once, at its end" in stdout
+    for k in (0, 1):  # one evaluation, at step 3: the OOF files and the best checkpoint are the same step's
+        assert [r["step"] for r in read_metrics(out / f"fold-{k}" / "metrics.jsonl") if "f1" in r] == [3]
 
 
 def test_oof_predictions_cover_every_usable_question_once_and_no_article_is_in_two_folds(kfolded):
@@ -292,6 +297,19 @@ def test_finished_folds_of_other_settings_or_other_questions_are_refused(kfolded
         record_file.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="fold-0 finished holding out other questions than fold 0 holds out now"):
         kfold(_cfg(config, edited, dev_file), 2, copy)
+
+
+def test_a_started_fold_is_resumed_only_with_the_settings_and_folds_it_started_with(kfolded, tmp_path, monkeypatch):
+    out, config, train_file, dev_file, _ = kfolded
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for record in copy.glob("fold-*/kfold_fold.json"):
+        record.unlink()  # as if killed before the end: fold-0 would resume from its checkpoint
+    monkeypatch.setattr(kfold_module, "train", _no_training)
+    with pytest.raises(ConfigError, match=r"fold-0 was started with other settings \(train.lr: 0.0001 there, 0.5 now\)"):
+        kfold(_cfg(config, train_file, dev_file, "train.lr=0.5"), 2, copy)
+    with pytest.raises(ConfigError, match="fold-0 was started with other folds, held_out_ids than planned now"):
+        kfold(_cfg(config, train_file, dev_file), 3, copy)
 
 
 def test_a_fold_stopped_after_its_checkpoint_resumes(kfolded, tmp_path, monkeypatch, capsys):
