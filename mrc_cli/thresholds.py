@@ -21,10 +21,18 @@ def null_threshold_sweep(golds: list[dict], nbest: Mapping[str, Sequence[Mapping
                          null_odds: Mapping[str, float]) -> dict:
     """best_exact, best_exact_thresh, best_f1, best_f1_thresh: the official find_best_thresh over each question's best
     span and its null odds, so the sweep can move answers both ways (the answers decoded at one threshold could only
-    be turned into nulls)."""
+    be turned into nulls). Where answering every question null scores best, the threshold is one below every null
+    odds (1 below the lowest), not the official 0.0, at which the score is not reached."""
     best_spans = {qid: best_span_text(candidates) for qid, candidates in nbest.items()}
     swept = score(golds, best_spans, "squad_v2", null_odds=dict(null_odds))
-    return {key: value for key, value in swept.items() if key.startswith("best_")}
+    best = {key: value for key, value in swept.items() if key.startswith("best_")}
+    # the official sweep starts from "every answer null" at threshold 0.0 and keeps 0.0 when no threshold beats it,
+    # though at 0.0 answers whose null odds are below 0 are not null: a threshold below every null odds is that score's
+    all_null = 100.0 * sum(bool(gold["is_impossible"]) for gold in golds) / len(golds)
+    for metric in ("exact", "f1"):
+        if best[f"best_{metric}"] == all_null and null_odds:
+            best[f"best_{metric}_thresh"] = min(0.0, min(null_odds.values()) - 1.0)
+    return best
 
 
 def answers_at_threshold(nbest: Mapping[str, Sequence[Mapping]], null_odds: Mapping[str, float],

@@ -126,6 +126,15 @@ def test_the_sweep_releases_answers_by_null_odds_and_keeps_the_first_best_thresh
     assert answers_at_threshold(NBEST, ODDS, 1.5) == {"q1": "Paris", "q2": "whale", "q3": "x", "q4": "", "q5": ""}
 
 
+def test_where_every_answer_null_is_best_the_threshold_gives_every_answer_null():
+    odds = {"q1": -2.0, "q2": -1.0, "q3": 1.0, "q4": -3.0, "q5": -0.5}
+    nbest = {**NBEST, "q1": [{"text": "Rome", "start": 0, "end": 4}], "q5": [{"text": "1999", "start": 3, "end": 7}]}
+    sweep = null_threshold_sweep(GOLDS, nbest, odds)
+    assert sweep["best_f1"] == 40.0 and sweep["best_f1_thresh"] == -4.0  # the official sweep says 0.0
+    assert all(a == "" for a in answers_at_threshold(nbest, odds, sweep["best_f1_thresh"]).values())
+    assert score(GOLDS, answers_at_threshold(nbest, odds, sweep["best_f1_thresh"]), "squad_v2")["f1"] == 40.0
+
+
 def test_threshold_report_at_zero_out_of_fold_and_best():
     report = threshold_report(GOLDS, NBEST, ODDS, oof_threshold=1.5)
     assert report["zero"] == {"threshold": 0.0, "exact": 60.0, "f1": 60.0}  # q1, q3, q4 right
