@@ -258,6 +258,29 @@ def test_oof_weights_are_the_folds_held_out_f1_shares(kfolded, tmp_path):
     assert result.exit_code == 1 and "member 2" in result.stderr and "was not trained by `mrc kfold`" in result.stderr
 
 
+def test_the_chain_folds_ensemble_student_submission_runs_from_the_cli(kfolded, tiny_albert_dir, tmp_path):
+    out, _, train_file, dev_file, _ = kfolded
+    saved, student = tmp_path / "ensemble", tmp_path / "student"
+    runner = CliRunner()
+    result = runner.invoke(app, ["ensemble", "--checkpoint", str(out / "fold-0"), "--checkpoint", str(out / "fold-1"),
+                                 "--weights", "oof", "--data", str(dev_file), "--out", str(tmp_path / "ens"),
+                                 "--save", str(saved)])
+    assert result.exit_code == 0, result.output
+    # a SentencePiece ALBERT student of the WordPiece folds' ensemble
+    result = runner.invoke(app, ["distil", "--teacher", str(saved), "--student", str(tiny_albert_dir), "--train",
+                                 str(train_file), "--dev", str(dev_file), "--output-dir", str(student),
+                                 "--set", "train.max_steps=2", "--set", "data.max_seq_length=128", "--set",
+                                 "data.doc_stride=32", "--set", "data.max_query_length=32", "--set", "train.precision=no",
+                                 "--set", "train.cpu=true", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    assert result.exit_code == 0, result.output
+    assert f"teacher {saved}" in (student / "train.log").read_text()
+    result = runner.invoke(app, ["predict", "--checkpoint", str(student), "--data", str(dev_file), "--out",
+                                 str(tmp_path / "submission.json")])
+    assert result.exit_code == 0, result.output
+    dev_ids = {qa["id"] for a in json.loads(dev_file.read_text())["data"] for p in a["paragraphs"] for qa in p["qas"]}
+    assert set(json.loads((tmp_path / "submission.json").read_text())) == dev_ids
+
+
 def test_eval_reports_the_oof_threshold_against_zero_and_the_dev_optimal_one(kfolded, tmp_path):
     out, _, _, dev_file, _ = kfolded
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out / "fold-1"), "--data", str(dev_file),
