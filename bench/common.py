@@ -90,8 +90,8 @@ def describe_machine(m: dict) -> str:
     if None in flags.values():
         return f"{m['cpu']}, {m['cores']} cores, CPU flags unknown (no /proc/cpuinfo)"
     present = " ".join(f for f, on in flags.items() if on) or "none"
-    absent = " ".join(f for f, on in flags.items() if not on) or "none"
-    return f"{m['cpu']}, {m['cores']} cores, flags {present}; not {absent}"
+    absent = " ".join(f for f, on in flags.items() if not on)
+    return f"{m['cpu']}, {m['cores']} cores, flags {present}" + (f"; not {absent}" if absent else "")
 
 
 def command_line() -> str:
