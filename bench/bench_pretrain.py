@@ -12,7 +12,8 @@ same data order and head init for every row).
 Pre-training budget: --pretrain-steps optimizer steps at batch 16 (default 200: about the fine-tuning run's compute,
 which is 279 steps of question+context windows without the MLM head; the table gives both wall times).
 
-    .venv/bin/python bench/bench_pretrain.py [--task squad|cmrc] [--seeds 2] [--pretrain-steps 200] [--out DIR]
+    .venv/bin/python bench/bench_pretrain.py [--task squad|cmrc] [--seeds 2] [--pretrain-steps 200] [--rows ww,token]
+        [--baseline-from outputs/bench/tricks] [--out DIR]
 
 Resumable: a finished pre-training (pretrain_info.json) and finished fine-tuning runs are skipped. Writes
 OUT/compare.{json,md,png} and OUT/bench_pretrain.json (the command, machine with CPU flags, git revision, date, each
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--task", choices=["squad", "cmrc"], default="squad")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--rows", help="comma-separated pre-training rows (default: all of the task's)")
     parser.add_argument("--out", help="default: outputs/bench/pretrain (squad), outputs/bench/pretrain_cmrc (cmrc)")
     parser.add_argument("--baseline-from", help="a bench_tricks --out of the same task: its finished baseline runs are "
                         "copied in (compare refuses them if any setting differs)")
@@ -97,8 +99,12 @@ def main() -> None:
     base.train.save_steps = 100  # a killed run resumes from its last checkpoint
     pretrain_base = copy.deepcopy(base)
     pretrain_base.data.dev_file = str(eval_file)
-    infos = {name: pretrain_row(pretrain_base, name, settings, args.pretrain_steps, out)
-             for name, settings in PRETRAININGS[args.task].items()}
+    rows = args.rows.split(",") if args.rows else list(PRETRAININGS[args.task])
+    unknown = sorted(set(rows) - set(PRETRAININGS[args.task]))
+    if unknown:
+        parser.error(f"--rows: {', '.join(unknown)} not among {', '.join(PRETRAININGS[args.task])}")
+    infos = {name: pretrain_row(pretrain_base, name, PRETRAININGS[args.task][name], args.pretrain_steps, out)
+             for name in rows}
     copy_baseline_runs(args.baseline_from, out, list(range(args.seeds)), checkpoints=False)
     variants = [Variant(name, (f"model.name_or_path={out / 'pretrain' / name}",)) for name in infos]
     result = compare(base, variants, list(range(args.seeds)), out)
