@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
 from mrc_cli.checkpoint import run_dir_of
+from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
 from mrc_cli.config import RunConfig, set_value, write_yaml_atomically
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
