@@ -24,7 +24,7 @@ from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score
-from mrc_cli.runs import FOLD_RECORD, load_record, start_run, write_json, write_record
+from mrc_cli.runs import FOLD_RECORD, check_facts, load_record, start_run, write_json, write_record
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import select_split
 from mrc_cli.thresholds import null_threshold_sweep, store_threshold
@@ -174,12 +174,8 @@ def _finished(fold: Fold, ids: list[str]) -> dict | None:
     """A finished fold's record, or None. One finished with other settings, or on other held-out questions (the
     data changed), is refused: its predictions would pass for this split's."""
     record = load_record(fold.run_dir / FOLD_RECORD, fold.settings)
-    if record is not None and record.get("folds", fold.of) != fold.of:
-        raise ConfigError(f"{fold.run_dir} finished as a fold of {record['folds']}, and --folds is {fold.of} now; "
-                          "choose another --out, or delete that folder to run it again")
-    if record is not None and record["held_out_ids"] != _facts(fold, ids)["held_out_ids"]:
-        raise ConfigError(f"{fold.run_dir} finished holding out other questions than fold {fold.index} holds out now "
-                          "(the training data changed); choose another --out, or delete that folder to run it again")
+    if record is not None:
+        check_facts(fold.run_dir, record, _facts(fold, ids), "finished")
     return record
 
 

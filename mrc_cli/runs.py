@@ -28,10 +28,17 @@ def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
     if planned is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_record(run_dir / PLAN_RECORD, facts, settings)
-    elif planned != facts:
-        changed = sorted(key for key in {*planned, *facts} if planned.get(key) != facts.get(key))
-        raise ConfigError(f"{run_dir} was started with other {', '.join(changed)} than planned now; choose another "
-                          "--out, or delete that folder to run it again")
+    else:
+        check_facts(run_dir, planned, facts, "was started")
+
+
+def check_facts(run_dir: Path, had: dict, facts: dict, done: str) -> None:
+    """Refuse a run that `done` ("finished", "was started") with other `facts` than planned now (kfold's number of
+    folds and held-out questions): its results would pass for those of the plan or data of now."""
+    changed = [f"{key} ({had.get(key)!r} there, {value!r} now)" for key, value in facts.items() if had.get(key) != value]
+    if changed:
+        raise ConfigError(f"{run_dir} {done} with other {', '.join(changed)} (another plan, or the data changed); "
+                          "choose another --out, or delete that folder to run it again")
 
 
 def load_record(path: Path, settings: dict, done: str = "finished") -> dict | None:

@@ -327,7 +327,7 @@ def test_finished_folds_of_other_settings_or_other_questions_are_refused(kfolded
         record = json.loads(record_file.read_text())
         record["config"]["data"]["train_file"] = str(edited)
         record_file.write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match="fold-0 finished holding out other questions than fold 0 holds out now"):
+    with pytest.raises(ConfigError, match="fold-0 finished with other held_out_ids"):
         kfold(_cfg(config, edited, dev_file), 2, copy)
 
 
@@ -340,7 +340,7 @@ def test_a_started_fold_is_resumed_only_with_the_settings_and_folds_it_started_w
     monkeypatch.setattr(kfold_module, "train", _no_training)
     with pytest.raises(ConfigError, match=r"fold-0 was started with other settings \(train.lr: 0.0001 there, 0.5 now\)"):
         kfold(_cfg(config, train_file, dev_file, "train.lr=0.5"), 2, copy)
-    with pytest.raises(ConfigError, match="fold-0 was started with other folds, held_out_ids than planned now"):
+    with pytest.raises(ConfigError, match=r"fold-0 was started with other folds \(2 there, 3 now\), held_out_ids"):
         kfold(_cfg(config, train_file, dev_file), 3, copy)
 
 
