@@ -104,8 +104,7 @@ def on_reference(reference: Positions, other: Positions) -> tuple[np.ndarray, np
     if _aligned(reference, other):
         return lp
     other_index, _ = _index_examples(other.example_ids, ids)
-    stride = int(max(reference.offsets.max(), other.offsets.max())) + 2  # more than any character: (example, char) as one int
-    spans = _ReferenceSpans(reference, example_index, len(ids), stride)
+    spans = _ReferenceSpans(reference, example_index, len(ids), _stride(reference, other))
     return spans.receive(other, other_index, *lp)
 
 
@@ -115,11 +114,7 @@ def window_distributions(reference: Positions, other: Positions) -> tuple[np.nda
     of its characters (on_reference shares it between the windows that hold it), CLS the null mass plus the mass
     outside the window, as a window's gold label is CLS when the answer lies outside it."""
     example_index, _ = _index_examples(reference.example_ids)
-    rows, cols = np.nonzero(reference.offsets[..., 0] >= 0)
-    stride = int(reference.offsets.max()) + 2  # more than any character: (example, char) as one int
-    # a position and its copies in the example's other windows share a start character
-    _, copy_of = np.unique(example_index[rows] * stride + reference.offsets[rows, cols, 0], return_inverse=True)
-    receives = _one_per_window(rows, copy_of)
+    rows, cols, _, copy_of, receives = _by_start_character(reference, example_index, _stride(reference))
     out = []
     for lp in on_reference(reference, other):
         mass = np.bincount(copy_of, weights=np.exp(lp[rows, cols]))  # a character's mass over all its positions
@@ -128,6 +123,20 @@ def window_distributions(reference: Positions, other: Positions) -> tuple[np.nda
         p[:, 0] = np.clip(1 - p.sum(axis=1), 0, None)
         out.append(p)
     return out[0], out[1]
+
+
+def _stride(*positions: Positions) -> int:
+    """More than any character offset: (example, character) as one int, example * stride + character."""
+    return int(max(p.offsets.max() for p in positions)) + 2
+
+
+def _by_start_character(reference: Positions, example_index: np.ndarray, stride: int):
+    """Every context position of the reference (rows, cols), grouped by (example, start character): the sorted
+    keys, each position's key index, and the one position per window that receives its key's mass. The windows of
+    an example cut one tokenization, so a position and its copies in the other windows share a start character."""
+    rows, cols = np.nonzero(reference.offsets[..., 0] >= 0)
+    keys, key_of = np.unique(example_index[rows] * stride + reference.offsets[rows, cols, 0], return_inverse=True)
+    return rows, cols, keys, key_of, _one_per_window(rows, key_of)
 
 
 def _one_per_window(rows: np.ndarray, span: np.ndarray) -> np.ndarray:
@@ -189,16 +198,12 @@ class _ReferenceSpans:
     positions (one per window holding the span) that share each span's mass."""
 
     def __init__(self, reference: Positions, example_index: np.ndarray, num_examples: int, stride: int):
-        rows, cols = np.nonzero(reference.offsets[..., 0] >= 0)  # every context position of every window
-        starts, ends = reference.offsets[rows, cols, 0], reference.offsets[rows, cols, 1]
+        # a span is a start character
+        rows, cols, self.keys, span_of, receives = _by_start_character(reference, example_index, stride)
         self.stride = stride
-        key = example_index[rows] * stride + starts
-        # a span is a start character: the windows of an example cut one tokenization, so equal starts are copies
-        self.keys, span_of = np.unique(key, return_inverse=True)
         self.example = self.keys // self.stride
         span_end = np.zeros(len(self.keys), dtype=np.int64)
-        np.maximum.at(span_end, span_of, ends)
-        receives = _one_per_window(rows, span_of)
+        np.maximum.at(span_end, span_of, reference.offsets[rows, cols, 1])
         rows, cols, self.span_of = rows[receives], cols[receives], span_of[receives]
         self.copies = np.bincount(self.span_of, minlength=len(self.keys))  # the windows holding each span
         # sorted as the spans are when they do not overlap; the running max keeps searchsorted valid when they do
