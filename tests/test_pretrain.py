@@ -305,6 +305,8 @@ def test_albert_pretrains_with_a_fresh_head_or_its_own(tiny_albert_dir, albert_t
     _invoke(_pretrain_args(tiny_albert_dir, fresh, "--max-steps", "2", "--set", "pretrain.masking=token"))
     info = json.loads((fresh / "pretrain_info.json").read_text())
     assert info["mlm_head"].startswith("fresh (predictions") and info["tied_decoder"] and info["masking"] == "token"
+    fresh_head_warning = "warning: a fresh MLM head's early gradients reach the encoder as noise"
+    assert fresh_head_warning in (fresh / "train.log").read_text()
 
     with_head = tmp_path / "albert_mlm"
     torch.manual_seed(1)
@@ -313,6 +315,7 @@ def test_albert_pretrains_with_a_fresh_head_or_its_own(tiny_albert_dir, albert_t
     loaded = tmp_path / "loaded"
     _invoke(_pretrain_args(str(with_head), loaded, "--max-steps", "1", "--set", "train.lr=1e-9"))
     assert json.loads((loaded / "pretrain_info.json").read_text())["mlm_head"] == f"loaded from {with_head}"
+    assert fresh_head_warning not in (loaded / "train.log").read_text()
     before, after = load_file(str(with_head / "model.safetensors")), load_file(str(loaded / "model.safetensors"))
     head = [k for k in before if k.startswith("predictions.")]
     assert head and all(torch.allclose(before[k], after[k], atol=1e-6) for k in head)
