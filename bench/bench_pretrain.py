@@ -4,7 +4,8 @@ same data order and head init for every row).
 
 - squad: MiniLM pre-trained on the contexts of the SQuAD v1.1 train head with whole-word masking (`ww`), with the SQuAD
   v2 dev head's contexts included (`ww_dev`: unlabeled test contexts, fair in many competitions), with token
-  masking (`token`) and with whole-word masking at a fifth of the lr (`ww_lr2e-5`); fine-tuned as bench_tricks' squad task (1 epoch, v2 dev head's answerable questions).
+  masking (`token`) and with whole-word masking at a fifth of the lr (`ww_lr2e-5`); fine-tuned as bench_tricks' squad
+  task (1 epoch, v2 dev head's answerable questions).
 - cmrc: the CMRC split by article (bench_word_level.cmrc_split), pre-trained with `chars` words (`chars`) and with
   `jieba` words (`jieba`) on the train part's contexts, fine-tuned with `chars` words as bench_tricks' cmrc task.
   MiniLM's vocabulary is English: compare differences, not levels.

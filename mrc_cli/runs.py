@@ -33,9 +33,11 @@ def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
 
 
 def check_facts(run_dir: Path, had: dict, facts: dict, done: str) -> None:
-    """Refuse a run that `done` ("finished", "was started") with other `facts` than planned now (kfold's number of
-    folds and held-out questions): its results would pass for those of the plan or data of now."""
-    changed = [f"{key} ({had.get(key)!r} there, {value!r} now)" for key, value in facts.items() if had.get(key) != value]
+    """Refuse a run that `done` ("finished", "was started") with other facts than planned now (kfold's number of
+    folds and held-out questions), `had` and `facts` compared key by key: its results would pass for those of the
+    plan or data of now."""
+    changed = [f"{key} ({had.get(key)!r} there, {facts.get(key)!r} now)"
+               for key in sorted({*had, *facts}) if had.get(key) != facts.get(key)]
     if changed:
         raise ConfigError(f"{run_dir} {done} with other {', '.join(changed)} (another plan, or the data changed); "
                           "choose another --out, or delete that folder to run it again")
