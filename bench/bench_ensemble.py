@@ -10,9 +10,16 @@ answerable questions of the SQuAD v2 dev head. Per seed s:
   `--combine prob` and `logprob`;
 - cross: the ensemble of single and word;
 - distil: a MiniLM student trained on the kfold3 ensemble's distributions (alpha 0.5, temperature 2).
-Threshold (`--threshold-seeds`): `mrc kfold --folds 3` on the SQuAD v1.1 train head plus articles 0, 2, 4 of the v2
-dev head (779 questions, 379 unanswerable), the OOF threshold then reported on articles 1 and 3 (628 questions, 323
-unanswerable) at 0, at the OOF threshold and at the threshold best there, for each fold model and their ensemble.
+Across seeds (one measurement each, as every seed's models are in them): seeds3, the ensemble of the 3 single models
+(full data, seeds 0-2), also with `--combine logprob`; seeds3_word, of the 3 word-level ones; all6, of both;
+seeds3_distil, students of seeds3 (one per seed, each against the single model of its seed).
+Threshold, two set-ups, each `mrc kfold --folds 3` and its OOF threshold then reported on articles 1 and 3 of the v2 dev
+head (628 questions, 323 unanswerable) at 0, at the OOF threshold and at the threshold best there, for each fold model
+and their ensemble:
+- mixed (`--threshold-seeds`, from MiniLM): the SQuAD v1.1 train head plus articles 0, 2, 4 of the v2 dev head (5,149
+  questions, 379 unanswerable: 7 % against the reported part's 51 %);
+- after_v1 (every seed, from that seed's single model): articles 0, 2, 4 only (779 questions, 49 % unanswerable),
+  2 epochs: the OOF questions hold nulls as often as the reported ones.
 
     .venv/bin/python bench/bench_ensemble.py [--seeds 3] [--threshold-seeds 1] [--baseline-from outputs/bench/tricks]
 
@@ -130,34 +137,79 @@ def seed_rows(base, seed: int, compared: dict, out: Path) -> dict:
     return rows
 
 
+def seed_ensembles(base, compared: dict, seeds: list[int], out: Path) -> dict:
+    """Ensembles of full-data models that differ by seed (and span level), and a student of the first: one row each."""
+    from mrc_cli.inference import headline
+
+    runs = {(r["variant"], r["seed"]): r for r in compared["runs"]}
+    dev, rows = Path(base.data.dev_file), {}
+    groups = {"seeds3": (["baseline"], "prob"), "seeds3_logprob": (["baseline"], "logprob"),
+              "seeds3_word": (["word"], "prob"), "all6": (["baseline", "word"], "prob")}
+    for name, (variants, combine) in groups.items():
+        members = [(variant, seed) for variant in variants for seed in seeds]
+        metrics = ensemble_row([out / "models" / v / f"seed-{s}" for v, s in members], dev, out / "ensembles" / name,
+                               combine, save=out / "ensembles" / f"{name}-saved" if name == "seeds3" else None)
+        members_f1 = [runs[m]["f1"] for m in members]
+        rows[name] = {**headline(metrics), "steps": sum(runs[m]["steps"] for m in members), "members_f1": members_f1,
+                      "over_best_member": headline(metrics)["f1"] - max(members_f1),
+                      "over_members_mean": headline(metrics)["f1"] - statistics.fmean(members_f1)}
+    students = {seed: headline(distil_row(base, out / "ensembles" / "seeds3-saved", seed,
+                                          out / "distil" / "seeds3" / f"seed-{seed}")) for seed in seeds}
+    rows["seeds3_distil"] = {key: statistics.fmean(s[key] for s in students.values()) for key in ("exact", "f1")}
+    rows["seeds3_distil"].update(
+        f1_std=statistics.stdev(s["f1"] for s in students.values()), steps=base_steps(runs, seeds),
+        teacher="seeds3", plus_teacher_training_steps=rows["seeds3"]["steps"], per_seed=students,
+        over_single_paired=[students[seed]["f1"] - runs[("baseline", seed)]["f1"] for seed in seeds])
+    return rows
+
+
+def base_steps(runs: dict, seeds: list[int]) -> int:
+    return runs[("baseline", seeds[0])]["steps"]  # a student trains as long as a single model
+
+
+def seed_table(rows: dict) -> str:
+    lines = ["| row | optimizer steps | EM | F1 | F1 - best member | F1 - members' mean | F1 - single of its seed |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        f1 = f"{r['f1']:.2f}" + (f" ± {r['f1_std']:.2f}" if "f1_std" in r else "")
+        gains = (f"{r['over_best_member']:+.2f} | {r['over_members_mean']:+.2f} | " if "members_f1" in r else
+                 f" |  | {_pm(r['over_single_paired'])} (" + ", ".join(f"{d:+.2f}" for d in r["over_single_paired"]) + ")")
+        lines.append(f"| {name} | {r['steps']} | {r['exact']:.2f} | {f1} | {gains} |")
+    return "\n".join(lines)
+
+
 def _scores(record: dict) -> dict:
     return {"exact": record["exact"], "f1": record["f1"]}
 
 
-def threshold_files(out: Path) -> tuple[Path, Path]:
-    """The threshold experiment's train file (the v1.1 train head + v2 dev articles 0, 2, 4) and dev file (1, 3)."""
+def threshold_files(out: Path) -> dict[str, Path]:
+    """The threshold experiments' train files (mixed: the v1.1 train head + v2 dev articles 0, 2, 4; v2: those
+    articles alone) and their dev file (articles 1, 3)."""
     train = json.loads(SQUAD_TRAIN_HEAD.read_text(encoding="utf-8"))
     dev = json.loads(SQUAD_V2_DEV_HEAD.read_text(encoding="utf-8"))
     out.mkdir(parents=True, exist_ok=True)
-    paths = (out / "threshold_train.json", out / "threshold_dev.json")
-    parts = (train["data"] + [dev["data"][i] for i in THRESHOLD_TRAIN_ARTICLES],
-             [dev["data"][i] for i in THRESHOLD_DEV_ARTICLES])
-    for path, articles in zip(paths, parts):
-        path.write_text(json.dumps({"version": "v2.0", "data": articles}, ensure_ascii=False), encoding="utf-8")
+    v2_train = [dev["data"][i] for i in THRESHOLD_TRAIN_ARTICLES]
+    parts = {"mixed": train["data"] + v2_train, "v2": v2_train, "dev": [dev["data"][i] for i in THRESHOLD_DEV_ARTICLES]}
+    paths = {name: out / file for name, file in (("mixed", "threshold_train.json"), ("v2", "threshold_train_v2.json"),
+                                                 ("dev", "threshold_dev.json"))}
+    for name, articles in parts.items():
+        paths[name].write_text(json.dumps({"version": "v2.0", "data": articles}, ensure_ascii=False), encoding="utf-8")
     return paths
 
 
-def threshold_row(base, seed: int, out: Path) -> dict:
-    """kfold on the v2-style train file; each fold model's and the fold ensemble's report on the v2 dev part."""
+def threshold_row(base, files: dict[str, Path], train: str, seed: int, run: Path, init_from: Path | None = None) -> dict:
+    """kfold in `run` on a v2-style train file (`train`: a threshold_files name), from MiniLM or `init_from` (2 epochs
+    then); each fold model's and the fold ensemble's report on the v2 dev part."""
     from mrc_cli.ensemble import build_ensemble, save_ensemble
     from mrc_cli.reader import evaluate_file
     from mrc_cli.thresholds import threshold_report
     from mrc_cli.validate import load_examples
 
-    train_file, dev_file = threshold_files(out)
+    dev_file = files["dev"]
     cfg = copy.deepcopy(base)
-    cfg.data.train_file, cfg.data.dev_file = str(train_file), str(dev_file)
-    run = out / f"seed-{seed}"
+    cfg.data.train_file, cfg.data.dev_file = str(files[train]), str(dev_file)
+    if init_from is not None:
+        cfg.train.init_from, cfg.train.epochs = str(init_from), 2
     result = kfold_row(cfg, seed, run)
     folds = [run / f"fold-{k}" for k in range(FOLDS)]
     saved = run / "ensemble"
@@ -188,6 +240,21 @@ def table(per_seed: dict[int, dict]) -> str:
     return "\n".join(lines)
 
 
+def threshold_table(thresholds: dict) -> str:
+    """Per set-up, seed and model (each fold, the fold ensemble): F1 on the v2 dev part at 0, at the OOF threshold
+    and at the best threshold there, and what the best one would overstate."""
+    lines = ["| set-up | seed | model | OOF threshold | best threshold | F1 at 0 | F1 at OOF | F1 at best | best - OOF |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for setup, seeds in thresholds.items():
+        for seed, row in seeds.items():
+            models = [(f"fold {k}", report) for k, report in enumerate(row["folds"])] + [("ensemble", row["ensemble"])]
+            for name, r in models:
+                lines.append(f"| {setup} | {seed} | {name} | {r['oof']['threshold']:.2f} | {r['best']['threshold']:.2f} "
+                             f"| {r['zero']['f1']:.2f} | {r['oof']['f1']:.2f} | {r['best']['f1']:.2f} "
+                             f"| {r['best']['f1'] - r['oof']['f1']:.2f} |")
+    return "\n".join(lines)
+
+
 def _pm(values: list[float], digits: int = 2) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
@@ -210,13 +277,19 @@ def main() -> None:
     seeds = list(range(args.seeds))
     compared = models(base, seeds, out / "models", args.baseline_from)  # the run folders seed_rows reads
     per_seed = {seed: seed_rows(base, seed, compared, out) for seed in seeds}
-    thresholds = {seed: threshold_row(base, seed, out / "threshold") for seed in range(args.threshold_seeds)}
+    across = seed_ensembles(base, compared, seeds, out) if len(seeds) > 1 else {}
+    files = threshold_files(out / "threshold")
+    thresholds = {"mixed": {seed: threshold_row(base, files, "mixed", seed, out / "threshold" / f"seed-{seed}")
+                            for seed in range(args.threshold_seeds)},
+                  "after_v1": {seed: threshold_row(base, files, "v2", seed, out / "threshold" / "after_v1" / f"seed-{seed}",
+                                                   out / "models" / "baseline" / f"seed-{seed}") for seed in seeds}}
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
-              "rows": per_seed, "thresholds": thresholds}
+              "rows": per_seed, "across_seeds": across,
+              "thresholds": thresholds}
     (out / "bench_ensemble.json").write_text(json.dumps(record, indent=2, ensure_ascii=False, default=float))
-    (out / "bench_ensemble.md").write_text(table(per_seed) + "\n", encoding="utf-8")
-    print(table(per_seed))
-    print(json.dumps(thresholds, indent=2, default=float))
+    tables = "\n\n".join([table(per_seed), *([seed_table(across)] if across else []), threshold_table(thresholds)])
+    (out / "bench_ensemble.md").write_text(tables + "\n", encoding="utf-8")
+    print(tables)
 
 
 if __name__ == "__main__":
