@@ -25,7 +25,7 @@ and their ensemble:
 
 Resumable: finished trainings (compare and kfold records, a distillation's metrics.json) and ensembles (their
 metrics.json) are skipped. Writes OUT/bench_ensemble.json (command, machine with CPU flags, git revision, date, every
-row per seed) and OUT/bench_ensemble.md (the table).
+row per seed) and OUT/bench_ensemble.md (the tables).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def seed_rows(base, seed: int, compared: dict, out: Path) -> dict:
 
 
 def seed_ensembles(base, compared: dict, seeds: list[int], out: Path) -> dict:
-    """Ensembles of full-data models that differ by seed (and span level), and a student of the first: one row each."""
+    """Ensembles of full-data models that differ by seed (and span level), and students of the first: a row each."""
     from mrc_cli.inference import headline
 
     runs = {(r["variant"], r["seed"]): r for r in compared["runs"]}
@@ -157,14 +157,11 @@ def seed_ensembles(base, compared: dict, seeds: list[int], out: Path) -> dict:
                                           out / "distil" / "seeds3" / f"seed-{seed}")) for seed in seeds}
     rows["seeds3_distil"] = {key: statistics.fmean(s[key] for s in students.values()) for key in ("exact", "f1")}
     rows["seeds3_distil"].update(
-        f1_std=statistics.stdev(s["f1"] for s in students.values()), steps=base_steps(runs, seeds),
+        f1_std=statistics.stdev(s["f1"] for s in students.values()),
+        steps=runs[("baseline", seeds[0])]["steps"],  # a student trains as long as a single model
         teacher="seeds3", plus_teacher_training_steps=rows["seeds3"]["steps"], per_seed=students,
         over_single_paired=[students[seed]["f1"] - runs[("baseline", seed)]["f1"] for seed in seeds])
     return rows
-
-
-def base_steps(runs: dict, seeds: list[int]) -> int:
-    return runs[("baseline", seeds[0])]["steps"]  # a student trains as long as a single model
 
 
 def seed_table(rows: dict) -> str:

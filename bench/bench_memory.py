@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -68,7 +67,7 @@ def main() -> None:
     arms = {}
     for arm in ARMS:  # one after the other: side by side they would share the cores
         subprocess.run([sys.executable, __file__, "--arm", arm, "--runs", str(args.runs), "--steps", str(args.steps)],
-                       check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                       check=True)
         arms[arm] = json.loads((out / arm / "rows.json").read_text())
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
               "arms": arms}
