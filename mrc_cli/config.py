@@ -100,6 +100,8 @@ class DecodeConfig:
     # against the threshold 0 and the dev-optimal one) or reference (an ensemble's, taken from its first member: chosen
     # for that model's null odds, not the ensemble's)
     null_threshold_from: Literal["config", "dev", "oof", "reference"] = "config"
+    # oof: the share of unanswerable questions it was chosen on; a threshold carries that share (docs/benchmarks.md)
+    null_share: float | None = None
     allow_null: bool = False  # SQuAD v2: an example may be answered with ""
     # bf16/fp16 inference: a question whose best two answers (or null decision) are closer than this in score is
     # decided again in fp32 (0: never). SQuAD v2 dev head, MiniLM: 0 keeps 98.6 % of fp32's answers, 0.03 99.5 % for

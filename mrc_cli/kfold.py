@@ -27,7 +27,7 @@ from mrc_cli.metrics import score
 from mrc_cli.runs import FOLD_RECORD, check_facts, load_record, start_run, write_json, write_record
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import select_split
-from mrc_cli.thresholds import null_threshold_sweep, store_threshold
+from mrc_cli.thresholds import null_share, null_share_warning, null_threshold_sweep, store_threshold
 from mrc_cli.tokenizer import load_tokenizer
 from mrc_cli.training import train
 from mrc_cli.validate import MAX_LISTED, load_examples
@@ -214,7 +214,7 @@ def _score_oof(plan: list[Fold], golds: list[dict], oof_dir: Path) -> dict:
     threshold = sweep["best_f1_thresh"]
     for fold in plan:
         best = resolve_checkpoint(fold.run_dir)
-        store_threshold(best, read_checkpoint_config(best), threshold, "oof")
+        store_threshold(best, read_checkpoint_config(best), threshold, "oof", null_share(golds))
     return {"oof": {**scores, **sweep}, "null_threshold": threshold}
 
 
@@ -261,4 +261,5 @@ def format_kfold(result: dict) -> str:
             lines.append(f"fold {row['fold']} on dev: F1 {report['zero']['f1']:.2f} at null threshold 0, "
                          f"{report['oof']['f1']:.2f} at the OOF one, {report['best']['f1']:.2f} at the best there "
                          f"({report['best']['threshold']:.3f}: tuned on the questions it scores, so optimistic)")
-    return "\n".join(lines)
+    warnings = {null_share_warning(row["threshold_report"]) for row in dev.values() if row["threshold_report"]}
+    return "\n".join(lines + sorted(filter(None, warnings)))

@@ -62,7 +62,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     if "best_f1_thresh" in metrics and decode.null_threshold_from == "oof":
         metrics["threshold_report"] = thresholds.threshold_report(
             split.golds, {qid: p.nbest for qid, p in predictions.items()},
-            {qid: p.null_odds for qid, p in predictions.items()}, decode.null_score_diff_threshold)
+            {qid: p.null_odds for qid, p in predictions.items()}, decode.null_score_diff_threshold, decode.null_share)
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
     if PartialState().is_main_process:  # under accelerate launch every process has all predictions
         write_prediction_files(out_dir, predictions, metrics)

@@ -24,7 +24,8 @@ from mrc_cli.kfold import article_groups, fold_rows, kfold
 from mrc_cli.metrics import score
 from mrc_cli.splits import select_split
 from mrc_cli.tracking import read_metrics
-from mrc_cli.thresholds import answers_at_threshold, null_threshold_sweep, threshold_report
+from mrc_cli.thresholds import (answers_at_threshold, format_threshold_report, null_share, null_threshold_sweep,
+                                threshold_report)
 from mrc_cli.training import train
 from mrc_cli.validate import load_examples
 
@@ -143,6 +144,16 @@ def test_threshold_report_at_zero_out_of_fold_and_best():
     assert report["optimism_f1"] == pytest.approx(20.0)
 
 
+def test_a_threshold_chosen_on_another_null_rate_is_flagged():
+    share = null_share(GOLDS)
+    assert share == 0.4  # q3, q4
+    for chosen, flagged in ((0.4, False), (0.45, False), (0.07, True), (None, False)):
+        report = threshold_report(GOLDS, NBEST, ODDS, oof_threshold=1.5, oof_null_share=chosen)
+        assert (report["null_share"], report["oof_null_share"]) == (share, chosen)
+        assert ("warning: the out-of-fold threshold was chosen on questions 7% unanswerable, these are 40%"
+                in format_threshold_report(report)) == flagged
+
+
 # --- end to end: 2 folds of the tiny BERT, 3 steps each -------------------------------------------------------------
 
 
@@ -231,6 +242,7 @@ def test_the_oof_threshold_is_stored_with_every_fold_and_predict_applies_it(kfol
     for k in (0, 1):
         decode = read_checkpoint_config(resolve_checkpoint(out / f"fold-{k}")).decode
         assert (decode.null_score_diff_threshold, decode.null_threshold_from, decode.allow_null) == (threshold, "oof", True)
+        assert decode.null_share == null_share(golds)  # the share the threshold was chosen at, for eval to compare
 
     result = CliRunner().invoke(app, ["predict", "--checkpoint", str(out / "fold-0"), "--data", str(dev_file),
                                       "--out", str(tmp_path / "sub.json")])
@@ -294,9 +306,20 @@ def test_eval_reports_the_oof_threshold_against_zero_and_the_dev_optimal_one(kfo
     assert (report["oof"]["f1"], report["oof"]["exact"]) == (metrics["f1"], metrics["exact"])  # decoded at it
     assert report["best"]["threshold"] == metrics["best_f1_thresh"] and report["best"]["f1"] >= report["oof"]["f1"]
     assert report["optimism_f1"] == report["best"]["f1"] - report["oof"]["f1"]
+    assert report["null_share"] == null_share(load_examples(str(dev_file), "eval")[2])
+    assert report["oof_null_share"] == read_checkpoint_config(resolve_checkpoint(out / "fold-1")).decode.null_share
     oof, best = report["oof"], report["best"]
     assert f"{oof['threshold']:>7.3f}  out of fold         {oof['exact']:6.2f} {oof['f1']:6.2f}" in result.stdout
     assert f"{best['threshold']:>7.3f}  best on this data   {best['exact']:6.2f} {best['f1']:6.2f}" in result.stdout
+
+
+def test_kfold_warns_once_where_the_dev_null_rate_is_another(kfolded):
+    result = json.loads((kfolded[0] / "kfold.json").read_text())
+    assert "warning:" not in kfold_module.format_kfold(result)  # chosen at 3 %, dev 10 %: within 10 points
+    for row in result["dev"]:
+        row["threshold_report"]["oof_null_share"] = 0.5
+    assert kfold_module.format_kfold(result).count(
+        "warning: the out-of-fold threshold was chosen on questions 50% unanswerable, these are 10%") == 1
 
 
 def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
