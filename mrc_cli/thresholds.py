@@ -68,7 +68,7 @@ def null_share_warning(report: dict) -> str | None:
     if chosen is None or abs(chosen - here) < 0.1:
         return None
     return (f"warning: the out-of-fold threshold was chosen on questions {chosen:.0%} unanswerable, these are "
-            f"{here:.0%}: a threshold carries the null rate of its data, so it misses here; choose it on data like these")
+            f"{here:.0%}: a threshold carries the null rate of its data, so expect it to miss here; choose it on data like these")
 
 
 def format_threshold_report(report: dict) -> str:
