@@ -149,10 +149,10 @@ def seed_ensembles(base, compared: dict, seeds: list[int], out: Path) -> dict:
         members = [(variant, seed) for variant in variants for seed in seeds]
         metrics = ensemble_row([out / "models" / v / f"seed-{s}" for v, s in members], dev, out / "ensembles" / name,
                                combine, save=out / "ensembles" / f"{name}-saved" if name == "seeds3" else None)
-        members_f1 = [runs[m]["f1"] for m in members]
-        rows[name] = {**headline(metrics), "steps": sum(runs[m]["steps"] for m in members), "members_f1": members_f1,
-                      "over_best_member": headline(metrics)["f1"] - max(members_f1),
-                      "over_members_mean": headline(metrics)["f1"] - statistics.fmean(members_f1)}
+        scores, members_f1 = headline(metrics), [runs[m]["f1"] for m in members]
+        rows[name] = {**scores, "steps": sum(runs[m]["steps"] for m in members), "members_f1": members_f1,
+                      "over_best_member": scores["f1"] - max(members_f1),
+                      "over_members_mean": scores["f1"] - statistics.fmean(members_f1)}
     students = {seed: headline(distil_row(base, out / "ensembles" / "seeds3-saved", seed,
                                           out / "distil" / "seeds3" / f"seed-{seed}")) for seed in seeds}
     rows["seeds3_distil"] = {key: statistics.fmean(s[key] for s in students.values()) for key in ("exact", "f1")}

@@ -22,14 +22,10 @@ if __name__ == "__main__":  # run as a script: the repository root, for `bench.*
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_train_quality import answerable_dev, minilm_config  # noqa: E402
 from bench.common import (OUT, SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD, command_line, fresh_dir, git_revision,  # noqa: E402
-                          machine, peak_rss_mb, require_shared)
+                          machine, peak_rss_mb, proc_status_mb, require_shared)
 
 ARMS = ("kept", "given_back")
-
-
-def memory_mb() -> dict:
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return {key: int(status[key].split()[0]) / 1024 for key in ("VmRSS", "RssAnon", "RssFile")}
+MEMORY = ("VmRSS", "RssAnon", "RssFile")  # resident, and its anonymous (heap) and file-backed parts
 
 
 def one_arm(arm: str, runs: int, steps: int, out: Path) -> list[dict]:
@@ -40,13 +36,13 @@ def one_arm(arm: str, runs: int, steps: int, out: Path) -> list[dict]:
     if arm == "kept":
         training._give_back_freed_memory = lambda: None  # the behaviour before: glibc keeps what a run freed
     dev = answerable_dev(out)
-    rows = [{"run": 0, **memory_mb()}]
+    rows = [{"run": 0, **proc_status_mb(*MEMORY)}]
     for run in range(1, runs + 1):
         cfg = minilm_config(SQUAD_TRAIN_HEAD, dev, out / f"run-{run}", seed=run, max_steps=steps)
         training.train(cfg)
         speed = next(r["features_per_s"] for r in reversed(read_metrics(out / f"run-{run}" / "metrics.jsonl"))
                      if "features_per_s" in r)
-        rows.append({"run": run, **memory_mb(), "peak_rss": peak_rss_mb(), "features_per_s": speed})
+        rows.append({"run": run, **proc_status_mb(*MEMORY), "peak_rss": peak_rss_mb(), "features_per_s": speed})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -129,12 +129,16 @@ def write_jsonl(source: Path, path: Path, limit: int | None, answerable_only: bo
     return {"path": path, "questions": len(records), "unanswerable": sum(r["is_impossible"] for r in records)}
 
 
+def proc_status_mb(*keys: str) -> dict[str, float]:
+    """Memory fields of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile, ...: given in kB) in MiB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) / 1024 for key in keys}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM) in MiB; ru_maxrss where /proc is absent."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        return proc_status_mb("VmHWM")["VmHWM"]
     except OSError:
         pass
     import resource

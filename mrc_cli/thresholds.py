@@ -28,7 +28,7 @@ def null_threshold_sweep(golds: list[dict], nbest: Mapping[str, Sequence[Mapping
     best = {key: value for key, value in swept.items() if key.startswith("best_")}
     # the official sweep starts from "every answer null" at threshold 0.0 and keeps 0.0 when no threshold beats it,
     # though at 0.0 answers whose null odds are below 0 are not null: a threshold below every null odds is that score's
-    all_null = 100.0 * sum(bool(gold["is_impossible"]) for gold in golds) / len(golds)
+    all_null = 100.0 * null_share(golds)
     for metric in ("exact", "f1"):
         if best[f"best_{metric}"] == all_null and null_odds:
             best[f"best_{metric}_thresh"] = min(0.0, min(null_odds.values()) - 1.0)
