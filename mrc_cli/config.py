@@ -114,6 +114,8 @@ class DecodeConfig:
                 raise ConfigError(f"decode.{name} must be at least 1, got {getattr(self, name)}")
         if self.recheck_margin < 0:
             raise ConfigError(f"decode.recheck_margin must be 0 (off) or more, got {self.recheck_margin}")
+        if self.null_share is not None and not 0 <= self.null_share <= 1:
+            raise ConfigError(f"decode.null_share is a share of questions, from 0 to 1 (or null), got {self.null_share}")
 
 
 @dataclass

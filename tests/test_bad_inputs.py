@@ -147,6 +147,7 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--set", "train.learning_rate=1e-4"], "unknown config key 'train.learning_rate'"),
     (["--set", "decode.n_best_size=0"], "decode.n_best_size must be at least 1, got 0"),
     (["--set", "decode.recheck_margin=-1"], "decode.recheck_margin must be 0 (off) or more, got -1"),
+    (["--set", "decode.null_share=2"], "decode.null_share is a share of questions, from 0 to 1 (or null), got 2"),
 ])
 def test_bad_flags_stop_before_any_heavy_work(minilm_path, tmp_path, flags, fragment):
     _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", *flags), fragment)  # later flags win
