@@ -8,15 +8,22 @@ that DDP ranks run side by side have similar widths and no rank waits long for t
 function of (seed, epoch, group): a resumed run regenerates it and skips what it has done, with no sampler state.
 Ours rather than transformers' `get_length_grouped_indices`, which groups per process and so loses the grouping
 across ranks (0.58 of computed tokens real on 8 processes, docs/benchmarks.md).
+
+Token-budget batches (train.tokens_per_batch > 0): each micro-batch is one row of whole features back to back, at
+most that many real tokens, its tail padded to the budget so that every step has the same shape. The plan is the
+same pure function, cut into rows instead of fixed feature counts; a `Packing` tells the model where each feature
+lies in the row (mrc_cli.attention keeps attention inside a feature).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from mrc_cli.errors import ConfigError
 from mrc_cli.features import feature_lengths
 
 MEGA_BATCH = 50  # optimizer steps sorted together: larger pads less but makes the order less random
@@ -24,28 +31,67 @@ LABELS = ("start_positions", "end_positions")
 
 
 def epoch_plan(lengths: Sequence[int], batch_size: int, group: int, seed: int, epoch: int, group_by_length: bool,
-               exclude: Collection[int] = ()) -> list[list[list[int]]]:
+               exclude: Collection[int] = (), tokens_per_batch: int = 0) -> list[list[list[int]]]:
     """The optimizer steps of one epoch, each a list of `group` micro-batches of feature indices.
 
     `exclude`: features already trained on in this epoch (a run resumed with another process count plans the rest
-    of the epoch for its own group). A last step with fewer features than `group` is left out (counted by the caller).
+    of the epoch for its own group). A last step with fewer features (or rows) than `group` is left out (counted by
+    the caller). `tokens_per_batch` > 0: a micro-batch is the features of one packed row of at most that many tokens.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(lengths), generator=g).tolist()
     if exclude:
         done = set(exclude)
         order = [f for f in order if f not in done]
-    size = batch_size * group  # features per optimizer step
+    # features per optimizer step (with a token budget: about, from the mean length)
+    size = batch_size * group if not tokens_per_batch else max(1, round(
+        group * tokens_per_batch * len(lengths) / max(1, sum(lengths))))
     if group_by_length:
         mega = MEGA_BATCH * size
         order = [f for i in range(0, len(order), mega)
                  for f in sorted(order[i:i + mega], key=lengths.__getitem__, reverse=True)]
-    steps = [_split(order[i:i + size], group) for i in range(0, len(order), size)]
-    if steps and not all(steps[-1]):
+    if tokens_per_batch:
+        rows = pack_rows(order, lengths, tokens_per_batch)
+        steps = [rows[i:i + group] for i in range(0, len(rows), group)]
+    else:
+        steps = [_split(order[i:i + size], group) for i in range(0, len(order), size)]
+    if steps and (len(steps[-1]) < group or not all(steps[-1])):
         steps.pop()
     if group_by_length:
         steps = [steps[i] for i in torch.randperm(len(steps), generator=g).tolist()]
     return steps
+
+
+def token_budget(setting: int | str, batch_size: int, lengths: Sequence[int], device: torch.device) -> int:
+    """train.tokens_per_batch resolved for these features: 0 (feature batches) or a budget that holds the longest
+    feature. auto: on CUDA batch_size x the mean length, rounded up to 64 (as many features per step as feature
+    batches; a captured step needs one shape); on CPU 0, where packing is not faster (docs/benchmarks.md)."""
+    longest = max(lengths, default=1)
+    if setting == "auto":
+        if device.type != "cuda":
+            return 0
+        return max(-(-int(batch_size * sum(lengths) / max(1, len(lengths))) // 64) * 64, longest)
+    if 0 < setting < longest:
+        raise ConfigError(f"train.tokens_per_batch {setting} is below the longest feature ({longest} tokens), and a "
+                          f"feature is never split: use at least {longest}, e.g. {batch_size} x the mean length = "
+                          f"{int(batch_size * sum(lengths) / max(1, len(lengths)))}, or 0 for feature batches")
+    return setting
+
+
+def pack_rows(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Features in `order` into rows of at most `budget` tokens, a row closed when the next feature does not fit
+    (next fit: in a length-sorted order the rows hold features of similar length, and a row wastes less than one
+    feature). Each feature must fit a row alone (checked with the config)."""
+    rows, row, used = [], [], 0
+    for f in order:
+        if used + lengths[f] > budget and row:
+            rows.append(row)
+            row, used = [], 0
+        row.append(f)
+        used += lengths[f]
+    if row:
+        rows.append(row)
+    return rows
 
 
 def _split(features: list[int], parts: int) -> list[list[int]]:
@@ -55,7 +101,7 @@ def _split(features: list[int], parts: int) -> list[list[int]]:
 
 
 def remaining_steps(lengths: Sequence[int], batch_size: int, group: int, seed: int, epoch: int, group_by_length: bool,
-                    segments: Sequence[Sequence[int]] = ()) -> list[list[list[int]]]:
+                    segments: Sequence[Sequence[int]] = (), tokens_per_batch: int = 0) -> list[list[list[int]]]:
     """The steps left in an epoch for `group`, after `segments`: the (group, steps) run so far in it, in order.
 
     With the group unchanged the plan goes on where it stopped (an exact continuation); after a change of group
@@ -64,17 +110,51 @@ def remaining_steps(lengths: Sequence[int], batch_size: int, group: int, seed: i
     """
     done: set[int] = set()
     for i, (earlier, steps) in enumerate(segments):
-        plan = epoch_plan(lengths, batch_size, earlier, seed, epoch, group_by_length, exclude=done)
+        plan = epoch_plan(lengths, batch_size, earlier, seed, epoch, group_by_length, done, tokens_per_batch)
         if i == len(segments) - 1 and earlier == group:
             return plan[steps:]
         done.update(f for step in plan[:steps] for batch in step for f in batch)
-    return epoch_plan(lengths, batch_size, group, seed, epoch, group_by_length, exclude=done)
+    return epoch_plan(lengths, batch_size, group, seed, epoch, group_by_length, done, tokens_per_batch)
 
 
-def inference_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Longest first: the least padding, and a batch that does not fit in memory fails at once, not at the end."""
+def inference_batches(lengths: Sequence[int], batch_size: int, tokens_per_batch: int = 0) -> list[list[int]]:
+    """Longest first: the least padding, and a batch that does not fit in memory fails at once, not at the end.
+    `tokens_per_batch` > 0: the features of packed rows of at most that many tokens."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    if tokens_per_batch:
+        return pack_rows(order, lengths, tokens_per_batch)
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class Packing:
+    """Where the features of packed rows lie: what the attention and the model need besides the token ids.
+
+    The rows' tokens are numbered 0..rows*budget-1 as one flat sequence. Every token is in one segment of
+    `cu_seqlens` (the features, then each row's padded tail as a segment of its own), so attention within segments
+    covers all of them and a feature attends only to itself.
+    """
+
+    unpack: torch.Tensor  # (features, width): flat token of each feature's position (in range where padding)
+    present: torch.Tensor  # (features, width) bool: the position holds a token of the feature
+    repack: torch.Tensor  # (rows * budget,): each token's place in the (features * width) layout (tails: 0)
+    cu_seqlens: torch.Tensor  # (segments + 1,) int32: cumulative segment lengths over the flat tokens
+    max_seqlen: int  # the longest segment (known on the host: no device read)
+    tokens: int  # rows * budget
+
+    def doubled(self) -> Packing:
+        """The packing of the rows twice over (R-Drop's two passes in one forward)."""
+        cells = self.present.numel()
+        return Packing(torch.cat([self.unpack, self.unpack + self.tokens]), torch.cat([self.present, self.present]),
+                       torch.cat([self.repack, self.repack + cells]),
+                       torch.cat([self.cu_seqlens, self.cu_seqlens[1:] + self.tokens]), self.max_seqlen,
+                       2 * self.tokens)
+
+
+def doubled(batch: dict) -> dict:
+    """A batch twice over along the batch axis (features, or packed rows), for one forward of two dropout masks."""
+    return {key: value.doubled() if isinstance(value, Packing) else torch.cat([value, value])
+            if torch.is_tensor(value) else value for key, value in batch.items()}
 
 
 class FeatureTensors:
@@ -87,11 +167,12 @@ class FeatureTensors:
     ~130 MB).
     """
 
-    def __init__(self, features, device: torch.device, pad_token_id: int):
+    def __init__(self, features, device: torch.device, pad_token_id: int, tokens_per_batch: int = 0):
         import pyarrow.compute as pc
 
         table = features.with_format("arrow")
         self.device = device
+        self.tokens_per_batch = tokens_per_batch  # > 0: a batch is one packed row of this many tokens
         self.multiple_of = pad_multiple(device)
         self.lengths = np.asarray(feature_lengths(features))  # host copy: widths need no device read
         lengths = torch.from_numpy(self.lengths.astype(np.int64))
@@ -112,8 +193,15 @@ class FeatureTensors:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def batch(self, index: Sequence[int], rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Padded model inputs (and labels) of the features `index`; `rows`: the same indices already on the device.
+    def batch(self, index: Sequence[int], rows: torch.Tensor | None = None) -> dict:
+        """Model inputs (and labels) of the features `index`, padded or, with a token budget, packed into one row;
+        `rows`: the same indices already on the device."""
+        rows = torch.as_tensor(index, device=self.device) if rows is None else rows
+        batch = self._padded(index, rows)
+        return self._packed(batch, index, rows) if self.tokens_per_batch else batch
+
+    def _padded(self, index: Sequence[int], rows: torch.Tensor) -> dict:
+        """(features, width) inputs, padded to the longest.
 
         Width and padding are read from the host copy of the lengths. A batch without padding has no attention
         mask: given one, transformers checks `mask.all()` on every forward to decide whether SDPA may skip it, and
@@ -121,7 +209,6 @@ class FeatureTensors:
         """
         lengths = self.lengths[index]
         width = -(-int(lengths.max()) // self.multiple_of) * self.multiple_of
-        rows = torch.as_tensor(index, device=self.device) if rows is None else rows
         positions = torch.arange(width, device=self.device)  # (width,)
         present = positions < self._length[rows, None]  # (batch, width)
         at = torch.where(present, self._start[rows, None] + positions, 0)  # (batch, width) into the flat tokens
@@ -131,6 +218,38 @@ class FeatureTensors:
         if self.units is not None:
             batch["num_units"] = int(self.units[index].max())
         batch.update({key: values[rows] for key, values in self._labels.items()})
+        return batch
+
+    def _packed(self, batch: dict, index: Sequence[int], rows: torch.Tensor) -> dict:
+        """The padded batch's token ids and types put back to back into one row of `tokens_per_batch`, with the
+        position ids restarting at each feature and the `Packing` of the row; word ids and labels stay per feature
+        (the model uses them after it has unpacked the encoder's states). Built on the device from the rows' lengths
+        there; only the total and the widest length are read on the host."""
+        budget = self.tokens_per_batch
+        lengths = self.lengths[index]
+        total, width = int(lengths.sum()), batch["input_ids"].shape[1]
+        if total > budget:
+            raise ValueError(f"{total} tokens planned into a row of {budget}")  # a planning bug, never user input
+        length = self._length[rows]  # (features,)
+        end = torch.cumsum(length, 0)
+        start = end - length
+        t = torch.arange(budget, device=self.device)
+        feature = torch.searchsorted(end, t, right=True)  # (budget,) the feature of each token; len(index) in the tail
+        inside = feature < len(index)
+        feature = feature.clamp(max=len(index) - 1)
+        position = t - start[feature]
+        repack = torch.where(inside, feature * width + position, 0)
+        for key, pad in (("input_ids", self._tokens["input_ids"][1]), ("token_type_ids", 0)):
+            if key in batch:
+                batch[key] = torch.where(inside, batch[key].reshape(-1)[repack], pad)[None]  # (1, budget)
+        batch["position_ids"] = torch.where(inside, position, 0)[None]
+        columns = torch.arange(width, device=self.device)
+        present = columns < length[:, None]  # (features, width)
+        batch.pop("attention_mask", None)
+        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), end,
+                                torch.full((1,), budget, device=self.device)]).int()
+        batch["packing"] = Packing(torch.where(present, start[:, None] + columns, 0), present, repack, cu_seqlens,
+                                   max(width, budget - total), budget)
         return batch
 
 

@@ -66,6 +66,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: far less memory, ~30 % more compute
     cpu: bool = False  # train on the CPU even where a GPU is visible
     group_by_length: bool = True  # batches of similar length: about half the padding of random batches
+    # > 0: each micro-batch is whole features packed into one row of at most this many tokens (no padding but the
+    # row's tail; attention stays inside each feature); 0: batch_size features padded to the longest. auto: on CUDA
+    # batch_size x the mean feature length (as many features per step), on CPU 0 (docs/benchmarks.md). A run's
+    # config.yaml holds the number it resolved to
+    tokens_per_batch: int | str = "auto"
     seed: int = 0
     log_steps: int = 10
     # experiment trackers besides metrics.jsonl and curves.png: none, or accelerate's (tensorboard, wandb, mlflow,
@@ -305,6 +310,12 @@ def check_train_config(train: TrainConfig) -> None:
     for key in ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "patience"):
         if getattr(train, key) < 0:
             problems.append(f"train.{key} must not be negative (got {getattr(train, key)})")
+    budget = train.tokens_per_batch
+    if budget != "auto" and not (isinstance(budget, int) and budget >= 0):
+        problems.append(f"train.tokens_per_batch is auto, 0 (feature batches) or a number of tokens (got {budget!r})")
+    elif budget != "auto" and budget > 0 and train.adversarial != "none":
+        problems.append(f"train.adversarial {train.adversarial} normalises its perturbation per feature, which packed "
+                        "rows do not separate yet: set train.tokens_per_batch to 0 (auto does so by itself)")
     if train.precision not in ("auto", "bf16", "fp16", "no"):
         problems.append(f"train.precision must be auto, bf16, fp16 or no (got {train.precision!r})")
     if not 0 < train.llrd <= 1:

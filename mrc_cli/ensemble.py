@@ -30,8 +30,8 @@ from mrc_cli.config import RunConfig, set_value, write_yaml_atomically
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
 from mrc_cli.features import build_features, column
-from mrc_cli.inference import (OneProcess, evaluate_predictions, place_for_inference, position_offsets,
-                               predict_logits, recheck_close_calls)
+from mrc_cli.inference import (OneProcess, eval_token_budget, evaluate_predictions, place_for_inference,
+                               position_offsets, predict_logits, recheck_close_calls)
 from mrc_cli.loading import ENSEMBLE_SETTINGS, Loaded, load_trained
 from mrc_cli.runs import FOLD_RECORD
 from mrc_cli.splits import Split
@@ -177,10 +177,12 @@ class _MemberRun:
             self.state = OneProcess(self.state.device)
         self.features, self.batch_size = features, batch_size or cfg.train.eval_batch_size
         self.width, self.span_level = cfg.data.max_seq_length, cfg.model.span_level
+        self.tokens_per_batch = eval_token_budget(cfg.train, self.width)
         self.positions = self._positions(self.features, self.precision)
 
     def _positions(self, features, precision: str) -> Positions:
-        logits = predict_logits(self.model, features, self.state, self.batch_size, precision, self.width)
+        logits = predict_logits(self.model, features, self.state, self.batch_size, precision, self.width,
+                                self.tokens_per_batch)
         offsets = position_offsets(features, self.width, self.span_level)
         return Positions(column(features, "example_id"), offsets, logits.start, logits.end)
 

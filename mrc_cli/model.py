@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mrc_cli.attention import ATTENTION
 from mrc_cli.config import ModelConfig
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.words import pool_words, token_to_unit_labels, unit_index
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "word_ids")
 SPAN_LEVELS = ("token", "word")
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")  # BERT/ALBERT, other families
 # what model.dropout sets: BERT/ALBERT/RoBERTa's hidden_dropout_prob (ALBERT: classifier_ too), other families' dropout
@@ -71,14 +71,22 @@ class SpanExtractionModel(nn.Module):
         return self.encoder.config
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, word_ids=None, start_positions=None,
-                end_positions=None, num_units=None):
+                end_positions=None, num_units=None, position_ids=None, packing=None):
         """attention_mask: (batch, seq) 1 for tokens, 0 for padding; None for a batch without padding. num_units (word
-        level): CLS + words of the widest window, from the host (else read from word_ids, a device sync)."""
+        level): CLS + words of the widest window, from the host (else read from word_ids, a device sync).
+        packing (mrc_cli.batching.Packing): input_ids, token_type_ids and position_ids are packed rows; the
+        encoder's states are unpacked into (features, width) before the head, so all after it is per feature."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if packing is not None:
+            kwargs.update(position_ids=position_ids, packing=packing)  # packing reaches mrc_cli.attention
         # a 4D boolean mask reaches SDPA as it is; from a 2D one transformers first reads `mask.all()`, a device sync
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (batch, 1, 1, seq)
         states = self.encoder(input_ids=input_ids, attention_mask=mask, **kwargs).last_hidden_state
-        present = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if packing is not None:
+            states = states.flatten(0, 1)[packing.unpack]  # (rows, tokens, hidden) -> (features, width, hidden)
+            present = packing.present
+        else:
+            present = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if self.span_level == "word":
             units = unit_index(word_ids)  # (batch, seq)
             states, present = pool_words(states, units, num_units)  # (batch, units, hidden), (batch, units)
@@ -141,9 +149,9 @@ def build_model(model: ModelConfig, max_seq_length: int, pretrained: bool = True
 
     config = encoder_config(source or model.name_or_path, model.dropout, model.attention_dropout, max_seq_length)
     if pretrained:
-        encoder = AutoModel.from_pretrained(source or model.name_or_path, config=config, attn_implementation="sdpa")
+        encoder = AutoModel.from_pretrained(source or model.name_or_path, config=config, attn_implementation=ATTENTION)
     else:
-        encoder = AutoModel.from_config(config, attn_implementation="sdpa")
+        encoder = AutoModel.from_config(config, attn_implementation=ATTENTION)
     return SpanExtractionModel(encoder, model.span_level, model.multi_sample_dropout)
 
 

@@ -98,6 +98,7 @@ class MaskedLMTask:
 
     unit = "sequences"
     evaluates = False
+    packs = False  # masking works on padded (sequences, width) batches
 
     def __init__(self):
         self.started = time.perf_counter()

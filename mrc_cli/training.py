@@ -34,7 +34,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mrc_cli import __version__
-from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps
+from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
 from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoint_config, read_trainer_state,
                                 read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                 write_best_pointer)
@@ -90,6 +90,7 @@ class Task(Protocol):
 
     unit: str  # what a row of the training data is, for the log: "features", "sequences"
     evaluates: bool  # whether the task has a dev set (known after `load`)
+    packs: bool  # whether its batches may be packed rows (train.tokens_per_batch)
 
     def load(self, cfg: RunConfig, tokenizer, log: RunLog):
         """Read the data; return the training rows (a datasets.Dataset that FeatureTensors stores). May fill
@@ -117,6 +118,7 @@ class SpanTask:
     """Span extraction on SQuAD-style data, evaluated on a dev set: what `train()` fine-tunes."""
 
     unit = "features"
+    packs = True
 
     def __init__(self, train_split: Split | None, dev_split: Split | None):
         self.train_split, self.dev_split = train_split, dev_split
@@ -206,7 +208,12 @@ def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * _steps_per_epoch(store, cfg, state.plan_group))
+    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, task, store, log)
+    steps_per_epoch = _steps_per_epoch(store, cfg, state.plan_group)
+    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+    if store.tokens_per_batch:
+        log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {len(store) / steps_per_epoch:.1f} "
+                 f"{task.unit} per optimizer step on average (feature batches: {cfg.train.batch_size * state.plan_group})")
     scheduler = _scheduler(optimizer, cfg, total_steps)
     scaler = LossScaler(precision, accelerator.device)
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -323,7 +330,8 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
     t = cfg.train
     for epoch in itertools.count(state.epoch):
         segments = state.epoch_segments if epoch == state.epoch else []
-        plan = remaining_steps(lengths, t.batch_size, world * accum, t.seed, epoch, t.group_by_length, segments)
+        plan = remaining_steps(lengths, t.batch_size, world * accum, t.seed, epoch, t.group_by_length, segments,
+                               store.tokens_per_batch)
         mine = [[step[a * world + rank] for a in range(accum)] for step in plan]
         # one copy to the device per epoch; a micro-batch's rows are a slice of it
         rows = torch.tensor([f for step in mine for batch in step for f in batch], device=accelerator.device)
@@ -340,7 +348,24 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
 
 def _steps_per_epoch(store: FeatureTensors, cfg: RunConfig, group: int) -> int:
     t = cfg.train
-    return len(epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, 0, t.group_by_length))
+    return len(epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, 0, t.group_by_length,
+                          tokens_per_batch=store.tokens_per_batch))
+
+
+def _token_budget(train_cfg: TrainConfig, task: Task, store: FeatureTensors, log: RunLog) -> int:
+    """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); auto gives feature batches where the
+    task or a trick cannot train on packed rows, a number there is refused."""
+    setting = train_cfg.tokens_per_batch
+    unsupported = (f"{task.unit} of this task" if not task.packs else
+                   f"train.adversarial {train_cfg.adversarial}" if train_cfg.adversarial != "none" else None)
+    if unsupported and setting == "auto":
+        if store.device.type == "cuda":
+            log.info(f"train.tokens_per_batch auto: feature batches, as {unsupported} cannot be trained on packed rows")
+        return 0
+    if unsupported and setting:
+        raise ConfigError(f"train.tokens_per_batch {setting}: {unsupported} cannot be trained on packed rows yet; "
+                          "set it to 0 or auto")
+    return token_budget(setting, train_cfg.batch_size, store.lengths.tolist(), store.device)
 
 
 class _Meter:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mrc_cli.batching import doubled
 from mrc_cli.errors import ConfigError
 
 # BERT, RoBERTa, ELECTRA: encoder.layer.N; ALBERT: encoder.albert_layer_groups.N (N < num_hidden_groups, usually 1)
@@ -63,9 +64,8 @@ def rdrop_loss(model: nn.Module, batch: dict, alpha: float) -> torch.Tensor:
     """R-Drop (Liang et al., 2021): the batch twice in one forward pass (two dropout masks), the mean of the two span
     losses plus alpha/2 times the symmetric KL between the two start (and end) distributions, per feature: the
     paper's NLL_1 + NLL_2 + alpha * KL_sym, halved to stay on the scale of the plain loss."""
-    twice = {key: torch.cat([value, value]) if torch.is_tensor(value) else value for key, value in batch.items()}
-    out = model(**twice)
-    n = batch["input_ids"].shape[0]
+    out = model(**doubled(batch))
+    n = out.start_logits.shape[0] // 2
     kl = sum(_symmetric_kl(logits[:n], logits[n:]) for logits in (out.start_logits, out.end_logits)) / 2
     return out.loss + alpha / 2 * kl
 

@@ -191,7 +191,7 @@ def test_under_bf16_the_close_calls_of_a_one_model_ensemble_are_decided_as_for_t
     ensemble.cfg.decode.recheck_margin = 0.5
     runs = []
     original = inference.predict_logits
-    monkeypatch.setattr(inference, "predict_logits", lambda *a: runs.append(a[-2]) or original(*a))
+    monkeypatch.setattr(inference, "predict_logits", lambda *a: runs.append(a[4]) or original(*a))
     _, expected, _ = answer_file(single, DEV, "eval")
     assert runs == ["bf16", "no"]
     monkeypatch.setattr(ensemble_module, "predict_logits", inference.predict_logits)

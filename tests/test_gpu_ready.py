@@ -77,9 +77,9 @@ def autocast_seen(monkeypatch):
 
     predict = inference.predict_logits
 
-    def recording_predict(model, features, accelerator, batch_size, precision, width):
+    def recording_predict(model, features, accelerator, batch_size, precision, *args):
         asked[0] = precision
-        return predict(model, features, accelerator, batch_size, precision, width)
+        return predict(model, features, accelerator, batch_size, precision, *args)
 
     monkeypatch.setattr(SpanExtractionModel, "forward", recording_forward)
     monkeypatch.setattr(inference, "predict_logits", recording_predict)

@@ -183,7 +183,7 @@ def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):
     runs = []
     original = inference.predict_logits
     monkeypatch.setattr(inference, "predict_logits",
-                        lambda model, features, *args: runs.append((len(features), args[-2])) or original(model, features, *args))
+                        lambda model, features, *args: runs.append((len(features), args[2])) or original(model, features, *args))
 
     cfg.decode.recheck_margin = 1e9
     with monkeypatch.context() as no_cap:

@@ -1,0 +1,51 @@
+"""Attention that stays inside each feature of a packed row, plugged into transformers' attention interface by name
+(`ATTENTION`), so BERT, ALBERT, RoBERTa and ELECTRA run packed rows without a change to their code.
+
+A forward without a `Packing` (padded batches) is transformers' own SDPA attention, unchanged. With one, the tokens
+of all rows are one flat sequence cut into segments (mrc_cli.batching.Packing): on a CUDA device in bf16/fp16
+without attention dropout, torch's varlen attention (FlashAttention) computes each segment alone; elsewhere (CPU,
+fp32, attention dropout, which varlen attention lacks) the features are gathered into a padded (features, width)
+batch for SDPA and scattered back, which is what a padded batch computes, at the cost of two gathers per layer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch.nn import functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ATTENTION = "mrc_packed"  # the name a model is built with (mrc_cli.model.build_model)
+_HAS_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
+                     dropout: float = 0.0, scaling: float | None = None, packing=None, **kwargs):
+    """query/key/value (rows, heads, tokens, head_dim) -> ((rows, tokens, heads, head_dim), None), as transformers'
+    attention functions return."""
+    if packing is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rows, heads, tokens, dim = query.shape
+    flat = [x.transpose(1, 2).reshape(rows * tokens, heads, dim) for x in (query, key, value)]  # (all tokens, heads, dim)
+    if varlen_usable(query, dropout):
+        from torch.nn.attention.varlen import varlen_attn
+
+        out = varlen_attn(*flat, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen,
+                          scale=scaling)
+    else:
+        q, k, v = (x[packing.unpack].transpose(1, 2) for x in flat)  # (features, heads, width, dim)
+        mask = packing.present[:, None, None, :]  # keys of the feature only
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        out = out.transpose(1, 2).reshape(-1, heads, dim)[packing.repack]  # (all tokens, heads, dim)
+    return out.view(rows, tokens, heads, dim), None
+
+
+def varlen_usable(query: torch.Tensor, dropout: float) -> bool:
+    """torch's varlen attention: CUDA, half precision, no dropout (its kernel hardcodes 0), torch >= 2.10."""
+    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0 and _HAS_VARLEN
+
+
+AttentionInterface.register(ATTENTION, packed_attention)
