@@ -31,8 +31,8 @@ def _no_dev(cfg):
 # --- no host sync in an ordinary step -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("span_level", ["token", "word"])
-def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch, span_level):
+@pytest.mark.parametrize("span_level, tokens_per_batch", [("token", 0), ("word", 0), ("token", 600)])
+def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch, span_level, tokens_per_batch):
     """Tensor reads that make the host wait for the device (on CUDA), counted in each phase of the loop: building the
     batches, the step itself (forward, backward, optimizer), and the bookkeeping after it. Only log/save steps may
     read (one all-reduced tensor there)."""
@@ -50,7 +50,8 @@ def test_an_ordinary_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, mo
 
         monkeypatch.setattr(torch.Tensor, name, counted)
 
-    cfg = _no_dev(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, log_steps=4, save_steps=0, grad_accum=2))
+    cfg = _no_dev(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, log_steps=4, save_steps=0, grad_accum=2,
+                                  tokens_per_batch=tokens_per_batch))
     cfg.model.span_level = span_level
     training.train(cfg)
     counts = {p: sum(1 for q, _ in syncs if q == p) for p in ("batches", "step", "after step", "sync point")}
@@ -237,10 +238,11 @@ def _launch(cfg, tmp_path: Path, processes: int) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def _resume_elsewhere(tiny_bert_dir, tmp_path, before: int, after: int):
+def _resume_elsewhere(tiny_bert_dir, tmp_path, before: int, after: int, tokens_per_batch: int = 0):
     """A 6-step run on `before` processes, then its step-3 checkpoint resumed on `after` processes (no dropout: its
     noise depends on the process count)."""
-    reference = _no_dev(tiny_run_config(tiny_bert_dir, tmp_path / "reference", max_steps=6, save_steps=3, keep_last=5))
+    reference = _no_dev(tiny_run_config(tiny_bert_dir, tmp_path / "reference", max_steps=6, save_steps=3, keep_last=5,
+                                        tokens_per_batch=tokens_per_batch))
     reference.model.dropout = 0.0
     done = _launch(reference, tmp_path, before)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -265,6 +267,18 @@ def test_resume_on_fewer_processes_keeps_the_effective_batch_and_continues(tiny_
     assert state["epoch_segments"] == [[2, 6]] and state["samples"] == 6 * 16
     reference, resumed = _weights(tmp_path, "reference"), _weights(tmp_path, "resumed")
     # the same features in every step; only the order of float sums differs (DDP's mean against accumulation)
+    assert all(torch.allclose(reference[k], resumed[k], atol=1e-5) for k in reference)
+
+
+@pytest.mark.slow
+def test_a_packed_run_on_two_processes_resumes_on_one_with_the_same_rows(tiny_bert_dir, tmp_path):
+    state, log = _resume_elsewhere(tiny_bert_dir, tmp_path, before=2, after=1, tokens_per_batch=600)
+    assert "token-budget batches: rows of 600 tokens" in log
+    assert "1 process(es) instead of 2: train.grad_accum 1 -> 2" in log
+    reference = json.loads((tmp_path / "reference" / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+    assert reference["processes"] == 2  # two ranks really ran
+    assert state["epoch_segments"] == [[2, 6]] and state["samples"] == reference["samples"]  # the same rows in each step
+    reference, resumed = _weights(tmp_path, "reference"), _weights(tmp_path, "resumed")
     assert all(torch.allclose(reference[k], resumed[k], atol=1e-5) for k in reference)
 
 

@@ -1,0 +1,243 @@
+"""Token-budget batches (train.tokens_per_batch): plans that pack whole features into rows and resume exactly, packed
+rows that give the logits, loss and gradients of padded batches (BERT and ALBERT, token and word level, R-Drop's
+doubled batch), training and inference on them, and the combinations that are refused with a message."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from conftest import QUICKSTART, tiny_run_config
+from mrc_cli.batching import FeatureTensors, doubled, epoch_plan, inference_batches, pack_rows, remaining_steps, token_budget
+from mrc_cli.config import ConfigError, DataConfig, ModelConfig, check_train_config
+from mrc_cli.inference import predict_logits
+from mrc_cli.model import build_model
+from mrc_cli.splits import featurize_file
+from mrc_cli.tokenizer import load_tokenizer
+from mrc_cli.training import train
+from mrc_cli.tricks import rdrop_loss
+
+CUDA = SimpleNamespace(type="cuda")  # token_budget reads only the device type
+
+
+def _features(plan):
+    return [f for step in plan for row in step for f in row]
+
+
+# --- plans ---------------------------------------------------------------------------------------------------------
+
+
+def test_rows_hold_whole_features_within_the_budget_and_waste_less_than_one_feature():
+    rng = random.Random(0)
+    lengths = [rng.randint(40, 384) for _ in range(500)]
+    order = list(range(500))
+    rng.shuffle(order)
+    rows = pack_rows(order, lengths, 1000)
+    assert [f for row in rows for f in row] == order  # every feature once, in order
+    assert all(sum(lengths[f] for f in row) <= 1000 for row in rows)
+    # next fit: a row is closed only when the next feature does not fit
+    assert all(sum(lengths[f] for f in row) + lengths[nxt[0]] > 1000 for row, nxt in zip(rows, rows[1:]))
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_a_packed_epoch_trains_every_feature_once_and_is_a_pure_function(group):
+    rng = random.Random(1)
+    lengths = [rng.randint(40, 384) for _ in range(2000)]
+    for grouped in (False, True):
+        plan = epoch_plan(lengths, 16, group, seed=1, epoch=0, group_by_length=grouped, tokens_per_batch=3000)
+        assert all(len(step) == group for step in plan)
+        assert all(sum(lengths[f] for f in row) <= 3000 for step in plan for row in step)
+        seen = _features(plan)
+        assert len(seen) == len(set(seen)) and len(set(range(2000)) - set(seen)) < 16 * group  # a short last step out
+        assert plan == epoch_plan(lengths, 16, group, 1, 0, grouped, tokens_per_batch=3000)
+        assert plan != epoch_plan(lengths, 16, group, 1, 1, grouped, tokens_per_batch=3000)
+    # grouped rows of similar lengths fill the budget: >= 90 % of the computed tokens are real
+    plan = epoch_plan(lengths, 16, group, 1, 0, True, tokens_per_batch=3000)
+    assert sum(lengths[f] for f in _features(plan)) >= 0.9 * 3000 * sum(len(step) for step in plan)
+
+
+@pytest.mark.parametrize("segments, group", [([[2, 20]], 2), ([[2, 20]], 1), ([[1, 9], [2, 3]], 4)])
+def test_a_resumed_packed_plan_continues_or_repeats_and_skips_nothing(segments, group):
+    lengths = [random.Random(2).randint(40, 384) for _ in range(1000)]
+    budget = 2000
+    if segments == [[group, 20]]:
+        plan = epoch_plan(lengths, 8, group, 0, 0, True, tokens_per_batch=budget)
+        assert remaining_steps(lengths, 8, group, 0, 0, True, segments, budget) == plan[20:]
+        return
+    done, seen = set(), []
+    for earlier, steps in segments:
+        plan = epoch_plan(lengths, 8, earlier, 0, 0, True, done, budget)[:steps]
+        seen += _features(plan)
+        done.update(_features(plan))
+    rest = remaining_steps(lengths, 8, group, 0, 0, True, segments, budget)
+    seen += _features(rest)
+    assert all(len(step) == group for step in rest)
+    assert len(seen) == len(set(seen))
+    assert len(set(range(1000)) - set(seen)) < 2 * group * budget / 40  # at most a last step too small is left out
+
+
+def test_the_budget_auto_matches_the_batch_size_on_cuda_and_is_off_on_cpu():
+    lengths = [100, 200, 300, 384]
+    assert token_budget("auto", 16, lengths, torch.device("cpu")) == 0
+    assert token_budget("auto", 16, lengths, CUDA) == 3968  # 16 x 246 = 3936, up to a multiple of 64
+    assert token_budget("auto", 1, lengths, CUDA) == 384  # never below the longest feature
+    assert token_budget(5000, 16, lengths, torch.device("cpu")) == 5000
+    assert token_budget(0, 16, lengths, CUDA) == 0
+    with pytest.raises(ConfigError, match=r"tokens_per_batch 300 is below the longest feature \(384 tokens\).*at least 384"):
+        token_budget(300, 16, lengths, CUDA)
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("many", "train.tokens_per_batch is auto, 0 (feature batches) or a number of tokens (got 'many')"),
+    (-1, "got -1"),
+])
+def test_bad_budgets_are_refused_up_front(value, problem):
+    from mrc_cli.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        check_train_config(TrainConfig(tokens_per_batch=value))
+    with pytest.raises(ConfigError, match="train.adversarial fgm normalises its perturbation per feature"):
+        check_train_config(TrainConfig(tokens_per_batch=4000, adversarial="fgm"))
+    check_train_config(TrainConfig(tokens_per_batch="auto", adversarial="fgm"))  # auto gives feature batches there
+
+
+# --- packed rows -----------------------------------------------------------------------------------------------------
+
+
+def test_a_packed_row_puts_whole_features_back_to_back():
+    rows = [{"input_ids": [1, 2, 3], "token_type_ids": [0, 1, 1], "start_positions": 1, "end_positions": 2},
+            {"input_ids": [4], "token_type_ids": [0], "start_positions": 0, "end_positions": 0},
+            {"input_ids": [5, 6, 7, 8, 9], "token_type_ids": [0, 0, 1, 1, 1], "start_positions": 3, "end_positions": 4}]
+    store = FeatureTensors(Dataset.from_list(rows), torch.device("cpu"), pad_token_id=99, tokens_per_batch=12)
+    batch = store.batch([2, 0, 1])
+    packing = batch.pop("packing")
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1, 2, 3, 4, 99, 99, 99]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 0, 0, 0]]
+    assert packing.cu_seqlens.tolist() == [0, 5, 8, 9, 12]  # the three features, then the row's tail
+    assert packing.max_seqlen == 5 and packing.tokens == 12
+    assert packing.present.tolist() == [[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4]
+    unpacked = batch["input_ids"].reshape(-1)[packing.unpack]
+    assert torch.where(packing.present, unpacked, 0).tolist() == [[5, 6, 7, 8, 9], [1, 2, 3, 0, 0], [4, 0, 0, 0, 0]]
+    assert batch["start_positions"].tolist() == [3, 1, 0]  # labels stay per feature, in the feature's positions
+    twice = doubled({"packing": packing, "input_ids": batch["input_ids"]})
+    assert twice["input_ids"].shape == (2, 12)
+    assert twice["packing"].cu_seqlens.tolist() == [0, 5, 8, 9, 12, 17, 20, 21, 24]
+    assert twice["packing"].unpack[3:].tolist() == (packing.unpack + 12).tolist()
+
+
+@pytest.fixture(scope="module")
+def windows(request):
+    """12 training windows of the quickstart data for each tiny model, 128 tokens at most."""
+    def make(model_dir: str, cache):
+        tokenizer = load_tokenizer(model_dir)
+        data = DataConfig(max_seq_length=128, doc_stride=32, max_query_length=32, cache_dir=str(cache))
+        split = featurize_file(str(QUICKSTART / "en_train.json"), tokenizer, data, "train")
+        return tokenizer, split.features.select(range(12))
+    return make
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_bert_dir", "tiny_albert_dir"])
+@pytest.mark.parametrize("span_level", ["token", "word"])
+def test_packed_rows_give_the_logits_loss_and_gradients_of_padded_batches(model_dir, span_level, request, windows,
+                                                                        tmp_path):
+    folder = request.getfixturevalue(model_dir)
+    tokenizer, rows = windows(folder, tmp_path)
+    index = list(range(12))
+    padded = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id).batch(index)
+    packed = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=1600).batch(index)
+    assert packed["input_ids"].shape == (1, 1600) and len(packed["packing"].cu_seqlens) == 14
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name_or_path=folder, dropout=0.0, span_level=span_level), 128)
+    results = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, grads_a), (b, grads_b) = results
+    assert a.start_logits.shape == b.start_logits.shape
+    assert torch.allclose(a.start_logits, b.start_logits, atol=1e-5) and torch.allclose(a.end_logits, b.end_logits, atol=1e-5)
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    assert all(torch.allclose(grads_a[n], grads_b[n], atol=1e-5) for n in grads_a)
+    # R-Drop's one forward of the batch twice: both halves as the plain batch (no dropout: the KL term is 0)
+    model.eval()
+    assert torch.allclose(rdrop_loss(model, packed, 1.0), rdrop_loss(model, padded, 1.0), atol=1e-6)
+
+
+def test_a_feature_attends_only_to_itself_in_a_packed_row(tiny_bert_dir, windows, tmp_path):
+    """A feature's logits do not depend on its row mates: the same feature packed beside others or alone."""
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path)
+    store = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=1600)
+    model = build_model(ModelConfig(name_or_path=tiny_bert_dir), 128).eval()
+    alone = model(**store.batch([5])).start_logits[0]
+    among = model(**store.batch([3, 5, 7, 0])).start_logits[1]
+    width = int(store.lengths[5])
+    assert torch.allclose(alone[:width], among[:width], atol=1e-5)
+
+
+def test_inference_on_packed_rows_gives_the_logits_of_feature_batches(tiny_bert_dir, windows, tmp_path):
+    from mrc_cli.inference import OneProcess
+
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path)
+    model = build_model(ModelConfig(name_or_path=tiny_bert_dir), 128)
+    place = OneProcess(torch.device("cpu"))
+    padded = predict_logits(model, rows, place, 4, "no", 128)
+    packed = predict_logits(model, rows, place, 4, "no", 128, tokens_per_batch=400)
+    assert len(inference_batches(FeatureTensors(rows, torch.device("cpu"), 0).lengths.tolist(), 4, 400)) == 3  # rows
+    assert torch.allclose(torch.from_numpy(padded.start), torch.from_numpy(packed.start), atol=1e-5)
+    assert abs(padded.loss - packed.loss) < 1e-6
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packed_run(tmp_path_factory, tiny_bert_dir):
+    run_dir = tmp_path_factory.mktemp("packed") / "A"
+    cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=6, save_steps=3, keep_last=5, tokens_per_batch=600)
+    return run_dir, train(cfg)
+
+
+def test_a_packed_run_logs_its_budget_and_trains_only_real_tokens(packed_run):
+    run_dir, result = packed_run
+    assert result.steps == 6 and result.metrics["f1"] >= 0
+    log = (run_dir / "train.log").read_text()
+    assert "token-budget batches: rows of 600 tokens" in log
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["real_token_share"] for r in rows if "real_token_share" in r]
+    assert shares and min(shares) > 0.6  # padding is only the row's tail (feature batches of 8: 0.5-0.9 here)
+    assert "tokens_per_batch: 600" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_resumed_packed_run_is_bitwise_the_uninterrupted_run(packed_run, tiny_bert_dir, tmp_path):
+    run_dir_a, _ = packed_run
+    run_dir_b = tmp_path / "B"
+    (run_dir_b / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run_dir_a / "checkpoints" / "step-000003", run_dir_b / "checkpoints" / "step-000003")
+    # the checkpoint's budget wins over the command line's (the plan depends on it)
+    cfg = tiny_run_config(tiny_bert_dir, run_dir_b, max_steps=6, save_steps=3, keep_last=5, resume="auto",
+                          tokens_per_batch="auto")
+    train(cfg)
+    final_a = load_file(str(run_dir_a / "checkpoints" / "step-000006" / "model.safetensors"))
+    final_b = load_file(str(run_dir_b / "checkpoints" / "step-000006" / "model.safetensors"))
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    state = lambda d: json.loads((d / "checkpoints" / "step-000006" / "trainer_state.json").read_text())  # noqa: E731
+    assert state(run_dir_a) == state(run_dir_b)
+
+
+def test_pretraining_refuses_a_token_budget(tiny_bert_dir, tmp_path):
+    from mrc_cli.pretraining import pretrain
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "pre", max_steps=2, tokens_per_batch=600)
+    cfg.pretrain.data_files = [str(QUICKSTART / "en_train.json")]
+    with pytest.raises(ConfigError, match="tokens_per_batch 600: sequences of this task cannot be trained on packed rows"):
+        pretrain(cfg)
