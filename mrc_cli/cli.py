@@ -154,7 +154,10 @@ def train(
     ), sets or [])
     check_train_config(cfg.train)
     if dry_run:
+        from mrc_cli.training import describe_batches
+
         _print_config(cfg)
+        typer.echo(f"# {describe_batches(cfg)}")  # a comment: the output stays a config file
         return
     from mrc_cli.training import train as run_training
 

@@ -208,7 +208,8 @@ def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
-    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, task, store, log)
+    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, task.packs, store.lengths.tolist(),
+                                                                        store.device, log.info)
     steps_per_epoch = _steps_per_epoch(store, cfg, state.plan_group)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
     if store.tokens_per_batch:
@@ -352,20 +353,39 @@ def _steps_per_epoch(store: FeatureTensors, cfg: RunConfig, group: int) -> int:
                           tokens_per_batch=store.tokens_per_batch))
 
 
-def _token_budget(train_cfg: TrainConfig, task: Task, store: FeatureTensors, log: RunLog) -> int:
+def _token_budget(train_cfg: TrainConfig, packs: bool, lengths: list[int], device, note=lambda line: None) -> int:
     """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); auto gives feature batches where the
-    task or a trick cannot train on packed rows, a number there is refused."""
+    task (`packs` false) or a trick cannot train on packed rows, a number there is refused."""
     setting = train_cfg.tokens_per_batch
-    unsupported = (f"{task.unit} of this task" if not task.packs else
+    unsupported = ("this task" if not packs else
                    f"train.adversarial {train_cfg.adversarial}" if train_cfg.adversarial != "none" else None)
     if unsupported and setting == "auto":
-        if store.device.type == "cuda":
-            log.info(f"train.tokens_per_batch auto: feature batches, as {unsupported} cannot be trained on packed rows")
+        if device.type == "cuda":
+            note(f"train.tokens_per_batch auto: feature batches, as {unsupported} cannot be trained on packed rows")
         return 0
     if unsupported and setting:
         raise ConfigError(f"train.tokens_per_batch {setting}: {unsupported} cannot be trained on packed rows yet; "
                           "set it to 0 or auto")
-    return token_budget(setting, train_cfg.batch_size, store.lengths.tolist(), store.device)
+    return token_budget(setting, train_cfg.batch_size, lengths, device)
+
+
+def describe_batches(cfg: RunConfig) -> str:
+    """The batches `mrc train` would make of cfg.data.train_file on this machine, for --dry-run: features per optimizer
+    step and steps per epoch. The file is featurized (into the feature cache, which training then reads)."""
+    from mrc_cli.features import feature_lengths
+
+    t = cfg.train
+    if not cfg.data.train_file:
+        return "no training file: pass --train FILE to see the batches"
+    lengths = feature_lengths(featurize_file(cfg.data.train_file, load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path),
+                                             cfg.data, "train").features)
+    device = torch.device("cuda" if torch.cuda.is_available() and not t.cpu else "cpu")
+    group = int(os.environ.get("WORLD_SIZE", "1")) * t.grad_accum
+    budget = _token_budget(t, True, lengths, device)
+    steps = len(epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget))
+    kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"
+    return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {len(lengths) / max(1, steps):.1f} "
+            f"features per optimizer step on average, {steps} steps per epoch")
 
 
 class _Meter:

@@ -239,5 +239,24 @@ def test_pretraining_refuses_a_token_budget(tiny_bert_dir, tmp_path):
 
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "pre", max_steps=2, tokens_per_batch=600)
     cfg.pretrain.data_files = [str(QUICKSTART / "en_train.json")]
-    with pytest.raises(ConfigError, match="tokens_per_batch 600: sequences of this task cannot be trained on packed rows"):
+    with pytest.raises(ConfigError, match="tokens_per_batch 600: this task cannot be trained on packed rows"):
         pretrain(cfg)
+
+
+def test_dry_run_says_how_many_features_a_step_holds(tiny_bert_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mrc_cli.cli import app
+
+    args = ["train", "--dry-run", "--model", tiny_bert_dir, "--train", str(QUICKSTART / "en_train.json"),
+            "--max-seq-length", "128", "--doc-stride", "32", "--batch-size", "8", "--set",
+            f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.max_query_length=32"]
+    packed = CliRunner().invoke(app, [*args, "--set", "train.tokens_per_batch=600"])
+    assert packed.exit_code == 0, packed.output
+    line = packed.stdout.strip().splitlines()[-1]
+    assert line.startswith("# 344 training features on cpu: micro-batches of rows of 600 tokens; ")
+    per_step = float(line.split("; ")[1].split()[0])
+    steps = int(line.split(", ")[-1].split()[0])
+    assert 5 < per_step < 8 and per_step == round(344 / steps, 1)  # fewer than 8 a step: 600 tokens hold ~5.5
+    plain = CliRunner().invoke(app, args)
+    assert "micro-batches of 8 features padded to the longest; 8.0 features per optimizer step on average, 43 steps" in plain.stdout
