@@ -310,12 +310,9 @@ def check_train_config(train: TrainConfig) -> None:
     for key in ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "patience"):
         if getattr(train, key) < 0:
             problems.append(f"train.{key} must not be negative (got {getattr(train, key)})")
-    budget = train.tokens_per_batch
-    if budget != "auto" and not (isinstance(budget, int) and budget >= 0):
-        problems.append(f"train.tokens_per_batch is auto, 0 (feature batches) or a number of tokens (got {budget!r})")
-    elif budget != "auto" and budget > 0 and train.adversarial != "none":
-        problems.append(f"train.adversarial {train.adversarial} normalises its perturbation per feature, which packed "
-                        "rows do not separate yet: set train.tokens_per_batch to 0 (auto does so by itself)")
+    if train.tokens_per_batch != "auto" and not (isinstance(train.tokens_per_batch, int) and train.tokens_per_batch >= 0):
+        problems.append("train.tokens_per_batch is auto, 0 (feature batches) or a number of tokens (got "
+                        f"{train.tokens_per_batch!r})")
     if train.precision not in ("auto", "bf16", "fp16", "no"):
         problems.append(f"train.precision must be auto, bf16, fp16 or no (got {train.precision!r})")
     if not 0 < train.llrd <= 1:

@@ -301,7 +301,8 @@ def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accel
                 loss = loss_fn()
                 scaler.backward(loss)
         else:
-            loss = adversary.backward(loss_fn, scaler.backward, lambda: accelerator.no_sync(model), sync)
+            loss = adversary.backward(loss_fn, scaler.backward, lambda: accelerator.no_sync(model), sync,
+                                      batch.get("packing"))
         total += loss.detach()
     if train_cfg.max_grad_norm > 0:
         scaler.unscale_(optimizer)
@@ -355,16 +356,14 @@ def _steps_per_epoch(store: FeatureTensors, cfg: RunConfig, group: int) -> int:
 
 def _token_budget(train_cfg: TrainConfig, packs: bool, lengths: list[int], device, note=lambda line: None) -> int:
     """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); auto gives feature batches where the
-    task (`packs` false) or a trick cannot train on packed rows, a number there is refused."""
+    task cannot train on packed rows (`packs` false), a number there is refused."""
     setting = train_cfg.tokens_per_batch
-    unsupported = ("this task" if not packs else
-                   f"train.adversarial {train_cfg.adversarial}" if train_cfg.adversarial != "none" else None)
-    if unsupported and setting == "auto":
+    if not packs and setting == "auto":
         if device.type == "cuda":
-            note(f"train.tokens_per_batch auto: feature batches, as {unsupported} cannot be trained on packed rows")
+            note("train.tokens_per_batch auto: feature batches, as this task cannot be trained on packed rows")
         return 0
-    if unsupported and setting:
-        raise ConfigError(f"train.tokens_per_batch {setting}: {unsupported} cannot be trained on packed rows yet; "
+    if not packs and setting:
+        raise ConfigError(f"train.tokens_per_batch {setting}: this task cannot be trained on packed rows yet; "
                           "set it to 0 or auto")
     return token_budget(setting, train_cfg.batch_size, lengths, device)
 

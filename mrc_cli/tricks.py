@@ -89,6 +89,7 @@ class Adversary:
         self.kind, self.epsilon, self.alpha, self.steps = kind, epsilon, alpha, steps
         self._record: torch.Tensor | None = None  # the clean pass's embedding output (its .grad is the direction)
         self._delta: torch.Tensor | None = None  # added to the embedding output while set
+        self._packing = None  # the Packing of the batch in hand, for packed rows
         self._recording = False
         model.encoder.get_input_embeddings().register_forward_hook(self._hook)
 
@@ -106,9 +107,11 @@ class Adversary:
         return output if self._delta is None else output + self._delta
 
     def backward(self, loss_fn: Callable[[], torch.Tensor], backward: Callable[[torch.Tensor], None],
-                 no_sync: Callable[[], contextlib.AbstractContextManager], sync) -> torch.Tensor:
+                 no_sync: Callable[[], contextlib.AbstractContextManager], sync, packing=None) -> torch.Tensor:
         """Clean forward and backward (gradients not yet synced across processes), the attack, the adversarial
-        forward and backward under `sync` (the caller's: synced on the last micro-batch). Returns the clean loss."""
+        forward and backward under `sync` (the caller's: synced on the last micro-batch). Returns the clean loss.
+        `packing` (mrc_cli.batching.Packing): the batch is packed rows, whose features are told apart by it."""
+        self._packing = packing
         self._recording = True
         try:
             with no_sync():
@@ -134,13 +137,22 @@ class Adversary:
 
     def _step(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """FGM: epsilon along the gradient. PGD: alpha along it, projected back onto the epsilon ball."""
-        dims = tuple(range(1, grad.dim()))
-        direction = grad / grad.norm(dim=dims, keepdim=True).clamp(min=1e-12)
+        direction = grad / self._feature_norm(grad).clamp(min=1e-12)
         if self.kind == "fgm":
             return self.epsilon * direction
         delta = delta + self.alpha * direction
-        norm = delta.norm(dim=dims, keepdim=True)
-        return delta * (self.epsilon / norm.clamp(min=self.epsilon))
+        return delta * (self.epsilon / self._feature_norm(delta).clamp(min=self.epsilon))
+
+    def _feature_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2 norm of each feature's part of `x` (batch, seq, hidden), broadcastable to it: per row of a padded
+        batch; in packed rows per feature, summed over its tokens (a row's tail has no gradient: it adds 0)."""
+        if self._packing is None:
+            return x.norm(dim=tuple(range(1, x.dim())), keepdim=True)
+        features, width = self._packing.present.shape
+        feature = self._packing.repack // width  # (rows * tokens,) the feature of each token
+        squares = x.float().pow(2).sum(-1).flatten()
+        norms = squares.new_zeros(features).index_add_(0, feature, squares).sqrt()
+        return norms[feature].view(*x.shape[:-1], 1).to(x.dtype)
 
 
 class EMA:

@@ -103,9 +103,6 @@ def test_bad_budgets_are_refused_up_front(value, problem):
 
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         check_train_config(TrainConfig(tokens_per_batch=value))
-    with pytest.raises(ConfigError, match="train.adversarial fgm normalises its perturbation per feature"):
-        check_train_config(TrainConfig(tokens_per_batch=4000, adversarial="fgm"))
-    check_train_config(TrainConfig(tokens_per_batch="auto", adversarial="fgm"))  # auto gives feature batches there
 
 
 # --- packed rows -----------------------------------------------------------------------------------------------------
@@ -171,6 +168,31 @@ def test_packed_rows_give_the_logits_loss_and_gradients_of_padded_batches(model_
     # R-Drop's one forward of the batch twice: both halves as the plain batch (no dropout: the KL term is 0)
     model.eval()
     assert torch.allclose(rdrop_loss(model, packed, 1.0), rdrop_loss(model, padded, 1.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["fgm", "pgd"])
+def test_adversarial_training_perturbs_each_packed_feature_as_in_a_padded_batch(tiny_bert_dir, windows, tmp_path, kind):
+    """Per feature epsilon (fgm) or the projected climb (pgd), also when the features share a row: the same gradients
+    as from the padded batch."""
+    from mrc_cli.tricks import Adversary
+
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path)
+    grads = []
+    for budget in (0, 1600):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name_or_path=tiny_bert_dir, dropout=0.0), 128)
+        batch = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=budget).batch(list(range(12)))
+        adversary = Adversary(model, kind, epsilon=0.5, alpha=0.2, steps=3)
+        seen = []
+        model.encoder.get_input_embeddings().register_forward_hook(lambda m, i, out: seen.append(out.detach().clone()))
+        adversary.backward(lambda: model(**batch).loss, lambda loss: loss.backward(), torch.enable_grad,
+                           torch.enable_grad(), batch.get("packing"))
+        if budget:  # epsilon per feature, measured over its own tokens of the row
+            moved = (seen[-1] - seen[0]).flatten(0, 1)[batch["packing"].unpack] * batch["packing"].present[..., None]
+            norms = moved.flatten(1).norm(dim=1)
+            assert (norms <= 0.5 + 1e-4).all() and (norms > (0.49 if kind == "fgm" else 0.39)).all()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
 
 
 def test_a_feature_attends_only_to_itself_in_a_packed_row(tiny_bert_dir, windows, tmp_path):
