@@ -71,6 +71,10 @@ class TrainConfig:
     # batch_size x the mean feature length (as many features per step), on CPU 0 (docs/benchmarks.md). A run's
     # config.yaml holds the number it resolved to
     tokens_per_batch: int | str = "auto"
+    # on: the training forward and backward compiled with torch.compile(mode="reduce-overhead"), which on CUDA runs
+    # them as recorded CUDA graphs (one launch instead of ~1,000 kernels for the host); on CPU compiled only (no
+    # gain measured there). Compiling takes tens of seconds at the start. auto: off until a GPU measurement backs it
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
     log_steps: int = 10
     # experiment trackers besides metrics.jsonl and curves.png: none, or accelerate's (tensorboard, wandb, mlflow,
@@ -313,6 +317,9 @@ def check_train_config(train: TrainConfig) -> None:
     if train.tokens_per_batch != "auto" and not (isinstance(train.tokens_per_batch, int) and train.tokens_per_batch >= 0):
         problems.append("train.tokens_per_batch is auto, 0 (feature batches) or a number of tokens (got "
                         f"{train.tokens_per_batch!r})")
+    if train.cuda_graphs == "on" and train.adversarial != "none":
+        problems.append(f"train.cuda_graphs on: train.adversarial {train.adversarial} records the embeddings through a "
+                        "hook that a compiled step cannot keep; set one of them off")
     if train.precision not in ("auto", "bf16", "fp16", "no"):
         problems.append(f"train.precision must be auto, bf16, fp16 or no (got {train.precision!r})")
     if not 0 < train.llrd <= 1:

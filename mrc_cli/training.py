@@ -230,6 +230,7 @@ def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
 
+    forward = _compiled(model, cfg.train, accelerator.device, log)
     steps = _step_stream(task, store, cfg, state, accelerator)
     bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     meter = _Meter(accelerator.device)
@@ -238,7 +239,8 @@ def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
     with _StopOnSignal() as stopper:
         while state.step < total_steps:
             epoch, batches, counts = next(steps)
-            loss, stepped = _train_step(model, optimizer, scaler, batches, accelerator, precision, cfg.train, adversary)
+            loss, stepped = _train_step(model, optimizer, scaler, batches, accelerator, precision, cfg.train, adversary,
+                                        forward)
             if stepped:  # fp16 skips the step (and so the schedule) when gradients overflowed
                 scheduler.step()
                 if ema is not None:
@@ -284,15 +286,17 @@ def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
 
 
 def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,
-                train_cfg: TrainConfig, adversary: Adversary | None) -> tuple[torch.Tensor, bool]:
+                train_cfg: TrainConfig, adversary: Adversary | None, forward=None) -> tuple[torch.Tensor, bool]:
     """One optimizer step over this process's micro-batches: forward and backward of each (gradients are synced
     across processes on the last one only; R-Drop in the loss, adversarial training as a second backward),
-    clipping, the step. Returns the step's mean loss (still on the device) and whether the step was taken."""
+    clipping, the step. `forward`: the model's compiled forward (train.cuda_graphs), else the model. Returns the
+    step's mean loss (still on the device) and whether the step was taken."""
+    forward = model if forward is None else forward
     total = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
         def loss_fn(batch=batch) -> torch.Tensor:
             with autocast(accelerator.device, precision):
-                loss = rdrop_loss(model, batch, train_cfg.rdrop_alpha) if train_cfg.rdrop_alpha else model(**batch).loss
+                loss = rdrop_loss(forward, batch, train_cfg.rdrop_alpha) if train_cfg.rdrop_alpha else forward(**batch).loss
             return loss / len(batches)
 
         sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
@@ -310,6 +314,17 @@ def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accel
     stepped = scaler.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return total, stepped
+
+
+def _compiled(model, train_cfg: TrainConfig, device: torch.device, log: RunLog):
+    """The training forward of train.cuda_graphs on: torch.compile with mode="reduce-overhead" (CUDA graphs trees on
+    CUDA; shapes dynamic, as packed rows hold varying numbers of features); None (the eager model) otherwise.
+    Evaluation stays eager. The first steps pay the compilation and the recording of the graphs."""
+    if train_cfg.cuda_graphs != "on":
+        return None
+    if device.type != "cuda":
+        log.info("train.cuda_graphs on: CUDA graphs need a CUDA device; the step is compiled without them")
+    return torch.compile(model, mode="reduce-overhead", dynamic=True)
 
 
 def _advance(state: TrainerState, epoch: int, group: int) -> None:
