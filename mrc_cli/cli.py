@@ -115,7 +115,9 @@ def score(
     """Score predictions with the official SQuAD v1.1 / v2.0 or CMRC 2018 rules; prints one JSON object."""
     from mrc_cli.scoring import score_files
 
-    result = score_files(gold, str(predictions), metric, str(null_odds) if null_odds else None, fmt)
+    result, warnings = score_files(gold, str(predictions), metric, str(null_odds) if null_odds else None, fmt)
+    for warning in warnings:
+        typer.echo(f"Warning: {warning}", err=True)
     typer.echo(json.dumps(result, ensure_ascii=False))
 
 

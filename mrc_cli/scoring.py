@@ -28,8 +28,10 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
     return obj
 
 
-def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: str | None = None, fmt: str = "auto") -> dict:
-    _, _, golds = load_examples(gold, "eval", fmt)
+def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: str | None = None,
+                fmt: str = "auto") -> tuple[dict, list[str]]:
+    """(the official scores, warnings about the gold file such as duplicate question ids)."""
+    _, report, golds = load_examples(gold, "score", fmt)
     preds = read_json_map(predictions, str, "predictions")
     odds = read_json_map(null_odds, float, "null odds") if null_odds else None
-    return score(golds, preds, metric=metric, null_odds=odds)
+    return score(golds, preds, metric=metric, null_odds=odds), report.warnings

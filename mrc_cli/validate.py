@@ -22,7 +22,7 @@ from pathlib import Path
 from mrc_cli.data import RawData, read_data, to_dataset
 from mrc_cli.errors import DataError
 
-USES = ("train", "eval", "predict")
+USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 EXAMPLES_VERSION = 2  # bump when reading or validating changes its output, so old cached examples are not reused
 
@@ -68,7 +68,7 @@ class ValidationReport:
             extra.append(f"{self.left_out_of_training} questions left out of training (no locatable answer)")
         elif self.empty_questions:
             extra.append(f"{self.empty_questions} questions left out of {self.use} (empty question text; "
-                         + ("scored as missing)" if self.use == "eval" else "not in the predictions)"))
+                         + ("scored as missing)" if self.use in ("eval", "score") else "not in the predictions)"))
         if self.errors:
             extra.append(f"{len(self.errors)} errors")
         return line + ("\n  " + "; ".join(extra) if extra else "")
@@ -161,6 +161,8 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
         msg = f"{raw.source}: question id {qid} occurs {counts[qid]} times"
         if use == "train":
             report.warnings.append(msg)
+        elif use == "score":  # the official scripts score each question against its id's prediction
+            report.warnings.append(msg + " (each is scored against that id's prediction, as the official scripts do)")
         else:
             report.errors.append(msg + " (a prediction file keyed by id would be ambiguous; make ids unique)")
 
@@ -183,7 +185,7 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
         located = any(s >= 0 for s in rec["answers"]["answer_start"])
         if not rec["is_impossible"] and not rec["answers"]["text"]:
             report.without_answers += 1
-            if use == "eval":
+            if use in ("eval", "score"):
                 report.errors.append(f"{where}: no answers and not marked is_impossible; cannot score it")
         if use == "train" and not rec["is_impossible"] and not located:
             report.left_out_of_training += 1

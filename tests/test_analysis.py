@@ -130,7 +130,7 @@ def test_overall_scores_equal_mrc_score(tmp_path, name):
     pred_file = write_json(folder / "predictions.json", predictions)
     if name == SQUAD_V2:
         write_json(folder / "null_odds.json", null_odds)
-    official = score_files(str(gold), pred_file)
+    official, _ = score_files(str(gold), pred_file)
     result = analyze(str(gold), [str(folder)])
     exact, f1 = {SQUAD_V1: ("exact_match", "f1"), SQUAD_V2: ("exact", "f1"), CMRC: ("EM", "F1")}[name]
     assert result["overall"]["A"] == {"exact": official[exact], "f1": official[f1]}

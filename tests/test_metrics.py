@@ -388,3 +388,30 @@ def test_cmrc_scoring_segments_each_distinct_text_once(cmrc_golds):
     calls = segment_cmrc.cache_info()
     assert calls.hits + calls.misses == 2 * comparisons  # a gold answer and the prediction per comparison
     assert calls.misses == len(distinct) < comparisons
+
+
+# --- a gold file with a repeated question id (mrc score) ---
+
+
+def _qa(qid: str, answer: str, start: int) -> dict:
+    return {"id": qid, "question": "which?", "answers": [{"text": answer, "answer_start": start}]}
+
+
+def test_score_cli_scores_repeated_ids_as_the_official_scripts_with_a_warning(tmp_path):
+    """v1.1 (official evaluate-v1.1.py loops over every question): both questions of id d count, each against d's
+    prediction. v2.0 (official evaluate-v2.0.py keys its scores by id): the last question of d counts, once."""
+    from typer.testing import CliRunner
+
+    from conftest import write_squad
+    from mrc_cli.cli import app
+
+    context = "red green blue"
+    gold = write_squad(tmp_path / "gold.json", [(context, [_qa("a", "red", 0), _qa("d", "green", 4), _qa("d", "blue", 10)])])
+    predictions = tmp_path / "pred.json"
+    predictions.write_text(json.dumps({"a": "red", "d": "blue"}))
+    for metric, exact, total in (("squad", 100 * 2 / 3, 3), ("squad_v2", 100.0, 2)):
+        result = CliRunner().invoke(app, ["score", str(gold), str(predictions), "--metric", metric])
+        assert result.exit_code == 0, result.output
+        scores = json.loads(result.stdout.strip().splitlines()[-1])
+        assert scores["total"] == total and scores["exact" if metric == "squad_v2" else "exact_match"] == pytest.approx(exact)
+        assert "Warning: " in result.stderr and "question id d occurs 2 times (each is scored against that id's prediction" in result.stderr

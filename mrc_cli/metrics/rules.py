@@ -182,6 +182,8 @@ def score_squad_v2(
     With null odds, an answer whose null odds exceed null_threshold counts as "no answer" (the official
     --na-prob-thresh, default 1.0), and best_* report the sweep of `_best_threshold`.
     """
+    # the official script keys every score by question id: of a repeated id the last question counts, once
+    golds = list({gold["id"]: gold for gold in golds}.values())
     pairs, num_unknown = _pair(golds, predictions)
     has_answer = {gold["id"]: _answerable(gold) for gold in golds}
     # Raw scores exist for predicted questions only, as in the official get_raw_scores.
