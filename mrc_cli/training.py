@@ -165,7 +165,7 @@ class SpanTask:
 def run_task(cfg: RunConfig, task: Task) -> TrainResult:
     """Train `task` as `cfg` says: set up by small helpers, then the loop."""
     try:
-        return _run_task(cfg, task)
+        return _loop(_set_up(cfg, task))
     finally:
         _give_back_freed_memory()
 
@@ -178,7 +178,33 @@ def _give_back_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
+@dataclass
+class _Run:
+    """The parts of a run that `_set_up` builds and `_loop` drives."""
+
+    cfg: RunConfig
+    task: Task
+    run_dir: Path
+    accelerator: Accelerator
+    precision: str
+    log: RunLog
+    tokenizer: object
+    model: torch.nn.Module  # prepared by accelerate (DDP-wrapped under several processes)
+    forward: object  # the compiled model of train.cuda_graphs, else None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: LossScaler
+    ema: EMA | None
+    adversary: Adversary | None
+    stateful: dict  # what a checkpoint holds besides the weights: save and restore walk this
+    state: TrainerState
+    store: FeatureTensors
+    total_steps: int
+
+
+def _set_up(cfg: RunConfig, task: Task) -> _Run:
+    """Config (the checkpoint's where resumed), accelerator, log, data, model, optimizer, schedule and the state to
+    start from; the run directory's config, run_info and the derived numbers written once."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir)
@@ -218,7 +244,6 @@ def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
     scheduler = _scheduler(optimizer, cfg, total_steps)
     scaler = LossScaler(precision, accelerator.device)
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
-    # what a checkpoint holds besides the weights: save and restore walk this
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {})}
     if resume_from is not None:
         _restore(resume_from, accelerator, model, stateful, state, task.unit, log)
@@ -229,60 +254,73 @@ def _run_task(cfg: RunConfig, task: Task) -> TrainResult:
     _describe_run(cfg, world, total_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
+    return _Run(cfg, task, run_dir, accelerator, precision, log, tokenizer, model,
+                _compiled(model, cfg.train, accelerator.device, log), optimizer, scheduler, scaler, ema, adversary,
+                stateful, state, store, total_steps)
 
-    forward = _compiled(model, cfg.train, accelerator.device, log)
-    steps = _step_stream(task, store, cfg, state, accelerator)
-    bar = tqdm(total=total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
+
+def _loop(r: _Run) -> TrainResult:
+    """Steps until the last: after each, log, evaluate, save and stop at their intervals; then the task's files."""
+    cfg, state, accelerator, world = r.cfg, r.state, r.accelerator, r.accelerator.num_processes
+    steps = _step_stream(r.task, r.store, cfg, state, accelerator)
+    bar = tqdm(total=r.total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     meter = _Meter(accelerator.device)
     last_eval = None  # (metrics, predictions) of the latest evaluation
-    model.train()
+    r.model.train()
     with _StopOnSignal() as stopper:
-        while state.step < total_steps:
+        while state.step < r.total_steps:
             epoch, batches, counts = next(steps)
-            loss, stepped = _train_step(model, optimizer, scaler, batches, accelerator, precision, cfg.train, adversary,
-                                        forward)
+            loss, stepped = _train_step(r.model, r.optimizer, r.scaler, batches, accelerator, r.precision, cfg.train,
+                                        r.adversary, r.forward)
             if stepped:  # fp16 skips the step (and so the schedule) when gradients overflowed
-                scheduler.step()
-                if ema is not None:
-                    ema.update()
+                r.scheduler.step()
+                if r.ema is not None:
+                    r.ema.update()
             _advance(state, epoch, world * cfg.train.grad_accum)
             meter.add(loss, counts, stepped)
             bar.update(1)
 
             # after a step: log, evaluate, save, stop; the device is waited for only at these steps
-            last = state.step == total_steps
-            evaluate = task.evaluates and (last or _every(state.step, cfg.train.eval_steps))
+            last = state.step == r.total_steps
+            evaluate = r.task.evaluates and (last or _every(state.step, cfg.train.eval_steps))
             save = last or _every(state.step, cfg.train.save_steps)
             signalled = stopper.signal_name is not None and world == 1  # several processes agree at a sync point
             if not (evaluate or save or signalled or last or _every(state.step, cfg.train.log_steps)):
                 continue
             pause_start = time.perf_counter()
-            values, signalled = meter.sync(stopper, accelerator, state, run_dir)  # raises on every rank after a NaN
+            values, signalled = meter.sync(stopper, accelerator, state, r.run_dir)  # raises on every rank after a NaN
             state.samples += values.pop("features")
             state.tokens += values.pop("tokens")
-            bar.set_postfix(loss=f"{values['loss'] or math.nan:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            log.metrics(state.step, {**values, "lr": scheduler.get_last_lr()[0], "epoch": epoch})
+            lr = r.scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{values['loss'] or math.nan:.3f}", lr=f"{lr:.2e}")
+            r.log.metrics(state.step, {**values, "lr": lr, "epoch": epoch})
             stop = False
             if evaluate:
-                with _shadow(ema):
-                    last_eval = task.evaluate(accelerator.unwrap_model(model), cfg, accelerator, precision)
-                model.train()
-                stop = _track(last_eval[0], cfg, state, log)
+                last_eval = _evaluate(r)
+                stop = _track(last_eval[0], cfg, state, r.log)
             if save or stop or signalled or state.best_step == state.step:
-                _save(run_dir, accelerator, model, stateful, tokenizer, cfg, state, ema)
+                _save(r.run_dir, accelerator, r.model, r.stateful, r.tokenizer, cfg, state, r.ema)
             meter.pause(time.perf_counter() - pause_start)
             if signalled:
                 raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step "
                                           f"{state.step}; the checkpoint is saved: continue with --resume auto "
-                                          f"--output-dir {run_dir}")
+                                          f"--output-dir {r.run_dir}")
             if stop:
-                log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of {cfg.train.metric_for_best}")
+                r.log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of "
+                           f"{cfg.train.metric_for_best}")
                 break
     bar.close()
-    if task.evaluates and last_eval is None:  # resumed at the last step: nothing evaluated yet
-        with _shadow(ema):
-            last_eval = task.evaluate(accelerator.unwrap_model(model), cfg, accelerator, precision)
-    return _finish(run_dir, task, model, ema, last_eval, accelerator, state, log)
+    if r.task.evaluates and last_eval is None:  # resumed at the last step: nothing evaluated yet
+        last_eval = _evaluate(r)
+    return _finish(r.run_dir, r.task, r.model, r.ema, last_eval, accelerator, state, r.log)
+
+
+def _evaluate(r: _Run) -> tuple[dict, object]:
+    """The task's evaluation of the weights to keep (EMA's shadow where on); the model back in training mode."""
+    with _shadow(r.ema):
+        result = r.task.evaluate(r.accelerator.unwrap_model(r.model), r.cfg, r.accelerator, r.precision)
+    r.model.train()
+    return result
 
 
 def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,
