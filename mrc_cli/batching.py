@@ -246,8 +246,9 @@ class FeatureTensors:
         columns = torch.arange(width, device=self.device)
         present = columns < length[:, None]  # (features, width)
         batch.pop("attention_mask", None)
-        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), end,
-                                torch.full((1,), budget, device=self.device)]).int()
+        # the row's tail is a segment of its own, where there is one (no empty segment for the kernel)
+        tail = [torch.full((1,), budget, device=self.device)] if total < budget else []
+        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), end, *tail]).int()
         batch["packing"] = Packing(torch.where(present, start[:, None] + columns, 0), present, repack, cu_seqlens,
                                    max(width, budget - total), budget)
         return batch

@@ -236,11 +236,13 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
     store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, task.packs, store.lengths.tolist(),
                                                                         store.device, log.info)
-    steps_per_epoch = _steps_per_epoch(store, cfg, state.plan_group)
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+    plan = _first_plan(store, cfg, state.plan_group)
+    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(plan))
     if store.tokens_per_batch:
-        log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {len(store) / steps_per_epoch:.1f} "
-                 f"{task.unit} per optimizer step on average (feature batches: {cfg.train.batch_size * state.plan_group})")
+        sizes = [sum(map(len, step)) for step in plan]
+        log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {len(store) / len(plan):.1f} "
+                 f"{task.unit} per optimizer step on average ({min(sizes)}-{max(sizes)}; feature batches: "
+                 f"{cfg.train.batch_size * state.plan_group})")
     scheduler = _scheduler(optimizer, cfg, total_steps)
     scaler = LossScaler(precision, accelerator.device)
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -401,10 +403,11 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
             yield epoch, batches, counts
 
 
-def _steps_per_epoch(store: FeatureTensors, cfg: RunConfig, group: int) -> int:
+def _first_plan(store: FeatureTensors, cfg: RunConfig, group: int) -> list[list[list[int]]]:
+    """The plan of epoch 0: its length sets the schedule's."""
     t = cfg.train
-    return len(epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, 0, t.group_by_length,
-                          tokens_per_batch=store.tokens_per_batch))
+    return epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, 0, t.group_by_length,
+                      tokens_per_batch=store.tokens_per_batch)
 
 
 def _token_budget(train_cfg: TrainConfig, packs: bool, lengths: list[int], device, note=lambda line: None) -> int:

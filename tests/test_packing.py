@@ -124,6 +124,8 @@ def test_a_packed_row_puts_whole_features_back_to_back():
     unpacked = batch["input_ids"].reshape(-1)[packing.unpack]
     assert torch.where(packing.present, unpacked, 0).tolist() == [[5, 6, 7, 8, 9], [1, 2, 3, 0, 0], [4, 0, 0, 0, 0]]
     assert batch["start_positions"].tolist() == [3, 1, 0]  # labels stay per feature, in the feature's positions
+    full = FeatureTensors(Dataset.from_list(rows), torch.device("cpu"), pad_token_id=99, tokens_per_batch=9)
+    assert full.batch([2, 0, 1])["packing"].cu_seqlens.tolist() == [0, 5, 8, 9]  # a full row: no empty tail segment
     twice = doubled({"packing": packing, "input_ids": batch["input_ids"]})
     assert twice["input_ids"].shape == (2, 12)
     assert twice["packing"].cu_seqlens.tolist() == [0, 5, 8, 9, 12, 17, 20, 21, 24]
