@@ -44,6 +44,17 @@ class Prediction:
     # {"text", "start", "end", "score", "probability"}, best first; with allow_null the null candidate ("", -1, -1) too
     nbest: list[dict] = field(default_factory=list, repr=False)
 
+    @property
+    def probability(self) -> float:
+        """The n-best probability of the answer given (of the null candidate where the answer is "" by the null rule);
+        0 where there is no candidate."""
+        return next((c["probability"] for c in self.nbest if c["start"] == self.start and c["end"] == self.end), 0.0)
+
+    @property
+    def no_answer_probability(self) -> float | None:
+        """The null candidate's n-best probability; None where the null answer is not allowed (SQuAD v1.1 models)."""
+        return next((c["probability"] for c in self.nbest if c["start"] == -1), None)
+
 
 @dataclass
 class _Spans:

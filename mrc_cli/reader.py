@@ -163,5 +163,6 @@ class Reader:
         return answers[0] if single else answers
 
 
-def _answer(p) -> dict:
-    return {"answer": p.text, "score": p.score, "start": p.start, "end": p.end, "null_odds": p.null_odds}
+def _answer(p: Prediction) -> dict:
+    return {"answer": p.text, "score": p.score, "start": p.start, "end": p.end, "null_odds": p.null_odds,
+            "probability": p.probability, "no_answer_probability": p.no_answer_probability}

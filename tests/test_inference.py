@@ -56,9 +56,16 @@ def test_eval_predict_export_and_reader_agree(trained_run, tmp_path):
         assert [a["answer"] for a in answers] == [submission[qid] for qid, _, _ in questions]
     one = Reader.load(tmp_path / "export")(question=questions[0][1], context=questions[0][2])
     assert one["answer"] == submission[questions[0][0]]
-    assert set(one) == {"answer", "score", "start", "end", "null_odds"}
+    assert set(one) == {"answer", "score", "start", "end", "null_odds", "probability", "no_answer_probability"}
     if one["answer"]:
         assert questions[0][2][one["start"]:one["end"]] == one["answer"]
+    # probabilities from the n-best list: of the answer given and of the null candidate (a SQuAD v2 model)
+    nbest = json.loads((tmp_path / "eval" / "nbest.json").read_text())
+    for (qid, _, _), answer in zip(questions, answers):
+        given = next(c for c in nbest[qid] if c["text"] == answer["answer"])
+        null = next(c for c in nbest[qid] if c["start"] == -1)
+        assert answer["probability"] == pytest.approx(given["probability"]) and 0 < answer["probability"] <= 1
+        assert answer["no_answer_probability"] == pytest.approx(null["probability"])
 
 
 def test_eval_and_predict_leave_out_an_empty_question_and_say_so(trained_run, tmp_path):
