@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -116,6 +117,11 @@ class DecodeConfig:
     # decided again in fp32 (0: never). SQuAD v2 dev head, MiniLM: 0 keeps 98.6 % of fp32's answers, 0.03 99.5 % for
     # 2.5 % of the windows rerun, 0.05 100 % for 5.8 % (docs/benchmarks.md)
     recheck_margin: float = 0.03
+    # answer probabilities (the n-best softmax; Reader's probability and no_answer_probability): span logits are
+    # score / temperature, the null candidate's (null score + null_bias) / temperature. `mrc eval --calibrate` fits
+    # them so that a probability is how often such an answer is right; answers and null decisions never change
+    temperature: float = 1.0
+    null_bias: float = 0.0  # SQuAD v2 models; in score units, like null_score_diff_threshold
 
     def __post_init__(self) -> None:
         for name in ("n_best_size", "max_answer_length"):
@@ -125,6 +131,12 @@ class DecodeConfig:
             raise ConfigError(f"decode.recheck_margin must be 0 (off) or more, got {self.recheck_margin}")
         if self.null_share is not None and not 0 <= self.null_share <= 1:
             raise ConfigError(f"decode.null_share is a share of questions, from 0 to 1 (or null), got {self.null_share}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"decode.temperature divides the answer scores: a number > 0 (1 leaves them as they are), "
+                              f"got {self.temperature}")
+        if not math.isfinite(self.null_bias):
+            raise ConfigError(f"decode.null_bias is added to the null score: a finite number (0 adds nothing), "
+                              f"got {self.null_bias}")
 
 
 @dataclass

@@ -47,7 +47,8 @@ class Prediction:
     @property
     def probability(self) -> float:
         """The n-best probability of the answer given (of the null candidate where the answer is "" by the null rule);
-        0 where there is no candidate."""
+        0 where there is no candidate. Calibrated where `mrc eval --calibrate` stored a temperature and null bias:
+        then the chance that the answer is right (mrc_cli/calibration.py)."""
         return next((c["probability"] for c in self.nbest if c["start"] == self.start and c["end"] == self.end), 0.0)
 
     @property
@@ -217,7 +218,8 @@ def _build_predictions(
     # In the logits' dtype, so the threshold test agrees bit for bit with the classic loop's.
     null_odds = null_scores - best_scores  # (E,)
     answered = has_span & ~(cfg.allow_null & (null_odds > cfg.null_score_diff_threshold))  # (E,)
-    probabilities, null_probabilities = _nbest_probabilities(spans, null_scores, best_scores, cfg.allow_null)
+    probabilities, null_probabilities = nbest_probabilities(spans.example, spans.score, null_scores, best_scores,
+                                                            cfg.allow_null, cfg.temperature, cfg.null_bias)
 
     # Python numbers, not numpy scalars, in the Predictions and n-best dicts.
     span_rows = list(zip(spans.char_start.tolist(), spans.char_end.tolist(), spans.score.tolist(),
@@ -239,14 +241,24 @@ def _build_predictions(
     return predictions
 
 
-def _nbest_probabilities(spans: _Spans, null_scores, best_scores, allow_null: bool) -> tuple[np.ndarray, np.ndarray]:
+def nbest_probabilities(span_example: np.ndarray, span_scores: np.ndarray, null_scores: np.ndarray,
+                        best_scores: np.ndarray, allow_null: bool, temperature: float = 1.0,
+                        null_bias: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Softmax over each example's n-best list, in float64: (S,) span probabilities and (E,) null candidate
-    probabilities (the null candidate is in the list with allow_null; without, its probability is 0)."""
-    top = np.maximum(best_scores, null_scores) if allow_null else best_scores  # (E,) so that every exp <= 1
-    top = top.astype(np.float64)
-    weights = np.exp(spans.score - top[spans.example])  # (S,)
-    null_weights = np.exp(null_scores - top) if allow_null else np.zeros(len(top))  # (E,)
-    totals = np.bincount(spans.example, weights=weights, minlength=len(top)) + null_weights  # (E,)
+    probabilities (the null candidate is in the list with allow_null; without, its probability is 0).
+
+    The one place where decode.temperature and decode.null_bias act (`mrc eval --calibrate` fits them through this
+    function, mrc_cli/calibration.py): a span's logit is score / temperature, the null candidate's
+    (null_score + null_bias) / temperature. Only probabilities move: the answers and the null decision are taken from
+    the raw scores and null odds. `span_example` (S,) is each span's example index, `best_scores` (E,) the best span
+    score of each example (-inf where it has none).
+    """
+    null_logits = (np.asarray(null_scores, dtype=np.float64) + null_bias) / temperature  # (E,)
+    best_logits = np.asarray(best_scores, dtype=np.float64) / temperature  # (E,)
+    top = np.maximum(best_logits, null_logits) if allow_null else best_logits  # (E,) so that every exp <= 1
+    weights = np.exp(np.asarray(span_scores, dtype=np.float64) / temperature - top[span_example])  # (S,)
+    null_weights = np.exp(null_logits - top) if allow_null else np.zeros(len(top))  # (E,)
+    totals = np.bincount(span_example, weights=weights, minlength=len(top)) + null_weights  # (E,)
     # An example with neither spans nor null candidate has an empty list: a total of 0, no probability to give.
     null_probabilities = np.divide(null_weights, totals, out=np.zeros(len(top)), where=totals > 0)  # (E,)
-    return weights / totals[spans.example], null_probabilities
+    return weights / totals[span_example], null_probabilities
