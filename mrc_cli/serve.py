@@ -1,0 +1,435 @@
+"""`mrc serve`: a trained model behind HTTP. `POST /answer` with one context and its questions; concurrent requests
+are gathered into one `Reader` call; `/health`, `/metrics`, the OpenAPI page at `/docs` and a page to try it at `/`.
+
+FastAPI on uvicorn because both are maintained and widely deployed, FastAPI writes the OpenAPI page from the request
+and answer models, and pydantic's validation of those models gives 422 answers that name the field and the problem
+without code of ours. The server adds no inference of its own: every answer comes from `Reader` (features, decoding,
+the stored null threshold), so it is `mrc predict`'s answer to the same question.
+
+From Python: `create_app(Reader.load("runs/a"))` is an ASGI app for any server or test client;
+`serve("runs/a", port=8000)` loads the model and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from mrc_cli.errors import ConfigError
+from mrc_cli.reader import Reader
+from mrc_cli.serve_page import PAGE
+
+log = logging.getLogger("mrc_cli.serve")
+
+
+@dataclass
+class ServeSettings:
+    """Batching and request limits of the server (the flags of `mrc serve`)."""
+
+    max_batch: int = 32  # questions per Reader call; a request with more than this runs alone
+    max_wait_ms: float = 10.0  # how long the oldest waiting request waits for others before its batch runs
+    max_context_chars: int = 20_000  # ~5,000 tokens, ~40 windows of 384 at stride 128: about a second per question on CPU
+    max_questions: int = 64
+    max_question_chars: int = 1_000  # the Reader cuts questions to data.max_query_length tokens anyway
+    max_body_bytes: int = 1_000_000  # above the other limits even for \\u-escaped non-Latin text (6 bytes a char)
+    latency_window: int = 10_000  # /metrics percentiles over the latest this many answered requests
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_context_chars", "max_questions", "max_question_chars", "max_body_bytes",
+                     "latency_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serve setting {name} is {getattr(self, name)}; it must be at least 1")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"serve setting max_wait_ms is {self.max_wait_ms}; it must be 0 or more")
+
+
+# --- the contract ----------------------------------------------------------------------------------------------------
+
+
+class AnswerRequest(BaseModel):
+    """One context and the questions to answer about it."""
+
+    model_config = ConfigDict(extra="forbid")  # {"question": ...} for "questions" is named, not silently ignored
+
+    context: StrictStr = Field(min_length=1, description="The text to answer from.")
+    questions: list[StrictStr] = Field(min_length=1, description="Questions about the context, answered in this order.")
+
+    @field_validator("context")
+    @classmethod
+    def _context_has_text(cls, context: str) -> str:
+        if not context.strip():
+            raise ValueError("the context is only whitespace")
+        return context
+
+    @field_validator("questions")
+    @classmethod
+    def _questions_have_text(cls, questions: list[str]) -> list[str]:
+        empty = [i for i, question in enumerate(questions) if not question.strip()]
+        if empty:  # `mrc predict` leaves such questions out; here the asker learns which
+            raise ValueError(f"entries {empty} are empty or only whitespace")
+        return questions
+
+
+class Answer(BaseModel):
+    question: str
+    text: str = Field(description='The answer; "" where the model finds none (SQuAD v2 models) or no span fits.')
+    start: int = Field(description="Character offset of the answer in the context; -1 for no answer.")
+    end: int = Field(description="Character offset just after the answer (context[start:end] == text); -1 for none.")
+    probability: float = Field(description="The n-best probability of the answer given (of the null answer for \"\").")
+    no_answer_probability: float | None = Field(
+        description="The probability of the null answer; null for models that always answer (SQuAD v1.1).")
+
+
+class AnswerResponse(BaseModel):
+    answers: list[Answer]
+
+
+# --- metrics and batching --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Metrics:
+    """Counts and latencies for /metrics. Updated on the event loop only (middleware and the batch worker), so no
+    lock."""
+
+    latency_window: int
+    requests: int = 0
+    questions: int = 0
+    errors: Counter = field(default_factory=Counter)  # status code -> count
+    batch_sizes: Counter = field(default_factory=Counter)  # questions per Reader call -> count
+    latencies_ms: deque = field(init=False)
+
+    def __post_init__(self):
+        self.latencies_ms = deque(maxlen=self.latency_window)
+
+    def snapshot(self) -> dict:
+        latencies = np.asarray(self.latencies_ms, dtype=float)
+        percentiles = {f"p{q}": float(np.percentile(latencies, q)) if latencies.size else None for q in (50, 95, 99)}
+        batches = sum(self.batch_sizes.values())
+        return {
+            "requests": self.requests,
+            "questions": self.questions,
+            "errors": sum(self.errors.values()),
+            "errors_by_status": {str(code): n for code, n in sorted(self.errors.items())},
+            "latency_ms": {**percentiles, "over_requests": int(latencies.size)},
+            "batches": batches,
+            "batch_size": {"mean": sum(s * n for s, n in self.batch_sizes.items()) / batches if batches else None,
+                           "histogram": {str(s): n for s, n in sorted(self.batch_sizes.items())}},
+        }
+
+
+@dataclass
+class _Waiting:
+    questions: list[str]
+    context: str
+    future: asyncio.Future
+    arrived: float  # loop.time()
+
+
+class _Batcher:
+    """One worker task: it takes the oldest waiting request, adds waiting requests while their questions fit in
+    max_batch and until the oldest has waited max_wait_ms, and answers them all with one Reader call. The Reader runs
+    in one thread of its own, so the event loop keeps accepting requests meanwhile (they form the next batch)."""
+
+    def __init__(self, settings: ServeSettings, metrics: _Metrics, reader: Reader | None):
+        self.settings = settings
+        self.metrics = metrics
+        self.reader = reader
+
+    def start(self) -> None:
+        """On the serving event loop (the app's startup): the queue, its event and the model's thread."""
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="mrc-reader")
+        self._waiting: deque[_Waiting] = deque()
+        self._arrived = asyncio.Event()
+
+    async def answer(self, questions: list[str], context: str) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(questions, context, loop.create_future(), loop.time())
+        self._waiting.append(waiting)
+        self._arrived.set()
+        return await waiting.future
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._gather()
+            if batch:
+                await self._answer_batch(batch)
+
+    async def _gather(self) -> list[_Waiting]:
+        loop = asyncio.get_running_loop()
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        first = self._waiting.popleft()
+        batch, size = [first], len(first.questions)
+        deadline = first.arrived + self.settings.max_wait_ms / 1000
+        while size < self.settings.max_batch:
+            if not self._waiting:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                continue
+            if size + len(self._waiting[0].questions) > self.settings.max_batch:
+                break  # it leads the next batch
+            batch.append(self._waiting.popleft())
+            size += len(batch[-1].questions)
+        return [w for w in batch if not w.future.done()]  # a request cancelled while waiting is skipped
+
+    async def _answer_batch(self, batch: list[_Waiting]) -> None:
+        questions = [q for w in batch for q in w.questions]
+        contexts = [w.context for w in batch for _ in w.questions]
+        call = partial(self.reader, question=questions, context=contexts)
+        try:
+            answers = await asyncio.get_running_loop().run_in_executor(self.model_thread, call)
+        except Exception as err:
+            if len(batch) > 1:  # one request's failure must not fail the others: each alone decides whose it is
+                for waiting in batch:
+                    await self._answer_batch([waiting])
+                return
+            log.exception("the Reader failed on a request of %d questions", len(questions))
+            if not batch[0].future.done():
+                batch[0].future.set_exception(err)
+            return
+        self.metrics.batch_sizes[len(questions)] += 1
+        offset = 0
+        for waiting in batch:
+            if not waiting.future.done():  # done: the request was cancelled (its client left) while the model ran
+                waiting.future.set_result(answers[offset: offset + len(waiting.questions)])
+            offset += len(waiting.questions)
+
+
+# --- the app ---------------------------------------------------------------------------------------------------------
+
+
+class _BodyLimit:
+    """413 for a body over max_body_bytes, from Content-Length before reading, or while reading a chunked body; a
+    plain ASGI middleware so the body is never read whole first."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = (f"the request body is over {self.max_body_bytes:,} bytes (mrc serve --max-body-bytes); send "
+                   "fewer questions or a shorter context")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > self.max_body_bytes:
+                raise HTTPException(413, message)  # FastAPI re-raises it from body parsing: a 413 answer
+            return event
+
+        await self.app(scope, limited_receive, send)
+
+
+class _AnswerMetrics:
+    """Counts every POST /answer, its status and, when answered, its latency (arrival to first byte)."""
+
+    def __init__(self, app, metrics: _Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/answer" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]  # 500: the app raised before answering
+
+        async def send_and_record(event):
+            if event["type"] == "http.response.start":
+                status[0] = event["status"]
+                if status[0] == 200:
+                    self.metrics.latencies_ms.append(1000 * (time.perf_counter() - started))
+            await send(event)
+
+        self.metrics.requests += 1
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            if status[0] >= 400:
+                self.metrics.errors[status[0]] += 1
+
+
+def create_app(reader: Reader | None = None, settings: ServeSettings | None = None,
+               load: Callable[[], Reader] | None = None) -> FastAPI:
+    """The ASGI app. Give a loaded `reader`, or `load` (called in the model's thread at startup: /health answers 503
+    and /answer 503 until it returns)."""
+    if (reader is None) == (load is None):
+        raise ValueError("create_app takes a reader or a load function, one of the two")
+    settings = settings or ServeSettings()
+    metrics = _Metrics(settings.latency_window)
+    batcher = _Batcher(settings, metrics, reader)
+    status = {"load_error": None}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        worker = asyncio.create_task(batcher.run())
+        if load is not None:
+            asyncio.create_task(_load_in_model_thread(batcher, load, status))
+        yield
+        worker.cancel()
+        batcher.model_thread.shutdown(wait=False)
+
+    app = FastAPI(title="mrc serve", lifespan=lifespan, description=__doc__.split("\n\n")[0],
+                  version=_version())
+    app.add_middleware(_BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(_AnswerMetrics, metrics=metrics)  # added last, so outermost: it counts the 413s above too
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.post("/answer", response_model=AnswerResponse, responses={
+        413: {"description": "The body, the context, a question or the number of questions is over its limit."},
+        422: {"description": "Not JSON, or not {\"context\": str, \"questions\": [str, ...]}; `detail` says what."},
+        503: {"description": "The model is still loading."}})
+    async def answer(request: AnswerRequest) -> AnswerResponse:
+        """Answer every question about the context, in the order asked."""
+        _check_limits(request, settings)
+        if batcher.reader is None:
+            raise HTTPException(503, "the model is still loading; GET /health answers 200 once it is ready")
+        try:
+            answers = await batcher.answer(request.questions, request.context)
+        except Exception as err:
+            raise HTTPException(500, f"the model failed on this request: {type(err).__name__}: {err}") from err
+        metrics.questions += len(answers)
+        return AnswerResponse(answers=[
+            Answer(question=q, text=a["answer"], start=a["start"], end=a["end"], probability=a["probability"],
+                   no_answer_probability=a["no_answer_probability"]) for q, a in zip(request.questions, answers)])
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 once the model is loaded; 503 while it loads or after it failed to load."""
+        if batcher.reader is not None:
+            return JSONResponse({"status": "ready"})
+        if status["load_error"]:
+            return JSONResponse({"status": "failed", "detail": status["load_error"]}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics_route() -> dict:
+        """Requests, questions answered, errors by status, latency percentiles (ms) and Reader batch sizes."""
+        return {**metrics.snapshot(), "max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE
+
+    return app
+
+
+async def _load_in_model_thread(batcher: _Batcher, load: Callable[[], Reader], status: dict) -> None:
+    try:
+        batcher.reader = await asyncio.get_running_loop().run_in_executor(batcher.model_thread, load)
+        log.info("model loaded: /health answers 200")
+    except Exception as err:
+        status["load_error"] = f"{type(err).__name__}: {err}"
+        log.error("the model failed to load: %s", status["load_error"])
+
+
+def _check_limits(request: AnswerRequest, settings: ServeSettings) -> None:
+    """413 for what is over a size limit. The limits are flags, not pydantic constraints, because an oversized
+    request is well formed: 413 (too large), not 422 (malformed), and the message names the flag."""
+    too_large = None
+    if len(request.context) > settings.max_context_chars:
+        too_large = (f"the context has {len(request.context):,} characters; this server takes at most "
+                     f"{settings.max_context_chars:,} (mrc serve --max-context-chars)")
+    elif len(request.questions) > settings.max_questions:
+        too_large = (f"{len(request.questions)} questions; this server takes at most {settings.max_questions} a "
+                     "request (mrc serve --max-questions)")
+    else:
+        long = next((i for i, q in enumerate(request.questions) if len(q) > settings.max_question_chars), None)
+        if long is not None:
+            too_large = (f"question {long} has {len(request.questions[long]):,} characters; this server takes at "
+                         f"most {settings.max_question_chars:,} (mrc serve --max-question-chars)")
+    if too_large:
+        raise HTTPException(413, too_large)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable line in `detail` and the errors without their `input` (which may be a megabyte)."""
+    errors = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        if error["type"] == "json_invalid":
+            what = f"the body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])} at character {loc[-1]}"
+        elif loc == ["body"] and "json" not in request.headers.get("content-type", ""):
+            # FastAPI hands a body not sent as JSON to the model as bytes; "not a dictionary" would not say why
+            sent = request.headers.get("content-type")
+            what = (f"the body came {f'as {sent}' if sent else 'without a Content-Type'}; send a JSON object with "
+                    "Content-Type: application/json")
+        else:
+            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:]).lstrip(".")
+            what = f"{where or 'the body'}: {error['msg'].removeprefix('Value error, ')}"
+        errors.append({"loc": loc, "type": error["type"], "msg": what})
+    expected = 'expected {"context": "...", "questions": ["...", ...]}'
+    return JSONResponse({"detail": "; ".join(e["msg"] for e in errors) + f" ({expected})", "errors": errors},
+                        status_code=422)
+
+
+def _version() -> str:
+    from mrc_cli import __version__
+
+    return __version__
+
+
+def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None) -> None:
+    """`mrc serve`: listen at once (/health answers 503 while the model loads), load the checkpoint, answer until
+    Ctrl-C. A model that fails to load stops the server and raises its error."""
+    import datasets
+    import uvicorn
+
+    datasets.disable_progress_bars()  # the Reader maps every batch: one progress bar per batch would flood the log
+    _log_like_uvicorn()
+    failure: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def load() -> Reader:
+        log.info("loading %s", checkpoint)
+        try:
+            return Reader.load(checkpoint)
+        except BaseException as err:
+            failure.append(err)
+            server.should_exit = True  # uvicorn polls it; the error is raised below, after it stopped
+            raise
+
+    app = create_app(settings=settings, load=load)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    server.run()
+    if failure:
+        raise failure[0]
+
+
+def _log_like_uvicorn() -> None:
+    """Our few lines (loading, loaded, failed) in uvicorn's format, between its own."""
+    from uvicorn.logging import DefaultFormatter
+
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
