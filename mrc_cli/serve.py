@@ -15,21 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from mrc_cli import __version__
 from mrc_cli.errors import ConfigError
 from mrc_cli.reader import Reader
+from mrc_cli.serve_batching import RequestBatcher, ServeMetrics
 from mrc_cli.serve_page import PAGE
 
 log = logging.getLogger("mrc_cli.serve")
@@ -97,125 +95,6 @@ class AnswerResponse(BaseModel):
     answers: list[Answer]
 
 
-# --- metrics and batching --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Metrics:
-    """Counts and latencies for /metrics. Updated on the event loop only (middleware and the batch worker), so no
-    lock."""
-
-    latency_window: int
-    requests: int = 0
-    questions: int = 0
-    errors: Counter = field(default_factory=Counter)  # status code -> count
-    batch_sizes: Counter = field(default_factory=Counter)  # questions per Reader call -> count
-    latencies_ms: deque = field(init=False)
-
-    def __post_init__(self):
-        self.latencies_ms = deque(maxlen=self.latency_window)
-
-    def snapshot(self) -> dict:
-        latencies = np.asarray(self.latencies_ms, dtype=float)
-        percentiles = {f"p{q}": float(np.percentile(latencies, q)) if latencies.size else None for q in (50, 95, 99)}
-        batches = sum(self.batch_sizes.values())
-        return {
-            "requests": self.requests,
-            "questions": self.questions,
-            "errors": sum(self.errors.values()),
-            "errors_by_status": {str(code): n for code, n in sorted(self.errors.items())},
-            "latency_ms": {**percentiles, "over_requests": int(latencies.size)},
-            "batches": batches,
-            "batch_size": {"mean": sum(s * n for s, n in self.batch_sizes.items()) / batches if batches else None,
-                           "histogram": {str(s): n for s, n in sorted(self.batch_sizes.items())}},
-        }
-
-
-@dataclass
-class _Waiting:
-    questions: list[str]
-    context: str
-    future: asyncio.Future
-    arrived: float  # loop.time()
-
-
-class _Batcher:
-    """One worker task: it takes the oldest waiting request, adds waiting requests while their questions fit in
-    max_batch and until the oldest has waited max_wait_ms, and answers them all with one Reader call. The Reader runs
-    in one thread of its own, so the event loop keeps accepting requests meanwhile (they form the next batch)."""
-
-    def __init__(self, settings: ServeSettings, metrics: _Metrics, reader: Reader | None):
-        self.settings = settings
-        self.metrics = metrics
-        self.reader = reader
-
-    def start(self) -> None:
-        """On the serving event loop (the app's startup): the queue, its event and the model's thread."""
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="mrc-reader")
-        self._waiting: deque[_Waiting] = deque()
-        self._arrived = asyncio.Event()
-
-    async def answer(self, questions: list[str], context: str) -> list[dict]:
-        loop = asyncio.get_running_loop()
-        waiting = _Waiting(questions, context, loop.create_future(), loop.time())
-        self._waiting.append(waiting)
-        self._arrived.set()
-        return await waiting.future
-
-    async def run(self) -> None:
-        while True:
-            batch = await self._gather()
-            if batch:
-                await self._answer_batch(batch)
-
-    async def _gather(self) -> list[_Waiting]:
-        loop = asyncio.get_running_loop()
-        while not self._waiting:
-            self._arrived.clear()
-            await self._arrived.wait()
-        first = self._waiting.popleft()
-        batch, size = [first], len(first.questions)
-        deadline = first.arrived + self.settings.max_wait_ms / 1000
-        while size < self.settings.max_batch:
-            if not self._waiting:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                continue
-            if size + len(self._waiting[0].questions) > self.settings.max_batch:
-                break  # it leads the next batch
-            batch.append(self._waiting.popleft())
-            size += len(batch[-1].questions)
-        return [w for w in batch if not w.future.done()]  # a request cancelled while waiting is skipped
-
-    async def _answer_batch(self, batch: list[_Waiting]) -> None:
-        questions = [q for w in batch for q in w.questions]
-        contexts = [w.context for w in batch for _ in w.questions]
-        call = partial(self.reader, question=questions, context=contexts)
-        try:
-            answers = await asyncio.get_running_loop().run_in_executor(self.model_thread, call)
-        except Exception as err:
-            if len(batch) > 1:  # one request's failure must not fail the others: each alone decides whose it is
-                for waiting in batch:
-                    await self._answer_batch([waiting])
-                return
-            log.exception("the Reader failed on a request of %d questions", len(questions))
-            if not batch[0].future.done():
-                batch[0].future.set_exception(err)
-            return
-        self.metrics.batch_sizes[len(questions)] += 1
-        offset = 0
-        for waiting in batch:
-            if not waiting.future.done():  # done: the request was cancelled (its client left) while the model ran
-                waiting.future.set_result(answers[offset: offset + len(waiting.questions)])
-            offset += len(waiting.questions)
-
-
 # --- the app ---------------------------------------------------------------------------------------------------------
 
 
@@ -251,7 +130,7 @@ class _BodyLimit:
 class _AnswerMetrics:
     """Counts every POST /answer, its status and, when answered, its latency (arrival to first byte)."""
 
-    def __init__(self, app, metrics: _Metrics):
+    def __init__(self, app, metrics: ServeMetrics):
         self.app = app
         self.metrics = metrics
 
@@ -282,8 +161,8 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
     if (reader is None) == (load is None):
         raise ValueError("create_app takes a reader or a load function, one of the two")
     settings = settings or ServeSettings()
-    metrics = _Metrics(settings.latency_window)
-    batcher = _Batcher(settings, metrics, reader)
+    metrics = ServeMetrics(settings.latency_window)
+    batcher = RequestBatcher(settings.max_batch, settings.max_wait_ms, metrics, reader)
     status = {"load_error": None}
 
     @asynccontextmanager
@@ -297,7 +176,7 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
         batcher.model_thread.shutdown(wait=False)
 
     app = FastAPI(title="mrc serve", lifespan=lifespan, description=__doc__.split("\n\n")[0],
-                  version=_version())
+                  version=__version__)
     app.add_middleware(_BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(_AnswerMetrics, metrics=metrics)  # added last, so outermost: it counts the 413s above too
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -341,7 +220,7 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
     return app
 
 
-async def _load_in_model_thread(batcher: _Batcher, load: Callable[[], Reader], status: dict) -> None:
+async def _load_in_model_thread(batcher: RequestBatcher, load: Callable[[], Reader], status: dict) -> None:
     try:
         batcher.reader = await asyncio.get_running_loop().run_in_executor(batcher.model_thread, load)
         log.info("model loaded: /health answers 200")
@@ -388,12 +267,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     expected = 'expected {"context": "...", "questions": ["...", ...]}'
     return JSONResponse({"detail": "; ".join(e["msg"] for e in errors) + f" ({expected})", "errors": errors},
                         status_code=422)
-
-
-def _version() -> str:
-    from mrc_cli import __version__
-
-    return __version__
 
 
 def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None) -> None:

@@ -24,6 +24,7 @@ from mrc_cli import Reader
 from mrc_cli.cli import app as cli_app
 from mrc_cli.errors import CheckpointError
 from mrc_cli.serve import ServeSettings, create_app
+from mrc_cli.serve_batching import RequestBatcher, ServeMetrics
 from mrc_cli.training import train
 
 DEV = "data/quickstart/en_dev.json"
@@ -196,6 +197,44 @@ def test_a_client_that_leaves_mid_request_does_not_stop_the_server(reader, parag
         time.sleep(0.5)  # the full request reaches the model and its answer meets a closed socket
         answers = httpx.post(f"{url}/answer", json={"context": context, "questions": [q for _, q in qas]}, timeout=60)
     assert [a["text"] for a in answers.json()["answers"]] == [submission[qid] for qid, _ in qas]
+
+
+class _FailsOnBoom:
+    """The Reader, except that a batch with a question holding "boom" raises: a model failure we can aim."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __call__(self, question, context):
+        if any("boom" in q for q in question):
+            raise RuntimeError("boom")
+        return self.reader(question=question, context=context)
+
+
+def test_a_request_the_model_fails_on_fails_alone(reader, paragraphs, submission):
+    """Batched with two good requests, a failing one makes its batch fail; each request is then asked alone, so the
+    good ones get their answers and only the bad one its error (a 500 naming it over HTTP)."""
+    context, qas = paragraphs[0]
+
+    async def three_at_once():
+        batcher = RequestBatcher(max_batch=32, max_wait_ms=500, metrics=ServeMetrics(100), reader=_FailsOnBoom(reader))
+        batcher.start()
+        worker = asyncio.create_task(batcher.run())
+        results = await asyncio.gather(batcher.answer([qas[0][1]], context), batcher.answer(["boom?"], context),
+                                       batcher.answer([qas[1][1]], context), return_exceptions=True)
+        worker.cancel()
+        return results, batcher.metrics.batch_sizes
+
+    (first, failed, third), batch_sizes = asyncio.run(three_at_once())
+    assert [first[0]["answer"], third[0]["answer"]] == [submission[qas[0][0]], submission[qas[1][0]]]
+    assert isinstance(failed, RuntimeError) and batch_sizes == {1: 2}  # the failed batch of 3 is not counted
+
+    with TestClient(create_app(_FailsOnBoom(reader))) as client:
+        response = client.post("/answer", json={"context": context, "questions": ["boom?"]})
+        assert response.status_code == 500
+        assert response.json()["detail"] == "the model failed on this request: RuntimeError: boom"
+        assert _answer(client, context, [qas[0][1]])[0]["text"] == submission[qas[0][0]]
+        assert client.get("/metrics").json()["errors_by_status"] == {"500": 1}
 
 
 def test_health_is_503_until_the_model_has_loaded(reader, paragraphs):
