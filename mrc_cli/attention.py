@@ -11,6 +11,7 @@ batch for SDPA and scattered back, which is what a padded batch computes, at the
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import torch
 from torch.nn import functional as F
@@ -18,7 +19,18 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 ATTENTION = "mrc_packed"  # the name a model is built with (mrc_cli.model.build_model)
-_HAS_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def _varlen_with_scale() -> bool:
+    """torch's varlen attention with a `scale` argument (torch >= 2.11; 2.10's has none and BERT passes one)."""
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        return False
+    from torch.nn.attention.varlen import varlen_attn
+
+    return "scale" in inspect.signature(varlen_attn).parameters
+
+
+_HAS_VARLEN = _varlen_with_scale()
 
 
 def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask,
@@ -44,7 +56,7 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
 
 
 def varlen_usable(query: torch.Tensor, dropout: float) -> bool:
-    """torch's varlen attention: CUDA, half precision, no dropout (its kernel hardcodes 0), torch >= 2.10."""
+    """torch's varlen attention: CUDA, half precision, no dropout (its kernel hardcodes 0), torch >= 2.11."""
     return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0 and _HAS_VARLEN
 
 

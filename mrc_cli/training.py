@@ -289,8 +289,8 @@ def _loop(r: _Run) -> TrainResult:
             signalled = stopper.signal_name is not None and world == 1  # several processes agree at a sync point
             if not (evaluate or save or signalled or last or _every(state.step, cfg.train.log_steps)):
                 continue
-            pause_start = time.perf_counter()
             values, signalled = meter.sync(stopper, accelerator, state, r.run_dir)  # raises on every rank after a NaN
+            pause_start = time.perf_counter()  # after the sync: waiting there for the device is training time
             state.samples += values.pop("features")
             state.tokens += values.pop("tokens")
             lr = r.scheduler.get_last_lr()[0]
