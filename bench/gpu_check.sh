@@ -1,17 +1,41 @@
 #!/usr/bin/env bash
 # One-shot GPU check (bench/bench_gpu.py says what each part measures). From the repo root:
 #
-#   bash bench/gpu_check.sh                                   # on the GPU machine, ~3-8 minutes
-#   PYTHON=.venv/bin/python bash bench/gpu_check.sh --smoke   # here, on CPU: tiny sizes
+#   PYTHON=.venv/bin/python bash bench/gpu_check.sh --prepare # here, once: .gpu_carry/ and .whl/ (reaches PyPI)
+#   PYTHON=.venv/bin/python bash bench/gpu_check.sh --smoke   # here, on CPU: tiny sizes, 6-10 minutes on 2 cores
+#   bash bench/gpu_check.sh                                   # on the GPU machine, ~5 minutes on an H200
 #
-# Device call: carry [".whl", ".gpu_carry"], command `bash bench/gpu_check.sh`, timeout_s 600.
-# Writes $OUT/<part>.json, $OUT/gpu_check.json and $OUT/gpu_check.log (every part's full output); OUT defaults to
-# outputs/gpu_check. Each part runs in its own process under its own timeout, so one failure does not stop the rest;
-# the part timeouts add up to 9.5 minutes at most (about 3.5 minutes on an H200, 2026-12-01).
+# Device call: carry [".whl", ".gpu_carry"], command `bash bench/gpu_check.sh`, timeout_s 600 (the default parts'
+# timeouts add up to 8.5 minutes; the wheels' install, nvidia-smi and the summary take about 20 s more).
+# Writes $OUT/<part>.json, $OUT/gpu_check.json (every part's file, the ratios across parts, the environment) and
+# $OUT/gpu_check.log (every part's full output); OUT defaults to outputs/gpu_check. The device tool brings back 8
+# files at most: the 6 default parts' files, gpu_check.json and the log. A part added through PARTS is the 9th, which
+# may be left behind; gpu_check.json holds it all the same. Each part runs in its own process under its own timeout,
+# so one failure does not stop the rest.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-SMOKE=${1:-}
+MODE=${1:-}
+
+if [ "$MODE" = "--prepare" ]; then
+    # what travels beside the working tree (~50 MB of the call's 64 MiB), ignored by git: the data and an fp16
+    # MiniLM, mrc_cli at c62c0a9 for the old_trainer part (no git history travels), and the wheels of the packages
+    # mrc_cli needs that the GPU machine lacks, at this venv's versions, for its Python 3.12
+    set -e
+    grep -qxF /.gpu_carry/ .git/info/exclude 2>/dev/null || printf '/.gpu_carry/\n/.whl/\n' >>.git/info/exclude
+    "$PY" bench/bench_gpu.py --prepare
+    rm -rf .gpu_carry/old_trainer .whl
+    mkdir -p .gpu_carry/old_trainer .whl
+    git archive c62c0a9 mrc_cli | tar -x -C .gpu_carry/old_trainer
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        $("$PY" -c "from importlib.metadata import version
+print(*(f'{n}=={version(n)}' for n in ('datasets', 'evaluate', 'dill', 'multiprocess', 'nltk', 'defusedxml')))")
+    du -sh .gpu_carry .whl
+    exit 0
+fi
+
+SMOKE=$MODE
 export OUT=${OUT:-outputs/gpu_check}
 export GPU_CHECK_WORK=${GPU_CHECK_WORK:-/tmp/gpu_check_work}
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -23,7 +47,7 @@ LOG=$OUT/gpu_check.log
 # the packages mrc_cli needs that the GPU machine lacks (datasets, evaluate, dill, multiprocess, nltk, defusedxml)
 if ! "$PY" -c "import datasets, evaluate, nltk" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { echo "gpu_check: installing .whl/ failed"; exit 1; }
+        || { echo "gpu_check: installing .whl/ failed (made by: bash bench/gpu_check.sh --prepare)"; exit 1; }
     export PYTHONPATH=/tmp/site:$PWD
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -36,15 +60,16 @@ fi
 transformers.__version__)"
 } 2>&1 | tee -a "$LOG"
 
-# mrc_cli as it was before the GPU-ready trainer, for the side-by-side part (carried: no git history travels)
-[ -d .gpu_carry/old_trainer/mrc_cli ] || git archive c62c0a9 mrc_cli | tar -x -C .gpu_carry/old_trainer 2>/dev/null \
-    || echo "gpu_check: no .gpu_carry/old_trainer (make it here: mkdir -p .gpu_carry/old_trainer && git archive c62c0a9 mrc_cli | tar -x -C .gpu_carry/old_trainer)"
-
-# part and its timeout in seconds (matmul first: bert_base reads its peak)
-# PARTS="syncs bert_base" runs only those (a part reads the files of parts run before it in the same $OUT)
-ALL="matmul:40 bert_base:120 old_trainer:90 syncs:50 minilm:110 resume:100 eval_agreement:60"
+# part:timeout in seconds, in running order: matmul first (the MFU figures read its peak), minilm before
+# eval_agreement (which evaluates its checkpoint), bert_base before old_trainer (its ratio). Expected on an H200
+# (2026-12-01 part times, scaled by the runs each part now has; a part's own process start included): matmul 10 s,
+# bert_base 95 s, recipe 70 s, syncs 25 s, minilm 45 s, eval_agreement 35 s: about 4.7 minutes. The default parts'
+# timeouts add up to 510 s.
+ALL="matmul:30 bert_base:160 recipe:105 syncs:45 minilm:100 eval_agreement:70 old_trainer:90 resume:100"
+# PARTS="syncs bert_base" runs only those; old_trainer and resume (measured on 2026-12-01) run only when named
+PARTS=${PARTS:-matmul bert_base recipe syncs minilm eval_agreement}
 for spec in $ALL; do
-    [ -z "${PARTS:-}" ] || [[ " $PARTS " == *" ${spec%%:*} "* ]] || continue
+    [[ " $PARTS " == *" ${spec%%:*} "* ]] || continue
     part=${spec%%:*} limit=${spec##*:}
     [ "$SMOKE" = "--smoke" ] && limit=$((limit * 6))  # 2 CPU cores
     echo "== $part (timeout ${limit}s)"

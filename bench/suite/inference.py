@@ -104,6 +104,7 @@ def infer_recipe(checkpoint, dev_file, cache_dir, eval_batch_size, pad_to_max_le
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     from bench.hf_recipe import recipe_featurize, recipe_logits, recipe_postprocess
+    from mrc_cli.inference import headline
     from mrc_cli.metrics import score
 
     clock = [time.perf_counter()]
@@ -119,7 +120,7 @@ def infer_recipe(checkpoint, dev_file, cache_dir, eval_batch_size, pad_to_max_le
     with_null = any(not answers["text"] for answers in examples["answers"])  # --version_2_with_negative
     answers, _, _ = recipe_postprocess(examples, features, start, end, allow_null=with_null)
     clock.append(time.perf_counter())
-    metrics = score(golds_of(examples), answers)
+    metrics = headline(score(golds_of(examples), answers))  # v1.1 rules name EM exact_match, v2.0 exact
     clock.append(time.perf_counter())
     seconds, peak = clock[-1] - clock[0], peak_rss_mb()
     for f, offsets in enumerate(features["offset_mapping"]):
@@ -128,18 +129,19 @@ def infer_recipe(checkpoint, dev_file, cache_dir, eval_batch_size, pad_to_max_le
     masked, _, _ = recipe_postprocess(examples, features, start, end, allow_null=with_null)
     return {"seconds": seconds, "load_model_s": clock[1] - clock[0], "features_s": clock[2] - clock[1],
             "forward_s": clock[3] - clock[2], "postprocess_s": clock[4] - clock[3], "score_s": clock[5] - clock[4],
-            "features": len(features), "exact": metrics["exact"], "f1": metrics["f1"], "precision": "no",
+            "features": len(features), **metrics, "precision": "no",
             "peak_rss_mb": peak, "answers": answers, "answers_masked_topk": masked}
 
 
 def infer_ours_eval(export, dev_file, out) -> dict:
+    from mrc_cli.inference import headline
     from mrc_cli.reader import evaluate_file
 
     started = time.perf_counter()
-    metrics = evaluate_file(export, dev_file, out)
+    metrics = headline(evaluate_file(export, dev_file, out))
     seconds = time.perf_counter() - started
     answers = json.loads((Path(out) / "predictions.json").read_text(encoding="utf-8"))
-    return {"seconds": seconds, "exact": metrics["exact"], "f1": metrics["f1"], "answers": answers}
+    return {"seconds": seconds, **metrics, "answers": answers}
 
 
 def infer_ours_reader(export, dev_file, batch_size) -> dict:
