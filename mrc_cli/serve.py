@@ -39,10 +39,10 @@ class ServeSettings:
 
     max_batch: int = 32  # questions per Reader call; a request with more than this runs alone
     max_wait_ms: float = 10.0  # how long the oldest waiting request waits for others before its batch runs
-    max_context_chars: int = 20_000  # ~5,000 tokens, ~40 windows of 384 at stride 128: about a second per question on CPU
+    max_context_chars: int = 20_000  # ~5,000 English tokens: ~22 windows of 384 at stride 128, for every question
     max_questions: int = 64
     max_question_chars: int = 1_000  # the Reader cuts questions to data.max_query_length tokens anyway
-    max_body_bytes: int = 1_000_000  # above the other limits even for \\u-escaped non-Latin text (6 bytes a char)
+    max_body_bytes: int = 1_000_000  # above the other limits together, even \\u-escaped (6 bytes a character)
     latency_window: int = 10_000  # /metrics percentiles over the latest this many answered requests
 
     def __post_init__(self):
@@ -254,7 +254,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     for error in exc.errors():
         loc = list(error["loc"])
         if error["type"] == "json_invalid":
-            what = f"the body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])} at character {loc[-1]}"
+            reason = error.get("ctx", {}).get("error", error["msg"])
+            what = f"the body is not valid JSON: {reason} at character {loc[-1]}"
         elif loc == ["body"] and "json" not in request.headers.get("content-type", ""):
             # FastAPI hands a body not sent as JSON to the model as bytes; "not a dictionary" would not say why
             sent = request.headers.get("content-type")
