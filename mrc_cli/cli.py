@@ -304,12 +304,16 @@ def evaluate(
     data: Annotated[str, typer.Option("--data", help="Data with answers.")],
     out: Annotated[Optional[str], typer.Option(help="Folder for predictions.json, nbest.json, null_odds.json, metrics.json.")] = None,
     store_threshold: Annotated[bool, typer.Option(help="SQuAD v2: keep the best null threshold with the checkpoint for predict.")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a temperature (SQuAD v2: and a null bias) so that answer probabilities say how often answers are right; keep it with the checkpoint; ECE before/after, reliability.png.")] = False,
+    calibrate_split: Annotated[bool, typer.Option("--calibrate-split", help="With --calibrate: fit on half the articles and report ECE on the other half (keeps that fit).")] = False,
 ) -> None:
     """Score a checkpoint on a dev set; the metrics are the last line of stdout, as one JSON object. A checkpoint
     whose null threshold `mrc kfold` chose out of fold also gets it compared with 0 and the best one on this set."""
     from mrc_cli.reader import evaluate_file
 
-    metrics = evaluate_file(checkpoint, data, out, store_threshold)
+    if calibrate_split and not calibrate:
+        raise typer.BadParameter("--calibrate-split says where --calibrate fits and reports; give --calibrate too")
+    metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split)
     typer.echo(metrics.pop("data"))
     if "threshold_report" in metrics:
         from mrc_cli.thresholds import format_threshold_report
@@ -318,6 +322,12 @@ def evaluate(
     if "best_f1_thresh" in metrics:
         typer.echo(f"null threshold: F1 {metrics['f1']:.2f} at the checkpoint's, {metrics['best_f1']:.2f} at "
                    f"{metrics['best_f1_thresh']:.3f}" + (" (stored)" if store_threshold else " (--store-threshold keeps it)"))
+    if calibrate:
+        where = ("held-out articles" if metrics["calibration_held_out"] else
+                 "the questions it was fitted on, optimistic (--calibrate-split holds half the articles out)")
+        typer.echo(f"calibration: temperature {metrics['temperature']:.3f}, null bias {metrics['null_bias']:.3f} (stored); "
+                   f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} on {metrics['calibration_questions']} "
+                   f"questions, {where}; wrote {', '.join(metrics['calibration_files'])}")
     typer.echo(json.dumps(metrics, ensure_ascii=False, default=float))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from mrc_cli import thresholds
+from mrc_cli import calibration, thresholds
 from mrc_cli.config import DataConfig
 from mrc_cli.data import to_dataset
 from mrc_cli.decoding import Prediction
@@ -52,11 +52,15 @@ def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, d
     return metrics, predictions, split
 
 
-def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False) -> dict:
+def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False,
+                  calibrate: bool = False, calibrate_split: bool = False) -> dict:
     """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint or ensemble on a data file,
     with the data's validation summary under "data" (repairs, questions left out). A model whose null threshold was
-    chosen out of fold (`mrc kfold`) adds `threshold_report`: the scores at 0, at it and at the best one here."""
+    chosen out of fold (`mrc kfold`) adds `threshold_report`: the scores at 0, at it and at the best one here. With
+    `calibrate`, a temperature and null bias fitted here are kept with the model (`_calibrate`), on half the articles
+    and reported on the other half with `calibrate_split`."""
     loaded = load_model(checkpoint)
+    stored_allow_null = loaded.cfg.decode.allow_null  # answer_file turns the null rule on for data with unanswerables
     metrics, predictions, split = answer_file(loaded, data, "eval")
     decode = loaded.cfg.decode
     if "best_f1_thresh" in metrics and decode.null_threshold_from == "oof":
@@ -68,7 +72,37 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         write_prediction_files(out_dir, predictions, metrics)
         if store_threshold and "best_f1_thresh" in metrics:
             _store_threshold(loaded, metrics["best_f1_thresh"], "dev")
+    if calibrate:
+        threshold_stored = store_threshold and "best_f1_thresh" in metrics
+        threshold = metrics["best_f1_thresh"] if threshold_stored else loaded.cfg.decode.null_score_diff_threshold
+        metrics.update(_calibrate(loaded, predictions, split, out_dir, stored_allow_null or threshold_stored,
+                                  threshold, calibrate_split))
     return {**metrics, "out": str(out_dir), "data": split.report.summary()}
+
+
+def _calibrate(loaded: Loaded | Ensemble, predictions: dict[str, Prediction], split: Split, out_dir: Path,
+               allow_null: bool, threshold: float, by_article: bool) -> dict:
+    """Fit decode.temperature and decode.null_bias on the evaluated questions (`by_article`: on half the articles,
+    reported on the others), keep them with the model, write calibration.json and reliability.png; the figures for
+    the line `mrc eval` prints. The answers are those `mrc predict` will give with the settings kept (`allow_null`,
+    `threshold`): their probabilities are the ones to calibrate, also where eval turned the null rule on and
+    predict will not."""
+    decode = loaded.cfg.decode
+    outcomes = calibration.collect_outcomes(predictions, split.golds, allow_null, threshold)
+    fit_ids, report_ids = calibration.halves_by_article(split.examples) if by_article else (None, None)
+    result = calibration.calibrate(outcomes, fit_ids, report_ids, (decode.temperature, decode.null_bias))
+    files = [out_dir / "calibration.json", out_dir / "reliability.png"]
+    if PartialState().is_main_process:
+        files[0].write_text(json.dumps(result, indent=1), encoding="utf-8")
+        calibration.plot_reliability(result, files[1], Path(split.report.source).name)
+        decode.temperature, decode.null_bias, decode.allow_null = result["temperature"], result["null_bias"], allow_null
+        if isinstance(loaded, Ensemble):
+            store_settings(loaded)
+        else:
+            thresholds.save_decode_settings(loaded.path, loaded.cfg)
+    figures = {key: value for key, value in result.items() if "ece" in key or key in ("temperature", "null_bias")}
+    return {**figures, "calibration_questions": result["report_questions"], "calibration_fit_questions":
+            result["fit_questions"], "calibration_held_out": result["held_out"], "calibration_files": list(map(str, files))}
 
 
 def _store_threshold(loaded: Loaded | Ensemble, threshold: float, source: str) -> None:

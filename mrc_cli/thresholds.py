@@ -87,10 +87,16 @@ def store_threshold(folder: Path, cfg: RunConfig, threshold: float, source: str,
     """Keep a null threshold in the run config of a checkpoint or export `folder` (`cfg`: that config), so `mrc predict`
     applies it (the Hugging Face scripts pass a fixed 0.0); `source` says where it came from (dev, oof), `share` the
     share of unanswerable questions it was chosen on (oof)."""
-    from mrc_cli.loading import EXPORT_SETTINGS  # here: scoring with this module needs no torch
-
-    settings = folder / ("config.yaml" if (folder / "config.yaml").is_file() else EXPORT_SETTINGS)
     cfg.decode.null_score_diff_threshold = float(threshold)
     cfg.decode.null_threshold_from, cfg.decode.null_share = source, share
     cfg.decode.allow_null = True
+    save_decode_settings(folder, cfg)
+
+
+def save_decode_settings(folder: Path, cfg: RunConfig) -> None:
+    """Write `cfg` (decoding settings changed) back as the run config of a checkpoint or export `folder`: what
+    `mrc predict` and the Reader read (a stored null threshold, a calibration's temperature and null bias)."""
+    from mrc_cli.loading import EXPORT_SETTINGS  # here: scoring with this module needs no torch
+
+    settings = folder / ("config.yaml" if (folder / "config.yaml").is_file() else EXPORT_SETTINGS)
     save_config(cfg, settings)  # atomic: a training checkpoint's config.yaml is what resume reads

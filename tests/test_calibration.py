@@ -1,0 +1,246 @@
+"""Calibrated confidence: the fit on n-best lists of a model with a known miscalibration, answers untouched by it,
+`mrc eval --calibrate` on a trained model, and the settings kept for predict and the Reader."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import tiny_run_config
+from mrc_cli import Reader
+from mrc_cli.calibration import (calibrate, collect_outcomes, expected_calibration_error, halves_by_article,
+                                 reliability_bins)
+from mrc_cli.cli import app
+from mrc_cli.config import DecodeConfig, load_config
+from mrc_cli.data import to_dataset
+from mrc_cli.decoding import Prediction, decode, pad_offsets
+from mrc_cli.errors import ConfigError
+from mrc_cli.metrics.rules import score_question
+
+DEV = "data/quickstart/en_dev.json"
+
+
+def _synthetic(num: int, seed: int, sharpen: float, with_null: bool = False, null_shift: float = 0.0, k: int = 5):
+    """Predictions and golds of a model whose scores are `sharpen` x the true logits (the null score also
+    `null_shift` lower): each gold answer is drawn from the softmax of the true logits, so the model is calibrated
+    at temperature `sharpen` and null bias `null_shift`."""
+    rng = np.random.default_rng(seed)
+    predictions, golds = {}, []
+    for i in range(num):
+        true = rng.normal(0.0, 1.5, size=k + with_null)  # the last is the null candidate's with_null
+        drawn = rng.choice(len(true), p=np.exp(true) / np.exp(true).sum())
+        span_scores = sharpen * true[:k]
+        null_score = sharpen * true[-1] - null_shift if with_null else -50.0
+        nbest = [{"text": f"w{j}", "start": 3 * j, "end": 3 * j + 2, "score": float(span_scores[j]), "probability": 0.0}
+                 for j in np.argsort(-span_scores, kind="stable")]
+        if with_null:
+            nbest.insert(sum(c["score"] >= null_score for c in nbest),
+                         {"text": "", "start": -1, "end": -1, "score": null_score, "probability": 0.0})
+        best = max(span_scores)
+        null_odds = null_score - best
+        answer = next(c for c in nbest if c["start"] >= 0) if not (with_null and null_odds > 0) else nbest[0]
+        qid = f"{seed}-{i}"
+        predictions[qid] = Prediction(qid, answer["text"], answer["start"], answer["end"], float(best), null_score,
+                                      float(null_odds), nbest)
+        unanswerable = bool(with_null and drawn == k)
+        golds.append({"id": qid, "answers": [] if unanswerable else [f"w{drawn}"], "is_impossible": unanswerable})
+    return predictions, golds
+
+
+def _fit_and_report(sharpen, with_null=False, null_shift=0.0):
+    """Fitted on 2,000 questions, reported on 2,000 others of the same model."""
+    fit_predictions, fit_golds = _synthetic(2000, 0, sharpen, with_null, null_shift)
+    report_predictions, report_golds = _synthetic(2000, 1, sharpen, with_null, null_shift)
+    outcomes = collect_outcomes({**fit_predictions, **report_predictions}, fit_golds + report_golds, with_null, 0.0)
+    return calibrate(outcomes, set(fit_predictions), set(report_predictions))
+
+
+def test_an_overconfident_model_gets_a_temperature_above_one_and_a_lower_ece_on_other_questions():
+    result = _fit_and_report(sharpen=3.0)
+    assert result["temperature"] == pytest.approx(3.0, rel=0.1) and result["null_bias"] == 0.0
+    assert result["ece_before"] > 0.2 and result["ece_after"] < 0.03  # measured 0.27 -> 0.01 on 3,000 (seed 0)
+    assert result["log_loss_after"] < result["log_loss_before"]
+    assert (result["fit_questions"], result["report_questions"], result["held_out"]) == (2000, 2000, True)
+    assert "no_answer_ece_before" not in result  # no null candidate: nothing to say about unanswerability
+
+
+def test_an_underconfident_model_gets_a_temperature_below_one():
+    assert _fit_and_report(sharpen=0.4)["temperature"] == pytest.approx(0.4, rel=0.1)
+
+
+def test_a_squad_v2_model_gets_a_null_bias_and_a_calibrated_no_answer_probability():
+    result = _fit_and_report(sharpen=3.0, with_null=True, null_shift=2.0)  # the null score 2 too low
+    assert result["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert result["null_bias"] == pytest.approx(2.0, abs=0.5)
+    assert result["ece_after"] < result["ece_before"] / 4
+    assert result["no_answer_ece_after"] < result["no_answer_ece_before"] / 4
+
+
+def test_ece_and_reliability_bins_by_hand():
+    probabilities, right = np.array([0.9, 0.95, 0.2, 1.0]), np.array([1, 0, 0, 1])
+    bins = reliability_bins(probabilities, right)
+    assert [(b["low"], b["count"]) for b in bins] == [(0.2, 1), (0.9, 3)]  # 1.0 falls in the last bin
+    assert bins[1]["confidence"] == pytest.approx(0.95) and bins[1]["accuracy"] == pytest.approx(2 / 3)
+    assert expected_calibration_error(probabilities, right) == pytest.approx((0.2 + 3 * abs(0.95 - 2 / 3)) / 4)
+    assert expected_calibration_error(np.array([]), np.array([])) == 0.0
+
+
+def _random_decode(cfg: DecodeConfig, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    context = " ".join(f"{chr(97 + i % 26)}{i // 26}" for i in range(40))  # a0 b0 ... n1: word i at 3i
+    windows = [[[-1, -1]] * 3 + [[3 * i, 3 * i + 2] for i in range(start, start + 20)] + [[-1, -1]]
+               for start in (0, 10, 20)]
+    ids = ["a", "a", "b", "c", "c", "c"][: len(windows) * 2]
+    offsets = pad_offsets([windows[i % 3] for i in range(len(ids))])
+    start_logits, end_logits = (rng.normal(0, 2.0, size=offsets.shape[:2]).astype(np.float32) for _ in range(2))
+    return decode(ids, offsets, start_logits, end_logits, dict.fromkeys("abc", context), cfg)
+
+
+@pytest.mark.parametrize("allow_null", [False, True])
+def test_temperature_and_null_bias_change_probabilities_only(allow_null):
+    plain = _random_decode(DecodeConfig(allow_null=allow_null))
+    calibrated = _random_decode(DecodeConfig(allow_null=allow_null, temperature=2.5, null_bias=1.5))
+    temperature, bias = 2.5, 1.5
+    for qid, p in plain.items():
+        q = calibrated[qid]
+        assert (q.text, q.start, q.end, q.score, q.null_score, q.null_odds) == (
+            p.text, p.start, p.end, p.score, p.null_score, p.null_odds)
+        assert [(c["text"], c["start"], c["score"]) for c in q.nbest] == [(c["text"], c["start"], c["score"]) for c in p.nbest]
+        # the softmax of score / T, and of (null score + b) / T for the null candidate, computed here independently
+        logits = np.array([(c["score"] + (bias if c["start"] == -1 else 0.0)) / temperature for c in q.nbest])
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert [c["probability"] for c in q.nbest] == pytest.approx(expected.tolist())
+        assert q.probability != pytest.approx(p.probability)
+        assert (q.no_answer_probability is None) == (not allow_null)
+
+
+def test_the_fit_sees_the_probabilities_the_decoder_gives():
+    """collect_outcomes' probabilities at (T, b) are Prediction.probability decoded with them, also where the null
+    rule answers ""."""
+    cfg = DecodeConfig(allow_null=True, null_score_diff_threshold=-1.0)  # some nulls
+    predictions = _random_decode(cfg)
+    golds = [{"id": qid, "answers": ["d0"], "is_impossible": False} for qid in predictions]
+    outcomes = collect_outcomes(predictions, golds, True, cfg.null_score_diff_threshold)
+    decoded = _random_decode(DecodeConfig(allow_null=True, null_score_diff_threshold=-1.0, temperature=1.7, null_bias=-0.6))
+    answer, null = outcomes.probabilities(1.7, -0.6)
+    assert answer.tolist() == pytest.approx([decoded[qid].probability for qid in outcomes.ids])
+    assert null.tolist() == pytest.approx([decoded[qid].no_answer_probability for qid in outcomes.ids])
+    assert outcomes.correct.tolist() == [decoded[qid].text == "d0" for qid in outcomes.ids]
+
+
+def test_halves_by_article_keep_an_article_together():
+    records = [{"id": f"{title}{i}", "title": title, "context": f"context of {title}", "question": "q?", "is_impossible": True,
+                "answers": {"text": [], "answer_start": []}} for title, n in (("a", 3), ("b", 2), ("c", 2), ("d", 1))
+               for i in range(n)]
+    first, second = halves_by_article(to_dataset(records))
+    assert first | second == {r["id"] for r in records} and not first & second
+    for title in "abcd":
+        ids = {r["id"] for r in records if r["title"] == title}
+        assert ids <= first or ids <= second
+    assert sorted((len(first), len(second))) == [4, 4]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_bert_dir, tmp_path_factory):
+    from mrc_cli.training import train
+
+    cfg = tiny_run_config(tiny_bert_dir, str(tmp_path_factory.mktemp("run") / "run"), max_steps=4, save_steps=4)
+    return train(cfg).run_dir
+
+
+def _last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_eval_calibrate_stores_the_fit_and_predict_and_the_reader_use_it(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    questions = [(qa["question"], p["context"]) for a in json.load(open(DEV, encoding="utf-8"))["data"]
+                 for p in a["paragraphs"] for qa in p["qas"]]
+    before = Reader.load(run)(question=[q for q, _ in questions], context=[c for _, c in questions])
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "before.json")])
+    assert result.exit_code == 0, result.output
+
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "eval"), "--calibrate"])
+    assert result.exit_code == 0, result.output
+    metrics = _last_json(result.stdout)
+    assert metrics["calibration_questions"] == metrics["calibration_fit_questions"] == 49
+    assert metrics["calibration_held_out"] is False and "optimistic" in result.stdout
+    assert 0 <= metrics["ece_after"] <= metrics["ece_before"] <= 1  # fitted on these questions: it cannot get worse
+    assert 0 <= metrics["no_answer_ece_after"] <= 1  # the quickstart dev file has unanswerable questions
+    png = tmp_path / "eval" / "reliability.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    report = json.loads((tmp_path / "eval" / "calibration.json").read_text())
+    assert report["ece_before"] == pytest.approx(metrics["ece_before"])
+    assert sum(row["count"] for row in report["reliability"]["after"]) == 49
+
+    stored = yaml.safe_load((run / "checkpoints" / "step-000004" / "config.yaml").read_text())["decode"]
+    assert stored["temperature"] == pytest.approx(metrics["temperature"]) and stored["temperature"] != 1.0
+    assert stored["null_bias"] == pytest.approx(metrics["null_bias"])
+    result = runner.invoke(app, ["predict", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "after.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "after.json").read_text()) == json.loads((tmp_path / "before.json").read_text())
+    after = Reader.load(run)(question=[q for q, _ in questions], context=[c for _, c in questions])
+    assert [(a["answer"], a["start"], a["null_odds"]) for a in after] == [(a["answer"], a["start"], a["null_odds"]) for a in before]
+    assert [a["probability"] for a in after] != pytest.approx([a["probability"] for a in before])
+    # the ECE after, recomputed from what the Reader now says, on the same questions
+    golds = [{"answers": [answer["text"] for answer in qa["answers"]], "is_impossible": qa.get("is_impossible", False)}
+             for a in json.load(open(DEV, encoding="utf-8"))["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    right = [score_question(gold, a["answer"], "squad_v2")[0] for gold, a in zip(golds, after)]
+    ece = expected_calibration_error(np.array([a["probability"] for a in after]), np.array(right))
+    assert ece == pytest.approx(metrics["ece_after"])
+
+
+def test_eval_calibrate_split_fits_on_half_the_articles(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "eval"),
+                                      "--calibrate", "--calibrate-split"])
+    assert result.exit_code == 0, result.output
+    metrics = _last_json(result.stdout)
+    assert metrics["calibration_held_out"] is True and "held-out articles" in result.stdout
+    assert metrics["calibration_fit_questions"] + metrics["calibration_questions"] == 49
+    assert min(metrics["calibration_fit_questions"], metrics["calibration_questions"]) >= 15
+
+
+def test_calibrate_split_alone_is_refused(trained_run):
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", DEV, "--calibrate-split"])
+    assert result.exit_code == 2 and "give --calibrate too" in result.output
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("temperature", "0", "decode.temperature divides the answer scores: a number > 0"),
+    ("temperature", "-2", "a number > 0"),
+    ("temperature", ".nan", "a number > 0"),
+    ("null_bias", ".inf", "decode.null_bias is added to the null score: a finite number"),
+])
+def test_bad_calibration_settings_are_refused(key, value, message, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--dry-run", "--set", f"decode.{key}={value}"])
+    assert result.exit_code == 1 and message in result.output and "--set" in result.output
+    config = tmp_path / "config.yaml"
+    config.write_text(f"decode:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"{config}: .*{message}"):
+        load_config(config)
+    assert DecodeConfig().temperature == 1.0 and DecodeConfig().null_bias == 0.0
+
+
+def test_a_saved_ensemble_keeps_its_calibration(trained_run, tmp_path):
+    runner = CliRunner()
+    saved = tmp_path / "saved"
+    result = runner.invoke(app, ["ensemble", "--checkpoint", str(trained_run), "--checkpoint", str(trained_run),
+                                 "--data", DEV, "--out", str(tmp_path / "ens"), "--save", str(saved)])
+    assert result.exit_code == 0, result.output
+    question, context = "What is it?", json.load(open(DEV, encoding="utf-8"))["data"][0]["paragraphs"][0]["context"]
+    before = Reader.load(saved)(question=question, context=context)
+    result = runner.invoke(app, ["eval", "--checkpoint", str(saved), "--data", DEV, "--out", str(tmp_path / "eval"), "--calibrate"])
+    assert result.exit_code == 0, result.output
+    metrics = _last_json(result.stdout)
+    stored = yaml.safe_load((saved / "ensemble.yaml").read_text())["decode"]
+    assert (stored["temperature"], stored["null_bias"]) == pytest.approx((metrics["temperature"], metrics["null_bias"]))
+    after = Reader.load(saved)(question=question, context=context)
+    assert (after["answer"], after["start"]) == (before["answer"], before["start"])
+    assert after["probability"] != pytest.approx(before["probability"])
