@@ -26,6 +26,8 @@ Parts (the first six are gpu_check.sh's default; old_trainer and resume were mea
                               length, rounded up to 64, per step; varlen attention), group_by_length true
                     grouped   tokens_per_batch 0 (feature batches of 32), group_by_length true
                     random    tokens_per_batch 0, group_by_length false
+                    graphs    as packed, with train.cuda_graphs on (torch.compile mode reduce-overhead: CUDA graph
+                              trees); its first log interval holds the compilation and graph recording
                     albert    an albert-base-v2-sized encoder (AlbertConfig with 12 layers, hidden 768, 12 heads, ffn
                               3072, embeddings 128, one shared layer group; hidden dropout 0 as albert-base-v2) with
                               the same tokenizer, trained as the packed run: ALBERT is smaller, is it slower?
@@ -193,16 +195,17 @@ def part_bert_base(size: dict) -> dict:
     batches; albert-base on packed rows."""
     work = fresh_dir(WORK / "bert_base")
     peak = bf16_peak(size)
-    # run -> (encoder, group_by_length, train.tokens_per_batch)
-    settings = {"packed": ("bert", True, size["packed_tokens"]), "grouped": ("bert", True, 0),
-                "random": ("bert", False, 0), "albert": ("albert", True, size["packed_tokens"])}
+    # run -> (encoder, group_by_length, train.tokens_per_batch, train.cuda_graphs)
+    settings = {"packed": ("bert", True, size["packed_tokens"], "off"), "grouped": ("bert", True, 0, "off"),
+                "random": ("bert", False, 0, "off"), "albert": ("albert", True, size["packed_tokens"], "off"),
+                "graphs": ("bert", True, size["packed_tokens"], "on")}
     runs = {}
-    for name in os.environ.get("BERT_RUNS", "packed grouped random albert").split():
-        encoder, grouped, budget = settings[name]
+    for name in os.environ.get("BERT_RUNS", "packed grouped random albert graphs").split():
+        encoder, grouped, budget, graphs = settings[name]
         model_dir, config = encoder_folder(encoder, size)
         cfg = run_config(model_dir, work / f"run_{name}", size["bert_batch"], size["bert_steps"], size["precision"],
                          log_steps=size["bert_log"])
-        cfg.train.group_by_length, cfg.train.tokens_per_batch = grouped, budget
+        cfg.train.group_by_length, cfg.train.tokens_per_batch, cfg.train.cuda_graphs = grouped, budget, graphs
         runs[name] = {"encoder": encoder, **attempt(measured_train, cfg, size, config, peak)}
     return {"encoders": {name: size[name] for name in ("bert", "albert")}, "batch_size": size["bert_batch"],
             "steps": size["bert_steps"], "precision": size["precision"], "packed_tokens": size["packed_tokens"],
@@ -869,6 +872,8 @@ def ratios(parts: dict) -> list[tuple[str, float | None, str]]:
         ("bert-base features/s: mrc-cli packed / recipe bf16", ratio(steady("packed"), recipe("bf16")), "x"),
         ("bert-base features/s: mrc-cli packed / recipe fp32", ratio(steady("packed"), recipe("fp32")), "x"),
         ("features/s packed: albert-base / bert-base", ratio(steady("albert"), steady("packed")), "x"),
+        ("bert-base features/s: packed + CUDA graphs (torch.compile) / packed", ratio(steady("graphs"), steady("packed")),
+         "x"),
         ("bert-base packed features/s: meter / wall clock", ratio(
             steady("packed"), get("bert_base", "runs", "packed", "steady", "features_per_s_wall_clock")), "x"),
         ("eval questions/s: mrc-cli bf16 packed / recipe (fp32)", ratio(eval_qps("bf16 packed"), eval_qps("recipe")),
