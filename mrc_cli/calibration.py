@@ -11,10 +11,11 @@ that are right, weighted by the bin's size (`no_answer_ece_*`: the null probabil
 questions). Exact match, not F1: "right" is then a yes or no, what a reader of the probability acts on.
 
 The fit minimises the log loss of those claims on the dev questions: -log p where the answer is right, -log(1 - p)
-where it is wrong, plus, for SQuAD v2 data, the same for the null probability and unanswerability. Not the n-best
-cross-entropy with the correct candidate as the target (the usual temperature scaling): a question whose n-best list
-holds no right answer has no target there, and those are questions whose answer is wrong at any temperature; a fit
-without them leaves the model too sure of such answers (bench/bench_calibration.py measures both).
+where it is wrong, plus, for SQuAD v2 data, the same for the null probability and unanswerability: each a proper
+score of a number we show. Not the n-best cross-entropy with the right candidate as the target (the usual temperature
+scaling), by reasoning: a question whose n-best list holds no right answer has no target there, and those are
+questions whose answer is wrong at any temperature, so a fit without them is not told how sure to be of such answers.
+bench/bench_calibration.py puts both fits side by side on held-out articles.
 
 A temperature T and a null bias b change probabilities only: `decoding.nbest_probabilities` softmaxes score / T over
 the spans and (null score + b) / T for the null candidate, after the answers and the null decision were taken from the

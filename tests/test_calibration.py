@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from conftest import tiny_run_config
 from mrc_cli import Reader
-from mrc_cli.calibration import (calibrate, collect_outcomes, expected_calibration_error, halves_by_article,
-                                 reliability_bins)
+from mrc_cli.calibration import (calibrate, collect_outcomes, expected_calibration_error, fit_calibration,
+                                 halves_by_article, reliability_bins)
 from mrc_cli.cli import app
 from mrc_cli.config import DecodeConfig, load_config
 from mrc_cli.data import to_dataset
@@ -244,3 +244,15 @@ def test_a_saved_ensemble_keeps_its_calibration(trained_run, tmp_path):
     after = Reader.load(saved)(question=question, context=context)
     assert (after["answer"], after["start"]) == (before["answer"], before["start"])
     assert after["probability"] != pytest.approx(before["probability"])
+
+
+def test_the_benchmarks_nbest_cross_entropy_fit_finds_the_known_temperature_too():
+    """bench_calibration's other fit (the right candidate as the n-best target) is sound where every question has
+    its right answer in the list: it finds the temperature and bias the synthetic model was built with."""
+    from bench.bench_calibration import nbest_targets
+
+    predictions, golds = _synthetic(2000, 0, 3.0, with_null=True, null_shift=2.0)
+    nbest = nbest_targets(collect_outcomes(predictions, golds, True, 0.0), predictions, {g["id"]: g for g in golds})
+    assert (nbest.target == -2).sum() == 0
+    temperature, null_bias = fit_calibration(nbest)
+    assert temperature == pytest.approx(3.0, rel=0.1) and null_bias == pytest.approx(2.0, abs=0.5)
