@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mrc_cli.decoding import Prediction, best_span_text, nbest_probabilities
+from mrc_cli.errors import DataError
 from mrc_cli.metrics import detect_metric, rules
 
 NUM_BINS = 10  # equal-width confidence bins of the ECE and the reliability diagram
@@ -211,15 +212,18 @@ def _binary_log_loss(probabilities: np.ndarray, happened: np.ndarray) -> float:
     return float(-np.mean(np.where(happened, np.log(p), np.log1p(-p))))
 
 
-def halves_by_article(examples) -> tuple[set[str], set[str]]:
+def halves_by_article(examples, source: str = "the eval data") -> tuple[set[str], set[str]]:
     """The question ids of two halves of an examples Dataset, split by article (questions of one article or one
     context stay together: fitting on a paragraph's questions and reporting on its others would flatter the fit), of
     as near equal size as whole articles allow (`kfold.fold_rows`, seed 0)."""
     from mrc_cli.features import column
-    from mrc_cli.kfold import fold_rows
+    from mrc_cli.kfold import article_groups, fold_rows
 
+    if len(article_groups(column(examples, "title"), column(examples, "context"))) < 2:
+        raise DataError(f"{source}: one article (and context) only; --calibrate-split fits on some articles and reports "
+                        "on others: give a file with more, or calibrate without it")
     ids = column(examples, "id")
-    first, second = fold_rows(examples, 2, seed=0, source="the calibration data")
+    first, second = fold_rows(examples, 2, seed=0, source=source)
     return {ids[row] for row in first}, {ids[row] for row in second}
 
 

@@ -75,12 +75,12 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     if calibrate:
         threshold_stored = store_threshold and "best_f1_thresh" in metrics
         threshold = metrics["best_f1_thresh"] if threshold_stored else loaded.cfg.decode.null_score_diff_threshold
-        metrics.update(_calibrate(loaded, predictions, split, out_dir, stored_allow_null or threshold_stored,
+        metrics.update(_calibrate(loaded, data, predictions, split, out_dir, stored_allow_null or threshold_stored,
                                   threshold, calibrate_split))
     return {**metrics, "out": str(out_dir), "data": split.report.summary()}
 
 
-def _calibrate(loaded: Loaded | Ensemble, predictions: dict[str, Prediction], split: Split, out_dir: Path,
+def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Prediction], split: Split, out_dir: Path,
                allow_null: bool, threshold: float, by_article: bool) -> dict:
     """Fit decode.temperature and decode.null_bias on the evaluated questions (`by_article`: on half the articles,
     reported on the others), keep them with the model, write calibration.json and reliability.png; the figures for
@@ -89,12 +89,12 @@ def _calibrate(loaded: Loaded | Ensemble, predictions: dict[str, Prediction], sp
     predict will not."""
     decode = loaded.cfg.decode
     outcomes = calibration.collect_outcomes(predictions, split.golds, allow_null, threshold)
-    fit_ids, report_ids = calibration.halves_by_article(split.examples) if by_article else (None, None)
+    fit_ids, report_ids = calibration.halves_by_article(split.examples, data) if by_article else (None, None)
     result = calibration.calibrate(outcomes, fit_ids, report_ids, (decode.temperature, decode.null_bias))
     files = [out_dir / "calibration.json", out_dir / "reliability.png"]
     if PartialState().is_main_process:
         files[0].write_text(json.dumps(result, indent=1), encoding="utf-8")
-        calibration.plot_reliability(result, files[1], Path(split.report.source).name)
+        calibration.plot_reliability(result, files[1], Path(data).name)
         decode.temperature, decode.null_bias, decode.allow_null = result["temperature"], result["null_bias"], allow_null
         if isinstance(loaded, Ensemble):
             store_settings(loaded)

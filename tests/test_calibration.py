@@ -17,7 +17,7 @@ from mrc_cli.cli import app
 from mrc_cli.config import DecodeConfig, load_config
 from mrc_cli.data import to_dataset
 from mrc_cli.decoding import Prediction, decode, pad_offsets
-from mrc_cli.errors import ConfigError
+from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.metrics.rules import score_question
 
 DEV = "data/quickstart/en_dev.json"
@@ -141,6 +141,8 @@ def test_halves_by_article_keep_an_article_together():
         ids = {r["id"] for r in records if r["title"] == title}
         assert ids <= first or ids <= second
     assert sorted((len(first), len(second))) == [4, 4]
+    with pytest.raises(DataError, match="dev.json: one article .* --calibrate-split fits on some articles"):
+        halves_by_article(to_dataset([r for r in records if r["title"] == "a"]), "dev.json")
 
 
 @pytest.fixture(scope="module")
