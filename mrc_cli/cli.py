@@ -375,9 +375,24 @@ def ensemble(
 @app.command()
 def export(
     checkpoint: CheckpointOpt,
-    out: Annotated[str, typer.Option("--out", help="Folder for the Hugging Face model, tokenizer and decoding settings.")],
+    out: Annotated[str, typer.Option("--out", help="Folder for the model, tokenizer and decoding settings.")],
+    fmt: Annotated[Literal["hf", "onnx"], typer.Option("--format", help="hf: a Hugging Face folder; onnx: an ONNX graph that eval, predict, ensemble and the Reader load like a checkpoint.")] = "hf",
+    quantize: Annotated[Optional[Literal["int8"]], typer.Option(help="With --format onnx: also an int8 graph (ONNX Runtime dynamic quantisation), which the folder then loads.")] = None,
+    parity_data: Annotated[Optional[str], typer.Option("--parity-data", help="With --format onnx: a data file with answers; parity.json compares the graphs with the checkpoint on it.")] = None,
 ) -> None:
-    """Write a standard Hugging Face folder (AutoModelForQuestionAnswering + AutoTokenizer) with mrc_cli.yaml."""
+    """Write a standard Hugging Face folder (AutoModelForQuestionAnswering + AutoTokenizer) with mrc_cli.yaml, or with
+    --format onnx an ONNX folder (graph, tokenizer, mrc_cli.yaml) that mrc eval, predict, ensemble and Reader.load take."""
+    if fmt != "onnx" and (quantize or parity_data):
+        flag = "--quantize" if quantize else "--parity-data"
+        raise typer.BadParameter("only with --format onnx", param_hint=flag)
+    if fmt == "onnx":
+        from mrc_cli.export import PARITY_FILE, export_onnx, format_parity
+
+        result = export_onnx(checkpoint, out, quantize, parity_data)
+        typer.echo(f"exported to {result.folder}" + (f" (parity: {result.folder / PARITY_FILE})" if result.parity else ""))
+        if result.parity:
+            typer.echo(format_parity(result.parity))
+        return
     from mrc_cli.export import export_checkpoint
 
     typer.echo(f"exported to {export_checkpoint(checkpoint, out)}")

@@ -1,4 +1,5 @@
-"""`mrc export`: a standard Hugging Face folder that `AutoModelForQuestionAnswering` and `AutoTokenizer` load.
+"""`mrc export`: a standard Hugging Face folder that `AutoModelForQuestionAnswering` and `AutoTokenizer` load, or
+(`--format onnx`) an ONNX graph of the span model that eval, predict, ensemble and the Reader load like a checkpoint.
 
 Our model names the encoder `encoder.` and the head `qa_outputs.`; the Hugging Face QA classes name the encoder by
 the model family (`bert.`, `albert.`, `roberta.`) and the head `qa_outputs.` too, so export is a rename. The run
@@ -7,19 +8,26 @@ config, decoding settings included, is saved beside it as mrc_cli.yaml, which `R
 
 from __future__ import annotations
 
+import copy
+import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 from mrc_cli.config import save_config
-from mrc_cli.errors import CheckpointError
-from mrc_cli.loading import EXPORT_SETTINGS, load_trained
+from mrc_cli.errors import CheckpointError, ConfigError
+from mrc_cli.loading import EXPORT_SETTINGS, ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
+
+PARITY_FILE = "parity.json"
+QUANTIZATIONS = ("int8",)
 
 
 def export_checkpoint(checkpoint: str, out: str) -> Path:
     from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
 
-    loaded = load_trained(checkpoint)
+    loaded = _load_torch_model(checkpoint)
     encoder = loaded.model.encoder
     architecture = MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES.get(encoder.config.model_type)
     if architecture is None:
@@ -36,3 +44,111 @@ def export_checkpoint(checkpoint: str, out: str) -> Path:
     loaded.tokenizer.save_pretrained(out_dir)
     save_config(loaded.cfg, out_dir / EXPORT_SETTINGS)
     return out_dir
+
+
+@dataclass
+class OnnxExport:
+    folder: Path
+    parity: dict | None  # what parity.json holds, when a parity file was given
+
+
+def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_data: str | None = None) -> OnnxExport:
+    """An ONNX export folder (mrc_cli.onnx_backend): the fp32 graph, with `quantize` int8 also an int8 one (which then
+    loads), the encoder's config, the tokenizer, mrc_cli.yaml and onnx.json, written last (a folder without it is
+    not an export). With `parity_data`, parity.json: the graphs against the checkpoint on that file."""
+    from mrc_cli import onnx_backend
+
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ConfigError(f"--quantize {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
+    onnx_backend.require_exporter()
+    loaded = _load_torch_model(checkpoint)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ONNX_SETTINGS).unlink(missing_ok=True)  # an earlier export in the folder stops being one until done
+    inputs = onnx_backend.export_graph(loaded.model, out_dir / onnx_backend.FP32_GRAPH)
+    graphs = {"fp32": onnx_backend.FP32_GRAPH}
+    if quantize == "int8":
+        onnx_backend.quantize_graph(out_dir / onnx_backend.FP32_GRAPH, out_dir / onnx_backend.INT8_GRAPH)
+        onnx_backend.check_graph(out_dir / onnx_backend.INT8_GRAPH)
+        graphs["int8"] = onnx_backend.INT8_GRAPH
+    loaded.model.config.save_pretrained(out_dir)  # the encoder's: pad token id, model type
+    loaded.tokenizer.save_pretrained(out_dir)
+    cfg = copy.deepcopy(loaded.cfg)
+    cfg.train.tokens_per_batch, cfg.train.precision, cfg.train.cpu = 0, "no", True  # how the graph runs (loading.py)
+    save_config(cfg, out_dir / EXPORT_SETTINGS)
+    settings = {"graph": quantize or "fp32", "graphs": graphs, "inputs": inputs,
+                "outputs": ["start_logits", "end_logits"], "span_level": cfg.model.span_level,
+                "opset": onnx_backend.OPSET, "exported_from": str(loaded.path.resolve()), "versions": _versions()}
+    (out_dir / ONNX_SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    parity = None
+    if parity_data:
+        parity = onnx_parity(loaded, out_dir, parity_data)
+        (out_dir / PARITY_FILE).write_text(json.dumps(parity, indent=2, ensure_ascii=False), encoding="utf-8")
+    return OnnxExport(out_dir, parity)
+
+
+def _load_torch_model(checkpoint: str) -> Loaded:
+    if is_onnx_export(checkpoint):
+        raise CheckpointError(f"{checkpoint} is an ONNX export; export from the checkpoint or run directory it came "
+                              "from (onnx.json names it)")
+    return load_trained(checkpoint)
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    return {name: metadata.version(name) for name in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")}
+
+
+def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
+    """The export's graphs against the torch model on a data file with answers: the same features and decoder for
+    all, the torch model in fp32. Per backend: EM/F1, questions/s of logits and decoding (features made once, off the
+    clock) and, for each graph, the answers identical to the torch model's (%, the first differing ids) and the
+    largest |logit difference| at scored positions."""
+    import numpy as np
+
+    from mrc_cli.inference import evaluate_predictions, headline, place_for_inference, predict_answers
+    from mrc_cli.onnx_backend import read_settings
+    from mrc_cli.splits import featurize_file
+
+    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "eval")
+    backends = {"torch_fp32": loaded}
+    backends.update({f"onnx_{graph}": read_onnx_export(folder, graph) for graph in read_settings(folder)["graphs"]})
+    report = {"data": str(data), "questions": len(split.golds), "features": len(split.features), "backends": {}}
+    reference = None
+    for name, backend in backends.items():
+        cfg = backend.cfg
+        cfg.train.precision = "no"
+        cfg.decode.allow_null = cfg.decode.allow_null or any(g["is_impossible"] for g in split.golds)  # as mrc eval
+        model, state, _ = place_for_inference(backend.model, cfg)
+        started = time.perf_counter()
+        logits, predictions = predict_answers(model, split, cfg, state, "no")
+        seconds = time.perf_counter() - started
+        answers = {qid: p.text for qid, p in predictions.items()}
+        entry = {**headline(evaluate_predictions(split.golds, predictions, cfg.decode)), "seconds": seconds,
+                 "questions_per_s": len(answers) / seconds}
+        if reference is None:
+            reference = (answers, logits)
+        else:
+            ref_answers, ref_logits = reference
+            differing = [qid for qid, text in ref_answers.items() if answers.get(qid) != text]
+            scored = ref_logits.start > np.finfo(np.float32).min / 2  # padding and masked positions hold float32's min
+            diff = max(float(np.abs(getattr(logits, side) - getattr(ref_logits, side))[scored].max(initial=0))
+                       for side in ("start", "end"))
+            entry.update(answers_identical_pct=100.0 * (1 - len(differing) / max(len(ref_answers), 1)),
+                         max_abs_logit_diff=diff, differing_ids=differing[:10],
+                         speedup=entry["questions_per_s"] / report["backends"]["torch_fp32"]["questions_per_s"])
+        report["backends"][name] = entry
+    return report
+
+
+def format_parity(report: dict) -> str:
+    """parity.json in one line: answers identical, F1, max |logit difference|, questions/s of every backend."""
+    backends = report["backends"]
+    graphs = [name for name in backends if name != "torch_fp32"]
+    identical = ", ".join(f"{name} {backends[name]['answers_identical_pct']:.1f} %" for name in graphs)
+    f1 = " / ".join(f"{name} {entry['f1']:.2f}" for name, entry in backends.items())
+    diff = ", ".join(f"{name} {backends[name]['max_abs_logit_diff']:.2g}" for name in graphs)
+    speed = " / ".join(f"{name} {entry['questions_per_s']:.1f}" for name, entry in backends.items())
+    return (f"parity on {report['questions']} questions: answers identical to torch_fp32: {identical}; F1 {f1}; "
+            f"max |logit diff| {diff}; questions/s {speed}")

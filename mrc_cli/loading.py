@@ -1,5 +1,6 @@
 """Trained models back into memory: a checkpoint folder, a run directory (its best checkpoint) or an export folder
-(`mrc export`, or any Hugging Face *ForQuestionAnswering folder), each as a model with its tokenizer and run config.
+(`mrc export`, or any Hugging Face *ForQuestionAnswering folder; `mrc export --format onnx`: an ONNX Runtime session
+behind the same call, mrc_cli.onnx_backend), each as a model with its tokenizer and run config.
 `mrc eval`, `mrc predict`, `mrc export` and the Reader all start here."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mrc_cli.tokenizer import load_tokenizer
 
 EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
 ENSEMBLE_SETTINGS = "ensemble.yaml"  # a saved ensemble's folder: members, weights, combination, decoding settings
+ONNX_SETTINGS = "onnx.json"  # an ONNX export's folder: its graphs, the one that loads (mrc_cli.onnx_backend)
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Loaded:
 def load_trained(path: str | Path) -> Loaded:
     """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
     path = _not_an_ensemble(Path(path))
+    if is_onnx_export(path):
+        return read_onnx_export(path)
     if _is_export(path):
         return read_export(path)
     checkpoint = resolve_checkpoint(path)
@@ -54,6 +58,11 @@ def load_tokenizer_and_config(path: str | Path) -> tuple[object, RunConfig]:
 def is_ensemble(path: str | Path) -> bool:
     """A folder saved by `mrc ensemble --save`: mrc_cli.reader loads it (mrc_cli.ensemble.load_ensemble)."""
     return (Path(path) / ENSEMBLE_SETTINGS).is_file()
+
+
+def is_onnx_export(path: str | Path) -> bool:
+    """A folder written by `mrc export --format onnx`."""
+    return (Path(path) / ONNX_SETTINGS).is_file()
 
 
 def _not_an_ensemble(path: Path) -> Path:
@@ -85,6 +94,18 @@ def read_export(path: Path) -> Loaded:
              for k, v in load_file(str(path / "model.safetensors")).items()}
     load_weights(model, state, strict=True)
     return Loaded(model.eval(), load_tokenizer(str(path)), cfg, path)
+
+
+def read_onnx_export(path: Path, graph: str | None = None) -> Loaded:
+    """An `mrc export --format onnx` folder: its graph (`graph` fp32 or int8; by default the one onnx.json names) in
+    an ONNX Runtime session, run on the CPU in feature batches (packed rows are the torch model's) at the graph's own
+    precision (fp32 or int8 weights: autocast would change nothing, a bf16 recheck would rerun the same logits)."""
+    from mrc_cli.onnx_backend import load_onnx_model
+
+    path = Path(path)
+    cfg = _export_config(path)
+    cfg.train.tokens_per_batch, cfg.train.precision, cfg.train.cpu = 0, "no", True
+    return Loaded(load_onnx_model(path, cfg.model.span_level, graph), load_tokenizer(str(path)), cfg, path)
 
 
 def _export_config(path: Path) -> RunConfig:

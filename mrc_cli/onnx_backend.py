@@ -1,0 +1,231 @@
+"""The span model as an ONNX graph, run by ONNX Runtime behind the call `predict_logits` makes of the torch model.
+
+An `mrc export --format onnx` folder holds the graph (`model.onnx`, fp32; `model.int8.onnx` with `--quantize int8`),
+onnx.json (which graph loads, its inputs), the encoder's config.json, the tokenizer and mrc_cli.yaml (the run config
+with its decoding settings and null threshold). `mrc_cli.loading.load_trained` reads it like a checkpoint: features,
+batches, decoding, thresholds and the word level's offsets stay the ones `mrc eval` uses; only the forward pass is
+ONNX Runtime's (`OnnxSpanModel`).
+
+The graph is `SpanExtractionModel.forward` itself, exported whole: encoder, head and at word level the pooling of
+sub-tokens into words (mrc_cli.words). Inputs (batch, sequence), int64: input_ids, attention_mask, token_type_ids
+and at word level word_ids; outputs start_logits and end_logits, float32, padding at float32's minimum. At word
+level the graph pools into as many unit slots as the window has tokens (a window never has more units, and the
+sequence length is a dimension the graph knows); the adapter keeps the batch's first num_units, the torch model's width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mrc_cli.errors import CheckpointError, ConfigError
+from mrc_cli.loading import ONNX_SETTINGS
+from mrc_cli.model import SpanExtractionModel, SpanOutput
+
+FP32_GRAPH = "model.onnx"
+INT8_GRAPH = "model.int8.onnx"
+OPSET = 18  # the opset of the dynamo exporter's op library (torchlib) in torch 2.13: no version conversion after export
+# features per session run: the graph's attention is not fused, so a run holds (rows, heads, seq, seq) scores; MiniLM
+# at 384 tokens on 2 cores: peak RSS 1.15 GB at 8 rows, 3.6 GB at 64 (PyTorch's SDPA: 1.0), features/s the same
+ROWS_PER_RUN = 8
+EXAMPLE_SHAPE = (2, 16)  # (batch, sequence) of the example inputs; both axes are exported as dynamic
+
+
+class OnnxSpanModel:
+    """An ONNX Runtime session that answers `model(**batch)` as `SpanExtractionModel` does: a SpanOutput of torch
+    tensors on the batch's device. Feature batches only (packed rows are the torch model's: loading sets
+    train.tokens_per_batch to 0); the graph runs in its own precision (fp32, or int8 weights), so autocast has nothing
+    to change. No loss: `mrc eval` on an export reports dev_loss as null."""
+
+    training = False
+
+    def __init__(self, session, config, span_level: str, path: Path | None = None):
+        self.session = session
+        self.path = path  # the graph's file
+        self.config = config  # the encoder's: pad_token_id for the batches
+        self.span_level = span_level
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None, word_ids: torch.Tensor | None = None,
+                 num_units: int | None = None, packing=None, **labels) -> SpanOutput:
+        if packing is not None:
+            raise ValueError("an ONNX graph takes feature batches, not packed rows: set train.tokens_per_batch to 0")
+        # a batch without padding comes without a mask; the graph always takes one (all ones: nothing masked)
+        inputs = {"input_ids": input_ids,
+                  "attention_mask": torch.ones_like(input_ids) if attention_mask is None else attention_mask,
+                  "token_type_ids": torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
+                  "word_ids": word_ids}
+        feeds = {name: inputs[name].detach().to("cpu", torch.int64).numpy() for name in self.input_names}
+        runs = [self.session.run(None, {name: x[row:row + ROWS_PER_RUN] for name, x in feeds.items()})
+                for row in range(0, len(input_ids), ROWS_PER_RUN)]
+        start, end = (torch.from_numpy(np.concatenate(parts)).to(input_ids.device) for parts in zip(*runs))
+        if self.span_level == "word":  # (batch, sequence) unit slots -> (batch, units) as the torch model gives them
+            if num_units is None:
+                from mrc_cli.words import unit_index
+
+                num_units = int(unit_index(word_ids).max()) + 1
+            start, end = start[:, :num_units], end[:, :num_units]
+        return SpanOutput(start, end)
+
+    def eval(self) -> OnnxSpanModel:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxSpanModel:
+        if mode:
+            raise ValueError("an ONNX export is for inference; train from the checkpoint it was exported from")
+        return self
+
+    def to(self, *args, **kwargs) -> OnnxSpanModel:
+        return self  # ONNX Runtime's CPU provider: the outputs follow the inputs' device
+
+
+class _GraphForward(nn.Module):
+    """What the graph computes: SpanExtractionModel.forward with positional tensors in and (start, end) out; at word
+    level the units are pooled into sequence-length slots (see the module docstring)."""
+
+    def __init__(self, model: SpanExtractionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids, word_ids=None):
+        num_units = None if word_ids is None else input_ids.shape[1]
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                         word_ids=word_ids, num_units=num_units)
+        return out.start_logits, out.end_logits
+
+
+def require_exporter() -> None:
+    """Refuse before any work where the export's libraries are missing (an install without mrc-cli's dependencies)."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"mrc export --format onnx needs {', '.join(missing)}: pip install {' '.join(missing)}")
+
+
+def export_graph(model: SpanExtractionModel, path: Path) -> list[str]:
+    """Write `model` (in eval mode) as an ONNX graph with dynamic batch and sequence axes, checked by onnx's checker;
+    returns the input names.
+
+    torch.onnx's dynamo exporter (torch.export + onnxscript): the TorchScript one (dynamo=False) traced transformers
+    5's attention-mask code into constants, so its graph answered other padding than the example's with logits 0.1
+    off; the dynamo graph gives the model's logits to ~1e-5 at any batch, length and padding (tests/test_onnx.py).
+    One file, without external data: protobuf's 2 GB limit holds BERT-large and ALBERT-xxlarge.
+    """
+    from torch.export import Dim
+
+    model = model.eval()
+    inputs = _example_inputs(model)
+    batch, sequence = Dim("batch"), Dim("sequence")
+    # the exporter prints its progress to stdout, where `mrc export` prints its summary; and warns that the two axis
+    # names are shared by all inputs, which is what is meant
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*")
+        torch.onnx.export(_GraphForward(model).eval(), tuple(inputs.values()), str(path), dynamo=True,
+                          opset_version=OPSET, input_names=list(inputs), output_names=["start_logits", "end_logits"],
+                          dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs}, external_data=False)
+    check_graph(path)
+    return list(inputs)
+
+
+def _example_inputs(model: SpanExtractionModel) -> dict[str, torch.Tensor]:
+    """Token ids, a padded second row, two segments and, at word level, words of two tokens after a question."""
+    batch, length = EXAMPLE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(0, model.config.vocab_size, (batch, length), generator=generator),
+              "attention_mask": torch.ones(batch, length, dtype=torch.long),
+              "token_type_ids": torch.zeros(batch, length, dtype=torch.long)}
+    inputs["attention_mask"][1, length * 3 // 4:] = 0
+    inputs["token_type_ids"][:, length // 4:] = 1
+    if model.span_level == "word":
+        word_ids = torch.arange(length).repeat(batch, 1) // 2
+        word_ids[:, : length // 4] = -1  # CLS and the question
+        word_ids[1, length * 3 // 4:] = -1  # padding
+        inputs["word_ids"] = word_ids
+    return inputs
+
+
+def quantize_graph(source: Path, target: Path) -> None:
+    """int8 weights of every MatMul (and the embedding tables), activations quantized per batch at run time (ONNX
+    Runtime's dynamic quantisation: no calibration data). Weights per output channel: with ONNX Runtime's default of
+    one scale per tensor, a MiniLM fine-tuned on the quickstart sample lost 11 F1 on its dev file and kept 51 % of
+    its answers; per channel -1.5 F1 and 84 % (49 questions; 300 of the SQuAD v2 dev head: 45 % against 76 % kept).
+    Unsigned weights or a 7-bit range (reduce_range, against AVX2's saturation) changed nothing beyond that noise.
+
+    Without ONNX Runtime's pre-processing (quant_pre_process), which it advises in a warning (silenced here): its
+    symbolic shape inference stops on the dynamo graph ("Incomplete symbolic shape inference"), and the session
+    optimizes the quantized graph when it loads it anyway."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    advice = _WithoutMessage("pre-processing before quantization")
+    root.addFilter(advice)
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.removeFilter(advice)
+
+
+class _WithoutMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def check_graph(path: Path) -> None:
+    """onnx's checker, given the path (a graph over 2 GB is checked from its file), with shape inference."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def load_onnx_model(folder: Path, span_level: str, graph: str | None = None) -> OnnxSpanModel:
+    """The session of the folder's graph: `graph` fp32 or int8, else the one onnx.json names (int8 where the export
+    was quantized)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CheckpointError(f"{folder} is an ONNX export and onnxruntime is not installed: pip install onnxruntime "
+                              "(or pip install mrc-cli with its dependencies)") from None
+    from transformers import AutoConfig
+
+    settings = read_settings(folder)
+    graphs = settings["graphs"]
+    name = graph or settings["graph"]
+    if name not in graphs:
+        raise CheckpointError(f"{folder}: this export has no {name} graph (it has {', '.join(graphs)})")
+    path = folder / graphs[name]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; export the checkpoint again with mrc export --format onnx")
+    try:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # torch's threads: one setting for both backends
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's errors have no common base: a damaged or foreign file
+        raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0][:200]}); export the "
+                              "checkpoint again") from None
+    return OnnxSpanModel(session, AutoConfig.from_pretrained(str(folder)), span_level, path)
+
+
+def read_settings(folder: Path) -> dict:
+    """onnx.json of an export folder: {"graph": the one that loads, "graphs": {fp32|int8: file}, inputs, versions}."""
+    path = folder / ONNX_SETTINGS
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err}); export the checkpoint again") from None
+    if not isinstance(settings, dict) or not {"graph", "graphs"} <= set(settings):
+        raise CheckpointError(f"{path}: expected the keys graph and graphs, as mrc export --format onnx writes them")
+    return settings

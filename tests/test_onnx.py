@@ -1,0 +1,221 @@
+"""`mrc export --format onnx`: the graph is the span model (checked, dynamic batch and length, token and word level,
+BERT and ALBERT), and the folder answers like the checkpoint in `mrc eval`, `mrc predict`, `mrc ensemble` and the
+Reader; int8 export, parity.json, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_run_config
+from mrc_cli import Reader
+from mrc_cli.cli import app
+from mrc_cli.errors import CheckpointError
+from mrc_cli.training import train
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+DEV = "data/quickstart/en_dev.json"
+
+
+def _train(model_dir, folder, span_level="token"):
+    cfg = tiny_run_config(model_dir, str(folder / "run"), max_steps=4, save_steps=4, eval_steps=0)
+    cfg.model.span_level = span_level
+    return train(cfg).run_dir
+
+
+@pytest.fixture(scope="module")
+def bert_run(tiny_bert_dir, tmp_path_factory):
+    return _train(tiny_bert_dir, tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="module")
+def bert_onnx(bert_run, tmp_path_factory):
+    """The BERT run exported with an int8 graph beside the fp32 one and a parity report on the dev file."""
+    out = tmp_path_factory.mktemp("bert_onnx") / "onnx"
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(bert_run), "--out", str(out), "--format", "onnx",
+                                      "--quantize", "int8", "--parity-data", DEV])
+    assert result.exit_code == 0, result.output
+    return out, result.stdout
+
+
+@pytest.fixture(scope="module")
+def split_of(bert_run):
+    from mrc_cli.loading import load_trained
+    from mrc_cli.splits import featurize_file
+
+    loaded = load_trained(bert_run)
+    return featurize_file(DEV, loaded.tokenizer, loaded.cfg.data, "eval")
+
+
+def _logits(loaded, features, batch_size):
+    from mrc_cli.inference import OneProcess, predict_logits
+
+    return predict_logits(loaded.model, features, OneProcess(torch.device("cpu")), batch_size, "no",
+                          loaded.cfg.data.max_seq_length)
+
+
+def _same_logits(onnx, ref, atol=1e-4):
+    scored = ref.start > np.finfo(np.float32).min / 2
+    assert np.array_equal(scored, onnx.start > np.finfo(np.float32).min / 2)  # the same positions masked
+    for side in ("start", "end"):
+        np.testing.assert_allclose(getattr(onnx, side)[scored], getattr(ref, side)[scored], atol=atol, rtol=0)
+
+
+def test_folder_holds_a_checked_graph_tokenizer_and_settings(bert_onnx):
+    import onnx
+
+    out, stdout = bert_onnx
+    for name in ("model.onnx", "model.int8.onnx", "onnx.json", "mrc_cli.yaml", "config.json", "tokenizer.json",
+                 "parity.json"):
+        assert (out / name).is_file(), name
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    onnx.checker.check_model(str(out / "model.int8.onnx"), full_check=True)
+    settings = json.loads((out / "onnx.json").read_text())
+    assert settings["graph"] == "int8" and settings["graphs"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert settings["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    graph = onnx.load(str(out / "model.onnx"))
+    for value in graph.graph.input:  # batch and sequence are symbols, not numbers
+        assert [d.dim_param for d in value.type.tensor_type.shape.dim] == ["batch", "sequence"]
+    assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size / 2
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 32])
+def test_onnx_logits_equal_the_torch_logits_at_any_batch_and_length(bert_run, bert_onnx, split_of, batch_size):
+    """Length-sorted batches of 1, 5 and 32 features: every batch another width and padding (dynamic axes)."""
+    from mrc_cli.loading import load_trained, read_onnx_export
+
+    onnx = read_onnx_export(bert_onnx[0], "fp32")
+    assert type(onnx.model).__name__ == "OnnxSpanModel"
+    assert len({len(ids) for ids in split_of.features["input_ids"]}) > 5  # windows of many lengths
+    _same_logits(_logits(onnx, split_of.features, batch_size), _logits(load_trained(bert_run), split_of.features, batch_size))
+
+
+def test_eval_predict_and_reader_on_the_export_answer_as_the_checkpoint(bert_run, bert_onnx, tmp_path):
+    from mrc_cli.loading import read_onnx_export
+
+    out, _ = bert_onnx
+    fp32 = tmp_path / "fp32"  # the fp32 graph as its own folder: onnx.json naming it
+    fp32.mkdir()
+    for file in out.iterdir():
+        if file.name != "model.int8.onnx":
+            (fp32 / file.name).symlink_to(file)
+    (fp32 / "onnx.json").unlink()
+    settings = json.loads((out / "onnx.json").read_text())
+    (fp32 / "onnx.json").write_text(json.dumps({**settings, "graph": "fp32", "graphs": {"fp32": "model.onnx"}}))
+    assert read_onnx_export(fp32).cfg.train.tokens_per_batch == 0
+
+    runner = CliRunner()
+    answers = {}
+    for name, source in (("checkpoint", bert_run), ("onnx", fp32)):
+        result = runner.invoke(app, ["eval", "--checkpoint", str(source), "--data", DEV, "--out", str(tmp_path / f"eval_{name}")])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.stdout.strip().splitlines()[-1])
+        answers[name] = json.loads((tmp_path / f"eval_{name}" / "predictions.json").read_text())
+        answers[name + " metrics"] = {k: metrics[k] for k in ("exact", "f1", "best_f1", "total")}
+        result = runner.invoke(app, ["predict", "--checkpoint", str(source), "--data", DEV, "--out", str(tmp_path / f"{name}.json")])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / f"{name}.json").read_text()) == answers[name]
+    assert answers["onnx"] == answers["checkpoint"]
+    assert answers["onnx metrics"] == pytest.approx(answers["checkpoint metrics"])
+    nbest = [json.loads((tmp_path / f"eval_{name}" / "nbest.json").read_text()) for name in ("checkpoint", "onnx")]
+    assert {q: [c["text"] for c in n] for q, n in nbest[0].items()} == {q: [c["text"] for c in n] for q, n in nbest[1].items()}
+
+    questions = [(qa["id"], qa["question"], p["context"]) for a in json.load(open(DEV, encoding="utf-8"))["data"]
+                 for p in a["paragraphs"] for qa in p["qas"]]
+    reader = Reader.load(fp32)
+    got = reader(question=[q for _, q, _ in questions], context=[c for _, _, c in questions])
+    expected = Reader.load(bert_run)(question=[q for _, q, _ in questions], context=[c for _, _, c in questions])
+    assert [a["answer"] for a in got] == [a["answer"] for a in expected]
+    assert [a["score"] for a in got] == pytest.approx([a["score"] for a in expected], abs=1e-3)
+
+
+def test_an_export_is_an_ensemble_member_like_its_checkpoint(bert_run, bert_onnx, tmp_path):
+    runner = CliRunner()
+    answers = []
+    for members in ([bert_run, bert_run], [bert_run, bert_onnx[0]]):
+        out = tmp_path / f"ens{len(answers)}"
+        args = ["ensemble", "--data", DEV, "--out", str(out)] + [a for m in members for a in ("--checkpoint", str(m))]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        answers.append(json.loads((out / "predictions.json").read_text()))
+    same = sum(answers[0][q] == answers[1][q] for q in answers[0])
+    assert same >= 0.9 * len(answers[0])  # the int8 member moves a few close calls
+
+
+def test_int8_graph_loads_by_default_and_mostly_agrees(bert_run, bert_onnx):
+    from mrc_cli.loading import load_trained
+
+    out, stdout = bert_onnx
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["questions"] == 49 and set(parity["backends"]) == {"torch_fp32", "onnx_fp32", "onnx_int8"}
+    for name, entry in parity["backends"].items():
+        assert {"exact", "f1", "questions_per_s", "seconds"} <= set(entry), name
+    fp32, int8 = parity["backends"]["onnx_fp32"], parity["backends"]["onnx_int8"]
+    assert fp32["answers_identical_pct"] == 100.0 and fp32["max_abs_logit_diff"] < 1e-4
+    assert fp32["f1"] == pytest.approx(parity["backends"]["torch_fp32"]["f1"])
+    assert int8["answers_identical_pct"] >= 80 and 0 < int8["max_abs_logit_diff"] < 1.0
+    assert abs(int8["f1"] - fp32["f1"]) <= 5
+    summary = stdout.strip().splitlines()[-1]
+    assert summary.startswith("parity on 49 questions: answers identical to torch_fp32: onnx_fp32 100.0 %")
+    assert "questions/s" in summary and "max |logit diff|" in summary
+    # the folder itself loads its int8 graph; eval on it runs
+    loaded = load_trained(out)
+    assert loaded.cfg.train.precision == "no" and loaded.cfg.train.tokens_per_batch == 0
+    assert loaded.model.path == out / "model.int8.onnx"
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(out), "--data", DEV, "--out", str(out.parent / "int8.json")])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("span_level", ["token", "word"])
+def test_albert_and_word_level_graphs_give_the_model_logits(tiny_albert_dir, tiny_bert_dir, tmp_path, span_level):
+    """ALBERT at token level, BERT at word level (the pooling of sub-tokens into words is part of the graph)."""
+    from mrc_cli.export import export_onnx
+    from mrc_cli.loading import load_trained
+    from mrc_cli.splits import featurize_file
+
+    run = _train(tiny_albert_dir if span_level == "token" else tiny_bert_dir, tmp_path, span_level)
+    export_onnx(str(run), str(tmp_path / "onnx"))
+    torch_model, onnx_model = load_trained(run), load_trained(tmp_path / "onnx")
+    split = featurize_file(DEV, torch_model.tokenizer, torch_model.cfg.data, "eval")
+    for batch_size in (3, 32):
+        _same_logits(_logits(onnx_model, split.features, batch_size), _logits(torch_model, split.features, batch_size))
+    questions = [(qa["question"], p["context"]) for a in json.load(open(DEV, encoding="utf-8"))["data"]
+                 for p in a["paragraphs"] for qa in p["qas"]][:12]
+    answers = [Reader.load(source)([q for q, _ in questions], [c for _, c in questions]) for source in (run, tmp_path / "onnx")]
+    assert [a["answer"] for a in answers[0]] == [a["answer"] for a in answers[1]]
+
+
+def test_refusals_are_one_line_errors(bert_run, bert_onnx, tmp_path):
+    runner = CliRunner()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), "--format", "onnx"])
+    assert result.exit_code == 1 and result.stderr.startswith("Error:") and "no model.safetensors" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x" / "onnx.json").exists()
+
+    result = runner.invoke(app, ["export", "--checkpoint", str(bert_run), "--out", str(tmp_path / "y"), "--quantize", "int8"])
+    assert result.exit_code == 2 and "Invalid value for --quantize: only with --format onnx" in result.stderr
+    result = runner.invoke(app, ["export", "--checkpoint", str(bert_run), "--out", str(tmp_path / "y"), "--parity-data", DEV])
+    assert result.exit_code == 2 and "Invalid value for --parity-data: only with --format onnx" in result.stderr
+    result = runner.invoke(app, ["export", "--checkpoint", str(bert_run), "--out", str(tmp_path / "y"), "--format", "onnx",
+                                 "--quantize", "int4"])
+    assert result.exit_code == 2 and not (tmp_path / "y").exists()
+
+    result = runner.invoke(app, ["export", "--checkpoint", str(bert_onnx[0]), "--out", str(tmp_path / "z"), "--format", "onnx"])
+    assert result.exit_code == 1 and "is an ONNX export; export from the checkpoint" in result.stderr
+
+    from mrc_cli.loading import read_onnx_export
+
+    with pytest.raises(CheckpointError, match="has no bf16 graph"):
+        read_onnx_export(bert_onnx[0], "bf16")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in bert_onnx[0].iterdir():
+        if file.name != "model.int8.onnx":
+            (broken / file.name).symlink_to(file)
+    (broken / "model.int8.onnx").write_bytes(b"not a graph")
+    with pytest.raises(CheckpointError, match="ONNX Runtime cannot load it"):
+        Reader.load(broken)
