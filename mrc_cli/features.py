@@ -28,6 +28,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable
 
+from tokenizers import Encoding
+
 from mrc_cli.config import DataConfig, check_data_config
 from mrc_cli.errors import ConfigError
 from mrc_cli.tokenizer import tokenizer_fingerprint
@@ -73,9 +75,9 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
         cache_dir.mkdir(parents=True, exist_ok=True)
     from_cache = cache and any(cache_dir.glob(f"{fingerprint}*.arrow"))
     num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
-    encoders = rust_encoders(tokenizer, data)
+    backend = rust_encoder(tokenizer)
     features = examples.map(
-        partial(_tokenize_batch, encoders=encoders, data=data, labels=labels, offsets=offsets,
+        partial(_tokenize_batch, backend=backend, data=data, labels=labels, offsets=offsets,
                 type_ids="token_type_ids" in tokenizer.model_input_names),
         batched=True,
         batch_size=256,
@@ -90,7 +92,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     if from_cache and counts_file.is_file():
         counts = json.loads(counts_file.read_text())
     else:
-        counts = {"questions_truncated": _count_truncated(examples, encoders[0], data.max_query_length),
+        counts = {"questions_truncated": _count_truncated(examples, backend, data.max_query_length),
                   "answers_lost_to_truncation": _count_lost(examples, features) if labels else 0}
         if cache:
             counts_file.write_text(json.dumps(counts))
@@ -104,13 +106,11 @@ def cache_root(data: DataConfig) -> Path:
     return Path(data.cache_dir or Path.home() / ".cache" / "mrc-cli")
 
 
-def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool, offsets: bool, type_ids: bool) -> dict:
-    encodings = _encode_pairs(batch["question"], batch["context"], encoders, data.max_query_length)
-    # a window is the encoding of the first cut of the context, then its `overflowing` cuts (the order of
-    # transformers' return_overflowing_tokens)
-    windows = [(ex, w) for ex, enc in enumerate(encodings) for w in (enc, *enc.overflowing)]
+def _tokenize_batch(batch: dict, backend, data: DataConfig, labels: bool, offsets: bool, type_ids: bool) -> dict:
+    windows = [(ex, w) for ex, ws in enumerate(_windows(batch["question"], batch["context"], backend, data))
+               for w in ws]
     segment = segmenter(data.word_segmenter)
-    word_starts = {}  # example index -> char starts of its words, for segmenters other than the tokenizer's
+    word_starts = {}  # context -> char starts of its words, for segmenters other than the tokenizer's
     out = {"input_ids": [w.ids for _, w in windows]}
     if type_ids:
         out["token_type_ids"] = [w.type_ids for _, w in windows]
@@ -126,9 +126,10 @@ def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool
         last = len(sequence) - sequence[::-1].index(1)
         before, after = [-1] * first, [-1] * (len(sequence) - last)
         context_offsets = window.offsets[first:last]
-        if segment is not None and ex not in word_starts:
-            word_starts[ex] = segment(batch["context"][ex])
-        words = token_words(context_offsets, window.word_ids[first:last], word_starts.get(ex))
+        context = batch["context"][ex]
+        if segment is not None and context not in word_starts:
+            word_starts[context] = segment(context)
+        words = token_words(context_offsets, window.word_ids[first:last], word_starts.get(context))
         out["example_id"].append(batch["id"][ex])
         if offsets:  # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
             out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
@@ -140,51 +141,51 @@ def _tokenize_batch(batch: dict, encoders: tuple, data: DataConfig, labels: bool
     return out
 
 
-def rust_encoders(tokenizer, data: DataConfig) -> tuple:
-    """Two copies of the tokenizer's Rust backend: for questions (whole), and for question + context windows (what
-    the tokenizer call with truncation="only_second", a stride and return_overflowing_tokens sets up before the same
-    encode_batch).
+def rust_encoder(tokenizer):
+    """A copy of the tokenizer's Rust backend without padding or truncation (windows are cut by `_windows`), so the
+    caller's tokenizer keeps its own settings.
 
     Called directly because transformers' conversion of every encoding into Python dicts was a fifth of featurizing
-    time (docs/benchmarks.md); copies, so the caller's tokenizer keeps its own settings.
+    time (docs/benchmarks.md).
     """
-    questions = copy.deepcopy(tokenizer.backend_tokenizer)
-    questions.no_padding()
-    questions.no_truncation()
-    windows = copy.deepcopy(questions)
-    windows.enable_truncation(data.max_seq_length, stride=data.doc_stride, strategy="only_second")
-    return questions, windows
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
 
 
-def _encode_pairs(questions: list[str], contexts: list[str], encoders: tuple, max_query_length: int) -> list:
-    """Question + context encodings (windows in `overflowing`), questions cut to `max_query_length` tokens.
-
-    A batch is encoded once when no question is too long (the pair encoding shows each question's length), which is
-    nearly always; otherwise its questions are cut by character offset and it is encoded again.
+def _windows(questions: list[str], contexts: list[str], backend, data: DataConfig) -> list[list]:
+    """Each example's windows, question + context cut: the encodings transformers' tokenizer call gives with
+    truncation="only_second", a stride and return_overflowing_tokens (tests/test_features.py), built from each
+    distinct context tokenized once. A SQuAD paragraph has ~5 questions and a `mrc serve` request may ask many about
+    one context; the pair call tokenized the context again for every question. Cut as the pair call's truncation
+    does (the Rust `Encoding.truncate` with the stride), to the room the question leaves; questions longer than
+    `max_query_length` tokens are cut by character offset first.
     """
-    question_encoder, window_encoder = encoders
-    try:
-        encodings = window_encoder.encode_batch(list(zip(questions, contexts)))
-        if all(enc.sequence_ids.count(0) <= max_query_length for enc in encodings):
-            return encodings
-    except Exception as err:  # tokenizers raises a bare Exception when a question leaves no room for the context
-        if "Truncation error" not in str(err):
-            raise
-    questions = _truncate_questions(questions, question_encoder, max_query_length)
-    return window_encoder.encode_batch(list(zip(questions, contexts)))
+    distinct = list(dict.fromkeys(contexts))
+    context_of = dict(zip(distinct, backend.encode_batch(distinct, add_special_tokens=False)))
+    special = backend.num_special_tokens_to_add(is_pair=True)
+    windows = []
+    for question, context in zip(_encode_questions(questions, backend, data.max_query_length), contexts):
+        cut = context_of[context]
+        room = data.max_seq_length - special - len(question.ids)
+        if len(cut.ids) > room:
+            cut = Encoding.merge([cut])  # a copy: truncate cuts in place, and other questions share this context
+            cut.truncate(room, stride=data.doc_stride)
+        windows.append([backend.post_process(question, piece, add_special_tokens=True)
+                        for piece in (cut, *cut.overflowing)])
+    return windows
 
 
-def _question_offsets(questions: list[str], backend) -> list[list[tuple[int, int]]]:
-    """Character offsets of each question's tokens, without special tokens."""
-    return [enc.offsets for enc in backend.encode_batch(questions, add_special_tokens=False)]
-
-
-def _truncate_questions(questions: list[str], backend, max_query_length: int) -> list[str]:
-    """Cut questions to `max_query_length` tokens by character offset (the pair encoding only cuts contexts)."""
-    return [
-        q if len(offs) <= max_query_length else q[: offs[max_query_length - 1][1]]
-        for q, offs in zip(questions, _question_offsets(questions, backend))
-    ]
+def _encode_questions(questions: list[str], backend, max_query_length: int) -> list:
+    """Questions without special tokens; one longer than `max_query_length` tokens is cut at its last token's end
+    character and encoded again (the pair call cuts only contexts)."""
+    encoded = backend.encode_batch(questions, add_special_tokens=False)
+    long = [i for i, enc in enumerate(encoded) if len(enc.ids) > max_query_length]
+    cut = [questions[i][: encoded[i].offsets[max_query_length - 1][1]] for i in long]
+    for i, enc in zip(long, backend.encode_batch(cut, add_special_tokens=False) if cut else []):
+        encoded[i] = enc
+    return encoded
 
 
 def _label_window(context_offsets: list, first: int, answers: dict, is_impossible: bool) -> tuple[int, int]:
@@ -280,7 +281,8 @@ def feature_lengths(features) -> list[int]:
 
 
 def _count_truncated(examples, backend, max_query_length: int) -> int:
-    return sum(len(offsets) > max_query_length for offsets in _question_offsets(column(examples, "question"), backend))
+    encoded = backend.encode_batch(column(examples, "question"), add_special_tokens=False)
+    return sum(len(enc.ids) > max_query_length for enc in encoded)
 
 
 def _count_lost(examples, features) -> int:

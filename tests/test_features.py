@@ -64,6 +64,41 @@ def test_windows_are_those_of_the_tokenizer_call(tokenizer_name, request, tmp_pa
         assert [tuple(o) for o in offsets if o[0] >= 0] == [tuple(o) for o in context]
 
 
+def test_a_context_asked_many_questions_is_tokenized_once(wordpiece_tokenizer, tmp_path, monkeypatch):
+    """A SQuAD paragraph's questions (and a `mrc serve` request's) share one tokenization of the context; the windows
+    are still those of the pair call, question by question (long questions cut, windows overflowing)."""
+    from mrc_cli import features as features_module
+
+    context = " ".join(f"word{i} is unbelievable" for i in range(60))
+    questions = ["Which word?", "why " * 40 + "?", "Is word7 unbelievable?"]
+    path = write_squad(tmp_path / "d.json", [(context, [
+        {"id": str(i), "question": q, "answers": [{"text": "word50", "answer_start": context.index("word50")}]}
+        for i, q in enumerate(questions)])])
+    examples, _, _ = load_examples(str(path), "train")
+    encoded = []  # every text the backend tokenized
+
+    class Counting:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def encode_batch(self, texts, **kwargs):
+            encoded.extend(texts)
+            return self.backend.encode_batch(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+    real = features_module.rust_encoder
+    monkeypatch.setattr(features_module, "rust_encoder", lambda tokenizer: Counting(real(tokenizer)))
+    data = DataConfig(max_seq_length=64, max_query_length=16, doc_stride=16, cache_dir=str(tmp_path))
+    features, _ = build_features(examples, wordpiece_tokenizer, data, labels=True)
+    assert encoded.count(context) == 1
+    cut = [questions[0], "why " * 15 + "why", questions[2]]  # the long question at max_query_length tokens
+    enc = wordpiece_tokenizer(cut, [context] * 3,
+                              truncation="only_second", max_length=64, stride=16, return_overflowing_tokens=True)
+    assert features["input_ids"] == enc["input_ids"] and len(features) > 3 * 3
+
+
 def test_windows_overlap_by_stride_and_word_ids_agree_across_windows(wordpiece_tokenizer, tmp_path):
     context = " ".join(f"word{i} is unbelievable" for i in range(60))
     answer_start = context.index("word50")
