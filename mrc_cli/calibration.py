@@ -201,6 +201,12 @@ def calibrate(outcomes: Outcomes, fit_ids: set[str] | None = None, report_ids: s
                                          "after": reliability_bins(after[which], happened)}
     result["log_loss_before"], result["log_loss_after"] = report.log_loss(*current), report.log_loss(temperature, null_bias)
     result["accuracy"] = float(report.correct.mean()) if len(report.ids) else 0.0
+    if not _LOG_T_BOUNDS[0] + 1e-3 < math.log(temperature) < _LOG_T_BOUNDS[1] - 1e-3:
+        right = float(fit.correct.mean()) if len(fit.ids) else 0.0
+        result["calibration_warning"] = (
+            f"the temperature stopped at its search bound ({temperature:.3g}) with {right:.0%} of the {len(fit.ids)} "
+            "fitted answers right: its probabilities mean little; calibrate a model that answers better, or on more "
+            "questions")
     return result
 
 

@@ -328,6 +328,8 @@ def evaluate(
         typer.echo(f"calibration: temperature {metrics['temperature']:.3f}, null bias {metrics['null_bias']:.3f} (stored); "
                    f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} on {metrics['calibration_questions']} "
                    f"questions, {where}; wrote {', '.join(metrics['calibration_files'])}")
+        if "calibration_warning" in metrics:
+            typer.echo(f"warning: {metrics['calibration_warning']}", err=True)
     typer.echo(json.dumps(metrics, ensure_ascii=False, default=float))
 
 

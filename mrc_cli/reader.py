@@ -100,7 +100,8 @@ def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Pred
             store_settings(loaded)
         else:
             thresholds.save_decode_settings(loaded.path, loaded.cfg)
-    figures = {key: value for key, value in result.items() if "ece" in key or key in ("temperature", "null_bias")}
+    figures = {key: value for key, value in result.items()
+               if "ece" in key or key in ("temperature", "null_bias", "calibration_warning")}
     return {**figures, "calibration_questions": result["report_questions"], "calibration_fit_questions":
             result["fit_questions"], "calibration_held_out": result["held_out"], "calibration_files": list(map(str, files))}
 

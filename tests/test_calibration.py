@@ -65,6 +65,16 @@ def test_an_overconfident_model_gets_a_temperature_above_one_and_a_lower_ece_on_
     assert result["log_loss_after"] < result["log_loss_before"]
     assert (result["fit_questions"], result["report_questions"], result["held_out"]) == (2000, 2000, True)
     assert "no_answer_ece_before" not in result  # no null candidate: nothing to say about unanswerability
+    assert "calibration_warning" not in result
+
+
+def test_a_model_that_is_never_right_is_calibrated_with_a_warning():
+    """Its loss falls for ever as the temperature grows: the fit stops at the bound and says what that means."""
+    predictions, golds = _synthetic(300, 0, sharpen=3.0)
+    golds = [{**gold, "answers": ["nowhere in the n-best"]} for gold in golds]
+    result = calibrate(collect_outcomes(predictions, golds, False, 0.0))
+    assert result["temperature"] == pytest.approx(100.0, rel=0.01)
+    assert "search bound" in result["calibration_warning"] and "0% of the 300" in result["calibration_warning"]
 
 
 def test_an_underconfident_model_gets_a_temperature_below_one():
