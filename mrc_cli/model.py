@@ -103,9 +103,13 @@ class SpanExtractionModel(nn.Module):
         # per feature, the mean over the dropout samples (of the one sample without multi-sample dropout)
         feature_loss = torch.stack([span_loss(*sample.masked_fill(padding, torch.finfo(torch.float32).min).unbind(-1),
                                               start_positions, end_positions) for sample in logits]).mean(0)
-        labelled = start_positions != -100
-        loss = feature_loss.sum() / labelled.sum().clamp(min=1)  # a batch with no label is 0, not NaN
-        return SpanOutput(start_logits, end_logits, loss, feature_loss, labelled)
+        return with_loss(start_logits, end_logits, feature_loss, start_positions)
+
+
+def with_loss(start_logits, end_logits, feature_loss, start_positions) -> SpanOutput:
+    """The output with the batch's loss: the mean of `feature_loss` over labelled features (0, not NaN, for none)."""
+    labelled = start_positions != -100
+    return SpanOutput(start_logits, end_logits, feature_loss.sum() / labelled.sum().clamp(min=1), feature_loss, labelled)
 
 
 def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.loading import ONNX_SETTINGS
-from mrc_cli.model import SpanExtractionModel, SpanOutput
+from mrc_cli.model import SpanExtractionModel, SpanOutput, span_loss, with_loss
 
 FP32_GRAPH = "model.onnx"
 INT8_GRAPH = "model.int8.onnx"
@@ -43,7 +43,7 @@ class OnnxSpanModel:
     """An ONNX Runtime session that answers `model(**batch)` as `SpanExtractionModel` does: a SpanOutput of torch
     tensors on the batch's device. Feature batches only (packed rows are the torch model's: loading sets
     train.tokens_per_batch to 0); the graph runs in its own precision (fp32, or int8 weights), so autocast has nothing
-    to change. No loss: `mrc eval` on an export reports dev_loss as null."""
+    to change. With labels, the loss of `SpanExtractionModel` in eval mode (`mrc eval`'s dev_loss)."""
 
     training = False
 
@@ -56,7 +56,8 @@ class OnnxSpanModel:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None, word_ids: torch.Tensor | None = None,
-                 num_units: int | None = None, packing=None, **labels) -> SpanOutput:
+                 num_units: int | None = None, packing=None, start_positions: torch.Tensor | None = None,
+                 end_positions: torch.Tensor | None = None) -> SpanOutput:
         if packing is not None:
             raise ValueError("an ONNX graph takes feature batches, not packed rows: set train.tokens_per_batch to 0")
         # a batch without padding comes without a mask; the graph always takes one (all ones: nothing masked)
@@ -74,7 +75,14 @@ class OnnxSpanModel:
 
                 num_units = int(unit_index(word_ids).max()) + 1
             start, end = start[:, :num_units], end[:, :num_units]
-        return SpanOutput(start, end)
+        if start_positions is None:
+            return SpanOutput(start, end)
+        if self.span_level == "word":
+            from mrc_cli.words import token_to_unit_labels, unit_index
+
+            units = unit_index(word_ids)
+            start_positions, end_positions = (token_to_unit_labels(p, units) for p in (start_positions, end_positions))
+        return with_loss(start, end, span_loss(start, end, start_positions, end_positions), start_positions)
 
     def eval(self) -> OnnxSpanModel:
         return self

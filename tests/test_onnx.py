@@ -63,6 +63,7 @@ def _same_logits(onnx, ref, atol=1e-4):
     assert np.array_equal(scored, onnx.start > np.finfo(np.float32).min / 2)  # the same positions masked
     for side in ("start", "end"):
         np.testing.assert_allclose(getattr(onnx, side)[scored], getattr(ref, side)[scored], atol=atol, rtol=0)
+    assert onnx.loss == pytest.approx(ref.loss, abs=atol) and ref.loss is not None  # mrc eval's dev_loss
 
 
 def test_folder_holds_a_checked_graph_tokenizer_and_settings(bert_onnx):
@@ -115,7 +116,7 @@ def test_eval_predict_and_reader_on_the_export_answer_as_the_checkpoint(bert_run
         assert result.exit_code == 0, result.output
         metrics = json.loads(result.stdout.strip().splitlines()[-1])
         answers[name] = json.loads((tmp_path / f"eval_{name}" / "predictions.json").read_text())
-        answers[name + " metrics"] = {k: metrics[k] for k in ("exact", "f1", "best_f1", "total")}
+        answers[name + " metrics"] = {k: metrics[k] for k in ("exact", "f1", "best_f1", "total", "dev_loss")}
         result = runner.invoke(app, ["predict", "--checkpoint", str(source), "--data", DEV, "--out", str(tmp_path / f"{name}.json")])
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / f"{name}.json").read_text()) == answers[name]
