@@ -6,8 +6,10 @@ each trick alone against today's defaults, or the variants given.
   answers up to 50 characters, the CMRC metric. MiniLM's vocabulary is English: compare differences, not levels.
 
     .venv/bin/python bench/bench_tricks.py [--task squad|cmrc] [--seeds 3] [--variant name:key=value,...] [--out DIR]
+        [--equal-compute]
 
-Resumable: run it again and finished runs are skipped (mrc compare). Writes OUT/compare.{json,md,png} and
+--equal-compute: then the baseline again, trained to the FLOPs of the costliest variant at each seed (the epochs
+scaled), and a second verdict per variant against it (mrc compare --equal-compute). Resumable: run it again and finished runs are skipped (mrc compare). Writes OUT/compare.{json,md,png} and
 OUT/bench_tricks.json (the command, machine with CPU flags, git revision, date).
 """
 
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variant", action="append", help="name:key=value,... (default: each trick alone)")
     parser.add_argument("--out", help="default: outputs/bench/tricks (squad), outputs/bench/tricks_cmrc (cmrc)")
+    parser.add_argument("--equal-compute", action="store_true", help="also the baseline at the costliest variant's compute")
     args = parser.parse_args()
     out = Path(args.out or OUT / ("tricks" if args.task == "squad" else "tricks_cmrc"))
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,8 @@ def main() -> None:
         base = minilm_config(*cmrc_split(out), out / "unused")
         base.data.word_segmenter, base.decode.max_answer_length = "chars", 50
     base.train.save_steps = 100  # a killed run resumes from its last checkpoint
-    result = compare(base, [Variant.parse(v) for v in args.variant or TRICKS], list(range(args.seeds)), out)
+    result = compare(base, [Variant.parse(v) for v in args.variant or TRICKS], list(range(args.seeds)), out,
+                     equal_compute=args.equal_compute)
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
               "variants": result["variants"]}
     (out / "bench_tricks.json").write_text(json.dumps(record, indent=2))

@@ -252,10 +252,11 @@ def compare(
     seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Seeds 0..N-1 for every variant (3 when neither this nor --seed-list is given).")] = None,
     seed_list: Annotated[Optional[str], typer.Option("--seed-list", help="These seeds instead, e.g. 0,5,7.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs (OUT/<variant>/seed-<k>) and compare.json/.md/.png.")] = Path("outputs/compare"),
+    equal_compute: Annotated[bool, typer.Option("--equal-compute", help="Then train the baseline again, longer, to the model FLOPs of the costliest variant at each seed (baseline@equal_compute), and give each variant a second verdict against it.")] = False,
 ) -> None:
     """Train each variant and the baseline (the config unchanged, unless a variant is named baseline) once per seed
-    at the same budget; print a table of EM/F1 (mean +/- std), wall time, features/s and a verdict per variant.
-    Run it again to resume: finished runs are skipped, unfinished ones continue from their checkpoint."""
+    at the same budget; print a table of EM/F1 (mean +/- std), training FLOPs, wall time, features/s and a verdict per
+    variant. Run it again to resume: finished runs are skipped, unfinished ones continue from their checkpoint."""
     from mrc_cli.compare import Variant, compare as run_compare, markdown_table
     from mrc_cli.config import load_config
 
@@ -267,7 +268,7 @@ def compare(
         raise typer.BadParameter(f"{seed_list!r}: expected integers such as 0,5,7", param_hint="--seed-list") from None
     cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
                       sets or [])
-    result = run_compare(cfg, [Variant.parse(text) for text in variants], chosen, out)
+    result = run_compare(cfg, [Variant.parse(text) for text in variants], chosen, out, equal_compute=equal_compute)
     typer.echo(markdown_table(result))
     typer.echo(f"files in {out}: compare.json, compare.md, compare.png")
 

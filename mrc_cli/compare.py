@@ -1,6 +1,11 @@
 """Training variants measured over seeds: every variant and a reference run once per seed at the same budget, then
 a table of mean +/- std, a plot of the per-seed scores and a verdict per variant against the reference.
 
+A trick that costs more per step (R-Drop: each batch twice; FGM: a second forward and backward) can win at equal
+steps and lose at equal compute. With `equal_compute` a second reference trains after the variants: per seed, the
+reference trained longer, to the model FLOPs of the costliest variant at that seed, and each variant gets a second
+verdict against it.
+
 The verdict is a paired test: a seed gives every variant the same data order and head initialization, so the
 per-seed difference to the reference removes that share of the seed noise. With few seeds only large effects can be
 called (3 seeds: the 95 % interval is 4.30 standard errors wide on each side), and the table says so.
@@ -21,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +39,13 @@ from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
+EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
 RUN_RECORD = "compare_run.json"  # written when a run has finished: the next compare skips it
 SET_BY_COMPARE = ("train.seed", "train.output_dir", "train.resume")
 ONE_SEED = "one seed: no verdict"
 INSIDE = "inside the seed spread"
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a folder name
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]*")  # a folder name
 _SETTING = r"\s*[A-Za-z_]\w*\.[A-Za-z_]\w*\s*="  # "section.key="
 _NEXT_SETTING = re.compile(rf",(?={_SETTING})")  # a comma not followed by section.key= belongs to the value
 
@@ -59,7 +65,7 @@ class Variant:
     def __post_init__(self) -> None:
         where = f"variant {self.text!r}"
         if not _NAME.fullmatch(self.name):
-            raise ConfigError(f"{where}: the name names its run folders: letters, digits and _ . + - only, e.g. "
+            raise ConfigError(f"{where}: the name names its run folders: letters, digits and _ . + - @ only, e.g. "
                               "ema:train.ema_decay=0.999")
         for item in self.sets:
             if not re.match(_SETTING, item):
@@ -90,27 +96,39 @@ class Run:
     seed: int
     cfg: RunConfig
     settings: dict  # the config as planned; train() fills derived values (decode.allow_null) into cfg
+    facts: dict = field(default_factory=dict)  # what its record says besides the results: the equal-compute scale
 
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.train.output_dir)
 
 
-def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir: str | Path) -> dict:
+def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir: str | Path,
+            equal_compute: bool = False) -> dict:
     """Train the reference and every variant once per seed, each run in OUT/<variant>/seed-<k>, and return what
     compare.json holds (written to `out_dir` with compare.md and compare.png). Runs finished by an earlier call are
-    skipped, unfinished ones resume from their newest checkpoint. Several visible GPUs run as many runs at once."""
+    skipped, unfinished ones resume from their newest checkpoint. Several visible GPUs run as many runs at once.
+    `equal_compute`: then the reference again, trained to the costliest variant's compute (EQUAL_COMPUTE), and a
+    second verdict per variant against it."""
     out_dir = Path(out_dir)
-    variants = _with_reference(variants)
+    variants = _with_reference(variants, equal_compute)
     runs = _plan_runs(base, variants, seeds, out_dir)
     print(f"{len(runs)} runs: {len(variants)} variants x {len(seeds)} seeds, against {REFERENCE}", flush=True)
-    _run_all(runs, _visible_gpus(base.train))
+    gpus = _visible_gpus(base.train)
+    _run_all(runs, gpus)
     rows = [_load_record(run) for run in runs]
+    if equal_compute:
+        longer = _plan_equal_compute(base, runs, rows, out_dir)
+        print(f"{len(longer)} runs of {EQUAL_COMPUTE}: {REFERENCE} trained to the compute of the costliest variant, "
+              "seed by seed", flush=True)
+        _run_all(longer, gpus)
+        rows += [_load_record(run) for run in longer]
+        variants = [*variants, Variant(EQUAL_COMPUTE, variants[0].sets)]  # its length per seed: in its runs' records
     result = {
         "settings": {"reference": REFERENCE, "seeds": list(seeds), "out_dir": str(out_dir),
                      "variants": [{"name": v.name, "sets": list(v.sets)} for v in variants],
                      "verdict": "two-sided paired t-test of the per-seed F1 differences, 95 %",
-                     "config": config_to_dict(base)},
+                     "equal_compute": equal_compute, "config": config_to_dict(base)},
         "machine": _machine(),
         "runs": rows,
         "variants": summarize(rows, variants, seeds),
@@ -121,12 +139,18 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     return result
 
 
-def _with_reference(variants: list[Variant]) -> list[Variant]:
-    """The reference first: the user's variant of that name, else the config unchanged."""
+def _with_reference(variants: list[Variant], equal_compute: bool = False) -> list[Variant]:
+    """The reference first: the user's variant of that name, else the config unchanged. EQUAL_COMPUTE is not a
+    user's name, and `equal_compute` needs a variant to match."""
     names = [v.name for v in variants]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ConfigError(f"variant names must differ: {', '.join(twice)} given twice")
+    if EQUAL_COMPUTE in names:
+        raise ConfigError(f"{EQUAL_COMPUTE} names the run that --equal-compute adds; call your variant otherwise")
+    if equal_compute and not set(names) - {REFERENCE}:
+        raise ConfigError(f"--equal-compute trains {REFERENCE} to the compute of the costliest variant: give a "
+                          f"--variant besides {REFERENCE}")
     given = [v for v in variants if v.name == REFERENCE]
     return [*given, *(v for v in variants if v.name != REFERENCE)] if given else [Variant(REFERENCE), *variants]
 
@@ -149,6 +173,32 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
             check_train_config(cfg.train)
             runs.append(Run(variant, seed, cfg, config_to_dict(cfg)))
     return runs
+
+
+def _plan_equal_compute(base: RunConfig, runs: list[Run], rows: list[dict], out_dir: Path) -> list[Run]:
+    """Per seed, the reference's run again, its length scaled by the ratio of the costliest variant's model FLOPs to
+    its own at that seed: train.max_steps where the reference sets it, else train.epochs. Warm-up and decay are
+    fractions of the steps, so the schedule keeps its shape. The scale is rounded (3 decimals) and read from finished
+    records, so a second compare plans the same settings and skips the run."""
+    flops = {}
+    for run, row in zip(runs, rows):
+        if "compute" not in row:
+            raise ConfigError(f"{run.run_dir}: finished before mrc-cli recorded a run's compute, which --equal-compute "
+                              "scales by; choose another --out, or delete that folder to run it again")
+        flops[run.variant.name, run.seed] = row["compute"]["flops"]
+    planned = []
+    for reference in (run for run in runs if run.variant.name == REFERENCE):
+        costliest = max((name for name, seed in flops if seed == reference.seed and name != REFERENCE),
+                        key=lambda name: flops[name, reference.seed])
+        scale = round(flops[costliest, reference.seed] / flops[REFERENCE, reference.seed], 3)
+        length = reference.settings["train"]
+        setting = (f"train.max_steps={max(1, round(length['max_steps'] * scale))}" if length["max_steps"] else
+                   f"train.epochs={round(length['epochs'] * scale, 4)}")
+        (run,) = _plan_runs(base, [Variant(EQUAL_COMPUTE, (*reference.variant.sets, setting))], [reference.seed],
+                            out_dir)
+        run.facts = {"compute_scale": scale, "compute_of": costliest, "length": setting}
+        planned.append(run)
+    return planned
 
 
 def _run_all(runs: list[Run], gpus: list[str]) -> None:
@@ -227,15 +277,18 @@ def _train_in_subprocess(run: Run, gpu: str) -> None:
 
 
 def _write_record(run: Run, wall_s: float, resumed_from: Path | None) -> None:
-    """The run's scores at its last step, its length and speed, and its planned config: the mark of a finished run."""
-    scores = headline(json.loads((run.run_dir / "metrics.json").read_text(encoding="utf-8")))
+    """The run's scores at its last step, its length, compute and speed, and its planned config: the mark of a
+    finished run."""
+    metrics = json.loads((run.run_dir / "metrics.json").read_text(encoding="utf-8"))
     logged = read_metrics(run.run_dir / "metrics.jsonl")
     write_record(run.run_dir / RUN_RECORD, {
-        "variant": run.variant.name, "seed": run.seed, **scores, "steps": logged[-1]["step"],
+        "variant": run.variant.name, "seed": run.seed, **headline(metrics), "steps": logged[-1]["step"],
+        # feature passes and model FLOPs of the whole run, resumed or not (mrc_cli.compute)
+        "compute": metrics["compute"],
         "wall_s": wall_s,  # of this call: a resumed run's counts only the part after the resume
         # features per second of training (evaluation and saving excluded) in the process that finished the run
         "features_per_s": next(r["features_per_s"] for r in reversed(logged) if "features_per_s" in r),
-        "resumed_from": resumed_from.name if resumed_from else None,
+        "resumed_from": resumed_from.name if resumed_from else None, **run.facts,
     }, run.settings)
 
 
@@ -266,23 +319,36 @@ def t_critical(df: int) -> float:
 
 
 def summarize(rows: list[dict], variants: list[Variant], seeds: list[int]) -> list[dict]:
-    """Per variant (the reference first): mean and std over seeds of EM, F1, wall time and features/s; the step
-    counts and whether they are the reference's; the paired differences to the reference and the F1 verdict."""
+    """Per variant (the reference first): mean and std over seeds of EM, F1, wall time and features/s; its compute;
+    the step counts and whether they are the reference's; the paired differences to the reference and the F1
+    verdict. Where `variants` holds EQUAL_COMPUTE, each variant but the reference also gets them against that run."""
     by_run = {(row["variant"], row["seed"]): row for row in rows}
-    reference_steps = sorted({by_run[(variants[0].name, seed)]["steps"] for seed in seeds})
+    reference = variants[0].name
+    against = {"verdict": ("vs_reference", reference)}  # verdict key: (differences key, the run paired with)
+    if any(v.name == EQUAL_COMPUTE for v in variants):
+        against["verdict_equal_compute"] = ("vs_equal_compute", EQUAL_COMPUTE)
+    reference_rows = [by_run[(reference, seed)] for seed in seeds]
+    reference_steps = sorted({row["steps"] for row in reference_rows})
     summaries = []
     for variant in variants:
         mine = [by_run[(variant.name, seed)] for seed in seeds]
         steps = sorted({row["steps"] for row in mine})
         summary = {"variant": variant.name, "sets": list(variant.sets), "seeds": len(seeds),
                    **{key: _mean_std([row[key] for row in mine]) for key in ("exact", "f1", "wall_s", "features_per_s")},
+                   "compute": _compute_summary(mine, reference_rows),
                    "steps": steps, "same_budget": len(steps) == 1 and steps == reference_steps}
-        if variant is variants[0]:
-            summary["verdict"] = "reference"
-        else:
-            summary["vs_reference"] = {key: paired_difference([row[key] - by_run[(variants[0].name, row["seed"])][key]
-                                                               for row in mine]) for key in ("f1", "exact")}
-            summary["verdict"] = summary["vs_reference"]["f1"]["verdict"]
+        if variant.name == EQUAL_COMPUTE:
+            summary.update({key: [row[key] for row in mine] for key in ("compute_scale", "compute_of")})
+            # the scale assumed the reference's FLOPs per step; the added steps hold other features
+            summary["flops_vs_costliest"] = statistics.fmean(
+                row["compute"]["flops"] / by_run[(row["compute_of"], row["seed"])]["compute"]["flops"] for row in mine)
+        for verdict, (key, other) in against.items():
+            if variant.name == other:
+                summary[verdict] = "reference"
+            elif variant.name != reference:  # the reference against EQUAL_COMPUTE: the reverse of that one's verdict
+                summary[key] = {k: paired_difference([row[k] - by_run[(other, row["seed"])][k] for row in mine])
+                                for k in ("f1", "exact")}
+                summary[verdict] = summary[key]["f1"]["verdict"]
         summaries.append(summary)
     return summaries
 
@@ -291,20 +357,40 @@ def _mean_std(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
+def _compute_summary(mine: list[dict], reference_rows: list[dict]) -> dict | None:
+    """Mean and std over seeds of model FLOPs and forward feature passes, and the mean per-seed ratio of FLOPs to the
+    reference's; None where a record has none (finished before mrc-cli recorded compute)."""
+    if not all("compute" in row for row in (*mine, *reference_rows)):
+        return None
+    return {**{key: _mean_std([row["compute"][key] for row in mine]) for key in ("flops", "forward_passes")},
+            "vs_reference": statistics.fmean(row["compute"]["flops"] / ref["compute"]["flops"]
+                                             for row, ref in zip(mine, reference_rows))}
+
+
 def markdown_table(result: dict) -> str:
-    """compare.md: one row per variant, then what the verdict means at this number of seeds."""
+    """compare.md: one row per variant, then what the verdicts mean at this number of seeds."""
     reference, seeds = result["settings"]["reference"], result["settings"]["seeds"]
-    lines = [f"| variant | settings | EM | F1 | ΔF1 vs {reference} [95 % CI] | verdict | steps | wall s | features/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s in result["variants"]:
+    summaries = result["variants"]
+    longer = next((s for s in summaries if s["variant"] == EQUAL_COMPUTE), None)
+    header = ["variant", "settings", "EM", "F1", f"ΔF1 vs {reference} [95 % CI]", "verdict"]
+    if longer:
+        header += [f"ΔF1 vs {EQUAL_COMPUTE} [95 % CI]", "verdict at equal compute"]
+    header += ["steps", f"FLOPs (x {reference})", "wall s", "features/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summaries:
+        cells = [s["variant"], _settings(s), _pm(s["exact"], 2), _pm(s["f1"], 2),
+                 _interval(s["vs_reference"]["f1"]) if "vs_reference" in s else "", s["verdict"]]
+        if longer:
+            cells += [_interval(s["vs_equal_compute"]["f1"]) if "vs_equal_compute" in s else "",
+                      s.get("verdict_equal_compute", "")]
         budget = "/".join(map(str, s["steps"])) + ("" if s["same_budget"] else " (differs)")
-        cells = [s["variant"], ", ".join(s["sets"]).replace("|", "\\|") or "(the config)", _pm(s["exact"], 2),
-                 _pm(s["f1"], 2), _interval(s["vs_reference"]["f1"]) if "vs_reference" in s else "", s["verdict"],
-                 budget, _pm(s["wall_s"], 0), _pm(s["features_per_s"], 1)]
+        flops = f"{s['compute']['flops']['mean']:.3g} ({s['compute']['vs_reference']:.2f}x)" if s["compute"] else ""
+        cells += [budget, flops, _pm(s["wall_s"], 0), _pm(s["features_per_s"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(seeds)
     lines += ["", f"Seeds {', '.join(map(str, seeds))}; EM and F1 on the dev set at each run's last step, mean ± std "
-                  "over seeds."]
+                  "over seeds. FLOPs: the model FLOPs of training (forward 2 x non-embedding parameters per token plus "
+                  "attention, backward twice that: mrc_cli/compute.py), mean over seeds."]
     if n == 1:
         lines.append("One seed: no verdict (the spread over seeds is unknown); use --seeds 3 or more.")
     else:
@@ -312,15 +398,33 @@ def markdown_table(result: dict) -> str:
                      f"gives both runs the same data order and head init), 95 %: t = {t_critical(n - 1):.2f} at {n - 1} "
                      f"degrees of freedom, so with {n} seeds only differences beyond {t_critical(n - 1):.2f} standard "
                      "errors are called; \"inside the seed spread\" is not \"no effect\".")
-    other = [s["variant"] for s in result["variants"] if not s["same_budget"]]
+    if longer:
+        lines.append(f"{EQUAL_COMPUTE}: {reference} with its length (train.epochs, or train.max_steps where set) x "
+                     f"{_scales(longer)}, to the FLOPs of the costliest variant at each seed "
+                     f"({'/'.join(sorted(set(longer['compute_of'])))}); it spent {longer['flops_vs_costliest']:.2f}x "
+                     "their FLOPs (its added steps hold other features: close to 1x over whole epochs, not over a few "
+                     "steps). Warm-up and decay stay the same fractions of its steps. \"verdict\" pairs each variant "
+                     f"with {reference} at equal steps (does the setting help per step?), \"verdict at equal compute\" "
+                     f"with {EQUAL_COMPUTE} (does it beat spending its compute on more steps?).")
+    other = [s["variant"] for s in summaries if not s["same_budget"] and s["variant"] != EQUAL_COMPUTE]
     if other:
         lines.append(f"Not the same budget: {', '.join(other)} ran another number of steps than {reference}'s "
-                     f"{'/'.join(map(str, result['variants'][0]['steps']))} (early stopping, or a setting that changes "
+                     f"{'/'.join(map(str, summaries[0]['steps']))} (early stopping, or a setting that changes "
                      "the schedule): the difference mixes the setting with the budget.")
     resumed = [f"{r['variant']} seed {r['seed']}" for r in result["runs"] if r["resumed_from"]]
     if resumed:
         lines.append(f"Resumed: {', '.join(resumed)}; their wall time counts only the part after the resume.")
     return "\n".join(lines)
+
+
+def _settings(summary: dict) -> str:
+    text = ", ".join(summary["sets"]).replace("|", "\\|") or "(the config)"
+    return text + (f", length x {_scales(summary)}" if "compute_scale" in summary else "")
+
+
+def _scales(summary: dict) -> str:
+    """The equal-compute run's length factors, one per seed where they differ."""
+    return "/".join(f"{scale:g}" for scale in sorted(set(summary["compute_scale"])))
 
 
 def _pm(stat: dict, digits: int) -> str:
@@ -335,15 +439,16 @@ def _interval(diff: dict) -> str:
 
 
 def plot_comparison(result: dict, out: Path) -> Path:
-    """F1 (left) and EM (right) per variant: each seed's run as a dot, the mean with std bars beside them, the
-    reference's mean as a dashed line."""
+    """F1 (left) and EM (middle) per variant: each seed's run as a dot, the mean with std bars beside them, the
+    reference's mean as a dashed line; right, where the runs recorded their compute, each run's F1 against it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summaries = result["variants"]
-    fig, panels = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(summaries)), 4))
+    with_compute = all(s["compute"] for s in summaries)
+    fig, panels = plt.subplots(1, 2 + with_compute, figsize=(max(8.0, 2.2 * len(summaries)) + 5 * with_compute, 4))
     for ax, key, label in zip(panels, ("f1", "exact"), ("dev F1", "dev EM")):
         for x, s in enumerate(summaries):
             points = [r[key] for r in result["runs"] if r["variant"] == s["variant"]]
@@ -357,10 +462,24 @@ def plot_comparison(result: dict, out: Path) -> Path:
         ax.set(ylabel=f"{label} (%)", title=f"{label} over seeds {', '.join(map(str, result['settings']['seeds']))}")
         ax.grid(axis="y", alpha=0.3)
     panels[0].legend()
+    if with_compute:
+        _plot_f1_against_compute(panels[2], result)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _plot_f1_against_compute(ax, result: dict) -> None:
+    """Each run's dev F1 against its training FLOPs (log scale): a colour per variant, EQUAL_COMPUTE's as squares."""
+    for i, s in enumerate(result["variants"]):
+        runs = [r for r in result["runs"] if r["variant"] == s["variant"]]
+        ax.scatter([r["compute"]["flops"] for r in runs], [r["f1"] for r in runs], s=30, color=f"C{i % 10}",
+                   marker="s" if s["variant"] == EQUAL_COMPUTE else "o", alpha=0.8, label=s["variant"])
+    ax.set_xscale("log")
+    ax.set(xlabel="training compute (model FLOPs)", ylabel="dev F1 (%)", title="dev F1 against training compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
 
 
 def _machine() -> dict:

@@ -38,6 +38,7 @@ from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_
 from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoint_config, read_trainer_state,
                                 read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                 write_best_pointer)
+from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.splits import Split, featurize_file
@@ -62,6 +63,7 @@ class TrainerState:
     epoch_segments: list = field(default_factory=list)
     samples: int = 0  # features trained on, all processes together
     tokens: int = 0  # real (not padding) tokens trained on, all processes together
+    token_pairs: int = 0  # the squared lengths of those features, summed: the attention term of the FLOPs
     plan_group: int = 0  # the group the run started with: its steps per epoch set the schedule's length
     processes: int = 1  # of the run that wrote the checkpoint
     best_metric: float | None = None
@@ -293,9 +295,10 @@ def _loop(r: _Run) -> TrainResult:
             pause_start = time.perf_counter()  # after the sync: waiting there for the device is training time
             state.samples += values.pop("features")
             state.tokens += values.pop("tokens")
+            state.token_pairs += values.pop("token_pairs")
             lr = r.scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{values['loss'] or math.nan:.3f}", lr=f"{lr:.2e}")
-            r.log.metrics(state.step, {**values, "lr": lr, "epoch": epoch})
+            r.log.metrics(state.step, {**values, "lr": lr, "epoch": epoch, "compute": _compute(r)})
             stop = False
             if evaluate:
                 last_eval = _evaluate(r)
@@ -318,11 +321,18 @@ def _loop(r: _Run) -> TrainResult:
 
 
 def _evaluate(r: _Run) -> tuple[dict, object]:
-    """The task's evaluation of the weights to keep (EMA's shadow where on); the model back in training mode."""
+    """The task's evaluation of the weights to keep (EMA's shadow where on), with the training compute spent to reach
+    them (so metrics.json holds the run's); the model back in training mode."""
     with _shadow(r.ema):
-        result = r.task.evaluate(r.accelerator.unwrap_model(r.model), r.cfg, r.accelerator, r.precision)
+        metrics, predictions = r.task.evaluate(r.accelerator.unwrap_model(r.model), r.cfg, r.accelerator, r.precision)
     r.model.train()
-    return result
+    return {**metrics, "compute": _compute(r)}, predictions
+
+
+def _compute(r: _Run) -> dict:
+    """Feature passes and model FLOPs of the steps done so far, all processes together (mrc_cli.compute)."""
+    s = r.state
+    return training_compute(r.accelerator.unwrap_model(r.model).config, r.cfg.train, s.samples, s.tokens, s.token_pairs)
 
 
 def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,
@@ -378,10 +388,10 @@ def _advance(state: TrainerState, epoch: int, group: int) -> None:
 
 
 def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: TrainerState, accelerator: Accelerator):
-    """(epoch, this process's micro-batches, (features, real tokens, computed tokens)) of every optimizer step from
-    the resumed position on, epoch after epoch; `task` makes each micro-batch's inputs. Micro-batch a of an
-    optimizer step goes to rank r as piece a * world + r, so the pieces that ranks run side by side are neighbours in
-    length."""
+    """(epoch, this process's micro-batches, (features, real tokens, computed tokens, squared feature lengths summed))
+    of every optimizer step from the resumed position on, epoch after epoch; `task` makes each micro-batch's inputs.
+    Micro-batch a of an optimizer step goes to rank r as piece a * world + r, so the pieces that ranks run side by
+    side are neighbours in length."""
     rank, world, accum = accelerator.process_index, accelerator.num_processes, cfg.train.grad_accum
     lengths = store.lengths.tolist()
     t = cfg.train
@@ -398,8 +408,9 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
             for index in step:
                 batches.append(task.batch(store, index, rows[at:at + len(index)], epoch))
                 at += len(index)
-            counts = [sum(len(b) for b in step), sum(lengths[i] for b in step for i in b),
-                      sum(batch["input_ids"].numel() for batch in batches)]  # features, real and computed tokens
+            real = [lengths[i] for b in step for i in b]
+            counts = [len(real), sum(real), sum(batch["input_ids"].numel() for batch in batches),
+                      sum(n * n for n in real)]
             yield epoch, batches, counts
 
 
@@ -450,7 +461,8 @@ class _Meter:
     def __init__(self, device: torch.device):
         self.device = device
         self.loss = torch.zeros((), device=device)  # summed over the steps taken
-        self.steps, self.skipped, self.counts = 0, 0, [0, 0, 0]  # counts: features, real and computed tokens (this process)
+        # counts: features, real and computed tokens, squared feature lengths (this process)
+        self.steps, self.skipped, self.counts = 0, 0, [0, 0, 0, 0]
         self.totals = [0.0, 0.0, 0.0]  # all processes, since the start
         self.started, self.paused = time.perf_counter(), 0.0  # paused: seconds spent evaluating and saving
 
@@ -469,8 +481,8 @@ class _Meter:
         is in the sum, so every process raises together instead of the others hanging in the next collective."""
         local = torch.cat([self.loss.double().reshape(1), torch.tensor(
             [*self.counts, stopper.signal_name is not None], dtype=torch.float64, device=self.device)])
-        loss, features, real, computed, stops = (accelerator.reduce(local, "sum") if accelerator.num_processes > 1
-                                                 else local).tolist()
+        total = accelerator.reduce(local, "sum") if accelerator.num_processes > 1 else local
+        loss, features, real, computed, pairs, stops = total.tolist()
         if not math.isfinite(loss):
             when = f"at step {state.step}" if self.steps == 1 else f"in steps {state.step - self.steps + 1}-{state.step}"
             raise TrainingError(f"the training loss became {loss} {when}; nothing from there on was saved, the "
@@ -480,13 +492,13 @@ class _Meter:
         elapsed = time.perf_counter() - self.started - self.paused
         taken = self.steps - self.skipped
         values = {"loss": loss / (taken * accelerator.num_processes) if taken else None, "features": int(features),
-                  "tokens": int(real),
+                  "tokens": int(real), "token_pairs": int(pairs),
                   "features_per_s": self.totals[0] / elapsed, "tokens_per_s": self.totals[1] / elapsed,
                   "computed_tokens_per_s": self.totals[2] / elapsed, "real_token_share": real / computed}
         if self.skipped:
             values["skipped_steps"] = self.skipped
         self.loss.zero_()
-        self.steps, self.skipped, self.counts = 0, 0, [0, 0, 0]
+        self.steps, self.skipped, self.counts = 0, 0, [0, 0, 0, 0]
         return values, stops > 0
 
 

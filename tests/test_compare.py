@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import tiny_run_config
 from mrc_cli import compare as compare_module
 from mrc_cli.cli import app
-from mrc_cli.compare import (INSIDE, ONE_SEED, Variant, _plan_runs, _run_on_gpus, _train_in_subprocess,
+from mrc_cli.compare import (EQUAL_COMPUTE, INSIDE, ONE_SEED, Variant, _plan_runs, _run_on_gpus, _train_in_subprocess,
                              _visible_gpus, compare, markdown_table, paired_difference, summarize)
 from mrc_cli.config import load_config, save_config
 from mrc_cli.errors import ConfigError, TrainingError
@@ -104,9 +104,13 @@ def test_paired_verdicts_on_constructed_differences():
     assert paired_difference([1.0, 1.5] * 20)["t_crit"] == 1.96  # beyond 30 degrees of freedom
 
 
-def _rows(variant: str, f1: list[float], steps: list[int], resumed: tuple[int, ...] = ()) -> list[dict]:
+def _rows(variant: str, f1: list[float], steps: list[int], resumed: tuple[int, ...] = (), passes: int = 1,
+          **facts) -> list[dict]:
+    """Records of a variant's runs at seeds 0, 1, ...: `passes` feature passes per feature of 8 per step."""
     return [{"variant": variant, "seed": seed, "exact": value - 10, "f1": value, "steps": n, "wall_s": 60.0 + seed,
-             "features_per_s": 100.0, "resumed_from": "step-000004" if seed in resumed else None}
+             "compute": {"forward_passes": 8 * n * passes, "backward_passes": 8 * n * passes,
+                         "flops": 1e9 * 8 * n * passes},
+             "features_per_s": 100.0, "resumed_from": "step-000004" if seed in resumed else None, **facts}
             for seed, (value, n) in enumerate(zip(f1, steps))]
 
 
@@ -128,11 +132,42 @@ def test_pairing_by_seed_calls_an_effect_the_seed_spread_would_hide_and_budgets_
                             "variants": summaries})
     lines = table.splitlines()
     assert len([line for line in lines if line.startswith("| ")]) == 5  # header and four variants
-    assert "| plus | train.lr=1e-3 | 51.07 ± 10.10 | 61.07 ± 10.10 | +1.07 [+0.78, +1.35] | better | 10 |" in table
+    assert "| plus | train.lr=1e-3 | 51.07 ± 10.10 | 61.07 ± 10.10 | +1.07 [+0.78, +1.35] | better | 10 | 8e+10 (1.00x) |" in table
+    assert "| short | train.max_steps=8 |" in table and "| 6.4e+10 (0.80x) |" in table
     assert "| 8 (differs) |" in table and "| 9/10 (differs) |" in table
     assert "Not the same budget: short, stopped ran another number of steps than baseline's 10" in table
     assert "t = 4.30 at 2 degrees of freedom" in table
     assert "Resumed: stopped seed 1; their wall time counts only the part after the resume" in table
+
+
+def test_equal_compute_gives_every_variant_a_second_verdict_against_the_longer_baseline():
+    """rdrop wins at equal steps but loses to the baseline trained twice as long; cheap wins at both."""
+    variants = [Variant("baseline"), Variant("rdrop", ("train.rdrop_alpha=1",)), Variant("cheap", ("train.lr=1e-3",)),
+                Variant(EQUAL_COMPUTE)]
+    rows = (_rows("baseline", [50.0, 60.0, 70.0], [10, 10, 10]) + _rows("rdrop", [52.0, 62.1, 71.9], [10, 10, 10], passes=2)
+            + _rows("cheap", [55.0, 65.0, 75.2], [10, 10, 10])
+            + _rows(EQUAL_COMPUTE, [53.0, 63.0, 73.1], [20, 20, 20], compute_scale=2.0, compute_of="rdrop"))
+    summaries = {s["variant"]: s for s in summarize(rows, variants, [0, 1, 2])}
+    assert summaries["baseline"]["verdict"] == "reference" and "vs_equal_compute" not in summaries["baseline"]
+    rdrop, cheap, longer = summaries["rdrop"], summaries["cheap"], summaries[EQUAL_COMPUTE]
+    assert (rdrop["verdict"], rdrop["verdict_equal_compute"]) == ("better", "worse")
+    assert rdrop["vs_equal_compute"]["f1"] == paired_difference([52.0 - 53.0, 62.1 - 63.0, 71.9 - 73.1])
+    assert (cheap["verdict"], cheap["verdict_equal_compute"]) == ("better", "better")
+    assert (longer["verdict"], longer["verdict_equal_compute"]) == ("better", "reference")
+    assert rdrop["compute"]["vs_reference"] == longer["compute"]["vs_reference"] == 2.0
+    assert rdrop["compute"]["forward_passes"] == {"mean": 160, "std": 0.0}
+    assert longer["compute_scale"] == [2.0] * 3 and not longer["same_budget"]
+
+    table = markdown_table({"settings": {"reference": "baseline", "seeds": [0, 1, 2]}, "runs": rows,
+                            "variants": list(summaries.values())})
+    assert ("| variant | settings | EM | F1 | ΔF1 vs baseline [95 % CI] | verdict | ΔF1 vs baseline@equal_compute "
+            "[95 % CI] | verdict at equal compute | steps | FLOPs (x baseline) | wall s | features/s |") in table
+    assert "| rdrop | train.rdrop_alpha=1 | 52.00 ± 9.95 | 62.00 ± 9.95 | +2.00 [+1.75, +2.25] | better | -1.03 " in table
+    assert "| worse | 10 | 1.6e+11 (2.00x) |" in table
+    assert "| baseline@equal_compute | (the config), length x 2 | " in table and "| reference | 20 (differs) |" in table
+    assert "with its length (train.epochs, or train.max_steps where set) x 2, to the FLOPs of the costliest variant at " \
+           "each seed (rdrop); it spent 1.00x their FLOPs" in table
+    assert "Not the same budget" not in table  # the longer baseline is longer by design
 
 
 # --- several GPUs: scheduling and the subprocess (no GPU here: unit level) ----------------------------------------
@@ -315,12 +350,95 @@ def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monke
     assert "Resumed: drop seed 1" in (copy / "compare.md").read_text()
 
 
+# --- equal compute, end to end: rdrop, fgm and both at seed 0, 2 steps each, then the longer baseline --------------
+
+TRICKS = ["rdrop:train.rdrop_alpha=1", "fgm:train.adversarial=fgm", "rdrop_fgm:train.rdrop_alpha=1,train.adversarial=fgm"]
+
+
+@pytest.fixture(scope="module")
+def equal_compute_compared(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("equal_compute")
+    base = tiny_run_config(tiny_bert_dir, root / "unused", max_steps=2)
+    out = root / "out"
+    return out, base, compare(base, [Variant.parse(text) for text in TRICKS], [0], out, equal_compute=True)
+
+
+def test_each_run_records_the_feature_passes_and_flops_of_its_steps(equal_compute_compared, tiny_bert_dir):
+    from mrc_cli.batching import epoch_plan
+    from mrc_cli.features import feature_lengths
+    from mrc_cli.splits import featurize_file
+    from mrc_cli.tokenizer import load_tokenizer
+
+    out, base, result = equal_compute_compared
+    runs = {row["variant"]: row for row in result["runs"]}
+    # the features of the 2 planned steps of 8, counted here from the plan
+    lengths = feature_lengths(featurize_file(base.data.train_file, load_tokenizer(tiny_bert_dir), base.data, "train").features)
+    trained = [lengths[f] for step in epoch_plan(lengths, 8, 1, 0, 0, True)[:2] for batch in step for f in batch]
+    # N = 16384 for this 2-layer, 32-wide BERT (test_compute.py); a backward is twice its forward
+    forward = 2 * 16384 * sum(trained) + 4 * 2 * 32 * sum(n * n for n in trained)
+    assert runs["baseline"]["compute"] == {"forward_passes": 16, "backward_passes": 16, "flops": 3 * forward}
+    for name, passes in (("rdrop", 2), ("fgm", 2), ("rdrop_fgm", 4)):
+        assert runs[name]["compute"] == {"forward_passes": 16 * passes, "backward_passes": 16 * passes,
+                                         "flops": 3 * passes * forward}
+    for name in ("baseline", "rdrop"):  # the record's numbers are the run's files'
+        run_dir = out / name / "seed-0"
+        assert json.loads((run_dir / "metrics.json").read_text())["compute"] == runs[name]["compute"]
+        assert read_metrics(run_dir / "metrics.jsonl")[-1]["compute"] == runs[name]["compute"]
+
+
+def test_the_equal_compute_baseline_trains_to_the_costliest_variants_compute(equal_compute_compared):
+    out, _, result = equal_compute_compared
+    longer = result["runs"][-1]
+    assert (longer["variant"], longer["compute_scale"], longer["compute_of"]) == (EQUAL_COMPUTE, 4.0, "rdrop_fgm")
+    assert (longer["steps"], longer["length"]) == (8, "train.max_steps=8")  # 2 steps x 4
+    assert longer["compute"]["forward_passes"] == 64 == result["runs"][3]["compute"]["forward_passes"]
+    run_dir = out / EQUAL_COMPUTE / "seed-0"
+    saved = load_config(run_dir / "config.yaml")
+    assert (saved.train.max_steps, saved.train.warmup, saved.train.rdrop_alpha) == (8, 0.1, 0.0)  # the same schedule shape
+    summaries = {s["variant"]: s for s in result["variants"]}
+    assert summaries["rdrop_fgm"]["compute"]["vs_reference"] == 4.0
+    assert summaries[EQUAL_COMPUTE]["flops_vs_costliest"] == longer["compute"]["flops"] / result["runs"][3]["compute"]["flops"]
+    assert summaries["rdrop_fgm"]["verdict_equal_compute"] == ONE_SEED
+    assert summaries["rdrop_fgm"]["vs_equal_compute"]["f1"]["mean"] == pytest.approx(
+        result["runs"][3]["f1"] - longer["f1"])
+    table = (out / "compare.md").read_text()
+    assert "| verdict at equal compute |" in table and "| baseline@equal_compute | (the config), length x 4 |" in table
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1600  # three panels wide
+
+
+def test_a_second_equal_compute_compare_skips_every_run(equal_compute_compared, monkeypatch, capsys):
+    out, base, result = equal_compute_compared
+    monkeypatch.setattr(compare_module, "train", _no_training)
+    again = compare(base, [Variant.parse(text) for text in TRICKS], [0], out, equal_compute=True)
+    assert capsys.readouterr().out.count(": done, skipped") == 5
+    assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
+
+
+def test_equal_compute_refuses_records_without_compute_and_a_variant_of_its_name(equal_compute_compared, tmp_path,
+                                                                                 monkeypatch):
+    out, base, _ = equal_compute_compared
+    copy = _copied(out, tmp_path)
+    record_file = copy / "fgm" / "seed-0" / "compare_run.json"
+    record = json.loads(record_file.read_text())
+    del record["compute"]  # as written before compare recorded compute
+    record_file.write_text(json.dumps(record))
+    monkeypatch.setattr(compare_module, "train", _no_training)
+    variants = [Variant.parse(text) for text in TRICKS]
+    with pytest.raises(ConfigError, match="fgm/seed-0: finished before mrc-cli recorded a run's compute"):
+        compare(base, variants, [0], copy, equal_compute=True)
+    with pytest.raises(ConfigError, match="baseline@equal_compute names the run that --equal-compute adds"):
+        compare(base, [Variant.parse("baseline@equal_compute:train.lr=1e-3")], [0], copy)
+    with pytest.raises(ConfigError, match="give a --variant besides baseline"):
+        compare(base, [Variant.parse("baseline:train.lr=1e-3")], [0], copy, equal_compute=True)
+
+
 # --- the command line hands its flags to compare() ----------------------------------------------------------------
 
 
 def test_compare_cli_hands_config_variants_and_seeds_to_the_library(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(compare_module, "compare", lambda *args: seen.append(args) or {})
+    monkeypatch.setattr(compare_module, "compare", lambda *args, **kwargs: seen.append((*args, kwargs)) or {})
     monkeypatch.setattr(compare_module, "markdown_table", lambda result: "TABLE")
     runner = CliRunner()
     result = runner.invoke(app, ["compare", "--model", "m", "--train", "t.json", "--dev", "d.json", "--set",
@@ -328,13 +446,13 @@ def test_compare_cli_hands_config_variants_and_seeds_to_the_library(monkeypatch,
                                  "b:model.dropout=0,train.lr=1e-3", "--seed-list", "0,5,7", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "TABLE" in result.stdout
-    ((cfg, variants, seeds, out),) = seen
+    ((cfg, variants, seeds, out, options),) = seen
     assert (cfg.model.name_or_path, cfg.data.train_file, cfg.data.dev_file, cfg.train.lr) == ("m", "t.json", "d.json", 5e-5)
     assert variants == [Variant("a", ("train.warmup=0.2",)), Variant("b", ("model.dropout=0", "train.lr=1e-3"))]
-    assert (seeds, out) == ([0, 5, 7], tmp_path)
+    assert (seeds, out, options) == ([0, 5, 7], tmp_path, {"equal_compute": False})
 
-    assert runner.invoke(app, ["compare", "--variant", "a:train.lr=1e-3"]).exit_code == 0
-    assert seen[-1][2] == [0, 1, 2]  # the default: 3 seeds
+    assert runner.invoke(app, ["compare", "--variant", "a:train.lr=1e-3", "--equal-compute"]).exit_code == 0
+    assert seen[-1][2] == [0, 1, 2] and seen[-1][4] == {"equal_compute": True}  # the default: 3 seeds
     for flags, problem in ((["--seeds", "2", "--seed-list", "0,1"], "not both"), (["--seed-list", "0,x"], "0,x")):
         refused = runner.invoke(app, ["compare", "--variant", "a:train.lr=1e-3", *flags])
         assert refused.exit_code == 2 and problem in refused.output

@@ -501,6 +501,7 @@ def test_two_processes_train_and_evaluate_one_run(tiny_bert_dir, tmp_path):
     single = evaluate_file(str(run_dir / "checkpoints" / "step-000004"), cfg.data.dev_file, str(tmp_path / "single"))
     assert json.loads((tmp_path / "single" / "predictions.json").read_text()) == predictions
     final = json.loads((run_dir / "metrics.json").read_text())
+    assert final.pop("compute")["forward_passes"] == 16 * 4  # the training's, both ranks' features: not a score
     assert {k: single[k] for k in final} == final
 
 
