@@ -4,10 +4,11 @@ stop signal, progress bar, metrics.jsonl and curves.png.
 
 The task: the corpus (mrc_cli.corpus) cut into sequences; the encoder with its masked-LM head, loaded from the model
 folder when it has one and fresh otherwise, its decoder tied to the input embeddings (sentence-transformers folders
-such as MiniLM have no head); masks drawn for each batch on the device (mrc_cli.masking); no evaluation. At the end
-the run directory is also a model folder: the encoder and its head (save_pretrained, safetensors), config.json and
-the tokenizer, which `mrc train --model DIR` fine-tunes (the encoder; the head is left out there) and `mrc pretrain
---model DIR` continues; and pretrain_info.json, the record of what was trained on.
+such as MiniLM have no head), run at the predicted positions only (~15 % of the tokens); masks drawn for each batch
+on the device (mrc_cli.masking); no evaluation. At the end the run directory is also a model folder: the encoder and
+its head (save_pretrained, safetensors), config.json and the tokenizer, which `mrc train --model DIR` fine-tunes (the
+encoder; the head is left out there) and `mrc pretrain --model DIR` continues; and pretrain_info.json, the record of
+what was trained on.
 
 ALBERT's sentence-order prediction is not trained: it needs pairs of consecutive segments, and SQuAD and CMRC
 contexts are single paragraphs whose order in an article carries little; in-domain adaptation papers (Gururangan et
@@ -23,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -50,14 +52,32 @@ class MaskedLMOutput:
     loss: torch.Tensor
 
 
+# The modules of each family's *ForMaskedLM that turn the encoder's states into vocabulary logits, applied in this
+# order to the states alone (transformers 5's forward of each class): run on the predicted positions only, they give
+# the logits transformers gives there. A family not listed runs its own forward, logits at every position.
+MLM_HEADS = {
+    "bert": ("cls",), "albert": ("predictions",), "roberta": ("lm_head",), "xlm-roberta": ("lm_head",),
+    "camembert": ("lm_head",),
+    "electra": ("generator_predictions", "generator_lm_head"),
+    "distilbert": ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+}
+
+
 class MaskedLM(nn.Module):
     """A Hugging Face *ForMaskedLM model with the loss the loop needs: the mean over the predicted tokens (0, not NaN,
     for a batch without any); padding goes in as a 4D boolean mask (from a 2D one transformers reads `mask.all()`,
-    which makes the host wait for the device, on every forward)."""
+    which makes the host wait for the device, on every forward).
+
+    The head runs on the predicted positions only, gathered from the encoder's states before the vocabulary
+    projection (as NVIDIA's and MosaicML's BERT pre-training do): transformers' own forward projects every position,
+    ~85 % of them for nothing, and for a small encoder that projection costs about as much as the encoder (MiniLM:
+    384 x 30522 multiply-adds per token, its 6 layers ~11M). The modules are `lm`'s own: checkpoints and
+    save_pretrained are unchanged."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
+        self.head_modules = MLM_HEADS.get(lm.config.model_type)  # names of lm's attributes; None: lm's own forward
 
     @property
     def config(self):
@@ -68,12 +88,20 @@ class MaskedLM(nn.Module):
         """The encoder without the head, as SpanExtractionModel.encoder (gradient checkpointing, adversarial training)."""
         return self.lm.base_model
 
-    def forward(self, input_ids, labels, attention_mask=None) -> MaskedLMOutput:
+    def forward(self, input_ids, labels, masked_positions, attention_mask=None) -> MaskedLMOutput:
+        """`labels`: the original token where predicted, else -100, shaped as input_ids; `masked_positions`: the flat
+        (row-major) indices of the predicted tokens, (predicted,), as MaskedLMTask.batch gives them."""
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (batch, 1, 1, seq)
-        logits = self.lm(input_ids=input_ids, attention_mask=mask).logits  # (batch, seq, vocab)
-        # fp32 for the softmax under autocast; the head runs over every position, as transformers' MLM models do
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        return MaskedLMOutput(loss / (labels != IGNORE_INDEX).sum().clamp(min=1))
+        if self.head_modules is None:
+            logits = self.lm(input_ids=input_ids, attention_mask=mask).logits.flatten(0, 1)[masked_positions]
+        else:
+            states = self.lm.base_model(input_ids=input_ids, attention_mask=mask)[0]  # (batch, seq, hidden)
+            logits = states.flatten(0, 1).index_select(0, masked_positions)  # (predicted, hidden)
+            for name in self.head_modules:
+                logits = getattr(self.lm, name)(logits)  # last: (predicted, vocab)
+        # fp32 for the softmax under autocast; the count is a shape, known on the host
+        loss = F.cross_entropy(logits.float(), labels.flatten()[masked_positions], reduction="sum")
+        return MaskedLMOutput(loss / max(masked_positions.numel(), 1))
 
 
 def build_masked_lm(model: ModelConfig, max_seq_length: int, pretrained: bool = True) -> tuple[MaskedLM, list[str]]:
@@ -103,7 +131,8 @@ class MaskedLMTask:
     def __init__(self):
         self.started = time.perf_counter()
         self.info: dict = {}  # pretrain_info.json, filled as the run is set up
-        self.tokenizer, self.rule = None, None  # set by load
+        self.tokenizer = None  # set by load
+        self.rule, self.host, self._predicted = None, None, None  # set by use
 
     def load(self, cfg: RunConfig, tokenizer, log: RunLog):
         if tokenizer.mask_token_id is None:
@@ -119,9 +148,9 @@ class MaskedLMTask:
         sequences, summary = build_sequences(corpus.texts, tokenizer, cfg.data)
         log.info(str(summary))
         self.tokenizer = tokenizer
-        self.rule = MaskingRule(cfg.pretrain.masking == "word", cfg.pretrain.mask_prob, tokenizer.mask_token_id,
-                                len(tokenizer), cfg.train.seed)
-        masked = self._count_masks(sequences, epoch=0)
+        self.use(sequences, MaskingRule(cfg.pretrain.masking == "word", cfg.pretrain.mask_prob, tokenizer.mask_token_id,
+                                        len(tokenizer), cfg.train.seed))
+        masked = self._count_masks(epoch=0)
         log.info(f"masking ({cfg.pretrain.masking}, data.word_segmenter {cfg.data.word_segmenter}), epoch 0: "
                  f"{masked['words']} of {summary.words} words ({masked['words'] / max(summary.words, 1):.1%}), "
                  f"{masked['tokens']} of {summary.tokens} tokens predicted: {masked['mask']} [MASK], "
@@ -154,16 +183,25 @@ class MaskedLMTask:
                      "a model that has its MLM head")
         if fresh_encoder:
             log.info(f"warning: {cfg.model.name_or_path} lacks encoder weights, initialised: {describe_keys(fresh_encoder)}")
+        if model.head_modules is None:
+            log.info(f"MLM head of model type {model.config.model_type!r}: not among {', '.join(MLM_HEADS)}, so "
+                     "transformers' forward computes logits at every position, not only the predicted ones (slower)")
         self.info.update(mlm_head=head, tied_decoder=tied)
         return model
+
+    def use(self, sequences, rule: MaskingRule) -> None:
+        """Draw batches from `sequences` (the rows of the store training cuts) with `rule`; a CPU copy of them gives
+        the host each epoch's mask counts."""
+        self.rule, self.host, self._predicted = rule, FeatureTensors(sequences, torch.device("cpu"), 0), None
 
     def batch(self, store: FeatureTensors, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
         batch = store.batch(index, rows)
         del batch["num_units"]  # word-level span extraction's, added wherever features carry word ids
-        word_ids = batch.pop("word_ids")  # (batch, width)
-        positions = torch.arange(word_ids.shape[1], device=word_ids.device)
-        batch["input_ids"], batch["labels"] = mask_tokens(batch["input_ids"], word_ids, rows[:, None], positions[None],
-                                                          epoch, self.rule)
+        batch["input_ids"], batch["labels"] = self._mask(batch.pop("word_ids"), batch["input_ids"], rows, epoch)
+        # the predicted tokens' flat indices, sized by the host's count: nonzero without a size waits for the device
+        num_predicted = int(self._num_predicted(epoch)[index].sum())
+        batch["masked_positions"] = torch.nonzero_static(batch["labels"].flatten() != IGNORE_INDEX,
+                                                         size=num_predicted).squeeze(1)  # (predicted,)
         return batch
 
     def run_info(self, cfg: RunConfig) -> dict:
@@ -179,21 +217,38 @@ class MaskedLMTask:
             (run_dir / INFO_FILE).write_text(json.dumps(self.info, indent=2, ensure_ascii=False), encoding="utf-8")
         return {}
 
-    def _count_masks(self, sequences, epoch: int) -> dict:
-        """What the masks of `epoch` do to the corpus: words and tokens predicted, and what replaced those tokens;
-        counted on the CPU from the batches training cuts."""
-        store = FeatureTensors(sequences, torch.device("cpu"), 0)
-        counts = Counter()
-        for start in range(0, len(store), 1024):
-            index = list(range(start, min(start + 1024, len(store))))
+    def _mask(self, word_ids: torch.Tensor, input_ids: torch.Tensor, rows: torch.Tensor, epoch: int):
+        """(inputs, labels) of a (batch, width) batch of the sequences `rows`."""
+        positions = torch.arange(word_ids.shape[1], device=word_ids.device)
+        return mask_tokens(input_ids, word_ids, rows[:, None], positions[None], epoch, self.rule)
+
+    def _host_masks(self, epoch: int):
+        """The masks of `epoch` over the whole corpus, drawn on the CPU 1024 sequences at a time (the hash gives the
+        device's masks): (rows, word ids, original ids, inputs, labels) of each chunk."""
+        for start in range(0, len(self.host), 1024):
+            index = list(range(start, min(start + 1024, len(self.host))))
             rows = torch.tensor(index)
-            word_ids = store.batch(index, rows)["word_ids"]
-            batch = self.batch(store, index, rows, epoch)
-            predicted = batch["labels"] != IGNORE_INDEX
-            shown = batch["input_ids"][predicted]
+            word_ids, original = (self.host.batch(index, rows)[key] for key in ("word_ids", "input_ids"))
+            yield rows, word_ids, original, *self._mask(word_ids, original, rows, epoch)
+
+    def _num_predicted(self, epoch: int) -> np.ndarray:
+        """The number of predicted tokens of each sequence in `epoch`, counted on the host once per epoch and kept
+        until the next: 0.05 s for the 686 sequences of the SQuAD train head on one CPU core, so ~1.5 s for all of
+        SQuAD train's contexts."""
+        if self._predicted is None or self._predicted[0] != epoch:
+            counts = [(labels != IGNORE_INDEX).sum(1) for *_, labels in self._host_masks(epoch)]
+            self._predicted = epoch, torch.cat(counts).numpy()
+        return self._predicted[1]
+
+    def _count_masks(self, epoch: int) -> dict:
+        """What the masks of `epoch` do to the corpus: words and tokens predicted, and what replaced those tokens."""
+        counts = Counter()
+        for rows, word_ids, original, inputs, labels in self._host_masks(epoch):
+            predicted = labels != IGNORE_INDEX
+            shown = inputs[predicted]
             counts["tokens"] += int(predicted.sum())
             counts["mask"] += int((shown == self.rule.mask_token_id).sum())
-            counts["unchanged"] += int((shown == batch["labels"][predicted]).sum())
+            counts["unchanged"] += int((shown == original[predicted]).sum())
             pairs = torch.stack([rows[:, None].expand_as(word_ids)[predicted], word_ids[predicted]])
             counts["words"] += torch.unique(pairs, dim=1).shape[1]
         return {"words": counts["words"], "tokens": counts["tokens"], "mask": counts["mask"],

@@ -26,9 +26,9 @@ from mrc_cli.pretraining import MaskedLMTask, build_masked_lm
 from mrc_cli.tracking import read_metrics
 
 
-def _task(tokenizer, whole_word: bool = True, seed: int = 0) -> MaskedLMTask:
+def _task(tokenizer, sequences, whole_word: bool = True, seed: int = 0) -> MaskedLMTask:
     task = MaskedLMTask()
-    task.rule = MaskingRule(whole_word, 0.15, tokenizer.mask_token_id, len(tokenizer), seed)
+    task.use(sequences, MaskingRule(whole_word, 0.15, tokenizer.mask_token_id, len(tokenizer), seed))
     return task
 
 
@@ -55,7 +55,7 @@ def test_whole_word_masks_take_every_sub_token_of_a_word_and_nothing_else(name, 
     index = list(range(len(sequences)))
     shares = {}
     for whole_word in (True, False):
-        batch = _masked(sequences, _task(wordpiece_tokenizer, whole_word), index)
+        batch = _masked(sequences, _task(wordpiece_tokenizer, sequences, whole_word), index)
         predicted = batch["labels"] != IGNORE_INDEX
         assert not predicted[batch["word_ids"] < 0].any()  # [CLS], [SEP], padding
         assert torch.equal(batch["labels"][predicted], batch["original"][predicted])
@@ -93,7 +93,7 @@ def test_masks_are_a_function_of_seed_epoch_and_sequence_only(wordpiece_tokenize
     process count); another epoch or seed gives others."""
     corpus = collect_texts(PretrainConfig(data_files=[str(QUICKSTART / "en_train.json")]), [])
     sequences, _ = build_sequences(corpus.texts, wordpiece_tokenizer, DataConfig(max_seq_length=128))
-    task = _task(wordpiece_tokenizer)
+    task = _task(wordpiece_tokenizer, sequences)
 
     def masks(index, epoch=0, seed_task=task):
         batch = _masked(sequences, seed_task, index, epoch)
@@ -106,7 +106,7 @@ def test_masks_are_a_function_of_seed_epoch_and_sequence_only(wordpiece_tokenize
     mixed = masks([30, 2, 17, 5])  # another batch, order and width
     assert mixed == {i: everything[i] for i in mixed}
     other_epoch = masks(list(range(len(sequences))), epoch=1)
-    other_seed = masks(list(range(len(sequences))), seed_task=_task(wordpiece_tokenizer, seed=1))
+    other_seed = masks(list(range(len(sequences))), seed_task=_task(wordpiece_tokenizer, sequences, seed=1))
     for other in (other_epoch, other_seed):
         assert sum(other[i][1] != everything[i][1] for i in everything) >= 0.9 * len(everything)
 
@@ -160,8 +160,8 @@ def test_long_texts_become_near_equal_sequences_cut_between_words(wordpiece_toke
 def test_optimizer_steps_lower_the_masked_lm_loss_on_a_fixed_batch(tiny_bert_dir, wordpiece_tokenizer):
     corpus = collect_texts(PretrainConfig(data_files=[str(QUICKSTART / "en_train.json")]), [])
     sequences, _ = build_sequences(corpus.texts, wordpiece_tokenizer, DataConfig(max_seq_length=128))
-    batch = _masked(sequences, _task(wordpiece_tokenizer), list(range(8)))
-    batch = {k: batch[k] for k in ("input_ids", "labels", "attention_mask") if k in batch}
+    batch = _masked(sequences, _task(wordpiece_tokenizer, sequences), list(range(8)))
+    batch = {k: batch[k] for k in ("input_ids", "labels", "masked_positions", "attention_mask") if k in batch}
     torch.manual_seed(0)
     model, missing = build_masked_lm(ModelConfig(name_or_path=tiny_bert_dir, dropout=0.0), 128)
     assert any(k.startswith("cls.predictions") for k in missing)  # the folder has no MLM head: a fresh one
@@ -169,6 +169,115 @@ def test_optimizer_steps_lower_the_masked_lm_loss_on_a_fixed_batch(tiny_bert_dir
     # measured: 10.32 (ln 30522 = 10.33, chance) -> 6.63, falling at every step
     assert losses[0] == pytest.approx(10.33, abs=0.2)
     assert losses[-1] < 0.8 * losses[0] and losses[-1] < min(losses[:10]), losses
+
+
+# --- 3b. the head scores the predicted positions only --------------------------------------------------------------
+
+
+def _transformers_loss(lm, batch: dict) -> torch.Tensor:
+    """transformers' own forward and loss: logits at every position, the mean over the predicted tokens."""
+    mask = batch.get("attention_mask")
+    mask = None if mask is None else mask[:, None, None, :].bool()
+    return lm(input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"]).loss
+
+
+def _loss_and_grads(loss_fn, model) -> tuple[torch.Tensor, dict]:
+    model.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", ["bert", "albert"])
+def test_the_head_sees_only_predicted_positions_and_gives_transformers_loss_and_gradients(family, request):
+    """On padded batches of real text: the vocabulary projection gets one row per predicted token, and the loss and
+    every gradient are those of transformers' forward over all positions; a batch without a predicted token has
+    loss 0 and zero gradients, not NaN."""
+    model_dir = request.getfixturevalue(f"tiny_{family}_dir")
+    tokenizer = request.getfixturevalue("wordpiece_tokenizer" if family == "bert" else "albert_tokenizer")
+    corpus = collect_texts(PretrainConfig(data_files=[str(QUICKSTART / "en_train.json")]), [])
+    sequences, _ = build_sequences(corpus.texts, tokenizer, DataConfig(max_seq_length=128))
+    torch.manual_seed(0)
+    model, _ = build_masked_lm(ModelConfig(name_or_path=model_dir), 128)
+    model.eval()  # no dropout: the two forwards must see the same network
+    projected, decoder = [], model.lm.get_output_embeddings()
+    decoder.register_forward_hook(lambda module, args, out: projected.append(args[0].shape))
+    keys = ("input_ids", "labels", "masked_positions", "attention_mask")
+    batch = {k: v for k, v in _masked(sequences, _task(tokenizer, sequences), [0, 5, 9, 14, 20]).items() if k in keys}
+    assert "attention_mask" in batch  # sequences of several lengths: padded
+    num_predicted = int((batch["labels"] != IGNORE_INDEX).sum())
+    assert num_predicted > 20
+
+    ours, our_grads = _loss_and_grads(lambda: model(**batch).loss, model)
+    assert projected == [torch.Size([num_predicted, decoder.in_features])]
+    theirs, their_grads = _loss_and_grads(lambda: _transformers_loss(model.lm, batch), model)
+    assert projected[-1][:-1] == batch["input_ids"].shape  # transformers projects every position
+    assert ours == pytest.approx(theirs.item(), rel=1e-6)
+    assert our_grads.keys() == their_grads.keys() and len(our_grads) > 10
+    for name, grad in our_grads.items():
+        torch.testing.assert_close(grad, their_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    rule = MaskingRule(True, 0.0, tokenizer.mask_token_id, len(tokenizer), 0)  # nothing selected
+    task = MaskedLMTask()
+    task.use(sequences, rule)
+    empty = {k: v for k, v in _masked(sequences, task, [0, 5, 9]).items() if k in keys}
+    assert empty["masked_positions"].shape == (0,)
+    loss, grads = _loss_and_grads(lambda: model(**empty).loss, model)
+    assert loss.item() == 0 and all(torch.count_nonzero(g) == 0 for g in grads.values()) and len(grads) > 10
+
+
+TINY = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 64, "pad_token_id": 0}
+FAMILIES = {"bert": {}, "albert": {"embedding_size": 16}, "roberta": {}, "xlm-roberta": {}, "camembert": {},
+            "electra": {"embedding_size": 16}, "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+            "data2vec-text": {}}  # the last has no entry in MLM_HEADS: transformers' forward
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_of_the_head_map_gives_transformers_loss(family):
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from mrc_cli.pretraining import MLM_HEADS, MaskedLM
+
+    torch.manual_seed(0)
+    lm = AutoModelForMaskedLM.from_config(AutoConfig.for_model(family, **TINY, **FAMILIES[family]),
+                                          attn_implementation="sdpa").eval()
+    model = MaskedLM(lm)
+    assert model.head_modules == MLM_HEADS.get(family)
+    input_ids = torch.randint(5, TINY["vocab_size"], (3, 12))
+    attention_mask = (torch.arange(12) < torch.tensor([[12], [8], [5]])).long()
+    labels = torch.where((torch.rand(3, 12) < 0.3) & attention_mask.bool(), input_ids, IGNORE_INDEX)
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    ours = model(**batch, masked_positions=torch.nonzero(labels.flatten() != IGNORE_INDEX).squeeze(1)).loss
+    assert ours.item() == pytest.approx(_transformers_loss(lm, batch).item(), rel=1e-6)
+
+
+def test_a_family_without_a_known_head_is_named_in_the_log(tmp_path):
+    from transformers import AutoConfig
+
+    from mrc_cli.config import RunConfig
+    from mrc_cli.tracking import RunLog
+
+    AutoConfig.for_model("data2vec-text", **TINY).save_pretrained(str(tmp_path / "model"))
+    cfg = RunConfig()
+    cfg.model.name_or_path, cfg.data.max_seq_length = str(tmp_path / "model"), 32
+    model = MaskedLMTask().build_model(cfg, pretrained=False, log=RunLog(tmp_path / "run", True))
+    assert model.head_modules is None
+    assert ("MLM head of model type 'data2vec-text': not among bert, albert" in
+            (tmp_path / "run" / "train.log").read_text())
+
+
+def test_the_host_count_sizes_the_gather_exactly_in_every_epoch(wordpiece_tokenizer):
+    """masked_positions is cut to the host's count of each epoch: too few would drop predicted tokens from the loss,
+    too many would pad with -1."""
+    corpus = collect_texts(PretrainConfig(data_files=[str(QUICKSTART / "en_train.json")]), [])
+    sequences, _ = build_sequences(corpus.texts, wordpiece_tokenizer, DataConfig(max_seq_length=128))
+    task = _task(wordpiece_tokenizer, sequences)
+    for epoch in (0, 1, 0, 3):  # the count cached for an epoch is replaced by the next epoch's
+        for index in ([0, 1, 2, 3], [31, 7, 19], list(range(len(sequences)))):
+            batch = _masked(sequences, task, index, epoch)
+            expected = torch.nonzero(batch["labels"].flatten() != IGNORE_INDEX).squeeze(1)
+            assert expected.numel() > 0 and torch.equal(batch["masked_positions"], expected), (epoch, index)
 
 
 # --- 4. end to end from the CLI ------------------------------------------------------------------------------------
@@ -265,8 +374,8 @@ def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_b
 
 
 def test_an_ordinary_pretraining_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch):
-    """test_gpu_ready's check of the fine-tuning loop, on pre-training: the masks are drawn on the device and the
-    loss divides by a count that stays there, so only the log steps read from the device."""
+    """test_gpu_ready's check of the fine-tuning loop, on pre-training: the masks are drawn on the device, the
+    predicted positions gathered there in a number the host counted, so only the log steps read from the device."""
     import traceback
 
     import mrc_cli.training as training
@@ -280,7 +389,8 @@ def test_an_ordinary_pretraining_step_never_waits_for_the_device(tiny_bert_dir, 
         original = getattr(torch.Tensor, name)
 
         def counted(self, *args, _original=original, _name=name, **kwargs):
-            if not any(frame.name == "epoch_plan" for frame in traceback.extract_stack(limit=4)):  # host tensors
+            # host tensors on any machine: the epoch's plan, and the epoch's mask counts (once per epoch)
+            if not any(frame.name in ("epoch_plan", "_num_predicted") for frame in traceback.extract_stack(limit=4)):
                 syncs.append((phase[0], _name))
             return _original(self, *args, **kwargs)
 
