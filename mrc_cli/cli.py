@@ -296,6 +296,17 @@ def kfold(
     typer.echo(f"files in {out}: kfold.json, oof/ (predictions.json, nbest.json, null_odds.json), fold-<k>/")
 
 
+@app.command("train-fold", hidden=True)
+def train_fold(
+    config: Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False, help="The fold's config.")],
+) -> None:
+    """One fold of `mrc kfold`, which starts this in a process of its own for each fold."""
+    from mrc_cli.config import load_config
+    from mrc_cli.kfold import train_fold as run_fold
+
+    _echo_result(run_fold(load_config(config)))
+
+
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="A checkpoint folder, a run directory (its best checkpoint) or an export.")]
 
 

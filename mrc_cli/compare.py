@@ -21,8 +21,6 @@ import platform
 import queue
 import re
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from mrc_cli.checkpoint import latest_checkpoint
-from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_train_config, config_to_dict, save_config
-from mrc_cli.errors import ConfigError, TrainingError
+from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_train_config, config_to_dict
+from mrc_cli.errors import ConfigError
 from mrc_cli.inference import headline
-from mrc_cli.runs import load_record, start_run, write_json, write_record
+from mrc_cli.runs import (load_record, refuse_several_processes, start_run, train_in_own_process, write_json,
+                          write_record)
 from mrc_cli.tracking import read_metrics
-from mrc_cli.training import train
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
 EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
@@ -202,6 +200,7 @@ def _plan_equal_compute(base: RunConfig, runs: list[Run], rows: list[dict], out_
 
 
 def _run_all(runs: list[Run], gpus: list[str]) -> None:
+    refuse_several_processes("compare")
     todo = []
     for i, run in enumerate(runs, 1):
         label = f"run {i}/{len(runs)}: {run.variant.name} seed {run.seed}"
@@ -217,22 +216,19 @@ def _run_all(runs: list[Run], gpus: list[str]) -> None:
 
 
 def _execute(label: str, run: Run, gpu: str | None) -> None:
-    """One run, here (gpu None) or in a `mrc train` process on that GPU, then its record."""
+    """One run as a `mrc train` process (on that GPU, else as this process sees the devices), then its record."""
     resumed_from = latest_checkpoint(run.run_dir)
     print(label + (f" on GPU {gpu}" if gpu else "") + (f", resuming from {resumed_from}" if resumed_from else ""),
           flush=True)
     start_run(run.run_dir, run.settings)
     started = time.perf_counter()
-    if gpu is None:
-        train(run.cfg)
-    else:
-        _train_in_subprocess(run, gpu)
+    train_in_own_process(run.cfg, gpu, "compare")
     _write_record(run, time.perf_counter() - started, resumed_from)
 
 
 def _visible_gpus(train_cfg: TrainConfig) -> list[str]:
-    """The GPUs to spread runs over, as CUDA_VISIBLE_DEVICES names them; none (runs go one after another in this
-    process) unless several are visible and train.cpu is off."""
+    """The GPUs to spread runs over, as CUDA_VISIBLE_DEVICES names them; none (runs go one after another, each in a
+    process that sees the devices this one does) unless several are visible and train.cpu is off."""
     import torch
 
     count = 0 if train_cfg.cpu else torch.cuda.device_count()
@@ -260,20 +256,6 @@ def _run_on_gpus(jobs: list, gpus: list[str], launch: Callable[[Any, str], None]
         futures = [pool.submit(one, job) for job in jobs]
     for future in futures:
         future.result()
-
-
-def _train_in_subprocess(run: Run, gpu: str) -> None:
-    """`mrc train` on the run's config in a process that sees one GPU; its output goes to the run directory."""
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    config = run.run_dir / "config.yaml"  # train() rewrites it, resolved, when it starts
-    save_config(run.cfg, config)
-    output = run.run_dir / "compare_output.log"
-    with open(output, "a", encoding="utf-8") as log:
-        code = subprocess.run([sys.executable, "-m", "mrc_cli", "train", "--config", str(config)], stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu}).returncode
-    if code != 0:
-        raise TrainingError(f"{run.run_dir}: mrc train exited with status {code}; its output is in {output}. "
-                            "Run compare again to resume it")
 
 
 def _write_record(run: Run, wall_s: float, resumed_from: Path | None) -> None:

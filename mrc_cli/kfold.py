@@ -3,20 +3,21 @@ each on all folds but one and evaluated on the one held out, so that every train
 (OOF) prediction. Their score is the recipe's on this data; for SQuAD v2 data the null threshold best on them is
 chosen on questions no model trained on, and stored with every fold's best checkpoint for `mrc predict`.
 
-Folds are built in memory (`splits.select_split`), never written as data files. An article (where the data names
-articles) and a context stay in one fold: questions on one paragraph in training and held out would leak its answers.
+Each fold trains in a process of its own (`runs.train_in_own_process`: one process training fold after fold grew
+until killed), which builds its splits in memory (`splits.select_split`) from the training file and the ids of the
+questions it holds out; folds are never written as data files. An article (where the data names articles) and a
+context stay in one fold: questions on one paragraph in training and held out would leak its answers.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from accelerate import PartialState
 
 from mrc_cli.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict
@@ -24,13 +25,18 @@ from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score
-from mrc_cli.runs import FOLD_RECORD, check_facts, load_record, start_run, write_json, write_record
+from mrc_cli.runs import (FOLD_RECORD, check_facts, load_record, refuse_several_processes, start_run,
+                          train_in_own_process, write_json, write_record)
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import select_split
 from mrc_cli.thresholds import null_share, null_share_warning, null_threshold_sweep, store_threshold
 from mrc_cli.tokenizer import load_tokenizer
-from mrc_cli.training import train
+from mrc_cli.tracking import read_metrics
+from mrc_cli.training import TrainResult, train
 from mrc_cli.validate import MAX_LISTED, load_examples
+
+HELD_OUT = "held_out_ids.json"  # in a fold's run directory: the questions its process holds out
+
 
 @dataclass
 class Fold:
@@ -96,9 +102,7 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     source = cfg.data.train_file
     if not source:
         raise ConfigError("no training data: pass --train FILE or set data.train_file in the config")
-    if PartialState().num_processes > 1:
-        raise ConfigError("mrc kfold runs in one process: start it without accelerate launch / torchrun (its folds "
-                          "share files between their trainings, which several processes would race on)")
+    refuse_several_processes("kfold")
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)
     if cfg.train.eval_steps or cfg.train.patience:
@@ -112,9 +116,8 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
             todo.append(fold)
         else:
             print(f"fold {fold.index + 1}/{folds}: done, skipped", flush=True)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path) if todo else None
     for fold in todo:
-        _run_fold(fold, examples, report, golds, tokenizer, ids, folds)
+        _run_fold(fold, ids, folds)
 
     result = {
         "settings": {"folds": folds, "seed": cfg.train.seed, "train_file": source, "dev_file": cfg.data.dev_file,
@@ -148,26 +151,46 @@ def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], ou
     return plan
 
 
-def _run_fold(fold: Fold, examples, report, golds: list[dict], tokenizer, ids: list[str], folds: int) -> None:
-    """Train one fold on the other folds' rows, evaluated on its own, then write its record."""
-    held_out = set(fold.rows)
-    train_rows = [row for row in range(len(examples)) if row not in held_out]
+def _run_fold(fold: Fold, ids: list[str], folds: int) -> None:
+    """Train one fold on the other folds' questions, evaluated on its own, in a process of its own; then its record."""
+    num_trained = len(ids) - len(fold.rows)
     resumed_from = latest_checkpoint(fold.run_dir)
-    print(f"fold {fold.index + 1}/{folds}: training on {len(train_rows)} questions, {len(fold.rows)} held out"
+    print(f"fold {fold.index + 1}/{folds}: training on {num_trained} questions, {len(fold.rows)} held out"
           + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
-    data = fold.cfg.data
     start_run(fold.run_dir, fold.settings, _facts(fold, ids))  # a resumed fold must be this one
-    train_split = select_split(examples, report, golds, train_rows, tokenizer, data, "train")
-    dev_split = select_split(examples, report, golds, fold.rows, tokenizer, data, "eval")
+    # the child cannot be handed the split in memory: it reads the training file and these ids (not rows: a reader
+    # of the folder sees which questions the fold held out)
+    write_json(fold.run_dir / HELD_OUT, {"ids": [ids[row] for row in fold.rows]})
     started = time.perf_counter()
-    result = train(fold.cfg, train_split, dev_split)
+    train_in_own_process(fold.cfg, None, "kfold", "train-fold")
+    metrics = json.loads((fold.run_dir / "metrics.json").read_text(encoding="utf-8"))
     write_record(fold.run_dir / FOLD_RECORD, {
-        "fold": fold.index, "trained_on": len(train_rows), "held_out": len(fold.rows), **headline(result.metrics),
-        "steps": result.steps,
+        "fold": fold.index, "trained_on": num_trained, "held_out": len(fold.rows), **headline(metrics),
+        "steps": read_metrics(fold.run_dir / "metrics.jsonl")[-1]["step"],
         "wall_s": time.perf_counter() - started,  # of this call: a resumed fold's counts only the part after the resume
         "resumed_from": resumed_from.name if resumed_from else None,
         **_facts(fold, ids),
     }, fold.settings)
+
+
+def train_fold(cfg: RunConfig) -> TrainResult:
+    """`mrc train-fold`, the process `mrc kfold` starts for a fold: train on the questions of data.train_file but
+    those listed in the run directory's held_out_ids.json, evaluated on those."""
+    listed = Path(cfg.train.output_dir) / HELD_OUT
+    if not listed.is_file():
+        raise ConfigError(f"{listed} is missing: mrc train-fold trains a fold planned by mrc kfold; run mrc kfold")
+    held_out = set(json.loads(listed.read_text(encoding="utf-8"))["ids"])
+    data = cfg.data
+    examples, report, golds = load_examples(data.train_file, "train", data.format, cache_root(data) / "examples")
+    ids = column(examples, "id")
+    rows = [row for row, question in enumerate(ids) if question in held_out]
+    if len(rows) != len(held_out):
+        raise DataError(f"{data.train_file}: {len(held_out) - len(rows)} of the questions {listed} holds out are not "
+                        "in it (the file changed since mrc kfold planned the folds); run mrc kfold again")
+    train_rows = [row for row, question in enumerate(ids) if question not in held_out]
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    return train(cfg, select_split(examples, report, golds, train_rows, tokenizer, data, "train"),
+                 select_split(examples, report, golds, rows, tokenizer, data, "eval"))
 
 
 def _finished(fold: Fold, ids: list[str]) -> dict | None:

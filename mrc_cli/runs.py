@@ -1,18 +1,92 @@
-"""Records of finished trainings, for the commands that run several and can be run again (`mrc compare`, `mrc kfold`):
-a run's record file marks it finished and holds the settings it ran with; a later call skips it, and refuses it
-when the settings differ, rather than pass its scores off as those of the new settings."""
+"""The runs of the commands that train several models and can be run again (`mrc compare`, `mrc kfold`): each
+trains in a process of its own, and a run's record file marks it finished and holds the settings it ran with; a later
+call skips it, and refuses it when the settings differ, rather than pass its scores off as those of the new settings."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from mrc_cli.config import RunConfig, config_to_dict
-from mrc_cli.errors import ConfigError
+from mrc_cli.config import RunConfig, config_to_dict, save_config
+from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
 
 PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
 FOLD_RECORD = "kfold_fold.json"  # in a fold's run directory once it has finished: kfold skips it, --weights oof reads it
+
+
+def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str = "train") -> None:
+    """`mrc <command> --config <run_dir>/config.yaml` in a child process, its output in <run_dir>/<by>_output.log.
+    One process per run because a process that trains again and again grew on CPU until the kernel killed it (10.5
+    GB after 6 runs: docs/benchmarks.md, "Memory of a process that trains again and again"); a child gives all its
+    memory back when it exits. `gpu`: the one GPU the child sees (runs side by side; output to the log only, their
+    lines would interleave); None: the environment as it is (runs one after another; output also to this terminal).
+    `by`: the command whose run it is ("compare", "kfold"). A failed child raises TrainingError; the next call of `by`
+    resumes the run from its newest checkpoint."""
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "config.yaml"  # train() rewrites it, resolved, when it starts
+    save_config(cfg, config)
+    log = run_dir / f"{by}_output.log"
+    child = [sys.executable, "-m", "mrc_cli", command, "--config", str(config)]
+    here = str(Path(__file__).resolve().parents[1])  # the child runs this mrc_cli, not another one installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}  # lines reach the log as they are printed, not at exit
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        code = _run_logged(child, env, log) if gpu is not None else _run_teed(child, env, log)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"{run_dir}: stopped by Ctrl-C; its output is in {log}. Run mrc {by} again to resume "
+                                  "it from its newest checkpoint") from None
+    if code != 0:
+        # killed by the kernel (out of memory) shows as SIGKILL
+        ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        raise TrainingError(f"{run_dir}: mrc {command} {ended}; its output is in {log}. Run mrc {by} again to resume "
+                            "it from its newest checkpoint")
+
+
+def refuse_several_processes(by: str) -> None:
+    """`mrc compare` and `mrc kfold` start a process for each run themselves; under a launcher every rank would start
+    each run once more, into the same folders. WORLD_SIZE (torchrun and accelerate launch set it) is read rather than
+    accelerate's PartialState, which under a launcher would join a process group only to refuse."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"mrc {by} starts a process for each run itself (one per GPU where several are visible): "
+                          "start it without accelerate launch / torchrun")
+
+
+def _run_logged(child: list[str], env: dict, log: Path) -> int:
+    with open(log, "ab") as out:
+        return subprocess.run(child, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def _run_teed(child: list[str], env: dict, log: Path) -> int:
+    """The child's output (stdout and stderr) to this process's stdout and to `log` as it comes: chunks, not lines,
+    so that a progress bar's carriage returns show. Ctrl-C reaches the child too (one process group), which saves a
+    checkpoint and stops: this process reads on until the child has ended (a second Ctrl-C ends it at once), then
+    raises KeyboardInterrupt."""
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end inside a character
+    interrupted = False
+    with open(log, "ab") as out, subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                  env=env) as process:
+        while True:
+            try:
+                chunk = process.stdout.read1(1 << 16)
+                if not chunk:
+                    break
+                out.write(chunk)
+                out.flush()
+                sys.stdout.write(decode.decode(chunk))
+                sys.stdout.flush()
+            except KeyboardInterrupt:
+                interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+    return process.returncode
 
 
 def write_record(path: Path, record: dict, settings: dict) -> None:

@@ -1,10 +1,13 @@
 """`mrc compare`: variants parsed and checked before anything trains, their settings reaching the runs, runs skipped
-when finished and resumed when not, the paired verdict on constructed numbers, the GPU scheduling, the CLI's files."""
+when finished and resumed when not, the paired verdict on constructed numbers, the GPU scheduling, the CLI's files;
+every run a `mrc train` process of its own (in the test's process where a test is not about that)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,13 +15,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import tiny_run_config
-from mrc_cli import compare as compare_module
+from conftest import QUICKSTART, tiny_run_config
+from mrc_cli import compare as compare_module, runs
 from mrc_cli.cli import app
-from mrc_cli.compare import (EQUAL_COMPUTE, INSIDE, ONE_SEED, Variant, _plan_runs, _run_on_gpus, _train_in_subprocess,
-                             _visible_gpus, compare, markdown_table, paired_difference, summarize)
+from mrc_cli.compare import (EQUAL_COMPUTE, INSIDE, ONE_SEED, Variant, _plan_runs, _run_on_gpus, _visible_gpus, compare,
+                             markdown_table, paired_difference, summarize)
 from mrc_cli.config import load_config, save_config
 from mrc_cli.errors import ConfigError, TrainingError
+from mrc_cli.runs import train_in_own_process
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
 
@@ -27,6 +31,12 @@ VARIANT = "drop:model.dropout=0.3,train.warmup=0.5"
 
 def _no_training(*args, **kwargs):
     pytest.fail("nothing should have trained")
+
+
+def _train_here(cfg, gpu, by):
+    """A run trained in the test's process instead of a child's: fast, and what a test patches is seen. The child
+    process itself is tested by the tests that say so."""
+    train(cfg)
 
 
 # --- variants ------------------------------------------------------------------------------------------------------
@@ -60,7 +70,7 @@ def test_a_malformed_variant_is_refused_naming_its_text(text, problem):
 
 
 def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_module, "train", _no_training)
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
     base = tiny_run_config(tiny_bert_dir, tmp_path / "unused")
     out = tmp_path / "out"
     cases = [
@@ -217,18 +227,47 @@ def test_a_run_on_a_gpu_is_mrc_train_on_its_saved_config(tmp_path, monkeypatch):
     class Done:
         returncode = 0
 
-    monkeypatch.setattr(compare_module.subprocess, "run", lambda command, **kw: calls.append((command, kw)) or Done())
+    monkeypatch.setattr(runs.subprocess, "run", lambda command, **kw: calls.append((command, kw)) or Done())
     (run,) = _plan_runs(tiny_run_config("m", tmp_path / "unused"), [Variant.parse(VARIANT)], [4], tmp_path / "out")
-    _train_in_subprocess(run, "5")
+    train_in_own_process(run.cfg, "5", "compare")
     ((command, kwargs),) = calls
     config = run.run_dir / "config.yaml"
     assert command[1:] == ["-m", "mrc_cli", "train", "--config", str(config)]
     assert kwargs["env"]["CUDA_VISIBLE_DEVICES"] == "5"
+    assert kwargs["stdout"].name == str(run.run_dir / "compare_output.log")
     saved = load_config(config)
     assert (saved.train.seed, saved.train.resume, saved.model.dropout) == (4, "auto", 0.3)
-    Done.returncode = 1
-    with pytest.raises(TrainingError, match=f"exited with status 1; its output is in {run.run_dir / 'compare_output.log'}"):
-        _train_in_subprocess(run, "5")
+    for code, ended in ((1, "exited with status 1"), (-9, "was killed by SIGKILL")):
+        Done.returncode = code
+        with pytest.raises(TrainingError) as err:
+            train_in_own_process(run.cfg, "5", "compare")
+        assert str(err.value) == (f"{run.run_dir}: mrc train {ended}; its output is in "
+                                  f"{run.run_dir / 'compare_output.log'}. Run mrc compare again to resume it from its "
+                                  "newest checkpoint")
+
+
+def test_a_child_on_this_terminal_shows_its_output_here_and_in_the_log_as_it_comes(tmp_path, capfd):
+    """Chunks as they come: a character split between two chunks arrives whole, a progress bar's \\r stays."""
+    script = ("import sys, time; out = sys.stdout.buffer; word = '进度'.encode(); "
+              "out.write(b'bar 1/2\\r' + word[:2]); out.flush(); time.sleep(0.2); "
+              "out.write(word[2:] + b' 2/2\\n'); sys.stderr.write('a warning\\n')")
+    code = runs._run_teed([sys.executable, "-c", script], dict(os.environ), tmp_path / "log")
+    assert code == 0
+    assert capfd.readouterr().out == "bar 1/2\r进度 2/2\na warning\n"
+    assert (tmp_path / "log").read_bytes() == "bar 1/2\r进度 2/2\na warning\n".encode()
+
+
+def test_compare_and_kfold_refuse_to_run_under_a_launcher(tiny_bert_dir, tmp_path, monkeypatch):
+    from mrc_cli.kfold import kfold
+
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    base = tiny_run_config(tiny_bert_dir, tmp_path / "unused")
+    for command, start in (("compare", lambda: compare(base, [], [0], tmp_path / "out")),
+                           ("kfold", lambda: kfold(base, 2, tmp_path / "folds"))):
+        with pytest.raises(ConfigError, match=f"mrc {command} starts a process for each run itself .*: start it "
+                                              "without accelerate launch / torchrun"):
+            start()
 
 
 # --- end to end on the tiny BERT: 2 variants x 2 seeds, 4 steps each ------------------------------------------------
@@ -241,7 +280,10 @@ def compared(tmp_path_factory, tiny_bert_dir):
     config = root / "base.yaml"
     save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=4, save_steps=2), config)
     out = root / "out"
-    result = CliRunner().invoke(app, ["compare", "-c", str(config), "--variant", VARIANT, "--seeds", "2", "--out", str(out)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare_module, "train_in_own_process", _train_here)
+        result = CliRunner().invoke(app, ["compare", "-c", str(config), "--variant", VARIANT, "--seeds", "2", "--out",
+                                          str(out)])
     assert result.exit_code == 0, result.output
     return out, config, result.stdout
 
@@ -291,7 +333,7 @@ def test_a_variants_settings_and_each_seed_reach_its_runs(compared):
 def test_a_second_compare_skips_finished_runs(compared, monkeypatch, capsys):
     out, config, _ = compared
     before = json.loads((out / "compare.json").read_text())
-    monkeypatch.setattr(compare_module, "train", _no_training)
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
     result = compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], out)
     assert capsys.readouterr().out.count(": done, skipped") == 4
     assert result["runs"] == before["runs"] and result["variants"] == before["variants"]
@@ -299,7 +341,7 @@ def test_a_second_compare_skips_finished_runs(compared, monkeypatch, capsys):
 
 def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkeypatch):
     out, config, _ = compared
-    monkeypatch.setattr(compare_module, "train", _no_training)
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
     with pytest.raises(ConfigError, match="baseline/seed-0 finished with other settings \\(train.max_steps: 4 there, 5 now\\)"):
         compare(load_config(config, sets=["train.max_steps=5"]), [Variant.parse(VARIANT)], [0, 1], out)
 
@@ -318,7 +360,7 @@ def test_a_record_without_a_key_added_since_counts_it_at_its_default(compared, t
         record = json.loads(record_file.read_text())
         del record["config"]["train"]["ema_decay"]
         record_file.write_text(json.dumps(record))
-    monkeypatch.setattr(compare_module, "train", _no_training)
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
     compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
     assert capsys.readouterr().out.count(": done, skipped") == 4
     with pytest.raises(ConfigError, match="train.ema_decay: 0.0 there, 0.5 now"):
@@ -333,12 +375,7 @@ def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monke
     (run_dir / "compare_run.json").unlink()  # as if killed after the checkpoint at step 2
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
     calls = []
-
-    def counted_train(cfg):
-        calls.append(cfg)
-        return train(cfg)
-
-    monkeypatch.setattr(compare_module, "train", counted_train)
+    monkeypatch.setattr(compare_module, "train_in_own_process", lambda cfg, *args: calls.append(cfg) or train(cfg))
     result = compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
     printed = capsys.readouterr().out
     assert len(calls) == 1 and printed.count(": done, skipped") == 3
@@ -463,9 +500,8 @@ def test_compare_cli_hands_config_variants_and_seeds_to_the_library(monkeypatch,
 @pytest.mark.slow
 def test_runs_on_two_gpus_go_as_two_mrc_train_processes_at_once(tiny_bert_dir, tmp_path, monkeypatch):
     """The several-GPU path for real, minus the GPUs: two `mrc train` processes side by side (CUDA_VISIBLE_DEVICES
-    empty, the config on the CPU), their records and the summary as the in-process path writes them."""
+    empty, the config on the CPU), their records and the summary as the one-at-a-time path writes them."""
     monkeypatch.setattr(compare_module, "_visible_gpus", lambda train_cfg: ["", ""])
-    monkeypatch.setattr(compare_module, "train", _no_training)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=2)
     result = compare(base, [Variant.parse("warm:train.warmup=0.5")], [0], tmp_path / "out")
@@ -475,3 +511,34 @@ def test_runs_on_two_gpus_go_as_two_mrc_train_processes_at_once(tiny_bert_dir, t
         assert load_config(run_dir / "config.yaml").train.warmup == warmup
         assert '"steps": 2' in (run_dir / "compare_output.log").read_text()  # mrc train's last line
     assert result["variants"][1]["verdict"] == ONE_SEED
+
+
+@pytest.mark.slow
+def test_runs_on_the_cpu_are_mrc_train_processes_one_after_another(tiny_bert_dir, tmp_path, capfd):
+    """Each run a `mrc train` process of its own (one process training run after run grew until killed), its output
+    here and in the run's log. A child that fails is named with its status and log, and the next compare trains the
+    run; one stopped after a checkpoint resumes from it."""
+    train_file = tmp_path / "train.json"  # absent at first: the child fails
+    base = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=4, save_steps=2)
+    base.data.train_file = str(train_file)
+    out = tmp_path / "out"
+    run_dir = out / "baseline" / "seed-0"
+    log = run_dir / "compare_output.log"
+    with pytest.raises(TrainingError) as err:
+        compare(base, [], [0], out)
+    assert str(err.value) == (f"{run_dir}: mrc train exited with status 1; its output is in {log}. Run mrc compare "
+                              "again to resume it from its newest checkpoint")
+    assert f"Error: {train_file}" in log.read_text() and f"Error: {train_file}" in capfd.readouterr().out
+
+    shutil.copy(QUICKSTART / "en_train.json", train_file)
+    (finished,) = compare(base, [], [0], out)["runs"]
+    assert (finished["steps"], finished["resumed_from"]) == (4, None)
+    last_line = f'"run_dir": "{run_dir}", "steps": 4'  # the child's last line, printed by `mrc train`
+    assert last_line in capfd.readouterr().out and last_line in log.read_text()
+
+    (run_dir / "compare_run.json").unlink()  # as if stopped after the checkpoint at step 2
+    shutil.rmtree(run_dir / "checkpoints" / "step-000004")
+    (resumed,) = compare(base, [], [0], out)["runs"]
+    assert (resumed["steps"], resumed["resumed_from"]) == (4, "step-000002")
+    assert (resumed["exact"], resumed["f1"]) == (finished["exact"], finished["f1"])
+    assert "resumed from" in capfd.readouterr().out and log.read_text().count(last_line) == 2

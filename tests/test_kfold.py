@@ -1,6 +1,7 @@
 """`mrc kfold` and the out-of-fold null threshold: the article split on real data, folds in memory with their feature
 cache, the threshold sweep and report on constructed numbers, and end to end on the tiny BERT: files, OOF coverage and
-score, the threshold stored for `mrc predict` and reported by `mrc eval`, finished folds skipped, a stopped one resumed."""
+score, the threshold stored for `mrc predict` and reported by `mrc eval`, finished folds skipped, a stopped one resumed;
+every fold a process of its own (in the test's process where a test is not about that)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ from mrc_cli.validate import load_examples
 
 def _no_training(*args, **kwargs):
     pytest.fail("nothing should have trained")
+
+
+def _train_here(cfg, gpu, by, command):
+    """A fold trained in the test's process by what its child would run: fast, and what a test patches is seen. The
+    child process itself is tested by the test that says so."""
+    assert (gpu, by, command) == (None, "kfold", "train-fold")
+    kfold_module.train_fold(cfg)
 
 
 # --- the split ---------------------------------------------------------------------------------------------------
@@ -178,8 +186,10 @@ def kfolded(tmp_path_factory, tiny_bert_dir):
     # eval_steps and patience set: a fold is still evaluated at its end only
     save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=3, save_steps=2, eval_steps=2, patience=1), config)
     out = root / "out"
-    result = CliRunner().invoke(app, ["kfold", "-c", str(config), "--folds", "2", "--train", str(train_file),
-                                      "--dev", str(dev_file), "--out", str(out)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kfold_module, "train_in_own_process", _train_here)
+        result = CliRunner().invoke(app, ["kfold", "-c", str(config), "--folds", "2", "--train", str(train_file),
+                                          "--dev", str(dev_file), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out, config, train_file, dev_file, result.stdout
 
@@ -219,6 +229,9 @@ def test_oof_predictions_cover_every_usable_question_once_and_no_article_is_in_t
     assert set(oof) == held_out[0] | held_out[1] == set(title_of)  # every question but NOT_IN_CONTEXT
     assert set(json.loads((out / "oof" / "null_odds.json").read_text())) == set(json.loads((out / "oof" / "nbest.json").read_text())) == set(oof)
     assert not {title_of[q] for q in held_out[0]} & {title_of[q] for q in held_out[1]}
+    for k in (0, 1):  # all a fold's process is handed of its split: the ids it holds out, in file order
+        listed = json.loads((out / f"fold-{k}" / "held_out_ids.json").read_text())
+        assert listed == {"ids": [question for question in title_of if question in held_out[k]]}
 
 
 def test_the_oof_score_is_mrc_score_of_the_oof_predictions(kfolded):
@@ -325,7 +338,7 @@ def test_kfold_warns_once_where_the_dev_null_rate_is_another(kfolded):
 def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
     out, config, train_file, dev_file, _ = kfolded
     before = json.loads((out / "kfold.json").read_text())
-    monkeypatch.setattr(kfold_module, "train", _no_training)
+    monkeypatch.setattr(kfold_module, "train_in_own_process", _no_training)
     result = kfold(_cfg(config, train_file, dev_file), 2, out)
     assert capsys.readouterr().out.count(": done, skipped") == 2
     assert result["folds"] == before["folds"] and result["oof"] == before["oof"]
@@ -334,7 +347,7 @@ def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
 
 def test_finished_folds_of_other_settings_or_other_questions_are_refused(kfolded, monkeypatch, tmp_path):
     out, config, train_file, dev_file, _ = kfolded
-    monkeypatch.setattr(kfold_module, "train", _no_training)
+    monkeypatch.setattr(kfold_module, "train_in_own_process", _no_training)
     with pytest.raises(ConfigError, match="fold-0 finished with other settings \\(train.max_steps: 3 there, 4 now\\)"):
         kfold(_cfg(config, train_file, dev_file, "train.max_steps=4"), 2, out)
     # the training file edited in place: a question of fold 0 deleted
@@ -360,7 +373,7 @@ def test_a_started_fold_is_resumed_only_with_the_settings_and_folds_it_started_w
     shutil.copytree(out, copy)
     for record in copy.glob("fold-*/kfold_fold.json"):
         record.unlink()  # as if killed before the end: fold-0 would resume from its checkpoint
-    monkeypatch.setattr(kfold_module, "train", _no_training)
+    monkeypatch.setattr(kfold_module, "train_in_own_process", _no_training)
     with pytest.raises(ConfigError, match=r"fold-0 was started with other settings \(train.lr: 0.0001 there, 0.5 now\)"):
         kfold(_cfg(config, train_file, dev_file, "train.lr=0.5"), 2, copy)
     with pytest.raises(ConfigError, match=r"fold-0 was started with other folds \(2 there, 3 now\), held_out_ids"):
@@ -376,6 +389,7 @@ def test_a_fold_stopped_after_its_checkpoint_resumes(kfolded, tmp_path, monkeypa
     (run_dir / "kfold_fold.json").unlink()  # as if killed after the checkpoint at step 2
     shutil.rmtree(run_dir / "checkpoints" / "step-000003")
     calls = []
+    monkeypatch.setattr(kfold_module, "train_in_own_process", _train_here)
     monkeypatch.setattr(kfold_module, "train", lambda *args: calls.append(args) or train(*args))
     result = kfold(_cfg(config, train_file, dev_file), 2, copy)
     printed = capsys.readouterr().out
@@ -389,7 +403,9 @@ def test_a_fold_stopped_after_its_checkpoint_resumes(kfolded, tmp_path, monkeypa
     assert result["null_threshold"] == json.loads((out / "kfold.json").read_text())["null_threshold"]
 
 
-def test_kfold_on_answerable_only_data_scores_the_oof_predictions_and_stores_no_threshold(tiny_bert_dir, tmp_path, capsys):
+def test_kfold_on_answerable_only_data_scores_the_oof_predictions_and_stores_no_threshold(tiny_bert_dir, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(kfold_module, "train_in_own_process", _train_here)
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=1)
     cfg.data.dev_file = None
     result = kfold(cfg, 3, tmp_path / "out")
@@ -418,3 +434,42 @@ def test_kfold_cli_hands_config_folds_and_out_to_the_library(monkeypatch, tmp_pa
     assert (folds, out) == (5, tmp_path)
     refused = runner.invoke(app, ["kfold", "--folds", "1"])
     assert refused.exit_code == 2 and "--folds" in refused.output
+
+
+def test_a_fold_process_needs_the_held_out_ids_kfold_wrote_and_finds_them_all(tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(kfold_module, "train", _no_training)
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "fold-0")
+    listed = tmp_path / "fold-0" / "held_out_ids.json"
+    with pytest.raises(ConfigError, match=f"{listed} is missing: mrc train-fold trains a fold planned by mrc kfold"):
+        kfold_module.train_fold(cfg)
+    listed.parent.mkdir()
+    ids = column(load_examples(cfg.data.train_file, "train")[0], "id")
+    listed.write_text(json.dumps({"ids": [ids[0], "GONE_1", "GONE_2"]}))
+    with pytest.raises(DataError, match=f"en_train.json: 2 of the questions {listed} holds out are not in it \\(the "
+                                        "file changed since mrc kfold planned the folds\\)"):
+        kfold_module.train_fold(cfg)
+
+
+@pytest.mark.slow
+def test_folds_train_as_processes_of_their_own_and_score_as_in_one(tiny_bert_dir, tmp_path, monkeypatch, capfd):
+    """Each fold a `mrc train-fold` process (one process training fold after fold grew until killed), which builds
+    its splits from the training file and the ids in its folder: its output here and in the fold's log, and the
+    figures of folds trained in the test's process."""
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=1)
+    cfg.data.dev_file = None
+    result = kfold(cfg, 2, tmp_path / "out")
+    printed = capfd.readouterr().out
+    for fold in result["folds"]:
+        run_dir = tmp_path / "out" / f"fold-{fold['fold']}"
+        last_line = f'"run_dir": "{run_dir}", "steps": 1'  # the child's last line, printed by `mrc train-fold`
+        assert last_line in printed and last_line in (run_dir / "kfold_output.log").read_text()
+        held_out = json.loads((run_dir / "held_out_ids.json").read_text())["ids"]
+        assert set(json.loads((run_dir / "predictions.json").read_text())) == set(held_out)
+        assert (fold["steps"], fold["held_out"], fold["trained_on"]) == (1, len(held_out), 177 - len(held_out))
+
+    monkeypatch.setattr(kfold_module, "train_in_own_process", _train_here)
+    here = kfold(cfg, 2, tmp_path / "here")
+    figures = ("fold", "trained_on", "held_out", "exact", "f1", "steps", "held_out_ids")
+    assert [{key: f[key] for key in figures} for f in result["folds"]] == [
+        {key: f[key] for key in figures} for f in here["folds"]]
+    assert result["oof"] == here["oof"]
