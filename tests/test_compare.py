@@ -397,7 +397,9 @@ def equal_compute_compared(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("equal_compute")
     base = tiny_run_config(tiny_bert_dir, root / "unused", max_steps=2)
     out = root / "out"
-    return out, base, compare(base, [Variant.parse(text) for text in TRICKS], [0], out, equal_compute=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare_module, "train_in_own_process", _train_here)
+        return out, base, compare(base, [Variant.parse(text) for text in TRICKS], [0], out, equal_compute=True)
 
 
 def test_each_run_records_the_feature_passes_and_flops_of_its_steps(equal_compute_compared, tiny_bert_dir):
@@ -446,7 +448,7 @@ def test_the_equal_compute_baseline_trains_to_the_costliest_variants_compute(equ
 
 def test_a_second_equal_compute_compare_skips_every_run(equal_compute_compared, monkeypatch, capsys):
     out, base, result = equal_compute_compared
-    monkeypatch.setattr(compare_module, "train", _no_training)
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
     again = compare(base, [Variant.parse(text) for text in TRICKS], [0], out, equal_compute=True)
     assert capsys.readouterr().out.count(": done, skipped") == 5
     assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
@@ -460,7 +462,7 @@ def test_equal_compute_refuses_records_without_compute_and_a_variant_of_its_name
     record = json.loads(record_file.read_text())
     del record["compute"]  # as written before compare recorded compute
     record_file.write_text(json.dumps(record))
-    monkeypatch.setattr(compare_module, "train", _no_training)
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
     variants = [Variant.parse(text) for text in TRICKS]
     with pytest.raises(ConfigError, match="fgm/seed-0: finished before mrc-cli recorded a run's compute"):
         compare(base, variants, [0], copy, equal_compute=True)
