@@ -3,8 +3,10 @@
 A "feature pass" is one forward (or backward) of the model over one feature. A plain step makes one of each per
 feature; R-Drop runs the batch twice in one forward (2 of each); FGM adds an adversarial forward and backward to the
 clean ones (x2), PGD `adv_steps` of them (x(1 + adv_steps); its climbing backwards compute no weight gradients, about
-half a backward, and are counted whole). The training loop keeps the counts it needs on the host (features, real
-tokens and squared lengths of the features it planned), so counting adds no wait for the device.
+half a backward, and are counted whole). A step of train.head_warmup on one process (the encoder frozen) makes its
+forward passes and no backward: its backward ends at the head, whose FLOPs are not counted (below). The training
+loop keeps the counts it needs on the host (features, real tokens and squared lengths of the features it planned), so
+counting adds no wait for the device.
 
 Not counted: gradient checkpointing's recomputed forwards (model FLOPs, as MFU counts them: the algorithm's work, not
 the implementation's), padding (the FLOPs are of real tokens), distillation's teacher pass (once before training, on
@@ -42,9 +44,13 @@ def forward_flops(encoder_config, tokens: int, token_pairs: int) -> int:
     return 2 * non_embedding * tokens + 4 * layers * d_attn * token_pairs
 
 
-def training_compute(encoder_config, train: TrainConfig, features: int, tokens: int, token_pairs: int) -> dict:
+def training_compute(encoder_config, train: TrainConfig, features: int, tokens: int, token_pairs: int,
+                     head_only: tuple[int, int, int] = (0, 0, 0)) -> dict:
     """The compute of training steps over `features` features (`tokens` real tokens, `token_pairs` their squared
-    lengths summed): forward and backward feature passes, and model FLOPs (a backward at twice its forward)."""
+    lengths summed): forward and backward feature passes, and model FLOPs (a backward at twice its forward).
+    `head_only`: (features, tokens, token_pairs) of those among them whose backward ended at the head."""
     passes = passes_per_feature(train)
-    return {"forward_passes": passes * features, "backward_passes": passes * features,
-            "flops": 3 * passes * forward_flops(encoder_config, tokens, token_pairs)}
+    head_features, head_tokens, head_pairs = head_only
+    return {"forward_passes": passes * features, "backward_passes": passes * (features - head_features),
+            "flops": passes * (3 * forward_flops(encoder_config, tokens, token_pairs)
+                               - 2 * forward_flops(encoder_config, head_tokens, head_pairs))}

@@ -61,6 +61,10 @@ class TrainConfig:
     lr: float = 1e-4  # measured best for small encoders (MiniLM); the paper configs set 3e-5 for base models
     weight_decay: float = 0.01  # not on biases and norms (rank-1 tensors)
     warmup: float = 0.1  # fraction of the optimizer steps, then linear decay to 0
+    # fraction of the optimizer steps, as warmup, in which only the span head trains (the encoder frozen): for a
+    # folder without a QA head (MiniLM), whose fresh head's first gradients reach the encoder as noise. The lr
+    # schedule runs over all steps unchanged: the encoder joins at the lr reached by then (mrc_cli/tricks.py)
+    head_warmup: float = 0.0
     max_grad_norm: float = 0.0  # 0: no clipping (clipping at 1.0 cost 2-3 F1 in short runs, shared/MEASURED.md)
     # auto: bf16 where the GPU/CPU runs it natively (Ampere+, AVX512-BF16/AMX), fp16 on older GPUs, else fp32
     precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
@@ -321,8 +325,12 @@ def check_train_config(train: TrainConfig) -> None:
             problems.append(f"train.{key} must be at least 1 (got {getattr(train, key)})")
     if train.max_steps < 0 or (train.max_steps == 0 and not train.epochs > 0):
         problems.append(f"train.epochs must be > 0 or train.max_steps > 0 (got epochs {train.epochs}, max_steps {train.max_steps})")
-    if not 0 <= train.warmup < 1:
-        problems.append(f"train.warmup is a fraction of the steps in [0, 1) (got {train.warmup})")
+    for key in ("warmup", "head_warmup"):
+        if not 0 <= getattr(train, key) < 1:
+            problems.append(f"train.{key} is a fraction of the steps in [0, 1) (got {getattr(train, key)})")
+    if train.head_warmup and train.adversarial != "none":
+        problems.append(f"train.head_warmup: train.adversarial {train.adversarial} moves the embeddings along their "
+                        "gradient, which a frozen encoder does not compute; set one of them off")
     for key in ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "patience"):
         if getattr(train, key) < 0:
             problems.append(f"train.{key} must not be negative (got {getattr(train, key)})")
@@ -365,7 +373,7 @@ def check_pretrain_config(cfg: RunConfig) -> None:
     if cfg.data.max_seq_length < 3:
         problems.append(f"data.max_seq_length {cfg.data.max_seq_length} leaves no room between [CLS] and [SEP]")
     for key, value in (("train.rdrop_alpha", cfg.train.rdrop_alpha), ("model.multi_sample_dropout", cfg.model.multi_sample_dropout),
-                       ("train.init_from", cfg.train.init_from)):
+                       ("train.init_from", cfg.train.init_from), ("train.head_warmup", cfg.train.head_warmup)):
         if value:
             problems.append(f"{key} {value!r} belongs to span fine-tuning (mrc train); pre-training starts from --model "
                             "and has no span head: unset it")

@@ -48,7 +48,7 @@ from mrc_cli.model import build_model, describe_keys, enable_gradient_checkpoint
 from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
-from mrc_cli.tricks import EMA, Adversary, check_rdrop, layer_lr_scales, rdrop_loss
+from mrc_cli.tricks import EMA, Adversary, HeadWarmup, check_rdrop, layer_lr_scales, rdrop_loss
 
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
@@ -64,6 +64,8 @@ class TrainerState:
     samples: int = 0  # features trained on, all processes together
     tokens: int = 0  # real (not padding) tokens trained on, all processes together
     token_pairs: int = 0  # the squared lengths of those features, summed: the attention term of the FLOPs
+    # [features, tokens, token_pairs] of those whose backward ended at the head (train.head_warmup, one process)
+    head_only: list = field(default_factory=lambda: [0, 0, 0])
     plan_group: int = 0  # the group the run started with: its steps per epoch set the schedule's length
     processes: int = 1  # of the run that wrote the checkpoint
     best_metric: float | None = None
@@ -198,6 +200,7 @@ class _Run:
     scaler: LossScaler
     ema: EMA | None
     adversary: Adversary | None
+    head_warmup: HeadWarmup  # does nothing without train.head_warmup
     stateful: dict  # what a checkpoint holds besides the weights: save and restore walk this
     state: TrainerState
     store: FeatureTensors
@@ -251,6 +254,9 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {})}
     if resume_from is not None:
         _restore(resume_from, accelerator, model, stateful, state, task.unit, log)
+    # after the optimizer and EMA took every parameter: the warm-up may stop the encoder's requiring gradients
+    head_warmup = HeadWarmup.for_config(accelerator.unwrap_model(model), cfg.train, total_steps, optimizer, world,
+                                        state.step, log)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -260,7 +266,7 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
     return _Run(cfg, task, run_dir, accelerator, precision, log, tokenizer, model,
                 _compiled(model, cfg.train, accelerator.device, log), optimizer, scheduler, scaler, ema, adversary,
-                stateful, state, store, total_steps)
+                head_warmup, stateful, state, store, total_steps)
 
 
 def _loop(r: _Run) -> TrainResult:
@@ -282,6 +288,7 @@ def _loop(r: _Run) -> TrainResult:
                     r.ema.update()
             _advance(state, epoch, world * cfg.train.grad_accum)
             meter.add(loss, counts, stepped)
+            r.head_warmup.after_step(state, counts)
             bar.update(1)
 
             # after a step: log, evaluate, save, stop; the device is waited for only at these steps
@@ -332,7 +339,8 @@ def _evaluate(r: _Run) -> tuple[dict, object]:
 def _compute(r: _Run) -> dict:
     """Feature passes and model FLOPs of the steps done so far, all processes together (mrc_cli.compute)."""
     s = r.state
-    return training_compute(r.accelerator.unwrap_model(r.model).config, r.cfg.train, s.samples, s.tokens, s.token_pairs)
+    return training_compute(r.accelerator.unwrap_model(r.model).config, r.cfg.train, s.samples, s.tokens, s.token_pairs,
+                            s.head_only)
 
 
 def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,

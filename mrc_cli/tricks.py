@@ -1,9 +1,11 @@
 """Training tricks, each a switch in the config and off by default: layer-wise lr decay (train.llrd), adversarial
-training on the word embeddings (train.adversarial: fgm | pgd), shadow weights (train.ema_decay) and R-Drop
-(train.rdrop_alpha). Multi-sample dropout belongs to the head (model.py). docs/benchmarks.md has what each is worth.
+training on the word embeddings (train.adversarial: fgm | pgd), shadow weights (train.ema_decay), R-Drop
+(train.rdrop_alpha) and a head warm-up (train.head_warmup). Multi-sample dropout belongs to the head (model.py).
+docs/benchmarks.md has what each is worth.
 
 Each is called from one place in training.py: `layer_lr_scales` by the optimizer, `rdrop_loss` and `Adversary` by
-`_train_step`, `EMA` after the optimizer step, at evaluation and at saving. Their state is in the checkpoint.
+`_train_step`, `EMA` after the optimizer step, at evaluation and at saving, `HeadWarmup` after each step. Their
+state is in the checkpoint (the head warm-up has none: where it stands is a function of the step).
 """
 
 from __future__ import annotations
@@ -207,3 +209,66 @@ class EMA:
             s.copy_(p)
             p.copy_(training[name])
         self.updates = state["updates"]
+
+
+class HeadWarmup:
+    """train.head_warmup: the first `steps` optimizer steps train the head alone (every parameter outside
+    `model.encoder`: the span head qa_outputs, also at word level and in distillation), the encoder joins after
+    them. The lr schedule is not touched: it runs over all steps, and the encoder starts at the lr it has reached.
+
+    One process: the encoder's parameters stop requiring gradients, so the backward ends at the head (a step costs
+    about its forward, a third of a full step's FLOPs; mrc_cli.compute counts it so) and fused AdamW, finding no
+    gradient, leaves their weights and moments alone: the encoder's Adam moments start when it joins. Under
+    train.cuda_graphs torch.compile recompiles once, at the change. Several processes: DDP expects a gradient for every
+    parameter it wrapped, and a frozen one fails the next step ("Expected to have finished reduction in the prior
+    iteration"), so there the encoder's backward runs and its gradients are dropped before each optimizer step: the
+    same updates at a full step's cost, but train.max_grad_norm clips by the norm of all the gradients.
+    A resumed run freezes or not by its step: nothing to checkpoint but the counts in TrainerState.head_only."""
+
+    def __init__(self, model: nn.Module, steps: int, optimizer: torch.optim.Optimizer, processes: int, log):
+        self.steps, self.log = steps, log
+        self.encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+        self.freezes = processes == 1
+        self.active = False  # whether the steps now train the head alone
+        if steps and not self.freezes:
+            optimizer.register_step_pre_hook(self._drop_encoder_gradients)
+
+    @classmethod
+    def for_config(cls, model: nn.Module, train, total_steps: int, optimizer, processes: int, step: int, log) -> HeadWarmup:
+        """The warm-up of train.head_warmup (a TrainConfig) in a run of `total_steps`, resumed at `step`; without
+        one, an object that does nothing."""
+        steps = int(train.head_warmup * total_steps)  # rounded as train.warmup is
+        if train.head_warmup and not steps:
+            raise ConfigError(f"train.head_warmup {train.head_warmup:g} of {total_steps} steps is no step: raise it "
+                              f"to at least {1 / total_steps:.3g} or set it to 0")
+        warmup = cls(model, steps, optimizer, processes, log)
+        if step < steps:
+            warmup._set(True)
+            log.info(f"head warm-up: steps {step + 1}-{steps} train the head only; " + (
+                "the encoder is frozen" if warmup.freezes else
+                f"under {processes} processes DDP needs the encoder's gradients, so its backward still runs and they "
+                "are dropped before each optimizer step (no compute saved)"))
+        return warmup
+
+    def after_step(self, state, counts: list[int]) -> None:
+        """After optimizer step `state.step` (a TrainerState): count a step whose backward ended at the head
+        (`counts`: features, real tokens, computed tokens, squared feature lengths, of this one process), and let
+        the encoder join after the last step of the warm-up."""
+        if self.active and self.freezes:
+            features, tokens, _, pairs = counts
+            state.head_only = [a + b for a, b in zip(state.head_only, (features, tokens, pairs))]
+        if self.active and state.step == self.steps:
+            self._set(False)
+            self.log.info(f"head warm-up: steps 1-{self.steps} trained the head only; the encoder trains from step "
+                          f"{self.steps + 1}")
+
+    def _set(self, active: bool) -> None:
+        self.active = active
+        if self.freezes:
+            for p in self.encoder:
+                p.requires_grad_(not active)
+
+    def _drop_encoder_gradients(self, optimizer, args, kwargs) -> None:
+        if self.active:
+            for p in self.encoder:
+                p.grad = None

@@ -42,3 +42,13 @@ def test_albert_s_shared_layer_is_counted_once_per_use(tiny_albert_dir):
     shared = sum(p.numel() for p in encoder.encoder.albert_layer_groups.parameters() if p.dim() == 2)
     assert shared == 8192  # one layer's matrices, run at both of the 2 depths
     assert forward_flops(encoder.config, 40, 1000) == 2 * 2 * shared * 40 + 2 * 2 * 2 * 32 * 1000
+
+
+def test_steps_whose_backward_ends_at_the_head_count_their_forward_only(tiny_bert_dir):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_bert_dir)
+    full, head = forward_flops(config, 40, 1000), forward_flops(config, 10, 100)
+    # 2 of 5 features trained the head alone (train.head_warmup): 5 forwards, 3 backwards at twice their forward
+    compute = training_compute(config, TrainConfig(rdrop_alpha=1.0), 5, 40, 1000, head_only=(2, 10, 100))
+    assert compute == {"forward_passes": 10, "backward_passes": 6, "flops": 2 * (full + 2 * (full - head))}

@@ -10,15 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from conftest import QUICKSTART, tiny_run_config
 from mrc_cli.batching import FeatureTensors
-from mrc_cli.config import DataConfig, ModelConfig, TrainConfig, check_train_config
+from mrc_cli.compute import forward_flops
+from mrc_cli.config import DataConfig, ModelConfig, TrainConfig, check_pretrain_config, check_train_config
 from mrc_cli.errors import ConfigError
 from mrc_cli.model import build_model
 from mrc_cli.reader import evaluate_file
 from mrc_cli.splits import featurize_file
 from mrc_cli.tokenizer import load_tokenizer
+from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
 from mrc_cli.tricks import EMA, Adversary, layer_lr_scales, rdrop_loss
 
@@ -192,6 +195,116 @@ def test_multi_sample_dropout_averages_masks_in_training_only(tiny_bert_dir, bat
 def test_multi_sample_dropout_without_dropout_is_refused(tiny_bert_dir):
     with pytest.raises(ConfigError, match="multi_sample_dropout 4 does nothing"):
         _model(tiny_bert_dir, multi_sample_dropout=4, dropout=0.0)
+
+
+# --- head warm-up ------------------------------------------------------------------------------------------------
+
+
+def _encoder_and_head(weights: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    return ({k: v for k, v in weights.items() if k.startswith("encoder.")},
+            {k: v for k, v in weights.items() if not k.startswith("encoder.")})
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _pretrained_encoder(folder: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModel
+
+    return {f"encoder.{k}": v for k, v in AutoModel.from_pretrained(folder).state_dict().items()
+            if not k.startswith("pooler.")}  # the span model drops the pooler
+
+
+def _assert_head_alone_then_everything(run_dir: Path, pretrained: str, warmup_steps: int, steps: int) -> None:
+    """The checkpoints of every step: the encoder bitwise the pretrained one up to `warmup_steps`, the head moving
+    at each step; both moving after it."""
+    start = _pretrained_encoder(pretrained)
+    before = None
+    for step in range(1, steps + 1):
+        encoder, head = _encoder_and_head(_weights(run_dir, step))
+        assert _same(encoder, start) == (step <= warmup_steps), step
+        assert before is None or not _same(head, before[1]), step
+        assert before is None or step <= warmup_steps or not _same(encoder, before[0]), step
+        before = encoder, head
+
+
+def test_head_warmup_trains_the_head_alone_then_everything(tiny_bert_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=6, save_steps=1, keep_last=10, head_warmup=0.5,
+                          grad_accum=2)
+    cfg.data.dev_file = None
+    train(cfg)
+    _assert_head_alone_then_everything(run_dir, tiny_bert_dir, 3, 6)
+    log = (run_dir / "train.log").read_text()
+    assert "head warm-up: steps 1-3 train the head only; the encoder is frozen" in log
+    assert "head warm-up: steps 1-3 trained the head only; the encoder trains from step 4" in log
+    # the warm-up's backward ends at the head: counted as forward passes only
+    compute = {r["step"]: r["compute"] for r in read_metrics(run_dir / "metrics.jsonl") if "compute" in r}
+    state = [json.loads((run_dir / f"checkpoints/step-00000{s}/trainer_state.json").read_text()) for s in (3, 6)]
+    assert state[0]["head_only"] == [state[0]["samples"], state[0]["tokens"], state[0]["token_pairs"]] and state[0]["samples"] > 0
+    assert state[1]["head_only"] == state[0]["head_only"]
+    assert compute[3]["backward_passes"] == 0 and compute[3]["forward_passes"] == state[0]["samples"]
+    assert compute[6]["backward_passes"] == state[1]["samples"] - state[0]["samples"]
+    config = AutoConfig.from_pretrained(tiny_bert_dir)
+    assert compute[3]["flops"] == forward_flops(config, state[0]["tokens"], state[0]["token_pairs"])
+
+
+def test_a_run_resumed_inside_the_head_warmup_is_bitwise_the_uninterrupted_one(tiny_bert_dir, tmp_path):
+    def run(name: str, **extra):
+        cfg = tiny_run_config(tiny_bert_dir, tmp_path / name, max_steps=6, save_steps=2, keep_last=5, head_warmup=0.5,
+                              llrd=0.8, ema_decay=0.5, **extra)
+        cfg.data.dev_file = None
+        return train(cfg)
+
+    run("whole")
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "whole/checkpoints/step-000002", tmp_path / "resumed/checkpoints/step-000002")
+    run("resumed", resume="auto")
+    assert _same(_weights(tmp_path / "whole", 6), _weights(tmp_path / "resumed", 6))
+    states = [json.loads((tmp_path / n / "checkpoints/step-000006/trainer_state.json").read_text())
+              for n in ("whole", "resumed")]
+    assert states[0] == states[1]
+    # EMA's shadow (model.safetensors) of a frozen encoder is that encoder: unchanged over the warm-up
+    assert _same(_encoder_and_head(_weights(tmp_path / "whole", 2))[0], _pretrained_encoder(tiny_bert_dir))
+    assert "head warm-up: steps 3-3 train the head only" in (tmp_path / "resumed" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_warm_the_head_up_with_the_encoder_s_gradients_dropped(tiny_bert_dir, tmp_path):
+    """DDP fails a step after one where a parameter it wrapped had no gradient: there the encoder keeps requiring
+    gradients, which are dropped before the optimizer step."""
+    from test_training import _assert_two_ranks_trained, _torchrun
+
+    run_dir = tmp_path / "ddp"
+    cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=4, save_steps=1, keep_last=10, head_warmup=0.5)
+    cfg.data.dev_file = None
+    done = _torchrun(cfg, tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    _assert_two_ranks_trained(run_dir, 4)
+    _assert_head_alone_then_everything(run_dir, tiny_bert_dir, 2, 4)
+    assert "under 2 processes DDP needs the encoder's gradients" in (run_dir / "train.log").read_text()
+    state = json.loads((run_dir / "checkpoints/step-000004/trainer_state.json").read_text())
+    assert state["head_only"] == [0, 0, 0]  # the encoder's backward ran: full steps
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"head_warmup": -0.1}, "train.head_warmup is a fraction of the steps in \\[0, 1\\)"),
+    ({"head_warmup": 1.0}, "train.head_warmup is a fraction of the steps in \\[0, 1\\)"),
+    ({"head_warmup": 0.1, "adversarial": "fgm"}, "train.head_warmup: train.adversarial fgm moves the embeddings"),
+])
+def test_bad_head_warmup_settings_are_refused(settings, problem):
+    with pytest.raises(ConfigError, match=problem):
+        check_train_config(TrainConfig(**settings))
+
+
+def test_a_head_warmup_of_no_step_and_one_in_pretraining_are_refused(tiny_bert_dir, tmp_path):
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=6, head_warmup=0.1)
+    with pytest.raises(ConfigError, match="train.head_warmup 0.1 of 6 steps is no step: raise it to at least 0.167"):
+        train(cfg)
+    cfg.pretrain.text_files = ["corpus.txt"]
+    with pytest.raises(ConfigError, match="train.head_warmup 0.1 belongs to span fine-tuning"):
+        check_pretrain_config(cfg)
 
 
 # --- every trick: config checks, exact resume, two processes ------------------------------------------------------
