@@ -27,7 +27,11 @@ Parts (the first six are gpu_check.sh's default; old_trainer and resume were mea
                     grouped   tokens_per_batch 0 (feature batches of 32), group_by_length true
                     random    tokens_per_batch 0, group_by_length false
                     graphs    as packed, with train.cuda_graphs on (torch.compile mode reduce-overhead: CUDA graph
-                              trees); its first log interval holds the compilation and graph recording
+                              trees) and so rows of fixed shapes (one graph); its first log interval holds the
+                              compilation and graph recording
+                    graphs_dynamic  (only when named in $BERT_RUNS) as graphs, with the rows' shapes as their
+                              features need them (FeatureTensors.fix_shapes made a no-op; torch.compile dynamic=True,
+                              a graph recorded per new shape): what fixed shapes are worth
                     albert    an albert-base-v2-sized encoder (AlbertConfig with 12 layers, hidden 768, 12 heads, ffn
                               3072, embeddings 128, one shared layer group; hidden dropout 0 as albert-base-v2) with
                               the same tokenizer, trained as the packed run: ALBERT is smaller, is it slower?
@@ -95,6 +99,7 @@ Parts (the first six are gpu_check.sh's default; old_trainer and resume were mea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -108,6 +113,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -193,12 +199,15 @@ def part_matmul(size: dict) -> dict:
 def part_bert_base(size: dict) -> dict:
     """Random-weights bert-base trained by mrc_cli.training.train on packed rows, grouped and random feature
     batches; albert-base on packed rows."""
+    from mrc_cli.batching import FeatureTensors
+
     work = fresh_dir(WORK / "bert_base")
     peak = bf16_peak(size)
     # run -> (encoder, group_by_length, train.tokens_per_batch, train.cuda_graphs)
     settings = {"packed": ("bert", True, size["packed_tokens"], "off"), "grouped": ("bert", True, 0, "off"),
                 "random": ("bert", False, 0, "off"), "albert": ("albert", True, size["packed_tokens"], "off"),
-                "graphs": ("bert", True, size["packed_tokens"], "on")}
+                "graphs": ("bert", True, size["packed_tokens"], "on"),
+                "graphs_dynamic": ("bert", True, size["packed_tokens"], "on")}
     runs = {}
     for name in os.environ.get("BERT_RUNS", "packed grouped random albert graphs").split():
         encoder, grouped, budget, graphs = settings[name]
@@ -206,7 +215,9 @@ def part_bert_base(size: dict) -> dict:
         cfg = run_config(model_dir, work / f"run_{name}", size["bert_batch"], size["bert_steps"], size["precision"],
                          log_steps=size["bert_log"])
         cfg.train.group_by_length, cfg.train.tokens_per_batch, cfg.train.cuda_graphs = grouped, budget, graphs
-        runs[name] = {"encoder": encoder, **attempt(measured_train, cfg, size, config, peak)}
+        dynamic = mock.patch.object(FeatureTensors, "fix_shapes", lambda store: None)
+        with dynamic if name == "graphs_dynamic" else contextlib.nullcontext():
+            runs[name] = {"encoder": encoder, **attempt(measured_train, cfg, size, config, peak)}
     return {"encoders": {name: size[name] for name in ("bert", "albert")}, "batch_size": size["bert_batch"],
             "steps": size["bert_steps"], "precision": size["precision"], "packed_tokens": size["packed_tokens"],
             "bf16_peak_tflop_per_s": peak,
@@ -873,6 +884,8 @@ def ratios(parts: dict) -> list[tuple[str, float | None, str]]:
         ("bert-base features/s: mrc-cli packed / recipe fp32", ratio(steady("packed"), recipe("fp32")), "x"),
         ("features/s packed: albert-base / bert-base", ratio(steady("albert"), steady("packed")), "x"),
         ("bert-base features/s: packed + CUDA graphs (torch.compile) / packed", ratio(steady("graphs"), steady("packed")),
+         "x"),
+        ("bert-base features/s: CUDA graphs, fixed / dynamic shapes", ratio(steady("graphs"), steady("graphs_dynamic")),
          "x"),
         ("bert-base packed features/s: meter / wall clock", ratio(
             steady("packed"), get("bert_base", "runs", "packed", "steady", "features_per_s_wall_clock")), "x"),

@@ -49,7 +49,10 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
                           scale=scaling)
     else:
         q, k, v = (x[packing.unpack].transpose(1, 2) for x in flat)  # (features, heads, width, dim)
-        mask = packing.present[:, None, None, :]  # keys of the feature only
+        # keys of the feature only; an empty slot of fixed shapes (no keys of its own) sees all of its cells, so no
+        # kernel takes a softmax over nothing (torch's CPU kernels give 0 there; the CUDA ones went unchecked): its
+        # outputs are never read
+        mask = (packing.present | ~packing.filled[:, None])[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
         out = out.transpose(1, 2).reshape(-1, heads, dim)[packing.repack]  # (all tokens, heads, dim)
     return out.view(rows, tokens, heads, dim), None

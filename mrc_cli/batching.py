@@ -12,7 +12,9 @@ across ranks (0.58 of computed tokens real on 8 processes, docs/benchmarks.md).
 Token-budget batches (train.tokens_per_batch > 0): each micro-batch is one row of whole features back to back, at
 most that many real tokens, its tail padded to the budget so that every step has the same shape. The plan is the
 same pure function, cut into rows instead of fixed feature counts; a `Packing` tells the model where each feature
-lies in the row (mrc_cli.attention keeps attention inside a feature).
+lies in the row (mrc_cli.attention keeps attention inside a feature). A row's token count is fixed, but the number of
+its features and their width vary; `FeatureTensors.fix_shapes` fixes them too (feature slots, some left empty), for
+one compiled graph of the step (train.cuda_graphs).
 """
 
 from __future__ import annotations
@@ -131,16 +133,23 @@ class Packing:
     """Where the features of packed rows lie: what the attention and the model need besides the token ids.
 
     The rows' tokens are numbered 0..rows*budget-1 as one flat sequence. Every token is in one segment of
-    `cu_seqlens` (the features, then each row's padded tail as a segment of its own), so attention within segments
-    covers all of them and a feature attends only to itself.
+    `cu_seqlens` (the features, then each row's padded tail cut into pieces no longer than a feature may be, so that
+    `max_seqlen` stays the feature width), so attention within segments covers all of them and a feature attends
+    only to itself. With fixed shapes (`FeatureTensors.fix_shapes`) empty feature slots and unneeded tail pieces are
+    segments of length 0, which keeps the length of `cu_seqlens` fixed.
     """
 
     unpack: torch.Tensor  # (features, width): flat token of each feature's position (in range where padding)
     present: torch.Tensor  # (features, width) bool: the position holds a token of the feature
     repack: torch.Tensor  # (rows * budget,): each token's place in the (features * width) layout (tails: 0)
     cu_seqlens: torch.Tensor  # (segments + 1,) int32: cumulative segment lengths over the flat tokens
-    max_seqlen: int  # the longest segment (known on the host: no device read)
+    max_seqlen: int  # the longest segment at most (known on the host: no device read)
     tokens: int  # rows * budget
+
+    @property
+    def filled(self) -> torch.Tensor:
+        """(features,) bool: the slot holds a feature (with fixed shapes some are empty; a feature has >= 1 token)."""
+        return self.present[:, 0]
 
     def doubled(self) -> Packing:
         """The packing of the rows twice over (R-Drop's two passes in one forward)."""
@@ -173,6 +182,8 @@ class FeatureTensors:
         table = features.with_format("arrow")
         self.device = device
         self.tokens_per_batch = tokens_per_batch  # > 0: a batch is one packed row of this many tokens
+        # fixed shapes of packed rows (fix_shapes); 0: as the row's features need
+        self.slots = self.width = self.num_units = 0
         self.multiple_of = pad_multiple(device)
         self.lengths = np.asarray(feature_lengths(features))  # host copy: widths need no device read
         lengths = torch.from_numpy(self.lengths.astype(np.int64))
@@ -193,48 +204,70 @@ class FeatureTensors:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def fix_shapes(self) -> None:
+        """Give every packed row the same tensor shapes, so that a compiled step is one graph (train.cuda_graphs): as
+        many feature slots as the shortest features that fit the budget (no row of any plan can hold more), each as
+        wide as the longest feature, and at word level as many units as the most of any feature. Empty slots are
+        features of no tokens, labelled -100; the model leaves them out of every per-feature mean
+        (`mrc_cli.model.feature_mean`). Costs the head and the unpacking `slots x width` cells instead of the row's
+        features (SQuAD, 384 tokens, rows of 5,632: 102 slots, ~7x the row's tokens; docs/benchmarks.md)."""
+        shortest = np.cumsum(np.sort(self.lengths))
+        self.slots = max(1, int(np.searchsorted(shortest, self.tokens_per_batch, side="right")))
+        self.width = -(-int(self.lengths.max()) // self.multiple_of) * self.multiple_of
+        if self.units is not None:
+            self.num_units = int(self.units.max())
+
+    def fill_slots(self, values: torch.Tensor, fill: float) -> torch.Tensor:
+        """A micro-batch's per-feature `values` (features, ...), followed by `fill` for each empty feature slot of its
+        row where shapes are fixed (`fix_shapes`); as they are otherwise."""
+        if not self.slots:
+            return values
+        if len(values) > self.slots:
+            raise ValueError(f"{len(values)} features planned into a row of {self.slots} slots")  # a planning bug
+        return torch.cat([values, values.new_full((self.slots - len(values), *values.shape[1:]), fill)])
+
     def batch(self, index: Sequence[int], rows: torch.Tensor | None = None) -> dict:
         """Model inputs (and labels) of the features `index`, padded or, with a token budget, packed into one row;
         `rows`: the same indices already on the device."""
         rows = torch.as_tensor(index, device=self.device) if rows is None else rows
-        batch = self._padded(index, rows)
-        return self._packed(batch, index, rows) if self.tokens_per_batch else batch
+        length, start = (self.fill_slots(values[rows], 0) for values in (self._length, self._start))  # (features,)
+        batch = self._padded(index, rows, length, start)
+        return self._packed(batch, index, length) if self.tokens_per_batch else batch
 
-    def _padded(self, index: Sequence[int], rows: torch.Tensor) -> dict:
-        """(features, width) inputs, padded to the longest.
+    def _padded(self, index: Sequence[int], rows: torch.Tensor, length: torch.Tensor, start: torch.Tensor) -> dict:
+        """(features, width) inputs, padded to the longest (or to the fixed shapes), from the features' `length`
+        and `start` in the flat tokens.
 
         Width and padding are read from the host copy of the lengths. A batch without padding has no attention
         mask: given one, transformers checks `mask.all()` on every forward to decide whether SDPA may skip it, and
         that check makes the host wait for the device.
         """
         lengths = self.lengths[index]
-        width = -(-int(lengths.max()) // self.multiple_of) * self.multiple_of
+        width = self.width or -(-int(lengths.max()) // self.multiple_of) * self.multiple_of
         positions = torch.arange(width, device=self.device)  # (width,)
-        present = positions < self._length[rows, None]  # (batch, width)
-        at = torch.where(present, self._start[rows, None] + positions, 0)  # (batch, width) into the flat tokens
+        present = positions < length[:, None]  # (batch, width)
+        at = torch.where(present, start[:, None] + positions, 0)  # (batch, width) into the flat tokens
         batch = {key: torch.where(present, flat[at], pad).long() for key, (flat, pad) in self._tokens.items()}
         if lengths.min() < width:
             batch["attention_mask"] = present.long()
         if self.units is not None:
-            batch["num_units"] = int(self.units[index].max())
-        batch.update({key: values[rows] for key, values in self._labels.items()})
+            batch["num_units"] = self.num_units or int(self.units[index].max())
+        batch.update({key: self.fill_slots(values[rows], -100) for key, values in self._labels.items()})
         return batch
 
-    def _packed(self, batch: dict, index: Sequence[int], rows: torch.Tensor) -> dict:
+    def _packed(self, batch: dict, index: Sequence[int], length: torch.Tensor) -> dict:
         """The padded batch's token ids and types put back to back into one row of `tokens_per_batch`, with the
         position ids restarting at each feature and the `Packing` of the row; word ids and labels stay per feature
         (the model uses them after it has unpacked the encoder's states). Built on the device from the rows' lengths
         there; only the total and the widest length are read on the host."""
         budget = self.tokens_per_batch
-        lengths = self.lengths[index]
-        total, width = int(lengths.sum()), batch["input_ids"].shape[1]
+        total, width = int(self.lengths[index].sum()), batch["input_ids"].shape[1]
         if total > budget:
             raise ValueError(f"{total} tokens planned into a row of {budget}")  # a planning bug, never user input
-        length = self._length[rows]  # (features,)
-        end = torch.cumsum(length, 0)
+        end = torch.cumsum(length, 0)  # (features,)
         start = end - length
         t = torch.arange(budget, device=self.device)
-        feature = torch.searchsorted(end, t, right=True)  # (budget,) the feature of each token; len(index) in the tail
+        feature = torch.searchsorted(end, t, right=True)  # (budget,) the feature of each token; past them in the tail
         inside = feature < len(index)
         feature = feature.clamp(max=len(index) - 1)
         position = t - start[feature]
@@ -246,11 +279,13 @@ class FeatureTensors:
         columns = torch.arange(width, device=self.device)
         present = columns < length[:, None]  # (features, width)
         batch.pop("attention_mask", None)
-        # the row's tail is a segment of its own, where there is one (no empty segment for the kernel)
-        tail = [torch.full((1,), budget, device=self.device)] if total < budget else []
-        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), end, *tail]).int()
+        # the row's tail in pieces of at most `width` tokens; fixed shapes: as many pieces as the emptiest row needs,
+        # the unneeded ones of length 0 at the row's end
+        pieces = -(-budget // width) if self.slots else -(-(budget - total) // width)
+        tail = (total + width * torch.arange(1, pieces + 1, device=self.device)).clamp(max=budget)
+        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), end, tail]).int()
         batch["packing"] = Packing(torch.where(present, start[:, None] + columns, 0), present, repack, cu_seqlens,
-                                   max(width, budget - total), budget)
+                                   width, budget)
         return batch
 
 

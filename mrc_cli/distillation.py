@@ -35,6 +35,7 @@ from mrc_cli.ensemble import Ensemble, combined_positions
 from mrc_cli.errors import ConfigError
 from mrc_cli.features import column
 from mrc_cli.inference import position_offsets
+from mrc_cli.model import feature_mean
 from mrc_cli.reader import load_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tracking import RunLog
@@ -89,7 +90,7 @@ class DistilTask(SpanTask):
     def batch(self, store, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
         if self.targets.device != rows.device:
             self.targets = self.targets.to(rows.device)
-        return {**store.batch(index, rows), TARGETS: self.targets[rows]}
+        return {**store.batch(index, rows), TARGETS: store.fill_slots(self.targets[rows], 0)}  # empty slots: no mass
 
     def run_info(self, cfg: RunConfig) -> dict:
         return {**super().run_info(cfg), "teacher": cfg.distil.teacher}
@@ -134,21 +135,25 @@ class TeacherTerm:
         targets, self._targets = self._targets, None
         if targets is None:  # evaluation, inference
             return output
-        kl = distillation_kl(output.start_logits, output.end_logits, targets, self.temperature)
+        kl = feature_mean(distillation_kl(output.start_logits, output.end_logits, targets, self.temperature),
+                          output.filled)
         output.loss = (1 - self.alpha) * output.loss + self.alpha * self.temperature ** 2 * kl
         return output
 
 
 def distillation_kl(start_logits: torch.Tensor, end_logits: torch.Tensor, targets: torch.Tensor,
                     temperature: float) -> torch.Tensor:
-    """KL(teacher_T || student_T) per window, the mean of start and end, averaged over the batch. `targets`:
-    (batch, 2, L) teacher probabilities, 0 off its positions (padding, question), whose terms are 0."""
+    """KL(teacher_T || student_T) per window, the mean of start and end: (batch,). `targets`: (batch, 2, L) teacher
+    probabilities, 0 off its positions (padding, question), whose terms are 0; an empty feature slot (all 0) gets a
+    finite value, which `feature_mean` leaves out."""
     total = 0.0
     for side, logits in enumerate((start_logits, end_logits)):  # (batch, units)
         p = targets[:, side, :logits.shape[1]]
         held = p > 0
-        teacher = F.log_softmax(torch.where(held, torch.log(p) / temperature, -torch.inf), dim=-1)
+        # finfo.min, not -inf: off the teacher's positions exp() is 0 all the same, and a row of none stays finite
+        # (its gradient would be NaN even where the mean leaves it out)
+        teacher = F.log_softmax(torch.where(held, torch.log(p) / temperature, torch.finfo(p.dtype).min), dim=-1)
         student = F.log_softmax(logits / temperature, dim=-1)
-        # off the teacher's positions its probability is 0: a 0 x finite term (0 x -inf would be NaN)
+        # off the teacher's positions its probability is 0: a term of 0
         total = total + (teacher.exp() * (torch.where(held, teacher, 0) - student)).sum(-1)
-    return (total / 2).mean()
+    return total / 2

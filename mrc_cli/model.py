@@ -39,6 +39,15 @@ class SpanOutput:
     loss: torch.Tensor | None = None  # mean over labelled features of the start and end cross-entropies
     feature_loss: torch.Tensor | None = None  # (batch,), 0 where the label is ignored (-100)
     labelled: torch.Tensor | None = None  # (batch,) bool
+    filled: torch.Tensor | None = None  # (batch,) bool: the slot holds a feature (packed rows); None: all do
+
+
+def feature_mean(values: torch.Tensor, filled: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-feature `values` (batch,) over the slots that hold a feature (`filled`; None: all): packed
+    rows of fixed shape (mrc_cli.batching.FeatureTensors.fix_shapes) have empty slots, which no mean may count."""
+    if filled is None:
+        return values.mean()
+    return torch.where(filled, values, 0).sum() / filled.sum().clamp(min=1)
 
 
 class SpanExtractionModel(nn.Module):
@@ -98,18 +107,21 @@ class SpanExtractionModel(nn.Module):
         logits = self.qa_outputs(heads).float()  # (samples, batch, units, 2); fp32 for a stable softmax under autocast
         padding = ~present[..., None]
         start_logits, end_logits = logits.mean(0).masked_fill(padding, torch.finfo(torch.float32).min).unbind(-1)
+        filled = None if packing is None else packing.filled  # (batch,)
         if start_positions is None:
-            return SpanOutput(start_logits, end_logits)
+            return SpanOutput(start_logits, end_logits, filled=filled)
         # per feature, the mean over the dropout samples (of the one sample without multi-sample dropout)
         feature_loss = torch.stack([span_loss(*sample.masked_fill(padding, torch.finfo(torch.float32).min).unbind(-1),
                                               start_positions, end_positions) for sample in logits]).mean(0)
-        return with_loss(start_logits, end_logits, feature_loss, start_positions)
+        return with_loss(start_logits, end_logits, feature_loss, start_positions, filled)
 
 
-def with_loss(start_logits, end_logits, feature_loss, start_positions) -> SpanOutput:
-    """The output with the batch's loss: the mean of `feature_loss` over labelled features (0, not NaN, for none)."""
+def with_loss(start_logits, end_logits, feature_loss, start_positions, filled=None) -> SpanOutput:
+    """The output with the batch's loss: the mean of `feature_loss` over labelled features (0, not NaN, for none).
+    Empty feature slots (`filled` false) are labelled -100, so they are out of this mean too."""
     labelled = start_positions != -100
-    return SpanOutput(start_logits, end_logits, feature_loss.sum() / labelled.sum().clamp(min=1), feature_loss, labelled)
+    loss = feature_loss.sum() / labelled.sum().clamp(min=1)
+    return SpanOutput(start_logits, end_logits, loss, feature_loss, labelled, filled)
 
 
 def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch.Tensor:

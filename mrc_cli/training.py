@@ -248,6 +248,11 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
         log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {len(store) / len(plan):.1f} "
                  f"{task.unit} per optimizer step on average ({min(sizes)}-{max(sizes)}; feature batches: "
                  f"{cfg.train.batch_size * state.plan_group})")
+        if cfg.train.cuda_graphs == "on":  # one compiled graph for every step
+            store.fix_shapes()
+        if store.slots:
+            log.info(f"train.cuda_graphs on: every row has {store.slots} feature slots of {store.width} tokens (the "
+                     f"most features a row can hold; empty slots are left out of the loss)")
     scheduler = _scheduler(optimizer, cfg, total_steps)
     scaler = LossScaler(precision, accelerator.device)
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -265,8 +270,8 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
     return _Run(cfg, task, run_dir, accelerator, precision, log, tokenizer, model,
-                _compiled(model, cfg.train, accelerator.device, log), optimizer, scheduler, scaler, ema, adversary,
-                head_warmup, stateful, state, store, total_steps)
+                _compiled(model, cfg.train, accelerator.device, log, dynamic=not store.slots), optimizer, scheduler,
+                scaler, ema, adversary, head_warmup, stateful, state, store, total_steps)
 
 
 def _loop(r: _Run) -> TrainResult:
@@ -374,15 +379,16 @@ def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accel
     return total, stepped
 
 
-def _compiled(model, train_cfg: TrainConfig, device: torch.device, log: RunLog):
+def _compiled(model, train_cfg: TrainConfig, device: torch.device, log: RunLog, dynamic: bool):
     """The training forward of train.cuda_graphs on: torch.compile with mode="reduce-overhead" (CUDA graphs trees on
-    CUDA; shapes dynamic, as packed rows hold varying numbers of features); None (the eager model) otherwise.
-    Evaluation stays eager. The first steps pay the compilation and the recording of the graphs."""
+    CUDA); None (the eager model) otherwise. `dynamic`: shapes vary from step to step (feature batches, whose widths
+    do), and a graph is recorded for each new shape; packed rows of fixed shapes are compiled once, for the one
+    shape. Evaluation stays eager. The first steps pay the compilation and the recording of the graphs."""
     if train_cfg.cuda_graphs != "on":
         return None
     if device.type != "cuda":
         log.info("train.cuda_graphs on: CUDA graphs need a CUDA device; the step is compiled without them")
-    return torch.compile(model, mode="reduce-overhead", dynamic=True)
+    return torch.compile(model, mode="reduce-overhead", dynamic=dynamic)
 
 
 def _advance(state: TrainerState, epoch: int, group: int) -> None:

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from mrc_cli.batching import doubled
 from mrc_cli.errors import ConfigError
+from mrc_cli.model import feature_mean
 
 # BERT, RoBERTa, ELECTRA: encoder.layer.N; ALBERT: encoder.albert_layer_groups.N (N < num_hidden_groups, usually 1)
 _LAYER = re.compile(r"\.(?:layer|layers|albert_layer_groups)\.(\d+)\.")
@@ -68,16 +69,17 @@ def rdrop_loss(model: nn.Module, batch: dict, alpha: float) -> torch.Tensor:
     paper's NLL_1 + NLL_2 + alpha * KL_sym, halved to stay on the scale of the plain loss."""
     out = model(**doubled(batch))
     n = out.start_logits.shape[0] // 2
-    kl = sum(_symmetric_kl(logits[:n], logits[n:]) for logits in (out.start_logits, out.end_logits)) / 2
-    return out.loss + alpha / 2 * kl
+    kl = sum(_symmetric_kl(logits[:n], logits[n:]) for logits in (out.start_logits, out.end_logits)) / 2  # (n,)
+    filled = None if out.filled is None else out.filled[:n]  # both halves have the same empty slots
+    return out.loss + alpha / 2 * feature_mean(kl, filled)
 
 
 def _symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(KL(a||b) + KL(b||a)) / 2 of softmaxes over the last axis, summed over positions, mean over features.
+    """(KL(a||b) + KL(b||a)) / 2 of softmaxes over the last axis, summed over positions: (features,).
     Masked positions hold finfo.min in both: probability 0, a term of 0."""
     log_a, log_b = F.log_softmax(a, -1), F.log_softmax(b, -1)
     both = F.kl_div(log_a, log_b, log_target=True, reduction="none") + F.kl_div(log_b, log_a, log_target=True, reduction="none")
-    return both.sum(-1).mean() / 2
+    return both.sum(-1) / 2
 
 
 class Adversary:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -134,12 +135,13 @@ def test_a_packed_row_puts_whole_features_back_to_back():
 
 @pytest.fixture(scope="module")
 def windows(request):
-    """12 training windows of the quickstart data for each tiny model, 128 tokens at most."""
-    def make(model_dir: str, cache):
+    """The first `count` training windows of the quickstart data (all 344 for None) for each tiny model, 128 tokens
+    at most."""
+    def make(model_dir: str, cache, count: int | None = 12):
         tokenizer = load_tokenizer(model_dir)
         data = DataConfig(max_seq_length=128, doc_stride=32, max_query_length=32, cache_dir=str(cache))
-        split = featurize_file(str(QUICKSTART / "en_train.json"), tokenizer, data, "train")
-        return tokenizer, split.features.select(range(12))
+        features = featurize_file(str(QUICKSTART / "en_train.json"), tokenizer, data, "train").features
+        return tokenizer, features if count is None else features.select(range(count))
     return make
 
 
@@ -152,7 +154,10 @@ def test_packed_rows_give_the_logits_loss_and_gradients_of_padded_batches(model_
     index = list(range(12))
     padded = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id).batch(index)
     packed = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=1600).batch(index)
-    assert packed["input_ids"].shape == (1, 1600) and len(packed["packing"].cu_seqlens) == 14
+    assert packed["input_ids"].shape == (1, 1600)
+    segments = packed["packing"].cu_seqlens.diff()  # the 12 features, then the tail in pieces no wider than they are
+    assert segments[:12].tolist() == padded["attention_mask"].sum(1).tolist() and segments.sum() == 1600
+    assert (segments[12:] > 0).all() and segments.max() <= packed["packing"].max_seqlen == padded["input_ids"].shape[1]
     torch.manual_seed(0)
     model = build_model(ModelConfig(name_or_path=folder, dropout=0.0, span_level=span_level), 128)
     results = []
@@ -206,6 +211,150 @@ def test_a_feature_attends_only_to_itself_in_a_packed_row(tiny_bert_dir, windows
     among = model(**store.batch([3, 5, 7, 0])).start_logits[1]
     width = int(store.lengths[5])
     assert torch.allclose(alone[:width], among[:width], atol=1e-5)
+
+
+# --- fixed shapes (train.cuda_graphs) ---------------------------------------------------------------------------
+
+
+def _layouts(rows, pad_token_id: int) -> dict[str, FeatureTensors]:
+    """Feature batches, packed rows as the features need, and packed rows of fixed shapes, rows of 1600 tokens."""
+    fixed = FeatureTensors(rows, torch.device("cpu"), pad_token_id, tokens_per_batch=1600)
+    fixed.fix_shapes()
+    return {"padded": FeatureTensors(rows, torch.device("cpu"), pad_token_id),
+            "packed": FeatureTensors(rows, torch.device("cpu"), pad_token_id, tokens_per_batch=1600), "fixed": fixed}
+
+
+def _two_masks(model):
+    """R-Drop's two passes made to differ without dropout (whose masks would differ from layout to layout): the
+    second half's start logits shifted by 0.01 x the position (masked ones stay at finfo.min)."""
+    def forward(**batch):
+        out = model(**batch)
+        n, width = out.start_logits.shape[0] // 2, out.start_logits.shape[1]
+        out.start_logits = torch.cat([out.start_logits[:n], out.start_logits[n:] + 0.01 * torch.arange(width)])
+        return out
+    return forward
+
+
+def _loss_and_grads(folder: str, span_level: str, batch: dict, trick: str):
+    """The loss of `batch` and the gradients it leaves, with R-Drop (two passes made to differ) or FGM."""
+    from mrc_cli.tricks import Adversary
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name_or_path=folder, dropout=0.0, span_level=span_level), 128)
+    if trick == "fgm":
+        loss = Adversary(model, "fgm", epsilon=0.5, alpha=0.2, steps=1).backward(
+            lambda: model(**batch).loss, lambda loss: loss.backward(), torch.enable_grad, torch.enable_grad(),
+            batch.get("packing"))
+    else:
+        loss = rdrop_loss(_two_masks(model), batch, 1.0) if trick == "rdrop" else model(**batch).loss
+        loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("span_level", ["token", "word"])
+@pytest.mark.parametrize("trick", ["none", "rdrop", "fgm"])
+def test_fixed_shapes_leave_empty_slots_out_of_the_loss_and_gradients(tiny_bert_dir, windows, tmp_path, span_level,
+                                                                       trick):
+    """7 features in a row of 12+ slots: the loss (R-Drop's KL mean, FGM's per-feature epsilon included) and the
+    gradients of packed rows as the features need them and of feature batches."""
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path)
+    index = [5, 0, 9, 3, 11, 2, 7]
+    batches = {name: store.batch(index) for name, store in _layouts(rows, tokenizer.pad_token_id).items()}
+    fixed = batches["fixed"]["packing"]
+    assert fixed.present.shape[0] > 7 and fixed.filled.tolist() == [True] * 7 + [False] * (fixed.present.shape[0] - 7)
+    assert (batches["fixed"]["start_positions"][7:] == -100).all()
+    results = {name: _loss_and_grads(tiny_bert_dir, span_level, batch, trick) for name, batch in batches.items()}
+    (loss, grads) = results["padded"]
+    for name in ("packed", "fixed"):
+        assert torch.allclose(results[name][0], loss, atol=1e-6), name
+        assert results[name][1].keys() == grads.keys()
+        assert all(torch.allclose(results[name][1][n], grads[n], atol=1e-5) for n in grads), name
+    if trick == "rdrop":  # the two passes differ: a KL term that counts
+        assert loss > _loss_and_grads(tiny_bert_dir, span_level, batches["padded"], "none")[0] + 1e-3
+
+
+def test_fixed_shapes_leave_empty_slots_out_of_the_distillation_term(tiny_bert_dir, windows, tmp_path):
+    """The teacher term's mean over windows counts the row's features only (the empty slots' targets hold no mass)."""
+    from mrc_cli.distillation import TARGETS, DistilTask, TeacherTerm
+
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path)
+    task = DistilTask()
+    lengths = torch.tensor(FeatureTensors(rows, torch.device("cpu"), 0).lengths)
+    inside = torch.arange(128) < lengths[:, None, None]  # (12, 1, 128)
+    mass = torch.rand(12, 2, 128, generator=torch.Generator().manual_seed(0)) * inside
+    task.targets = mass / mass.sum(-1, keepdim=True)  # a distribution over each window's tokens
+    index = [5, 0, 9, 3, 11, 2, 7]
+    results = []
+    for store in _layouts(rows, tokenizer.pad_token_id).values():
+        batch = task.batch(store, index, torch.tensor(index), 0)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name_or_path=tiny_bert_dir, dropout=0.0), 128)
+        TeacherTerm(alpha=0.5, temperature=2.0).install(model)
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    assert batch[TARGETS].shape[0] > 7 and (batch[TARGETS][7:] == 0).all()  # the fixed layout's empty slots
+    (loss, grads), *others = results
+    for other_loss, other_grads in others:
+        assert torch.allclose(other_loss, loss, atol=1e-6)
+        assert all(torch.allclose(other_grads[n], grads[n], atol=1e-5) for n in grads)
+
+
+def _shapes(batch: dict) -> tuple:
+    """The shapes of a batch's tensors and of its Packing's, and its host numbers (num_units, max_seqlen, tokens)."""
+    packing = batch["packing"]
+    return (tuple((key, tuple(value.shape) if torch.is_tensor(value) else value) for key, value in batch.items()
+                  if key != "packing"),
+            tuple(tuple(getattr(packing, f).shape) for f in ("unpack", "present", "repack", "cu_seqlens")),
+            packing.max_seqlen, packing.tokens)
+
+
+def test_every_row_of_an_epoch_has_the_same_shapes_with_fixed_shapes(tiny_bert_dir, windows, tmp_path):
+    """All 344 quickstart windows in rows of 600 tokens: rows of varying feature counts, one set of tensor shapes,
+    word level's number of units included."""
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path, None)
+    store = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=600)
+    plan = [step[0] for step in epoch_plan(store.lengths.tolist(), 8, 1, seed=0, epoch=0, group_by_length=True,
+                                           tokens_per_batch=600)]
+    assert len({len(row) for row in plan}) > 3  # feature counts vary from row to row
+    assert len({_shapes(store.batch(row)) for row in plan}) > 3  # and so do the shapes, as the features need them
+    store.fix_shapes()
+    shapes = {_shapes(store.batch(row)) for row in plan}
+    assert len(shapes) == 1, shapes
+    assert max(map(len, plan)) <= store.slots  # no row of the plan holds more than the slots
+    assert dict(next(iter(shapes))[0])["num_units"] == int(store.units.max())
+
+
+@pytest.mark.slow
+def test_packed_rows_of_fixed_shapes_are_compiled_once(tiny_bert_dir, windows, tmp_path):
+    """Forward and backward through torch.compile (static shapes, as the training step with train.cuda_graphs on)
+    over rows of different feature counts: one compilation, and no recompilation (torch raises on one); the same rows
+    as the features need them recompile at the second row."""
+    import torch._dynamo
+    from torch._dynamo.exc import RecompileError
+    from torch._dynamo.utils import counters
+
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path, None)
+    store = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=600)
+    plan = [step[0] for step in epoch_plan(store.lengths.tolist(), 8, 1, seed=0, epoch=0, group_by_length=True,
+                                           tokens_per_batch=600)]
+    plan = list({len(row): row for row in plan}.values())[:4]  # rows of 4 different feature counts
+    model = build_model(ModelConfig(name_or_path=tiny_bert_dir, dropout=0.0), 128)
+    torch._dynamo.reset()
+    counters.clear()
+    store.fix_shapes()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        for row in plan:
+            compiled(**store.batch(row)).loss.backward()
+        assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["ok"] == 1, dict(counters)
+        torch._dynamo.reset()
+        store = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=600)  # as needed
+        compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        compiled(**store.batch(plan[0])).loss.backward()
+        with pytest.raises(RecompileError):
+            compiled(**store.batch(plan[1]))
+    torch._dynamo.reset()
 
 
 def test_inference_on_packed_rows_gives_the_logits_of_feature_batches(tiny_bert_dir, windows, tmp_path):
@@ -289,16 +438,21 @@ def test_dry_run_says_how_many_features_a_step_holds(tiny_bert_dir, tmp_path):
 @pytest.mark.slow
 def test_a_compiled_step_trains_as_the_eager_one(tiny_bert_dir, tmp_path):
     """train.cuda_graphs on: the step through torch.compile (on CPU without graphs, said in the log) gives the eager
-    run's losses and weights, packed rows of varying feature counts included (no dropout: compiled code draws its
-    own random numbers)."""
+    run's losses and weights, packed rows of varying feature counts in fixed shapes, compiled once (torch raises on a
+    recompilation; no dropout: compiled code draws its own random numbers)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     runs = {}
     for graphs in ("off", "on"):
         runs[graphs] = cfg = tiny_run_config(tiny_bert_dir, tmp_path / graphs, max_steps=4, save_steps=0,
                                              tokens_per_batch=600, cuda_graphs=graphs)
         cfg.model.dropout, cfg.data.dev_file = 0.0, None
-        train(cfg)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            train(cfg)
     log = (tmp_path / "on" / "train.log").read_text()
     assert "CUDA graphs need a CUDA device; the step is compiled without them" in log
+    assert re.search(r"every row has \d+ feature slots of 128 tokens", log)
     losses = [{r["step"]: r["loss"] for r in map(json.loads, (tmp_path / g / "metrics.jsonl").read_text().splitlines())
                if "loss" in r} for g in runs]
     # steps 2-4 start from the weights the earlier steps made (Adam moves near-zero gradients by ~lr whatever their
