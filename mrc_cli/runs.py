@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from mrc_cli.config import RunConfig, config_to_dict, save_config
@@ -38,11 +39,10 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
            "PYTHONUNBUFFERED": "1"}  # lines reach the log as they are printed, not at exit
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    try:
-        code = _run_logged(child, env, log) if gpu is not None else _run_teed(child, env, log)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(f"{run_dir}: stopped by Ctrl-C; its output is in {log}. Run mrc {by} again to resume "
-                                  "it from its newest checkpoint") from None
+    code, stopped_by = _run_logged(child, env, log) if gpu is not None else _run_teed(child, env, log)
+    if stopped_by:
+        raise TrainingInterrupted(f"{run_dir}: stopped by {stopped_by}; its output is in {log}. Run mrc {by} again to "
+                                  "resume it from its newest checkpoint")
     if code != 0:
         # killed by the kernel (out of memory) shows as SIGKILL
         ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
@@ -59,34 +59,47 @@ def refuse_several_processes(by: str) -> None:
                           "start it without accelerate launch / torchrun")
 
 
-def _run_logged(child: list[str], env: dict, log: Path) -> int:
+def _run_logged(child: list[str], env: dict, log: Path) -> tuple[int, None]:
+    """Runs side by side on GPUs, each from a thread: only the main thread may handle signals, so the children get
+    Ctrl-C from the terminal (one process group) and a SIGTERM sent to this process alone is not passed on."""
     with open(log, "ab") as out:
-        return subprocess.run(child, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        return subprocess.run(child, stdout=out, stderr=subprocess.STDOUT, env=env).returncode, None
 
 
-def _run_teed(child: list[str], env: dict, log: Path) -> int:
+def _run_teed(child: list[str], env: dict, log: Path) -> tuple[int, str | None]:
     """The child's output (stdout and stderr) to this process's stdout and to `log` as it comes: chunks, not lines,
-    so that a progress bar's carriage returns show. Ctrl-C reaches the child too (one process group), which saves a
-    checkpoint and stops: this process reads on until the child has ended (a second Ctrl-C ends it at once), then
-    raises KeyboardInterrupt."""
+    so that a progress bar's carriage returns show; (its exit status, what stopped it or None). Ctrl-C reaches the
+    child too (one process group), and a SIGTERM sent to this process is passed on (a scheduler or `kill` stops the
+    parent): the child saves a checkpoint and stops while this process reads on until it has ended (a second Ctrl-C
+    ends it at once). Without passing it on, this process would die and the child with it, on its next write to the
+    closed pipe, its last checkpoint steps back."""
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end inside a character
-    interrupted = False
+    stopped_by = None
     with open(log, "ab") as out, subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                   env=env) as process:
-        while True:
-            try:
-                chunk = process.stdout.read1(1 << 16)
-                if not chunk:
-                    break
-                out.write(chunk)
-                out.flush()
-                sys.stdout.write(decode.decode(chunk))
-                sys.stdout.flush()
-            except KeyboardInterrupt:
-                interrupted = True
-    if interrupted:
-        raise KeyboardInterrupt
-    return process.returncode
+        def pass_on(signum, frame):
+            nonlocal stopped_by
+            stopped_by = "SIGTERM"
+            process.send_signal(signal.SIGTERM)
+
+        main = threading.current_thread() is threading.main_thread()  # the only thread that may handle signals
+        previous = signal.signal(signal.SIGTERM, pass_on) if main else None
+        try:
+            while True:
+                try:
+                    chunk = process.stdout.read1(1 << 16)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    out.flush()
+                    sys.stdout.write(decode.decode(chunk))
+                    sys.stdout.flush()
+                except KeyboardInterrupt:
+                    stopped_by = "Ctrl-C"
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+    return process.returncode, stopped_by
 
 
 def write_record(path: Path, record: dict, settings: dict) -> None:

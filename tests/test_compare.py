@@ -251,10 +251,27 @@ def test_a_child_on_this_terminal_shows_its_output_here_and_in_the_log_as_it_com
     script = ("import sys, time; out = sys.stdout.buffer; word = '进度'.encode(); "
               "out.write(b'bar 1/2\\r' + word[:2]); out.flush(); time.sleep(0.2); "
               "out.write(word[2:] + b' 2/2\\n'); sys.stderr.write('a warning\\n')")
-    code = runs._run_teed([sys.executable, "-c", script], dict(os.environ), tmp_path / "log")
-    assert code == 0
+    assert runs._run_teed([sys.executable, "-c", script], dict(os.environ), tmp_path / "log") == (0, None)
     assert capfd.readouterr().out == "bar 1/2\r进度 2/2\na warning\n"
     assert (tmp_path / "log").read_bytes() == "bar 1/2\r进度 2/2\na warning\n".encode()
+
+
+def test_a_sigterm_to_compare_reaches_its_child_which_stops_cleanly(tmp_path):
+    """`kill <compare's pid>` (or a scheduler's SIGTERM) is passed on: the child saves and stops, the parent waits for
+    it; before, the parent died at once and the child with it, on its next write to the closed pipe."""
+    import signal
+    import threading
+
+    script = ("import signal, sys, time\n"
+              "def stop(*_): print('checkpoint saved', flush=True); sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(30)\n")
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM)).start()  # the child is up and waiting by then
+    before = signal.getsignal(signal.SIGTERM)
+    assert runs._run_teed([sys.executable, "-c", script], dict(os.environ), tmp_path / "log") == (0, "SIGTERM")
+    assert (tmp_path / "log").read_text() == "ready\ncheckpoint saved\n"
+    assert signal.getsignal(signal.SIGTERM) is before  # this process's own handling is back
 
 
 def test_compare_and_kfold_refuse_to_run_under_a_launcher(tiny_bert_dir, tmp_path, monkeypatch):
