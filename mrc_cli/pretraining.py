@@ -241,16 +241,19 @@ class MaskedLMTask:
         return self._predicted[1]
 
     def _count_masks(self, epoch: int) -> dict:
-        """What the masks of `epoch` do to the corpus: words and tokens predicted, and what replaced those tokens."""
-        counts = Counter()
+        """What the masks of `epoch` do to the corpus: words and tokens predicted, and what replaced those tokens. The
+        same pass keeps each sequence's count for `_num_predicted`, which would otherwise draw the masks again."""
+        counts, per_sequence = Counter(), []
         for rows, word_ids, original, inputs, labels in self._host_masks(epoch):
             predicted = labels != IGNORE_INDEX
+            per_sequence.append(predicted.sum(1))
             shown = inputs[predicted]
             counts["tokens"] += int(predicted.sum())
             counts["mask"] += int((shown == self.rule.mask_token_id).sum())
             counts["unchanged"] += int((shown == original[predicted]).sum())
             pairs = torch.stack([rows[:, None].expand_as(word_ids)[predicted], word_ids[predicted]])
             counts["words"] += torch.unique(pairs, dim=1).shape[1]
+        self._predicted = epoch, torch.cat(per_sequence).numpy()
         return {"words": counts["words"], "tokens": counts["tokens"], "mask": counts["mask"],
                 "random": counts["tokens"] - counts["mask"] - counts["unchanged"], "unchanged": counts["unchanged"]}
 
