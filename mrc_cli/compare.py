@@ -108,6 +108,7 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     skipped, unfinished ones resume from their newest checkpoint. Several visible GPUs run as many runs at once.
     `equal_compute`: then the reference again, trained to the costliest variant's compute (EQUAL_COMPUTE), and a
     second verdict per variant against it."""
+    refuse_several_processes("compare")
     out_dir = Path(out_dir)
     variants = _with_reference(variants, equal_compute)
     runs = _plan_runs(base, variants, seeds, out_dir)
@@ -200,7 +201,6 @@ def _plan_equal_compute(base: RunConfig, runs: list[Run], rows: list[dict], out_
 
 
 def _run_all(runs: list[Run], gpus: list[str]) -> None:
-    refuse_several_processes("compare")
     todo = []
     for i, run in enumerate(runs, 1):
         label = f"run {i}/{len(runs)}: {run.variant.name} seed {run.seed}"
