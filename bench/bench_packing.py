@@ -97,31 +97,36 @@ def planned_batches(lengths: list[int], budget: int, steps: int) -> list[list[in
 TRAIN_SIDE = """
 import json, sys
 from pathlib import Path
-from mrc_cli.config import RunConfig
+from mrc_cli.config import RunConfig, apply_sets
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
-train_file, cache_dir, output_dir, steps, model, budget = sys.argv[1:7]
+train_file, cache_dir, output_dir, steps, model, sets = sys.argv[1:7]
 cfg = RunConfig()
 cfg.model.name_or_path = model
 cfg.data.train_file, cfg.data.cache_dir, cfg.data.max_seq_length, cfg.data.doc_stride = train_file, cache_dir, 384, 128
 t = cfg.train
-t.output_dir, t.max_steps, t.batch_size, t.seed, t.tokens_per_batch = output_dir, int(steps), 16, 0, int(budget)
-t.group_by_length, t.log_steps, t.save_steps, t.eval_steps = True, int(steps), 0, 0  # one log line, one checkpoint
+t.output_dir, t.max_steps, t.batch_size, t.seed = output_dir, int(steps), 16, 0
+t.group_by_length, t.log_steps, t.save_steps, t.eval_steps = True, 10**9, 0, 0  # one log line (the last), one checkpoint
+apply_sets(cfg, json.loads(sets), "the side's settings")
 train(cfg)
 last = read_metrics(Path(output_dir) / "metrics.jsonl")[-1]
 print(json.dumps({k: last[k] for k in ("features_per_s", "tokens_per_s", "real_token_share", "loss")}))
 """
 
 
-def part_train(train_file: Path, cache_dir: Path, work: Path, lengths: list[int], sides: dict, steps: int,
-               repeats: int) -> dict:
+def alternate_train_runs(train_file: Path, cache_dir: Path, work: Path, sides: dict[str, list[str]], steps: int,
+                         repeats: int) -> dict:
+    """`mrc_cli.training.train` for `steps` optimizer steps (0: as many as the side's settings give) per side, batch 16
+    of 384/128 windows unless a side's `--set`s say otherwise, each run in its own process, the sides alternating
+    `repeats` times (drifts of the machine hit every side): each run's figures from the last line of metrics.jsonl,
+    and the sides' medians."""
     env = {**os.environ, **OFFLINE_ENV}
     runs = {side: [] for side in sides}
     for repeat in range(repeats):
-        for side, budget in sides.items():  # alternating: drifts of the machine hit both
+        for side, sets in sides.items():
             out = work / f"{side}_{repeat}"
             done = subprocess.run([sys.executable, "-c", TRAIN_SIDE, str(train_file), str(cache_dir), str(out),
-                                   str(steps), minilm(), str(budget)],
+                                   str(steps), minilm(), json.dumps(sets)],
                                   cwd=ROOT, env=env, capture_output=True, text=True)  # cwd: this checkout's mrc_cli
             if done.returncode != 0:
                 raise RuntimeError(f"{side} side failed:\n{done.stderr[-3000:]}")
@@ -129,9 +134,18 @@ def part_train(train_file: Path, cache_dir: Path, work: Path, lengths: list[int]
             print(f"  train {side} #{repeat}: {runs[side][-1]['features_per_s']:.2f} features/s", flush=True)
     median = {side: {key: statistics.median(r[key] for r in rs) for key in ("features_per_s", "tokens_per_s")}
               for side, rs in runs.items()}
+    return {"runs": runs, "median": median}
+
+
+def part_train(train_file: Path, cache_dir: Path, work: Path, lengths: list[int], sides: dict, steps: int,
+               repeats: int) -> dict:
+    measured = alternate_train_runs(train_file, cache_dir, work,
+                                    {side: [f"train.tokens_per_batch={budget}"] for side, budget in sides.items()},
+                                    steps, repeats)
+    median = measured["median"]
     per_step = {side: statistics.mean(len(b) for b in planned_batches(lengths, budget, steps))
                 for side, budget in sides.items()}
-    return {"steps": steps, "runs": runs, "median": median, "features_per_step": per_step,
+    return {"steps": steps, **measured, "features_per_step": per_step,
             "packed_over_feature": {k: median["packed"][k] / median["feature"][k] for k in median["feature"]},
             "checkpoint": str(work / "feature_0")}
 
