@@ -84,6 +84,48 @@ def test_folder_holds_a_checked_graph_tokenizer_and_settings(bert_onnx):
     assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size / 2
 
 
+def _op_counts(path):
+    import collections
+
+    import onnx
+
+    return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def test_bert_attention_is_fused_in_both_graphs(bert_onnx):
+    """ONNX Runtime's BERT fusions match the exported attention: one Attention a layer (QAttention once quantized),
+    no Softmax left; SkipLayerNormalization and BiasGelu too."""
+    out, _ = bert_onnx
+    fp32, int8 = _op_counts(out / "model.onnx"), _op_counts(out / "model.int8.onnx")
+    layers = 2  # tiny_bert_dir
+    assert fp32["Attention"] == layers and fp32["Softmax"] == 0 and fp32["SkipLayerNormalization"] == 2 * layers
+    assert fp32["BiasGelu"] == layers
+    assert int8["QAttention"] == layers and int8["Attention"] == 0 and int8["Softmax"] == 0
+
+
+def test_fused_graph_gives_the_model_logits_for_any_mask(bert_run, bert_onnx):
+    """The fused attention takes the raw 2D mask: left padding and masks with holes too, at several shapes."""
+    import onnxruntime as ort
+
+    from mrc_cli.loading import load_trained
+
+    model = load_trained(bert_run).model.eval()
+    session = ort.InferenceSession(str(bert_onnx[0] / "model.onnx"), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    for rows, width in ((1, 1), (3, 17), (6, 128)):
+        feeds = {"input_ids": torch.randint(0, model.config.vocab_size, (rows, width), generator=generator),
+                 "attention_mask": torch.randint(0, 2, (rows, width), generator=generator),
+                 "token_type_ids": torch.zeros(rows, width, dtype=torch.long)}
+        feeds["attention_mask"][:, 0] = 1  # CLS: every row attends somewhere
+        feeds["attention_mask"][0] = 1  # one row without padding
+        start, end = session.run(None, {name: x.numpy() for name, x in feeds.items()})
+        with torch.no_grad():
+            ref = model(**feeds)
+        scored = feeds["attention_mask"].bool().numpy()
+        np.testing.assert_allclose(start[scored], ref.start_logits.numpy()[scored], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(end[scored], ref.end_logits.numpy()[scored], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("batch_size", [1, 5, 32])
 def test_onnx_logits_equal_the_torch_logits_at_any_batch_and_length(bert_run, bert_onnx, split_of, batch_size):
     """Length-sorted batches of 1, 5 and 32 features: every batch another width and padding (dynamic axes)."""
