@@ -17,6 +17,7 @@ Its attention is ONNX Runtime's fused Attention op (`fuse_graph`): the graph is 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import sys
@@ -200,7 +201,8 @@ def fuse_graph(path: Path, config) -> None:
 
     options = FusionOptions("bert")
     options.use_raw_attention_mask(True)
-    with contextlib.redirect_stdout(sys.stderr):
+    # its shape inference prints a bare "failed in shape inference" on the word pooling: not the user's concern
+    with contextlib.redirect_stdout(io.StringIO()):
         fused = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                                hidden_size=config.hidden_size, optimization_options=options, opt_level=1)
         fused.save_model_to_file(str(path))
