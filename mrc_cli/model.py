@@ -64,7 +64,8 @@ class SpanExtractionModel(nn.Module):
         rate = getattr(encoder.config, "hidden_dropout_prob", 0.0)
         if dropout_samples > 1 and not rate:
             raise ConfigError(f"model.multi_sample_dropout {dropout_samples} does nothing with the encoder's hidden "
-                              "dropout at 0; set model.dropout above 0 or multi_sample_dropout to 0")
+                              "dropout at 0 (model.dropout's default); set model.dropout above 0 (e.g. --set "
+                              "model.dropout=0.1) or multi_sample_dropout to 0")
         self.head_dropout = nn.Dropout(rate)
         self.encoder = encoder
         # unused by span extraction; dropping it also keeps DDP from waiting for gradients that never come

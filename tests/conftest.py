@@ -127,6 +127,7 @@ def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):
     cfg.data.doc_stride = 32
     cfg.data.max_query_length = 32
     cfg.data.cache_dir = str(Path(output_dir).parent / "feature_cache")
+    cfg.model.dropout = None  # the tiny model's 0.1, not mrc-cli's 0: runs draw dropout masks (R-Drop, RNG on resume)
     cfg.train.output_dir = str(output_dir)
     cfg.train.batch_size = 8
     cfg.train.eval_batch_size = 32

@@ -36,8 +36,9 @@ def batch(tiny_bert_dir, tmp_path_factory) -> dict:
 
 
 def _model(folder: str, **model_cfg):
+    """The tiny model with its own dropout (0.1) unless `model_cfg` says otherwise."""
     torch.manual_seed(0)
-    return build_model(ModelConfig(name_or_path=folder, **model_cfg), max_seq_length=128)
+    return build_model(ModelConfig(name_or_path=folder, **{"dropout": None, **model_cfg}), max_seq_length=128)
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -99,10 +100,11 @@ def test_rdrop_adds_the_kl_of_two_dropout_masks(tiny_bert_dir, batch):
     assert torch.allclose(rdrop_loss(model, batch, alpha=4.0), model(**batch).loss, atol=1e-6)
 
 
-def test_rdrop_without_dropout_is_refused(tiny_bert_dir, tmp_path):
+def test_rdrop_at_the_default_dropout_is_refused(tiny_bert_dir, tmp_path):
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1, rdrop_alpha=1.0)
-    cfg.model.dropout = 0.0
-    with pytest.raises(ConfigError, match="rdrop_alpha 1 does nothing: the encoder has no dropout"):
+    cfg.model.dropout = ModelConfig().dropout  # mrc-cli's default: 0
+    with pytest.raises(ConfigError, match=r"rdrop_alpha 1 does nothing: the encoder has no dropout \(model.dropout is 0 "
+                                          r"by default\); set model.dropout above 0 \(e.g. --set model.dropout=0.1\)"):
         train(cfg)
 
 
@@ -192,9 +194,17 @@ def test_multi_sample_dropout_averages_masks_in_training_only(tiny_bert_dir, bat
     assert torch.equal(plain(**batch).start_logits, sampled(**batch).start_logits) and len(calls) == 4
 
 
-def test_multi_sample_dropout_without_dropout_is_refused(tiny_bert_dir):
+def test_multi_sample_dropout_at_the_default_dropout_is_refused(tiny_bert_dir):
     with pytest.raises(ConfigError, match="multi_sample_dropout 4 does nothing"):
-        _model(tiny_bert_dir, multi_sample_dropout=4, dropout=0.0)
+        build_model(ModelConfig(name_or_path=tiny_bert_dir, multi_sample_dropout=4), max_seq_length=128)
+
+
+def test_the_default_model_trains_without_dropout(tiny_bert_dir):
+    """model.dropout's default 0 reaches every dropout of the encoder (the tiny config has 0.1 hidden dropout), and
+    null keeps the model's."""
+    rates = lambda model: {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}  # noqa: E731
+    assert rates(build_model(ModelConfig(name_or_path=tiny_bert_dir), max_seq_length=128)) == {0.0}
+    assert 0.1 in rates(_model(tiny_bert_dir))
 
 
 # --- head warm-up ------------------------------------------------------------------------------------------------
