@@ -6,7 +6,7 @@ each trick alone against today's defaults, or the variants given.
   answers up to 50 characters, the CMRC metric. MiniLM's vocabulary is English: compare differences, not levels.
 
     .venv/bin/python bench/bench_tricks.py [--task squad|cmrc] [--seeds 3] [--variant name:key=value,...] [--out DIR]
-        [--equal-compute] [--baseline-from DIR]
+        [--seed-list 0,2] [--equal-compute] [--baseline-from DIR]
 
 --equal-compute: then the baseline again, trained to the FLOPs of the costliest variant at each seed (the epochs
 scaled), and a second verdict per variant against it (mrc compare --equal-compute). Resumable: run it again and finished runs are skipped (mrc compare). Writes OUT/compare.{json,md,png} and
@@ -54,12 +54,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=["squad", "cmrc"], default="squad")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-list", help="these seeds instead of 0..N-1, e.g. 1 (another process runs seed 0)")
     parser.add_argument("--variant", action="append", help="name:key=value,... (default: each trick alone)")
     parser.add_argument("--out", help="default: outputs/bench/tricks (squad), outputs/bench/tricks_cmrc (cmrc)")
     parser.add_argument("--equal-compute", action="store_true", help="also the baseline at the costliest variant's compute")
     parser.add_argument("--baseline-from", help="a compare folder of the same setting whose finished baseline runs "
                         "are copied in (without checkpoints) instead of trained again")
     args = parser.parse_args()
+    seeds = [int(seed) for seed in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     out = Path(args.out or OUT / ("tricks" if args.task == "squad" else "tricks_cmrc"))
     out.mkdir(parents=True, exist_ok=True)
     if args.task == "squad":
@@ -71,8 +73,8 @@ def main() -> None:
         base = minilm_config(*cmrc_split(out), out / "unused")
         base.data.word_segmenter, base.decode.max_answer_length = "chars", 50
     base.train.save_steps = 100  # a killed run resumes from its last checkpoint
-    copy_baseline_runs(args.baseline_from, out, list(range(args.seeds)), checkpoints=False)
-    result = compare(base, [Variant.parse(v) for v in args.variant or TRICKS], list(range(args.seeds)), out,
+    copy_baseline_runs(args.baseline_from, out, seeds, checkpoints=False)
+    result = compare(base, [Variant.parse(v) for v in args.variant or TRICKS], seeds, out,
                      equal_compute=args.equal_compute)
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
               "variants": result["variants"]}
