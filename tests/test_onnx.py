@@ -126,6 +126,22 @@ def test_fused_graph_gives_the_model_logits_for_any_mask(bert_run, bert_onnx):
         np.testing.assert_allclose(end[scored], ref.end_logits.numpy()[scored], atol=1e-4, rtol=0)
 
 
+def test_an_int8_features_logits_do_not_depend_on_its_batch_mates(bert_run, bert_onnx, split_of):
+    """ONNX Runtime's dynamic quantisation scales activations per run: the session runs each feature alone, cut after
+    its last real token, so a feature gets the same int8 logits in any batch (alone, or padded beside 31 others), as
+    mrc serve's batches need. Runs of several padded rows gave other logits (scales over the batch and its padding)."""
+    from mrc_cli.loading import load_trained
+
+    loaded = load_trained(bert_onnx[0])
+    assert loaded.model.path.name == "model.int8.onnx"
+    features = split_of.features
+    in_batches = _logits(loaded, features, 32)  # length-sorted batches, padded to their longest
+    alone = _logits(loaded, features.select(range(6)), 1)  # no padding at all
+    scored = alone.start > np.finfo(np.float32).min / 2
+    for side in ("start", "end"):
+        np.testing.assert_array_equal(getattr(alone, side)[scored], getattr(in_batches, side)[:6][scored])
+
+
 @pytest.mark.parametrize("batch_size", [1, 5, 32])
 def test_onnx_logits_equal_the_torch_logits_at_any_batch_and_length(bert_run, bert_onnx, split_of, batch_size):
     """Length-sorted batches of 1, 5 and 32 features: every batch another width and padding (dynamic axes)."""
