@@ -276,8 +276,10 @@ def _write_record(run: Run, wall_s: float, resumed_from: Path | None) -> None:
 
 def _load_record(run: Run) -> dict | None:
     """A finished run's record, or None; one finished with other settings is refused (its scores would pass for
-    this comparison's)."""
-    return load_record(run.run_dir / RUN_RECORD, run.settings)
+    this comparison's). A run is its settings: one copied from another compare's folder (a variant of another name
+    with these settings) counts as this run, under this run's name."""
+    record = load_record(run.run_dir / RUN_RECORD, run.settings)
+    return None if record is None else {**record, "variant": run.variant.name, "seed": run.seed}
 
 
 # --- the summary: pure functions of the records ----------------------------------------------------------------

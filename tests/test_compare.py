@@ -363,6 +363,23 @@ def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkey
         compare(load_config(config, sets=["train.max_steps=5"]), [Variant.parse(VARIANT)], [0, 1], out)
 
 
+def test_a_finished_run_copied_from_another_variant_with_its_settings_counts_as_this_one(compared, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """What `bench_tricks --baseline-from` and hand-made folders do: runs of "drop" copied as "same" (same settings)
+    are skipped and summarised under "same"."""
+    out = _copied(compared[0], tmp_path)
+    for seed in (0, 1):
+        shutil.copytree(out / "drop" / f"seed-{seed}", out / "same" / f"seed-{seed}")
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    _, sets = VARIANT.split(":")
+    result = compare(load_config(compared[1]), [Variant.parse(f"same:{sets}")], [0, 1], out)
+    assert capsys.readouterr().out.count(": done, skipped") == 4
+    drop = json.loads((compared[0] / "compare.json").read_text())["variants"][1]
+    same = next(v for v in result["variants"] if v["variant"] == "same")
+    assert same["f1"] == drop["f1"] and same["vs_reference"] == drop["vs_reference"]
+    assert [r["variant"] for r in result["runs"]] == ["baseline", "same", "baseline", "same"]
+
+
 def _copied(out: Path, tmp_path: Path) -> Path:
     """The compare folder of the module's runs, copied: a test that changes it leaves the others theirs."""
     shutil.copytree(out, tmp_path / "out")
