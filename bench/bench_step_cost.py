@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
-import sys
 
 if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,6 +37,7 @@ from bench.common import (  # noqa: E402
 
 def main() -> None:
     from mrc_cli.compare import Variant
+    from mrc_cli.errors import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", required=True, help="name:key=value,...")
@@ -45,7 +46,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="48 questions: checks that the script runs")
     args = parser.parse_args()
     require_shared("bench_step_cost", SQUAD_TRAIN_HEAD)
-    variants = [Variant.parse(text) for text in args.variant]
+    try:
+        variants = [Variant.parse(text) for text in args.variant]
+    except ConfigError as err:
+        parser.error(str(err))
     work = fresh_dir(OUT / "step_cost")
     train_file = write_jsonl(SQUAD_TRAIN_HEAD, work / "train.jsonl", 48 if args.smoke else None)["path"]
     epochs = [f"train.epochs={args.epochs}"]

@@ -61,7 +61,10 @@ def main() -> None:
     parser.add_argument("--baseline-from", help="a compare folder of the same setting whose finished baseline runs "
                         "are copied in (without checkpoints) instead of trained again")
     args = parser.parse_args()
-    seeds = [int(seed) for seed in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    try:
+        seeds = [int(seed) for seed in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    except ValueError:
+        parser.error(f"--seed-list {args.seed_list!r}: expected whole numbers separated by commas, e.g. 0,2")
     out = Path(args.out or OUT / ("tricks" if args.task == "squad" else "tricks_cmrc"))
     out.mkdir(parents=True, exist_ok=True)
     if args.task == "squad":
