@@ -9,7 +9,8 @@ recipe's inference:
 The model: --checkpoint (an mrc-cli checkpoint, run directory or export, or any Hugging Face QA folder), else the
 offline MiniLM with a fresh QA head (seed 0; its answers are arbitrary, so its F1 says nothing, its agreement rates
 little: logits of an untrained head are near ties). The recipe reads it as a Hugging Face folder; mrc-cli reads the
-same weights through `mrc export` folders (384/128, eval batch --eval-batch-size, SQuAD v2 rules where the dev file
+same weights through `mrc export` folders (384/128, eval batch --eval-batch-size: auto is `mrc eval`'s default, 16
+features on a CPU; the recipe runs --recipe-eval-batch-size, 64 as in shared/MEASURED.md; SQuAD v2 rules where the dev file
 has unanswerable questions), and the ONNX folders are `export_onnx` of that folder, with `--parity-data` the dev file.
 
 Each side is `mrc eval` end to end (`evaluate_file`: load the model, features, logits, answers, metrics; features
@@ -60,7 +61,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="the model (default: MiniLM with a fresh QA head)")
     parser.add_argument("--questions", type=int, help="the first N questions of the dev head (default: all)")
     parser.add_argument("--rounds", type=int, help="runs of every side, alternating (default 3; --smoke 1)")
-    parser.add_argument("--eval-batch-size", type=int, default=64, help="inference batch size of every side")
+    parser.add_argument("--eval-batch-size", type=batch_setting, default="auto",
+                        help="features per inference batch of the mrc-cli sides (default auto)")
+    parser.add_argument("--recipe-eval-batch-size", type=int, default=64, help="the recipe's (default 64)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     require_shared("bench_onnx", SQUAD_V2_DEV_HEAD)
@@ -77,7 +80,7 @@ def main() -> None:
             shutil.rmtree(work / "cache", ignore_errors=True)  # every side tokenizes, as the recipe does
             out = work / "eval" / name.replace(" ", "_")
             result = (run_side("infer_recipe", checkpoint=str(hf_folder), dev_file=str(dev["path"]),
-                               cache_dir=str(work / "cache_recipe"), eval_batch_size=args.eval_batch_size,
+                               cache_dir=str(work / "cache_recipe"), eval_batch_size=args.recipe_eval_batch_size,
                                pad_to_max_length=False)
                       if side is None else run_side("infer_ours_eval", export=str(side), dev_file=str(dev["path"]),
                                                     out=str(out)))
@@ -86,7 +89,8 @@ def main() -> None:
             print(f"  round {number + 1}: {name} {dev['questions'] / result['seconds']:.2f} questions/s", flush=True)
     report = {"size": size, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": command_line(),
               "machine": machine(), **git_revision(), "model": origin, "questions": dev["questions"],
-              "unanswerable": dev["unanswerable"], "eval_batch_size": args.eval_batch_size, "rounds": rounds,
+              "unanswerable": dev["unanswerable"], "eval_batch_size": args.eval_batch_size,
+              "recipe_eval_batch_size": args.recipe_eval_batch_size, "rounds": rounds,
               "bf16": bf16_note(), "export": export_report, "sides": summarize(runs, dev["questions"])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "onnx.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
@@ -109,7 +113,16 @@ def hugging_face_folder(checkpoint: Path | None, work: Path) -> tuple[Path, str]
     return export_checkpoint(str(checkpoint), str(work / "hf")).resolve(), f"{checkpoint} (--checkpoint, exported)"
 
 
-def prepare_sides(hf_folder: Path, work: Path, dev: dict, eval_batch_size: int) -> tuple[dict, dict]:
+def batch_setting(text: str) -> int | str:
+    """--eval-batch-size: auto or a positive number of features."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"auto or a number of features, at least 1 (got {text!r})")
+    return int(text)
+
+
+def prepare_sides(hf_folder: Path, work: Path, dev: dict, eval_batch_size: int | str) -> tuple[dict, dict]:
     """{side: the folder `mrc eval` loads, None for the recipe} and what the ONNX export reported (its time, the
     parity.json it wrote on the dev file)."""
     from mrc_cli.export import export_onnx

@@ -231,7 +231,7 @@ def part_inference(checkpoint: str | None, dev_file: Path, cache_dir: Path, budg
     sides, out = {}, {}
     for side, setting in (("padded", 0), ("packed", budget)):
         cfg.train.tokens_per_batch = setting
-        rows = eval_token_budget(cfg.train, width)
+        rows = eval_token_budget(cfg.train, width, state.device)
         predict_logits(model, warmup, state, cfg.train.eval_batch_size, precision, width, rows)
         started = time.perf_counter()
         logits, predictions = predict_answers(model, split, cfg, state, precision)

@@ -64,6 +64,15 @@ def epoch_plan(lengths: Sequence[int], batch_size: int, group: int, seed: int, e
     return steps
 
 
+def inference_batch_size(setting: int | str, device: torch.device) -> int:
+    """train.eval_batch_size resolved for a device. auto: 64 features on CUDA (wide batches keep a GPU busy), 16 on a
+    CPU, where a batch of 64 ran 1.35x slower than 8-16 (its activations outgrow the caches; the padding is not
+    the cost: one feature at a time was slower still, docs/benchmarks.md)."""
+    if setting == "auto":
+        return 64 if device.type == "cuda" else 16
+    return setting
+
+
 def token_budget(setting: int | str, batch_size: int, lengths: Sequence[int], device: torch.device) -> int:
     """train.tokens_per_batch resolved for these features: 0 (feature batches) or a budget that holds the longest
     feature. auto: on CUDA batch_size x the mean length, rounded up to 64 (as many features per step as feature

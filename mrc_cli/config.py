@@ -60,7 +60,8 @@ class TrainConfig:
     batch_size: int = 16  # per process; effective batch = batch_size * grad_accum * processes
     scale_lr: bool = False  # true: lr x processes (linear scaling for the larger effective batch of several GPUs)
     grad_accum: int = 1
-    eval_batch_size: int = 64
+    # features per inference batch; auto: 64 on CUDA, 16 on a CPU (there 1.35x faster than 64, docs/benchmarks.md)
+    eval_batch_size: int | str = "auto"
     lr: float = 1e-4  # measured best for small encoders (MiniLM); the paper configs set 3e-5 for base models
     weight_decay: float = 0.01  # not on biases and norms (rank-1 tensors)
     warmup: float = 0.1  # fraction of the optimizer steps, then linear decay to 0
@@ -323,7 +324,9 @@ def check_train_config(train: TrainConfig) -> None:
     problems = []
     if not train.lr > 0:
         problems.append(f"train.lr must be > 0 (got {train.lr}); 1e-4 suits small encoders, 3e-5 base models")
-    for key in ("batch_size", "grad_accum", "eval_batch_size", "log_steps", "keep_last"):
+    if train.eval_batch_size != "auto" and not (isinstance(train.eval_batch_size, int) and train.eval_batch_size >= 1):
+        problems.append(f"train.eval_batch_size is auto or a number of features, at least 1 (got {train.eval_batch_size!r})")
+    for key in ("batch_size", "grad_accum", "log_steps", "keep_last"):
         if getattr(train, key) < 1:
             problems.append(f"train.{key} must be at least 1 (got {getattr(train, key)})")
     if train.max_steps < 0 or (train.max_steps == 0 and not train.epochs > 0):

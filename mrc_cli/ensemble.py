@@ -177,7 +177,7 @@ class _MemberRun:
             self.state = OneProcess(self.state.device)
         self.features, self.batch_size = features, batch_size or cfg.train.eval_batch_size
         self.width, self.span_level = cfg.data.max_seq_length, cfg.model.span_level
-        self.tokens_per_batch = eval_token_budget(cfg.train, self.width)
+        self.tokens_per_batch = eval_token_budget(cfg.train, self.width, self.state.device)
         self.positions = self._positions(self.features, self.precision)
 
     def _positions(self, features, precision: str) -> Positions:

@@ -18,7 +18,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.nn import functional as F
 
-from mrc_cli.batching import FeatureTensors, inference_batches, token_budget
+from mrc_cli.batching import FeatureTensors, inference_batch_size, inference_batches, token_budget
 from mrc_cli.config import DecodeConfig, RunConfig, TrainConfig
 from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.features import column
@@ -49,9 +49,10 @@ class OneProcess:
 
 
 @torch.no_grad()
-def predict_logits(model, features, accelerator, batch_size: int, precision: str, width: int,
+def predict_logits(model, features, accelerator, batch_size: int | str, precision: str, width: int,
                    tokens_per_batch: int | str = 0) -> Logits:
-    """Logits of every feature, padded to `width`; in batches of `batch_size` features or, with `tokens_per_batch`
+    """Logits of every feature, padded to `width`; in batches of `batch_size` features (train.eval_batch_size, auto
+    resolved for the device) or, with `tokens_per_batch`
     (eval_token_budget's setting), packed rows of that many tokens: the same logits (tests/test_packing.py).
 
     `accelerator`: anything with device, process_index and num_processes (an Accelerator or a PartialState). Each
@@ -62,6 +63,7 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
     pad_id = getattr(model.config, "pad_token_id", None) or 0
     store = FeatureTensors(features, accelerator.device, pad_id)
     lengths = store.lengths.tolist()
+    batch_size = inference_batch_size(batch_size, accelerator.device)
     store.tokens_per_batch = token_budget(tokens_per_batch, batch_size, lengths, accelerator.device)
     mine = inference_batches(lengths, batch_size, store.tokens_per_batch)[accelerator.process_index::accelerator.num_processes]
     results = []  # (feature indices, start logits, end logits, per-feature loss or None)
@@ -88,13 +90,14 @@ def predict_logits(model, features, accelerator, batch_size: int, precision: str
     return Logits(start, end, float(loss[valid].mean()) if valid.any() else None)
 
 
-def eval_token_budget(train_cfg: TrainConfig, width: int) -> int | str:
+def eval_token_budget(train_cfg: TrainConfig, width: int, device: torch.device) -> int | str:
     """The inference setting of train.tokens_per_batch: auto stays auto, a training budget is scaled from batch_size
-    to eval_batch_size features (and holds a window of `width` tokens)."""
+    to the device's eval_batch_size features (and holds a window of `width` tokens)."""
     setting = train_cfg.tokens_per_batch
     if setting in ("auto", 0):
         return setting
-    return max(-(-setting * train_cfg.eval_batch_size // train_cfg.batch_size), width)
+    features = inference_batch_size(train_cfg.eval_batch_size, device)
+    return max(-(-setting * features // train_cfg.batch_size), width)
 
 
 def position_offsets(features, width: int, span_level: str = "token") -> np.ndarray:
@@ -129,7 +132,7 @@ def predict_answers(model, split, cfg: RunConfig, accelerator, precision: str) -
     SQuAD questions; rerunning the few close calls keeps nearly all answers those of fp32 at most of bf16's speed.
     """
     batch_size, width = cfg.train.eval_batch_size, cfg.data.max_seq_length
-    budget = eval_token_budget(cfg.train, width)
+    budget = eval_token_budget(cfg.train, width, accelerator.device)
     logits = predict_logits(model, split.features, accelerator, batch_size, precision, width, budget)
     predictions = decode_features(split.features, logits, split.contexts, cfg.decode, cfg.model.span_level)
     if precision != "no":

@@ -174,12 +174,14 @@ def _use_of(data: str, settings: DataConfig) -> str:
 class Reader:
     """Answers questions about contexts: `Reader.load(path)(question=..., context=...)`, or lists of both."""
 
-    def __init__(self, loaded: Loaded | Ensemble, batch_size: int = 64):
+    def __init__(self, loaded: Loaded | Ensemble, batch_size: int | None = None):
         self.loaded = loaded
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, path: str | Path, batch_size: int = 64) -> Reader:
+    def load(cls, path: str | Path, batch_size: int | None = None) -> Reader:
+        """`batch_size`: features per forward pass (default: the model's train.eval_batch_size, auto: 64 on CUDA, 16
+        on a CPU)."""
         return cls(load_model(path), batch_size)
 
     def __call__(self, question: str | list[str], context: str | list[str]) -> dict | list[dict]:

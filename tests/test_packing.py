@@ -16,9 +16,10 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from conftest import QUICKSTART, tiny_run_config
-from mrc_cli.batching import FeatureTensors, doubled, epoch_plan, inference_batches, pack_rows, remaining_steps, token_budget
+from mrc_cli.batching import (FeatureTensors, doubled, epoch_plan, inference_batch_size, inference_batches, pack_rows,
+                              remaining_steps, token_budget)
 from mrc_cli.config import ConfigError, DataConfig, ModelConfig, check_train_config
-from mrc_cli.inference import predict_logits
+from mrc_cli.inference import eval_token_budget, predict_logits
 from mrc_cli.model import build_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tokenizer import load_tokenizer
@@ -93,6 +94,31 @@ def test_the_budget_auto_matches_the_batch_size_on_cuda_and_is_off_on_cpu():
     assert token_budget(0, 16, lengths, CUDA) == 0
     with pytest.raises(ConfigError, match=r"tokens_per_batch 300 is below the longest feature \(384 tokens\).*at least 384"):
         token_budget(300, 16, lengths, CUDA)
+
+
+def test_the_inference_batch_auto_is_wide_on_cuda_and_narrow_on_cpu_and_scales_a_token_budget():
+    from mrc_cli.config import TrainConfig
+
+    assert inference_batch_size("auto", torch.device("cpu")) == 16
+    assert inference_batch_size("auto", CUDA) == 64
+    assert inference_batch_size(128, torch.device("cpu")) == 128
+    assert TrainConfig().eval_batch_size == "auto"
+    # a training budget of 16 features is scaled to the features of an inference batch on that device
+    budget = TrainConfig(batch_size=16, tokens_per_batch=4096)
+    assert eval_token_budget(budget, 384, torch.device("cpu")) == 4096
+    assert eval_token_budget(budget, 384, CUDA) == 4 * 4096
+    assert eval_token_budget(TrainConfig(tokens_per_batch="auto"), 384, CUDA) == "auto"
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("many", "train.eval_batch_size is auto or a number of features, at least 1 (got 'many')"),
+    (0, "train.eval_batch_size is auto or a number of features, at least 1 (got 0)"),
+])
+def test_bad_inference_batches_are_refused_up_front(value, problem):
+    from mrc_cli.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        check_train_config(TrainConfig(eval_batch_size=value))
 
 
 @pytest.mark.parametrize(("value", "problem"), [

@@ -62,7 +62,7 @@ def agreement(answers: dict, reference: dict) -> float:
     return 100.0 * sum(answers.get(qid) == text for qid, text in reference.items()) / max(len(reference), 1)
 
 
-def make_export(checkpoint: Path, folder: Path, precision: str, eval_batch_size: int, cache_dir: Path,
+def make_export(checkpoint: Path, folder: Path, precision: str, eval_batch_size: int | str, cache_dir: Path,
                 allow_null: bool) -> Path:
     """An `mrc export` folder over a Hugging Face QA folder: links to its files plus mrc_cli.yaml (the run config)."""
     from mrc_cli.config import RunConfig, save_config
