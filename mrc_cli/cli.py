@@ -308,6 +308,7 @@ def train_fold(
 
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="A checkpoint folder, a run directory (its best checkpoint) or an export.")]
+BackendOpt = Annotated[Literal["auto", "torch", "onnx", "onnx-int8"], typer.Option(help="What answers. auto: PyTorch (bf16 where native, else fp32), the trained model's answers; onnx: ONNX Runtime, the same answers, faster on CPUs without bf16; onnx-int8: ~1.5x faster again, some answers change. A checkpoint is exported once into its onnx/ folder.")]
 
 
 @app.command("eval")
@@ -318,6 +319,7 @@ def evaluate(
     store_threshold: Annotated[bool, typer.Option(help="SQuAD v2: keep the best null threshold with the checkpoint for predict.")] = False,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a temperature (SQuAD v2: and a null bias) so that answer probabilities say how often answers are right; keep it with the checkpoint; ECE before/after, reliability.png.")] = False,
     calibrate_split: Annotated[bool, typer.Option("--calibrate-split", help="With --calibrate: fit on half the articles and report ECE on the other half (keeps that fit).")] = False,
+    backend: BackendOpt = "auto",
 ) -> None:
     """Score a checkpoint on a dev set; the metrics are the last line of stdout, as one JSON object. A checkpoint
     whose null threshold `mrc kfold` chose out of fold also gets it compared with 0 and the best one on this set."""
@@ -325,7 +327,7 @@ def evaluate(
 
     if calibrate_split and not calibrate:
         raise typer.BadParameter("--calibrate-split says where --calibrate fits and reports; give --calibrate too")
-    metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split)
+    metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split, backend)
     typer.echo(metrics.pop("data"))
     if "threshold_report" in metrics:
         from mrc_cli.thresholds import format_threshold_report
@@ -350,13 +352,15 @@ def predict(
     checkpoint: CheckpointOpt,
     data: Annotated[str, typer.Option("--data", help="Questions, with or without answers.")],
     out: Annotated[str, typer.Option("--out", help="Submission file {question id: answer}.")],
+    backend: BackendOpt = "auto",
 ) -> None:
     """Write the submission file {id: answer} that SQuAD and CMRC 2018 expect."""
     from mrc_cli.reader import predict_file
 
-    summary = predict_file(checkpoint, data, out)
+    summary = predict_file(checkpoint, data, out, backend)
     typer.echo(summary["data"])
-    typer.echo(f"{summary['questions']} questions, {summary['answered']} answered; wrote {summary['out']}")
+    typer.echo(f"{summary['questions']} questions, {summary['answered']} answered ({summary['backend']}); "
+               f"wrote {summary['out']}")
 
 
 @app.command()
@@ -423,6 +427,7 @@ def serve(
     max_questions: Annotated[int, typer.Option(min=1, help="Questions per request; more are refused (413).")] = 64,
     max_question_chars: Annotated[int, typer.Option(min=1, help="Longer questions are refused (413).")] = 1_000,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Larger request bodies are refused (413).")] = 1_000_000,
+    backend: BackendOpt = "auto",
 ) -> None:
     """Answer questions over HTTP: POST /answer {"context": ..., "questions": [...]}; GET /health (200 once the model
     is loaded), /metrics, /docs (OpenAPI) and / (a page to try it). Runs until Ctrl-C."""
@@ -430,7 +435,7 @@ def serve(
     from mrc_cli.serve import serve as serve_checkpoint
 
     settings = ServeSettings(max_batch, max_wait_ms, max_context_chars, max_questions, max_question_chars, max_body_bytes)
-    serve_checkpoint(checkpoint, host, port, settings)
+    serve_checkpoint(checkpoint, host, port, settings, backend)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from mrc_cli.backends import weights_fingerprint
 from mrc_cli.config import save_config
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.loading import EXPORT_SETTINGS, ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
@@ -78,7 +79,8 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
     save_config(cfg, out_dir / EXPORT_SETTINGS)
     settings = {"graph": quantize or "fp32", "graphs": graphs, "inputs": inputs,
                 "outputs": ["start_logits", "end_logits"], "span_level": cfg.model.span_level,
-                "opset": onnx_backend.OPSET, "exported_from": str(loaded.path.resolve()), "versions": _versions()}
+                "opset": onnx_backend.OPSET, "exported_from": str(loaded.path.resolve()),
+                "source_weights": weights_fingerprint(loaded.path), "versions": _versions()}
     (out_dir / ONNX_SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
     parity = None
     if parity_data:

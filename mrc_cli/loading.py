@@ -28,6 +28,7 @@ class Loaded:
     tokenizer: object
     cfg: RunConfig
     path: Path  # the checkpoint or export folder
+    backend: str = "torch"  # what answers: torch, onnx (an fp32 graph) or onnx-int8 (mrc_cli.backends)
 
 
 def load_trained(path: str | Path) -> Loaded:
@@ -96,16 +97,21 @@ def read_export(path: Path) -> Loaded:
     return Loaded(model.eval(), load_tokenizer(str(path)), cfg, path)
 
 
-def read_onnx_export(path: Path, graph: str | None = None) -> Loaded:
+def read_onnx_export(path: Path, graph: str | None = None, settings_from: Path | None = None) -> Loaded:
     """An `mrc export --format onnx` folder: its graph (`graph` fp32 or int8; by default the one onnx.json names) in
     an ONNX Runtime session, run on the CPU in feature batches (packed rows are the torch model's) at the graph's own
-    precision (fp32 or int8 weights: autocast would change nothing, a bf16 recheck would rerun the same logits)."""
-    from mrc_cli.onnx_backend import load_onnx_model
+    precision (fp32 or int8 weights: autocast would change nothing, a bf16 recheck would rerun the same logits).
+    `settings_from`: the checkpoint (or export) whose run config to answer with and to store thresholds and
+    calibration in, for a checkpoint's own cached export (mrc_cli.backends), so they stay the checkpoint's."""
+    from mrc_cli.onnx_backend import load_onnx_model, read_settings
 
     path = Path(path)
-    cfg = _export_config(path)
+    home = path if settings_from is None else settings_from
+    cfg = _export_config(path) if settings_from is None else load_tokenizer_and_config(settings_from)[1]
     cfg.train.tokens_per_batch, cfg.train.precision, cfg.train.cpu = 0, "no", True
-    return Loaded(load_onnx_model(path, cfg.model.span_level, graph), load_tokenizer(str(path)), cfg, path)
+    graph = graph or read_settings(path)["graph"]
+    return Loaded(load_onnx_model(path, cfg.model.span_level, graph), load_tokenizer(str(path)), cfg, home,
+                  "onnx-int8" if graph == "int8" else "onnx")
 
 
 def _export_config(path: Path) -> RunConfig:

@@ -21,13 +21,21 @@ from mrc_cli.ensemble import (Ensemble, build_ensemble, check_save_folder, ensem
                               save_ensemble, store_settings)
 from mrc_cli.features import build_features, cache_root
 from mrc_cli.inference import evaluate_split, place_for_inference, write_prediction_files
-from mrc_cli.loading import Loaded, is_ensemble, load_trained
+from mrc_cli.backends import load_with_backend
+from mrc_cli.errors import ConfigError
+from mrc_cli.loading import Loaded, is_ensemble
 from mrc_cli.splits import Split, featurize_file
 
 
-def load_model(path: str | Path) -> Loaded | Ensemble:
-    """A trained model (checkpoint, run directory, export) or a saved ensemble (a folder with ensemble.yaml)."""
-    return load_ensemble(path) if is_ensemble(path) else load_trained(path)
+def load_model(path: str | Path, backend: str = "auto") -> Loaded | Ensemble:
+    """A trained model (checkpoint, run directory, export) answering with `backend` (mrc_cli.backends), or a saved
+    ensemble (a folder with ensemble.yaml), whose members answer as they were saved."""
+    if not is_ensemble(path):
+        return load_with_backend(path, backend)
+    if backend not in ("auto", "torch"):
+        raise ConfigError(f"{path} is an ensemble: its members answer as they were saved (an ONNX export as a member "
+                          f"answers with ONNX Runtime); --backend {backend} is for one model")
+    return load_ensemble(path)
 
 
 def run_inference(loaded: Loaded | Ensemble, split: Split, batch_size: int | None = None):
@@ -53,13 +61,14 @@ def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, d
 
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False,
-                  calibrate: bool = False, calibrate_split: bool = False) -> dict:
+                  calibrate: bool = False, calibrate_split: bool = False, backend: str = "auto") -> dict:
     """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint or ensemble on a data file,
     with the data's validation summary under "data" (repairs, questions left out). A model whose null threshold was
     chosen out of fold (`mrc kfold`) adds `threshold_report`: the scores at 0, at it and at the best one here. With
     `calibrate`, a temperature and null bias fitted here are kept with the model (`_calibrate`), on half the articles
-    and reported on the other half with `calibrate_split`."""
-    loaded = load_model(checkpoint)
+    and reported on the other half with `calibrate_split`. `backend`: what answers (mrc_cli.backends), named in the
+    metrics."""
+    loaded = load_model(checkpoint, backend)
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file turns the null rule on for data with unanswerables
     metrics, predictions, split = answer_file(loaded, data, "eval")
     decode = loaded.cfg.decode
@@ -77,7 +86,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         threshold = metrics["best_f1_thresh"] if threshold_stored else loaded.cfg.decode.null_score_diff_threshold
         metrics.update(_calibrate(loaded, data, predictions, split, out_dir, stored_allow_null or threshold_stored,
                                   threshold, calibrate_split))
-    return {**metrics, "out": str(out_dir), "data": split.report.summary()}
+    return {**metrics, "backend": backend_of(loaded), "out": str(out_dir), "data": split.report.summary()}
 
 
 def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Prediction], split: Split, out_dir: Path,
@@ -116,12 +125,21 @@ def _store_threshold(loaded: Loaded | Ensemble, threshold: float, source: str) -
     store_settings(loaded)
 
 
-def predict_file(checkpoint: str, data: str, out: str) -> dict:
+def predict_file(checkpoint: str, data: str, out: str, backend: str = "auto") -> dict:
     """`mrc predict`: the submission file {id: answer} for a data file, with or without answers."""
-    _, predictions, split = answer_file(load_model(checkpoint), data, "predict")
+    loaded = load_model(checkpoint, backend)
+    _, predictions, split = answer_file(loaded, data, "predict")
     if PartialState().is_main_process:
         _write_submission(Path(out), predictions)
-    return {**_answered(predictions), "out": str(Path(out)), "data": split.report.summary()}
+    return {**_answered(predictions), "backend": backend_of(loaded), "out": str(Path(out)),
+            "data": split.report.summary()}
+
+
+def backend_of(loaded: Loaded | Ensemble) -> str:
+    """What answers for a loaded model: torch, onnx or onnx-int8; for an ensemble, its members' in parentheses."""
+    if isinstance(loaded, Ensemble):
+        return "ensemble (" + ", ".join(member.backend for member in loaded.members) + ")"
+    return loaded.backend
 
 
 def _write_submission(path: Path, predictions: dict[str, Prediction]) -> None:
@@ -179,10 +197,14 @@ class Reader:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, path: str | Path, batch_size: int | None = None) -> Reader:
+    def load(cls, path: str | Path, batch_size: int | None = None, backend: str = "auto") -> Reader:
         """`batch_size`: features per forward pass (default: the model's train.eval_batch_size, auto: 64 on CUDA, 16
-        on a CPU)."""
-        return cls(load_model(path), batch_size)
+        on a CPU); `backend`: what answers (mrc_cli.backends: auto, torch, onnx, onnx-int8)."""
+        return cls(load_model(path, backend), batch_size)
+
+    @property
+    def backend(self) -> str:
+        return backend_of(self.loaded)
 
     def __call__(self, question: str | list[str], context: str | list[str]) -> dict | list[dict]:
         single = isinstance(question, str)

@@ -130,9 +130,13 @@ def check_facts(run_dir: Path, had: dict, facts: dict, done: str) -> None:
                           "choose another --out, or delete that folder to run it again")
 
 
+# the folder may have moved; the features per inference batch change no logits (padding is masked)
+NOT_RESULTS = {("train", "output_dir"), ("train", "eval_batch_size")}
+
+
 def load_record(path: Path, settings: dict, done: str = "finished") -> dict | None:
     """A finished run's record (without its config), or None when there is none. A run finished with other settings
-    than `settings` is refused (train.output_dir aside: the folder may have moved)."""
+    than `settings` is refused, except in settings that do not change what it learned (`NOT_RESULTS`)."""
     if not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
@@ -142,7 +146,7 @@ def load_record(path: Path, settings: dict, done: str = "finished") -> dict | No
            for section, values in defaults.items()}
     changed = [f"{section}.{key}: {was[section][key]!r} there, {value!r} now"
                for section, values in settings.items() for key, value in values.items()
-               if value != was[section][key] and (section, key) != ("train", "output_dir")]
+               if value != was[section][key] and (section, key) not in NOT_RESULTS]
     if changed:
         raise ConfigError(f"{path.parent} {done} with other settings ({'; '.join(changed)}); choose another --out, "
                           "or delete that folder to run it again")

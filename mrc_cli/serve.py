@@ -203,7 +203,7 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
     async def health() -> JSONResponse:
         """200 once the model is loaded; 503 while it loads or after it failed to load."""
         if batcher.reader is not None:
-            return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "ready", "backend": batcher.reader.backend})
         if status["load_error"]:
             return JSONResponse({"status": "failed", "detail": status["load_error"]}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
@@ -223,7 +223,7 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
 async def _load_in_model_thread(batcher: RequestBatcher, load: Callable[[], Reader], status: dict) -> None:
     try:
         batcher.reader = await asyncio.get_running_loop().run_in_executor(batcher.model_thread, load)
-        log.info("model loaded: /health answers 200")
+        log.info("model loaded (backend %s): /health answers 200", batcher.reader.backend)
     except Exception as err:
         status["load_error"] = f"{type(err).__name__}: {err}"
         log.error("the model failed to load: %s", status["load_error"])
@@ -270,9 +270,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                         status_code=422)
 
 
-def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None) -> None:
-    """`mrc serve`: listen at once (/health answers 503 while the model loads), load the checkpoint, answer until
-    Ctrl-C. A model that fails to load stops the server and raises its error."""
+def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
+          backend: str = "auto") -> None:
+    """`mrc serve`: listen at once (/health answers 503 while the model loads), load the checkpoint to answer with
+    `backend` (mrc_cli.backends), answer until Ctrl-C. A model that fails to load stops the server and raises its
+    error."""
     import datasets
     import uvicorn
 
@@ -282,9 +284,9 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     server: uvicorn.Server | None = None
 
     def load() -> Reader:
-        log.info("loading %s", checkpoint)
+        log.info("loading %s (backend %s)", checkpoint, backend)
         try:
-            return Reader.load(checkpoint)
+            return Reader.load(checkpoint, backend=backend)
         except BaseException as err:
             failure.append(err)
             server.should_exit = True  # uvicorn polls it; the error is raised below, after it stopped

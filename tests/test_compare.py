@@ -361,6 +361,9 @@ def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkey
     monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
     with pytest.raises(ConfigError, match="baseline/seed-0 finished with other settings \\(train.max_steps: 4 there, 5 now\\)"):
         compare(load_config(config, sets=["train.max_steps=5"]), [Variant.parse(VARIANT)], [0, 1], out)
+    # the features per inference batch do not change what a run learned: its finished runs still count
+    result = compare(load_config(config, sets=["train.eval_batch_size=7"]), [Variant.parse(VARIANT)], [0, 1], out)
+    assert len(result["runs"]) == 4
 
 
 def test_a_finished_run_copied_from_another_variant_with_its_settings_counts_as_this_one(compared, tmp_path,

@@ -278,3 +278,52 @@ def test_refusals_are_one_line_errors(bert_run, bert_onnx, tmp_path):
     (broken / "model.int8.onnx").write_bytes(b"not a graph")
     with pytest.raises(CheckpointError, match="ONNX Runtime cannot load it"):
         Reader.load(broken)
+
+
+def test_a_checkpoint_answers_with_every_backend_exporting_once(bert_run, bert_onnx, tmp_path):
+    """--backend onnx / onnx-int8 on a checkpoint: exported once into its onnx/ folder (again when its weights
+    change), the fp32 graph with the checkpoint's answers, the checkpoint's own settings; auto is PyTorch."""
+    import os
+    import shutil
+
+    from mrc_cli.checkpoint import resolve_checkpoint
+
+    run = shutil.copytree(bert_run, tmp_path / "run", symlinks=True)
+    checkpoint = resolve_checkpoint(run)
+    runner = CliRunner()
+
+    def ask(command, backend, out):
+        result = runner.invoke(app, [command, "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / out),
+                                     "--backend", backend])
+        assert result.exit_code == 0, result.output
+        return result
+
+    torch_eval = ask("eval", "auto", "torch")
+    assert json.loads(torch_eval.stdout.splitlines()[-1])["backend"] == "torch" and not (checkpoint / "onnx").exists()
+    first = ask("eval", "onnx", "onnx")
+    assert "exporting" in first.stderr and (checkpoint / "onnx" / "onnx.json").is_file()
+    assert json.loads(first.stdout.splitlines()[-1])["backend"] == "onnx"
+    predictions = [json.loads((tmp_path / name / "predictions.json").read_text()) for name in ("torch", "onnx")]
+    assert predictions[0] == predictions[1]
+
+    exported = (checkpoint / "onnx" / "onnx.json").stat().st_mtime_ns
+    again = ask("predict", "onnx-int8", "int8.json")
+    assert "exporting" not in again.stderr and "(onnx-int8)" in again.stdout
+    assert (checkpoint / "onnx" / "onnx.json").stat().st_mtime_ns == exported
+    reader = Reader.load(run, backend="onnx-int8")
+    assert reader.backend == "onnx-int8" and reader.loaded.path == checkpoint  # thresholds are stored there
+
+    weights = checkpoint / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten weights
+    assert "exporting" in ask("predict", "onnx", "fp32.json").stderr
+
+    # an ONNX export answers with its own graphs: int8 as written, fp32 on request, never PyTorch
+    assert Reader.load(bert_onnx[0]).backend == "onnx-int8"
+    assert Reader.load(bert_onnx[0], backend="onnx").backend == "onnx"
+    result = runner.invoke(app, ["predict", "--checkpoint", str(bert_onnx[0]), "--data", DEV, "--out",
+                                 str(tmp_path / "x.json"), "--backend", "torch"])
+    assert result.exit_code == 1 and "is an ONNX export, without PyTorch weights" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = runner.invoke(app, ["predict", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "x.json"),
+                                 "--backend", "tensorrt"])
+    assert result.exit_code == 2 and "tensorrt" in result.stderr

@@ -137,7 +137,7 @@ def test_concurrent_requests_are_batched_on_a_real_server(reader, paragraphs, su
 
     with running(create_app(reader, settings)) as url:
         responses, metrics, health = asyncio.run(ask_all(url))
-    assert health.status_code == 200 and health.json() == {"status": "ready"}
+    assert health.status_code == 200 and health.json() == {"status": "ready", "backend": "torch"}
     assert [r.status_code for r in responses] == [200] * len(asked)
     assert [r.json()["answers"][0]["text"] for r in responses] == [submission[qid] for _, qid, _ in asked]
     sizes = {int(size): n for size, n in metrics["batch_size"]["histogram"].items()}
@@ -292,9 +292,9 @@ def test_mrc_serve_hands_its_flags_to_serve(monkeypatch):
     calls = []
     monkeypatch.setattr("mrc_cli.serve.serve", lambda *args: calls.append(args))
     result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", "runs/a", "--port", "0", "--max-batch", "4",
-                                          "--max-wait-ms", "25", "--max-questions", "3"])
+                                          "--max-wait-ms", "25", "--max-questions", "3", "--backend", "onnx-int8"])
     assert result.exit_code == 0, result.output
-    assert calls == [("runs/a", "127.0.0.1", 0, ServeSettings(max_batch=4, max_wait_ms=25.0, max_questions=3))]
+    assert calls == [("runs/a", "127.0.0.1", 0, ServeSettings(max_batch=4, max_wait_ms=25.0, max_questions=3), "onnx-int8")]
 
 
 def test_mrc_serve_stops_with_the_error_when_the_model_does_not_load(tmp_path):

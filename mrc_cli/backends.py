@@ -1,0 +1,98 @@
+"""Which forward pass answers (`--backend` of eval, predict, serve and `Reader.load`): PyTorch, or ONNX Runtime on an
+ONNX export of the same weights, fp32 or int8.
+
+auto is PyTorch: it gives the answers of the model that was trained, at the precision `train.precision: auto` picks
+per machine (bf16 where the CPU or GPU runs it natively, close calls rechecked in fp32) in batches of
+`train.eval_batch_size: auto` (16 features on a CPU). It never trades answers for speed, as `mrc eval` must score
+the model that was trained. On an AVX2-only CPU (docs/benchmarks.md, "CPU inference backends"): PyTorch fp32 about
+2x the Hugging Face recipe's inference, `onnx` (the same answers) about 2.2x, `onnx-int8` about 3.3x with a sixth of
+the answers changed and F1 within 1.
+
+`onnx` and `onnx-int8` on a checkpoint export it once (both graphs, `mrc export --format onnx --quantize int8`) into
+the folder `onnx/` inside the checkpoint and load it from there while the checkpoint's weights are unchanged; an
+ONNX export folder loads its own graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from accelerate import PartialState
+
+from mrc_cli.checkpoint import resolve_checkpoint
+from mrc_cli.errors import CheckpointError, ConfigError
+from mrc_cli.loading import ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+GRAPHS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend -> the graph of an ONNX export it loads
+CACHED_EXPORT = "onnx"  # the folder inside a checkpoint where `onnx` and `onnx-int8` keep its export
+
+
+def load_with_backend(path: str | Path, backend: str = "auto") -> Loaded:
+    """A trained model (checkpoint, run directory, export) ready to answer with `backend`."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r}: choose {', '.join(BACKENDS)}")
+    path = Path(path)
+    if is_onnx_export(path):
+        if backend == "torch":
+            raise CheckpointError(f"{path} is an ONNX export, without PyTorch weights: for --backend torch give the "
+                                  f"checkpoint it was exported from (exported_from in its {ONNX_SETTINGS})")
+        return read_onnx_export(path, GRAPHS.get(backend))
+    if backend in ("auto", "torch"):
+        return load_trained(path)
+    return read_onnx_export(cached_export(path), GRAPHS[backend], settings_from=_weights_folder(path))
+
+
+def cached_export(path: str | Path) -> Path:
+    """The ONNX export (fp32 and int8 graphs) of a checkpoint, run directory or `mrc export` folder, kept in its
+    folder `onnx/`: written on first use (under several processes by the main one, the others waiting) and again when
+    the weights it came from changed."""
+    source = _weights_folder(Path(path))
+    folder = source / CACHED_EXPORT
+    state = PartialState()
+    with state.main_process_first():
+        if not _is_current(folder, source):
+            if not state.is_main_process:  # the main process could not write it: its error is the one to read
+                raise CheckpointError(f"{folder}: the main process did not export the checkpoint")
+            _export(source, folder)
+    return folder
+
+
+def _weights_folder(path: Path) -> Path:
+    """The folder holding model.safetensors: a checkpoint, a run directory's best checkpoint, or an export."""
+    if (path / "model.safetensors").is_file():
+        return path
+    return resolve_checkpoint(path)
+
+
+def _is_current(folder: Path, source: Path) -> bool:
+    """An export in `folder` with both graphs, made from the weights `source` holds now."""
+    try:
+        settings = json.loads((folder / ONNX_SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return set(GRAPHS.values()) <= set(settings.get("graphs", {})) and \
+        settings.get("source_weights") == weights_fingerprint(source)
+
+
+def weights_fingerprint(folder: Path) -> dict:
+    """Size and modification time of a folder's model.safetensors: a checkpoint rewritten in place changes both."""
+    stat = (folder / "model.safetensors").stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _export(source: Path, folder: Path) -> None:
+    from mrc_cli.export import export_onnx
+
+    print(f"exporting {source} to ONNX once (fp32 and int8 graphs) into {folder} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        export_onnx(str(source), str(folder), "int8")
+    except PermissionError as err:
+        raise CheckpointError(f"{folder}: cannot write the ONNX export there ({err.strerror}); export it elsewhere "
+                              f"with mrc export --checkpoint {source} --format onnx --quantize int8 --out DIR and "
+                              "give DIR as the checkpoint") from None
+    print(f"exported in {time.perf_counter() - started:.0f} s; later runs load it", file=sys.stderr, flush=True)
