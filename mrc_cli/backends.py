@@ -4,9 +4,9 @@ ONNX export of the same weights, fp32 or int8.
 auto is PyTorch: it gives the answers of the model that was trained, at the precision `train.precision: auto` picks
 per machine (bf16 where the CPU or GPU runs it natively, close calls rechecked in fp32) in batches of
 `train.eval_batch_size: auto` (16 features on a CPU). It never trades answers for speed, as `mrc eval` must score
-the model that was trained. On an AVX2-only CPU (docs/benchmarks.md, "CPU inference backends"): PyTorch fp32 about
-2x the Hugging Face recipe's inference, `onnx` (the same answers) about 2.2x, `onnx-int8` about 3.3x with a sixth of
-the answers changed and F1 within 1.
+the model that was trained. On an AVX2-only CPU (docs/benchmarks.md, "CPU inference backends"), against the Hugging
+Face recipe's inference: PyTorch fp32 2.24x, `onnx` (the same answers) 2.08x, `onnx-int8` 3.03x with a sixth of the
+answers changed and F1 within 1.
 
 `onnx` and `onnx-int8` on a checkpoint export it once (both graphs, `mrc export --format onnx --quantize int8`) into
 the folder `onnx/` inside the checkpoint and load it from there while the checkpoint's weights are unchanged; an
