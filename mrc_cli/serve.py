@@ -22,6 +22,7 @@ from typing import Callable
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from mrc_cli import __version__
@@ -175,7 +176,8 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
         worker.cancel()
         batcher.model_thread.shutdown(wait=False)
 
-    app = FastAPI(title="mrc serve", lifespan=lifespan, description=__doc__.split("\n\n")[0],
+    # FastAPI's /docs loads Swagger UI from a CDN: a blank page on the offline machines competitions run on
+    app = FastAPIOffline(title="mrc serve", lifespan=lifespan, description=__doc__.split("\n\n")[0],
                   version=__version__)
     app.add_middleware(_BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(_AnswerMetrics, metrics=metrics)  # added last, so outermost: it counts the 413s above too
