@@ -37,6 +37,7 @@ from bench.common import (  # noqa: E402
 
 def main() -> None:
     from mrc_cli.compare import Variant
+    from mrc_cli.config import load_config
     from mrc_cli.errors import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +49,8 @@ def main() -> None:
     require_shared("bench_step_cost", SQUAD_TRAIN_HEAD)
     try:
         variants = [Variant.parse(text) for text in args.variant]
+        for variant in variants:  # an unknown key or a bad value: said here, not in a training child's traceback
+            load_config(None, sets=list(variant.sets))
     except ConfigError as err:
         parser.error(str(err))
     work = fresh_dir(OUT / "step_cost")

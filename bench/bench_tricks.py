@@ -67,13 +67,13 @@ def main() -> None:
         parser.error(f"--seed-list {args.seed_list!r}: expected whole numbers separated by commas, e.g. 0,2")
     out = Path(args.out or OUT / ("tricks" if args.task == "squad" else "tricks_cmrc"))
     out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(args.baseline_from or out)  # with --baseline-from, that folder's data files: its runs name them
     if args.task == "squad":
         require_shared("bench_tricks", SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD)
-        # with --baseline-from, that folder's dev file: the copied runs' settings name it
-        base = minilm_config(SQUAD_TRAIN_HEAD, answerable_dev(Path(args.baseline_from or out)), out / "unused")
+        base = minilm_config(SQUAD_TRAIN_HEAD, answerable_dev(data_dir), out / "unused")
     else:
         require_shared("bench_tricks", CMRC_DEV)
-        base = minilm_config(*cmrc_split(out), out / "unused")
+        base = minilm_config(*cmrc_split(data_dir), out / "unused")
         base.data.word_segmenter, base.decode.max_answer_length = "chars", 50
     base.train.save_steps = 100  # a killed run resumes from its last checkpoint
     copy_baseline_runs(args.baseline_from, out, seeds, checkpoints=False)
