@@ -218,6 +218,7 @@ def load_for_inference(checkpoint: str | None, cache_dir: Path):
 def part_inference(checkpoint: str | None, dev_file: Path, cache_dir: Path, budget: int) -> dict:
     import numpy as np
 
+    from mrc_cli.batching import inference_batch_size
     from mrc_cli.inference import (NEG, eval_token_budget, evaluate_predictions, headline, place_for_inference,
                                    predict_answers, predict_logits)
     from mrc_cli.splits import featurize_file
@@ -246,7 +247,8 @@ def part_inference(checkpoint: str | None, dev_file: Path, cache_dir: Path, budg
                                                                            (padded.end, packed.end)))
     same = sum(packed_answers[qid] == text for qid, text in padded_answers.items())
     return {"checkpoint": origin, "questions": len(split.golds), "features": len(split.features),
-            "precision": precision, "eval_batch_size": cfg.train.eval_batch_size, "sides": sides,
+            "precision": precision, "eval_batch_size": inference_batch_size(cfg.train.eval_batch_size, state.device),
+            "sides": sides,
             "same_answers_pct": 100 * same / len(padded_answers), "same_scored_positions": same_masks,
             "max_abs_logit_diff": max_diff}
 

@@ -9,20 +9,23 @@ Face recipe's inference: PyTorch fp32 2.24x, `onnx` (the same answers) 2.08x, `o
 answers changed and F1 within 1.
 
 `onnx` and `onnx-int8` on a checkpoint export it once (both graphs, `mrc export --format onnx --quantize int8`) into
-the folder `onnx/` inside the checkpoint and load it from there while the checkpoint's weights are unchanged; an
-ONNX export folder loads its own graphs.
+the folder `onnx/` inside the checkpoint and load it from there while the checkpoint's weights and the graph format
+are unchanged; an ONNX export folder loads its own graphs.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from accelerate import PartialState
 
-from mrc_cli.checkpoint import resolve_checkpoint
+from mrc_cli.checkpoint import resolve_checkpoint, weights_fingerprint
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.loading import ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
 
@@ -31,10 +34,14 @@ GRAPHS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend -> the graph of an ONN
 CACHED_EXPORT = "onnx"  # the folder inside a checkpoint where `onnx` and `onnx-int8` keep its export
 
 
-def load_with_backend(path: str | Path, backend: str = "auto") -> Loaded:
-    """A trained model (checkpoint, run directory, export) ready to answer with `backend`."""
+def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ConfigError(f"backend {backend!r}: choose {', '.join(BACKENDS)}")
+
+
+def load_with_backend(path: str | Path, backend: str = "auto") -> Loaded:
+    """A trained model (checkpoint, run directory, export) ready to answer with `backend`."""
+    check_backend(backend)
     path = Path(path)
     if is_onnx_export(path):
         if backend == "torch":
@@ -43,56 +50,57 @@ def load_with_backend(path: str | Path, backend: str = "auto") -> Loaded:
         return read_onnx_export(path, GRAPHS.get(backend))
     if backend in ("auto", "torch"):
         return load_trained(path)
-    return read_onnx_export(cached_export(path), GRAPHS[backend], settings_from=_weights_folder(path))
+    return read_onnx_export(cached_export(path), GRAPHS[backend], settings_from=resolve_checkpoint(path))
 
 
 def cached_export(path: str | Path) -> Path:
     """The ONNX export (fp32 and int8 graphs) of a checkpoint, run directory or `mrc export` folder, kept in its
-    folder `onnx/`: written on first use (under several processes by the main one, the others waiting) and again when
-    the weights it came from changed."""
-    source = _weights_folder(Path(path))
+    folder `onnx/`: written on first use and again when the weights it came from changed. Under `accelerate launch`
+    the first process of each machine writes it while the others wait; independent processes (two `mrc predict`
+    at once) each write their own copy and move it into place whole, so no reader meets a half-written one."""
+    source = resolve_checkpoint(path)
     folder = source / CACHED_EXPORT
-    state = PartialState()
-    with state.main_process_first():
+    with PartialState(cpu=True).local_main_process_first():  # ONNX Runtime runs on the CPU, in every process
         if not _is_current(folder, source):
-            if not state.is_main_process:  # the main process could not write it: its error is the one to read
-                raise CheckpointError(f"{folder}: the main process did not export the checkpoint")
             _export(source, folder)
     return folder
 
 
-def _weights_folder(path: Path) -> Path:
-    """The folder holding model.safetensors: a checkpoint, a run directory's best checkpoint, or an export."""
-    if (path / "model.safetensors").is_file():
-        return path
-    return resolve_checkpoint(path)
-
-
 def _is_current(folder: Path, source: Path) -> bool:
-    """An export in `folder` with both graphs, made from the weights `source` holds now."""
+    """An export in `folder` with both graphs, made by this graph format from the weights `source` holds now."""
+    from mrc_cli.onnx_backend import OPSET
+
     try:
         settings = json.loads((folder / ONNX_SETTINGS).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return set(GRAPHS.values()) <= set(settings.get("graphs", {})) and \
-        settings.get("source_weights") == weights_fingerprint(source)
-
-
-def weights_fingerprint(folder: Path) -> dict:
-    """Size and modification time of a folder's model.safetensors: a checkpoint rewritten in place changes both."""
-    stat = (folder / "model.safetensors").stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return (set(GRAPHS.values()) <= set(settings.get("graphs", {})) and settings.get("opset") == OPSET
+            and settings.get("source_weights") == weights_fingerprint(source))
 
 
 def _export(source: Path, folder: Path) -> None:
+    """Export into a folder of this process's own beside `folder`, then swap it in (a stale export moved aside
+    first: a folder cannot be renamed onto a full one)."""
     from mrc_cli.export import export_onnx
 
     print(f"exporting {source} to ONNX once (fp32 and int8 graphs) into {folder} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
+    mine, stale = folder.with_name(f".{folder.name}.{os.getpid()}"), folder.with_name(f".{folder.name}.stale.{os.getpid()}")
     try:
-        export_onnx(str(source), str(folder), "int8")
-    except PermissionError as err:
-        raise CheckpointError(f"{folder}: cannot write the ONNX export there ({err.strerror}); export it elsewhere "
+        export_onnx(str(source), str(mine), "int8")
+        if folder.exists():
+            if _is_current(folder, source):  # another process got there first
+                shutil.rmtree(mine)
+                return
+            folder.rename(stale)
+        mine.rename(folder)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise CheckpointError(f"{source}: cannot write its ONNX export there ({err.strerror}); export it elsewhere "
                               f"with mrc export --checkpoint {source} --format onnx --quantize int8 --out DIR and "
                               "give DIR as the checkpoint") from None
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
     print(f"exported in {time.perf_counter() - started:.0f} s; later runs load it", file=sys.stderr, flush=True)

@@ -144,6 +144,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def weights_fingerprint(folder: Path) -> dict:
+    """Size and modification time of a folder's model.safetensors: weights rewritten in place change both (what an
+    ONNX export made from them records, mrc_cli.backends)."""
+    stat = (folder / "model.safetensors").stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def read_checkpoint_config(checkpoint: Path) -> RunConfig:
     path = checkpoint / "config.yaml"
     if not path.is_file():

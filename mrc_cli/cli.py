@@ -308,7 +308,7 @@ def train_fold(
 
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", help="A checkpoint folder, a run directory (its best checkpoint) or an export.")]
-BackendOpt = Annotated[Literal["auto", "torch", "onnx", "onnx-int8"], typer.Option(help="What answers. auto: PyTorch (bf16 where native, else fp32), the trained model's answers; onnx: ONNX Runtime, the same answers; onnx-int8: fastest on CPUs (1.35x PyTorch fp32 on AVX2), a sixth of the answers change. A checkpoint is exported once into its onnx/ folder.")]
+BackendOpt = Annotated[Literal["auto", "torch", "onnx", "onnx-int8"], typer.Option(help="What answers. auto: PyTorch (bf16 where native, else fp32), the trained model's answers; onnx: ONNX Runtime, the same answers; onnx-int8: fastest on AVX2-only CPUs (1.35x PyTorch fp32), a sixth of the answers change. A checkpoint is exported once into its onnx/ folder.")]
 
 
 @app.command("eval")

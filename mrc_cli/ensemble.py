@@ -264,7 +264,8 @@ def save_ensemble(ensemble: Ensemble, folder: str | Path, copy_members: bool = F
         sources = []
         for number, member in enumerate(ensemble.members, start=1):
             copied = Path(MEMBERS_FOLDER) / f"{number}-{member.path.name}"
-            shutil.copytree(member.path, folder / copied, ignore=shutil.ignore_patterns("training_state.pt"))
+            # not the optimizer state, nor a cached ONNX export (mrc_cli.backends), which the ensemble does not load
+            shutil.copytree(member.path, folder / copied, ignore=shutil.ignore_patterns("training_state.pt", "onnx"))
             sources.append(str(copied))
         ensemble.sources = sources
     ensemble.path = folder

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from mrc_cli.backends import weights_fingerprint
+from mrc_cli.checkpoint import weights_fingerprint
 from mrc_cli.config import save_config
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.loading import EXPORT_SETTINGS, ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export

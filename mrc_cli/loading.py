@@ -56,6 +56,11 @@ def load_tokenizer_and_config(path: str | Path) -> tuple[object, RunConfig]:
     return load_tokenizer(str(checkpoint / "tokenizer")), read_checkpoint_config(checkpoint)
 
 
+def run_config(path: Path) -> RunConfig:
+    """The run config of a checkpoint or export folder (mrc-cli's defaults for a foreign Hugging Face folder)."""
+    return _export_config(path) if _is_export(path) else read_checkpoint_config(path)
+
+
 def is_ensemble(path: str | Path) -> bool:
     """A folder saved by `mrc ensemble --save`: mrc_cli.reader loads it (mrc_cli.ensemble.load_ensemble)."""
     return (Path(path) / ENSEMBLE_SETTINGS).is_file()
@@ -107,7 +112,7 @@ def read_onnx_export(path: Path, graph: str | None = None, settings_from: Path |
 
     path = Path(path)
     home = path if settings_from is None else settings_from
-    cfg = _export_config(path) if settings_from is None else load_tokenizer_and_config(settings_from)[1]
+    cfg = run_config(home)
     cfg.train.tokens_per_batch, cfg.train.precision, cfg.train.cpu = 0, "no", True
     graph = graph or read_settings(path)["graph"]
     return Loaded(load_onnx_model(path, cfg.model.span_level, graph), load_tokenizer(str(path)), cfg, home,

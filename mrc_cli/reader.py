@@ -21,9 +21,9 @@ from mrc_cli.ensemble import (Ensemble, build_ensemble, check_save_folder, ensem
                               save_ensemble, store_settings)
 from mrc_cli.features import build_features, cache_root
 from mrc_cli.inference import evaluate_split, place_for_inference, write_prediction_files
-from mrc_cli.backends import load_with_backend
+from mrc_cli.backends import check_backend, load_with_backend
 from mrc_cli.errors import ConfigError
-from mrc_cli.loading import Loaded, is_ensemble
+from mrc_cli.loading import Loaded, is_ensemble, is_onnx_export
 from mrc_cli.splits import Split, featurize_file
 
 
@@ -32,7 +32,8 @@ def load_model(path: str | Path, backend: str = "auto") -> Loaded | Ensemble:
     ensemble (a folder with ensemble.yaml), whose members answer as they were saved."""
     if not is_ensemble(path):
         return load_with_backend(path, backend)
-    if backend not in ("auto", "torch"):
+    check_backend(backend)
+    if backend != "auto":
         raise ConfigError(f"{path} is an ensemble: its members answer as they were saved (an ONNX export as a member "
                           f"answers with ONNX Runtime); --backend {backend} is for one model")
     return load_ensemble(path)
@@ -68,6 +69,10 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     `calibrate`, a temperature and null bias fitted here are kept with the model (`_calibrate`), on half the articles
     and reported on the other half with `calibrate_split`. `backend`: what answers (mrc_cli.backends), named in the
     metrics."""
+    if (store_threshold or calibrate) and backend == "onnx-int8" and not is_onnx_export(checkpoint):
+        raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and calibration "
+                          "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
+                          "int8 export of its own (mrc export --format onnx --quantize int8)")
     loaded = load_model(checkpoint, backend)
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file turns the null rule on for data with unanswerables
     metrics, predictions, split = answer_file(loaded, data, "eval")

@@ -178,7 +178,7 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
 
     # FastAPI's /docs loads Swagger UI from a CDN: a blank page on the offline machines competitions run on
     app = FastAPIOffline(title="mrc serve", lifespan=lifespan, description=__doc__.split("\n\n")[0],
-                  version=__version__)
+                         version=__version__)
     app.add_middleware(_BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(_AnswerMetrics, metrics=metrics)  # added last, so outermost: it counts the 413s above too
     app.add_exception_handler(RequestValidationError, _validation_error)

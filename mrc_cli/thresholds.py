@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mrc_cli.config import RunConfig, save_config
+from mrc_cli.config import RunConfig, load_config, save_config
 from mrc_cli.decoding import best_span_text
 from mrc_cli.metrics import score
 
@@ -94,9 +94,13 @@ def store_threshold(folder: Path, cfg: RunConfig, threshold: float, source: str,
 
 
 def save_decode_settings(folder: Path, cfg: RunConfig) -> None:
-    """Write `cfg` (decoding settings changed) back as the run config of a checkpoint or export `folder`: what
-    `mrc predict` and the Reader read (a stored null threshold, a calibration's temperature and null bias)."""
+    """Write the decoding settings of `cfg` into the run config of a checkpoint or export `folder`: what `mrc predict`
+    and the Reader read (a stored null threshold, a calibration's temperature and null bias)."""
     from mrc_cli.loading import EXPORT_SETTINGS  # here: scoring with this module needs no torch
 
     settings = folder / ("config.yaml" if (folder / "config.yaml").is_file() else EXPORT_SETTINGS)
-    save_config(cfg, settings)  # atomic: a training checkpoint's config.yaml is what resume reads
+    # only the decode section: the caller's train settings may be how it ran (an ONNX graph on the CPU in fp32,
+    # mrc_cli.loading.read_onnx_export), not how the checkpoint trains and answers with PyTorch
+    kept = load_config(settings) if settings.is_file() else cfg
+    kept.decode = cfg.decode
+    save_config(kept, settings)  # atomic: a training checkpoint's config.yaml is what resume reads

@@ -287,15 +287,16 @@ def test_a_checkpoint_answers_with_every_backend_exporting_once(bert_run, bert_o
     import shutil
 
     from mrc_cli.checkpoint import resolve_checkpoint
+    from mrc_cli.config import load_config, save_config
 
     run = shutil.copytree(bert_run, tmp_path / "run", symlinks=True)
     checkpoint = resolve_checkpoint(run)
     runner = CliRunner()
 
-    def ask(command, backend, out):
+    def ask(command, backend, out, *flags, code=0):
         result = runner.invoke(app, [command, "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / out),
-                                     "--backend", backend])
-        assert result.exit_code == 0, result.output
+                                     "--backend", backend, *flags])
+        assert result.exit_code == code, result.output
         return result
 
     torch_eval = ask("eval", "auto", "torch")
@@ -305,6 +306,18 @@ def test_a_checkpoint_answers_with_every_backend_exporting_once(bert_run, bert_o
     assert json.loads(first.stdout.splitlines()[-1])["backend"] == "onnx"
     predictions = [json.loads((tmp_path / name / "predictions.json").read_text()) for name in ("torch", "onnx")]
     assert predictions[0] == predictions[1]
+
+    # a calibration fitted on the same answers is the checkpoint's: its decode settings change, nothing else (not
+    # the CPU/fp32/feature-batch settings its graph ran with)
+    before = load_config(checkpoint / "config.yaml")
+    before.train.precision, before.train.cpu, before.train.tokens_per_batch = "auto", False, "auto"
+    save_config(before, checkpoint / "config.yaml")
+    ask("eval", "onnx", "calibrated", "--calibrate")
+    after = load_config(checkpoint / "config.yaml")
+    assert after.train == before.train and after.model == before.model and after.data == before.data
+    assert after.decode.temperature != before.decode.temperature
+    refused = ask("eval", "onnx-int8", "int8_eval", "--calibrate", code=1)
+    assert "changes some answers" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
     exported = (checkpoint / "onnx" / "onnx.json").stat().st_mtime_ns
     again = ask("predict", "onnx-int8", "int8.json")
