@@ -5,11 +5,14 @@ SQuAD v2 dev head split in two by article: fitted on one half, scored on the oth
     .venv/bin/python bench/bench_calibration.py                        # MiniLM, 1 epoch on the SQuAD v1.1 train head
     .venv/bin/python bench/bench_calibration.py --checkpoint RUN_DIR   # a trained model (checkpoint, run dir, export)
     .venv/bin/python bench/bench_calibration.py --smoke                # 20 steps: the pieces run; the figures mean little
+    .venv/bin/python bench/bench_calibration.py --v2-articles 2        # trained on unanswerable questions too
 
 The model: the offline MiniLM trained by `mrc train` (384/128 windows, batch 16, 1 epoch, bench_train_quality's
 setting) on the SQuAD v1.1 train head, with the null rule on (decode.allow_null, as a SQuAD v2 model has): that head
 has no unanswerable questions, so its null scores were never trained and the null bias has real work to do; a SQuAD v2
-model of yours is the more usual case (--checkpoint). Its answers on the v2 dev head (1,407 questions, 702
+model of yours is the more usual case (--checkpoint). With --v2-articles K, MiniLM trains on the v1.1 train head plus
+the first K articles of the v2 dev head, unanswerable questions included (the usual SQuAD v2 model; no v2 training
+file is offline), and is measured on the dev head's other articles. Its answers on the v2 dev head (1,407 questions, 702
 unanswerable, 5 articles) come from the one inference path (`reader.answer_file`) at its stored null threshold.
 
 Rows, each fitted on one half (`calibration.halves_by_article`) and scored on the other:
@@ -87,11 +90,25 @@ def nbest_targets(outcomes: calibration.Outcomes, predictions: dict, golds: dict
     return nbest
 
 
-def train_minilm(out: Path, smoke: bool, seed: int) -> Path:
-    """A MiniLM trained on the SQuAD v1.1 train head with the null rule on; no dev evaluation (the bench makes its own)."""
+def split_v2_dev(articles: int, folder: Path) -> tuple[Path, Path]:
+    """(training file, dev file): the v1.1 train head with the first `articles` articles of the v2 dev head (their
+    unanswerable questions included), and the dev head's other articles."""
+    dev = json.loads(SQUAD_V2_DEV_HEAD.read_text(encoding="utf-8"))
+    if not 0 < articles < len(dev["data"]) - 1:
+        raise SystemExit(f"--v2-articles {articles}: between 1 and {len(dev['data']) - 2} (the rest are split in two)")
+    train = json.loads(SQUAD_TRAIN_HEAD.read_text(encoding="utf-8"))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "train_with_v2_articles.json", folder / "dev_other_articles.json"
+    for path, data in zip(paths, (train["data"] + dev["data"][:articles], dev["data"][articles:])):
+        path.write_text(json.dumps({"version": "v2.0", "data": data}, ensure_ascii=False), encoding="utf-8")
+    return paths
+
+
+def train_minilm(out: Path, smoke: bool, seed: int, train_file: Path = SQUAD_TRAIN_HEAD) -> Path:
+    """A MiniLM trained on `train_file` with the null rule on; no dev evaluation (the bench makes its own)."""
     from mrc_cli.training import train
 
-    cfg = minilm_config(SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD, out, seed, SMOKE_STEPS if smoke else 0)
+    cfg = minilm_config(train_file, SQUAD_V2_DEV_HEAD, out, seed, SMOKE_STEPS if smoke else 0)
     cfg.data.dev_file, cfg.decode.allow_null = None, True
     return train(cfg).run_dir
 
@@ -131,20 +148,29 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained model instead of training MiniLM")
     parser.add_argument("--smoke", action="store_true", help=f"MiniLM trained {SMOKE_STEPS} steps: checks the pieces")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="default outputs/bench/calibration[_smoke].json")
+    parser.add_argument("--out", type=Path, help="default outputs/bench/calibration[_smoke|_v2].json")
+    parser.add_argument("--v2-articles", type=int, default=0,
+                        help="train MiniLM also on the first K articles of the v2 dev head; measure on the others")
     args = parser.parse_args()
+    if args.v2_articles and args.checkpoint:
+        parser.error("--v2-articles trains MiniLM: give it or --checkpoint")
     require_shared("bench_calibration", SQUAD_V2_DEV_HEAD, *([] if args.checkpoint else [SQUAD_TRAIN_HEAD]))
-    out = args.out or OUT / ("calibration_smoke.json" if args.smoke else "calibration.json")
+    default = "calibration_smoke.json" if args.smoke else "calibration_v2.json" if args.v2_articles else "calibration.json"
+    out = args.out or OUT / default
     out.parent.mkdir(parents=True, exist_ok=True)
 
     from mrc_cli.reader import answer_file, load_model
 
+    run = out.parent / f"{out.stem}_run_{int(time.time())}"
+    train_file, dev_file = split_v2_dev(args.v2_articles, run) if args.v2_articles else (SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD)
     started = time.perf_counter()
-    model = args.checkpoint or str(train_minilm(out.parent / f"{out.stem}_run_{int(time.time())}", args.smoke, args.seed))
+    model = args.checkpoint or str(train_minilm(run, args.smoke, args.seed, train_file))
     trained_s = time.perf_counter() - started
     name = Path(model).name if args.checkpoint else f"MiniLM, {f'{SMOKE_STEPS} steps' if args.smoke else '1 epoch'}"
+    if args.v2_articles:
+        name += f", trained with {args.v2_articles} v2 dev-head articles"
     loaded = load_model(model)
-    _, predictions, split = answer_file(loaded, str(SQUAD_V2_DEV_HEAD), "eval")
+    _, predictions, split = answer_file(loaded, str(dev_file), "eval")
     decode = loaded.cfg.decode
     outcomes = calibration.collect_outcomes(predictions, split.golds, decode.allow_null, decode.null_score_diff_threshold)
     golds = {gold["id"]: gold for gold in split.golds}
@@ -155,10 +181,11 @@ def main() -> None:
             rows.append({"fit_on": f"half {k + 1} ({len(fit_ids)} q)", **r})
     first = calibration.calibrate(outcomes, halves[0], halves[1])
     png = out.with_name(f"{out.stem}_reliability.png")
-    calibration.plot_reliability(first, png, f"{name} on the SQuAD v2 dev head, fitted on half 1 of its articles")
+    calibration.plot_reliability(first, png, f"{name} on {Path(dev_file).name}, fitted on half 1 of its articles")
     table = markdown(rows)
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
-              "model": model, "model_name": name, "smoke": args.smoke, "train_s": trained_s if not args.checkpoint else None,
+              "model": model, "model_name": name, "smoke": args.smoke, "train_file": str(train_file),
+              "dev_file": str(dev_file), "train_s": trained_s if not args.checkpoint else None,
               "null_threshold": decode.null_score_diff_threshold, "questions": len(outcomes.ids),
               "unanswerable": int(outcomes.unanswerable.sum()), "rows": rows, "reliability_png": str(png),
               "table": table}
