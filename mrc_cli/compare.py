@@ -277,9 +277,10 @@ def _write_record(run: Run, wall_s: float, resumed_from: Path | None) -> None:
 def _load_record(run: Run) -> dict | None:
     """A finished run's record, or None; one finished with other settings is refused (its scores would pass for
     this comparison's). A run is its settings: one copied from another compare's folder (a variant of another name
-    with these settings) counts as this run, under this run's name."""
+    with these settings, e.g. the baseline trained longer as `epochs4:train.epochs=4`) counts as this run, under this
+    run's name and with this plan's facts (the equal-compute scale its record may lack)."""
     record = load_record(run.run_dir / RUN_RECORD, run.settings)
-    return None if record is None else {**record, "variant": run.variant.name, "seed": run.seed}
+    return None if record is None else {**record, **run.facts, "variant": run.variant.name, "seed": run.seed}
 
 
 # --- the summary: pure functions of the records ----------------------------------------------------------------

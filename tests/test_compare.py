@@ -491,6 +491,23 @@ def test_a_second_equal_compute_compare_skips_every_run(equal_compute_compared, 
     assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
 
 
+def test_a_longer_baseline_trained_as_a_variant_counts_as_the_equal_compute_run(equal_compute_compared, tmp_path,
+                                                                                monkeypatch, capsys):
+    """The baseline trained longer under a name of its own (`--variant epochs4:train.max_steps=8`) and copied in as
+    the equal-compute run: its record lacks the plan's facts (scale, costliest variant), which the plan supplies."""
+    out, base, result = equal_compute_compared
+    copy = _copied(out, tmp_path)
+    record_file = copy / EQUAL_COMPUTE / "seed-0" / "compare_run.json"
+    record = json.loads(record_file.read_text())
+    for key in ("compute_scale", "compute_of", "length"):
+        del record[key]
+    record_file.write_text(json.dumps({**record, "variant": "epochs4"}))
+    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    again = compare(base, [Variant.parse(text) for text in TRICKS], [0], copy, equal_compute=True)
+    assert capsys.readouterr().out.count(": done, skipped") == 5
+    assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
+
+
 def test_equal_compute_refuses_records_without_compute_and_a_variant_of_its_name(equal_compute_compared, tmp_path,
                                                                                  monkeypatch):
     out, base, _ = equal_compute_compared
