@@ -10,8 +10,8 @@ The model: --checkpoint (an mrc-cli checkpoint, run directory or export, or any 
 offline MiniLM with a fresh QA head (seed 0; its answers are arbitrary, so its F1 says nothing, its agreement rates
 little: logits of an untrained head are near ties). The recipe reads it as a Hugging Face folder; mrc-cli reads the
 same weights through `mrc export` folders (384/128, eval batch --eval-batch-size: auto is `mrc eval`'s default, 16
-features on a CPU; the recipe runs --recipe-eval-batch-size, 64 as in shared/MEASURED.md; SQuAD v2 rules where the dev file
-has unanswerable questions), and the ONNX folders are `export_onnx` of that folder, with `--parity-data` the dev file.
+features on a CPU; the recipe runs --recipe-eval-batch-size, 64 as in shared/MEASURED.md; SQuAD v2 rules where the
+dev file has unanswerable questions), and the ONNX folders are `export_onnx` of that folder, with `--parity-data` the dev file.
 
 Each side is `mrc eval` end to end (`evaluate_file`: load the model, features, logits, answers, metrics; features
 not cached between runs) or the recipe's load + load_dataset + features + eval loop + post-processing + scores, each

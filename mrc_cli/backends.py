@@ -85,7 +85,8 @@ def _export(source: Path, folder: Path) -> None:
 
     print(f"exporting {source} to ONNX once (fp32 and int8 graphs) into {folder} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    mine, stale = folder.with_name(f".{folder.name}.{os.getpid()}"), folder.with_name(f".{folder.name}.stale.{os.getpid()}")
+    mine = folder.with_name(f".{folder.name}.{os.getpid()}")
+    stale = folder.with_name(f".{folder.name}.stale.{os.getpid()}")
     try:
         export_onnx(str(source), str(mine), "int8")
         if folder.exists():

@@ -325,7 +325,8 @@ def check_train_config(train: TrainConfig) -> None:
     if not train.lr > 0:
         problems.append(f"train.lr must be > 0 (got {train.lr}); 1e-4 suits small encoders, 3e-5 base models")
     if train.eval_batch_size != "auto" and not (isinstance(train.eval_batch_size, int) and train.eval_batch_size >= 1):
-        problems.append(f"train.eval_batch_size is auto or a number of features, at least 1 (got {train.eval_batch_size!r})")
+        problems.append("train.eval_batch_size is auto or a number of features, at least 1 (got "
+                        f"{train.eval_batch_size!r})")
     for key in ("batch_size", "grad_accum", "log_steps", "keep_last"):
         if getattr(train, key) < 1:
             problems.append(f"train.{key} must be at least 1 (got {getattr(train, key)})")

@@ -203,9 +203,9 @@ def fuse_graph(path: Path, config) -> None:
     quantized), SkipLayerNormalization, BiasGelu. MiniLM, batches of 32 SQuAD features on one busy core: int8 about
     1.18x and fp32 1.15x faster than the unfused graph (end to end: docs/benchmarks.md, "After fusing attention"),
     fp32 logits as close to the model's. The mask stays the raw 2D one (any padding), not the default's per-row
-    lengths (right padding only). A layer the fusion does not match keeps its plain attention (tiny ALBERT: one of its two shared layers fused;
-    at word level SkipLayerNormalization is left to the session, the fusions' shape inference failing on the
-    pooling), optimized all the same."""
+    lengths (right padding only). A layer the fusion does not match keeps its plain attention (tiny ALBERT: one of
+    its two shared layers fused; at word level SkipLayerNormalization is left to the session, the fusions' shape
+    inference failing on the pooling), optimized all the same."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
