@@ -18,7 +18,7 @@ from pathlib import Path
 
 if __name__ == "__main__":  # run as a script: the repository root, for `bench.*` and this checkout's mrc_cli
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import OUT, command_line, git_revision, machine, peak_rss_mb  # noqa: E402
+from bench.common import OUT, command_line, git_revision, machine, peak_rss_mb, run_script  # noqa: E402
 
 
 def measure(kind: str, precision: str, batch: int, seq: int, steps: int) -> dict:
@@ -86,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

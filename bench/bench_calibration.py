@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
 )
 from mrc_cli import calibration  # noqa: E402
 from mrc_cli.decoding import nbest_probabilities  # noqa: E402
@@ -199,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

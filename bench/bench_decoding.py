@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
 )
 from bench.hf_recipe import classic_postprocess, recipe_postprocess  # noqa: E402
 from mrc_cli import __version__, decoding  # noqa: E402
@@ -484,4 +485,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
 )
 
 FOLDS = 3
@@ -290,4 +291,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,7 +28,7 @@ if __name__ == "__main__":  # run as a script: the repository root, for `bench.*
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_train_quality import answerable_dev, minilm_config  # noqa: E402
 from bench.common import (OUT, SQUAD_TRAIN_HEAD, SQUAD_V2_DEV_HEAD, command_line, fresh_dir, git_revision,  # noqa: E402
-                          machine, peak_rss_mb, proc_status_mb, require_shared)
+                          machine, peak_rss_mb, proc_status_mb, require_shared, run_script)
 
 ARMS = ("kept", "given_back", "own_process")
 PEAK = {"kept": "peak_rss", "given_back": "peak_rss", "own_process": "largest_child_peak_rss"}
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     machine,
     minilm,
     require_shared,
+    run_script,
 )
 
 PRECISION_NAMES = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -199,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -46,6 +46,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
     write_jsonl,
 )
 from bench.suite.inference import agreement, make_export  # noqa: E402
@@ -204,4 +205,4 @@ def format_table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     machine,
     minilm,
     require_shared,
+    run_script,
     write_jsonl,
 )
 
@@ -340,4 +341,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

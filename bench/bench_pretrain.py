@@ -48,6 +48,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
 )
 
 # name: the pretrain settings of each row (the training data's contexts always; the eval file's only where set)
@@ -126,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -55,6 +55,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
     write_jsonl,
 )
 
@@ -320,4 +321,4 @@ def format_table(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -31,6 +31,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
     write_jsonl,
 )
 
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

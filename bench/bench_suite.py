@@ -56,6 +56,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
 )
 from bench.suite import inference, preprocess, train  # noqa: E402
 from bench.suite.sides import run_worker  # noqa: E402
@@ -150,4 +151,4 @@ def cell(value) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,6 +26,7 @@ from bench.common import (  # noqa: E402
     machine,
     minilm,
     require_shared,
+    run_script,
 )
 
 RECIPE = {"f1": 45.48, "exact": 31.21, "features_per_s": 3.68, "source": "shared/MEASURED.md"}
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

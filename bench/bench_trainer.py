@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     machine,
     minilm,
     require_shared,
+    run_script,
 )
 
 
@@ -200,4 +201,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -35,6 +35,7 @@ from bench.common import (  # noqa: E402
     git_revision,
     machine,
     require_shared,
+    run_script,
 )
 
 # each trick alone, at the settings its authors or common competition code use (ema: a window of ~100 of the 279
@@ -86,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,6 +36,7 @@ from bench.common import (  # noqa: E402
     machine,
     minilm,
     require_shared,
+    run_script,
 )
 
 
@@ -141,4 +142,4 @@ def _contexts(path: Path):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

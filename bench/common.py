@@ -181,3 +181,16 @@ def track_loop_phases(training, setattr=setattr) -> list[str]:
     setattr(training._Meter, "sync", in_phase("sync point", training._Meter.sync))
     setattr(training, "_save", in_phase("checkpoint", training._save))
     return phase
+
+
+def run_script(main) -> None:
+    """Run a benchmark's `main` as the CLI runs a command: an MrcError (a run stopped by SIGTERM, a bad input) is one
+    line naming the script and status 1, not a traceback; an int that `main` returns is the exit status."""
+    from mrc_cli.errors import MrcError
+
+    try:
+        status = main()
+    except MrcError as err:
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -118,6 +118,22 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_pa
     assert state["step"] == step >= 2
 
 
+def test_a_benchmark_stopped_by_sigterm_says_so_in_one_line_not_a_traceback(tmp_path):
+    # bench scripts run `mrc compare` runs in child processes: a SIGTERM there reaches the script as TrainingInterrupted
+    script = tmp_path / "bench_stopped.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT)!r})
+        from bench.common import run_script
+        from mrc_cli.errors import TrainingInterrupted
+        def main():
+            raise TrainingInterrupted("outputs/bench/x/seed-1: stopped by SIGTERM; run it again to resume")
+        run_script(main)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "bench_stopped.py: outputs/bench/x/seed-1: stopped by SIGTERM; run it again to resume"
+
+
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_bert_dir, tmp_path, monkeypatch):
     import mrc_cli.checkpoint as checkpoint
     from mrc_cli.training import train
