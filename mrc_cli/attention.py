@@ -1,5 +1,6 @@
 """Attention that stays inside each feature of a packed row, plugged into transformers' attention interface by name
-(`ATTENTION`), so BERT, ALBERT, RoBERTa and ELECTRA run packed rows without a change to their code.
+(`ATTENTION`), so BERT, ALBERT, RoBERTa and ELECTRA run packed rows without a change to their code
+(`first_position`: which encoders can).
 
 A forward without a `Packing` (padded batches) is transformers' own SDPA attention, unchanged. With one, the tokens
 of all rows are one flat sequence cut into segments (mrc_cli.batching.Packing): on a CUDA device in bf16/fp16
@@ -19,6 +20,31 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 ATTENTION = "mrc_packed"  # the name a model is built with (mrc_cli.model.build_model)
+
+# The encoders whose attention goes through the interface with no mask of its own and whose positions come from
+# position_ids, each checked against padded batches (tests/test_packing.py). Others would let a packed row's features
+# see each other: MPNet and DeBERTa compute attention in their own code, with positions relative over the whole row;
+# ModernBERT adds sliding windows this attention does not apply.
+PACKABLE = ("bert", "albert", "electra", "roberta", "xlm-roberta", "camembert")
+COUNTS_FROM_PAD = ("roberta", "xlm-roberta", "camembert")  # fairseq's positions: pad_token_id + 1 is the first
+
+
+def first_position(config) -> int | None:
+    """The position id of a feature's first token in a packed row for a model of `config`, or None where the model
+    cannot run packed rows (not in PACKABLE)."""
+    if config.model_type not in PACKABLE:
+        return None
+    return config.pad_token_id + 1 if config.model_type in COUNTS_FROM_PAD else 0
+
+
+def packing_refusal(config, task_packs: bool = True) -> str | None:
+    """Why a run of this model (and task) cannot use packed rows, or None where it can."""
+    if not task_packs:
+        return "this task cannot be trained on packed rows yet"
+    if first_position(config) is None:
+        return (f"{config.model_type} is not among the encoders that run packed rows ({', '.join(PACKABLE)}): one with "
+                "attention of its own (MPNet, DeBERTa) would let the features of a row see each other")
+    return None
 
 
 def _varlen_with_scale() -> bool:

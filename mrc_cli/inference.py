@@ -64,7 +64,8 @@ def predict_logits(model, features, accelerator, batch_size: int | str, precisio
     store = FeatureTensors(features, accelerator.device, pad_id)
     lengths = store.lengths.tolist()
     batch_size = inference_batch_size(batch_size, accelerator.device)
-    store.tokens_per_batch = token_budget(tokens_per_batch, batch_size, lengths, accelerator.device)
+    # feature batches for an encoder that cannot run packed rows (mrc_cli.attention.PACKABLE): the same logits
+    store.tokens_per_batch = token_budget(tokens_per_batch if model.packs else 0, batch_size, lengths, accelerator.device)
     mine = inference_batches(lengths, batch_size, store.tokens_per_batch)[accelerator.process_index::accelerator.num_processes]
     results = []  # (feature indices, start logits, end logits, per-feature loss or None)
     was_training = model.training

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mrc_cli.attention import ATTENTION
+from mrc_cli.attention import ATTENTION, first_position
 from mrc_cli.config import ModelConfig
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.words import pool_words, token_to_unit_labels, unit_index
@@ -68,6 +68,7 @@ class SpanExtractionModel(nn.Module):
                               "model.dropout=0.1) or multi_sample_dropout to 0")
         self.head_dropout = nn.Dropout(rate)
         self.encoder = encoder
+        self.first_position = first_position(encoder.config)  # None: feature batches only (train.tokens_per_batch 0)
         # unused by span extraction; dropping it also keeps DDP from waiting for gradients that never come
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None
@@ -80,6 +81,11 @@ class SpanExtractionModel(nn.Module):
     def config(self):
         return self.encoder.config
 
+    @property
+    def packs(self) -> bool:
+        """Whether the encoder runs packed rows (mrc_cli.attention.PACKABLE)."""
+        return self.first_position is not None
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, word_ids=None, start_positions=None,
                 end_positions=None, num_units=None, position_ids=None, packing=None):
         """attention_mask: (batch, seq) 1 for tokens, 0 for padding; None for a batch without padding. num_units (word
@@ -88,7 +94,10 @@ class SpanExtractionModel(nn.Module):
         encoder's states are unpacked into (features, width) before the head, so all after it is per feature."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         if packing is not None:
-            kwargs.update(position_ids=position_ids, packing=packing)  # packing reaches mrc_cli.attention
+            if not self.packs:
+                raise ValueError(f"{self.config.model_type} cannot run packed rows")  # a caller's bug, never user input
+            # packing reaches mrc_cli.attention; positions restart at each feature, from the encoder's first one
+            kwargs.update(position_ids=position_ids + self.first_position, packing=packing)
         # a 4D boolean mask reaches SDPA as it is; from a 2D one transformers first reads `mask.all()`, a device sync
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (batch, 1, 1, seq)
         states = self.encoder(input_ids=input_ids, attention_mask=mask, **kwargs).last_hidden_state

@@ -47,6 +47,7 @@ class OnnxSpanModel:
     to change. With labels, the loss of `SpanExtractionModel` in eval mode (`mrc eval`'s dev_loss)."""
 
     training = False
+    packs = False
 
     def __init__(self, session, config, span_level: str, path: Path | None = None):
         self.session = session

@@ -32,8 +32,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
 from mrc_cli import __version__
+from mrc_cli.attention import packing_refusal
 from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
 from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoint_config, read_trainer_state,
                                 read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -239,7 +241,8 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
-    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, task.packs, store.lengths.tolist(),
+    refusal = packing_refusal(accelerator.unwrap_model(model).config, task.packs)
+    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, refusal, store.lengths.tolist(),
                                                                         store.device, log.info)
     plan = _first_plan(store, cfg, state.plan_group)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(plan))
@@ -435,17 +438,17 @@ def _first_plan(store: FeatureTensors, cfg: RunConfig, group: int) -> list[list[
                       tokens_per_batch=store.tokens_per_batch)
 
 
-def _token_budget(train_cfg: TrainConfig, packs: bool, lengths: list[int], device, note=lambda line: None) -> int:
-    """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); auto gives feature batches where the
-    task cannot train on packed rows (`packs` false), a number there is refused."""
+def _token_budget(train_cfg: TrainConfig, refusal: str | None, lengths: list[int], device,
+                  note=lambda line: None) -> int:
+    """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); where the run cannot use packed rows
+    (`refusal`, from mrc_cli.attention.packing_refusal, says why) auto gives feature batches and a number is refused."""
     setting = train_cfg.tokens_per_batch
-    if not packs and setting == "auto":
+    if refusal and setting == "auto":
         if device.type == "cuda":
-            note("train.tokens_per_batch auto: feature batches, as this task cannot be trained on packed rows")
+            note(f"train.tokens_per_batch auto: feature batches, as {refusal}")
         return 0
-    if not packs and setting:
-        raise ConfigError(f"train.tokens_per_batch {setting}: this task cannot be trained on packed rows yet; "
-                          "set it to 0 or auto")
+    if refusal and setting:
+        raise ConfigError(f"train.tokens_per_batch {setting}: {refusal}; set it to 0 or auto")
     return token_budget(setting, train_cfg.batch_size, lengths, device)
 
 
@@ -461,7 +464,8 @@ def describe_batches(cfg: RunConfig) -> str:
                                              cfg.data, "train").features)
     device = torch.device("cuda" if torch.cuda.is_available() and not t.cpu else "cpu")
     group = int(os.environ.get("WORLD_SIZE", "1")) * t.grad_accum
-    budget = _token_budget(t, True, lengths, device)
+    encoder = AutoConfig.from_pretrained(cfg.model.name_or_path)
+    budget = _token_budget(t, packing_refusal(encoder), lengths, device)
     steps = len(epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget))
     kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"
     return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {len(lengths) / max(1, steps):.1f} "

@@ -10,20 +10,22 @@ import re
 import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
-from conftest import QUICKSTART, tiny_run_config
+from conftest import QUICKSTART, _save_tiny_encoder, tiny_run_config
+from mrc_cli.attention import packing_refusal
 from mrc_cli.batching import (FeatureTensors, doubled, epoch_plan, inference_batch_size, inference_batches, pack_rows,
                               remaining_steps, token_budget)
 from mrc_cli.config import ConfigError, DataConfig, ModelConfig, check_train_config
-from mrc_cli.inference import eval_token_budget, predict_logits
+from mrc_cli.inference import OneProcess, eval_token_budget, predict_logits
 from mrc_cli.model import build_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tokenizer import load_tokenizer
-from mrc_cli.training import train
+from mrc_cli.training import _token_budget, train
 from mrc_cli.tricks import rdrop_loss
 
 CUDA = SimpleNamespace(type="cuda")  # token_budget reads only the device type
@@ -201,6 +203,53 @@ def test_packed_rows_give_the_logits_loss_and_gradients_of_padded_batches(model_
     # R-Drop's one forward of the batch twice: both halves as the plain batch (no dropout: the KL term is 0)
     model.eval()
     assert torch.allclose(rdrop_loss(model, packed, 1.0), rdrop_loss(model, padded, 1.0), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory, wordpiece_tokenizer):
+    """A 2-layer, 32-wide encoder of another model type with random weights and the MiniLM tokenizer (its vocabulary
+    and pad id are all a model needs here)."""
+    from transformers import AutoConfig
+
+    def make(model_type: str) -> str:
+        config = AutoConfig.for_model(model_type, vocab_size=len(wordpiece_tokenizer), hidden_size=32,
+                                      num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                      max_position_embeddings=256, pad_token_id=wordpiece_tokenizer.pad_token_id)
+        return _save_tiny_encoder(tmp_path_factory.mktemp(model_type), config, wordpiece_tokenizer)
+    return make
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "camembert", "electra"])
+def test_the_other_bert_family_encoders_give_the_logits_of_padded_batches_on_packed_rows(model_type, tiny_encoder_dir,
+                                                                                         windows, tmp_path):
+    """RoBERTa's family counts positions from pad_token_id + 1: a packed row's positions restart there per feature."""
+    folder = tiny_encoder_dir(model_type)
+    tokenizer, rows = windows(folder, tmp_path)
+    model = build_model(ModelConfig(name_or_path=folder, dropout=0.0), 128).eval()
+    assert model.packs
+    padded, packed = (FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=budget)
+                      .batch(list(range(12))) for budget in (0, 1600))
+    a, b = model(**padded), model(**packed)
+    assert torch.allclose(a.start_logits, b.start_logits, atol=1e-5) and torch.allclose(a.end_logits, b.end_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["mpnet", "deberta-v2"])
+def test_encoders_with_attention_of_their_own_refuse_a_token_budget_and_infer_on_feature_batches(
+        model_type, tiny_encoder_dir, windows, tmp_path):
+    """MPNet and DeBERTa compute attention in their own code with positions relative over the whole row: packed,
+    their features would see each other. Training refuses a budget by name; inference keeps feature batches."""
+    folder = tiny_encoder_dir(model_type)
+    tokenizer, rows = windows(folder, tmp_path)
+    model = build_model(ModelConfig(name_or_path=folder, dropout=0.0), 128).eval()
+    assert not model.packs
+    padded = predict_logits(model, rows, OneProcess(torch.device("cpu")), 4, "no", 128)
+    asked = predict_logits(model, rows, OneProcess(torch.device("cpu")), 4, "no", 128, tokens_per_batch=600)
+    assert np.array_equal(padded.start, asked.start)
+    cfg = tiny_run_config(folder, tmp_path / "run", max_steps=1, tokens_per_batch=600)
+    with pytest.raises(ConfigError, match=f"train.tokens_per_batch 600: {model_type} .*attention of its own"):
+        train(cfg)
+    cfg.train.tokens_per_batch = "auto"
+    assert _token_budget(cfg.train, packing_refusal(model.config), [100, 120], CUDA) == 0
 
 
 @pytest.mark.parametrize("kind", ["fgm", "pgd"])
