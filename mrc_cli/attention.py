@@ -42,8 +42,9 @@ def packing_refusal(config, task_packs: bool = True) -> str | None:
     if not task_packs:
         return "this task cannot be trained on packed rows yet"
     if first_position(config) is None:
-        return (f"{config.model_type} is not among the encoders that run packed rows ({', '.join(PACKABLE)}): one with "
-                "attention of its own (MPNet, DeBERTa) would let the features of a row see each other")
+        return (f"{config.model_type} is not among the encoders checked to keep a packed row's features apart "
+                f"({', '.join(PACKABLE)}); one with attention of its own (MPNet, DeBERTa) would let them see each "
+                "other")
     return None
 
 

@@ -32,7 +32,6 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
 from mrc_cli import __version__
 from mrc_cli.attention import packing_refusal
@@ -46,7 +45,8 @@ from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, Training
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
-from mrc_cli.model import build_model, describe_keys, enable_gradient_checkpointing, load_state_dict_file, load_weights
+from mrc_cli.model import (build_model, describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
+                           load_weights)
 from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
@@ -228,6 +228,9 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     for note in filter(None, [unseen_gpus_warning(), *resume_notes]):
         log.info(note)
     set_seed(cfg.train.seed)
+    # before the data is read (and a distillation teacher has run over it): a budget this run cannot use
+    refusal = packing_refusal(encoder_config(cfg.model.name_or_path, None, None, cfg.data.max_seq_length), task.packs)
+    _refuse_budget(cfg.train, refusal)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
         rows = task.load(cfg, tokenizer, log)
@@ -241,7 +244,6 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
-    refusal = packing_refusal(accelerator.unwrap_model(model).config, task.packs)
     store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, refusal, store.lengths.tolist(),
                                                                         store.device, log.info)
     plan = _first_plan(store, cfg, state.plan_group)
@@ -442,14 +444,20 @@ def _token_budget(train_cfg: TrainConfig, refusal: str | None, lengths: list[int
                   note=lambda line: None) -> int:
     """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); where the run cannot use packed rows
     (`refusal`, from mrc_cli.attention.packing_refusal, says why) auto gives feature batches and a number is refused."""
-    setting = train_cfg.tokens_per_batch
-    if refusal and setting == "auto":
-        if device.type == "cuda":
+    _refuse_budget(train_cfg, refusal)
+    if refusal:
+        if train_cfg.tokens_per_batch == "auto" and device.type == "cuda":
             note(f"train.tokens_per_batch auto: feature batches, as {refusal}")
         return 0
-    if refusal and setting:
-        raise ConfigError(f"train.tokens_per_batch {setting}: {refusal}; set it to 0 or auto")
-    return token_budget(setting, train_cfg.batch_size, lengths, device)
+    return token_budget(train_cfg.tokens_per_batch, train_cfg.batch_size, lengths, device)
+
+
+def _refuse_budget(train_cfg: TrainConfig, refusal: str | None) -> None:
+    """A number in train.tokens_per_batch refused where the run cannot use packed rows (`refusal` says why)."""
+    if refusal and train_cfg.tokens_per_batch not in ("auto", 0):
+        raise ConfigError(f"train.tokens_per_batch {train_cfg.tokens_per_batch}: {refusal}; set it to 0 or auto (a "
+                          "run saved with this number cannot resume: train anew, or from its checkpoint with "
+                          "--init-from)")
 
 
 def describe_batches(cfg: RunConfig) -> str:
@@ -464,10 +472,12 @@ def describe_batches(cfg: RunConfig) -> str:
                                              cfg.data, "train").features)
     device = torch.device("cuda" if torch.cuda.is_available() and not t.cpu else "cpu")
     group = int(os.environ.get("WORLD_SIZE", "1")) * t.grad_accum
-    encoder = AutoConfig.from_pretrained(cfg.model.name_or_path)
-    budget = _token_budget(t, packing_refusal(encoder), lengths, device)
+    refusal = packing_refusal(encoder_config(cfg.model.name_or_path, None, None, cfg.data.max_seq_length))
+    budget = _token_budget(t, refusal, lengths, device)
     steps = len(epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget))
     kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"
+    if refusal and device.type == "cuda":
+        kind += f" (not packed rows, as {refusal})"
     return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {len(lengths) / max(1, steps):.1f} "
             f"features per optimizer step on average, {steps} steps per epoch")
 

@@ -82,7 +82,7 @@ def write_squad(path: Path, paragraphs: list[tuple[str, list[dict]]]) -> Path:
 # --- tiny models for training tests ---------------------------------------------------------------------------
 
 
-def _save_tiny_encoder(folder: Path, config, tokenizer) -> str:
+def save_tiny_encoder(folder: Path, config, tokenizer) -> str:
     """Random weights of `config` (seed 0) saved as a model folder (safetensors) with its tokenizer beside them."""
     import torch
     from transformers import AutoModel
@@ -100,7 +100,7 @@ def tiny_bert_dir(tmp_path_factory, wordpiece_tokenizer) -> str:
 
     config = BertConfig(vocab_size=len(wordpiece_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512)
-    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), config, wordpiece_tokenizer)
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), config, wordpiece_tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +110,7 @@ def tiny_albert_dir(tmp_path_factory, albert_tokenizer) -> str:
 
     config = AlbertConfig(vocab_size=len(albert_tokenizer), embedding_size=16, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=2, intermediate_size=64, pad_token_id=albert_tokenizer.pad_token_id)
-    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny_albert"), config, albert_tokenizer)
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_albert"), config, albert_tokenizer)
 
 
 def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):
