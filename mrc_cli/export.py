@@ -63,6 +63,7 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
         raise ConfigError(f"--quantize {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
     onnx_backend.require_exporter()
     loaded = _load_torch_model(checkpoint)
+    onnx_backend.check_exportable(loaded.model.config, checkpoint)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ONNX_SETTINGS).unlink(missing_ok=True)  # an earlier export in the folder stops being one until done

@@ -82,7 +82,7 @@ def write_squad(path: Path, paragraphs: list[tuple[str, list[dict]]]) -> Path:
 # --- tiny models for training tests ---------------------------------------------------------------------------
 
 
-def save_tiny_encoder(folder: Path, config, tokenizer) -> str:
+def _save_tiny_encoder(folder: Path, config, tokenizer) -> str:
     """Random weights of `config` (seed 0) saved as a model folder (safetensors) with its tokenizer beside them."""
     import torch
     from transformers import AutoModel
@@ -100,7 +100,7 @@ def tiny_bert_dir(tmp_path_factory, wordpiece_tokenizer) -> str:
 
     config = BertConfig(vocab_size=len(wordpiece_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512)
-    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), config, wordpiece_tokenizer)
+    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), config, wordpiece_tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +110,26 @@ def tiny_albert_dir(tmp_path_factory, albert_tokenizer) -> str:
 
     config = AlbertConfig(vocab_size=len(albert_tokenizer), embedding_size=16, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=2, intermediate_size=64, pad_token_id=albert_tokenizer.pad_token_id)
-    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_albert"), config, albert_tokenizer)
+    return _save_tiny_encoder(tmp_path_factory.mktemp("tiny_albert"), config, albert_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, wordpiece_tokenizer):
+    """A 2-layer, 32-wide encoder of another model type with random weights and the MiniLM tokenizer (its vocabulary
+    is all a model needs here). RoBERTa's family gets pad id 1, as its real models have (the tokenizer's 0 is another
+    token to it, at the padded end of a window): positions from 2 tell pad_token_id + 1 from a constant."""
+    from transformers import AutoConfig
+
+    from mrc_cli.attention import COUNTS_FROM_PAD
+
+    def make(model_type: str) -> str:
+        pad = 1 if model_type in COUNTS_FROM_PAD else wordpiece_tokenizer.pad_token_id
+        config = AutoConfig.for_model(model_type, vocab_size=len(wordpiece_tokenizer), hidden_size=32,
+                                      num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                      max_position_embeddings=256, pad_token_id=pad)
+        folder = tmp_path_factory.getbasetemp() / f"tiny_{model_type}"
+        return str(folder) if folder.is_dir() else _save_tiny_encoder(folder, config, wordpiece_tokenizer)
+    return make
 
 
 def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):

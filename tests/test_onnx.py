@@ -248,6 +248,36 @@ def test_albert_and_word_level_graphs_give_the_model_logits(tiny_albert_dir, tin
     assert [a["answer"] for a in answers[0]] == [a["answer"] for a in answers[1]]
 
 
+def test_a_roberta_graph_gives_the_model_logits_and_quantizes(tiny_encoder_dir, tmp_path):
+    """RoBERTa's family (positions from the pad id + 1) through the same export and fusion as BERT."""
+    from mrc_cli.export import export_onnx
+    from mrc_cli.loading import load_trained
+    from mrc_cli.splits import featurize_file
+
+    run = _train(tiny_encoder_dir("roberta"), tmp_path)
+    export_onnx(str(run), str(tmp_path / "onnx"))
+    export_onnx(str(run), str(tmp_path / "int8"), "int8")
+    torch_model, onnx_model = load_trained(run), load_trained(tmp_path / "onnx")
+    split = featurize_file(DEV, torch_model.tokenizer, torch_model.cfg.data, "eval")
+    _same_logits(_logits(onnx_model, split.features, 8), _logits(torch_model, split.features, 8))
+    assert load_trained(tmp_path / "int8").model.path.name == "model.int8.onnx"
+
+
+def test_an_encoder_without_a_checked_graph_is_refused_in_one_line(tiny_encoder_dir, tmp_path):
+    """MPNet: its int8 quantisation fails on the graph (DeBERTa's graph gives other logits): refused before any work,
+    by `mrc export` and by --backend onnx on the checkpoint, which still answers with the torch backend."""
+    run = _train(tiny_encoder_dir("mpnet"), tmp_path)
+    runner = CliRunner()
+    for args in (["export", "--checkpoint", str(run), "--out", str(tmp_path / "onnx"), "--format", "onnx"],
+                 ["eval", "--checkpoint", str(run), "--data", DEV, "--backend", "onnx"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "a mpnet encoder has no checked ONNX graph" in result.output and "--backend torch" in result.output
+    assert not (tmp_path / "onnx").exists() and not list(run.rglob("*onnx*"))  # nothing half-written left behind
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+
+
 def test_refusals_are_one_line_errors(bert_run, bert_onnx, tmp_path):
     runner = CliRunner()
     (tmp_path / "empty").mkdir()

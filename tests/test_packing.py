@@ -16,8 +16,8 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
-from conftest import QUICKSTART, save_tiny_encoder, tiny_run_config
-from mrc_cli.attention import COUNTS_FROM_PAD, packing_refusal
+from conftest import QUICKSTART, tiny_run_config
+from mrc_cli.attention import packing_refusal
 from mrc_cli.batching import (FeatureTensors, doubled, epoch_plan, inference_batch_size, inference_batches, pack_rows,
                               remaining_steps, token_budget)
 from mrc_cli.config import ConfigError, DataConfig, ModelConfig, check_train_config
@@ -203,22 +203,6 @@ def test_packed_rows_give_the_logits_loss_and_gradients_of_padded_batches(model_
     # R-Drop's one forward of the batch twice: both halves as the plain batch (no dropout: the KL term is 0)
     model.eval()
     assert torch.allclose(rdrop_loss(model, packed, 1.0), rdrop_loss(model, padded, 1.0), atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory, wordpiece_tokenizer):
-    """A 2-layer, 32-wide encoder of another model type with random weights and the MiniLM tokenizer (its vocabulary
-    is all a model needs here). RoBERTa's family gets pad id 1, as its real models have (the tokenizer's 0 is another
-    token to it, at the padded end of a window): positions from 2 tell pad_token_id + 1 from a constant."""
-    from transformers import AutoConfig
-
-    def make(model_type: str) -> str:
-        pad = 1 if model_type in COUNTS_FROM_PAD else wordpiece_tokenizer.pad_token_id
-        config = AutoConfig.for_model(model_type, vocab_size=len(wordpiece_tokenizer), hidden_size=32,
-                                      num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                      max_position_embeddings=256, pad_token_id=pad)
-        return save_tiny_encoder(tmp_path_factory.mktemp(model_type), config, wordpiece_tokenizer)
-    return make
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "camembert", "electra"])
