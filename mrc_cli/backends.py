@@ -58,7 +58,12 @@ def cached_export(path: str | Path) -> Path:
     folder `onnx/`: written on first use and again when the weights it came from changed. Under `accelerate launch`
     the first process of each machine writes it while the others wait; independent processes (two `mrc predict`
     at once) each write their own copy and move it into place whole, so no reader meets a half-written one."""
+    from transformers import AutoConfig
+
+    from mrc_cli.onnx_backend import check_exportable
+
     source = resolve_checkpoint(path)
+    check_exportable(AutoConfig.from_pretrained(source), str(source))  # before a word about exporting
     folder = source / CACHED_EXPORT
     with PartialState(cpu=True).local_main_process_first():  # ONNX Runtime runs on the CPU, in every process
         if not _is_current(folder, source):

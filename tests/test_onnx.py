@@ -273,6 +273,7 @@ def test_an_encoder_without_a_checked_graph_is_refused_in_one_line(tiny_encoder_
         result = runner.invoke(app, args)
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert "a mpnet encoder has no checked ONNX graph" in result.output and "--backend torch" in result.output
+        assert "exporting" not in result.output
     assert not (tmp_path / "onnx").exists() and not list(run.rglob("*onnx*"))  # nothing half-written left behind
     result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--backend", "torch"])
     assert result.exit_code == 0, result.output
