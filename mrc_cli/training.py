@@ -228,10 +228,10 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     for note in filter(None, [unseen_gpus_warning(), *resume_notes]):
         log.info(note)
     set_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     # before the data is read (and a distillation teacher has run over it): a budget this run cannot use
     refusal = packing_refusal(encoder_config(cfg.model.name_or_path, None, None, cfg.data.max_seq_length), task.packs)
     _refuse_budget(cfg.train, refusal)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
         rows = task.load(cfg, tokenizer, log)
 
