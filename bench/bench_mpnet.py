@@ -111,19 +111,18 @@ def main() -> None:
     out, minilm_dir = Path(args.out), Path(args.minilm)
     if not (minilm_dir / "metrics.json").is_file():
         raise SystemExit(f"bench_mpnet: {minilm_dir} is not a finished run (no metrics.json): pass --minilm DIR")
+    from mrc_cli.inference import headline
+
     model = Path(args.model) if args.model else fetch_mpnet(out)
     dev = answerable_dev(out)
     run_dir = out / f"seed-{args.seed}"
     started = time.perf_counter()
     rows = {"mpnet": mpnet_run(model, dev, run_dir, args.seed, args.lr, args.max_steps)}
-    from mrc_cli.inference import headline
-
     rows["minilm"] = {**headline(json.loads((minilm_dir / "metrics.json").read_text(encoding="utf-8"))),
                       "run": str(minilm_dir)}
-    both = ensemble_row([minilm_dir, run_dir], dev, out / "ensembles" / f"minilm_mpnet-seed-{args.seed}")
+    both = headline(ensemble_row([minilm_dir, run_dir], dev, out / "ensembles" / f"minilm_mpnet-seed-{args.seed}"))
     members = [rows["minilm"]["f1"], rows["mpnet"]["f1"]]
-    rows["minilm_mpnet"] = {"exact": both["exact"], "f1": both["f1"], "members_f1": members,
-                            "over_best_member": both["f1"] - max(members)}
+    rows["minilm_mpnet"] = {**both, "members_f1": members, "over_best_member": both["f1"] - max(members)}
     record = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine(), **git_revision(),
               "model": str(model), "downloaded_from": "PyPI: " + ", ".join(PACKAGES), "seed": args.seed,
               "wall_s_this_call": time.perf_counter() - started, "rows": rows}
