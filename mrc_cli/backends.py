@@ -58,12 +58,7 @@ def cached_export(path: str | Path) -> Path:
     folder `onnx/`: written on first use and again when the weights it came from changed. Under `accelerate launch`
     the first process of each machine writes it while the others wait; independent processes (two `mrc predict`
     at once) each write their own copy and move it into place whole, so no reader meets a half-written one."""
-    from transformers import AutoConfig
-
-    from mrc_cli.onnx_backend import check_exportable
-
     source = resolve_checkpoint(path)
-    check_exportable(AutoConfig.from_pretrained(source), str(source))  # before a word about exporting
     folder = source / CACHED_EXPORT
     with PartialState(cpu=True).local_main_process_first():  # ONNX Runtime runs on the CPU, in every process
         if not _is_current(folder, source):
@@ -86,8 +81,12 @@ def _is_current(folder: Path, source: Path) -> bool:
 def _export(source: Path, folder: Path) -> None:
     """Export into a folder of this process's own beside `folder`, then swap it in (a stale export moved aside
     first: a folder cannot be renamed onto a full one)."""
-    from mrc_cli.export import export_onnx
+    from transformers import AutoConfig
 
+    from mrc_cli.export import export_onnx
+    from mrc_cli.onnx_backend import check_exportable
+
+    check_exportable(AutoConfig.from_pretrained(source), str(source))  # before a word about exporting
     print(f"exporting {source} to ONNX once (fp32 and int8 graphs) into {folder} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
     mine = folder.with_name(f".{folder.name}.{os.getpid()}")
