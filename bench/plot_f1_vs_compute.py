@@ -31,12 +31,11 @@ def main() -> None:
     parser.add_argument("--ensemble", action="append", default=[], help="LABEL=ENSEMBLE_OUT:RUN_DIR,RUN_DIR,...")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/f1_vs_compute"))
     args = parser.parse_args()
-    points = collect(args.compare)
-    one_epoch = points[0]["one_epoch_flops"]
+    points, one_epoch = collect(args.compare)
     points += [ensemble_point(spec, one_epoch) for spec in args.ensemble]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"compare": [str(c) for c in args.compare], "points": points},
-                                                        indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps({"compare": [str(c) for c in args.compare],
+                                                         "one_epoch_flops": one_epoch, "points": points}, indent=1))
     plot(points, args.out.with_suffix(".png"))
     for p in points:
         print(f"{p['name']:>32}  {p['compute']:.2f}x  F1 {p['f1_mean']:.2f} ± {p['f1_std']:.2f}  "
@@ -44,8 +43,9 @@ def main() -> None:
     print(f"wrote {args.out.with_suffix('.png')}, {args.out.with_suffix('.json')}")
 
 
-def collect(folders: list[Path]) -> list[dict]:
-    """One point per (variant, compute): the baseline's runs grouped by their length, tricks by name."""
+def collect(folders: list[Path]) -> tuple[list[dict], float]:
+    """One point per (variant, compute): the baseline's runs grouped by their length, tricks by name; and the mean
+    FLOPs of the plain baseline's epoch, the unit of compute."""
     runs, sets = {}, {}
     for folder in folders:
         result = json.loads((folder / "compare.json").read_text(encoding="utf-8"))
@@ -65,15 +65,19 @@ def collect(folders: list[Path]) -> list[dict]:
                        "compute": ratio, "f1_mean": statistics.mean(f1),
                        "f1_std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
                        "seeds": sorted(r["seed"] for r in members),
-                       "runs": [{"variant": r["variant"], "seed": r["seed"], "f1": r["f1"]} for r in members],
-                       "one_epoch_flops": one_epoch})
-    return points
+                       "runs": [{"variant": r["variant"], "seed": r["seed"], "f1": r["f1"]} for r in members]})
+    return points, one_epoch
 
 
 def ensemble_point(spec: str, one_epoch: float) -> dict:
     """A point for `LABEL=ENSEMBLE_OUT:RUN_DIR,RUN_DIR,...`: the ensemble's F1 at its members' summed training FLOPs."""
     label, _, rest = spec.partition("=")
     out, _, members = rest.partition(":")
+    missing = [f for f in [Path(out) / "metrics.json", *(Path(m) / "metrics.json" for m in members.split(","))]
+               if not f.is_file()]
+    if not (label and out and members) or missing:
+        raise SystemExit(f"plot_f1_vs_compute: --ensemble {spec!r}: give LABEL=ENSEMBLE_OUT:RUN_DIR,RUN_DIR,... with "
+                         f"metrics.json in each folder" + (f" ({missing[0]} is absent)" if missing else ""))
     runs = [json.loads((Path(m) / "metrics.json").read_text(encoding="utf-8")) for m in members.split(",")]
     f1 = json.loads((Path(out) / "metrics.json").read_text(encoding="utf-8"))["f1"]
     return {"name": label, "curve": False, "ensemble": True, "compute": round(sum(r["compute"]["flops"] for r in runs)
