@@ -410,6 +410,10 @@ def part_resume(size: dict) -> dict:
 def part_eval_agreement(size: dict) -> dict:
     """The minilm part's packed checkpoint (its padded one if that run failed) through `mrc eval`'s library call:
     bf16 on packed rows and on padded batches, fp32 on packed rows; the recipe's inference on the same weights."""
+    import torch
+
+    from mrc_cli.batching import inference_batch_size
+
     minilm = read_part("minilm") or {}
     trained = next((name for name in ("packed", "padded") if "run_dir" in minilm.get("runs", {}).get(name, {})), None)
     if trained is None:
@@ -422,15 +426,17 @@ def part_eval_agreement(size: dict) -> dict:
                                               ("bf16 padded", settings["precision"], 0),
                                               ("fp32 packed", "no", size["packed_tokens"]))}
     runs = {name: attempt(mrc_eval, folder, data, work / f"out_{folder.name}") for name, folder in copies.items()}
-    runs["recipe"] = attempt(recipe_eval, checkpoint, data, work, settings["eval_batch_size"])
+    # the recipe's loop takes a number: the features per batch mrc eval's auto resolves to on this device
+    batch = inference_batch_size(settings["eval_batch_size"], torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    runs["recipe"] = attempt(recipe_eval, checkpoint, data, work, batch)
     answers = {name: run.pop("answers") for name, run in runs.items() if "answers" in run}
     pairs = (("bf16 packed", "bf16 padded"), ("bf16 packed", "fp32 packed"), ("fp32 packed", "recipe"))
     agreement = {f"{a} vs {b}": agreement_of(answers[a], answers[b]) for a, b in pairs if {a, b} <= answers.keys()}
-    line = (f"eval ({len(next(iter(answers.values()), {}))} q, batch {settings['eval_batch_size']}, {trained} "
+    line = (f"eval ({len(next(iter(answers.values()), {}))} q, batch {settings['eval_batch_size']} = {batch}, {trained} "
             f"checkpoint): " + ", ".join(f"{name} {describe_eval(run)}" for name, run in runs.items())
             + "; identical answers: " + ", ".join(f"{pair} {fmt_pct(a['share'])}" for pair, a in agreement.items()))
     return {"checkpoint": str(checkpoint), "checkpoint_run": trained, "checkpoint_precision": settings["precision"],
-            "dev_file": data, "eval_batch_size": settings["eval_batch_size"], "packed_tokens": size["packed_tokens"],
+            "dev_file": data, "eval_batch_size": settings["eval_batch_size"], "eval_batch": batch, "packed_tokens": size["packed_tokens"],
             "runs": runs, "agreement": agreement, "line": line}
 
 
