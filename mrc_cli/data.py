@@ -195,10 +195,13 @@ def _canonical_answers(answers: Any) -> dict | None:
     if answers is None:
         return {"text": [], "answer_start": []}  # a test file: nothing to train or score on, fine for predict
     if isinstance(answers, dict):
-        texts, starts = answers.get("text"), answers.get("answer_start", [-1] * len(answers.get("text") or []))
-        pairs = list(zip(texts, starts)) if isinstance(texts, list) and isinstance(starts, list) else None
-        if pairs is None or len(texts) != len(starts):
+        texts = answers.get("text")
+        if not isinstance(texts, list):
             return None
+        starts = answers.get("answer_start", [-1] * len(texts))
+        if not isinstance(starts, list) or len(texts) != len(starts):
+            return None
+        pairs = list(zip(texts, starts))
     elif isinstance(answers, list):
         if not all(isinstance(a, dict) and "text" in a for a in answers):
             return None

@@ -60,6 +60,15 @@ def test_missing_fields_and_wrong_types_name_each_record(minilm_path, tmp_path):
            "mrc validate")
 
 
+@pytest.mark.parametrize("answers", [{"text": 5}, {"text": ["a"], "answer_start": 3}, {"text": ["a", "b"],
+                                     "answer_start": [1]}, [{"answer_start": 1}], "the mat"])
+def test_malformed_answers_are_a_problem_of_their_record(tmp_path, answers):
+    path = write_squad(tmp_path / "d.json", [(CONTEXT, [GOOD_QA, {**GOOD_QA, "id": "odd", "answers": answers}])])
+    report = _invoke("validate", path, "--for", "train", "--json")
+    assert report.exit_code == 1
+    assert "question odd: field 'answers' must be" in json.loads(report.stdout)["errors"][0]
+
+
 def test_empty_question_and_context(minilm_path, tmp_path):
     path = write_squad(tmp_path / "d.json", [(CONTEXT, [GOOD_QA, {**GOOD_QA, "id": "empty", "question": " "}]),
                                              ("  ", [{**GOOD_QA, "id": "blank"}])])
