@@ -197,8 +197,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
+        from mrc_cli.data import read_text  # a config in another encoding: one line saying how to convert it
+
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.safe_load(read_text(path)) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({err})") from None
         if not isinstance(loaded, dict):
@@ -222,7 +224,12 @@ def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> No
         dotted, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"{source} {item!r}: expected section.key=value, e.g. --set train.lr=1e-4")
-        set_value(cfg, dotted.strip(), yaml.safe_load(text), source=source)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source} {item!r}: the value is not YAML ({getattr(err, 'problem', None) or err}); "
+                              f"quote it: {dotted.strip()}=\"{text}\"") from None
+        set_value(cfg, dotted.strip(), value, source=source)
 
 
 def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:

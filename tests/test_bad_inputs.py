@@ -157,9 +157,17 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--set", "decode.n_best_size=0"], "decode.n_best_size must be at least 1, got 0"),
     (["--set", "decode.recheck_margin=-1"], "decode.recheck_margin must be 0 (off) or more, got -1"),
     (["--set", "decode.null_share=2"], "decode.null_share is a share of questions, from 0 to 1 (or null), got 2"),
+    (["--set", "model.name_or_path=@org/model"], "the value is not YAML (found character '@'"),
 ])
 def test_bad_flags_stop_before_any_heavy_work(minilm_path, tmp_path, flags, fragment):
     _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", *flags), fragment)  # later flags win
+
+
+def test_config_file_in_another_encoding(minilm_path, tmp_path):
+    config = tmp_path / "gb18030.yaml"
+    config.write_bytes("# 中文注释\ntrain:\n  lr: 3.0e-5\n".encode("gb18030"))
+    _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", "--config", config),
+           "gb18030.yaml: not UTF-8 text", "iconv")
 
 
 def test_output_directory_of_another_run(tiny_bert_dir, tmp_path):
