@@ -17,10 +17,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mrc_cli.config import RunConfig, load_config, save_config
 from mrc_cli.errors import CheckpointError
+from mrc_cli.model import load_state_dict_file
 
 CHECKPOINTS = "checkpoints"
 BEST_POINTER = "best_checkpoint.json"
@@ -130,8 +131,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     pointer = path / BEST_POINTER
     if pointer.is_file():
-        best = path / json.loads(pointer.read_text())["checkpoint"]
-        if (best / "model.safetensors").is_file():
+        try:
+            best = path / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+        except (ValueError, KeyError, TypeError):  # a damaged or hand-edited pointer: the newest checkpoint instead
+            best = path
+        if best != path and (best / "model.safetensors").is_file():
             return best
     newest = latest_checkpoint(path)
     if newest is not None:
@@ -166,4 +170,4 @@ def read_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
 
 
 def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(checkpoint / "model.safetensors"))
+    return load_state_dict_file(checkpoint / "model.safetensors")

@@ -238,7 +238,8 @@ def _read_settings(path: Path) -> dict:
     keys = {"members", "weights", "combine", "decode"}
     if not isinstance(settings, dict) or set(settings) != keys:
         raise ConfigError(f"{path}: expected the keys {', '.join(sorted(keys))}, as `mrc ensemble --save` writes them")
-    if not (isinstance(settings["members"], list) and settings["members"]):
+    members = settings["members"]
+    if not (isinstance(members, list) and members and all(isinstance(m, str) and m.strip() for m in members)):
         raise ConfigError(f"{path}: members must be a list of model folders")
     if settings["combine"] not in COMBINATIONS:
         raise ConfigError(f"{path}: combine {settings['combine']!r}: choose {' or '.join(COMBINATIONS)}")

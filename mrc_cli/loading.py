@@ -9,12 +9,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
 
 from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
 from mrc_cli.config import RunConfig, load_config
 from mrc_cli.errors import CheckpointError
-from mrc_cli.model import build_model, load_weights
+from mrc_cli.model import build_model, load_state_dict_file, load_weights
 from mrc_cli.tokenizer import load_tokenizer
 
 EXPORT_SETTINGS = "mrc_cli.yaml"  # beside an export's config.json: the run config, decoding settings included
@@ -87,7 +86,13 @@ def _is_hf_qa_folder(path: Path) -> bool:
     config = path / "config.json"
     if not (config.is_file() and (path / "model.safetensors").is_file()):
         return False
-    return any(a.endswith("ForQuestionAnswering") for a in json.loads(config.read_text()).get("architectures") or [])
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config}: not a readable config.json ({type(err).__name__}: {err}); copy the model "
+                              "folder again") from None
+    architectures = settings.get("architectures") if isinstance(settings, dict) else None
+    return any(str(a).endswith("ForQuestionAnswering") for a in architectures or [])
 
 
 
@@ -97,7 +102,7 @@ def read_export(path: Path) -> Loaded:
     model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(path))
     prefix = model.encoder.base_model_prefix + "."
     state = {(f"encoder.{k[len(prefix):]}" if k.startswith(prefix) else k): v
-             for k, v in load_file(str(path / "model.safetensors")).items()}
+             for k, v in load_state_dict_file(path / "model.safetensors").items()}
     load_weights(model, state, strict=True)
     return Loaded(model.eval(), load_tokenizer(str(path)), cfg, path)
 

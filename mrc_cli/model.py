@@ -210,7 +210,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError (a cut header, bad JSON in it), OSError
+            raise CheckpointError(_damaged(path, _first_line(err), "a safetensors file")) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # a refusal, or a damaged file that the weights-only reader trips over
@@ -221,15 +224,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             ) from None
         raise CheckpointError(_damaged(path, "its pickle is cut short or damaged")) from None
     except Exception as err:  # torch's zip reader, EOFError, ...: the bytes are not a whole torch file
-        reason = str(err).splitlines()[0][:120] if str(err) else ""
-        raise CheckpointError(_damaged(path, f"{type(err).__name__}{': ' + reason if reason else ''}")) from None
+        raise CheckpointError(_damaged(path, _first_line(err))) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state_dict (a mapping of names to tensors)")
     return state
 
 
-def _damaged(path: Path, detail: str) -> str:
-    return f"{path}: cannot be read: the file is truncated or corrupt, or not a torch file ({detail}); copy or download it again"
+def _damaged(path: Path, detail: str, kind: str = "a torch file") -> str:
+    return f"{path}: cannot be read: the file is truncated or corrupt, or not {kind} ({detail}); copy or download it again"
+
+
+def _first_line(err: Exception) -> str:
+    reason = str(err).splitlines()[0][:120] if str(err) else ""
+    return f"{type(err).__name__}{': ' + reason if reason else ''}"
 
 
 def _refusal(err: pickle.UnpicklingError) -> str:

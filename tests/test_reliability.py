@@ -296,3 +296,44 @@ def test_a_plain_tensor_pickle_still_loads(tmp_path):
     path = tmp_path / "weights.bin"
     torch.save({"qa_outputs.weight": torch.ones(2, 3)}, path)
     assert torch.equal(load_state_dict_file(path)["qa_outputs.weight"], torch.ones(2, 3))
+
+
+def test_damaged_files_beside_the_weights_are_one_line_errors(tmp_path):
+    """A cut safetensors file (--init-from, a checkpoint, an export), a hand-edited best_checkpoint.json, a Hugging
+    Face folder with a broken config.json and an ensemble.yaml with odd members: each an MrcError, not a traceback."""
+    from safetensors.torch import save_file
+
+    from mrc_cli.checkpoint import resolve_checkpoint
+    from mrc_cli.errors import ConfigError
+    from mrc_cli.loading import load_trained
+    from mrc_cli.model import load_state_dict_file
+    from mrc_cli.reader import Reader
+
+    whole = tmp_path / "whole.safetensors"
+    save_file({"qa_outputs.weight": torch.ones(8, 8)}, str(whole))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match=r"cut.safetensors: cannot be read: .* not a safetensors file"):
+        load_state_dict_file(cut)
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
+    save_file({"qa_outputs.weight": torch.ones(8, 8)}, str(step / "model.safetensors"))
+    for pointer in ("{}", "not json", '{"checkpoint": 5}'):
+        (run / "best_checkpoint.json").write_text(pointer)
+        assert resolve_checkpoint(run) == step  # the newest checkpoint instead
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    save_file({"qa_outputs.weight": torch.ones(8, 8)}, str(hf / "model.safetensors"))
+    (hf / "config.json").write_text('{"architectures": ["BertForQuestionAnswering"')
+    with pytest.raises(CheckpointError, match="config.json: not a readable config.json"):
+        load_trained(hf)
+
+    saved = tmp_path / "ensemble"
+    saved.mkdir()
+    (saved / "ensemble.yaml").write_text("members: [5]\nweights: 1\ncombine: prob\ndecode: {}\n")
+    with pytest.raises(ConfigError, match="members must be a list of model folders"):
+        Reader.load(saved)
