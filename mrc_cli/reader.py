@@ -110,10 +110,7 @@ def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Pred
         files[0].write_text(json.dumps(result, indent=1), encoding="utf-8")
         calibration.plot_reliability(result, files[1], Path(data).name)
         decode.temperature, decode.null_bias, decode.allow_null = result["temperature"], result["null_bias"], allow_null
-        if isinstance(loaded, Ensemble):
-            store_settings(loaded)
-        else:
-            thresholds.save_decode_settings(loaded.path, loaded.cfg)
+        _keep_decode_settings(loaded)
     figures = {key: value for key, value in result.items()
                if "ece" in key or key in ("temperature", "null_bias", "calibration_warning")}
     return {**figures, "calibration_questions": result["report_questions"], "calibration_fit_questions":
@@ -122,12 +119,16 @@ def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Pred
 
 def _store_threshold(loaded: Loaded | Ensemble, threshold: float, source: str) -> None:
     """Keep a null threshold with the model or saved ensemble, so `predict` uses it."""
-    if not isinstance(loaded, Ensemble):
-        thresholds.store_threshold(loaded.path, loaded.cfg, threshold, source)
-        return
-    decode = loaded.cfg.decode
-    decode.null_score_diff_threshold, decode.null_threshold_from, decode.allow_null = float(threshold), source, True
-    store_settings(loaded)
+    thresholds.set_threshold(loaded.cfg.decode, threshold, source)
+    _keep_decode_settings(loaded)
+
+
+def _keep_decode_settings(loaded: Loaded | Ensemble) -> None:
+    """Write the decoding settings of a loaded model or saved ensemble back where `predict` reads them."""
+    if isinstance(loaded, Ensemble):
+        store_settings(loaded)
+    else:
+        thresholds.save_decode_settings(loaded.path, loaded.cfg)
 
 
 def predict_file(checkpoint: str, data: str, out: str, backend: str = "auto") -> dict:

@@ -87,10 +87,15 @@ def store_threshold(folder: Path, cfg: RunConfig, threshold: float, source: str,
     """Keep a null threshold in the run config of a checkpoint or export `folder` (`cfg`: that config), so `mrc predict`
     applies it (the Hugging Face scripts pass a fixed 0.0); `source` says where it came from (dev, oof), `share` the
     share of unanswerable questions it was chosen on (oof)."""
-    cfg.decode.null_score_diff_threshold = float(threshold)
-    cfg.decode.null_threshold_from, cfg.decode.null_share = source, share
-    cfg.decode.allow_null = True
+    set_threshold(cfg.decode, threshold, source, share)
     save_decode_settings(folder, cfg)
+
+
+def set_threshold(decode, threshold: float, source: str, share: float | None = None) -> None:
+    """Decoding settings (a DecodeConfig) that apply a null threshold chosen on `source`; the share of unanswerable
+    questions it was chosen on replaces any earlier one (None where not known)."""
+    decode.null_score_diff_threshold, decode.null_threshold_from, decode.null_share = float(threshold), source, share
+    decode.allow_null = True
 
 
 def save_decode_settings(folder: Path, cfg: RunConfig) -> None:

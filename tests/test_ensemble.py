@@ -327,11 +327,15 @@ def test_threshold_and_copied_members_travel_with_the_saved_folder(bert_run, alb
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "sub.json").read_text()) == _read(tmp_path / "out")["predictions.json"]
 
+    # as if its threshold had been chosen out of fold on questions 30 % unanswerable: a dev threshold replaces both
+    settings["decode"].update(null_threshold_from="oof", null_share=0.3)
+    (tmp_path / "saved" / "ensemble.yaml").write_text(yaml.safe_dump(settings))
     result = _invoke("eval", "--checkpoint", tmp_path / "saved", "--data", DEV, "--store-threshold")
     assert result.exit_code == 0, result.output
     best = json.loads(result.stdout.strip().splitlines()[-1])["best_f1_thresh"]
     decode = load_ensemble(tmp_path / "saved").cfg.decode
     assert decode.null_score_diff_threshold == pytest.approx(best) and decode.null_threshold_from == "dev"
+    assert decode.null_share is None
 
 
 def test_a_missing_member_is_named(bert_run, tmp_path):
