@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from mrc_cli.config import RunConfig, load_config, save_config
 from mrc_cli.errors import CheckpointError
+from mrc_cli.files import write_text_atomically
 from mrc_cli.model import load_state_dict_file
 
 CHECKPOINTS = "checkpoints"
@@ -119,9 +120,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def write_best_pointer(run_dir: Path, checkpoint: Path, metrics: dict) -> None:
-    tmp = Path(run_dir) / f".{BEST_POINTER}.tmp"
-    tmp.write_text(json.dumps({"checkpoint": str(checkpoint.relative_to(run_dir)), "metrics": metrics}, indent=2))
-    os.replace(tmp, Path(run_dir) / BEST_POINTER)
+    write_text_atomically(Path(run_dir) / BEST_POINTER,
+                          json.dumps({"checkpoint": str(checkpoint.relative_to(run_dir)), "metrics": metrics}, indent=2))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

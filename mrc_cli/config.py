@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import types
 import typing
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from mrc_cli.errors import ConfigError
+from mrc_cli.files import write_text_atomically
 
 SEGMENTERS = ("tokenizer", "chars", "jieba")  # or "module:function" returning a list of words
 
@@ -295,15 +295,7 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 
 
 def write_yaml_atomically(obj: dict, path: str | Path) -> None:
-    """Written beside `path` and renamed over it: a write cut short (a full disk, a kill) must leave the previous file
-    whole, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(yaml.safe_dump(obj, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomically(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
 
 
 def check_data_config(data: DataConfig, num_special_tokens: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mrc_cli.config import RunConfig, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
+from mrc_cli.files import write_text_atomically
 
 PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
 FOLD_RECORD = "kfold_fold.json"  # in a fold's run directory once it has finished: kfold skips it, --weights oof reads it
@@ -155,6 +156,4 @@ def load_record(path: Path, settings: dict, done: str = "finished") -> dict | No
 
 def write_json(path: Path, obj: dict) -> None:
     """Written beside `path` and renamed over it: a half-written record must not pass for a finished run."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float))
