@@ -101,12 +101,6 @@ def distil_row(base, teacher: Path, seed: int, out: Path) -> dict:
             "steps": read_metrics(out / "metrics.jsonl")[-1]["step"]}
 
 
-def f1_of(metrics: dict) -> float:
-    from mrc_cli.inference import headline
-
-    return headline(metrics)["f1"]
-
-
 def seed_rows(base, seed: int, compared: dict, out: Path) -> dict:
     """Every row of one seed: F1/EM, optimizer steps trained, and each ensemble's best member."""
     from mrc_cli.inference import headline

@@ -11,6 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from mrc_cli.errors import MrcError
+from mrc_cli.serve_settings import ServeSettings
 
 _debug = False
 
@@ -421,17 +422,16 @@ def serve(
     checkpoint: CheckpointOpt,
     host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the server to this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 takes a free one (uvicorn prints it).")] = 8000,
-    max_batch: Annotated[int, typer.Option(min=1, help="Questions per model call: concurrent requests are batched up to it.")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to batch with.")] = 10.0,
-    max_context_chars: Annotated[int, typer.Option(min=1, help="Longer contexts are refused (413).")] = 20_000,
-    max_questions: Annotated[int, typer.Option(min=1, help="Questions per request; more are refused (413).")] = 64,
-    max_question_chars: Annotated[int, typer.Option(min=1, help="Longer questions are refused (413).")] = 1_000,
-    max_body_bytes: Annotated[int, typer.Option(min=1, help="Larger request bodies are refused (413).")] = 1_000_000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Questions per model call: concurrent requests are batched up to it.")] = ServeSettings.max_batch,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to batch with.")] = ServeSettings.max_wait_ms,
+    max_context_chars: Annotated[int, typer.Option(min=1, help="Longer contexts are refused (413).")] = ServeSettings.max_context_chars,
+    max_questions: Annotated[int, typer.Option(min=1, help="Questions per request; more are refused (413).")] = ServeSettings.max_questions,
+    max_question_chars: Annotated[int, typer.Option(min=1, help="Longer questions are refused (413).")] = ServeSettings.max_question_chars,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Larger request bodies are refused (413).")] = ServeSettings.max_body_bytes,
     backend: BackendOpt = "auto",
 ) -> None:
     """Answer questions over HTTP: POST /answer {"context": ..., "questions": [...]}; GET /health (200 once the model
     is loaded), /metrics, /docs (OpenAPI) and / (a page to try it). Runs until Ctrl-C."""
-    from mrc_cli.serve import ServeSettings
     from mrc_cli.serve import serve as serve_checkpoint
 
     settings = ServeSettings(max_batch, max_wait_ms, max_context_chars, max_questions, max_question_chars, max_body_bytes)

@@ -77,8 +77,9 @@ class TrainConfig:
     group_by_length: bool = True  # batches of similar length: about half the padding of random batches
     # > 0: each micro-batch is whole features packed into one row of at most this many tokens (no padding but the
     # row's tail; attention stays inside each feature); 0: batch_size features padded to the longest. auto: on CUDA
-    # batch_size x the mean feature length (as many features per step), on CPU 0 (docs/benchmarks.md). A run's
-    # config.yaml holds the number it resolved to
+    # batch_size x the mean feature length (as many features per step), on CPU 0 (docs/benchmarks.md); 0 wherever
+    # rows cannot be packed (encoders outside mrc_cli.attention.PACKABLE, `mrc pretrain`). A run's config.yaml holds
+    # the number it resolved to
     tokens_per_batch: int | str = "auto"
     # on: the training forward and backward compiled with torch.compile(mode="reduce-overhead"), which on CUDA runs
     # them as recorded CUDA graphs (one launch instead of ~1,000 kernels for the host); on CPU compiled only (no
@@ -111,7 +112,7 @@ class TrainConfig:
 @dataclass
 class DecodeConfig:
     n_best_size: int = 20
-    max_answer_length: int = 30  # in tokens
+    max_answer_length: int = 30  # in positions: tokens, or words at model.span_level word
     null_score_diff_threshold: float = 0.0  # higher: fewer null answers
     # where that threshold came from: config (the default or set by hand), dev (`mrc eval --store-threshold`: tuned on
     # the data it was scored on), oof (`mrc kfold`: chosen on out-of-fold predictions; `mrc eval` then reports it

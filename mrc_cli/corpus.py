@@ -15,7 +15,6 @@ once, without the contexts of the files you will evaluate on, cut into sequences
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 from array import array
@@ -25,7 +24,7 @@ from pathlib import Path
 from mrc_cli.config import DataConfig, PretrainConfig
 from mrc_cli.data import read_data, read_text
 from mrc_cli.errors import DataError
-from mrc_cli.features import segmenter, token_words
+from mrc_cli.features import rust_encoder, segmenter, token_words
 
 
 @dataclass
@@ -147,9 +146,7 @@ def build_sequences(texts: list[str], tokenizer, data: DataConfig):
     started = time.perf_counter()
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise DataError(f"{type(tokenizer).__name__} has no [CLS]/[SEP] tokens to frame a sequence with")
-    encoder = copy.deepcopy(tokenizer.backend_tokenizer)  # the caller's tokenizer keeps its settings
-    encoder.no_truncation()
-    encoder.no_padding()
+    encoder = rust_encoder(tokenizer)
     segment = segmenter(data.word_segmenter)
     room = data.max_seq_length - 2  # [CLS] and [SEP]
     ids, words, offsets = array("i"), array("i"), array("i", [0])  # flat, as Arrow list arrays store them

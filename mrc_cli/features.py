@@ -9,7 +9,7 @@ One builder serves training, evaluation and prediction. A feature keeps, per tok
 - `start_positions`/`end_positions` (when labels are asked for): the answer's first and last token, the CLS
   position 0 when the window does not hold the whole answer or the question is unanswerable, and -100 (ignored by
   the loss) for an answerable question whose answer could not be located in its context.
-Features are not padded: the collator pads each batch to its own longest feature.
+Features are not padded: mrc_cli.batching.FeatureTensors pads (or packs) each batch on the device.
 """
 
 from __future__ import annotations

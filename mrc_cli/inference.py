@@ -116,9 +116,10 @@ def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: Dec
     return decode(features["example_id"], offsets, logits.start, logits.end, contexts, cfg)
 
 
-def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig, metric: str = "auto") -> dict:
-    """Official scores at the configured null threshold; for SQuAD v2 also the threshold that maximises F1."""
-    metrics = score(golds, {pid: p.text for pid, p in predictions.items()}, metric)
+def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig) -> dict:
+    """Official scores (the metric the golds call for) at the configured null threshold; for SQuAD v2 also the
+    threshold that maximises F1."""
+    metrics = score(golds, {pid: p.text for pid, p in predictions.items()})
     if cfg.allow_null:
         nbest = {pid: p.nbest for pid, p in predictions.items()}
         metrics.update(null_threshold_sweep(golds, nbest, {pid: p.null_odds for pid, p in predictions.items()}))

@@ -286,9 +286,8 @@ def check_graph(path: Path) -> None:
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def load_onnx_model(folder: Path, span_level: str, graph: str | None = None) -> OnnxSpanModel:
-    """The session of the folder's graph: `graph` fp32 or int8, else the one onnx.json names (int8 where the export
-    was quantized)."""
+def load_onnx_model(folder: Path, span_level: str, graph: str) -> OnnxSpanModel:
+    """The session of the folder's `graph` (fp32 or int8)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -296,12 +295,10 @@ def load_onnx_model(folder: Path, span_level: str, graph: str | None = None) -> 
                               "(or pip install mrc-cli with its dependencies)") from None
     from transformers import AutoConfig
 
-    settings = read_settings(folder)
-    graphs = settings["graphs"]
-    name = graph or settings["graph"]
-    if name not in graphs:
-        raise CheckpointError(f"{folder}: this export has no {name} graph (it has {', '.join(graphs)})")
-    path = folder / graphs[name]
+    graphs = read_settings(folder)["graphs"]
+    if graph not in graphs:
+        raise CheckpointError(f"{folder}: this export has no {graph} graph (it has {', '.join(graphs)})")
+    path = folder / graphs[graph]
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; export the checkpoint again with mrc export --format onnx")
     try:

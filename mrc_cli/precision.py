@@ -12,9 +12,6 @@ import subprocess
 
 import torch
 
-PRECISIONS = ("bf16", "fp16", "no")
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """auto: bf16 where the device runs it natively (CUDA capability 8.0+, i.e. Ampere and newer; CPUs with
     AVX512-BF16 or AMX), fp16 with loss scaling on older GPUs (V100, T4: bf16 is only emulated there), else fp32."""

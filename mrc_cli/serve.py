@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Request
@@ -26,33 +25,12 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from mrc_cli import __version__
-from mrc_cli.errors import ConfigError
 from mrc_cli.reader import Reader
+from mrc_cli.serve_settings import ServeSettings
 from mrc_cli.serve_batching import RequestBatcher, ServeMetrics
 from mrc_cli.serve_page import PAGE
 
 log = logging.getLogger("mrc_cli.serve")
-
-
-@dataclass
-class ServeSettings:
-    """Batching and request limits of the server (the flags of `mrc serve`)."""
-
-    max_batch: int = 32  # questions per Reader call; a request with more than this runs alone
-    max_wait_ms: float = 10.0  # how long the oldest waiting request waits for others before its batch runs
-    max_context_chars: int = 20_000  # ~5,000 English tokens: ~22 windows of 384 at stride 128, for every question
-    max_questions: int = 64
-    max_question_chars: int = 1_000  # the Reader cuts questions to data.max_query_length tokens anyway
-    max_body_bytes: int = 1_000_000  # above the other limits together, even \\u-escaped (6 bytes a character)
-    latency_window: int = 10_000  # /metrics percentiles over the latest this many answered requests
-
-    def __post_init__(self):
-        for name in ("max_batch", "max_context_chars", "max_questions", "max_question_chars", "max_body_bytes",
-                     "latency_window"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"serve setting {name} is {getattr(self, name)}; it must be at least 1")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"serve setting max_wait_ms is {self.max_wait_ms}; it must be 0 or more")
 
 
 # --- the contract ----------------------------------------------------------------------------------------------------
