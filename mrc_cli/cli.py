@@ -68,7 +68,8 @@ def validate(
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:
         typer.echo(report.summary())
-        for title, lines in (("repairs", report.repairs), ("warnings", report.warnings), ("errors", report.errors)):
+        more = [f"... and {report.repairs_not_listed} more (all counted above)"] if report.repairs_not_listed else []
+        for title, lines in (("repairs", report.repairs + more), ("warnings", report.warnings), ("errors", report.errors)):
             if lines:
                 typer.echo(f"{title}:\n  " + "\n  ".join(lines))
         typer.echo(f"usable for {use}: {'yes' if report.usable else 'no'}")

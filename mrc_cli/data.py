@@ -77,6 +77,8 @@ def read_text(path: Path) -> str:
 
 
 def _read_json(path: Path, text: str) -> RawData:
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
@@ -90,10 +92,13 @@ def _read_json(path: Path, text: str) -> RawData:
             _add_flat(raw, rec, f"record {i}")
         return raw
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
-        keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        if isinstance(obj, dict):
+            found = f"top-level {', '.join(map(str, obj))}" if obj else "an empty object"
+        else:
+            found = f"top-level {type(obj).__name__}"
         raise DataError(
             f"{path}: expected SQuAD-style JSON {{\"data\": [{{\"paragraphs\": [{{\"context\", \"qas\"}}]}}]}}, "
-            f"found top-level {keys}"
+            f"found {found}"
         )
     raw = RawData(str(path), "squad")
     for a, article in enumerate(obj["data"]):
@@ -128,10 +133,21 @@ def _read_jsonl(path: Path, text: str) -> RawData:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
+            if not raw.records and not raw.problems and _one_document(text):
+                raise DataError(f"{path}: one JSON document over many lines, not JSON Lines (a record a line); leave "
+                                "out --format jsonl, or name the file .json") from None
             raw.problems.append(RecordProblem(f"line {n}", f"not valid JSON ({err.msg}, column {err.colno})"))
             continue
         _add_flat(raw, rec, f"line {n}")
     return raw
+
+
+def _one_document(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _read_hf(source: str) -> RawData:
@@ -173,10 +189,9 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
         raw.problems.append(RecordProblem(where, f"field(s) {', '.join(wrong)} must be text"))
         return
     answers = _canonical_answers(rec.get("answers"))
-    if answers is None:
-        raw.problems.append(
-            RecordProblem(where, "field 'answers' must be [{\"text\", \"answer_start\"}] or {\"text\": [], \"answer_start\": []}")
-        )
+    if isinstance(answers, str):
+        raw.problems.append(RecordProblem(where, f"field 'answers' must be [{{\"text\", \"answer_start\"}}] or "
+                                                 f"{{\"text\": [], \"answer_start\": []}}: {answers}"))
         return
     raw.records.append(
         {
@@ -190,27 +205,37 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
     )
 
 
-def _canonical_answers(answers: Any) -> dict | None:
-    """Accept SQuAD's list of {text, answer_start} and the Hub's dict of lists; None means malformed."""
+def _canonical_answers(answers: Any) -> dict | str:
+    """Accept SQuAD's list of {text, answer_start} and the Hub's dict of lists; a string says what is wrong."""
     if answers is None:
         return {"text": [], "answer_start": []}  # a test file: nothing to train or score on, fine for predict
     if isinstance(answers, dict):
         texts = answers.get("text")
         if not isinstance(texts, list):
-            return None
+            return f"its text is {_kind(texts)}, not a list"
         starts = answers.get("answer_start", [-1] * len(texts))
         if not isinstance(starts, list) or len(texts) != len(starts):
-            return None
+            return f"its answer_start is {_kind(starts)}, not a list as long as its text ({len(texts)})"
         pairs = list(zip(texts, starts))
     elif isinstance(answers, list):
         if not all(isinstance(a, dict) and "text" in a for a in answers):
-            return None
+            return "an answer without a text"
         pairs = [(a["text"], a.get("answer_start", -1)) for a in answers]
     else:
-        return None
-    if not all(isinstance(t, str) and isinstance(s, int) and not isinstance(s, bool) for t, s in pairs):
-        return None
+        return f"found {_kind(answers)}"
+    for text, start in pairs:
+        if not isinstance(text, str):
+            return f"an answer text is {_kind(text)}, not text"
+        if not isinstance(start, int) or isinstance(start, bool):
+            return f"answer_start must be a whole number, got {_kind(start)}"
     return {"text": [t for t, _ in pairs], "answer_start": [s for _, s in pairs]}
+
+
+def _kind(value: Any) -> str:
+    """A value as a message names it: its type and a short repr."""
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"the {type(value).__name__} {json.dumps(value, ensure_ascii=False, default=str)[:40]}"
 
 
 def to_dataset(records: Iterable[dict]):
@@ -230,4 +255,7 @@ def to_dataset(records: Iterable[dict]):
             "is_impossible": datasets.Value("bool"),
         }
     )
-    return datasets.Dataset.from_list(list(records), features=features)
+    records = list(records)
+    if not records:  # from_list cannot take the columns from no record
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return datasets.Dataset.from_list(records, features=features)

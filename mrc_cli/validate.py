@@ -44,7 +44,8 @@ class ValidationReport:
     left_out_of_training: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    repairs: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)  # the first MAX_LISTED
+    repairs_not_listed: int = 0
 
     @property
     def usable(self) -> bool:
@@ -177,7 +178,7 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
             if use == "train":
                 report.errors.append(f"{where}: the question is empty")
             else:  # no model input, but its gold answers (golds come from raw.records) still count in the scores
-                _listed(report.repairs, f"{where}: the question is empty (left out of {use})")
+                _repair(report, f"{where}: the question is empty (left out of {use})")
         if not rec["context"].strip():
             report.empty_contexts += 1
             report.errors.append(f"{where}: the context is empty")
@@ -193,6 +194,11 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
         if empty_question:
             continue
         kept.append(rec)
+    if not raw.records and not raw.problems:
+        report.errors.append(f"{raw.source}: no questions found")
+    elif raw.records and not kept and not report.errors and use != "score":  # score reads every question's gold
+        report.errors.append(f"{raw.source}: none of its {report.questions} questions is left for {use} (the counts "
+                             "and repairs say why)")
     return kept, report
 
 
@@ -211,13 +217,13 @@ def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
             report.unlocatable += 1
             texts.append(text)
             starts.append(-1)
-            _listed(report.repairs, f'{where}: answer "{text}" is not in its context (kept for scoring only)')
+            _repair(report, f'{where}: answer "{text}" is not in its context (kept for scoring only)')
             continue
         report.relocated += 1
         new_start, new_text = found
         texts.append(new_text)
         starts.append(new_start)
-        _listed(report.repairs, f'{where}: answer "{text}" is not at char {start} of its context (found at {new_start}; relocated)')
+        _repair(report, f'{where}: answer "{text}" is not at char {start} of its context (found at {new_start}; relocated)')
     return {"text": texts, "answer_start": starts}
 
 
@@ -236,6 +242,8 @@ def locate_answer(context: str, text: str, start: int) -> tuple[int, str] | None
     return min(hits, key=lambda hit: abs(hit[0] - max(start, 0)))
 
 
-def _listed(messages: list[str], msg: str) -> None:
-    if len(messages) < MAX_LISTED:
-        messages.append(msg)
+def _repair(report: ValidationReport, msg: str) -> None:
+    if len(report.repairs) < MAX_LISTED:
+        report.repairs.append(msg)
+    else:
+        report.repairs_not_listed += 1

@@ -43,6 +43,10 @@ def _train(minilm_path, tmp_path, train_file, *flags):
     (b'{"data": [{"paragraphs": [{"context": "abc", "qas": [', ["truncated.json", "not valid JSON (line 1", "truncated"]),
     (b'{"articles": []}', ["truncated.json", "expected SQuAD-style JSON", "found top-level articles"]),
     (b'\xff\xfe{\x00}\x00', ["truncated.json", "not UTF-8 text", "iconv"]),
+    (b'', ["truncated.json", "the file is empty"]),
+    (b'{}', ["truncated.json", "expected SQuAD-style JSON", "found an empty object"]),
+    (b'{"version": "1.1", "data": []}', ["truncated.json", "no questions found"]),
+    (b'{"data": [{"title": "t", "paragraphs": [{"context": "abc", "qas": []}]}]}', ["truncated.json", "no questions found"]),
 ])
 def test_unreadable_files(minilm_path, tmp_path, content, fragments):
     path = tmp_path / "truncated.json"
@@ -60,13 +64,41 @@ def test_missing_fields_and_wrong_types_name_each_record(minilm_path, tmp_path):
            "mrc validate")
 
 
-@pytest.mark.parametrize("answers", [{"text": 5}, {"text": ["a"], "answer_start": 3}, {"text": ["a", "b"],
-                                     "answer_start": [1]}, [{"answer_start": 1}], "the mat"])
-def test_malformed_answers_are_a_problem_of_their_record(tmp_path, answers):
+@pytest.mark.parametrize("answers, problem", [
+    ({"text": 5}, "its text is the int 5, not a list"),
+    ({"text": ["a"], "answer_start": 3}, "its answer_start is the int 3, not a list as long as its text (1)"),
+    ({"text": ["a", "b"], "answer_start": [1]}, "its answer_start is a list of 1, not a list as long as its text (2)"),
+    ([{"answer_start": 1}], "an answer without a text"),
+    ("the mat", 'found the str "the mat"'),
+    ([{"text": "the mat", "answer_start": "15"}], 'answer_start must be a whole number, got the str "15"'),
+])
+def test_malformed_answers_are_a_problem_of_their_record(tmp_path, answers, problem):
     path = write_squad(tmp_path / "d.json", [(CONTEXT, [GOOD_QA, {**GOOD_QA, "id": "odd", "answers": answers}])])
     report = _invoke("validate", path, "--for", "train", "--json")
     assert report.exit_code == 1
-    assert "question odd: field 'answers' must be" in json.loads(report.stdout)["errors"][0]
+    error = json.loads(report.stdout)["errors"][0]
+    assert "question odd: field 'answers' must be" in error and error.endswith(problem)
+
+
+def test_a_squad_file_read_as_json_lines_is_one_error_not_one_a_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": CONTEXT, "qas": [GOOD_QA]}]}]}, indent=2))
+    errors = json.loads(_invoke("validate", path, "--format", "jsonl", "--json").stdout)["errors"]
+    assert len(errors) == 1 and "one JSON document over many lines, not JSON Lines" in errors[0]
+
+
+def test_no_question_left_for_the_use_is_an_error(tmp_path):
+    path = write_squad(tmp_path / "d.json", [(CONTEXT, [{**GOOD_QA, "question": " "}])])
+    result = _invoke("validate", path, "--for", "predict")
+    assert result.exit_code == 1 and "none of its 1 questions is left for predict" in result.stdout
+
+
+def test_repairs_past_the_first_twenty_are_counted_in_the_listing(tmp_path):
+    qas = [{"id": f"q{i}", "question": "Where?", "answers": [{"text": "the mat", "answer_start": 0}]} for i in range(25)]
+    path = write_squad(tmp_path / "d.json", [(CONTEXT, qas)])
+    report = json.loads(_invoke("validate", path, "--json").stdout)
+    assert report["relocated"] == 25 and len(report["repairs"]) == 20 and report["repairs_not_listed"] == 5
+    assert "... and 5 more (all counted above)" in _invoke("validate", path).stdout
 
 
 def test_empty_question_and_context(minilm_path, tmp_path):
