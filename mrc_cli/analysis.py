@@ -19,7 +19,7 @@ from mrc_cli.analysis_report import write_analysis
 from mrc_cli.decoding import best_span_text
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import METRICS, detect_metric, rules
-from mrc_cli.scoring import read_json_map
+from mrc_cli.scoring import PredictionFiles, find_prediction_files, read_json_map
 from mrc_cli.validate import load_examples
 
 if TYPE_CHECKING:
@@ -67,38 +67,9 @@ HAS_ANSWER = "has answer"
 
 
 @dataclass
-class PredictionFiles:
-    """A predictions file and what may accompany it: n-best lists, null odds, the metrics of `mrc eval`."""
-
-    predictions: Path
-    nbest: Path | None = None
-    null_odds: Path | None = None
-    metrics: Path | None = None
-
-
-@dataclass
 class WindowCounts:
     counts: dict[str, int]  # question id -> windows
     settings: str  # the tokenizer and data settings that made them, for the report
-
-
-def find_prediction_files(pred: str | Path, nbest: str | Path | None = None,
-                          null_odds: str | Path | None = None) -> PredictionFiles:
-    """A predictions file as given, or the folder `mrc eval --out` wrote with nbest.json, null_odds.json and
-    metrics.json beside predictions.json; nbest and null_odds given here replace the folder's."""
-    path = Path(pred)
-    explicit = PredictionFiles(path, Path(nbest) if nbest else None, Path(null_odds) if null_odds else None)
-    if not path.is_dir():
-        if not path.is_file():
-            raise DataError(f"{path}: no such predictions file or folder")
-        return explicit
-    if not (path / "predictions.json").is_file():
-        raise DataError(f"{path}: no predictions.json in this folder; --pred takes a predictions file "
-                        "{question id: answer} or the folder `mrc eval --out` wrote")
-    beside = {name: path / f"{name}.json" for name in ("nbest", "null_odds", "metrics")}
-    beside = {name: file if file.is_file() else None for name, file in beside.items()}
-    return PredictionFiles(path / "predictions.json", explicit.nbest or beside["nbest"],
-                           explicit.null_odds or beside["null_odds"], beside["metrics"])
 
 
 def count_windows(gold: str, checkpoint: str | None = None, cfg: RunConfig | None = None) -> WindowCounts:

@@ -109,7 +109,7 @@ def preprocess(
 @app.command()
 def score(
     gold: Annotated[str, typer.Argument(help="Gold data file (SQuAD-style JSON, JSONL, ...).")],
-    predictions: Annotated[Path, typer.Argument(help="Predictions JSON {question id: answer text}.")],
+    predictions: Annotated[Path, typer.Argument(help="Predictions JSON {question id: answer text}, or the folder `mrc eval --out` wrote (its null_odds.json too).")],
     metric: Annotated[Literal["auto", "squad", "squad_v2", "cmrc2018"], typer.Option(help="Official metric; auto picks by the gold data.")] = "auto",
     null_odds: Annotated[Optional[Path], typer.Option("--null-odds", help="JSON {question id: null odds} for SQuAD v2 best thresholds.")] = None,
     fmt: FormatOpt = "auto",
@@ -317,7 +317,7 @@ BackendOpt = Annotated[Literal["auto", "torch", "onnx", "onnx-int8"], typer.Opti
 def evaluate(
     checkpoint: CheckpointOpt,
     data: Annotated[str, typer.Option("--data", help="Data with answers.")],
-    out: Annotated[Optional[str], typer.Option(help="Folder for predictions.json, nbest.json, null_odds.json, metrics.json.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder for predictions.json, nbest.json, null_odds.json, metrics.json (default: CHECKPOINT/eval, its files replaced).")] = None,
     store_threshold: Annotated[bool, typer.Option(help="SQuAD v2: keep the best null threshold with the checkpoint for predict.")] = False,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a temperature (SQuAD v2: and a null bias) so that answer probabilities say how often answers are right; keep it with the checkpoint; ECE before/after, reliability.png.")] = False,
     calibrate_split: Annotated[bool, typer.Option("--calibrate-split", help="With --calibrate: fit on half the articles and report ECE on the other half (keeps that fit).")] = False,

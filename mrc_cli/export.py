@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from mrc_cli.checkpoint import weights_fingerprint
 from mrc_cli.config import save_config
 from mrc_cli.errors import CheckpointError, ConfigError
+from mrc_cli.files import check_output_folder
 from mrc_cli.loading import EXPORT_SETTINGS, ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
 
 PARITY_FILE = "parity.json"
@@ -28,6 +29,7 @@ QUANTIZATIONS = ("int8",)
 def export_checkpoint(checkpoint: str, out: str) -> Path:
     from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
 
+    check_output_folder(out)
     loaded = _load_torch_model(checkpoint)
     encoder = loaded.model.encoder
     architecture = MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES.get(encoder.config.model_type)
@@ -62,6 +64,7 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConfigError(f"--quantize {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
     onnx_backend.require_exporter()
+    check_output_folder(out)
     loaded = _load_torch_model(checkpoint)
     onnx_backend.check_exportable(loaded.model.config, checkpoint)
     out_dir = Path(out)

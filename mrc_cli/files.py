@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mrc_cli.errors import ConfigError
+
 
 def write_text_atomically(path: str | Path, text: str) -> None:
     """Written beside `path` under this process's own name and renamed over it: a write cut short (a full disk, a
@@ -16,3 +18,15 @@ def write_text_atomically(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> None:
+    """Refused before any work: an output file whose name is taken by a folder."""
+    if Path(path).is_dir():
+        raise ConfigError(f"{flag} {path}: a folder; give a file name (e.g. {Path(path) / 'predictions.json'})")
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> None:
+    """Refused before any work: an output folder whose name is taken by a file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{flag} {path}: an existing file; give a folder")

@@ -23,6 +23,7 @@ from mrc_cli.features import build_features, cache_root
 from mrc_cli.inference import evaluate_split, place_for_inference, write_prediction_files
 from mrc_cli.backends import check_backend, load_with_backend
 from mrc_cli.errors import ConfigError
+from mrc_cli.files import check_output_file, check_output_folder
 from mrc_cli.loading import Loaded, is_ensemble, is_onnx_export
 from mrc_cli.splits import Split, featurize_file
 
@@ -73,6 +74,8 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and calibration "
                           "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
                           "int8 export of its own (mrc export --format onnx --quantize int8)")
+    out_dir = Path(out) if out else Path(checkpoint) / "eval"
+    check_output_folder(out_dir)
     loaded = load_model(checkpoint, backend)
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file turns the null rule on for data with unanswerables
     metrics, predictions, split = answer_file(loaded, data, "eval")
@@ -81,7 +84,6 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         metrics["threshold_report"] = thresholds.threshold_report(
             split.golds, {qid: p.nbest for qid, p in predictions.items()},
             {qid: p.null_odds for qid, p in predictions.items()}, decode.null_score_diff_threshold, decode.null_share)
-    out_dir = Path(out) if out else Path(checkpoint) / "eval"
     if PartialState().is_main_process:  # under accelerate launch every process has all predictions
         write_prediction_files(out_dir, predictions, metrics)
         if store_threshold and "best_f1_thresh" in metrics:
@@ -133,6 +135,7 @@ def _keep_decode_settings(loaded: Loaded | Ensemble) -> None:
 
 def predict_file(checkpoint: str, data: str, out: str, backend: str = "auto") -> dict:
     """`mrc predict`: the submission file {id: answer} for a data file, with or without answers."""
+    check_output_file(out)
     loaded = load_model(checkpoint, backend)
     _, predictions, split = answer_file(loaded, data, "predict")
     if PartialState().is_main_process:
@@ -166,6 +169,9 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
     settings it ran with. Returns the metrics, the counts, the files written and the data's validation summary."""
     if save:
         check_save_folder(save)
+    check_output_folder(out)
+    if submission:
+        check_output_file(submission, "--submission")
     ensemble = build_ensemble(checkpoints, weights, combine, threshold)
     metrics, predictions, split = answer_file(ensemble, data, _use_of(data, ensemble.cfg.data))
     if PartialState().is_main_process:

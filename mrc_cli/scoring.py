@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from mrc_cli.errors import DataError
-from mrc_cli.metrics import score
+from mrc_cli.metrics import detect_metric, score
 from mrc_cli.validate import load_examples
+
+
+@dataclass
+class PredictionFiles:
+    """A predictions file and what may accompany it: n-best lists, null odds, the metrics of `mrc eval`."""
+
+    predictions: Path
+    nbest: Path | None = None
+    null_odds: Path | None = None
+    metrics: Path | None = None
+
+
+def find_prediction_files(pred: str | Path, nbest: str | Path | None = None,
+                          null_odds: str | Path | None = None) -> PredictionFiles:
+    """A predictions file as given, or the folder `mrc eval --out` wrote with nbest.json, null_odds.json and
+    metrics.json beside predictions.json; nbest and null_odds given here replace the folder's."""
+    path = Path(pred)
+    explicit = PredictionFiles(path, Path(nbest) if nbest else None, Path(null_odds) if null_odds else None)
+    if not path.is_dir():
+        if not path.is_file():
+            raise DataError(f"{path}: no such predictions file or folder")
+        return explicit
+    if not (path / "predictions.json").is_file():
+        raise DataError(f"{path}: no predictions.json in this folder; give a predictions file {{question id: answer}} "
+                        "or the folder `mrc eval --out` wrote")
+    beside = {name: path / f"{name}.json" for name in ("nbest", "null_odds", "metrics")}
+    beside = {name: file if file.is_file() else None for name, file in beside.items()}
+    return PredictionFiles(path / "predictions.json", explicit.nbest or beside["nbest"],
+                           explicit.null_odds or beside["null_odds"], beside["metrics"])
 
 
 def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
@@ -17,6 +47,8 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DataError(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not a {what} file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable JSON {what} file ({err})") from None
     if not isinstance(obj, dict):
@@ -30,8 +62,13 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
 
 def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: str | None = None,
                 fmt: str = "auto") -> tuple[dict, list[str]]:
-    """(the official scores, warnings about the gold file such as duplicate question ids)."""
+    """(the official scores, warnings about the gold file such as duplicate question ids). `predictions`: a file, or
+    the folder `mrc eval --out` wrote (with its null_odds.json for SQuAD v2 rules)."""
     _, report, golds = load_examples(gold, "score", fmt)
-    preds = read_json_map(predictions, str, "predictions")
-    odds = read_json_map(null_odds, float, "null odds") if null_odds else None
+    files = find_prediction_files(predictions, null_odds=null_odds)
+    preds = read_json_map(files.predictions, str, "predictions")
+    # the null odds of an `mrc eval` folder where its rules have them: v1.1 and CMRC scores take none
+    if null_odds is None and (metric if metric != "auto" else detect_metric(golds)) != "squad_v2":
+        files.null_odds = None
+    odds = read_json_map(files.null_odds, float, "null odds") if files.null_odds else None
     return score(golds, preds, metric=metric, null_odds=odds), report.warnings

@@ -238,3 +238,29 @@ def test_debug_shows_the_traceback_of_an_error_that_is_otherwise_one_line(tmp_pa
     assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
     assert debug.stderr.rstrip().endswith(f"mrc_cli.errors.DataError: {missing}: no such file")
     assert "mrc_cli/data.py" in debug.stderr  # the frames, down to where the error was raised
+
+
+def test_outputs_of_the_wrong_kind_are_refused_before_any_model_loads(tmp_path):
+    folder, file = tmp_path / "folder", tmp_path / "file.json"
+    folder.mkdir()
+    file.write_text("{}")
+    dev, none = "data/quickstart/en_dev.json", tmp_path / "no-checkpoint"
+    _fails(_invoke("predict", "--checkpoint", none, "--data", dev, "--out", folder), f"--out {folder}: a folder")
+    _fails(_invoke("eval", "--checkpoint", none, "--data", dev, "--out", file), f"--out {file}: an existing file")
+    for fmt in ("hf", "onnx"):
+        _fails(_invoke("export", "--checkpoint", none, "--out", file, "--format", fmt), f"--out {file}: an existing file")
+    _fails(_invoke("ensemble", "--checkpoint", none, "--data", dev, "--out", folder, "--submission", folder),
+           f"--submission {folder}: a folder")
+
+
+def test_score_takes_the_folder_mrc_eval_wrote(tmp_path):
+    """predictions.json and, under SQuAD v2 rules, null_odds.json beside it, as `mrc analyze --pred` takes them."""
+    golds = write_squad(tmp_path / "gold.json", [(CONTEXT, [GOOD_QA, {"id": "none", "question": "Who?", "answers": [],
+                                                                       "is_impossible": True}])])
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "predictions.json").write_text(json.dumps({"ok": "the mat", "none": "the cat"}))
+    (out / "null_odds.json").write_text(json.dumps({"ok": -2.0, "none": 0.5}))  # under the official 1.0
+    scores = json.loads(_invoke("score", golds, out).stdout)
+    assert scores["f1"] == 50.0 and scores["best_f1"] == 100.0  # the null odds were read from the folder
+    _fails(_invoke("score", golds, tmp_path), f"{tmp_path}: no predictions.json in this folder")
