@@ -21,8 +21,11 @@ def null_threshold_sweep(golds: list[dict], nbest: Mapping[str, Sequence[Mapping
                          null_odds: Mapping[str, float]) -> dict:
     """best_exact, best_exact_thresh, best_f1, best_f1_thresh: the official find_best_thresh over each question's best
     span and its null odds, so the sweep can move answers both ways (the answers decoded at one threshold could only
-    be turned into nulls). Where answering every question null scores best, the threshold is one below every null
-    odds (1 below the lowest), not the official 0.0, at which the score is not reached."""
+    be turned into nulls). The official threshold is a question's null odds, the edge of the range of thresholds
+    that give the best score, where logits moved by 1e-6 (an ONNX graph, another batch) flip that question; this one
+    is the middle of the range, halfway to the next null odds above (1 above the highest). Where answering every
+    question null scores best, the threshold is one below every null odds (1 below the lowest), not the official
+    0.0, at which the score is not reached."""
     best_spans = {qid: best_span_text(candidates) for qid, candidates in nbest.items()}
     swept = score(golds, best_spans, "squad_v2", null_odds=dict(null_odds))
     best = {key: value for key, value in swept.items() if key.startswith("best_")}
@@ -30,8 +33,14 @@ def null_threshold_sweep(golds: list[dict], nbest: Mapping[str, Sequence[Mapping
     # though at 0.0 answers whose null odds are below 0 are not null: a threshold below every null odds is that score's
     all_null = 100.0 * null_share(golds)
     for metric in ("exact", "f1"):
-        if best[f"best_{metric}"] == all_null and null_odds:
+        if not null_odds:
+            continue
+        if best[f"best_{metric}"] == all_null:
             best[f"best_{metric}_thresh"] = min(0.0, min(null_odds.values()) - 1.0)
+        else:
+            edge = best[f"best_{metric}_thresh"]
+            above = [odds for odds in null_odds.values() if odds > edge]
+            best[f"best_{metric}_thresh"] = (edge + min(above)) / 2 if above else edge + 1.0
     return best
 
 

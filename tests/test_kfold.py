@@ -130,8 +130,15 @@ ODDS = {"q1": -2.0, "q2": 0.5, "q3": 1.0, "q4": 3.0, "q5": 2.0}
 def test_the_sweep_releases_answers_by_null_odds_and_keeps_the_first_best_threshold():
     sweep = null_threshold_sweep(GOLDS, NBEST, ODDS)
     # all withheld: q3, q4 right (2); q1 +1 -> 3; q2 +2/3 -> 3.67 (t 0.5); q3 -1; q5 +1 -> 3.67 again, not better
-    assert sweep["best_f1"] == pytest.approx(100 * (3 + 2 / 3) / 5) and sweep["best_f1_thresh"] == 0.5
-    assert (sweep["best_exact"], sweep["best_exact_thresh"]) == (60.0, -2.0)
+    # the middle of the best range, not its edge: halfway from q2's (q1's) odds to q3's (q2's)
+    assert sweep["best_f1"] == pytest.approx(100 * (3 + 2 / 3) / 5) and sweep["best_f1_thresh"] == 0.75
+    assert (sweep["best_exact"], sweep["best_exact_thresh"]) == (60.0, -0.75)
+    for metric in ("f1", "exact"):
+        answers = answers_at_threshold(NBEST, ODDS, sweep[f"best_{metric}_thresh"])
+        assert score(GOLDS, answers, "squad_v2")[metric] == pytest.approx(sweep[f"best_{metric}"])
+        for nudge in (-1e-6, 1e-6):  # another backend's logits: the same answers at the threshold kept
+            moved = {qid: odds + nudge for qid, odds in ODDS.items()}
+            assert answers_at_threshold(NBEST, moved, sweep[f"best_{metric}_thresh"]) == answers
     assert answers_at_threshold(NBEST, ODDS, 1.5) == {"q1": "Paris", "q2": "whale", "q3": "x", "q4": "", "q5": ""}
 
 
@@ -148,7 +155,7 @@ def test_threshold_report_at_zero_out_of_fold_and_best():
     report = threshold_report(GOLDS, NBEST, ODDS, oof_threshold=1.5)
     assert report["zero"] == {"threshold": 0.0, "exact": 60.0, "f1": 60.0}  # q1, q3, q4 right
     assert report["oof"] == {"threshold": 1.5, "exact": 40.0, "f1": pytest.approx(100 * (2 + 2 / 3) / 5)}
-    assert report["best"] == {"threshold": 0.5, "exact": 60.0, "f1": pytest.approx(100 * (3 + 2 / 3) / 5)}
+    assert report["best"] == {"threshold": 0.75, "exact": 60.0, "f1": pytest.approx(100 * (3 + 2 / 3) / 5)}
     assert report["optimism_f1"] == pytest.approx(20.0)
 
 
