@@ -145,6 +145,9 @@ def encoder_config(name_or_path: str, dropout: float | None, attention_dropout: 
     """The encoder's config with model.dropout / attention_dropout applied; refused when max_seq_length does not fit."""
     from transformers import AutoConfig
 
+    from mrc_cli.tokenizer import check_not_missing_folder
+
+    check_not_missing_folder(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError) as err:

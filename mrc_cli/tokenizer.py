@@ -9,10 +9,23 @@ from pathlib import Path
 from mrc_cli.errors import ConfigError
 
 
+def check_not_missing_folder(name_or_path: str) -> None:
+    """Refuse at once a model meant as a local folder that is not there (./m, /m, ~/m, or out/m where out/ exists
+    here), which transformers would otherwise look up on the Hub, retrying for about a minute offline. A Hub id
+    (org/name, no folder org/ here) goes on to the Hub."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return
+    if name_or_path.startswith((".", "/", "~")) or (len(path.parts) > 1 and path.parent.is_dir()):
+        raise ConfigError(f"{name_or_path}: no such model folder ({path.parent.resolve()} holds no {path.name}); pass "
+                          "a local model folder or a Hub id")
+
+
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer from a local folder or a Hub id, with a message that says what to do when it fails."""
     from transformers import AutoTokenizer
 
+    check_not_missing_folder(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError) as err:  # not found, offline, or not a tokenizer folder
