@@ -127,6 +127,9 @@ def write_best_pointer(run_dir: Path, checkpoint: Path, metrics: dict) -> None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder as given, or a run directory's best (else newest) checkpoint."""
     path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{path}: a file; pass the folder that holds it ({path.parent}), a run directory or an "
+                              "`mrc export` folder")
     if (path / "model.safetensors").is_file():
         return path
     pointer = path / BEST_POINTER

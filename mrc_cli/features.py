@@ -14,6 +14,7 @@ Features are not padded: mrc_cli.batching.FeatureTensors pads (or packs) each ba
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -76,18 +77,19 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     from_cache = cache and any(cache_dir.glob(f"{fingerprint}*.arrow"))
     num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
     backend = rust_encoder(tokenizer)
-    features = examples.map(
-        partial(_tokenize_batch, backend=backend, data=data, labels=labels, offsets=offsets,
-                type_ids="token_type_ids" in tokenizer.model_input_names),
-        batched=True,
-        batch_size=256,
-        num_proc=num_proc,
-        remove_columns=examples.column_names,
-        cache_file_name=str(cache_dir / f"{fingerprint}.arrow") if cache else None,
-        keep_in_memory=not cache,
-        new_fingerprint=fingerprint,
-        desc="Tokenizing",
-    )
+    with _progress_bars(shown=cache):  # none for the Reader's few questions a call
+        features = examples.map(
+            partial(_tokenize_batch, backend=backend, data=data, labels=labels, offsets=offsets,
+                    type_ids="token_type_ids" in tokenizer.model_input_names),
+            batched=True,
+            batch_size=256,
+            num_proc=num_proc,
+            remove_columns=examples.column_names,
+            cache_file_name=str(cache_dir / f"{fingerprint}.arrow") if cache else None,
+            keep_in_memory=not cache,
+            new_fingerprint=fingerprint,
+            desc="Tokenizing",
+        )
     counts_file = cache_dir / f"{fingerprint}.counts.json"  # the counts travel with the cached features
     if from_cache and counts_file.is_file():
         counts = json.loads(counts_file.read_text())
@@ -100,6 +102,21 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
                              seconds=time.perf_counter() - started)
     return features, summary
 
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool):
+    """datasets' progress bars as they are, or off for the block and back as they were after it."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if not shown:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not shown and not was_disabled:
+            enable_progress_bars()
 
 def cache_root(data: DataConfig) -> Path:
     """Where validated examples and features are cached: data.cache_dir, else ~/.cache/mrc-cli."""

@@ -17,8 +17,7 @@ def check_not_missing_folder(name_or_path: str) -> None:
     if path.exists():
         return
     if name_or_path.startswith((".", "/", "~")) or (len(path.parts) > 1 and path.parent.is_dir()):
-        raise ConfigError(f"{name_or_path}: no such model folder ({path.parent.resolve()} holds no {path.name}); pass "
-                          "a local model folder or a Hub id")
+        raise ConfigError(f"{name_or_path}: no such model folder; pass a local model folder or a Hub id")
 
 
 def load_tokenizer(name_or_path: str):

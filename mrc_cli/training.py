@@ -571,6 +571,9 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     if cfg.train.resume == "auto":
         return existing  # None: nothing to resume, a fresh start
     path = Path(cfg.train.resume)
+    if not path.is_dir():
+        raise ConfigError(f"--resume {path}: no such checkpoint folder; --resume auto continues the newest checkpoint "
+                          f"of --output-dir")
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
     return path
@@ -705,7 +708,8 @@ def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, 
     """The derived numbers, once at the start; and the learning rate question of a many-process run."""
     t = cfg.train
     effective = t.batch_size * t.grad_accum * world
-    log.info(f"{world} process(es) on {accelerator.device}, precision {precision}; effective batch {effective} = "
+    log.info(f"{world} process(es) on {accelerator.device}, {'fp32' if precision == 'no' else precision}; effective "
+             f"batch {effective} = "
              f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {rows}; "
              f"{total_steps} optimizer steps, {int(t.warmup * total_steps)} of warm-up")
     if world > 1:

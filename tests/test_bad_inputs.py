@@ -240,6 +240,19 @@ def test_debug_shows_the_traceback_of_an_error_that_is_otherwise_one_line(tmp_pa
     assert "mrc_cli/data.py" in debug.stderr  # the frames, down to where the error was raised
 
 
+def test_a_resume_folder_that_is_not_there_and_a_weights_file_as_checkpoint(tiny_bert_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    result = _invoke("train", "--model", tiny_bert_dir, "--train", "data/quickstart/en_train.json", "--output-dir",
+                     tmp_path / "run", "--resume", tmp_path / "nope", "--max-steps", "1")
+    _fails(result, f"--resume {tmp_path / 'nope'}: no such checkpoint folder")
+    weights = tmp_path / "step" / "model.safetensors"
+    weights.parent.mkdir()
+    save_file({"qa_outputs.weight": __import__("torch").ones(2, 2)}, str(weights))
+    _fails(_invoke("predict", "--checkpoint", weights, "--data", "data/quickstart/en_dev.json", "--out",
+                   tmp_path / "p.json"), f"{weights}: a file; pass the folder that holds it ({weights.parent})")
+
+
 def test_outputs_of_the_wrong_kind_are_refused_before_any_model_loads(tmp_path):
     folder, file = tmp_path / "folder", tmp_path / "file.json"
     folder.mkdir()
