@@ -194,16 +194,22 @@ def export_graph(model: SpanExtractionModel, path: Path) -> list[str]:
     batch, sequence = Dim("batch"), Dim("sequence")
     attention = model.encoder.config._attn_implementation
     model.encoder.set_attn_implementation(FUSABLE_ATTENTION)
-    # the exporter prints its progress to stdout, where `mrc export` prints its summary; and warns that the two axis
-    # names are shared by all inputs, which is what is meant
+    # the exporter prints its progress to stdout, where `mrc export` prints its summary; warns that the two axis names
+    # are shared by all inputs, which is what is meant; and says nothing the user can act on about torchvision's ops
+    # (not installed, not used) and a deprecation inside torch
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
     try:
         with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             torch.onnx.export(_GraphForward(model).eval(), tuple(inputs.values()), str(path), dynamo=True,
                               opset_version=OPSET, input_names=list(inputs), optimize=False,
                               output_names=["start_logits", "end_logits"], external_data=False,
                               dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs})
     finally:
+        registration.setLevel(level)
         model.encoder.set_attn_implementation(attention)
     fuse_graph(path, model.config)
     check_graph(path)
