@@ -14,27 +14,21 @@ called (3 seeds: the 95 % interval is 4.30 standard errors wide on each side), a
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import platform
 import queue
 import re
 import statistics
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrc_cli.checkpoint import latest_checkpoint
 from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError
-from mrc_cli.inference import headline
-from mrc_cli.runs import (load_record, refuse_several_processes, start_run, train_in_own_process, write_json,
-                          write_record)
-from mrc_cli.tracking import read_metrics
+from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
 EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
@@ -217,13 +211,7 @@ def _run_all(runs: list[Run], gpus: list[str]) -> None:
 
 def _execute(label: str, run: Run, gpu: str | None) -> None:
     """One run as a `mrc train` process (on that GPU, else as this process sees the devices), then its record."""
-    resumed_from = latest_checkpoint(run.run_dir)
-    print(label + (f" on GPU {gpu}" if gpu else "") + (f", resuming from {resumed_from}" if resumed_from else ""),
-          flush=True)
-    start_run(run.run_dir, run.settings)
-    started = time.perf_counter()
-    train_in_own_process(run.cfg, gpu, "compare")
-    _write_record(run, time.perf_counter() - started, resumed_from)
+    _write_record(run, train_run(run.cfg, run.settings, label + (f" on GPU {gpu}" if gpu else ""), gpu, "compare"))
 
 
 def _visible_gpus(train_cfg: TrainConfig) -> list[str]:
@@ -258,19 +246,16 @@ def _run_on_gpus(jobs: list, gpus: list[str], launch: Callable[[Any, str], None]
         future.result()
 
 
-def _write_record(run: Run, wall_s: float, resumed_from: Path | None) -> None:
+def _write_record(run: Run, finished: FinishedRun) -> None:
     """The run's scores at its last step, its length, compute and speed, and its planned config: the mark of a
     finished run."""
-    metrics = json.loads((run.run_dir / "metrics.json").read_text(encoding="utf-8"))
-    logged = read_metrics(run.run_dir / "metrics.jsonl")
     write_record(run.run_dir / RUN_RECORD, {
-        "variant": run.variant.name, "seed": run.seed, **headline(metrics), "steps": logged[-1]["step"],
+        "variant": run.variant.name, "seed": run.seed, **finished.record(),
         # feature passes and model FLOPs of the whole run, resumed or not (mrc_cli.compute)
-        "compute": metrics["compute"],
-        "wall_s": wall_s,  # of this call: a resumed run's counts only the part after the resume
+        "compute": finished.metrics["compute"],
         # features per second of training (evaluation and saving excluded) in the process that finished the run
-        "features_per_s": next(r["features_per_s"] for r in reversed(logged) if "features_per_s" in r),
-        "resumed_from": resumed_from.name if resumed_from else None, **run.facts,
+        "features_per_s": next(r["features_per_s"] for r in reversed(finished.logged) if "features_per_s" in r),
+        **run.facts,
     }, run.settings)
 
 

@@ -15,23 +15,21 @@ import copy
 import hashlib
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrc_cli.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
+from mrc_cli.checkpoint import read_checkpoint_config, resolve_checkpoint
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score
-from mrc_cli.runs import (FOLD_RECORD, check_facts, load_record, refuse_several_processes, start_run,
-                          train_in_own_process, write_json, write_record)
+from mrc_cli.runs import (FOLD_RECORD, check_facts, load_record, refuse_several_processes, train_run, write_json,
+                          write_record)
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import select_split
 from mrc_cli.thresholds import null_share, null_share_warning, null_threshold_sweep, store_threshold
 from mrc_cli.tokenizer import load_tokenizer
-from mrc_cli.tracking import read_metrics
 from mrc_cli.training import TrainResult, train
 from mrc_cli.validate import MAX_LISTED, load_examples
 
@@ -154,23 +152,13 @@ def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], ou
 def _run_fold(fold: Fold, ids: list[str], folds: int) -> None:
     """Train one fold on the other folds' questions, evaluated on its own, in a process of its own; then its record."""
     num_trained = len(ids) - len(fold.rows)
-    resumed_from = latest_checkpoint(fold.run_dir)
-    print(f"fold {fold.index + 1}/{folds}: training on {num_trained} questions, {len(fold.rows)} held out"
-          + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
-    start_run(fold.run_dir, fold.settings, _facts(fold, ids))  # a resumed fold must be this one
     # the child cannot be handed the split in memory: it reads the training file and these ids (not rows: a reader
-    # of the folder sees which questions the fold held out)
-    write_json(fold.run_dir / HELD_OUT, {"ids": [ids[row] for row in fold.rows]})
-    started = time.perf_counter()
-    train_in_own_process(fold.cfg, None, "kfold", "train-fold")
-    metrics = json.loads((fold.run_dir / "metrics.json").read_text(encoding="utf-8"))
-    write_record(fold.run_dir / FOLD_RECORD, {
-        "fold": fold.index, "trained_on": num_trained, "held_out": len(fold.rows), **headline(metrics),
-        "steps": read_metrics(fold.run_dir / "metrics.jsonl")[-1]["step"],
-        "wall_s": time.perf_counter() - started,  # of this call: a resumed fold's counts only the part after the resume
-        "resumed_from": resumed_from.name if resumed_from else None,
-        **_facts(fold, ids),
-    }, fold.settings)
+    # of the folder sees which questions the fold held out); written once the run is known to be this fold
+    finished = train_run(fold.cfg, fold.settings, f"fold {fold.index + 1}/{folds}: training on {num_trained} "
+                         f"questions, {len(fold.rows)} held out", None, "kfold", "train-fold", _facts(fold, ids),
+                         lambda: write_json(fold.run_dir / HELD_OUT, {"ids": [ids[row] for row in fold.rows]}))
+    write_record(fold.run_dir / FOLD_RECORD, {"fold": fold.index, "trained_on": num_trained, "held_out": len(fold.rows),
+                                              **finished.record(), **_facts(fold, ids)}, fold.settings)
 
 
 def train_fold(cfg: RunConfig) -> TrainResult:

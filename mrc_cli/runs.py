@@ -11,14 +11,51 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from mrc_cli.checkpoint import latest_checkpoint
 from mrc_cli.config import RunConfig, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.files import write_text_atomically
+from mrc_cli.tracking import read_metrics
 
 PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
 FOLD_RECORD = "kfold_fold.json"  # in a fold's run directory once it has finished: kfold skips it, --weights oof reads it
+
+
+@dataclass
+class FinishedRun:
+    """What a run trained in its own process left: its metrics.json and metrics.jsonl, and this call's share."""
+
+    metrics: dict
+    logged: list[dict]
+    wall_s: float  # of this call: a resumed run's counts only the part after the resume
+    resumed_from: Path | None
+
+    def record(self) -> dict:
+        """The fields of every run's record: scores at the last step, steps, wall time, where it resumed."""
+        from mrc_cli.inference import headline
+
+        return {**headline(self.metrics), "steps": self.logged[-1]["step"], "wall_s": self.wall_s,
+                "resumed_from": self.resumed_from.name if self.resumed_from else None}
+
+
+def train_run(cfg: RunConfig, settings: dict, label: str, gpu: str | None, by: str, command: str = "train",
+              facts: dict | None = None, before: Callable[[], None] = lambda: None) -> FinishedRun:
+    """Announce a run (`label`, and the checkpoint it resumes from), mark it begun with these settings and `facts`
+    (start_run), `before()`, then train it in a process of its own (train_in_own_process)."""
+    run_dir = Path(cfg.train.output_dir)
+    resumed_from = latest_checkpoint(run_dir)
+    print(label + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
+    start_run(run_dir, settings, facts)
+    before()
+    started = time.perf_counter()
+    train_in_own_process(cfg, gpu, by, command)
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return FinishedRun(metrics, read_metrics(run_dir / "metrics.jsonl"), time.perf_counter() - started, resumed_from)
 
 
 def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str = "train") -> None:

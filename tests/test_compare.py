@@ -33,7 +33,7 @@ def _no_training(*args, **kwargs):
     pytest.fail("nothing should have trained")
 
 
-def _train_here(cfg, gpu, by):
+def _train_here(cfg, gpu, by, command):
     """A run trained in the test's process instead of a child's: fast, and what a test patches is seen. The child
     process itself is tested by the tests that say so."""
     train(cfg)
@@ -70,7 +70,7 @@ def test_a_malformed_variant_is_refused_naming_its_text(text, problem):
 
 
 def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     base = tiny_run_config(tiny_bert_dir, tmp_path / "unused")
     out = tmp_path / "out"
     cases = [
@@ -277,7 +277,7 @@ def test_a_sigterm_to_compare_reaches_its_child_which_stops_cleanly(tmp_path):
 def test_compare_and_kfold_refuse_to_run_under_a_launcher(tiny_bert_dir, tmp_path, monkeypatch):
     from mrc_cli.kfold import kfold
 
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     monkeypatch.setenv("WORLD_SIZE", "2")
     base = tiny_run_config(tiny_bert_dir, tmp_path / "unused")
     for command, start in (("compare", lambda: compare(base, [], [0], tmp_path / "out")),
@@ -298,7 +298,7 @@ def compared(tmp_path_factory, tiny_bert_dir):
     save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=4, save_steps=2), config)
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compare_module, "train_in_own_process", _train_here)
+        patch.setattr(runs, "train_in_own_process", _train_here)
         result = CliRunner().invoke(app, ["compare", "-c", str(config), "--variant", VARIANT, "--seeds", "2", "--out",
                                           str(out)])
     assert result.exit_code == 0, result.output
@@ -350,7 +350,7 @@ def test_a_variants_settings_and_each_seed_reach_its_runs(compared):
 def test_a_second_compare_skips_finished_runs(compared, monkeypatch, capsys):
     out, config, _ = compared
     before = json.loads((out / "compare.json").read_text())
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     result = compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], out)
     assert capsys.readouterr().out.count(": done, skipped") == 4
     assert result["runs"] == before["runs"] and result["variants"] == before["variants"]
@@ -358,7 +358,7 @@ def test_a_second_compare_skips_finished_runs(compared, monkeypatch, capsys):
 
 def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkeypatch):
     out, config, _ = compared
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     with pytest.raises(ConfigError, match="baseline/seed-0 finished with other settings \\(train.max_steps: 4 there, 5 now\\)"):
         compare(load_config(config, sets=["train.max_steps=5"]), [Variant.parse(VARIANT)], [0, 1], out)
     # the features per inference batch do not change what a run learned: its finished runs still count
@@ -373,7 +373,7 @@ def test_a_finished_run_copied_from_another_variant_with_its_settings_counts_as_
     out = _copied(compared[0], tmp_path)
     for seed in (0, 1):
         shutil.copytree(out / "drop" / f"seed-{seed}", out / "same" / f"seed-{seed}")
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     _, sets = VARIANT.split(":")
     result = compare(load_config(compared[1]), [Variant.parse(f"same:{sets}")], [0, 1], out)
     assert capsys.readouterr().out.count(": done, skipped") == 4
@@ -397,7 +397,7 @@ def test_a_record_without_a_key_added_since_counts_it_at_its_default(compared, t
         record = json.loads(record_file.read_text())
         del record["config"]["train"]["ema_decay"]
         record_file.write_text(json.dumps(record))
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
     assert capsys.readouterr().out.count(": done, skipped") == 4
     with pytest.raises(ConfigError, match="train.ema_decay: 0.0 there, 0.5 now"):
@@ -412,7 +412,7 @@ def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monke
     (run_dir / "compare_run.json").unlink()  # as if killed after the checkpoint at step 2
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
     calls = []
-    monkeypatch.setattr(compare_module, "train_in_own_process", lambda cfg, *args: calls.append(cfg) or train(cfg))
+    monkeypatch.setattr(runs, "train_in_own_process", lambda cfg, *args: calls.append(cfg) or train(cfg))
     result = compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
     printed = capsys.readouterr().out
     assert len(calls) == 1 and printed.count(": done, skipped") == 3
@@ -435,7 +435,7 @@ def equal_compute_compared(tmp_path_factory, tiny_bert_dir):
     base = tiny_run_config(tiny_bert_dir, root / "unused", max_steps=2)
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(compare_module, "train_in_own_process", _train_here)
+        patch.setattr(runs, "train_in_own_process", _train_here)
         return out, base, compare(base, [Variant.parse(text) for text in TRICKS], [0], out, equal_compute=True)
 
 
@@ -485,7 +485,7 @@ def test_the_equal_compute_baseline_trains_to_the_costliest_variants_compute(equ
 
 def test_a_second_equal_compute_compare_skips_every_run(equal_compute_compared, monkeypatch, capsys):
     out, base, result = equal_compute_compared
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     again = compare(base, [Variant.parse(text) for text in TRICKS], [0], out, equal_compute=True)
     assert capsys.readouterr().out.count(": done, skipped") == 5
     assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
@@ -502,7 +502,7 @@ def test_a_longer_baseline_trained_as_a_variant_counts_as_the_equal_compute_run(
     for key in ("compute_scale", "compute_of", "length"):
         del record[key]
     record_file.write_text(json.dumps({**record, "variant": "epochs4"}))
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     again = compare(base, [Variant.parse(text) for text in TRICKS], [0], copy, equal_compute=True)
     assert capsys.readouterr().out.count(": done, skipped") == 5
     assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
@@ -516,7 +516,7 @@ def test_equal_compute_refuses_records_without_compute_and_a_variant_of_its_name
     record = json.loads(record_file.read_text())
     del record["compute"]  # as written before compare recorded compute
     record_file.write_text(json.dumps(record))
-    monkeypatch.setattr(compare_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     variants = [Variant.parse(text) for text in TRICKS]
     with pytest.raises(ConfigError, match="fgm/seed-0: finished before mrc-cli recorded a run's compute"):
         compare(base, variants, [0], copy, equal_compute=True)

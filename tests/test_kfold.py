@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import QUICKSTART, shared_file, tiny_run_config
-from mrc_cli import kfold as kfold_module
+from mrc_cli import kfold as kfold_module, runs
 from mrc_cli.checkpoint import read_checkpoint_config, resolve_checkpoint
 from mrc_cli.cli import app
 from mrc_cli.config import DataConfig, load_config, save_config
@@ -194,7 +194,7 @@ def kfolded(tmp_path_factory, tiny_bert_dir):
     save_config(tiny_run_config(tiny_bert_dir, root / "unused", max_steps=3, save_steps=2, eval_steps=2, patience=1), config)
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kfold_module, "train_in_own_process", _train_here)
+        patch.setattr(runs, "train_in_own_process", _train_here)
         result = CliRunner().invoke(app, ["kfold", "-c", str(config), "--folds", "2", "--train", str(train_file),
                                           "--dev", str(dev_file), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -345,7 +345,7 @@ def test_kfold_warns_once_where_the_dev_null_rate_is_another(kfolded):
 def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
     out, config, train_file, dev_file, _ = kfolded
     before = json.loads((out / "kfold.json").read_text())
-    monkeypatch.setattr(kfold_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     result = kfold(_cfg(config, train_file, dev_file), 2, out)
     assert capsys.readouterr().out.count(": done, skipped") == 2
     assert result["folds"] == before["folds"] and result["oof"] == before["oof"]
@@ -354,7 +354,7 @@ def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
 
 def test_finished_folds_of_other_settings_or_other_questions_are_refused(kfolded, monkeypatch, tmp_path):
     out, config, train_file, dev_file, _ = kfolded
-    monkeypatch.setattr(kfold_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     with pytest.raises(ConfigError, match="fold-0 finished with other settings \\(train.max_steps: 3 there, 4 now\\)"):
         kfold(_cfg(config, train_file, dev_file, "train.max_steps=4"), 2, out)
     # the training file edited in place: a question of fold 0 deleted
@@ -380,7 +380,7 @@ def test_a_started_fold_is_resumed_only_with_the_settings_and_folds_it_started_w
     shutil.copytree(out, copy)
     for record in copy.glob("fold-*/kfold_fold.json"):
         record.unlink()  # as if killed before the end: fold-0 would resume from its checkpoint
-    monkeypatch.setattr(kfold_module, "train_in_own_process", _no_training)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     with pytest.raises(ConfigError, match=r"fold-0 was started with other settings \(train.lr: 0.0001 there, 0.5 now\)"):
         kfold(_cfg(config, train_file, dev_file, "train.lr=0.5"), 2, copy)
     with pytest.raises(ConfigError, match=r"fold-0 was started with other folds \(2 there, 3 now\), held_out_ids"):
@@ -396,7 +396,7 @@ def test_a_fold_stopped_after_its_checkpoint_resumes(kfolded, tmp_path, monkeypa
     (run_dir / "kfold_fold.json").unlink()  # as if killed after the checkpoint at step 2
     shutil.rmtree(run_dir / "checkpoints" / "step-000003")
     calls = []
-    monkeypatch.setattr(kfold_module, "train_in_own_process", _train_here)
+    monkeypatch.setattr(runs, "train_in_own_process", _train_here)
     monkeypatch.setattr(kfold_module, "train", lambda *args: calls.append(args) or train(*args))
     result = kfold(_cfg(config, train_file, dev_file), 2, copy)
     printed = capsys.readouterr().out
@@ -412,7 +412,7 @@ def test_a_fold_stopped_after_its_checkpoint_resumes(kfolded, tmp_path, monkeypa
 
 def test_kfold_on_answerable_only_data_scores_the_oof_predictions_and_stores_no_threshold(tiny_bert_dir, tmp_path,
                                                                                           monkeypatch):
-    monkeypatch.setattr(kfold_module, "train_in_own_process", _train_here)
+    monkeypatch.setattr(runs, "train_in_own_process", _train_here)
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=1)
     cfg.data.dev_file = None
     result = kfold(cfg, 3, tmp_path / "out")
@@ -474,7 +474,7 @@ def test_folds_train_as_processes_of_their_own_and_score_as_in_one(tiny_bert_dir
         assert set(json.loads((run_dir / "predictions.json").read_text())) == set(held_out)
         assert (fold["steps"], fold["held_out"], fold["trained_on"]) == (1, len(held_out), 177 - len(held_out))
 
-    monkeypatch.setattr(kfold_module, "train_in_own_process", _train_here)
+    monkeypatch.setattr(runs, "train_in_own_process", _train_here)
     here = kfold(cfg, 2, tmp_path / "here")
     figures = ("fold", "trained_on", "held_out", "exact", "f1", "steps", "held_out_ids")
     assert [{key: f[key] for key in figures} for f in result["folds"]] == [
