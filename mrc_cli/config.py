@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -228,8 +229,10 @@ def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> No
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
+            quoted = f"{dotted.strip()}={json.dumps(text, ensure_ascii=False)}"
+            hint = f"--set '{quoted}'" if source == "--set" else quoted  # the shell keeps quotes inside '...'
             raise ConfigError(f"{source} {item!r}: the value is not YAML ({getattr(err, 'problem', None) or err}); "
-                              f"quote it: {dotted.strip()}=\"{text}\"") from None
+                              f"quote it: {hint}") from None
         set_value(cfg, dotted.strip(), value, source=source)
 
 

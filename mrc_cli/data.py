@@ -70,9 +70,10 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
     except UnicodeDecodeError as err:
+        encoding = "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "GB18030"  # a BOM says UTF-16
         raise DataError(
-            f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 4]!r}); "
-            "re-save the file as UTF-8, e.g. `iconv -f GB18030 -t UTF-8 in.json > out.json`"
+            f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 4]!r}); re-save the file as UTF-8, "
+            f"e.g. `iconv -f {encoding} -t UTF-8 {path.name} > utf8-{path.name}`"
         ) from None
 
 

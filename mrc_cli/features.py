@@ -60,11 +60,13 @@ class FeatureSummary:
         )
 
 
-def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True, offsets: bool = True):
+def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True, offsets: bool = True,
+                   progress: bool = True):
     """Tokenize a canonical examples `Dataset` into windowed features; returns (features Dataset, FeatureSummary).
 
     With `cache`, features are stored under data.cache_dir and a second call with the same data, tokenizer and
-    settings loads them; without it (the Reader's few questions) they stay in memory.
+    settings loads them; without it (the Reader's few questions) they stay in memory. `progress`: datasets' bar
+    (not for a Reader call, where it would flash for a few milliseconds).
     """
     check_data_config(data, tokenizer.num_special_tokens_to_add(pair=True))
     started = time.perf_counter()
@@ -77,7 +79,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     from_cache = cache and any(cache_dir.glob(f"{fingerprint}*.arrow"))
     num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
     backend = rust_encoder(tokenizer)
-    with _progress_bars(shown=cache):  # none for the Reader's few questions a call
+    with _progress_bars(shown=progress):
         features = examples.map(
             partial(_tokenize_batch, backend=backend, data=data, labels=labels, offsets=offsets,
                     type_ids="token_type_ids" in tokenizer.model_input_names),

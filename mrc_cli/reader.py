@@ -227,7 +227,8 @@ class Reader:
         records = [{"id": str(i), "title": "", "context": c, "question": q, "answers": {"text": [], "answer_start": []},
                     "is_impossible": False} for i, (q, c) in enumerate(zip(questions, contexts))]
         examples = to_dataset(records)
-        features, summary = build_features(examples, self.loaded.tokenizer, self.loaded.cfg.data, labels=False, cache=False)
+        features, summary = build_features(examples, self.loaded.tokenizer, self.loaded.cfg.data, labels=False,
+                                           cache=False, progress=False)
         split = Split(examples, None, [], features, summary)
         _, predictions = run_inference(self.loaded, split, self.batch_size)
         answers = [_answer(predictions[str(i)]) for i in range(len(records))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: st
     _, report, golds = load_examples(gold, "score", fmt)
     files = find_prediction_files(predictions, null_odds=null_odds)
     preds = read_json_map(files.predictions, str, "predictions")
-    # the null odds of an `mrc eval` folder where its rules have them: v1.1 and CMRC scores take none
-    if null_odds is None and (metric if metric != "auto" else detect_metric(golds)) != "squad_v2":
-        files.null_odds = None
-    odds = read_json_map(files.null_odds, float, "null odds") if files.null_odds else None
-    return score(golds, preds, metric=metric, null_odds=odds), report.warnings
+    if null_odds is not None:  # given: the official script's use, answers above its 1.0 count as null
+        return score(golds, preds, metric, read_json_map(null_odds, float, "null odds")), report.warnings
+    # an `mrc eval` folder's: its answers were decided at the model's threshold, the odds only sweep for best_*
+    # (SQuAD v2 rules; v1.1 and CMRC scores take none)
+    with_odds = files.null_odds and (metric if metric != "auto" else detect_metric(golds)) == "squad_v2"
+    odds = read_json_map(files.null_odds, float, "null odds") if with_odds else None
+    return score(golds, preds, metric, odds, null_threshold=math.inf), report.warnings

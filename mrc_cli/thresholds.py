@@ -9,6 +9,7 @@ question's null odds exceed t, else the best span of its n-best list.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,27 +22,39 @@ def null_threshold_sweep(golds: list[dict], nbest: Mapping[str, Sequence[Mapping
                          null_odds: Mapping[str, float]) -> dict:
     """best_exact, best_exact_thresh, best_f1, best_f1_thresh: the official find_best_thresh over each question's best
     span and its null odds, so the sweep can move answers both ways (the answers decoded at one threshold could only
-    be turned into nulls). The official threshold is a question's null odds, the edge of the range of thresholds
-    that give the best score, where logits moved by 1e-6 (an ONNX graph, another batch) flip that question; this one
-    is the middle of the range, halfway to the next null odds above (1 above the highest). Where answering every
-    question null scores best, the threshold is one below every null odds (1 below the lowest), not the official
-    0.0, at which the score is not reached."""
+    be turned into nulls), each threshold moved to where it gives its score robustly (`_robust_threshold`)."""
     best_spans = {qid: best_span_text(candidates) for qid, candidates in nbest.items()}
-    swept = score(golds, best_spans, "squad_v2", null_odds=dict(null_odds))
-    best = {key: value for key, value in swept.items() if key.startswith("best_")}
-    # the official sweep starts from "every answer null" at threshold 0.0 and keeps 0.0 when no threshold beats it,
-    # though at 0.0 answers whose null odds are below 0 are not null: a threshold below every null odds is that score's
-    all_null = 100.0 * null_share(golds)
-    for metric in ("exact", "f1"):
-        if not null_odds:
-            continue
-        if best[f"best_{metric}"] == all_null:
-            best[f"best_{metric}_thresh"] = min(0.0, min(null_odds.values()) - 1.0)
-        else:
-            edge = best[f"best_{metric}_thresh"]
-            above = [odds for odds in null_odds.values() if odds > edge]
-            best[f"best_{metric}_thresh"] = (edge + min(above)) / 2 if above else edge + 1.0
+    best = {key: value for key, value in score(golds, best_spans, "squad_v2", null_odds=dict(null_odds)).items()
+            if key.startswith("best_")}
+    if null_odds:
+        all_null = score(golds, dict.fromkeys(nbest, ""), "squad_v2")
+        for metric in ("exact", "f1"):
+            best[f"best_{metric}_thresh"] = _robust_threshold(golds, nbest, null_odds, metric, best[f"best_{metric}"],
+                                                              best[f"best_{metric}_thresh"], all_null[metric])
     return best
+
+
+def _robust_threshold(golds: list[dict], nbest: Mapping[str, Sequence[Mapping]], null_odds: Mapping[str, float],
+                      metric: str, best: float, edge: float, all_null: float) -> float:
+    """A threshold at which the answers score `best`, away from every question's null odds.
+
+    The official threshold is a question's null odds, the edge of the range of thresholds that give the best score:
+    there logits moved by 1e-6 (an ONNX graph, another batch) flip that question. Where answering every question
+    null scores best, the official one is 0.0, at which answers whose null odds are below 0 are not null: then one
+    below every null odds. Else the middle of the range, halfway to the next null odds above (1 above the highest;
+    infinite odds, of questions without a span, left out). Kept at the edge where null odds tie and the middle does
+    not give the score."""
+    finite = sorted(odds for odds in null_odds.values() if math.isfinite(odds))
+    if not finite:
+        return edge
+    if math.isclose(best, all_null, abs_tol=1e-9):
+        return min(0.0, finite[0] - 1.0)
+    above = [odds for odds in finite if odds > edge]
+    middle = (edge + above[0]) / 2 if above else edge + 1.0
+    if math.isfinite(middle) and math.isclose(
+            score(golds, answers_at_threshold(nbest, null_odds, middle), "squad_v2")[metric], best, abs_tol=1e-9):
+        return middle
+    return edge
 
 
 def answers_at_threshold(nbest: Mapping[str, Sequence[Mapping]], null_odds: Mapping[str, float],

@@ -13,11 +13,15 @@ def check_not_missing_folder(name_or_path: str) -> None:
     """Refuse at once a model meant as a local folder that is not there (./m, /m, ~/m, or out/m where out/ exists
     here), which transformers would otherwise look up on the Hub, retrying for about a minute offline. A Hub id
     (org/name, no folder org/ here) goes on to the Hub."""
-    path = Path(name_or_path).expanduser()
+    try:
+        path = Path(name_or_path).expanduser()
+    except RuntimeError:  # ~user of no such user
+        raise ConfigError(f"{name_or_path}: no such model folder (no such home directory)") from None
     if path.exists():
         return
-    if name_or_path.startswith((".", "/", "~")) or (len(path.parts) > 1 and path.parent.is_dir()):
-        raise ConfigError(f"{name_or_path}: no such model folder; pass a local model folder or a Hub id")
+    if name_or_path.startswith((".", "~")) or path.is_absolute() or (len(path.parts) > 1 and path.parent.is_dir()):
+        raise ConfigError(f"{name_or_path}: no such model folder; pass a local model folder, or a Hub id (one named "
+                          f"org/name is taken for a folder where a folder org/ is here)")
 
 
 def load_tokenizer(name_or_path: str):

@@ -273,7 +273,9 @@ def test_score_takes_the_folder_mrc_eval_wrote(tmp_path):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "predictions.json").write_text(json.dumps({"ok": "the mat", "none": "the cat"}))
-    (out / "null_odds.json").write_text(json.dumps({"ok": -2.0, "none": 0.5}))  # under the official 1.0
+    # "ok" answered at the model's threshold although its odds are above the official script's 1.0
+    (out / "null_odds.json").write_text(json.dumps({"ok": 2.0, "none": 5.0}))
     scores = json.loads(_invoke("score", golds, out).stdout)
-    assert scores["f1"] == 50.0 and scores["best_f1"] == 100.0  # the null odds were read from the folder
+    assert scores["f1"] == 50.0 and scores["HasAns_f1"] == 100.0  # the answers as mrc eval decided them
+    assert scores["best_f1"] == 100.0  # the null odds were read from the folder: null above 2, "ok" kept
     _fails(_invoke("score", golds, tmp_path), f"{tmp_path}: no predictions.json in this folder")

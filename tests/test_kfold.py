@@ -6,6 +6,7 @@ every fold a process of its own (in the test's process where a test is not about
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections import defaultdict
 
@@ -149,6 +150,29 @@ def test_where_every_answer_null_is_best_the_threshold_gives_every_answer_null()
     assert sweep["best_f1"] == 40.0 and sweep["best_f1_thresh"] == -4.0  # the official sweep says 0.0
     assert all(a == "" for a in answers_at_threshold(nbest, odds, sweep["best_f1_thresh"]).values())
     assert score(GOLDS, answers_at_threshold(nbest, odds, sweep["best_f1_thresh"]), "squad_v2")["f1"] == 40.0
+
+
+@pytest.mark.parametrize("golds, nbest, odds", [
+    # every span wrong, 1 of 3 unanswerable: all null is best, and 100/3 is not 100 * (1/3) in floats
+    (GOLDS[:2] + GOLDS[3:4], {"q1": [{"text": "Rome", "start": 0, "end": 4}], "q2": [{"text": "cat", "start": 0, "end": 3}],
+                               "q4": [{"text": "y", "start": 0, "end": 1}]}, {"q1": -2.0, "q2": -1.0, "q4": -3.0}),
+    (GOLDS, NBEST, {**ODDS, "q4": float("inf")}),  # decoding gives a question without a span infinite null odds
+    (GOLDS + [{"id": "q6", "answers": [], "is_impossible": True}], NBEST, ODDS),  # q6 left out of eval: missing
+])
+def test_the_kept_threshold_gives_the_best_score_it_reports(golds, nbest, odds):
+    sweep = null_threshold_sweep(golds, nbest, odds)
+    for metric in ("exact", "f1"):
+        threshold = sweep[f"best_{metric}_thresh"]
+        assert math.isfinite(threshold)
+        answers = answers_at_threshold(nbest, odds, threshold)
+        assert score(golds, answers, "squad_v2")[metric] == pytest.approx(sweep[f"best_{metric}"])
+
+
+def test_tied_null_odds_keep_the_official_threshold():
+    """The official sweep scores tied questions one by one, so its best may lie between them, where no threshold
+    is: the middle of the range would not give it either, and the official edge is kept."""
+    odds = {"q1": 1.0, "q3": 1.0, "q2": 2.0, "q4": 3.0, "q5": 2.0}
+    assert null_threshold_sweep(GOLDS, NBEST, odds)["best_exact_thresh"] == 1.0
 
 
 def test_threshold_report_at_zero_out_of_fold_and_best():

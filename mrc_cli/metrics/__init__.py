@@ -56,18 +56,21 @@ def score(
     predictions: dict[str, str],
     metric: str = "auto",
     null_odds: dict[str, float] | None = None,
+    null_threshold: float = 1.0,
 ) -> dict:
     """Score predictions (id -> answer text, "" for no answer) against gold records with the official rules.
 
     golds are `{"id", "answers": [str], "is_impossible": bool}` records; metric "auto" picks one with
-    detect_metric. null_odds (id -> odds that the question has no answer) apply to squad_v2 only. Returns the
-    official figures in percent plus `missing` and `unknown_ids` counts (see mrc_cli.metrics.rules).
+    detect_metric. null_odds (id -> odds that the question has no answer) apply to squad_v2 only: answers whose odds
+    exceed `null_threshold` count as null (the official --na-prob-thresh, 1.0; infinite: the answers as given, the odds
+    for the best_* sweep only). Returns the official figures in percent plus `missing` and `unknown_ids` counts (see
+    mrc_cli.metrics.rules).
     """
     _check_name(metric, ("auto", *METRICS))
     if metric == "auto":
         metric = detect_metric(golds)
     if metric == "squad_v2":
-        return rules.score_squad_v2(golds, predictions, null_odds)
+        return rules.score_squad_v2(golds, predictions, null_odds, null_threshold)
     if null_odds is not None:
         raise DataError(f"null odds apply to the squad_v2 metric only, but the metric is {metric}")
     if metric == "squad":
