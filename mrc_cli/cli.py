@@ -147,9 +147,9 @@ def train(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Fine-tune a span-extraction model; flags override the YAML config, --set reaches any key."""
-    from mrc_cli.config import check_train_config, load_config
+    from mrc_cli.config import check_train_config, load_run_config
 
-    cfg = load_config(config, _flags(
+    cfg = load_run_config(config, _flags(
         model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file, train__output_dir=output_dir,
         train__epochs=epochs, train__max_steps=max_steps, train__batch_size=batch_size, train__grad_accum=grad_accum,
         train__lr=lr, train__warmup=warmup, data__max_seq_length=max_seq_length, data__doc_stride=doc_stride,
@@ -183,9 +183,9 @@ def distil(
     """Train one model (the student) on the gold answers and on the teacher's start/end distributions over the
     training data, mapped onto the student's tokens through characters: --set distil.alpha=0.5 weighs the teacher
     term, distil.temperature=2 softens both. The run directory is that of `mrc train`."""
-    from mrc_cli.config import check_train_config, load_config
+    from mrc_cli.config import check_train_config, load_run_config
 
-    cfg = load_config(config, _flags(
+    cfg = load_run_config(config, _flags(
         distil__teacher=teacher, model__name_or_path=student, data__train_file=train_file, data__dev_file=dev_file,
         train__output_dir=output_dir, train__resume=resume,
     ), sets or [])
@@ -223,9 +223,9 @@ def pretrain(
 ) -> None:
     """Masked-language-model training (whole-word masking) on the contexts of SQuAD-style files and on plain text;
     --out becomes a model folder that `mrc train --model` fine-tunes. --set pretrain.masking=token masks tokens."""
-    from mrc_cli.config import check_pretrain_config, load_config
+    from mrc_cli.config import check_pretrain_config, load_run_config
 
-    cfg = load_config(config, _flags(
+    cfg = load_run_config(config, _flags(
         model__name_or_path=model, pretrain__data_files=data, pretrain__text_files=text, pretrain__eval_files=eval_data,
         pretrain__include_eval_contexts=include_eval_contexts or None, train__output_dir=out, train__epochs=epochs,
         train__max_steps=max_steps, train__resume=resume,

@@ -192,9 +192,11 @@ class RunConfig:
     distil: DistilConfig = field(default_factory=DistilConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, sets: list[str] = ()) -> RunConfig:
-    """Defaults <- YAML file <- `overrides` (named flags, None = not given) <- `sets` ("section.key=value")."""
-    cfg = RunConfig()
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, sets: list[str] = (),
+                base: str | Path | None = None) -> RunConfig:
+    """Defaults (or the config.yaml `base`) <- YAML file <- `overrides` (named flags, None = not given) <- `sets`
+    ("section.key=value")."""
+    cfg = RunConfig() if base is None else load_config(base)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -217,6 +219,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             set_value(cfg, dotted, value, source="command line")
     apply_sets(cfg, sets)
     return cfg
+
+
+def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: list[str]) -> RunConfig:
+    """load_config for a command that trains. With train.resume, the run's own config.yaml (the checkpoint's, or for
+    auto the run directory's) stands in for the defaults: a key not given again keeps the run's value, so that
+    `--resume auto --output-dir DIR` continues the run that stopped, not one of the default length."""
+    cfg = load_config(path, overrides, sets)
+    resume = cfg.train.resume
+    if resume is None:
+        return cfg
+    saved = Path(cfg.train.output_dir if resume == "auto" else resume) / "config.yaml"
+    return load_config(path, overrides, sets, base=saved) if saved.is_file() else cfg
 
 
 def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> None:

@@ -24,7 +24,7 @@ from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score
-from mrc_cli.runs import (FOLD_RECORD, check_facts, load_record, refuse_several_processes, train_run, write_json,
+from mrc_cli.runs import (FOLD_RECORD, HELD_OUT, check_facts, load_record, refuse_several_processes, train_run, write_json,
                           write_record)
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import select_split
@@ -33,7 +33,6 @@ from mrc_cli.tokenizer import load_tokenizer
 from mrc_cli.training import TrainResult, train
 from mrc_cli.validate import MAX_LISTED, load_examples
 
-HELD_OUT = "held_out_ids.json"  # in a fold's run directory: the questions its process holds out
 
 
 @dataclass

@@ -125,6 +125,7 @@ class MaskedLMTask:
     """Masked-language-model training on a corpus of contexts and documents; see the module docstring."""
 
     unit = "sequences"
+    run_dir_flag = "--out"
     evaluates = False
     packs = False  # masking works on padded (sequences, width) batches
 

@@ -24,6 +24,8 @@ from mrc_cli.tracking import read_metrics
 
 PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
 FOLD_RECORD = "kfold_fold.json"  # in a fold's run directory once it has finished: kfold skips it, --weights oof reads it
+HELD_OUT = "held_out_ids.json"  # in a fold's run directory: the questions its process holds out
+RUN_BY = "MRC_RUN_BY"  # set for a run's process: the command that started it, whose call again resumes it
 
 
 @dataclass
@@ -74,7 +76,7 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
     child = [sys.executable, "-m", "mrc_cli", command, "--config", str(config)]
     here = str(Path(__file__).resolve().parents[1])  # the child runs this mrc_cli, not another one installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
-           "PYTHONUNBUFFERED": "1"}  # lines reach the log as they are printed, not at exit
+           "PYTHONUNBUFFERED": "1", RUN_BY: by}  # lines reach the log as they are printed, not at exit
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     code, stopped_by = _run_logged(child, env, log) if gpu is not None else _run_teed(child, env, log)

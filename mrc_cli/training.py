@@ -48,11 +48,14 @@ from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.model import (build_model, describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
                            load_weights)
 from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
+from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
 from mrc_cli.tricks import EMA, Adversary, HeadWarmup, check_rdrop, layer_lr_scales, rdrop_loss
 
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
+# set by the run from its data or itself, never differences a user made: resume keeps the checkpoint's quietly
+RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
                       "cpu", "report_to"}
 
@@ -87,6 +90,9 @@ class TrainResult:
 def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | None = None) -> TrainResult:
     """Fine-tune as `cfg` says. `train_split`/`dev_split`: splits already in memory (k-fold), built
     with this model's tokenizer and cfg.data; without them cfg.data.train_file/dev_file are read."""
+    if train_split is None and (Path(cfg.train.output_dir) / HELD_OUT).is_file():
+        raise ConfigError(f"{cfg.train.output_dir} is a fold of mrc kfold ({HELD_OUT}): mrc train would train it on the "
+                          "questions it holds out; run mrc kfold again to resume it")
     return run_task(cfg, SpanTask(train_split, dev_split))
 
 
@@ -95,6 +101,7 @@ class Task(Protocol):
     (mrc_cli.pretraining). The loop owns the rest: plan, steps, precision, meter, checkpoints, resume, stop signal."""
 
     unit: str  # what a row of the training data is, for the log: "features", "sequences"
+    run_dir_flag: str  # the command's flag for the run directory, for the resume hint: --output-dir, --out
     evaluates: bool  # whether the task has a dev set (known after `load`)
     packs: bool  # whether its batches may be packed rows (train.tokens_per_batch)
 
@@ -124,6 +131,7 @@ class SpanTask:
     """Span extraction on SQuAD-style data, evaluated on a dev set: what `train()` fine-tunes."""
 
     unit = "features"
+    run_dir_flag = "--output-dir"
     packs = True
 
     def __init__(self, train_split: Split | None, dev_split: Split | None):
@@ -325,8 +333,7 @@ def _loop(r: _Run) -> TrainResult:
             meter.pause(time.perf_counter() - pause_start)
             if signalled:
                 raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step "
-                                          f"{state.step}; the checkpoint is saved: continue with --resume auto "
-                                          f"--output-dir {r.run_dir}")
+                                          f"{state.step}; the checkpoint is saved: {_resume_hint(r)}")
             if stop:
                 r.log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of "
                            f"{cfg.train.metric_for_best}")
@@ -335,6 +342,15 @@ def _loop(r: _Run) -> TrainResult:
     if r.task.evaluates and last_eval is None:  # resumed at the last step: nothing evaluated yet
         last_eval = _evaluate(r)
     return _finish(r.run_dir, r.task, r.model, r.ema, last_eval, accelerator, state, r.log)
+
+
+def _resume_hint(r: _Run) -> str:
+    """How to continue: under mrc compare or kfold, that command again (it resumes the run with the run's own
+    settings and, for a fold, its held-out questions); else --resume auto with the task's run-directory flag."""
+    by = os.environ.get(RUN_BY)
+    if by:
+        return f"run the same mrc {by} command again, which resumes it"
+    return f"continue with --resume auto {r.task.run_dir_flag} {r.run_dir}"
 
 
 def _evaluate(r: _Run) -> tuple[dict, object]:
@@ -603,7 +619,8 @@ def _flat_config(cfg: RunConfig) -> dict:
 
 
 def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, list[str]]:
-    """The checkpoint's config, except the keys that only say how long and how often; each difference is noted."""
+    """The checkpoint's config, except the keys that only say how long and how often; each difference is noted, but
+    for settings the run resolved when it started (an `auto`, the null rule its data turned on) and --resume itself."""
     saved = read_checkpoint_config(checkpoint)
     now, then = config_to_dict(cfg), config_to_dict(saved)
     notes = []
@@ -612,8 +629,9 @@ def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, lis
             if value == then[section][key]:
                 continue
             keep_new = section == "train" and key in RESUME_OVERRIDABLE or (section, key) == ("train", "output_dir")
-            notes.append(f"resume: {section}.{key} is {then[section][key]!r} in the checkpoint and {value!r} now; "
-                         f"using {'the new value' if keep_new else 'the checkpoint'}")
+            if not (value == "auto" or (section, key) in RESOLVED_AT_START):  # else what the run resolved it to
+                notes.append(f"resume: {section}.{key} is {then[section][key]!r} in the checkpoint and {value!r} now; "
+                             f"using {'the new value' if keep_new else 'the checkpoint'}")
             if keep_new:
                 setattr(getattr(saved, section), key, value)
     return saved, notes

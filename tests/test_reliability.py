@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import ROOT, tiny_run_config
@@ -116,6 +117,37 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_pa
     step = int(stderr.split("at step ")[1].split(";")[0])
     state = json.loads((tmp_path / "run" / "checkpoints" / f"step-{step:06d}" / "trainer_state.json").read_text())
     assert state["step"] == step >= 2
+    # the hint as printed, without the run's flags: the run's own settings, not the defaults (2 epochs, no max_steps)
+    hint = stderr.split("continue with ")[1].splitlines()[0].split()
+    assert hint == ["--resume", "auto", "--output-dir", str(tmp_path / "run")]
+    from typer.testing import CliRunner
+
+    from mrc_cli.cli import app
+
+    planned = yaml.safe_load(CliRunner().invoke(app, ["train", *hint, "--dry-run"]).stdout)
+    assert planned["train"]["max_steps"] == 500 and planned["model"] == yaml.safe_load(config.read_text())["model"]
+
+
+def test_hints_to_resume_name_the_command_that_resumes(tmp_path, monkeypatch):
+    """A run of mrc compare or kfold is resumed by that command (a fold by hand would train on its held-out
+    questions, and mrc train refuses one); pretrain's run directory is --out."""
+    from types import SimpleNamespace
+
+    from mrc_cli.config import RunConfig
+    from mrc_cli.errors import ConfigError
+    from mrc_cli.runs import HELD_OUT, RUN_BY
+    from mrc_cli.training import _resume_hint, train
+
+    run = SimpleNamespace(task=SimpleNamespace(run_dir_flag="--out"), run_dir=tmp_path)
+    monkeypatch.delenv(RUN_BY, raising=False)
+    assert _resume_hint(run) == f"continue with --resume auto --out {tmp_path}"
+    monkeypatch.setenv(RUN_BY, "kfold")
+    assert _resume_hint(run) == "run the same mrc kfold command again, which resumes it"
+    (tmp_path / HELD_OUT).write_text('{"ids": []}')
+    cfg = RunConfig()
+    cfg.train.output_dir = str(tmp_path)
+    with pytest.raises(ConfigError, match="is a fold of mrc kfold .*run mrc kfold again"):
+        train(cfg)
 
 
 def test_a_benchmark_stopped_by_sigterm_says_so_in_one_line_not_a_traceback(tmp_path):
