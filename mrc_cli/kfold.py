@@ -74,8 +74,8 @@ def fold_rows(examples, folds: int, seed: int, source: str = "the training data"
     first, each into the fold with the fewest questions so far; `seed` orders groups of equal size."""
     groups = article_groups(column(examples, "title"), column(examples, "context"))
     if len(groups) < folds:
-        raise DataError(f"{source}: {len(groups)} articles (contexts where no title is given) cannot make {folds} "
-                        "folds without a context in two of them; use fewer --folds")
+        raise DataError(f"{source}: {len(groups)} articles (by title, or by context where a question has none) cannot "
+                        f"make {folds} folds without an article in two of them; use fewer --folds")
     order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
     order.sort(key=lambda g: -len(groups[g]))  # stable: groups of one size keep the shuffled order

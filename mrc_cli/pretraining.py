@@ -144,8 +144,12 @@ class MaskedLMTask:
         for line in corpus.summary():
             log.info(line)
         if not corpus.texts:
-            raise ConfigError("nothing left to pre-train on: every text is a context of the eval files; pass "
-                              "--include-eval-contexts to keep them, or other --data/--text files")
+            files = ", ".join(s.file for s in corpus.sources) or "no --data or --text file"
+            if corpus.eval_matches and not corpus.include_eval_contexts:
+                raise ConfigError(f"nothing left to pre-train on in {files}: every text is a context of the eval "
+                                  "files; pass --include-eval-contexts to keep them, or other --data/--text files")
+            raise ConfigError(f"nothing to pre-train on: {files} hold no text (no context, no document); give "
+                              "--data files with contexts or --text files")
         sequences, summary = build_sequences(corpus.texts, tokenizer, cfg.data)
         log.info(str(summary))
         self.tokenizer = tokenizer

@@ -436,10 +436,13 @@ def test_albert_pretrains_with_a_fresh_head_or_its_own(tiny_albert_dir, albert_t
     (["--data", "x.json", "--set", "train.rdrop_alpha=1"], "train.rdrop_alpha 1.0 belongs to span fine-tuning"),
     (["--data", "x.json", "--out", "SAME"], "is the model folder pre-training starts from"),
     (["--data", str(QUICKSTART / "en_dev.json"), "--eval-data", str(QUICKSTART / "en_dev.json")],
-     "nothing left to pre-train on: every text is a context of the eval files"),
+     f"nothing left to pre-train on in {QUICKSTART / 'en_dev.json'}: every text is a context of the eval files"),
+    (["--text", "EMPTY"], "nothing to pre-train on: EMPTY hold no text"),
 ])
 def test_pretrain_refuses_what_cannot_work_with_one_line(args, problem, tiny_bert_dir, tmp_path):
-    args = [a.replace("SAME", tiny_bert_dir) for a in args]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    args = [a.replace("SAME", tiny_bert_dir).replace("EMPTY", str(tmp_path / "empty.txt")) for a in args]
+    problem = problem.replace("EMPTY", str(tmp_path / "empty.txt"))
     out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, ["pretrain", "--model", tiny_bert_dir, *out, "--set", "train.cpu=true", *args])
     assert result.exit_code == 1 and problem in result.stderr, result.output
