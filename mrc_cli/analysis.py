@@ -19,7 +19,7 @@ from mrc_cli.analysis_report import write_analysis
 from mrc_cli.decoding import best_span_text
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import METRICS, detect_metric, rules
-from mrc_cli.scoring import PredictionFiles, find_prediction_files, read_json_map
+from mrc_cli.scoring import PredictionFiles, check_predictions_match, find_prediction_files, read_json_map
 from mrc_cli.validate import load_examples
 
 if TYPE_CHECKING:
@@ -262,6 +262,7 @@ def _answers(files: PredictionFiles, metric: str, threshold: float | None,
     the threshold becomes "" (the decoder's rule), otherwise it is the best span of the n-best list (if given), so a
     higher threshold than decoding used also restores answers that predictions.json withheld."""
     predictions = read_json_map(files.predictions, str, "predictions")
+    check_predictions_match(files.predictions, predictions, gold_ids, "the gold file")
     info = {"predictions": str(files.predictions), "nbest": _str(files.nbest), "null_odds": _str(files.null_odds),
             "unknown_ids": sum(qid not in gold_ids for qid in predictions)}  # ignored, as the scorers do
     predictions = {qid: text for qid, text in predictions.items() if qid in gold_ids}

@@ -57,8 +57,23 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
     for qid, value in obj.items():
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if value_type is float else isinstance(value, value_type)
         if not ok:
-            raise DataError(f"{path}: question {qid}: expected a {value_type.__name__}, found {value!r}")
+            nbest = isinstance(value, list) and value and isinstance(value[0], dict) and "text" in value[0]
+            hint = ("; this is an n-best file: give predictions.json, or the folder `mrc eval --out` wrote"
+                    if nbest else "")
+            raise DataError(f"{path}: question {qid}: expected a {value_type.__name__}, found "
+                            f"{_short(repr(value))}{hint}")
     return obj
+
+
+def check_predictions_match(path: str | Path, predictions: dict, gold_ids: set[str], gold: str) -> None:
+    """A predictions file that answers none of the gold questions is another file's, not a score of 0."""
+    if predictions and gold_ids and gold_ids.isdisjoint(predictions):
+        raise DataError(f"{path}: none of its {len(predictions)} predictions is for a question of {gold} (its ids "
+                        f"begin {', '.join(list(predictions)[:3])}); are these the predictions of another file?")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: str | None = None,
@@ -68,6 +83,7 @@ def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: st
     _, report, golds = load_examples(gold, "score", fmt)
     files = find_prediction_files(predictions, null_odds=null_odds)
     preds = read_json_map(files.predictions, str, "predictions")
+    check_predictions_match(files.predictions, preds, {g["id"] for g in golds}, gold)
     if null_odds is not None:  # given: the official script's use, answers above its 1.0 count as null
         return score(golds, preds, metric, read_json_map(null_odds, float, "null odds")), report.warnings
     # an `mrc eval` folder's: its answers were decided at the model's threshold, the odds only sweep for best_*

@@ -279,3 +279,16 @@ def test_score_takes_the_folder_mrc_eval_wrote(tmp_path):
     assert scores["f1"] == 50.0 and scores["HasAns_f1"] == 100.0  # the answers as mrc eval decided them
     assert scores["best_f1"] == 100.0  # the null odds were read from the folder: null above 2, "ok" kept
     _fails(_invoke("score", golds, tmp_path), f"{tmp_path}: no predictions.json in this folder")
+
+
+def test_predictions_of_another_file_and_an_nbest_file_are_named(tmp_path):
+    golds = write_squad(tmp_path / "gold.json", [(CONTEXT, [GOOD_QA])])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"x1": "a", "x2": "b"}))
+    for command in (["score", golds, other], ["analyze", "--gold", golds, "--pred", other, "--out", tmp_path / "a"]):
+        _fails(_invoke(*command), f"{other}: none of its 2 predictions is for a question of", "another file")
+    nbest = tmp_path / "nbest.json"
+    nbest.write_text(json.dumps({"ok": [{"text": "the mat " * 40, "start": 15, "end": 22, "score": 1.0}]}))
+    result = _invoke("score", golds, nbest)
+    _fails(result, "this is an n-best file: give predictions.json")
+    assert len(result.stderr) < 400
