@@ -14,6 +14,7 @@ called (3 seeds: the 95 % interval is 4.30 standard errors wide on each side), a
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import platform
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_train_config, config_to_dict
+from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_data_config, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
+from mrc_cli.tokenizer import load_tokenizer
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
 EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
@@ -59,6 +61,10 @@ class Variant:
         if not _NAME.fullmatch(self.name):
             raise ConfigError(f"{where}: the name names its run folders: letters, digits and _ . + - @ only, e.g. "
                               "ema:train.ema_decay=0.999")
+        keys = [item.partition("=")[0].strip() for item in self.sets]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            raise ConfigError(f"{where}: {', '.join(twice)} set twice; give each key once")
         for item in self.sets:
             if not re.match(_SETTING, item):
                 raise ConfigError(f"{where}: {item!r} is not section.key=value (e.g. train.lr=5e-5)")
@@ -106,7 +112,9 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     out_dir = Path(out_dir)
     variants = _with_reference(variants, equal_compute)
     runs = _plan_runs(base, variants, seeds, out_dir)
-    print(f"{len(runs)} runs: {len(variants)} variants x {len(seeds)} seeds, against {REFERENCE}", flush=True)
+    print(f"{len(runs)} runs: {len(variants)} variants x {len(seeds)} seeds, against {REFERENCE}" if len(variants) > 1
+          else f"{len(runs)} runs: {REFERENCE} alone x {len(seeds)} seeds, its seed spread (--variant adds what to "
+               "compare with it)", flush=True)
     gpus = _visible_gpus(base.train)
     _run_all(runs, gpus)
     rows = [_load_record(run) for run in runs]
@@ -163,9 +171,26 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
                                   "data.dev_file")
             cfg.train.seed, cfg.train.resume = seed, "auto"
             cfg.train.output_dir = str(out_dir / variant.name / f"seed-{seed}")
-            check_train_config(cfg.train)
+            try:
+                check_train_config(cfg.train)
+                special = special_tokens(cfg.model.tokenizer or cfg.model.name_or_path)
+                if special is not None:
+                    check_data_config(cfg.data, special)
+            except ConfigError as err:
+                raise ConfigError(f"variant {variant.text!r}: {err}") from None
             runs.append(Run(variant, seed, cfg, config_to_dict(cfg)))
     return runs
+
+
+@functools.cache
+def special_tokens(tokenizer: str) -> int | None:
+    """The special tokens of a question-context pair (3 for BERT's [CLS] q [SEP] c [SEP]), for check_data_config:
+    a window setting that fits no question fails here, not in the variant's run after the others trained. None
+    where the tokenizer does not load: the run that needs it says why, at once."""
+    try:
+        return load_tokenizer(tokenizer).num_special_tokens_to_add(pair=True)
+    except ConfigError:
+        return None
 
 
 def _plan_equal_compute(base: RunConfig, runs: list[Run], rows: list[dict], out_dir: Path) -> list[Run]:

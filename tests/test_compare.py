@@ -237,13 +237,19 @@ def test_a_run_on_a_gpu_is_mrc_train_on_its_saved_config(tmp_path, monkeypatch):
     assert kwargs["stdout"].name == str(run.run_dir / "compare_output.log")
     saved = load_config(config)
     assert (saved.train.seed, saved.train.resume, saved.model.dropout) == (4, "auto", 0.3)
-    for code, ended in ((1, "exited with status 1"), (-9, "was killed by SIGKILL")):
+    for code, ended, then in (
+            (1, "exited with status 1", "It saved no checkpoint: its output says why; run mrc compare again once that "
+                                        "is fixed"),
+            (-9, "was killed by SIGKILL", "It had saved no checkpoint: run mrc compare again to start it again")):
         Done.returncode = code
         with pytest.raises(TrainingError) as err:
             train_in_own_process(run.cfg, "5", "compare")
         assert str(err.value) == (f"{run.run_dir}: mrc train {ended}; its output is in "
-                                  f"{run.run_dir / 'compare_output.log'}. Run mrc compare again to resume it from its "
-                                  "newest checkpoint")
+                                  f"{run.run_dir / 'compare_output.log'}. {then}")
+    (run.run_dir / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run.run_dir / "checkpoints" / "step-000002" / "trainer_state.json").write_text("{}")
+    with pytest.raises(TrainingError, match="Run mrc compare again to resume it from its newest checkpoint"):
+        train_in_own_process(run.cfg, "5", "compare")
 
 
 def test_a_child_on_this_terminal_shows_its_output_here_and_in_the_log_as_it_comes(tmp_path, capfd):
@@ -582,8 +588,8 @@ def test_runs_on_the_cpu_are_mrc_train_processes_one_after_another(tiny_bert_dir
     log = run_dir / "compare_output.log"
     with pytest.raises(TrainingError) as err:
         compare(base, [], [0], out)
-    assert str(err.value) == (f"{run_dir}: mrc train exited with status 1; its output is in {log}. Run mrc compare "
-                              "again to resume it from its newest checkpoint")
+    assert str(err.value) == (f"{run_dir}: mrc train exited with status 1; its output is in {log}. It saved no "
+                              "checkpoint: its output says why; run mrc compare again once that is fixed")
     assert f"Error: {train_file}" in log.read_text() and f"Error: {train_file}" in capfd.readouterr().out
 
     shutil.copy(QUICKSTART / "en_train.json", train_file)
@@ -598,3 +604,15 @@ def test_runs_on_the_cpu_are_mrc_train_processes_one_after_another(tiny_bert_dir
     assert (resumed["steps"], resumed["resumed_from"]) == (4, "step-000002")
     assert (resumed["exact"], resumed["f1"]) == (finished["exact"], finished["f1"])
     assert "resumed from" in capfd.readouterr().out and log.read_text().count(last_line) == 2
+
+
+def test_a_variant_setting_twice_or_a_window_that_fits_no_question_is_refused_before_any_run(tiny_bert_dir, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    with pytest.raises(ConfigError, match="train.lr set twice"):
+        Variant.parse("x:train.lr=5e-5,train.lr=1e-4")
+    base = tiny_run_config(tiny_bert_dir, tmp_path / "unused")
+    for text, problem in (("wide:data.doc_stride=5000", "doc_stride 5000 must be below"),
+                          ("neg:train.lr=-1", "train.lr must be > 0")):
+        with pytest.raises(ConfigError, match=f"variant '{text}': {problem}"):
+            compare(base, [Variant.parse(text)], [0], tmp_path / "out")
