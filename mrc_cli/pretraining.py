@@ -108,8 +108,13 @@ def build_masked_lm(model: ModelConfig, max_seq_length: int, pretrained: bool = 
     """The model folder's encoder with its MLM head (AutoModelForMaskedLM), and the keys it lacked (a head that is
     not there is initialised); with `pretrained` False the architecture only."""
     from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as transformers_logging
 
     config = encoder_config(model.name_or_path, model.dropout, model.attention_dropout, max_seq_length)
+    # a folder without an MLM head (all-MiniLM) made transformers call the checkpoint corrupted and print a load
+    # report; the run's log says what the head is instead ("MLM head: fresh ...", from the missing keys)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
         if not pretrained:
             return MaskedLM(AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa")), []
@@ -118,6 +123,8 @@ def build_masked_lm(model: ModelConfig, max_seq_length: int, pretrained: bool = 
     except ValueError as err:  # transformers has no masked-LM class for this model type
         raise ConfigError(f"{model.name_or_path}: no masked-language-model head for model type {config.model_type!r} "
                           f"({str(err).splitlines()[0]})") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     return MaskedLM(lm), sorted(info["missing_keys"])
 
 
