@@ -71,13 +71,12 @@ def agreement_curve(sides: dict, windows_of: Counter, cfg) -> dict:
 
     fp32, int8 = sides["fp32"]["predictions"], sides["int8"]["predictions"]
     same = {q for q in fp32 if fp32[q].text == int8[q].text}
-    ordered = sorted(int8, key=lambda q: _decision_margin(int8[q], cfg))
+    margins = {qid: _decision_margin(prediction, cfg) for qid, prediction in int8.items()}
     windows, reached, curve, rerun = sum(windows_of.values()), len(same), [], 0
-    for qid in ordered:
+    for qid in sorted(margins, key=margins.__getitem__):
         rerun += windows_of[qid]
         reached += qid not in same
-        curve.append({"margin": _decision_margin(int8[qid], cfg), "windows_rerun": rerun / windows,
-                      "identical": reached / len(fp32)})
+        curve.append({"margin": margins[qid], "windows_rerun": rerun / windows, "identical": reached / len(fp32)})
     needed = {f"{t:.3f}": next((p["windows_rerun"] for p in curve if p["identical"] >= t), 1.0) for t in TARGETS}
     moves = sorted(abs(fp32[q].nbest[0]["score"] - int8[q].nbest[0]["score"]) for q in same)
     median_move, top_move = (statistics.median(moves), moves[-1]) if moves else (0.0, 0.0)
@@ -90,7 +89,6 @@ def agreement_curve(sides: dict, windows_of: Counter, cfg) -> dict:
     return {"identical": len(same) / len(fp32), "f1": {name: side["f1"] for name, side in sides.items()},
             "windows_needed": needed, "score_move": {"median": median_move, "max": top_move}, "curve": curve,
             "lines": lines}
-
 
 
 if __name__ == "__main__":

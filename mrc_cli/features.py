@@ -105,7 +105,6 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     return features, summary
 
 
-
 @contextlib.contextmanager
 def _progress_bars(shown: bool):
     """datasets' progress bars as they are, or off for the block and back as they were after it."""
@@ -119,6 +118,7 @@ def _progress_bars(shown: bool):
     finally:
         if not shown and not was_disabled:
             enable_progress_bars()
+
 
 def cache_root(data: DataConfig) -> Path:
     """Where validated examples and features are cached: data.cache_dir, else ~/.cache/mrc-cli."""

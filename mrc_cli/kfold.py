@@ -34,7 +34,6 @@ from mrc_cli.training import TrainResult, train
 from mrc_cli.validate import MAX_LISTED, load_examples
 
 
-
 @dataclass
 class Fold:
     index: int

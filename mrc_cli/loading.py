@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
 from mrc_cli.config import RunConfig, load_config
 from mrc_cli.errors import CheckpointError
@@ -93,7 +92,6 @@ def _is_hf_qa_folder(path: Path) -> bool:
                               "folder again") from None
     architectures = settings.get("architectures") if isinstance(settings, dict) else None
     return any(str(a).endswith("ForQuestionAnswering") for a in architectures or [])
-
 
 
 def read_export(path: Path) -> Loaded:

@@ -12,6 +12,7 @@ import subprocess
 
 import torch
 
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """auto: bf16 where the device runs it natively (CUDA capability 8.0+, i.e. Ampere and newer; CPUs with
     AVX512-BF16 or AMX), fp16 with loss scaling on older GPUs (V100, T4: bf16 is only emulated there), else fp32."""

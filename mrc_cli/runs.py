@@ -87,12 +87,12 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
         # killed by the kernel (out of memory) shows as SIGKILL
         ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         if latest_checkpoint(run_dir):
-            then = "Run mrc {by} again to resume it from its newest checkpoint"
+            then = f"Run mrc {by} again to resume it from its newest checkpoint"
         elif code < 0:
-            then = "It had saved no checkpoint: run mrc {by} again to start it again"
+            then = f"It had saved no checkpoint: run mrc {by} again to start it again"
         else:  # an error it reported (a setting, a file) before any checkpoint: running it again repeats it
-            then = "It saved no checkpoint: its output says why; run mrc {by} again once that is fixed"
-        raise TrainingError(f"{run_dir}: mrc {command} {ended}; its output is in {log}. {then.format(by=by)}")
+            then = f"It saved no checkpoint: its output says why; run mrc {by} again once that is fixed"
+        raise TrainingError(f"{run_dir}: mrc {command} {ended}; its output is in {log}. {then}")
 
 
 def refuse_several_processes(by: str) -> None:

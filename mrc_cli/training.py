@@ -53,9 +53,9 @@ from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
 from mrc_cli.tricks import EMA, Adversary, HeadWarmup, check_rdrop, layer_lr_scales, rdrop_loss
 
-# keys a resumed run takes from the command line; every other setting comes from the checkpoint
-# set by the run from its data or itself, never differences a user made: resume keeps the checkpoint's quietly
+# set by the run from its data or itself, never differences a user made: resume notes no difference in them
 RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
+# keys a resumed run takes from the command line; every other setting comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
                       "cpu", "report_to"}
 
@@ -726,8 +726,8 @@ def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, 
     """The derived numbers, once at the start; and the learning rate question of a many-process run."""
     t = cfg.train
     effective = t.batch_size * t.grad_accum * world
-    log.info(f"{world} process(es) on {accelerator.device}, {'fp32' if precision == 'no' else precision}; effective "
-             f"batch {effective} = "
+    shown = "fp32" if precision == "no" else precision
+    log.info(f"{world} process(es) on {accelerator.device}, {shown}; effective batch {effective} = "
              f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {rows}; "
              f"{total_steps} optimizer steps, {int(t.warmup * total_steps)} of warm-up")
     if world > 1:
