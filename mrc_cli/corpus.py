@@ -24,7 +24,7 @@ from pathlib import Path
 from mrc_cli.config import DataConfig, PretrainConfig
 from mrc_cli.data import read_data, read_text
 from mrc_cli.errors import DataError
-from mrc_cli.features import rust_encoder, segmenter, token_words
+from mrc_cli.features import rust_encoder, segmenter, token_words, words_with_tokens
 
 
 @dataclass
@@ -154,7 +154,8 @@ def build_sequences(texts: list[str], tokenizer, data: DataConfig):
     for i in range(0, len(texts), 256):
         batch = texts[i:i + 256]
         for text, encoding in zip(batch, encoder.encode_batch(batch, add_special_tokens=False)):
-            token_word = token_words(encoding.offsets, encoding.word_ids, segment(text) if segment else None)
+            starts = words_with_tokens(segment(text), encoding.offsets) if segment else None
+            token_word = token_words(encoding.offsets, encoding.word_ids, starts)
             for a, b in _cuts(token_word, room):
                 ids.extend([tokenizer.cls_token_id, *encoding.ids[a:b], tokenizer.sep_token_id])
                 words.extend([-1, *token_word[a:b], -1])

@@ -35,7 +35,7 @@ from mrc_cli.config import DataConfig, check_data_config
 from mrc_cli.errors import ConfigError
 from mrc_cli.tokenizer import tokenizer_fingerprint
 
-FEATURES_VERSION = 3  # bump when the feature layout changes, so old cache files are not reused
+FEATURES_VERSION = 4  # bump when the feature layout changes, so old cache files are not reused
 IGNORE_INDEX = -100
 CLS_INDEX = 0
 # "chars": each CJK character, each run of other letters and digits ("1898", "iPhone"), each other symbol
@@ -126,37 +126,42 @@ def cache_root(data: DataConfig) -> Path:
 
 
 def _tokenize_batch(batch: dict, backend, data: DataConfig, labels: bool, offsets: bool, type_ids: bool) -> dict:
-    windows = [(ex, w) for ex, ws in enumerate(_windows(batch["question"], batch["context"], backend, data))
-               for w in ws]
     segment = segmenter(data.word_segmenter)
     word_starts = {}  # context -> char starts of its words, for segmenters other than the tokenizer's
-    out = {"input_ids": [w.ids for _, w in windows]}
+    out = {"input_ids": [], "example_id": [], "word_ids": []}
     if type_ids:
-        out["token_type_ids"] = [w.type_ids for _, w in windows]
-    out.update(example_id=[], word_ids=[])
+        out["token_type_ids"] = []
     if offsets:
         out["offset_mapping"] = []
     if labels:
         out.update(start_positions=[], end_positions=[])
     # Plain lists, not numpy, per feature: converting thousands of small arrays back to lists cost more than the rest.
-    for ex, window in windows:
-        sequence = window.sequence_ids
-        first = sequence.index(1)  # the context is one contiguous run after the question
-        last = len(sequence) - sequence[::-1].index(1)
-        before, after = [-1] * first, [-1] * (len(sequence) - last)
-        context_offsets = window.offsets[first:last]
+    for ex, (whole, windows) in enumerate(_windows(batch["question"], batch["context"], backend, data)):
         context = batch["context"][ex]
         if segment is not None and context not in word_starts:
-            word_starts[context] = segment(context)
-        words = token_words(context_offsets, window.word_ids[first:last], word_starts.get(context))
-        out["example_id"].append(batch["id"][ex])
-        if offsets:  # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
-            out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
-        out["word_ids"].append(before + words + after)
+            word_starts[context] = words_with_tokens(segment(context), whole.offsets)
         if labels:
-            start, end = _label_window(context_offsets, first, batch["answers"][ex], batch["is_impossible"][ex])
-            out["start_positions"].append(start)
-            out["end_positions"].append(end)
+            answer = None if batch["is_impossible"][ex] else _answer_chars(whole.offsets, batch["answers"][ex])
+        for window in windows:
+            sequence = window.sequence_ids
+            if 1 in sequence:  # the context is one contiguous run after the question
+                first, last = sequence.index(1), len(sequence) - sequence[::-1].index(1)
+            else:  # only characters the tokenizer drops (zero-width spaces, control characters): no context tokens
+                first = last = len(sequence)
+            before, after = [-1] * first, [-1] * (len(sequence) - last)
+            context_offsets = window.offsets[first:last]
+            out["input_ids"].append(window.ids)
+            if type_ids:
+                out["token_type_ids"].append(window.type_ids)
+            out["example_id"].append(batch["id"][ex])
+            if offsets:  # the tokenizer's (start, end) tuples go to Arrow as they are: it stores tuples and lists alike
+                out["offset_mapping"].append([(-1, -1)] * first + context_offsets + [(-1, -1)] * len(after))
+            words = token_words(context_offsets, window.word_ids[first:last], word_starts.get(context))
+            out["word_ids"].append(before + words + after)
+            if labels:
+                start, end = _label_window(context_offsets, first, answer, batch["is_impossible"][ex])
+                out["start_positions"].append(start)
+                out["end_positions"].append(end)
     return out
 
 
@@ -173,53 +178,75 @@ def rust_encoder(tokenizer):
     return backend
 
 
-def _windows(questions: list[str], contexts: list[str], backend, data: DataConfig) -> list[list]:
-    """Each example's windows, question + context cut: the encodings transformers' tokenizer call gives with
-    truncation="only_second", a stride and return_overflowing_tokens (tests/test_features.py), built from each
-    distinct context tokenized once. A SQuAD paragraph has ~5 questions and a `mrc serve` request may ask many about
-    one context; the pair call tokenized the context again for every question. Cut as the pair call's truncation
-    does (the Rust `Encoding.truncate` with the stride), to the room the question leaves; questions longer than
-    `max_query_length` tokens are cut by character offset first.
+def _windows(questions: list[str], contexts: list[str], backend, data: DataConfig) -> list[tuple]:
+    """Each example's whole context encoding and its windows, question + context cut: the encodings transformers'
+    tokenizer call gives with truncation="only_second", a stride and return_overflowing_tokens
+    (tests/test_features.py), built from each distinct context tokenized once. A SQuAD paragraph has ~5 questions and
+    a `mrc serve` request may ask many about one context; the pair call tokenized the context again for every
+    question. Cut as the pair call's truncation does (the Rust `Encoding.truncate` with the stride), to the room the
+    question leaves; questions longer than `max_query_length` tokens are cut first (`_encode_questions`).
     """
     distinct = list(dict.fromkeys(contexts))
     context_of = dict(zip(distinct, backend.encode_batch(distinct, add_special_tokens=False)))
     special = backend.num_special_tokens_to_add(is_pair=True)
     windows = []
     for question, context in zip(_encode_questions(questions, backend, data.max_query_length), contexts):
-        cut = context_of[context]
+        whole = cut = context_of[context]
         room = data.max_seq_length - special - len(question.ids)
         if len(cut.ids) > room:
             cut = Encoding.merge([cut])  # a copy: truncate cuts in place, and other questions share this context
             cut.truncate(room, stride=data.doc_stride)
-        windows.append([backend.post_process(question, piece, add_special_tokens=True)
-                        for piece in (cut, *cut.overflowing)])
+        windows.append((whole, [backend.post_process(question, piece, add_special_tokens=True)
+                                for piece in (cut, *cut.overflowing)]))
     return windows
 
 
 def _encode_questions(questions: list[str], backend, max_query_length: int) -> list:
-    """Questions without special tokens; one longer than `max_query_length` tokens is cut at its last token's end
-    character and encoded again (the pair call cuts only contexts)."""
+    """Questions without special tokens; one longer than `max_query_length` tokens is cut at the end character of
+    its last token that fits and encoded again (the pair call cuts only contexts; `Encoding.truncate` would keep the
+    rest as overflowing pieces that `post_process` pairs with every window). A prefix can encode into more tokens
+    than it was cut from (byte-level BPE: a character's bytes all carry its offsets), so it is cut a token shorter
+    until it fits."""
     encoded = backend.encode_batch(questions, add_special_tokens=False)
-    long = [i for i, enc in enumerate(encoded) if len(enc.ids) > max_query_length]
-    cut = [questions[i][: encoded[i].offsets[max_query_length - 1][1]] for i in long]
-    for i, enc in zip(long, backend.encode_batch(cut, add_special_tokens=False) if cut else []):
-        encoded[i] = enc
+    for i, whole in enumerate(encoded):
+        keep = max_query_length
+        while len(encoded[i].ids) > max_query_length:
+            end = whole.offsets[keep - 1][1] if keep else 0
+            encoded[i] = backend.encode(questions[i][:end], add_special_tokens=False)
+            keep -= 1
     return encoded
 
 
-def _label_window(context_offsets: list, first: int, answers: dict, is_impossible: bool) -> tuple[int, int]:
-    """Token positions of the first located answer in this window (whose context tokens start at `first`); CLS when
-    the answer is not wholly inside."""
-    if is_impossible:
-        return CLS_INDEX, CLS_INDEX
+def _answer_chars(offsets: list, answers: dict) -> tuple[int, int] | None:
+    """[start, end) characters of the first located answer, narrowed to those the context's tokens (`offsets`, the
+    whole context's) cover: surrounding whitespace and characters the tokenizer drops (zero-width spaces, control
+    characters) belong to no token, and labelling them would take in the neighbouring word. None where no answer is
+    located or its characters hold no token."""
     located = [(t, s) for t, s in zip(answers["text"], answers["answer_start"]) if s >= 0]
     if not located:
+        return None
+    text, start_char = located[0]
+    end_char = start_char + len(text)
+    first = bisect_right(offsets, start_char, key=itemgetter(0)) - 1  # the token the answer starts in, or the next
+    if first < 0 or offsets[first][1] <= start_char:
+        first += 1
+    last = bisect_left(offsets, end_char, key=itemgetter(0)) - 1  # the last token starting before the answer's end
+    if first > last:
+        return None
+    return max(start_char, offsets[first][0]), min(end_char, max(e for _, e in offsets[first:last + 1]))
+
+
+def _label_window(context_offsets: list, first: int, answer: tuple[int, int] | None,
+                  is_impossible: bool) -> tuple[int, int]:
+    """Token positions of the answer's characters (`_answer_chars`) in this window (whose context tokens start at
+    `first`); CLS when the question is unanswerable or the window does not hold the whole answer, ignored when the
+    answer has no characters to point to."""
+    if is_impossible:
+        return CLS_INDEX, CLS_INDEX
+    if answer is None:
         return IGNORE_INDEX, IGNORE_INDEX
-    text, start = located[0]
-    # surrounding whitespace is part of no token: label the stripped answer
-    start_char = start + len(text) - len(text.lstrip())
-    end_char = start + len(text.rstrip())
-    if start_char < context_offsets[0][0] or end_char > context_offsets[-1][1]:
+    start_char, end_char = answer
+    if not context_offsets or start_char < context_offsets[0][0] or end_char > context_offsets[-1][1]:
         return CLS_INDEX, CLS_INDEX
     # the last token starting at or before the answer, the first token ending at or after it, not before the start:
     # a SentencePiece "▁" alone ends where the piece after it ends, and would end "$" before it starts
@@ -256,6 +283,14 @@ def token_words(offsets: list, tokenizer_words: list[int], word_starts: list[int
     if word_starts is None:
         return tokenizer_words
     return [bisect_right(word_starts, start) - 1 for start, _ in offsets]
+
+
+def words_with_tokens(word_starts: list[int], offsets: list) -> list[int]:
+    """The start characters of the words (`segmenter(name)(text)`) in which a token of the text (`offsets`, all of
+    its tokens) starts. Numbered by these, word ids skip no number, so a window never holds more words than tokens;
+    a token can span several segmenter words (WordPiece's [UNK] for a run of symbols, each a word of `chars`)."""
+    owners = {bisect_right(word_starts, start) - 1 for start, _ in offsets}
+    return [word_starts[w] for w in sorted(owners) if w >= 0]
 
 
 def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> list[int]:

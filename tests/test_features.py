@@ -6,7 +6,7 @@ import pytest
 from conftest import shared_file, write_squad
 from mrc_cli.config import DataConfig
 from mrc_cli.errors import ConfigError
-from mrc_cli.features import _label_window, build_features
+from mrc_cli.features import _answer_chars, _label_window, build_features
 from mrc_cli.splits import featurize_file
 from mrc_cli.validate import load_examples
 
@@ -198,9 +198,63 @@ def test_training_features_leave_out_offsets(wordpiece_tokenizer, tmp_path):
         assert train[name] == evaluation[name]
 
 
+def _label(offsets, text, start, first=7):
+    return _label_window(offsets, first, _answer_chars(offsets, {"text": [text], "answer_start": [start]}), False)
+
+
 def test_an_answer_after_a_lone_sentencepiece_boundary_ends_where_it_starts():
     # "a $5 b" as ALBERT cuts it: "▁a", "▁" alone with the offsets of "$", "$", "5", "▁b"; context tokens from 7
     offsets = [(0, 1), (2, 3), (2, 3), (3, 4), (5, 6)]
-    assert _label_window(offsets, 7, {"text": ["$"], "answer_start": [2]}, False) == (9, 9)  # not (9, 8)
-    assert _label_window(offsets, 7, {"text": ["$5"], "answer_start": [2]}, False) == (9, 10)
-    assert _label_window(offsets, 7, {"text": ["a"], "answer_start": [0]}, False) == (7, 7)
+    assert _label(offsets, "$", 2) == (9, 9)  # not (9, 8)
+    assert _label(offsets, "$5", 2) == (9, 10)
+    assert _label(offsets, "a", 0) == (7, 7)
+
+
+def test_characters_no_token_covers_do_not_pull_in_the_neighbouring_word():
+    # "the \u200bmat\u200b today": the tokenizer drops the zero-width spaces
+    offsets = [(0, 3), (5, 8), (10, 15)]
+    for text, start in (("mat", 5), ("\u200bmat", 4), ("mat\u200b", 5), ("\u200bmat\u200b", 4), (" mat ", 4)):
+        assert _label(offsets, text, start) == (8, 8), text
+    assert _label(offsets, "\u200b", 4) == (-100, -100)  # no character to point to: ignored, not "no answer"
+    # a window whose first token follows the dropped character still holds the whole answer
+    assert _label_window(offsets[1:], 7, _answer_chars(offsets, {"text": ["\u200bmat"], "answer_start": [4]}),
+                         False) == (7, 7)
+
+
+def test_a_context_of_characters_the_tokenizer_drops_is_a_feature_without_context(wordpiece_tokenizer, tmp_path):
+    contexts = ["\u200b", "\ufeff", "\x01\x02", "\u200b \ufeff"]
+    path = write_squad(tmp_path / "d.json", [(c, [{"id": f"q{i}", "question": "What?", "answers": [], "is_impossible": True}])
+                                             for i, c in enumerate(contexts)])
+    examples, _, _ = load_examples(str(path), "eval")
+    features, _ = build_features(examples, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path)), labels=True)
+    assert features["example_id"] == [f"q{i}" for i in range(len(contexts))]
+    for f in features:
+        assert all(start == -1 for start, _ in f["offset_mapping"]) and set(f["word_ids"]) == {-1}
+        assert (f["start_positions"], f["end_positions"]) == (0, 0)
+        assert len(f["offset_mapping"]) == len(f["input_ids"]) == len(f["word_ids"])
+
+
+def test_a_question_cut_to_max_query_length_fits_it_with_byte_level_bpe(tmp_path):
+    """A cut question encoded again can come out longer than it was cut (byte-level BPE gives every byte of a
+    character that character's offsets); it must still fit, or the context room falls below the validated one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["the cat sat on the mat what is it"] * 50, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", cls_token="<s>", sep_token="</s>")
+    path = write_squad(tmp_path / "d.json", [("the cat sat on the mat " * 10, [
+        {"id": "q", "question": "what " + "\U0001F600" * 10, "answers": []}])])
+    examples, _, _ = load_examples(str(path), "predict")
+    room = 32 - 4 - 4  # max_seq_length - max_query_length - 4 special tokens
+    data = DataConfig(max_seq_length=32, max_query_length=4, doc_stride=room - 1, cache_dir=str(tmp_path))
+    features, summary = build_features(examples, tokenizer, data, labels=False)
+    assert summary.questions_truncated == 1
+    question_tokens = [sum(1 for start, _ in f["offset_mapping"] if start < 0) - 4 for f in features]
+    # "what" and the space: the emoji's four bytes, four tokens, no longer fit beside them
+    assert set(question_tokens) == {2} and max(len(ids) for ids in features["input_ids"]) == 32

@@ -77,6 +77,25 @@ def test_a_word_cut_by_the_window_edge_decodes_whole(wordpiece_tokenizer, tmp_pa
     assert (spans[:, 0] == -1).all()  # CLS has no span
 
 
+@pytest.mark.parametrize("segmenter", ["chars", "jieba"])
+def test_a_window_never_holds_more_words_than_tokens(segmenter, wordpiece_tokenizer, tmp_path):
+    """One [UNK] covers a run of symbols that `chars` and jieba cut into a word each: numbered by the segmenter, the
+    words of a window outran its tokens and the feature width (an IndexError in decoding)."""
+    context = "开始" + "\U0001F600" * 90 + "结束了。北京大学创办于1898年。"
+    path = write_squad(tmp_path / "d.json", [(context, [{"id": "q", "question": "什么?", "answers": []}])])
+    examples, _, _ = load_examples(str(path), "predict")
+    data = DataConfig(max_seq_length=64, max_query_length=16, doc_stride=16, word_segmenter=segmenter,
+                      cache_dir=str(tmp_path))
+    features, _ = build_features(examples, wordpiece_tokenizer, data, labels=False)
+    words = [w for f in features["word_ids"] for w in f if w >= 0]
+    assert sorted(set(words)) == list(range(max(words) + 1))  # no word without a token
+    for f in features["word_ids"]:
+        context_words = [w for w in f if w >= 0]
+        assert max(context_words) - min(context_words) + 1 <= len(context_words)
+    spans = unit_offsets(list(features["example_id"]), features["offset_mapping"], features["word_ids"], 64)
+    assert context[spans[0, 1, 0]:spans[0, 1, 1]] == ("开" if segmenter == "chars" else "开始")
+
+
 @pytest.fixture(scope="module")
 def word_runs(tiny_bert_dir, tmp_path_factory):
     """Word-level runs on English (the tokenizer's words) and Chinese (jieba words), a few steps each."""
