@@ -70,6 +70,9 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
     except UnicodeDecodeError as err:
+        if err.reason == "unexpected end of data":  # UTF-8 up to a character cut off by the end of the file
+            raise DataError(f"{path}: the file ends inside a character (byte {err.start} of {len(raw)}); is it "
+                            "truncated?") from None
         encoding = "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "GB18030"  # a BOM says UTF-16
         raise DataError(
             f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 4]!r}); re-save the file as UTF-8, "

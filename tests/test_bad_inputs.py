@@ -43,6 +43,8 @@ def _train(minilm_path, tmp_path, train_file, *flags):
     (b'{"data": [{"paragraphs": [{"context": "abc", "qas": [', ["truncated.json", "not valid JSON (line 1", "truncated"]),
     (b'{"articles": []}', ["truncated.json", "expected SQuAD-style JSON", "found top-level articles"]),
     (b'\xff\xfe{\x00}\x00', ["truncated.json", "not UTF-8 text", "iconv"]),
+    ('{"data": [{"title": "北京"'.encode()[:-2], ["truncated.json", "ends inside a character (byte 24 of 26)",
+                                                   "truncated?"]),
     (b'', ["truncated.json", "the file is empty"]),
     (b'{}', ["truncated.json", "expected SQuAD-style JSON", "found an empty object"]),
     (b'{"version": "1.1", "data": []}', ["truncated.json", "no questions found"]),

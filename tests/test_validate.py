@@ -83,8 +83,29 @@ def test_eval_needs_answers_predict_does_not(tmp_path):
 def test_real_cmrc_counts():
     report = validate_file(str(shared_file("cmrc2018_dev.json")), "train")
     assert (report.questions, report.answers) == (3219, 9657)
-    assert (report.misaligned, report.relocated, report.unlocatable) == (200, 7, 193)
+    assert (report.misaligned, report.relocated, report.unlocatable) == (200, 167, 33)  # 160 of them without a final 。
     assert report.usable and report.left_out_of_training == 0
+
+
+def test_an_answer_is_found_without_a_final_mark_its_context_goes_on_from(tmp_path):
+    context = "他在1998年回到北京，继续工作。"
+    path = write_squad(tmp_path / "d.json", [(context, [{"id": "q", "question": "何时？", "answers": [
+        {"text": "1998年回到北京。", "answer_start": 2}, {"text": "工作。", "answer_start": 14},
+        {"text": "上海。", "answer_start": 0}]}])])
+    records, report = validate_records(read_data(path), "train")
+    assert records[0]["answers"] == {"text": ["1998年回到北京", "工作。", "上海。"], "answer_start": [2, 14, -1]}
+    assert (report.relocated, report.unlocatable) == (1, 1)
+    assert 'answer "1998年回到北京。" is not in its context, without its final "。" it is' in report.repairs[0]
+
+
+def test_chinese_eval_data_with_unanswerable_questions_is_refused_before_any_run(tmp_path):
+    qas = [{"id": "a", "question": "谁？", "answers": [{"text": "北京", "answer_start": 0}]},
+           {"id": "none", "question": "何时？", "answers": [], "is_impossible": True}]
+    path = str(write_squad(tmp_path / "d.json", [("北京是中国的首都。", qas)]))
+    report = validate_file(path, "eval")
+    assert not report.usable and "1 of 2 questions is unanswerable (the first: none)" in report.errors[0]
+    assert "--metric squad_v2" in report.errors[0]
+    assert validate_file(path, "train").usable and validate_file(path, "score").usable
 
 
 def test_real_squad_v2_counts():
