@@ -37,6 +37,13 @@ class DataConfig:
     num_proc: int = 1  # processes for tokenization (datasets.map)
     cache_dir: str | None = None  # feature cache; default ~/.cache/mrc-cli
 
+    def __post_init__(self) -> None:
+        module, colon, function = self.word_segmenter.partition(":")
+        if self.word_segmenter not in SEGMENTERS and not (colon and module and function):
+            raise ConfigError(
+                f"data.word_segmenter {self.word_segmenter!r}: choose {', '.join(SEGMENTERS)} or module:function"
+            )
+
 
 @dataclass
 class ModelConfig:
@@ -329,10 +336,6 @@ def check_data_config(data: DataConfig, num_special_tokens: int) -> None:
             f"doc_stride {data.doc_stride} must be below the {room} tokens left for context "
             f"(max_seq_length {data.max_seq_length} - max_query_length {data.max_query_length} - "
             f"{num_special_tokens} special tokens); use e.g. --doc-stride {room // 2}"
-        )
-    if data.word_segmenter not in SEGMENTERS and ":" not in data.word_segmenter:
-        raise ConfigError(
-            f"data.word_segmenter {data.word_segmenter!r}: choose {', '.join(SEGMENTERS)} or module:function"
         )
 
 

@@ -18,8 +18,11 @@ import contextlib
 import copy
 import hashlib
 import importlib
+import importlib.metadata
 import json
+import os
 import re
+import sys
 import time
 import uuid
 from bisect import bisect_left, bisect_right
@@ -32,7 +35,7 @@ from typing import Callable
 from tokenizers import Encoding
 
 from mrc_cli.config import DataConfig, check_data_config
-from mrc_cli.errors import ConfigError
+from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.tokenizer import tokenizer_fingerprint
 
 FEATURES_VERSION = 4  # bump when the feature layout changes, so old cache files are not reused
@@ -269,12 +272,31 @@ def segmenter(name: str) -> Callable[[str], list[int]] | None:
 
         jieba.setLogLevel(logging.WARNING)  # its dictionary-loading chatter is not for our users
         return lambda text: [s for w, s, _ in jieba.tokenize(text) if w.strip()]
+    return partial(_starts_of_words, words_of=_user_segmenter(name)[0], name=name)
+
+
+def segmenter_version(name: str) -> str:
+    """What a segmenter's words depend on besides its name, for the feature cache's key: jieba's version, the source
+    of a module:function's module (edited, the cache must not serve the old words)."""
+    if name in ("tokenizer", "chars"):
+        return ""
+    if name == "jieba":
+        return importlib.metadata.version("jieba")
+    module = _user_segmenter(name)[1]
+    source = getattr(module, "__file__", None)
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+
+
+def _user_segmenter(name: str) -> tuple[Callable[[str], list[str]], object]:
+    """The function and module of data.word_segmenter `module:function`."""
     module_name, _, func_name = name.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` finds a module of the working folder; the `mrc` script does not
+        sys.path.append(os.getcwd())
     try:
-        words_of = getattr(importlib.import_module(module_name), func_name)
+        module = importlib.import_module(module_name)
+        return getattr(module, func_name), module
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"data.word_segmenter {name!r}: cannot import it ({err})") from None
-    return partial(_starts_of_words, words_of=words_of)
 
 
 def token_words(offsets: list, tokenizer_words: list[int], word_starts: list[int] | None) -> list[int]:
@@ -290,17 +312,32 @@ def words_with_tokens(word_starts: list[int], offsets: list) -> list[int]:
     its tokens) starts. Numbered by these, word ids skip no number, so a window never holds more words than tokens;
     a token can span several segmenter words (WordPiece's [UNK] for a run of symbols, each a word of `chars`)."""
     owners = {bisect_right(word_starts, start) - 1 for start, _ in offsets}
-    return [word_starts[w] for w in sorted(owners) if w >= 0]
+    # tokens before the first word (text a segmenter left out) are a word of their own, not outside the context
+    return ([0] if -1 in owners else []) + [word_starts[w] for w in sorted(owners) if w >= 0]
 
 
-def _starts_of_words(text: str, words_of: Callable[[str], list[str]]) -> list[int]:
-    """Start characters of a user segmenter's words, found left to right in the text."""
+def _starts_of_words(text: str, words_of: Callable[[str], list[str]], name: str) -> list[int]:
+    """Start characters of a user segmenter's words, found left to right in the text (whitespace between them, and
+    text it leaves out, belongs to the word before)."""
+    where = f"data.word_segmenter {name!r} on the context {text[:30]!r}{'...' if len(text) > 30 else ''}"
+    try:
+        words = words_of(text)
+    except Exception as err:
+        raise DataError(f"{where}: it failed ({type(err).__name__}: {err})") from None
+    if not isinstance(words, (list, tuple)) or not all(isinstance(word, str) for word in words):
+        got = type(words).__name__ if not isinstance(words, (list, tuple)) else "a list holding " + next(
+            type(word).__name__ for word in words if not isinstance(word, str))
+        raise DataError(f"{where}: it returned {got}; it must return the words of the text, a list of strings")
     starts, pos = [], 0
-    for word in words_of(text):
-        found = text.find(word, pos) if word.strip() else -1
-        if found >= 0:
-            starts.append(found)
-            pos = found + len(word)
+    for word in words:
+        if not word.strip():
+            continue
+        found = text.find(word, pos)
+        if found < 0:
+            raise DataError(f"{where}: its word {word!r} is not in the text after the words before it (from char "
+                            f"{pos}); it must return the text's own words, in order")
+        starts.append(found)
+        pos = found + len(word)
     return starts
 
 
@@ -317,7 +354,8 @@ def _fingerprint(examples, tokenizer, data: DataConfig, columns: tuple[bool, boo
                 if buffer is not None:
                     h.update(buffer)
     h.update(tokenizer_fingerprint(tokenizer).encode())
-    settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter, columns)
+    settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter,
+                segmenter_version(data.word_segmenter), columns)
     h.update(repr((FEATURES_VERSION, settings)).encode())
     return "features-" + h.hexdigest()[:24]
 

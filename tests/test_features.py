@@ -5,7 +5,7 @@ import pytest
 
 from conftest import shared_file, write_squad
 from mrc_cli.config import DataConfig
-from mrc_cli.errors import ConfigError
+from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import _answer_chars, _label_window, build_features
 from mrc_cli.splits import featurize_file
 from mrc_cli.validate import load_examples
@@ -187,6 +187,14 @@ def test_doc_stride_that_leaves_no_room_is_a_config_error(wordpiece_tokenizer, t
         build_features(examples, wordpiece_tokenizer, DataConfig(doc_stride=400), labels=False)
 
 
+def test_a_misspelled_segmenter_is_refused_when_the_config_is_read():
+    from mrc_cli.config import load_config
+
+    with pytest.raises(ConfigError, match="--set: data.word_segmenter 'jeiba': choose tokenizer, chars, jieba or module:function"):
+        load_config(sets=["data.word_segmenter=jeiba"])
+    assert load_config(sets=["data.word_segmenter=my.segmenters:words"]).data.word_segmenter == "my.segmenters:words"
+
+
 def test_training_features_leave_out_offsets(wordpiece_tokenizer, tmp_path):
     path = write_squad(tmp_path / "d.json", [("The cat sat on the mat.", [
         {"id": "q", "question": "Where did the cat sit?", "answers": [{"text": "the mat", "answer_start": 15}]}])])
@@ -258,3 +266,79 @@ def test_a_question_cut_to_max_query_length_fits_it_with_byte_level_bpe(tmp_path
     question_tokens = [sum(1 for start, _ in f["offset_mapping"] if start < 0) - 4 for f in features]
     # "what" and the space: the emoji's four bytes, four tokens, no longer fit beside them
     assert set(question_tokens) == {2} and max(len(ids) for ids in features["input_ids"]) == 32
+
+
+SEGMENTERS = '''
+def by_char(text):
+    return [c for c in text if not c.isspace()]
+
+def raises(text):
+    raise RuntimeError("dictionary missing")
+
+def number(text):
+    return 7
+
+def pairs(text):
+    return [(c, i) for i, c in enumerate(text)]
+
+def normalized(text):
+    return [text.replace("北", "Ｎ")]
+
+def skips_first(text):
+    return list(text[2:])
+'''
+
+
+@pytest.fixture
+def user_segmenters(tmp_path, monkeypatch):
+    """A module of segmenters in the working folder, which the `mrc` script does not put on sys.path."""
+    import sys
+
+    from mrc_cli.features import segmenter
+
+    module = tmp_path / "user_segmenters_mod.py"
+    module.write_text(SEGMENTERS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # an edit within the second would load the old .pyc
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the working folder, which segmenter() adds, goes with the test
+    yield module
+    segmenter.cache_clear()
+    sys.modules.pop("user_segmenters_mod", None)
+
+
+def _chinese_features(tmp_path, tokenizer, word_segmenter):
+    context = "北京大学创办于1898年。"
+    path = write_squad(tmp_path / "zh.json", [(context, [{"id": "zh", "question": "何时？", "answers": []}])])
+    examples, _, _ = load_examples(str(path), "predict")
+    return build_features(examples, tokenizer, DataConfig(word_segmenter=word_segmenter, cache_dir=str(tmp_path)),
+                          labels=False)
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("raises", "it failed (RuntimeError: dictionary missing)"),
+    ("number", "it returned int; it must return the words of the text, a list of strings"),
+    ("pairs", "it returned a list holding tuple;"),
+    ("normalized", "its word 'Ｎ京大学创办于1898年。' is not in the text after the words before it (from char 0)"),
+])
+def test_a_broken_user_segmenter_is_one_error_naming_it_and_the_context(user_segmenters, wordpiece_tokenizer, tmp_path,
+                                                                        name, problem):
+    with pytest.raises(DataError) as err:
+        _chinese_features(tmp_path, wordpiece_tokenizer, f"user_segmenters_mod:{name}")
+    assert str(err.value).startswith(f"data.word_segmenter 'user_segmenters_mod:{name}' on the context '北京大学创办于1898年。'")
+    assert problem in str(err.value)
+
+
+def test_a_user_segmenter_from_the_working_folder_and_its_edits_reach_the_features(user_segmenters, wordpiece_tokenizer,
+                                                                                    tmp_path):
+    import sys
+
+    from mrc_cli.features import segmenter
+
+    features, _ = _chinese_features(tmp_path, wordpiece_tokenizer, "user_segmenters_mod:skips_first")
+    words = [w for w in features[0]["word_ids"] if w >= 0]
+    assert words[0] == 0 and sorted(set(words)) == list(range(max(words) + 1))  # "北京", left out, is a word too
+    user_segmenters.write_text(SEGMENTERS.replace("text[2:]", "text[4:]"))  # edited: another module, other words
+    segmenter.cache_clear()
+    sys.modules.pop("user_segmenters_mod")
+    again, summary_again = _chinese_features(tmp_path, wordpiece_tokenizer, "user_segmenters_mod:skips_first")
+    assert not summary_again.from_cache and again[0]["word_ids"] != features[0]["word_ids"]
