@@ -423,7 +423,7 @@ def serve(
     checkpoint: CheckpointOpt,
     host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the server to this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 takes a free one (uvicorn prints it).")] = 8000,
-    max_batch: Annotated[int, typer.Option(min=1, help="Questions per model call: concurrent requests are batched up to it.")] = ServeSettings.max_batch,
+    max_batch: Annotated[int, typer.Option(min=1, help="Questions per model call: concurrent requests are batched up to it (a request with more runs alone, in one call).")] = ServeSettings.max_batch,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to batch with.")] = ServeSettings.max_wait_ms,
     max_context_chars: Annotated[int, typer.Option(min=1, help="Longer contexts are refused (413).")] = ServeSettings.max_context_chars,
     max_questions: Annotated[int, typer.Option(min=1, help="Questions per request; more are refused (413).")] = ServeSettings.max_questions,

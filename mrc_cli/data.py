@@ -10,6 +10,7 @@ field) are collected as `RecordProblem`s so that `mrc validate` can list them al
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -240,6 +241,12 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return f"a list of {len(value)}"
     return f"the {type(value).__name__} {json.dumps(value, ensure_ascii=False, default=str)[:40]}"
+
+
+def is_blank(text: str) -> bool:
+    """Nothing to read: only whitespace, control and format characters (zero-width spaces, byte-order marks), which
+    tokenizers drop, so a model would see the text as empty."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 def to_dataset(records: Iterable[dict]):

@@ -65,6 +65,10 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
         raise ConfigError(f"--quantize {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
     onnx_backend.require_exporter()
     check_output_folder(out)
+    if parity_data:  # a file that cannot be scored is said before the export's minute, not after it
+        from mrc_cli.validate import load_examples
+
+        load_examples(parity_data, "eval")
     loaded = _load_torch_model(checkpoint)
     onnx_backend.check_exportable(loaded.model.config, checkpoint)
     out_dir = Path(out)
@@ -109,7 +113,8 @@ def _versions() -> dict:
 def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
     """The export's graphs against the torch model on a data file with answers: the same features and decoder for
     all, the torch model in fp32. Per backend: EM/F1, questions/s of logits and decoding (features made once, off the
-    clock) and, for each graph, the answers identical to the torch model's (%, the first differing ids) and the
+    clock) and, for each graph, the answers identical to the torch model's (%, how many differ, the first 10 of their
+    ids) and the
     largest |logit difference| at scored positions."""
     import numpy as np
 
@@ -142,7 +147,7 @@ def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
             diff = max(float(np.abs(getattr(logits, side) - getattr(ref_logits, side))[scored].max(initial=0))
                        for side in ("start", "end"))
             entry.update(answers_identical_pct=100.0 * (1 - len(differing) / max(len(ref_answers), 1)),
-                         max_abs_logit_diff=diff, differing_ids=differing[:10],
+                         max_abs_logit_diff=diff, differing_answers=len(differing), differing_ids=differing[:10],
                          speedup=entry["questions_per_s"] / report["backends"]["torch_fp32"]["questions_per_s"])
         report["backends"][name] = entry
     return report

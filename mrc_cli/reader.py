@@ -15,7 +15,7 @@ from accelerate import PartialState
 
 from mrc_cli import calibration, thresholds
 from mrc_cli.config import DataConfig
-from mrc_cli.data import to_dataset
+from mrc_cli.data import is_blank, to_dataset
 from mrc_cli.decoding import Prediction
 from mrc_cli.ensemble import (Ensemble, build_ensemble, check_save_folder, ensemble_inference, load_ensemble,
                               save_ensemble, store_settings)
@@ -219,11 +219,23 @@ class Reader:
         return backend_of(self.loaded)
 
     def __call__(self, question: str | list[str], context: str | list[str]) -> dict | list[dict]:
-        single = isinstance(question, str)
-        questions = [question] if single else list(question)
-        contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+        """One answer for a question and a context; a list of answers for a list of questions (about one context or
+        a list of as many), or one question about a list of contexts."""
+        questions, contexts = _texts(question, "question"), _texts(context, "context")
+        single = isinstance(question, str) and isinstance(context, str)
+        if isinstance(question, str):
+            questions *= len(contexts)
+        elif isinstance(context, str):
+            contexts *= len(questions)
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+        for name, texts in (("question", questions), ("context", contexts)):
+            blank = [i for i, text in enumerate(texts) if is_blank(text)]
+            if blank:  # as `mrc serve` refuses them; an empty question would be answered from the context alone
+                raise ValueError(f"{name} {blank[0] if single else blank} is empty or only whitespace (or invisible "
+                                 "characters)")
+        if not questions:
+            return []
         records = [{"id": str(i), "title": "", "context": c, "question": q, "answers": {"text": [], "answer_start": []},
                     "is_impossible": False} for i, (q, c) in enumerate(zip(questions, contexts))]
         examples = to_dataset(records)
@@ -233,6 +245,16 @@ class Reader:
         _, predictions = run_inference(self.loaded, split, self.batch_size)
         answers = [_answer(predictions[str(i)]) for i in range(len(records))]
         return answers[0] if single else answers
+
+
+def _texts(value, name: str) -> list[str]:
+    """A Reader argument as a list of texts, or a TypeError naming it (a bytes context would be iterated byte by
+    byte, None would fail deep in tokenization)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(text, str) for text in value):
+        return list(value)
+    raise TypeError(f"{name}: a string or a list of strings, not {type(value).__name__}")
 
 
 def _answer(p: Prediction) -> dict:

@@ -25,6 +25,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from mrc_cli import __version__
+from mrc_cli.data import is_blank
 from mrc_cli.reader import Reader
 from mrc_cli.serve_settings import ServeSettings
 from mrc_cli.serve_batching import RequestBatcher, ServeMetrics
@@ -47,16 +48,16 @@ class AnswerRequest(BaseModel):
     @field_validator("context")
     @classmethod
     def _context_has_text(cls, context: str) -> str:
-        if not context.strip():
-            raise ValueError("the context is only whitespace")
+        if is_blank(context):
+            raise ValueError("the context is only whitespace (or invisible characters)")
         return context
 
     @field_validator("questions")
     @classmethod
     def _questions_have_text(cls, questions: list[str]) -> list[str]:
-        empty = [i for i, question in enumerate(questions) if not question.strip()]
+        empty = [i for i, question in enumerate(questions) if is_blank(question)]
         if empty:  # `mrc predict` leaves such questions out; here the asker learns which
-            raise ValueError(f"entries {empty} are empty or only whitespace")
+            raise ValueError(f"entries {empty} are empty or only whitespace (or invisible characters)")
         return questions
 
 

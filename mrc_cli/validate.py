@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mrc_cli.data import RawData, read_data, to_dataset
+from mrc_cli.data import RawData, is_blank, read_data, to_dataset
 from mrc_cli.errors import DataError
 
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
@@ -173,14 +173,14 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
         report.questions += 1
         report.unanswerable += rec["is_impossible"]
         where = f"{raw.source}: question {rec['id']}"
-        empty_question = not rec["question"].strip()
+        empty_question = is_blank(rec["question"])
         if empty_question:
             report.empty_questions += 1
             if use == "train":
                 report.errors.append(f"{where}: the question is empty")
             else:  # no model input, but its gold answers (golds come from raw.records) still count in the scores
                 _repair(report, f"{where}: the question is empty (left out of {use})")
-        if not rec["context"].strip():
+        if is_blank(rec["context"]):
             report.empty_contexts += 1
             report.errors.append(f"{where}: the context is empty")
         rec = {**rec, "answers": _locate_answers(rec, where, report)}

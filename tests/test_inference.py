@@ -1,6 +1,7 @@
 """Train -> eval -> predict -> export -> Reader: the same answers everywhere, from the CLI and from Python."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -170,6 +171,26 @@ def test_a_plain_hugging_face_qa_folder_loads_with_default_settings(trained_run,
     assert reader.loaded.cfg.decode.allow_null is False and reader.loaded.cfg.model.name_or_path == str(folder)
     answer = reader(question="Where does the cat sit?", context="The cat sat on the mat.")
     assert answer["answer"] and answer["answer"] in "The cat sat on the mat."
+
+
+def test_the_reader_takes_texts_and_lists_and_says_what_is_wrong_with_the_rest(trained_run):
+    reader = Reader.load(trained_run)
+    context, other = "The cat sat on the mat.", "The dog lay under the table."
+    one = reader(question="Where does the cat sit?", context=context)
+    assert isinstance(one, dict) and one["answer"] in context
+    many = reader(question="Where?", context=[context, other])  # one question about several contexts
+    assert [a["answer"] in c for a, c in zip(many, (context, other))] == [True, True]
+    assert many[0] == reader(question=["Where?"], context=context)[0]
+    assert reader(question=[], context=context) == []
+    for question, context_, error, message in (
+            (None, context, TypeError, "question: a string or a list of strings, not NoneType"),
+            ("Where?", b"The cat.", TypeError, "context: a string or a list of strings, not bytes"),
+            (["Where?", 3], context, TypeError, "question: a string or a list of strings, not list"),
+            ("Where?", "\u200b", ValueError, "context 0 is empty or only whitespace (or invisible characters)"),
+            (["Who?", ""], context, ValueError, "question [1] is empty"),
+            (["a?", "b?"], [context] * 3, ValueError, "2 questions but 3 contexts")):
+        with pytest.raises(error, match=re.escape(message)):
+            reader(question=question, context=context_)
 
 
 def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):

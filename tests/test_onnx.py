@@ -214,7 +214,8 @@ def test_int8_graph_loads_by_default_and_mostly_agrees(bert_run, bert_onnx):
     for name, entry in parity["backends"].items():
         assert {"exact", "f1", "questions_per_s", "seconds"} <= set(entry), name
     fp32, int8 = parity["backends"]["onnx_fp32"], parity["backends"]["onnx_int8"]
-    assert fp32["answers_identical_pct"] == 100.0 and fp32["max_abs_logit_diff"] < 1e-4
+    assert fp32["answers_identical_pct"] == 100.0 and fp32["max_abs_logit_diff"] < 1e-4 and fp32["differing_answers"] == 0
+    assert int8["differing_answers"] == round(49 * (1 - int8["answers_identical_pct"] / 100))
     assert fp32["f1"] == pytest.approx(parity["backends"]["torch_fp32"]["f1"])
     assert int8["answers_identical_pct"] >= 80 and 0 < int8["max_abs_logit_diff"] < 1.0
     assert abs(int8["f1"] - fp32["f1"]) <= 5
@@ -296,6 +297,11 @@ def test_refusals_are_one_line_errors(bert_run, bert_onnx, tmp_path):
 
     result = runner.invoke(app, ["export", "--checkpoint", str(bert_onnx[0]), "--out", str(tmp_path / "z"), "--format", "onnx"])
     assert result.exit_code == 1 and "is an ONNX export; export from the checkpoint" in result.stderr
+    for parity_data, problem in ((tmp_path / "nonexistent.json", "no such file"), (str(bert_run / "config.yaml"), "")):
+        result = runner.invoke(app, ["export", "--checkpoint", str(bert_run), "--out", str(tmp_path / "p"), "--format",
+                                     "onnx", "--parity-data", str(parity_data)])
+        assert result.exit_code == 1 and str(parity_data) in result.stderr and problem in result.stderr
+        assert not (tmp_path / "p").exists()  # refused before the export, not after it
 
     from mrc_cli.loading import read_onnx_export
 

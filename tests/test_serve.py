@@ -160,6 +160,8 @@ BAD_REQUESTS = [
     ("empty questions list", {"json": {"context": "The cat.", "questions": []}}, 422, "at least 1 item"),
     ("blank question", {"json": {"context": "The cat.", "questions": ["Who?", "  "]}}, 422, "entries [1] are empty"),
     ("blank context", {"json": {"context": " \n", "questions": ["Who?"]}}, 422, "context: the context is only whitespace"),
+    ("invisible question", {"json": {"context": "The cat.", "questions": ["\u200b", "Who?"]}}, 422, "entries [0] are empty"),
+    ("invisible context", {"json": {"context": "\ufeff\u200b", "questions": ["Who?"]}}, 422, "only whitespace (or invisible"),
     ("a JSON list", {"json": [["The cat.", "Who?"]]}, 422, "Input should be a valid dictionary"),
     ("huge context", {"json": {"context": "The cat sat. " * 200, "questions": ["Who?"]}}, 413, "--max-context-chars"),
     ("too many questions", {"json": {"context": "The cat.", "questions": ["Who?"] * 9}}, 413, "9 questions; this server takes at most 8"),
@@ -181,7 +183,7 @@ def test_bad_requests_get_413_or_422_saying_what_was_wrong_and_the_server_goes_o
             assert message in response.json()["detail"], (what, response.json())
             assert [a["text"] for a in _answer(client, context, [q for _, q in qas])] == expected, what
         metrics = client.get("/metrics").json()
-    assert metrics["errors_by_status"] == {"413": 5, "422": 10}
+    assert metrics["errors_by_status"] == {"413": 5, "422": 12}
     assert metrics["requests"] == 2 * len(BAD_REQUESTS) and metrics["questions"] == len(BAD_REQUESTS) * len(qas)
 
 
