@@ -164,6 +164,18 @@ def encoder_config(name_or_path: str, dropout: float | None, attention_dropout: 
     return config
 
 
+def check_tokenizer_fits(config, tokenizer, model: ModelConfig) -> None:
+    """Refuse a tokenizer whose ids the model has no embeddings for (another model's vocabulary: an IndexError in
+    the first forward, or a wrong model.tokenizer kept from a config file while --model names another model)."""
+    rows = getattr(config, "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        source = (f"model.tokenizer {model.tokenizer!r}" if model.tokenizer else "the model folder's own tokenizer")
+        raise ConfigError(
+            f"the tokenizer ({source}, {len(tokenizer):,} tokens) does not belong to the model {model.name_or_path!r}, "
+            f"which has embeddings for {rows:,}: pass the model's own tokenizer (--set model.tokenizer=null uses the "
+            "model folder's)")
+
+
 def _set_existing(config, keys: tuple[str, ...], value: float | None) -> None:
     """Set the keys this model family's config has; None leaves them as they are."""
     for key in keys:

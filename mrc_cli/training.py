@@ -45,8 +45,8 @@ from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, Training
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
-from mrc_cli.model import (build_model, describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
-                           load_weights)
+from mrc_cli.model import (build_model, check_tokenizer_fits, describe_keys, enable_gradient_checkpointing, encoder_config,
+                           load_state_dict_file, load_weights)
 from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
 from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
@@ -237,8 +237,10 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
         log.info(note)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    # before the data is read (and a distillation teacher has run over it): a budget this run cannot use
-    refusal = packing_refusal(encoder_config(cfg.model.name_or_path, None, None, cfg.data.max_seq_length), task.packs)
+    # before the data is read (and a distillation teacher has run over it): a tokenizer or budget this run cannot use
+    config = encoder_config(cfg.model.name_or_path, None, None, cfg.data.max_seq_length)
+    check_tokenizer_fits(config, tokenizer, cfg.model)
+    refusal = packing_refusal(config, task.packs)
     _refuse_budget(cfg.train, refusal)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
         rows = task.load(cfg, tokenizer, log)

@@ -170,6 +170,15 @@ def test_nonexistent_model_folder_and_unreachable_hub_id(tmp_path):
            "no-such-org/no-such-model", "Hub is not reachable")
 
 
+def test_a_tokenizer_of_another_vocabulary_is_refused_before_the_data_is_read(tiny_albert_dir, minilm_path, tmp_path):
+    # what `-c configs/cmrc2018_albert_zh.yaml --model OTHER` did: the config's model.tokenizer stayed
+    _fails(_invoke("train", "--model", tiny_albert_dir, "--set", f"model.tokenizer={minilm_path}", "--train",
+                   "data/quickstart/en_train.json", "--output-dir", tmp_path / "r"),
+           f"the tokenizer (model.tokenizer '{minilm_path}', 30,522 tokens) does not belong to the model",
+           "--set model.tokenizer=null")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_model_without_a_fast_tokenizer(tmp_path):
     from transformers import ByT5Tokenizer
 
