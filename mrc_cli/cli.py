@@ -341,7 +341,9 @@ def evaluate(
     if calibrate:
         where = ("held-out articles" if metrics["calibration_held_out"] else
                  "the questions it was fitted on, optimistic (--calibrate-split holds half the articles out)")
-        typer.echo(f"calibration: temperature {metrics['temperature']:.3f}, null bias {metrics['null_bias']:.3f} (stored); "
+        kept = ("stored" if metrics["calibration_stored"] else
+                "not stored: it would make ECE worse; the model keeps its settings (calibrate on more questions)")
+        typer.echo(f"calibration: temperature {metrics['temperature']:.3f}, null bias {metrics['null_bias']:.3f} ({kept}); "
                    f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} on {metrics['calibration_questions']} "
                    f"questions, {where}; wrote {', '.join(metrics['calibration_files'])}")
         if "calibration_warning" in metrics:

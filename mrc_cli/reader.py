@@ -107,14 +107,21 @@ def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Pred
     outcomes = calibration.collect_outcomes(predictions, split.golds, allow_null, threshold)
     fit_ids, report_ids = calibration.halves_by_article(split.examples, data) if by_article else (None, None)
     result = calibration.calibrate(outcomes, fit_ids, report_ids, (decode.temperature, decode.null_bias))
+    # the fit minimises log loss; on a few dozen questions ECE's bins can still come out worse, and a fit that makes
+    # the reported error worse is not one to keep
+    ece = [key for key in ("ece", "no_answer_ece") if f"{key}_after" in result]
+    result["stored"] = sum(result[f"{k}_after"] for k in ece) <= sum(result[f"{k}_before"] for k in ece)
     files = [out_dir / "calibration.json", out_dir / "reliability.png"]
     if PartialState().is_main_process:
         files[0].write_text(json.dumps(result, indent=1), encoding="utf-8")
         calibration.plot_reliability(result, files[1], Path(data).name)
-        decode.temperature, decode.null_bias, decode.allow_null = result["temperature"], result["null_bias"], allow_null
-        _keep_decode_settings(loaded)
+        if result["stored"]:
+            decode.temperature, decode.null_bias = result["temperature"], result["null_bias"]
+            decode.allow_null = allow_null
+            _keep_decode_settings(loaded)
     figures = {key: value for key, value in result.items()
                if "ece" in key or key in ("temperature", "null_bias", "calibration_warning")}
+    figures["calibration_stored"] = result["stored"]
     return {**figures, "calibration_questions": result["report_questions"], "calibration_fit_questions":
             result["fit_questions"], "calibration_held_out": result["held_out"], "calibration_files": list(map(str, files))}
 
