@@ -145,6 +145,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return newest
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint folder or run directory")
+    inside = _complete_checkpoints(path)
+    if inside:  # RUN/checkpoints itself
+        raise CheckpointError(f"{path}: a folder of checkpoints; pass one of them (the newest: {inside[-1][1]}) or the "
+                              f"run directory ({path.parent}: its best checkpoint)")
     raise CheckpointError(
         f"{path}: no model.safetensors here and no checkpoints/step-* below; pass a checkpoint folder "
         "(RUN/checkpoints/step-N), a run directory or an `mrc export` folder"

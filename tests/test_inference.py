@@ -162,6 +162,13 @@ def test_checkpoint_folder_without_weights_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and result.stderr.startswith("Error:") and "no model.safetensors" in result.stderr
 
 
+def test_a_runs_checkpoints_folder_is_refused_naming_what_to_pass(trained_run):
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{trained_run / 'checkpoints'}: a folder of checkpoints; pass one of them (the newest: "
+            f"{trained_run / 'checkpoints' / 'step-000004'}) or the run directory ({trained_run}: its best checkpoint)")):
+        Reader.load(trained_run / "checkpoints")
+
+
 def test_a_plain_hugging_face_qa_folder_loads_with_default_settings(trained_run, tmp_path):
     from mrc_cli.export import export_checkpoint
 
