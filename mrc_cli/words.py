@@ -85,3 +85,21 @@ def unit_offsets(example_ids, offset_mappings, word_ids, width: int) -> np.ndarr
     spans[rows, unit_of, 0] = word_start[group]
     spans[rows, unit_of, 1] = word_end[group]
     return spans
+
+
+def answers_inside_words(features) -> tuple[int, int]:
+    """(questions whose labelled answer starts or ends inside a word, questions with a labelled answer) of training
+    features: at model.span_level word these are learnt as the whole words (jieba holds 4.8 % of CMRC's answers
+    inside a word). A label's neighbour token is always in the feature: [SEP] follows the context, and a label is
+    never at position 0."""
+    import pyarrow.compute as pc
+
+    table = features.with_format("arrow")[:]
+    words = table.column("word_ids").combine_chunks()
+    flat, offsets = words.flatten().to_numpy(), words.offsets.to_numpy()[:-1]
+    start, end = (table.column(name).to_numpy() for name in ("start_positions", "end_positions"))
+    labelled = start > 0
+    first, last = offsets[labelled] + start[labelled], offsets[labelled] + end[labelled]
+    inside = (flat[first - 1] == flat[first]) | (flat[last + 1] == flat[last])
+    example_ids = pc.filter(table.column("example_id"), labelled).to_numpy(zero_copy_only=False)
+    return len(set(example_ids[inside])), len(set(example_ids))

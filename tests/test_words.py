@@ -96,6 +96,20 @@ def test_a_window_never_holds_more_words_than_tokens(segmenter, wordpiece_tokeni
     assert context[spans[0, 1, 0]:spans[0, 1, 1]] == ("开" if segmenter == "chars" else "开始")
 
 
+def test_answers_inside_a_word_are_counted(wordpiece_tokenizer, tmp_path):
+    from mrc_cli.words import answers_inside_words
+
+    context = "这个工艺共有七十二道工序，北京大学创办于1898年。"
+    qas = [{"id": "inside", "question": "有几道？", "answers": [{"text": "七十二道", "answer_start": 6}]},
+           {"id": "whole", "question": "哪所大学？", "answers": [{"text": "北京大学", "answer_start": 13}]}]
+    path = write_squad(tmp_path / "d.json", [(context, qas)])
+    examples, _, _ = load_examples(str(path), "train")
+    for segmenter, inside in (("jieba", 1), ("chars", 0)):  # jieba: 七十二道工序 is one word
+        features, _ = build_features(examples, wordpiece_tokenizer, DataConfig(word_segmenter=segmenter,
+                                                                               cache_dir=str(tmp_path)), labels=True)
+        assert answers_inside_words(features) == (inside, 2), segmenter
+
+
 @pytest.fixture(scope="module")
 def word_runs(tiny_bert_dir, tmp_path_factory):
     """Word-level runs on English (the tokenizer's words) and Chinese (jieba words), a few steps each."""
@@ -145,6 +159,8 @@ def test_word_level_runs_score_with_the_right_metric_and_predict(word_runs, tmp_
     zh_cfg, zh = word_runs["zh"]
     assert "HasAns_f1" in en.metrics  # the English dev set has unanswerable questions: SQuAD v2 rules
     assert {"EM", "F1", "AVERAGE", "SKIP"} <= set(zh.metrics)  # Chinese: the CMRC 2018 metric
+    log = (zh.run_dir / "train.log").read_text(encoding="utf-8")
+    assert "span level word: " in log and "answers start or end inside a word of data.word_segmenter jieba" in log
     runner = CliRunner()
     result = runner.invoke(app, ["predict", "--checkpoint", str(zh.run_dir), "--data", zh_cfg.data.dev_file,
                                  "--out", str(tmp_path / "cmrc_submission.json")])
