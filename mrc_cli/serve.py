@@ -19,16 +19,18 @@ from contextlib import asynccontextmanager
 from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrc_cli import __version__
 from mrc_cli.data import is_blank
 from mrc_cli.reader import Reader
 from mrc_cli.serve_settings import ServeSettings
-from mrc_cli.serve_batching import RequestBatcher, ServeMetrics
+from mrc_cli.serve_batching import STOPS, RequestBatcher, ServeMetrics
 from mrc_cli.serve_page import PAGE
 
 log = logging.getLogger("mrc_cli.serve")
@@ -161,6 +163,7 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
     app.add_middleware(_BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(_AnswerMetrics, metrics=metrics)  # added last, so outermost: it counts the 413s above too
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # FastAPI raises Starlette's on a bad body
 
     @app.post("/answer", response_model=AnswerResponse, responses={
         413: {"description": "The body, the context, a question or the number of questions is over its limit."},
@@ -173,7 +176,9 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
             raise HTTPException(503, "the model is still loading; GET /health answers 200 once it is ready")
         try:
             answers = await batcher.answer(request.questions, request.context)
-        except Exception as err:
+        except BaseException as err:
+            if isinstance(err, STOPS):
+                raise
             raise HTTPException(500, f"the model failed on this request: {type(err).__name__}: {err}") from err
         metrics.questions += len(answers)
         return AnswerResponse(answers=[
@@ -227,6 +232,16 @@ def _check_limits(request: AnswerRequest, settings: ServeSettings) -> None:
                          f"most {settings.max_question_chars:,} (mrc serve --max-question-chars)")
     if too_large:
         raise HTTPException(413, too_large)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """FastAPI's own answers, but for its 400 "There was an error parsing the body", which it gives a body that is
+    not UTF-8 (valid JSON text is): a 422 that says so, like every other malformed body."""
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        what = "the body is not UTF-8 text; send a JSON object encoded as UTF-8"
+        return JSONResponse({"detail": what, "errors": [{"loc": ["body"], "type": "utf8_invalid", "msg": what}]},
+                            status_code=422)
+    return await http_exception_handler(request, exc)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -62,6 +62,11 @@ class _Waiting:
     arrived: float  # loop.time()
 
 
+# what stops the server; any other BaseException is a failure of one request: a Rust panic in the tokenizers (pyo3's
+# PanicException) is not an Exception, and uncaught it would stop the batcher and leave every later request waiting
+STOPS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+
+
 class RequestBatcher:
     """One worker task: it takes the oldest waiting request, adds waiting requests while their questions fit in
     max_batch and until the oldest has waited max_wait_ms, and answers them all with one Reader call. The Reader runs
@@ -123,7 +128,9 @@ class RequestBatcher:
         call = partial(self.reader, question=questions, context=contexts)
         try:
             answers = await asyncio.get_running_loop().run_in_executor(self.model_thread, call)
-        except Exception as err:
+        except BaseException as err:
+            if isinstance(err, STOPS):
+                raise
             if len(batch) > 1:  # one request's failure must not fail the others: each alone decides whose it is
                 for waiting in batch:
                     await self._answer_batch([waiting])

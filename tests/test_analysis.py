@@ -134,7 +134,7 @@ def test_overall_scores_equal_mrc_score(tmp_path, name):
     result = analyze(str(gold), [str(folder)])
     exact, f1 = {SQUAD_V1: ("exact_match", "f1"), SQUAD_V2: ("exact", "f1"), CMRC: ("EM", "F1")}[name]
     assert result["overall"]["A"] == {"exact": official[exact], "f1": official[f1]}
-    assert 20 < official[f1] < 90
+    assert 20 < official[f1] < 90 and official["metric"] == {SQUAD_V1: "squad", SQUAD_V2: "squad_v2", CMRC: "cmrc2018"}[name]
     files = result["predictions"]["A"]
     assert (files["missing"], files["unknown_ids"]) == (official["missing"], official["unknown_ids"]) == (30, 1)
     if name == SQUAD_V2:

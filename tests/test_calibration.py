@@ -181,6 +181,7 @@ def test_eval_calibrate_stores_the_fit_and_predict_and_the_reader_use_it(trained
     assert result.exit_code == 0, result.output
     metrics = _last_json(result.stdout)
     assert metrics["calibration_questions"] == metrics["calibration_fit_questions"] == 49
+    assert metrics["metric"] == "squad_v2"  # the eval line names the official rules it scored by
     assert metrics["calibration_held_out"] is False and "optimistic" in result.stdout
     assert 0 <= metrics["ece_after"] <= metrics["ece_before"] <= 1 and metrics["calibration_stored"] is True
     assert 0 <= metrics["no_answer_ece_after"] <= 1  # the quickstart dev file has unanswerable questions

@@ -83,7 +83,7 @@ def test_score_counts_missing_predictions(tmp_path):
     result = runner.invoke(app, ["score", str(gold), str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
-    assert scores["missing"] == 407 and scores["total"] == 1407
+    assert scores["missing"] == 407 and scores["total"] == 1407 and scores["metric"] == "squad_v2"  # picked by the data
     assert abs(scores["exact"] - 100 * 1000 / 1407) < 0.01  # all given predictions right, missing ones score 0
 
 
@@ -106,5 +106,5 @@ def test_score_accepts_a_gold_file_with_an_empty_question(tmp_path):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.stdout)
     # EM: "empty" right, "ok" wrong; F1 of "上海市" against "上海": 2 of 3 characters, 2 of 2 -> 0.8
-    assert (scores["TOTAL"], scores["SKIP"]) == (2, 0)
+    assert (scores["TOTAL"], scores["SKIP"], scores["metric"]) == (2, 0, "cmrc2018")
     assert scores["EM"] == pytest.approx(50.0) and scores["F1"] == pytest.approx(90.0)

@@ -62,6 +62,7 @@ def test_score_squad_takes_the_best_gold_and_counts_missing_and_unknown():
     result = score(golds, predictions, metric="squad")
     # q1 matches its second gold (1, 1); q2 is partial (0, 0.4); q3 is empty (0, 0); q4 is missing (0, 0).
     assert result == {
+        "metric": "squad",
         "exact_match": pytest.approx(100 * 1 / 4),
         "f1": pytest.approx(100 * 1.4 / 4),
         "total": 4,
@@ -90,6 +91,7 @@ def test_squad_v2_has_ans_no_ans_split_by_hand():
     result = score(golds, predictions, metric="squad_v2")
     # exact: h1 1, h2 0, h3 missing 0, n1 1, n2 0.  f1: h2 = [santa clara] vs [santa clara california] = 0.8.
     assert result == {
+        "metric": "squad_v2",
         "exact": pytest.approx(100 * 2 / 5),
         "f1": pytest.approx(100 * 2.8 / 5),
         "total": 5,
@@ -220,6 +222,7 @@ def test_score_cmrc2018_by_hand():
     # q1: EM 0, F1 2/3. q2: EM 1 ("。" dropped), F1 1. q3: missing (SKIP), 0.
     em, f1 = 100 * 1 / 3, 100 * (2 / 3 + 1) / 3
     assert result == {
+        "metric": "cmrc2018",
         "EM": pytest.approx(em),
         "F1": pytest.approx(f1),
         "AVERAGE": pytest.approx((em + f1) / 2),
@@ -265,7 +268,8 @@ def test_evaluate_modules_load_by_path_without_network(monkeypatch):
     golds = [gold("q1", "Denver Broncos"), gold("q2", "Santa Clara")]
     for name in ("squad", "squad_v2", "cmrc2018"):
         references, predictions = to_evaluate_inputs(name, golds, {"q1": "Broncos"})
-        assert load_metric(name).compute(predictions=predictions, references=references) == score(
+        # the evaluate modules give the figures alone, as the Hub's do; score() names the rules too
+        assert {"metric": name, **load_metric(name).compute(predictions=predictions, references=references)} == score(
             golds, {"q1": "Broncos"}, metric=name
         ), name
 
@@ -369,7 +373,7 @@ def test_perturbed_predictions_agree_between_score_and_evaluate_modules(squad_v2
         predictions = perturb(golds)
         expected = score(golds, predictions, metric=name, null_odds=odds)
         references, rows = to_evaluate_inputs(name, golds, predictions, odds)
-        assert load_metric(name).compute(predictions=rows, references=references) == expected, name
+        assert {"metric": name, **load_metric(name).compute(predictions=rows, references=references)} == expected, name
         assert expected["missing"] == len(range(0, len(golds), 5)), name
         assert 0 < min(value for key, value in expected.items() if key in ("f1", "F1")) < 100, name
     assert "best_f1" in score(squad_v2_golds, perturb(squad_v2_golds), metric="squad_v2", null_odds=null_odds)

@@ -151,6 +151,8 @@ BAD_REQUESTS = [
     # (what, request keywords, status, words the message must hold)
     ("malformed JSON", {"content": b'{"context": "The cat.", "questions": ["Who?"', "headers": {"content-type": "application/json"}},
      422, "not valid JSON"),
+    ("not UTF-8", {"content": '{"context": "Le café.", "questions": ["Où?"]}'.encode("latin-1"),
+                   "headers": {"content-type": "application/json"}}, 422, "the body is not UTF-8 text"),
     ("not sent as JSON", {"content": b"context=The cat.", "headers": {"content-type": "application/x-www-form-urlencoded"}},
      422, "Content-Type: application/json"),
     ("questions a string", {"json": {"context": "The cat.", "questions": "Who?"}}, 422, "questions: Input should be a valid list"),
@@ -183,7 +185,7 @@ def test_bad_requests_get_413_or_422_saying_what_was_wrong_and_the_server_goes_o
             assert message in response.json()["detail"], (what, response.json())
             assert [a["text"] for a in _answer(client, context, [q for _, q in qas])] == expected, what
         metrics = client.get("/metrics").json()
-    assert metrics["errors_by_status"] == {"413": 5, "422": 12}
+    assert metrics["errors_by_status"] == {"413": 5, "422": 13}
     assert metrics["requests"] == 2 * len(BAD_REQUESTS) and metrics["questions"] == len(BAD_REQUESTS) * len(qas)
 
 
@@ -201,25 +203,32 @@ def test_a_client_that_leaves_mid_request_does_not_stop_the_server(reader, parag
     assert [a["text"] for a in answers.json()["answers"]] == [submission[qid] for qid, _ in qas]
 
 
+class PanicException(BaseException):
+    """What a Rust panic in the tokenizers raises (pyo3): not an Exception."""
+
+
 class _FailsOnBoom:
     """The Reader, except that a batch with a question holding "boom" raises: a model failure we can aim."""
 
-    def __init__(self, reader):
-        self.reader = reader
+    def __init__(self, reader, error=RuntimeError):
+        self.reader, self.error = reader, error
 
     def __call__(self, question, context):
         if any("boom" in q for q in question):
-            raise RuntimeError("boom")
+            raise self.error("boom")
         return self.reader(question=question, context=context)
 
 
-def test_a_request_the_model_fails_on_fails_alone(reader, paragraphs, submission):
+@pytest.mark.parametrize("error", [RuntimeError, PanicException])
+def test_a_request_the_model_fails_on_fails_alone(reader, paragraphs, submission, error):
     """Batched with two good requests, a failing one makes its batch fail; each request is then asked alone, so the
-    good ones get their answers and only the bad one its error (a 500 naming it over HTTP)."""
+    good ones get their answers and only the bad one its error (a 500 naming it over HTTP), also where the error is
+    a BaseException (a Rust panic), which would have stopped the batcher and left every later request waiting."""
     context, qas = paragraphs[0]
 
     async def three_at_once():
-        batcher = RequestBatcher(max_batch=32, max_wait_ms=500, metrics=ServeMetrics(100), reader=_FailsOnBoom(reader))
+        batcher = RequestBatcher(max_batch=32, max_wait_ms=500, metrics=ServeMetrics(100),
+                                 reader=_FailsOnBoom(reader, error))
         batcher.start()
         worker = asyncio.create_task(batcher.run())
         results = await asyncio.gather(batcher.answer([qas[0][1]], context), batcher.answer(["boom?"], context),
@@ -229,12 +238,12 @@ def test_a_request_the_model_fails_on_fails_alone(reader, paragraphs, submission
 
     (first, failed, third), batch_sizes = asyncio.run(three_at_once())
     assert [first[0]["answer"], third[0]["answer"]] == [submission[qas[0][0]], submission[qas[1][0]]]
-    assert isinstance(failed, RuntimeError) and batch_sizes == {1: 2}  # the failed batch of 3 is not counted
+    assert isinstance(failed, error) and batch_sizes == {1: 2}  # the failed batch of 3 is not counted
 
-    with TestClient(create_app(_FailsOnBoom(reader))) as client:
+    with TestClient(create_app(_FailsOnBoom(reader, error))) as client:
         response = client.post("/answer", json={"context": context, "questions": ["boom?"]})
         assert response.status_code == 500
-        assert response.json()["detail"] == "the model failed on this request: RuntimeError: boom"
+        assert response.json()["detail"] == f"the model failed on this request: {error.__name__}: boom"
         assert _answer(client, context, [qas[0][1]])[0]["text"] == submission[qas[0][0]]
         assert client.get("/metrics").json()["errors_by_status"] == {"500": 1}
 

@@ -63,19 +63,19 @@ def score(
     golds are `{"id", "answers": [str], "is_impossible": bool}` records; metric "auto" picks one with
     detect_metric. null_odds (id -> odds that the question has no answer) apply to squad_v2 only: answers whose odds
     exceed `null_threshold` count as null (the official --na-prob-thresh, 1.0; infinite: the answers as given, the odds
-    for the best_* sweep only). Returns the official figures in percent plus `missing` and `unknown_ids` counts (see
-    mrc_cli.metrics.rules).
+    for the best_* sweep only). Returns `metric` (the rules applied: auto picks them by the data), the official figures
+    in percent and `missing` and `unknown_ids` counts (see mrc_cli.metrics.rules).
     """
     _check_name(metric, ("auto", *METRICS))
     if metric == "auto":
         metric = detect_metric(golds)
     if metric == "squad_v2":
-        return rules.score_squad_v2(golds, predictions, null_odds, null_threshold)
-    if null_odds is not None:
+        scores = rules.score_squad_v2(golds, predictions, null_odds, null_threshold)
+    elif null_odds is not None:
         raise DataError(f"null odds apply to the squad_v2 metric only, but the metric is {metric}")
-    if metric == "squad":
-        return rules.score_squad(golds, predictions)
-    return rules.score_cmrc2018(golds, predictions)
+    else:
+        scores = (rules.score_squad if metric == "squad" else rules.score_cmrc2018)(golds, predictions)
+    return {"metric": metric, **scores}
 
 
 def from_evaluate_inputs(predictions: list[dict], references: list[dict]) -> tuple[list[dict], dict[str, str]]:
