@@ -4,7 +4,8 @@ A checkpoint folder (`RUN/checkpoints/step-000200/`) holds `model.safetensors`, 
 scheduler, loss scaler and every process's RNG states; tensors and plain values only, read back with `weights_only=True`),
 `trainer_state.json` (the position in training, written last), `config.yaml` (the resolved run config), the
 encoder's `config.json` and the tokenizer, so `mrc eval` and `mrc predict` need nothing else. A folder is written
-under a temporary name and renamed when complete, so a crash mid-save leaves the previous checkpoint intact.
+under a temporary name and renamed when complete, so a crash mid-save leaves the previous checkpoint intact. When a
+run finishes, only its last checkpoint keeps `training_state.pt` (`drop_training_states`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mrc_cli.model import load_state_dict_file
 
 CHECKPOINTS = "checkpoints"
 BEST_POINTER = "best_checkpoint.json"
+TRAINING_STATE = "training_state.pt"  # optimizer, scheduler, scaler, RNG: what resuming needs besides the weights
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -55,7 +57,7 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(_untied(model.state_dict()), str(tmp / "model.safetensors"))
-        torch.save(training_state, tmp / "training_state.pt")
+        torch.save(training_state, tmp / TRAINING_STATE)
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         save_config(cfg, tmp / "config.yaml")
@@ -63,14 +65,17 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
         if final.exists():  # the same step saved again after a resume
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as err:  # a full disk, a quota, a read-only folder
+    except (OSError, RuntimeError) as err:  # a full disk, a quota, a read-only folder (torch.save: RuntimeError)
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         raise CheckpointError(
-            f"could not write checkpoint {final}: {err.strerror or err}; "
+            f"could not write checkpoint {final}: {getattr(err, 'strerror', None) or err}; "
             + (f"the previous checkpoint {previous} is intact, " if previous else "no earlier checkpoint exists, ")
             + "free some space and continue with --resume auto"
         ) from None
+    except BaseException:  # a second Ctrl-C: no half-written folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _prune(root, keep_last, trainer_state.get("best_step"))
     return final
 
@@ -172,8 +177,21 @@ def read_checkpoint_config(checkpoint: Path) -> RunConfig:
 def read_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
     """(trainer_state.json, training_state.pt) of a checkpoint; the latter loaded without unpickling code."""
     trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
-    training_state = torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=True)
+    if not (checkpoint / TRAINING_STATE).is_file():
+        raise CheckpointError(f"{checkpoint}: weights only, its optimizer state was dropped when the run finished (the "
+                              f"last checkpoint keeps it): resume from that one, or start a new run from these weights "
+                              f"with --init-from {checkpoint}")
+    training_state = torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
     return trainer_state, training_state
+
+
+def drop_training_states(run_dir: Path, keep: Path) -> None:
+    """Delete the optimizer state of a finished run's checkpoints but `keep` (its last, which a longer run resumes
+    from): the best and the other kept ones serve eval and export with their weights, and Adam's two moments are
+    twice the weights (bert-base: 0.9 of 1.3 GB a checkpoint)."""
+    for _, path in _complete_checkpoints(Path(run_dir) / CHECKPOINTS):
+        if path != keep:
+            (path / TRAINING_STATE).unlink(missing_ok=True)
 
 
 def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:

@@ -158,10 +158,7 @@ def train(
     ), sets or [])
     check_train_config(cfg.train)
     if dry_run:
-        from mrc_cli.training import describe_batches
-
-        _print_config(cfg)
-        typer.echo(f"# {describe_batches(cfg)}")  # a comment: the output stays a config file
+        _dry_run(cfg, batches=True)
         return
     from mrc_cli.training import train as run_training
 
@@ -191,7 +188,7 @@ def distil(
     ), sets or [])
     check_train_config(cfg.train)
     if dry_run:
-        _print_config(cfg)
+        _dry_run(cfg)
         return
     from mrc_cli.distillation import distil as run_distil
 
@@ -232,7 +229,7 @@ def pretrain(
     ), sets or [])
     check_pretrain_config(cfg)
     if dry_run:
-        _print_config(cfg)
+        _dry_run(cfg)
         return
     from accelerate import PartialState
 
@@ -485,6 +482,19 @@ def _print_config(cfg) -> None:
     from mrc_cli.config import config_to_dict
 
     typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def _dry_run(cfg, batches: bool = False) -> None:
+    """The config the run would use (a resumed run's: its checkpoint's, with what differs noted) as YAML, refused
+    where the real run would be; comments after it, so the output stays a config file."""
+    from mrc_cli.training import describe_batches, resolve_run
+
+    cfg, resume_from, notes = resolve_run(cfg)
+    _print_config(cfg)
+    for line in [*([f"resumes {resume_from}"] if resume_from else []), *notes]:
+        typer.echo(f"# {line}")
+    if batches:
+        typer.echo(f"# {describe_batches(cfg)}")
 
 
 def _flags(**flags) -> dict:

@@ -101,6 +101,9 @@ class TrainConfig:
     eval_steps: int = 0  # 0: evaluate at the end only
     save_steps: int = 200  # checkpoints to resume from; also written at the end
     keep_last: int = 2  # checkpoints kept besides the best
+    # once the run has finished, the checkpoints that keep their optimizer state (twice the weights with Adam): last,
+    # the one a longer run resumes from; all: any can be resumed from (to branch a run from an earlier step)
+    keep_training_state: Literal["last", "all"] = "last"
     metric_for_best: Literal["f1", "exact", "dev_loss"] = "f1"  # dev_loss: lower is better
     patience: int = 0  # stop after this many evaluations without improvement; 0: never
     resume: str | None = None  # auto (the newest checkpoint in output_dir) or a checkpoint folder
@@ -257,6 +260,23 @@ def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> No
         set_value(cfg, dotted.strip(), value, source=source)
 
 
+# transformers' TrainingArguments names (and other common ones) -> ours: difflib's nearest name by spelling was
+# another setting (gradient_accumulation_steps -> gradient_checkpointing, learning_rate -> log_steps)
+KNOWN_ELSEWHERE = {
+    "learning_rate": "train.lr", "gradient_accumulation_steps": "train.grad_accum",
+    "per_device_train_batch_size": "train.batch_size", "train_batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.eval_batch_size", "num_train_epochs": "train.epochs",
+    "warmup_ratio": "train.warmup", "warmup_steps": "train.warmup (a fraction of the steps)",
+    "max_grad_norm": "train.max_grad_norm", "save_total_limit": "train.keep_last",
+    "early_stopping_patience": "train.patience", "logging_steps": "train.log_steps",
+    "evaluation_steps": "train.eval_steps", "fp16": "train.precision", "bf16": "train.precision",
+    "max_length": "data.max_seq_length", "max_seq_len": "data.max_seq_length", "stride": "data.doc_stride",
+    "model_name_or_path": "model.name_or_path", "tokenizer_name": "model.tokenizer",
+}
+NO_SUCH_SETTING = {key: "there is no schedule setting: the lr warms up linearly (train.warmup, a fraction of the "
+                        "steps), then decays linearly to 0" for key in ("lr_scheduler", "lr_scheduler_type", "scheduler")}
+
+
 def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
     section_name, _, key = dotted.partition(".")
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
@@ -264,8 +284,9 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
     valid = [f"{s}.{f.name}" for s, obj in sections.items() for f in dataclasses.fields(obj)]
     fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if key not in fields:
-        near = difflib.get_close_matches(dotted, valid, n=1)
-        hint = f"; did you mean {near[0]}?" if near else f"; valid keys: {', '.join(valid)}"
+        near = [KNOWN_ELSEWHERE[key]] if key in KNOWN_ELSEWHERE else difflib.get_close_matches(dotted, valid, n=1)
+        hint = (f"; {NO_SUCH_SETTING[key]}" if key in NO_SUCH_SETTING else f"; did you mean {near[0]}?" if near
+                else f"; valid keys: {', '.join(valid)}")
         raise ConfigError(f"{source}: unknown config key {dotted!r}{hint}")
     hint = typing.get_type_hints(type(section))[key]
     setattr(section, key, _coerce(value, hint, f"{source}: {dotted}"))

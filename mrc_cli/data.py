@@ -169,9 +169,12 @@ def _read_hf(source: str) -> RawData:
             f"{source}: not a data file, a saved dataset folder or a reachable Hub dataset ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); offline, pass a local .json/.jsonl file"
         ) from None
-    if isinstance(ds, datasets.DatasetDict):
-        split = split or ("validation" if "validation" in ds else next(iter(ds)))
-        ds = ds[split]
+    if isinstance(ds, datasets.DatasetDict):  # a saved folder of splits: one is named, or there is only one
+        if split and split not in ds:
+            raise DataError(f"{source}: {name} has no split {split!r}; its splits: {', '.join(ds)}")
+        if not split and len(ds) > 1:
+            raise DataError(f"{source}: a dataset of the splits {', '.join(ds)}; name one, e.g. {name}:{next(iter(ds))}")
+        ds = ds[split or next(iter(ds))]
     raw = RawData(source, "hf")
     for i, rec in enumerate(ds):
         _add_flat(raw, rec, f"row {i}")

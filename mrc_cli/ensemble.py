@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from mrc_cli.checkpoint import run_dir_of
+from mrc_cli.checkpoint import TRAINING_STATE, run_dir_of
 from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
 from mrc_cli.config import RunConfig, set_value, write_yaml_atomically
 from mrc_cli.decoding import Prediction, decode
@@ -266,7 +266,7 @@ def save_ensemble(ensemble: Ensemble, folder: str | Path, copy_members: bool = F
         for number, member in enumerate(ensemble.members, start=1):
             copied = Path(MEMBERS_FOLDER) / f"{number}-{member.path.name}"
             # not the optimizer state, nor a cached ONNX export (mrc_cli.backends), which the ensemble does not load
-            shutil.copytree(member.path, folder / copied, ignore=shutil.ignore_patterns("training_state.pt", "onnx"))
+            shutil.copytree(member.path, folder / copied, ignore=shutil.ignore_patterns(TRAINING_STATE, "onnx"))
             sources.append(str(copied))
         ensemble.sources = sources
     ensemble.path = folder

@@ -142,6 +142,9 @@ class MaskedLMTask:
         self.tokenizer = None  # set by load
         self.rule, self.host, self._predicted = None, None, None  # set by use
 
+    def will_evaluate(self, cfg: RunConfig) -> bool:
+        return False
+
     def load(self, cfg: RunConfig, tokenizer, log: RunLog):
         if tokenizer.mask_token_id is None:
             raise ConfigError(f"{cfg.model.tokenizer or cfg.model.name_or_path}: the tokenizer has no mask token to "

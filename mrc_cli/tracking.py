@@ -35,10 +35,12 @@ class RunLog:
         self.enabled = enabled
         self.trackers = trackers  # an Accelerator whose trackers are initialised (accelerate logs on the main process)
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, shown: bool = True) -> None:
+        """A line on the screen (unless not `shown`: what the command prints anyway as it ends) and in train.log."""
         if not self.enabled:
             return
-        tqdm.write(message)
+        if shown:
+            tqdm.write(message)
         self.run_dir.mkdir(parents=True, exist_ok=True)  # not before the first line: a run that fails its checks leaves nothing
         with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")

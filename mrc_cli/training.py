@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -36,12 +37,13 @@ from tqdm.auto import tqdm
 from mrc_cli import __version__
 from mrc_cli.attention import packing_refusal
 from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
-from mrc_cli.checkpoint import (checkpoint_dir, latest_checkpoint, read_checkpoint_config, read_trainer_state,
-                                read_weights, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                                write_best_pointer)
+from mrc_cli.checkpoint import (checkpoint_dir, drop_training_states, latest_checkpoint, read_checkpoint_config,
+                                read_trainer_state, read_weights, resolve_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state, write_best_pointer)
 from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from mrc_cli.files import check_output_folder
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
@@ -58,7 +60,7 @@ from mrc_cli.words import answers_inside_words
 RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
-                      "cpu", "report_to"}
+                      "cpu", "report_to", "keep_training_state"}
 
 
 @dataclass
@@ -120,6 +122,9 @@ class Task(Protocol):
     def evaluate(self, model, cfg: RunConfig, accelerator, precision: str) -> tuple[dict, object]:
         """(metrics, predictions) on the dev set; called only where `evaluates`."""
 
+    def will_evaluate(self, cfg: RunConfig) -> bool:
+        """Whether the run will evaluate (known before the data is read)."""
+
     def run_info(self, cfg: RunConfig) -> dict:
         """The task's part of run_info.json: data fingerprints and counts."""
 
@@ -141,6 +146,9 @@ class SpanTask:
     @property
     def evaluates(self) -> bool:
         return self.dev_split is not None
+
+    def will_evaluate(self, cfg: RunConfig) -> bool:
+        return self.dev_split is not None or bool(cfg.data.dev_file)
 
     def load(self, cfg: RunConfig, tokenizer, log: RunLog):
         self.train_split = _load_split(self.train_split, cfg.data.train_file, "train", tokenizer, cfg, log)
@@ -184,9 +192,56 @@ class SpanTask:
 def run_task(cfg: RunConfig, task: Task) -> TrainResult:
     """Train `task` as `cfg` says: set up by small helpers, then the loop."""
     try:
-        return _loop(_set_up(cfg, task))
+        with _run_lock(Path(cfg.train.output_dir), task.run_dir_flag):
+            return _loop(_set_up(cfg, task))
     finally:
         _give_back_freed_memory()
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, flag: str):
+    """One run at a time in a run directory: a second one started into it (by hand, by a requeue script) would
+    interleave its log and metrics with the first's and overwrite its checkpoints. RUN/.lock names the process that
+    holds it; a lock whose process is gone (killed without cleaning up) is taken over. Held by the main process."""
+    check_output_folder(run_dir, flag)
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    lock, created = run_dir / ".lock", not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        with open(lock, "x", encoding="utf-8") as f:
+            json.dump(holder, f)
+    except FileExistsError:
+        try:
+            other = json.loads(lock.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            other = {}
+        if _holds(other):
+            raise ConfigError(f"{run_dir} is in use by another run (process {other.get('pid')} on {other.get('host')}, "
+                              f"since {other.get('since')}); wait for it or choose another {flag} (a lock left by a "
+                              f"run that is gone: delete {lock})") from None
+        lock.write_text(json.dumps(holder), encoding="utf-8")  # its process is gone: a run killed without cleaning up
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):  # a run that failed its checks leaves nothing
+            run_dir.rmdir()
+
+
+def _holds(holder: dict) -> bool:
+    """Whether the process a lock names may still be running: on this host, if it exists; on another, assume so."""
+    if holder.get("host") != socket.gethostname():
+        return bool(holder)
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return isinstance(holder.get("pid"), int)
+    return True
 
 
 def _give_back_freed_memory() -> None:
@@ -227,17 +282,22 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     start from; the run directory's config, run_info and the derived numbers written once."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
-    resume_from = _resume_checkpoint(cfg, run_dir)
-    resume_notes, saved_state = [], None
-    if resume_from is not None:
-        cfg, resume_notes = _config_for_resume(cfg, resume_from)
-        saved_state = _trainer_state(resume_from)
+    cfg, resume_from, resume_notes = resolve_run(cfg)
+    saved_state = _trainer_state(resume_from) if resume_from is not None else None
+    if resume_from is None and ((run_dir / "metrics.jsonl").is_file() or (run_dir / "train.log").is_file()):
+        resume_notes.append(f"{run_dir} holds the records of a run that left no checkpoint: starting from step 0, "
+                            "its metrics.jsonl lines dropped")
+    if cfg.train.patience and not (task.will_evaluate(cfg) and cfg.train.eval_steps):
+        raise ConfigError(f"train.patience {cfg.train.patience} needs evaluations during the run: "
+                          + ("set train.eval_steps" if task.will_evaluate(cfg) else "give a dev set (--dev)"))
     accelerator = _accelerator(cfg.train.cpu, cfg.train.report_to, run_dir)
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     world = accelerator.num_processes
     if saved_state is not None:
         resume_notes += _keep_effective_batch(cfg, saved_state, world)
     log = RunLog(run_dir, accelerator.is_main_process, accelerator if accelerator.log_with else None)
+    if resume_from is None:
+        log.truncate_metrics(0)
     for note in filter(None, [unseen_gpus_warning(), *resume_notes]):
         log.info(note)
     set_seed(cfg.train.seed)
@@ -282,10 +342,13 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     # after the optimizer and EMA took every parameter: the warm-up may stop the encoder's requiring gradients
     head_warmup = HeadWarmup.for_config(accelerator.unwrap_model(model), cfg.train, total_steps, optimizer, world,
                                         state.step, log)
+    run_info = task.run_info(cfg)
+    if resume_from is not None:
+        _refuse_other_data(run_dir, run_info, resume_from)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        _write_run_info(run_dir, tokenizer, precision, accelerator, task.run_info(cfg))
+        _write_run_info(run_dir, tokenizer, precision, accelerator, run_info)
     _describe_run(cfg, world, total_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
@@ -307,6 +370,7 @@ def _loop(r: _Run) -> TrainResult:
             epoch, batches, counts = next(steps)
             loss, stepped = _train_step(r.model, r.optimizer, r.scaler, batches, accelerator, r.precision, cfg.train,
                                         r.adversary, r.forward)
+            lr = r.scheduler.get_last_lr()[0]  # the step's: the schedule moves on after it
             if stepped:  # fp16 skips the step (and so the schedule) when gradients overflowed
                 r.scheduler.step()
                 if r.ema is not None:
@@ -328,19 +392,24 @@ def _loop(r: _Run) -> TrainResult:
             state.samples += values.pop("features")
             state.tokens += values.pop("tokens")
             state.token_pairs += values.pop("token_pairs")
-            lr = r.scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{values['loss'] or math.nan:.3f}", lr=f"{lr:.2e}")
             r.log.metrics(state.step, {**values, "lr": lr, "epoch": epoch, "compute": _compute(r)})
             stop = False
             if evaluate:
+                bar.set_description_str("Evaluating", refresh=True)  # the bar would sit still for the whole dev set
                 last_eval = _evaluate(r)
+                bar.set_description_str("Training", refresh=False)
                 stop = _track(last_eval[0], cfg, state, r.log)
+                signalled = signalled or (stopper.signal_name is not None and world == 1)  # Ctrl-C while evaluating
             if save or stop or signalled or state.best_step == state.step:
                 _save(r.run_dir, accelerator, r.model, r.stateful, r.tokenizer, cfg, state, r.ema)
             meter.pause(time.perf_counter() - pause_start)
+            bar.unpause()  # evaluating and saving are not in the bar's rate and ETA
             if signalled:
-                raise TrainingInterrupted(f"stopped by {stopper.signal_name or 'a signal to another process'} at step "
-                                          f"{state.step}; the checkpoint is saved: {_resume_hint(r)}")
+                message = (f"stopped by {stopper.signal_name or 'a signal to another process'} at step {state.step}; "
+                           f"the checkpoint is saved: {_resume_hint(r)}")
+                r.log.info(message, shown=False)  # the command prints it as its error
+                raise TrainingInterrupted(message)
             if stop:
                 r.log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of "
                            f"{cfg.train.metric_for_best}")
@@ -348,7 +417,7 @@ def _loop(r: _Run) -> TrainResult:
     bar.close()
     if r.task.evaluates and last_eval is None:  # resumed at the last step: nothing evaluated yet
         last_eval = _evaluate(r)
-    return _finish(r.run_dir, r.task, r.model, r.ema, last_eval, accelerator, state, r.log)
+    return _finish(r.run_dir, r.task, r.model, r.ema, last_eval, accelerator, state, r.log, cfg.train)
 
 
 def _resume_hint(r: _Run) -> str:
@@ -602,6 +671,40 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
+def resolve_run(cfg: RunConfig) -> tuple[RunConfig, Path | None, list[str]]:
+    """The config a run will use, the checkpoint it resumes from (None: a fresh start) and, where it resumes, the
+    notes on what differs from the checkpoint's config, which is used; refused where the run directory holds another
+    run, or a finished one (what `--dry-run` shows too)."""
+    run_dir = Path(cfg.train.output_dir)
+    resume_from = _resume_checkpoint(cfg, run_dir)
+    if resume_from is None:
+        return cfg, None, []
+    cfg, notes = _config_for_resume(cfg, resume_from)
+    _refuse_finished(run_dir, cfg.train, _trainer_state(resume_from))
+    return cfg, resume_from, notes
+
+
+def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> None:
+    """A run that stopped early is finished: resumed (a requeue script), it would evaluate once more, stop again and
+    so grow by eval_steps on every call. A larger train.patience trains on."""
+    if train.patience and state.evals_without_improvement >= train.patience:
+        raise ConfigError(f"{run_dir} stopped early at step {state.step} ({state.evals_without_improvement} evaluations "
+                          f"without improvement, train.patience {train.patience}): the run is finished; to train on, "
+                          "resume with a larger --set train.patience (0: no early stopping)")
+
+
+def _refuse_other_data(run_dir: Path, now: dict, checkpoint: Path) -> None:
+    """Resuming on other training data would go on through another data set with the first one's batch plan and
+    schedule, and no record would show it (run_info.json is rewritten)."""
+    path = run_dir / "run_info.json"
+    then = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for key in ("train_file_sha256", "files_sha256"):
+        if key in then and key in now and then[key] != now[key]:
+            raise ConfigError(f"{run_dir}: the training data is not what the run trained on ({key} {then[key]} then, "
+                              f"{now[key]} now); restore it to resume, or start a new run from the checkpoint's weights "
+                              f"(--init-from {checkpoint} and another output folder)")
+
+
 def _accelerator(cpu: bool, report_to: str, run_dir: Path) -> Accelerator:
     """One Accelerator per run, without mixed precision (mrc_cli.precision owns autocast) and with the trackers of
     train.report_to; on a machine without a GPU, processes started by torchrun/accelerate meet over gloo."""
@@ -719,7 +822,7 @@ def _optimizer(model, cfg: RunConfig, world: int, log: RunLog) -> torch.optim.Op
 def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
     """Linear warm-up, then linear decay to 0. Ours, not transformers' get_linear_schedule_with_warmup: that one
     gives the first step lr 0 (a wasted step), and the figures in docs/benchmarks.md were measured with this one."""
-    warmup = int(cfg.train.warmup * total_steps)
+    warmup = max(1, int(cfg.train.warmup * total_steps)) if cfg.train.warmup else 0  # 0.1 of 8 steps: one, not none
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -796,12 +899,14 @@ def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: Traine
 
 
 def _finish(run_dir: Path, task: Task, model, ema: EMA | None, last_eval, accelerator, state: TrainerState,
-            log: RunLog) -> TrainResult:
+            log: RunLog, train_cfg: TrainConfig) -> TrainResult:
     """The task's files (with EMA: from the shadow weights), the curves, the result."""
     with _shadow(ema):
         metrics = task.finish(run_dir, accelerator.unwrap_model(model), last_eval, state, accelerator.is_main_process)
     if accelerator.is_main_process:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        if train_cfg.keep_training_state == "last":
+            drop_training_states(run_dir, checkpoint_dir(run_dir, state.step))
         log.info(f"done: {state.step} steps; files in {run_dir}")
     log.close()
     best = checkpoint_dir(run_dir, state.best_step) if state.best_step else None

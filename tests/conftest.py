@@ -153,6 +153,9 @@ def tiny_run_config(model_dir: str, output_dir: str | Path, **train_overrides):
     cfg.train.precision = "no"
     cfg.train.cpu = True
     cfg.train.log_steps = 1
+    # tests stand for an interrupted run by a finished one cut back to an earlier checkpoint: every checkpoint keeps
+    # its optimizer state (the default, "last", is tested in test_training_options)
+    cfg.train.keep_training_state = "all"
     for key, value in train_overrides.items():
         if not hasattr(cfg.train, key):
             raise AttributeError(f"TrainConfig has no field {key!r}")

@@ -47,6 +47,21 @@ def test_saved_dataset_folder_is_read_as_hf(tmp_path):
     assert raw.format == "hf" and raw.records == [rec]
 
 
+def test_a_saved_folder_of_splits_reads_the_one_named(tmp_path):
+    import datasets
+
+    rec = {"id": "a", "title": "", "context": "It is in Paris.", "question": "Where?",
+           "answers": {"text": ["Paris"], "answer_start": [9]}, "is_impossible": False}
+    other = {**rec, "id": "b"}
+    folder = tmp_path / "splits"
+    datasets.DatasetDict({"train": to_dataset([rec]), "test": to_dataset([other])}).save_to_disk(str(folder))
+    assert read_data(f"{folder}:test").records == [other]
+    with pytest.raises(DataError, match=f"{folder}: a dataset of the splits train, test; name one, e.g. {folder}:train"):
+        read_data(folder)  # not the first split silently
+    with pytest.raises(DataError, match="has no split 'validation'; its splits: train, test"):
+        read_data(f"{folder}:validation")
+
+
 def test_test_file_without_answers_reads_as_unanswered(tmp_path):
     path = write_squad(tmp_path / "t.json", [("Paris is big.", [{"id": "x", "question": "What?"}])])
     assert read_data(path).records[0]["answers"] == {"text": [], "answer_start": []}

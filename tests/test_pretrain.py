@@ -301,7 +301,7 @@ def pretrained(tmp_path_factory, tiny_bert_dir) -> Path:
     """6 steps on the quickstart train contexts (its dev contexts left out), checkpoints at 3 and 6."""
     out = tmp_path_factory.mktemp("pretrain") / "A"
     result = _invoke(_pretrain_args(tiny_bert_dir, out, "--max-steps", "6", "--set", "train.save_steps=3",
-                                    "--set", "train.keep_last=5"))
+                                    "--set", "train.keep_last=5", "--set", "train.keep_training_state=all"))
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"model_dir": str(out), "steps": 6}
     return out
 

@@ -43,13 +43,24 @@ def _saved_steps(run_dir: Path) -> list[int]:
 
 def test_keep_last_deletes_older_checkpoints_and_keeps_the_best(tiny_bert_dir, tmp_path, falling_dev_scores):
     run_dir = tmp_path / "run"
-    cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=6, eval_steps=1, save_steps=1, keep_last=2)
+    cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=6, eval_steps=1, save_steps=1, keep_last=2,
+                          keep_training_state="last")  # the default
     result = train(cfg)
     assert result.steps == 6 and falling_dev_scores == [50, 49, 48, 47, 46, 45]
     # steps 2-4 were written and then deleted; 1 stays as the best, 5 and 6 as the newest two
     assert _saved_steps(run_dir) == [1, 5, 6]
     assert json.loads((run_dir / "best_checkpoint.json").read_text())["checkpoint"] == "checkpoints/step-000001"
     assert result.best_checkpoint == run_dir / "checkpoints" / "step-000001"
+    # finished: the optimizer state stays in the last checkpoint only, which a longer run resumes from
+    assert [step for step in _saved_steps(run_dir)
+            if (run_dir / "checkpoints" / f"step-{step:06d}" / "training_state.pt").is_file()] == [6]
+    from mrc_cli.errors import CheckpointError
+
+    older = tiny_run_config(tiny_bert_dir, run_dir, max_steps=8, resume=str(run_dir / "checkpoints" / "step-000005"))
+    with pytest.raises(CheckpointError, match="step-000005: weights only, its optimizer state was dropped .*--init-from"):
+        train(older)
+    assert train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=7, eval_steps=1, save_steps=1, keep_last=2,
+                                 resume="auto")).steps == 7
 
 
 def test_patience_stops_the_run_after_that_many_evaluations_without_improvement(tiny_bert_dir, tmp_path,
@@ -97,3 +108,126 @@ def test_max_grad_norm_clips_the_gradients_the_optimizer_steps_with(tiny_bert_di
     # unclipped, a random span head's gradients are far above 0.05 (measured: about 5); clipped, none is
     assert min(runs[0.0]) > 0.5, runs
     assert max(runs[0.05]) <= 0.05 * (1 + 1e-4), runs
+
+
+# --- what long experiments hit: a run directory is one run ------------------------------------------------------------
+
+
+def test_a_stopped_early_run_is_finished_and_resumes_only_with_more_patience(tiny_bert_dir, tmp_path,
+                                                                                falling_dev_scores):
+    from mrc_cli.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=10, eval_steps=1, save_steps=100, patience=2))
+    again = tiny_run_config(tiny_bert_dir, run_dir, max_steps=10, eval_steps=1, save_steps=100, patience=2,
+                            resume="auto")
+    with pytest.raises(ConfigError, match="stopped early at step 3 .*the run is finished"):
+        train(again)  # a requeue script's call: not one more evaluation and stop
+    again.train.patience = 3
+    assert train(again).steps == 4  # one more evaluation without improvement allowed
+
+
+def test_patience_without_evaluations_during_the_run_is_refused(tiny_bert_dir, tmp_path):
+    from mrc_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.patience 2 needs evaluations during the run: set train.eval_steps"):
+        train(tiny_run_config(tiny_bert_dir, tmp_path / "a", max_steps=4, patience=2))
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "b", max_steps=4, eval_steps=1, patience=2)
+    cfg.data.dev_file = None
+    with pytest.raises(ConfigError, match="give a dev set"):
+        train(cfg)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything was written
+
+
+def test_resuming_on_other_training_data_is_refused(tiny_bert_dir, tmp_path):
+    import shutil
+
+    from conftest import QUICKSTART
+    from mrc_cli.errors import ConfigError
+
+    data = tmp_path / "train.json"
+    shutil.copy(QUICKSTART / "en_train.json", data)
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=2, save_steps=2)
+    cfg.data.train_file, cfg.data.dev_file = str(data), None
+    train(cfg)
+    articles = json.loads(data.read_text())
+    articles["data"] = articles["data"][: len(articles["data"]) // 2]
+    data.write_text(json.dumps(articles))
+    cfg.train.resume, cfg.train.max_steps = "auto", 4
+    with pytest.raises(ConfigError, match="the training data is not what the run trained on .*--init-from"):
+        train(cfg)
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(tiny_bert_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from mrc_cli.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / ".lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": "then"}))  # alive: us
+    with pytest.raises(ConfigError, match=f"{run_dir} is in use by another run \\(process {os.getpid()}"):
+        train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=1))
+    gone = subprocess.Popen(["true"])  # a process that has ended: its pid names nobody
+    gone.wait()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "since": "then"}))
+    assert train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=1)).steps == 1
+    assert not lock.exists()  # released at the end
+
+
+def test_a_directory_with_the_records_of_a_run_without_checkpoints_starts_clean(tiny_bert_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 9.0}) + "\n")
+    train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=2, eval_steps=0))
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r][:2] == [1, 2]
+    assert "holds the records of a run that left no checkpoint" in (run_dir / "train.log").read_text()
+
+
+def test_the_logged_lr_is_the_one_each_step_used(tiny_bert_dir, tmp_path):
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=4, warmup=0.5, lr=1e-4)
+    cfg.data.dev_file = None
+    train(cfg)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+    assert lrs == pytest.approx([5e-5, 1e-4, 1e-4, 5e-5])  # warm-up over 2 steps, then decay; not the next step's
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_and_leaves_no_partial_folder(tiny_bert_dir, tmp_path,
+                                                                                         monkeypatch):
+    import mrc_cli.checkpoint as checkpoint
+    from mrc_cli.errors import CheckpointError
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 156724544 vs 156724436")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="could not write checkpoint .*step-000001: .*unexpected pos.*no earlier "
+                                              "checkpoint exists, free some space"):
+        train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1))
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+
+
+def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse(tiny_bert_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from mrc_cli.cli import app
+    from mrc_cli.config import save_config
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=2, lr=1e-4)
+    cfg.data.dev_file = None
+    train(cfg)
+    save_config(cfg, tmp_path / "run.yaml")
+    runner = CliRunner()
+    resumed = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--resume", "auto", "--lr", "5e-5",
+                                  "--max-steps", "4", "--dry-run"])
+    assert resumed.exit_code == 0, resumed.output
+    planned = yaml.safe_load(resumed.stdout)
+    assert (planned["train"]["lr"], planned["train"]["max_steps"]) == (1e-4, 4)  # the checkpoint's lr, a new length
+    assert "# resumes " in resumed.stdout and "train.lr is 0.0001 in the checkpoint and 5e-05 now; using the checkpoint" \
+        in resumed.stdout
+    again = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--dry-run"])
+    assert again.exit_code == 1 and "holds another run (checkpoints up to step-000002); pass --resume auto" in again.stderr
