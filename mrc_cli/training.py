@@ -80,6 +80,10 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     seed: int = 0
+    # a stop between log steps: the sums of the steps since the last log line ([loss, features, real and computed
+    # tokens, token pairs, steps, skipped]), which the resumed run logs at the next log step, as the uninterrupted
+    # run does
+    interval: list | None = None
 
 
 @dataclass
@@ -363,6 +367,9 @@ def _loop(r: _Run) -> TrainResult:
     steps = _step_stream(r.task, r.store, cfg, state, accelerator)
     bar = tqdm(total=r.total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     meter = _Meter(accelerator.device)
+    if state.interval:
+        meter.carry(state.interval, accelerator.is_main_process)
+        state.interval = None
     last_eval = None  # (metrics, predictions) of the latest evaluation
     r.model.train()
     with _StopOnSignal() as stopper:
@@ -389,6 +396,11 @@ def _loop(r: _Run) -> TrainResult:
                 continue
             values, signalled = meter.sync(stopper, accelerator, state, r.run_dir)  # raises on every rank after a NaN
             pause_start = time.perf_counter()  # after the sync: waiting there for the device is training time
+            interval = values.pop("interval")
+            if signalled and not (evaluate or save or last or _every(state.step, cfg.train.log_steps)):
+                state.interval = interval  # no log line for part of an interval: the resumed run completes it
+                _save(r.run_dir, accelerator, r.model, r.stateful, r.tokenizer, cfg, state, r.ema)
+                _interrupted(r, stopper)
             state.samples += values.pop("features")
             state.tokens += values.pop("tokens")
             state.token_pairs += values.pop("token_pairs")
@@ -406,10 +418,7 @@ def _loop(r: _Run) -> TrainResult:
             meter.pause(time.perf_counter() - pause_start)
             bar.unpause()  # evaluating and saving are not in the bar's rate and ETA
             if signalled:
-                message = (f"stopped by {stopper.signal_name or 'a signal to another process'} at step {state.step}; "
-                           f"the checkpoint is saved: {_resume_hint(r)}")
-                r.log.info(message, shown=False)  # the command prints it as its error
-                raise TrainingInterrupted(message)
+                _interrupted(r, stopper)
             if stop:
                 r.log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of "
                            f"{cfg.train.metric_for_best}")
@@ -418,6 +427,13 @@ def _loop(r: _Run) -> TrainResult:
     if r.task.evaluates and last_eval is None:  # resumed at the last step: nothing evaluated yet
         last_eval = _evaluate(r)
     return _finish(r.run_dir, r.task, r.model, r.ema, last_eval, accelerator, state, r.log, cfg.train)
+
+
+def _interrupted(r: _Run, stopper) -> None:
+    message = (f"stopped by {stopper.signal_name or 'a signal to another process'} at step {r.state.step}; the "
+               f"checkpoint is saved: {_resume_hint(r)}")
+    r.log.info(message, shown=False)  # the command prints it as its error
+    raise TrainingInterrupted(message)
 
 
 def _resume_hint(r: _Run) -> str:
@@ -596,6 +612,14 @@ class _Meter:
     def pause(self, seconds: float) -> None:
         self.paused += seconds
 
+    def carry(self, interval: list, main: bool) -> None:
+        """Start from an interval a stopped run left unlogged (TrainerState.interval): its steps on every process,
+        its sums (those of all processes) on the main one, so the next all-reduce counts them once."""
+        loss, *counts, self.steps, self.skipped = interval
+        if main:
+            self.loss += loss
+            self.counts = [int(count) for count in counts]
+
     def sync(self, stopper, accelerator, state: TrainerState, run_dir: Path) -> tuple[dict, bool]:
         """One all-reduce of loss, counts and stop flags; the one wait for the device. A NaN loss on any process
         is in the sum, so every process raises together instead of the others hanging in the next collective."""
@@ -611,7 +635,8 @@ class _Meter:
         self.totals = [a + b for a, b in zip(self.totals, (features, real, computed))]
         elapsed = time.perf_counter() - self.started - self.paused
         taken = self.steps - self.skipped
-        values = {"loss": loss / (taken * accelerator.num_processes) if taken else None, "features": int(features),
+        values = {"interval": [loss, features, real, computed, pairs, self.steps, self.skipped],
+                  "loss": loss / (taken * accelerator.num_processes) if taken else None, "features": int(features),
                   "tokens": int(real), "token_pairs": int(pairs),
                   "features_per_s": self.totals[0] / elapsed, "tokens_per_s": self.totals[1] / elapsed,
                   "computed_tokens_per_s": self.totals[2] / elapsed, "real_token_share": real / computed}

@@ -231,3 +231,42 @@ def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse
         in resumed.stdout
     again = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--dry-run"])
     assert again.exit_code == 1 and "holds another run (checkpoints up to step-000002); pass --resume auto" in again.stderr
+
+
+def test_a_run_stopped_between_log_steps_logs_on_as_the_uninterrupted_run(tiny_bert_dir, tmp_path, monkeypatch):
+    """Ctrl-C at step 3 of log_steps 2: the stopped run writes no line for step 3 alone; the resumed run logs step 4
+    over steps 3-4, so metrics.jsonl (loss, lr, counts) is the uninterrupted run's."""
+    import os
+    import signal
+
+    from mrc_cli.errors import TrainingInterrupted
+
+    def run(name: str, **overrides):
+        cfg = tiny_run_config(tiny_bert_dir, tmp_path / name, max_steps=6, log_steps=2, save_steps=100, **overrides)
+        cfg.data.dev_file = None
+        return train(cfg)
+
+    run("whole")
+    step = training._train_step
+    taken = []
+
+    def interrupted_at_3(*args, **kwargs):
+        result = step(*args, **kwargs)
+        taken.append(1)
+        if len(taken) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler asks the loop to stop after this step
+        return result
+
+    monkeypatch.setattr(training, "_train_step", interrupted_at_3)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 3"):
+        run("stopped")
+    monkeypatch.setattr(training, "_train_step", step)
+    assert [r["step"] for r in read_metrics(tmp_path / "stopped" / "metrics.jsonl")] == [2]
+    run("stopped", resume="auto")
+
+    def logged(name: str) -> list[tuple]:
+        return [(r["step"], r["loss"], r["lr"], r["real_token_share"])
+                for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    assert logged("stopped") == logged("whole") and [row[0] for row in logged("whole")] == [2, 4, 6]
+    assert "stopped by SIGINT at step 3" in (tmp_path / "stopped" / "train.log").read_text()
