@@ -200,7 +200,9 @@ def _echo_result(result) -> None:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **result.metrics}, default=float))
+        best = {"best_checkpoint": str(result.best_checkpoint)} if result.best_checkpoint else {}
+        typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **best, **result.metrics},
+                              default=float))
 
 
 @app.command()

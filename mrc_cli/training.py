@@ -20,9 +20,11 @@ import json
 import math
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -43,7 +45,7 @@ from mrc_cli.checkpoint import (checkpoint_dir, drop_training_states, latest_che
 from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from mrc_cli.files import check_output_folder
+from mrc_cli.files import check_output_folder, write_text_atomically
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
@@ -451,7 +453,8 @@ def _evaluate(r: _Run) -> tuple[dict, object]:
     with _shadow(r.ema):
         metrics, predictions = r.task.evaluate(r.accelerator.unwrap_model(r.model), r.cfg, r.accelerator, r.precision)
     r.model.train()
-    return {**metrics, "compute": _compute(r)}, predictions
+    # the step: the run's metrics.json and final line are the last evaluation's, which need not be the best one's
+    return {**metrics, "step": r.state.step, "compute": _compute(r)}, predictions
 
 
 def _compute(r: _Run) -> dict:
@@ -950,14 +953,14 @@ def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_
     except (OSError, subprocess.SubprocessError):
         commit = None
     info = {
-        "mrc_cli": __version__, "git_commit": commit, "python": platform.python_version(),
+        "command": shlex.join(sys.argv), "mrc_cli": __version__, "git_commit": commit, "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
         "accelerate": accelerate.__version__, "device": str(accelerator.device), "processes": accelerator.num_processes,
-        "precision": precision,
+        "precision": "fp32" if precision == "no" else precision,
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **task_info,
     }
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    write_text_atomically(run_dir / "run_info.json", json.dumps(info, indent=2))  # read again by a resume
 
 
 def file_sha256(path: str | None) -> str | None:

@@ -103,13 +103,15 @@ def test_train_end_to_end_writes_every_run_file(run_a):
     assert [r["step"] for r in evals] == [3, 6]
     assert all(0 < r["dev_loss"] < 10 and 0 <= r["f1"] <= 100 and r["total"] == 49 for r in evals)
     assert result.metrics["f1"] == pytest.approx(evals[-1]["f1"])
-    assert json.loads((run_dir / "metrics.json").read_text())["f1"] == pytest.approx(evals[-1]["f1"])
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["f1"] == pytest.approx(evals[-1]["f1"]) and saved["step"] == 6  # the last evaluation's, named
 
     png = (run_dir / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
     info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["torch"] == torch.__version__ and info["processes"] == 1 and info["precision"] == "no"
+    assert info["torch"] == torch.__version__ and info["processes"] == 1 and info["precision"] == "fp32"
+    assert info["command"]  # how the run was started (here: pytest's command line)
     assert info["train_examples"] == 177 and info["dev_examples"] == 49
     assert info["train_features"] >= 177 and info["dev_features"] >= 49
 
@@ -347,7 +349,8 @@ def test_two_runs_with_different_precisions_in_one_process(tiny_bert_dir, tmp_pa
         seen.clear()
         assert train(cfg).steps == 2
         assert seen == [dtype, dtype]  # one forward per step (batch 8, no accumulation)
-        assert json.loads((tmp_path / precision / "run_info.json").read_text())["precision"] == precision
+        assert json.loads((tmp_path / precision / "run_info.json").read_text())["precision"] == (
+            "fp32" if precision == "no" else precision)
         assert len(_log_lines(tmp_path / precision, f"on cpu, {'fp32' if precision == 'no' else precision};")) == 1
 
 
@@ -503,6 +506,7 @@ def test_two_processes_train_and_evaluate_one_run(tiny_bert_dir, tmp_path):
     assert json.loads((tmp_path / "single" / "predictions.json").read_text()) == predictions
     final = json.loads((run_dir / "metrics.json").read_text())
     assert final.pop("compute")["forward_passes"] == 16 * 4  # the training's, both ranks' features: not a score
+    assert final.pop("step") == 4  # the evaluation's step: the run's record, not a score
     assert {k: single[k] for k in final} == final
 
 
