@@ -57,7 +57,10 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(_untied(model.state_dict()), str(tmp / "model.safetensors"))
-        torch.save(training_state, tmp / TRAINING_STATE)
+        try:
+            torch.save(training_state, tmp / TRAINING_STATE)
+        except RuntimeError as err:  # how torch reports a failed write (a full disk): "unexpected pos ..."
+            raise OSError(f"writing {TRAINING_STATE} failed ({err})") from err
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         save_config(cfg, tmp / "config.yaml")
@@ -65,7 +68,7 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
         if final.exists():  # the same step saved again after a resume
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except (OSError, RuntimeError) as err:  # a full disk, a quota, a read-only folder (torch.save: RuntimeError)
+    except OSError as err:  # a full disk, a quota, a read-only folder
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         raise CheckpointError(
@@ -174,15 +177,18 @@ def read_checkpoint_config(checkpoint: Path) -> RunConfig:
     return load_config(path)
 
 
-def read_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
-    """(trainer_state.json, training_state.pt) of a checkpoint; the latter loaded without unpickling code."""
-    trainer_state = json.loads((checkpoint / "trainer_state.json").read_text())
+def read_trainer_state(checkpoint: Path) -> dict:
+    """trainer_state.json of a checkpoint to resume from: refused where its training_state.pt was dropped."""
     if not (checkpoint / TRAINING_STATE).is_file():
         raise CheckpointError(f"{checkpoint}: weights only, its optimizer state was dropped when the run finished (the "
                               f"last checkpoint keeps it): resume from that one, or start a new run from these weights "
                               f"with --init-from {checkpoint}")
-    training_state = torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
-    return trainer_state, training_state
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def read_training_state(checkpoint: Path) -> dict:
+    """training_state.pt (optimizer, scheduler, scaler, RNG), loaded without unpickling code."""
+    return torch.load(checkpoint / TRAINING_STATE, map_location="cpu", weights_only=True)
 
 
 def drop_training_states(run_dir: Path, keep: Path) -> None:

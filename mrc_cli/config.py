@@ -284,7 +284,11 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
     valid = [f"{s}.{f.name}" for s, obj in sections.items() for f in dataclasses.fields(obj)]
     fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if key not in fields:
-        near = [KNOWN_ELSEWHERE[key]] if key in KNOWN_ELSEWHERE else difflib.get_close_matches(dotted, valid, n=1)
+        # another library's name, where it names a key of this section (or no section is right): decode.max_length
+        # is nearer decode.max_answer_length by spelling than data.max_seq_length by meaning
+        known = KNOWN_ELSEWHERE.get(key, "")
+        near = ([known] if known.startswith(f"{section_name}.") or (known and section is None)
+                else difflib.get_close_matches(dotted, valid, n=1))
         hint = (f"; {NO_SUCH_SETTING[key]}" if key in NO_SUCH_SETTING else f"; did you mean {near[0]}?" if near
                 else f"; valid keys: {', '.join(valid)}")
         raise ConfigError(f"{source}: unknown config key {dotted!r}{hint}")

@@ -9,6 +9,7 @@ questions with the same features and decoder as `mrc predict`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from accelerate import PartialState
@@ -236,11 +237,11 @@ class Reader:
             contexts *= len(questions)
         if len(questions) != len(contexts):
             raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
-        for name, texts in (("question", questions), ("context", contexts)):
+        for name, given, texts in (("question", question, questions), ("context", context, contexts)):
             blank = [i for i, text in enumerate(texts) if is_blank(text)]
             if blank:  # as `mrc serve` refuses them; an empty question would be answered from the context alone
-                raise ValueError(f"{name} {blank[0] if single else blank} is empty or only whitespace (or invisible "
-                                 "characters)")
+                which = name if isinstance(given, str) else f"{name} {blank}"
+                raise ValueError(f"{which} is empty or only whitespace (or invisible characters)")
         if not questions:
             return []
         records = [{"id": str(i), "title": "", "context": c, "question": q, "answers": {"text": [], "answer_start": []},
@@ -259,8 +260,10 @@ def _texts(value, name: str) -> list[str]:
     byte, None would fail deep in tokenization)."""
     if isinstance(value, str):
         return [value]
-    if isinstance(value, (list, tuple)) and all(isinstance(text, str) for text in value):
-        return list(value)
+    if not isinstance(value, (bytes, bytearray)) and isinstance(value, Iterable):  # a list, a pandas Series, ...
+        texts = list(value)
+        if all(isinstance(text, str) for text in texts):
+            return texts
     raise TypeError(f"{name}: a string or a list of strings, not {type(value).__name__}")
 
 

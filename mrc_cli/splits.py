@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from mrc_cli.config import DataConfig, ModelConfig
+from mrc_cli.errors import DataError
 from mrc_cli.features import FeatureSummary, build_features, cache_root, column
+from mrc_cli.metrics import unscorable
 from mrc_cli.tokenizer import load_tokenizer
 
 
@@ -39,6 +41,9 @@ def featurize_file(source: str, tokenizer, data: DataConfig, use: str, offsets: 
 
     with _cyclic_gc_paused():
         examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
+        problem = unscorable(golds, source) if use == "eval" else None
+        if problem:  # before a training run or `mrc eval` has spent its time, not when it scores
+            raise DataError(problem)
         return _featurize(examples, report, golds, tokenizer, data, use, offsets)
 
 

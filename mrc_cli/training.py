@@ -40,8 +40,8 @@ from mrc_cli import __version__
 from mrc_cli.attention import packing_refusal
 from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
 from mrc_cli.checkpoint import (checkpoint_dir, drop_training_states, latest_checkpoint, read_checkpoint_config,
-                                read_trainer_state, read_weights, resolve_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state, write_best_pointer)
+                                read_trainer_state, read_training_state, read_weights, resolve_checkpoint, rng_state,
+                                run_dir_of, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
@@ -238,9 +238,12 @@ def _run_lock(run_dir: Path, flag: str):
 
 
 def _holds(holder: dict) -> bool:
-    """Whether the process a lock names may still be running: on this host, if it exists; on another, assume so."""
+    """Whether the process a lock names may still be running: on this host, if it exists and is not this one (a
+    container restarted after a kill has the same host name and may get the same pid); on another, assume so."""
     if holder.get("host") != socket.gethostname():
         return bool(holder)
+    if holder.get("pid") == os.getpid():
+        return False
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
@@ -348,13 +351,10 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     # after the optimizer and EMA took every parameter: the warm-up may stop the encoder's requiring gradients
     head_warmup = HeadWarmup.for_config(accelerator.unwrap_model(model), cfg.train, total_steps, optimizer, world,
                                         state.step, log)
-    run_info = task.run_info(cfg)
-    if resume_from is not None:
-        _refuse_other_data(run_dir, run_info, resume_from)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        _write_run_info(run_dir, tokenizer, precision, accelerator, run_info)
+        _write_run_info(run_dir, tokenizer, precision, accelerator, task.run_info(cfg))
     _describe_run(cfg, world, total_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
@@ -603,6 +603,7 @@ class _Meter:
         # counts: features, real and computed tokens, squared feature lengths (this process)
         self.steps, self.skipped, self.counts = 0, 0, [0, 0, 0, 0]
         self.totals = [0.0, 0.0, 0.0]  # all processes, since the start
+        self.carried = [0, 0, 0]  # of those, what a stopped run trained (carry)
         self.started, self.paused = time.perf_counter(), 0.0  # paused: seconds spent evaluating and saving
 
     def add(self, loss: torch.Tensor, counts: list[int], stepped: bool) -> None:
@@ -622,6 +623,7 @@ class _Meter:
         if main:
             self.loss += loss
             self.counts = [int(count) for count in counts]
+            self.carried = self.counts[:3]  # trained by the stopped process: not in this one's rates
 
     def sync(self, stopper, accelerator, state: TrainerState, run_dir: Path) -> tuple[dict, bool]:
         """One all-reduce of loss, counts and stop flags; the one wait for the device. A NaN loss on any process
@@ -635,7 +637,8 @@ class _Meter:
             raise TrainingError(f"the training loss became {loss} {when}; nothing from there on was saved, the "
                                 f"checkpoints in {run_dir / 'checkpoints'} are from before. Try a lower --lr or --set "
                                 "train.max_grad_norm=1.0")
-        self.totals = [a + b for a, b in zip(self.totals, (features, real, computed))]
+        self.totals = [a + b - c for a, b, c in zip(self.totals, (features, real, computed), self.carried)]
+        self.carried = [0, 0, 0]
         elapsed = time.perf_counter() - self.started - self.paused
         taken = self.steps - self.skipped
         values = {"interval": [loss, features, real, computed, pairs, self.steps, self.skipped],
@@ -709,6 +712,7 @@ def resolve_run(cfg: RunConfig) -> tuple[RunConfig, Path | None, list[str]]:
         return cfg, None, []
     cfg, notes = _config_for_resume(cfg, resume_from)
     _refuse_finished(run_dir, cfg.train, _trainer_state(resume_from))
+    _refuse_other_data(cfg, resume_from)
     return cfg, resume_from, notes
 
 
@@ -721,16 +725,21 @@ def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> 
                           "resume with a larger --set train.patience (0: no early stopping)")
 
 
-def _refuse_other_data(run_dir: Path, now: dict, checkpoint: Path) -> None:
+def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     """Resuming on other training data would go on through another data set with the first one's batch plan and
-    schedule, and no record would show it (run_info.json is rewritten)."""
-    path = run_dir / "run_info.json"
+    schedule, and no record would show it (run_info.json is rewritten). Checked against the run_info.json of the
+    checkpoint's run, before anything is loaded or logged."""
+    path = run_dir_of(checkpoint) / "run_info.json"
     then = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    for key in ("train_file_sha256", "files_sha256"):
-        if key in then and key in now and then[key] != now[key]:
-            raise ConfigError(f"{run_dir}: the training data is not what the run trained on ({key} {then[key]} then, "
-                              f"{now[key]} now); restore it to resume, or start a new run from the checkpoint's weights "
-                              f"(--init-from {checkpoint} and another output folder)")
+    now = {"train_file_sha256": file_sha256(cfg.data.train_file),
+           **{file: file_sha256(file) for file in [*cfg.pretrain.data_files, *cfg.pretrain.text_files]}}
+    then = {"train_file_sha256": then.get("train_file_sha256"), **then.get("files_sha256", {})}
+    changed = [key for key, value in now.items() if then.get(key) is not None and value != then[key]]
+    if changed:
+        what = "the training file" if changed[0] == "train_file_sha256" else changed[0]
+        raise ConfigError(f"{run_dir_of(checkpoint)}: {what} is not what the run trained on (SHA-256 {then[changed[0]]} "
+                          f"then, {now[changed[0]]} now); restore it to resume, or start a new run from the "
+                          f"checkpoint's weights (--init-from {checkpoint} and another output folder)")
 
 
 def _accelerator(cpu: bool, report_to: str, run_dir: Path) -> Accelerator:
@@ -776,7 +785,7 @@ def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, lis
 
 
 def _trainer_state(checkpoint: Path) -> TrainerState:
-    saved = read_trainer_state(checkpoint)[0]
+    saved = read_trainer_state(checkpoint)
     unknown = sorted(set(saved) - {f.name for f in fields(TrainerState)})
     if unknown:  # e.g. batch_in_epoch: a per-process position, before positions were kept per optimizer step
         raise CheckpointError(f"{checkpoint}: written by an older mrc-cli (trainer_state.json has {', '.join(unknown)}); "
@@ -913,7 +922,7 @@ def _save(run_dir: Path, accelerator, model, stateful: dict, tokenizer, cfg: Run
 def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: TrainerState, unit: str,
              log: RunLog) -> None:
     """Weights, every part of `stateful` and this process's RNG states from a checkpoint."""
-    training_state = read_trainer_state(checkpoint)[1]
+    training_state = read_training_state(checkpoint)
     load_weights(accelerator.unwrap_model(model), read_weights(checkpoint), strict=True)
     for name, part in stateful.items():
         part.load_state_dict(training_state[name])

@@ -206,17 +206,13 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
 
 
 def _check_scorable(raw: RawData, report: ValidationReport) -> None:
-    """Unanswerable questions in Chinese data: the CMRC 2018 rules, which score it, have none (found here, before
-    a training run or `mrc eval` has spent its time)."""
-    from mrc_cli.metrics import detect_metric
+    """What `mrc eval` and a training run's dev evaluation will refuse (mrc_cli.metrics.unscorable), as a warning:
+    `mrc analyze --metric squad_v2` and `mrc score --metric squad_v2` take the file."""
+    from mrc_cli.metrics import unscorable
 
-    unanswerable = [r["id"] for r in raw.records if r["is_impossible"]]
-    if unanswerable and detect_metric([{**r, "answers": r["answers"]["text"]} for r in raw.records]) == "cmrc2018":
-        report.errors.append(
-            f"{raw.source}: {len(unanswerable)} of {len(raw.records)} questions "
-            f"{'is' if len(unanswerable) == 1 else 'are'} unanswerable (the first: {unanswerable[0]}), but the text is Chinese, scored by the CMRC 2018 rules, which have no unanswerable "
-            "questions: leave them out of the file, or predict with `mrc predict` and score with `mrc score "
-            "--metric squad_v2` (SQuAD v2.0's rules take a Chinese answer as one word: no partial credit)")
+    problem = unscorable([{**r, "answers": r["answers"]["text"]} for r in raw.records], raw.source)
+    if problem:
+        report.warnings.append(problem)
 
 
 def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:

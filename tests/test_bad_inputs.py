@@ -199,6 +199,7 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--set", "train.learning_rate=1e-4"], "unknown config key 'train.learning_rate'; did you mean train.lr?"),
     (["--set", "train.gradient_accumulation_steps=2"], "did you mean train.grad_accum?"),
     (["--set", "train.lr_scheduler_type=cosine"], "there is no schedule setting: the lr warms up linearly"),
+    (["--set", "decode.max_length=30"], "did you mean decode.max_answer_length?"),  # by spelling, in its section
     (["--set", "decode.n_best_size=0"], "decode.n_best_size must be at least 1, got 0"),
     (["--set", "decode.recheck_margin=-1"], "decode.recheck_margin must be 0 (off) or more, got -1"),
     (["--set", "decode.null_share=2"], "decode.null_share is a share of questions, from 0 to 1 (or null), got 2"),

@@ -189,11 +189,13 @@ def test_the_reader_takes_texts_and_lists_and_says_what_is_wrong_with_the_rest(t
     assert [a["answer"] in c for a, c in zip(many, (context, other))] == [True, True]
     assert many[0] == reader(question=["Where?"], context=context)[0]
     assert reader(question=[], context=context) == []
+    assert reader(question=(q for q in ["Where?"]), context=context)[0] == many[0]  # any iterable of texts
     for question, context_, error, message in (
             (None, context, TypeError, "question: a string or a list of strings, not NoneType"),
             ("Where?", b"The cat.", TypeError, "context: a string or a list of strings, not bytes"),
             (["Where?", 3], context, TypeError, "question: a string or a list of strings, not list"),
-            ("Where?", "\u200b", ValueError, "context 0 is empty or only whitespace (or invisible characters)"),
+            ("Where?", "\u200b", ValueError, "context is empty or only whitespace (or invisible characters)"),
+            ("  ", [context, other], ValueError, "question is empty"),
             (["Who?", ""], context, ValueError, "question [1] is empty"),
             (["a?", "b?"], [context] * 3, ValueError, "2 questions but 3 contexts")):
         with pytest.raises(error, match=re.escape(message)):

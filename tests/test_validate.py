@@ -1,5 +1,7 @@
 """Validation: relocation of misaligned answers, per-use decisions, and the counts on the real CMRC file."""
 
+import pytest
+
 from conftest import shared_file, write_squad
 from mrc_cli.data import read_data
 from mrc_cli.validate import locate_answer, validate_file, validate_records
@@ -102,10 +104,15 @@ def test_chinese_eval_data_with_unanswerable_questions_is_refused_before_any_run
     qas = [{"id": "a", "question": "谁？", "answers": [{"text": "北京", "answer_start": 0}]},
            {"id": "none", "question": "何时？", "answers": [], "is_impossible": True}]
     path = str(write_squad(tmp_path / "d.json", [("北京是中国的首都。", qas)]))
-    report = validate_file(path, "eval")
-    assert not report.usable and "1 of 2 questions is unanswerable (the first: none)" in report.errors[0]
-    assert "--metric squad_v2" in report.errors[0]
-    assert validate_file(path, "train").usable and validate_file(path, "score").usable
+    report = validate_file(path, "eval")  # usable: mrc analyze/score --metric squad_v2 take it; validate warns
+    assert report.usable and "1 of 2 questions is unanswerable (the first: none)" in report.warnings[0]
+    assert "--metric squad_v2" in report.warnings[0]
+    from mrc_cli.config import DataConfig
+    from mrc_cli.errors import DataError
+    from mrc_cli.splits import featurize_file
+
+    with pytest.raises(DataError, match="1 of 2 questions is unanswerable"):  # mrc eval, a training run's dev set
+        featurize_file(path, None, DataConfig(cache_dir=str(tmp_path)), "eval")
 
 
 def test_real_squad_v2_counts():

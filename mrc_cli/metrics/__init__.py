@@ -51,6 +51,19 @@ def detect_metric(golds: list[dict]) -> str:
     return "squad"
 
 
+def unscorable(golds: list[dict], source: str) -> str | None:
+    """Why the metric picked for these golds cannot score them, or None: unanswerable questions in Chinese data, whose
+    CMRC 2018 rules have none."""
+    unanswerable = [gold["id"] for gold in golds if gold.get("is_impossible", False)]
+    if not unanswerable or detect_metric(golds) != "cmrc2018":
+        return None
+    return (f"{source}: {len(unanswerable)} of {len(golds)} questions {'is' if len(unanswerable) == 1 else 'are'} "
+            f"unanswerable (the first: {unanswerable[0]}), but the text is Chinese, scored by the CMRC 2018 rules, "
+            "which have no unanswerable questions: leave them out of the file, or predict with `mrc predict` and score "
+            "with `mrc score --metric squad_v2` (SQuAD v2.0's rules take a Chinese answer as one word: no partial "
+            "credit)")
+
+
 def score(
     golds: list[dict],
     predictions: dict[str, str],
