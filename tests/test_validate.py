@@ -100,6 +100,15 @@ def test_an_answer_is_found_without_a_final_mark_its_context_goes_on_from(tmp_pa
     assert 'answer "1998年回到北京。" is not in its context, without its final "。" it is' in report.repairs[0]
 
 
+def test_an_answer_of_invisible_characters_is_not_located(tmp_path):
+    """A zero-width space holds no token: as an answer it has nothing to point to (its windows were labelled "ignore"
+    and counted as lost to truncation), so it is counted as not in the context, like an answer that is not there."""
+    path = write_squad(tmp_path / "d.json", [("The cat\u200bsat.", [
+        {"id": "q", "question": "What?", "answers": [{"text": "\u200b", "answer_start": 7}]}])])
+    records, report = validate_records(read_data(path), "train")
+    assert (report.unlocatable, report.left_out_of_training, records) == (1, 1, [])
+
+
 def test_chinese_eval_data_with_unanswerable_questions_is_refused_before_any_run(tmp_path):
     qas = [{"id": "a", "question": "谁？", "answers": [{"text": "北京", "answer_start": 0}]},
            {"id": "none", "question": "何时？", "answers": [], "is_impossible": True}]
