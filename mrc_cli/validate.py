@@ -25,7 +25,7 @@ from mrc_cli.errors import DataError
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 3  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 4  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
