@@ -27,6 +27,10 @@ def check_output_file(path: str | Path, flag: str = "--out") -> None:
 
 
 def check_output_folder(path: str | Path, flag: str = "--out") -> None:
-    """Refused before any work: an output folder whose name is taken by a file."""
-    if Path(path).exists() and not Path(path).is_dir():
+    """Refused before any work: an output folder whose name, or a parent's, is taken by a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path}: an existing file; give a folder")
+    taken = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if taken is not None:
+        raise ConfigError(f"{flag} {path}: {taken} is a file, not a folder")

@@ -348,13 +348,18 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {})}
     if resume_from is not None:
         _restore(resume_from, accelerator, model, stateful, state, task.unit, log)
+        # the schedule at the step reached, for this run's length: the same lr where the length is the run's own, and
+        # where it is extended (a larger max_steps), a decay from here to the new end instead of the old end's lr
+        # (0 once a run has finished)
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
     # after the optimizer and EMA took every parameter: the warm-up may stop the encoder's requiring gradients
     head_warmup = HeadWarmup.for_config(accelerator.unwrap_model(model), cfg.train, total_steps, optimizer, world,
                                         state.step, log)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        _write_run_info(run_dir, tokenizer, precision, accelerator, task.run_info(cfg))
+        _write_run_info(run_dir, tokenizer, precision, accelerator, task.run_info(cfg), resumed=resume_from is not None)
     _describe_run(cfg, world, total_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
@@ -379,7 +384,7 @@ def _loop(r: _Run) -> TrainResult:
             epoch, batches, counts = next(steps)
             loss, stepped = _train_step(r.model, r.optimizer, r.scaler, batches, accelerator, r.precision, cfg.train,
                                         r.adversary, r.forward)
-            lr = r.scheduler.get_last_lr()[0]  # the step's: the schedule moves on after it
+            lr = r.optimizer.param_groups[0]["lr"]  # the step's: the schedule moves on after it
             if stepped:  # fp16 skips the step (and so the schedule) when gradients overflowed
                 r.scheduler.step()
                 if r.ema is not None:
@@ -402,7 +407,7 @@ def _loop(r: _Run) -> TrainResult:
             if signalled and not (evaluate or save or last or _every(state.step, cfg.train.log_steps)):
                 state.interval = interval  # no log line for part of an interval: the resumed run completes it
                 _save(r.run_dir, accelerator, r.model, r.stateful, r.tokenizer, cfg, state, r.ema)
-                _interrupted(r, stopper)
+                _interrupted(r, stopper, bar)
             state.samples += values.pop("features")
             state.tokens += values.pop("tokens")
             state.token_pairs += values.pop("token_pairs")
@@ -420,7 +425,7 @@ def _loop(r: _Run) -> TrainResult:
             meter.pause(time.perf_counter() - pause_start)
             bar.unpause()  # evaluating and saving are not in the bar's rate and ETA
             if signalled:
-                _interrupted(r, stopper)
+                _interrupted(r, stopper, bar)
             if stop:
                 r.log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of "
                            f"{cfg.train.metric_for_best}")
@@ -431,7 +436,8 @@ def _loop(r: _Run) -> TrainResult:
     return _finish(r.run_dir, r.task, r.model, r.ema, last_eval, accelerator, state, r.log, cfg.train)
 
 
-def _interrupted(r: _Run, stopper) -> None:
+def _interrupted(r: _Run, stopper, bar) -> None:
+    bar.close()  # the message on a line of its own, not glued to the bar
     message = (f"stopped by {stopper.signal_name or 'a signal to another process'} at step {r.state.step}; the "
                f"checkpoint is saved: {_resume_hint(r)}")
     r.log.info(message, shown=False)  # the command prints it as its error
@@ -932,7 +938,8 @@ def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: Traine
                  f"{accelerator.num_processes}; dropout noise will differ from the original run")
     set_rng_state(rngs[accelerator.process_index % len(rngs)], accelerator.device)
     log.truncate_metrics(state.step)  # lines logged after the checkpoint by the stopped run are logged again
-    log.info(f"resumed from {checkpoint} at step {state.step} (epoch {state.epoch}, {state.samples} {unit} trained on)")
+    trained = state.samples + (int(state.interval[1]) if state.interval else 0)  # with a carried interval's
+    log.info(f"resumed from {checkpoint} at step {state.step} (epoch {state.epoch}, {trained} {unit} trained on)")
 
 
 def _finish(run_dir: Path, task: Task, model, ema: EMA | None, last_eval, accelerator, state: TrainerState,
@@ -947,11 +954,13 @@ def _finish(run_dir: Path, task: Task, model, ema: EMA | None, last_eval, accele
         log.info(f"done: {state.step} steps; files in {run_dir}")
     log.close()
     best = checkpoint_dir(run_dir, state.best_step) if state.best_step else None
+    best = best if best is not None and best.is_dir() else None  # resumed into a new folder: the best is elsewhere
     return TrainResult(run_dir, state.step, metrics, best)
 
 
-def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_info: dict) -> None:
-    """The reproducibility record: versions, commit, the tokenizer's fingerprint, then the task's data record."""
+def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_info: dict, resumed: bool) -> None:
+    """The reproducibility record: the command lines that started and resumed the run, versions, commit, the
+    tokenizer's fingerprint, then the task's data record."""
     import accelerate
     import datasets
     import transformers
@@ -961,15 +970,17 @@ def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_
                                 text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    path = run_dir / "run_info.json"
+    before = json.loads(path.read_text(encoding="utf-8")).get("commands", []) if resumed and path.is_file() else []
     info = {
-        "command": shlex.join(sys.argv), "mrc_cli": __version__, "git_commit": commit, "python": platform.python_version(),
+        "commands": [*before, shlex.join(sys.argv)], "mrc_cli": __version__, "git_commit": commit, "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
         "accelerate": accelerate.__version__, "device": str(accelerator.device), "processes": accelerator.num_processes,
         "precision": "fp32" if precision == "no" else precision,
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **task_info,
     }
-    write_text_atomically(run_dir / "run_info.json", json.dumps(info, indent=2))  # read again by a resume
+    write_text_atomically(path, json.dumps(info, indent=2))  # read again by a resume
 
 
 def file_sha256(path: str | None) -> str | None:

@@ -276,3 +276,34 @@ def test_a_run_stopped_between_log_steps_logs_on_as_the_uninterrupted_run(tiny_b
 
     assert logged("stopped") == logged("whole") and [row[0] for row in logged("whole")] == [2, 4, 6]
     assert "stopped by SIGINT at step 3" in (tmp_path / "stopped" / "train.log").read_text()
+
+
+def test_an_extended_run_decays_from_where_it_is_to_its_new_end(tiny_bert_dir, tmp_path):
+    """A finished 4-step run given --max-steps 6: the lr of steps 5 and 6 is the 6-step schedule's there (one
+    warm-up step, then (6 - step) / 5 of the lr), not 0 (where the 4-step schedule ended) and then up again."""
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=4, lr=1e-4, keep_training_state="last")
+    cfg.data.dev_file = None
+    train(cfg)
+    cfg.train.resume, cfg.train.max_steps = "auto", 6
+    train(cfg)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["lr"] for r in rows if r["step"] > 4] == pytest.approx([1e-4 * 2 / 5, 1e-4 * 1 / 5])
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert len(info["commands"]) == 2  # the start's and the resume's
+
+
+def test_a_run_resumed_into_another_folder_names_no_best_checkpoint_it_does_not_hold(tiny_bert_dir, tmp_path):
+    first = tiny_run_config(tiny_bert_dir, tmp_path / "a", max_steps=2, eval_steps=1, save_steps=1)
+    train(first)
+    branch = tiny_run_config(tiny_bert_dir, tmp_path / "b", max_steps=3, eval_steps=0,
+                             resume=str(tmp_path / "a" / "checkpoints" / "step-000002"))
+    result = train(branch)
+    assert result.best_checkpoint is None or result.best_checkpoint.is_dir()
+
+
+def test_an_output_folder_under_a_file_is_refused_before_any_work(tiny_bert_dir, tmp_path):
+    from mrc_cli.errors import ConfigError
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=f"--output-dir {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file"):
+        train(tiny_run_config(tiny_bert_dir, tmp_path / "afile" / "sub", max_steps=1))
