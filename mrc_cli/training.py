@@ -228,7 +228,10 @@ def _run_lock(run_dir: Path, flag: str):
             raise ConfigError(f"{run_dir} is in use by another run (process {other.get('pid')} on {other.get('host')}, "
                               f"since {other.get('since')}); wait for it or choose another {flag} (a lock left by a "
                               f"run that is gone: delete {lock})") from None
-        lock.write_text(json.dumps(holder), encoding="utf-8")  # its process is gone: a run killed without cleaning up
+        if other:
+            tqdm.write(f"{lock}: taking over the lock of process {other.get('pid')} (since {other.get('since')}), "
+                       "which is gone: a run killed without cleaning up")
+        lock.write_text(json.dumps(holder), encoding="utf-8")
     try:
         yield
     finally:
@@ -427,7 +430,7 @@ def _loop(r: _Run) -> TrainResult:
             if signalled:
                 _interrupted(r, stopper, bar)
             if stop:
-                r.log.info(f"early stopping: {cfg.train.patience} evaluations without improvement of "
+                r.log.info(f"early stopping: {_evaluations(cfg.train.patience)} without improvement of "
                            f"{cfg.train.metric_for_best}")
                 break
     bar.close()
@@ -708,6 +711,10 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
     return path
 
 
+def _evaluations(count: int) -> str:
+    return f"{count} evaluation{'' if count == 1 else 's'}"
+
+
 def resolve_run(cfg: RunConfig) -> tuple[RunConfig, Path | None, list[str]]:
     """The config a run will use, the checkpoint it resumes from (None: a fresh start) and, where it resumes, the
     notes on what differs from the checkpoint's config, which is used; refused where the run directory holds another
@@ -726,7 +733,7 @@ def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> 
     """A run that stopped early is finished: resumed (a requeue script), it would evaluate once more, stop again and
     so grow by eval_steps on every call. A larger train.patience trains on."""
     if train.patience and state.evals_without_improvement >= train.patience:
-        raise ConfigError(f"{run_dir} stopped early at step {state.step} ({state.evals_without_improvement} evaluations "
+        raise ConfigError(f"{run_dir} stopped early at step {state.step} ({_evaluations(state.evals_without_improvement)} "
                           f"without improvement, train.patience {train.patience}): the run is finished; to train on, "
                           "resume with a larger --set train.patience (0: no early stopping)")
 

@@ -158,7 +158,8 @@ def test_resuming_on_other_training_data_is_refused(tiny_bert_dir, tmp_path):
         train(cfg)
 
 
-def test_a_second_run_into_a_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(tiny_bert_dir, tmp_path):
+def test_a_second_run_into_a_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(tiny_bert_dir, tmp_path,
+                                                                                            capsys):
     import os
     import socket
     import subprocess
@@ -182,6 +183,7 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_a_dead_runs_lock_ta
         lock.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "then"}))
         assert train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=1, resume="auto")).steps == 1
         assert not lock.exists()  # released at the end
+        assert f"taking over the lock of process {pid} (since then), which is gone" in capsys.readouterr().out
 
 
 def test_a_directory_with_the_records_of_a_run_without_checkpoints_starts_clean(tiny_bert_dir, tmp_path):
