@@ -25,6 +25,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "no"
 
 
+def precision_name(precision: str) -> str:
+    """A resolved precision as people name it: "no" (no mixed precision) is fp32."""
+    return "fp32" if precision == "no" else precision
+
+
 def cpu_bf16_support() -> dict[str, bool]:
     """The CPU features that make bf16 native here (torch's own cpuid probes; False where this torch has none)."""
     return {flag: getattr(torch.cpu, f"_is_{flag}_supported", lambda: False)() for flag in ("avx512_bf16", "amx_tile")}

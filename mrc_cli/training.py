@@ -51,7 +51,7 @@ from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.model import (build_model, check_tokenizer_fits, describe_keys, enable_gradient_checkpointing, encoder_config,
                            load_state_dict_file, load_weights)
-from mrc_cli.precision import LossScaler, autocast, resolve_precision, unseen_gpus_warning
+from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
 from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
@@ -249,10 +249,10 @@ def _holds(holder: dict) -> bool:
         return False
     try:
         os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
+    except PermissionError:  # it exists, as another user's
+        return True
+    except (ProcessLookupError, KeyError, ValueError, TypeError):  # gone, or no pid to look for
         return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return isinstance(holder.get("pid"), int)
     return True
 
 
@@ -886,8 +886,7 @@ def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, 
     """The derived numbers, once at the start; and the learning rate question of a many-process run."""
     t = cfg.train
     effective = t.batch_size * t.grad_accum * world
-    shown = "fp32" if precision == "no" else precision
-    log.info(f"{world} process(es) on {accelerator.device}, {shown}; effective batch {effective} = "
+    log.info(f"{world} process(es) on {accelerator.device}, {precision_name(precision)}; effective batch {effective} = "
              f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {rows}; "
              f"{total_steps} optimizer steps, {int(t.warmup * total_steps)} of warm-up")
     if world > 1:
@@ -980,10 +979,11 @@ def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_
     path = run_dir / "run_info.json"
     before = json.loads(path.read_text(encoding="utf-8")).get("commands", []) if resumed and path.is_file() else []
     info = {
-        "commands": [*before, shlex.join(sys.argv)], "mrc_cli": __version__, "git_commit": commit, "python": platform.python_version(),
+        "commands": [*before, shlex.join(sys.argv)], "mrc_cli": __version__, "git_commit": commit,
+        "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
         "accelerate": accelerate.__version__, "device": str(accelerator.device), "processes": accelerator.num_processes,
-        "precision": "fp32" if precision == "no" else precision,
+        "precision": precision_name(precision),
         "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
         **task_info,
     }

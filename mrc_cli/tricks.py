@@ -239,7 +239,7 @@ class HeadWarmup:
     def for_config(cls, model: nn.Module, train, total_steps: int, optimizer, processes: int, step: int, log) -> HeadWarmup:
         """The warm-up of train.head_warmup (a TrainConfig) in a run of `total_steps`, resumed at `step`; without
         one, an object that does nothing."""
-        steps = int(train.head_warmup * total_steps)  # rounded as train.warmup is
+        steps = int(train.head_warmup * total_steps)  # rounded down; no step is refused below
         if train.head_warmup and not steps:
             raise ConfigError(f"train.head_warmup {train.head_warmup:g} of {total_steps} steps is no step: raise it "
                               f"to at least {1 / total_steps:.3g} or set it to 0")
