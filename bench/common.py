@@ -185,12 +185,13 @@ def track_loop_phases(training, setattr=setattr) -> list[str]:
 
 def run_script(main) -> None:
     """Run a benchmark's `main` as the CLI runs a command: an MrcError (a run stopped by SIGTERM, a bad input) is one
-    line naming the script and status 1, not a traceback; an int that `main` returns is the exit status."""
+    line naming the script and status 1 (a stopped run: 128 + the signal's number, as `mrc`), not a traceback; an int
+    that `main` returns is the exit status."""
     from mrc_cli.errors import MrcError
 
     try:
         status = main()
     except MrcError as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(err, "exit_code", 1))
     sys.exit(status if isinstance(status, int) else 0)

@@ -10,18 +10,22 @@ from typing import Annotated, Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from mrc_cli.errors import MrcError
+from mrc_cli.errors import MrcError, TrainingInterrupted
 from mrc_cli.serve_settings import ServeSettings
 
 _debug = False
 
 
 class _UserErrorsGroup(TyperGroup):
-    """The one edge where our errors become `Error: ...` and exit 1; `--debug` keeps the traceback."""
+    """The one edge where our errors become `Error: ...` and exit 1 (`--debug` keeps the traceback), and a run a
+    signal stopped says so and exits 128 + the signal's number."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except TrainingInterrupted as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(err.exit_code) from None
         except MrcError as err:
             if _debug:
                 raise

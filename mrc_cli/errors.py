@@ -22,4 +22,10 @@ class TrainingError(MrcError):
 
 
 class TrainingInterrupted(MrcError):
-    """SIGINT/SIGTERM: a checkpoint was saved and the run stopped."""
+    """SIGINT/SIGTERM: a checkpoint was saved and the run stopped. Not a failure: the CLI prints the message without
+    "Error:" and exits as a shell reports a process that signal ended (128 + its number: 130 for Ctrl-C, 143 for
+    SIGTERM), so a requeue script tells a stopped run from a failed one; 1 where the signal reached another process."""
+
+    def __init__(self, message: str, signal_number: int | None = None):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number if signal_number else 1

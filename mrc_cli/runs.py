@@ -80,9 +80,12 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     code, stopped_by = _run_logged(child, env, log) if gpu is not None else _run_teed(child, env, log)
+    if code - 128 in (signal.SIGINT, signal.SIGTERM):  # the child saved a checkpoint and stopped (TrainingInterrupted)
+        stopped_by = stopped_by or signal.Signals(code - 128)
     if stopped_by:
-        raise TrainingInterrupted(f"{run_dir}: stopped by {stopped_by}; its output is in {log}. Run mrc {by} again to "
-                                  "resume it from its newest checkpoint")
+        name = "Ctrl-C" if stopped_by == signal.SIGINT else stopped_by.name
+        raise TrainingInterrupted(f"{run_dir}: stopped by {name}; its output is in {log}. Run mrc {by} again to "
+                                  "resume it from its newest checkpoint", stopped_by)
     if code != 0:
         # killed by the kernel (out of memory) shows as SIGKILL
         ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
@@ -111,7 +114,7 @@ def _run_logged(child: list[str], env: dict, log: Path) -> tuple[int, None]:
         return subprocess.run(child, stdout=out, stderr=subprocess.STDOUT, env=env).returncode, None
 
 
-def _run_teed(child: list[str], env: dict, log: Path) -> tuple[int, str | None]:
+def _run_teed(child: list[str], env: dict, log: Path) -> tuple[int, signal.Signals | None]:
     """The child's output (stdout and stderr) to this process's stdout and to `log` as it comes: chunks, not lines,
     so that a progress bar's carriage returns show; (its exit status, what stopped it or None). Ctrl-C reaches the
     child too (one process group), and a SIGTERM sent to this process is passed on (a scheduler or `kill` stops the
@@ -124,7 +127,7 @@ def _run_teed(child: list[str], env: dict, log: Path) -> tuple[int, str | None]:
                                                   env=env) as process:
         def pass_on(signum, frame):
             nonlocal stopped_by
-            stopped_by = "SIGTERM"
+            stopped_by = signal.SIGTERM
             process.send_signal(signal.SIGTERM)
 
         main = threading.current_thread() is threading.main_thread()  # the only thread that may handle signals
@@ -140,7 +143,7 @@ def _run_teed(child: list[str], env: dict, log: Path) -> tuple[int, str | None]:
                     sys.stdout.write(decode.decode(chunk))
                     sys.stdout.flush()
                 except KeyboardInterrupt:
-                    stopped_by = "Ctrl-C"
+                    stopped_by = signal.SIGINT
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)

@@ -444,7 +444,7 @@ def _interrupted(r: _Run, stopper, bar) -> None:
     message = (f"stopped by {stopper.signal_name or 'a signal to another process'} at step {r.state.step}; the "
                f"checkpoint is saved: {_resume_hint(r)}")
     r.log.info(message, shown=False)  # the command prints it as its error
-    raise TrainingInterrupted(message)
+    raise TrainingInterrupted(message, stopper.signal_number)
 
 
 def _resume_hint(r: _Run) -> str:
@@ -672,6 +672,7 @@ class _StopOnSignal:
 
     def __init__(self):
         self.signal_name = None
+        self.signal_number = None
         self._previous = {}
 
     def __enter__(self):
@@ -685,7 +686,7 @@ class _StopOnSignal:
     def _handle(self, signum, frame):
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name, self.signal_number = signal.Signals(signum).name, signum
         tqdm.write(f"{self.signal_name} received: saving a checkpoint and stopping (Ctrl-C again to abort)")
 
     def __exit__(self, *exc):
@@ -869,10 +870,16 @@ def _optimizer(model, cfg: RunConfig, world: int, log: RunLog) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=lr, fused=True)  # one kernel for all tensors, on CPU and GPU
 
 
+def warmup_steps(fraction: float, total_steps: int) -> int:
+    """The lr warm-up's steps for train.warmup's fraction of a run: at least one where it is set (0.1 of 8 steps is
+    one, not none)."""
+    return max(1, int(fraction * total_steps)) if fraction else 0
+
+
 def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
     """Linear warm-up, then linear decay to 0. Ours, not transformers' get_linear_schedule_with_warmup: that one
     gives the first step lr 0 (a wasted step), and the figures in docs/benchmarks.md were measured with this one."""
-    warmup = max(1, int(cfg.train.warmup * total_steps)) if cfg.train.warmup else 0  # 0.1 of 8 steps: one, not none
+    warmup = warmup_steps(cfg.train.warmup, total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -888,7 +895,7 @@ def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, 
     effective = t.batch_size * t.grad_accum * world
     log.info(f"{world} process(es) on {accelerator.device}, {precision_name(precision)}; effective batch {effective} = "
              f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {rows}; "
-             f"{total_steps} optimizer steps, {int(t.warmup * total_steps)} of warm-up")
+             f"{total_steps} optimizer steps, {warmup_steps(t.warmup, total_steps)} of warm-up")
     if world > 1:
         log.info(f"lr {t.lr * world:g} = {t.lr:g} x {world} processes (train.scale_lr)" if t.scale_lr else
                  f"lr {t.lr:g} is not scaled for the {world}x larger effective batch; --set train.scale_lr=true "

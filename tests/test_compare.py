@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -21,7 +22,7 @@ from mrc_cli.cli import app
 from mrc_cli.compare import (EQUAL_COMPUTE, INSIDE, ONE_SEED, Variant, _plan_runs, _run_on_gpus, _visible_gpus, compare,
                              markdown_table, paired_difference, summarize)
 from mrc_cli.config import load_config, save_config
-from mrc_cli.errors import ConfigError, TrainingError
+from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.runs import train_in_own_process
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
@@ -250,6 +251,10 @@ def test_a_run_on_a_gpu_is_mrc_train_on_its_saved_config(tmp_path, monkeypatch):
     (run.run_dir / "checkpoints" / "step-000002" / "trainer_state.json").write_text("{}")
     with pytest.raises(TrainingError, match="Run mrc compare again to resume it from its newest checkpoint"):
         train_in_own_process(run.cfg, "5", "compare")
+    Done.returncode = 128 + signal.SIGTERM  # a child that saved a checkpoint and stopped, as mrc train exits then
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM; .* Run mrc compare again to resume") as err:
+        train_in_own_process(run.cfg, "5", "compare")
+    assert err.value.exit_code == 143
 
 
 def test_a_child_on_this_terminal_shows_its_output_here_and_in_the_log_as_it_comes(tmp_path, capfd):
@@ -265,7 +270,6 @@ def test_a_child_on_this_terminal_shows_its_output_here_and_in_the_log_as_it_com
 def test_a_sigterm_to_compare_reaches_its_child_which_stops_cleanly(tmp_path):
     """`kill <compare's pid>` (or a scheduler's SIGTERM) is passed on: the child saves and stops, the parent waits for
     it; before, the parent died at once and the child with it, on its next write to the closed pipe."""
-    import signal
     import threading
 
     script = ("import signal, sys, time\n"
@@ -275,7 +279,7 @@ def test_a_sigterm_to_compare_reaches_its_child_which_stops_cleanly(tmp_path):
               "time.sleep(30)\n")
     threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM)).start()  # the child is up and waiting by then
     before = signal.getsignal(signal.SIGTERM)
-    assert runs._run_teed([sys.executable, "-c", script], dict(os.environ), tmp_path / "log") == (0, "SIGTERM")
+    assert runs._run_teed([sys.executable, "-c", script], dict(os.environ), tmp_path / "log") == (0, signal.SIGTERM)
     assert (tmp_path / "log").read_text() == "ready\ncheckpoint saved\n"
     assert signal.getsignal(signal.SIGTERM) is before  # this process's own handling is back
 
@@ -348,7 +352,7 @@ def test_a_variants_settings_and_each_seed_reach_its_runs(compared):
         assert (drop.model.dropout, drop.train.warmup, drop.train.seed) == (0.3, 0.5, seed)
         assert (baseline.model.dropout, baseline.train.warmup, baseline.train.seed) == (None, 0.1, seed)
         assert "4 optimizer steps, 2 of warm-up" in (out / "drop" / f"seed-{seed}" / "train.log").read_text()
-        assert "4 optimizer steps, 0 of warm-up" in (out / "baseline" / f"seed-{seed}" / "train.log").read_text()
+        assert "4 optimizer steps, 1 of warm-up" in (out / "baseline" / f"seed-{seed}" / "train.log").read_text()
     first_losses = [read_metrics(out / "baseline" / f"seed-{seed}" / "metrics.jsonl")[0]["loss"] for seed in (0, 1)]
     assert first_losses[0] != first_losses[1]  # another seed, another first batch
 
