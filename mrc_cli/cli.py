@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -11,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from mrc_cli.errors import MrcError, TrainingInterrupted
+from mrc_cli.files import to_json
 from mrc_cli.serve_settings import ServeSettings
 
 _debug = False
@@ -69,7 +69,7 @@ def validate(
 
     report = validate_file(data, use, fmt)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+        typer.echo(to_json(report.to_dict(), ensure_ascii=False, indent=2))
     else:
         typer.echo(report.summary())
         more = [f"... and {report.repairs_not_listed} more (all counted above)"] if report.repairs_not_listed else []
@@ -124,7 +124,7 @@ def score(
     result, warnings = score_files(gold, str(predictions), metric, str(null_odds) if null_odds else None, fmt)
     for warning in warnings:
         typer.echo(f"Warning: {warning}", err=True)
-    typer.echo(json.dumps(result, ensure_ascii=False))
+    typer.echo(to_json(result, ensure_ascii=False))
 
 
 @app.command()
@@ -205,7 +205,7 @@ def _echo_result(result) -> None:
 
     if PartialState().is_main_process:
         best = {"best_checkpoint": str(result.best_checkpoint)} if result.best_checkpoint else {}
-        typer.echo(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, **best, **result.metrics},
+        typer.echo(to_json({"run_dir": str(result.run_dir), "steps": result.steps, **best, **result.metrics},
                               default=float))
 
 
@@ -243,7 +243,7 @@ def pretrain(
 
     result = run_pretraining(cfg)
     if PartialState().is_main_process:
-        typer.echo(json.dumps({"model_dir": str(result.run_dir), "steps": result.steps}))
+        typer.echo(to_json({"model_dir": str(result.run_dir), "steps": result.steps}))
 
 
 @app.command()
@@ -351,7 +351,7 @@ def evaluate(
                    f"questions, {where}; wrote {', '.join(metrics['calibration_files'])}")
         if "calibration_warning" in metrics:
             typer.echo(f"warning: {metrics['calibration_warning']}", err=True)
-    typer.echo(json.dumps(metrics, ensure_ascii=False, default=float))
+    typer.echo(to_json(metrics, ensure_ascii=False))
 
 
 @app.command()
@@ -394,7 +394,7 @@ def ensemble(
     shares = ", ".join(f"{w:.3f}" for w in summary.pop("weights"))
     typer.echo(f"{summary['members']} members (weights {shares}); {summary['questions']} questions, {summary['answered']} answered; "
                f"wrote {summary['out']}" + (f", {submission}" if submission else "") + (f"; saved to {save}" if save else ""))
-    typer.echo(json.dumps(summary, ensure_ascii=False, default=float))
+    typer.echo(to_json(summary, ensure_ascii=False))
 
 
 @app.command()

@@ -1,9 +1,15 @@
-"""Files that readers must never see half-written (configs, run records, the best-checkpoint pointer)."""
+"""Files that readers must never see half-written (configs, run records, the best-checkpoint pointer), and JSON that
+every reader can parse."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import sys
 from pathlib import Path
+
+import numpy as np
 
 from mrc_cli.errors import ConfigError
 
@@ -34,3 +40,30 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     taken = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if taken is not None:
         raise ConfigError(f"{flag} {path}: {taken} is a file, not a folder")
+
+
+def to_json(obj, **options) -> str:
+    """JSON that strict parsers read too (jq, JavaScript: RFC 8259 has no Infinity or NaN, which Python's json
+    writes): +-inf as +-the largest float, so orders hold (the null odds of a question without a span against any
+    threshold), NaN as null, numpy numbers as Python's."""
+    return json.dumps(_strict(obj), allow_nan=False, **options)
+
+
+def read_json_float(value: float) -> float:
+    """A number `to_json` wrote: +-the largest float back to +-inf (so "1 above the highest finite odds" skips it)."""
+    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else float(value)
+
+
+def _strict(value):
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        return math.copysign(sys.float_info.max, value) if math.isinf(value) else value
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

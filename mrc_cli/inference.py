@@ -5,7 +5,6 @@ features -> logits (length-sorted batches, autocast, gathered across processes) 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from mrc_cli.batching import FeatureTensors, inference_batch_size, inference_bat
 from mrc_cli.config import DecodeConfig, RunConfig, TrainConfig
 from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.features import column
+from mrc_cli.files import to_json
 from mrc_cli.metrics import score
 from mrc_cli.precision import autocast, resolve_precision
 from mrc_cli.thresholds import null_threshold_sweep
@@ -214,11 +214,7 @@ def write_answer_files(out_dir: Path, answers: dict, nbest: dict, null_odds: dic
     if metrics:
         files["metrics.json"] = metrics
     for name, obj in files.items():
-        (out_dir / name).write_text(json.dumps(obj, ensure_ascii=False, indent=1, default=_finite), encoding="utf-8")
-
-
-def _finite(value):
-    return float(value)
+        (out_dir / name).write_text(to_json(obj, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 def headline(metrics: dict) -> dict:

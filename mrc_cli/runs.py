@@ -19,7 +19,7 @@ from pathlib import Path
 from mrc_cli.checkpoint import latest_checkpoint
 from mrc_cli.config import RunConfig, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
-from mrc_cli.files import write_text_atomically
+from mrc_cli.files import to_json, write_text_atomically
 from mrc_cli.tracking import read_metrics
 
 PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
@@ -203,4 +203,4 @@ def load_record(path: Path, settings: dict, done: str = "finished") -> dict | No
 
 def write_json(path: Path, obj: dict) -> None:
     """Written beside `path` and renamed over it: a half-written record must not pass for a finished run."""
-    write_text_atomically(path, json.dumps(obj, indent=2, ensure_ascii=False, default=float))
+    write_text_atomically(path, to_json(obj, indent=2, ensure_ascii=False))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrc_cli.errors import DataError
+from mrc_cli.files import read_json_float
 from mrc_cli.metrics import detect_metric, score
 from mrc_cli.validate import load_examples
 
@@ -62,7 +63,7 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
                     if nbest else "")
             raise DataError(f"{path}: question {qid}: expected a {value_type.__name__}, found "
                             f"{_short(repr(value))}{hint}")
-    return obj
+    return {qid: read_json_float(value) for qid, value in obj.items()} if value_type is float else obj
 
 
 def check_predictions_match(path: str | Path, predictions: dict, gold_ids: set[str], gold: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mrc_cli.errors import ConfigError
+from mrc_cli.files import to_json
 
 
 def tracker_names(report_to: str) -> list[str] | None:
@@ -50,7 +51,7 @@ class RunLog:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
+            f.write(to_json({"step": step, **values}) + "\n")
         if self.trackers is not None:
             self.trackers.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -89,6 +90,35 @@ def test_eval_and_predict_leave_out_an_empty_question_and_say_so(trained_run, tm
     assert "1 questions left out of predict (empty question text; not in the predictions)" in result.stdout
     submission = json.loads((tmp_path / "sub.json").read_text())
     assert len(submission) == 48 and emptied["id"] not in submission
+
+
+def test_a_question_without_any_span_writes_json_that_strict_parsers_read(trained_run, tmp_path):
+    """A context the tokenizer drops entirely (a lone accent, uncased) leaves no span: its null odds are infinite,
+    which Python's json writes as Infinity, a token jq and JavaScript refuse. Written as the largest float, the
+    order against any threshold holds, and `mrc score` on the folder agrees with eval."""
+    data = json.load(open(DEV, encoding="utf-8"))
+    data["data"][0]["paragraphs"].append({"context": "\u0301", "qas": [
+        {"id": "accent", "question": "What is it?", "is_impossible": True, "answers": []}]})
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", str(path), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+    metrics = strict(result.stdout.strip().splitlines()[-1])
+    files = {name: strict((tmp_path / "eval" / name).read_text()) for name in
+             ("predictions.json", "nbest.json", "null_odds.json", "metrics.json")}
+    assert files["predictions.json"]["accent"] == "" and files["null_odds.json"]["accent"] == sys.float_info.max
+    assert max(files["null_odds.json"].values()) == sys.float_info.max
+    scored = runner.invoke(app, ["score", str(path), str(tmp_path / "eval")])
+    assert scored.exit_code == 0, scored.output
+    rescored = strict(scored.stdout.strip().splitlines()[-1])
+    assert (rescored["exact"], rescored["f1"]) == (metrics["exact"], metrics["f1"])
+    from mrc_cli.scoring import read_json_map  # read back (k-fold's OOF threshold) as infinite odds again
+    assert read_json_map(tmp_path / "eval" / "null_odds.json", float, "null odds")["accent"] == float("inf")
 
 
 def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):
