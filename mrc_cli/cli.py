@@ -151,8 +151,9 @@ def train(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Fine-tune a span-extraction model; flags override the YAML config, --set reaches any key."""
-    from mrc_cli.config import check_train_config, load_run_config
+    from mrc_cli.config import check_train_config, load_run_config, refuse_unread_sets
 
+    refuse_unread_sets(sets or [], "train")
     cfg = load_run_config(config, _flags(
         model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file, train__output_dir=output_dir,
         train__epochs=epochs, train__max_steps=max_steps, train__batch_size=batch_size, train__grad_accum=grad_accum,
@@ -184,8 +185,9 @@ def distil(
     """Train one model (the student) on the gold answers and on the teacher's start/end distributions over the
     training data, mapped onto the student's tokens through characters: --set distil.alpha=0.5 weighs the teacher
     term, distil.temperature=2 softens both. The run directory is that of `mrc train`."""
-    from mrc_cli.config import check_train_config, load_run_config
+    from mrc_cli.config import check_train_config, load_run_config, refuse_unread_sets
 
+    refuse_unread_sets(sets or [], "distil")
     cfg = load_run_config(config, _flags(
         distil__teacher=teacher, model__name_or_path=student, data__train_file=train_file, data__dev_file=dev_file,
         train__output_dir=output_dir, train__resume=resume,
@@ -226,8 +228,9 @@ def pretrain(
 ) -> None:
     """Masked-language-model training (whole-word masking) on the contexts of SQuAD-style files and on plain text;
     --out becomes a model folder that `mrc train --model` fine-tunes. --set pretrain.masking=token masks tokens."""
-    from mrc_cli.config import check_pretrain_config, load_run_config
+    from mrc_cli.config import check_pretrain_config, load_run_config, refuse_unread_sets
 
+    refuse_unread_sets(sets or [], "pretrain")
     cfg = load_run_config(config, _flags(
         model__name_or_path=model, pretrain__data_files=data, pretrain__text_files=text, pretrain__eval_files=eval_data,
         pretrain__include_eval_contexts=include_eval_contexts or None, train__output_dir=out, train__epochs=epochs,
@@ -263,7 +266,7 @@ def compare(
     at the same budget; print a table of EM/F1 (mean +/- std), training FLOPs, wall time, features/s and a verdict per
     variant. Run it again to resume: finished runs are skipped, unfinished ones continue from their checkpoint."""
     from mrc_cli.compare import Variant, compare as run_compare, markdown_table
-    from mrc_cli.config import load_config
+    from mrc_cli.config import load_config, refuse_unread_sets
 
     if seeds is not None and seed_list is not None:
         raise typer.BadParameter("give --seeds N or --seed-list, not both", param_hint="--seed-list")
@@ -271,6 +274,7 @@ def compare(
         chosen = [int(seed) for seed in seed_list.split(",")] if seed_list is not None else list(range(seeds or 3))
     except ValueError:
         raise typer.BadParameter(f"{seed_list!r}: expected integers such as 0,5,7", param_hint="--seed-list") from None
+    refuse_unread_sets(sets or [], "compare")
     cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
                       sets or [])
     result = run_compare(cfg, [Variant.parse(text) for text in variants], chosen, out, equal_compute=equal_compute)
@@ -291,9 +295,10 @@ def kfold(
     """Split the training data by article into K folds, train a model on every K-1 of them and evaluate it on the one
     held out; score the out-of-fold predictions of all training questions and, for SQuAD v2 data, store the null
     threshold best on them with every fold's best checkpoint. Run it again to resume: finished folds are skipped."""
-    from mrc_cli.config import load_config
+    from mrc_cli.config import load_config, refuse_unread_sets
     from mrc_cli.kfold import format_kfold, kfold as run_kfold
 
+    refuse_unread_sets(sets or [], "kfold")
     cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
                       sets or [])
     result = run_kfold(cfg, folds, out)

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrc_cli.config import RunConfig, TrainConfig, apply_sets, check_data_config, check_train_config, config_to_dict
+from mrc_cli.config import (RunConfig, TrainConfig, apply_sets, check_data_config, check_train_config, config_to_dict,
+                            refuse_unread_sets)
 from mrc_cli.errors import ConfigError
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 from mrc_cli.tokenizer import load_tokenizer
@@ -85,7 +86,9 @@ class Variant:
         if not sep or not body.strip():
             raise ConfigError(f"variant {text!r}: expected name:section.key=value[,section.key=value...], e.g. "
                               "ema:train.ema_decay=0.999")
-        return cls(name.strip(), tuple(item.strip() for item in _NEXT_SETTING.split(body)))
+        settings = tuple(item.strip() for item in _NEXT_SETTING.split(body))
+        refuse_unread_sets(settings, "compare", f"variant {text!r}:")
+        return cls(name.strip(), settings)
 
 
 @dataclass

@@ -243,6 +243,18 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
     return load_config(path, overrides, sets, base=saved) if saved.is_file() else cfg
 
 
+OWN_SECTIONS = ("pretrain", "distil")  # each read only by the command of its name
+
+
+def refuse_unread_sets(sets: Iterable[str], command: str, source: str = "--set") -> None:
+    """A setting of a section only another command reads (pretrain.*, distil.*) would be saved with the run and change
+    nothing: refused, naming the command that reads it."""
+    for item in sets:
+        section = item.partition("=")[0].strip().partition(".")[0]
+        if section in OWN_SECTIONS and section != command:
+            raise ConfigError(f"{source} {item}: mrc {command} does not read {section}.* settings (mrc {section} does)")
+
+
 def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> None:
     """Apply `section.key=value` overrides to `cfg`, each value read as YAML (3e-5, true, null); `source` names them
     in errors (--set, a compare variant)."""

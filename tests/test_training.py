@@ -547,3 +547,25 @@ def test_choice_keys_are_checked_when_the_config_is_read(tmp_path):
     config.write_text("train:\n  precision: fp8\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="train.precision: expected one of auto, bf16, fp16, no, got 'fp8'"):
         load_config(config)
+
+
+def test_a_setting_only_another_command_reads_is_refused_naming_that_command():
+    """--set pretrain.mask_prob=0.3 on mrc train would be saved with the run and change nothing."""
+    runner = CliRunner()
+    for command, setting, reader in (
+            (["train"], "pretrain.mask_prob=0.3", "pretrain"),
+            (["distil", "--teacher", "t", "--student", "s"], "pretrain.masking=token", "pretrain"),
+            (["pretrain"], "distil.alpha=0.2", "distil"),
+            (["kfold", "--folds", "2"], "distil.temperature=3", "distil")):
+        result = runner.invoke(app, [*command, "--dry-run", "--set", setting] if command[0] != "kfold"
+                               else [*command, "--set", setting])
+        assert result.exit_code == 1, result.output
+        assert result.stderr == (f"Error: --set {setting}: mrc {command[0]} does not read {reader}.* settings "
+                                 f"(mrc {reader} does)\n")
+    result = runner.invoke(app, ["compare", "--variant", "mask:pretrain.mask_prob=0.3"])
+    assert result.exit_code == 1 and ("variant 'mask:pretrain.mask_prob=0.3': pretrain.mask_prob=0.3: mrc compare "
+                                      "does not read pretrain.* settings") in result.stderr
+    # a command's own section, and the sections every run reads, pass
+    assert runner.invoke(app, ["pretrain", "--dry-run", "--data", "data/quickstart/en_train.json", "--set",
+                              "pretrain.mask_prob=0.3"]).exit_code == 0
+    assert runner.invoke(app, ["train", "--dry-run", "--set", "train.lr=1e-4"]).exit_code == 0
