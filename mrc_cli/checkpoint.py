@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from mrc_cli.config import RunConfig, load_config, save_config
@@ -56,11 +57,13 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(_untied(model.state_dict()), str(tmp / "model.safetensors"))
         try:
+            save_file(_untied(model.state_dict()), str(tmp / "model.safetensors"))
             torch.save(training_state, tmp / TRAINING_STATE)
-        except RuntimeError as err:  # how torch reports a failed write (a full disk): "unexpected pos ..."
-            raise OSError(f"writing {TRAINING_STATE} failed ({err})") from err
+        # how they report a failed write (a full disk, a file size limit): torch "unexpected pos ...", safetensors
+        # "Error while serializing: I/O error: ..."
+        except (RuntimeError, SafetensorError) as err:
+            raise OSError(f"writing the weights or the training state failed ({err})") from err
         model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         save_config(cfg, tmp / "config.yaml")

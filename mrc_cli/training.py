@@ -207,53 +207,43 @@ def run_task(cfg: RunConfig, task: Task) -> TrainResult:
 @contextlib.contextmanager
 def _run_lock(run_dir: Path, flag: str):
     """One run at a time in a run directory: a second one started into it (by hand, by a requeue script) would
-    interleave its log and metrics with the first's and overwrite its checkpoints. RUN/.lock names the process that
-    holds it; a lock whose process is gone (killed without cleaning up) is taken over. Held by the main process."""
+    interleave its log and metrics with the first's and overwrite its checkpoints. The main process holds an OS lock
+    (flock) on RUN/.lock for the run's life, which the OS lets go however the process ends (a kill -9, the kernel's
+    out-of-memory kill; on NFS when the node's lease lapses): no lock outlives its run, none is judged stale from a
+    pid that may have been reused, and two runs cannot both take it. The file names the holder for the message."""
+    import fcntl  # POSIX: Linux and macOS
+
     check_output_folder(run_dir, flag)
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
-    lock, created = run_dir / ".lock", not run_dir.exists()
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-        with open(lock, "x", encoding="utf-8") as f:
-            json.dump(holder, f)
-    except FileExistsError:
+    lock = run_dir / ".lock"
+    with open(lock, "a+", encoding="utf-8") as f:  # kept, not deleted: a run that opened a deleted one would hold it
         try:
-            other = json.loads(lock.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            other = {}
-        if _holds(other):
-            raise ConfigError(f"{run_dir} is in use by another run (process {other.get('pid')} on {other.get('host')}, "
-                              f"since {other.get('since')}); wait for it or choose another {flag} (a lock left by a "
-                              f"run that is gone: delete {lock})") from None
-        if other:
-            tqdm.write(f"{lock}: taking over the lock of process {other.get('pid')} (since {other.get('since')}), "
-                       "which is gone: a run killed without cleaning up")
-        lock.write_text(json.dumps(holder), encoding="utf-8")
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        if created and not any(run_dir.iterdir()):  # a run that failed its checks leaves nothing
-            run_dir.rmdir()
-
-
-def _holds(holder: dict) -> bool:
-    """Whether the process a lock names may still be running: on this host, if it exists and is not this one (a
-    container restarted after a kill has the same host name and may get the same pid); on another, assume so."""
-    if holder.get("host") != socket.gethostname():
-        return bool(holder)
-    if holder.get("pid") == os.getpid():
-        return False
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except PermissionError:  # it exists, as another user's
-        return True
-    except (ProcessLookupError, KeyError, ValueError, TypeError):  # gone, or no pid to look for
-        return False
-    return True
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                other = json.loads(f.read())
+            except ValueError:  # taken a moment ago, its holder not written yet
+                other = {}
+            held_by = (f" (process {other.get('pid')} on {other.get('host')}, since {other.get('since')})"
+                       if other else "")
+            raise ConfigError(f"{run_dir} is in use by another run{held_by}; wait for it or choose another "
+                              f"{flag}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        f.flush()
+        try:
+            yield
+        finally:
+            if created and [p.name for p in run_dir.iterdir()] == [lock.name]:  # a run that failed its checks
+                lock.unlink()
+                run_dir.rmdir()
 
 
 def _give_back_freed_memory() -> None:

@@ -9,6 +9,7 @@ evaluation runs, then its EM/F1 are replaced by a falling sequence, which makes 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -158,32 +159,34 @@ def test_resuming_on_other_training_data_is_refused(tiny_bert_dir, tmp_path):
         train(cfg)
 
 
-def test_a_second_run_into_a_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(tiny_bert_dir, tmp_path,
-                                                                                            capsys):
+def test_a_second_run_into_a_directory_in_use_is_refused_until_the_first_ends_however_it_ends(tiny_bert_dir,
+                                                                                               tmp_path):
     import os
-    import socket
+    import signal
     import subprocess
+    import sys
 
     from mrc_cli.errors import ConfigError
 
     run_dir = tmp_path / "run"
+    # another run holding the lock as train() does, then killed outright: its lock goes with it
+    holder = ("import fcntl, json, os, sys, time\n"
+              f"f = open({str(run_dir / '.lock')!r}, 'a+')\n"
+              "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+              "f.write(json.dumps({'host': 'node-7', 'pid': os.getpid(), 'since': 'then'})); f.flush()\n"
+              "print('held', flush=True); time.sleep(60)\n")
     run_dir.mkdir()
-    lock = run_dir / ".lock"
-    other = subprocess.Popen(["sleep", "60"])  # another run, alive
+    other = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
     try:
-        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "since": "then"}))
-        with pytest.raises(ConfigError, match=f"{run_dir} is in use by another run \\(process {other.pid}"):
+        assert other.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match=f"{run_dir} is in use by another run \\(process {other.pid} on node-7, "
+                                              "since then\\); wait for it or choose another --output-dir"):
             train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=1))
     finally:
-        other.kill()
+        other.send_signal(signal.SIGKILL)
         other.wait()
-    # its process gone (killed without cleaning up), or this very process (a container restarted after a kill gets
-    # the same host name and may get the same pid): taken over
-    for pid in (other.pid, os.getpid()):
-        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "then"}))
-        assert train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=1, resume="auto")).steps == 1
-        assert not lock.exists()  # released at the end
-        assert f"taking over the lock of process {pid} (since then), which is gone" in capsys.readouterr().out
+    assert train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=1)).steps == 1
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()  # named for the next one's message
 
 
 def test_a_directory_with_the_records_of_a_run_without_checkpoints_starts_clean(tiny_bert_dir, tmp_path):
@@ -203,17 +206,27 @@ def test_the_logged_lr_is_the_one_each_step_used(tiny_bert_dir, tmp_path):
     assert lrs == pytest.approx([5e-5, 1e-4, 1e-4, 5e-5])  # warm-up over 2 steps, then decay; not the next step's
 
 
+@pytest.mark.parametrize("writer", ["torch.save", "safetensors"])
 def test_a_checkpoint_that_cannot_be_written_is_one_error_and_leaves_no_partial_folder(tiny_bert_dir, tmp_path,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, writer):
+    """A full disk as torch and safetensors report it (their own errors, not OSError), the weights written first."""
     import mrc_cli.checkpoint as checkpoint
     from mrc_cli.errors import CheckpointError
 
-    def full_disk(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 156724544 vs 156724436")
+    failure = {"torch.save": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 156724544 vs "
+                                          "156724436"),
+               "safetensors": checkpoint.SafetensorError("Error while serializing: I/O error: File too large (os "
+                                                         "error 27)")}[writer]
 
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match="could not write checkpoint .*step-000001: .*unexpected pos.*no earlier "
-                                              "checkpoint exists, free some space"):
+    def full_disk(*args, **kwargs):
+        raise failure
+
+    if writer == "torch.save":
+        monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    else:
+        monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match=f"could not write checkpoint .*step-000001: .*{re.escape(str(failure))}.*"
+                                              "no earlier checkpoint exists, free some space"):
         train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1))
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
 
