@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -284,14 +285,11 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     start from; the run directory's config, run_info and the derived numbers written once."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
-    cfg, resume_from, resume_notes = resolve_run(cfg)
+    cfg, resume_from, resume_notes = resolve_run(cfg, task.will_evaluate)
     saved_state = _trainer_state(resume_from) if resume_from is not None else None
     if resume_from is None and ((run_dir / "metrics.jsonl").is_file() or (run_dir / "train.log").is_file()):
         resume_notes.append(f"{run_dir} holds the records of a run that left no checkpoint: starting from step 0, "
                             "its metrics.jsonl lines dropped")
-    if cfg.train.patience and not (task.will_evaluate(cfg) and cfg.train.eval_steps):
-        raise ConfigError(f"train.patience {cfg.train.patience} needs evaluations during the run: "
-                          + ("set train.eval_steps" if task.will_evaluate(cfg) else "give a dev set (--dev)"))
     accelerator = _accelerator(cfg.train.cpu, cfg.train.report_to, run_dir)
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     world = accelerator.num_processes
@@ -706,18 +704,25 @@ def _evaluations(count: int) -> str:
     return f"{count} evaluation{'' if count == 1 else 's'}"
 
 
-def resolve_run(cfg: RunConfig) -> tuple[RunConfig, Path | None, list[str]]:
+def resolve_run(cfg: RunConfig,
+                will_evaluate: Callable[[RunConfig], bool]) -> tuple[RunConfig, Path | None, list[str]]:
     """The config a run will use, the checkpoint it resumes from (None: a fresh start) and, where it resumes, the
     notes on what differs from the checkpoint's config, which is used; refused where the run directory holds another
-    run, or a finished one (what `--dry-run` shows too)."""
+    run, or a finished one, or where early stopping has no evaluations to stop on (`will_evaluate`: whether the run
+    evaluates with a config; what `--dry-run` shows too)."""
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir)
-    if resume_from is None:
-        return cfg, None, []
-    cfg, notes = _config_for_resume(cfg, resume_from)
-    _refuse_finished(run_dir, cfg.train, _trainer_state(resume_from))
-    _refuse_other_data(cfg, resume_from)
-    return cfg, resume_from, notes
+    if resume_from is not None:
+        resumed, notes = _config_for_resume(cfg, resume_from)
+        _refuse_finished(run_dir, resumed.train, _trainer_state(resume_from))
+        _refuse_other_data(resumed, resume_from)
+    else:
+        resumed, notes = cfg, []
+    evaluates = will_evaluate(resumed)
+    if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
+        raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "
+                          + ("set train.eval_steps" if evaluates else "give a dev set (--dev)"))
+    return resumed, resume_from, notes
 
 
 def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> None:
@@ -738,7 +743,8 @@ def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     now = {"train_file_sha256": file_sha256(cfg.data.train_file),
            **{file: file_sha256(file) for file in [*cfg.pretrain.data_files, *cfg.pretrain.text_files]}}
     then = {"train_file_sha256": then.get("train_file_sha256"), **then.get("files_sha256", {})}
-    changed = [key for key, value in now.items() if then.get(key) is not None and value != then[key]]
+    # a file not found (moved, or a relative path from another folder) is the data loader's to report, as such
+    changed = [key for key, value in now.items() if None not in (value, then.get(key)) and value != then[key]]
     if changed:
         what = "the training file" if changed[0] == "train_file_sha256" else changed[0]
         raise ConfigError(f"{run_dir_of(checkpoint)}: {what} is not what the run trained on (SHA-256 {then[changed[0]]} "

@@ -138,6 +138,13 @@ def test_patience_without_evaluations_during_the_run_is_refused(tiny_bert_dir, t
     with pytest.raises(ConfigError, match="give a dev set"):
         train(cfg)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything was written
+    from typer.testing import CliRunner
+
+    from mrc_cli.cli import app
+    for command in (["train"], ["pretrain", "--data", "data/quickstart/en_train.json"]):  # --dry-run refuses it too
+        dry = CliRunner().invoke(app, [*command, "--dry-run", "--set", "train.patience=2", "--set", "train.eval_steps=1",
+                                       "--set", "data.dev_file=null"])
+        assert dry.exit_code == 1 and "train.patience 2 needs evaluations during the run: give a dev set" in dry.stderr
 
 
 def test_resuming_on_other_training_data_is_refused(tiny_bert_dir, tmp_path):
@@ -156,6 +163,10 @@ def test_resuming_on_other_training_data_is_refused(tiny_bert_dir, tmp_path):
     data.write_text(json.dumps(articles))
     cfg.train.resume, cfg.train.max_steps = "auto", 4
     with pytest.raises(ConfigError, match="the training file is not what the run trained on .*--init-from"):
+        train(cfg)
+    data.unlink()  # moved away, or a relative path from another folder: not found, not "changed"
+    from mrc_cli.errors import DataError
+    with pytest.raises(DataError, match=f"{data}: no such file"):
         train(cfg)
 
 
