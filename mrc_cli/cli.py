@@ -351,9 +351,12 @@ def evaluate(
                  "the questions it was fitted on, optimistic (--calibrate-split holds half the articles out)")
         kept = ("stored" if metrics["calibration_stored"] else
                 "not stored: it would make ECE worse; the model keeps its settings (calibrate on more questions)")
+        # both errors where the decision weighed both (answers and no-answer), so the line never seems to contradict it
+        no_answer = (f", no-answer ECE {metrics['no_answer_ece_before']:.3f} -> {metrics['no_answer_ece_after']:.3f}"
+                     if "no_answer_ece_after" in metrics else "")
         typer.echo(f"calibration: temperature {metrics['temperature']:.3f}, null bias {metrics['null_bias']:.3f} ({kept}); "
-                   f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f} on {metrics['calibration_questions']} "
-                   f"questions, {where}; wrote {', '.join(metrics['calibration_files'])}")
+                   f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f}{no_answer} on "
+                   f"{metrics['calibration_questions']} questions, {where}; wrote {', '.join(metrics['calibration_files'])}")
         if "calibration_warning" in metrics:
             typer.echo(f"warning: {metrics['calibration_warning']}", err=True)
     typer.echo(to_json(metrics, ensure_ascii=False))

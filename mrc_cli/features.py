@@ -19,6 +19,7 @@ import copy
 import hashlib
 import importlib
 import importlib.metadata
+import inspect
 import json
 import os
 import re
@@ -276,15 +277,20 @@ def segmenter(name: str) -> Callable[[str], list[int]] | None:
 
 
 def segmenter_version(name: str) -> str:
-    """What a segmenter's words depend on besides its name, for the feature cache's key: jieba's version, the source
-    of a module:function's module (edited, the cache must not serve the old words)."""
+    """What a segmenter's words depend on besides its name, for the feature cache's key: jieba's version; the source
+    of a module:function's module and of the module that defines the function, where it is re-exported (edited, the
+    cache must not serve the old words). Libraries it calls are not followed: clear the cache after upgrading one."""
     if name in ("tokenizer", "chars"):
         return ""
     if name == "jieba":
         return importlib.metadata.version("jieba")
-    module = _user_segmenter(name)[1]
-    source = getattr(module, "__file__", None)
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else ""
+    function, module = _user_segmenter(name)
+    try:
+        defined_in = inspect.getsourcefile(function)
+    except TypeError:  # a builtin or C function: no source file
+        defined_in = None
+    sources = sorted({source for source in (getattr(module, "__file__", None), defined_in) if source})
+    return hashlib.sha256(b"".join(Path(source).read_bytes() for source in sources)).hexdigest() if sources else ""
 
 
 def _user_segmenter(name: str) -> tuple[Callable[[str], list[str]], object]:

@@ -234,12 +234,20 @@ def _check_limits(request: AnswerRequest, settings: ServeSettings) -> None:
         raise HTTPException(413, too_large)
 
 
+BODY_UNPARSED = {  # what made FastAPI answer 400 "There was an error parsing the body": (error type, message)
+    UnicodeDecodeError: ("utf8_invalid", "the body is not UTF-8 text; send a JSON object encoded as UTF-8"),
+    RecursionError: ("json_too_deep", "the body's JSON is nested too deeply to read; send a flat JSON object"),
+}
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException):
-    """FastAPI's own answers, but for its 400 "There was an error parsing the body", which it gives a body that is
-    not UTF-8 (valid JSON text is): a 422 that says so, like every other malformed body."""
-    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-        what = "the body is not UTF-8 text; send a JSON object encoded as UTF-8"
-        return JSONResponse({"detail": what, "errors": [{"loc": ["body"], "type": "utf8_invalid", "msg": what}]},
+    """FastAPI's own answers, but for its 400 "There was an error parsing the body" of a body that is not UTF-8
+    (valid JSON text is) or JSON nested too deeply for Python's parser: a 422 that says which, like every other
+    malformed body."""
+    unparsed = next((v for cause, v in BODY_UNPARSED.items() if isinstance(exc.__cause__, cause)), None)
+    if exc.status_code == 400 and unparsed:
+        kind, what = unparsed
+        return JSONResponse({"detail": what, "errors": [{"loc": ["body"], "type": kind, "msg": what}]},
                             status_code=422)
     return await http_exception_handler(request, exc)
 

@@ -236,6 +236,9 @@ def test_a_fit_that_makes_ece_worse_is_not_kept(trained_run, tmp_path, monkeypat
     metrics = _last_json(result.stdout)
     assert metrics["ece_after"] > metrics["ece_before"] and metrics["calibration_stored"] is False
     assert "(not stored: it would make ECE worse" in result.stdout and config.read_text() == before
+    # the line shows both errors the decision weighed (the dev file has unanswerable questions)
+    assert (f"ECE {metrics['ece_before']:.3f} -> {metrics['ece_after']:.3f}, no-answer ECE "
+            f"{metrics['no_answer_ece_before']:.3f} -> {metrics['no_answer_ece_after']:.3f} on 49 questions") in result.stdout
 
 
 def test_calibrate_split_alone_is_refused(trained_run):

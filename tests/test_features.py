@@ -345,3 +345,13 @@ def test_a_user_segmenter_from_the_working_folder_and_its_edits_reach_the_featur
     sys.modules.pop("user_segmenters_mod")
     again, summary_again = _chinese_features(tmp_path, wordpiece_tokenizer, "user_segmenters_mod:skips_first")
     assert not summary_again.from_cache and again[0]["word_ids"] != features[0]["word_ids"]
+    # named through a module that re-exports it: an edit of the module that defines it counts too
+    (tmp_path / "reexports_mod.py").write_text("from user_segmenters_mod import skips_first\n")
+    first, _ = _chinese_features(tmp_path, wordpiece_tokenizer, "reexports_mod:skips_first")
+    user_segmenters.write_text(SEGMENTERS)
+    segmenter.cache_clear()
+    for name in ("user_segmenters_mod", "reexports_mod"):
+        sys.modules.pop(name)
+    edited, summary = _chinese_features(tmp_path, wordpiece_tokenizer, "reexports_mod:skips_first")
+    assert not summary.from_cache and edited[0]["word_ids"] == features[0]["word_ids"] != first[0]["word_ids"]
+    sys.modules.pop("reexports_mod")

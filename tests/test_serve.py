@@ -153,6 +153,8 @@ BAD_REQUESTS = [
      422, "not valid JSON"),
     ("not UTF-8", {"content": '{"context": "Le café.", "questions": ["Où?"]}'.encode("latin-1"),
                    "headers": {"content-type": "application/json"}}, 422, "the body is not UTF-8 text"),
+    ("nested too deeply", {"content": b"[" * 3000, "headers": {"content-type": "application/json"}}, 422,
+     "nested too deeply"),
     ("not sent as JSON", {"content": b"context=The cat.", "headers": {"content-type": "application/x-www-form-urlencoded"}},
      422, "Content-Type: application/json"),
     ("questions a string", {"json": {"context": "The cat.", "questions": "Who?"}}, 422, "questions: Input should be a valid list"),
@@ -185,7 +187,7 @@ def test_bad_requests_get_413_or_422_saying_what_was_wrong_and_the_server_goes_o
             assert message in response.json()["detail"], (what, response.json())
             assert [a["text"] for a in _answer(client, context, [q for _, q in qas])] == expected, what
         metrics = client.get("/metrics").json()
-    assert metrics["errors_by_status"] == {"413": 5, "422": 13}
+    assert metrics["errors_by_status"] == {"413": 5, "422": 14}
     assert metrics["requests"] == 2 * len(BAD_REQUESTS) and metrics["questions"] == len(BAD_REQUESTS) * len(qas)
 
 
