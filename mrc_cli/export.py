@@ -65,11 +65,11 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
         raise ConfigError(f"--quantize {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
     onnx_backend.require_exporter()
     check_output_folder(out)
-    if parity_data:  # a file that cannot be scored is said before the export's minute, not after it
-        from mrc_cli.validate import load_examples
-
-        load_examples(parity_data, "eval")
     loaded = _load_torch_model(checkpoint)
+    if parity_data:  # a file that cannot be scored is said before the export's minute, not after it
+        from mrc_cli.splits import load_scorable
+
+        load_scorable(parity_data, loaded.cfg.data)
     onnx_backend.check_exportable(loaded.model.config, checkpoint)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

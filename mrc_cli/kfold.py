@@ -23,11 +23,11 @@ from mrc_cli.config import RunConfig, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
-from mrc_cli.metrics import score
+from mrc_cli.metrics import score, unscorable
 from mrc_cli.runs import (FOLD_RECORD, HELD_OUT, check_facts, load_record, refuse_several_processes, train_run, write_json,
                           write_record)
 from mrc_cli.scoring import read_json_map
-from mrc_cli.splits import select_split
+from mrc_cli.splits import load_scorable, select_split
 from mrc_cli.thresholds import null_share, null_share_warning, null_threshold_sweep, store_threshold
 from mrc_cli.tokenizer import load_tokenizer
 from mrc_cli.training import TrainResult, train
@@ -101,6 +101,12 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     refuse_several_processes("kfold")
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)
+    # the held-out folds and the dev file are scored after every fold has trained: refused now if they cannot be
+    problem = unscorable(golds, source)
+    if problem:
+        raise DataError(problem)
+    if cfg.data.dev_file:
+        load_scorable(cfg.data.dev_file, cfg.data)
     if cfg.train.eval_steps or cfg.train.patience:
         print("k-fold evaluates each fold once, at its end (train.eval_steps and train.patience are not used): a "
               "checkpoint chosen by the held-out questions would flatter their out-of-fold score", flush=True)

@@ -40,11 +40,21 @@ def featurize_file(source: str, tokenizer, data: DataConfig, use: str, offsets: 
     from mrc_cli.validate import load_examples
 
     with _cyclic_gc_paused():
-        examples, report, golds = load_examples(source, use, data.format, cache_root(data) / "examples")
-        problem = unscorable(golds, source) if use == "eval" else None
-        if problem:  # before a training run or `mrc eval` has spent its time, not when it scores
-            raise DataError(problem)
-        return _featurize(examples, report, golds, tokenizer, data, use, offsets)
+        loaded = load_scorable(source, data) if use == "eval" else load_examples(
+            source, use, data.format, cache_root(data) / "examples")
+        return _featurize(*loaded, tokenizer, data, use, offsets)
+
+
+def load_scorable(source: str, data: DataConfig):
+    """(examples, report, golds) of a file to score, refused where its metric cannot score it: before a training run,
+    `mrc eval`, `mrc kfold` or an export's parity check has spent its time, not when it scores."""
+    from mrc_cli.validate import load_examples
+
+    examples, report, golds = load_examples(source, "eval", data.format, cache_root(data) / "examples")
+    problem = unscorable(golds, source)
+    if problem:
+        raise DataError(problem)
+    return examples, report, golds
 
 
 def select_split(examples, report, golds: list[dict], rows: list[int], tokenizer, data: DataConfig, use: str) -> Split:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_run_config
+from conftest import tiny_run_config, write_squad
 from mrc_cli import Reader
 from mrc_cli.cli import app
 from mrc_cli.errors import CheckpointError
@@ -297,7 +297,11 @@ def test_refusals_are_one_line_errors(bert_run, bert_onnx, tmp_path):
 
     result = runner.invoke(app, ["export", "--checkpoint", str(bert_onnx[0]), "--out", str(tmp_path / "z"), "--format", "onnx"])
     assert result.exit_code == 1 and "is an ONNX export; export from the checkpoint" in result.stderr
-    for parity_data, problem in ((tmp_path / "nonexistent.json", "no such file"), (str(bert_run / "config.yaml"), "")):
+    chinese = write_squad(tmp_path / "zh.json", [("北京是中国的首都。", [
+        {"id": "a", "question": "谁？", "answers": [{"text": "北京", "answer_start": 0}]},
+        {"id": "none", "question": "何时？", "answers": [], "is_impossible": True}])])
+    for parity_data, problem in ((tmp_path / "nonexistent.json", "no such file"), (str(bert_run / "config.yaml"), ""),
+                                 (chinese, "1 of 2 questions is unanswerable")):  # CMRC rules cannot score it
         result = runner.invoke(app, ["export", "--checkpoint", str(bert_run), "--out", str(tmp_path / "p"), "--format",
                                      "onnx", "--parity-data", str(parity_data)])
         assert result.exit_code == 1 and str(parity_data) in result.stderr and problem in result.stderr

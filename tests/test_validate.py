@@ -122,6 +122,17 @@ def test_chinese_eval_data_with_unanswerable_questions_is_refused_before_any_run
 
     with pytest.raises(DataError, match="1 of 2 questions is unanswerable"):  # mrc eval, a training run's dev set
         featurize_file(path, None, DataConfig(cache_dir=str(tmp_path)), "eval")
+    # mrc kfold scores its held-out folds and the dev file only after every fold has trained: refused first
+    from conftest import QUICKSTART
+    from mrc_cli.config import RunConfig
+    from mrc_cli.kfold import kfold
+
+    for train_file, dev_file in ((path, None), (str(QUICKSTART / "en_train.json"), path)):
+        cfg = RunConfig()
+        cfg.data.train_file, cfg.data.dev_file, cfg.data.cache_dir = train_file, dev_file, str(tmp_path)
+        with pytest.raises(DataError, match=f"{path}: 1 of 2 questions is unanswerable"):
+            kfold(cfg, 2, tmp_path / "kfold")
+        assert not (tmp_path / "kfold").exists()
 
 
 def test_real_squad_v2_counts():
