@@ -87,6 +87,7 @@ class TrainerState:
     # tokens, token pairs, steps, skipped]), which the resumed run logs at the next log step, as the uninterrupted
     # run does
     interval: list | None = None
+    warmup_steps: int | None = None  # of the lr schedule the run started with: a run made longer keeps its warm-up
 
 
 @dataclass
@@ -333,7 +334,9 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
         if store.slots:
             log.info(f"train.cuda_graphs on: every row has {store.slots} feature slots of {store.width} tokens (the "
                      f"most features a row can hold; empty slots are left out of the loss)")
-    scheduler = _scheduler(optimizer, cfg, total_steps)
+    if state.warmup_steps is None:  # a fresh run (or one saved before runs kept theirs)
+        state.warmup_steps = warmup_steps(cfg.train.warmup, total_steps)
+    scheduler = _scheduler(optimizer, state.warmup_steps, total_steps)
     scaler = LossScaler(precision, accelerator.device)
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
     stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {})}
@@ -341,7 +344,8 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
         _restore(resume_from, accelerator, model, stateful, state, task.unit, log)
         # the schedule at the step reached, for this run's length: the same lr where the length is the run's own, and
         # where it is extended (a larger max_steps), a decay from here to the new end instead of the old end's lr
-        # (0 once a run has finished)
+        # (0 once a run has finished); the warm-up stays the run's own, so a run made much longer does not warm up
+        # again
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)
     # after the optimizer and EMA took every parameter: the warm-up may stop the encoder's requiring gradients
@@ -351,7 +355,7 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         _write_run_info(run_dir, tokenizer, precision, accelerator, task.run_info(cfg), resumed=resume_from is not None)
-    _describe_run(cfg, world, total_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
+    _describe_run(cfg, world, total_steps, state.warmup_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
     return _Run(cfg, task, run_dir, accelerator, precision, log, tokenizer, model,
@@ -872,10 +876,10 @@ def warmup_steps(fraction: float, total_steps: int) -> int:
     return max(1, int(fraction * total_steps)) if fraction else 0
 
 
-def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
-    """Linear warm-up, then linear decay to 0. Ours, not transformers' get_linear_schedule_with_warmup: that one
-    gives the first step lr 0 (a wasted step), and the figures in docs/benchmarks.md were measured with this one."""
-    warmup = warmup_steps(cfg.train.warmup, total_steps)
+def _scheduler(optimizer, warmup: int, total_steps: int):
+    """Linear warm-up over `warmup` steps, then linear decay to 0. Ours, not transformers'
+    get_linear_schedule_with_warmup: that one gives the first step lr 0 (a wasted step), and the figures in
+    docs/benchmarks.md were measured with this one."""
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -885,13 +889,14 @@ def _scheduler(optimizer, cfg: RunConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _describe_run(cfg: RunConfig, world: int, total_steps: int, precision: str, accelerator, rows: str, log: RunLog) -> None:
+def _describe_run(cfg: RunConfig, world: int, total_steps: int, warmup: int, precision: str, accelerator, rows: str,
+                  log: RunLog) -> None:
     """The derived numbers, once at the start; and the learning rate question of a many-process run."""
     t = cfg.train
     effective = t.batch_size * t.grad_accum * world
     log.info(f"{world} process(es) on {accelerator.device}, {precision_name(precision)}; effective batch {effective} = "
              f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {rows}; "
-             f"{total_steps} optimizer steps, {warmup_steps(t.warmup, total_steps)} of warm-up")
+             f"{total_steps} optimizer steps, {warmup} of warm-up")
     if world > 1:
         log.info(f"lr {t.lr * world:g} = {t.lr:g} x {world} processes (train.scale_lr)" if t.scale_lr else
                  f"lr {t.lr:g} is not scaled for the {world}x larger effective batch; --set train.scale_lr=true "

@@ -316,6 +316,15 @@ def test_an_extended_run_decays_from_where_it_is_to_its_new_end(tiny_bert_dir, t
     assert [r["lr"] for r in rows if r["step"] > 4] == pytest.approx([1e-4 * 2 / 5, 1e-4 * 1 / 5])
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())
     assert len(info["commands"]) == 2  # the start's and the resume's
+    # made 5x longer, its warm-up stays the run's 2 steps: the 20-step schedule's 10 would warm up again from 5/10
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "long", max_steps=4, lr=1e-4, warmup=0.5, keep_training_state="last")
+    cfg.data.dev_file = None
+    train(cfg)
+    cfg.train.resume, cfg.train.max_steps = "auto", 20
+    train(cfg)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "long" / "metrics.jsonl") if r["step"] > 4]
+    assert lrs[:2] == pytest.approx([1e-4 * 16 / 18, 1e-4 * 15 / 18]) and len(lrs) == 16
+    assert "20 optimizer steps, 2 of warm-up" in (tmp_path / "long" / "train.log").read_text()
 
 
 def test_a_run_resumed_into_another_folder_names_no_best_checkpoint_it_does_not_hold(tiny_bert_dir, tmp_path):
