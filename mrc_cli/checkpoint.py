@@ -5,7 +5,8 @@ scheduler, loss scaler and every process's RNG states; tensors and plain values 
 `trainer_state.json` (the position in training, written last), `config.yaml` (the resolved run config), the
 encoder's `config.json` and the tokenizer, so `mrc eval` and `mrc predict` need nothing else. A folder is written
 under a temporary name and renamed when complete, so a crash mid-save leaves the previous checkpoint intact. When a
-run finishes, only its last checkpoint keeps `training_state.pt` (`drop_training_states`).
+run finishes, only its last checkpoint keeps `training_state.pt` (`drop_training_states`), unless
+`train.keep_training_state: all`.
 """
 
 from __future__ import annotations
@@ -183,9 +184,9 @@ def read_checkpoint_config(checkpoint: Path) -> RunConfig:
 def read_trainer_state(checkpoint: Path) -> dict:
     """trainer_state.json of a checkpoint to resume from: refused where its training_state.pt was dropped."""
     if not (checkpoint / TRAINING_STATE).is_file():
-        raise CheckpointError(f"{checkpoint}: weights only, its optimizer state was dropped when the run finished (the "
-                              f"last checkpoint keeps it): resume from that one, or start a new run from these weights "
-                              f"with --init-from {checkpoint}")
+        raise CheckpointError(f"{checkpoint}: weights only, no {TRAINING_STATE} (dropped when its run finished, as the "
+                              f"run's last checkpoint keeps it, or not copied): resume from a checkpoint that has it, "
+                              f"or start a new run from these weights with --init-from {checkpoint}")
     return json.loads((checkpoint / "trainer_state.json").read_text())
 
 

@@ -8,7 +8,8 @@ One builder serves training, evaluation and prediction. A feature keeps, per tok
   every window of its example), -1 for non-context tokens;
 - `start_positions`/`end_positions` (when labels are asked for): the answer's first and last token, the CLS
   position 0 when the window does not hold the whole answer or the question is unanswerable, and -100 (ignored by
-  the loss) for an answerable question whose answer could not be located in its context.
+  the loss) for an answerable question whose answer could not be located in its context or whose characters hold
+  no token (a zero-width space).
 Features are not padded: mrc_cli.batching.FeatureTensors pads (or packs) each batch on the device.
 """
 

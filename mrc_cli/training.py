@@ -370,7 +370,7 @@ def _loop(r: _Run) -> TrainResult:
     bar = tqdm(total=r.total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
     meter = _Meter(accelerator.device)
     if state.interval:
-        meter.carry(state.interval, accelerator.is_main_process)
+        meter.carry(state.interval, accelerator.is_main_process, state.processes, world)
         state.interval = None
     last_eval = None  # (metrics, predictions) of the latest evaluation
     r.model.train()
@@ -617,12 +617,13 @@ class _Meter:
     def pause(self, seconds: float) -> None:
         self.paused += seconds
 
-    def carry(self, interval: list, main: bool) -> None:
+    def carry(self, interval: list, main: bool, processes_then: int, processes_now: int) -> None:
         """Start from an interval a stopped run left unlogged (TrainerState.interval): its steps on every process,
-        its sums (those of all processes) on the main one, so the next all-reduce counts them once."""
+        its sums (those of all processes) on the main one, so the next all-reduce counts them once. Its loss sum is
+        that of `processes_then` processes per step, the interval's mean divides by `processes_now`: scaled."""
         loss, *counts, self.steps, self.skipped = interval
         if main:
-            self.loss += loss
+            self.loss += loss * processes_now / processes_then
             self.counts = [int(count) for count in counts]
             self.carried = self.counts[:3]  # trained by the stopped process: not in this one's rates
 
@@ -730,18 +731,20 @@ def resolve_run(cfg: RunConfig,
 
 
 def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> None:
-    """A run that stopped early is finished: resumed (a requeue script), it would evaluate once more, stop again and
-    so grow by eval_steps on every call. A larger train.patience trains on."""
+    """A run that ran out of patience is finished, whether that stopped it early or came at its last evaluation:
+    resumed (a requeue script, or made longer), it would evaluate once more, stop again and so grow by eval_steps on
+    every call. A larger train.patience trains on."""
     if train.patience and state.evals_without_improvement >= train.patience:
-        raise ConfigError(f"{run_dir} stopped early at step {state.step} ({_evaluations(state.evals_without_improvement)} "
-                          f"without improvement, train.patience {train.patience}): the run is finished; to train on, "
+        raise ConfigError(f"{run_dir} ran out of patience at step {state.step} "
+                          f"({_evaluations(state.evals_without_improvement)} without improvement, train.patience "
+                          f"{train.patience}): the run is finished; to train on, "
                           "resume with a larger --set train.patience (0: no early stopping)")
 
 
 def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     """Resuming on other training data would go on through another data set with the first one's batch plan and
-    schedule, and no record would show it (run_info.json is rewritten). Checked against the run_info.json of the
-    checkpoint's run, before anything is loaded or logged."""
+    schedule, and no record would show it (a resume writes the data's fingerprints into run_info.json anew). Checked
+    against the run_info.json of the checkpoint's run, before anything is loaded or logged."""
     path = run_dir_of(checkpoint) / "run_info.json"
     then = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     now = {"train_file_sha256": file_sha256(cfg.data.train_file),

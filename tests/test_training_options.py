@@ -58,7 +58,7 @@ def test_keep_last_deletes_older_checkpoints_and_keeps_the_best(tiny_bert_dir, t
     from mrc_cli.errors import CheckpointError
 
     older = tiny_run_config(tiny_bert_dir, run_dir, max_steps=8, resume=str(run_dir / "checkpoints" / "step-000005"))
-    with pytest.raises(CheckpointError, match="step-000005: weights only, its optimizer state was dropped .*--init-from"):
+    with pytest.raises(CheckpointError, match=r"step-000005: weights only, no training_state.pt \(dropped when its run finished.*--init-from"):
         train(older)
     assert train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=7, eval_steps=1, save_steps=1, keep_last=2,
                                  resume="auto")).steps == 7
@@ -122,7 +122,7 @@ def test_a_stopped_early_run_is_finished_and_resumes_only_with_more_patience(tin
     train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=10, eval_steps=1, save_steps=100, patience=2))
     again = tiny_run_config(tiny_bert_dir, run_dir, max_steps=10, eval_steps=1, save_steps=100, patience=2,
                             resume="auto")
-    with pytest.raises(ConfigError, match="stopped early at step 3 .*the run is finished"):
+    with pytest.raises(ConfigError, match="ran out of patience at step 3 .*the run is finished"):
         train(again)  # a requeue script's call: not one more evaluation and stop
     again.train.patience = 3
     assert train(again).steps == 4  # one more evaluation without improvement allowed
@@ -342,3 +342,25 @@ def test_an_output_folder_under_a_file_is_refused_before_any_work(tiny_bert_dir,
     (tmp_path / "afile").write_text("")
     with pytest.raises(ConfigError, match=f"--output-dir {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file"):
         train(tiny_run_config(tiny_bert_dir, tmp_path / "afile" / "sub", max_steps=1))
+
+
+def test_an_interval_carried_into_more_processes_logs_its_true_mean_loss():
+    """A one-process run stopped between log steps, resumed on two: the carried loss is one process's sum per step,
+    the logged mean divides by steps x processes now, so the carried part is scaled to count once per process."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mrc_cli.training import TrainerState, _Meter
+
+    main, other = _Meter(torch.device("cpu")), _Meter(torch.device("cpu"))
+    interval = [6.0, 30, 300, 400, 5000, 3, 0]  # loss 2.0 at each of 3 steps; features, tokens, ...; steps, skipped
+    main.carry(interval, True, processes_then=1, processes_now=2)
+    other.carry(interval, False, processes_then=1, processes_now=2)
+    for meter in (main, other):  # one more step at loss 2.0 on each process
+        meter.add(torch.tensor(2.0), [10, 100, 120, 1000], True)
+    stopped = SimpleNamespace(signal_name=None)
+    theirs = torch.cat([other.loss.double().reshape(1), torch.tensor([*other.counts, 0], dtype=torch.float64)])
+    two = SimpleNamespace(num_processes=2, reduce=lambda local, op: local + theirs)
+    values, _ = main.sync(stopped, two, TrainerState(step=4), None)
+    assert values["loss"] == pytest.approx(2.0) and values["features"] == 50  # 30 carried + 10 on each
