@@ -58,7 +58,8 @@ def test_keep_last_deletes_older_checkpoints_and_keeps_the_best(tiny_bert_dir, t
     from mrc_cli.errors import CheckpointError
 
     older = tiny_run_config(tiny_bert_dir, run_dir, max_steps=8, resume=str(run_dir / "checkpoints" / "step-000005"))
-    with pytest.raises(CheckpointError, match=r"step-000005: weights only, no training_state.pt \(dropped when its run finished.*--init-from"):
+    with pytest.raises(CheckpointError,
+                       match=r"step-000005: weights only, no training_state.pt \(dropped when its run finished.*--init-from"):
         train(older)
     assert train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=7, eval_steps=1, save_steps=1, keep_last=2,
                                  resume="auto")).steps == 7
