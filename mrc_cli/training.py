@@ -235,6 +235,9 @@ def _run_lock(run_dir: Path, flag: str):
                        if other else "")
             raise ConfigError(f"{run_dir} is in use by another run{held_by}; wait for it or choose another "
                               f"{flag}") from None
+        except OSError as err:  # a file system without locks (an NFS mount without a lock service): run unguarded
+            tqdm.write(f"warning: {lock}: cannot lock it on this file system ({err.strerror}); a second run started "
+                       "into this folder would not be refused")
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),

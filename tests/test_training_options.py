@@ -201,6 +201,18 @@ def test_a_second_run_into_a_directory_in_use_is_refused_until_the_first_ends_ho
     assert json.loads((run_dir / ".lock").read_text())["pid"] == os.getpid()  # named for the next one's message
 
 
+def test_a_file_system_without_locks_runs_unguarded_and_says_so(tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # an NFS mount without a lock service
+    assert train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1)).steps == 1
+    assert "cannot lock it on this file system (No locks available); a second run" in capsys.readouterr().out
+
+
 def test_a_directory_with_the_records_of_a_run_without_checkpoints_starts_clean(tiny_bert_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
