@@ -147,6 +147,9 @@ class DecodeConfig:
         for name in ("n_best_size", "max_answer_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"decode.{name} must be at least 1, got {getattr(self, name)}")
+        if math.isnan(self.null_score_diff_threshold):  # NaN compares false with everything: never a null answer
+            raise ConfigError("decode.null_score_diff_threshold is a number (higher: fewer null answers; inf: none), "
+                              "got nan")
         if self.recheck_margin < 0:
             raise ConfigError(f"decode.recheck_margin must be 0 (off) or more, got {self.recheck_margin}")
         if self.null_share is not None and not 0 <= self.null_share <= 1:
@@ -224,11 +227,22 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 raise ConfigError(f"{path}: section {section!r} must hold key: value lines")
             for key, value in values.items():
                 set_value(cfg, f"{section}.{key}", value, source=str(path))
+    flagged = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_value(cfg, dotted, value, source="command line")
+            flagged[dotted] = _get(cfg, dotted)
     apply_sets(cfg, sets)
+    for dotted, value in flagged.items():  # a flag and a --set of the same key: which one was meant is not ours to guess
+        if _get(cfg, dotted) != value:
+            setting = next(item for item in sets if item.partition("=")[0].strip() == dotted)
+            raise ConfigError(f"{dotted}: its flag gives {value!r}, --set {setting} another value; give one of them")
     return cfg
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(cfg, section), key)
 
 
 def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: list[str]) -> RunConfig:
@@ -368,7 +382,10 @@ def check_data_config(data: DataConfig, num_special_tokens: int) -> None:
             f"max_seq_length {data.max_seq_length} leaves no room for context after a question of up to "
             f"{data.max_query_length} tokens; raise data.max_seq_length or lower data.max_query_length"
         )
-    if not 0 <= data.doc_stride < room:
+    if data.doc_stride < 0:
+        raise ConfigError(f"doc_stride {data.doc_stride}: the tokens neighbouring windows share, 0 or more; use e.g. "
+                          f"--doc-stride {room // 2}")
+    if data.doc_stride >= room:
         raise ConfigError(
             f"doc_stride {data.doc_stride} must be below the {room} tokens left for context "
             f"(max_seq_length {data.max_seq_length} - max_query_length {data.max_query_length} - "

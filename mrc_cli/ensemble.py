@@ -65,6 +65,8 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
     if combine not in COMBINATIONS:
         raise ConfigError(f"--combine {combine!r}: choose {' or '.join(COMBINATIONS)}")
     shares = parse_weights(weights, checkpoints)  # before loading any model
+    if threshold is not None and math.isnan(threshold):  # compared with nothing: no question would be answered null
+        raise ConfigError("--threshold nan: a number (higher: fewer null answers; inf: none)")
     members = [load_trained(path) for path in checkpoints]
     cfg = copy.deepcopy(members[0].cfg)
     if threshold is not None:
@@ -107,7 +109,8 @@ def normalised_weights(values: list, num_members: int, where: str) -> list[float
     if len(values) != num_members:
         raise ConfigError(f"{where}: {len(values)} weights for {num_members} members; give one per member")
     if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ConfigError(f"{where}: weights must be positive numbers; leave a member out rather than weighting it 0")
+        raise ConfigError(f"{where}: weights must be finite positive numbers; leave a member out rather than weighting "
+                          "it 0")
     return [v / sum(values) for v in values]
 
 

@@ -74,7 +74,9 @@ def fold_rows(examples, folds: int, seed: int, source: str = "the training data"
     groups = article_groups(column(examples, "title"), column(examples, "context"))
     if len(groups) < folds:
         raise DataError(f"{source}: {len(groups)} articles (by title, or by context where a question has none) cannot "
-                        f"make {folds} folds without an article in two of them; use fewer --folds")
+                        f"make {folds} folds without an article in two of them; "
+                        + (f"use fewer --folds (at most {len(groups)})" if len(groups) >= 2 else
+                           "k-fold needs a training file of 2 articles or more"))
     order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
     order.sort(key=lambda g: -len(groups[g]))  # stable: groups of one size keep the shuffled order

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import shared_file
 from mrc_cli.analysis import analyze, count_windows, question_type
 from mrc_cli.cli import app
-from mrc_cli.errors import DataError
+from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.metrics import score
 from mrc_cli.metrics.rules import f1_squad, normalize_squad
 from mrc_cli.scoring import score_files
@@ -190,6 +190,8 @@ def test_squad_v2_confusion_at_the_default_given_and_stored_thresholds(tmp_path)
     files = given["predictions"]["A"]
     assert (files["threshold_from"], files["answers_changed"], files["withheld_without_nbest"]) == ("as given", 0, 60)
     assert given["confusion"] == at_zero["confusion"]
+    with pytest.raises(ConfigError, match="--threshold nan: a number"):  # above nothing: never null, silently
+        analyze(str(gold), [str(folder)], threshold=float("nan"))
 
 
 def test_squad_v2_at_the_stored_best_threshold_scores_the_sweeps_best_f1(tmp_path):

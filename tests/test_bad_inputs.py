@@ -204,6 +204,9 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--set", "decode.recheck_margin=-1"], "decode.recheck_margin must be 0 (off) or more, got -1"),
     (["--set", "decode.null_share=2"], "decode.null_share is a share of questions, from 0 to 1 (or null), got 2"),
     (["--set", "model.name_or_path=@org/model"], "the value is not YAML (found character '@'"),
+    (["--set", "data.doc_stride=-5"], "doc_stride -5: the tokens neighbouring windows share, 0 or more"),
+    (["--set", "decode.null_score_diff_threshold=.nan"], "decode.null_score_diff_threshold is a number"),
+    (["--lr", "1e-4", "--set", "train.lr=5e-5"], "train.lr: its flag gives 0.0001, --set train.lr=5e-5 another value"),
 ])
 def test_bad_flags_stop_before_any_heavy_work(minilm_path, tmp_path, flags, fragment):
     _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", *flags), fragment)  # later flags win

@@ -378,6 +378,8 @@ def test_members_must_answer_the_same_questions(bert_run, albert_run):
 @pytest.mark.parametrize("weights, message", [
     ("1,2,3", "3 weights for 2 members"),
     ("1,0", "positive numbers"),
+    ("inf,1", "weights must be finite positive numbers"),
+    ("1,1 --threshold nan", "--threshold nan: a number"),
     ("1,x", "expected equal, oof"),
     ("oof", "mrc kfold"),
 ])
@@ -385,8 +387,9 @@ def test_bad_weights_are_refused_before_any_model_loads(weights, message, tmp_pa
     import mrc_cli.ensemble as ensemble_module
 
     monkeypatch.setattr(ensemble_module, "load_trained", lambda path: pytest.fail("a model was loaded"))
+    weights, *more = weights.split()
     result = _invoke("ensemble", "--checkpoint", "a", "--checkpoint", "b", "--data", DEV, "--out", tmp_path / "out",
-                     "--weights", weights)
+                     "--weights", weights, *more)
     assert result.exit_code == 1 and message in result.stderr
 
 

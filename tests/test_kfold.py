@@ -87,7 +87,8 @@ def test_a_context_under_two_titles_joins_the_articles():
     titles = ["a", "b", "b", "c", "", ""]
     contexts = ["x", "y", "x", "z", "w", "w"]
     assert article_groups(titles, contexts) == [[0, 1, 2], [3], [4, 5]]
-    with pytest.raises(DataError, match="t.json: 3 articles \\(by title, or by context where a question has none\\) cannot make 4"):
+    with pytest.raises(DataError, match="t.json: 3 articles \\(by title, or by context where a question has none\\) cannot "
+                                        "make 4 folds .*; use fewer --folds \\(at most 3\\)"):
         fold_rows(to_dataset([{"id": str(i), "title": t, "context": c, "question": "q?", "is_impossible": True,
                                "answers": {"text": [], "answer_start": []}} for i, (t, c) in enumerate(zip(titles, contexts))]),
                   4, 0, "t.json")
