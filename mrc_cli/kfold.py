@@ -129,7 +129,7 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
         "questions": len(golds),
         "left_out": _left_out(golds, set(ids), source),
         "folds": [_finished(fold, ids) for fold in plan],
-        **_score_oof(plan, golds, out_dir / "oof"),
+        **_score_oof(plan, golds, ids, out_dir / "oof"),
     }
     if cfg.data.dev_file:
         result["dev"] = _score_dev(plan, cfg.data.dev_file)
@@ -214,13 +214,27 @@ def _left_out(golds: list[dict], used: set[str], source: str) -> dict:
                    "out-of-fold prediction they score 0 in the OOF score"}
 
 
-def _score_oof(plan: list[Fold], golds: list[dict], oof_dir: Path) -> dict:
+def _check_held_out(fold: Fold, answers: dict, ids: list[str]) -> None:
+    """A fold's predictions.json answers its held-out questions, all of them: files replaced since it trained (an
+    `mrc eval --out` into the fold's folder, before eval refused run folders) would pass for its out-of-fold answers."""
+    held_out = {ids[row] for row in fold.rows}
+    if answers.keys() == held_out:
+        return
+    path = fold.run_dir / "predictions.json"
+    raise DataError(f"{path}: not the fold's answers to its held-out questions ({len(answers.keys() - held_out)} "
+                    f"answers to others, {len(held_out - answers.keys())} held-out ones missing): replaced since the "
+                    f"fold trained? Delete {fold.run_dir} and run mrc kfold again, which trains that fold anew")
+
+
+def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Path) -> dict:
     """The folds' final predictions, n-best lists and null odds merged into oof_dir and scored against every
     training question (official rules: what `mrc score` gives for oof_dir/predictions.json). SQuAD v2 data: the
     null threshold best for F1 on them, stored with every fold's best checkpoint."""
     answers, nbest, null_odds = {}, {}, {}
     for fold in plan:
-        answers.update(read_json_map(fold.run_dir / "predictions.json", str, "predictions"))
+        fold_answers = read_json_map(fold.run_dir / "predictions.json", str, "predictions")
+        _check_held_out(fold, fold_answers, ids)
+        answers.update(fold_answers)
         nbest.update(read_json_map(fold.run_dir / "nbest.json", list, "n-best"))
         null_odds.update(read_json_map(fold.run_dir / "null_odds.json", float, "null odds"))
     write_answer_files(oof_dir, answers, nbest, null_odds)

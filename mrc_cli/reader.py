@@ -76,7 +76,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
                           "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
                           "int8 export of its own (mrc export --format onnx --quantize int8)")
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
-    check_output_folder(out_dir)
+    _check_answers_folder(out_dir)
     loaded = load_model(checkpoint, backend)
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file turns the null rule on for data with unanswerables
     metrics, predictions, split = answer_file(loaded, data, "eval")
@@ -95,6 +95,18 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         metrics.update(_calibrate(loaded, data, predictions, split, out_dir, stored_allow_null or threshold_stored,
                                   threshold, calibrate_split))
     return {**metrics, "backend": backend_of(loaded), "out": str(out_dir), "data": split.report.summary()}
+
+
+RUN_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json")  # a run's final evaluation
+
+
+def _check_answers_folder(out_dir: Path) -> None:
+    """eval's and ensemble's folder, refused before any work where it is a training run's own: its predictions.json
+    and metrics.json are the run's final evaluation, which mrc kfold's out-of-fold score is built from."""
+    check_output_folder(out_dir)
+    if (out_dir / "run_info.json").is_file():
+        raise ConfigError(f"--out {out_dir}: a training run's folder, whose predictions.json and metrics.json are its "
+                          f"own final evaluation; write elsewhere, e.g. --out {out_dir / 'eval'}")
 
 
 def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Prediction], split: Split, out_dir: Path,
@@ -144,6 +156,9 @@ def _keep_decode_settings(loaded: Loaded | Ensemble) -> None:
 def predict_file(checkpoint: str, data: str, out: str, backend: str = "auto") -> dict:
     """`mrc predict`: the submission file {id: answer} for a data file, with or without answers."""
     check_output_file(out)
+    if Path(out).name in RUN_FILES and (Path(out).parent / "run_info.json").is_file():
+        raise ConfigError(f"--out {out}: a training run's own file (its final evaluation); write the submission "
+                          "elsewhere")
     loaded = load_model(checkpoint, backend)
     _, predictions, split = answer_file(loaded, data, "predict")
     if PartialState().is_main_process:
@@ -177,7 +192,7 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
     settings it ran with. Returns the metrics, the counts, the files written and the data's validation summary."""
     if save:
         check_save_folder(save)
-    check_output_folder(out)
+    _check_answers_folder(Path(out))
     if submission:
         check_output_file(submission, "--submission")
     ensemble = build_ensemble(checkpoints, weights, combine, threshold)

@@ -377,6 +377,32 @@ def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
     assert result["null_threshold"] == before["null_threshold"]
 
 
+def test_a_folds_answers_are_kept_its_own_and_never_rebuilt_from_others(kfolded, monkeypatch, tmp_path):
+    """eval, ensemble and predict refuse to write into a fold's (a run's) folder; answers replaced there anyway are
+    refused when the out-of-fold score is rebuilt, not scored as the fold's."""
+    out, config, train_file, dev_file, _ = kfolded
+    fold = out / "fold-0"
+    before = (fold / "predictions.json").read_bytes()
+    runner = CliRunner()
+    for command in (["eval", "--checkpoint", str(fold), "--data", str(dev_file), "--out", str(fold)],
+                    ["ensemble", "--checkpoint", str(fold), "--data", str(dev_file), "--out", str(fold)],
+                    ["predict", "--checkpoint", str(fold), "--data", str(dev_file), "--out", str(fold / "predictions.json")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1 and "a training run's" in result.stderr, result.output
+    assert (fold / "predictions.json").read_bytes() == before
+
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    answers = json.loads((copy / "fold-0" / "predictions.json").read_text())
+    answers.pop(next(iter(answers)))
+    answers["a dev question"] = "x"
+    (copy / "fold-0" / "predictions.json").write_text(json.dumps(answers))
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    with pytest.raises(DataError, match="fold-0/predictions.json: not the fold's answers to its held-out questions "
+                                        "\\(1 answers to others, 1 held-out ones missing\\)"):
+        kfold(_cfg(config, train_file, dev_file), 2, copy)
+
+
 def test_finished_folds_of_other_settings_or_other_questions_are_refused(kfolded, monkeypatch, tmp_path):
     out, config, train_file, dev_file, _ = kfolded
     monkeypatch.setattr(runs, "train_in_own_process", _no_training)
