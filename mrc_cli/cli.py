@@ -172,8 +172,8 @@ def train(
 
 @app.command()
 def distil(
-    teacher: Annotated[str, typer.Option("--teacher", help="A trained model (checkpoint, run directory, export) or a saved ensemble.")],
-    student: Annotated[str, typer.Option("--student", help="The student's encoder: Hub id or local folder; any tokenizer.")],
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="A trained model (checkpoint, run directory, export) or a saved ensemble; needed unless --resume.")] = None,
+    student: Annotated[Optional[str], typer.Option("--student", help="The student's encoder: Hub id or local folder; any tokenizer; needed unless --resume.")] = None,
     config: ConfigOpt = None,
     train_file: TrainFileOpt = None,
     dev_file: DevFileOpt = None,
@@ -187,6 +187,9 @@ def distil(
     term, distil.temperature=2 softens both. The run directory is that of `mrc train`."""
     from mrc_cli.config import check_train_config, load_run_config, refuse_unread_sets
 
+    if resume is None and (teacher is None or student is None):  # a resumed run has both in its config.yaml
+        raise typer.BadParameter("a new run needs --teacher and --student (a resumed one keeps its own)",
+                                 param_hint="--teacher" if teacher is None else "--student")
     refuse_unread_sets(sets or [], "distil")
     cfg = load_run_config(config, _flags(
         distil__teacher=teacher, model__name_or_path=student, data__train_file=train_file, data__dev_file=dev_file,

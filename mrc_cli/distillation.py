@@ -29,12 +29,14 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.nn import functional as F
 
+from mrc_cli.checkpoint import resolve_checkpoint
 from mrc_cli.combining import Positions, window_distributions
 from mrc_cli.config import RunConfig
 from mrc_cli.ensemble import Ensemble, combined_positions
 from mrc_cli.errors import ConfigError
 from mrc_cli.features import column
 from mrc_cli.inference import position_offsets
+from mrc_cli.loading import is_ensemble, is_onnx_export, run_config
 from mrc_cli.model import feature_mean
 from mrc_cli.reader import load_model
 from mrc_cli.splits import featurize_file
@@ -48,11 +50,22 @@ def distil(cfg: RunConfig) -> TrainResult:
     """Train cfg.model (the student) as `mrc train` does, with the teacher term of cfg.distil in the loss."""
     if not cfg.distil.teacher:
         raise ConfigError("no teacher: pass --teacher MODEL_OR_ENSEMBLE or set distil.teacher in the config")
+    _check_teacher(cfg.distil.teacher)
     return run_task(cfg, DistilTask())
+
+
+def _check_teacher(path: str) -> None:
+    """A teacher that is not a trained model, refused before the run's folder and data (the teacher loads after
+    them): a saved ensemble or an ONNX export checks itself as it loads; a checkpoint, run directory or `mrc export`
+    folder here."""
+    if not (is_ensemble(path) or is_onnx_export(path)):
+        run_config(resolve_checkpoint(path))
 
 
 class DistilTask(SpanTask):
     """SpanTask whose training rows carry the teacher's distributions and whose model adds the teacher term."""
+
+    command = "distil"
 
     def __init__(self):
         super().__init__(None, None)

@@ -132,6 +132,7 @@ class MaskedLMTask:
     """Masked-language-model training on a corpus of contexts and documents; see the module docstring."""
 
     unit = "sequences"
+    command = "pretrain"
     run_dir_flag = "--out"
     evaluates = False
     packs = False  # masking works on padded (sequences, width) batches

@@ -112,7 +112,8 @@ class Task(Protocol):
     (mrc_cli.pretraining). The loop owns the rest: plan, steps, precision, meter, checkpoints, resume, stop signal."""
 
     unit: str  # what a row of the training data is, for the log: "features", "sequences"
-    run_dir_flag: str  # the command's flag for the run directory, for the resume hint: --output-dir, --out
+    command: str  # the mrc command that runs it, and its flag for the run directory, for the resume hint
+    run_dir_flag: str  # --output-dir, --out
     evaluates: bool  # whether the task has a dev set (known after `load`)
     packs: bool  # whether its batches may be packed rows (train.tokens_per_batch)
 
@@ -145,6 +146,7 @@ class SpanTask:
     """Span extraction on SQuAD-style data, evaluated on a dev set: what `train()` fine-tunes."""
 
     unit = "features"
+    command = "train"
     run_dir_flag = "--output-dir"
     packs = True
 
@@ -444,11 +446,12 @@ def _interrupted(r: _Run, stopper, bar) -> None:
 
 def _resume_hint(r: _Run) -> str:
     """How to continue: under mrc compare or kfold, that command again (it resumes the run with the run's own
-    settings and, for a fold, its held-out questions); else --resume auto with the task's run-directory flag."""
+    settings and, for a fold, its held-out questions); else the task's command with --resume auto and its
+    run-directory flag (the run's config.yaml gives the rest)."""
     by = os.environ.get(RUN_BY)
     if by:
         return f"run the same mrc {by} command again, which resumes it"
-    return f"continue with --resume auto {r.task.run_dir_flag} {r.run_dir}"
+    return f"continue with mrc {r.task.command} --resume auto {r.task.run_dir_flag} {r.run_dir}"
 
 
 def _evaluate(r: _Run) -> tuple[dict, object]:

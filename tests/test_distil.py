@@ -179,6 +179,10 @@ def test_bert_teacher_trains_an_albert_student_from_the_cli_into_a_checkpoint_mr
     scored = _invoke("eval", "--checkpoint", out, "--data", DEV, "--out", tmp_path / "eval")
     assert scored.exit_code == 0, scored.output
     assert "f1" in json.loads(scored.stdout.strip().splitlines()[-1])
+    # resumed as the stop message says, without --teacher and --student: the run's config.yaml has both
+    longer = _invoke("distil", "--resume", "auto", "--output-dir", out, "--set", "train.max_steps=3")
+    assert longer.exit_code == 0, longer.output
+    assert json.loads(longer.stdout.strip().splitlines()[-1])["steps"] == 3
 
 
 def test_a_saved_ensemble_teaches_as_its_combined_distribution(teacher_run, tiny_bert_dir, tmp_path):
@@ -196,6 +200,15 @@ def test_the_teacher_is_required_and_its_settings_checked(tiny_bert_dir, tmp_pat
     result = _invoke("distil", "--teacher", tmp_path / "none", "--student", tiny_bert_dir, "--train", TRAIN,
                      "--set", "distil.alpha=1.5")
     assert result.exit_code == 1 and "distil.alpha is a weight in [0, 1]" in result.output
+    result = _invoke("distil", "--student", tiny_bert_dir, "--train", TRAIN)
+    assert result.exit_code == 2 and "a new run needs --teacher and --student" in result.output
+    # a teacher that is not a trained model: refused before the run's folder and data, not after them
+    for teacher, problem in ((tmp_path / "none", "no such checkpoint folder or run directory"),
+                             (tiny_bert_dir, "no config.yaml; is this an mrc-cli checkpoint?")):
+        result = _invoke("distil", "--teacher", teacher, "--student", tiny_bert_dir, "--train", TRAIN,
+                         "--output-dir", tmp_path / "out")
+        assert result.exit_code == 1 and problem in result.stderr and "Tokeniz" not in result.output
+        assert not (tmp_path / "out").exists()
 
 
 def test_resumed_distillation_is_bitwise_the_uninterrupted_run(teacher_run, tiny_albert_dir, tmp_path):

@@ -119,12 +119,12 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tiny_bert_dir, tmp_pa
     assert state["step"] == step >= 2
     # the hint as printed, without the run's flags: the run's own settings, not the defaults (2 epochs, no max_steps)
     hint = stderr.split("continue with ")[1].splitlines()[0].split()
-    assert hint == ["--resume", "auto", "--output-dir", str(tmp_path / "run")]
+    assert hint == ["mrc", "train", "--resume", "auto", "--output-dir", str(tmp_path / "run")]
     from typer.testing import CliRunner
 
     from mrc_cli.cli import app
 
-    planned = yaml.safe_load(CliRunner().invoke(app, ["train", *hint, "--dry-run"]).stdout)
+    planned = yaml.safe_load(CliRunner().invoke(app, [*hint[1:], "--dry-run"]).stdout)  # as printed, after "mrc"
     assert planned["train"]["max_steps"] == 500 and planned["model"] == yaml.safe_load(config.read_text())["model"]
 
 
@@ -138,9 +138,9 @@ def test_hints_to_resume_name_the_command_that_resumes(tmp_path, monkeypatch):
     from mrc_cli.runs import HELD_OUT, RUN_BY
     from mrc_cli.training import _resume_hint, train
 
-    run = SimpleNamespace(task=SimpleNamespace(run_dir_flag="--out"), run_dir=tmp_path)
+    run = SimpleNamespace(task=SimpleNamespace(command="pretrain", run_dir_flag="--out"), run_dir=tmp_path)
     monkeypatch.delenv(RUN_BY, raising=False)
-    assert _resume_hint(run) == f"continue with --resume auto --out {tmp_path}"
+    assert _resume_hint(run) == f"continue with mrc pretrain --resume auto --out {tmp_path}"
     monkeypatch.setenv(RUN_BY, "kfold")
     assert _resume_hint(run) == "run the same mrc kfold command again, which resumes it"
     (tmp_path / HELD_OUT).write_text('{"ids": []}')
