@@ -342,6 +342,8 @@ def evaluate(
         raise typer.BadParameter("--calibrate-split says where --calibrate fits and reports; give --calibrate too")
     metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split, backend)
     typer.echo(metrics.pop("data"))
+    if "null_rule" in metrics:
+        typer.echo(f"null answers: {metrics['null_rule']}")
     if "threshold_report" in metrics:
         from mrc_cli.thresholds import format_threshold_report
 

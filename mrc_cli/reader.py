@@ -54,13 +54,19 @@ def run_inference(loaded: Loaded | Ensemble, split: Split, batch_size: int | Non
 
 
 def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, dict[str, Prediction], Split]:
-    """(metrics, predictions, split) of a data file featurized for `use` (eval or predict); with unanswerable
-    questions in eval data, the SQuAD v2 null rule is on."""
+    """(metrics, predictions, split) of a data file featurized for `use` (eval or predict). eval answers as the data
+    is scored: the SQuAD v2 null rule on where it has unanswerable questions, off where it has none (v1 rules count
+    every "" wrong; a model that learnt the rule from a v2 dev set answered every question "" there), the change
+    named under "null_rule"; predict keeps the model's own."""
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, use)
-    if use == "eval" and any(g["is_impossible"] for g in split.golds):
-        loaded.cfg.decode.allow_null = True
+    decode, note = loaded.cfg.decode, {}
+    if use == "eval" and decode.allow_null != any(g["is_impossible"] for g in split.golds):
+        decode.allow_null = not decode.allow_null
+        note = {"null_rule": f"{'on' if decode.allow_null else 'off'} for this data, which has "
+                             f"{'' if decode.allow_null else 'no '}unanswerable questions; the model's own "
+                             f"({'off' if decode.allow_null else 'on'}) stays for mrc predict"}
     metrics, predictions = run_inference(loaded, split)
-    return metrics, predictions, split
+    return {**metrics, **note}, predictions, split
 
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False,

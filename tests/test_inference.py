@@ -121,6 +121,27 @@ def test_a_question_without_any_span_writes_json_that_strict_parsers_read(traine
     assert read_json_map(tmp_path / "eval" / "null_odds.json", float, "null odds")["accent"] == float("inf")
 
 
+def test_eval_on_data_without_unanswerable_questions_answers_every_question(trained_run, tmp_path):
+    """The run learnt the null rule from its v2 dev set; v1 data, where "" is always wrong, is scored answering every
+    question, and the line says so; predict keeps the model's rule."""
+    data = json.load(open(DEV, encoding="utf-8"))
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            paragraph["qas"] = [qa for qa in paragraph["qas"] if not qa.get("is_impossible")]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert "allow_null: true" in (trained_run / "config.yaml").read_text()
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", str(path), "--out",
+                                      str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["metric"] == "squad" and "best_f1_thresh" not in metrics
+    assert ("null answers: off for this data, which has no unanswerable questions; the model's own (on) stays for mrc "
+            "predict") in result.stdout
+    answers = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert len(answers) == metrics["total"] and all(answers.values())
+
+
 def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):
     import torch
     from transformers import AutoModelForQuestionAnswering
