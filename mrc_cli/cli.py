@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -26,6 +27,12 @@ class _UserErrorsGroup(TyperGroup):
         except TrainingInterrupted as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:  # before a run's own stop takes Ctrl-C (reading data, a teacher's pass), or a second one
+            if _debug:
+                raise
+            typer.echo("interrupted by Ctrl-C; run the command again to start over (a training run resumes from its "
+                       "newest checkpoint, if it saved one)", err=True)
+            raise typer.Exit(128 + signal.SIGINT) from None
         except MrcError as err:
             if _debug:
                 raise

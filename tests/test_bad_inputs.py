@@ -309,3 +309,18 @@ def test_predictions_of_another_file_and_an_nbest_file_are_named(tmp_path):
     result = _invoke("score", golds, nbest)
     _fails(result, "this is an n-best file: give predictions.json")
     assert len(result.stderr) < 400
+
+
+def test_ctrl_c_before_a_run_can_stop_by_itself_says_so_in_one_line(monkeypatch):
+    """Ctrl-C while data is read or a teacher runs (a training run's own stop takes it only once training began):
+    one line and the status a shell gives SIGINT, not a silent exit."""
+    import mrc_cli.scoring
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mrc_cli.scoring, "score_files", interrupted)
+    result = _invoke("score", "gold.json", "predictions.json")
+    assert result.exit_code == 130
+    assert result.stderr == ("interrupted by Ctrl-C; run the command again to start over (a training run resumes from "
+                             "its newest checkpoint, if it saved one)\n")
