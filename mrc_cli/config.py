@@ -233,10 +233,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             set_value(cfg, dotted, value, source="command line")
             flagged[dotted] = _get(cfg, dotted)
     apply_sets(cfg, sets)
-    for dotted, value in flagged.items():  # a flag and a --set of the same key: which one was meant is not ours to guess
-        if _get(cfg, dotted) != value:
-            setting = next(item for item in sets if item.partition("=")[0].strip() == dotted)
-            raise ConfigError(f"{dotted}: its flag gives {value!r}, --set {setting} another value; give one of them")
+    for item in sets:  # a flag and a --set of the same key: which one was meant is not ours to guess
+        dotted = item.partition("=")[0].strip()
+        if dotted in flagged and _get(cfg, dotted) != flagged[dotted]:
+            raise ConfigError(f"{dotted}: its flag gives {flagged[dotted]!r}, --set {item} another value; give one of "
+                              "them")
     return cfg
 
 

@@ -84,7 +84,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
     _check_answers_folder(out_dir)
     loaded = load_model(checkpoint, backend)
-    stored_allow_null = loaded.cfg.decode.allow_null  # answer_file turns the null rule on for data with unanswerables
+    stored_allow_null = loaded.cfg.decode.allow_null  # answer_file sets the null rule as the data is scored
     metrics, predictions, split = answer_file(loaded, data, "eval")
     decode = loaded.cfg.decode
     if "best_f1_thresh" in metrics and decode.null_threshold_from == "oof":
