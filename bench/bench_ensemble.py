@@ -193,6 +193,7 @@ def threshold_row(base, files: dict[str, Path], train: str, seed: int, run: Path
     """kfold in `run` on a v2-style train file (`train`: a threshold_files name), from MiniLM or `init_from` (2 epochs
     then); each fold model's and the fold ensemble's report on the v2 dev part."""
     from mrc_cli.ensemble import build_ensemble, save_ensemble
+    from mrc_cli.files import from_json
     from mrc_cli.reader import evaluate_file
     from mrc_cli.thresholds import threshold_report
     from mrc_cli.validate import load_examples
@@ -210,7 +211,7 @@ def threshold_row(base, files: dict[str, Path], train: str, seed: int, run: Path
     evaluate_file(str(saved), str(dev_file), str(run / "ensemble-eval"))
     # the folds' OOF threshold was chosen for one model's null odds: how it serves the ensemble's is measured here
     golds = load_examples(str(dev_file), "eval")[2]
-    nbest, odds = (json.loads((run / "ensemble-eval" / name).read_text(encoding="utf-8"))
+    nbest, odds = (from_json((run / "ensemble-eval" / name).read_text(encoding="utf-8"))
                    for name in ("nbest.json", "null_odds.json"))
     return {"oof_threshold": result["null_threshold"], "oof_f1": result["oof"]["f1"],
             "folds": [row["threshold_report"] for row in result["dev"]],

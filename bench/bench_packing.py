@@ -222,12 +222,12 @@ def part_inference(checkpoint: str | None, dev_file: Path, cache_dir: Path, budg
     from mrc_cli.batching import inference_batch_size
     from mrc_cli.inference import (NEG, eval_token_budget, evaluate_predictions, headline, place_for_inference,
                                    predict_answers, predict_logits)
+    from mrc_cli.metrics import scored_with_nulls
     from mrc_cli.splits import featurize_file
 
     model, tokenizer, cfg, origin = load_for_inference(checkpoint, cache_dir)
     split = featurize_file(str(dev_file), tokenizer, cfg.data, "eval")
-    if any(g["is_impossible"] for g in split.golds):  # as `mrc eval` does (reader.answer_file)
-        cfg.decode.allow_null = True
+    cfg.decode.allow_null = scored_with_nulls(split.golds)  # as `mrc eval` scores the file (reader.answer_file)
     model, state, precision = place_for_inference(model, cfg)
     width, warmup = cfg.data.max_seq_length, split.features.select(range(min(64, len(split.features))))
     sides, out = {}, {}

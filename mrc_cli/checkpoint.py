@@ -58,8 +58,9 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        weights = _untied(model.state_dict())  # outside the writes: an error here is no full disk
         try:
-            save_file(_untied(model.state_dict()), str(tmp / "model.safetensors"))
+            save_file(weights, str(tmp / "model.safetensors"))
             torch.save(training_state, tmp / TRAINING_STATE)
         # how they report a failed write (a full disk, a file size limit): torch "unexpected pos ...", safetensors
         # "Error while serializing: I/O error: ..."

@@ -119,6 +119,7 @@ def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
     import numpy as np
 
     from mrc_cli.inference import evaluate_predictions, headline, place_for_inference, predict_answers
+    from mrc_cli.metrics import scored_with_nulls
     from mrc_cli.onnx_backend import read_settings
     from mrc_cli.splits import featurize_file
 
@@ -130,7 +131,7 @@ def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
     for name, backend in backends.items():
         cfg = backend.cfg
         cfg.train.precision = "no"
-        cfg.decode.allow_null = cfg.decode.allow_null or any(g["is_impossible"] for g in split.golds)  # as mrc eval
+        cfg.decode.allow_null = scored_with_nulls(split.golds)  # as mrc eval scores the file
         model, state, _ = place_for_inference(backend.model, cfg)
         started = time.perf_counter()
         logits, predictions = predict_answers(model, split, cfg, state, "no")

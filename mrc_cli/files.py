@@ -49,9 +49,14 @@ def to_json(obj, **options) -> str:
     return json.dumps(_strict(obj), allow_nan=False, **options)
 
 
-def read_json_float(value: float) -> float:
-    """A number `to_json` wrote: +-the largest float back to +-inf (so "1 above the highest finite odds" skips it)."""
-    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else float(value)
+def from_json(text: str):
+    """JSON as `to_json` wrote it: +-the largest float back to +-inf (infinite null odds stay infinite, "1 above the
+    highest finite odds" skips them, a setting of inf equals itself again)."""
+    return json.loads(text, parse_float=lambda number: _infinite_again(float(number)))
+
+
+def _infinite_again(value: float) -> float:
+    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else value
 
 
 def _strict(value):

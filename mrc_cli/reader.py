@@ -26,6 +26,7 @@ from mrc_cli.backends import check_backend, load_with_backend
 from mrc_cli.errors import ConfigError
 from mrc_cli.files import check_output_file, check_output_folder
 from mrc_cli.loading import Loaded, is_ensemble, is_onnx_export
+from mrc_cli.metrics import scored_with_nulls
 from mrc_cli.splits import Split, featurize_file
 
 
@@ -55,17 +56,22 @@ def run_inference(loaded: Loaded | Ensemble, split: Split, batch_size: int | Non
 
 def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, dict[str, Prediction], Split]:
     """(metrics, predictions, split) of a data file featurized for `use` (eval or predict). eval answers as the data
-    is scored: the SQuAD v2 null rule on where it has unanswerable questions, off where it has none (v1 rules count
-    every "" wrong; a model that learnt the rule from a v2 dev set answered every question "" there), the change
-    named under "null_rule"; predict keeps the model's own."""
+    is scored (metrics.scored_with_nulls): the SQuAD v2 null rule on where it has unanswerable questions (the loaded
+    model keeps it on: a threshold eval stores, an ensemble it saves, serve it as scored), off for this scoring only
+    where it has none (v1 rules count every "" wrong; a model that learnt the rule from a v2 dev set answered every
+    question "" there), that change named under "null_rule"; predict keeps the model's own."""
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, use)
-    decode, note = loaded.cfg.decode, {}
-    if use == "eval" and decode.allow_null != any(g["is_impossible"] for g in split.golds):
-        decode.allow_null = not decode.allow_null
-        note = {"null_rule": f"{'on' if decode.allow_null else 'off'} for this data, which has "
-                             f"{'' if decode.allow_null else 'no '}unanswerable questions; the model's own "
-                             f"({'off' if decode.allow_null else 'on'}) stays for mrc predict"}
-    metrics, predictions = run_inference(loaded, split)
+    decode, nulls = loaded.cfg.decode, scored_with_nulls(split.golds)
+    off_here = use == "eval" and decode.allow_null and not nulls
+    if use == "eval":
+        decode.allow_null = nulls
+    try:
+        metrics, predictions = run_inference(loaded, split)
+    finally:
+        if off_here:
+            decode.allow_null = True
+    note = {"null_rule": "off for this data, which has no unanswerable questions; the model's own (on) stays for mrc "
+                         "predict"} if off_here else {}
     return {**metrics, **note}, predictions, split
 
 

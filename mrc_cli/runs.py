@@ -5,7 +5,6 @@ call skips it, and refuses it when the settings differ, rather than pass its sco
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 from mrc_cli.checkpoint import latest_checkpoint
 from mrc_cli.config import RunConfig, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
-from mrc_cli.files import to_json, write_text_atomically
+from mrc_cli.files import from_json, to_json, write_text_atomically
 from mrc_cli.tracking import read_metrics
 
 PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
@@ -56,7 +55,7 @@ def train_run(cfg: RunConfig, settings: dict, label: str, gpu: str | None, by: s
     before()
     started = time.perf_counter()
     train_in_own_process(cfg, gpu, by, command)
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = from_json((run_dir / "metrics.json").read_text(encoding="utf-8"))
     return FinishedRun(metrics, read_metrics(run_dir / "metrics.jsonl"), time.perf_counter() - started, resumed_from)
 
 
@@ -80,12 +79,14 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     code, stopped_by = _run_logged(child, env, log) if gpu is not None else _run_teed(child, env, log)
-    if code - 128 in (signal.SIGINT, signal.SIGTERM):  # the child saved a checkpoint and stopped (TrainingInterrupted)
+    if code - 128 in (signal.SIGINT, signal.SIGTERM):  # the child stopped (after a checkpoint once training began)
         stopped_by = stopped_by or signal.Signals(code - 128)
     if stopped_by:
         name = "Ctrl-C" if stopped_by == signal.SIGINT else stopped_by.name
+        then = ("resume it from its newest checkpoint" if latest_checkpoint(run_dir) else
+                "start it (it had saved no checkpoint)")
         raise TrainingInterrupted(f"{run_dir}: stopped by {name}; its output is in {log}. Run mrc {by} again to "
-                                  "resume it from its newest checkpoint", stopped_by)
+                                  f"{then}", stopped_by)
     if code != 0:
         # killed by the kernel (out of memory) shows as SIGKILL
         ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
@@ -187,7 +188,7 @@ def load_record(path: Path, settings: dict, done: str = "finished") -> dict | No
     than `settings` is refused, except in settings that do not change what it learned (`NOT_RESULTS`)."""
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = from_json(path.read_text(encoding="utf-8"))
     then, defaults = record.pop("config"), config_to_dict(RunConfig())
     # a key the record lacks (added to mrc-cli since) had its default then
     was = {section: {key: then.get(section, {}).get(key, default) for key, default in values.items()}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mrc_cli.errors import DataError
-from mrc_cli.files import read_json_float
+from mrc_cli.files import from_json
 from mrc_cli.metrics import detect_metric, score
 from mrc_cli.validate import load_examples
 
@@ -46,7 +46,7 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
     """A JSON object {question id: value}, e.g. a predictions or null-odds file."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+        obj = from_json(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DataError(f"{path}: no such {what} file") from None
     except IsADirectoryError:
@@ -63,7 +63,7 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
                     if nbest else "")
             raise DataError(f"{path}: question {qid}: expected a {value_type.__name__}, found "
                             f"{_short(repr(value))}{hint}")
-    return {qid: read_json_float(value) for qid, value in obj.items()} if value_type is float else obj
+    return obj
 
 
 def check_predictions_match(path: str | Path, predictions: dict, gold_ids: set[str], gold: str) -> None:

@@ -3,14 +3,13 @@ train.report_to (TensorBoard, Weights & Biases, MLflow ...: accelerate's, which 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from mrc_cli.errors import ConfigError
-from mrc_cli.files import to_json
+from mrc_cli.files import from_json, to_json
 
 
 def tracker_names(report_to: str) -> list[str] | None:
@@ -60,7 +59,7 @@ class RunLog:
         path = self.run_dir / "metrics.jsonl"
         if self.enabled and path.is_file():
             kept = [r for r in read_metrics(path) if r["step"] <= step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            path.write_text("".join(to_json(r) + "\n" for r in kept), encoding="utf-8")
 
     def close(self) -> None:
         if self.trackers is not None:
@@ -70,7 +69,7 @@ class RunLog:
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [from_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_curves(metrics_file: Path, out: Path) -> Path:

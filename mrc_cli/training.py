@@ -56,7 +56,7 @@ from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_prec
 from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
-from mrc_cli.tricks import EMA, Adversary, HeadWarmup, check_rdrop, layer_lr_scales, rdrop_loss
+from mrc_cli.tricks import EMA, Adversary, HeadWarmup, check_rdrop, kept_warmup, layer_lr_scales, rdrop_loss
 from mrc_cli.words import answers_inside_words
 
 # set by the run from its data or itself, never differences a user made: resume notes no difference in them
@@ -87,7 +87,9 @@ class TrainerState:
     # tokens, token pairs, steps, skipped]), which the resumed run logs at the next log step, as the uninterrupted
     # run does
     interval: list | None = None
-    warmup_steps: int | None = None  # of the lr schedule the run started with: a run made longer keeps its warm-up
+    # the warm-ups the run started with (lr; train.head_warmup's head-only steps): a run made longer keeps them
+    warmup_steps: int | None = None
+    head_warmup_steps: int | None = None
 
 
 @dataclass
@@ -224,9 +226,14 @@ def _run_lock(run_dir: Path, flag: str):
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
-    with open(lock, "a+", encoding="utf-8") as f:  # kept, not deleted: a run that opened a deleted one would hold it
+    with open(lock, "a+", encoding="utf-8") as f:  # kept after the run: the next one locks the same file
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # a run that failed its checks in a folder it made removes it, lock file and all: one that opened the
+            # file before then holds a lock nobody else sees
+            if not lock.exists() or os.fstat(f.fileno()).st_ino != os.stat(lock).st_ino:
+                raise ConfigError(f"{run_dir} was removed or taken by another run while this one started; start it "
+                                  "again")
         except BlockingIOError:
             f.seek(0)
             try:
@@ -339,8 +346,7 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
         if store.slots:
             log.info(f"train.cuda_graphs on: every row has {store.slots} feature slots of {store.width} tokens (the "
                      f"most features a row can hold; empty slots are left out of the loss)")
-    if state.warmup_steps is None:  # a fresh run (or one saved before runs kept theirs)
-        state.warmup_steps = warmup_steps(cfg.train.warmup, total_steps)
+    state.warmup_steps = kept_warmup(state.warmup_steps, warmup_steps(cfg.train.warmup, total_steps))
     scheduler = _scheduler(optimizer, state.warmup_steps, total_steps)
     scaler = LossScaler(precision, accelerator.device)
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
@@ -355,7 +361,8 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
             group["lr"] = base * factor(scheduler.last_epoch)
     # after the optimizer and EMA took every parameter: the warm-up may stop the encoder's requiring gradients
     head_warmup = HeadWarmup.for_config(accelerator.unwrap_model(model), cfg.train, total_steps, optimizer, world,
-                                        state.step, log)
+                                        state.step, state.head_warmup_steps, log)
+    state.head_warmup_steps = head_warmup.steps
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -732,7 +739,7 @@ def resolve_run(cfg: RunConfig,
     evaluates = will_evaluate(resumed)
     if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
         raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "
-                          + ("set train.eval_steps" if evaluates else "give a dev set (--dev)"))
+                          + ("set train.eval_steps" if evaluates else "give a dev set (--dev; mrc pretrain has none)"))
     return resumed, resume_from, notes
 
 

@@ -213,6 +213,13 @@ class EMA:
         self.updates = state["updates"]
 
 
+def kept_warmup(started_with: int | None, now: int) -> int:
+    """The steps of a warm-up (the lr's, the head's) in a run resumed with `now` from its length now: those it
+    `started_with` where it was made longer, so it does not warm up again; `now` where it was made shorter (its lr
+    still decays to 0) or it is fresh (None)."""
+    return now if started_with is None else min(started_with, now)
+
+
 class HeadWarmup:
     """train.head_warmup: the first `steps` optimizer steps train the head alone (every parameter outside
     `model.encoder`: the span head qa_outputs, also at word level and in distillation), the encoder joins after
@@ -236,10 +243,11 @@ class HeadWarmup:
             optimizer.register_step_pre_hook(self._drop_encoder_gradients)
 
     @classmethod
-    def for_config(cls, model: nn.Module, train, total_steps: int, optimizer, processes: int, step: int, log) -> HeadWarmup:
-        """The warm-up of train.head_warmup (a TrainConfig) in a run of `total_steps`, resumed at `step`; without
-        one, an object that does nothing."""
-        steps = int(train.head_warmup * total_steps)  # rounded down; no step is refused below
+    def for_config(cls, model: nn.Module, train, total_steps: int, optimizer, processes: int, step: int,
+                   started_with: int | None, log) -> HeadWarmup:
+        """The warm-up of train.head_warmup (a TrainConfig) in a run of `total_steps`, resumed at `step` with the
+        warm-up it `started_with` (kept_warmup); without one, an object that does nothing."""
+        steps = kept_warmup(started_with, int(train.head_warmup * total_steps))  # rounded down; none refused below
         if train.head_warmup and not steps:
             raise ConfigError(f"train.head_warmup {train.head_warmup:g} of {total_steps} steps is no step: raise it "
                               f"to at least {1 / total_steps:.3g} or set it to 0")

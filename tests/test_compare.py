@@ -247,8 +247,13 @@ def test_a_run_on_a_gpu_is_mrc_train_on_its_saved_config(tmp_path, monkeypatch):
             train_in_own_process(run.cfg, "5", "compare")
         assert str(err.value) == (f"{run.run_dir}: mrc train {ended}; its output is in "
                                   f"{run.run_dir / 'compare_output.log'}. {then}")
+    Done.returncode = 128 + signal.SIGINT  # Ctrl-C while its data was read: no checkpoint to resume from
+    with pytest.raises(TrainingInterrupted, match="stopped by Ctrl-C; .* Run mrc compare again to start it \\(it had "
+                                                  "saved no checkpoint\\)"):
+        train_in_own_process(run.cfg, "5", "compare")
     (run.run_dir / "checkpoints" / "step-000002").mkdir(parents=True)
     (run.run_dir / "checkpoints" / "step-000002" / "trainer_state.json").write_text("{}")
+    Done.returncode = -9
     with pytest.raises(TrainingError, match="Run mrc compare again to resume it from its newest checkpoint"):
         train_in_own_process(run.cfg, "5", "compare")
     Done.returncode = 128 + signal.SIGTERM  # a child that saved a checkpoint and stopped, as mrc train exits then
@@ -620,3 +625,19 @@ def test_a_variant_setting_twice_or_a_window_that_fits_no_question_is_refused_be
                           ("neg:train.lr=-1", "train.lr must be > 0")):
         with pytest.raises(ConfigError, match=f"variant '{text}': {problem}"):
             compare(base, [Variant.parse(text)], [0], tmp_path / "out")
+
+
+def test_a_run_record_with_an_infinite_setting_matches_that_setting_again(tmp_path):
+    """Records are strict JSON (inf written as the largest float): read back, inf is inf again, not 'another
+    setting' (kfold and compare re-read every record they wrote)."""
+    import math
+
+    from mrc_cli.config import RunConfig, config_to_dict
+    from mrc_cli.runs import load_record, write_record
+
+    cfg = RunConfig()
+    cfg.decode.null_score_diff_threshold = math.inf  # "inf: no null answers"
+    settings = config_to_dict(cfg)
+    write_record(tmp_path / "run.json", {"f1": 50.0}, settings)
+    assert "Infinity" not in (tmp_path / "run.json").read_text()
+    assert load_record(tmp_path / "run.json", settings)["f1"] == 50.0

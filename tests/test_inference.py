@@ -140,6 +140,13 @@ def test_eval_on_data_without_unanswerable_questions_answers_every_question(trai
             "predict") in result.stdout
     answers = json.loads((tmp_path / "eval" / "predictions.json").read_text())
     assert len(answers) == metrics["total"] and all(answers.values())
+    # only for the scoring: an ensemble saved after it keeps its reference's rule, as the line says
+    saved = CliRunner().invoke(app, ["ensemble", "--checkpoint", str(trained_run), "--data", str(path), "--out",
+                                     str(tmp_path / "ens"), "--save", str(tmp_path / "saved")])
+    assert saved.exit_code == 0, saved.output
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "saved" / "ensemble.yaml").read_text())["decode"]["allow_null"] is True
 
 
 def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):

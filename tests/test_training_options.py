@@ -338,6 +338,11 @@ def test_an_extended_run_decays_from_where_it_is_to_its_new_end(tiny_bert_dir, t
     lrs = [r["lr"] for r in read_metrics(tmp_path / "long" / "metrics.jsonl") if r["step"] > 4]
     assert lrs[:2] == pytest.approx([1e-4 * 16 / 18, 1e-4 * 15 / 18]) and len(lrs) == 16
     assert "20 optimizer steps, 2 of warm-up" in (tmp_path / "long" / "train.log").read_text()
+    from mrc_cli.tricks import kept_warmup
+
+    # made shorter (a 1,000-step run with 100 of warm-up stopped at 50, resumed for 80 in all): the 8 its new length
+    # gives, so its lr still decays to 0 instead of ending at 0.8 of its peak
+    assert (kept_warmup(100, 8), kept_warmup(2, 10), kept_warmup(None, 10)) == (8, 2, 10)
 
 
 def test_a_run_resumed_into_another_folder_names_no_best_checkpoint_it_does_not_hold(tiny_bert_dir, tmp_path):

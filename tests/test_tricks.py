@@ -258,6 +258,11 @@ def test_head_warmup_trains_the_head_alone_then_everything(tiny_bert_dir, tmp_pa
     assert compute[6]["backward_passes"] == state[1]["samples"] - state[0]["samples"]
     config = AutoConfig.from_pretrained(tiny_bert_dir)
     assert compute[3]["flops"] == forward_flops(config, state[0]["tokens"], state[0]["token_pairs"])
+    # made 4x longer, the warm-up stays its 3 steps: 24 x 0.5 = 12 would freeze the encoder again for steps 7-12
+    cfg.train.resume, cfg.train.max_steps = "auto", 24
+    train(cfg)
+    again = (run_dir / "train.log").read_text()[len(log):]
+    assert "head warm-up" not in again and "24 optimizer steps" in again
 
 
 def test_a_run_resumed_inside_the_head_warmup_is_bitwise_the_uninterrupted_one(tiny_bert_dir, tmp_path):

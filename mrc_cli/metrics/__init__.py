@@ -51,6 +51,12 @@ def detect_metric(golds: list[dict]) -> str:
     return "squad"
 
 
+def scored_with_nulls(golds: list[dict]) -> bool:
+    """Whether the official rules for these golds take "" for an answer (a question is unanswerable): the SQuAD v2
+    null rule that `mrc eval` decodes them with (mrc_cli.reader.answer_file), and export's parity check."""
+    return any(gold.get("is_impossible", False) for gold in golds)
+
+
 def unscorable(golds: list[dict], source: str) -> str | None:
     """Why the metric picked for these golds cannot score them, or None: unanswerable questions in Chinese data, whose
     CMRC 2018 rules have none."""
