@@ -361,9 +361,14 @@ def test_nbest_lists_match_the_classic_loop(allow_null):
     classic = classic_postprocess(batch.example_ids, batch.offset_mappings, *logits, batch.contexts,
                                   allow_null=allow_null)
     _, nbest, _ = predictions_to_json(predictions)
-    comparable = _examples_with_context_top_k(batch)
+    # The loop lists a span once per window that offers it; ours once (its best score), so the lists agree where the
+    # loop's holds no span twice (no text twice, as its entries keep no offsets).
+    once = {example_id for example_id, expected in classic[1].items()
+            if len({c["text"] for c in expected if c["text"]}) == sum(bool(c["text"]) for c in expected)}
+    comparable = _examples_with_context_top_k(batch) & once
     # With allow_null a high CLS logit takes one of the loop's slots in most unanswerable questions.
-    assert len(comparable) > (0.4 if allow_null else 0.9) * len(nbest)
+    assert len(comparable) > (0.3 if allow_null else 0.5) * len(nbest)
+    assert len(once) < len(nbest)  # windows overlap: some spans do come twice
 
     assert nbest.keys() == classic[1].keys()
     for example_id, candidates in nbest.items():
@@ -373,6 +378,8 @@ def test_nbest_lists_match_the_classic_loop(allow_null):
         assert sum(c["start"] == -1 for c in candidates) == allow_null
         assert sum(c["probability"] for c in candidates) == pytest.approx(1.0)
         assert (prediction.start, prediction.end) in [(c["start"], c["end"]) for c in candidates[: 1 + allow_null]]
+        spans = [(c["start"], c["end"]) for c in candidates]
+        assert len(set(spans)) == len(spans)  # each span once
         if example_id in comparable:
             expected = classic[1][example_id]
             assert [(c["text"], c["score"]) for c in candidates] == [(c["text"], c["score"]) for c in expected]
