@@ -246,6 +246,22 @@ def test_detect_metric():
     assert score([english], {"e": "normandy"})["exact_match"] == 100.0
 
 
+def test_every_cmrc_article_is_chinese_and_every_squad_article_english():
+    """Chinese articles about software or companies (CMRC dev: BCPL, PukiWiki, Playfish) hold English names, digits
+    and punctuation: by a majority of characters they were English, scored by SQuAD rules without partial credit."""
+    from conftest import shared_file
+
+    for name, metric in (("cmrc2018_dev.json", "cmrc2018"), ("squad_v1.1_train_head.json", "squad")):
+        articles = json.loads(shared_file(name).read_text(encoding="utf-8"))["data"]
+        detected = {detect_metric([gold(qa["id"], *[a["text"] for a in qa["answers"]], context=p["context"],
+                                        question=qa["question"]) for p in article["paragraphs"] for qa in p["qas"]])
+                    for article in articles}
+        assert detected == {metric}, name
+    bcpl = gold("b", "Martin Richards", context="BCPL（Basic Combined Programming Language）是Martin Richards于1966年设计的"
+                                               "程序语言。", question="BCPL是谁设计的？")
+    assert detect_metric([bcpl]) == "cmrc2018"
+
+
 def test_unknown_metric_names_the_valid_ones():
     with pytest.raises(DataError, match="squad1.*auto, squad, squad_v2, cmrc2018"):
         score([gold("q", "x")], {"q": "x"}, metric="squad1")
