@@ -208,7 +208,7 @@ class RunConfig:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, sets: list[str] = (),
                 base: str | Path | None = None) -> RunConfig:
     """Defaults (or the config.yaml `base`) <- YAML file <- `overrides` (named flags, None = not given) <- `sets`
-    ("section.key=value")."""
+    ("section.key=value"); a flag and a set that give one key two values are refused."""
     cfg = RunConfig() if base is None else load_config(base)
     if path is not None:
         path = Path(path)

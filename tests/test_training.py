@@ -388,9 +388,12 @@ def test_train_cli_dry_run_prints_the_resolved_config(tmp_path):
     assert shown["train"]["warmup"] == 0.1  # a default
     assert not (tmp_path / "run").exists()  # nothing ran
 
-    result = CliRunner().invoke(app, [*args, "--lr", "2e-4", "--set", "train.lr=3.0e-5"])
+    result = CliRunner().invoke(app, [*args, "--set", "train.lr=3.0e-5"])
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load(result.stdout)["train"]["lr"] == 3e-5  # --set over the flag
+    assert yaml.safe_load(result.stdout)["train"]["lr"] == 3e-5  # --set over the YAML file
+    # a flag and a --set of one key that disagree: which was meant is not guessed
+    clash = CliRunner().invoke(app, [*args, "--lr", "2e-4", "--set", "train.lr=3.0e-5"])
+    assert clash.exit_code == 1 and "train.lr: its flag gives 0.0002, --set train.lr=3.0e-5 another value" in clash.stderr
     # the printed config is a valid config file
     printed = tmp_path / "printed.yaml"
     printed.write_text(result.stdout, encoding="utf-8")
