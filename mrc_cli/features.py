@@ -278,9 +278,10 @@ def segmenter(name: str) -> Callable[[str], list[int]] | None:
 
 
 def segmenter_version(name: str) -> str:
-    """What a segmenter's words depend on besides its name, for the feature cache's key: jieba's version; the source
-    of a module:function's module and of the module that defines the function, where it is re-exported (edited, the
-    cache must not serve the old words). Libraries it calls are not followed: clear the cache after upgrading one."""
+    """What a segmenter's words depend on besides its name, for the feature cache's key: jieba's version; for a
+    module:function, the source of its module, of the module defining the function (where it is re-exported) and of
+    every module loaded from their folders (a helper of the user's beside them): edited, the cache must not serve the
+    old words. Installed libraries it calls are not followed: clear the cache after upgrading one."""
     if name in ("tokenizer", "chars"):
         return ""
     if name == "jieba":
@@ -290,7 +291,10 @@ def segmenter_version(name: str) -> str:
         defined_in = inspect.getsourcefile(function)
     except TypeError:  # a builtin or C function: no source file
         defined_in = None
-    sources = sorted({source for source in (getattr(module, "__file__", None), defined_in) if source})
+    folders = {Path(source).parent for source in (getattr(module, "__file__", None), defined_in) if source}
+    sources = sorted({loaded.__file__ for loaded in list(sys.modules.values())
+                      if getattr(loaded, "__file__", None) and Path(loaded.__file__).parent in folders
+                      and loaded.__file__.endswith(".py")})
     return hashlib.sha256(b"".join(Path(source).read_bytes() for source in sources)).hexdigest() if sources else ""
 
 
@@ -303,7 +307,9 @@ def _user_segmenter(name: str) -> tuple[Callable[[str], list[str]], object]:
         module = importlib.import_module(module_name)
         return getattr(module, func_name), module
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"data.word_segmenter {name!r}: cannot import it ({err})") from None
+        raise ConfigError(f"data.word_segmenter {name!r}: cannot import it ({err}); the module must be importable from "
+                          "the working folder or PYTHONPATH, also to evaluate or predict with a model trained with it "
+                          "(its config.yaml names it)") from None
 
 
 def token_words(offsets: list, tokenizer_words: list[int], word_starts: list[int] | None) -> list[int]:
@@ -345,6 +351,12 @@ def _starts_of_words(text: str, words_of: Callable[[str], list[str]], name: str)
                             f"{pos}); it must return the text's own words, in order")
         starts.append(found)
         pos = found + len(word)
+    # a segmenter that leaves most of the text out makes the text between its words one word each: at word level the
+    # model then learns whole stretches of context as answers
+    covered, text_chars = sum(len(word.strip()) for word in words), len("".join(text.split()))
+    if text_chars and covered < text_chars / 2:
+        raise DataError(f"{where}: its words cover {covered} of the text's {text_chars} characters (whitespace aside); "
+                        "it must return all the text's words, punctuation included")
     return starts
 
 

@@ -240,6 +240,8 @@ def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
         if dropped and not re.sub(r"\s", "", new_text).endswith(dropped):
             _repair(report, f'{where}: answer "{text}" is not in its context, without its final "{dropped}" it is '
                             f'(found at {new_start}; relocated without it)')
+        elif start < 0:  # the file gave no position (answer_start missing): found, not moved
+            _repair(report, f'{where}: answer "{text}" has no answer_start; found at char {new_start} of its context')
         else:
             _repair(report, f'{where}: answer "{text}" is not at char {start} of its context (found at {new_start}; '
                             'relocated)')

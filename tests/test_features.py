@@ -289,6 +289,12 @@ def normalized(text):
 
 def skips_first(text):
     return list(text[2:])
+
+def empty(text):
+    return []
+
+def first_three(text):
+    return list(text[:3])
 '''
 
 
@@ -322,6 +328,8 @@ def _chinese_features(tmp_path, tokenizer, word_segmenter):
     ("number", "it returned int; it must return the words of the text, a list of strings"),
     ("pairs", "it returned a list holding tuple;"),
     ("normalized", "its word 'Ｎ京大学创办于1898年。' is not in the text after the words before it (from char 0)"),
+    ("empty", "its words cover 0 of the text's 13 characters (whitespace aside); it must return all the text's words"),
+    ("first_three", "its words cover 3 of the text's 13 characters"),
 ])
 def test_a_broken_user_segmenter_is_one_error_naming_it_and_the_context(user_segmenters, wordpiece_tokenizer, tmp_path,
                                                                         name, problem):
@@ -345,8 +353,10 @@ def test_a_user_segmenter_from_the_working_folder_and_its_edits_reach_the_featur
     sys.modules.pop("user_segmenters_mod")
     again, summary_again = _chinese_features(tmp_path, wordpiece_tokenizer, "user_segmenters_mod:skips_first")
     assert not summary_again.from_cache and again[0]["word_ids"] != features[0]["word_ids"]
-    # named through a module that re-exports it: an edit of the module that defines it counts too
-    (tmp_path / "reexports_mod.py").write_text("from user_segmenters_mod import skips_first\n")
+    # named through a module that re-exports it (a helper of the user's): an edit of the module defining it counts too
+    (tmp_path / "reexports_mod.py").write_text("from user_segmenters_mod import skips_first\n\n\n"
+                                               "def via_helper(text):\n    return skips_first(text)\n")
+    through, _ = _chinese_features(tmp_path, wordpiece_tokenizer, "reexports_mod:via_helper")
     first, _ = _chinese_features(tmp_path, wordpiece_tokenizer, "reexports_mod:skips_first")
     user_segmenters.write_text(SEGMENTERS)
     segmenter.cache_clear()
@@ -354,4 +364,6 @@ def test_a_user_segmenter_from_the_working_folder_and_its_edits_reach_the_featur
         sys.modules.pop(name)
     edited, summary = _chinese_features(tmp_path, wordpiece_tokenizer, "reexports_mod:skips_first")
     assert not summary.from_cache and edited[0]["word_ids"] == features[0]["word_ids"] != first[0]["word_ids"]
+    again, summary = _chinese_features(tmp_path, wordpiece_tokenizer, "reexports_mod:via_helper")
+    assert not summary.from_cache and again[0]["word_ids"] == edited[0]["word_ids"] != through[0]["word_ids"]
     sys.modules.pop("reexports_mod")

@@ -163,3 +163,14 @@ def test_validated_examples_are_cached_by_path_and_content(tmp_path, monkeypatch
     examples, report, _ = validate.load_examples(str(path), "train", cache_dir=cache)
     assert report.left_out_of_training == 0 and len(examples) == 2
     assert len(list(cache.iterdir())) == 2  # one entry per content, no half-written folders left
+
+
+def test_an_answer_without_a_position_is_found_and_said_so(tmp_path):
+    import json
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"id": "q", "context": "北京大学创办于1898年。", "question": "何时？",
+                                "answers": {"text": ["1898年"]}}, ensure_ascii=False) + "\n", encoding="utf-8")
+    report = validate_file(str(path), "train")
+    assert report.usable and report.relocated == 1
+    assert 'answer "1898年" has no answer_start; found at char 7 of its context' in report.repairs[0]
