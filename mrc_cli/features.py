@@ -34,6 +34,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from tokenizers import Encoding
 
 from mrc_cli.config import DataConfig, check_data_config
@@ -53,16 +54,23 @@ class FeatureSummary:
     features: int
     questions_truncated: int
     answers_lost_to_truncation: int  # answerable, located, yet no window holds the whole answer
+    unknown_context_tokens: float  # share of the windows' context tokens that are the tokenizer's unknown token
     from_cache: bool
     seconds: float
 
     def __str__(self) -> str:
         source = "loaded from cache" if self.from_cache else "tokenized"
+        unknown = (f"; {self.unknown_context_tokens:.1%} of the context tokens are the tokenizer's unknown token: it "
+                   "cannot read that much of the text (for Chinese, an encoder with a Chinese vocabulary)"
+                   if self.unknown_context_tokens >= UNKNOWN_SHOWN else "")
         return (
             f"{self.examples} examples -> {self.features} features ({source} in {self.seconds:.1f}s); "
             f"{self.questions_truncated} questions truncated, "
-            f"{self.answers_lost_to_truncation} answers in no window"
+            f"{self.answers_lost_to_truncation} answers in no window{unknown}"
         )
+
+
+UNKNOWN_SHOWN = 0.01  # MiniLM (English vocabulary): 0 % on the SQuAD v2 dev head, 59 % on CMRC 2018 dev
 
 
 def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True, offsets: bool = True,
@@ -98,16 +106,25 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
             desc="Tokenizing",
         )
     counts_file = cache_dir / f"{fingerprint}.counts.json"  # the counts travel with the cached features
-    if from_cache and counts_file.is_file():
-        counts = json.loads(counts_file.read_text())
-    else:
+    counts = json.loads(counts_file.read_text()) if from_cache and counts_file.is_file() else {}
+    if set(counts) != {"questions_truncated", "answers_lost_to_truncation", "unknown_context_tokens"}:  # or older
         counts = {"questions_truncated": _count_truncated(examples, backend, data.max_query_length),
-                  "answers_lost_to_truncation": _count_lost(examples, features) if labels else 0}
+                  "answers_lost_to_truncation": _count_lost(examples, features) if labels else 0,
+                  "unknown_context_tokens": _unknown_share(features, tokenizer.unk_token_id)}
         if cache:
             counts_file.write_text(json.dumps(counts))
     summary = FeatureSummary(examples=len(examples), features=len(features), **counts, from_cache=from_cache,
                              seconds=time.perf_counter() - started)
     return features, summary
+
+
+def _unknown_share(features, unknown_id: int | None) -> float:
+    """The share of context tokens (word id >= 0) over all windows that are `unknown_id` (none for byte-level BPE)."""
+    if unknown_id is None or not len(features):
+        return 0.0
+    ids, words = (np.asarray(features.data.column(name).combine_chunks().flatten()) for name in ("input_ids", "word_ids"))
+    context = words >= 0
+    return float((ids[context] == unknown_id).sum() / max(int(context.sum()), 1))
 
 
 @contextlib.contextmanager

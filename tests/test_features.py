@@ -245,6 +245,23 @@ def test_a_context_of_characters_the_tokenizer_drops_is_a_feature_without_contex
         assert len(f["offset_mapping"]) == len(f["input_ids"]) == len(f["word_ids"])
 
 
+def test_the_share_of_unknown_context_tokens_is_said_where_it_matters(wordpiece_tokenizer, tmp_path):
+    """An English vocabulary on Chinese text (MiniLM on CMRC: 59 % [UNK]) trains a model that cannot see the text:
+    the feature summary (preprocess's line, the run's log) says so; on English text it says nothing."""
+    context = "臺灣的首都是臺北市，人口約兩百六十萬。"
+    path = write_squad(tmp_path / "zh.json", [(context, [{"id": "zh", "question": "首都是哪裡？", "answers": []}])])
+    examples, _, _ = load_examples(str(path), "predict")
+    _, summary = build_features(examples, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path)), labels=False)
+    assert 0.3 < summary.unknown_context_tokens < 1
+    assert f"{summary.unknown_context_tokens:.1%} of the context tokens are the tokenizer's unknown token" in str(summary)
+    _, cached = build_features(examples, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path)), labels=False)
+    assert cached.from_cache and cached.unknown_context_tokens == summary.unknown_context_tokens
+    english, _, _ = load_examples(str(write_squad(tmp_path / "en.json", [("The cat sat on the mat.", [
+        {"id": "en", "question": "Where?", "answers": []}])])), "predict")
+    _, summary = build_features(english, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path)), labels=False)
+    assert summary.unknown_context_tokens == 0 and "unknown" not in str(summary)
+
+
 def test_a_question_cut_to_max_query_length_fits_it_with_byte_level_bpe(tmp_path):
     """A cut question encoded again can come out longer than it was cut (byte-level BPE gives every byte of a
     character that character's offsets); it must still fit, or the context room falls below the validated one."""
