@@ -296,9 +296,10 @@ def segmenter(name: str) -> Callable[[str], list[int]] | None:
 
 def segmenter_version(name: str) -> str:
     """What a segmenter's words depend on besides its name, for the feature cache's key: jieba's version; for a
-    module:function, the source of its module, of the module defining the function (where it is re-exported) and of
-    every module loaded from their folders (a helper of the user's beside them): edited, the cache must not serve the
-    old words. Installed libraries it calls are not followed: clear the cache after upgrading one."""
+    module:function, the Python files in the folders of its module and of the module defining the function (where it
+    is re-exported), so a helper of the user's beside them counts: edited, the cache must not serve the old words.
+    Files, not the modules loaded, so every process gets one key. Installed libraries it calls are not followed:
+    clear the cache after upgrading one."""
     if name in ("tokenizer", "chars"):
         return ""
     if name == "jieba":
@@ -309,10 +310,11 @@ def segmenter_version(name: str) -> str:
     except TypeError:  # a builtin or C function: no source file
         defined_in = None
     folders = {Path(source).parent for source in (getattr(module, "__file__", None), defined_in) if source}
-    sources = sorted({loaded.__file__ for loaded in list(sys.modules.values())
-                      if getattr(loaded, "__file__", None) and Path(loaded.__file__).parent in folders
-                      and loaded.__file__.endswith(".py")})
-    return hashlib.sha256(b"".join(Path(source).read_bytes() for source in sources)).hexdigest() if sources else ""
+    sources = sorted(source for folder in folders for source in folder.glob("*.py"))
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest() if sources else ""
 
 
 def _user_segmenter(name: str) -> tuple[Callable[[str], list[str]], object]:
