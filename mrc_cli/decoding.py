@@ -202,8 +202,8 @@ def _nbest_spans(
 def _first_of_each_span(example: np.ndarray, char_start: np.ndarray, char_end: np.ndarray) -> np.ndarray:
     """Positions (in order) of the first candidate of each (example, character span): windows overlap, and at word
     level a word cut by a window's edge widens to the same whole word in both, so one span comes from several windows.
-    Listed once, with its best score, it holds one n-best slot and its whole probability (BERT's reference decoder
-    keeps the first of each answer text)."""
+    Listed once, with its best score, it holds one n-best slot and the softmax runs over distinct spans (BERT's
+    reference decoder keeps the first of each answer text)."""
     width = int(char_end.max(initial=0)) + 1
     if (int(example.max(initial=0)) + 1) * width * width < 2**62:  # one int64 key per span: 15x faster than rows
         spans = (example.astype(np.int64) * width + char_start) * width + char_end

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import sysconfig
 import time
 import uuid
 from bisect import bisect_left, bisect_right
@@ -122,7 +123,8 @@ def _unknown_share(features, unknown_id: int | None) -> float:
     """The share of context tokens (word id >= 0) over all windows that are `unknown_id` (none for byte-level BPE)."""
     if unknown_id is None or not len(features):
         return 0.0
-    ids, words = (np.asarray(features.data.column(name).combine_chunks().flatten()) for name in ("input_ids", "word_ids"))
+    ids, words = (np.asarray(features.data.column(name).combine_chunks().flatten())
+                  for name in ("input_ids", "word_ids"))
     context = words >= 0
     return float((ids[context] == unknown_id).sum() / max(int(context.sum()), 1))
 
@@ -296,8 +298,8 @@ def segmenter(name: str) -> Callable[[str], list[int]] | None:
 
 def segmenter_version(name: str) -> str:
     """What a segmenter's words depend on besides its name, for the feature cache's key: jieba's version; for a
-    module:function, the Python files in the folders of its module and of the module defining the function (where it
-    is re-exported), so a helper of the user's beside them counts: edited, the cache must not serve the old words.
+    module:function, its module, the module defining the function (where it is re-exported) and the Python files
+    beside them (a helper of the user's; not in site-packages): edited, the cache must not serve the old words.
     Files, not the modules loaded, so every process gets one key. Installed libraries it calls are not followed:
     clear the cache after upgrading one."""
     if name in ("tokenizer", "chars"):
@@ -309,8 +311,12 @@ def segmenter_version(name: str) -> str:
         defined_in = inspect.getsourcefile(function)
     except TypeError:  # a builtin or C function: no source file
         defined_in = None
-    folders = {Path(source).parent for source in (getattr(module, "__file__", None), defined_in) if source}
-    sources = sorted(source for folder in folders for source in folder.glob("*.py"))
+    own = {Path(source) for source in (getattr(module, "__file__", None), defined_in) if source}
+    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    beside = {source for folder in {path.parent for path in own} if folder.resolve() not in installed
+              for source in folder.glob("*.py")
+              if source.is_file() and not source.name.startswith(".")}  # not an editor's lock (.#name.py)
+    sources = sorted(own | beside)
     digest = hashlib.sha256()
     for source in sources:
         digest.update(source.name.encode() + b"\0" + source.read_bytes())

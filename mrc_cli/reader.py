@@ -57,22 +57,28 @@ def run_inference(loaded: Loaded | Ensemble, split: Split, batch_size: int | Non
 def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, dict[str, Prediction], Split]:
     """(metrics, predictions, split) of a data file featurized for `use` (eval or predict). eval answers as the data
     is scored (metrics.scored_with_nulls): the SQuAD v2 null rule on where it has unanswerable questions (the loaded
-    model keeps it on: a threshold eval stores, an ensemble it saves, serve it as scored), off for this scoring only
-    where it has none (v1 rules count every "" wrong; a model that learnt the rule from a v2 dev set answered every
-    question "" there), that change named under "null_rule"; predict keeps the model's own."""
+    model keeps it on, so a threshold eval stores or an ensemble it saves has it), off for this scoring only where it
+    has none (v1 rules count every "" wrong; a model that learnt the rule from a v2 dev set answered every question
+    "" there); a change from the model's own rule is named under "null_rule". predict keeps the model's own."""
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, use)
     decode, nulls = loaded.cfg.decode, scored_with_nulls(split.golds)
-    off_here = use == "eval" and decode.allow_null and not nulls
+    changed = use == "eval" and decode.allow_null != nulls
+    note = {"null_rule": NULL_RULE_NOTES[nulls]} if changed else {}
     if use == "eval":
         decode.allow_null = nulls
     try:
         metrics, predictions = run_inference(loaded, split)
     finally:
-        if off_here:
+        if changed and not nulls:
             decode.allow_null = True
-    note = {"null_rule": "off for this data, which has no unanswerable questions; the model's own (on) stays for mrc "
-                         "predict"} if off_here else {}
     return {**metrics, **note}, predictions, split
+
+
+NULL_RULE_NOTES = {  # eval's null rule where it is not the model's own: on, off
+    True: "on for this data, which has unanswerable questions; the model's own is off, so mrc predict answers every "
+          "question unless settings stored with it say otherwise (--store-threshold, a saved ensemble)",
+    False: "off for this data, which has no unanswerable questions; the model's own (on) stays for mrc predict",
+}
 
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False,

@@ -248,7 +248,7 @@ class HeadWarmup:
         """The warm-up of train.head_warmup (a TrainConfig) in a run of `total_steps`, resumed at `step` with the
         warm-up it `started_with` (kept_warmup); without one, an object that does nothing."""
         steps = kept_warmup(started_with, int(train.head_warmup * total_steps))  # rounded down; none refused below
-        if train.head_warmup and not steps:
+        if train.head_warmup and not steps and started_with is None:  # a resumed run shortened to none: it is over
             raise ConfigError(f"train.head_warmup {train.head_warmup:g} of {total_steps} steps is no step: raise it "
                               f"to at least {1 / total_steps:.3g} or set it to 0")
         warmup = cls(model, steps, optimizer, processes, log)

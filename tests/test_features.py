@@ -362,6 +362,8 @@ def test_a_user_segmenter_from_the_working_folder_and_its_edits_reach_the_featur
 
     from mrc_cli.features import segmenter
 
+    (tmp_path / ".#user_segmenters_mod.py").symlink_to(tmp_path / "gone")  # an editor's lock beside it: no file
+    (tmp_path / "notes.py").mkdir()
     features, _ = _chinese_features(tmp_path, wordpiece_tokenizer, "user_segmenters_mod:skips_first")
     words = [w for w in features[0]["word_ids"] if w >= 0]
     assert words[0] == 0 and sorted(set(words)) == list(range(max(words) + 1))  # "北京", left out, is a word too

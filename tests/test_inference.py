@@ -148,6 +148,22 @@ def test_eval_on_data_without_unanswerable_questions_answers_every_question(trai
 
     assert yaml.safe_load((tmp_path / "saved" / "ensemble.yaml").read_text())["decode"]["allow_null"] is True
 
+    # the other way round: a model without the rule, on v2 data, is scored with it and told what predict will do
+    import shutil
+
+    from mrc_cli.checkpoint import resolve_checkpoint
+    from mrc_cli.config import load_config, save_config
+
+    run = shutil.copytree(trained_run, tmp_path / "run", symlinks=True)
+    config = resolve_checkpoint(run) / "config.yaml"
+    cfg = load_config(config)
+    cfg.decode.allow_null = False
+    save_config(cfg, config)
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "v2")])
+    assert result.exit_code == 0, result.output
+    assert "null answers: on for this data, which has unanswerable questions; the model's own is off" in result.stdout
+    assert "best_f1_thresh" in json.loads(result.stdout.strip().splitlines()[-1])
+
 
 def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):
     import torch

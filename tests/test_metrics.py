@@ -260,6 +260,11 @@ def test_every_cmrc_article_is_chinese_and_every_squad_article_english():
     bcpl = gold("b", "Martin Richards", context="BCPL（Basic Combined Programming Language）是Martin Richards于1966年设计的"
                                                "程序语言。", question="BCPL是谁设计的？")
     assert detect_metric([bcpl]) == "cmrc2018"
+    # words of other scripts count too: Chinese characters in Russian, Korean, Thai or Japanese text leave them so
+    for text in ("Москва — столица России. 北京 тоже столица.", "세종(世宗)은 조선의 제4대 왕이다. 훈민정음을 창제하였다.",
+                 "ติ่มซำ (點心) เป็นอาหารจีน ที่นิยมในฮ่องกง",
+                 "日本語は、主に日本国内や日本人同士の間で使用されている言語である。日本は法令によって公用語を規定していない。"):
+        assert detect_metric([gold("x", text[:2], context=text)]) == "squad", text
 
 
 def test_unknown_metric_names_the_valid_ones():
