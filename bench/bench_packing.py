@@ -240,7 +240,7 @@ def part_inference(checkpoint: str | None, dev_file: Path, cache_dir: Path, budg
         seconds = time.perf_counter() - started
         out[side] = (logits, {qid: p.text for qid, p in predictions.items()})
         sides[side] = {"tokens_per_batch": rows, "seconds": seconds, "questions_per_s": len(split.golds) / seconds,
-                       **headline(evaluate_predictions(split.golds, predictions, cfg.decode))}
+                       **headline(evaluate_predictions(split.golds, predictions, cfg.decode, cfg.data.metric))}
     (padded, padded_answers), (packed, packed_answers) = out["padded"], out["packed"]
     scored = padded.start > NEG / 2  # positions that hold a token (the rest are NEG on both sides if masks agree)
     same_masks = bool(np.array_equal(scored, packed.start > NEG / 2) and np.array_equal(scored, packed.end > NEG / 2))

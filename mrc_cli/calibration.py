@@ -92,11 +92,11 @@ class Outcomes:
 
 
 def collect_outcomes(predictions: Mapping[str, Prediction], golds: list[dict], allow_null: bool,
-                     null_threshold: float) -> Outcomes:
+                     null_threshold: float, metric: str = "auto") -> Outcomes:
     """The questions of `golds` that have a prediction, with the answer the decoder gives at `null_threshold` (the
     rule of `decoding`: the null answer where allow_null and the null odds exceed it, or where there is no span;
     else the best span) and whether it is right by the exact match of the golds' metric."""
-    metric = detect_metric(golds)
+    metric = detect_metric(golds) if metric == "auto" else metric
     golds = [gold for gold in golds if gold["id"] in predictions]
     span_example, span_scores, given, correct = [], [], [], []
     for index, gold in enumerate(golds):

@@ -340,6 +340,7 @@ def evaluate(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a temperature (SQuAD v2: and a null bias) so that answer probabilities say how often answers are right; keep it with the checkpoint; ECE before/after, reliability.png.")] = False,
     calibrate_split: Annotated[bool, typer.Option("--calibrate-split", help="With --calibrate: fit on half the articles and report ECE on the other half (keeps that fit).")] = False,
     backend: BackendOpt = "auto",
+    metric: Annotated[Optional[Literal["auto", "squad", "squad_v2", "cmrc2018"]], typer.Option(help="Official rules to score by (default: the model's data.metric, auto: picked by the data).")] = None,
 ) -> None:
     """Score a checkpoint on a dev set; the metrics are the last line of stdout, as one JSON object. A checkpoint
     whose null threshold `mrc kfold` chose out of fold also gets it compared with 0 and the best one on this set."""
@@ -347,7 +348,7 @@ def evaluate(
 
     if calibrate_split and not calibrate:
         raise typer.BadParameter("--calibrate-split says where --calibrate fits and reports; give --calibrate too")
-    metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split, backend)
+    metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split, backend, metric)
     typer.echo(metrics.pop("data"))
     if "null_rule" in metrics:
         typer.echo(f"null answers: {metrics['null_rule']}")

@@ -36,6 +36,9 @@ class DataConfig:
     word_segmenter: str = "tokenizer"  # whole words: the tokenizer's pre-tokenizer, chars, jieba, or module:function
     num_proc: int = 1  # processes for tokenization (datasets.map)
     cache_dir: str | None = None  # feature cache; default ~/.cache/mrc-cli
+    # the official rules its files are scored by (a run's dev evaluations, eval, kfold); auto: by the text and the
+    # questions (mrc_cli.metrics.detect_metric): cmrc2018 for Chinese, squad_v2 with unanswerable questions, else squad
+    metric: Literal["auto", "squad", "squad_v2", "cmrc2018"] = "auto"
 
     def __post_init__(self) -> None:
         module, colon, function = self.word_segmenter.partition(":")

@@ -120,7 +120,8 @@ def ensemble_inference(ensemble: Ensemble, split: Split, batch_size: int | None 
     cache = bool(split.features.cache_files)
     splits = [split] + [_member_split(split, member, cache) for member in ensemble.members[1:]]
     predictions = ensemble_answers(ensemble, splits, batch_size)
-    metrics = evaluate_predictions(split.golds, predictions, ensemble.cfg.decode) if split.golds else {}
+    metrics = (evaluate_predictions(split.golds, predictions, ensemble.cfg.decode, ensemble.cfg.data.metric)
+               if split.golds else {})
     return metrics, predictions
 
 

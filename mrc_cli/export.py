@@ -137,8 +137,8 @@ def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
         logits, predictions = predict_answers(model, split, cfg, state, "no")
         seconds = time.perf_counter() - started
         answers = {qid: p.text for qid, p in predictions.items()}
-        entry = {**headline(evaluate_predictions(split.golds, predictions, cfg.decode)), "seconds": seconds,
-                 "questions_per_s": len(answers) / seconds}
+        entry = {**headline(evaluate_predictions(split.golds, predictions, cfg.decode, cfg.data.metric)),
+                 "seconds": seconds, "questions_per_s": len(answers) / seconds}
         if reference is None:
             reference = (answers, logits)
         else:

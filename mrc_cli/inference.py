@@ -116,10 +116,11 @@ def decode_features(features, logits: Logits, contexts: dict[str, str], cfg: Dec
     return decode(features["example_id"], offsets, logits.start, logits.end, contexts, cfg)
 
 
-def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig) -> dict:
-    """Official scores (the metric the golds call for) at the configured null threshold; for SQuAD v2 also the
-    threshold that maximises F1."""
-    metrics = score(golds, {pid: p.text for pid, p in predictions.items()})
+def evaluate_predictions(golds: list[dict], predictions: dict[str, Prediction], cfg: DecodeConfig,
+                         metric: str = "auto") -> dict:
+    """Official scores (by `metric`, data.metric; auto: the one the golds call for) at the configured null threshold;
+    for SQuAD v2 also the threshold that maximises F1."""
+    metrics = score(golds, {pid: p.text for pid, p in predictions.items()}, metric)
     if cfg.allow_null:
         nbest = {pid: p.nbest for pid, p in predictions.items()}
         metrics.update(null_threshold_sweep(golds, nbest, {pid: p.null_odds for pid, p in predictions.items()}))
@@ -196,7 +197,7 @@ def place_for_inference(model, cfg: RunConfig):
 def evaluate_split(model, split, cfg: RunConfig, accelerator, precision: str):
     """(metrics with dev_loss, predictions) of a model on a featurized split."""
     logits, predictions = predict_answers(model, split, cfg, accelerator, precision)
-    metrics = evaluate_predictions(split.golds, predictions, cfg.decode) if split.golds else {}
+    metrics = evaluate_predictions(split.golds, predictions, cfg.decode, cfg.data.metric) if split.golds else {}
     metrics["dev_loss"] = logits.loss
     return metrics, predictions
 

@@ -104,7 +104,7 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)
     # the held-out folds and the dev file are scored after every fold has trained: refused now if they cannot be
-    problem = unscorable(golds, source)
+    problem = unscorable(golds, source, cfg.data.metric)
     if problem:
         raise DataError(problem)
     if cfg.data.dev_file:
@@ -129,7 +129,7 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
         "questions": len(golds),
         "left_out": _left_out(golds, set(ids), source),
         "folds": [_finished(fold, ids) for fold in plan],
-        **_score_oof(plan, golds, ids, out_dir / "oof"),
+        **_score_oof(plan, golds, ids, out_dir / "oof", cfg.data.metric),
     }
     if cfg.data.dev_file:
         result["dev"] = _score_dev(plan, cfg.data.dev_file)
@@ -226,7 +226,7 @@ def _check_held_out(fold: Fold, answers: dict, ids: list[str]) -> None:
                     f"fold trained? Delete {fold.run_dir} and run mrc kfold again, which trains that fold anew")
 
 
-def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Path) -> dict:
+def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Path, metric: str) -> dict:
     """The folds' final predictions, n-best lists and null odds merged into oof_dir and scored against every
     training question (official rules: what `mrc score` gives for oof_dir/predictions.json). SQuAD v2 data: the
     null threshold best for F1 on them, stored with every fold's best checkpoint."""
@@ -238,7 +238,7 @@ def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Pat
         nbest.update(read_json_map(fold.run_dir / "nbest.json", list, "n-best"))
         null_odds.update(read_json_map(fold.run_dir / "null_odds.json", float, "null odds"))
     write_answer_files(oof_dir, answers, nbest, null_odds)
-    scores = score(golds, answers)
+    scores = score(golds, answers, metric)
     if not any(gold["is_impossible"] for gold in golds):
         return {"oof": scores, "null_threshold": None}
     sweep = null_threshold_sweep(golds, nbest, null_odds)

@@ -82,13 +82,14 @@ NULL_RULE_NOTES = {  # eval's null rule where it is not the model's own: on, off
 
 
 def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_threshold: bool = False,
-                  calibrate: bool = False, calibrate_split: bool = False, backend: str = "auto") -> dict:
+                  calibrate: bool = False, calibrate_split: bool = False, backend: str = "auto",
+                  metric: str | None = None) -> dict:
     """`mrc eval`: official scores (and the best SQuAD v2 null threshold) of a checkpoint or ensemble on a data file,
     with the data's validation summary under "data" (repairs, questions left out). A model whose null threshold was
     chosen out of fold (`mrc kfold`) adds `threshold_report`: the scores at 0, at it and at the best one here. With
     `calibrate`, a temperature and null bias fitted here are kept with the model (`_calibrate`), on half the articles
     and reported on the other half with `calibrate_split`. `backend`: what answers (mrc_cli.backends), named in the
-    metrics."""
+    metrics. `metric`: the official rules to score by, for this call (default: the model's data.metric, auto)."""
     if (store_threshold or calibrate) and backend == "onnx-int8" and not is_onnx_export(checkpoint):
         raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and calibration "
                           "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
@@ -96,6 +97,8 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
     _check_answers_folder(out_dir)
     loaded = load_model(checkpoint, backend)
+    if metric is not None:
+        loaded.cfg.data.metric = metric
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file sets the null rule as the data is scored
     metrics, predictions, split = answer_file(loaded, data, "eval")
     decode = loaded.cfg.decode
@@ -135,7 +138,7 @@ def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Pred
     `threshold`): their probabilities are the ones to calibrate, also where eval turned the null rule on and
     predict will not."""
     decode = loaded.cfg.decode
-    outcomes = calibration.collect_outcomes(predictions, split.golds, allow_null, threshold)
+    outcomes = calibration.collect_outcomes(predictions, split.golds, allow_null, threshold, loaded.cfg.data.metric)
     fit_ids, report_ids = calibration.halves_by_article(split.examples, data) if by_article else (None, None)
     result = calibration.calibrate(outcomes, fit_ids, report_ids, (decode.temperature, decode.null_bias))
     # the fit minimises log loss; on a few dozen questions ECE's bins can still come out worse, and a fit that makes

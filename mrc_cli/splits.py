@@ -51,7 +51,7 @@ def load_scorable(source: str, data: DataConfig):
     from mrc_cli.validate import load_examples
 
     examples, report, golds = load_examples(source, "eval", data.format, cache_root(data) / "examples")
-    problem = unscorable(golds, source)
+    problem = unscorable(golds, source, data.metric)
     if problem:
         raise DataError(problem)
     return examples, report, golds

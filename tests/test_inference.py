@@ -165,6 +165,28 @@ def test_eval_on_data_without_unanswerable_questions_answers_every_question(trai
     assert "best_f1_thresh" in json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def test_eval_scores_by_the_rules_asked_for(trained_run, tmp_path):
+    """Chinese data with unanswerable questions: CMRC rules have none, so eval refuses it before any work, naming the
+    way out; --metric squad_v2 scores it (as `mrc score --metric` does a predictions file)."""
+    from conftest import write_squad
+
+    path = write_squad(tmp_path / "zh.json", [("北京是中国的首都，上海是最大的城市。", [
+        {"id": "a", "question": "首都是哪里？", "answers": [{"text": "北京", "answer_start": 0}]},
+        {"id": "none", "question": "人口多少？", "answers": [], "is_impossible": True}])])
+    runner = CliRunner()
+    refused = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", str(path), "--out",
+                                  str(tmp_path / "a")])
+    assert refused.exit_code == 1 and "mrc eval --metric squad_v2" in refused.stderr
+    scored = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", str(path), "--out",
+                                 str(tmp_path / "b"), "--metric", "squad_v2"])
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert metrics["metric"] == "squad_v2" and metrics["total"] == 2 and "best_f1_thresh" in metrics
+    english = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", DEV, "--out", str(tmp_path / "c"),
+                                  "--metric", "squad"])
+    assert english.exit_code == 1 and "the squad rules asked for have no unanswerable questions" in english.stderr
+
+
 def test_exported_hf_model_gives_the_same_logits(trained_run, tmp_path):
     import torch
     from transformers import AutoModelForQuestionAnswering

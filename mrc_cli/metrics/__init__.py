@@ -66,16 +66,18 @@ def scored_with_nulls(golds: list[dict]) -> bool:
     return any(gold.get("is_impossible", False) for gold in golds)
 
 
-def unscorable(golds: list[dict], source: str) -> str | None:
-    """Why the metric picked for these golds cannot score them, or None: unanswerable questions in Chinese data, whose
-    CMRC 2018 rules have none."""
+def unscorable(golds: list[dict], source: str, metric: str = "auto") -> str | None:
+    """Why `metric` (auto: the one picked for these golds) cannot score them, or None: unanswerable questions under
+    rules that have none (CMRC 2018's, picked for Chinese data; SQuAD v1.1's, only where asked for)."""
     unanswerable = [gold["id"] for gold in golds if gold.get("is_impossible", False)]
-    if not unanswerable or detect_metric(golds) != "cmrc2018":
+    rules_of = detect_metric(golds) if metric == "auto" else metric
+    if not unanswerable or rules_of == "squad_v2":
         return None
+    why = "the text is Chinese, scored by the CMRC 2018 rules" if metric == "auto" else f"the {metric} rules asked for"
     return (f"{source}: {len(unanswerable)} of {len(golds)} questions {'is' if len(unanswerable) == 1 else 'are'} "
-            f"unanswerable (the first: {unanswerable[0]}), but the text is Chinese, scored by the CMRC 2018 rules, "
-            "which have no unanswerable questions: leave them out of the file, or predict with `mrc predict` and score "
-            "with `mrc score --metric squad_v2` (SQuAD v2.0's rules take a Chinese answer as one word: no partial "
+            f"unanswerable (the first: {unanswerable[0]}), but {why} have no unanswerable questions: leave them out of "
+            "the file, or score by SQuAD v2.0's rules (mrc eval --metric squad_v2, --set data.metric=squad_v2 for a run "
+            "or mrc kfold, mrc score --metric squad_v2; they take an unspaced Chinese answer as one word: no partial "
             "credit)")
 
 
