@@ -203,10 +203,12 @@ def distil(
         train__output_dir=output_dir, train__resume=resume,
     ), sets or [])
     check_train_config(cfg.train)
+    from mrc_cli.distillation import check_teacher, distil as run_distil
+
+    check_teacher(cfg)
     if dry_run:
         _dry_run(cfg)
         return
-    from mrc_cli.distillation import distil as run_distil
 
     _echo_result(run_distil(cfg))
 

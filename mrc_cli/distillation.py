@@ -48,16 +48,17 @@ TARGETS = "teacher_targets"  # the batch key of the targets: (batch, 2, max_seq_
 
 def distil(cfg: RunConfig) -> TrainResult:
     """Train cfg.model (the student) as `mrc train` does, with the teacher term of cfg.distil in the loss."""
-    if not cfg.distil.teacher:
-        raise ConfigError("no teacher: pass --teacher MODEL_OR_ENSEMBLE or set distil.teacher in the config")
-    _check_teacher(cfg.distil.teacher)
+    check_teacher(cfg)
     return run_task(cfg, DistilTask())
 
 
-def _check_teacher(path: str) -> None:
-    """A teacher that is not a trained model, refused before the run's folder and data (the teacher loads after
-    them): a saved ensemble or an ONNX export checks itself as it loads; a checkpoint, run directory or `mrc export`
-    folder here."""
+def check_teacher(cfg: RunConfig) -> None:
+    """No teacher, or one that is not a trained model, refused before the run's folder and data (the teacher loads
+    after them; `--dry-run` refuses it too): a saved ensemble or an ONNX export checks itself as it loads; a
+    checkpoint, run directory or `mrc export` folder here."""
+    path = cfg.distil.teacher
+    if not path:
+        raise ConfigError("no teacher: pass --teacher MODEL_OR_ENSEMBLE or set distil.teacher in the config")
     if not (is_ensemble(path) or is_onnx_export(path)):
         run_config(resolve_checkpoint(path))
 

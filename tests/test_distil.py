@@ -209,6 +209,9 @@ def test_the_teacher_is_required_and_its_settings_checked(tiny_bert_dir, tmp_pat
                          "--output-dir", tmp_path / "out")
         assert result.exit_code == 1 and problem in result.stderr and "Tokeniz" not in result.output
         assert not (tmp_path / "out").exists()
+    # --resume auto where there is no run to resume: no teacher, refused by --dry-run as by the run
+    result = _invoke("distil", "--resume", "auto", "--output-dir", tmp_path / "none", "--dry-run")
+    assert result.exit_code == 1 and "no teacher: pass --teacher" in result.stderr
 
 
 def test_resumed_distillation_is_bitwise_the_uninterrupted_run(teacher_run, tiny_albert_dir, tmp_path):
