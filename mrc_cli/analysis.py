@@ -9,7 +9,6 @@ tokenizer and data settings are given) and answerable or not. Each question is s
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from mrc_cli.analysis_report import write_analysis
 from mrc_cli.decoding import best_span_text
-from mrc_cli.errors import ConfigError, DataError
+from mrc_cli.config import check_null_threshold
+from mrc_cli.errors import DataError
 from mrc_cli.metrics import METRICS, detect_metric, rules
 from mrc_cli.scoring import PredictionFiles, check_predictions_match, find_prediction_files, read_json_map
 from mrc_cli.validate import load_examples
@@ -130,8 +130,8 @@ def analyze(
     labels, left_out = _slice_questions(records, golds, language, windows)
     groups = _group(labels, language)
     thresholds = list(threshold) if isinstance(threshold, Sequence) else [threshold]
-    if any(t is not None and math.isnan(t) for t in thresholds):
-        raise ConfigError("--threshold nan: a number (higher: fewer null answers; inf: none)")
+    for value in thresholds:
+        check_null_threshold(value)
     thresholds = _one_each(thresholds * num if len(thresholds) == 1 else thresholds, num, "threshold")
     runs = [
         _score_run(find_prediction_files(pred, nb, odds), golds, metric, t)

@@ -123,6 +123,13 @@ class TrainConfig:
     rdrop_alpha: float = 0.0  # > 0: R-Drop, each batch twice with the KL between the two as a loss term at this weight
 
 
+def check_null_threshold(value: float | None) -> None:
+    """A --threshold (None: not given) of ensemble or analyze that is a number: NaN compares false with everything, so
+    no question would ever be answered null (decode.null_score_diff_threshold checks itself)."""
+    if value is not None and math.isnan(value):
+        raise ConfigError("--threshold nan: a number (higher: fewer null answers; inf: none)")
+
+
 @dataclass
 class DecodeConfig:
     n_best_size: int = 20

@@ -26,7 +26,7 @@ import yaml
 
 from mrc_cli.checkpoint import TRAINING_STATE, run_dir_of
 from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
-from mrc_cli.config import RunConfig, set_value, write_yaml_atomically
+from mrc_cli.config import RunConfig, check_null_threshold, set_value, write_yaml_atomically
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
 from mrc_cli.features import build_features, column
@@ -65,8 +65,7 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
     if combine not in COMBINATIONS:
         raise ConfigError(f"--combine {combine!r}: choose {' or '.join(COMBINATIONS)}")
     shares = parse_weights(weights, checkpoints)  # before loading any model
-    if threshold is not None and math.isnan(threshold):  # compared with nothing: no question would be answered null
-        raise ConfigError("--threshold nan: a number (higher: fewer null answers; inf: none)")
+    check_null_threshold(threshold)
     members = [load_trained(path) for path in checkpoints]
     cfg = copy.deepcopy(members[0].cfg)
     if threshold is not None:

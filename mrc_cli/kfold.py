@@ -23,7 +23,7 @@ from mrc_cli.config import RunConfig, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
-from mrc_cli.metrics import score, unscorable
+from mrc_cli.metrics import score, scored_with_nulls, unscorable
 from mrc_cli.runs import (FOLD_RECORD, HELD_OUT, check_facts, load_record, refuse_several_processes, train_run, write_json,
                           write_record)
 from mrc_cli.scoring import read_json_map
@@ -144,7 +144,7 @@ def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], ou
     # evaluated once, at the end: a checkpoint chosen by its held-out questions would flatter their OOF score, and
     # the OOF files and threshold would come from another step than the model that predict uses
     base.train.eval_steps, base.train.patience = 0, 0
-    if any(gold["is_impossible"] for gold in golds):
+    if scored_with_nulls(golds):
         base.decode.allow_null = True  # every fold decodes nulls, also one whose held-out questions all have answers
     plan = []
     for k, rows in enumerate(held_out):
@@ -239,7 +239,7 @@ def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Pat
         null_odds.update(read_json_map(fold.run_dir / "null_odds.json", float, "null odds"))
     write_answer_files(oof_dir, answers, nbest, null_odds)
     scores = score(golds, answers, metric)
-    if not any(gold["is_impossible"] for gold in golds):
+    if not scored_with_nulls(golds):
         return {"oof": scores, "null_threshold": None}
     sweep = null_threshold_sweep(golds, nbest, null_odds)
     threshold = sweep["best_f1_thresh"]

@@ -50,6 +50,7 @@ from mrc_cli.files import check_output_folder, write_text_atomically
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
+from mrc_cli.metrics import scored_with_nulls
 from mrc_cli.model import (build_model, check_tokenizer_fits, describe_keys, enable_gradient_checkpointing, encoder_config,
                            load_state_dict_file, load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
@@ -170,7 +171,7 @@ class SpanTask:
                      f"data.word_segmenter {cfg.data.word_segmenter} and are learnt as the whole words")
         if self.dev_split is not None or cfg.data.dev_file:
             self.dev_split = _load_split(self.dev_split, cfg.data.dev_file, "eval", tokenizer, cfg, log)
-        if self.evaluates and not cfg.decode.allow_null and any(g["is_impossible"] for g in self.dev_split.golds):
+        if self.evaluates and not cfg.decode.allow_null and scored_with_nulls(self.dev_split.golds):
             cfg.decode.allow_null = True
             log.info("dev set has unanswerable questions: decode.allow_null set to true")
         return self.train_split.features

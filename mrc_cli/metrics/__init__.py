@@ -55,9 +55,7 @@ def detect_metric(golds: list[dict]) -> str:
     chinese = len(_CJK_CHARACTER.findall(text))
     if chinese > len(_SPACED_WORD.findall(text)) and len(_BESIDE_HANZI_LETTER.findall(text)) < chinese / 2:
         return "cmrc2018"
-    if any(gold.get("is_impossible", False) for gold in golds):
-        return "squad_v2"
-    return "squad"
+    return "squad_v2" if scored_with_nulls(golds) else "squad"
 
 
 def scored_with_nulls(golds: list[dict]) -> bool:
