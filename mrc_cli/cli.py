@@ -110,7 +110,7 @@ def preprocess(
     cfg = load_config(config, _flags(
         model__name_or_path=model, data__format=fmt, data__max_seq_length=max_seq_length, data__doc_stride=doc_stride,
         data__max_query_length=max_query_length, data__word_segmenter=word_segmenter, data__num_proc=num_proc,
-    ), sets or [])
+    ), sets or [], command="preprocess")
     split = preprocess_file(data, cfg.model, cfg.data, use)
     typer.echo(split.report.summary())
     typer.echo(str(split.summary))
@@ -158,16 +158,15 @@ def train(
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Fine-tune a span-extraction model; flags override the YAML config, --set reaches any key."""
-    from mrc_cli.config import check_train_config, load_run_config, refuse_unread_sets
+    from mrc_cli.config import check_train_config, load_run_config
 
-    refuse_unread_sets(sets or [], "train")
     cfg = load_run_config(config, _flags(
         model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file, train__output_dir=output_dir,
         train__epochs=epochs, train__max_steps=max_steps, train__batch_size=batch_size, train__grad_accum=grad_accum,
         train__lr=lr, train__warmup=warmup, data__max_seq_length=max_seq_length, data__doc_stride=doc_stride,
         train__seed=seed, train__eval_steps=eval_steps, train__save_steps=save_steps, train__resume=resume,
         train__init_from=init_from,
-    ), sets or [])
+    ), sets or [], "train")
     check_train_config(cfg.train)
     if dry_run:
         _dry_run(cfg, batches=True)
@@ -192,16 +191,15 @@ def distil(
     """Train one model (the student) on the gold answers and on the teacher's start/end distributions over the
     training data, mapped onto the student's tokens through characters: --set distil.alpha=0.5 weighs the teacher
     term, distil.temperature=2 softens both. The run directory is that of `mrc train`."""
-    from mrc_cli.config import check_train_config, load_run_config, refuse_unread_sets
+    from mrc_cli.config import check_train_config, load_run_config
 
     if resume is None and (teacher is None or student is None):  # a resumed run has both in its config.yaml
         raise typer.BadParameter("a new run needs --teacher and --student (a resumed one keeps its own)",
                                  param_hint="--teacher" if teacher is None else "--student")
-    refuse_unread_sets(sets or [], "distil")
     cfg = load_run_config(config, _flags(
         distil__teacher=teacher, model__name_or_path=student, data__train_file=train_file, data__dev_file=dev_file,
         train__output_dir=output_dir, train__resume=resume,
-    ), sets or [])
+    ), sets or [], "distil")
     check_train_config(cfg.train)
     from mrc_cli.distillation import check_teacher, distil as run_distil
 
@@ -240,14 +238,13 @@ def pretrain(
 ) -> None:
     """Masked-language-model training (whole-word masking) on the contexts of SQuAD-style files and on plain text;
     --out becomes a model folder that `mrc train --model` fine-tunes. --set pretrain.masking=token masks tokens."""
-    from mrc_cli.config import check_pretrain_config, load_run_config, refuse_unread_sets
+    from mrc_cli.config import check_pretrain_config, load_run_config
 
-    refuse_unread_sets(sets or [], "pretrain")
     cfg = load_run_config(config, _flags(
         model__name_or_path=model, pretrain__data_files=data, pretrain__text_files=text, pretrain__eval_files=eval_data,
         pretrain__include_eval_contexts=include_eval_contexts or None, train__output_dir=out, train__epochs=epochs,
         train__max_steps=max_steps, train__resume=resume,
-    ), sets or [])
+    ), sets or [], "pretrain")
     check_pretrain_config(cfg)
     if dry_run:
         _dry_run(cfg, evaluates=False)
@@ -278,7 +275,7 @@ def compare(
     at the same budget; print a table of EM/F1 (mean +/- std), training FLOPs, wall time, features/s and a verdict per
     variant. Run it again to resume: finished runs are skipped, unfinished ones continue from their checkpoint."""
     from mrc_cli.compare import Variant, compare as run_compare, markdown_table
-    from mrc_cli.config import load_config, refuse_unread_sets
+    from mrc_cli.config import load_config
 
     if seeds is not None and seed_list is not None:
         raise typer.BadParameter("give --seeds N or --seed-list, not both", param_hint="--seed-list")
@@ -286,9 +283,8 @@ def compare(
         chosen = [int(seed) for seed in seed_list.split(",")] if seed_list is not None else list(range(seeds or 3))
     except ValueError:
         raise typer.BadParameter(f"{seed_list!r}: expected integers such as 0,5,7", param_hint="--seed-list") from None
-    refuse_unread_sets(sets or [], "compare")
     cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
-                      sets or [])
+                      sets or [], command="compare")
     result = run_compare(cfg, [Variant.parse(text) for text in variants], chosen, out, equal_compute=equal_compute)
     typer.echo(markdown_table(result))
     typer.echo(f"files in {out}: compare.json, compare.md, compare.png")
@@ -307,12 +303,11 @@ def kfold(
     """Split the training data by article into K folds, train a model on every K-1 of them and evaluate it on the one
     held out; score the out-of-fold predictions of all training questions and, for SQuAD v2 data, store the null
     threshold best on them with every fold's best checkpoint. Run it again to resume: finished folds are skipped."""
-    from mrc_cli.config import load_config, refuse_unread_sets
+    from mrc_cli.config import load_config
     from mrc_cli.kfold import format_kfold, kfold as run_kfold
 
-    refuse_unread_sets(sets or [], "kfold")
     cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
-                      sets or [])
+                      sets or [], command="kfold")
     result = run_kfold(cfg, folds, out)
     typer.echo(format_kfold(result))
     typer.echo(f"files in {out}: kfold.json, oof/ (predictions.json, nbest.json, null_odds.json), fold-<k>/")
@@ -497,7 +492,7 @@ def analyze(
     if checkpoint or model:
         from mrc_cli.config import load_config
 
-        cfg = load_config(config, _flags(model__name_or_path=model), sets or []) if model else None
+        cfg = load_config(config, _flags(model__name_or_path=model), sets or [], command="analyze") if model else None
         windows = count_windows(gold, checkpoint, cfg)
     first = Path(pred[0])
     result = analyze_predictions(gold, pred, nbest, null_odds, threshold, windows, metric, examples, fmt,

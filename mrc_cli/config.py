@@ -216,9 +216,12 @@ class RunConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, sets: list[str] = (),
-                base: str | Path | None = None) -> RunConfig:
+                base: str | Path | None = None, command: str | None = None) -> RunConfig:
     """Defaults (or the config.yaml `base`) <- YAML file <- `overrides` (named flags, None = not given) <- `sets`
-    ("section.key=value"); a flag and a set that give one key two values are refused."""
+    ("section.key=value"); a flag and a set that give one key two values are refused, and so is a set `command`
+    (train, compare, ...) would not read."""
+    if command is not None:
+        refuse_unread_sets(sets, command)
     cfg = RunConfig() if base is None else load_config(base)
     if path is not None:
         path = Path(path)
@@ -256,11 +259,11 @@ def _get(cfg: RunConfig, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
-def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: list[str]) -> RunConfig:
+def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: list[str], command: str) -> RunConfig:
     """load_config for a command that trains. With train.resume, the run's own config.yaml (the checkpoint's, or for
     auto the run directory's) stands in for the defaults: a key not given again keeps the run's value, so that
     `--resume auto --output-dir DIR` continues the run that stopped, not one of the default length."""
-    cfg = load_config(path, overrides, sets)
+    cfg = load_config(path, overrides, sets, command=command)
     resume = cfg.train.resume
     if resume is None:
         return cfg

@@ -559,9 +559,10 @@ def test_a_setting_only_another_command_reads_is_refused_naming_that_command():
             (["train"], "pretrain.mask_prob=0.3", "pretrain"),
             (["distil", "--teacher", "t", "--student", "s"], "pretrain.masking=token", "pretrain"),
             (["pretrain"], "distil.alpha=0.2", "distil"),
-            (["kfold", "--folds", "2"], "distil.temperature=3", "distil")):
-        result = runner.invoke(app, [*command, "--dry-run", "--set", setting] if command[0] != "kfold"
-                               else [*command, "--set", setting])
+            (["kfold", "--folds", "2"], "distil.temperature=3", "distil"),
+            (["preprocess", "--data", "data/quickstart/en_train.json"], "pretrain.mask_prob=0.3", "pretrain")):
+        dry_run = ["--dry-run"] if command[0] not in ("kfold", "preprocess") else []
+        result = runner.invoke(app, [*command, *dry_run, "--set", setting])
         assert result.exit_code == 1, result.output
         assert result.stderr == (f"Error: --set {setting}: mrc {command[0]} does not read {reader}.* settings "
                                  f"(mrc {reader} does)\n")
