@@ -233,6 +233,15 @@ def test_score_cmrc2018_by_hand():
     }
 
 
+def test_cmrc2018_matches_a_spaced_gold_id_by_its_stripped_id_as_the_official_script_does():
+    """cmrc2018_evaluate.py looks predictions up by qas['id'].strip(); our own files keep the id as given."""
+    golds = [gold(" q1 ", "东京"), gold("q2\t", "大阪")]
+    result = score(golds, {"q1": "东京", "q2\t": "大阪"}, metric="cmrc2018")
+    assert (result["EM"], result["SKIP"], result["unknown_ids"]) == (100.0, 0, 0)
+    # SQuAD's scripts use the id as given
+    assert score([gold(" q1 ", "Tokyo")], {"q1": "Tokyo"}, metric="squad")["missing"] == 1
+
+
 # --- choosing and naming metrics ---
 
 

@@ -120,13 +120,18 @@ def score_question(gold: dict, prediction: str, metric: str) -> tuple[int, float
     return max(exact(a, prediction) for a in answers), max(f1(a, prediction) for a in answers)
 
 
-def _pair(golds: list[dict], predictions: dict[str, str]) -> tuple[list[tuple[dict, str | None]], int]:
-    """Each gold record with its prediction (None when there is none), and the number of unknown prediction ids."""
+def _pair(golds: list[dict], predictions: dict[str, str],
+          stripped_ids: bool = False) -> tuple[list[tuple[dict, str | None]], int]:
+    """Each gold record with its prediction (None when there is none), and the number of unknown prediction ids.
+    stripped_ids: a gold id with surrounding spaces also matches its prediction without them (the CMRC 2018 script
+    looks predictions up by the stripped id; our own files keep the id as given)."""
     if not golds:
         raise DataError("no gold questions to score")
-    gold_ids = {gold["id"] for gold in golds}
-    num_unknown = sum(qid not in gold_ids for qid in predictions)
-    return [(gold, predictions.get(gold["id"])) for gold in golds], num_unknown
+    ids = [gold["id"] for gold in golds]
+    if stripped_ids:
+        ids = [qid if qid in predictions else qid.strip() for qid in ids]
+    num_unknown = len(predictions.keys() - {gold["id"] for gold in golds} - set(ids))
+    return [(gold, predictions.get(qid)) for gold, qid in zip(golds, ids)], num_unknown
 
 
 def _answerable(gold: dict) -> bool:
@@ -277,7 +282,7 @@ def score_cmrc2018(golds: list[dict], predictions: dict[str, str]) -> dict:
     The official script prints EM, F1 and AVERAGE rounded to 3 decimals; we return them unrounded.
     `missing` repeats SKIP so that every metric reports it under one name.
     """
-    pairs, num_unknown = _pair(golds, predictions)
+    pairs, num_unknown = _pair(golds, predictions, stripped_ids=True)
     exact, f1 = [], []
     num_skipped = 0
     for gold, prediction in pairs:
