@@ -150,10 +150,13 @@ class Adversary:
     def _feature_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The L2 norm of each feature's part of `x` (batch, seq, hidden), broadcastable to it: per row of a padded
         batch; in packed rows per feature, summed over its tokens (a row's tail has no gradient: it adds 0)."""
-        if self._packing is None:
+        packing = self._packing
+        if packing is None:
             return x.norm(dim=tuple(range(1, x.dim())), keepdim=True)
-        features, width = self._packing.present.shape
-        feature = self._packing.repack // width  # (rows * tokens,) the feature of each token
+        if x.shape[0] * x.shape[1] != packing.tokens:  # R-Drop's forward held the rows twice over
+            packing = packing.doubled()
+        features, width = packing.present.shape
+        feature = packing.repack // width  # (rows * tokens,) the feature of each token
         squares = x.float().pow(2).sum(-1).flatten()
         norms = squares.new_zeros(features).index_add_(0, feature, squares).sqrt()
         return norms[feature].view(*x.shape[:-1], 1).to(x.dtype)

@@ -297,23 +297,23 @@ def _two_masks(model):
 
 
 def _loss_and_grads(folder: str, span_level: str, batch: dict, trick: str):
-    """The loss of `batch` and the gradients it leaves, with R-Drop (two passes made to differ) or FGM."""
+    """The loss of `batch` and the gradients it leaves, with R-Drop (two passes made to differ), FGM or both."""
     from mrc_cli.tricks import Adversary
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(name_or_path=folder, dropout=0.0, span_level=span_level), 128)
-    if trick == "fgm":
+    loss_fn = (lambda: rdrop_loss(_two_masks(model), batch, 1.0)) if "rdrop" in trick else lambda: model(**batch).loss
+    if "fgm" in trick:  # R-Drop's forward holds the rows twice: FGM's norms per feature of both halves
         loss = Adversary(model, "fgm", epsilon=0.5, alpha=0.2, steps=1).backward(
-            lambda: model(**batch).loss, lambda loss: loss.backward(), torch.enable_grad, torch.enable_grad(),
-            batch.get("packing"))
+            loss_fn, lambda loss: loss.backward(), torch.enable_grad, torch.enable_grad(), batch.get("packing"))
     else:
-        loss = rdrop_loss(_two_masks(model), batch, 1.0) if trick == "rdrop" else model(**batch).loss
+        loss = loss_fn()
         loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("span_level", ["token", "word"])
-@pytest.mark.parametrize("trick", ["none", "rdrop", "fgm"])
+@pytest.mark.parametrize("trick", ["none", "rdrop", "fgm", "rdrop_fgm"])
 def test_fixed_shapes_leave_empty_slots_out_of_the_loss_and_gradients(tiny_bert_dir, windows, tmp_path, span_level,
                                                                        trick):
     """7 features in a row of 12+ slots: the loss (R-Drop's KL mean, FGM's per-feature epsilon included) and the
@@ -330,7 +330,7 @@ def test_fixed_shapes_leave_empty_slots_out_of_the_loss_and_gradients(tiny_bert_
         assert torch.allclose(results[name][0], loss, atol=1e-6), name
         assert results[name][1].keys() == grads.keys()
         assert all(torch.allclose(results[name][1][n], grads[n], atol=1e-5) for n in grads), name
-    if trick == "rdrop":  # the two passes differ: a KL term that counts
+    if "rdrop" in trick:  # the two passes differ: a KL term that counts
         assert loss > _loss_and_grads(tiny_bert_dir, span_level, batches["padded"], "none")[0] + 1e-3
 
 
