@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -389,9 +389,9 @@ def _loop(r: _Run) -> TrainResult:
     r.model.train()
     with _StopOnSignal() as stopper:
         while state.step < r.total_steps:
-            epoch, batches, counts = next(steps)
+            epoch, batches, shares, counts = next(steps)
             loss, stepped = _train_step(r.model, r.optimizer, r.scaler, batches, accelerator, r.precision, cfg.train,
-                                        r.adversary, r.forward)
+                                        r.adversary, r.forward, shares)
             lr = r.optimizer.param_groups[0]["lr"]  # the step's: the schedule moves on after it
             if stepped:  # fp16 skips the step (and so the schedule) when gradients overflowed
                 r.scheduler.step()
@@ -480,18 +480,21 @@ def _compute(r: _Run) -> dict:
 
 
 def _train_step(model, optimizer, scaler: LossScaler, batches: list[dict], accelerator, precision: str,
-                train_cfg: TrainConfig, adversary: Adversary | None, forward=None) -> tuple[torch.Tensor, bool]:
+                train_cfg: TrainConfig, adversary: Adversary | None, forward=None,
+                shares: Sequence[float] | None = None) -> tuple[torch.Tensor, bool]:
     """One optimizer step over this process's micro-batches: forward and backward of each (gradients are synced
     across processes on the last one only; R-Drop in the loss, adversarial training as a second backward),
-    clipping, the step. `forward`: the model's compiled forward (train.cuda_graphs), else the model. Returns the
-    step's mean loss (still on the device) and whether the step was taken."""
+    clipping, the step. `forward`: the model's compiled forward (train.cuda_graphs), else the model. `shares`: the
+    weight of each micro-batch's mean loss (_step_stream's; default equal). Returns the step's mean loss (still on
+    the device) and whether the step was taken."""
     forward = model if forward is None else forward
+    shares = shares or [1 / len(batches)] * len(batches)
     total = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(batches):
-        def loss_fn(batch=batch) -> torch.Tensor:
+        def loss_fn(batch=batch, share=shares[i]) -> torch.Tensor:
             with autocast(accelerator.device, precision):
                 loss = rdrop_loss(forward, batch, train_cfg.rdrop_alpha) if train_cfg.rdrop_alpha else forward(**batch).loss
-            return loss / len(batches)
+            return loss * share
 
         sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
         if adversary is None:
@@ -533,10 +536,12 @@ def _advance(state: TrainerState, epoch: int, group: int) -> None:
 
 
 def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: TrainerState, accelerator: Accelerator):
-    """(epoch, this process's micro-batches, (features, real tokens, computed tokens, squared feature lengths summed))
-    of every optimizer step from the resumed position on, epoch after epoch; `task` makes each micro-batch's inputs.
-    Micro-batch a of an optimizer step goes to rank r as piece a * world + r, so the pieces that ranks run side by
-    side are neighbours in length."""
+    """(epoch, this process's micro-batches, their shares, (features, real tokens, computed tokens, squared feature
+    lengths summed)) of every optimizer step from the resumed position on, epoch after epoch; `task` makes each
+    micro-batch's inputs. Micro-batch a of an optimizer step goes to rank r as piece a * world + r, so the pieces that
+    ranks run side by side are neighbours in length. A micro-batch's loss is the mean over its features; its share,
+    features x world / the step's features on all ranks, makes the step's gradient (averaged over ranks by DDP) that
+    of the mean over all the step's features, also where packed rows hold different numbers of them."""
     rank, world, accum = accelerator.process_index, accelerator.num_processes, cfg.train.grad_accum
     lengths = store.lengths.tolist()
     t = cfg.train
@@ -548,7 +553,9 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
         # one copy to the device per epoch; a micro-batch's rows are a slice of it
         rows = torch.tensor([f for step in mine for batch in step for f in batch], device=accelerator.device)
         at = 0
-        for step in mine:
+        for whole, step in zip(plan, mine):
+            features = sum(map(len, whole))
+            shares = [len(index) * world / features for index in step]
             batches = []
             for index in step:
                 batches.append(task.batch(store, index, rows[at:at + len(index)], epoch))
@@ -556,7 +563,7 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
             real = [lengths[i] for b in step for i in b]
             counts = [len(real), sum(real), sum(batch["input_ids"].numel() for batch in batches),
                       sum(n * n for n in real)]
-            yield epoch, batches, counts
+            yield epoch, batches, shares, counts
 
 
 def _first_plan(store: FeatureTensors, cfg: RunConfig, group: int) -> list[list[list[int]]]:

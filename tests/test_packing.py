@@ -519,3 +519,36 @@ def test_a_compiled_step_trains_as_the_eager_one(tiny_bert_dir, tmp_path):
     # steps 2-4 start from the weights the earlier steps made (Adam moves near-zero gradients by ~lr whatever their
     # size, so the weights themselves differ by float noise of that order: compared through the losses)
     assert losses[0].keys() == losses[1].keys() and all(abs(losses[0][k] - losses[1][k]) < 1e-4 for k in losses[0])
+
+
+def test_a_step_over_packed_rows_of_different_counts_weighs_every_feature_alike(tiny_bert_dir, windows, tmp_path):
+    """2 processes x grad_accum 2: a step's 4 packed rows hold different numbers of features. Each micro-batch's
+    share makes the step's loss, averaged over the ranks as DDP averages gradients, the mean over all the step's
+    features: what one padded batch of them gives."""
+    from mrc_cli.config import RunConfig
+    from mrc_cli.training import TrainerState, _step_stream
+
+    tokenizer, rows = windows(tiny_bert_dir, tmp_path, 40)
+    store = FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id, tokens_per_batch=400)
+    cfg = RunConfig()
+    cfg.train.batch_size, cfg.train.grad_accum, cfg.train.group_by_length = 4, 2, False  # rows of mixed lengths
+    task = SimpleNamespace(batch=lambda store, index, device_rows, epoch: {**store.batch(index, device_rows),
+                                                                           "index": index})
+    ranks = [next(_step_stream(task, store, cfg, TrainerState(), SimpleNamespace(
+        process_index=rank, num_processes=2, device=torch.device("cpu")))) for rank in range(2)]
+    counts = [len(batch["index"]) for _, batches, _, _ in ranks for batch in batches]
+    assert len(counts) == 4 and len(set(counts)) > 1, counts
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name_or_path=tiny_bert_dir, dropout=0.0), 128).eval()
+
+    def loss(batch):
+        return model(**{key: value for key, value in batch.items() if key != "index"}).loss
+
+    step_loss = sum(share * loss(batch) for _, batches, shares, _ in ranks
+                    for batch, share in zip(batches, shares)) / 2
+    every = [f for _, batches, _, _ in ranks for batch in batches for f in batch["index"]]
+    assert torch.allclose(step_loss, loss(FeatureTensors(rows, torch.device("cpu"), tokenizer.pad_token_id).batch(every)),
+                          atol=1e-5)
+    # the rows' plain mean, which the step took before, weighs a feature by how few share its row
+    plain = sum(loss(batch) for _, batches, _, _ in ranks for batch in batches) / 4
+    assert not torch.allclose(plain, step_loss, atol=1e-3)
