@@ -84,7 +84,8 @@ Parts (the first six are gpu_check.sh's default; old_trainer and resume were mea
   eval_agreement  the minilm part's packed checkpoint (the padded one if that run failed) evaluated on its dev file
                   with `mrc_cli.reader.evaluate_file` in three copies of its config.yaml: bf16 on packed rows
                   (train.tokens_per_batch auto: eval_batch_size x the mean length on CUDA), bf16 on padded batches
-                  (0), fp32 on packed rows; then the recipe's inference (bench/suite/inference.py `infer_recipe`:
+                  (0), fp32 with tokens_per_batch auto (feature batches: varlen attention runs in bf16/fp16 only);
+                  then the recipe's inference (bench/suite/inference.py `infer_recipe`:
                   load, load_dataset, its features, fp32 eval loop, post-processing, scores) on an `mrc export` of
                   the same weights, at the same eval batch size (64). Each timed at the second of two calls (the
                   first warms CUDA, the kernels of that path and the features cached by mrc-cli and by datasets).
@@ -489,7 +490,7 @@ def part_resume(size: dict) -> dict:
 
 def part_eval_agreement(size: dict) -> dict:
     """The minilm part's packed checkpoint (its padded one if that run failed) through `mrc eval`'s library call:
-    bf16 on packed rows and on padded batches, fp32 on packed rows; the recipe's inference on the same weights."""
+    bf16 on packed rows and on padded batches, fp32 as auto gives it; the recipe's inference on the same weights."""
     import torch
 
     from mrc_cli.batching import inference_batch_size
@@ -504,13 +505,13 @@ def part_eval_agreement(size: dict) -> dict:
     copies = {name: checkpoint_copy(checkpoint, work / name.replace(" ", "_"), precision, budget)
               for name, precision, budget in (("bf16 packed", settings["precision"], size["packed_tokens"]),
                                               ("bf16 padded", settings["precision"], 0),
-                                              ("fp32 packed", "no", size["packed_tokens"]))}
+                                              ("fp32 auto", "no", size["packed_tokens"]))}
     runs = {name: attempt(mrc_eval, folder, data, work / f"out_{folder.name}") for name, folder in copies.items()}
     # the recipe's loop takes a number: the features per batch mrc eval's auto resolves to on this device
     batch = inference_batch_size(settings["eval_batch_size"], torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     runs["recipe"] = attempt(recipe_eval, checkpoint, data, work, batch)
     answers = {name: run.pop("answers") for name, run in runs.items() if "answers" in run}
-    pairs = (("bf16 packed", "bf16 padded"), ("bf16 packed", "fp32 packed"), ("fp32 packed", "recipe"))
+    pairs = (("bf16 packed", "bf16 padded"), ("bf16 packed", "fp32 auto"), ("fp32 auto", "recipe"))
     agreement = {f"{a} vs {b}": agreement_of(answers[a], answers[b]) for a, b in pairs if {a, b} <= answers.keys()}
     line = (f"eval ({len(next(iter(answers.values()), {}))} q, batch {settings['eval_batch_size']} = {batch}, {trained} "
             f"checkpoint): " + ", ".join(f"{name} {describe_eval(run)}" for name, run in runs.items())
@@ -1006,7 +1007,7 @@ def ratios(parts: dict) -> list[tuple[str, float | None, str]]:
             steady("packed"), get("bert_base", "runs", "packed", "steady", "features_per_s_wall_clock")), "x"),
         ("eval questions/s: mrc-cli bf16 packed / recipe (fp32)", ratio(eval_qps("bf16 packed"), eval_qps("recipe")),
          "x"),
-        ("eval questions/s: mrc-cli fp32 packed / recipe (fp32)", ratio(eval_qps("fp32 packed"), eval_qps("recipe")),
+        ("eval questions/s: mrc-cli fp32 (auto) / recipe (fp32)", ratio(eval_qps("fp32 auto"), eval_qps("recipe")),
          "x"),
         ("eval questions/s: bf16 packed / bf16 padded", ratio(eval_qps("bf16 packed"), eval_qps("bf16 padded")), "x"),
         ("eval identical answers: bf16 packed vs padded",

@@ -85,6 +85,20 @@ def packed_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
     return out.view(rows, tokens, heads, dim), None
 
 
+def varlen_missing(device: torch.device, precision: str, attention_dropout: float = 0.0) -> str | None:
+    """Why packed rows would not run on torch's varlen attention here, or None. Without it they take the gathered-SDPA
+    path: the work of feature batches and two gathers a layer more, so `auto` packs only where this is None."""
+    if device.type != "cuda":
+        return "varlen attention runs on CUDA only"
+    if not _HAS_VARLEN:
+        return f"torch {torch.__version__} has no varlen attention with a scale (torch 2.11 and later have)"
+    if precision not in ("bf16", "fp16"):
+        return "varlen attention runs in bf16 or fp16, and this run is in fp32"
+    if attention_dropout:
+        return f"varlen attention has no dropout, and the attention dropout is {attention_dropout}"
+    return None
+
+
 def varlen_usable(query: torch.Tensor, dropout: float) -> bool:
     """torch's varlen attention: CUDA, half precision, no dropout (its kernel hardcodes 0), torch >= 2.11."""
     return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0 and _HAS_VARLEN

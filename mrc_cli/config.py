@@ -89,8 +89,8 @@ class TrainConfig:
     # > 0: each micro-batch is whole features packed into one row of at most this many tokens (no padding but the
     # row's tail; attention stays inside each feature); 0: batch_size features padded to the longest. auto: on CUDA
     # batch_size x the mean feature length (as many features per step), on CPU 0 (docs/benchmarks.md); 0 wherever
-    # rows cannot be packed (encoders outside mrc_cli.attention.PACKABLE, `mrc pretrain`). A run's config.yaml holds
-    # the number it resolved to
+    # rows cannot be packed (encoders outside mrc_cli.attention.PACKABLE, `mrc pretrain`) or would not run on varlen
+    # attention (fp32, attention dropout, torch < 2.11). A run's config.yaml holds the number it resolved to
     tokens_per_batch: int | str = "auto"
     # on: the training forward and backward compiled with torch.compile(mode="reduce-overhead"), which on CUDA runs
     # them as recorded CUDA graphs (one launch instead of ~1,000 kernels for the host); on CPU compiled only (no

@@ -17,6 +17,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.nn import functional as F
 
+from mrc_cli.attention import varlen_missing
 from mrc_cli.batching import FeatureTensors, inference_batch_size, inference_batches, token_budget
 from mrc_cli.config import DecodeConfig, RunConfig, TrainConfig
 from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
@@ -64,8 +65,10 @@ def predict_logits(model, features, accelerator, batch_size: int | str, precisio
     store = FeatureTensors(features, accelerator.device, pad_id)
     lengths = store.lengths.tolist()
     batch_size = inference_batch_size(batch_size, accelerator.device)
-    # feature batches for an encoder that cannot run packed rows (mrc_cli.attention.PACKABLE): the same logits
-    store.tokens_per_batch = token_budget(tokens_per_batch if model.packs else 0, batch_size, lengths, accelerator.device)
+    # feature batches for an encoder that cannot run packed rows (mrc_cli.attention.PACKABLE): the same logits; and
+    # for auto where packed rows would not run on varlen attention (fp32, an older torch): no faster
+    packs = model.packs and not (tokens_per_batch == "auto" and varlen_missing(accelerator.device, precision))
+    store.tokens_per_batch = token_budget(tokens_per_batch if packs else 0, batch_size, lengths, accelerator.device)
     mine = inference_batches(lengths, batch_size, store.tokens_per_batch)[accelerator.process_index::accelerator.num_processes]
     results = []  # (feature indices, start logits, end logits, per-feature loss or None)
     was_training = model.training

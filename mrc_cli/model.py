@@ -141,6 +141,11 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     return (start + end) / 2
 
 
+def attention_dropout_of(config) -> float:
+    """The attention dropout of an encoder config (BERT/ALBERT's key or other families')."""
+    return next((getattr(config, key) or 0.0 for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)), 0.0)
+
+
 def encoder_config(name_or_path: str, dropout: float | None, attention_dropout: float | None, max_seq_length: int):
     """The encoder's config with model.dropout / attention_dropout applied; refused when max_seq_length does not fit."""
     from transformers import AutoConfig

@@ -38,7 +38,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from mrc_cli import __version__
-from mrc_cli.attention import packing_refusal
+from mrc_cli.attention import packing_refusal, varlen_missing
 from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
 from mrc_cli.checkpoint import (checkpoint_dir, drop_training_states, latest_checkpoint, read_checkpoint_config,
                                 read_trainer_state, read_training_state, read_weights, resolve_checkpoint, rng_state,
@@ -51,8 +51,8 @@ from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.metrics import scored_with_nulls
-from mrc_cli.model import (build_model, check_tokenizer_fits, describe_keys, enable_gradient_checkpointing, encoder_config,
-                           load_state_dict_file, load_weights)
+from mrc_cli.model import (attention_dropout_of, build_model, check_tokenizer_fits, describe_keys,
+                           enable_gradient_checkpointing, encoder_config, load_state_dict_file, load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
 from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
@@ -317,9 +317,11 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     # before the data is read (and a distillation teacher has run over it): a tokenizer or budget this run cannot use
-    config = encoder_config(cfg.model.name_or_path, None, None, cfg.data.max_seq_length)
+    config = encoder_config(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout,
+                            cfg.data.max_seq_length)
     check_tokenizer_fits(config, tokenizer, cfg.model)
     refusal = packing_refusal(config, task.packs)
+    slow = varlen_missing(accelerator.device, precision, attention_dropout_of(config))
     _refuse_budget(cfg.train, refusal)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
         rows = task.load(cfg, tokenizer, log)
@@ -334,7 +336,7 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
     store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, refusal, store.lengths.tolist(),
-                                                                        store.device, log.info)
+                                                                        store.device, log.info, slow)
     plan = _first_plan(store, cfg, state.plan_group)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(plan))
     if store.tokens_per_batch:
@@ -574,13 +576,16 @@ def _first_plan(store: FeatureTensors, cfg: RunConfig, group: int) -> list[list[
 
 
 def _token_budget(train_cfg: TrainConfig, refusal: str | None, lengths: list[int], device,
-                  note=lambda line: None) -> int:
+                  note=lambda line: None, slow: str | None = None) -> int:
     """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); where the run cannot use packed rows
-    (`refusal`, from mrc_cli.attention.packing_refusal, says why) auto gives feature batches and a number is refused."""
+    (`refusal`, from mrc_cli.attention.packing_refusal, says why) auto gives feature batches and a number is refused;
+    where they would not run on varlen attention (`slow`, from mrc_cli.attention.varlen_missing) auto gives feature
+    batches and a number is taken."""
     _refuse_budget(train_cfg, refusal)
-    if refusal:
+    why = refusal or (slow if train_cfg.tokens_per_batch == "auto" else None)
+    if why:
         if train_cfg.tokens_per_batch == "auto" and device.type == "cuda":
-            note(f"train.tokens_per_batch auto: feature batches, as {refusal}")
+            note(f"train.tokens_per_batch auto: feature batches, as {why}")
         return 0
     return token_budget(train_cfg.tokens_per_batch, train_cfg.batch_size, lengths, device)
 
@@ -605,12 +610,15 @@ def describe_batches(cfg: RunConfig) -> str:
                                              cfg.data, "train").features)
     device = torch.device("cuda" if torch.cuda.is_available() and not t.cpu else "cpu")
     group = int(os.environ.get("WORLD_SIZE", "1")) * t.grad_accum
-    refusal = packing_refusal(encoder_config(cfg.model.name_or_path, None, None, cfg.data.max_seq_length))
-    budget = _token_budget(t, refusal, lengths, device)
+    config = encoder_config(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout,
+                            cfg.data.max_seq_length)
+    refusal = packing_refusal(config)
+    slow = varlen_missing(device, resolve_precision(t.precision, device), attention_dropout_of(config))
+    budget = _token_budget(t, refusal, lengths, device, slow=slow)
     steps = len(epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget))
     kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"
-    if refusal and device.type == "cuda":
-        kind += f" (not packed rows, as {refusal})"
+    if (refusal or slow) and t.tokens_per_batch == "auto" and device.type == "cuda":
+        kind += f" (not packed rows, as {refusal or slow})"
     return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {len(lengths) / max(1, steps):.1f} "
             f"features per optimizer step on average, {steps} steps per epoch")
 

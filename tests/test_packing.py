@@ -20,7 +20,7 @@ from conftest import QUICKSTART, tiny_run_config
 from mrc_cli.attention import packing_refusal
 from mrc_cli.batching import (FeatureTensors, doubled, epoch_plan, inference_batch_size, inference_batches, pack_rows,
                               remaining_steps, token_budget)
-from mrc_cli.config import ConfigError, DataConfig, ModelConfig, check_train_config
+from mrc_cli.config import ConfigError, DataConfig, ModelConfig, TrainConfig, check_train_config
 from mrc_cli.inference import OneProcess, eval_token_budget, predict_logits
 from mrc_cli.model import build_model
 from mrc_cli.splits import featurize_file
@@ -99,7 +99,6 @@ def test_the_budget_auto_matches_the_batch_size_on_cuda_and_is_off_on_cpu():
 
 
 def test_the_inference_batch_auto_is_wide_on_cuda_and_narrow_on_cpu_and_scales_a_token_budget():
-    from mrc_cli.config import TrainConfig
 
     assert inference_batch_size("auto", torch.device("cpu")) == 16
     assert inference_batch_size("auto", CUDA) == 64
@@ -217,6 +216,29 @@ def test_the_other_bert_family_encoders_give_the_logits_of_padded_batches_on_pac
                       .batch(list(range(12))) for budget in (0, 1600))
     a, b = model(**padded), model(**packed)
     assert torch.allclose(a.start_logits, b.start_logits, atol=1e-5) and torch.allclose(a.end_logits, b.end_logits, atol=1e-5)
+
+
+
+
+def test_auto_packs_only_where_varlen_attention_runs(monkeypatch):
+    """Elsewhere packed rows take the gathered-SDPA path (feature batches' work and two gathers a layer): auto then
+    gives feature batches and says why; a number given is kept."""
+    from mrc_cli import attention
+    from mrc_cli.attention import varlen_missing
+
+    assert varlen_missing(CUDA, "bf16") is None and varlen_missing(CUDA, "fp16") is None
+    assert varlen_missing(torch.device("cpu"), "bf16") == "varlen attention runs on CUDA only"
+    assert varlen_missing(CUDA, "no") == "varlen attention runs in bf16 or fp16, and this run is in fp32"
+    assert varlen_missing(CUDA, "bf16", 0.1) == "varlen attention has no dropout, and the attention dropout is 0.1"
+    notes = []
+    auto, given = TrainConfig(batch_size=16, tokens_per_batch="auto"), TrainConfig(batch_size=16, tokens_per_batch=4000)
+    assert _token_budget(auto, None, [100, 384], CUDA, notes.append, varlen_missing(CUDA, "no")) == 0
+    assert notes == ["train.tokens_per_batch auto: feature batches, as varlen attention runs in bf16 or fp16, and this "
+                     "run is in fp32"]
+    assert _token_budget(given, None, [100, 384], CUDA, notes.append, varlen_missing(CUDA, "no")) == 4000
+    assert _token_budget(auto, None, [100, 384], CUDA, notes.append, None) == 3904  # 16 x 242, up to a multiple of 64
+    monkeypatch.setattr(attention, "_HAS_VARLEN", False)
+    assert "has no varlen attention with a scale (torch 2.11 and later have)" in varlen_missing(CUDA, "bf16")
 
 
 @pytest.mark.parametrize("model_type", ["mpnet", "deberta-v2"])
