@@ -67,7 +67,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
 @app.command()
 def validate(
     data: DataArg,
-    use: Annotated[Use, typer.Option("--for", help="What the file is for: train needs answer positions, eval answer texts.")] = "train",
+    use: Annotated[Literal["train", "eval", "predict", "score"], typer.Option("--for", help="What the file is for: train needs answer positions, eval answer texts, predict neither; score: gold answers for mrc score.")] = "train",
     fmt: FormatOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:

@@ -10,6 +10,7 @@ field) are collected as `RecordProblem`s so that `mrc validate` can list them al
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from mrc_cli.errors import DataError
 
 FORMATS = ("auto", "squad", "jsonl", "hf")
 TEXT_FIELDS = ("context", "question")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud83d" alone: no character, and no UTF-8 for it
 
 
 @dataclass
@@ -58,11 +60,19 @@ def read_data(source: str | Path, fmt: str = "auto") -> RawData:
 
 
 def _detect_format(path: Path) -> str:
-    if path.is_dir() or (not path.exists() and path.suffix not in (".json", ".jsonl", ".ndjson")):
+    named = Path(str(path).partition(":")[0])  # without a :split
+    if named.is_dir() or (not path.exists() and not _reads_as_path(named)):
         return "hf"  # a saved dataset folder, or a Hub name such as squad_v2:validation
     if path.suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     return "squad"  # .json: nested SQuAD, or a flat list of records (handled by _read_json)
+
+
+def _reads_as_path(path: Path) -> bool:
+    """A name that does not exist is still a file's, not a Hub dataset's, where it has a file suffix (dev.jsn), is
+    absolute, or lies in a folder that exists here (data/dev): no wait on the Hub to say it is missing."""
+    return (re.fullmatch(r"\.[A-Za-z]\w*", path.suffix) is not None or path.is_absolute()
+            or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()))
 
 
 def read_text(path: Path) -> str:
@@ -91,6 +101,9 @@ def _read_json(path: Path, text: str) -> RawData:
             f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
             "is the file truncated? JSON Lines files should end in .jsonl"
         ) from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid data: JSON nested too deeply to read (arrays or objects in each other "
+                        "hundreds of levels deep)") from None
     if isinstance(obj, list):  # a flat list of records, as a JSON array
         raw = RawData(str(path), "jsonl")
         for i, rec in enumerate(obj):
@@ -132,11 +145,15 @@ def _list_field(raw: RawData, obj: Any, key: str, where: str) -> list:
 
 def _read_jsonl(path: Path, text: str) -> RawData:
     raw = RawData(str(path), "jsonl")
-    for n, line in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" only: str.splitlines also cuts at U+2028 and U+0085, which JSON strings may hold as they are
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
+        except RecursionError:
+            raw.problems.append(RecordProblem(f"line {n}", "JSON nested too deeply to read"))
+            continue
         except json.JSONDecodeError as err:
             if not raw.records and not raw.problems and _one_document(text):
                 raise DataError(f"{path}: one JSON document over many lines, not JSON Lines (a record a line); leave "
@@ -201,6 +218,20 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
         raw.problems.append(RecordProblem(where, f"field 'answers' must be [{{\"text\", \"answer_start\"}}] or "
                                                  f"{{\"text\": [], \"answer_start\": []}}: {answers}"))
         return
+    impossible = rec.get("is_impossible")
+    if impossible is not None and not isinstance(impossible, bool):  # bool("false") is True
+        raw.problems.append(RecordProblem(where, f"field 'is_impossible' must be true or false, got {_kind(impossible)}"))
+        return
+    texts = {"id": str(rec["id"]), "title": str(rec.get("title") or ""), "context": rec["context"],
+             "question": rec["question"], **{f"answer {i + 1}": text for i, text in enumerate(answers["text"])}}
+    broken = next(((name, m.start(), m.group()) for name, text in texts.items() if (m := LONE_SURROGATE.search(text))),
+                  None)
+    if broken:
+        name, at, char = broken
+        raw.problems.append(RecordProblem(where, f"the {name} holds an invalid character at char {at} (a lone UTF-16 "
+                                                 f"surrogate, {json.dumps(char)}: half of a character such as an "
+                                                 "emoji, cut by the tool that wrote the file); fix or remove it"))
+        return
     raw.records.append(
         {
             "id": str(rec["id"]),
@@ -208,7 +239,7 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
             "context": rec["context"],
             "question": rec["question"],
             "answers": answers,
-            "is_impossible": bool(rec.get("is_impossible", False)),
+            "is_impossible": bool(impossible),
         }
     )
 

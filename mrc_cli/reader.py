@@ -180,6 +180,9 @@ def predict_file(checkpoint: str, data: str, out: str, backend: str = "auto") ->
     if Path(out).name in RUN_FILES and (Path(out).parent / "run_info.json").is_file():
         raise ConfigError(f"--out {out}: a training run's own file (its final evaluation); write the submission "
                           "elsewhere")
+    if Path(data).is_file() and Path(out).resolve() == Path(data).resolve():
+        raise ConfigError(f"--out {out}: the data file itself, which the predictions would replace; write them "
+                          "elsewhere, e.g. --out predictions.json")
     loaded = load_model(checkpoint, backend)
     _, predictions, split = answer_file(loaded, data, "predict")
     if PartialState().is_main_process:

@@ -25,7 +25,7 @@ from mrc_cli.errors import DataError
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 4  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 5  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -168,7 +168,7 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
         else:
             report.errors.append(msg + " (a prediction file keyed by id would be ambiguous; make ids unique)")
 
-    kept = []
+    kept, impossible_with_answers = [], []
     for rec in raw.records:
         report.questions += 1
         report.unanswerable += rec["is_impossible"]
@@ -182,9 +182,12 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
                 _repair(report, f"{where}: the question is empty (left out of {use})")
         if is_blank(rec["context"]):
             report.empty_contexts += 1
-            report.errors.append(f"{where}: the context is empty")
+            if use != "score":  # the official scorers read only ids and answers
+                report.errors.append(f"{where}: the context is empty")
         rec = {**rec, "answers": _locate_answers(rec, where, report)}
         located = any(s >= 0 for s in rec["answers"]["answer_start"])
+        if rec["is_impossible"] and rec["answers"]["text"]:
+            impossible_with_answers.append(rec["id"])
         if not rec["is_impossible"] and not rec["answers"]["text"]:
             report.without_answers += 1
             if use in ("eval", "score"):
@@ -195,6 +198,11 @@ def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationRepo
         if empty_question:
             continue
         kept.append(rec)
+    if impossible_with_answers:
+        report.warnings.append(f"{raw.source}: {len(impossible_with_answers)} questions are marked is_impossible but "
+                               f"carry answers (the first: {impossible_with_answers[0]}); they are trained and scored "
+                               "as unanswerable, their answers unused (SQuAD v2.0 keeps such texts in "
+                               "plausible_answers)")
     if use == "eval":
         _check_scorable(raw, report)
     if not raw.records and not raw.problems:

@@ -276,6 +276,11 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_model_loads(tmp_path):
     file.write_text("{}")
     dev, none = "data/quickstart/en_dev.json", tmp_path / "no-checkpoint"
     _fails(_invoke("predict", "--checkpoint", none, "--data", dev, "--out", folder), f"--out {folder}: a folder")
+    data = tmp_path / "test.json"  # predictions written over the data they answer
+    data.write_text(open(dev, encoding="utf-8").read(), encoding="utf-8")
+    _fails(_invoke("predict", "--checkpoint", none, "--data", data, "--out", tmp_path / "." / "test.json"),
+           f"--out {tmp_path / 'test.json'}: the data file itself")
+    assert data.read_text(encoding="utf-8") == open(dev, encoding="utf-8").read()
     _fails(_invoke("eval", "--checkpoint", none, "--data", dev, "--out", file), f"--out {file}: an existing file")
     for fmt in ("hf", "onnx"):
         _fails(_invoke("export", "--checkpoint", none, "--out", file, "--format", fmt), f"--out {file}: an existing file")

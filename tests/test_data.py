@@ -82,6 +82,45 @@ def test_record_problems_name_the_record(tmp_path):
     assert problems[2].startswith("question bad-answers: field 'answers' must be")
 
 
+def test_a_mistyped_is_impossible_or_a_lone_surrogate_is_a_problem_of_its_record(tmp_path):
+    """bool("false") is True: a string would have made the question unanswerable. JSON's "\\ud83d" alone is no
+    character, and every later step that writes UTF-8 failed on it with a traceback."""
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "Paris is big.", "qas": [
+        {"id": "as-text", "question": "q", "answers": [], "is_impossible": "false"},
+        {"id": "as-number", "question": "q", "answers": [], "is_impossible": 0},
+        {"id": "half-emoji", "question": "q\ud83d?", "answers": []},
+        {"id": "null", "question": "q", "answers": [{"text": "Paris", "answer_start": 0}], "is_impossible": None},
+        {"id": "true", "question": "q", "answers": [], "is_impossible": True}]}]}]}), encoding="utf-8")
+    raw = read_data(path)
+    assert [(r["id"], r["is_impossible"]) for r in raw.records] == [("null", False), ("true", True)]
+    assert [str(p) for p in raw.problems] == [
+        "question as-text: field 'is_impossible' must be true or false, got the str \"false\"",
+        "question as-number: field 'is_impossible' must be true or false, got the int 0",
+        "question half-emoji: the question holds an invalid character at char 1 (a lone UTF-16 surrogate, "
+        "\"\\ud83d\": half of a character such as an emoji, cut by the tool that wrote the file); fix or remove it"]
+
+
+def test_json_lines_end_at_newlines_only(tmp_path):
+    """U+2028 and U+0085 inside a JSON string, as json.dumps(ensure_ascii=False) writes them, end no line."""
+    records = [{**QA, "id": f"q{i}", "context": f"Paris\u2028is\x85big {i}."} for i in range(3)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n", encoding="utf-8")
+    raw = read_data(path)
+    assert [r["id"] for r in raw.records] == ["q0", "q1", "q2"] and not raw.problems
+    assert raw.records[1]["context"] == "Paris\u2028is\x85big 1."
+
+
+def test_json_nested_too_deeply_is_a_data_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"data": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    with pytest.raises(DataError, match="deep.json: not valid data: JSON nested too deeply"):
+        read_data(path)
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(json.dumps({**QA, "context": "Paris"}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert [str(p) for p in read_data(lines).problems] == ["line 2: JSON nested too deeply to read"]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -98,8 +137,14 @@ def test_unreadable_files_raise_a_data_error_naming_the_file(tmp_path, content, 
     assert str(path) in str(err.value)
 
 
-def test_missing_file_and_unreachable_hub_name(tmp_path):
+def test_missing_file_and_unreachable_hub_name(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no such file"):
         read_data(tmp_path / "nope.json")
+    # a name that reads as a file's (a suffix, a folder here) is missing at once, without asking the Hub
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name in ("dev.jsn", "data/dev"):
+        with pytest.raises(DataError, match=f"^{name}: no such file$"):
+            read_data(name)
     with pytest.raises(DataError, match="not a data file, a saved dataset folder or a reachable Hub dataset"):
         read_data("no_such_dataset_xyz:validation")

@@ -58,6 +58,18 @@ def test_empty_question_and_context_are_errors_naming_the_record(tmp_path):
     assert (report.empty_questions, report.empty_contexts) == (1, 1)
     assert report.errors == [f"{path}: question e1: the question is empty", f"{path}: question e2: the context is empty"]
     assert validate_file(str(path), "predict").errors == [f"{path}: question e2: the context is empty"]
+    # the official scorers read ids and answers only: no error of the context's
+    assert not any("the context is empty" in error for error in validate_file(str(path), "score").errors)
+
+
+def test_an_unanswerable_question_with_answers_is_a_warning(tmp_path):
+    path = write_squad(tmp_path / "d.json", [("The cat sat.", [
+        {"id": f"u{i}", "question": "Who?", "is_impossible": True, "answers": [{"text": "cat", "answer_start": 4}]}
+        for i in range(2)])])
+    report = validate_file(str(path), "eval")
+    assert report.usable and report.warnings == [
+        f"{path}: 2 questions are marked is_impossible but carry answers (the first: u0); they are trained and scored "
+        "as unanswerable, their answers unused (SQuAD v2.0 keeps such texts in plausible_answers)"]
 
 
 def test_an_empty_question_is_left_out_of_eval_and_predict_and_counted(tmp_path):
