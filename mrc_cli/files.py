@@ -49,10 +49,10 @@ def to_json(obj, **options) -> str:
     return json.dumps(_strict(obj), allow_nan=False, **options)
 
 
-def from_json(text: str):
+def from_json(text: str, **options):
     """JSON as `to_json` wrote it: +-the largest float back to +-inf (infinite null odds stay infinite, "1 above the
-    highest finite odds" skips them, a setting of inf equals itself again)."""
-    return json.loads(text, parse_float=lambda number: _infinite_again(float(number)))
+    highest finite odds" skips them, a setting of inf equals itself again). `options`: json.loads's others."""
+    return json.loads(text, parse_float=lambda number: _infinite_again(float(number)), **options)
 
 
 def _infinite_again(value: float) -> float:

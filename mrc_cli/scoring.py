@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +46,27 @@ def find_prediction_files(pred: str | Path, nbest: str | Path | None = None,
 def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
     """A JSON object {question id: value}, e.g. a predictions or null-odds file."""
     path = Path(path)
+    repeated = Counter()  # json.loads keeps the last of a key given twice, silently
+
+    def pairs(items: list) -> dict:
+        repeated.update(key for key, n in Counter(key for key, _ in items).items() if n > 1)
+        return dict(items)
+
     try:
-        obj = from_json(path.read_text(encoding="utf-8-sig"))
+        obj = from_json(path.read_text(encoding="utf-8-sig"), object_pairs_hook=pairs)
     except FileNotFoundError:
         raise DataError(f"{path}: no such {what} file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: a folder, not a {what} file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable JSON {what} file ({err})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not a readable JSON {what} file (nested too deeply)") from None
+    if repeated:
+        qid = next(iter(repeated))
+        more = f" (and {len(repeated) - 1} other ids)" if len(repeated) > 1 else ""
+        raise DataError(f"{path}: question {qid} is given more than once{more}; which {what} is meant? Keep one of "
+                        "each")
     if not isinstance(obj, dict):
         raise DataError(f"{path}: a {what} file is one JSON object {{question id: value}}, found a {type(obj).__name__}")
     for qid, value in obj.items():

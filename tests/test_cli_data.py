@@ -93,6 +93,19 @@ def test_score_rejects_a_predictions_file_of_the_wrong_shape(tmp_path):
     assert result.exit_code == 1 and "a predictions file is one JSON object" in result.stderr
 
 
+def test_score_refuses_a_question_answered_twice_and_json_nested_too_deeply(tmp_path):
+    """json.loads would keep the last of two answers to one id silently, and raise RecursionError on deep nesting."""
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"a": "x", "b": "y", "a": "z"}')
+    result = runner.invoke(app, ["score", "data/quickstart/en_dev.json", str(twice)])
+    assert result.exit_code == 1 and result.stderr == (f"Error: {twice}: question a is given more than once; which "
+                                                       "predictions is meant? Keep one of each\n")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    result = runner.invoke(app, ["score", "data/quickstart/en_dev.json", str(deep)])
+    assert result.exit_code == 1 and "not a readable JSON predictions file (nested too deeply)" in result.stderr
+
+
 def test_score_accepts_a_gold_file_with_an_empty_question(tmp_path):
     """Scoring needs ids and gold answers only: the empty question is scored like any other (as the CMRC 2018 scorer
     does with its trial file)."""
