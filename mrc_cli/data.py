@@ -79,16 +79,35 @@ def read_text(path: Path) -> str:
     """A file's text as UTF-8 (a byte-order mark tolerated); another encoding is an error that says how to convert."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
+        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
+        if _likely_encoding(raw).startswith("UTF-16"):  # ASCII in UTF-16 without a byte-order mark is valid UTF-8, with NULs
+            raise UnicodeDecodeError("utf-8", raw, raw.index(0), raw.index(0) + 1, "NUL bytes")
+        return text
     except UnicodeDecodeError as err:
         if err.reason == "unexpected end of data":  # UTF-8 up to a character cut off by the end of the file
             raise DataError(f"{path}: the file ends inside a character (byte {err.start} of {len(raw)}); is it "
                             "truncated?") from None
-        encoding = "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "GB18030"  # a BOM says UTF-16
+        encoding = _likely_encoding(raw)
         raise DataError(
             f"{path}: not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 4]!r}); re-save the file as UTF-8, "
             f"e.g. `iconv -f {encoding} -t UTF-8 {path.name} > utf8-{path.name}`"
         ) from None
+
+
+def _likely_encoding(raw: bytes) -> str:
+    """The encoding to suggest for bytes that are not UTF-8: UTF-16 where a byte-order mark or NUL bytes (ASCII in
+    UTF-16) say so, GB18030 (Chinese data's usual other encoding) where bytes >= 0x80 come in pairs, else
+    Windows-1252."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    head = raw[:200]
+    if head.count(0) > len(head) // 4:  # no byte-order mark: the NULs' side says the byte order
+        return "UTF-16LE" if head[1::2].count(0) > head[::2].count(0) else "UTF-16BE"
+    # a Chinese character is two bytes >= 0x80 in GB18030; Western text in CP1252 has a lone one between ASCII bytes
+    sample = raw[:100_000]
+    high = [i for i, byte in enumerate(sample) if byte >= 0x80]
+    lone = sum((i == 0 or sample[i - 1] < 0x80) and (i + 1 == len(sample) or sample[i + 1] < 0x80) for i in high)
+    return "CP1252" if lone > len(high) / 2 else "GB18030"
 
 
 def _read_json(path: Path, text: str) -> RawData:
@@ -105,12 +124,17 @@ def _read_json(path: Path, text: str) -> RawData:
         raise DataError(f"{path}: not valid data: JSON nested too deeply to read (arrays or objects in each other "
                         "hundreds of levels deep)") from None
     if isinstance(obj, list):  # a flat list of records, as a JSON array
+        if obj and isinstance(obj[0], dict) and "paragraphs" in obj[0]:
+            raise DataError(f"{path}: a list of SQuAD articles without the document around it; SQuAD-style JSON is "
+                            '{"data": [articles]}')
         raw = RawData(str(path), "jsonl")
         for i, rec in enumerate(obj):
             _add_flat(raw, rec, f"record {i}")
         return raw
     if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and "data" in obj:
+            found = f"'data' holding {_kind(obj['data'])}, not a list of articles"
+        elif isinstance(obj, dict):
             found = f"top-level {', '.join(map(str, obj))}" if obj else "an empty object"
         else:
             found = f"top-level {type(obj).__name__}"
@@ -155,11 +179,14 @@ def _read_jsonl(path: Path, text: str) -> RawData:
             raw.problems.append(RecordProblem(f"line {n}", "JSON nested too deeply to read"))
             continue
         except json.JSONDecodeError as err:
-            if not raw.records and not raw.problems and _one_document(text):
+            if not raw.records and not raw.problems and _one_document(text):  # a .json saved as .jsonl
                 raise DataError(f"{path}: one JSON document over many lines, not JSON Lines (a record a line); leave "
                                 "out --format jsonl, or name the file .json") from None
             raw.problems.append(RecordProblem(f"line {n}", f"not valid JSON ({err.msg}, column {err.colno})"))
             continue
+        if not raw.records and isinstance(rec, dict) and isinstance(rec.get("data"), list):
+            raise DataError(f"{path}: line {n} is a SQuAD document ({{\"data\": [articles]}}), not a JSON Lines "
+                            "record; name the file .json, or give --format squad")
         _add_flat(raw, rec, f"line {n}")
     return raw
 
@@ -208,6 +235,9 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
     missing = [k for k in ("id", *TEXT_FIELDS) if k not in rec or rec[k] is None]
     if missing:
         raw.problems.append(RecordProblem(where, f"missing field(s) {', '.join(missing)}"))
+        return
+    if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)) or not str(rec["id"]).strip():
+        raw.problems.append(RecordProblem(where, f"field 'id' must be text or a whole number, got {_kind(rec['id'])}"))
         return
     wrong = [k for k in TEXT_FIELDS if not isinstance(rec[k], str)]
     if wrong:
@@ -274,6 +304,8 @@ def _kind(value: Any) -> str:
     """A value as a message names it: its type and a short repr."""
     if isinstance(value, list):
         return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return f"an object ({', '.join(map(str, list(value)[:4]))})"
     return f"the {type(value).__name__} {json.dumps(value, ensure_ascii=False, default=str)[:40]}"
 
 

@@ -1,6 +1,7 @@
 """Reading: every supported format into the canonical records, and a clear DataError for every unreadable file."""
 
 import json
+import re
 
 import pytest
 
@@ -135,6 +136,34 @@ def test_unreadable_files_raise_a_data_error_naming_the_file(tmp_path, content, 
     with pytest.raises(DataError, match=message) as err:
         read_data(path)
     assert str(path) in str(err.value)
+
+
+def test_misshapen_documents_and_encodings_are_named_for_what_they_are(tmp_path):
+    document = {"version": "1", "data": [{"title": "t", "paragraphs": [{"context": "Paris", "qas": [QA]}]}]}
+    cases = {"doc.jsonl": (json.dumps(document), 'line 1 is a SQuAD document ({"data": [articles]}), not a JSON Lines'),
+             "articles.json": (json.dumps(document["data"]), "a list of SQuAD articles without the document around it"),
+             "object.json": (json.dumps({"data": document["data"][0]}),
+                             "found 'data' holding an object (title, paragraphs), not a list of articles")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=re.escape(message)):
+            read_data(tmp_path / name)
+    # no byte-order mark: ASCII in UTF-16 reads as UTF-8 with NULs; Latin-1 is not GB18030
+    for encoding, suggested, city in (("utf-16-le", "UTF-16LE", "Pàris"), ("utf-16-be", "UTF-16BE", "Pàris"),
+                                      ("latin-1", "CP1252", "Pàris"), ("gb18030", "GB18030", "巴黎是法国的首都")):
+        path = tmp_path / f"{encoding}.json"
+        path.write_bytes(json.dumps(document, ensure_ascii=False).replace("Paris", city).encode(encoding))
+        with pytest.raises(DataError, match=f"not UTF-8 text .* `iconv -f {suggested} -t UTF-8"):
+            read_data(path)
+
+
+def test_ids_are_text_or_whole_numbers(tmp_path):
+    path = write_squad(tmp_path / "ids.json", [("Paris", [{**QA, "id": qid} for qid in (7, "x", 1.0, True, [1], "")])])
+    raw = read_data(path)
+    assert [r["id"] for r in raw.records] == ["7", "x"]
+    assert [p.problem for p in raw.problems] == [
+        f"field 'id' must be text or a whole number, got {kind}" for kind in
+        ("the float 1.0", "the bool true", "a list of 1", 'the str ""')]
 
 
 def test_missing_file_and_unreachable_hub_name(tmp_path, monkeypatch):
