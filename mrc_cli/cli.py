@@ -70,11 +70,18 @@ def validate(
     use: Annotated[Literal["train", "eval", "predict", "score"], typer.Option("--for", help="What the file is for: train needs answer positions, eval answer texts, predict neither; score: gold answers for mrc score.")] = "train",
     fmt: FormatOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    list_all: Annotated[bool, typer.Option("--all", help="List every repair, not the first 20.")] = False,
+    fix: Annotated[Optional[Path], typer.Option("--fix", help="Write the questions fit for --for, repaired (answers relocated; for train, those without a locatable answer left out), as SQuAD-style JSON to this file.")] = None,
 ) -> None:
     """Check a data file and report counts, repairs and errors. Exit 0 when it is usable for --for, 1 when not."""
+    from mrc_cli.files import check_output_file
     from mrc_cli.validate import validate_file
 
-    report = validate_file(data, use, fmt)
+    if fix is not None:
+        check_output_file(fix, "--fix")
+        if Path(data).is_file() and fix.resolve() == Path(data).resolve():
+            raise typer.BadParameter("the data file itself; write the repaired copy elsewhere", param_hint="--fix")
+    report = validate_file(data, use, fmt, list_all, fix)
     if as_json:
         typer.echo(to_json(report.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -84,6 +91,8 @@ def validate(
             if lines:
                 typer.echo(f"{title}:\n  " + "\n  ".join(lines))
         typer.echo(f"usable for {use}: {'yes' if report.usable else 'no'}")
+    if fix is not None and not as_json:
+        typer.echo(f"wrote {fix}" if report.usable else f"{fix} not written: the file is not usable for {use}")
     raise typer.Exit(0 if report.usable else 1)
 
 

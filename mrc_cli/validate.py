@@ -45,8 +45,9 @@ class ValidationReport:
     left_out_of_training: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    repairs: list[str] = field(default_factory=list)  # the first MAX_LISTED
+    repairs: list[str] = field(default_factory=list)  # the first `listed`
     repairs_not_listed: int = 0
+    listed: int | None = MAX_LISTED  # None: every repair is listed (mrc validate --all)
 
     @property
     def usable(self) -> bool:
@@ -76,13 +77,34 @@ class ValidationReport:
         return line + ("\n  " + "; ".join(extra) if extra else "")
 
 
-def validate_file(source: str, use: str, fmt: str = "auto") -> ValidationReport:
-    """The report for a file; a file that cannot be read at all is a report with one error, not an exception."""
+def validate_file(source: str, use: str, fmt: str = "auto", list_all: bool = False,
+                  fixed: str | Path | None = None) -> ValidationReport:
+    """The report for a file; a file that cannot be read at all is a report with one error, not an exception.
+    `list_all`: every repair listed, not the first MAX_LISTED. `fixed`: where to write the questions fit for `use`,
+    repaired (write_squad), where the file is usable for it."""
     try:
         raw = read_data(source, fmt)
     except DataError as err:
         return ValidationReport(str(source), use, errors=[str(err)])
-    return validate_records(raw, use)[1]
+    records, report = validate_records(raw, use, None if list_all else MAX_LISTED)
+    if fixed is not None and report.usable:
+        write_squad(records, Path(fixed), f"{Path(source).name}, repaired by mrc validate --for {use}")
+    return report
+
+
+def write_squad(records: list[dict], path: Path, version: str) -> None:
+    """Canonical records as SQuAD-style JSON: articles by title and paragraphs by context, in the records' order."""
+    articles: dict[str, dict[str, list]] = {}
+    for rec in records:
+        qa = {"id": rec["id"], "question": rec["question"],
+              "answers": [{"text": t, "answer_start": s} for t, s in zip(rec["answers"]["text"],
+                                                                         rec["answers"]["answer_start"])],
+              "is_impossible": rec["is_impossible"]}
+        articles.setdefault(rec["title"], {}).setdefault(rec["context"], []).append(qa)
+    data = [{"title": title, "paragraphs": [{"context": context, "qas": qas} for context, qas in paragraphs.items()]}
+            for title, paragraphs in articles.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": version, "data": data}, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 def load_examples(source: str, use: str, fmt: str = "auto", cache_dir: str | Path | None = None):
@@ -151,11 +173,12 @@ def _save_to_cache(folder: Path, examples, report: ValidationReport, golds: list
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def validate_records(raw: RawData, use: str) -> tuple[list[dict], ValidationReport]:
-    """Return the records fit for `use` (answers relocated where needed) and the report."""
+def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) -> tuple[list[dict], ValidationReport]:
+    """Return the records fit for `use` (answers relocated where needed) and the report, which lists the first
+    `listed` repairs (None: all) and counts all of them."""
     if use not in USES:
         raise ValueError(f"use must be one of {USES}, not {use!r}")
-    report = ValidationReport(raw.source, use)
+    report = ValidationReport(raw.source, use, listed=listed)
     report.errors.extend(f"{raw.source}: {p}" for p in raw.problems)
     counts = Counter(r["id"] for r in raw.records)
     report.duplicate_ids = sum(n - 1 for n in counts.values() if n > 1)
@@ -276,7 +299,7 @@ def locate_answer(context: str, text: str, start: int) -> tuple[int, str] | None
 
 
 def _repair(report: ValidationReport, msg: str) -> None:
-    if len(report.repairs) < MAX_LISTED:
+    if report.listed is None or len(report.repairs) < report.listed:
         report.repairs.append(msg)
     else:
         report.repairs_not_listed += 1

@@ -121,3 +121,26 @@ def test_score_accepts_a_gold_file_with_an_empty_question(tmp_path):
     # EM: "empty" right, "ok" wrong; F1 of "上海市" against "上海": 2 of 3 characters, 2 of 2 -> 0.8
     assert (scores["TOTAL"], scores["SKIP"], scores["metric"]) == (2, 0, "cmrc2018")
     assert scores["EM"] == pytest.approx(50.0) and scores["F1"] == pytest.approx(90.0)
+
+
+def test_validate_fix_writes_the_repaired_questions_and_all_lists_every_repair(tmp_path):
+    """The real CMRC dev file: 167 answers relocated into the copy, which then needs none; 33 not in their context
+    stay (kept for scoring; their questions have other answers to train on)."""
+    source, fixed = shared_file("cmrc2018_dev.json"), tmp_path / "fixed.json"
+    result = runner.invoke(app, ["validate", str(source), "--fix", str(fixed), "--all"])
+    assert result.exit_code == 0 and result.stdout.endswith(f"wrote {fixed}\n")
+    assert sum(line.endswith(("relocated)", "relocated without it)", "(kept for scoring only)"))
+               for line in result.stdout.splitlines()) == 200  # every repair listed, not the first 20
+    again = runner.invoke(app, ["validate", str(fixed), "--json"])
+    report = json.loads(again.stdout)
+    assert (report["questions"], report["answers"], report["relocated"], report["unlocatable"]) == (3219, 9657, 0, 33)
+    original = {qa["id"]: qa for a in json.loads(source.read_text())["data"] for p in a["paragraphs"] for qa in p["qas"]}
+    for article in json.loads(fixed.read_text())["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                assert len(qa["answers"]) == len(original[qa["id"]]["answers"])
+                for answer in qa["answers"]:
+                    start = answer["answer_start"]
+                    assert start == -1 or paragraph["context"][start:start + len(answer["text"])] == answer["text"]
+    result = runner.invoke(app, ["validate", str(fixed), "--fix", str(tmp_path / "." / "fixed.json")])
+    assert result.exit_code == 2 and "the data file itself" in result.output
