@@ -191,7 +191,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
         else:
             report.errors.append(msg + " (a prediction file keyed by id would be ambiguous; make ids unique)")
 
-    kept, impossible_with_answers = [], []
+    kept, impossible_with_answers, blank_answers = [], [], []
     for rec in raw.records:
         report.questions += 1
         report.unanswerable += rec["is_impossible"]
@@ -211,6 +211,8 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
         located = any(s >= 0 for s in rec["answers"]["answer_start"])
         if rec["is_impossible"] and rec["answers"]["text"]:
             impossible_with_answers.append(rec["id"])
+        elif rec["answers"]["text"] and all(is_blank(text) for text in rec["answers"]["text"]):
+            blank_answers.append(rec["id"])
         if not rec["is_impossible"] and not rec["answers"]["text"]:
             report.without_answers += 1
             if use in ("eval", "score"):
@@ -226,6 +228,10 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
                                f"carry answers (the first: {impossible_with_answers[0]}); they are trained and scored "
                                "as unanswerable, their answers unused (SQuAD v2.0 keeps such texts in "
                                "plausible_answers)")
+    if blank_answers and use in ("eval", "score"):
+        report.warnings.append(f"{raw.source}: {len(blank_answers)} answerable questions have only blank answer texts "
+                               f"(the first: {blank_answers[0]}): no answer a model gives can match them; mark them "
+                               "is_impossible, or give their answers")
     if use == "eval":
         _check_scorable(raw, report)
     if not raw.records and not raw.problems:

@@ -62,6 +62,16 @@ def test_empty_question_and_context_are_errors_naming_the_record(tmp_path):
     assert not any("the context is empty" in error for error in validate_file(str(path), "score").errors)
 
 
+def test_an_answerable_question_with_blank_answers_only_is_a_warning_for_scoring(tmp_path):
+    path = write_squad(tmp_path / "d.json", [("The cat sat.", [
+        {"id": "blank", "question": "Who?", "answers": [{"text": " ", "answer_start": 3}, {"text": "", "answer_start": 0}]},
+        {"id": "half", "question": "Who?", "answers": [{"text": "", "answer_start": 0}, {"text": "cat", "answer_start": 4}]}])])
+    warning = (f"{path}: 1 answerable questions have only blank answer texts (the first: blank): no answer a model "
+               "gives can match them; mark them is_impossible, or give their answers")
+    assert validate_file(str(path), "eval").warnings == [warning] == validate_file(str(path), "score").warnings
+    assert validate_file(str(path), "predict").warnings == []
+
+
 def test_an_unanswerable_question_with_answers_is_a_warning(tmp_path):
     path = write_squad(tmp_path / "d.json", [("The cat sat.", [
         {"id": f"u{i}", "question": "Who?", "is_impossible": True, "answers": [{"text": "cat", "answer_start": 4}]}
