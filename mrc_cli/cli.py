@@ -121,8 +121,7 @@ def preprocess(
         data__max_query_length=max_query_length, data__word_segmenter=word_segmenter, data__num_proc=num_proc,
     ), sets or [], command="preprocess")
     split = preprocess_file(data, cfg.model, cfg.data, use)
-    typer.echo(split.report.summary())
-    typer.echo(str(split.summary))
+    typer.echo(split.describe())
     typer.echo(f"cached in {cache_root(cfg.data)}: train, eval and predict with the same settings load them")
 
 

@@ -115,7 +115,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         threshold = metrics["best_f1_thresh"] if threshold_stored else loaded.cfg.decode.null_score_diff_threshold
         metrics.update(_calibrate(loaded, data, predictions, split, out_dir, stored_allow_null or threshold_stored,
                                   threshold, calibrate_split))
-    return {**metrics, "backend": backend_of(loaded), "out": str(out_dir), "data": split.report.summary()}
+    return {**metrics, "backend": backend_of(loaded), "out": str(out_dir), "data": split.describe()}
 
 
 RUN_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json")  # a run's final evaluation
@@ -188,7 +188,7 @@ def predict_file(checkpoint: str, data: str, out: str, backend: str = "auto") ->
     if PartialState().is_main_process:
         _write_submission(Path(out), predictions)
     return {**_answered(predictions), "backend": backend_of(loaded), "out": str(Path(out)),
-            "data": split.report.summary()}
+            "data": split.describe()}
 
 
 def backend_of(loaded: Loaded | Ensemble) -> str:
@@ -228,7 +228,7 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
         if submission:
             _write_submission(Path(submission), predictions)
     return {**metrics, **_answered(predictions), "members": len(ensemble.members), "weights": ensemble.weights,
-            "out": out, "data": split.report.summary()}
+            "out": out, "data": split.describe()}
 
 
 def ensemble_predict(members: list[str] | Ensemble, data: str, weights: str = "equal", combine: str = "prob",

@@ -28,6 +28,10 @@ class Split:
     features: object  # datasets.Dataset of features
     summary: FeatureSummary
 
+    def describe(self) -> str:
+        """What was read and what became of it: the validation summary, then the features' (windows, truncations)."""
+        return f"{self.report.summary()}\n{self.summary}"
+
     @cached_property  # read once: training evaluates the same split every eval_steps
     def contexts(self) -> dict[str, str]:
         return dict(zip(column(self.examples, "id"), column(self.examples, "context")))
