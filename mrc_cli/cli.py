@@ -255,7 +255,7 @@ def pretrain(
     ), sets or [], "pretrain")
     check_pretrain_config(cfg)
     if dry_run:
-        _dry_run(cfg, evaluates=False)
+        _dry_run(cfg, evaluates=False, run_dir_flag="--out")
         return
     from accelerate import PartialState
 
@@ -516,13 +516,13 @@ def _print_config(cfg) -> None:
     typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
-def _dry_run(cfg, batches: bool = False, evaluates: bool = True) -> None:
+def _dry_run(cfg, batches: bool = False, evaluates: bool = True, run_dir_flag: str = "--output-dir") -> None:
     """The config the run would use (a resumed run's: its checkpoint's, with what differs noted) as YAML, refused
     where the real run would be; comments after it, so the output stays a config file. `evaluates`: whether the
-    command evaluates on a dev set where one is given (not mrc pretrain)."""
+    command evaluates on a dev set where one is given (not mrc pretrain); `run_dir_flag`: its run directory's flag."""
     from mrc_cli.training import describe_batches, resolve_run
 
-    cfg, resume_from, notes = resolve_run(cfg, lambda run: evaluates and bool(run.data.dev_file))
+    cfg, resume_from, notes = resolve_run(cfg, lambda run: evaluates and bool(run.data.dev_file), run_dir_flag)
     _print_config(cfg)
     for line in [*([f"resumes {resume_from}"] if resume_from else []), *notes]:
         typer.echo(f"# {line}")

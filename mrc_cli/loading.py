@@ -31,7 +31,7 @@ class Loaded:
 
 def load_trained(path: str | Path) -> Loaded:
     """A model ready for inference from an export folder, a checkpoint folder or a run directory."""
-    path = _not_an_ensemble(Path(path))
+    path = _answering_model(Path(path))
     if is_onnx_export(path):
         return read_onnx_export(path)
     if _is_export(path):
@@ -47,7 +47,7 @@ def load_trained(path: str | Path) -> Loaded:
 def load_tokenizer_and_config(path: str | Path) -> tuple[object, RunConfig]:
     """The tokenizer and run config of what load_trained would load, without the weights: enough to featurize data
     as that model sees it (`mrc analyze` counts windows so)."""
-    path = _not_an_ensemble(Path(path))
+    path = _answering_model(Path(path))
     if _is_export(path):
         return load_tokenizer(str(path)), _export_config(path)
     checkpoint = resolve_checkpoint(path)
@@ -69,11 +69,32 @@ def is_onnx_export(path: str | Path) -> bool:
     return (Path(path) / ONNX_SETTINGS).is_file()
 
 
-def _not_an_ensemble(path: Path) -> Path:
+def _answering_model(path: Path) -> Path:
+    """`path`, refused where it holds no one answering model: an ensemble, or a model folder without a span head
+    (mrc pretrain's output, any encoder), whose weights would not fit a QA model."""
     if is_ensemble(path):
         raise CheckpointError(f"{path} is an ensemble ({ENSEMBLE_SETTINGS}): mrc eval, mrc predict and Reader.load take "
                               "it; here give one model, e.g. one of its members")
+    architecture = _architecture(path)
+    if architecture and not architecture.endswith("ForQuestionAnswering") and not (path / EXPORT_SETTINGS).is_file() \
+            and not (path / "trainer_state.json").is_file() and (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path} is a {architecture} model folder (mrc pretrain writes one), with no span head to "
+                              f"answer with: fine-tune it first, mrc train --model {path}")
     return path
+
+
+def _architecture(path: Path) -> str | None:
+    """The first architecture a Hugging Face folder's config.json names, or None."""
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config}: not a readable config.json ({type(err).__name__}: {err}); copy the model "
+                              "folder again") from None
+    architectures = settings.get("architectures") if isinstance(settings, dict) else None
+    return str(architectures[0]) if isinstance(architectures, list) and architectures else None
 
 
 def _is_export(path: Path) -> bool:
@@ -82,16 +103,7 @@ def _is_export(path: Path) -> bool:
 
 def _is_hf_qa_folder(path: Path) -> bool:
     """A Hugging Face *ForQuestionAnswering folder (not made by mrc-cli): it loads with default settings."""
-    config = path / "config.json"
-    if not (config.is_file() and (path / "model.safetensors").is_file()):
-        return False
-    try:
-        settings = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config}: not a readable config.json ({type(err).__name__}: {err}); copy the model "
-                              "folder again") from None
-    architectures = settings.get("architectures") if isinstance(settings, dict) else None
-    return any(str(a).endswith("ForQuestionAnswering") for a in architectures or [])
+    return (path / "model.safetensors").is_file() and (_architecture(path) or "").endswith("ForQuestionAnswering")
 
 
 def read_export(path: Path) -> Loaded:

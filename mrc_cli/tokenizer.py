@@ -24,11 +24,34 @@ def check_not_missing_folder(name_or_path: str) -> None:
                           f"org/name is taken for a folder where a folder org/ is here)")
 
 
+def check_model_folder(name_or_path: str) -> None:
+    """A model to start from (--model): there (check_not_missing_folder), and not a training run or checkpoint of
+    ours, which holds a span model and reads as no encoder (a tokenizer of 5 tokens, random weights)."""
+    check_not_missing_folder(name_or_path)
+    path = Path(name_or_path).expanduser()
+    run_without_model = (path / "run_info.json").is_file() and not (path / "config.json").is_file()  # not pretrain's
+    if (path / "trainer_state.json").is_file() or run_without_model:
+        raise ConfigError(f"{name_or_path}: an mrc-cli training run or checkpoint, not an encoder folder to start "
+                          f"from; `mrc train --init-from {name_or_path}` goes on from its weights (with --model "
+                          f"{_base_model(path)}, the encoder it was trained from), and `mrc export --format hf` makes "
+                          "a model folder of it")
+
+
+def _base_model(run_or_checkpoint: Path) -> str:
+    """The --model a run or checkpoint was trained from, as its config.yaml says; "its base encoder" if unreadable."""
+    import yaml
+
+    try:
+        return yaml.safe_load((run_or_checkpoint / "config.yaml").read_text(encoding="utf-8"))["model"]["name_or_path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return "its base encoder"
+
+
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer from a local folder or a Hub id, with a message that says what to do when it fails."""
     from transformers import AutoTokenizer
 
-    check_not_missing_folder(name_or_path)
+    check_model_folder(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError) as err:  # not found, offline, or not a tokenizer folder

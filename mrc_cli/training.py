@@ -299,7 +299,7 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     start from; the run directory's config, run_info and the derived numbers written once."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
-    cfg, resume_from, resume_notes = resolve_run(cfg, task.will_evaluate)
+    cfg, resume_from, resume_notes = resolve_run(cfg, task.will_evaluate, task.run_dir_flag)
     saved_state = _trainer_state(resume_from) if resume_from is not None else None
     if resume_from is None and ((run_dir / "metrics.jsonl").is_file() or (run_dir / "train.log").is_file()):
         resume_notes.append(f"{run_dir} holds the records of a run that left no checkpoint: starting from step 0, "
@@ -716,19 +716,19 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _resume_checkpoint(cfg: RunConfig, run_dir: Path) -> Path | None:
+def _resume_checkpoint(cfg: RunConfig, run_dir: Path, run_dir_flag: str) -> Path | None:
     existing = latest_checkpoint(run_dir)
     if cfg.train.resume is None:
         if existing is not None:
             raise ConfigError(f"{run_dir} holds another run (checkpoints up to {existing.name}); pass --resume auto to "
-                              "continue it, or choose another --output-dir")
+                              f"continue it, or choose another {run_dir_flag}")
         return None
     if cfg.train.resume == "auto":
         return existing  # None: nothing to resume, a fresh start
     path = Path(cfg.train.resume)
     if not path.is_dir():
         raise ConfigError(f"--resume {path}: no such checkpoint folder; --resume auto continues the newest checkpoint "
-                          f"of --output-dir")
+                          f"of {run_dir_flag}")
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
     return path
@@ -738,20 +738,23 @@ def _evaluations(count: int) -> str:
     return f"{count} evaluation{'' if count == 1 else 's'}"
 
 
-def resolve_run(cfg: RunConfig,
-                will_evaluate: Callable[[RunConfig], bool]) -> tuple[RunConfig, Path | None, list[str]]:
+def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool],
+                run_dir_flag: str = "--output-dir") -> tuple[RunConfig, Path | None, list[str]]:
     """The config a run will use, the checkpoint it resumes from (None: a fresh start) and, where it resumes, the
-    notes on what differs from the checkpoint's config, which is used; refused where the run directory holds another
-    run, or a finished one, or where early stopping has no evaluations to stop on (`will_evaluate`: whether the run
-    evaluates with a config; what `--dry-run` shows too)."""
+    notes on what differs from the checkpoint's config, which is used (or that --resume auto found nothing to resume);
+    refused where the run directory holds another run, or a finished one, or where early stopping has no evaluations
+    to stop on (`will_evaluate`: whether the run evaluates with a config; what `--dry-run` shows too). `run_dir_flag`:
+    the command's flag for the run directory, for the messages."""
     run_dir = Path(cfg.train.output_dir)
-    resume_from = _resume_checkpoint(cfg, run_dir)
+    resume_from = _resume_checkpoint(cfg, run_dir, run_dir_flag)
     if resume_from is not None:
         resumed, notes = _config_for_resume(cfg, resume_from)
         _refuse_finished(run_dir, resumed.train, _trainer_state(resume_from))
         _refuse_other_data(resumed, resume_from)
-    else:
-        resumed, notes = cfg, []
+    else:  # a typo in the folder's name would otherwise restart training without a word
+        resumed = cfg
+        notes = ([f"--resume auto: there is no {run_dir} to resume, so a new run starts there"]
+                 if cfg.train.resume == "auto" and not run_dir.exists() else [])
     evaluates = will_evaluate(resumed)
     if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
         raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "

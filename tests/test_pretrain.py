@@ -355,6 +355,32 @@ def test_the_pretrained_folder_fine_tunes_with_mrc_train(pretrained, tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 1
 
 
+def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_for_the_other(pretrained, tiny_bert_dir,
+                                                                                              tmp_path):
+    """eval of the pre-trained folder (no span head) and pretrain or train from a checkpoint (a span model, which
+    loaded as an encoder had given a tokenizer of 5 tokens and random weights) are refused, saying what to do."""
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--checkpoint", str(pretrained), "--data", str(QUICKSTART / "en_dev.json")])
+    assert result.exit_code == 1 and result.stderr == (
+        f"Error: {pretrained} is a BertForMaskedLM model folder (mrc pretrain writes one), with no span head to answer "
+        f"with: fine-tune it first, mrc train --model {pretrained}\n")
+    checkpoint = pretrained / "checkpoints" / "step-000006"
+    for command in (["pretrain", "--data", str(QUICKSTART / "en_dev.json"), "--out", str(tmp_path / "p")],
+                    ["train", "--train", str(QUICKSTART / "en_dev.json"), "--output-dir", str(tmp_path / "t")]):
+        result = runner.invoke(app, [*command, "--model", str(checkpoint), "--dry-run"])
+        assert result.exit_code == 1 and result.stderr.startswith(
+            f"Error: {checkpoint}: an mrc-cli training run or checkpoint, not an encoder folder to start from; `mrc "
+            f"train --init-from {checkpoint}` goes on from its weights (with --model "), result.output
+    # pretrain's dry run checks its inputs as the run does, naming its own flags
+    result = runner.invoke(app, ["pretrain", "--model", str(pretrained), "--data", str(tmp_path / "none.json"),
+                                 "--text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "p"), "--dry-run"])
+    assert result.exit_code == 1 and result.stderr == (f"Error: --data {tmp_path / 'none.json'}: no such file; --text "
+                                                       f"{tmp_path / 'none.txt'}: no such file\n")
+    result = runner.invoke(app, ["pretrain", "--model", tiny_bert_dir, "--data",
+                                 str(QUICKSTART / "en_dev.json"), "--out", str(pretrained), "--dry-run"])
+    assert "choose another --out" in result.stderr, result.output
+
+
 def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_bert_dir, tmp_path):
     out = tmp_path / "B"
     shutil.copytree(pretrained / "checkpoints" / "step-000003", out / "checkpoints" / "step-000003")

@@ -573,3 +573,10 @@ def test_a_setting_only_another_command_reads_is_refused_naming_that_command():
     assert runner.invoke(app, ["pretrain", "--dry-run", "--data", "data/quickstart/en_train.json", "--set",
                               "pretrain.mask_prob=0.3"]).exit_code == 0
     assert runner.invoke(app, ["train", "--dry-run", "--set", "train.lr=1e-4"]).exit_code == 0
+
+
+def test_resume_auto_of_a_run_directory_that_is_not_there_says_a_new_run_starts(tmp_path):
+    """A typo in --output-dir would otherwise restart training without a word."""
+    result = CliRunner().invoke(app, ["train", "--dry-run", "--resume", "auto", "--output-dir", str(tmp_path / "typo")])
+    assert result.exit_code == 0 and f"# --resume auto: there is no {tmp_path / 'typo'} to resume, so a new run starts " \
+                                      "there\n" in result.stdout
