@@ -418,8 +418,10 @@ def check_train_config(train: TrainConfig) -> None:
     for key in ("batch_size", "grad_accum", "log_steps", "keep_last"):
         if getattr(train, key) < 1:
             problems.append(f"train.{key} must be at least 1 (got {getattr(train, key)})")
-    if train.max_steps < 0 or (train.max_steps == 0 and not train.epochs > 0):
-        problems.append(f"train.epochs must be > 0 or train.max_steps > 0 (got epochs {train.epochs}, max_steps {train.max_steps})")
+    if train.max_steps < 0:
+        problems.append(f"train.max_steps is a number of steps, or 0 for train.epochs (got {train.max_steps})")
+    elif train.max_steps == 0 and not train.epochs > 0:
+        problems.append(f"train.epochs must be > 0 or train.max_steps > 0 (got epochs {train.epochs}, max_steps 0)")
     for key in ("warmup", "head_warmup"):
         if not 0 <= getattr(train, key) < 1:
             problems.append(f"train.{key} is a fraction of the steps in [0, 1) (got {getattr(train, key)})")

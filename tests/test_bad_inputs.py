@@ -193,7 +193,7 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--batch-size", "-3"], "train.batch_size must be at least 1"),
     (["--lr", "0"], "train.lr must be > 0"),
     (["--lr", "-1"], "train.lr must be > 0"),
-    (["--max-steps", "-5"], "train.epochs must be > 0 or train.max_steps > 0"),
+    (["--max-steps", "-5"], "train.max_steps is a number of steps, or 0 for train.epochs (got -5)"),
     (["--max-steps", "0", "--epochs", "0"], "train.epochs must be > 0 or train.max_steps > 0"),
     (["--set", "train.lr=fast"], "train.lr: expected float, got 'fast'"),
     (["--set", "train.learning_rate=1e-4"], "unknown config key 'train.learning_rate'; did you mean train.lr?"),
