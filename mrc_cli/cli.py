@@ -224,7 +224,9 @@ def _echo_result(result) -> None:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        best = {"best_checkpoint": str(result.best_checkpoint)} if result.best_checkpoint else {}
+        # the best checkpoint (what eval and predict of the run directory load) and its score, then the last
+        # evaluation's figures, which its own "step" dates
+        best = {"best_checkpoint": str(result.best_checkpoint), **result.best} if result.best_checkpoint else {}
         typer.echo(to_json({"run_dir": str(result.run_dir), "steps": result.steps, **best, **result.metrics},
                               default=float))
 

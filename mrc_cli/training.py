@@ -97,8 +97,9 @@ class TrainerState:
 class TrainResult:
     run_dir: Path
     steps: int
-    metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # the last evaluation's (at `steps`)
     best_checkpoint: Path | None = None
+    best: dict = field(default_factory=dict)  # best_step and best_<train.metric_for_best>, where a best was kept
 
 
 def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | None = None) -> TrainResult:
@@ -1004,7 +1005,8 @@ def _finish(run_dir: Path, task: Task, model, ema: EMA | None, last_eval, accele
     log.close()
     best = checkpoint_dir(run_dir, state.best_step) if state.best_step else None
     best = best if best is not None and best.is_dir() else None  # resumed into a new folder: the best is elsewhere
-    return TrainResult(run_dir, state.step, metrics, best)
+    scores = {"best_step": state.best_step, f"best_{train_cfg.metric_for_best}": state.best_metric} if best else {}
+    return TrainResult(run_dir, state.step, metrics, best, scores)
 
 
 def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_info: dict, resumed: bool) -> None:

@@ -131,6 +131,7 @@ def test_train_end_to_end_writes_every_run_file(run_a):
     assert pointer["checkpoint"] == f"checkpoints/step-{best_step:06d}"
     assert pointer["metrics"] == {"step": best_step, "f1": pytest.approx(best_f1)}
     assert result.best_checkpoint == run_dir / pointer["checkpoint"]
+    assert result.best == {"best_step": best_step, "best_f1": pytest.approx(best_f1)}  # beside the last step's metrics
     for step in (3, 6):  # keep_last 5: both checkpoints stay
         checkpoint = run_dir / "checkpoints" / f"step-{step:06d}"
         for name in ("model.safetensors", "trainer_state.json", "training_state.pt", "config.yaml", "config.json"):
