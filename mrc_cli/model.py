@@ -61,12 +61,8 @@ class SpanExtractionModel(nn.Module):
         # multi-sample dropout (Inoue, 2019): in training, the head sees the states under this many dropout masks
         # (at the encoder's hidden dropout rate) and the loss is their mean; evaluation is unchanged
         self.dropout_samples = dropout_samples
-        rate = getattr(encoder.config, "hidden_dropout_prob", 0.0)
-        if dropout_samples > 1 and not rate:
-            raise ConfigError(f"model.multi_sample_dropout {dropout_samples} does nothing with the encoder's hidden "
-                              "dropout at 0 (model.dropout's default); set model.dropout above 0 (e.g. --set "
-                              "model.dropout=0.1) or multi_sample_dropout to 0")
-        self.head_dropout = nn.Dropout(rate)
+        check_dropout_tricks(encoder.config, 0.0, dropout_samples)
+        self.head_dropout = nn.Dropout(getattr(encoder.config, "hidden_dropout_prob", 0.0))
         self.encoder = encoder
         self.first_position = first_position(encoder.config)  # None: feature batches only (train.tokens_per_batch 0)
         # unused by span extraction; dropping it also keeps DDP from waiting for gradients that never come
@@ -139,6 +135,20 @@ def span_loss(start_logits, end_logits, start_positions, end_positions) -> torch
     start = F.cross_entropy(start_logits, start_positions, ignore_index=-100, reduction="none")
     end = F.cross_entropy(end_logits, end_positions, ignore_index=-100, reduction="none")
     return (start + end) / 2
+
+
+def check_dropout_tricks(config, rdrop_alpha: float, dropout_samples: int) -> None:
+    """R-Drop and multi-sample dropout compare dropout masks: refused where the encoder `config` has none to compare
+    (model.dropout's default is 0). Checked as a model is built and as a run starts, and by mrc compare for every
+    variant before the first run trains."""
+    if dropout_samples > 1 and not getattr(config, "hidden_dropout_prob", 0.0):
+        raise ConfigError(f"model.multi_sample_dropout {dropout_samples} does nothing with the encoder's hidden "
+                          "dropout at 0 (model.dropout's default); set model.dropout above 0 (e.g. --set "
+                          "model.dropout=0.1) or multi_sample_dropout to 0")
+    if rdrop_alpha and not any(getattr(config, key, 0) for key in DROPOUT_KEYS):
+        raise ConfigError(f"train.rdrop_alpha {rdrop_alpha:g} does nothing: the encoder has no dropout (model.dropout "
+                          "is 0 by default); set model.dropout above 0 (e.g. --set model.dropout=0.1) or rdrop_alpha "
+                          "to 0")
 
 
 def attention_dropout_of(config) -> float:

@@ -158,11 +158,15 @@ def write_record(path: Path, record: dict, settings: dict) -> None:
 
 def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
     """Called before a run trains. A run begun with other settings, or other `facts` (the questions a fold holds out),
-    is refused: resuming it would finish the old run and record it under the new settings. A new run is marked."""
+    is refused: resuming it would finish the old run and record it under the new settings. A new run is marked, and
+    so is one begun before that left no checkpoint (it failed or was stopped at once): it starts again as planned now."""
     facts = facts or {}
+    if latest_checkpoint(run_dir) is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_record(run_dir / PLAN_RECORD, facts, settings)
+        return
     planned = load_record(run_dir / PLAN_RECORD, settings, "was started")
     if planned is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_record(run_dir / PLAN_RECORD, facts, settings)
     else:
         check_facts(run_dir, planned, facts, "was started")

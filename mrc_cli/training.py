@@ -51,13 +51,14 @@ from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.metrics import scored_with_nulls
-from mrc_cli.model import (attention_dropout_of, build_model, check_tokenizer_fits, describe_keys,
-                           enable_gradient_checkpointing, encoder_config, load_state_dict_file, load_weights)
+from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_tricks, check_tokenizer_fits,
+                           describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
+                           load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
 from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
-from mrc_cli.tricks import EMA, Adversary, HeadWarmup, check_rdrop, kept_warmup, layer_lr_scales, rdrop_loss
+from mrc_cli.tricks import EMA, Adversary, HeadWarmup, kept_warmup, layer_lr_scales, rdrop_loss
 from mrc_cli.words import answers_inside_words
 
 # set by the run from its data or itself, never differences a user made: resume notes no difference in them
@@ -330,7 +331,7 @@ def _set_up(cfg: RunConfig, task: Task) -> _Run:
     model = task.build_model(cfg, pretrained=resume_from is None, log=log)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    check_rdrop(model.encoder, cfg.train.rdrop_alpha)
+    check_dropout_tricks(model.encoder.config, cfg.train.rdrop_alpha, 0)
     model = accelerator.prepare(model)
     optimizer = _optimizer(accelerator.unwrap_model(model), cfg, world, log)
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial

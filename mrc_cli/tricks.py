@@ -56,13 +56,6 @@ def _depth(name: str) -> int | None:
     return None
 
 
-def check_rdrop(encoder: nn.Module, alpha: float) -> None:
-    """R-Drop compares two dropout masks: without dropout in the encoder it would add nothing but cost."""
-    if alpha and not any(isinstance(m, nn.Dropout) and m.p > 0 for m in encoder.modules()):
-        raise ConfigError(f"train.rdrop_alpha {alpha:g} does nothing: the encoder has no dropout (model.dropout is 0 "
-                          "by default); set model.dropout above 0 (e.g. --set model.dropout=0.1) or rdrop_alpha to 0")
-
-
 def rdrop_loss(model: nn.Module, batch: dict, alpha: float) -> torch.Tensor:
     """R-Drop (Liang et al., 2021): the batch twice in one forward pass (two dropout masks), the mean of the two span
     losses plus alpha/2 times the symmetric KL between the two start (and end) distributions, per feature: the

@@ -81,6 +81,11 @@ def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path
         ([Variant.parse("a:train.lr=1e-3"), Variant.parse("a:train.lr=1e-2")], [0], "a given twice"),
         ([Variant.parse(VARIANT)], [0, 0], "seeds [0, 0]: give at least one, each once"),
         ([Variant.parse("nodev:data.dev_file=null")], [0], "nodev: no dev file, so nothing to compare on"),
+        # tricks that compare dropout masks, without dropout (the default): refused before the baseline trains
+        ([Variant.parse("rd:train.rdrop_alpha=1.0,model.dropout=0,model.attention_dropout=0")], [0],
+         "train.rdrop_alpha 1 does nothing: the encoder has no dropout"),
+        ([Variant.parse("msd:model.multi_sample_dropout=4,model.dropout=0")], [0],
+         "model.multi_sample_dropout 4 does nothing"),
     ]
     for variants, seeds, problem in cases:
         with pytest.raises(ConfigError) as err:
@@ -641,3 +646,20 @@ def test_a_run_record_with_an_infinite_setting_matches_that_setting_again(tmp_pa
     write_record(tmp_path / "run.json", {"f1": 50.0}, settings)
     assert "Infinity" not in (tmp_path / "run.json").read_text()
     assert load_record(tmp_path / "run.json", settings)["f1"] == 50.0
+
+
+def test_a_run_begun_that_left_no_checkpoint_starts_again_with_the_settings_of_now(tmp_path):
+    """A run that failed at once (R-Drop without dropout, say) is run again once the settings are fixed; one with a
+    checkpoint would be resumed, so other settings are refused there."""
+    from mrc_cli.config import RunConfig, config_to_dict
+    from mrc_cli.runs import PLAN_RECORD, load_record, start_run
+
+    run_dir, first, fixed = tmp_path / "rd" / "seed-0", RunConfig(), RunConfig()
+    fixed.model.dropout = 0.1
+    start_run(run_dir, config_to_dict(first))
+    start_run(run_dir, config_to_dict(fixed))
+    assert load_record(run_dir / PLAN_RECORD, config_to_dict(fixed), "was started") is not None
+    (run_dir / "checkpoints" / "step-000001").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-000001" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"was started with other settings \(model.dropout: 0.1 there, 0.0 now\)"):
+        start_run(run_dir, config_to_dict(first))
