@@ -279,7 +279,7 @@ def compare(
     seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="Seeds 0..N-1 for every variant (3 when neither this nor --seed-list is given).")] = None,
     seed_list: Annotated[Optional[str], typer.Option("--seed-list", help="These seeds instead, e.g. 0,5,7.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs (OUT/<variant>/seed-<k>) and compare.json/.md/.png.")] = Path("outputs/compare"),
-    equal_compute: Annotated[bool, typer.Option("--equal-compute", help="Then train the baseline again, longer, to the model FLOPs of the costliest variant at each seed (baseline@equal_compute), and give each variant a second verdict against it.")] = False,
+    equal_compute: Annotated[bool, typer.Option("--equal-compute", help="Then train the baseline again, longer, to the model FLOPs of the costliest variant at each seed (baseline@equal_compute), and give each variant a second verdict against it; not where no variant costs more than the baseline.")] = False,
 ) -> None:
     """Train each variant and the baseline (the config unchanged, unless a variant is named baseline) once per seed
     at the same budget; print a table of EM/F1 (mean +/- std), training FLOPs, wall time, features/s and a verdict per

@@ -122,8 +122,14 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     gpus = _visible_gpus(base.train)
     _run_all(runs, gpus)
     rows = [_load_record(run) for run in runs]
-    if equal_compute:
-        longer = _plan_equal_compute(base, runs, rows, out_dir)
+    longer = _plan_equal_compute(base, runs, rows, out_dir) if equal_compute else []
+    if longer and all(run.facts["compute_scale"] <= 1 for run in longer):  # the first verdicts are at equal compute
+        costliest = max(longer, key=lambda run: run.facts["compute_scale"]).facts
+        print(f"no {EQUAL_COMPUTE} runs: no variant costs more than {REFERENCE} (the costliest, {costliest['compute_of']}"
+              f", {costliest['compute_scale']:g}x its compute), so each verdict is already at equal or lower compute",
+              flush=True)
+        longer = []
+    if longer:
         print(f"{len(longer)} runs of {EQUAL_COMPUTE}: {REFERENCE} trained to the compute of the costliest variant, "
               "seed by seed", flush=True)
         _run_all(longer, gpus)

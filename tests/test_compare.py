@@ -663,3 +663,14 @@ def test_a_run_begun_that_left_no_checkpoint_starts_again_with_the_settings_of_n
     (run_dir / "checkpoints" / "step-000001" / "trainer_state.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"was started with other settings \(model.dropout: 0.1 there, 0.0 now\)"):
         start_run(run_dir, config_to_dict(first))
+
+
+def test_equal_compute_trains_no_longer_baseline_where_no_variant_costs_more(tiny_bert_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    monkeypatch.setattr(runs, "train_in_own_process", _train_here)
+    base = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=1)
+    result = compare(base, [Variant.parse("lr:train.lr=2e-4")], [0], tmp_path / "out", equal_compute=True)
+    assert [row["variant"] for row in result["runs"]] == ["baseline", "lr"]
+    assert not (tmp_path / "out" / EQUAL_COMPUTE).exists()
+    assert (f"no {EQUAL_COMPUTE} runs: no variant costs more than baseline (the costliest, lr, 1x its compute), so "
+            "each verdict is already at equal or lower compute") in capsys.readouterr().out
