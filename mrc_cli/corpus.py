@@ -24,7 +24,7 @@ from pathlib import Path
 from mrc_cli.config import DataConfig, PretrainConfig
 from mrc_cli.data import read_data, read_text
 from mrc_cli.errors import DataError
-from mrc_cli.features import rust_encoder, segmenter, token_words, words_with_tokens
+from mrc_cli.features import rust_encoder, segmenter, token_words, unknown_note, words_with_tokens
 
 
 @dataclass
@@ -130,10 +130,11 @@ class SequenceSummary:
     words: int  # summed over sequences: a word cut by a sequence boundary counts in both
     longest: int  # tokens of the longest sequence, special tokens included
     seconds: float
+    unknown_tokens: float = 0.0  # share of the tokens that are the tokenizer's unknown token
 
     def __str__(self) -> str:
         return (f"{self.texts} texts -> {self.sequences} sequences of up to {self.longest} tokens; {self.tokens} tokens, "
-                f"{self.words} words ({self.seconds:.1f}s)")
+                f"{self.words} words ({self.seconds:.1f}s){unknown_note(self.unknown_tokens, 'tokens')}")
 
 
 def build_sequences(texts: list[str], tokenizer, data: DataConfig):
@@ -168,8 +169,11 @@ def build_sequences(texts: list[str], tokenizer, data: DataConfig):
 
     sequences = datasets.Dataset(pa.table({"input_ids": column(ids), "word_ids": column(words)}))
     lengths = np.diff(np.frombuffer(offsets, dtype=np.int32))
-    summary = SequenceSummary(len(texts), len(sequences), len(ids) - 2 * len(sequences), num_words,
-                              int(lengths.max()) if len(lengths) else 0, time.perf_counter() - started)
+    tokens = len(ids) - 2 * len(sequences)
+    unknown = np.count_nonzero(np.frombuffer(ids, dtype=np.int32) == tokenizer.unk_token_id) if tokenizer.unk_token_id \
+        is not None else 0
+    summary = SequenceSummary(len(texts), len(sequences), tokens, num_words, int(lengths.max()) if len(lengths) else 0,
+                              time.perf_counter() - started, float(unknown / max(tokens, 1)))
     return sequences, summary
 
 

@@ -61,9 +61,7 @@ class FeatureSummary:
 
     def __str__(self) -> str:
         source = "loaded from cache" if self.from_cache else "tokenized"
-        unknown = (f"; {self.unknown_context_tokens:.1%} of the context tokens are the tokenizer's unknown token: it "
-                   "cannot read that much of the text (for Chinese, an encoder with a Chinese vocabulary)"
-                   if self.unknown_context_tokens >= UNKNOWN_SHOWN else "")
+        unknown = unknown_note(self.unknown_context_tokens, "context tokens")
         return (
             f"{self.examples} examples -> {self.features} features ({source} in {self.seconds:.1f}s); "
             f"{self.questions_truncated} questions truncated, "
@@ -72,6 +70,14 @@ class FeatureSummary:
 
 
 UNKNOWN_SHOWN = 0.01  # MiniLM (English vocabulary): 0 % on the SQuAD v2 dev head, 59 % on CMRC 2018 dev
+
+
+def unknown_note(share: float, what: str) -> str:
+    """"; N % of the <what> are the tokenizer's unknown token ..." where that share is UNKNOWN_SHOWN or more, else ""."""
+    if share < UNKNOWN_SHOWN:
+        return ""
+    return (f"; {share:.1%} of the {what} are the tokenizer's unknown token: it cannot read that much of the text (for "
+            "Chinese, an encoder with a Chinese vocabulary)")
 
 
 def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True, offsets: bool = True,

@@ -167,6 +167,10 @@ class MaskedLMTask:
         self.use(sequences, MaskingRule(cfg.pretrain.masking == "word", cfg.pretrain.mask_prob, tokenizer.mask_token_id,
                                         len(tokenizer), cfg.train.seed))
         masked = self._count_masks(epoch=0)
+        if not masked["tokens"]:  # the loss would be 0 from the first step on
+            raise ConfigError(f"nothing to predict: the masks take none of the {summary.words} words (pretrain.mask_prob "
+                              f"{cfg.pretrain.mask_prob:g} of so little text rounds to 0 in every sequence); give more "
+                              "text, or a higher pretrain.mask_prob")
         log.info(f"masking ({cfg.pretrain.masking}, data.word_segmenter {cfg.data.word_segmenter}), epoch 0: "
                  f"{masked['words']} of {summary.words} words ({masked['words'] / max(summary.words, 1):.1%}), "
                  f"{masked['tokens']} of {summary.tokens} tokens predicted: {masked['mask']} [MASK], "
@@ -175,6 +179,7 @@ class MaskedLMTask:
                      "word_segmenter": cfg.data.word_segmenter, "mask_prob": cfg.pretrain.mask_prob,
                      "max_seq_length": cfg.data.max_seq_length, **corpus.to_dict(),
                      "sequences": summary.sequences, "tokens": summary.tokens, "words": summary.words,
+                     "unknown_tokens": summary.unknown_tokens,
                      "predicted_epoch_0": masked}
         return sequences
 

@@ -73,22 +73,26 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_curves(metrics_file: Path, out: Path) -> Path:
-    """Training loss and dev loss over steps (left), dev EM/F1 over steps (right)."""
+    """Training loss and dev loss over steps (left), dev EM/F1 over steps (right, where the run has evaluations:
+    mrc pretrain's has none)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_file)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    scored = any(r.get("f1") is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(11 if scored else 6, 4), squeeze=False)
+    left, right = axes[0][0], axes[0][-1]
     for key, ax, label in (("loss", left, "train loss"), ("dev_loss", left, "dev loss"),
                            ("exact", right, "dev EM"), ("f1", right, "dev F1")):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if points:
+        if points and (ax is left or scored):
             ax.plot(*zip(*points), marker="o" if key != "loss" else None, label=label)
     left.set(xlabel="optimizer step", ylabel="loss", title="Loss")
-    right.set(xlabel="optimizer step", ylabel="%", title="Dev EM / F1")
-    for ax in (left, right):
+    if scored:
+        right.set(xlabel="optimizer step", ylabel="%", title="Dev EM / F1")
+    for ax in {left, right}:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

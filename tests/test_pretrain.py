@@ -154,6 +154,14 @@ def test_long_texts_become_near_equal_sequences_cut_between_words(wordpiece_toke
     assert summary.sequences == len(inner) and summary.tokens == sum(map(len, inner))
 
 
+def test_the_sequence_summary_gives_the_share_of_unknown_tokens(wordpiece_tokenizer):
+    """As the features' summary does: an English vocabulary reads little of Chinese text."""
+    _, english = build_sequences(["Paris is the capital of France."], wordpiece_tokenizer, DataConfig())
+    _, chinese = build_sequences(["北京是中国的首都。"], wordpiece_tokenizer, DataConfig())
+    assert english.unknown_tokens == 0 and "unknown token" not in str(english)
+    assert chinese.unknown_tokens > 0.1 and "of the tokens are the tokenizer's unknown token" in str(chinese)
+
+
 # --- 3. the model learns -------------------------------------------------------------------------------------------
 
 
@@ -311,6 +319,7 @@ def test_pretrain_writes_a_model_folder_and_what_it_was_trained_on(pretrained, t
     for name in ("config.json", "model.safetensors", "tokenizer.json", "config.yaml", "pretrain_info.json",
                  "run_info.json", "train.log", "metrics.jsonl", "curves.png"):
         assert (out / name).is_file(), name
+    assert int.from_bytes((out / "curves.png").read_bytes()[16:20], "big") == 600  # the loss alone: no dev panel
     info = json.loads((out / "pretrain_info.json").read_text())
     # quickstart: 30 train contexts (177 questions), 10 dev contexts (49 questions), all of them left out
     assert [(s["records"], s["distinct"], s["eval_matches"]) for s in info["sources"]] == [(177, 30, 0), (49, 10, 10)]
@@ -464,10 +473,13 @@ def test_albert_pretrains_with_a_fresh_head_or_its_own(tiny_albert_dir, albert_t
     (["--data", str(QUICKSTART / "en_dev.json"), "--eval-data", str(QUICKSTART / "en_dev.json")],
      f"nothing left to pre-train on in {QUICKSTART / 'en_dev.json'}: every text is a context of the eval files"),
     (["--text", "EMPTY"], "nothing to pre-train on: EMPTY hold no text"),
+    (["--text", "TINY"], "nothing to predict: the masks take none of the 3 words (pretrain.mask_prob 0.15"),
 ])
 def test_pretrain_refuses_what_cannot_work_with_one_line(args, problem, tiny_bert_dir, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
-    args = [a.replace("SAME", tiny_bert_dir).replace("EMPTY", str(tmp_path / "empty.txt")) for a in args]
+    (tmp_path / "tiny.txt").write_text("Paris is big\n")  # 15 % of 3 words: none
+    args = [a.replace("SAME", tiny_bert_dir).replace("EMPTY", str(tmp_path / "empty.txt"))
+            .replace("TINY", str(tmp_path / "tiny.txt")) for a in args]
     problem = problem.replace("EMPTY", str(tmp_path / "empty.txt"))
     out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, ["pretrain", "--model", tiny_bert_dir, *out, "--set", "train.cpu=true", *args])
