@@ -51,8 +51,8 @@ def read_data(source: str | Path, fmt: str = "auto") -> RawData:
         fmt = _detect_format(path)
     if fmt == "hf":
         return _read_hf(str(source))
-    if not path.is_file():
-        raise DataError(f"{source}: no such file")
+    if not path.is_file():  # a config's paths are taken from where mrc runs, not from the config's folder
+        raise DataError(f"{source}: no such file" + ("" if path.is_absolute() else f" (in {Path.cwd()})"))
     text = read_text(path)
     if fmt == "jsonl":
         return _read_jsonl(path, text)

@@ -173,7 +173,7 @@ def test_missing_file_and_unreachable_hub_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     for name in ("dev.jsn", "data/dev"):
-        with pytest.raises(DataError, match=f"^{name}: no such file$"):
+        with pytest.raises(DataError, match=f"^{name}: no such file \\(in {re.escape(str(tmp_path))}\\)$"):
             read_data(name)
     with pytest.raises(DataError, match="not a data file, a saved dataset folder or a reachable Hub dataset"):
         read_data("no_such_dataset_xyz:validation")
