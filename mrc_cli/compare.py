@@ -144,6 +144,11 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
         "runs": rows,
         "variants": summarize(rows, variants, seeds),
     }
+    others = sorted(folder.name for folder in out_dir.iterdir() if folder.is_dir() and any(folder.glob("seed-*"))
+                    and folder.name not in {v.name for v in variants})
+    if others:  # compare.json and compare.md are of this call's variants: an earlier call's go unmentioned otherwise
+        print(f"{out_dir} also holds runs of {', '.join(others)}, not in this comparison: give them again as --variant "
+              "to compare them too (their finished runs are skipped)", flush=True)
     write_json(out_dir / "compare.json", result)
     (out_dir / "compare.md").write_text(markdown_table(result) + "\n", encoding="utf-8")
     plot_comparison(result, out_dir / "compare.png")

@@ -674,3 +674,15 @@ def test_equal_compute_trains_no_longer_baseline_where_no_variant_costs_more(tin
     assert not (tmp_path / "out" / EQUAL_COMPUTE).exists()
     assert (f"no {EQUAL_COMPUTE} runs: no variant costs more than baseline (the costliest, lr, 1x its compute), so "
             "each verdict is already at equal or lower compute") in capsys.readouterr().out
+
+
+def test_a_compare_of_fewer_variants_names_the_runs_it_leaves_out(compared, tmp_path, monkeypatch, capsys):
+    out, config, _ = compared
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    result = compare(load_config(config), [], [0, 1], copy)
+    name = Variant.parse(VARIANT).name
+    assert [v["variant"] for v in result["variants"]] == ["baseline"]
+    assert (f"{copy} also holds runs of {name}, not in this comparison: give them again as --variant to compare them "
+            "too (their finished runs are skipped)") in capsys.readouterr().out
