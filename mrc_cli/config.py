@@ -272,15 +272,22 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
 
 
 OWN_SECTIONS = ("pretrain", "distil")  # each read only by the command of its name
+# what pre-training has no use for: it cuts texts into sequences, not windows of a question, and evaluates nothing
+UNREAD_BY_PRETRAIN = ("decode.", "data.doc_stride", "data.max_query_length", "train.eval_steps",
+                      "train.metric_for_best", "model.span_level")
 
 
 def refuse_unread_sets(sets: Iterable[str], command: str, source: str = "--set") -> None:
-    """A setting of a section only another command reads (pretrain.*, distil.*) would be saved with the run and change
-    nothing: refused, naming the command that reads it."""
+    """A setting of a section only another command reads (pretrain.*, distil.*), or one mrc pretrain has no use for,
+    would be saved with the run and change nothing: refused, naming the command that reads it."""
     for item in sets:
-        section = item.partition("=")[0].strip().partition(".")[0]
+        dotted = item.partition("=")[0].strip()
+        section = dotted.partition(".")[0]
         if section in OWN_SECTIONS and section != command:
             raise ConfigError(f"{source} {item}: mrc {command} does not read {section}.* settings (mrc {section} does)")
+        if command == "pretrain" and dotted.startswith(UNREAD_BY_PRETRAIN):
+            raise ConfigError(f"{source} {item}: mrc pretrain does not read it (it cuts texts into sequences of "
+                              "data.max_seq_length tokens and evaluates nothing; mrc train does)")
 
 
 def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> None:

@@ -567,6 +567,10 @@ def test_a_setting_only_another_command_reads_is_refused_naming_that_command():
         assert result.exit_code == 1, result.output
         assert result.stderr == (f"Error: --set {setting}: mrc {command[0]} does not read {reader}.* settings "
                                  f"(mrc {reader} does)\n")
+    for setting in ("decode.n_best_size=3", "data.doc_stride=64", "train.eval_steps=1"):  # pre-training's no use
+        result = runner.invoke(app, ["pretrain", "--dry-run", "--data", "data/quickstart/en_train.json", "--set", setting])
+        assert result.exit_code == 1 and result.stderr.startswith(f"Error: --set {setting}: mrc pretrain does not read "
+                                                                  "it"), result.output
     result = runner.invoke(app, ["compare", "--variant", "mask:pretrain.mask_prob=0.3"])
     assert result.exit_code == 1 and ("variant 'mask:pretrain.mask_prob=0.3': pretrain.mask_prob=0.3: mrc compare "
                                       "does not read pretrain.* settings") in result.stderr
