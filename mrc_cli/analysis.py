@@ -264,11 +264,12 @@ def _answers(files: PredictionFiles, metric: str, threshold: float | None,
     """The answers to the gold questions and what was used. SQuAD v2 with null odds: an answer whose null odds exceed
     the threshold becomes "" (the decoder's rule), otherwise it is the best span of the n-best list (if given), so a
     higher threshold than decoding used also restores answers that predictions.json withheld."""
-    predictions = read_json_map(files.predictions, str, "predictions")
-    check_predictions_match(files.predictions, predictions, gold_ids, "the gold file")
+    given = read_json_map(files.predictions, str, "predictions")
+    keys = {qid: rules.prediction_key(qid, given, metric) for qid in gold_ids}  # CMRC's: also by the stripped id
+    check_predictions_match(files.predictions, given, set(keys.values()), "the gold file")
     info = {"predictions": str(files.predictions), "nbest": _str(files.nbest), "null_odds": _str(files.null_odds),
-            "unknown_ids": sum(qid not in gold_ids for qid in predictions)}  # ignored, as the scorers do
-    predictions = {qid: text for qid, text in predictions.items() if qid in gold_ids}
+            "unknown_ids": len(given.keys() - set(keys.values()))}  # ignored, as the scorers do
+    predictions = {qid: given[key] for qid, key in keys.items() if key in given}
     if metric != "squad_v2" or files.null_odds is None:
         why = "no null odds" if files.null_odds is None else f"the {metric} metric has no unanswerable questions"
         return predictions, {**info, "threshold": None, "threshold_from": f"not applied: {why}"}

@@ -78,7 +78,7 @@ def validate(
     from mrc_cli.validate import validate_file
 
     if fix is not None:
-        check_output_file(fix, "--fix")
+        check_output_file(fix, "--fix", "fixed.json")
         if Path(data).is_file() and fix.resolve() == Path(data).resolve():
             raise typer.BadParameter("the data file itself; write the repaired copy elsewhere", param_hint="--fix")
     report = validate_file(data, use, fmt, list_all, fix)

@@ -122,12 +122,13 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     gpus = _visible_gpus(base.train)
     _run_all(runs, gpus)
     rows = [_load_record(run) for run in runs]
-    longer = _plan_equal_compute(base, runs, rows, out_dir) if equal_compute else []
+    longer, skipped = (_plan_equal_compute(base, runs, rows, out_dir) if equal_compute else []), None
     if longer and all(run.facts["compute_scale"] <= 1 for run in longer):  # the first verdicts are at equal compute
         costliest = max(longer, key=lambda run: run.facts["compute_scale"]).facts
-        print(f"no {EQUAL_COMPUTE} runs: no variant costs more than {REFERENCE} (the costliest, {costliest['compute_of']}"
-              f", {costliest['compute_scale']:g}x its compute), so each verdict is already at equal or lower compute",
-              flush=True)
+        skipped = (f"no {EQUAL_COMPUTE} runs: no variant costs more than {REFERENCE} (the costliest, "
+                   f"{costliest['compute_of']}, {costliest['compute_scale']:g}x its compute), so each verdict is already "
+                   "at equal or lower compute")
+        print(skipped, flush=True)
         longer = []
     if longer:
         print(f"{len(longer)} runs of {EQUAL_COMPUTE}: {REFERENCE} trained to the compute of the costliest variant, "
@@ -139,13 +140,14 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
         "settings": {"reference": REFERENCE, "seeds": list(seeds), "out_dir": str(out_dir),
                      "variants": [{"name": v.name, "sets": list(v.sets)} for v in variants],
                      "verdict": "two-sided paired t-test of the per-seed F1 differences, 95 %",
-                     "equal_compute": equal_compute, "config": config_to_dict(base)},
+                     "equal_compute": equal_compute, "config": config_to_dict(base),
+                     **({"equal_compute_skipped": skipped} if skipped else {})},
         "machine": _machine(),
         "runs": rows,
         "variants": summarize(rows, variants, seeds),
     }
     others = sorted(folder.name for folder in out_dir.iterdir() if folder.is_dir() and any(folder.glob("seed-*"))
-                    and folder.name not in {v.name for v in variants})
+                    and folder.name not in {EQUAL_COMPUTE, *(v.name for v in variants)})
     if others:  # compare.json and compare.md are of this call's variants: an earlier call's go unmentioned otherwise
         print(f"{out_dir} also holds runs of {', '.join(others)}, not in this comparison: give them again as --variant "
               "to compare them too (their finished runs are skipped)", flush=True)
@@ -428,6 +430,9 @@ def markdown_table(result: dict) -> str:
                      "steps). Warm-up and decay stay the same fractions of its steps. \"verdict\" pairs each variant "
                      f"with {reference} at equal steps (does the setting help per step?), \"verdict at equal compute\" "
                      f"with {EQUAL_COMPUTE} (does it beat spending its compute on more steps?).")
+    skipped = result["settings"].get("equal_compute_skipped")
+    if skipped:
+        lines.append(skipped[0].upper() + skipped[1:] + ".")
     other = [s["variant"] for s in summaries if not s["same_budget"] and s["variant"] != EQUAL_COMPUTE]
     if other:
         lines.append(f"Not the same budget: {', '.join(other)} ran another number of steps than {reference}'s "

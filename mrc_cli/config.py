@@ -487,8 +487,9 @@ def check_pretrain_config(cfg: RunConfig) -> None:
     check_model_folder(cfg.model.name_or_path)  # before the data: a checkpoint of ours is no encoder to start from
     for flag, files in (("--data", cfg.pretrain.data_files), ("--text", cfg.pretrain.text_files),
                         ("--eval-data", cfg.pretrain.eval_files)):
-        for name in files:  # a Hub dataset's name (--data squad_v2:train) is read when the run starts
-            if not Path(name).exists() and (flag == "--text" or reads_as_path(Path(name))):
+        for name in files:  # a Hub dataset (--data squad_v2:train) or a saved one (data/saved:train): read at the start
+            named = Path(name) if flag == "--text" else Path(name.partition(":")[0])
+            if not named.exists() and (flag == "--text" or reads_as_path(named)):
                 problems.append(f"{flag} {name}: no such file")
     if Path(cfg.train.output_dir).resolve() == Path(cfg.model.name_or_path).resolve():
         problems.append(f"--out {cfg.train.output_dir} is the model folder pre-training starts from; its files would be "

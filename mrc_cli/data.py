@@ -80,7 +80,7 @@ def read_text(path: Path) -> str:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
-        if _likely_encoding(raw).startswith("UTF-16"):  # ASCII in UTF-16 without a byte-order mark is valid UTF-8, with NULs
+        if _utf16_without_bom(raw):  # ASCII in UTF-16 without a byte-order mark is valid UTF-8, with NULs
             raise UnicodeDecodeError("utf-8", raw, raw.index(0), raw.index(0) + 1, "NUL bytes")
         return text
     except UnicodeDecodeError as err:
@@ -100,14 +100,22 @@ def _likely_encoding(raw: bytes) -> str:
     Windows-1252."""
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "UTF-16"
-    head = raw[:200]
-    if head.count(0) > len(head) // 4:  # no byte-order mark: the NULs' side says the byte order
-        return "UTF-16LE" if head[1::2].count(0) > head[::2].count(0) else "UTF-16BE"
+    if order := _utf16_without_bom(raw):
+        return order
     # a Chinese character is two bytes >= 0x80 in GB18030; Western text in CP1252 has a lone one between ASCII bytes
     sample = raw[:100_000]
     high = [i for i, byte in enumerate(sample) if byte >= 0x80]
     lone = sum((i == 0 or sample[i - 1] < 0x80) and (i + 1 == len(sample) or sample[i + 1] < 0x80) for i in high)
     return "CP1252" if lone > len(high) / 2 else "GB18030"
+
+
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """UTF-16LE or UTF-16BE where the first bytes are a quarter NULs or more (ASCII in UTF-16: the NULs' side says the
+    byte order), else None."""
+    head = raw[:200]
+    if head.count(0) <= len(head) // 4:
+        return None
+    return "UTF-16LE" if head[1::2].count(0) > head[::2].count(0) else "UTF-16BE"
 
 
 def _read_json(path: Path, text: str) -> RawData:
@@ -169,8 +177,8 @@ def _list_field(raw: RawData, obj: Any, key: str, where: str) -> list:
 
 def _read_jsonl(path: Path, text: str) -> RawData:
     raw = RawData(str(path), "jsonl")
-    # lines end at "\n" only: str.splitlines also cuts at U+2028 and U+0085, which JSON strings may hold as they are
-    for n, line in enumerate(text.split("\n"), start=1):
+    # lines end at \n, \r\n or \r only: str.splitlines also cuts at U+2028 and U+0085, which JSON strings may hold
+    for n, line in enumerate(re.split(r"\r\n?|\n", text), start=1):
         if not line.strip():
             continue
         try:
@@ -249,7 +257,7 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
                                                  f"{{\"text\": [], \"answer_start\": []}}: {answers}"))
         return
     impossible = rec.get("is_impossible")
-    if impossible is not None and not isinstance(impossible, bool):  # bool("false") is True
+    if impossible is not None and impossible not in (0, 1):  # bool("false") is True; 0/1 (and true/false) are fine
         raw.problems.append(RecordProblem(where, f"field 'is_impossible' must be true or false, got {_kind(impossible)}"))
         return
     texts = {"id": str(rec["id"]), "title": str(rec.get("title") or ""), "context": rec["context"],

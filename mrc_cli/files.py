@@ -26,10 +26,10 @@ def write_text_atomically(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_output_file(path: str | Path, flag: str = "--out") -> None:
+def check_output_file(path: str | Path, flag: str = "--out", example: str = "predictions.json") -> None:
     """Refused before any work: an output file whose name is taken by a folder."""
     if Path(path).is_dir():
-        raise ConfigError(f"{flag} {path}: a folder; give a file name (e.g. {Path(path) / 'predictions.json'})")
+        raise ConfigError(f"{flag} {path}: a folder; give a file name (e.g. {Path(path) / example})")
 
 
 def check_output_folder(path: str | Path, flag: str = "--out") -> None:

@@ -145,7 +145,9 @@ def check_dropout_tricks(config, rdrop_alpha: float, dropout_samples: int) -> No
         raise ConfigError(f"model.multi_sample_dropout {dropout_samples} does nothing with the encoder's hidden "
                           "dropout at 0 (model.dropout's default); set model.dropout above 0 (e.g. --set "
                           "model.dropout=0.1) or multi_sample_dropout to 0")
-    if rdrop_alpha and not any(getattr(config, key, 0) for key in DROPOUT_KEYS):
+    # the dropout the encoder applies (classifier_dropout_prob is a head's, which AutoModel does not build)
+    if rdrop_alpha and not any(getattr(config, key, 0) for key in ("hidden_dropout_prob", "dropout",
+                                                                   *ATTENTION_DROPOUT_KEYS)):
         raise ConfigError(f"train.rdrop_alpha {rdrop_alpha:g} does nothing: the encoder has no dropout (model.dropout "
                           "is 0 by default); set model.dropout above 0 (e.g. --set model.dropout=0.1) or rdrop_alpha "
                           "to 0")

@@ -159,9 +159,10 @@ def write_record(path: Path, record: dict, settings: dict) -> None:
 def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
     """Called before a run trains. A run begun with other settings, or other `facts` (the questions a fold holds out),
     is refused: resuming it would finish the old run and record it under the new settings. A new run is marked, and
-    so is one begun before that left no checkpoint (it failed or was stopped at once): it starts again as planned now."""
+    so is one begun before that left no checkpoint (it failed or was stopped at once) and does not run now: it starts
+    again as planned now."""
     facts = facts or {}
-    if latest_checkpoint(run_dir) is None:
+    if latest_checkpoint(run_dir) is None and not _in_use(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         write_record(run_dir / PLAN_RECORD, facts, settings)
         return
@@ -170,6 +171,22 @@ def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
         write_record(run_dir / PLAN_RECORD, facts, settings)
     else:
         check_facts(run_dir, planned, facts, "was started")
+
+
+def _in_use(run_dir: Path) -> bool:
+    """Whether a run holds the run directory's lock now (mrc_cli.training._run_lock: an OS lock on RUN/.lock)."""
+    import fcntl
+
+    lock = run_dir / ".lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 def check_facts(run_dir: Path, had: dict, facts: dict, done: str) -> None:

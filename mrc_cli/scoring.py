@@ -98,7 +98,8 @@ def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: st
     _, report, golds = load_examples(gold, "score", fmt)
     files = find_prediction_files(predictions, null_odds=null_odds)
     preds = read_json_map(files.predictions, str, "predictions")
-    check_predictions_match(files.predictions, preds, {g["id"] for g in golds}, gold)
+    # a CMRC gold id with spaces around it is also found by the stripped id (metrics.rules.prediction_key)
+    check_predictions_match(files.predictions, preds, {i for g in golds for i in (g["id"], g["id"].strip())}, gold)
     if null_odds is not None:  # given: the official script's use, answers above its 1.0 count as null
         return score(golds, preds, metric, read_json_map(null_odds, float, "null odds")), report.warnings
     # an `mrc eval` folder's: its answers were decided at the model's threshold, the odds only sweep for best_*

@@ -100,7 +100,7 @@ class TrainResult:
     steps: int
     metrics: dict = field(default_factory=dict)  # the last evaluation's (at `steps`)
     best_checkpoint: Path | None = None
-    best: dict = field(default_factory=dict)  # best_step and best_<train.metric_for_best>, where a best was kept
+    best: dict = field(default_factory=dict)  # best_checkpoint_step and _<train.metric_for_best>, where one was kept
 
 
 def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | None = None) -> TrainResult:
@@ -206,9 +206,10 @@ class SpanTask:
 
 def run_task(cfg: RunConfig, task: Task) -> TrainResult:
     """Train `task` as `cfg` says: set up by small helpers, then the loop."""
+    existed = Path(cfg.train.output_dir).exists()  # before the lock makes the folder
     try:
         with _run_lock(Path(cfg.train.output_dir), task.run_dir_flag):
-            return _loop(_set_up(cfg, task))
+            return _loop(_set_up(cfg, task, existed))
     finally:
         _give_back_freed_memory()
 
@@ -296,12 +297,12 @@ class _Run:
     total_steps: int
 
 
-def _set_up(cfg: RunConfig, task: Task) -> _Run:
+def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     """Config (the checkpoint's where resumed), accelerator, log, data, model, optimizer, schedule and the state to
     start from; the run directory's config, run_info and the derived numbers written once."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
-    cfg, resume_from, resume_notes = resolve_run(cfg, task.will_evaluate, task.run_dir_flag)
+    cfg, resume_from, resume_notes = resolve_run(cfg, task.will_evaluate, task.run_dir_flag, existed)
     saved_state = _trainer_state(resume_from) if resume_from is not None else None
     if resume_from is None and ((run_dir / "metrics.jsonl").is_file() or (run_dir / "train.log").is_file()):
         resume_notes.append(f"{run_dir} holds the records of a run that left no checkpoint: starting from step 0, "
@@ -740,13 +741,14 @@ def _evaluations(count: int) -> str:
     return f"{count} evaluation{'' if count == 1 else 's'}"
 
 
-def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool],
-                run_dir_flag: str = "--output-dir") -> tuple[RunConfig, Path | None, list[str]]:
+def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_dir_flag: str = "--output-dir",
+                existed: bool | None = None) -> tuple[RunConfig, Path | None, list[str]]:
     """The config a run will use, the checkpoint it resumes from (None: a fresh start) and, where it resumes, the
     notes on what differs from the checkpoint's config, which is used (or that --resume auto found nothing to resume);
     refused where the run directory holds another run, or a finished one, or where early stopping has no evaluations
     to stop on (`will_evaluate`: whether the run evaluates with a config; what `--dry-run` shows too). `run_dir_flag`:
-    the command's flag for the run directory, for the messages."""
+    the command's flag for the run directory, for the messages; `existed`: whether the run directory was there before
+    the run's lock made it (None: look now)."""
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir, run_dir_flag)
     if resume_from is not None:
@@ -756,7 +758,7 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool],
     else:  # a typo in the folder's name would otherwise restart training without a word
         resumed = cfg
         notes = ([f"--resume auto: there is no {run_dir} to resume, so a new run starts there"]
-                 if cfg.train.resume == "auto" and not run_dir.exists() else [])
+                 if cfg.train.resume == "auto" and not (run_dir.exists() if existed is None else existed) else [])
     evaluates = will_evaluate(resumed)
     if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
         raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "
@@ -1006,7 +1008,9 @@ def _finish(run_dir: Path, task: Task, model, ema: EMA | None, last_eval, accele
     log.close()
     best = checkpoint_dir(run_dir, state.best_step) if state.best_step else None
     best = best if best is not None and best.is_dir() else None  # resumed into a new folder: the best is elsewhere
-    scores = {"best_step": state.best_step, f"best_{train_cfg.metric_for_best}": state.best_metric} if best else {}
+    # not best_f1: SQuAD v2 metrics hold the null-threshold sweep's best_f1 and best_exact
+    scores = ({"best_checkpoint_step": state.best_step, f"best_checkpoint_{train_cfg.metric_for_best}": state.best_metric}
+              if best else {})
     return TrainResult(run_dir, state.step, metrics, best, scores)
 
 

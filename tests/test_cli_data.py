@@ -144,3 +144,20 @@ def test_validate_fix_writes_the_repaired_questions_and_all_lists_every_repair(t
                     assert start == -1 or paragraph["context"][start:start + len(answer["text"])] == answer["text"]
     result = runner.invoke(app, ["validate", str(fixed), "--fix", str(tmp_path / "." / "fixed.json")])
     assert result.exit_code == 2 and "the data file itself" in result.output
+
+
+def test_score_and_analyze_find_a_spaced_cmrc_gold_id_by_its_stripped_id(tmp_path):
+    """Every gold id spaced, every prediction keyed by the stripped id (as the official script looks them up): not
+    'the predictions of another file', and analyze scores what score scores."""
+    context = "北京是中国的首都，上海是中国最大的城市。"
+    gold = write_squad(tmp_path / "gold.json", [(context, [
+        {"id": " Q1 ", "question": "中国的首都是哪里？", "answers": [{"text": "北京", "answer_start": 0}]},
+        {"id": "Q2 ", "question": "中国最大的城市是哪里？", "answers": [{"text": "上海", "answer_start": 9}]}])])
+    (tmp_path / "p.json").write_text(json.dumps({"Q1": "北京", "Q2": "上海"}, ensure_ascii=False), encoding="utf-8")
+    result = runner.invoke(app, ["score", str(gold), str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["EM"] == 100.0
+    result = runner.invoke(app, ["analyze", "--gold", str(gold), "--pred", str(tmp_path / "p.json"),
+                                 "--out", str(tmp_path / "analysis")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "analysis" / "analysis.json").read_text())["overall"]["A"]["exact"] == 100.0

@@ -657,6 +657,12 @@ def test_a_run_begun_that_left_no_checkpoint_starts_again_with_the_settings_of_n
     run_dir, first, fixed = tmp_path / "rd" / "seed-0", RunConfig(), RunConfig()
     fixed.model.dropout = 0.1
     start_run(run_dir, config_to_dict(first))
+    import fcntl
+
+    with open(run_dir / ".lock", "a+") as held:  # the first still running (another compare's): not replaced
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="was started with other settings"):
+            start_run(run_dir, config_to_dict(fixed))
     start_run(run_dir, config_to_dict(fixed))
     assert load_record(run_dir / PLAN_RECORD, config_to_dict(fixed), "was started") is not None
     (run_dir / "checkpoints" / "step-000001").mkdir(parents=True)

@@ -89,15 +89,16 @@ def test_a_mistyped_is_impossible_or_a_lone_surrogate_is_a_problem_of_its_record
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "Paris is big.", "qas": [
         {"id": "as-text", "question": "q", "answers": [], "is_impossible": "false"},
-        {"id": "as-number", "question": "q", "answers": [], "is_impossible": 0},
+        {"id": "as-number", "question": "q", "answers": [], "is_impossible": 2},
+        {"id": "one", "question": "q", "answers": [], "is_impossible": 1},
         {"id": "half-emoji", "question": "q\ud83d?", "answers": []},
         {"id": "null", "question": "q", "answers": [{"text": "Paris", "answer_start": 0}], "is_impossible": None},
         {"id": "true", "question": "q", "answers": [], "is_impossible": True}]}]}]}), encoding="utf-8")
     raw = read_data(path)
-    assert [(r["id"], r["is_impossible"]) for r in raw.records] == [("null", False), ("true", True)]
+    assert [(r["id"], r["is_impossible"]) for r in raw.records] == [("one", True), ("null", False), ("true", True)]
     assert [str(p) for p in raw.problems] == [
         "question as-text: field 'is_impossible' must be true or false, got the str \"false\"",
-        "question as-number: field 'is_impossible' must be true or false, got the int 0",
+        "question as-number: field 'is_impossible' must be true or false, got the int 2",
         "question half-emoji: the question holds an invalid character at char 1 (a lone UTF-16 surrogate, "
         "\"\\ud83d\": half of a character such as an emoji, cut by the tool that wrote the file); fix or remove it"]
 
@@ -106,7 +107,8 @@ def test_json_lines_end_at_newlines_only(tmp_path):
     """U+2028 and U+0085 inside a JSON string, as json.dumps(ensure_ascii=False) writes them, end no line."""
     records = [{**QA, "id": f"q{i}", "context": f"Paris\u2028is\x85big {i}."} for i in range(3)]
     path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n", encoding="utf-8")
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    path.write_bytes((lines[0] + "\n" + lines[1] + "\r" + lines[2] + "\r\n").encode("utf-8"))  # \n, old Mac's \r, \r\n
     raw = read_data(path)
     assert [r["id"] for r in raw.records] == ["q0", "q1", "q2"] and not raw.problems
     assert raw.records[1]["context"] == "Paris\u2028is\x85big 1."

@@ -13,6 +13,7 @@ from conftest import shared_file
 
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import detect_metric, load_metric, score
+from mrc_cli.metrics import rules
 from mrc_cli.metrics.rules import (
     exact_squad,
     f1_cmrc,
@@ -238,6 +239,8 @@ def test_cmrc2018_matches_a_spaced_gold_id_by_its_stripped_id_as_the_official_sc
     golds = [gold(" q1 ", "东京"), gold("q2\t", "大阪")]
     result = score(golds, {"q1": "东京", "q2\t": "大阪"}, metric="cmrc2018")
     assert (result["EM"], result["SKIP"], result["unknown_ids"]) == (100.0, 0, 0)
+    assert rules.prediction_key(" q1 ", {"q1": "x"}, "cmrc2018") == "q1"
+    assert rules.prediction_key(" q1 ", {" q1 ": "x"}, "cmrc2018") == rules.prediction_key(" q1 ", {}, "squad") == " q1 "
     # SQuAD's scripts use the id as given
     assert score([gold(" q1 ", "Tokyo")], {"q1": "Tokyo"}, metric="squad")["missing"] == 1
 

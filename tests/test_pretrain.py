@@ -385,6 +385,10 @@ def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_
                                  "--text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "p"), "--dry-run"])
     assert result.exit_code == 1 and result.stderr == (f"Error: --data {tmp_path / 'none.json'}: no such file; --text "
                                                        f"{tmp_path / 'none.txt'}: no such file\n")
+    (tmp_path / "saved").mkdir()  # a saved dataset folder with its split: read when the run starts, not refused here
+    result = runner.invoke(app, ["pretrain", "--model", tiny_bert_dir, "--data", f"{tmp_path / 'saved'}:train", "--out",
+                                 str(tmp_path / "p"), "--dry-run"])
+    assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["pretrain", "--model", tiny_bert_dir, "--data",
                                  str(QUICKSTART / "en_dev.json"), "--out", str(pretrained), "--dry-run"])
     assert "choose another --out" in result.stderr, result.output

@@ -131,7 +131,8 @@ def test_train_end_to_end_writes_every_run_file(run_a):
     assert pointer["checkpoint"] == f"checkpoints/step-{best_step:06d}"
     assert pointer["metrics"] == {"step": best_step, "f1": pytest.approx(best_f1)}
     assert result.best_checkpoint == run_dir / pointer["checkpoint"]
-    assert result.best == {"best_step": best_step, "best_f1": pytest.approx(best_f1)}  # beside the last step's metrics
+    # beside the last evaluation's metrics, under names of their own (SQuAD v2's hold a best_f1 of the null sweep)
+    assert result.best == {"best_checkpoint_step": best_step, "best_checkpoint_f1": pytest.approx(best_f1)}
     for step in (3, 6):  # keep_last 5: both checkpoints stay
         checkpoint = run_dir / "checkpoints" / f"step-{step:06d}"
         for name in ("model.safetensors", "trainer_state.json", "training_state.pt", "config.yaml", "config.json"):
@@ -585,3 +586,12 @@ def test_resume_auto_of_a_run_directory_that_is_not_there_says_a_new_run_starts(
     result = CliRunner().invoke(app, ["train", "--dry-run", "--resume", "auto", "--output-dir", str(tmp_path / "typo")])
     assert result.exit_code == 0 and f"# --resume auto: there is no {tmp_path / 'typo'} to resume, so a new run starts " \
                                       "there\n" in result.stdout
+
+
+
+def test_resume_auto_into_a_folder_that_was_not_there_says_so_in_the_run_log(tiny_bert_dir, tmp_path):
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "typo", max_steps=1)
+    cfg.train.resume, cfg.data.dev_file = "auto", None
+    train(cfg)
+    assert f"--resume auto: there is no {tmp_path / 'typo'} to resume, so a new run starts there" in \
+        (tmp_path / "typo" / "train.log").read_text()

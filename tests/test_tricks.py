@@ -106,6 +106,15 @@ def test_rdrop_at_the_default_dropout_is_refused(tiny_bert_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"rdrop_alpha 1 does nothing: the encoder has no dropout \(model.dropout is 0 "
                                           r"by default\); set model.dropout above 0 \(e.g. --set model.dropout=0.1\)"):
         train(cfg)
+    # ALBERT v2's dropout is all 0 but its classifier's, a head AutoModel does not build: no masks to compare either
+    from transformers import AlbertConfig
+
+    from mrc_cli.model import check_dropout_tricks
+
+    albert_v2 = AlbertConfig(hidden_dropout_prob=0, attention_probs_dropout_prob=0, classifier_dropout_prob=0.1)
+    with pytest.raises(ConfigError, match="rdrop_alpha 1 does nothing"):
+        check_dropout_tricks(albert_v2, 1.0, 0)
+    check_dropout_tricks(AlbertConfig(hidden_dropout_prob=0.1), 1.0, 4)
 
 
 # --- adversarial training -----------------------------------------------------------------------------------------

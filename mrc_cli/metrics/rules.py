@@ -120,16 +120,19 @@ def score_question(gold: dict, prediction: str, metric: str) -> tuple[int, float
     return max(exact(a, prediction) for a in answers), max(f1(a, prediction) for a in answers)
 
 
+def prediction_key(qid: str, predictions: dict, metric: str) -> str:
+    """The key of a gold id's prediction: the id as given, or under CMRC 2018 rules, whose script looks predictions
+    up by the stripped id, the stripped id where only that is there (our own files keep the id as given)."""
+    return qid.strip() if metric == "cmrc2018" and qid not in predictions else qid
+
+
 def _pair(golds: list[dict], predictions: dict[str, str],
-          stripped_ids: bool = False) -> tuple[list[tuple[dict, str | None]], int]:
-    """Each gold record with its prediction (None when there is none), and the number of unknown prediction ids.
-    stripped_ids: a gold id with surrounding spaces also matches its prediction without them (the CMRC 2018 script
-    looks predictions up by the stripped id; our own files keep the id as given)."""
+          metric: str = "squad") -> tuple[list[tuple[dict, str | None]], int]:
+    """Each gold record with its prediction (None when there is none; found by prediction_key for `metric`), and the
+    number of unknown prediction ids."""
     if not golds:
         raise DataError("no gold questions to score")
-    ids = [gold["id"] for gold in golds]
-    if stripped_ids:
-        ids = [qid if qid in predictions else qid.strip() for qid in ids]
+    ids = [prediction_key(gold["id"], predictions, metric) for gold in golds]
     num_unknown = len(predictions.keys() - {gold["id"] for gold in golds} - set(ids))
     return [(gold, predictions.get(qid)) for gold, qid in zip(golds, ids)], num_unknown
 
@@ -282,7 +285,7 @@ def score_cmrc2018(golds: list[dict], predictions: dict[str, str]) -> dict:
     The official script prints EM, F1 and AVERAGE rounded to 3 decimals; we return them unrounded.
     `missing` repeats SKIP so that every metric reports it under one name.
     """
-    pairs, num_unknown = _pair(golds, predictions, stripped_ids=True)
+    pairs, num_unknown = _pair(golds, predictions, "cmrc2018")
     exact, f1 = [], []
     num_skipped = 0
     for gold, prediction in pairs:
