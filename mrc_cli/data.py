@@ -303,9 +303,10 @@ def _canonical_answers(answers: Any) -> dict | str:
     for text, start in pairs:
         if not isinstance(text, str):
             return f"an answer text is {_kind(text)}, not text"
-        if not isinstance(start, int) or isinstance(start, bool):
+        # 188.0 as a table exported to JSON writes 188 (pandas: an int column with a missing value turns float)
+        if isinstance(start, bool) or not (isinstance(start, int) or isinstance(start, float) and start.is_integer()):
             return f"answer_start must be a whole number, got {_kind(start)}"
-    return {"text": [t for t, _ in pairs], "answer_start": [s for _, s in pairs]}
+    return {"text": [t for t, _ in pairs], "answer_start": [int(s) for _, s in pairs]}
 
 
 def _kind(value: Any) -> str:

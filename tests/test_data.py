@@ -159,6 +159,17 @@ def test_misshapen_documents_and_encodings_are_named_for_what_they_are(tmp_path)
             read_data(path)
 
 
+def test_answer_start_is_a_whole_number_also_when_written_as_a_float(tmp_path):
+    path = write_squad(tmp_path / "s.json", [("Paris is big.", [
+        {"id": "float", "question": "q", "answers": [{"text": "Paris", "answer_start": 0.0}]},
+        {"id": "half", "question": "q", "answers": [{"text": "Paris", "answer_start": 0.5}]},
+        {"id": "text", "question": "q", "answers": [{"text": "Paris", "answer_start": "0"}]}])])
+    raw = read_data(path)
+    assert [(r["id"], r["answers"]["answer_start"]) for r in raw.records] == [("float", [0])]
+    assert type(raw.records[0]["answers"]["answer_start"][0]) is int
+    assert [p.where for p in raw.problems] == ["question half", "question text"]
+
+
 def test_ids_are_text_or_whole_numbers(tmp_path):
     path = write_squad(tmp_path / "ids.json", [("Paris", [{**QA, "id": qid} for qid in (7, "x", 1.0, True, [1], "")])])
     raw = read_data(path)
