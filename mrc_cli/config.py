@@ -481,15 +481,14 @@ def check_pretrain_config(cfg: RunConfig) -> None:
         if value:
             problems.append(f"{key} {value!r} belongs to span fine-tuning (mrc train); pre-training starts from --model "
                             "and has no span head: unset it")
-    from mrc_cli.data import reads_as_path
+    from mrc_cli.data import missing_file
     from mrc_cli.tokenizer import check_model_folder
 
     check_model_folder(cfg.model.name_or_path)  # before the data: a checkpoint of ours is no encoder to start from
     for flag, files in (("--data", cfg.pretrain.data_files), ("--text", cfg.pretrain.text_files),
                         ("--eval-data", cfg.pretrain.eval_files)):
         for name in files:  # a Hub dataset (--data squad_v2:train) or a saved one (data/saved:train): read at the start
-            named = Path(name) if flag == "--text" else Path(name.partition(":")[0])
-            if not named.exists() and (flag == "--text" or reads_as_path(named)):
+            if not Path(name).is_file() if flag == "--text" else missing_file(name):
                 problems.append(f"{flag} {name}: no such file")
     if Path(cfg.train.output_dir).resolve() == Path(cfg.model.name_or_path).resolve():
         problems.append(f"--out {cfg.train.output_dir} is the model folder pre-training starts from; its files would be "

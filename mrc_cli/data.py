@@ -59,16 +59,21 @@ def read_data(source: str | Path, fmt: str = "auto") -> RawData:
     return _read_json(path, text)
 
 
+def missing_file(source: str | Path) -> bool:
+    """Whether read_data would take `source` for a local file, and find none (not a Hub or saved dataset's name)."""
+    return _detect_format(Path(source)) != "hf" and not Path(source).is_file()
+
+
 def _detect_format(path: Path) -> str:
     named = Path(str(path).partition(":")[0])  # without a :split
-    if named.is_dir() or (not path.exists() and not reads_as_path(named)):
+    if named.is_dir() or (not path.exists() and not _reads_as_path(named)):
         return "hf"  # a saved dataset folder, or a Hub name such as squad_v2:validation
     if path.suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     return "squad"  # .json: nested SQuAD, or a flat list of records (handled by _read_json)
 
 
-def reads_as_path(path: Path) -> bool:
+def _reads_as_path(path: Path) -> bool:
     """A name that does not exist is still a file's, not a Hub dataset's, where it has a file suffix (dev.jsn), is
     absolute, or lies in a folder that exists here (data/dev): no wait on the Hub to say it is missing."""
     return (re.fullmatch(r"\.[A-Za-z]\w*", path.suffix) is not None or path.is_absolute()

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from mrc_cli.errors import ConfigError
+from mrc_cli.errors import ConfigError, DataError
 
 
 def check_not_missing_folder(name_or_path: str) -> None:
@@ -39,11 +39,11 @@ def check_model_folder(name_or_path: str) -> None:
 
 def _base_model(run_or_checkpoint: Path) -> str:
     """The --model a run or checkpoint was trained from, as its config.yaml says; "its base encoder" if unreadable."""
-    import yaml
+    from mrc_cli.config import load_config
 
     try:
-        return yaml.safe_load((run_or_checkpoint / "config.yaml").read_text(encoding="utf-8"))["model"]["name_or_path"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return load_config(run_or_checkpoint / "config.yaml").model.name_or_path
+    except (ConfigError, DataError):  # missing, unreadable or not ours
         return "its base encoder"
 
 

@@ -87,7 +87,7 @@ def plot_curves(metrics_file: Path, out: Path) -> Path:
     for key, ax, label in (("loss", left, "train loss"), ("dev_loss", left, "dev loss"),
                            ("exact", right, "dev EM"), ("f1", right, "dev F1")):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if points and (ax is left or scored):
+        if points:
             ax.plot(*zip(*points), marker="o" if key != "loss" else None, label=label)
     left.set(xlabel="optimizer step", ylabel="loss", title="Loss")
     if scored:
