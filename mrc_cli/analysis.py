@@ -20,7 +20,8 @@ from mrc_cli.decoding import best_span_text
 from mrc_cli.config import check_null_threshold
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import METRICS, detect_metric, rules
-from mrc_cli.scoring import PredictionFiles, check_predictions_match, find_prediction_files, read_json_map
+from mrc_cli.scoring import (PredictionFiles, check_predictions_match, find_prediction_files, read_json_map,
+                             read_null_odds)
 from mrc_cli.validate import load_examples
 
 if TYPE_CHECKING:
@@ -273,13 +274,11 @@ def _answers(files: PredictionFiles, metric: str, threshold: float | None,
     if metric != "squad_v2" or files.null_odds is None:
         why = "no null odds" if files.null_odds is None else f"the {metric} metric has no unanswerable questions"
         return predictions, {**info, "threshold": None, "threshold_from": f"not applied: {why}"}
-    odds = read_json_map(files.null_odds, float, "null odds")
+    odds = read_null_odds(files.null_odds, files.predictions, predictions)
     nbest = _read_nbest(files.nbest) if files.nbest else None
     threshold, source = _threshold(threshold, files.metrics)
     answers = {}
     for qid, text in predictions.items():
-        if qid not in odds:
-            raise DataError(f"{files.null_odds}: no null odds for question {qid}, which {files.predictions} answers")
         if odds[qid] > threshold:
             answers[qid] = ""
         elif nbest is not None:

@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from mrc_cli.errors import DataError
 from mrc_cli.files import from_json
@@ -87,6 +88,17 @@ def check_predictions_match(path: str | Path, predictions: dict, gold_ids: set[s
                         f"begin {', '.join(list(predictions)[:3])}); are these the predictions of another file?")
 
 
+def read_null_odds(path: str | Path, predictions_path: str | Path, answered: Iterable[str]) -> dict[str, float]:
+    """A null odds file that has a value for each of the `answered` questions (those the predictions file answers)."""
+    odds = read_json_map(path, float, "null odds")
+    lacking = [qid for qid in answered if qid not in odds]
+    if lacking:
+        raise DataError(f"{path}: no null odds for question {lacking[0]}, which {predictions_path} answers "
+                        f"({len(lacking)} answered questions lack one); give null odds for every answered question, "
+                        "or none")
+    return odds
+
+
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -100,10 +112,11 @@ def score_files(gold: str, predictions: str, metric: str = "auto", null_odds: st
     preds = read_json_map(files.predictions, str, "predictions")
     # a CMRC gold id with spaces around it is also found by the stripped id (metrics.rules.prediction_key)
     check_predictions_match(files.predictions, preds, {i for g in golds for i in (g["id"], g["id"].strip())}, gold)
+    answered = [g["id"] for g in golds if g["id"] in preds]
     if null_odds is not None:  # given: the official script's use, answers above its 1.0 count as null
-        return score(golds, preds, metric, read_json_map(null_odds, float, "null odds")), report.warnings
+        return score(golds, preds, metric, read_null_odds(null_odds, files.predictions, answered)), report.warnings
     # an `mrc eval` folder's: its answers were decided at the model's threshold, the odds only sweep for best_*
     # (SQuAD v2 rules; v1.1 and CMRC scores take none)
     with_odds = files.null_odds and (metric if metric != "auto" else detect_metric(golds)) == "squad_v2"
-    odds = read_json_map(files.null_odds, float, "null odds") if with_odds else None
+    odds = read_null_odds(files.null_odds, files.predictions, answered) if with_odds else None
     return score(golds, preds, metric, odds, null_threshold=math.inf), report.warnings

@@ -93,6 +93,17 @@ def test_score_rejects_a_predictions_file_of_the_wrong_shape(tmp_path):
     assert result.exit_code == 1 and "a predictions file is one JSON object" in result.stderr
 
 
+def test_score_names_the_null_odds_file_that_lacks_a_question(tmp_path):
+    gold = write_squad(tmp_path / "gold.json", [("Paris is in France. Rome is in Italy.", [
+        {"id": "a", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
+        {"id": "b", "question": "Where is Rome?", "answers": [], "is_impossible": True}])])
+    (tmp_path / "p.json").write_text(json.dumps({"a": "France", "b": ""}))
+    (tmp_path / "odds.json").write_text(json.dumps({"a": -3.0}))
+    result = runner.invoke(app, ["score", str(gold), str(tmp_path / "p.json"), "--null-odds", str(tmp_path / "odds.json")])
+    assert result.exit_code == 1 and result.stderr.startswith(
+        f"Error: {tmp_path / 'odds.json'}: no null odds for question b, which {tmp_path / 'p.json'} answers")
+
+
 def test_score_refuses_a_question_answered_twice_and_json_nested_too_deeply(tmp_path):
     """json.loads would keep the last of two answers to one id silently, and raise RecursionError on deep nesting."""
     twice = tmp_path / "twice.json"
