@@ -2,7 +2,7 @@
 
 Training needs a character position for one answer per question; scoring needs only the answer texts; prediction
 needs neither. So a misaligned `answer_start` is relocated to the occurrence of its text nearest the given start
-(exactly, then ignoring whitespace), an answer that cannot be found keeps `answer_start = -1`, and a training
+(exactly, then ignoring whitespace, then after Unicode normalisation), an answer that cannot be found keeps `answer_start = -1`, and a training
 question with no locatable answer is left out of training. A question with an empty text stops training, but is
 left out of evaluation and prediction, with its gold answers kept for scoring: the official CMRC 2018 trial file has
 two, and the official scorers score such a file. Every repair and every omission is counted in the report.
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from mrc_cli.errors import DataError
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 5  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 6  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -274,9 +275,12 @@ def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
         texts.append(new_text)
         starts.append(new_start)
         dropped = text.strip()[len(text.strip().rstrip(FINAL_PUNCTUATION)):]
-        if dropped and not re.sub(r"\s", "", new_text).endswith(dropped):
+        if dropped and not _squeezed(new_text).endswith(dropped):
             _repair(report, f'{where}: answer "{text}" is not in its context, without its final "{dropped}" it is '
                             f'(found at {new_start}; relocated without it)')
+        elif _squeezed(new_text) != _squeezed(text):
+            _repair(report, f'{where}: answer "{text}" is not in its context, "{new_text}" is: the same text after '
+                            f'Unicode normalisation (NFKC; found at {new_start}, relocated as the context writes it)')
         elif start < 0:  # the file gave no position (answer_start missing): found, not moved
             _repair(report, f'{where}: answer "{text}" has no answer_start; found at char {new_start} of its context')
         else:
@@ -286,9 +290,10 @@ def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
 
 
 def locate_answer(context: str, text: str, start: int) -> tuple[int, str] | None:
-    """The occurrence of `text` nearest `start`: exact first, then ignoring whitespace, then without the text's final
-    punctuation. None if absent or blank."""
+    """The occurrence of `text` nearest `start`, as the context writes it: exact first, then ignoring whitespace, then
+    after Unicode normalisation (NFKC), then each without the text's final punctuation. None if absent or blank."""
     needle = text.strip()
+    normalised = None  # the context in NFKC, made only for the rare answer that needs it
     # CMRC 2018's annotators often end a sentence-long answer with "。" where the context goes on with "，": 160 of
     # the 193 answers of its dev set that are not in their context are there without it
     for candidate in dict.fromkeys((needle, needle.rstrip(FINAL_PUNCTUATION))):
@@ -297,11 +302,43 @@ def locate_answer(context: str, text: str, start: int) -> tuple[int, str] | None
         hits = [(m.start(), candidate) for m in re.finditer(re.escape(candidate), context)]
         if not hits:
             # "1998 年" against "1998年", or a line break inside the context's copy of the answer
-            pattern = r"\s*".join(re.escape(c) for c in candidate if not c.isspace())
-            hits = [(m.start(), m.group()) for m in re.finditer(pattern, context)]
+            hits = [(m.start(), m.group()) for m in re.finditer(_spaced(candidate), context)]
+        if not hits:
+            # "１９９８" against "1998", or "é" written as e + U+0301 on one side only
+            normalised = normalised or _nfkc_with_offsets(context)
+            text_nfkc, begins, ends = normalised
+            pattern = _spaced(unicodedata.normalize("NFKC", candidate))
+            hits = [(begins[m.start()], context[begins[m.start()]:ends[m.end() - 1]])
+                    for m in re.finditer(pattern, text_nfkc) if m.end() > m.start()]
         if hits:
             return min(hits, key=lambda hit: abs(hit[0] - max(start, 0)))
     return None
+
+
+def _spaced(text: str) -> str:
+    """A pattern for `text` that allows any whitespace between its characters."""
+    return r"\s*".join(re.escape(c) for c in text if not c.isspace())
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s", "", text)
+
+
+def _nfkc_with_offsets(text: str) -> tuple[str, list[int], list[int]]:
+    """`text` in NFKC, and for each of its characters the start and end in `text` of the character it came from, a
+    combining mark counted with its base (NFKC composes the two into one)."""
+    pieces, begins, ends = [], [], []
+    i = 0
+    while i < len(text):
+        j = i + 1
+        while j < len(text) and unicodedata.combining(text[j]):
+            j += 1
+        piece = unicodedata.normalize("NFKC", text[i:j])
+        pieces.append(piece)
+        begins += [i] * len(piece)
+        ends += [j] * len(piece)
+        i = j
+    return "".join(pieces), begins, ends
 
 
 def _repair(report: ValidationReport, msg: str) -> None:

@@ -21,6 +21,26 @@ def test_locate_ignores_whitespace_differences_and_returns_the_context_text():
     assert locate_answer("abc", "   ", 0) is None
 
 
+def test_locate_finds_an_answer_written_in_another_unicode_form_and_returns_the_context_text():
+    """Full-width digits and letters, composed against decomposed accents: the span is the context's own characters."""
+    assert locate_answer("成立于1998年，总部", "１９９８年", 0) == (3, "1998年")
+    assert locate_answer("球队ＮＢＡ总冠军", "NBA", 5) == (2, "ＮＢＡ")
+    decomposed = "Cafe\u0301 de Flore"  # e + combining acute: NFKC makes one character of the two
+    assert locate_answer(decomposed, "Café", 0) == (0, "Cafe\u0301")
+    assert locate_answer("the Café closed", "Cafe\u0301", 9) == (4, "Café")
+    assert locate_answer("平成元年に", "平成", 0) == (0, "平成")  # exact still wins over normalised forms
+    assert locate_answer("㍻元年に", "平成元年", 0) == (0, "㍻元年")
+
+
+def test_a_normalised_relocation_is_reported_with_both_texts(tmp_path):
+    path = write_squad(tmp_path / "d.json", [("成立于1998年，总部在北京。", [
+        {"id": "q", "question": "哪年成立？", "answers": [{"text": "１９９８年", "answer_start": 3}]}])])
+    records, report = validate_records(read_data(path), "train")
+    assert records[0]["answers"] == {"text": ["1998年"], "answer_start": [3]} and report.relocated == 1
+    assert report.repairs == [f'{path}: question q: answer "１９９８年" is not in its context, "1998年" is: the same '
+                              'text after Unicode normalisation (NFKC; found at 3, relocated as the context writes it)']
+
+
 def test_misaligned_answers_are_relocated_or_marked_and_counted(tmp_path):
     path = write_squad(tmp_path / "d.json", [("The cat sat on the mat.", [
         {"id": "ok", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]},
