@@ -19,6 +19,7 @@ from mrc_cli.checkpoint import latest_checkpoint
 from mrc_cli.config import RunConfig, config_to_dict, save_config
 from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.files import from_json, to_json, write_text_atomically
+from mrc_cli.run_lock import in_use
 from mrc_cli.tracking import read_metrics
 
 PLAN_RECORD = "planned.json"  # in a run directory before it trains: a resumed run must be the one planned now
@@ -162,7 +163,7 @@ def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
     so is one begun before that left no checkpoint (it failed or was stopped at once) and does not run now: it starts
     again as planned now."""
     facts = facts or {}
-    if latest_checkpoint(run_dir) is None and not _in_use(run_dir):
+    if latest_checkpoint(run_dir) is None and not in_use(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         write_record(run_dir / PLAN_RECORD, facts, settings)
         return
@@ -171,22 +172,6 @@ def start_run(run_dir: Path, settings: dict, facts: dict | None = None) -> None:
         write_record(run_dir / PLAN_RECORD, facts, settings)
     else:
         check_facts(run_dir, planned, facts, "was started")
-
-
-def _in_use(run_dir: Path) -> bool:
-    """Whether a run holds the run directory's lock now (mrc_cli.training._run_lock: an OS lock on RUN/.lock)."""
-    import fcntl
-
-    lock = run_dir / ".lock"
-    if not lock.is_file():
-        return False
-    with open(lock, "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
 
 
 def check_facts(run_dir: Path, had: dict, facts: dict, done: str) -> None:

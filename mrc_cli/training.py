@@ -22,7 +22,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ from mrc_cli.checkpoint import (checkpoint_dir, drop_training_states, latest_che
 from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from mrc_cli.files import check_output_folder, write_text_atomically
+from mrc_cli.files import write_text_atomically
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
@@ -55,6 +54,7 @@ from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_tric
                            describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
                            load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
+from mrc_cli.run_lock import run_lock
 from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
@@ -208,60 +208,10 @@ def run_task(cfg: RunConfig, task: Task) -> TrainResult:
     """Train `task` as `cfg` says: set up by small helpers, then the loop."""
     existed = Path(cfg.train.output_dir).exists()  # before the lock makes the folder
     try:
-        with _run_lock(Path(cfg.train.output_dir), task.run_dir_flag):
+        with run_lock(Path(cfg.train.output_dir), task.run_dir_flag):
             return _loop(_set_up(cfg, task, existed))
     finally:
         _give_back_freed_memory()
-
-
-@contextlib.contextmanager
-def _run_lock(run_dir: Path, flag: str):
-    """One run at a time in a run directory: a second one started into it (by hand, by a requeue script) would
-    interleave its log and metrics with the first's and overwrite its checkpoints. The main process holds an OS lock
-    (flock) on RUN/.lock for the run's life, which the OS lets go however the process ends (a kill -9, the kernel's
-    out-of-memory kill; on NFS when the node's lease lapses): no lock outlives its run, none is judged stale from a
-    pid that may have been reused, and two runs cannot both take it. The file names the holder for the message."""
-    import fcntl  # POSIX: Linux and macOS
-
-    check_output_folder(run_dir, flag)
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield
-        return
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / ".lock"
-    with open(lock, "a+", encoding="utf-8") as f:  # kept after the run: the next one locks the same file
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # a run that failed its checks in a folder it made removes it, lock file and all: one that opened the
-            # file before then holds a lock nobody else sees
-            if not lock.exists() or os.fstat(f.fileno()).st_ino != os.stat(lock).st_ino:
-                raise ConfigError(f"{run_dir} was removed or taken by another run while this one started; start it "
-                                  "again")
-        except BlockingIOError:
-            f.seek(0)
-            try:
-                other = json.loads(f.read())
-            except ValueError:  # taken a moment ago, its holder not written yet
-                other = {}
-            held_by = (f" (process {other.get('pid')} on {other.get('host')}, since {other.get('since')})"
-                       if other else "")
-            raise ConfigError(f"{run_dir} is in use by another run{held_by}; wait for it or choose another "
-                              f"{flag}") from None
-        except OSError as err:  # a file system without locks (an NFS mount without a lock service): run unguarded
-            tqdm.write(f"warning: {lock}: cannot lock it on this file system ({err.strerror}); a second run started "
-                       "into this folder would not be refused")
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                            "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
-        f.flush()
-        try:
-            yield
-        finally:
-            if created and [p.name for p in run_dir.iterdir()] == [lock.name]:  # a run that failed its checks
-                lock.unlink()
-                run_dir.rmdir()
 
 
 def _give_back_freed_memory() -> None:

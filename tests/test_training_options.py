@@ -17,6 +17,7 @@ import torch
 
 import mrc_cli.training as training
 from conftest import tiny_run_config
+from mrc_cli.run_lock import in_use
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
 
@@ -211,6 +212,7 @@ def test_a_file_system_without_locks_runs_unguarded_and_says_so(tiny_bert_dir, t
     monkeypatch.setattr(fcntl, "flock", no_locks)  # an NFS mount without a lock service
     assert train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1)).steps == 1
     assert "cannot lock it on this file system (No locks available); a second run" in capsys.readouterr().out
+    assert not in_use(tmp_path / "run")  # compare and kfold ask before they replace a run: no traceback either
 
 
 def test_a_directory_with_the_records_of_a_run_without_checkpoints_starts_clean(tiny_bert_dir, tmp_path):
