@@ -273,9 +273,7 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     config = encoder_config(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout,
                             cfg.data.max_seq_length)
     check_tokenizer_fits(config, tokenizer, cfg.model)
-    refusal = packing_refusal(config, task.packs)
-    slow = varlen_missing(accelerator.device, precision, attention_dropout_of(config))
-    _refuse_budget(cfg.train, refusal)
+    unpacked = _why_unpacked(cfg.train, config, accelerator.device, precision, task.packs)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
         rows = task.load(cfg, tokenizer, log)
 
@@ -288,8 +286,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
-    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, refusal, store.lengths.tolist(),
-                                                                        store.device, log.info, slow)
+    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, unpacked, store.lengths.tolist(),
+                                                                        store.device, log.info)
     plan = _first_plan(store, cfg, state.plan_group)
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(plan))
     if store.tokens_per_batch:
@@ -528,27 +526,29 @@ def _first_plan(store: FeatureTensors, cfg: RunConfig, group: int) -> list[list[
                       tokens_per_batch=store.tokens_per_batch)
 
 
-def _token_budget(train_cfg: TrainConfig, refusal: str | None, lengths: list[int], device,
-                  note=lambda line: None, slow: str | None = None) -> int:
-    """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); where the run cannot use packed rows
-    (`refusal`, from mrc_cli.attention.packing_refusal, says why) auto gives feature batches and a number is refused;
-    where they would not run on varlen attention (`slow`, from mrc_cli.attention.varlen_missing) auto gives feature
-    batches and a number is taken."""
-    _refuse_budget(train_cfg, refusal)
-    why = refusal or (slow if train_cfg.tokens_per_batch == "auto" else None)
-    if why:
-        if train_cfg.tokens_per_batch == "auto" and device.type == "cuda":
-            note(f"train.tokens_per_batch auto: feature batches, as {why}")
-        return 0
-    return token_budget(train_cfg.tokens_per_batch, train_cfg.batch_size, lengths, device)
-
-
-def _refuse_budget(train_cfg: TrainConfig, refusal: str | None) -> None:
-    """A number in train.tokens_per_batch refused where the run cannot use packed rows (`refusal` says why)."""
+def _why_unpacked(train_cfg: TrainConfig, config, device: torch.device, precision: str,
+                  task_packs: bool = True) -> str | None:
+    """Why this run trains on feature batches whatever train.tokens_per_batch says, or None. Where the run cannot use
+    packed rows (mrc_cli.attention.packing_refusal) a number is refused here, before the data is read; where they would
+    not run on varlen attention (mrc_cli.attention.varlen_missing) auto gives feature batches and a number is taken."""
+    refusal = packing_refusal(config, task_packs)
     if refusal and train_cfg.tokens_per_batch not in ("auto", 0):
         raise ConfigError(f"train.tokens_per_batch {train_cfg.tokens_per_batch}: {refusal}; set it to 0 or auto (a "
                           "run saved with this number cannot resume: train anew, or from its checkpoint with "
                           "--init-from)")
+    slow = varlen_missing(device, precision, attention_dropout_of(config))
+    return refusal or (slow if train_cfg.tokens_per_batch == "auto" else None)
+
+
+def _token_budget(train_cfg: TrainConfig, unpacked: str | None, lengths: list[int], device,
+                  note=lambda line: None) -> int:
+    """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); 0 (feature batches) where `unpacked`
+    (from _why_unpacked) says why, which auto on CUDA notes."""
+    if unpacked:
+        if train_cfg.tokens_per_batch == "auto" and device.type == "cuda":
+            note(f"train.tokens_per_batch auto: feature batches, as {unpacked}")
+        return 0
+    return token_budget(train_cfg.tokens_per_batch, train_cfg.batch_size, lengths, device)
 
 
 def describe_batches(cfg: RunConfig) -> str:
@@ -565,13 +565,12 @@ def describe_batches(cfg: RunConfig) -> str:
     group = int(os.environ.get("WORLD_SIZE", "1")) * t.grad_accum
     config = encoder_config(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout,
                             cfg.data.max_seq_length)
-    refusal = packing_refusal(config)
-    slow = varlen_missing(device, resolve_precision(t.precision, device), attention_dropout_of(config))
-    budget = _token_budget(t, refusal, lengths, device, slow=slow)
+    notes = []
+    budget = _token_budget(t, _why_unpacked(t, config, device, resolve_precision(t.precision, device)), lengths,
+                           device, notes.append)
     steps = len(epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget))
     kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"
-    if (refusal or slow) and t.tokens_per_batch == "auto" and device.type == "cuda":
-        kind += f" (not packed rows, as {refusal or slow})"
+    kind += "".join(f" ({note})" for note in notes)
     return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {len(lengths) / max(1, steps):.1f} "
             f"features per optimizer step on average, {steps} steps per epoch")
 

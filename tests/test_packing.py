@@ -25,7 +25,7 @@ from mrc_cli.inference import OneProcess, eval_token_budget, predict_logits
 from mrc_cli.model import build_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tokenizer import load_tokenizer
-from mrc_cli.training import _token_budget, train
+from mrc_cli.training import _token_budget, _why_unpacked, train
 from mrc_cli.tricks import rdrop_loss
 
 CUDA = SimpleNamespace(type="cuda")  # token_budget reads only the device type
@@ -230,13 +230,20 @@ def test_auto_packs_only_where_varlen_attention_runs(monkeypatch):
     assert varlen_missing(torch.device("cpu"), "bf16") == "varlen attention runs on CUDA only"
     assert varlen_missing(CUDA, "no") == "varlen attention runs in bf16 or fp16, and this run is in fp32"
     assert varlen_missing(CUDA, "bf16", 0.1) == "varlen attention has no dropout, and the attention dropout is 0.1"
-    notes = []
+    from transformers import BertConfig
+
+    notes, bert = [], BertConfig(attention_probs_dropout_prob=0.0)
     auto, given = TrainConfig(batch_size=16, tokens_per_batch="auto"), TrainConfig(batch_size=16, tokens_per_batch=4000)
-    assert _token_budget(auto, None, [100, 384], CUDA, notes.append, varlen_missing(CUDA, "no")) == 0
+
+    def budget(train_cfg, precision):
+        return _token_budget(train_cfg, _why_unpacked(train_cfg, bert, CUDA, precision), [100, 384], CUDA, notes.append)
+
+    assert budget(auto, "no") == 0
     assert notes == ["train.tokens_per_batch auto: feature batches, as varlen attention runs in bf16 or fp16, and this "
                      "run is in fp32"]
-    assert _token_budget(given, None, [100, 384], CUDA, notes.append, varlen_missing(CUDA, "no")) == 4000
-    assert _token_budget(auto, None, [100, 384], CUDA, notes.append, None) == 3904  # 16 x 242, up to a multiple of 64
+    assert budget(given, "no") == 4000
+    monkeypatch.setattr(attention, "_HAS_VARLEN", True)  # as on torch >= 2.11: the budget itself
+    assert budget(auto, "bf16") == 3904  # 16 x 242, up to a multiple of 64
     monkeypatch.setattr(attention, "_HAS_VARLEN", False)
     assert "has no varlen attention with a scale (torch 2.11 and later have)" in varlen_missing(CUDA, "bf16")
 
@@ -257,7 +264,7 @@ def test_encoders_with_attention_of_their_own_refuse_a_token_budget_and_infer_on
     with pytest.raises(ConfigError, match=f"train.tokens_per_batch 600: {model_type} is not among .*--init-from"):
         train(cfg)
     cfg.train.tokens_per_batch = "auto"
-    assert _token_budget(cfg.train, packing_refusal(model.config), [100, 120], CUDA) == 0
+    assert _why_unpacked(cfg.train, model.config, CUDA, "bf16") == packing_refusal(model.config)
 
 
 @pytest.mark.parametrize("kind", ["fgm", "pgd"])
