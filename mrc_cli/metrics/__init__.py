@@ -88,13 +88,15 @@ def score(
 ) -> dict:
     """Score predictions (id -> answer text, "" for no answer) against gold records with the official rules.
 
-    golds are `{"id", "answers": [str], "is_impossible": bool}` records; metric "auto" picks one with
+    golds are `{"id", "answers": [str], "is_impossible": bool}` records (or validate's, whose answers are
+    `{"text": [str], "answer_start": [int]}`); metric "auto" picks one with
     detect_metric. null_odds (id -> odds that the question has no answer) apply to squad_v2 only: answers whose odds
     exceed `null_threshold` count as null (the official --na-prob-thresh, 1.0; infinite: the answers as given, the odds
     for the best_* sweep only). Returns `metric` (the rules applied: auto picks them by the data), the official figures
     in percent and `missing` and `unknown_ids` counts (see mrc_cli.metrics.rules).
     """
     _check_name(metric, ("auto", *METRICS))
+    golds = [_with_answer_texts(gold) for gold in golds]
     if metric == "auto":
         metric = detect_metric(golds)
     if metric == "squad_v2":
@@ -104,6 +106,19 @@ def score(
     else:
         scores = (rules.score_squad if metric == "squad" else rules.score_cmrc2018)(golds, predictions)
     return {"metric": metric, **scores}
+
+
+def _with_answer_texts(gold: dict) -> dict:
+    """A gold record whose answers are a list of texts: the rules would take a dict's keys for its answers."""
+    answers = gold.get("answers")
+    if isinstance(answers, dict) and isinstance(answers.get("text"), list):
+        gold = {**gold, "answers": answers["text"]}
+    elif not isinstance(answers, list):
+        raise DataError(f"question {gold.get('id')}: gold answers must be a list of texts or {{\"text\": [...]}}, "
+                        f"got {type(answers).__name__}")
+    if not all(isinstance(answer, str) for answer in gold["answers"]):
+        raise DataError(f"question {gold.get('id')}: gold answers must be texts, got {gold['answers']!r:.80}")
+    return gold
 
 
 def from_evaluate_inputs(predictions: list[dict], references: list[dict]) -> tuple[list[dict], dict[str, str]]:
