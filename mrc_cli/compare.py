@@ -97,7 +97,7 @@ class Run:
     variant: Variant
     seed: int
     cfg: RunConfig
-    settings: dict  # the config as planned; train() fills derived values (decode.allow_null) into cfg
+    settings: dict  # the config as planned; the run's config.yaml adds derived values (decode.allow_null)
     facts: dict = field(default_factory=dict)  # what its record says besides the results: the equal-compute scale
 
     @property

@@ -39,7 +39,7 @@ class Fold:
     index: int
     rows: list[int]  # rows of the training examples held out: this fold's dev split
     cfg: RunConfig
-    settings: dict  # the config as planned; train() fills derived values into cfg
+    settings: dict  # the config as planned; the run's config.yaml adds derived values
     of: int  # the number of folds
 
     @property

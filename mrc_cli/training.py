@@ -12,6 +12,7 @@ stop signal meet in one all-reduce at log, evaluation and save steps only.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import gc
 import hashlib
@@ -106,10 +107,17 @@ class TrainResult:
 def train(cfg: RunConfig, train_split: Split | None = None, dev_split: Split | None = None) -> TrainResult:
     """Fine-tune as `cfg` says. `train_split`/`dev_split`: splits already in memory (k-fold), built
     with this model's tokenizer and cfg.data; without them cfg.data.train_file/dev_file are read."""
-    if train_split is None and (Path(cfg.train.output_dir) / HELD_OUT).is_file():
+    if train_split is None and (Path(_checked(cfg).train.output_dir) / HELD_OUT).is_file():
         raise ConfigError(f"{cfg.train.output_dir} is a fold of mrc kfold ({HELD_OUT}): mrc train would train it on the "
                           "questions it holds out; run mrc kfold again to resume it")
     return run_task(cfg, SpanTask(train_split, dev_split))
+
+
+def _checked(cfg: RunConfig) -> RunConfig:
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"a RunConfig, not {type(cfg).__name__}: mrc_cli.config.load_config(path, overrides) reads "
+                        "a YAML file and settings into one (load_run_config to resume a run with its own settings)")
+    return cfg
 
 
 class Task(Protocol):
@@ -205,7 +213,9 @@ class SpanTask:
 
 
 def run_task(cfg: RunConfig, task: Task) -> TrainResult:
-    """Train `task` as `cfg` says: set up by small helpers, then the loop."""
+    """Train `task` as `cfg` says: set up by small helpers, then the loop. `cfg` is left as it was: the run resolves
+    its `auto` values and derived settings in a copy (its config.yaml holds them), so a caller can reuse it."""
+    cfg = copy.deepcopy(_checked(cfg))
     existed = Path(cfg.train.output_dir).exists()  # before the lock makes the folder
     try:
         with run_lock(Path(cfg.train.output_dir), task.run_dir_flag):

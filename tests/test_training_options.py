@@ -384,3 +384,19 @@ def test_an_interval_carried_into_more_processes_logs_its_true_mean_loss():
     two = SimpleNamespace(num_processes=2, reduce=lambda local, op: local + theirs)
     values, _ = main.sync(stopped, two, TrainerState(step=4), None)
     assert values["loss"] == pytest.approx(2.0) and values["features"] == 50  # 30 carried + 10 on each
+
+
+def test_train_leaves_the_callers_config_as_it_was_and_refuses_what_is_not_one(tiny_bert_dir, tmp_path):
+    """The run resolves auto values and turns the null rule on for a dev set with unanswerable questions in its own
+    copy: a config reused for a second run (on v1 data, say) would carry them over."""
+    from mrc_cli.config import config_to_dict, load_config
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1, eval_steps=0)
+    cfg.train.tokens_per_batch = "auto"
+    before = config_to_dict(cfg)
+    train(cfg)
+    assert config_to_dict(cfg) == before and not cfg.decode.allow_null  # quickstart's dev set has unanswerable ones
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.decode.allow_null and saved.train.tokens_per_batch == 0
+    with pytest.raises(TypeError, match="a RunConfig, not str: mrc_cli.config.load_config"):
+        train("configs/quickstart.yaml")
