@@ -9,6 +9,7 @@ tokenizer and data settings are given) and answerable or not. Each question is s
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -114,8 +115,10 @@ def analyze(
 
     nbest and null_odds: one entry per prediction (None: the folder's, if any). threshold (SQuAD v2 with null odds):
     one for all predictions or one each; None takes best_f1_thresh from the folder's metrics.json, else 0.
-    With out_dir, writes analysis.json and analysis.png there. Returns the analysis as a JSON-ready dict.
+    With out_dir, writes analysis.json and analysis.png there. Returns the analysis as a JSON-ready dict. One file
+    (a path rather than a list of them) is a list of one, as are its nbest and null_odds.
     """
+    predictions, nbest, null_odds = (_one_path(given) for given in (predictions, nbest, null_odds))
     num = len(predictions)
     if num not in (1, 2):
         raise DataError(f"analyze takes one or two prediction files (--pred A [--pred B]), got {num}")
@@ -161,6 +164,10 @@ def analyze(
     if out_dir is not None:
         result["files"] = write_analysis(result, out_dir)
     return result
+
+
+def _one_path(given):
+    return [given] if isinstance(given, (str, os.PathLike)) else given
 
 
 def _one_each(values: Sequence | None, num: int, what: str) -> list:

@@ -74,13 +74,8 @@ def validate(
     fix: Annotated[Optional[Path], typer.Option("--fix", help="Write the questions fit for --for, repaired (answers relocated; for train, those without a locatable answer left out), as SQuAD-style JSON to this file.")] = None,
 ) -> None:
     """Check a data file and report counts, repairs and errors. Exit 0 when it is usable for --for, 1 when not."""
-    from mrc_cli.files import check_output_file
     from mrc_cli.validate import validate_file
 
-    if fix is not None:
-        check_output_file(fix, "--fix", "fixed.json")
-        if Path(data).is_file() and fix.resolve() == Path(data).resolve():
-            raise typer.BadParameter("the data file itself; write the repaired copy elsewhere", param_hint="--fix")
     report = validate_file(data, use, fmt, list_all, fix)
     if as_json:
         typer.echo(to_json(report.to_dict(), ensure_ascii=False, indent=2))
@@ -353,8 +348,6 @@ def evaluate(
     whose null threshold `mrc kfold` chose out of fold also gets it compared with 0 and the best one on this set."""
     from mrc_cli.reader import evaluate_file
 
-    if calibrate_split and not calibrate:
-        raise typer.BadParameter("--calibrate-split says where --calibrate fits and reports; give --calibrate too")
     metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split, backend, metric)
     typer.echo(metrics.pop("data"))
     if "null_rule" in metrics:
@@ -415,8 +408,6 @@ def ensemble(
     answers in the data, the metrics are the last line of stdout, as one JSON object."""
     from mrc_cli.reader import ensemble_file
 
-    if copy_members and not save:
-        raise typer.BadParameter("--copy-members copies the members into the --save folder; give --save DIR too")
     summary = ensemble_file(checkpoints, data, out, weights, combine, threshold, submission, save, copy_members)
     typer.echo(summary.pop("data"))
     shares = ", ".join(f"{w:.3f}" for w in summary.pop("weights"))

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Iterable
@@ -220,6 +221,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Defaults (or the config.yaml `base`) <- YAML file <- `overrides` (named flags, None = not given) <- `sets`
     ("section.key=value"); a flag and a set that give one key two values are refused, and so is a set `command`
     (train, compare, ...) would not read."""
+    sets = _listed(sets)
     if command is not None:
         refuse_unread_sets(sets, command)
     cfg = RunConfig() if base is None else load_config(base)
@@ -252,6 +254,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{dotted}: its flag gives {flagged[dotted]!r}, --set {item} another value; give one of "
                               "them")
     return cfg
+
+
+def _listed(sets: Iterable[str] | str) -> list[str]:
+    """Settings as a list: one "section.key=value" given from Python as a string is one setting, not its letters."""
+    return [sets] if isinstance(sets, str) else list(sets)
 
 
 def _get(cfg: RunConfig, dotted: str) -> Any:
@@ -293,7 +300,7 @@ def refuse_unread_sets(sets: Iterable[str], command: str, source: str = "--set")
 def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> None:
     """Apply `section.key=value` overrides to `cfg`, each value read as YAML (3e-5, true, null); `source` names them
     in errors (--set, a compare variant)."""
-    for item in sets:
+    for item in _listed(sets):
         dotted, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"{source} {item!r}: expected section.key=value, e.g. --set train.lr=1e-4")
@@ -340,11 +347,13 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
                 else f"; valid keys: {', '.join(valid)}")
         raise ConfigError(f"{source}: unknown config key {dotted!r}{hint}")
     hint = typing.get_type_hints(type(section))[key]
+    before = getattr(section, key)
     setattr(section, key, _coerce(value, hint, f"{source}: {dotted}"))
     if hasattr(section, "__post_init__"):  # a section's own checks (DecodeConfig's) hold for changed values too
         try:
             section.__post_init__()
         except ConfigError as err:
+            setattr(section, key, before)  # a refused value does not stay in the config
             raise ConfigError(f"{source}: {err}") from None
 
 
@@ -376,14 +385,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        if kind is str and isinstance(value, (str, int, float, os.PathLike)) and not isinstance(value, bool):
+            return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     names = " or ".join("null" if k is type(None) else k.__name__ for k in options)
     raise ConfigError(f"{where}: expected {names}, got {value!r}")
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain values; a path a Python caller set on it (a pathlib.Path) as its text, as YAML saves it."""
+    return {name: {key: os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in values.items()}
+            for name, values in dataclasses.asdict(cfg).items()}
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

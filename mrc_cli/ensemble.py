@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,10 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
                    threshold: float | None = None) -> Ensemble:
     """Members from checkpoints, run directories or exports; the first is the reference. `threshold` replaces the
     reference's stored null threshold; a threshold the reference stored (tuned on dev or out of fold for its own
-    null odds) is kept, marked as the reference's where other members change the null odds."""
+    null odds) is kept, marked as the reference's where other members change the null odds. From Python, one path
+    is a member of one, and `weights` may be a list of numbers."""
+    if isinstance(checkpoints, (str, os.PathLike)):
+        checkpoints = [checkpoints]
     if not checkpoints:
         raise ConfigError("an ensemble needs at least one member (--checkpoint)")
     if combine not in COMBINATIONS:
@@ -75,8 +79,11 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
     return Ensemble(members, [str(m.path.resolve()) for m in members], shares, combine, cfg)
 
 
-def parse_weights(text: str, checkpoints: list[str]) -> list[float]:
-    """`equal`, `oof`, or one positive number per member, normalised to sum 1."""
+def parse_weights(text: str | list[float], checkpoints: list[str]) -> list[float]:
+    """`equal`, `oof`, or one positive number per member (as "2,1" or a list), normalised to sum 1."""
+    if not isinstance(text, str):
+        return normalised_weights(list(text) if isinstance(text, (list, tuple)) else [text], len(checkpoints),
+                                  f"weights {text!r}")
     if text == "equal":
         return [1 / len(checkpoints)] * len(checkpoints)
     if text == "oof":

@@ -26,10 +26,14 @@ def write_text_atomically(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_output_file(path: str | Path, flag: str = "--out", example: str = "predictions.json") -> None:
-    """Refused before any work: an output file whose name is taken by a folder."""
+def check_output_file(path: str | Path, flag: str = "--out", example: str = "predictions.json",
+                      data: str | Path | None = None) -> None:
+    """Refused before any work: an output file whose name is taken by a folder, or that is the `data` file read."""
     if Path(path).is_dir():
         raise ConfigError(f"{flag} {path}: a folder; give a file name (e.g. {Path(path) / example})")
+    if data is not None and Path(data).is_file() and Path(path).resolve() == Path(data).resolve():
+        raise ConfigError(f"{flag} {path}: the data file itself, which this would overwrite; write to another file, "
+                          f"e.g. {flag} {example}")
 
 
 def check_output_folder(path: str | Path, flag: str = "--out") -> None:

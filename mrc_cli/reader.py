@@ -15,7 +15,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from mrc_cli import calibration, thresholds
-from mrc_cli.config import DataConfig
+from mrc_cli.config import DataConfig, set_value
 from mrc_cli.data import is_blank, to_dataset
 from mrc_cli.decoding import Prediction
 from mrc_cli.ensemble import (Ensemble, build_ensemble, check_save_folder, ensemble_inference, load_ensemble,
@@ -45,10 +45,11 @@ def load_model(path: str | Path, backend: str = "auto") -> Loaded | Ensemble:
 def run_inference(loaded: Loaded | Ensemble, split: Split, batch_size: int | None = None):
     """(metrics, predictions) of a loaded model or ensemble on a featurized split; metrics only where the split has
     answers."""
+    batch_size = None if batch_size is None else _batch_size(batch_size)
     if isinstance(loaded, Ensemble):
         return ensemble_inference(loaded, split, batch_size)
     cfg = loaded.cfg
-    if batch_size:
+    if batch_size is not None:
         cfg.train.eval_batch_size = batch_size
     model, state, precision = place_for_inference(loaded.model, cfg)
     return evaluate_split(model, split, cfg, state, precision)
@@ -90,6 +91,8 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     `calibrate`, a temperature and null bias fitted here are kept with the model (`_calibrate`), on half the articles
     and reported on the other half with `calibrate_split`. `backend`: what answers (mrc_cli.backends), named in the
     metrics. `metric`: the official rules to score by, for this call (default: the model's data.metric, auto)."""
+    if calibrate_split and not calibrate:
+        raise ConfigError("--calibrate-split says where --calibrate fits and reports; give --calibrate too")
     if (store_threshold or calibrate) and backend == "onnx-int8" and not is_onnx_export(checkpoint):
         raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and calibration "
                           "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
@@ -98,7 +101,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     _check_answers_folder(out_dir)
     loaded = load_model(checkpoint, backend)
     if metric is not None:
-        loaded.cfg.data.metric = metric
+        set_value(loaded.cfg, "data.metric", metric, "--metric")
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file sets the null rule as the data is scored
     metrics, predictions, split = answer_file(loaded, data, "eval")
     decode = loaded.cfg.decode
@@ -176,13 +179,10 @@ def _keep_decode_settings(loaded: Loaded | Ensemble) -> None:
 
 def predict_file(checkpoint: str, data: str, out: str, backend: str = "auto") -> dict:
     """`mrc predict`: the submission file {id: answer} for a data file, with or without answers."""
-    check_output_file(out)
+    check_output_file(out, data=data)
     if Path(out).name in RUN_FILES and (Path(out).parent / "run_info.json").is_file():
         raise ConfigError(f"--out {out}: a training run's own file (its final evaluation); write the submission "
                           "elsewhere")
-    if Path(data).is_file() and Path(out).resolve() == Path(data).resolve():
-        raise ConfigError(f"--out {out}: the data file itself, which the predictions would replace; write them "
-                          "elsewhere, e.g. --out predictions.json")
     loaded = load_model(checkpoint, backend)
     _, predictions, split = answer_file(loaded, data, "predict")
     if PartialState().is_main_process:
@@ -214,6 +214,8 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
     """`mrc ensemble`: the files of `mrc eval` (metrics.json only where the data has answers) for the members'
     combined answers; with `submission` also {id: answer}; with `save` the ensemble as a folder, with the decoding
     settings it ran with. Returns the metrics, the counts, the files written and the data's validation summary."""
+    if copy_members and not save:
+        raise ConfigError("--copy-members copies the members into the --save folder; give --save DIR too")
     if save:
         check_save_folder(save)
     _check_answers_folder(Path(out))
@@ -252,8 +254,10 @@ class Reader:
     """Answers questions about contexts: `Reader.load(path)(question=..., context=...)`, or lists of both."""
 
     def __init__(self, loaded: Loaded | Ensemble, batch_size: int | None = None):
+        if not isinstance(loaded, (Loaded, Ensemble)):
+            raise TypeError(f"Reader takes a loaded model, not {type(loaded).__name__}: Reader.load(path) loads one")
         self.loaded = loaded
-        self.batch_size = batch_size
+        self.batch_size = None if batch_size is None else _batch_size(batch_size)
 
     @classmethod
     def load(cls, path: str | Path, batch_size: int | None = None, backend: str = "auto") -> Reader:
@@ -292,6 +296,16 @@ class Reader:
         _, predictions = run_inference(self.loaded, split, self.batch_size)
         answers = [_answer(predictions[str(i)]) for i in range(len(records))]
         return answers[0] if single else answers
+
+
+def _batch_size(value) -> int:
+    """Features per forward pass, a whole number of at least 1 (0 or less would run no batch: every answer made up
+    from logits of 0)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"batch_size: a whole number, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"batch_size must be 1 or more, got {value}")
+    return value
 
 
 def _texts(value, name: str) -> list[str]:

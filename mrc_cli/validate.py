@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mrc_cli.data import RawData, is_blank, read_data, to_dataset
 from mrc_cli.errors import DataError
+from mrc_cli.files import check_output_file
 
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
@@ -83,6 +84,8 @@ def validate_file(source: str, use: str, fmt: str = "auto", list_all: bool = Fal
     """The report for a file; a file that cannot be read at all is a report with one error, not an exception.
     `list_all`: every repair listed, not the first MAX_LISTED. `fixed`: where to write the questions fit for `use`,
     repaired (write_squad), where the file is usable for it."""
+    if fixed is not None:
+        check_output_file(fixed, "--fix", "fixed.json", data=source)
     try:
         raw = read_data(source, fmt)
     except DataError as err:

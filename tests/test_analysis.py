@@ -77,7 +77,7 @@ def test_perfect_predictions_score_100_everywhere_and_wrong_answers_drop_their_s
     gold = shared_file(SQUAD_V1)
     qas = questions(gold)
     predictions = {qa["id"]: first_answer(qa) for qa in qas}
-    perfect = analyze(str(gold), [write_json(tmp_path / "perfect.json", predictions)])
+    perfect = analyze(str(gold), write_json(tmp_path / "perfect.json", predictions))  # one file: not a list of one
     assert perfect["metric"] == "squad" and perfect["overall"] == {"slice": "all", "count": 4370,
                                                                    "A": {"exact": 100.0, "f1": 100.0}}
     for rows in perfect["slices"].values():

@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from conftest import shared_file, write_squad
 from mrc_cli.cli import app
+from mrc_cli.errors import ConfigError
+from mrc_cli.validate import validate_file
 
 runner = CliRunner()
 REPORT_KEYS = {"questions", "answers", "misaligned", "relocated", "unlocatable", "duplicate_ids", "empty_questions",
@@ -154,7 +156,10 @@ def test_validate_fix_writes_the_repaired_questions_and_all_lists_every_repair(t
                     start = answer["answer_start"]
                     assert start == -1 or paragraph["context"][start:start + len(answer["text"])] == answer["text"]
     result = runner.invoke(app, ["validate", str(fixed), "--fix", str(tmp_path / "." / "fixed.json")])
-    assert result.exit_code == 2 and "the data file itself" in result.output
+    assert result.exit_code == 1 and result.stderr == (f"Error: --fix {fixed}: the data file itself, which this would "
+                                                       "overwrite; write to another file, e.g. --fix fixed.json\n")
+    with pytest.raises(ConfigError, match="the data file itself"):  # from Python as well
+        validate_file(str(fixed), "eval", fixed=fixed)
 
 
 def test_score_and_analyze_find_a_spaced_cmrc_gold_id_by_its_stripped_id(tmp_path):

@@ -393,9 +393,20 @@ def test_bad_weights_are_refused_before_any_model_loads(weights, message, tmp_pa
     assert result.exit_code == 1 and message in result.stderr
 
 
+def test_from_python_one_member_is_a_path_and_weights_a_list(tmp_path):
+    """A path given where a list of them belongs had been read letter by letter ("/: no such checkpoint")."""
+    from mrc_cli.ensemble import build_ensemble, parse_weights
+
+    assert parse_weights([2, 1], ["a", "b"]) == pytest.approx([2 / 3, 1 / 3])
+    with pytest.raises(ConfigError, match="2 weights for 1 members"):
+        parse_weights((1, 1), ["a"])
+    with pytest.raises(CheckpointError, match=f"^{tmp_path / 'run'}: no such"):
+        build_ensemble(str(tmp_path / "run"))
+
+
 def test_flags_are_checked_before_the_work(tmp_path):
     result = _invoke("ensemble", "--checkpoint", "a", "--data", DEV, "--out", tmp_path / "out", "--copy-members")
-    assert result.exit_code == 2 and "--save" in result.stderr
+    assert result.exit_code == 1 and "give --save DIR too" in result.stderr
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "file").write_text("x")
     result = _invoke("ensemble", "--checkpoint", "a", "--data", DEV, "--out", tmp_path / "out", "--save", tmp_path / "full")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from conftest import tiny_run_config
 from mrc_cli import Reader
 from mrc_cli.cli import app
-from mrc_cli.errors import CheckpointError
+from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.training import train
 
 DEV = "data/quickstart/en_dev.json"
@@ -299,6 +299,27 @@ def test_the_reader_takes_texts_and_lists_and_says_what_is_wrong_with_the_rest(t
             (["a?", "b?"], [context] * 3, ValueError, "2 questions but 3 contexts")):
         with pytest.raises(error, match=re.escape(message)):
             reader(question=question, context=context_)
+    # a batch size of 0 or less ran no batch: answers made up from logits of 0
+    for size, error, message in ((-1, ValueError, "batch_size must be 1 or more, got -1"),
+                                 (0, ValueError, "batch_size must be 1 or more, got 0"),
+                                 ("8", TypeError, "batch_size: a whole number, not str")):
+        with pytest.raises(error, match=message):
+            Reader(reader.loaded, batch_size=size)
+    assert Reader(reader.loaded, batch_size=1)(question="Where does the cat sit?", context=context) == one
+    with pytest.raises(TypeError, match=re.escape("Reader takes a loaded model, not str: Reader.load(path)")):
+        Reader(str(trained_run))
+
+
+def test_evaluate_file_from_python_checks_what_the_cli_checks(trained_run, tmp_path):
+    from mrc_cli.reader import ensemble_file, evaluate_file
+
+    with pytest.raises(ConfigError, match="--metric: data.metric: expected one of auto, squad, squad_v2, cmrc2018, "
+                                          "got 'squad2'"):
+        evaluate_file(str(trained_run), DEV, str(tmp_path / "a"), metric="squad2")
+    with pytest.raises(ConfigError, match="give --calibrate too"):
+        evaluate_file(str(trained_run), DEV, str(tmp_path / "b"), calibrate_split=True)
+    with pytest.raises(ConfigError, match="give --save DIR too"):
+        ensemble_file([str(trained_run)], DEV, str(tmp_path / "c"), copy_members=True)
 
 
 def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):

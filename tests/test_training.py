@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from conftest import QUICKSTART, ROOT, losses_on_a_fixed_batch, tiny_run_config
 from mrc_cli.batching import FeatureTensors
 from mrc_cli.cli import app
-from mrc_cli.config import DataConfig, ModelConfig, load_config, save_config
+from mrc_cli.config import DataConfig, DecodeConfig, ModelConfig, load_config, save_config
 from mrc_cli.errors import ConfigError
 from mrc_cli.splits import featurize_file
 from mrc_cli.tokenizer import load_tokenizer
@@ -552,6 +552,19 @@ def test_choice_keys_are_checked_when_the_config_is_read(tmp_path):
     config.write_text("train:\n  precision: fp8\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="train.precision: expected one of auto, bf16, fp16, no, got 'fp8'"):
         load_config(config)
+
+
+def test_a_config_from_python_takes_paths_and_one_setting_as_a_string_and_keeps_no_refused_value(tmp_path):
+    from mrc_cli.config import apply_sets
+
+    cfg = load_config(None, {"data.train_file": tmp_path / "train.json"}, sets="train.lr=3e-5")
+    assert cfg.data.train_file == str(tmp_path / "train.json") and cfg.train.lr == 3e-5
+    cfg.train.output_dir = tmp_path / "run"  # set by hand: saved as its text
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").train.output_dir == str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="n_best_size"):
+        apply_sets(cfg, ["decode.n_best_size=0"])
+    assert cfg.decode.n_best_size == DecodeConfig().n_best_size
 
 
 def test_a_setting_only_another_command_reads_is_refused_naming_that_command():
