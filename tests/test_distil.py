@@ -143,7 +143,7 @@ def test_the_teacher_term_pulls_the_student_toward_the_teacher(teacher_run, tiny
     batch = task.batch(store, index, torch.tensor(index), 0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     kls = []
-    for _ in range(6):
+    for _ in range(10):  # after 6 steps it was at 0.76-0.79 of the start in different runs: too near the bound
         out = model(**batch)
         kl = distillation_kl(out.start_logits, out.end_logits, batch[TARGETS], cfg.distil.temperature).mean()
         assert out.loss.item() == pytest.approx(cfg.distil.temperature ** 2 * kl.item(), rel=1e-6)  # alpha 1: KL only
