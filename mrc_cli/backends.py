@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -79,8 +77,7 @@ def _is_current(folder: Path, source: Path) -> bool:
 
 
 def _export(source: Path, folder: Path) -> None:
-    """Export into a folder of this process's own beside `folder`, then swap it in (a stale export moved aside
-    first: a folder cannot be renamed onto a full one)."""
+    """Export into `folder`, written whole (mrc_cli.files.folder_written_whole): a stale export goes with it."""
     from transformers import AutoConfig
 
     from mrc_cli.export import export_onnx
@@ -89,23 +86,12 @@ def _export(source: Path, folder: Path) -> None:
     check_exportable(AutoConfig.from_pretrained(source), str(source))  # before a word about exporting
     print(f"exporting {source} to ONNX once (fp32 and int8 graphs) into {folder} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    mine = folder.with_name(f".{folder.name}.{os.getpid()}")
-    stale = folder.with_name(f".{folder.name}.stale.{os.getpid()}")
     try:
-        export_onnx(str(source), str(mine), "int8")
-        if folder.exists():
-            if _is_current(folder, source):  # another process got there first
-                shutil.rmtree(mine)
-                return
-            folder.rename(stale)
-        mine.rename(folder)
+        export_onnx(str(source), str(folder), "int8")
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         raise CheckpointError(f"{source}: cannot write its ONNX export there ({err.strerror}); export it elsewhere "
                               f"with mrc export --checkpoint {source} --format onnx --quantize int8 --out DIR and "
                               "give DIR as the checkpoint") from None
-    finally:
-        shutil.rmtree(mine, ignore_errors=True)
-        shutil.rmtree(stale, ignore_errors=True)
     print(f"exported in {time.perf_counter() - started:.0f} s; later runs load it", file=sys.stderr, flush=True)

@@ -19,34 +19,57 @@ from safetensors.torch import save_file
 from mrc_cli.checkpoint import weights_fingerprint
 from mrc_cli.config import save_config
 from mrc_cli.errors import CheckpointError, ConfigError
-from mrc_cli.files import check_output_folder
+from mrc_cli.files import check_output_folder, folder_written_whole
 from mrc_cli.loading import EXPORT_SETTINGS, ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
 
 PARITY_FILE = "parity.json"
 QUANTIZATIONS = ("int8",)
 
 
+def check_export_folder(out: str | Path) -> None:
+    """An export goes into a new or empty folder, or replaces an earlier export whole (mrc_cli.files.
+    folder_written_whole): written into a run directory or a checkpoint, it would take the place of the run's best
+    checkpoint for eval and predict, or overwrite the checkpoint's weights; into a folder of other files, it would
+    mix with them."""
+    check_output_folder(out)
+    folder = Path(out)
+    if not folder.is_dir() or not any(folder.iterdir()) or is_onnx_export(folder) \
+            or (folder / EXPORT_SETTINGS).is_file():
+        return
+    if (folder / "run_info.json").is_file() or (folder / "trainer_state.json").is_file() \
+            or (folder / "model.safetensors").is_file() and (folder / "config.yaml").is_file():
+        raise ConfigError(f"--out {folder}: a training run or checkpoint, which the export would take the place of; "
+                          f"export into a folder of its own, e.g. --out {folder / 'export'}")
+    raise ConfigError(f"--out {folder}: a folder of other files (not an export); give a new or empty folder, or an "
+                      "earlier export to replace")
+
+
 def export_checkpoint(checkpoint: str, out: str) -> Path:
+    """A Hugging Face folder: the weights under the names of the family's *ForQuestionAnswering class, its config,
+    the tokenizer and mrc_cli.yaml."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
 
-    check_output_folder(out)
+    check_export_folder(out)
     loaded = _load_torch_model(checkpoint)
+    if loaded.cfg.model.span_level == "word":
+        raise ConfigError(f"{checkpoint} answers at model.span_level word: it pools sub-token states into words, "
+                          "which AutoModelForQuestionAnswering does not, so its answers there would differ; export it "
+                          "with --format onnx (the pooling is in the graph), which eval, predict and the Reader take")
     encoder = loaded.model.encoder
     architecture = MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES.get(encoder.config.model_type)
     if architecture is None:
         raise CheckpointError(f"transformers has no question-answering class for model type {encoder.config.model_type!r}")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     prefix = encoder.base_model_prefix
     state = {(f"{prefix}.{k[len('encoder.'):]}" if k.startswith("encoder.") else k): v.contiguous()
              for k, v in loaded.model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    config = encoder.config
-    config.architectures = [architecture]
-    config.save_pretrained(out_dir)
-    loaded.tokenizer.save_pretrained(out_dir)
-    save_config(loaded.cfg, out_dir / EXPORT_SETTINGS)
-    return out_dir
+    with folder_written_whole(out) as folder:
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        config = encoder.config
+        config.architectures = [architecture]
+        config.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        save_config(loaded.cfg, folder / EXPORT_SETTINGS)
+    return Path(out)
 
 
 @dataclass
@@ -56,24 +79,33 @@ class OnnxExport:
 
 
 def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_data: str | None = None) -> OnnxExport:
-    """An ONNX export folder (mrc_cli.onnx_backend): the fp32 graph, with `quantize` int8 also an int8 one (which then
-    loads), the encoder's config, the tokenizer, mrc_cli.yaml and onnx.json, written last (a folder without it is
-    not an export). With `parity_data`, parity.json: the graphs against the checkpoint on that file."""
+    """An ONNX export folder (mrc_cli.onnx_backend), written whole: the fp32 graph, with `quantize` int8 also an int8
+    one (which then loads), the encoder's config, the tokenizer, mrc_cli.yaml and onnx.json. With `parity_data`,
+    parity.json: the graphs against the checkpoint on that file."""
     from mrc_cli import onnx_backend
 
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConfigError(f"--quantize {quantize!r}: choose {' or '.join(QUANTIZATIONS)}")
     onnx_backend.require_exporter()
-    check_output_folder(out)
+    check_export_folder(out)
     loaded = _load_torch_model(checkpoint)
     if parity_data:  # a file that cannot be scored is said before the export's minute, not after it
         from mrc_cli.splits import load_scorable
 
         load_scorable(parity_data, loaded.cfg.data)
     onnx_backend.check_exportable(loaded.model.config, checkpoint)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ONNX_SETTINGS).unlink(missing_ok=True)  # an earlier export in the folder stops being one until done
+    with folder_written_whole(out) as folder:
+        _write_onnx_export(loaded, folder, quantize)
+    parity = None
+    if parity_data:
+        parity = onnx_parity(loaded, Path(out), parity_data)
+        (Path(out) / PARITY_FILE).write_text(json.dumps(parity, indent=2, ensure_ascii=False), encoding="utf-8")
+    return OnnxExport(Path(out), parity)
+
+
+def _write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None) -> None:
+    from mrc_cli import onnx_backend
+
     inputs = onnx_backend.export_graph(loaded.model, out_dir / onnx_backend.FP32_GRAPH)
     graphs = {"fp32": onnx_backend.FP32_GRAPH}
     if quantize == "int8":
@@ -90,11 +122,6 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
                 "opset": onnx_backend.OPSET, "exported_from": str(loaded.path.resolve()),
                 "source_weights": weights_fingerprint(loaded.path), "versions": _versions()}
     (out_dir / ONNX_SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
-    parity = None
-    if parity_data:
-        parity = onnx_parity(loaded, out_dir, parity_data)
-        (out_dir / PARITY_FILE).write_text(json.dumps(parity, indent=2, ensure_ascii=False), encoding="utf-8")
-    return OnnxExport(out_dir, parity)
 
 
 def _load_torch_model(checkpoint: str) -> Loaded:

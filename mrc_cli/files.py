@@ -3,10 +3,13 @@ every reader can parse."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,26 @@ def write_text_atomically(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_written_whole(folder: str | Path) -> Iterator[Path]:
+    """A folder of this process's own beside `folder` to write into, which replaces `folder` (and whatever it held)
+    when the block ends without an error: no reader meets a half-written folder, and none of an earlier one's files
+    stay beside the new ones. A folder cannot be renamed onto a full one, so the old one is moved aside first."""
+    folder = Path(folder).resolve()
+    mine = folder.with_name(f".{folder.name}.{os.getpid()}")
+    stale = folder.with_name(f".{folder.name}.stale.{os.getpid()}")
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir(parents=True)
+    try:
+        yield mine
+        if folder.exists():
+            folder.rename(stale)
+        mine.rename(folder)
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def check_output_file(path: str | Path, flag: str = "--out", example: str = "predictions.json",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import tiny_run_config, write_squad
 from mrc_cli import Reader
 from mrc_cli.cli import app
-from mrc_cli.errors import CheckpointError
+from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.training import train
 
 pytest.importorskip("onnxruntime")
@@ -247,6 +247,40 @@ def test_albert_and_word_level_graphs_give_the_model_logits(tiny_albert_dir, tin
                  for p in a["paragraphs"] for qa in p["qas"]][:12]
     answers = [Reader.load(source)([q for q, _ in questions], [c for _, c in questions]) for source in (run, tmp_path / "onnx")]
     assert [a["answer"] for a in answers[0]] == [a["answer"] for a in answers[1]]
+    if span_level == "word":  # AutoModelForQuestionAnswering would answer without the pooling
+        from mrc_cli.export import export_checkpoint
+
+        with pytest.raises(ConfigError, match="answers at model.span_level word.*export it with --format onnx"):
+            export_checkpoint(str(run), str(tmp_path / "hf"))
+
+
+def test_an_export_replaces_an_earlier_one_whole_and_takes_no_runs_place(bert_run, bert_onnx, tmp_path):
+    """Written over an earlier export, none of its files stay (an int8 graph and parity.json of other weights, the
+    onnx.json that made a Hugging Face export load as ONNX); a run, a checkpoint or a folder of other files is
+    refused (an export in a run directory answered for it in place of its best checkpoint)."""
+    import shutil
+
+    from mrc_cli.checkpoint import resolve_checkpoint
+    from mrc_cli.export import export_checkpoint, export_onnx
+    from mrc_cli.loading import is_onnx_export
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(bert_onnx[0], earlier)
+    assert {"model.int8.onnx", "parity.json"} <= {p.name for p in earlier.iterdir()}
+    export_onnx(str(bert_run), str(earlier))
+    assert not (earlier / "model.int8.onnx").exists() and not (earlier / "parity.json").exists()
+    assert json.loads((earlier / "onnx.json").read_text())["graphs"] == {"fp32": "model.onnx"}
+    export_checkpoint(str(bert_run), str(earlier))
+    assert not is_onnx_export(earlier) and not (earlier / "model.onnx").exists()
+    assert Reader.load(earlier).backend == "torch"
+    for out in (bert_run, resolve_checkpoint(bert_run)):
+        with pytest.raises(ConfigError, match="a training run or checkpoint, which the export would take the place of"):
+            export_checkpoint(str(bert_run), str(out))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    with pytest.raises(ConfigError, match="a folder of other files"):
+        export_onnx(str(bert_run), str(tmp_path / "notes"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "notes"]  # no folder of a write left behind
 
 
 def test_a_roberta_graph_gives_the_model_logits_and_quantizes(tiny_encoder_dir, tmp_path):
