@@ -40,8 +40,7 @@ def load_trained(path: str | Path) -> Loaded:
     cfg = read_checkpoint_config(checkpoint)
     model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(checkpoint))
     load_weights(model, read_weights(checkpoint), strict=True)
-    tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
-    return Loaded(model.eval(), tokenizer, cfg, checkpoint)
+    return Loaded(model.eval(), _tokenizer_of(checkpoint, checkpoint / "tokenizer"), cfg, checkpoint)
 
 
 def load_tokenizer_and_config(path: str | Path) -> tuple[object, RunConfig]:
@@ -85,16 +84,33 @@ def _answering_model(path: Path) -> Path:
 
 def _architecture(path: Path) -> str | None:
     """The first architecture a Hugging Face folder's config.json names, or None."""
+    architectures = _hf_config(path).get("architectures")
+    return str(architectures[0]) if isinstance(architectures, list) and architectures else None
+
+
+def _hf_config(path: Path) -> dict:
+    """A Hugging Face folder's config.json ({} where it has none)."""
     config = path / "config.json"
     if not config.is_file():
-        return None
+        return {}
     try:
         settings = json.loads(config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config}: not a readable config.json ({type(err).__name__}: {err}); copy the model "
                               "folder again") from None
-    architectures = settings.get("architectures") if isinstance(settings, dict) else None
-    return str(architectures[0]) if isinstance(architectures, list) and architectures else None
+    return settings if isinstance(settings, dict) else {}
+
+
+def _tokenizer_of(model_folder: Path, tokenizer_folder: Path | None = None):
+    """The tokenizer of a trained model (in `tokenizer_folder`, by default the model's folder), refused where it has
+    ids the model has no embeddings for: another model's files, which would fail in the first forward pass."""
+    tokenizer = load_tokenizer(str(tokenizer_folder or model_folder))
+    rows = _hf_config(model_folder).get("vocab_size")
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise CheckpointError(f"{tokenizer_folder or model_folder}: its tokenizer has {len(tokenizer):,} tokens, but "
+                              f"the model has embeddings for {rows:,}: these tokenizer files are another model's; put "
+                              "back those of the model it was trained from")
+    return tokenizer
 
 
 def _is_export(path: Path) -> bool:
@@ -114,7 +130,7 @@ def read_export(path: Path) -> Loaded:
     state = {(f"encoder.{k[len(prefix):]}" if k.startswith(prefix) else k): v
              for k, v in load_state_dict_file(path / "model.safetensors").items()}
     load_weights(model, state, strict=True)
-    return Loaded(model.eval(), load_tokenizer(str(path)), cfg, path)
+    return Loaded(model.eval(), _tokenizer_of(path), cfg, path)
 
 
 def read_onnx_export(path: Path, graph: str | None = None, settings_from: Path | None = None) -> Loaded:
@@ -130,7 +146,7 @@ def read_onnx_export(path: Path, graph: str | None = None, settings_from: Path |
     cfg = run_config(home)
     cfg.train.tokens_per_batch, cfg.train.precision, cfg.train.cpu = 0, "no", True
     graph = graph or read_settings(path)["graph"]
-    return Loaded(load_onnx_model(path, cfg.model.span_level, graph), load_tokenizer(str(path)), cfg, home,
+    return Loaded(load_onnx_model(path, cfg.model.span_level, graph), _tokenizer_of(path), cfg, home,
                   "onnx-int8" if graph == "int8" else "onnx")
 
 

@@ -52,6 +52,7 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     check_model_folder(name_or_path)
+    advice = "pass a folder with the model's tokenizer files (in training: --set model.tokenizer=<folder>)"
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError) as err:  # not found, offline, or not a tokenizer folder
@@ -59,8 +60,14 @@ def load_tokenizer(name_or_path: str):
         raise ConfigError(
             f"cannot load a tokenizer from {name_or_path!r}: "
             + ("the folder has no tokenizer files" if local else "no such folder, and the Hub is not reachable or has no such id")
-            + f" ({type(err).__name__}); pass a local model folder or --set model.tokenizer=<folder>"
+            + f" ({type(err).__name__}); {advice}"
         ) from None
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in tokenizer.vocab_files_names.values()):
+        # transformers 5 makes a tokenizer of the special tokens alone from a config.json: every word unknown
+        files = " or ".join(sorted(set(tokenizer.vocab_files_names.values())))
+        raise ConfigError(f"cannot load a tokenizer from {name_or_path!r}: the folder has no tokenizer files ({files}); "
+                          f"{advice}")
     if not tokenizer.is_fast:
         raise ConfigError(
             f"{name_or_path}: mrc-cli needs a fast (Rust) tokenizer for character offsets and word ids; "

@@ -261,6 +261,30 @@ def test_checkpoint_folder_without_weights_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and result.stderr.startswith("Error:") and "no model.safetensors" in result.stderr
 
 
+def test_a_model_without_its_own_tokenizer_is_refused(trained_run, tmp_path):
+    """A folder of config.json and weights alone gave a tokenizer of the 5 special tokens (every word unknown, every
+    answer "."); another model's larger vocabulary an IndexError traceback in the first forward pass."""
+    import shutil
+
+    from mrc_cli.checkpoint import resolve_checkpoint
+    from mrc_cli.export import export_checkpoint
+    from mrc_cli.tokenizer import load_tokenizer
+
+    export = export_checkpoint(str(trained_run), str(tmp_path / "export"))
+    (tmp_path / "bare").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(export / name, tmp_path / "bare" / name)
+    with pytest.raises(ConfigError, match="bare'?: the folder has no tokenizer files"):
+        Reader.load(tmp_path / "bare")
+    checkpoint = shutil.copytree(resolve_checkpoint(trained_run), tmp_path / "checkpoint")
+    tokenizer = load_tokenizer(str(checkpoint / "tokenizer"))
+    tokenizer.add_tokens([f"extra{i}" for i in range(40)])
+    tokenizer.save_pretrained(checkpoint / "tokenizer")
+    with pytest.raises(CheckpointError, match=f"tokenizer: its tokenizer has {len(tokenizer):,} tokens, but the model "
+                                              "has embeddings for"):
+        Reader.load(checkpoint)
+
+
 def test_a_runs_checkpoints_folder_is_refused_naming_what_to_pass(trained_run):
     with pytest.raises(CheckpointError, match=re.escape(
             f"{trained_run / 'checkpoints'}: a folder of checkpoints; pass one of them (the newest: "
