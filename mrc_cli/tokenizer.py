@@ -62,17 +62,18 @@ def load_tokenizer(name_or_path: str):
             + ("the folder has no tokenizer files" if local else "no such folder, and the Hub is not reachable or has no such id")
             + f" ({type(err).__name__}); {advice}"
         ) from None
-    folder = Path(name_or_path).expanduser()
-    if folder.is_dir() and not any((folder / name).is_file() for name in tokenizer.vocab_files_names.values()):
-        # transformers 5 makes a tokenizer of the special tokens alone from a config.json: every word unknown
-        files = " or ".join(sorted(set(tokenizer.vocab_files_names.values())))
-        raise ConfigError(f"cannot load a tokenizer from {name_or_path!r}: the folder has no tokenizer files ({files}); "
-                          f"{advice}")
     if not tokenizer.is_fast:
         raise ConfigError(
             f"{name_or_path}: mrc-cli needs a fast (Rust) tokenizer for character offsets and word ids; "
             "pass --set model.tokenizer=<a folder with tokenizer.json>"
         )
+    folder = Path(name_or_path).expanduser()
+    needs = tokenizer.vocab_files_names.values()  # none for a byte-level tokenizer such as ByT5's
+    if folder.is_dir() and needs and not any((folder / name).is_file() for name in needs):
+        # transformers 5 makes a tokenizer of the special tokens alone from a config.json: every word unknown
+        files = " or ".join(sorted(set(needs)))
+        raise ConfigError(f"cannot load a tokenizer from {name_or_path!r}: the folder has no tokenizer files ({files}); "
+                          f"{advice}")
     return tokenizer
 
 
