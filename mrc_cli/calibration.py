@@ -116,24 +116,28 @@ def collect_outcomes(predictions: Mapping[str, Prediction], golds: list[dict], a
         unanswerable=np.array([bool(g["is_impossible"]) for g in golds], dtype=bool), allow_null=allow_null)
 
 
-def fit_calibration(outcomes: Outcomes) -> tuple[float, float]:
-    """(temperature, null_bias) of the least log loss on `outcomes`; the bias only with allow_null (else 0).
+def fit_calibration(outcomes: Outcomes, null_bias: float = 0.0) -> tuple[float, float]:
+    """(temperature, null_bias) of the least log loss on `outcomes`; the bias only where they score the null
+    probability (`scores_null`: with allow_null, on data with unanswerable questions), else it stays `null_bias`.
+    Data without unanswerable questions says nothing about them: fitted there, the bias only learnt to move the null
+    candidate's mass onto the answers (a v2 model calibrated on v1 data lost its no-answer calibration).
 
     The loss need not be convex in (log T, b), so the search starts from the best point of a grid (25 temperatures
     from 0.05 to 20, and with allow_null 25 biases over the null odds' range), then a pattern search halves its steps
     until they are below 1e-4, within T in [0.01, 100] and twice the grid's biases (a model whose answers are all
     wrong lowers its loss for ever as T grows): deterministic, and no optimiser library is needed."""
     if not len(outcomes.ids):
-        return 1.0, 0.0
+        return 1.0, null_bias
     log_ts = np.linspace(*_LOG_T_RANGE, _GRID)
-    if outcomes.allow_null:
+    if outcomes.scores_null:
         odds = outcomes.null_scores - outcomes.best_scores
         reach = 10.0 + float(np.abs(odds[np.isfinite(odds)]).max(initial=0.0))  # score units; 10 where all are close
         biases = np.linspace(-reach, reach, _GRID)
+        bias_bounds = (2 * biases[0], 2 * biases[-1])
     else:
-        biases = np.zeros(1)
+        biases, bias_bounds = np.array([null_bias]), (null_bias, null_bias)
 
-    bounds = (_LOG_T_BOUNDS, (2 * biases[0], 2 * biases[-1]))
+    bounds = (_LOG_T_BOUNDS, bias_bounds)
 
     def loss(point: tuple[float, float]) -> float:
         if not all(low <= x <= high for x, (low, high) in zip(point, bounds)):
@@ -188,7 +192,7 @@ def calibrate(outcomes: Outcomes, fit_ids: set[str] | None = None, report_ids: s
     after, and the reliability bins of both, for the answers' probabilities and, with `scores_null`, the null ones."""
     fit = outcomes if fit_ids is None else outcomes.select(fit_ids)
     report = fit if report_ids is None else outcomes.select(report_ids)
-    temperature, null_bias = fit_calibration(fit)
+    temperature, null_bias = fit_calibration(fit, current[1])
     result = {"temperature": temperature, "null_bias": null_bias, "temperature_before": current[0],
               "null_bias_before": current[1], "fit_questions": len(fit.ids),
               "report_questions": len(report.ids), "held_out": report_ids is not None}

@@ -104,6 +104,8 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         set_value(loaded.cfg, "data.metric", metric, "--metric")
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file sets the null rule as the data is scored
     metrics, predictions, split = answer_file(loaded, data, "eval")
+    # before anything is stored: a file of one article cannot be split
+    halves = calibration.halves_by_article(split.examples, data) if calibrate_split else (None, None)
     decode = loaded.cfg.decode
     if "best_f1_thresh" in metrics and decode.null_threshold_from == "oof":
         metrics["threshold_report"] = thresholds.threshold_report(
@@ -117,7 +119,7 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         threshold_stored = store_threshold and "best_f1_thresh" in metrics
         threshold = metrics["best_f1_thresh"] if threshold_stored else loaded.cfg.decode.null_score_diff_threshold
         metrics.update(_calibrate(loaded, data, predictions, split, out_dir, stored_allow_null or threshold_stored,
-                                  threshold, calibrate_split))
+                                  threshold, halves))
     return {**metrics, "backend": backend_of(loaded), "out": str(out_dir), "data": split.describe()}
 
 
@@ -134,16 +136,15 @@ def _check_answers_folder(out_dir: Path) -> None:
 
 
 def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Prediction], split: Split, out_dir: Path,
-               allow_null: bool, threshold: float, by_article: bool) -> dict:
-    """Fit decode.temperature and decode.null_bias on the evaluated questions (`by_article`: on half the articles,
-    reported on the others), keep them with the model, write calibration.json and reliability.png; the figures for
+               allow_null: bool, threshold: float, halves: tuple[set[str] | None, set[str] | None]) -> dict:
+    """Fit decode.temperature and decode.null_bias on the evaluated questions (or the first of `halves`, from
+    calibration.halves_by_article, reported on the second), keep them with the model, write calibration.json and reliability.png; the figures for
     the line `mrc eval` prints. The answers are those `mrc predict` will give with the settings kept (`allow_null`,
     `threshold`): their probabilities are the ones to calibrate, also where eval turned the null rule on and
     predict will not."""
     decode = loaded.cfg.decode
     outcomes = calibration.collect_outcomes(predictions, split.golds, allow_null, threshold, loaded.cfg.data.metric)
-    fit_ids, report_ids = calibration.halves_by_article(split.examples, data) if by_article else (None, None)
-    result = calibration.calibrate(outcomes, fit_ids, report_ids, (decode.temperature, decode.null_bias))
+    result = calibration.calibrate(outcomes, *halves, (decode.temperature, decode.null_bias))
     # the fit minimises log loss; on a few dozen questions ECE's bins can still come out worse, and a fit that makes
     # the reported error worse is not one to keep
     ece = [key for key in ("ece", "no_answer_ece") if f"{key}_after" in result]

@@ -89,6 +89,17 @@ def test_a_squad_v2_model_gets_a_null_bias_and_a_calibrated_no_answer_probabilit
     assert result["no_answer_ece_after"] < result["no_answer_ece_before"] / 4
 
 
+def test_a_squad_v2_models_null_bias_stays_where_the_data_has_no_unanswerable_questions():
+    """Such data says nothing of unanswerability: fitted there, the bias moved the null mass onto the answers and a
+    v2 model lost its no-answer calibration (--calibrate on v1 data after v2 data)."""
+    predictions, golds = _synthetic(2000, 0, sharpen=3.0, with_null=True, null_shift=2.0)
+    answerable = [gold for gold in golds if not gold["is_impossible"]]
+    outcomes = collect_outcomes(predictions, answerable, True, 0.0)
+    assert not outcomes.scores_null
+    result = calibrate(outcomes, current=(1.0, 1.7))
+    assert result["null_bias"] == 1.7 and result["temperature"] != 1.0
+
+
 def test_ece_and_reliability_bins_by_hand():
     probabilities, right = np.array([0.9, 0.95, 0.2, 1.0]), np.array([1, 0, 0, 1])
     bins = reliability_bins(probabilities, right)
@@ -229,7 +240,7 @@ def test_a_fit_that_makes_ece_worse_is_not_kept(trained_run, tmp_path, monkeypat
     shutil.copytree(trained_run, run)
     config = run / "checkpoints" / "step-000004" / "config.yaml"
     before = config.read_text()
-    monkeypatch.setattr(calibration, "fit_calibration", lambda outcomes: (0.05, 0.0))  # far too sharp
+    monkeypatch.setattr(calibration, "fit_calibration", lambda outcomes, bias: (0.05, 0.0))  # far too sharp
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "eval"),
                                       "--calibrate"])
     assert result.exit_code == 0, result.output
@@ -243,7 +254,19 @@ def test_a_fit_that_makes_ece_worse_is_not_kept(trained_run, tmp_path, monkeypat
 
 def test_calibrate_split_alone_is_refused(trained_run):
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", DEV, "--calibrate-split"])
-    assert result.exit_code == 2 and "give --calibrate too" in result.output
+    assert result.exit_code == 1 and "give --calibrate too" in result.stderr
+
+
+def test_a_calibrate_split_refused_for_one_article_stores_no_threshold_first(trained_run, tmp_path):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    configs = {path: path.read_text() for path in run.rglob("config.yaml")}
+    one = tmp_path / "one.json"
+    data = json.loads(open(DEV, encoding="utf-8").read())
+    one.write_text(json.dumps({**data, "data": data["data"][:1]}), encoding="utf-8")  # 5 questions, 1 unanswerable
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--data", str(one), "--out", str(tmp_path / "e"),
+                                      "--calibrate", "--calibrate-split", "--store-threshold"])
+    assert result.exit_code == 1 and "one article (and context) only" in result.stderr
+    assert {path: path.read_text() for path in run.rglob("config.yaml")} == configs
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
