@@ -9,7 +9,7 @@ questions with the same features and decoder as `mrc predict`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from accelerate import PartialState
@@ -97,9 +97,11 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and calibration "
                           "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
                           "int8 export of its own (mrc export --format onnx --quantize int8)")
+    if out:  # refused before any work; the default, inside the checkpoint, once the checkpoint is known to be one
+        _check_answers_folder(Path(out))
+    loaded = load_model(checkpoint, backend)
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
     _check_answers_folder(out_dir)
-    loaded = load_model(checkpoint, backend)
     if metric is not None:
         set_value(loaded.cfg, "data.metric", metric, "--metric")
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file sets the null rule as the data is scored
@@ -314,10 +316,13 @@ def _texts(value, name: str) -> list[str]:
     byte, None would fail deep in tokenization)."""
     if isinstance(value, str):
         return [value]
-    if not isinstance(value, (bytes, bytearray)) and isinstance(value, Iterable):  # a list, a pandas Series, ...
+    # a list, a pandas Series, ...; not a dict, whose keys would be taken for the texts
+    if not isinstance(value, (bytes, bytearray, Mapping)) and isinstance(value, Iterable):
         texts = list(value)
-        if all(isinstance(text, str) for text in texts):
+        wrong = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if wrong is None:
             return texts
+        raise TypeError(f"{name}: a list of strings, but item {wrong} is {type(texts[wrong]).__name__}")
     raise TypeError(f"{name}: a string or a list of strings, not {type(value).__name__}")
 
 

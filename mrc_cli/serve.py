@@ -13,7 +13,9 @@ From Python: `create_app(Reader.load("runs/a"))` is an ASGI app for any server o
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
 from contextlib import asynccontextmanager
 from typing import Callable
@@ -28,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrc_cli import __version__
 from mrc_cli.data import is_blank
+from mrc_cli.errors import ConfigError
 from mrc_cli.reader import Reader
 from mrc_cli.serve_settings import ServeSettings
 from mrc_cli.serve_batching import STOPS, RequestBatcher, ServeMetrics
@@ -282,6 +285,7 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     import datasets
     import uvicorn
 
+    _check_address(host, port)
     datasets.disable_progress_bars()  # the Reader maps every batch: one progress bar per batch would flood the log
     _log_like_uvicorn()
     failure: list[BaseException] = []
@@ -301,6 +305,17 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     server.run()
     if failure:
         raise failure[0]
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse an address that cannot be listened at before uvicorn tries: it would log the error among its start and
+    shutdown lines and exit 3."""
+    try:
+        socket.create_server((host, port)).close()  # SO_REUSEADDR, as uvicorn: a port in TIME_WAIT is free
+    except OSError as err:
+        why = (f"{host}:{port} is in use by another program; choose another --port (0 takes a free one)"
+               if err.errno == errno.EADDRINUSE else f"cannot listen at {host}:{port} ({err.strerror or err})")
+        raise ConfigError(why) from None
 
 
 def _log_like_uvicorn() -> None:

@@ -135,10 +135,12 @@ def test_eval_on_data_without_unanswerable_questions_answers_every_question(trai
     path.write_text(json.dumps(data), encoding="utf-8")
     assert "allow_null: true" in (trained_run / "config.yaml").read_text()
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(trained_run), "--data", str(path), "--out",
-                                      str(tmp_path / "eval")])
+                                      str(tmp_path / "eval"), "--store-threshold"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["metric"] == "squad" and "best_f1_thresh" not in metrics
+    assert f"null threshold: not stored: one is chosen on data with unanswerable questions, scored by SQuAD v2.0's " \
+           f"rules; {path} is scored by squad's" in result.stdout
     assert ("null answers: off for this data, which has no unanswerable questions; the model's own (on) stays for mrc "
             "predict") in result.stdout
     answers = json.loads((tmp_path / "eval" / "predictions.json").read_text())
@@ -253,6 +255,11 @@ def test_storing_the_threshold_never_leaves_half_a_config(trained_run, tmp_path,
     assert load_trained(checkpoint).cfg.decode.null_score_diff_threshold == 0.25
 
 
+def test_eval_of_a_file_for_a_checkpoint_names_the_checkpoint_not_the_default_out():
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", DEV, "--data", DEV])
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {DEV}: a file; pass the folder that holds it")
+
+
 def test_checkpoint_folder_without_weights_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no model.safetensors here"):
@@ -316,7 +323,8 @@ def test_the_reader_takes_texts_and_lists_and_says_what_is_wrong_with_the_rest(t
     for question, context_, error, message in (
             (None, context, TypeError, "question: a string or a list of strings, not NoneType"),
             ("Where?", b"The cat.", TypeError, "context: a string or a list of strings, not bytes"),
-            (["Where?", 3], context, TypeError, "question: a string or a list of strings, not list"),
+            (["Where?", 3], context, TypeError, "question: a list of strings, but item 1 is int"),
+            ("Where?", {"The cat.": 1}, TypeError, "context: a string or a list of strings, not dict"),
             ("Where?", "\u200b", ValueError, "context is empty or only whitespace (or invisible characters)"),
             ("  ", [context, other], ValueError, "question is empty"),
             (["Who?", ""], context, ValueError, "question [1] is empty"),

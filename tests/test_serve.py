@@ -317,6 +317,17 @@ def test_mrc_serve_stops_with_the_error_when_the_model_does_not_load(tmp_path):
     assert last.startswith(f"Error: {tmp_path / 'missing'}") and "no such checkpoint" in last
 
 
+def test_mrc_serve_on_a_port_in_use_says_so_in_one_line(tmp_path):
+    """uvicorn would log the error among its start and shutdown lines and exit 3."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path / "missing"), "--port", str(port)])
+    assert result.exit_code == 1 and result.output == (f"Error: 127.0.0.1:{port} is in use by another program; choose "
+                                                       "another --port (0 takes a free one)\n")
+
+
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
         if path := shutil.which(name):
