@@ -25,6 +25,7 @@ from accelerate import PartialState
 
 from mrc_cli.checkpoint import resolve_checkpoint, weights_fingerprint
 from mrc_cli.errors import CheckpointError, ConfigError
+from mrc_cli.files import folder_written_whole
 from mrc_cli.loading import ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
@@ -77,17 +78,19 @@ def _is_current(folder: Path, source: Path) -> bool:
 
 
 def _export(source: Path, folder: Path) -> None:
-    """Export into `folder`, written whole (mrc_cli.files.folder_written_whole): a stale export goes with it."""
+    """Export into `folder`, written whole (mrc_cli.files.folder_written_whole): a stale export goes with it, and
+    one another process wrote meanwhile stays."""
     from transformers import AutoConfig
 
-    from mrc_cli.export import export_onnx
+    from mrc_cli.export import write_onnx_export
     from mrc_cli.onnx_backend import check_exportable
 
     check_exportable(AutoConfig.from_pretrained(source), str(source))  # before a word about exporting
     print(f"exporting {source} to ONNX once (fp32 and int8 graphs) into {folder} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
-        export_onnx(str(source), str(folder), "int8")
+        with folder_written_whole(folder, keep=lambda written: _is_current(written, source)) as mine:
+            write_onnx_export(load_trained(source), mine, "int8")
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise

@@ -360,8 +360,7 @@ def evaluate(
         typer.echo(f"null threshold: F1 {metrics['f1']:.2f} at the checkpoint's, {metrics['best_f1']:.2f} at "
                    f"{metrics['best_f1_thresh']:.3f}" + (" (stored)" if store_threshold else " (--store-threshold keeps it)"))
     elif store_threshold:
-        typer.echo(f"null threshold: not stored: one is chosen on data with unanswerable questions, scored by SQuAD "
-                   f"v2.0's rules; {data} is scored by {metrics['metric']}'s")
+        typer.echo(f"null threshold: not stored: {data} has no unanswerable questions to choose one on")
     if calibrate:
         where = ("held-out articles" if metrics["calibration_held_out"] else
                  "the questions it was fitted on, optimistic (--calibrate-split holds half the articles out)")

@@ -393,8 +393,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def config_to_dict(cfg: RunConfig) -> dict:
     """The config as plain values; a path a Python caller set on it (a pathlib.Path) as its text, as YAML saves it."""
-    return {name: {key: os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in values.items()}
-            for name, values in dataclasses.asdict(cfg).items()}
+    def plain(value):
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    return {name: {key: plain(value) for key, value in values.items()} for name, values in dataclasses.asdict(cfg).items()}
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

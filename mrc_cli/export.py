@@ -29,19 +29,28 @@ QUANTIZATIONS = ("int8",)
 def check_export_folder(out: str | Path) -> None:
     """An export goes into a new or empty folder, or replaces an earlier export whole (mrc_cli.files.
     folder_written_whole): written into a run directory or a checkpoint, it would take the place of the run's best
-    checkpoint for eval and predict, or overwrite the checkpoint's weights; into a folder of other files, it would
-    mix with them."""
+    checkpoint for eval and predict, or overwrite the checkpoint's weights (an export already there included); into
+    a folder of other files, it would mix with them; replacing the folder mrc runs in would leave it nowhere."""
     check_output_folder(out)
     folder = Path(out)
-    if not folder.is_dir() or not any(folder.iterdir()) or is_onnx_export(folder) \
-            or (folder / EXPORT_SETTINGS).is_file():
+    if Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(f"--out {out}: the folder mrc runs in (or one above it); export into a folder of its own, "
+                          "e.g. --out export")
+    if not folder.is_dir() or not any(folder.iterdir()):
         return
     if (folder / "run_info.json").is_file() or (folder / "trainer_state.json").is_file() \
-            or (folder / "model.safetensors").is_file() and (folder / "config.yaml").is_file():
+            or (folder / "checkpoints").is_dir() or (folder / "config.yaml").is_file():
         raise ConfigError(f"--out {folder}: a training run or checkpoint, which the export would take the place of; "
                           f"export into a folder of its own, e.g. --out {folder / 'export'}")
-    raise ConfigError(f"--out {folder}: a folder of other files (not an export); give a new or empty folder, or an "
-                      "earlier export to replace")
+    if not (is_onnx_export(folder) or (folder / EXPORT_SETTINGS).is_file()):
+        raise ConfigError(f"--out {folder}: a folder of other files (not an export); give a new or empty folder, or an "
+                          "earlier export to replace")
+
+
+def _check_not_inside(loaded: Loaded, out: str | Path) -> None:
+    """The folder exported from stays: an export that replaced it (or a folder holding it) would delete its source."""
+    if loaded.path.resolve().is_relative_to(Path(out).resolve()):
+        raise ConfigError(f"--out {out}: holds {loaded.path}, which is exported from; export into a folder of its own")
 
 
 def export_checkpoint(checkpoint: str, out: str) -> Path:
@@ -51,6 +60,7 @@ def export_checkpoint(checkpoint: str, out: str) -> Path:
 
     check_export_folder(out)
     loaded = _load_torch_model(checkpoint)
+    _check_not_inside(loaded, out)
     if loaded.cfg.model.span_level == "word":
         raise ConfigError(f"{checkpoint} answers at model.span_level word: it pools sub-token states into words, "
                           "which AutoModelForQuestionAnswering does not, so its answers there would differ; export it "
@@ -89,21 +99,20 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
     onnx_backend.require_exporter()
     check_export_folder(out)
     loaded = _load_torch_model(checkpoint)
+    _check_not_inside(loaded, out)
     if parity_data:  # a file that cannot be scored is said before the export's minute, not after it
         from mrc_cli.splits import load_scorable
 
         load_scorable(parity_data, loaded.cfg.data)
     onnx_backend.check_exportable(loaded.model.config, checkpoint)
     with folder_written_whole(out) as folder:
-        _write_onnx_export(loaded, folder, quantize)
-    parity = None
-    if parity_data:
-        parity = onnx_parity(loaded, Path(out), parity_data)
-        (Path(out) / PARITY_FILE).write_text(json.dumps(parity, indent=2, ensure_ascii=False), encoding="utf-8")
+        parity = write_onnx_export(loaded, folder, quantize, parity_data)
     return OnnxExport(Path(out), parity)
 
 
-def _write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None) -> None:
+def write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None, parity_data: str | None = None) -> dict | None:
+    """Write the ONNX export of a loaded torch model into a new folder; with `parity_data`, also parity.json, which it
+    returns."""
     from mrc_cli import onnx_backend
 
     inputs = onnx_backend.export_graph(loaded.model, out_dir / onnx_backend.FP32_GRAPH)
@@ -122,6 +131,11 @@ def _write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None) -> N
                 "opset": onnx_backend.OPSET, "exported_from": str(loaded.path.resolve()),
                 "source_weights": weights_fingerprint(loaded.path), "versions": _versions()}
     (out_dir / ONNX_SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    if not parity_data:
+        return None
+    parity = onnx_parity(loaded, out_dir, parity_data)
+    (out_dir / PARITY_FILE).write_text(json.dumps(parity, indent=2, ensure_ascii=False), encoding="utf-8")
+    return parity
 
 
 def _load_torch_model(checkpoint: str) -> Loaded:

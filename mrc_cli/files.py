@@ -4,12 +4,13 @@ every reader can parse."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +31,31 @@ def write_text_atomically(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def folder_written_whole(folder: str | Path) -> Iterator[Path]:
+def folder_written_whole(folder: str | Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """A folder of this process's own beside `folder` to write into, which replaces `folder` (and whatever it held)
     when the block ends without an error: no reader meets a half-written folder, and none of an earlier one's files
-    stay beside the new ones. A folder cannot be renamed onto a full one, so the old one is moved aside first."""
+    stay beside the new ones (a folder cannot be renamed onto a full one: the old one is moved aside first). An
+    existing empty folder is written in place (a mount point cannot be renamed). `keep(folder)` true when the block
+    ends: another process wrote it meanwhile, and its folder stays."""
     folder = Path(folder).resolve()
+    if folder.is_dir() and not any(folder.iterdir()):
+        yield folder
+        return
     mine = folder.with_name(f".{folder.name}.{os.getpid()}")
     stale = folder.with_name(f".{folder.name}.stale.{os.getpid()}")
     shutil.rmtree(mine, ignore_errors=True)
     mine.mkdir(parents=True)
     try:
         yield mine
+        if keep is not None and keep(folder):
+            return
         if folder.exists():
             folder.rename(stale)
-        mine.rename(folder)
+        try:
+            mine.rename(folder)
+        except OSError as err:  # another process's folder came first, between the two renames
+            if not (err.errno in (errno.ENOTEMPTY, errno.EEXIST) and keep is not None and keep(folder)):
+                raise
     finally:
         shutil.rmtree(mine, ignore_errors=True)
         shutil.rmtree(stale, ignore_errors=True)

@@ -9,13 +9,14 @@ questions with the same features and decoder as `mrc predict`.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from accelerate import PartialState
 
 from mrc_cli import calibration, thresholds
-from mrc_cli.config import DataConfig, set_value
+from mrc_cli.config import DataConfig, RunConfig, set_value
 from mrc_cli.data import is_blank, to_dataset
 from mrc_cli.decoding import Prediction
 from mrc_cli.ensemble import (Ensemble, build_ensemble, check_save_folder, ensemble_inference, load_ensemble,
@@ -97,13 +98,16 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and calibration "
                           "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
                           "int8 export of its own (mrc export --format onnx --quantize int8)")
+    if metric is not None:
+        set_value(RunConfig(), "data.metric", metric, "--metric")  # the name checked before any work
     if out:  # refused before any work; the default, inside the checkpoint, once the checkpoint is known to be one
         _check_answers_folder(Path(out))
     loaded = load_model(checkpoint, backend)
     out_dir = Path(out) if out else Path(checkpoint) / "eval"
-    _check_answers_folder(out_dir)
+    if not out:
+        _check_answers_folder(out_dir)
     if metric is not None:
-        set_value(loaded.cfg, "data.metric", metric, "--metric")
+        loaded.cfg.data.metric = metric
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file sets the null rule as the data is scored
     metrics, predictions, split = answer_file(loaded, data, "eval")
     # before anything is stored: a file of one article cannot be split
@@ -304,11 +308,11 @@ class Reader:
 def _batch_size(value) -> int:
     """Features per forward pass, a whole number of at least 1 (0 or less would run no batch: every answer made up
     from logits of 0)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's ints too
         raise TypeError(f"batch_size: a whole number, not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"batch_size must be 1 or more, got {value}")
-    return value
+    return int(value)
 
 
 def _texts(value, name: str) -> list[str]:

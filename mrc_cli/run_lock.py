@@ -10,7 +10,6 @@ cannot both take it. The file names the holder for the message.
 from __future__ import annotations
 
 import contextlib
-import fcntl  # POSIX: Linux and macOS
 import json
 import os
 import socket
@@ -29,6 +28,8 @@ LOCK_FILE = ".lock"
 def _take(f: IO[str]) -> bool:
     """Take the lock on an open lock file: True when taken, False when another process holds it. OSError where the
     file system has no locks (an NFS mount without a lock service)."""
+    import fcntl  # POSIX: Linux and macOS; imported here, so that importing mrc_cli does not need it
+
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -310,11 +310,12 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
 def _check_address(host: str, port: int) -> None:
     """Refuse an address that cannot be listened at before uvicorn tries: it would log the error among its start and
     shutdown lines and exit 3."""
-    try:
-        socket.create_server((host, port)).close()  # SO_REUSEADDR, as uvicorn: a port in TIME_WAIT is free
+    family, address = (socket.AF_INET6, f"[{host}]:{port}") if ":" in host else (socket.AF_INET, f"{host}:{port}")
+    try:  # SO_REUSEADDR, as uvicorn: a port in TIME_WAIT is free
+        socket.create_server((host, port), family=family).close()
     except OSError as err:
-        why = (f"{host}:{port} is in use by another program; choose another --port (0 takes a free one)"
-               if err.errno == errno.EADDRINUSE else f"cannot listen at {host}:{port} ({err.strerror or err})")
+        why = (f"{address} is in use by another program; choose another --port (0 takes a free one)"
+               if err.errno == errno.EADDRINUSE else f"cannot listen at {address} ({err.strerror or err})")
         raise ConfigError(why) from None
 
 

@@ -68,7 +68,8 @@ def load_tokenizer(name_or_path: str):
             "pass --set model.tokenizer=<a folder with tokenizer.json>"
         )
     folder = Path(name_or_path).expanduser()
-    needs = tokenizer.vocab_files_names.values()  # none for a byte-level tokenizer such as ByT5's
+    # the files it loads from (tokenizer.json for every fast one, which not all list); none for ByT5's bytes
+    needs = {*tokenizer.vocab_files_names.values(), "tokenizer.json"} if tokenizer.vocab_files_names else set()
     if folder.is_dir() and needs and not any((folder / name).is_file() for name in needs):
         # transformers 5 makes a tokenizer of the special tokens alone from a config.json: every word unknown
         files = " or ".join(sorted(set(needs)))

@@ -10,6 +10,7 @@ two, and the official scorers score such a file. Every repair and every omission
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -278,7 +279,8 @@ def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
         texts.append(new_text)
         starts.append(new_start)
         dropped = text.strip()[len(text.strip().rstrip(FINAL_PUNCTUATION)):]
-        if dropped and not _squeezed(new_text).endswith(dropped):
+        if dropped and not _squeezed(unicodedata.normalize("NFKC", new_text)).endswith(
+                unicodedata.normalize("NFKC", dropped)):
             _repair(report, f'{where}: answer "{text}" is not in its context, without its final "{dropped}" it is '
                             f'(found at {new_start}; relocated without it)')
         elif _squeezed(new_text) != _squeezed(text):
@@ -328,15 +330,17 @@ def _squeezed(text: str) -> str:
 
 
 def _nfkc_with_offsets(text: str) -> tuple[str, list[int], list[int]]:
-    """`text` in NFKC, and for each of its characters the start and end in `text` of the character it came from, a
-    combining mark counted with its base (NFKC composes the two into one)."""
+    """`text` in NFKC, and for each of its characters the start and end in `text` of the characters it came from: a
+    piece of `text` grows while NFKC composes its next character with it (a combining accent, a half-width voiced
+    mark, a Hangul jamo)."""
+    nfkc = functools.partial(unicodedata.normalize, "NFKC")
     pieces, begins, ends = [], [], []
     i = 0
     while i < len(text):
         j = i + 1
-        while j < len(text) and unicodedata.combining(text[j]):
+        while j < len(text) and nfkc(text[i:j + 1]) != nfkc(text[i:j]) + nfkc(text[j]):
             j += 1
-        piece = unicodedata.normalize("NFKC", text[i:j])
+        piece = nfkc(text[i:j])
         pieces.append(piece)
         begins += [i] * len(piece)
         ends += [j] * len(piece)

@@ -454,12 +454,11 @@ def test_score_cli_scores_repeated_ids_as_the_official_scripts_with_a_warning(tm
         assert "Warning: " in result.stderr and "question id d occurs 2 times (each is scored against that id's prediction" in result.stderr
 
 
-def test_score_takes_validated_records_and_refuses_answers_it_cannot_read(tmp_path):
-    """validate's records hold answers as {"text", "answer_start"}: scored by their texts, not by the dict's keys."""
+def test_score_takes_the_records_read_data_reads_and_refuses_answers_it_cannot_read(tmp_path):
+    """read_data's records hold answers as {"text", "answer_start"}: scored by their texts, not by the dict's keys."""
     from mrc_cli.data import read_data
-    from mrc_cli.validate import validate_records
 
-    records, _ = validate_records(read_data("data/quickstart/en_dev.json"), "eval")
+    records = read_data("data/quickstart/en_dev.json").records
     perfect = {r["id"]: (r["answers"]["text"] or [""])[0] for r in records}
     assert score(records, perfect)["exact"] == 100.0
     with pytest.raises(DataError, match="question q: gold answers must be a list of texts"):

@@ -254,7 +254,7 @@ def test_albert_and_word_level_graphs_give_the_model_logits(tiny_albert_dir, tin
             export_checkpoint(str(run), str(tmp_path / "hf"))
 
 
-def test_an_export_replaces_an_earlier_one_whole_and_takes_no_runs_place(bert_run, bert_onnx, tmp_path):
+def test_an_export_replaces_an_earlier_one_whole_and_takes_no_runs_place(bert_run, bert_onnx, tmp_path, monkeypatch):
     """Written over an earlier export, none of its files stay (an int8 graph and parity.json of other weights, the
     onnx.json that made a Hugging Face export load as ONNX); a run, a checkpoint or a folder of other files is
     refused (an export in a run directory answered for it in place of its best checkpoint)."""
@@ -273,14 +273,25 @@ def test_an_export_replaces_an_earlier_one_whole_and_takes_no_runs_place(bert_ru
     export_checkpoint(str(bert_run), str(earlier))
     assert not is_onnx_export(earlier) and not (earlier / "model.onnx").exists()
     assert Reader.load(earlier).backend == "torch"
-    for out in (bert_run, resolve_checkpoint(bert_run)):
+    with pytest.raises(ConfigError, match="holds .*earlier, which is exported from"):  # it would delete its source
+        export_onnx(str(earlier), str(earlier))
+    run = shutil.copytree(bert_run, tmp_path / "run")
+    (run / "onnx.json").write_text("{}")  # a run that an earlier mrc-cli let an export into is still a run
+    for out in (run, resolve_checkpoint(run)):
         with pytest.raises(ConfigError, match="a training run or checkpoint, which the export would take the place of"):
-            export_checkpoint(str(bert_run), str(out))
+            export_checkpoint(str(run), str(out))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("x")
     with pytest.raises(ConfigError, match="a folder of other files"):
         export_onnx(str(bert_run), str(tmp_path / "notes"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "notes"]  # no folder of a write left behind
+    monkeypatch.chdir(earlier)
+    with pytest.raises(ConfigError, match="--out .: the folder mrc runs in"):
+        export_checkpoint(str(bert_run), ".")
+    (tmp_path / "mount").mkdir()  # an empty folder is written in place: a mount point cannot be renamed
+    inode = (tmp_path / "mount").stat().st_ino
+    export_checkpoint(str(bert_run), str(tmp_path / "mount"))
+    assert (tmp_path / "mount").stat().st_ino == inode and (tmp_path / "mount" / "mrc_cli.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "mount", "notes", "run"]  # no write's folder left
 
 
 def test_a_roberta_graph_gives_the_model_logits_and_quantizes(tiny_encoder_dir, tmp_path):

@@ -264,7 +264,8 @@ def test_encoders_with_attention_of_their_own_refuse_a_token_budget_and_infer_on
     with pytest.raises(ConfigError, match=f"train.tokens_per_batch 600: {model_type} is not among .*--init-from"):
         train(cfg)
     cfg.train.tokens_per_batch = "auto"
-    assert _why_unpacked(cfg.train, model.config, CUDA, "bf16") == packing_refusal(model.config)
+    unpacked = _why_unpacked(cfg.train, model.config, CUDA, "bf16")
+    assert unpacked == packing_refusal(model.config) and _token_budget(cfg.train, unpacked, [100, 120], CUDA) == 0
 
 
 @pytest.mark.parametrize("kind", ["fgm", "pgd"])

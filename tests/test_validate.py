@@ -28,8 +28,9 @@ def test_locate_finds_an_answer_written_in_another_unicode_form_and_returns_the_
     decomposed = "Cafe\u0301 de Flore"  # e + combining acute: NFKC makes one character of the two
     assert locate_answer(decomposed, "Café", 0) == (0, "Cafe\u0301")
     assert locate_answer("the Café closed", "Cafe\u0301", 9) == (4, "Café")
-    assert locate_answer("平成元年に", "平成", 0) == (0, "平成")  # exact still wins over normalised forms
+    assert locate_answer("㍻元年、平成2年", "平成", 0) == (4, "平成")  # exact wins over a nearer normalised form
     assert locate_answer("㍻元年に", "平成元年", 0) == (0, "㍻元年")
+    assert locate_answer("ｶﾞｲﾄﾞ本", "ガイド", 0) == (0, "ｶﾞｲﾄﾞ")  # half-width voiced marks compose too
 
 
 def test_a_normalised_relocation_is_reported_with_both_texts(tmp_path):
@@ -39,6 +40,10 @@ def test_a_normalised_relocation_is_reported_with_both_texts(tmp_path):
     assert records[0]["answers"] == {"text": ["1998年"], "answer_start": [3]} and report.relocated == 1
     assert report.repairs == [f'{path}: question q: answer "１９９８年" is not in its context, "1998年" is: the same '
                               'text after Unicode normalisation (NFKC; found at 3, relocated as the context writes it)']
+    path = write_squad(tmp_path / "e.json", [("大家加油!明天见。", [  # a full-width final mark, found half-width
+        {"id": "q", "question": "说了什么？", "answers": [{"text": "加油！", "answer_start": 2}]}])])
+    records, report = validate_records(read_data(path), "train")
+    assert records[0]["answers"]["text"] == ["加油!"] and "Unicode normalisation" in report.repairs[0]
 
 
 def test_misaligned_answers_are_relocated_or_marked_and_counted(tmp_path):

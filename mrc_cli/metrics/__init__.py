@@ -88,8 +88,9 @@ def score(
 ) -> dict:
     """Score predictions (id -> answer text, "" for no answer) against gold records with the official rules.
 
-    golds are `{"id", "answers": [str], "is_impossible": bool}` records (or validate's, whose answers are
-    `{"text": [str], "answer_start": [int]}`); metric "auto" picks one with
+    golds are `{"id", "answers": [str], "is_impossible": bool}` records (or read_data's, whose answers are
+    `{"text": [str], "answer_start": [int]}`: validate's repaired texts, where it relocated an answer, are not the
+    official ones); metric "auto" picks one with
     detect_metric. null_odds (id -> odds that the question has no answer) apply to squad_v2 only: answers whose odds
     exceed `null_threshold` count as null (the official --na-prob-thresh, 1.0; infinite: the answers as given, the odds
     for the best_* sweep only). Returns `metric` (the rules applied: auto picks them by the data), the official figures
