@@ -63,6 +63,15 @@ class ModelConfig:
     span_level: Literal["token", "word"] = "token"  # word: answers start and end on whole words (data.word_segmenter's)
     multi_sample_dropout: int = 0  # > 1: the head sees that many dropout masks in training, the loss is their mean
 
+    def __post_init__(self) -> None:
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:  # torch's own refusal is a traceback from inside the model
+                raise ConfigError(f"model.{name} is a probability from 0 to below 1 (or null: the model's own), got "
+                                  f"{value}")
+        if self.multi_sample_dropout < 0:
+            raise ConfigError(f"model.multi_sample_dropout must be 0 (off) or more, got {self.multi_sample_dropout}")
+
 
 @dataclass
 class TrainConfig:

@@ -565,6 +565,8 @@ def test_a_config_from_python_takes_paths_and_one_setting_as_a_string_and_keeps_
     with pytest.raises(ConfigError, match="n_best_size"):
         apply_sets(cfg, ["decode.n_best_size=0"])
     assert cfg.decode.n_best_size == DecodeConfig().n_best_size
+    with pytest.raises(ConfigError, match="model.dropout is a probability from 0 to below 1 .* got 2.0"):
+        load_config(None, sets=["model.dropout=2"])  # torch's refusal was a traceback from inside the model
 
 
 def test_a_setting_only_another_command_reads_is_refused_naming_that_command():
