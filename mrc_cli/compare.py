@@ -30,6 +30,7 @@ from typing import Any
 from mrc_cli.config import (RunConfig, TrainConfig, apply_sets, check_data_config, check_train_config, config_to_dict,
                             refuse_unread_sets)
 from mrc_cli.errors import ConfigError
+from mrc_cli.files import check_output_folder
 from mrc_cli.model import check_dropout_tricks, encoder_config
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 from mrc_cli.tokenizer import load_tokenizer
@@ -114,6 +115,7 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     second verdict per variant against it."""
     refuse_several_processes("compare")
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     variants = _with_reference(variants, equal_compute)
     runs = _plan_runs(base, variants, seeds, out_dir)
     print(f"{len(runs)} runs: {len(variants)} variants x {len(seeds)} seeds, against {REFERENCE}" if len(variants) > 1

@@ -28,6 +28,7 @@ import yaml
 from mrc_cli.checkpoint import TRAINING_STATE, run_dir_of
 from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
 from mrc_cli.config import RunConfig, check_null_threshold, set_value, write_yaml_atomically
+from mrc_cli.files import check_output_folder
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
 from mrc_cli.features import build_features, column
@@ -261,6 +262,7 @@ def _read_settings(path: Path) -> dict:
 def check_save_folder(folder: str | Path) -> None:
     """Refused before any work: saving must not mix an ensemble into another folder's files."""
     folder = Path(folder)
+    check_output_folder(folder, "--save")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ConfigError(f"{folder}: exists and is not an empty folder; save the ensemble into a new one")
 

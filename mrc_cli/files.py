@@ -63,9 +63,11 @@ def folder_written_whole(folder: str | Path, keep: Callable[[Path], bool] | None
 
 def check_output_file(path: str | Path, flag: str = "--out", example: str = "predictions.json",
                       data: str | Path | None = None) -> None:
-    """Refused before any work: an output file whose name is taken by a folder, or that is the `data` file read."""
+    """Refused before any work: an output file whose name is taken by a folder, or whose folder's by a file, or
+    that is the `data` file read."""
     if Path(path).is_dir():
         raise ConfigError(f"{flag} {path}: a folder; give a file name (e.g. {Path(path) / example})")
+    _check_parents(Path(path), flag)
     if data is not None and Path(data).is_file() and Path(path).resolve() == Path(data).resolve():
         raise ConfigError(f"{flag} {path}: the data file itself, which this would overwrite; write to another file, "
                           f"e.g. {flag} {example}")
@@ -76,6 +78,10 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path}: an existing file; give a folder")
+    _check_parents(path, flag)
+
+
+def _check_parents(path: Path, flag: str) -> None:
     taken = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if taken is not None:
         raise ConfigError(f"{flag} {path}: {taken} is a file, not a folder")

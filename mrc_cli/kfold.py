@@ -21,6 +21,7 @@ from pathlib import Path
 from mrc_cli.checkpoint import read_checkpoint_config, resolve_checkpoint
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError, DataError
+from mrc_cli.files import check_output_folder
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score, scored_with_nulls, unscorable
@@ -95,6 +96,7 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     are skipped, an unfinished one resumes from its newest checkpoint. With data.dev_file, every fold's best
     checkpoint is then scored there (with `thresholds.threshold_report` where the threshold is stored)."""
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     if folds < 2:
         raise ConfigError(f"--folds {folds}: k-fold training needs at least 2 folds")
     source = cfg.data.train_file

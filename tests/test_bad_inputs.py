@@ -286,6 +286,14 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_model_loads(tmp_path):
         _fails(_invoke("export", "--checkpoint", none, "--out", file, "--format", fmt), f"--out {file}: an existing file")
     _fails(_invoke("ensemble", "--checkpoint", none, "--data", dev, "--out", folder, "--submission", folder),
            f"--submission {folder}: a folder")
+    inside = file / "x"  # a path through a file: NotADirectoryError / FileExistsError tracebacks before
+    for args, flag in ((("predict", "--checkpoint", none, "--data", dev, "--out", inside), "--out"),
+                       (("ensemble", "--checkpoint", none, "--data", dev, "--out", folder, "--save", inside), "--save"),
+                       (("ensemble", "--checkpoint", none, "--data", dev, "--out", folder, "--submission", inside),
+                        "--submission"),
+                       (("kfold", "--folds", "2", "--train", dev, "--out", inside), "--out"),
+                       (("compare", "--variant", "a:train.lr=1e-5", "--dev", dev, "--out", inside), "--out")):
+        _fails(_invoke(*args), f"{flag} {inside}: {file} is a file, not a folder")
 
 
 def test_score_takes_the_folder_mrc_eval_wrote(tmp_path):
