@@ -103,7 +103,11 @@ def held_out_f1(checkpoints: list[str]) -> list[float]:
             raise ConfigError(f"--weights oof: member {number} ({checkpoint}) was not trained by `mrc kfold` (no "
                               f"{FOLD_RECORD} in it or its run directory), so it has no out-of-fold F1; pass the folds' "
                               "run directories (OUT/fold-<k>), or weights such as 2,1")
-        scores.append(json.loads(record.read_text(encoding="utf-8"))["f1"])
+        f1 = json.loads(record.read_text(encoding="utf-8"))["f1"]
+        if not f1 > 0:
+            raise ConfigError(f"--weights oof: member {number} ({checkpoint}) scored F1 {f1} on the fold it was held "
+                              "out of, which would weigh it 0; leave it out, or give weights such as 1,1")
+        scores.append(f1)
     return scores
 
 
@@ -118,6 +122,7 @@ def normalised_weights(values: list, num_members: int, where: str) -> list[float
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise ConfigError(f"{where}: weights must be finite positive numbers; leave a member out rather than weighting "
                           "it 0")
+    values = [v / max(values) for v in values]  # first to at most 1: 1e308 twice would sum to inf, each weight 0
     return [v / sum(values) for v in values]
 
 

@@ -398,6 +398,7 @@ def test_from_python_one_member_is_a_path_and_weights_a_list(tmp_path):
     from mrc_cli.ensemble import build_ensemble, parse_weights
 
     assert parse_weights([2, 1], ["a", "b"]) == pytest.approx([2 / 3, 1 / 3])
+    assert parse_weights("1e308,1e308", ["a", "b"]) == [0.5, 0.5]  # their sum is inf: each had weighed 0
     with pytest.raises(ConfigError, match="2 weights for 1 members"):
         parse_weights((1, 1), ["a"])
     with pytest.raises(CheckpointError, match=f"^{tmp_path / 'run'}: no such"):

@@ -313,6 +313,12 @@ def test_oof_weights_are_the_folds_held_out_f1_shares(kfolded, tmp_path):
     result = CliRunner().invoke(app, ["ensemble", "--checkpoint", members[0], "--checkpoint", str(tmp_path / "saved"),
                                       "--weights", "oof", "--data", str(dev_file), "--out", str(tmp_path / "ens2")])
     assert result.exit_code == 1 and "member 2" in result.stderr and "was not trained by `mrc kfold`" in result.stderr
+    zero = shutil.copytree(out / "fold-1", tmp_path / "fold-zero")  # a tiny model's fold can score 0
+    record = json.loads((zero / "kfold_fold.json").read_text())
+    (zero / "kfold_fold.json").write_text(json.dumps({**record, "f1": 0.0}))
+    result = CliRunner().invoke(app, ["ensemble", "--checkpoint", members[0], "--checkpoint", str(zero),
+                                      "--weights", "oof", "--data", str(dev_file), "--out", str(tmp_path / "ens3")])
+    assert result.exit_code == 1 and f"member 2 ({zero}) scored F1 0.0 on the fold it was held out of" in result.stderr
 
 
 def test_the_chain_folds_ensemble_student_submission_runs_from_the_cli(kfolded, tiny_albert_dir, tmp_path):
