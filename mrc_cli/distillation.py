@@ -23,13 +23,16 @@ training see the combined loss and every checkpoint is an ordinary span checkpoi
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.nn import functional as F
 
-from mrc_cli.checkpoint import resolve_checkpoint
+from mrc_cli.checkpoint import resolve_checkpoint, weights_fingerprint
 from mrc_cli.combining import Positions, window_distributions
 from mrc_cli.config import RunConfig
 from mrc_cli.ensemble import Ensemble, combined_positions
@@ -79,6 +82,10 @@ class DistilTask(SpanTask):
         return super().load(cfg, tokenizer, log)
 
     def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):
+        if pretrained:  # a new run: the teacher is the folder the path names now, saved so with the run
+            cfg.distil.teacher = str(_pinned(cfg.distil.teacher))
+        else:  # a resumed run goes on learning from the teacher it began with
+            _check_teacher_unchanged(cfg)
         # the teacher pass is here, not in load: run_task calls load in one process after the other
         # (main_process_first), and every process takes part in this pass at the same time
         self.targets = self._teacher_targets(cfg, log)
@@ -107,7 +114,31 @@ class DistilTask(SpanTask):
         return {**store.batch(index, rows), TARGETS: store.fill_slots(self.targets[rows], 0)}  # empty slots: no mass
 
     def run_info(self, cfg: RunConfig) -> dict:
-        return {**super().run_info(cfg), "teacher": cfg.distil.teacher}
+        return {**super().run_info(cfg), "teacher": cfg.distil.teacher, "teacher_weights": _weights_of(cfg.distil.teacher)}
+
+
+def _pinned(teacher: str) -> Path:
+    """The teacher as an absolute folder: a run directory's best checkpoint of now (the run may go on training and
+    its best move), any other model or ensemble folder as it is."""
+    if is_ensemble(teacher) or is_onnx_export(teacher):
+        return Path(teacher).resolve()
+    return resolve_checkpoint(teacher).resolve()
+
+
+def _weights_of(teacher: str) -> dict | None:
+    """The fingerprint of a one-model teacher's weights (None for an ensemble or an ONNX export)."""
+    folder = Path(teacher)
+    return weights_fingerprint(folder) if (folder / "model.safetensors").is_file() else None
+
+
+def _check_teacher_unchanged(cfg: RunConfig) -> None:
+    """A resumed run whose teacher's weights were rewritten since it began would learn from another teacher."""
+    info = Path(cfg.train.output_dir) / "run_info.json"
+    then = json.loads(info.read_text(encoding="utf-8")).get("teacher_weights") if info.is_file() else None
+    now = _weights_of(cfg.distil.teacher)
+    if then is not None and now is not None and then != now:
+        raise ConfigError(f"{cfg.distil.teacher}: the teacher's weights changed since this run began (its "
+                          "model.safetensors was rewritten); restore them to resume, or start a new run")
 
 
 def shared_teacher_scores(teacher, examples) -> Positions:

@@ -20,11 +20,13 @@ from typer.testing import CliRunner
 
 from conftest import QUICKSTART, ROOT, tiny_run_config
 from mrc_cli.batching import FeatureTensors
+from mrc_cli.checkpoint import resolve_checkpoint
 from mrc_cli.cli import app
 from mrc_cli.config import save_config
 from mrc_cli.combining import Positions, own_log_probs, window_distributions
 from mrc_cli.distillation import TARGETS, DistilTask, distil, distillation_kl, teacher_scores
 from mrc_cli.ensemble import build_ensemble, save_ensemble
+from mrc_cli.errors import ConfigError
 from mrc_cli.features import build_features, column
 from mrc_cli.inference import position_offsets
 from mrc_cli.reader import load_model
@@ -173,8 +175,9 @@ def test_bert_teacher_trains_an_albert_student_from_the_cli_into_a_checkpoint_mr
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 2
     config = (out / "checkpoints" / "step-000002" / "config.yaml").read_text()
-    assert f"teacher: {teacher_run}" in config and "temperature: 3.0" in config
-    assert json.loads((out / "run_info.json").read_text())["teacher"] == str(teacher_run)
+    pinned = resolve_checkpoint(teacher_run)  # the run's best checkpoint when the student began
+    assert f"teacher: {pinned}" in config and "temperature: 3.0" in config
+    assert json.loads((out / "run_info.json").read_text())["teacher"] == str(pinned)
     assert "mean start mass on CLS" in (out / "train.log").read_text()
     scored = _invoke("eval", "--checkpoint", out, "--data", DEV, "--out", tmp_path / "eval")
     assert scored.exit_code == 0, scored.output
@@ -226,6 +229,18 @@ def test_resumed_distillation_is_bitwise_the_uninterrupted_run(teacher_run, tiny
     assert not torch.equal(_weights(a, 2)["qa_outputs.weight"], wb["qa_outputs.weight"])
     losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
     assert losses(b) == [x for x in losses(a) if x[0] > 2]
+
+
+def test_a_resume_refuses_a_teacher_whose_weights_changed(teacher_run, tiny_albert_dir, tmp_path):
+    """The teacher's run trained on (its best checkpoint moved) or its weights were rewritten: the resumed student
+    would learn from another teacher than its first steps did."""
+    teacher = shutil.copytree(teacher_run, tmp_path / "teacher")
+    cfg = lambda **kw: _distil_cfg(tiny_albert_dir, tmp_path / "student", teacher, save_steps=2, **kw)
+    distil(cfg(max_steps=2))
+    weights = resolve_checkpoint(teacher) / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ConfigError, match="the teacher's weights changed since this run began"):
+        distil(cfg(max_steps=3, resume="auto"))
 
 
 # --- two processes ---------------------------------------------------------------------------------------------
