@@ -244,11 +244,15 @@ def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Pat
     if not scored_with_nulls(golds):
         return {"oof": scores, "null_threshold": None}
     sweep = null_threshold_sweep(golds, nbest, null_odds)
-    threshold = sweep["best_f1_thresh"]
+    threshold, kept = sweep["best_f1_thresh"], []
     for fold in plan:
         best = resolve_checkpoint(fold.run_dir)
-        store_threshold(best, read_checkpoint_config(best), threshold, "oof", null_share(golds))
-    return {"oof": {**scores, **sweep}, "null_threshold": threshold}
+        cfg = read_checkpoint_config(best)
+        if cfg.decode.null_threshold_from == "dev":  # stored by mrc eval --store-threshold since: the user's choice
+            kept.append(fold.index)
+            continue
+        store_threshold(best, cfg, threshold, "oof", null_share(golds))
+    return {"oof": {**scores, **sweep}, "null_threshold": threshold, "threshold_kept_by_folds": kept}
 
 
 def _score_dev(plan: list[Fold], dev_file: str) -> list[dict]:
@@ -286,8 +290,12 @@ def format_kfold(result: dict) -> str:
         lines.append(f"{left_out['count']} questions left out: {left_out['why']}.")
     threshold = result["null_threshold"]
     if threshold is not None:
+        kept = result.get("threshold_kept_by_folds") or []
+        stored = ("stored with every fold's best checkpoint for mrc predict" if not kept else
+                  f"not stored for fold(s) {', '.join(map(str, kept))}, which keep the threshold mrc eval "
+                  "--store-threshold stored on a dev set; stored with the others' best checkpoints")
         lines.append(f"Null threshold chosen out of fold: {threshold:.3f} (OOF F1 {result['oof']['best_f1']:.2f} at it, "
-                     f"{oof['f1']:.2f} at the config's); stored with every fold's best checkpoint for mrc predict.")
+                     f"{oof['f1']:.2f} at the config's); {stored}.")
     for row in dev.values():
         report = row["threshold_report"]
         if report:

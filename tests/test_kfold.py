@@ -383,6 +383,29 @@ def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
     assert result["null_threshold"] == before["null_threshold"]
 
 
+def test_a_second_kfold_keeps_a_threshold_mrc_eval_stored_since(kfolded, monkeypatch):
+    """mrc eval --store-threshold on a fold's checkpoint after kfold: a rerun (all folds skipped) had put the OOF
+    threshold back silently, under a calibration fitted at the other one."""
+    from mrc_cli.thresholds import store_threshold
+
+    out, config, train_file, dev_file, _ = kfolded
+    best = [resolve_checkpoint(out / f"fold-{k}") for k in (0, 1)]
+    files = [*(b / "config.yaml" for b in best), out / "kfold.json"]
+    before = {path: path.read_bytes() for path in files}
+    try:
+        store_threshold(best[0], read_checkpoint_config(best[0]), 5.0, "dev")
+        monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+        result = kfold(_cfg(config, train_file, dev_file), 2, out)
+        kept, oof = (read_checkpoint_config(b).decode for b in best)
+        assert (kept.null_score_diff_threshold, kept.null_threshold_from) == (5.0, "dev")
+        assert (oof.null_score_diff_threshold, oof.null_threshold_from) == (result["null_threshold"], "oof")
+        assert "not stored for fold(s) 0, which keep the threshold mrc eval --store-threshold stored" in \
+               kfold_module.format_kfold(result)
+    finally:
+        for path, content in before.items():
+            path.write_bytes(content)
+
+
 def test_a_folds_answers_are_kept_its_own_and_never_rebuilt_from_others(kfolded, monkeypatch, tmp_path):
     """eval, ensemble and predict refuse to write into a fold's (a run's) folder; answers replaced there anyway are
     refused when the out-of-fold score is rebuilt, not scored as the fold's."""
