@@ -141,8 +141,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder as given, or a run directory's best (else newest) checkpoint."""
     path = Path(path)
     if path.is_file():
-        raise CheckpointError(f"{path}: a file; pass the folder that holds it ({path.parent}), a run directory or an "
-                              "`mrc export` folder")
+        # the folder that holds it where that is a model's (model.safetensors given), not a data file's
+        holder = f"the folder that holds it ({path.parent}), " if (path.parent / "model.safetensors").is_file() else ""
+        raise CheckpointError(f"{path}: a file; pass {holder}a checkpoint folder, a run directory or an `mrc export` "
+                              "folder")
     if (path / "model.safetensors").is_file():
         return path
     pointer = path / BEST_POINTER

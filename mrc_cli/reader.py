@@ -133,12 +133,16 @@ RUN_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json")
 
 
 def _check_answers_folder(out_dir: Path) -> None:
-    """eval's and ensemble's folder, refused before any work where it is a training run's own: its predictions.json
-    and metrics.json are the run's final evaluation, which mrc kfold's out-of-fold score is built from."""
+    """eval's and ensemble's folder, refused before any work where it is a training run's own (its predictions.json
+    and metrics.json are the run's final evaluation, which mrc kfold's out-of-fold score is built from) or a saved
+    ensemble's (another ensemble's answers beside its ensemble.yaml would pass for its own)."""
     check_output_folder(out_dir)
     if (out_dir / "run_info.json").is_file():
         raise ConfigError(f"--out {out_dir}: a training run's folder, whose predictions.json and metrics.json are its "
                           f"own final evaluation; write elsewhere, e.g. --out {out_dir / 'eval'}")
+    if is_ensemble(out_dir):
+        raise ConfigError(f"--out {out_dir}: a saved ensemble's folder; write the answers elsewhere, e.g. --out "
+                          f"{out_dir / 'eval'}")
 
 
 def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Prediction], split: Split, out_dir: Path,

@@ -47,12 +47,13 @@ class FinishedRun:
 
 def train_run(cfg: RunConfig, settings: dict, label: str, gpu: str | None, by: str, command: str = "train",
               facts: dict | None = None, before: Callable[[], None] = lambda: None) -> FinishedRun:
-    """Announce a run (`label`, and the checkpoint it resumes from), mark it begun with these settings and `facts`
-    (start_run), `before()`, then train it in a process of its own (train_in_own_process)."""
+    """Mark a run begun with these settings and `facts` (start_run: a run begun with others is refused), announce it
+    (`label`, and the checkpoint it resumes from), `before()`, then train it in a process of its own
+    (train_in_own_process)."""
     run_dir = Path(cfg.train.output_dir)
     resumed_from = latest_checkpoint(run_dir)
-    print(label + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
     start_run(run_dir, settings, facts)
+    print(label + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
     before()
     started = time.perf_counter()
     train_in_own_process(cfg, gpu, by, command)

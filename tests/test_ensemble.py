@@ -412,3 +412,7 @@ def test_flags_are_checked_before_the_work(tmp_path):
     (tmp_path / "full" / "file").write_text("x")
     result = _invoke("ensemble", "--checkpoint", "a", "--data", DEV, "--out", tmp_path / "out", "--save", tmp_path / "full")
     assert result.exit_code == 1 and "not an empty folder" in result.stderr
+    (tmp_path / "saved").mkdir()  # another ensemble's answers beside its ensemble.yaml would pass for its own
+    (tmp_path / "saved" / "ensemble.yaml").write_text("members: []\n")
+    result = _invoke("ensemble", "--checkpoint", "a", "--data", DEV, "--out", tmp_path / "saved")
+    assert result.exit_code == 1 and f"--out {tmp_path / 'saved'}: a saved ensemble's folder" in result.stderr

@@ -256,7 +256,9 @@ def test_storing_the_threshold_never_leaves_half_a_config(trained_run, tmp_path,
 
 def test_eval_of_a_file_for_a_checkpoint_names_the_checkpoint_not_the_default_out():
     result = CliRunner().invoke(app, ["eval", "--checkpoint", DEV, "--data", DEV])
-    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {DEV}: a file; pass the folder that holds it")
+    # a data file: its folder is not a model's, so it is not offered
+    assert result.exit_code == 1 and result.stderr == (f"Error: {DEV}: a file; pass a checkpoint folder, a run "
+                                                       "directory or an `mrc export` folder\n")
 
 
 def test_checkpoint_folder_without_weights_is_a_clear_error(tmp_path):
