@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from mrc_cli.checkpoint import resolve_checkpoint, weights_fingerprint
 from mrc_cli.combining import Positions, window_distributions
 from mrc_cli.config import RunConfig
-from mrc_cli.ensemble import Ensemble, combined_positions
+from mrc_cli.ensemble import Ensemble, check_saved_ensemble, combined_positions
 from mrc_cli.errors import ConfigError
 from mrc_cli.features import column
 from mrc_cli.inference import position_offsets
@@ -57,12 +57,14 @@ def distil(cfg: RunConfig) -> TrainResult:
 
 def check_teacher(cfg: RunConfig) -> None:
     """No teacher, or one that is not a trained model, refused before the run's folder and data (the teacher loads
-    after them; `--dry-run` refuses it too): a saved ensemble or an ONNX export checks itself as it loads; a
-    checkpoint, run directory or `mrc export` folder here."""
+    after them; `--dry-run` refuses it too): a saved ensemble's settings and members, a checkpoint's, run
+    directory's or `mrc export` folder's config here; an ONNX export checks itself as it loads."""
     path = cfg.distil.teacher
     if not path:
         raise ConfigError("no teacher: pass --teacher MODEL_OR_ENSEMBLE or set distil.teacher in the config")
-    if not (is_ensemble(path) or is_onnx_export(path)):
+    if is_ensemble(path):
+        check_saved_ensemble(Path(path))
+    elif not is_onnx_export(path):
         run_config(resolve_checkpoint(path))
 
 

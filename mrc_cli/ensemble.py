@@ -227,15 +227,9 @@ def load_ensemble(folder: str | Path) -> Ensemble:
     """A folder saved by `mrc ensemble --save` (or save_ensemble), its members loaded."""
     folder = Path(folder)
     settings_file = folder / ENSEMBLE_SETTINGS
-    settings = _read_settings(settings_file)
-    weights = settings["weights"] if isinstance(settings["weights"], list) else [settings["weights"]]
-    shares = normalised_weights(weights, len(settings["members"]), f"{settings_file}: weights")
+    settings, shares, paths = check_saved_ensemble(folder)
     members = []
-    for number, source in enumerate(settings["members"], start=1):
-        path = folder / source  # an absolute source stays as it is
-        if not path.exists():
-            raise CheckpointError(f"{settings_file}: member {number} {path} does not exist; restore it, or save the "
-                                  "ensemble again (--copy-members keeps copies of the members inside its folder)")
+    for number, path in enumerate(paths, start=1):
         try:
             members.append(load_trained(path))
         except CheckpointError as err:
@@ -244,6 +238,21 @@ def load_ensemble(folder: str | Path) -> Ensemble:
     for key, value in settings["decode"].items():
         set_value(cfg, f"decode.{key}", value, source=str(settings_file))
     return Ensemble(members, list(settings["members"]), shares, settings["combine"], cfg, folder)
+
+
+def check_saved_ensemble(folder: Path) -> tuple[dict, list[float], list[Path]]:
+    """A saved ensemble's settings, weights (normalised) and member folders, each there; nothing loaded (a teacher is
+    checked so before a run reads its data)."""
+    settings_file = folder / ENSEMBLE_SETTINGS
+    settings = _read_settings(settings_file)
+    weights = settings["weights"] if isinstance(settings["weights"], list) else [settings["weights"]]
+    shares = normalised_weights(weights, len(settings["members"]), f"{settings_file}: weights")
+    paths = [folder / source for source in settings["members"]]  # an absolute source stays as it is
+    for number, path in enumerate(paths, start=1):
+        if not path.exists():
+            raise CheckpointError(f"{settings_file}: member {number} {path} does not exist; restore it, or save the "
+                                  "ensemble again (--copy-members keeps copies of the members inside its folder)")
+    return settings, shares, paths
 
 
 def _read_settings(path: Path) -> dict:

@@ -212,6 +212,12 @@ def test_the_teacher_is_required_and_its_settings_checked(tiny_bert_dir, tmp_pat
                          "--output-dir", tmp_path / "out")
         assert result.exit_code == 1 and problem in result.stderr and "Tokeniz" not in result.output
         assert not (tmp_path / "out").exists()
+    # a saved ensemble whose member is gone: refused by --dry-run too, before the run reads its data
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.yaml").write_text("members: [gone]\nweights: [1]\ncombine: prob\ndecode: {}\n")
+    result = _invoke("distil", "--teacher", tmp_path / "ens", "--student", tiny_bert_dir, "--train", TRAIN,
+                     "--output-dir", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 1 and f"member 1 {tmp_path / 'ens' / 'gone'} does not exist" in result.stderr
     # --resume auto where there is no run to resume: no teacher, refused by --dry-run as by the run
     result = _invoke("distil", "--resume", "auto", "--output-dir", tmp_path / "none", "--dry-run")
     assert result.exit_code == 1 and "no teacher: pass --teacher" in result.stderr
