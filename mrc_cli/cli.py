@@ -412,6 +412,8 @@ def ensemble(
 
     summary = ensemble_file(checkpoints, data, out, weights, combine, threshold, submission, save, copy_members)
     typer.echo(summary.pop("data"))
+    if "null_rule_warning" in summary:
+        typer.echo(f"warning: {summary['null_rule_warning']}")
     shares = ", ".join(f"{w:.3f}" for w in summary.pop("weights"))
     typer.echo(f"{summary['members']} members (weights {shares}); {summary['questions']} questions, {summary['answered']} answered; "
                f"wrote {summary['out']}" + (f", {submission}" if submission else "") + (f"; saved to {save}" if save else ""))

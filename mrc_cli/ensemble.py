@@ -80,6 +80,18 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
     return Ensemble(members, [str(m.path.resolve()) for m in members], shares, combine, cfg)
 
 
+def null_rules_differ(ensemble: Ensemble) -> str | None:
+    """A warning where the members learnt different null rules (a SQuAD v1 model beside a v2 one): the v1 members'
+    null scores were never trained, and the combined null decision follows the reference's rule and threshold."""
+    rules = [member.cfg.decode.allow_null for member in ensemble.members]
+    if len(set(rules)) < 2:
+        return None
+    without = [str(number) for number, rule in enumerate(rules, start=1) if not rule]
+    return (f"member(s) {', '.join(without)} answer every question (trained without unanswerable questions), the "
+            f"others may answer none; the ensemble decides with the reference's rule ({'on' if rules[0] else 'off'}) "
+            "and threshold, on null scores the first were not trained for: combine models trained alike")
+
+
 def parse_weights(text: str | list[float], checkpoints: list[str]) -> list[float]:
     """`equal`, `oof`, or one positive number per member (as "2,1" or a list), normalised to sum 1."""
     if not isinstance(text, str):

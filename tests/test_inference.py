@@ -166,6 +166,11 @@ def test_eval_on_data_without_unanswerable_questions_answers_every_question(trai
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "v2")])
     assert result.exit_code == 0, result.output
     assert "null answers: on for this data, which has unanswerable questions; the model's own is off" in result.stdout
+    # the two together: the reference's rule decides, on null scores the rule-less member never trained
+    both = CliRunner().invoke(app, ["ensemble", "--checkpoint", str(trained_run), "--checkpoint", str(run), "--data",
+                                    DEV, "--out", str(tmp_path / "both")])
+    assert both.exit_code == 0, both.output
+    assert "warning: member(s) 2 answer every question (trained without unanswerable questions)" in both.stdout
     assert "best_f1_thresh" in json.loads(result.stdout.strip().splitlines()[-1])
 
 
