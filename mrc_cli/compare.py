@@ -29,11 +29,12 @@ from typing import Any
 
 from mrc_cli.config import (RunConfig, TrainConfig, apply_sets, check_data_config, check_train_config, config_to_dict,
                             refuse_unread_sets)
+from mrc_cli.data import missing_file
 from mrc_cli.errors import ConfigError
 from mrc_cli.files import check_output_folder
 from mrc_cli.model import check_dropout_tricks, encoder_config
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
-from mrc_cli.tokenizer import load_tokenizer
+from mrc_cli.tokenizer import check_model_folder, load_tokenizer
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
 EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
@@ -192,6 +193,11 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
             cfg.train.output_dir = str(out_dir / variant.name / f"seed-{seed}")
             try:
                 check_train_config(cfg.train)
+                for key in ("data.train_file", "data.dev_file"):  # a variant's own file: missing, found after hours
+                    source = getattr(cfg.data, key.partition(".")[2])
+                    if source and missing_file(source):
+                        raise ConfigError(f"{key} {source}: no such file")
+                check_model_folder(cfg.model.name_or_path)
                 special = special_tokens(cfg.model.tokenizer or cfg.model.name_or_path)
                 if special is not None:
                     check_data_config(cfg.data, special)

@@ -86,6 +86,11 @@ def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path
          "train.rdrop_alpha 1 does nothing: the encoder has no dropout"),
         ([Variant.parse("msd:model.multi_sample_dropout=4,model.dropout=0")], [0],
          "model.multi_sample_dropout 4 does nothing"),
+        # a variant's own file or model folder, missing: found before the baseline's hours, not after them
+        ([Variant.parse(f"dev:data.dev_file={tmp_path / 'none.json'}")], [0],
+         f"data.dev_file {tmp_path / 'none.json'}: no such file"),
+        ([Variant.parse(f"m:model.name_or_path={tmp_path / 'no-model'}")], [0], "no such model folder"),
+        ([Variant.parse("d:model.dropout=2")], [0], "model.dropout is a probability"),
     ]
     for variants, seeds, problem in cases:
         with pytest.raises(ConfigError) as err:
