@@ -38,6 +38,8 @@ from mrc_cli.tokenizer import check_model_folder, load_tokenizer
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
 EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
+# a variant spending less than this share of EQUAL_COMPUTE's FLOPs is not at equal compute with it: only "better"
+EQUAL_ENOUGH = 0.9
 RUN_RECORD = "compare_run.json"  # written when a run has finished: the next compare skips it
 SET_BY_COMPARE = ("train.seed", "train.output_dir", "train.resume")
 ONE_SEED = "one seed: no verdict"
@@ -375,14 +377,27 @@ def summarize(rows: list[dict], variants: list[Variant], seeds: list[int]) -> li
             summary["flops_vs_costliest"] = statistics.fmean(
                 row["compute"]["flops"] / by_run[(row["compute_of"], row["seed"])]["compute"]["flops"] for row in mine)
         for verdict, (key, other) in against.items():
+            share = _flops_share(mine, other, by_run) if other == EQUAL_COMPUTE else None
             if variant.name == other:
                 summary[verdict] = "reference"
             elif variant.name != reference:  # the reference against EQUAL_COMPUTE: the reverse of that one's verdict
                 summary[key] = {k: paired_difference([row[k] - by_run[(other, row["seed"])][k] for row in mine])
                                 for k in ("f1", "exact")}
                 summary[verdict] = summary[key]["f1"]["verdict"]
+                # a cheaper variant: better holds a fortiori; worse or inside would only say it had less compute
+                if share is not None and share < EQUAL_ENOUGH and summary[verdict] in ("worse", INSIDE):
+                    summary[verdict] = f"none: {share:.2f}x the FLOPs of {EQUAL_COMPUTE}, not equal compute"
         summaries.append(summary)
     return summaries
+
+
+def _flops_share(mine: list[dict], other: str, by_run: dict) -> float | None:
+    """The mean over seeds of a variant's FLOPs over those of the run `other` at the same seed (None without records
+    of compute)."""
+    pairs = [(row, by_run[(other, row["seed"])]) for row in mine]
+    if not all("compute" in row and "compute" in theirs for row, theirs in pairs):
+        return None
+    return statistics.fmean(row["compute"]["flops"] / theirs["compute"]["flops"] for row, theirs in pairs)
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -437,7 +452,9 @@ def markdown_table(result: dict) -> str:
                      "their FLOPs (its added steps hold other features: close to 1x over whole epochs, not over a few "
                      "steps). Warm-up and decay stay the same fractions of its steps. \"verdict\" pairs each variant "
                      f"with {reference} at equal steps (does the setting help per step?), \"verdict at equal compute\" "
-                     f"with {EQUAL_COMPUTE} (does it beat spending its compute on more steps?).")
+                     f"with {EQUAL_COMPUTE} (does it beat spending its compute on more steps?); a variant below "
+                     f"{EQUAL_ENOUGH:.0%} of its FLOPs is called better there, or gets none: worse would only say it "
+                     "had less compute.")
     skipped = result["settings"].get("equal_compute_skipped")
     if skipped:
         lines.append(skipped[0].upper() + skipped[1:] + ".")

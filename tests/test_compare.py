@@ -164,16 +164,18 @@ def test_pairing_by_seed_calls_an_effect_the_seed_spread_would_hide_and_budgets_
 def test_equal_compute_gives_every_variant_a_second_verdict_against_the_longer_baseline():
     """rdrop wins at equal steps but loses to the baseline trained twice as long; cheap wins at both."""
     variants = [Variant("baseline"), Variant("rdrop", ("train.rdrop_alpha=1",)), Variant("cheap", ("train.lr=1e-3",)),
-                Variant(EQUAL_COMPUTE)]
+                Variant("weak", ("train.lr=1e-6",)), Variant(EQUAL_COMPUTE)]
     rows = (_rows("baseline", [50.0, 60.0, 70.0], [10, 10, 10]) + _rows("rdrop", [52.0, 62.1, 71.9], [10, 10, 10], passes=2)
-            + _rows("cheap", [55.0, 65.0, 75.2], [10, 10, 10])
+            + _rows("cheap", [55.0, 65.0, 75.2], [10, 10, 10]) + _rows("weak", [51.0, 61.1, 70.9], [10, 10, 10])
             + _rows(EQUAL_COMPUTE, [53.0, 63.0, 73.1], [20, 20, 20], compute_scale=2.0, compute_of="rdrop"))
     summaries = {s["variant"]: s for s in summarize(rows, variants, [0, 1, 2])}
     assert summaries["baseline"]["verdict"] == "reference" and "vs_equal_compute" not in summaries["baseline"]
     rdrop, cheap, longer = summaries["rdrop"], summaries["cheap"], summaries[EQUAL_COMPUTE]
     assert (rdrop["verdict"], rdrop["verdict_equal_compute"]) == ("better", "worse")
     assert rdrop["vs_equal_compute"]["f1"] == paired_difference([52.0 - 53.0, 62.1 - 63.0, 71.9 - 73.1])
-    assert (cheap["verdict"], cheap["verdict_equal_compute"]) == ("better", "better")
+    assert (cheap["verdict"], cheap["verdict_equal_compute"]) == ("better", "better")  # better with half: a fortiori
+    # worse than the baseline trained twice as long says only that it had half the compute
+    assert summaries["weak"]["verdict_equal_compute"] == f"none: 0.50x the FLOPs of {EQUAL_COMPUTE}, not equal compute"
     assert (longer["verdict"], longer["verdict_equal_compute"]) == ("better", "reference")
     assert rdrop["compute"]["vs_reference"] == longer["compute"]["vs_reference"] == 2.0
     assert rdrop["compute"]["forward_passes"] == {"mean": 160, "std": 0.0}
