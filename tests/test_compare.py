@@ -601,7 +601,8 @@ def test_runs_on_the_cpu_are_mrc_train_processes_one_after_another(tiny_bert_dir
     """Each run a `mrc train` process of its own (one process training run after run grew until killed), its output
     here and in the run's log. A child that fails is named with its status and log, and the next compare trains the
     run; one stopped after a checkpoint resumes from it."""
-    train_file = tmp_path / "train.json"  # absent at first: the child fails
+    train_file = tmp_path / "train.json"  # not JSON at first: the child fails (a missing one is refused up front)
+    train_file.write_text("not json")
     base = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=4, save_steps=2)
     base.data.train_file = str(train_file)
     out = tmp_path / "out"
