@@ -141,8 +141,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder as given, or a run directory's best (else newest) checkpoint."""
     path = Path(path)
     if path.is_file():
-        # the folder that holds it where that is a model's (model.safetensors given), not a data file's
-        holder = f"the folder that holds it ({path.parent}), " if (path.parent / "model.safetensors").is_file() else ""
+        # the folder that holds it where that is a model's, a run's or an ensemble's, not a data file's
+        ours = ("model.safetensors", "onnx.json", "run_info.json", "ensemble.yaml")
+        holder = (f"the folder that holds it ({path.parent}), " if any((path.parent / name).is_file() for name in ours)
+                  else "")
         raise CheckpointError(f"{path}: a file; pass {holder}a checkpoint folder, a run directory or an `mrc export` "
                               "folder")
     if (path / "model.safetensors").is_file():

@@ -34,7 +34,7 @@ from mrc_cli.errors import ConfigError
 from mrc_cli.files import check_output_folder
 from mrc_cli.model import check_dropout_tricks, encoder_config
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
-from mrc_cli.tokenizer import check_model_folder, load_tokenizer
+from mrc_cli.tokenizer import check_model_folder, check_not_missing_folder, load_tokenizer
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
 EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
@@ -200,6 +200,9 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
                     if source and missing_file(source):
                         raise ConfigError(f"{key} {source}: no such file")
                 check_model_folder(cfg.model.name_or_path)
+                for folder in (cfg.model.tokenizer, cfg.train.init_from):
+                    if folder:
+                        check_not_missing_folder(folder)
                 special = special_tokens(cfg.model.tokenizer or cfg.model.name_or_path)
                 if special is not None:
                     check_data_config(cfg.data, special)
@@ -377,7 +380,7 @@ def summarize(rows: list[dict], variants: list[Variant], seeds: list[int]) -> li
             summary["flops_vs_costliest"] = statistics.fmean(
                 row["compute"]["flops"] / by_run[(row["compute_of"], row["seed"])]["compute"]["flops"] for row in mine)
         for verdict, (key, other) in against.items():
-            share = _flops_share(mine, other, by_run) if other == EQUAL_COMPUTE else None
+            share = _flops_share(mine, by_run) if other == EQUAL_COMPUTE else None
             if variant.name == other:
                 summary[verdict] = "reference"
             elif variant.name != reference:  # the reference against EQUAL_COMPUTE: the reverse of that one's verdict
@@ -391,10 +394,10 @@ def summarize(rows: list[dict], variants: list[Variant], seeds: list[int]) -> li
     return summaries
 
 
-def _flops_share(mine: list[dict], other: str, by_run: dict) -> float | None:
-    """The mean over seeds of a variant's FLOPs over those of the run `other` at the same seed (None without records
-    of compute)."""
-    pairs = [(row, by_run[(other, row["seed"])]) for row in mine]
+def _flops_share(mine: list[dict], by_run: dict) -> float | None:
+    """The mean over seeds of a variant's FLOPs over those of the costliest variant at the same seed, which
+    EQUAL_COMPUTE was trained to (its own can overshoot over a few steps); None without records of compute."""
+    pairs = [(row, by_run[(by_run[(EQUAL_COMPUTE, row["seed"])]["compute_of"], row["seed"])]) for row in mine]
     if not all("compute" in row and "compute" in theirs for row, theirs in pairs):
         return None
     return statistics.fmean(row["compute"]["flops"] / theirs["compute"]["flops"] for row, theirs in pairs)

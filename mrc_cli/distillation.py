@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from torch.nn import functional as F
 
-from mrc_cli.checkpoint import resolve_checkpoint, weights_fingerprint
+from mrc_cli.checkpoint import resolve_checkpoint, run_dir_of, weights_fingerprint
 from mrc_cli.combining import Positions, window_distributions
 from mrc_cli.config import RunConfig
 from mrc_cli.ensemble import Ensemble, check_saved_ensemble, combined_positions
@@ -85,7 +85,8 @@ class DistilTask(SpanTask):
 
     def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):
         if pretrained:  # a new run: the teacher is the folder the path names now, saved so with the run
-            cfg.distil.teacher = str(_pinned(cfg.distil.teacher))
+            pinned = [str(_pinned(cfg.distil.teacher)) if PartialState().is_main_process else None]
+            cfg.distil.teacher = broadcast_object_list(pinned)[0]  # one teacher for every process
         else:  # a resumed run goes on learning from the teacher it began with
             _check_teacher_unchanged(cfg)
         # the teacher pass is here, not in load: run_task calls load in one process after the other
@@ -135,7 +136,8 @@ def _weights_of(teacher: str) -> dict | None:
 
 def _check_teacher_unchanged(cfg: RunConfig) -> None:
     """A resumed run whose teacher's weights were rewritten since it began would learn from another teacher."""
-    info = Path(cfg.train.output_dir) / "run_info.json"
+    resumed = cfg.train.resume
+    info = (Path(cfg.train.output_dir) if resumed in (None, "auto") else run_dir_of(Path(resumed))) / "run_info.json"
     then = json.loads(info.read_text(encoding="utf-8")).get("teacher_weights") if info.is_file() else None
     now = _weights_of(cfg.distil.teacher)
     if then is not None and now is not None and then != now:

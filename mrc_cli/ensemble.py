@@ -80,16 +80,16 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
     return Ensemble(members, [str(m.path.resolve()) for m in members], shares, combine, cfg)
 
 
-def null_rules_differ(ensemble: Ensemble) -> str | None:
-    """A warning where the members learnt different null rules (a SQuAD v1 model beside a v2 one): the v1 members'
-    null scores were never trained, and the combined null decision follows the reference's rule and threshold."""
+def null_rules_differ(ensemble: Ensemble, rule_on: bool) -> str | None:
+    """A warning where the members learnt different null rules (a SQuAD v1 model beside a v2 one) and the answers
+    were decided with the rule on (`rule_on`): the v1 members' null scores were never trained for it."""
     rules = [member.cfg.decode.allow_null for member in ensemble.members]
-    if len(set(rules)) < 2:
+    if len(set(rules)) < 2 or not rule_on:
         return None
     without = [str(number) for number, rule in enumerate(rules, start=1) if not rule]
     return (f"member(s) {', '.join(without)} answer every question (trained without unanswerable questions), the "
-            f"others may answer none; the ensemble decides with the reference's rule ({'on' if rules[0] else 'off'}) "
-            "and threshold, on null scores the first were not trained for: combine models trained alike")
+            "others may answer none; the ensemble decided with the null rule on, with the reference's threshold, on "
+            "null scores the first were not trained for: combine models trained alike")
 
 
 def parse_weights(text: str | list[float], checkpoints: list[str]) -> list[float]:
@@ -257,6 +257,8 @@ def check_saved_ensemble(folder: Path) -> tuple[dict, list[float], list[Path]]:
     checked so before a run reads its data)."""
     settings_file = folder / ENSEMBLE_SETTINGS
     settings = _read_settings(settings_file)
+    for key, value in settings["decode"].items():  # checked on a config of its own: the members' are not loaded
+        set_value(RunConfig(), f"decode.{key}", value, source=str(settings_file))
     weights = settings["weights"] if isinstance(settings["weights"], list) else [settings["weights"]]
     shares = normalised_weights(weights, len(settings["members"]), f"{settings_file}: weights")
     paths = [folder / source for source in settings["members"]]  # an absolute source stays as it is

@@ -35,11 +35,17 @@ def folder_written_whole(folder: str | Path, keep: Callable[[Path], bool] | None
     """A folder of this process's own beside `folder` to write into, which replaces `folder` (and whatever it held)
     when the block ends without an error: no reader meets a half-written folder, and none of an earlier one's files
     stay beside the new ones (a folder cannot be renamed onto a full one: the old one is moved aside first). An
-    existing empty folder is written in place (a mount point cannot be renamed). `keep(folder)` true when the block
-    ends: another process wrote it meanwhile, and its folder stays."""
+    existing empty folder is written in place (a mount point cannot be renamed), and emptied again where the block
+    fails. `keep(folder)` true when the block ends: another process wrote it meanwhile, and its folder stays (such a
+    folder, which processes may write at once, is never written in place)."""
     folder = Path(folder).resolve()
-    if folder.is_dir() and not any(folder.iterdir()):
-        yield folder
+    if keep is None and folder.is_dir() and not any(folder.iterdir()):
+        try:
+            yield folder
+        except BaseException:
+            for child in folder.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            raise
         return
     mine = folder.with_name(f".{folder.name}.{os.getpid()}")
     stale = folder.with_name(f".{folder.name}.stale.{os.getpid()}")

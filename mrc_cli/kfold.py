@@ -248,7 +248,8 @@ def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Pat
     for fold in plan:
         best = resolve_checkpoint(fold.run_dir)
         cfg = read_checkpoint_config(best)
-        if cfg.decode.null_threshold_from == "dev":  # stored by mrc eval --store-threshold since: the user's choice
+        # stored by mrc eval --store-threshold since (not planned so): the user's choice
+        if cfg.decode.null_threshold_from == "dev" and fold.settings["decode"]["null_threshold_from"] != "dev":
             kept.append(fold.index)
             continue
         store_threshold(best, cfg, threshold, "oof", null_share(golds))

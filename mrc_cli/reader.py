@@ -233,14 +233,16 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
     if submission:
         check_output_file(submission, "--submission")
     ensemble = build_ensemble(checkpoints, weights, combine, threshold)
-    metrics, predictions, split = answer_file(ensemble, data, _use_of(data, ensemble.cfg.data))
+    use = _use_of(data, ensemble.cfg.data)
+    metrics, predictions, split = answer_file(ensemble, data, use)
     if PartialState().is_main_process:
         if save:  # first: the files may go into the same folder
             save_ensemble(ensemble, save, copy_members)
         write_prediction_files(Path(out), predictions, metrics)  # metrics.json only where there are metrics
         if submission:
             _write_submission(Path(submission), predictions)
-    warning = null_rules_differ(ensemble)
+    rule_on = scored_with_nulls(split.golds) if use == "eval" else ensemble.cfg.decode.allow_null  # as answer_file
+    warning = null_rules_differ(ensemble, rule_on)
     return {**metrics, **_answered(predictions), "members": len(ensemble.members), "weights": ensemble.weights,
             "out": out, "data": split.describe(), **({"null_rule_warning": warning} if warning else {})}
 

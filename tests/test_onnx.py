@@ -291,7 +291,14 @@ def test_an_export_replaces_an_earlier_one_whole_and_takes_no_runs_place(bert_ru
     inode = (tmp_path / "mount").stat().st_ino
     export_checkpoint(str(bert_run), str(tmp_path / "mount"))
     assert (tmp_path / "mount").stat().st_ino == inode and (tmp_path / "mount" / "mrc_cli.yaml").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "mount", "notes", "run"]  # no write's folder left
+    from mrc_cli.files import folder_written_whole
+
+    (tmp_path / "failed").mkdir()  # written in place and failed: emptied, so the next export is not refused
+    with pytest.raises(RuntimeError), folder_written_whole(tmp_path / "failed") as folder:
+        (folder / "model.onnx").write_text("half")
+        raise RuntimeError("quantising failed")
+    assert not any((tmp_path / "failed").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "failed", "mount", "notes", "run"]  # none left
 
 
 def test_a_roberta_graph_gives_the_model_logits_and_quantizes(tiny_encoder_dir, tmp_path):
