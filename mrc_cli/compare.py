@@ -195,8 +195,8 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
             cfg.train.output_dir = str(out_dir / variant.name / f"seed-{seed}")
             try:
                 check_train_config(cfg.train)
-                for key in ("data.train_file", "data.dev_file"):  # a variant's own file: missing, found after hours
-                    source = getattr(cfg.data, key.partition(".")[2])
+                # a variant's own file or folder, missing: found before the other runs' hours, not after them
+                for key, source in (("data.train_file", cfg.data.train_file), ("data.dev_file", cfg.data.dev_file)):
                     if source and missing_file(source):
                         raise ConfigError(f"{key} {source}: no such file")
                 check_model_folder(cfg.model.name_or_path)

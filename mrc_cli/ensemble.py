@@ -28,9 +28,9 @@ import yaml
 from mrc_cli.checkpoint import TRAINING_STATE, run_dir_of
 from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
 from mrc_cli.config import RunConfig, check_null_threshold, set_value, write_yaml_atomically
-from mrc_cli.files import check_output_folder
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
+from mrc_cli.files import check_output_folder
 from mrc_cli.features import build_features, column
 from mrc_cli.inference import (OneProcess, eval_token_budget, evaluate_predictions, place_for_inference,
                                position_offsets, predict_logits, recheck_close_calls)

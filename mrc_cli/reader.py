@@ -148,8 +148,8 @@ def _check_answers_folder(out_dir: Path) -> None:
 def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Prediction], split: Split, out_dir: Path,
                allow_null: bool, threshold: float, halves: tuple[set[str] | None, set[str] | None]) -> dict:
     """Fit decode.temperature and decode.null_bias on the evaluated questions (or the first of `halves`, from
-    calibration.halves_by_article, reported on the second), keep them with the model, write calibration.json and reliability.png; the figures for
-    the line `mrc eval` prints. The answers are those `mrc predict` will give with the settings kept (`allow_null`,
+    calibration.halves_by_article, reported on the second), keep them with the model, write calibration.json and
+    reliability.png; the figures for the line `mrc eval` prints. The answers are those `mrc predict` will give with the settings kept (`allow_null`,
     `threshold`): their probabilities are the ones to calibrate, also where eval turned the null rule on and
     predict will not."""
     decode = loaded.cfg.decode

@@ -2,10 +2,10 @@
 
 Training needs a character position for one answer per question; scoring needs only the answer texts; prediction
 needs neither. So a misaligned `answer_start` is relocated to the occurrence of its text nearest the given start
-(exactly, then ignoring whitespace, then after Unicode normalisation), an answer that cannot be found keeps `answer_start = -1`, and a training
-question with no locatable answer is left out of training. A question with an empty text stops training, but is
-left out of evaluation and prediction, with its gold answers kept for scoring: the official CMRC 2018 trial file has
-two, and the official scorers score such a file. Every repair and every omission is counted in the report.
+(exactly, then ignoring whitespace, then after Unicode normalisation), an answer that cannot be found keeps
+`answer_start = -1`, and a training question with no locatable answer is left out of training. A question with an
+empty text stops training, but is left out of evaluation and prediction, with its gold answers kept for scoring: the
+official CMRC 2018 trial file has two, and the official scorers score such a file. Every repair and every omission is counted in the report.
 """
 
 from __future__ import annotations
