@@ -138,6 +138,10 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     if longer:
         print(f"{len(longer)} runs of {EQUAL_COMPUTE}: {REFERENCE} trained to the compute of the costliest variant, "
               "seed by seed", flush=True)
+        outdated = sorted({folder for run in longer for folder in run.run_dir.parent.glob(f"seed-{run.seed}-*")}
+                          - {run.run_dir for run in longer})
+        if outdated:  # kept: a comparison without the variant that outdated them finds them again
+            print(f"not used now (another costliest variant's length): {', '.join(map(str, outdated))}", flush=True)
         _run_all(longer, gpus)
         rows += [_load_record(run) for run in longer]
         variants = [*variants, Variant(EQUAL_COMPUTE, variants[0].sets)]  # its length per seed: in its runs' records
@@ -256,6 +260,9 @@ def _plan_equal_compute(base: RunConfig, runs: list[Run], rows: list[dict], out_
                    f"train.epochs={round(length['epochs'] * scale, 4)}")
         (run,) = _plan_runs(base, [Variant(EQUAL_COMPUTE, (*reference.variant.sets, setting))], [reference.seed],
                             out_dir)
+        # a folder per length: a costlier variant added later needs a longer run, beside the one it outdates
+        run.cfg.train.output_dir = f"{run.run_dir}-{setting.removeprefix('train.')}"
+        run.settings = config_to_dict(run.cfg)
         run.facts = {"compute_scale": scale, "compute_of": costliest, "length": setting}
         planned.append(run)
     return planned

@@ -495,7 +495,7 @@ def test_the_equal_compute_baseline_trains_to_the_costliest_variants_compute(equ
     assert (longer["variant"], longer["compute_scale"], longer["compute_of"]) == (EQUAL_COMPUTE, 4.0, "rdrop_fgm")
     assert (longer["steps"], longer["length"]) == (8, "train.max_steps=8")  # 2 steps x 4
     assert longer["compute"]["forward_passes"] == 64 == result["runs"][3]["compute"]["forward_passes"]
-    run_dir = out / EQUAL_COMPUTE / "seed-0"
+    run_dir = out / EQUAL_COMPUTE / "seed-0-max_steps=8"
     saved = load_config(run_dir / "config.yaml")
     assert (saved.train.max_steps, saved.train.warmup, saved.train.rdrop_alpha) == (8, 0.1, 0.0)  # the same schedule shape
     summaries = {s["variant"]: s for s in result["variants"]}
@@ -524,7 +524,7 @@ def test_a_longer_baseline_trained_as_a_variant_counts_as_the_equal_compute_run(
     the equal-compute run: its record lacks the plan's facts (scale, costliest variant), which the plan supplies."""
     out, base, result = equal_compute_compared
     copy = _copied(out, tmp_path)
-    record_file = copy / EQUAL_COMPUTE / "seed-0" / "compare_run.json"
+    record_file = copy / EQUAL_COMPUTE / "seed-0-max_steps=8" / "compare_run.json"
     record = json.loads(record_file.read_text())
     for key in ("compute_scale", "compute_of", "length"):
         del record[key]
@@ -533,6 +533,27 @@ def test_a_longer_baseline_trained_as_a_variant_counts_as_the_equal_compute_run(
     again = compare(base, [Variant.parse(text) for text in TRICKS], [0], copy, equal_compute=True)
     assert capsys.readouterr().out.count(": done, skipped") == 5
     assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
+
+
+@pytest.mark.slow  # two more runs, 24 steps
+def test_a_costlier_variant_added_later_trains_a_longer_equal_compute_run_beside_the_first(
+        equal_compute_compared, tmp_path, monkeypatch, capsys):
+    out, base, result = equal_compute_compared
+    copy = _copied(out, tmp_path)
+    first = copy / EQUAL_COMPUTE / "seed-0-max_steps=8"
+    record = (first / "compare_run.json").read_text()
+    monkeypatch.setattr(runs, "train_in_own_process", _train_here)
+    costlier = "long:train.rdrop_alpha=1,train.adversarial=fgm,train.max_steps=4"  # twice rdrop_fgm's steps
+    again = compare(base, [Variant.parse(text) for text in [*TRICKS, costlier]], [0], copy, equal_compute=True)
+    longer = again["runs"][-1]
+    steps = round(2 * longer["compute_scale"])
+    assert longer["compute_scale"] > 4 and (longer["compute_of"], longer["steps"]) == ("long", steps)
+    assert (copy / EQUAL_COMPUTE / f"seed-0-max_steps={steps}" / "compare_run.json").is_file()
+    assert (first / "compare_run.json").read_text() == record  # the first one kept as it was
+    assert f"not used now (another costliest variant's length): {first}" in capsys.readouterr().out
+    # without the costlier variant, the first equal-compute run counts again
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    assert compare(base, [Variant.parse(text) for text in TRICKS], [0], copy, equal_compute=True)["runs"] == result["runs"]
 
 
 def test_equal_compute_refuses_records_without_compute_and_a_variant_of_its_name(equal_compute_compared, tmp_path,
