@@ -305,13 +305,20 @@ def _canonical_answers(answers: Any) -> dict | str:
         pairs = [(a["text"], a.get("answer_start", -1)) for a in answers]
     else:
         return f"found {_kind(answers)}"
+    starts = []
     for text, start in pairs:
         if not isinstance(text, str):
             return f"an answer text is {_kind(text)}, not text"
-        # 188.0 as a table exported to JSON writes 188 (pandas: an int column with a missing value turns float)
+        # as tables exported to JSON write them: 188.0 (pandas: an int column with a missing value turns float), "188"
+        # (a column of text), null (no position: validate locates the text and reports it, as for a missing one)
+        if isinstance(start, str) and re.fullmatch(r"\s*-?\d+\s*", start):
+            start = int(start)
+        if start is None:
+            start = -1
         if isinstance(start, bool) or not (isinstance(start, int) or isinstance(start, float) and start.is_integer()):
             return f"answer_start must be a whole number, got {_kind(start)}"
-    return {"text": [t for t, _ in pairs], "answer_start": [int(s) for _, s in pairs]}
+        starts.append(int(start))
+    return {"text": [t for t, _ in pairs], "answer_start": starts}
 
 
 def _kind(value: Any) -> str:

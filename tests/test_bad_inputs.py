@@ -72,7 +72,7 @@ def test_missing_fields_and_wrong_types_name_each_record(minilm_path, tmp_path):
     ({"text": ["a", "b"], "answer_start": [1]}, "its answer_start is a list of 1, not a list as long as its text (2)"),
     ([{"answer_start": 1}], "an answer without a text"),
     ("the mat", 'found the str "the mat"'),
-    ([{"text": "the mat", "answer_start": "15"}], 'answer_start must be a whole number, got the str "15"'),
+    ([{"text": "the mat", "answer_start": "15th"}], 'answer_start must be a whole number, got the str "15th"'),
 ])
 def test_malformed_answers_are_a_problem_of_their_record(tmp_path, answers, problem):
     path = write_squad(tmp_path / "d.json", [(CONTEXT, [GOOD_QA, {**GOOD_QA, "id": "odd", "answers": answers}])])

@@ -159,15 +159,17 @@ def test_misshapen_documents_and_encodings_are_named_for_what_they_are(tmp_path)
             read_data(path)
 
 
-def test_answer_start_is_a_whole_number_also_when_written_as_a_float(tmp_path):
-    path = write_squad(tmp_path / "s.json", [("Paris is big.", [
-        {"id": "float", "question": "q", "answers": [{"text": "Paris", "answer_start": 0.0}]},
-        {"id": "half", "question": "q", "answers": [{"text": "Paris", "answer_start": 0.5}]},
-        {"id": "text", "question": "q", "answers": [{"text": "Paris", "answer_start": "0"}]}])])
+def test_answer_start_is_a_whole_number_also_when_written_as_a_float_or_text(tmp_path):
+    """As tables exported to JSON write them: 4.0, "4" (a text column), null (no position, which validate finds)."""
+    given = {"float": 4.0, "text": "4", "spaced": " 4 ", "null": None, "half": 4.5, "4th": "4th"}
+    path = write_squad(tmp_path / "s.json", [("Big Paris is big.", [
+        {"id": qid, "question": "q", "answers": [{"text": "Paris", "answer_start": start}]}
+        for qid, start in given.items()])])
     raw = read_data(path)
-    assert [(r["id"], r["answers"]["answer_start"]) for r in raw.records] == [("float", [0])]
-    assert type(raw.records[0]["answers"]["answer_start"][0]) is int
-    assert [p.where for p in raw.problems] == ["question half", "question text"]
+    assert [(r["id"], r["answers"]["answer_start"]) for r in raw.records] == [
+        ("float", [4]), ("text", [4]), ("spaced", [4]), ("null", [-1])]
+    assert {type(r["answers"]["answer_start"][0]) for r in raw.records} == {int}
+    assert [p.where for p in raw.problems] == ["question half", "question 4th"]
 
 
 def test_ids_are_text_or_whole_numbers(tmp_path):
