@@ -32,15 +32,16 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from torch.nn import functional as F
 
-from mrc_cli.checkpoint import resolve_checkpoint, run_dir_of, weights_fingerprint
+from mrc_cli.checkpoint import resolve_checkpoint, run_dir_of
 from mrc_cli.combining import Positions, window_distributions
 from mrc_cli.config import RunConfig
 from mrc_cli.ensemble import Ensemble, check_saved_ensemble, combined_positions
 from mrc_cli.errors import ConfigError
 from mrc_cli.features import column
 from mrc_cli.inference import position_offsets
-from mrc_cli.loading import is_ensemble, is_onnx_export, run_config
+from mrc_cli.loading import ENSEMBLE_SETTINGS, is_ensemble, is_onnx_export, run_config
 from mrc_cli.model import feature_mean
+from mrc_cli.onnx_backend import FP32_GRAPH, INT8_GRAPH
 from mrc_cli.reader import load_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tracking import RunLog
@@ -117,7 +118,8 @@ class DistilTask(SpanTask):
         return {**store.batch(index, rows), TARGETS: store.fill_slots(self.targets[rows], 0)}  # empty slots: no mass
 
     def run_info(self, cfg: RunConfig) -> dict:
-        return {**super().run_info(cfg), "teacher": cfg.distil.teacher, "teacher_weights": _weights_of(cfg.distil.teacher)}
+        return {**super().run_info(cfg), "teacher": cfg.distil.teacher,
+                "teacher_files": _teacher_files(cfg.distil.teacher)}
 
 
 def _pinned(teacher: str) -> Path:
@@ -128,21 +130,35 @@ def _pinned(teacher: str) -> Path:
     return resolve_checkpoint(teacher).resolve()
 
 
-def _weights_of(teacher: str) -> dict | None:
-    """The fingerprint of a one-model teacher's weights (None for an ensemble or an ONNX export)."""
-    folder = Path(teacher)
-    return weights_fingerprint(folder) if (folder / "model.safetensors").is_file() else None
+def _teacher_files(teacher: str | Path) -> dict:
+    """Size and modification time of each file the teacher answers from, by path: a model's weights, an ONNX
+    export's graphs, a saved ensemble's settings and its members' files (a member's run directory by its best
+    checkpoint of now)."""
+    folder = Path(teacher).resolve()
+    files = {}
+    if is_ensemble(folder):
+        for member in check_saved_ensemble(folder)[2]:
+            files.update(_teacher_files(_pinned(str(member))))
+    for path in (folder / ENSEMBLE_SETTINGS, folder / "model.safetensors", folder / FP32_GRAPH, folder / INT8_GRAPH):
+        if path.is_file():
+            stat = path.stat()  # weights rewritten in place change both
+            files[str(path)] = [stat.st_size, stat.st_mtime_ns]
+    return files
 
 
 def _check_teacher_unchanged(cfg: RunConfig) -> None:
-    """A resumed run whose teacher's weights were rewritten since it began would learn from another teacher."""
+    """A resumed run whose teacher was rewritten since it began (its weights or graphs, a member of its ensemble, a
+    member run's best checkpoint) would learn from another teacher than its first steps did."""
     resumed = cfg.train.resume
     info = (Path(cfg.train.output_dir) if resumed in (None, "auto") else run_dir_of(Path(resumed))) / "run_info.json"
-    then = json.loads(info.read_text(encoding="utf-8")).get("teacher_weights") if info.is_file() else None
-    now = _weights_of(cfg.distil.teacher)
-    if then is not None and now is not None and then != now:
-        raise ConfigError(f"{cfg.distil.teacher}: the teacher's weights changed since this run began (its "
-                          "model.safetensors was rewritten); restore them to resume, or start a new run")
+    then = json.loads(info.read_text(encoding="utf-8")).get("teacher_files") if info.is_file() else None
+    if then is None:  # a run begun before mrc-cli recorded them
+        return
+    now = _teacher_files(cfg.distil.teacher)
+    changed = sorted(path for path in then.keys() | now.keys() if then.get(path) != now.get(path))
+    if changed:
+        raise ConfigError(f"{cfg.distil.teacher}: the teacher changed since this run began ({', '.join(changed)} "
+                          "rewritten, added or gone); restore it to resume, or start a new run")
 
 
 def shared_teacher_scores(teacher, examples) -> Positions:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -237,18 +238,24 @@ def test_resumed_distillation_is_bitwise_the_uninterrupted_run(teacher_run, tiny
     assert losses(b) == [x for x in losses(a) if x[0] > 2]
 
 
-def test_a_resume_refuses_a_teacher_whose_weights_changed(teacher_run, tiny_albert_dir, tmp_path):
-    """The teacher's run trained on (its best checkpoint moved) or its weights were rewritten: the resumed student
-    would learn from another teacher than its first steps did."""
-    teacher = shutil.copytree(teacher_run, tmp_path / "teacher")
-    cfg = lambda **kw: _distil_cfg(tiny_albert_dir, tmp_path / "student", teacher, save_steps=2, **kw)
-    distil(cfg(max_steps=2))
-    weights = resolve_checkpoint(teacher) / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    with pytest.raises(ConfigError, match="the teacher's weights changed since this run began"):
-        distil(cfg(max_steps=3, resume="auto"))
-
-
+@pytest.mark.parametrize("kind", ["run", "ensemble"])
+def test_a_resume_refuses_a_teacher_whose_files_changed(teacher_run, tiny_albert_dir, tmp_path, kind):
+    """The teacher's weights were rewritten, or a saved ensemble's settings or a member's weights: the resumed student
+    would learn from another teacher than its first steps did. The same teacher resumes."""
+    run = shutil.copytree(teacher_run, tmp_path / "teacher")
+    teacher = run if kind == "run" else save_ensemble(build_ensemble([str(run), str(run)], weights="2,1"), tmp_path / "ens")
+    cfg = lambda **kw: _distil_cfg(tiny_albert_dir, tmp_path / "student", teacher, save_steps=1, keep_last=5, **kw)
+    distil(cfg(max_steps=1))
+    distil(cfg(max_steps=2, resume="auto"))
+    weights = resolve_checkpoint(run) / "model.safetensors"
+    rewritten = [weights] if kind == "run" else [weights, teacher / "ensemble.yaml"]
+    for path in rewritten:
+        before = path.stat()
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # as rewritten in place
+        with pytest.raises(ConfigError, match=re.escape(f"the teacher changed since this run began ({path.resolve()} "
+                                                        "rewritten")):
+            distil(cfg(max_steps=3, resume="auto"))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 # --- two processes ---------------------------------------------------------------------------------------------
 
 # `mrc distil` as `python -m mrc_cli` runs it, saving on each rank the teacher scores it trains with (the gathered
