@@ -63,17 +63,21 @@ def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, d
     has none (v1 rules count every "" wrong; a model that learnt the rule from a v2 dev set answered every question
     "" there); a change from the model's own rule is named under "null_rule". predict keeps the model's own."""
     split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, use)
-    decode, nulls = loaded.cfg.decode, scored_with_nulls(split.golds)
-    changed = use == "eval" and decode.allow_null != nulls
+    decode, nulls = loaded.cfg.decode, _null_rule(loaded, split, use)
+    changed = decode.allow_null != nulls
     note = {"null_rule": NULL_RULE_NOTES[nulls]} if changed else {}
-    if use == "eval":
-        decode.allow_null = nulls
+    decode.allow_null = nulls
     try:
         metrics, predictions = run_inference(loaded, split)
     finally:
         if changed and not nulls:
             decode.allow_null = True
     return {**metrics, **note}, predictions, split
+
+
+def _null_rule(loaded: Loaded | Ensemble, split: Split, use: str) -> bool:
+    """Whether answer_file decodes with the null rule: as the data is scored for eval, the model's own for predict."""
+    return scored_with_nulls(split.golds) if use == "eval" else loaded.cfg.decode.allow_null
 
 
 NULL_RULE_NOTES = {  # eval's null rule where it is not the model's own: on, off
@@ -241,8 +245,7 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
         write_prediction_files(Path(out), predictions, metrics)  # metrics.json only where there are metrics
         if submission:
             _write_submission(Path(submission), predictions)
-    rule_on = scored_with_nulls(split.golds) if use == "eval" else ensemble.cfg.decode.allow_null  # as answer_file
-    warning = null_rules_differ(ensemble, rule_on)
+    warning = null_rules_differ(ensemble, _null_rule(ensemble, split, use))
     return {**metrics, **_answered(predictions), "members": len(ensemble.members), "weights": ensemble.weights,
             "out": out, "data": split.describe(), **({"null_rule_warning": warning} if warning else {})}
 
