@@ -40,6 +40,10 @@ class RawData:
     format: str
     records: list[dict] = field(default_factory=list)
     problems: list[RecordProblem] = field(default_factory=list)
+    # ids whose is_impossible the answers overrode (_settle_unanswerable), for validate's report
+    read_as_unanswerable: list[str] = field(default_factory=list)  # no answers, not marked
+    read_as_answerable: list[str] = field(default_factory=list)  # marked is_impossible, with answers
+    marks_unanswerable: bool = False  # some question carries an is_impossible field
 
 
 def read_data(source: str | Path, fmt: str = "auto") -> RawData:
@@ -50,13 +54,28 @@ def read_data(source: str | Path, fmt: str = "auto") -> RawData:
     if fmt == "auto":
         fmt = _detect_format(path)
     if fmt == "hf":
-        return _read_hf(str(source))
+        return _settle_unanswerable(_read_hf(str(source)))
     if not path.is_file():  # a config's paths are taken from where mrc runs, not from the config's folder
         raise DataError(f"{source}: no such file" + ("" if path.is_absolute() else f" (in {Path.cwd()})"))
     text = read_text(path)
-    if fmt == "jsonl":
-        return _read_jsonl(path, text)
-    return _read_json(path, text)
+    return _settle_unanswerable(_read_jsonl(path, text) if fmt == "jsonl" else _read_json(path, text))
+
+
+def _settle_unanswerable(raw: RawData) -> RawData:
+    """A question is unanswerable where it has no answer, as the official SQuAD v2.0 script scores it (it reads only
+    the answers): the Hub's squad_v2 has no is_impossible field, and a question marked is_impossible that carries
+    answers counts as answerable. Only a file where no question has an answer (a test file) keeps its marks."""
+    if not any(rec["answers"]["text"] for rec in raw.records):
+        for rec in raw.records:
+            rec["is_impossible"] = bool(rec["is_impossible"])
+        return raw
+    raw.marks_unanswerable = any(rec["is_impossible"] is not None for rec in raw.records)
+    for rec in raw.records:
+        unanswerable = not rec["answers"]["text"]
+        if bool(rec["is_impossible"]) != unanswerable:
+            (raw.read_as_unanswerable if unanswerable else raw.read_as_answerable).append(rec["id"])
+        rec["is_impossible"] = unanswerable
+    return raw
 
 
 def missing_file(source: str | Path) -> bool:
@@ -282,7 +301,7 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
             "context": rec["context"],
             "question": rec["question"],
             "answers": answers,
-            "is_impossible": bool(impossible),
+            "is_impossible": None if impossible is None else bool(impossible),  # None: unmarked, settled on reading
         }
     )
 

@@ -28,7 +28,7 @@ from mrc_cli.files import check_output_file
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 6  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 7  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -45,6 +45,8 @@ class ValidationReport:
     empty_questions: int = 0
     empty_contexts: int = 0
     without_answers: int = 0  # answerable questions that carry no answer at all (test files)
+    read_as_unanswerable: int = 0  # no answers and no is_impossible mark (the Hub's squad_v2 has no such field)
+    read_as_answerable: int = 0  # marked is_impossible, but with answers
     left_out_of_training: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -70,6 +72,9 @@ class ValidationReport:
             extra.append(f"{self.duplicate_ids} duplicate ids")
         if self.without_answers and self.use != "predict":
             extra.append(f"{self.without_answers} questions without answers")
+        if self.read_as_unanswerable:
+            extra.append(f"{self.read_as_unanswerable} questions without answers or is_impossible mark read as "
+                         "unanswerable (SQuAD v2.0's rule)")
         if self.use == "train":
             extra.append(f"{self.left_out_of_training} questions left out of training (no locatable answer)")
         elif self.empty_questions:
@@ -196,7 +201,17 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
         else:
             report.errors.append(msg + " (a prediction file keyed by id would be ambiguous; make ids unique)")
 
-    kept, impossible_with_answers, blank_answers = [], [], []
+    report.read_as_unanswerable, report.read_as_answerable = len(raw.read_as_unanswerable), len(raw.read_as_answerable)
+    if raw.read_as_answerable:
+        report.warnings.append(f"{raw.source}: {len(raw.read_as_answerable)} questions are marked is_impossible but "
+                               f"carry answers (the first: {raw.read_as_answerable[0]}); they are trained and scored "
+                               "as answerable, as the official SQuAD v2.0 script scores them (it reads only the "
+                               "answers); SQuAD v2.0 keeps the texts of unanswerable questions in plausible_answers")
+    if raw.read_as_unanswerable and raw.marks_unanswerable:  # where no question is marked, it is the Hub's layout
+        report.warnings.append(f"{raw.source}: {len(raw.read_as_unanswerable)} questions have no answers and are not "
+                               f"marked is_impossible (the first: {raw.read_as_unanswerable[0]}); they are trained and "
+                               "scored as unanswerable, as the official SQuAD v2.0 script scores them")
+    kept, blank_answers = [], []
     for rec in raw.records:
         report.questions += 1
         report.unanswerable += rec["is_impossible"]
@@ -214,9 +229,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
                 report.errors.append(f"{where}: the context is empty")
         rec = {**rec, "answers": _locate_answers(rec, where, report)}
         located = any(s >= 0 for s in rec["answers"]["answer_start"])
-        if rec["is_impossible"] and rec["answers"]["text"]:
-            impossible_with_answers.append(rec["id"])
-        elif rec["answers"]["text"] and all(is_blank(text) for text in rec["answers"]["text"]):
+        if rec["answers"]["text"] and all(is_blank(text) for text in rec["answers"]["text"]):
             blank_answers.append(rec["id"])
         if not rec["is_impossible"] and not rec["answers"]["text"]:
             report.without_answers += 1
@@ -228,11 +241,6 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
         if empty_question:
             continue
         kept.append(rec)
-    if impossible_with_answers:
-        report.warnings.append(f"{raw.source}: {len(impossible_with_answers)} questions are marked is_impossible but "
-                               f"carry answers (the first: {impossible_with_answers[0]}); they are trained and scored "
-                               "as unanswerable, their answers unused (SQuAD v2.0 keeps such texts in "
-                               "plausible_answers)")
     if blank_answers and use in ("eval", "score"):
         report.warnings.append(f"{raw.source}: {len(blank_answers)} answerable questions have only blank answer texts "
                                f"(the first: {blank_answers[0]}): no answer a model gives can match them; mark them "

@@ -1,9 +1,12 @@
 """Validation: relocation of misaligned answers, per-use decisions, and the counts on the real CMRC file."""
 
+import json
+
 import pytest
 
 from conftest import shared_file, write_squad
 from mrc_cli.data import read_data
+from mrc_cli.scoring import score_files
 from mrc_cli.validate import locate_answer, validate_file, validate_records
 
 
@@ -97,14 +100,45 @@ def test_an_answerable_question_with_blank_answers_only_is_a_warning_for_scoring
     assert validate_file(str(path), "predict").warnings == []
 
 
-def test_an_unanswerable_question_with_answers_is_a_warning(tmp_path):
-    path = write_squad(tmp_path / "d.json", [("The cat sat.", [
-        {"id": f"u{i}", "question": "Who?", "is_impossible": True, "answers": [{"text": "cat", "answer_start": 4}]}
-        for i in range(2)])])
-    report = validate_file(str(path), "eval")
-    assert report.usable and report.warnings == [
-        f"{path}: 2 questions are marked is_impossible but carry answers (the first: u0); they are trained and scored "
-        "as unanswerable, their answers unused (SQuAD v2.0 keeps such texts in plausible_answers)"]
+CAT = "The cat sat. It was built in 1889."
+
+
+def test_the_answers_decide_what_is_answerable_as_the_official_v2_script_scores(tmp_path):
+    """Marked is_impossible with answers: answerable; no answers without the mark: unanswerable. Both warned where
+    the file marks questions; scored so by mrc score (the official script: 3 of 5 right, HasAns 3, NoAns 2)."""
+    path = write_squad(tmp_path / "d.json", [(CAT, [
+        {"id": "a", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}], "is_impossible": False},
+        {"id": "n1", "question": "Color?", "answers": [], "is_impossible": True},
+        {"id": "n2", "question": "Shape?", "answers": []},
+        {"id": "inc", "question": "When?", "answers": [{"text": "1889", "answer_start": 29}], "is_impossible": True},
+        {"id": "p", "question": "Mark?", "answers": [{"text": "!", "answer_start": 0}]}])])
+    records, report = validate_records(read_data(path), "train")
+    assert {r["id"]: r["is_impossible"] for r in records} == {"a": False, "n1": True, "n2": True, "inc": False}
+    assert (report.unanswerable, report.read_as_unanswerable, report.read_as_answerable) == (2, 1, 1)
+    assert report.warnings == [
+        f"{path}: 1 questions are marked is_impossible but carry answers (the first: inc); they are trained and scored "
+        "as answerable, as the official SQuAD v2.0 script scores them (it reads only the answers); SQuAD v2.0 keeps "
+        "the texts of unanswerable questions in plausible_answers",
+        f"{path}: 1 questions have no answers and are not marked is_impossible (the first: n2); they are trained and "
+        "scored as unanswerable, as the official SQuAD v2.0 script scores them"]
+    predictions = tmp_path / "p.json"
+    predictions.write_text(json.dumps({"a": "cat", "n1": "", "n2": "Blue", "inc": "", "p": ""}))
+    scores, _ = score_files(str(path), str(predictions))
+    assert (scores["metric"], scores["exact"], scores["f1"]) == ("squad_v2", 60.0, 60.0)
+    assert (scores["HasAns_total"], scores["NoAns_total"]) == (3, 2)
+
+
+def test_the_hubs_squad_v2_layout_has_its_unanswerable_questions_by_empty_answers(tmp_path):
+    """No is_impossible field anywhere: an empty answer list is the mark, counted without a warning."""
+    path = tmp_path / "hub.jsonl"
+    rows = [{"id": "a", "title": "T", "context": CAT, "question": "Who?", "answers": {"text": ["cat"], "answer_start": [4]}},
+            {"id": "n", "title": "T", "context": CAT, "question": "Color?", "answers": {"text": [], "answer_start": []}}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for use in ("train", "eval", "score"):
+        records, report = validate_records(read_data(path), use)
+        assert report.usable and report.warnings == [] and (report.unanswerable, report.read_as_unanswerable) == (1, 1)
+        assert [r["id"] for r in records if r["is_impossible"]] == ["n"]  # trained as unanswerable, not left out
+    assert "1 questions without answers or is_impossible mark read as unanswerable" in report.summary()
 
 
 def test_an_empty_question_is_left_out_of_eval_and_predict_and_counted(tmp_path):

@@ -138,7 +138,8 @@ def _pair(golds: list[dict], predictions: dict[str, str],
 
 
 def _answerable(gold: dict) -> bool:
-    return bool(gold["answers"]) and not gold.get("is_impossible", False)
+    """As the official SQuAD v2.0 script has it: by the answers alone (is_impossible marks what they say)."""
+    return bool(gold["answers"])
 
 
 def _required_answers(gold: dict, metric: str) -> list[str]:
