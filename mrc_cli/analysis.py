@@ -124,13 +124,13 @@ def analyze(
         raise DataError(f"analyze takes one or two prediction files (--pred A [--pred B]), got {num}")
     if metric not in ("auto", *METRICS):
         raise DataError(f"unknown metric {metric!r}: choose one of auto, {', '.join(METRICS)}")
-    examples, _, golds = load_examples(gold, "eval", fmt)
+    examples, report, golds = load_examples(gold, "score", fmt)  # the gold files mrc score takes
     if not golds:
         raise DataError(f"{gold}: no questions to analyze")
     detected = detect_metric(golds)
     metric = detected if metric == "auto" else metric
     language = "zh" if detected == "cmrc2018" else "en"
-    records = {record["id"]: record for record in examples.to_list()}  # validated: answers relocated where misaligned
+    records = _records_of(golds, examples.to_list())
     labels, left_out = _slice_questions(records, golds, language, windows)
     groups = _group(labels, language)
     thresholds = list(threshold) if isinstance(threshold, Sequence) else [threshold]
@@ -144,10 +144,11 @@ def analyze(
     ]
     names = NAMES[:num]
     # what an example shows; an empty question (left out of eval) has no record
-    shown = [{"id": g["id"], "question": records[g["id"]]["question"] if g["id"] in records else "", "gold": g["answers"]}
-             for g in golds]
+    shown = [{"id": g["id"], "question": record["question"] if record else "", "gold": g["answers"]}
+             for g, record in zip(golds, records)]
     result = {
         "gold": str(gold),
+        "warnings": report.warnings,  # about the gold file, as mrc score gives them
         "metric": metric,
         "questions": len(golds),
         "predictions": {name: run["files"] for name, run in zip(names, runs)},
@@ -164,6 +165,20 @@ def analyze(
     if out_dir is not None:
         result["files"] = write_analysis(result, out_dir)
     return result
+
+
+def _records_of(golds: list[dict], kept: list[dict]) -> list[dict | None]:
+    """Each gold question's validated record (answers relocated where misaligned), None where validation left it out
+    (an empty question): matched in the file's order, so a repeated id keeps its own question."""
+    records, rest = [], iter(kept)
+    record = next(rest, None)
+    for gold in golds:
+        if record is not None and (record["id"], record["context"]) == (gold["id"], gold["context"]):
+            records.append(record)
+            record = next(rest, None)
+        else:
+            records.append(None)
+    return records
 
 
 def _one_path(given):
@@ -201,24 +216,25 @@ def answer_position(start: int, context: str) -> str:
     return _POSITIONS[min(start * len(_POSITIONS) // max(len(context), 1), len(_POSITIONS) - 1)]
 
 
-def _slice_questions(records: dict[str, dict], golds: list[dict], language: str,
+def _slice_questions(records: list[dict | None], golds: list[dict], language: str,
                      windows: WindowCounts | None) -> tuple[list[dict], dict]:
     """Each gold question's label in every slice family, and the families left out with the reason."""
     left_out = {}
     if windows is None:
         left_out["windows"] = ("windows per question depend on the tokenizer and data settings, and predictions "
                                "files do not record them: give --checkpoint (or --model) to count them")
-    answerable_of = [bool(gold["answers"]) and not gold["is_impossible"] for gold in golds]
-    if all(answerable_of):
+    if all(gold["answers"] for gold in golds):
         left_out["answerable"] = "every question has an answer"
     slices = []
-    for gold, answerable in zip(golds, answerable_of):
-        record = records.get(gold["id"])  # None: an empty question, left out of eval
+    for gold, record in zip(golds, records):  # record None: an empty question, left out of eval
+        answerable = bool(gold["answers"])
         labels = {"question_type": question_type(record["question"], language) if record else "other"}
-        if answerable:
-            labels["answer_length"] = answer_length(gold["answers"][0], language)
-            starts = [s for s in record["answers"]["answer_start"] if s >= 0] if record else []
-            labels["answer_position"] = answer_position(starts[0], gold["context"]) if starts else NOT_LOCATED
+        if answerable:  # length and position of one answer: the first found in the context, else the first
+            starts = record["answers"]["answer_start"] if record else []
+            found = next((i for i, start in enumerate(starts) if start >= 0), None)
+            labels["answer_length"] = answer_length(gold["answers"][found or 0], language)
+            labels["answer_position"] = (NOT_LOCATED if found is None else
+                                         answer_position(starts[found], gold["context"]))
         else:
             labels["answer_length"] = labels["answer_position"] = NO_ANSWER
         if windows is not None:

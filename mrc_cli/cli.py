@@ -502,6 +502,8 @@ def analyze(
     first = Path(pred[0])
     result = analyze_predictions(gold, pred, nbest, null_odds, threshold, windows, metric, examples, fmt,
                                  out or (first if first.is_dir() else first.parent))
+    for warning in result["warnings"]:
+        typer.echo(f"Warning: {warning}", err=True)
     typer.echo(format_summary(result))
 
 

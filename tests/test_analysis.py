@@ -365,3 +365,29 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
     assert result.exit_code == 2 and "not both" in result.output
     result = runner.invoke(app, ["analyze", "--gold", gold, "--pred", str(folder), "--set", "data.doc_stride=64"])
     assert result.exit_code == 2 and "--config and --set give the data settings of --model" in result.output
+
+
+def test_a_gold_file_with_repeated_ids_is_analyzed_as_mrc_score_scores_it(tmp_path):
+    """Each question keeps its own question and answers; the repeat is a warning, as in mrc score. The answer slices
+    describe one answer: the first found in the context (here the second, the first is not in it)."""
+    context = "The Eiffel Tower is 330 metres tall. It was built in 1889."
+    article = lambda title, question, answers: {"title": title, "paragraphs": [{"context": context, "qas": [
+        {"id": "b", "question": question, "answers": answers}]}]}
+    gold = write_json(tmp_path / "gold.json", {"data": [
+        article("A", "When was it built?", [{"text": "1889", "answer_start": 53}]),
+        article("B", "How tall is it?", [{"text": "three hundred and thirty metres long", "answer_start": 0},
+                                          {"text": "330 metres", "answer_start": 20}])]})
+    pred = write_json(tmp_path / "pred.json", {"b": "1889"})
+    result = analyze(gold, pred)
+    scores, warnings = score_files(gold, pred)
+    assert (result["overall"]["A"]["exact"], result["overall"]["A"]["f1"]) == (scores["exact_match"], scores["f1"]) == (
+        50.0, 50.0)
+    assert result["warnings"] == warnings and "question id b occurs 2 times" in warnings[0]
+    assert [(row["slice"], row["count"], row["A"]["f1"]) for row in result["slices"]["question_type"]] == [
+        ("when", 1, 100.0), ("how", 1, 0.0)]  # each repeat of b with its own question
+    assert [e["question"] for e in result["worst"]["A"]["question_type"]["how"]] == ["How tall is it?"]
+    # "330 metres" for both slices: not the 6 words of the first answer, which is not in the context
+    assert [(row["slice"], row["A"]["f1"]) for row in result["slices"]["answer_length"]] == [("1 word", 100.0),
+                                                                                             ("2 words", 0.0)]
+    assert [(row["slice"], row["A"]["f1"]) for row in result["slices"]["answer_position"]] == [("20-40%", 0.0),
+                                                                                               ("80-100%", 100.0)]
