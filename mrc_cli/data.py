@@ -20,6 +20,14 @@ from mrc_cli.errors import DataError
 
 FORMATS = ("auto", "squad", "jsonl", "hf")
 TEXT_FIELDS = ("context", "question")
+BINARY_FORMATS = {  # a file's first bytes: what it is, and what to do instead of re-encoding it
+    b"\x1f\x8b": "gzip-compressed; decompress it first (gunzip -k FILE)",
+    b"BZh": "bzip2-compressed; decompress it first (bunzip2 -k FILE)",
+    b"\xfd7zXZ\x00": "xz-compressed; decompress it first (unxz -k FILE)",
+    b"PK\x03\x04": "a zip archive; unzip it first",
+    b"PAR1": "a Parquet file; convert it with datasets (Dataset.from_parquet(FILE).to_json(\"data.jsonl\")) or pass a "
+             "folder that Dataset.save_to_disk wrote",
+}
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud83d" alone: no character, and no UTF-8 for it
 
 
@@ -102,6 +110,9 @@ def _reads_as_path(path: Path) -> bool:
 def read_text(path: Path) -> str:
     """A file's text as UTF-8 (a byte-order mark tolerated); another encoding is an error that says how to convert."""
     raw = path.read_bytes()
+    kind = next((kind for magic, kind in BINARY_FORMATS.items() if raw.startswith(magic)), None)
+    if kind:
+        raise DataError(f"{path}: {kind}, not a JSON or JSON Lines text file")
     try:
         text = raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
         if _utf16_without_bom(raw):  # ASCII in UTF-16 without a byte-order mark is valid UTF-8, with NULs

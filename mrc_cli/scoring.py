@@ -72,6 +72,8 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
         raise DataError(f"{path}: a {what} file is one JSON object {{question id: value}}, found a {type(obj).__name__}")
     for qid, value in obj.items():
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if value_type is float else isinstance(value, value_type)
+        if ok and value_type is float and math.isnan(value):  # never above a threshold, nor comparable in a sweep
+            raise DataError(f"{path}: question {qid}: the {what} are NaN, not a number")
         if not ok:
             nbest = isinstance(value, list) and value and isinstance(value[0], dict) and "text" in value[0]
             hint = ("; this is an n-best file: give predictions.json, or the folder `mrc eval --out` wrote"
@@ -82,7 +84,11 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
 
 
 def check_predictions_match(path: str | Path, predictions: dict, gold_ids: set[str], gold: str) -> None:
-    """A predictions file that answers none of the gold questions is another file's, not a score of 0."""
+    """A predictions file that answers none of the gold questions is another file's, or an empty one, not a score of
+    0."""
+    if not predictions and gold_ids:
+        raise DataError(f"{path}: no predictions (an empty JSON object), so each of the {len(gold_ids)} questions of "
+                        f"{gold} would score 0; was it written by a run that failed?")
     if predictions and gold_ids and gold_ids.isdisjoint(predictions):
         raise DataError(f"{path}: none of its {len(predictions)} predictions is for a question of {gold} (its ids "
                         f"begin {', '.join(list(predictions)[:3])}); are these the predictions of another file?")

@@ -5,6 +5,7 @@ No case may print a traceback; every error names the file or flag and the proble
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -46,6 +47,8 @@ def _train(minilm_path, tmp_path, train_file, *flags):
     ('{"data": [{"title": "北京"'.encode()[:-2], ["truncated.json", "ends inside a character (byte 24 of 26)",
                                                    "truncated?"]),
     (b'', ["truncated.json", "the file is empty"]),
+    (gzip.compress(b'{"data": []}'), ["truncated.json", "gzip-compressed; decompress it first (gunzip -k FILE)"]),
+    (b"PAR1\x15\x04", ["truncated.json", "a Parquet file; convert it with datasets"]),
     (b'{}', ["truncated.json", "expected SQuAD-style JSON", "found an empty object"]),
     (b'{"version": "1.1", "data": []}', ["truncated.json", "no questions found"]),
     (b'{"data": [{"title": "t", "paragraphs": [{"context": "abc", "qas": []}]}]}', ["truncated.json", "no questions found"]),
@@ -315,8 +318,12 @@ def test_predictions_of_another_file_and_an_nbest_file_are_named(tmp_path):
     golds = write_squad(tmp_path / "gold.json", [(CONTEXT, [GOOD_QA])])
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"x1": "a", "x2": "b"}))
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
     for command in (["score", golds, other], ["analyze", "--gold", golds, "--pred", other, "--out", tmp_path / "a"]):
         _fails(_invoke(*command), f"{other}: none of its 2 predictions is for a question of", "another file")
+        _fails(_invoke(*[empty if part == other else part for part in command]),
+               f"{empty}: no predictions (an empty JSON object), so each of the 1 questions of")
     nbest = tmp_path / "nbest.json"
     nbest.write_text(json.dumps({"ok": [{"text": "the mat " * 40, "start": 15, "end": 22, "score": 1.0}]}))
     result = _invoke("score", golds, nbest)

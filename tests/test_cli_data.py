@@ -104,6 +104,9 @@ def test_score_names_the_null_odds_file_that_lacks_a_question(tmp_path):
     result = runner.invoke(app, ["score", str(gold), str(tmp_path / "p.json"), "--null-odds", str(tmp_path / "odds.json")])
     assert result.exit_code == 1 and result.stderr.startswith(
         f"Error: {tmp_path / 'odds.json'}: no null odds for question b, which {tmp_path / 'p.json'} answers")
+    (tmp_path / "odds.json").write_text('{"a": -3.0, "b": NaN}')  # as Python's json writes float("nan")
+    result = runner.invoke(app, ["score", str(gold), str(tmp_path / "p.json"), "--null-odds", str(tmp_path / "odds.json")])
+    assert result.exit_code == 1 and result.stderr == f"Error: {tmp_path / 'odds.json'}: question b: the null odds are NaN, not a number\n"
 
 
 def test_score_refuses_a_question_answered_twice_and_json_nested_too_deeply(tmp_path):
