@@ -34,6 +34,7 @@ from mrc_cli.config import ModelConfig, RunConfig, check_pretrain_config
 from mrc_cli.corpus import build_sequences, collect_texts
 from mrc_cli.errors import ConfigError
 from mrc_cli.masking import IGNORE_INDEX, MaskingRule, mask_tokens
+from mrc_cli.words import check_word_sizes
 from mrc_cli.model import DROPOUT_KEYS, describe_keys, encoder_config
 from mrc_cli.tracking import RunLog
 from mrc_cli.training import TrainerState, TrainResult, file_sha256, run_task
@@ -163,6 +164,8 @@ class MaskedLMTask:
                               "--data files with contexts or --text files")
         sequences, summary = build_sequences(corpus.texts, tokenizer, cfg.data)
         log.info(str(summary))
+        if cfg.pretrain.masking == "word":
+            check_word_sizes(summary.tokens, summary.words, cfg.data.word_segmenter, "whole-word masking")
         self.tokenizer = tokenizer
         self.use(sequences, MaskingRule(cfg.pretrain.masking == "word", cfg.pretrain.mask_prob, tokenizer.mask_token_id,
                                         len(tokenizer), cfg.train.seed))

@@ -60,7 +60,7 @@ from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
 from mrc_cli.tricks import EMA, Adversary, HeadWarmup, kept_warmup, layer_lr_scales, rdrop_loss
-from mrc_cli.words import answers_inside_words
+from mrc_cli.words import answers_inside_words, check_word_sizes, word_sizes
 
 # set by the run from its data or itself, never differences a user made: resume notes no difference in them
 RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
@@ -176,6 +176,7 @@ class SpanTask:
     def load(self, cfg: RunConfig, tokenizer, log: RunLog):
         self.train_split = _load_split(self.train_split, cfg.data.train_file, "train", tokenizer, cfg, log)
         if cfg.model.span_level == "word":
+            check_word_sizes(*word_sizes(self.train_split.features), cfg.data.word_segmenter, "model.span_level=word")
             inside, labelled = answers_inside_words(self.train_split.features)
             log.info(f"span level word: {inside} of {labelled} answers start or end inside a word of "
                      f"data.word_segmenter {cfg.data.word_segmenter} and are learnt as the whole words")

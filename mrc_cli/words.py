@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mrc_cli.errors import ConfigError
+
 
 def unit_index(word_ids: torch.Tensor) -> torch.Tensor:
     """(batch, seq) word ids (-1 off context) -> unit of each token: 0 for CLS, 1.. for words, -1 for the rest."""
@@ -85,6 +87,33 @@ def unit_offsets(example_ids, offset_mappings, word_ids, width: int) -> np.ndarr
     spans[rows, unit_of, 0] = word_start[group]
     spans[rows, unit_of, 1] = word_end[group]
     return spans
+
+
+# The mean tokens a word that whole-word spans and masking may take: about 1.3 for English WordPiece or SentencePiece,
+# 1 for Chinese by characters (BERT's pre-tokenizer, chars) and 1.5 by jieba; a SentencePiece or byte-level BPE
+# tokenizer's own "words" of unspaced Chinese are whole clauses, tens of tokens each
+MAX_TOKENS_PER_WORD = 4
+
+
+def check_word_sizes(tokens: int, words: int, segmenter: str, use: str) -> None:
+    """Refuse words too long to be words: what `use` (word-level spans, whole-word masking) would take as one."""
+    if words and tokens / words > MAX_TOKENS_PER_WORD:
+        raise ConfigError(
+            f"data.word_segmenter {segmenter}: its words are {tokens / words:.1f} tokens long on average ({tokens} "
+            f"tokens in {words} words), so {use} would take whole phrases as one word. Unspaced text (Chinese) is one "
+            "word to a SentencePiece or byte-level BPE tokenizer's pre-tokenizer: set data.word_segmenter=jieba "
+            "(Chinese words) or chars (one per character)")
+
+
+def word_sizes(features) -> tuple[int, int]:
+    """(context tokens, words) of features' word_ids: a word cut by a window boundary counts in both windows."""
+    words = features.with_format("arrow")[:].column("word_ids").combine_chunks()
+    flat = words.flatten().to_numpy()
+    context = flat >= 0
+    starts = context.copy()
+    starts[1:] &= flat[1:] != flat[:-1]
+    starts[words.offsets.to_numpy()[:-1]] = context[words.offsets.to_numpy()[:-1]]  # each window's first word
+    return int(context.sum()), int(starts.sum())
 
 
 def answers_inside_words(features) -> tuple[int, int]:
