@@ -23,7 +23,7 @@ from mrc_cli.errors import DataError
 from mrc_cli.metrics import METRICS, detect_metric, rules
 from mrc_cli.scoring import (PredictionFiles, check_predictions_match, find_prediction_files, read_json_map,
                              read_null_odds)
-from mrc_cli.validate import load_examples
+from mrc_cli.validate import load_examples, validated_records
 
 if TYPE_CHECKING:
     from mrc_cli.config import RunConfig
@@ -130,7 +130,7 @@ def analyze(
     detected = detect_metric(golds)
     metric = detected if metric == "auto" else metric
     language = "zh" if detected == "cmrc2018" else "en"
-    records = _records_of(golds, examples.to_list())
+    records = validated_records(golds, examples.to_list())
     labels, left_out = _slice_questions(records, golds, language, windows)
     groups = _group(labels, language)
     thresholds = list(threshold) if isinstance(threshold, Sequence) else [threshold]
@@ -165,20 +165,6 @@ def analyze(
     if out_dir is not None:
         result["files"] = write_analysis(result, out_dir)
     return result
-
-
-def _records_of(golds: list[dict], kept: list[dict]) -> list[dict | None]:
-    """Each gold question's validated record (answers relocated where misaligned), None where validation left it out
-    (an empty question): matched in the file's order, so a repeated id keeps its own question."""
-    records, rest = [], iter(kept)
-    record = next(rest, None)
-    for gold in golds:
-        if record is not None and (record["id"], record["context"]) == (gold["id"], gold["context"]):
-            records.append(record)
-            record = next(rest, None)
-        else:
-            records.append(None)
-    return records
 
 
 def _one_path(given):

@@ -77,9 +77,11 @@ class ValidationReport:
                          "unanswerable (SQuAD v2.0's rule)")
         if self.use == "train":
             extra.append(f"{self.left_out_of_training} questions left out of training (no locatable answer)")
+        elif self.empty_questions and self.use == "score":
+            extra.append(f"{self.empty_questions} questions with an empty question text (scored as any other)")
         elif self.empty_questions:
             extra.append(f"{self.empty_questions} questions left out of {self.use} (empty question text; "
-                         + ("scored as missing)" if self.use in ("eval", "score") else "not in the predictions)"))
+                         + ("scored as missing)" if self.use == "eval" else "not in the predictions)"))
         if self.errors:
             extra.append(f"{len(self.errors)} errors")
         return line + ("\n  " + "; ".join(extra) if extra else "")
@@ -98,8 +100,25 @@ def validate_file(source: str, use: str, fmt: str = "auto", list_all: bool = Fal
         return ValidationReport(str(source), use, errors=[str(err)])
     records, report = validate_records(raw, use, None if list_all else MAX_LISTED)
     if fixed is not None and report.usable:
+        if use in ("eval", "score"):  # scored by the texts the file gives, not by the context's that relocation took
+            records = [{**rec, "answers": {**rec["answers"], "text": read["answers"]["text"]}}
+                       for read, rec in zip(raw.records, validated_records(raw.records, records)) if rec is not None]
         write_squad(records, Path(fixed), f"{Path(source).name}, repaired by mrc validate --for {use}")
     return report
+
+
+def validated_records(read: list[dict], kept: list[dict]) -> list[dict | None]:
+    """Each record as read with its validated one (answers relocated where misaligned), None where validation left
+    it out: matched in the file's order, so a repeated id keeps its own. `read` may be golds made of the records."""
+    records, rest = [], iter(kept)
+    record = next(rest, None)
+    for one in read:
+        if record is not None and (record["id"], record["context"]) == (one["id"], one["context"]):
+            records.append(record)
+            record = next(rest, None)
+        else:
+            records.append(None)
+    return records
 
 
 def write_squad(records: list[dict], path: Path, version: str) -> None:
@@ -221,7 +240,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
             report.empty_questions += 1
             if use == "train":
                 report.errors.append(f"{where}: the question is empty")
-            else:  # no model input, but its gold answers (golds come from raw.records) still count in the scores
+            elif use != "score":  # no model input, but its gold answers (golds come from raw.records) still count
                 _repair(report, f"{where}: the question is empty (left out of {use})")
         if is_blank(rec["context"]):
             report.empty_contexts += 1
@@ -238,7 +257,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
         if use == "train" and not rec["is_impossible"] and not located:
             report.left_out_of_training += 1
             continue
-        if empty_question:
+        if empty_question and use != "score":
             continue
         kept.append(rec)
     if blank_answers and use in ("eval", "score"):
@@ -294,6 +313,9 @@ def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
         elif _squeezed(new_text) != _squeezed(text):
             _repair(report, f'{where}: answer "{text}" is not in its context, "{new_text}" is: the same text after '
                             f'Unicode normalisation (NFKC; found at {new_start}, relocated as the context writes it)')
+        elif new_text != text.strip():
+            _repair(report, f'{where}: answer "{text}" is not in its context, "{new_text}" is: the same text with other '
+                            f'whitespace (found at {new_start}, relocated as the context writes it)')
         elif start < 0:  # the file gave no position (answer_start missing): found, not moved
             _repair(report, f'{where}: answer "{text}" has no answer_start; found at char {new_start} of its context')
         else:

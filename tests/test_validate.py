@@ -255,3 +255,27 @@ def test_an_answer_without_a_position_is_found_and_said_so(tmp_path):
     report = validate_file(str(path), "train")
     assert report.usable and report.relocated == 1
     assert 'answer "1898年" has no answer_start; found at char 7 of its context' in report.repairs[0]
+
+
+def test_fix_for_scoring_keeps_the_files_answer_texts_and_its_empty_questions(tmp_path):
+    """CMRC 2018's exact match sees spaces and character widths: a gold file fixed for eval or score keeps the texts
+    it gives (relocated), so it scores as the original does; fixed for train, the texts are the context's."""
+    context = "北京 是 中国 的 首都。公司成立于２０１０年。"
+    qas = [{"id": "space", "question": "首都？", "answers": [{"text": "北京是中国的首都", "answer_start": 3}]},
+           {"id": "width", "question": "哪年？", "answers": [{"text": "2010年", "answer_start": 0}]},
+           {"id": "empty", "question": "", "answers": [{"text": "公司", "answer_start": 13}]}]
+    path = write_squad(tmp_path / "d.json", [(context, qas)])
+    predictions = tmp_path / "p.json"
+    predictions.write_text(json.dumps({"space": "北京 是 中国 的 首都", "width": "２０１０年", "empty": "公司"}, ensure_ascii=False))
+    report = validate_file(str(path), "score", fixed=tmp_path / "score.json")
+    assert report.repairs[0] == (f'{path}: question space: answer "北京是中国的首都" is not in its context, "北京 是 中国 '
+                                 '的 首都" is: the same text with other whitespace (found at 0, relocated as the context '
+                                 'writes it)')
+    assert "1 questions with an empty question text (scored as any other)" in report.summary()
+    fixed = read_data(tmp_path / "score.json").records
+    assert [(r["id"], r["answers"]) for r in fixed] == [
+        ("space", {"text": ["北京是中国的首都"], "answer_start": [0]}), ("width", {"text": ["2010年"], "answer_start": [18]}),
+        ("empty", {"text": ["公司"], "answer_start": [13]})]
+    assert score_files(str(tmp_path / "score.json"), str(predictions)) == score_files(str(path), str(predictions))
+    validate_file(str(path), "eval", fixed=tmp_path / "eval.json")
+    assert [r["id"] for r in read_data(tmp_path / "eval.json").records] == ["space", "width"]  # empty: not answered
