@@ -178,7 +178,11 @@ def _read_json(path: Path, text: str) -> RawData:
         if isinstance(obj, dict) and "data" in obj:
             found = f"'data' holding {_kind(obj['data'])}, not a list of articles"
         elif isinstance(obj, dict):
-            found = f"top-level {', '.join(map(str, obj))}" if obj else "an empty object"
+            keys = list(map(str, obj))
+            found = (f"top-level {', '.join(keys[:5])}" + (f" and {len(keys) - 5} more keys" if len(keys) > 5 else "")
+                     if obj else "an empty object")
+            if obj and all(isinstance(value, str) for value in obj.values()):
+                found += " (a predictions file {question id: answer}? a gold data file goes first: mrc score GOLD PRED)"
         else:
             found = f"top-level {type(obj).__name__}"
         raise DataError(

@@ -43,6 +43,9 @@ def _train(minilm_path, tmp_path, train_file, *flags):
 @pytest.mark.parametrize("content, fragments", [
     (b'{"data": [{"paragraphs": [{"context": "abc", "qas": [', ["truncated.json", "not valid JSON (line 1", "truncated"]),
     (b'{"articles": []}', ["truncated.json", "expected SQuAD-style JSON", "found top-level articles"]),
+    (json.dumps({f"q{i}": "an answer" for i in range(3000)}).encode(),
+     ["truncated.json", "found top-level q0, q1, q2, q3, q4 and 2995 more keys (a predictions file {question id: "
+                        "answer}? a gold data file goes first: mrc score GOLD PRED)"]),
     (b'\xff\xfe{\x00}\x00', ["truncated.json", "not UTF-8 text", "iconv"]),
     ('{"data": [{"title": "北京"'.encode()[:-2], ["truncated.json", "ends inside a character (byte 24 of 26)",
                                                    "truncated?"]),
