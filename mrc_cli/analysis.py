@@ -278,7 +278,8 @@ def _answers(files: PredictionFiles, metric: str, threshold: float | None,
     keys = {qid: rules.prediction_key(qid, given, metric) for qid in gold_ids}  # CMRC's: also by the stripped id
     check_predictions_match(files.predictions, given, set(keys.values()), "the gold file")
     info = {"predictions": str(files.predictions), "nbest": _str(files.nbest), "null_odds": _str(files.null_odds),
-            "unknown_ids": len(given.keys() - set(keys.values()))}  # ignored, as the scorers do
+            # ignored, as the scorers do; a stripped id is a submission's copy for CMRC 2018's script (reader)
+            "unknown_ids": len(given.keys() - set(keys.values()) - {qid.strip() for qid in gold_ids})}
     predictions = {qid: given[key] for qid, key in keys.items() if key in given}
     if metric != "squad_v2" or files.null_odds is None:
         why = "no null odds" if files.null_odds is None else f"the {metric} metric has no unanswerable questions"

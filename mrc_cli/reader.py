@@ -216,6 +216,9 @@ def backend_of(loaded: Loaded | Ensemble) -> str:
 def _write_submission(path: Path, predictions: dict[str, Prediction]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     answers = {pid: p.text for pid, p in predictions.items()}
+    # an id with spaces around it also under the stripped id, which the official CMRC 2018 script looks answers up by
+    # (SQuAD's by the id as given; every official script ignores an answer no question asks for)
+    answers.update({pid.strip(): text for pid, text in list(answers.items()) if pid.strip() not in answers})
     path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
 
 

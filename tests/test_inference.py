@@ -11,6 +11,7 @@ from conftest import tiny_run_config
 from mrc_cli import Reader
 from mrc_cli.cli import app
 from mrc_cli.errors import CheckpointError, ConfigError
+from mrc_cli.scoring import score_files
 from mrc_cli.training import train
 
 DEV = "data/quickstart/en_dev.json"
@@ -93,6 +94,23 @@ def test_eval_and_predict_leave_out_an_empty_question_and_say_so(trained_run, tm
     assert "1 questions left out of predict (empty question text; not in the predictions)" in result.stdout
     submission = json.loads((tmp_path / "sub.json").read_text())
     assert len(submission) == 48 and emptied["id"] not in submission
+
+
+def test_a_submission_answers_an_id_with_spaces_around_it_also_under_the_stripped_id(trained_run, tmp_path):
+    """The official CMRC 2018 script looks answers up by the stripped id, SQuAD's by the id as given: both find it,
+    and mrc score counts the copy as no unknown id."""
+    data = json.load(open(DEV, encoding="utf-8"))
+    spaced = data["data"][0]["paragraphs"][0]["qas"][0]
+    spaced["id"] = f" {spaced['id']} "
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(trained_run), "--data", str(path),
+                                      "--out", str(tmp_path / "sub.json")])
+    assert result.exit_code == 0, result.output
+    submission = json.loads((tmp_path / "sub.json").read_text())
+    assert len(submission) == 50 and submission[spaced["id"]] == submission[spaced["id"].strip()]
+    scores, _ = score_files(str(path), str(tmp_path / "sub.json"))
+    assert (scores["missing"], scores["unknown_ids"]) == (0, 0)
 
 
 def test_a_question_without_any_span_writes_json_that_strict_parsers_read(trained_run, tmp_path):

@@ -133,7 +133,7 @@ def _pair(golds: list[dict], predictions: dict[str, str],
     if not golds:
         raise DataError("no gold questions to score")
     ids = [prediction_key(gold["id"], predictions, metric) for gold in golds]
-    num_unknown = len(predictions.keys() - {gold["id"] for gold in golds} - set(ids))
+    num_unknown = len(predictions.keys() - {gold["id"] for gold in golds} - {gold["id"].strip() for gold in golds})
     return [(gold, predictions.get(qid)) for gold, qid in zip(golds, ids)], num_unknown
 
 
