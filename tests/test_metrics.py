@@ -234,6 +234,18 @@ def test_score_cmrc2018_by_hand():
     }
 
 
+def test_chinese_text_scored_by_squad_rules_asked_for_says_so():
+    """SQuAD rules take an unspaced Chinese answer as one token: "光荣" for "光荣和ω-force" scores 0 F1, not 2/3."""
+    golds = [gold("q1", "光荣和ω-force"), gold("q2", "1998年")]
+    predictions = {"q1": "光荣", "q2": "1998年"}
+    squad = score(golds, predictions, metric="squad")
+    assert (squad["f1"], squad["exact_match"]) == (50.0, 50.0)
+    assert squad["metric_note"].startswith("the text is Chinese, scored by the squad rules asked for")
+    assert "metric_note" not in score(golds, predictions) and "metric_note" not in score(golds, predictions, "cmrc2018")
+    english = [gold("q1", "the glory"), gold("q2", "1998")]
+    assert "metric_note" not in score(english, {"q1": "glory", "q2": "1998"}, metric="squad")
+
+
 def test_cmrc2018_matches_a_spaced_gold_id_by_its_stripped_id_as_the_official_script_does():
     """cmrc2018_evaluate.py looks predictions up by qas['id'].strip(); our own files keep the id as given."""
     golds = [gold(" q1 ", "东京"), gold("q2\t", "大阪")]

@@ -98,14 +98,19 @@ def score(
     """
     _check_name(metric, ("auto", *METRICS))
     golds = [_with_answer_texts(gold) for gold in golds]
+    detected, asked = detect_metric(golds), metric
     if metric == "auto":
-        metric = detect_metric(golds)
+        metric = detected
     if metric == "squad_v2":
         scores = rules.score_squad_v2(golds, predictions, null_odds, null_threshold)
     elif null_odds is not None:
         raise DataError(f"null odds apply to the squad_v2 metric only, but the metric is {metric}")
     else:
         scores = (rules.score_squad if metric == "squad" else rules.score_cmrc2018)(golds, predictions)
+    if asked != "auto" and detected == "cmrc2018" != metric:
+        scores["metric_note"] = (f"the text is Chinese, scored by the {metric} rules asked for: they take an unspaced "
+                                 "Chinese answer as one word, with no partial credit; cmrc2018 (or auto) scores it by "
+                                 "characters")
     return {"metric": metric, **scores}
 
 
