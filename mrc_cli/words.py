@@ -116,6 +116,19 @@ def word_sizes(features) -> tuple[int, int]:
     return int(context.sum()), int(starts.sum())
 
 
+def labelled_answer_lengths(features, span_level: str) -> np.ndarray:
+    """The length of each labelled answer of training features as the decoder counts it (decode.max_answer_length):
+    in tokens, or in words at model.span_level word."""
+    table = features.with_format("arrow")[:]
+    start, end = (table.column(name).to_numpy() for name in ("start_positions", "end_positions"))
+    labelled = start > 0
+    if span_level != "word":
+        return (end - start + 1)[labelled]
+    words = table.column("word_ids").combine_chunks()
+    flat, offsets = words.flatten().to_numpy(), words.offsets.to_numpy()[:-1]
+    return flat[offsets[labelled] + end[labelled]] - flat[offsets[labelled] + start[labelled]] + 1
+
+
 def answers_inside_words(features) -> tuple[int, int]:
     """(questions whose labelled answer starts or ends inside a word, questions with a labelled answer) of training
     features: at model.span_level word these are learnt as the whole words (jieba holds 4.8 % of CMRC's answers

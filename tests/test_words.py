@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -97,17 +98,31 @@ def test_a_window_never_holds_more_words_than_tokens(segmenter, wordpiece_tokeni
 
 
 def test_answers_inside_a_word_are_counted(wordpiece_tokenizer, tmp_path):
-    from mrc_cli.words import answers_inside_words
+    from mrc_cli.words import answers_inside_words, labelled_answer_lengths
 
     context = "这个工艺共有七十二道工序，北京大学创办于1898年。"
     qas = [{"id": "inside", "question": "有几道？", "answers": [{"text": "七十二道", "answer_start": 6}]},
            {"id": "whole", "question": "哪所大学？", "answers": [{"text": "北京大学", "answer_start": 13}]}]
     path = write_squad(tmp_path / "d.json", [(context, qas)])
     examples, _, _ = load_examples(str(path), "train")
-    for segmenter, inside in (("jieba", 1), ("chars", 0)):  # jieba: 七十二道工序 is one word
+    for segmenter, inside, words in (("jieba", 1, [2, 1]), ("chars", 0, [4, 4])):  # jieba: 七十二|道工序
         features, _ = build_features(examples, wordpiece_tokenizer, DataConfig(word_segmenter=segmenter,
                                                                                cache_dir=str(tmp_path)), labels=True)
         assert answers_inside_words(features) == (inside, 2), segmenter
+        # as decode.max_answer_length counts them: 4 tokens (a character each), in words as the segmenter cuts them
+        assert list(labelled_answer_lengths(features, "token")) == [4, 4]
+        assert list(labelled_answer_lengths(features, "word")) == words, segmenter
+
+
+def test_a_run_warns_where_many_training_answers_are_longer_than_the_decoder_gives(tiny_bert_dir, tmp_path):
+    from mrc_cli.training import train
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1, eval_steps=0, save_steps=0)
+    cfg.decode.max_answer_length = 1
+    train(cfg)
+    warning = next(line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "warning:" in line)
+    assert re.search(r"warning: (\d+) of (\d+) labelled training answers \(\d+\.\d%\) are longer than "
+                     r"decode.max_answer_length 1 tokens", warning)
 
 
 @pytest.fixture(scope="module")
