@@ -850,9 +850,20 @@ def _load_split(given: Split | None, source: str | None, use: str, tokenizer, cf
 
 
 def _init_from(model, path: str, log: RunLog) -> None:
+    """The weights of a checkpoint that fit the model: a span model's, or an `mrc pretrain` checkpoint's encoder (its
+    masked LM's `lm.bert.*` are the span model's `encoder.*`; the MLM head stays unused), in part where the shapes
+    differ. One that fits nothing is refused: the run would fine-tune the base model under the checkpoint's name."""
     source = Path(path)
     weights = source if source.is_file() else resolve_checkpoint(source) / "model.safetensors"
-    missing, unexpected = load_weights(model, load_state_dict_file(weights), strict=False)
+    state = load_state_dict_file(weights)
+    in_masked_lm = f"lm.{model.encoder.base_model_prefix}."
+    state = {f"encoder.{key.removeprefix(in_masked_lm)}" if key.startswith(in_masked_lm) else key: value
+             for key, value in state.items()}
+    missing, unexpected = load_weights(model, state, strict=False)
+    if set(model.state_dict()) <= set(missing):
+        raise CheckpointError(f"--init-from {weights}: none of its weights fit this model (model "
+                              f"type {model.config.model_type}; the checkpoint holds {describe_keys(sorted(state))}): give "
+                              "a checkpoint of this model, or the --model it was trained from")
     log.info(f"--init-from {weights}: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}")
 
 

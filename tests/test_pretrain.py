@@ -364,6 +364,27 @@ def test_the_pretrained_folder_fine_tunes_with_mrc_train(pretrained, tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 1
 
 
+def test_a_pretraining_checkpoint_starts_fine_tuning_with_init_from_and_a_misfit_is_refused(pretrained, tiny_bert_dir,
+                                                                                               tiny_albert_dir, tmp_path):
+    """What the refusal of `--model CHECKPOINT` advises: the checkpoint's masked-LM encoder (lm.bert.*) becomes the
+    span model's encoder; one whose weights fit nothing had fine-tuned the base model under its name."""
+    checkpoint = pretrained / "checkpoints" / "step-000003"
+    args = ["train", "--train", str(QUICKSTART / "en_train.json"), "--max-steps", "1", "--max-seq-length", "128",
+            "--doc-stride", "32", "--set", "data.max_query_length=32", "--set", "train.precision=no",
+            "--set", "train.cpu=true", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.lr=1e-30",
+            "--init-from", str(checkpoint)]
+    result = _invoke([*args, "--model", tiny_bert_dir, "--output-dir", str(tmp_path / "ft")])
+    assert "missing qa_outputs (2 keys); unexpected lm.cls" in (tmp_path / "ft" / "train.log").read_text()
+    pretrained_weights = load_file(str(checkpoint / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "ft" / "checkpoints" / "step-000001" / "model.safetensors"))
+    encoder = [key for key in tuned if key.startswith("encoder.") and "pooler" not in key]
+    assert encoder and all(torch.allclose(tuned[key], pretrained_weights[f"lm.bert.{key[8:]}"]) for key in encoder)
+    result = CliRunner().invoke(app, [*args, "--model", tiny_albert_dir, "--output-dir", str(tmp_path / "albert")])
+    assert result.exit_code == 1 and (f"Error: --init-from {checkpoint / 'model.safetensors'}: none of its weights fit "
+                                      "this model (model type albert; the checkpoint holds lm.bert (37 keys), "
+                                      "lm.cls (5 keys))") in result.stderr
+
+
 def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_for_the_other(pretrained, tiny_bert_dir,
                                                                                               tmp_path):
     """eval of the pre-trained folder (no span head) and pretrain or train from a checkpoint (a span model, which
