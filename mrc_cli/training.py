@@ -55,7 +55,7 @@ from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_tric
                            describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
                            load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
-from mrc_cli.run_lock import run_lock
+from mrc_cli.run_lock import LOCK_FILE, run_lock
 from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
@@ -722,6 +722,7 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
         _refuse_finished(run_dir, resumed.train, _trainer_state(resume_from))
         _refuse_other_data(resumed, resume_from)
     else:  # a typo in the folder's name would otherwise restart training without a word
+        _refuse_other_files(run_dir, run_dir_flag)
         resumed = cfg
         notes = ([f"--resume auto: there is no {run_dir} to resume, so a new run starts there"]
                  if cfg.train.resume == "auto" and not (run_dir.exists() if existed is None else existed) else [])
@@ -730,6 +731,19 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
         raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "
                           + ("set train.eval_steps" if evaluates else "give a dev set (--dev; mrc pretrain has none)"))
     return resumed, resume_from, notes
+
+
+RUN_MARKS = ("run_info.json", "train.log", "metrics.jsonl", "checkpoints")  # written by runs only
+
+
+def _refuse_other_files(run_dir: Path, run_dir_flag: str) -> None:
+    """A folder of other files (a model folder, a user's own config.yaml) is not a run directory: a run writes its
+    config.yaml, and mrc pretrain its config.json, weights and tokenizer, over theirs."""
+    others = sorted(entry.name for entry in run_dir.iterdir() if entry.name != LOCK_FILE) if run_dir.is_dir() else []
+    if others and not any((run_dir / mark).exists() for mark in RUN_MARKS):
+        raise ConfigError(f"{run_dir_flag} {run_dir} holds other files ({', '.join(others[:4])}"
+                          f"{f' and {len(others) - 4} more' if len(others) > 4 else ''}) and no run: choose a new or "
+                          "empty folder, which the run fills")
 
 
 def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> None:
