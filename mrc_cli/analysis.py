@@ -131,6 +131,9 @@ def analyze(
     metric = detected if metric == "auto" else metric
     language = "zh" if detected == "cmrc2018" else "en"
     records = validated_records(golds, examples.to_list())
+    if metric == "squad_v2":  # the official v2.0 script keys questions by id: a repeated id is its last one, once
+        keep = sorted({gold["id"]: i for i, gold in enumerate(golds)}.values())
+        golds, records = [golds[i] for i in keep], [records[i] for i in keep]
     labels, left_out = _slice_questions(records, golds, language, windows)
     groups = _group(labels, language)
     thresholds = list(threshold) if isinstance(threshold, Sequence) else [threshold]
@@ -209,11 +212,11 @@ def _slice_questions(records: list[dict | None], golds: list[dict], language: st
     if windows is None:
         left_out["windows"] = ("windows per question depend on the tokenizer and data settings, and predictions "
                                "files do not record them: give --checkpoint (or --model) to count them")
-    if all(gold["answers"] for gold in golds):
+    if all(rules.answerable(gold) for gold in golds):
         left_out["answerable"] = "every question has an answer"
     slices = []
     for gold, record in zip(golds, records):  # record None: an empty question, left out of eval
-        answerable = bool(gold["answers"])
+        answerable = rules.answerable(gold)
         labels = {"question_type": question_type(record["question"], language) if record else "other"}
         if answerable:  # length and position of one answer: the first found in the context, else the first
             starts = record["answers"]["answer_start"] if record else []
@@ -367,7 +370,7 @@ def _confusion(golds: list[dict], texts: list[str | None]) -> dict:
     """gold has answer / no answer -> predicted answered / no answer / missing (no prediction), counts."""
     table = {gold_side: {"answered": 0, NO_ANSWER: 0, "missing": 0} for gold_side in (HAS_ANSWER, NO_ANSWER)}
     for gold, text in zip(golds, texts):
-        gold_side = HAS_ANSWER if gold["answers"] and not gold["is_impossible"] else NO_ANSWER
+        gold_side = HAS_ANSWER if rules.answerable(gold) else NO_ANSWER
         table[gold_side]["missing" if text is None else "answered" if text else NO_ANSWER] += 1
     return table
 

@@ -22,11 +22,11 @@ FORMATS = ("auto", "squad", "jsonl", "hf")
 TEXT_FIELDS = ("context", "question")
 BINARY_FORMATS = {  # a file's first bytes: what it is, and what to do instead of re-encoding it
     b"\x1f\x8b": "gzip-compressed; decompress it first (gunzip -k FILE)",
-    b"BZh": "bzip2-compressed; decompress it first (bunzip2 -k FILE)",
     b"\xfd7zXZ\x00": "xz-compressed; decompress it first (unxz -k FILE)",
     b"PK\x03\x04": "a zip archive; unzip it first",
     b"PAR1": "a Parquet file; convert it with datasets (Dataset.from_parquet(FILE).to_json(\"data.jsonl\")) or pass a "
              "folder that Dataset.save_to_disk wrote",
+    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"%PDF": "a PDF document", b"\x7fELF": "a program",
 }
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud83d" alone: no character, and no UTF-8 for it
 
@@ -52,6 +52,7 @@ class RawData:
     read_as_unanswerable: list[str] = field(default_factory=list)  # no answers, not marked
     read_as_answerable: list[str] = field(default_factory=list)  # marked is_impossible, with answers
     marks_unanswerable: bool = False  # some question carries an is_impossible field
+    hub_layout: bool = False  # answers as the Hub's dict of lists, whose squad_v2 marks unanswerable by [] alone
 
 
 def read_data(source: str | Path, fmt: str = "auto") -> RawData:
@@ -112,7 +113,7 @@ def read_text(path: Path) -> str:
     raw = path.read_bytes()
     kind = next((kind for magic, kind in BINARY_FORMATS.items() if raw.startswith(magic)), None)
     if kind:
-        raise DataError(f"{path}: {kind}, not a JSON or JSON Lines text file")
+        raise DataError(f"{path}: {kind}, not a text file")
     try:
         text = raw.decode("utf-8-sig")  # tolerate a byte-order mark, as editors on Windows write it
         if _utf16_without_bom(raw):  # ASCII in UTF-16 without a byte-order mark is valid UTF-8, with NULs
@@ -291,6 +292,7 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
         raw.problems.append(RecordProblem(where, f"field(s) {', '.join(wrong)} must be text"))
         return
     answers = _canonical_answers(rec.get("answers"))
+    raw.hub_layout |= isinstance(rec.get("answers"), dict)
     if isinstance(answers, str):
         raw.problems.append(RecordProblem(where, f"field 'answers' must be [{{\"text\", \"answer_start\"}}] or "
                                                  f"{{\"text\": [], \"answer_start\": []}}: {answers}"))

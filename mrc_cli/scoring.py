@@ -72,7 +72,7 @@ def read_json_map(path: str | Path, value_type: type, what: str) -> dict:
         raise DataError(f"{path}: a {what} file is one JSON object {{question id: value}}, found a {type(obj).__name__}")
     for qid, value in obj.items():
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if value_type is float else isinstance(value, value_type)
-        if ok and value_type is float and math.isnan(value):  # never above a threshold, nor comparable in a sweep
+        if isinstance(value, float) and value_type is float and math.isnan(value):  # never above a threshold, nor comparable in a sweep
             raise DataError(f"{path}: question {qid}: the {what} are NaN, not a number")
         if not ok:
             nbest = isinstance(value, list) and value and isinstance(value[0], dict) and "text" in value[0]

@@ -216,7 +216,8 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
         if use == "train":
             report.warnings.append(msg)
         elif use == "score":  # the official scripts score each question against its id's prediction
-            report.warnings.append(msg + " (each is scored against that id's prediction, as the official scripts do)")
+            report.warnings.append(msg + " (SQuAD v1.1's and CMRC 2018's official scripts score each against that id's "
+                                         "prediction, SQuAD v2.0's the last one only)")
         else:
             report.errors.append(msg + " (a prediction file keyed by id would be ambiguous; make ids unique)")
 
@@ -226,10 +227,12 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
                                f"carry answers (the first: {raw.read_as_answerable[0]}); they are trained and scored "
                                "as answerable, as the official SQuAD v2.0 script scores them (it reads only the "
                                "answers); SQuAD v2.0 keeps the texts of unanswerable questions in plausible_answers")
-    if raw.read_as_unanswerable and raw.marks_unanswerable:  # where no question is marked, it is the Hub's layout
-        report.warnings.append(f"{raw.source}: {len(raw.read_as_unanswerable)} questions have no answers and are not "
-                               f"marked is_impossible (the first: {raw.read_as_unanswerable[0]}); they are trained and "
-                               "scored as unanswerable, as the official SQuAD v2.0 script scores them")
+    if raw.read_as_unanswerable and (raw.marks_unanswerable or not raw.hub_layout):  # the Hub's squad_v2 marks none
+        report.warnings.append(
+            f"{raw.source}: {len(raw.read_as_unanswerable)} questions have no answers and are not marked is_impossible "
+            f"(the first: {raw.read_as_unanswerable[0]}); they are trained and scored as unanswerable, as the official "
+            "SQuAD v2.0 script scores them" + ("" if raw.marks_unanswerable else ", so the file is scored by SQuAD "
+                                               "v2.0's rules: give their answers, or leave them out, for v1.1's"))
     kept, blank_answers = [], []
     for rec in raw.records:
         report.questions += 1

@@ -52,6 +52,7 @@ def _train(minilm_path, tmp_path, train_file, *flags):
     (b'', ["truncated.json", "the file is empty"]),
     (gzip.compress(b'{"data": []}'), ["truncated.json", "gzip-compressed; decompress it first (gunzip -k FILE)"]),
     (b"PAR1\x15\x04", ["truncated.json", "a Parquet file; convert it with datasets"]),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", ["truncated.json", "truncated.json: a PNG image, not a text file"]),
     (b'{}', ["truncated.json", "expected SQuAD-style JSON", "found an empty object"]),
     (b'{"version": "1.1", "data": []}', ["truncated.json", "no questions found"]),
     (b'{"data": [{"title": "t", "paragraphs": [{"context": "abc", "qas": []}]}]}', ["truncated.json", "no questions found"]),

@@ -452,6 +452,7 @@ def test_score_cli_scores_repeated_ids_as_the_official_scripts_with_a_warning(tm
     from typer.testing import CliRunner
 
     from conftest import write_squad
+    from mrc_cli.analysis import analyze
     from mrc_cli.cli import app
 
     context = "red green blue"
@@ -463,7 +464,11 @@ def test_score_cli_scores_repeated_ids_as_the_official_scripts_with_a_warning(tm
         assert result.exit_code == 0, result.output
         scores = json.loads(result.stdout.strip().splitlines()[-1])
         assert scores["total"] == total and scores["exact" if metric == "squad_v2" else "exact_match"] == pytest.approx(exact)
-        assert "Warning: " in result.stderr and "question id d occurs 2 times (each is scored against that id's prediction" in result.stderr
+        assert "Warning: " in result.stderr and ("question id d occurs 2 times (SQuAD v1.1's and CMRC 2018's official "
+                                                 "scripts score each against that id's prediction, SQuAD v2.0's the "
+                                                 "last one only)") in result.stderr
+        analysis = analyze(str(gold), str(predictions), metric=metric)  # the same questions, as mrc score counts them
+        assert (analysis["questions"], analysis["overall"]["A"]["exact"]) == (total, pytest.approx(exact))
 
 
 def test_score_takes_the_records_read_data_reads_and_refuses_answers_it_cannot_read(tmp_path):

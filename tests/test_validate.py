@@ -139,6 +139,15 @@ def test_the_hubs_squad_v2_layout_has_its_unanswerable_questions_by_empty_answer
         assert report.usable and report.warnings == [] and (report.unanswerable, report.read_as_unanswerable) == (1, 1)
         assert [r["id"] for r in records if r["is_impossible"]] == ["n"]  # trained as unanswerable, not left out
     assert "1 questions without answers or is_impossible mark read as unanswerable" in report.summary()
+    # SQuAD v1.1 JSON, whose answers are lists, with one question without: v2.0's rules, said so
+    path = write_squad(tmp_path / "v1.json", [(CAT, [{k: v for k, v in row.items() if k != "answers"} | {
+        "answers": [{"text": t, "answer_start": s} for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])]}
+        for row in rows])])
+    report = validate_file(str(path), "eval")
+    assert report.usable and report.warnings == [
+        f"{path}: 1 questions have no answers and are not marked is_impossible (the first: n); they are trained and "
+        "scored as unanswerable, as the official SQuAD v2.0 script scores them, so the file is scored by SQuAD v2.0's "
+        "rules: give their answers, or leave them out, for v1.1's"]
 
 
 def test_an_empty_question_is_left_out_of_eval_and_predict_and_counted(tmp_path):

@@ -61,13 +61,13 @@ def detect_metric(golds: list[dict]) -> str:
 def scored_with_nulls(golds: list[dict]) -> bool:
     """Whether the official rules for these golds take "" for an answer (a question is unanswerable): the SQuAD v2
     null rule that `mrc eval` decodes them with (mrc_cli.reader.answer_file), and export's parity check."""
-    return any(gold.get("is_impossible", False) for gold in golds)
+    return not all(rules.answerable(gold) for gold in golds)
 
 
 def unscorable(golds: list[dict], source: str, metric: str = "auto") -> str | None:
     """Why `metric` (auto: the one picked for these golds) cannot score them, or None: unanswerable questions under
     rules that have none (CMRC 2018's, picked for Chinese data; SQuAD v1.1's, only where asked for)."""
-    unanswerable = [gold["id"] for gold in golds if gold.get("is_impossible", False)]
+    unanswerable = [gold["id"] for gold in golds if not rules.answerable(gold)]
     rules_of = detect_metric(golds) if metric == "auto" else metric
     if not unanswerable or rules_of == "squad_v2":
         return None
@@ -98,17 +98,19 @@ def score(
     """
     _check_name(metric, ("auto", *METRICS))
     golds = [_with_answer_texts(gold) for gold in golds]
-    detected, asked = detect_metric(golds), metric
+    asked = metric
     if metric == "auto":
-        metric = detected
+        metric = detect_metric(golds)
     if metric == "squad_v2":
         scores = rules.score_squad_v2(golds, predictions, null_odds, null_threshold)
     elif null_odds is not None:
         raise DataError(f"null odds apply to the squad_v2 metric only, but the metric is {metric}")
     else:
         scores = (rules.score_squad if metric == "squad" else rules.score_cmrc2018)(golds, predictions)
-    if asked != "auto" and detected == "cmrc2018" != metric:
-        scores["metric_note"] = (f"the text is Chinese, scored by the {metric} rules asked for: they take an unspaced "
+    # SQuAD v1.1's rules asked for on Chinese text: squad_v2 is the documented choice for unanswerable Chinese
+    # questions (unscorable), and what the threshold sweeps call score() with, several times an evaluation
+    if asked == "squad" and detect_metric(golds) == "cmrc2018":
+        scores["metric_note"] = ("the text is Chinese, scored by the squad rules asked for: they take an unspaced "
                                  "Chinese answer as one word, with no partial credit; cmrc2018 (or auto) scores it by "
                                  "characters")
     return {"metric": metric, **scores}

@@ -137,13 +137,13 @@ def _pair(golds: list[dict], predictions: dict[str, str],
     return [(gold, predictions.get(qid)) for gold, qid in zip(golds, ids)], num_unknown
 
 
-def _answerable(gold: dict) -> bool:
+def answerable(gold: dict) -> bool:
     """As the official SQuAD v2.0 script has it: by the answers alone (is_impossible marks what they say)."""
     return bool(gold["answers"])
 
 
 def _required_answers(gold: dict, metric: str) -> list[str]:
-    if not _answerable(gold):
+    if not answerable(gold):
         raise DataError(
             f"question {gold['id']}: no gold answer, but {metric} scores answerable questions only "
             "(use the squad_v2 metric for data with unanswerable questions)"
@@ -176,7 +176,7 @@ def score_squad(golds: list[dict], predictions: dict[str, str]) -> dict:
 
 def _squad_v2_golds(gold: dict) -> list[str]:
     """Official v2.0: answers that normalise to nothing are dropped; with none left the gold is ""."""
-    answers = gold["answers"] if _answerable(gold) else []
+    answers = gold["answers"] if answerable(gold) else []
     return [answer for answer in answers if normalize_squad(answer)] or [""]
 
 
@@ -194,7 +194,7 @@ def score_squad_v2(
     # the official script keys every score by question id: of a repeated id the last question counts, once
     golds = list({gold["id"]: gold for gold in golds}.values())
     pairs, num_unknown = _pair(golds, predictions)
-    has_answer = {gold["id"]: _answerable(gold) for gold in golds}
+    has_answer = {gold["id"]: answerable(gold) for gold in golds}
     # Raw scores exist for predicted questions only, as in the official get_raw_scores.
     raw_exact, raw_f1 = {}, {}
     for gold, prediction in pairs:
@@ -206,8 +206,8 @@ def score_squad_v2(
     f1 = _apply_null_threshold(raw_f1, null_odds, null_threshold, has_answer)
 
     result = _percentages("", golds, exact, f1)
-    for prefix, answerable in (("HasAns_", True), ("NoAns_", False)):
-        group = [gold for gold in golds if has_answer[gold["id"]] == answerable]
+    for prefix, has in (("HasAns_", True), ("NoAns_", False)):
+        group = [gold for gold in golds if has_answer[gold["id"]] == has]
         if group:  # the official script leaves out an empty group's keys
             result.update(_percentages(prefix, group, exact, f1))
     if null_odds is not None:
