@@ -60,7 +60,7 @@ from mrc_cli.runs import HELD_OUT, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
 from mrc_cli.tricks import EMA, Adversary, HeadWarmup, kept_warmup, layer_lr_scales, rdrop_loss
-from mrc_cli.words import answers_inside_words, check_word_sizes, labelled_answer_lengths, word_sizes
+from mrc_cli.words import answers_inside_words, answers_longer_than, check_word_sizes, word_sizes
 
 # set by the run from its data or itself, never differences a user made: resume notes no difference in them
 RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
@@ -180,12 +180,12 @@ class SpanTask:
             inside, labelled = answers_inside_words(self.train_split.features)
             log.info(f"span level word: {inside} of {labelled} answers start or end inside a word of "
                      f"data.word_segmenter {cfg.data.word_segmenter} and are learnt as the whole words")
-        lengths = labelled_answer_lengths(self.train_split.features, cfg.model.span_level)
-        longer, limit = int((lengths > cfg.decode.max_answer_length).sum()), cfg.decode.max_answer_length
-        if longer > 0.01 * len(lengths):  # answers the decoder never gives: CMRC 2018 has 5 % past the default 30
-            log.info(f"warning: {longer} of {len(lengths)} labelled training answers ({longer / len(lengths):.1%}) are "
-                     f"longer than decode.max_answer_length {limit} {cfg.model.span_level}s, which no answer is "
-                     "decoded past; raise it (configs/cmrc2018_*.yaml set 50)")
+        limit = cfg.decode.max_answer_length
+        longer, labelled = answers_longer_than(self.train_split.features, limit, cfg.model.span_level)
+        if longer > 0.01 * labelled:  # answers the decoder never gives: CMRC 2018 has 5 % past the default 30
+            log.info(f"warning: {longer} of {labelled} training answers ({longer / labelled:.1%}) are longer than "
+                     f"decode.max_answer_length {limit} {cfg.model.span_level}s, which no answer is decoded past; "
+                     "raise it (configs/cmrc2018_*.yaml set 50)")
         if self.dev_split is not None or cfg.data.dev_file:
             self.dev_split = _load_split(self.dev_split, cfg.data.dev_file, "eval", tokenizer, cfg, log)
         if self.evaluates and not cfg.decode.allow_null and scored_with_nulls(self.dev_split.golds):

@@ -116,24 +116,10 @@ def word_sizes(features) -> tuple[int, int]:
     return int(context.sum()), int(starts.sum())
 
 
-def labelled_answer_lengths(features, span_level: str) -> np.ndarray:
-    """The length of each labelled answer of training features as the decoder counts it (decode.max_answer_length):
-    in tokens, or in words at model.span_level word."""
-    table = features.with_format("arrow")[:]
-    start, end = (table.column(name).to_numpy() for name in ("start_positions", "end_positions"))
-    labelled = start > 0
-    if span_level != "word":
-        return (end - start + 1)[labelled]
-    words = table.column("word_ids").combine_chunks()
-    flat, offsets = words.flatten().to_numpy(), words.offsets.to_numpy()[:-1]
-    return flat[offsets[labelled] + end[labelled]] - flat[offsets[labelled] + start[labelled]] + 1
-
-
-def answers_inside_words(features) -> tuple[int, int]:
-    """(questions whose labelled answer starts or ends inside a word, questions with a labelled answer) of training
-    features: at model.span_level word these are learnt as the whole words (jieba holds 4.8 % of CMRC's answers
-    inside a word). A label's neighbour token is always in the feature: [SEP] follows the context, and a label is
-    never at position 0."""
+def _labelled(features) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training features' word ids (all rows, flat), the flat positions of each labelled answer's first and last
+    token, and their example ids. A label's neighbour token is always in the feature: [SEP] follows the context, and
+    a label is never at position 0."""
     import pyarrow.compute as pc
 
     table = features.with_format("arrow")[:]
@@ -141,7 +127,22 @@ def answers_inside_words(features) -> tuple[int, int]:
     flat, offsets = words.flatten().to_numpy(), words.offsets.to_numpy()[:-1]
     start, end = (table.column(name).to_numpy() for name in ("start_positions", "end_positions"))
     labelled = start > 0
-    first, last = offsets[labelled] + start[labelled], offsets[labelled] + end[labelled]
-    inside = (flat[first - 1] == flat[first]) | (flat[last + 1] == flat[last])
     example_ids = pc.filter(table.column("example_id"), labelled).to_numpy(zero_copy_only=False)
+    return flat, offsets[labelled] + start[labelled], offsets[labelled] + end[labelled], example_ids
+
+
+def answers_inside_words(features) -> tuple[int, int]:
+    """(questions whose labelled answer starts or ends inside a word, questions with a labelled answer) of training
+    features: at model.span_level word these are learnt as the whole words (jieba holds 4.8 % of CMRC's answers
+    inside a word)."""
+    flat, first, last, example_ids = _labelled(features)
+    inside = (flat[first - 1] == flat[first]) | (flat[last + 1] == flat[last])
     return len(set(example_ids[inside])), len(set(example_ids))
+
+
+def answers_longer_than(features, limit: int, span_level: str) -> tuple[int, int]:
+    """(questions whose labelled answer is longer than `limit` as the decoder counts it, decode.max_answer_length: in
+    tokens, or in words at model.span_level word; questions with a labelled answer) of training features."""
+    flat, first, last, example_ids = _labelled(features)
+    lengths = flat[last] - flat[first] + 1 if span_level == "word" else last - first + 1
+    return len(set(example_ids[lengths > limit])), len(set(example_ids))

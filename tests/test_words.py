@@ -98,7 +98,7 @@ def test_a_window_never_holds_more_words_than_tokens(segmenter, wordpiece_tokeni
 
 
 def test_answers_inside_a_word_are_counted(wordpiece_tokenizer, tmp_path):
-    from mrc_cli.words import answers_inside_words, labelled_answer_lengths
+    from mrc_cli.words import answers_inside_words, answers_longer_than
 
     context = "这个工艺共有七十二道工序，北京大学创办于1898年。"
     qas = [{"id": "inside", "question": "有几道？", "answers": [{"text": "七十二道", "answer_start": 6}]},
@@ -110,8 +110,9 @@ def test_answers_inside_a_word_are_counted(wordpiece_tokenizer, tmp_path):
                                                                                cache_dir=str(tmp_path)), labels=True)
         assert answers_inside_words(features) == (inside, 2), segmenter
         # as decode.max_answer_length counts them: 4 tokens (a character each), in words as the segmenter cuts them
-        assert list(labelled_answer_lengths(features, "token")) == [4, 4]
-        assert list(labelled_answer_lengths(features, "word")) == words, segmenter
+        assert [answers_longer_than(features, limit, "token") for limit in (3, 4)] == [(2, 2), (0, 2)]
+        assert [answers_longer_than(features, limit, "word")[0] for limit in range(4)] == [
+            sum(length > limit for length in words) for limit in range(4)], segmenter
 
 
 def test_a_run_warns_where_many_training_answers_are_longer_than_the_decoder_gives(tiny_bert_dir, tmp_path):
@@ -121,8 +122,10 @@ def test_a_run_warns_where_many_training_answers_are_longer_than_the_decoder_giv
     cfg.decode.max_answer_length = 1
     train(cfg)
     warning = next(line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "warning:" in line)
-    assert re.search(r"warning: (\d+) of (\d+) labelled training answers \(\d+\.\d%\) are longer than "
+    assert re.search(r"warning: \d+ of \d+ training answers \(\d+\.\d%\) are longer than "
                      r"decode.max_answer_length 1 tokens", warning)
+    train(tiny_run_config(tiny_bert_dir, tmp_path / "default", max_steps=1, eval_steps=0, save_steps=0))
+    assert "max_answer_length" not in (tmp_path / "default" / "train.log").read_text()  # 30: every answer fits
 
 
 @pytest.fixture(scope="module")
