@@ -13,6 +13,7 @@ called (3 seeds: the 95 % interval is 4.30 standard errors wide on each side), a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -138,7 +139,9 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     if longer:
         print(f"{len(longer)} runs of {EQUAL_COMPUTE}: {REFERENCE} trained to the compute of the costliest variant, "
               "seed by seed", flush=True)
-        outdated = sorted({folder for run in longer for folder in run.run_dir.parent.glob(f"seed-{run.seed}-*")}
+        seeds_folders = (run.run_dir.parent / f"seed-{run.seed}" for run in longer)
+        outdated = sorted({*(folder for folder in seeds_folders if folder.is_dir()),  # kept so before (unsized)
+                           *(folder for run in longer for folder in run.run_dir.parent.glob(f"seed-{run.seed}-*"))}
                           - {run.run_dir for run in longer})
         if outdated:  # kept: a comparison without the variant that outdated them finds them again
             print(f"not used now (another costliest variant's length): {', '.join(map(str, outdated))}", flush=True)
@@ -261,8 +264,13 @@ def _plan_equal_compute(base: RunConfig, runs: list[Run], rows: list[dict], out_
         (run,) = _plan_runs(base, [Variant(EQUAL_COMPUTE, (*reference.variant.sets, setting))], [reference.seed],
                             out_dir)
         # a folder per length: a costlier variant added later needs a longer run, beside the one it outdates
-        run.cfg.train.output_dir = f"{run.run_dir}-{setting.removeprefix('train.')}"
+        unsized = run.run_dir  # where mrc-cli kept the run before: taken where it finished at this length
+        run.cfg.train.output_dir = f"{unsized}-{setting.removeprefix('train.')}"
         run.settings = config_to_dict(run.cfg)
+        with contextlib.suppress(ConfigError):  # another length's: listed as not used
+            if load_record(unsized / RUN_RECORD, run.settings) is not None:
+                run.cfg.train.output_dir = str(unsized)
+                run.settings = config_to_dict(run.cfg)
         run.facts = {"compute_scale": scale, "compute_of": costliest, "length": setting}
         planned.append(run)
     return planned

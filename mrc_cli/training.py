@@ -56,7 +56,7 @@ from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_tric
                            load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
 from mrc_cli.run_lock import LOCK_FILE, run_lock
-from mrc_cli.runs import HELD_OUT, RUN_BY
+from mrc_cli.runs import HELD_OUT, PLAN_RECORD, RUN_BY
 from mrc_cli import tracking
 from mrc_cli.tracking import RunLog, plot_curves
 from mrc_cli.tricks import EMA, Adversary, HeadWarmup, kept_warmup, layer_lr_scales, rdrop_loss
@@ -733,7 +733,7 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
     return resumed, resume_from, notes
 
 
-RUN_MARKS = ("run_info.json", "train.log", "metrics.jsonl", "checkpoints")  # written by runs only
+RUN_MARKS = ("run_info.json", "train.log", "metrics.jsonl", "checkpoints", PLAN_RECORD)  # written by runs only
 
 
 def _refuse_other_files(run_dir: Path, run_dir_flag: str) -> None:

@@ -535,6 +535,16 @@ def test_a_longer_baseline_trained_as_a_variant_counts_as_the_equal_compute_run(
     assert again["runs"] == result["runs"] and again["variants"] == result["variants"]
 
 
+def test_an_equal_compute_run_kept_before_the_folders_per_length_is_taken_where_its_length_fits(
+        equal_compute_compared, tmp_path, monkeypatch, capsys):
+    out, base, result = equal_compute_compared
+    copy = _copied(out, tmp_path)
+    (copy / EQUAL_COMPUTE / "seed-0-max_steps=8").rename(copy / EQUAL_COMPUTE / "seed-0")
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    again = compare(base, [Variant.parse(text) for text in TRICKS], [0], copy, equal_compute=True)
+    assert capsys.readouterr().out.count(": done, skipped") == 5 and again["variants"] == result["variants"]
+
+
 @pytest.mark.slow  # two more runs, 24 steps
 def test_a_costlier_variant_added_later_trains_a_longer_equal_compute_run_beside_the_first(
         equal_compute_compared, tmp_path, monkeypatch, capsys):
