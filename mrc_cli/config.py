@@ -340,6 +340,15 @@ NO_SUCH_SETTING = {key: "there is no schedule setting: the lr warms up linearly 
                         "steps), then decays linearly to 0" for key in ("lr_scheduler", "lr_scheduler_type", "scheduler")}
 
 
+def check_values(cfg: RunConfig, source: str = "config") -> None:
+    """Every setting checked as a YAML file's or --set's are (type, choices, each section's own checks) and made what
+    they make it (one path where a list belongs is a list of one): a config changed by attribute from Python was
+    not."""
+    for section in dataclasses.fields(cfg):
+        for setting in dataclasses.fields(getattr(cfg, section.name)):
+            set_value(cfg, f"{section.name}.{setting.name}", getattr(getattr(cfg, section.name), setting.name), source)
+
+
 def set_value(cfg: RunConfig, dotted: str, value: Any, source: str) -> None:
     section_name, _, key = dotted.partition(".")
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}

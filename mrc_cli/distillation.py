@@ -45,13 +45,14 @@ from mrc_cli.onnx_backend import FP32_GRAPH, INT8_GRAPH
 from mrc_cli.reader import load_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tracking import RunLog
-from mrc_cli.training import SpanTask, TrainResult, run_task
+from mrc_cli.training import SpanTask, TrainResult, own_copy, run_task
 
 TARGETS = "teacher_targets"  # the batch key of the targets: (batch, 2, max_seq_length), start and end
 
 
 def distil(cfg: RunConfig) -> TrainResult:
     """Train cfg.model (the student) as `mrc train` does, with the teacher term of cfg.distil in the loss."""
+    cfg = own_copy(cfg)
     check_teacher(cfg)
     return run_task(cfg, DistilTask())
 

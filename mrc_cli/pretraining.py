@@ -37,13 +37,14 @@ from mrc_cli.masking import IGNORE_INDEX, MaskingRule, mask_tokens
 from mrc_cli.words import check_word_sizes
 from mrc_cli.model import DROPOUT_KEYS, describe_keys, encoder_config
 from mrc_cli.tracking import RunLog
-from mrc_cli.training import TrainerState, TrainResult, file_sha256, run_task
+from mrc_cli.training import TrainerState, TrainResult, file_sha256, own_copy, run_task
 
 INFO_FILE = "pretrain_info.json"
 
 
 def pretrain(cfg: RunConfig) -> TrainResult:
     """Masked-language-model training as cfg.pretrain says; train.output_dir becomes the pre-trained model folder."""
+    cfg = own_copy(cfg)
     check_pretrain_config(cfg)
     return run_task(cfg, MaskedLMTask())
 

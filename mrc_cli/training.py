@@ -44,7 +44,7 @@ from mrc_cli.checkpoint import (checkpoint_dir, drop_training_states, latest_che
                                 read_trainer_state, read_training_state, read_weights, resolve_checkpoint, rng_state,
                                 run_dir_of, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.compute import training_compute
-from mrc_cli.config import RunConfig, TrainConfig, check_train_config, config_to_dict, save_config
+from mrc_cli.config import RunConfig, TrainConfig, check_train_config, check_values, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.files import write_text_atomically
 from mrc_cli.splits import Split, featurize_file
@@ -117,6 +117,14 @@ def _checked(cfg: RunConfig) -> RunConfig:
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"a RunConfig, not {type(cfg).__name__}: mrc_cli.config.load_config(path, overrides) reads "
                         "a YAML file and settings into one (load_run_config to resume a run with its own settings)")
+    return cfg
+
+
+def own_copy(cfg: RunConfig) -> RunConfig:
+    """A caller's config, copied and checked as the command line's is: the run resolves its `auto` values and derived
+    settings in the copy (its config.yaml holds them), so the caller can reuse theirs."""
+    cfg = copy.deepcopy(_checked(cfg))
+    check_values(cfg)
     return cfg
 
 
@@ -220,9 +228,8 @@ class SpanTask:
 
 
 def run_task(cfg: RunConfig, task: Task) -> TrainResult:
-    """Train `task` as `cfg` says: set up by small helpers, then the loop. `cfg` is left as it was: the run resolves
-    its `auto` values and derived settings in a copy (its config.yaml holds them), so a caller can reuse it."""
-    cfg = copy.deepcopy(_checked(cfg))
+    """Train `task` as `cfg` says (in `own_copy` of it): set up by small helpers, then the loop."""
+    cfg = own_copy(cfg)
     existed = Path(cfg.train.output_dir).exists()  # before the lock makes the folder
     try:
         with run_lock(Path(cfg.train.output_dir), task.run_dir_flag):

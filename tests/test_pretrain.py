@@ -5,7 +5,9 @@ fine-tuned by `mrc train`, a resumed run bitwise the uninterrupted one; ALBERT w
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -510,3 +512,26 @@ def test_pretrain_refuses_what_cannot_work_with_one_line(args, problem, tiny_ber
     result = CliRunner().invoke(app, ["pretrain", "--model", tiny_bert_dir, *out, "--set", "train.cpu=true", *args])
     assert result.exit_code == 1 and problem in result.stderr, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_pretrain_from_python_checks_settings_changed_by_attribute(tiny_bert_dir, tmp_path):
+    """As --set checks them: a mask_prob over 1 had masked every word, masking "span" had masked tokens under that
+    name; one text file given as a string had been read letter by letter."""
+    from mrc_cli.config import ConfigError, load_config
+    from mrc_cli.pretraining import pretrain
+
+    (tmp_path / "notes.txt").write_text("Paris is the capital of France. " * 20 + "\n\nRome is in Italy. " * 20)
+    cfg = load_config(sets=["train.cpu=true", "train.precision=no", "train.max_steps=1", "data.max_seq_length=64",
+                            f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg.model.name_or_path, cfg.train.output_dir = tiny_bert_dir, str(tmp_path / "run")
+    for key, value, problem in (("mask_prob", 1.5, "config: pretrain.mask_prob is a fraction in (0, 1), got 1.5"),
+                                ("masking", "span", "config: pretrain.masking: expected one of word, token, got 'span'")):
+        wrong = copy.deepcopy(cfg)
+        wrong.pretrain.text_files = [str(tmp_path / "notes.txt")]
+        setattr(wrong.pretrain, key, value)
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            pretrain(wrong)
+    cfg.pretrain.text_files = str(tmp_path / "notes.txt")
+    pretrain(cfg)
+    assert [s["file"] for s in json.loads((tmp_path / "run" / "pretrain_info.json").read_text())["sources"]] == [
+        str(tmp_path / "notes.txt")]
