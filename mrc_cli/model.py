@@ -175,8 +175,8 @@ def encoder_config(name_or_path: str, dropout: float | None, attention_dropout: 
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_seq_length > limit:
         raise ConfigError(
-            f"max_seq_length {max_seq_length} is longer than {name_or_path} allows ({limit} positions); "
-            f"use --max-seq-length {min(limit, 512)} or less"
+            f"data.max_seq_length {max_seq_length} is longer than {name_or_path} allows ({limit} positions); "
+            f"set it to {min(limit, 512)} or less (--max-seq-length, or --set data.max_seq_length=N)"
         )
     return config
 

@@ -501,6 +501,7 @@ def test_albert_pretrains_with_a_fresh_head_or_its_own(tiny_albert_dir, albert_t
      f"nothing left to pre-train on in {QUICKSTART / 'en_dev.json'}: every text is a context of the eval files"),
     (["--text", "EMPTY"], "nothing to pre-train on: EMPTY hold no text"),
     (["--text", "TINY"], "nothing to predict: the masks take none of the 3 words (pretrain.mask_prob 0.15"),
+    (["--text", "TINY", "--set", "data.max_seq_length=4096"], "or less (--max-seq-length, or --set data.max_seq_length=N)"),
 ])
 def test_pretrain_refuses_what_cannot_work_with_one_line(args, problem, tiny_bert_dir, tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
