@@ -284,6 +284,10 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
     if resume is None:
         return cfg
     saved = Path(cfg.train.output_dir if resume == "auto" else resume) / "config.yaml"
+    if resume != "auto" and not saved.is_file():  # else the run's settings missing would be the error named
+        raise ConfigError(f"--resume {resume}: " + ("not a checkpoint folder (no config.yaml)" if Path(resume).is_dir()
+                          else "no such checkpoint folder") + "; --resume auto continues the newest checkpoint of the "
+                          "run directory")
     return load_config(path, overrides, sets, base=saved) if saved.is_file() else cfg
 
 
@@ -506,7 +510,10 @@ def check_pretrain_config(cfg: RunConfig) -> None:
     check_train_config(cfg.train)
     problems = []
     if not cfg.pretrain.data_files and not cfg.pretrain.text_files:
-        problems.append("nothing to pre-train on: pass --data FILE (SQuAD-style: its contexts) or --text FILE (plain text)")
+        problems.append("nothing to pre-train on: pass --data FILE (SQuAD-style: its contexts) or --text FILE (plain text)"
+                        + (f" (--resume auto found no run in {cfg.train.output_dir} to take them from)"
+                           if cfg.train.resume == "auto" and not Path(cfg.train.output_dir, "config.yaml").is_file()
+                           else ""))
     if cfg.data.max_seq_length < 3:
         problems.append(f"data.max_seq_length {cfg.data.max_seq_length} leaves no room between [CLS] and [SEP]")
     for key, value in (("train.rdrop_alpha", cfg.train.rdrop_alpha), ("model.multi_sample_dropout", cfg.model.multi_sample_dropout),

@@ -270,6 +270,11 @@ def test_a_resume_folder_that_is_not_there_and_a_weights_file_as_checkpoint(tiny
     result = _invoke("train", "--model", tiny_bert_dir, "--train", "data/quickstart/en_train.json", "--output-dir",
                      tmp_path / "run", "--resume", tmp_path / "nope", "--max-steps", "1")
     _fails(result, f"--resume {tmp_path / 'nope'}: no such checkpoint folder")
+    # mrc pretrain given no data: the missing checkpoint, not the data, and what --resume auto found
+    _fails(_invoke("pretrain", "--model", tiny_bert_dir, "--out", tmp_path / "run", "--resume", tmp_path / "nope"),
+           f"--resume {tmp_path / 'nope'}: no such checkpoint folder")
+    _fails(_invoke("pretrain", "--model", tiny_bert_dir, "--out", tmp_path / "typo", "--resume", "auto"),
+           "nothing to pre-train on", f"(--resume auto found no run in {tmp_path / 'typo'} to take them from)")
     weights = tmp_path / "step" / "model.safetensors"
     weights.parent.mkdir()
     save_file({"qa_outputs.weight": __import__("torch").ones(2, 2)}, str(weights))
