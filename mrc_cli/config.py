@@ -284,11 +284,27 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
     if resume is None:
         return cfg
     saved = Path(cfg.train.output_dir if resume == "auto" else resume) / "config.yaml"
+    _refuse_other_command(saved.parent if resume == "auto" else saved.parent.parent.parent, command)
     if resume != "auto" and not saved.is_file():  # else the run's settings missing would be the error named
         raise ConfigError(f"--resume {resume}: " + ("not a checkpoint folder (no config.yaml)" if Path(resume).is_dir()
                           else "no such checkpoint folder") + "; --resume auto continues the newest checkpoint of the "
                           "run directory")
     return load_config(path, overrides, sets, base=saved) if saved.is_file() else cfg
+
+
+def _refuse_other_command(run_dir: Path, command: str) -> None:
+    """A run goes on with the command that made it: mrc train on a pre-training run's folder had failed on a setting
+    the other command does not read, naming that instead."""
+    info = run_dir / "run_info.json"
+    if not info.is_file():
+        return
+    then = json.loads(info.read_text(encoding="utf-8"))
+    # runs from before run_info.json named the command: by what each task records
+    made_by = then.get("task") or ("distil" if "teacher" in then else "pretrain" if "files_sha256" in then else "train")
+    if made_by != command:
+        raise ConfigError(f"{run_dir} is a run of mrc {made_by}: resume it with mrc {made_by} --resume auto "
+                          f"{'--out' if made_by == 'pretrain' else '--output-dir'} {run_dir}, or give mrc {command} "
+                          "another folder")
 
 
 OWN_SECTIONS = ("pretrain", "distil")  # each read only by the command of its name

@@ -344,7 +344,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        _write_run_info(run_dir, tokenizer, precision, accelerator, task.run_info(cfg), resumed=resume_from is not None)
+        _write_run_info(run_dir, tokenizer, precision, accelerator, {"task": task.command, **task.run_info(cfg)},
+                        resumed=resume_from is not None)
     _describe_run(cfg, world, total_steps, state.warmup_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli

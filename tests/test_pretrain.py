@@ -417,6 +417,24 @@ def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_
     assert "choose another --out" in result.stderr, result.output
 
 
+def test_a_run_resumes_only_with_the_command_that_made_it(pretrained, tmp_path):
+    """mrc train on a pre-training run's folder had failed on a setting mrc pretrain does not read; the other way,
+    on its data, which the run would have had to give."""
+    train_run = tmp_path / "ft"
+    (train_run / "checkpoints").mkdir(parents=True)
+    (train_run / "run_info.json").write_text(json.dumps({"train_file_sha256": "x"}))  # as runs before "task" wrote it
+    for args, problem in (
+            (["train", "--train", str(QUICKSTART / "en_train.json"), "--output-dir", str(pretrained)],
+             f"{pretrained} is a run of mrc pretrain: resume it with mrc pretrain --resume auto --out {pretrained}, or "
+             "give mrc train another folder"),
+            (["pretrain", "--out", str(train_run)], f"{train_run} is a run of mrc train: resume it with mrc train "
+                                                     f"--resume auto --output-dir {train_run}, or give mrc pretrain"),
+            (["train", "--resume", str(pretrained / "checkpoints" / "step-000003")], "is a run of mrc pretrain")):
+        result = CliRunner().invoke(app, [*args, "--resume", "auto"] if "--resume" not in args else args)
+        assert result.exit_code == 1 and problem in result.stderr, result.output
+    assert json.loads((pretrained / "run_info.json").read_text())["task"] == "pretrain"
+
+
 def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_bert_dir, tmp_path):
     out = tmp_path / "B"
     shutil.copytree(pretrained / "checkpoints" / "step-000003", out / "checkpoints" / "step-000003")
