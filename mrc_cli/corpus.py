@@ -15,6 +15,7 @@ once, without the contexts of the files you will evaluate on, cut into sequences
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from array import array
@@ -88,6 +89,13 @@ def collect_texts(pretrain: PretrainConfig, eval_files: list[str], fmt: str = "a
         count = SourceCount(path, kind, len(texts), 0, 0, unreadable)
         for text in texts:
             key = _key(text)
+            if kind == "text" and key not in eval_keys:  # an eval context may be a line of a document
+                lines = text.split("\n")
+                kept = [line for line in lines if _key(line) not in eval_keys]
+                count.eval_matches += len(lines) - len(kept)
+                if not pretrain.include_eval_contexts:
+                    text = "\n".join(kept).strip()
+                    key = _key(text)
             if not key:
                 continue
             if key in seen:
@@ -105,16 +113,31 @@ def collect_texts(pretrain: PretrainConfig, eval_files: list[str], fmt: str = "a
 
 
 def _contexts(path: str, fmt: str) -> tuple[list[str], int]:
-    """The context of every question record of a SQuAD-style file (repeats included), and the unreadable records."""
+    """The context of every question record of a SQuAD-style file (repeats included) and of every paragraph without
+    questions, and the unreadable records."""
     raw = read_data(path, fmt)
-    return [record["context"] for record in raw.records], len(raw.problems)
+    return [record["context"] for record in raw.records] + raw.unasked_contexts, len(raw.problems)
 
 
 def read_documents(path: Path) -> list[str]:
-    """A plain text file's documents: the runs of lines between blank lines."""
+    """A plain text file's documents: the runs of lines between blank lines. SQuAD-style JSON or JSON Lines given as
+    text is refused: read as text, its questions and answers would be trained on, and the leak guard would not find
+    its contexts."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return [doc.strip() for doc in re.split(r"\n\s*\n", read_text(path)) if doc.strip()]
+    text = read_text(path)
+    if text.lstrip()[:1] in ("{", "[") and any(_is_json(part) for part in (text, text.strip().split("\n")[0])):
+        raise DataError(f"{path}: JSON, not plain text: give SQuAD-style data as --data (its contexts), plain text as "
+                        "--text")
+    return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _key(text: str) -> str:

@@ -53,6 +53,7 @@ class RawData:
     read_as_answerable: list[str] = field(default_factory=list)  # marked is_impossible, with answers
     marks_unanswerable: bool = False  # some question carries an is_impossible field
     hub_layout: bool = False  # answers as the Hub's dict of lists, whose squad_v2 marks unanswerable by [] alone
+    unasked_contexts: list[str] = field(default_factory=list)  # of SQuAD paragraphs without questions: pre-training's
 
 
 def read_data(source: str | Path, fmt: str = "auto") -> RawData:
@@ -198,6 +199,8 @@ def _read_json(path: Path, text: str) -> RawData:
                 raw.problems.append(RecordProblem(where, f"expected an object, found {type(paragraph).__name__}"))
                 continue
             context = paragraph.get("context")
+            if isinstance(context, str) and paragraph.get("qas") == []:
+                raw.unasked_contexts.append(context)
             for q, qa in enumerate(_list_field(raw, paragraph, "qas", where)):
                 flat = dict(qa) if isinstance(qa, dict) else qa
                 if isinstance(flat, dict):

@@ -22,6 +22,7 @@ from mrc_cli.batching import FeatureTensors
 from mrc_cli.cli import app
 from mrc_cli.config import DataConfig, ModelConfig, PretrainConfig
 from mrc_cli.corpus import build_sequences, collect_texts
+from mrc_cli.errors import DataError
 from mrc_cli.masking import IGNORE_INDEX, MaskingRule
 from mrc_cli.model import build_model
 from mrc_cli.pretraining import MaskedLMTask, build_masked_lm
@@ -120,22 +121,33 @@ def test_contexts_are_deduplicated_and_eval_contexts_left_out_or_kept(tmp_path):
     c1, c2, c3 = "The first context is here.", "A second context, also asked about in dev.", "Only in dev."
     qa = lambda i: {"id": f"q{i}", "question": "What?", "answers": [{"text": "context", "answer_start": 4}]}
     train = write_squad(tmp_path / "train.json", [(c1, [qa(1), qa(2), qa(3)]), (c2, [qa(4)]),
-                                                   ("The  first context\nis here.", [qa(5)])])  # c1, other whitespace
+                                                   ("The  first context\nis here.", [qa(5)]),  # c1, other whitespace
+                                                   ("A paragraph nobody asked about.", [])])  # a context all the same
     dev = write_squad(tmp_path / "dev.json", [(c2, [qa(6), qa(7)]), (c3, [qa(8)])])
     notes = tmp_path / "notes.txt"
-    notes.write_text("Doc one,\nits second line.\n\n\n\nDoc two.\r\n\r\nOnly in dev.\n", encoding="utf-8")
+    # the last document holds a dev context as one of its lines
+    notes.write_text(f"Doc one,\nits second line.\n\n\n\nDoc two.\r\n\r\nOnly in dev.\n\nBefore.\n{c2}\nAfter.\n",
+                     encoding="utf-8")
 
     left_out = collect_texts(PretrainConfig(data_files=[str(train)], text_files=[str(notes)]), [str(dev)])
-    assert left_out.texts == [c1, "Doc one,\nits second line.", "Doc two."]
+    assert left_out.texts == [c1, "A paragraph nobody asked about.", "Doc one,\nits second line.", "Doc two.",
+                              "Before.\nAfter."]
     assert [(s.kind, s.records, s.distinct, s.eval_matches) for s in left_out.sources] == [
-        ("contexts", 5, 2, 1), ("text", 3, 3, 1)]
-    assert (left_out.duplicates, left_out.eval_contexts, left_out.eval_matches) == (3, 2, 2)
-    assert "left out: 2 texts that are contexts of" in "\n".join(left_out.summary())
+        ("contexts", 6, 3, 1), ("text", 4, 4, 2)]
+    assert (left_out.duplicates, left_out.eval_contexts, left_out.eval_matches) == (3, 2, 3)
+    assert "left out: 3 texts that are contexts of" in "\n".join(left_out.summary())
 
     kept = collect_texts(PretrainConfig(data_files=[str(train)], text_files=[str(notes)], include_eval_contexts=True),
                          [str(dev)])
-    assert kept.texts == [c1, c2, "Doc one,\nits second line.", "Doc two.", c3]
-    assert "included: 2 texts that are contexts of" in "\n".join(kept.summary())
+    assert kept.texts == [c1, c2, "A paragraph nobody asked about.", "Doc one,\nits second line.", "Doc two.", c3,
+                          f"Before.\n{c2}\nAfter."]
+    assert "included: 3 texts that are contexts of" in "\n".join(kept.summary())
+    # the eval file given as text: its questions and answers would be trained on, its contexts not left out
+    for given in (dev, tmp_path / "dev.jsonl"):
+        if given.suffix == ".jsonl":
+            given.write_text(json.dumps({"id": "q", "context": c2, "question": "What?"}) + "\n")
+        with pytest.raises(DataError, match=re.escape(f"{given}: JSON, not plain text: give SQuAD-style data as --data")):
+            collect_texts(PretrainConfig(text_files=[str(given)]), [str(dev)])
 
 
 def test_long_texts_become_near_equal_sequences_cut_between_words(wordpiece_tokenizer):
