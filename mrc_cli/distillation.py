@@ -23,7 +23,6 @@ training see the combined loss and every checkpoint is an ordinary span checkpoi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from torch.nn import functional as F
 
-from mrc_cli.checkpoint import resolve_checkpoint, run_dir_of
+from mrc_cli.checkpoint import resolve_checkpoint
 from mrc_cli.combining import Positions, window_distributions
 from mrc_cli.config import RunConfig
 from mrc_cli.ensemble import Ensemble, check_saved_ensemble, combined_positions
@@ -45,7 +44,7 @@ from mrc_cli.onnx_backend import FP32_GRAPH, INT8_GRAPH
 from mrc_cli.reader import load_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tracking import RunLog
-from mrc_cli.training import SpanTask, TrainResult, own_copy, run_task
+from mrc_cli.training import SpanTask, TrainResult, own_copy, resumed_run_info, run_task
 
 TARGETS = "teacher_targets"  # the batch key of the targets: (batch, 2, max_seq_length), start and end
 
@@ -150,9 +149,7 @@ def _teacher_files(teacher: str | Path) -> dict:
 def _check_teacher_unchanged(cfg: RunConfig) -> None:
     """A resumed run whose teacher was rewritten since it began (its weights or graphs, a member of its ensemble, a
     member run's best checkpoint) would learn from another teacher than its first steps did."""
-    resumed = cfg.train.resume
-    info = (Path(cfg.train.output_dir) if resumed in (None, "auto") else run_dir_of(Path(resumed))) / "run_info.json"
-    then = json.loads(info.read_text(encoding="utf-8")).get("teacher_files") if info.is_file() else None
+    then = resumed_run_info(cfg).get("teacher_files")
     if then is None:  # a run begun before mrc-cli recorded them
         return
     now = _teacher_files(cfg.distil.teacher)

@@ -37,7 +37,7 @@ from mrc_cli.masking import IGNORE_INDEX, MaskingRule, mask_tokens
 from mrc_cli.words import check_word_sizes
 from mrc_cli.model import DROPOUT_KEYS, describe_keys, encoder_config
 from mrc_cli.tracking import RunLog
-from mrc_cli.training import TrainerState, TrainResult, file_sha256, own_copy, run_task
+from mrc_cli.training import TrainerState, TrainResult, file_sha256, own_copy, resumed_run_info, run_task
 
 INFO_FILE = "pretrain_info.json"
 
@@ -193,8 +193,8 @@ class MaskedLMTask:
         fresh_head = [k for k in missing if not k.startswith(prefix)]
         fresh_encoder = [k for k in missing if k.startswith(prefix)]
         tied = model.lm.get_output_embeddings().weight is model.lm.get_input_embeddings().weight
-        if not pretrained:
-            head = "from the checkpoint"
+        if not pretrained:  # what it was when the run began
+            head = resumed_run_info(cfg).get("mlm_head", "from the checkpoint")
         elif fresh_head:
             head = f"fresh ({describe_keys(fresh_head)} initialised)"
         else:
@@ -231,7 +231,8 @@ class MaskedLMTask:
 
     def run_info(self, cfg: RunConfig) -> dict:
         files = [*cfg.pretrain.data_files, *cfg.pretrain.text_files, *self.info["eval_files"]]
-        return {"files_sha256": {f: file_sha256(f) for f in files}, "sequences": self.info["sequences"]}
+        return {"files_sha256": {f: file_sha256(f) for f in files}, "sequences": self.info["sequences"],
+                "mlm_head": self.info["mlm_head"]}
 
     def finish(self, run_dir: Path, model: MaskedLM, last_eval, state: TrainerState, main: bool) -> dict:
         """The model folder and pretrain_info.json."""

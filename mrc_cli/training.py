@@ -765,6 +765,14 @@ def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> 
                           "resume with a larger --set train.patience (0: no early stopping)")
 
 
+def resumed_run_info(cfg: RunConfig) -> dict:
+    """run_info.json of the run cfg resumes (train.resume auto: its run directory's; a checkpoint: its run's), as
+    written when it last started; {} where there is none."""
+    resume = cfg.train.resume
+    path = (Path(cfg.train.output_dir) if resume in (None, "auto") else run_dir_of(Path(resume))) / "run_info.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     """Resuming on other training data would go on through another data set with the first one's batch plan and
     schedule, and no record would show it (a resume writes the data's fingerprints into run_info.json anew). Checked

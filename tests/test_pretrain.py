@@ -450,9 +450,12 @@ def test_a_run_resumes_only_with_the_command_that_made_it(pretrained, tmp_path):
 def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_bert_dir, tmp_path):
     out = tmp_path / "B"
     shutil.copytree(pretrained / "checkpoints" / "step-000003", out / "checkpoints" / "step-000003")
+    shutil.copy(pretrained / "run_info.json", out)  # as the interrupted run wrote it when it began
     _invoke(_pretrain_args(tiny_bert_dir, out, "--max-steps", "6", "--set", "train.save_steps=3",
                            "--set", "train.keep_last=5", "--resume", "auto"))
     assert "resumed from" in (out / "train.log").read_text()
+    info = lambda d: json.loads((d / "pretrain_info.json").read_text())
+    assert info(out)["mlm_head"] == info(pretrained)["mlm_head"]  # fresh when the run began, not "from the checkpoint"
     for weights in ("checkpoints/step-000006/model.safetensors", "model.safetensors"):
         a, b = load_file(str(pretrained / weights)), load_file(str(out / weights))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
