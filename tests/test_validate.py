@@ -288,3 +288,16 @@ def test_fix_for_scoring_keeps_the_files_answer_texts_and_its_empty_questions(tm
     assert score_files(str(tmp_path / "score.json"), str(predictions)) == score_files(str(path), str(predictions))
     validate_file(str(path), "eval", fixed=tmp_path / "eval.json")
     assert [r["id"] for r in read_data(tmp_path / "eval.json").records] == ["space", "width"]  # empty: not answered
+
+
+def test_a_file_of_chinese_and_english_questions_is_warned_that_one_metric_scores_all(tmp_path):
+    zh = [(f"北京是中国的首都，也是第{i}大城市。", [{"id": f"z{i}", "question": "首都？",
+                                              "answers": [{"text": "北京", "answer_start": 0}]}]) for i in range(10)]
+    en = [(CAT, [{"id": "e", "question": "Who?", "answers": [{"text": "cat", "answer_start": 4}]}])]
+    path = write_squad(tmp_path / "mixed.json", zh + en)
+    for use in ("eval", "score"):
+        assert validate_file(str(path), use).warnings == [
+            f"{path}: 10 of its 11 questions are about Chinese contexts and the others not: one metric (cmrc2018 or "
+            "squad) scores them all; score each language as a file of its own"]
+    assert validate_file(str(write_squad(tmp_path / "zh.json", zh)), "eval").warnings == []
+    assert validate_file(str(shared_file("cmrc2018_dev.json")), "score").warnings == []  # Chinese throughout

@@ -51,11 +51,16 @@ def detect_metric(golds: list[dict]) -> str:
     kanji-heavy Japanese has that much kana), Korean with hanja or Thai, not Chinese (a CMRC article on a Japanese
     game quotes katakana titles: 28 kana to 181 characters). Questions are left out: validate's records have them,
     eval's golds do not."""
-    text = "".join(gold.get("context", "") + "".join(gold["answers"]) for gold in golds)
-    chinese = len(_CJK_CHARACTER.findall(text))
-    if chinese > len(_SPACED_WORD.findall(text)) and len(_BESIDE_HANZI_LETTER.findall(text)) < chinese / 2:
+    if is_chinese("".join(gold.get("context", "") + "".join(gold["answers"]) for gold in golds)):
         return "cmrc2018"
     return "squad_v2" if scored_with_nulls(golds) else "squad"
+
+
+def is_chinese(text: str) -> bool:
+    """detect_metric's test of a text: more Chinese characters than words of other scripts, and kana, Hangul or Thai
+    letters fewer than half as many."""
+    chinese = len(_CJK_CHARACTER.findall(text))
+    return chinese > len(_SPACED_WORD.findall(text)) and len(_BESIDE_HANZI_LETTER.findall(text)) < chinese / 2
 
 
 def scored_with_nulls(golds: list[dict]) -> bool:
