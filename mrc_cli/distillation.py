@@ -149,10 +149,14 @@ def _teacher_files(teacher: str | Path) -> dict:
 def _check_teacher_unchanged(cfg: RunConfig) -> None:
     """A resumed run whose teacher was rewritten since it began (its weights or graphs, a member of its ensemble, a
     member run's best checkpoint) would learn from another teacher than its first steps did."""
-    then = resumed_run_info(cfg).get("teacher_files")
-    if then is None:  # a run begun before mrc-cli recorded them
+    info, now = resumed_run_info(cfg), _teacher_files(cfg.distil.teacher)
+    then = info.get("teacher_files")
+    if then is None and info.get("teacher_weights"):  # a run begun when one model's weights alone were recorded
+        weights = str(Path(cfg.distil.teacher).resolve() / "model.safetensors")
+        then, now = {weights: [info["teacher_weights"]["bytes"], info["teacher_weights"]["mtime_ns"]]}, {
+            weights: now.get(weights)}
+    if then is None:  # a run begun before mrc-cli recorded any
         return
-    now = _teacher_files(cfg.distil.teacher)
     changed = sorted(path for path in then.keys() | now.keys() if then.get(path) != now.get(path))
     if changed:
         raise ConfigError(f"{cfg.distil.teacher}: the teacher changed since this run began ({', '.join(changed)} "

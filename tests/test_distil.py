@@ -256,6 +256,14 @@ def test_a_resume_refuses_a_teacher_whose_files_changed(teacher_run, tiny_albert
                                                         "rewritten")):
             distil(cfg(max_steps=3, resume="auto"))
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    if kind == "run":  # a run begun when run_info.json held the one model's weights alone
+        info_file = tmp_path / "student" / "run_info.json"
+        info = json.loads(info_file.read_text())
+        stat = weights.stat()
+        del info["teacher_files"]
+        info_file.write_text(json.dumps({**info, "teacher_weights": {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns + 1}}))
+        with pytest.raises(ConfigError, match=re.escape(f"the teacher changed since this run began ({weights.resolve()}")):
+            distil(cfg(max_steps=3, resume="auto"))
 # --- two processes ---------------------------------------------------------------------------------------------
 
 # `mrc distil` as `python -m mrc_cli` runs it, saving on each rank the teacher scores it trains with (the gathered
