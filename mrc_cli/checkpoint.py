@@ -112,13 +112,14 @@ def run_dir_of(path: str | Path) -> Path:
 
 
 def _prune(root: Path, keep_last: int, best_step: int | None) -> None:
-    steps = sorted(step for step, _ in _complete_checkpoints(root))
+    steps = sorted(step for step, _ in complete_checkpoints(root))
     for step in steps[:-keep_last]:
         if step != best_step:
             shutil.rmtree(checkpoint_dir(root.parent, step), ignore_errors=True)
 
 
-def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint in RUN/checkpoints (`root`), by step."""
     found = []
     for path in root.glob("step-*") if root.is_dir() else []:
         match = _STEP_DIR.match(path.name)
@@ -128,7 +129,7 @@ def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = _complete_checkpoints(Path(run_dir) / CHECKPOINTS)
+    found = complete_checkpoints(Path(run_dir) / CHECKPOINTS)
     return found[-1][1] if found else None
 
 
@@ -162,7 +163,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return newest
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint folder or run directory")
-    inside = _complete_checkpoints(path)
+    inside = complete_checkpoints(path)
     if inside:  # RUN/checkpoints itself
         raise CheckpointError(f"{path}: a folder of checkpoints; pass one of them (the newest: {inside[-1][1]}) or the "
                               f"run directory ({path.parent}: its best checkpoint)")
@@ -204,7 +205,7 @@ def drop_training_states(run_dir: Path, keep: Path) -> None:
     """Delete the optimizer state of a finished run's checkpoints but `keep` (its last, which a longer run resumes
     from): the best and the other kept ones serve eval and export with their weights, and Adam's two moments are
     twice the weights (bert-base: 0.9 of 1.3 GB a checkpoint)."""
-    for _, path in _complete_checkpoints(Path(run_dir) / CHECKPOINTS):
+    for _, path in complete_checkpoints(Path(run_dir) / CHECKPOINTS):
         if path != keep:
             (path / TRAINING_STATE).unlink(missing_ok=True)
 

@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 from mrc_cli import __version__
 from mrc_cli.attention import packing_refusal, varlen_missing
 from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
-from mrc_cli.checkpoint import (checkpoint_dir, drop_training_states, latest_checkpoint, read_checkpoint_config,
-                                read_trainer_state, read_training_state, read_weights, resolve_checkpoint, rng_state,
-                                run_dir_of, save_checkpoint, set_rng_state, write_best_pointer)
+from mrc_cli.checkpoint import (CHECKPOINTS, checkpoint_dir, complete_checkpoints, drop_training_states,
+                                latest_checkpoint, read_checkpoint_config, read_trainer_state, read_training_state,
+                                read_weights, resolve_checkpoint, rng_state, run_dir_of, save_checkpoint, set_rng_state,
+                                write_best_pointer)
 from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, check_values, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
@@ -708,6 +709,15 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path, run_dir_flag: str) -> Path
                           f"of {run_dir_flag}")
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
+    if existing is not None and run_dir_of(path).resolve() != run_dir.resolve():
+        raise ConfigError(f"{run_dir} holds another run (checkpoints up to {existing.name}): resuming {path} there "
+                          f"would mix the two; choose another {run_dir_flag}")
+    step = read_trainer_state(path)["step"]
+    later = [folder.name for at, folder in complete_checkpoints(run_dir / CHECKPOINTS) if at > step]
+    if later:  # --resume auto would one day continue the timeline this branch leaves
+        raise ConfigError(f"--resume {path}: {run_dir} holds later checkpoints of the run ({', '.join(later)}), "
+                          f"which --resume auto would go on from instead of this branch; branch into another "
+                          f"{run_dir_flag}, or delete them")
     return path
 
 

@@ -17,6 +17,7 @@ import torch
 
 import mrc_cli.training as training
 from conftest import tiny_run_config
+from mrc_cli.errors import ConfigError
 from mrc_cli.run_lock import in_use
 from mrc_cli.tracking import read_metrics
 from mrc_cli.training import train
@@ -58,7 +59,8 @@ def test_keep_last_deletes_older_checkpoints_and_keeps_the_best(tiny_bert_dir, t
             if (run_dir / "checkpoints" / f"step-{step:06d}" / "training_state.pt").is_file()] == [6]
     from mrc_cli.errors import CheckpointError
 
-    older = tiny_run_config(tiny_bert_dir, run_dir, max_steps=8, resume=str(run_dir / "checkpoints" / "step-000005"))
+    older = tiny_run_config(tiny_bert_dir, tmp_path / "branch", max_steps=8,
+                            resume=str(run_dir / "checkpoints" / "step-000005"))
     with pytest.raises(CheckpointError,
                        match=r"step-000005: weights only, no training_state.pt \(dropped when its run finished.*--init-from"):
         train(older)
@@ -354,6 +356,27 @@ def test_a_run_resumed_into_another_folder_names_no_best_checkpoint_it_does_not_
                              resume=str(tmp_path / "a" / "checkpoints" / "step-000002"))
     result = train(branch)
     assert result.best_checkpoint is None or result.best_checkpoint.is_dir()
+
+
+def test_a_checkpoint_is_resumed_neither_into_another_run_nor_before_the_later_checkpoints_of_its_own(tiny_bert_dir,
+                                                                                                      tmp_path):
+    """Into another run: its metrics.jsonl, checkpoints and best pointer mixed with this one's. Before later
+    checkpoints of its own run: --resume auto would one day go on from those, not from the branch."""
+    from mrc_cli.training import resolve_run
+
+    for name in ("a", "b"):
+        train(tiny_run_config(tiny_bert_dir, tmp_path / name, max_steps=2, eval_steps=0, save_steps=1, keep_last=5,
+                              keep_training_state="all"))
+    step1 = tmp_path / "a" / "checkpoints" / "step-000001"
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'b'} holds another run (checkpoints up to "
+                                                    f"step-000002): resuming {step1} there would mix the two")):
+        resolve_run(tiny_run_config(tiny_bert_dir, tmp_path / "b", max_steps=3, resume=str(step1)), lambda cfg: False)
+    with pytest.raises(ConfigError, match=re.escape(f"--resume {step1}: {tmp_path / 'a'} holds later checkpoints of "
+                                                    "the run (step-000002), which --resume auto would go on from")):
+        resolve_run(tiny_run_config(tiny_bert_dir, tmp_path / "a", max_steps=3, resume=str(step1)), lambda cfg: False)
+    step2 = tmp_path / "a" / "checkpoints" / "step-000002"  # its own newest: resumed in place
+    assert resolve_run(tiny_run_config(tiny_bert_dir, tmp_path / "a", max_steps=3, resume=str(step2)),
+                       lambda cfg: False)[1] == step2
 
 
 def test_an_output_folder_under_a_file_is_refused_before_any_work(tiny_bert_dir, tmp_path):
