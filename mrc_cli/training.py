@@ -890,15 +890,20 @@ def _load_split(given: Split | None, source: str | None, use: str, tokenizer, cf
 
 
 def _init_from(model, path: str, log: RunLog) -> None:
-    """The weights of a checkpoint that fit the model: a span model's, or an `mrc pretrain` checkpoint's encoder (its
-    masked LM's `lm.bert.*` are the span model's `encoder.*`; the MLM head stays unused), in part where the shapes
-    differ. One that fits nothing is refused: the run would fine-tune the base model under the checkpoint's name."""
+    """The weights of a checkpoint that fit the model, in part where the shapes differ: a span model's, or the encoder
+    (and QA head) of an `mrc pretrain` checkpoint (`lm.bert.*`), an `mrc export` or other Hugging Face folder
+    (`bert.*`, or unprefixed for a bare encoder); an MLM head stays unused. One that fits nothing is refused: the
+    run would fine-tune the base model under the checkpoint's name."""
     source = Path(path)
     weights = source if source.is_file() else resolve_checkpoint(source) / "model.safetensors"
-    state = load_state_dict_file(weights)
-    in_masked_lm = f"lm.{model.encoder.base_model_prefix}."
-    state = {f"encoder.{key.removeprefix(in_masked_lm)}" if key.startswith(in_masked_lm) else key: value
-             for key, value in state.items()}
+    own, prefix = model.state_dict(), model.encoder.base_model_prefix
+
+    def ours(key: str) -> str:  # ours; an mrc pretrain checkpoint's; a Hugging Face QA or masked-LM model's; an encoder's
+        names = (key, f"encoder.{key.removeprefix(f'lm.{prefix}.')}", f"encoder.{key.removeprefix(f'{prefix}.')}",
+                 f"encoder.{key}")
+        return next((name for name in names if name in own), key)
+
+    state = {ours(key): value for key, value in load_state_dict_file(weights).items()}
     missing, unexpected = load_weights(model, state, strict=False)
     if set(model.state_dict()) <= set(missing):
         raise CheckpointError(f"--init-from {weights}: none of its weights fit this model (model "

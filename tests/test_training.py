@@ -292,6 +292,22 @@ def test_init_from_a_checkpoint_of_the_same_architecture_loads_every_weight(run_
     assert all(torch.allclose(weights[k], source[k], atol=1e-6) for k in source)
 
 
+def test_init_from_an_export_or_a_bare_encoder_folder_loads_what_it_holds(run_a, tiny_bert_dir, tmp_path):
+    """An `mrc export` folder keeps transformers' names (bert.*), a bare encoder's folder none: both are the span
+    model's encoder.*, which had been left as --model's while the run seemed to start from them."""
+    from mrc_cli.export import export_checkpoint
+
+    checkpoint = run_a[0] / "checkpoints" / "step-000006"
+    export_checkpoint(str(checkpoint), str(tmp_path / "export"))
+    weights = _init_run(tiny_bert_dir, tmp_path / "export", tmp_path / "from_export")
+    source = load_file(str(checkpoint / "model.safetensors"))
+    assert weights.keys() == source.keys() and all(torch.allclose(weights[k], source[k], atol=1e-6) for k in source)
+    assert _log_lines(tmp_path / "from_export", "--init-from")[0].endswith("missing none; unexpected none")
+    _init_run(tiny_bert_dir, Path(tiny_bert_dir), tmp_path / "from_encoder")  # the tiny BERT folder: no head
+    line = _log_lines(tmp_path / "from_encoder", "--init-from")[0]
+    assert "missing qa_outputs (2 keys)" in line and "encoder.embeddings" not in line
+
+
 def test_init_from_another_shape_trains_and_reports_keys_by_prefix(run_a, tiny_albert_dir, tmp_path):
     checkpoint = run_a[0] / "checkpoints" / "step-000006"
     weights = _init_run(tiny_albert_dir, checkpoint, tmp_path / "albert")
