@@ -33,7 +33,7 @@ from mrc_cli.config import (RunConfig, TrainConfig, apply_sets, check_data_confi
 from mrc_cli.data import missing_file
 from mrc_cli.errors import ConfigError
 from mrc_cli.files import check_output_folder
-from mrc_cli.model import check_dropout_tricks, encoder_config
+from mrc_cli.model import check_dropout_settings
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 from mrc_cli.tokenizer import check_model_folder, check_not_missing_folder, load_tokenizer
 
@@ -213,9 +213,7 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
                 special = special_tokens(cfg.model.tokenizer or cfg.model.name_or_path)
                 if special is not None:
                     check_data_config(cfg.data, special)
-                encoder = encoder_settings(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout)
-                if encoder is not None:  # R-Drop or multi-sample dropout without dropout: after the others trained
-                    check_dropout_tricks(encoder, cfg.train.rdrop_alpha, cfg.model.multi_sample_dropout)
+                check_dropout_settings(cfg)  # R-Drop or multi-sample dropout without dropout: after the others trained
             except ConfigError as err:
                 raise ConfigError(f"variant {variant.text!r}: {err}") from None
             runs.append(Run(variant, seed, cfg, config_to_dict(cfg)))
@@ -229,15 +227,6 @@ def special_tokens(tokenizer: str) -> int | None:
     where the tokenizer does not load: the run that needs it says why, at once."""
     try:
         return load_tokenizer(tokenizer).num_special_tokens_to_add(pair=True)
-    except ConfigError:
-        return None
-
-
-@functools.cache
-def encoder_settings(model: str, dropout: float | None, attention_dropout: float | None):
-    """The encoder's config with a variant's dropout, or None where it does not load (the run says why)."""
-    try:
-        return encoder_config(model, dropout, attention_dropout, 0)
     except ConfigError:
         return None
 

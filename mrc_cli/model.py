@@ -6,6 +6,7 @@ Token level: start/end logits from the token states, CLS (position 0) as "no ans
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import pickletools
@@ -151,6 +152,22 @@ def check_dropout_tricks(config, rdrop_alpha: float, dropout_samples: int) -> No
         raise ConfigError(f"train.rdrop_alpha {rdrop_alpha:g} does nothing: the encoder has no dropout (model.dropout "
                           "is 0 by default); set model.dropout above 0 (e.g. --set model.dropout=0.1) or rdrop_alpha "
                           "to 0")
+
+
+def check_dropout_settings(cfg) -> None:
+    """check_dropout_tricks of a run's settings on its encoder's config, before any data is read: by --dry-run, as a
+    run starts, and by mrc compare for each variant. Where the model does not load, loading it says why."""
+    encoder = _configured_encoder(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout)
+    if encoder is not None:
+        check_dropout_tricks(encoder, cfg.train.rdrop_alpha, cfg.model.multi_sample_dropout)
+
+
+@functools.cache
+def _configured_encoder(model: str, dropout: float | None, attention_dropout: float | None):
+    try:
+        return encoder_config(model, dropout, attention_dropout, 0)
+    except ConfigError:
+        return None
 
 
 def attention_dropout_of(config) -> float:

@@ -52,7 +52,7 @@ from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.metrics import scored_with_nulls
-from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_tricks, check_tokenizer_fits,
+from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_settings, check_tokenizer_fits,
                            describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
                            load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
@@ -305,7 +305,6 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     model = task.build_model(cfg, pretrained=resume_from is None, log=log)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    check_dropout_tricks(model.encoder.config, cfg.train.rdrop_alpha, 0)
     model = accelerator.prepare(model)
     optimizer = _optimizer(accelerator.unwrap_model(model), cfg, world, log)
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
@@ -744,6 +743,9 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
         resumed = cfg
         notes = ([f"--resume auto: there is no {run_dir} to resume, so a new run starts there"]
                  if cfg.train.resume == "auto" and not (run_dir.exists() if existed is None else existed) else [])
+    check_dropout_settings(resumed)  # before the data is read, as the dry run does
+    if resumed.train.init_from and resume_from is None and not Path(resumed.train.init_from).is_file():
+        resolve_checkpoint(resumed.train.init_from)  # a missing one, likewise
     evaluates = will_evaluate(resumed)
     if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
         raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "

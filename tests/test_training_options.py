@@ -280,6 +280,18 @@ def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse
         in resumed.stdout
     again = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--dry-run"])
     assert again.exit_code == 1 and "holds another run (checkpoints up to step-000002); pass --resume auto" in again.stderr
+    # refused by the dry run as by the run, before its data is read: tricks without dropout, a missing --init-from
+    no_dropout = ["--set", "model.dropout=0", "--set", "model.attention_dropout=0"]
+    for flags, problem in (([*no_dropout, "--set", "train.rdrop_alpha=1"], "train.rdrop_alpha 1 does nothing: the "
+                                                                           "encoder has no dropout"),
+                           ([*no_dropout, "--set", "model.multi_sample_dropout=4"],
+                            "model.multi_sample_dropout 4 does nothing"),
+                           (["--init-from", str(tmp_path / "gone")], f"{tmp_path / 'gone'}: no such checkpoint folder")):
+        for dry in (["--dry-run"], []):
+            result = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--output-dir",
+                                         str(tmp_path / "new"), *flags, *dry])
+            assert result.exit_code == 1 and problem in result.stderr, result.output
+            assert "Tokenizing" not in result.stderr and not (tmp_path / "new" / "train.log").exists()
 
 
 def test_a_run_stopped_between_log_steps_logs_on_as_the_uninterrupted_run(tiny_bert_dir, tmp_path, monkeypatch):
