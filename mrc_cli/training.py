@@ -842,6 +842,9 @@ def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, lis
                              f"using {'the new value' if keep_new else 'the checkpoint'}")
             if keep_new:
                 setattr(getattr(saved, section), key, value)
+    if saved.train.max_steps and saved.train.epochs != then["train"]["epochs"]:  # a new epochs that changes nothing
+        notes.append(f"resume: train.max_steps {saved.train.max_steps} sets the run's length, not train.epochs; "
+                     "--max-steps 0 makes it train.epochs long")
     return saved, notes
 
 

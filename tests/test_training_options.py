@@ -278,6 +278,9 @@ def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse
     assert (planned["train"]["lr"], planned["train"]["max_steps"]) == (1e-4, 4)  # the checkpoint's lr, a new length
     assert "# resumes " in resumed.stdout and "train.lr is 0.0001 in the checkpoint and 5e-05 now; using the checkpoint" \
         in resumed.stdout
+    longer = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--resume", "auto", "--epochs", "5",
+                                 "--dry-run"])  # a run of max_steps: epochs do not lengthen it
+    assert "resume: train.max_steps 2 sets the run's length, not train.epochs; --max-steps 0 makes it" in longer.stdout
     again = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--dry-run"])
     assert again.exit_code == 1 and "holds another run (checkpoints up to step-000002); pass --resume auto" in again.stderr
     # refused by the dry run as by the run, before its data is read: tricks without dropout, a missing --init-from
