@@ -642,9 +642,10 @@ class _Meter:
         loss, features, real, computed, pairs, stops = total.tolist()
         if not math.isfinite(loss):
             when = f"at step {state.step}" if self.steps == 1 else f"in steps {state.step - self.steps + 1}-{state.step}"
-            raise TrainingError(f"the training loss became {loss} {when}; nothing from there on was saved, the "
-                                f"checkpoints in {run_dir / 'checkpoints'} are from before. Try a lower --lr or --set "
-                                "train.max_grad_norm=1.0")
+            saved = (f"the checkpoints in {run_dir / CHECKPOINTS} are from before" if latest_checkpoint(run_dir)
+                     else "no checkpoint was written before it")
+            raise TrainingError(f"the training loss became {loss} {when}; nothing from there on was saved, {saved}. "
+                                "Try a lower --lr or --set train.max_grad_norm=1.0")
         self.totals = [a + b - c for a, b, c in zip(self.totals, (features, real, computed), self.carried)]
         self.carried = [0, 0, 0]
         elapsed = time.perf_counter() - self.started - self.paused
@@ -747,6 +748,8 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
     if resumed.train.init_from and resume_from is None and not Path(resumed.train.init_from).is_file():
         resolve_checkpoint(resumed.train.init_from)  # a missing one, likewise
     evaluates = will_evaluate(resumed)
+    if resumed.train.eval_steps and not evaluates:
+        notes.append(f"train.eval_steps {resumed.train.eval_steps}: no dev set (--dev), so nothing is evaluated")
     if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
         raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "
                           + ("set train.eval_steps" if evaluates else "give a dev set (--dev; mrc pretrain has none)"))

@@ -281,6 +281,9 @@ def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse
     longer = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--resume", "auto", "--epochs", "5",
                                  "--dry-run"])  # a run of max_steps: epochs do not lengthen it
     assert "resume: train.max_steps 2 sets the run's length, not train.epochs; --max-steps 0 makes it" in longer.stdout
+    unevaluated = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--output-dir", str(tmp_path / "new"),
+                                      "--eval-steps", "2", "--dry-run"])
+    assert "train.eval_steps 2: no dev set (--dev), so nothing is evaluated" in unevaluated.stdout
     again = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--dry-run"])
     assert again.exit_code == 1 and "holds another run (checkpoints up to step-000002); pass --resume auto" in again.stderr
     # refused by the dry run as by the run, before its data is read: tricks without dropout, a missing --init-from
@@ -438,3 +441,12 @@ def test_train_leaves_the_callers_config_as_it_was_and_refuses_what_is_not_one(t
     assert saved.decode.allow_null and saved.train.tokens_per_batch == 0
     with pytest.raises(TypeError, match="a RunConfig, not str: mrc_cli.config.load_config"):
         train("configs/quickstart.yaml")
+
+
+def test_a_loss_gone_nan_before_any_checkpoint_says_none_was_written(tiny_bert_dir, tmp_path):
+    from mrc_cli.errors import TrainingError
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=4, lr=1e6, eval_steps=0, save_steps=100)
+    cfg.data.dev_file = None
+    with pytest.raises(TrainingError, match="nothing from there on was saved, no checkpoint was written before it"):
+        train(cfg)
