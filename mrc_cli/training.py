@@ -962,9 +962,12 @@ def _describe_run(cfg: RunConfig, world: int, total_steps: int, warmup: int, pre
                   log: RunLog) -> None:
     """The derived numbers, once at the start; and the learning rate question of a many-process run."""
     t = cfg.train
-    effective = t.batch_size * t.grad_accum * world
+    packed = isinstance(t.tokens_per_batch, int) and t.tokens_per_batch > 0  # train.batch_size plays no part
+    per_process = f"a row of {t.tokens_per_batch} tokens" if packed else t.batch_size
+    rows_per_step = t.grad_accum * world
+    effective = f"{rows_per_step} row{'s' * (rows_per_step > 1)}" if packed else t.batch_size * rows_per_step
     log.info(f"{world} process(es) on {accelerator.device}, {precision_name(precision)}; effective batch {effective} = "
-             f"{t.batch_size} per process x {t.grad_accum} accumulation x {world}; {rows}; "
+             f"{per_process} per process x {t.grad_accum} accumulation x {world}; {rows}; "
              f"{total_steps} optimizer steps, {warmup} of warm-up")
     if world > 1:
         log.info(f"lr {t.lr * world:g} = {t.lr:g} x {world} processes (train.scale_lr)" if t.scale_lr else

@@ -476,6 +476,7 @@ def test_a_packed_run_logs_its_budget_and_trains_only_real_tokens(packed_run):
     assert result.steps == 6 and result.metrics["f1"] >= 0
     log = (run_dir / "train.log").read_text()
     assert "token-budget batches: rows of 600 tokens" in log
+    assert "effective batch 1 row = a row of 600 tokens per process x 1 accumulation x 1" in log  # not batch_size's 8
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     shares = [r["real_token_share"] for r in rows if "real_token_share" in r]
     assert shares and min(shares) > 0.6  # padding is only the row's tail (feature batches of 8: 0.5-0.9 here)
