@@ -285,6 +285,11 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
         return cfg
     saved = Path(cfg.train.output_dir if resume == "auto" else resume) / "config.yaml"
     _refuse_other_command(saved.parent if resume == "auto" else saved.parent.parent.parent, command)
+    given = path or sets or any(value is not None for key, value in overrides.items()
+                                if key not in ("train.output_dir", "train.resume"))
+    if resume == "auto" and not saved.is_file() and not given and (saved.parent / "train.log").is_file():
+        raise ConfigError(f"{saved.parent}: the run stopped before it saved its settings (no config.yaml), so --resume "
+                          "auto has none to go on with: give the command that started it again, with --resume auto")
     if resume != "auto" and not saved.is_file():  # else the run's settings missing would be the error named
         raise ConfigError(f"--resume {resume}: " + ("not a checkpoint folder (no config.yaml)" if Path(resume).is_dir()
                           else "no such checkpoint folder") + "; --resume auto continues the newest checkpoint of the "

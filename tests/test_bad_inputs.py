@@ -275,6 +275,11 @@ def test_a_resume_folder_that_is_not_there_and_a_weights_file_as_checkpoint(tiny
            f"--resume {tmp_path / 'nope'}: no such checkpoint folder")
     _fails(_invoke("pretrain", "--model", tiny_bert_dir, "--out", tmp_path / "typo", "--resume", "auto"),
            "nothing to pre-train on", f"(--resume auto found no run in {tmp_path / 'typo'} to take them from)")
+    # stopped before it saved its settings: --resume auto alone has none, and had tried the default model
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "train.log").write_text("2026-12-07 10:00:00 Tokenizing\n")
+    _fails(_invoke("train", "--output-dir", tmp_path / "early", "--resume", "auto"),
+           f"{tmp_path / 'early'}: the run stopped before it saved its settings (no config.yaml)")
     weights = tmp_path / "step" / "model.safetensors"
     weights.parent.mkdir()
     save_file({"qa_outputs.weight": __import__("torch").ones(2, 2)}, str(weights))
