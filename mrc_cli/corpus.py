@@ -15,7 +15,6 @@ once, without the contexts of the files you will evaluate on, cut into sequences
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from array import array
@@ -23,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mrc_cli.config import DataConfig, PretrainConfig
-from mrc_cli.data import read_data, read_text
+from mrc_cli.data import is_json, read_data, read_text
 from mrc_cli.errors import DataError
 from mrc_cli.features import rust_encoder, segmenter, token_words, unknown_note, words_with_tokens
 
@@ -126,18 +125,10 @@ def read_documents(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     text = read_text(path)
-    if text.lstrip()[:1] in ("{", "[") and any(_is_json(part) for part in (text, text.strip().split("\n")[0])):
+    if text.lstrip()[:1] in ("{", "[") and any(is_json(part) for part in (text, text.strip().split("\n")[0])):
         raise DataError(f"{path}: JSON, not plain text: give SQuAD-style data as --data (its contexts), plain text as "
                         "--text")
     return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 def _key(text: str) -> str:

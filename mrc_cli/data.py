@@ -230,7 +230,7 @@ def _read_jsonl(path: Path, text: str) -> RawData:
             raw.problems.append(RecordProblem(f"line {n}", "JSON nested too deeply to read"))
             continue
         except json.JSONDecodeError as err:
-            if not raw.records and not raw.problems and _one_document(text):  # a .json saved as .jsonl
+            if not raw.records and not raw.problems and is_json(text):  # a .json saved as .jsonl
                 raise DataError(f"{path}: one JSON document over many lines, not JSON Lines (a record a line); leave "
                                 "out --format jsonl, or name the file .json") from None
             raw.problems.append(RecordProblem(f"line {n}", f"not valid JSON ({err.msg}, column {err.colno})"))
@@ -242,7 +242,8 @@ def _read_jsonl(path: Path, text: str) -> RawData:
     return raw
 
 
-def _one_document(text: str) -> bool:
+def is_json(text: str) -> bool:
+    """Whether `text` is one JSON value."""
     try:
         json.loads(text)
     except json.JSONDecodeError:
