@@ -284,7 +284,7 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
     if resume is None:
         return cfg
     saved = Path(cfg.train.output_dir if resume == "auto" else resume) / "config.yaml"
-    _refuse_other_command(saved.parent if resume == "auto" else saved.parent.parent.parent, command)
+    _refuse_other_command(saved.parent if resume == "auto" else Path(resume).resolve().parent.parent, command)
     given = path or sets or any(value is not None for key, value in overrides.items()
                                 if key not in ("train.output_dir", "train.resume"))
     if resume == "auto" and not saved.is_file() and not given and (saved.parent / "train.log").is_file():
@@ -405,7 +405,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     these); ints are accepted for floats, one value for a list of one."""
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value if isinstance(value, list) else [value])]
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value if isinstance(value, (list, tuple))
+                                                                          else [value])]
     if typing.get_origin(hint) is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans: `precision: no` means "no"
             value = next((w for w in (("no", "off", "false") if not value else ("yes", "on", "true"))

@@ -87,21 +87,23 @@ def collect_texts(pretrain: PretrainConfig, eval_files: list[str], fmt: str = "a
         texts, unreadable = _contexts(path, fmt) if kind == "contexts" else (read_documents(Path(path)), 0)
         count = SourceCount(path, kind, len(texts), 0, 0, unreadable)
         for text in texts:
-            key = _key(text)
+            key, inside = _key(text), 0
             if kind == "text" and key not in eval_keys:  # an eval context may be a line of a document
                 lines = text.split("\n")
                 kept = [line for line in lines if _key(line) not in eval_keys]
-                count.eval_matches += len(lines) - len(kept)
-                if not pretrain.include_eval_contexts:
+                inside = len(lines) - len(kept)
+                if inside and not pretrain.include_eval_contexts:
                     text = "\n".join(kept).strip()
                     key = _key(text)
             if not key:
+                count.eval_matches += inside
                 continue
             if key in seen:
                 corpus.duplicates += 1
                 continue
             seen.add(key)
             count.distinct += 1
+            count.eval_matches += inside
             if key in eval_keys:
                 count.eval_matches += 1
                 if not pretrain.include_eval_contexts:
@@ -125,7 +127,8 @@ def read_documents(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     text = read_text(path)
-    if text.lstrip()[:1] in ("{", "[") and any(is_json(part) for part in (text, text.strip().split("\n")[0])):
+    first_line = text.strip().split("\n")[0]
+    if text.lstrip()[:1] in ("{", "[") and (is_json(text) or first_line.startswith("{") and is_json(first_line)):
         raise DataError(f"{path}: JSON, not plain text: give SQuAD-style data as --data (its contexts), plain text as "
                         "--text")
     return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]

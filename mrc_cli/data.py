@@ -22,6 +22,7 @@ FORMATS = ("auto", "squad", "jsonl", "hf")
 TEXT_FIELDS = ("context", "question")
 BINARY_FORMATS = {  # a file's first bytes: what it is, and what to do instead of re-encoding it
     b"\x1f\x8b": "gzip-compressed; decompress it first (gunzip -k FILE)",
+    b"BZh": "bzip2-compressed; decompress it first (bunzip2 -k FILE)",
     b"\xfd7zXZ\x00": "xz-compressed; decompress it first (unxz -k FILE)",
     b"PK\x03\x04": "a zip archive; unzip it first",
     b"PAR1": "a Parquet file; convert it with datasets (Dataset.from_parquet(FILE).to_json(\"data.jsonl\")) or pass a "

@@ -6,7 +6,6 @@ Token level: start/end logits from the token states, CLS (position 0) as "no ans
 
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import pickletools
@@ -162,7 +161,6 @@ def check_dropout_settings(cfg) -> None:
         check_dropout_tricks(encoder, cfg.train.rdrop_alpha, cfg.model.multi_sample_dropout)
 
 
-@functools.cache
 def _configured_encoder(model: str, dropout: float | None, attention_dropout: float | None):
     try:
         return encoder_config(model, dropout, attention_dropout, 0)

@@ -709,7 +709,7 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path, run_dir_flag: str) -> Path
                           f"of {run_dir_flag}")
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
-    if existing is not None and run_dir_of(path).resolve() != run_dir.resolve():
+    if existing is not None and run_dir_of(path.resolve()) != run_dir.resolve():
         raise ConfigError(f"{run_dir} holds another run (checkpoints up to {existing.name}): resuming {path} there "
                           f"would mix the two; choose another {run_dir_flag}")
     step = read_trainer_state(path)["step"]
@@ -735,12 +735,13 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
     the run's lock made it (None: look now)."""
     run_dir = Path(cfg.train.output_dir)
     resume_from = _resume_checkpoint(cfg, run_dir, run_dir_flag)
+    if resume_from is None or latest_checkpoint(run_dir) is None:  # a new run, or a branch into a new folder
+        _refuse_other_files(run_dir, run_dir_flag)
     if resume_from is not None:
         resumed, notes = _config_for_resume(cfg, resume_from)
         _refuse_finished(run_dir, resumed.train, _trainer_state(resume_from))
         _refuse_other_data(resumed, resume_from)
     else:  # a typo in the folder's name would otherwise restart training without a word
-        _refuse_other_files(run_dir, run_dir_flag)
         resumed = cfg
         notes = ([f"--resume auto: there is no {run_dir} to resume, so a new run starts there"]
                  if cfg.train.resume == "auto" and not (run_dir.exists() if existed is None else existed) else [])
@@ -748,7 +749,7 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
     if resumed.train.init_from and resume_from is None and not Path(resumed.train.init_from).is_file():
         resolve_checkpoint(resumed.train.init_from)  # a missing one, likewise
     evaluates = will_evaluate(resumed)
-    if resumed.train.eval_steps and not evaluates:
+    if resumed.train.eval_steps and not evaluates and not resumed.data.dev_file:  # (mrc pretrain evaluates nothing)
         notes.append(f"train.eval_steps {resumed.train.eval_steps}: no dev set (--dev), so nothing is evaluated")
     if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
         raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "
@@ -762,6 +763,8 @@ RUN_MARKS = ("run_info.json", "train.log", "metrics.jsonl", "checkpoints", PLAN_
 def _refuse_other_files(run_dir: Path, run_dir_flag: str) -> None:
     """A folder of other files (a model folder, a user's own config.yaml) is not a run directory: a run writes its
     config.yaml, and mrc pretrain its config.json, weights and tokenizer, over theirs."""
+    if os.environ.get(RUN_BY):  # a folder mrc compare, kfold or a benchmark prepared for this run
+        return
     others = sorted(entry.name for entry in run_dir.iterdir() if entry.name != LOCK_FILE) if run_dir.is_dir() else []
     if others and not any((run_dir / mark).exists() for mark in RUN_MARKS):
         raise ConfigError(f"{run_dir_flag} {run_dir} holds other files ({', '.join(others[:4])}"
@@ -784,7 +787,7 @@ def resumed_run_info(cfg: RunConfig) -> dict:
     """run_info.json of the run cfg resumes (train.resume auto: its run directory's; a checkpoint: its run's), as
     written when it last started; {} where there is none."""
     resume = cfg.train.resume
-    path = (Path(cfg.train.output_dir) if resume in (None, "auto") else run_dir_of(Path(resume))) / "run_info.json"
+    path = (Path(cfg.train.output_dir) if resume in (None, "auto") else run_dir_of(Path(resume).resolve())) / "run_info.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
@@ -792,7 +795,7 @@ def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     """Resuming on other training data would go on through another data set with the first one's batch plan and
     schedule, and no record would show it (a resume writes the data's fingerprints into run_info.json anew). Checked
     against the run_info.json of the checkpoint's run, before anything is loaded or logged."""
-    path = run_dir_of(checkpoint) / "run_info.json"
+    path = run_dir_of(checkpoint.resolve()) / "run_info.json"
     then = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     now = {"train_file_sha256": file_sha256(cfg.data.train_file),
            **{file: file_sha256(file) for file in [*cfg.pretrain.data_files, *cfg.pretrain.text_files]}}
@@ -801,7 +804,7 @@ def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     changed = [key for key, value in now.items() if None not in (value, then.get(key)) and value != then[key]]
     if changed:
         what = "the training file" if changed[0] == "train_file_sha256" else changed[0]
-        raise ConfigError(f"{run_dir_of(checkpoint)}: {what} is not what the run trained on (SHA-256 {then[changed[0]]} "
+        raise ConfigError(f"{path.parent}: {what} is not what the run trained on (SHA-256 {then[changed[0]]} "
                           f"then, {now[changed[0]]} now); restore it to resume, or start a new run from the "
                           f"checkpoint's weights (--init-from {checkpoint} and another output folder)")
 
@@ -918,6 +921,9 @@ def _init_from(model, path: str, log: RunLog) -> None:
                               f"type {model.config.model_type}; the checkpoint holds {describe_keys(sorted(state))}): give "
                               "a checkpoint of this model, or the --model it was trained from")
     log.info(f"--init-from {weights}: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}")
+    if all(key in missing for key in own if key.startswith("encoder.")):  # another family's, of the same width
+        log.info("warning: no weight of the encoder came from that checkpoint, only the span head's: the run "
+                 "fine-tunes the encoder of --model")
 
 
 def _optimizer(model, cfg: RunConfig, world: int, log: RunLog) -> torch.optim.Optimizer:

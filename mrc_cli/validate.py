@@ -26,7 +26,7 @@ from mrc_cli.errors import DataError
 from mrc_cli.files import check_output_file
 
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
-MIXED_LANGUAGES = 0.05  # the share of a file's questions in its lesser language that _check_scorable warns of
+MIXED_LANGUAGES = 0.05  # the share of a file's questions in its lesser language that _check_languages warns of
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
 EXAMPLES_VERSION = 7  # bump when reading or validating changes its output, so old cached examples are not reused
@@ -297,7 +297,7 @@ def _check_languages(raw: RawData, report: ValidationReport) -> None:
     chinese = {context: is_chinese(context) for context in {r["context"] for r in raw.records}}
     on_chinese = sum(chinese[r["context"]] for r in raw.records)
     fewer = min(on_chinese, len(raw.records) - on_chinese)
-    if fewer >= MIXED_LANGUAGES * len(raw.records):  # one set of rules scores the whole file
+    if fewer and fewer >= MIXED_LANGUAGES * len(raw.records):  # one set of rules scores the whole file
         report.warnings.append(f"{raw.source}: {on_chinese} of its {len(raw.records)} questions are about Chinese "
                                "contexts and the others not: one metric (cmrc2018 or squad) scores them all; score "
                                "each language as a file of its own")

@@ -5,6 +5,7 @@ No case may print a traceback; every error names the file or flag and the proble
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 
@@ -51,6 +52,7 @@ def _train(minilm_path, tmp_path, train_file, *flags):
                                                    "truncated?"]),
     (b'', ["truncated.json", "the file is empty"]),
     (gzip.compress(b'{"data": []}'), ["truncated.json", "gzip-compressed; decompress it first (gunzip -k FILE)"]),
+    (bz2.compress(b'{"data": []}'), ["truncated.json", "bzip2-compressed; decompress it first"]),
     (b"PAR1\x15\x04", ["truncated.json", "a Parquet file; convert it with datasets"]),
     (b"\x89PNG\r\n\x1a\n\x00\x00", ["truncated.json", "truncated.json: a PNG image, not a text file"]),
     (b'{}', ["truncated.json", "expected SQuAD-style JSON", "found an empty object"]),

@@ -261,9 +261,13 @@ def test_a_resume_refuses_a_teacher_whose_files_changed(teacher_run, tiny_albert
         info = json.loads(info_file.read_text())
         stat = weights.stat()
         del info["teacher_files"]
-        info_file.write_text(json.dumps({**info, "teacher_weights": {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns + 1}}))
+        legacy = lambda mtime: info_file.write_text(json.dumps({**info, "teacher_weights": {"bytes": stat.st_size,
+                                                                                            "mtime_ns": mtime}}))
+        legacy(stat.st_mtime_ns + 1)
         with pytest.raises(ConfigError, match=re.escape(f"the teacher changed since this run began ({weights.resolve()}")):
             distil(cfg(max_steps=3, resume="auto"))
+        legacy(stat.st_mtime_ns)  # the same teacher: resumed
+        assert distil(cfg(max_steps=3, resume="auto")).steps == 3
 # --- two processes ---------------------------------------------------------------------------------------------
 
 # `mrc distil` as `python -m mrc_cli` runs it, saving on each rank the teacher scores it trains with (the gathered

@@ -142,6 +142,11 @@ def test_contexts_are_deduplicated_and_eval_contexts_left_out_or_kept(tmp_path):
     assert kept.texts == [c1, c2, "A paragraph nobody asked about.", "Doc one,\nits second line.", "Doc two.", c3,
                           f"Before.\n{c2}\nAfter."]
     assert "included: 3 texts that are contexts of" in "\n".join(kept.summary())
+    # a document repeated is one text: its eval line counted once; text that only begins like JSON is text
+    repeated = tmp_path / "repeated.txt"
+    repeated.write_text("\n\n".join([f"Before.\n{c2}\nAfter."] * 3) + "\n\n[1]\nA footnote.\n", encoding="utf-8")
+    once = collect_texts(PretrainConfig(text_files=[str(repeated)]), [str(dev)])
+    assert once.texts == ["Before.\nAfter.", "[1]\nA footnote."] and once.eval_matches == 1
     # the eval file given as text: its questions and answers would be trained on, its contexts not left out
     for given in (dev, tmp_path / "dev.jsonl"):
         if given.suffix == ".jsonl":
@@ -551,7 +556,7 @@ def test_pretrain_refuses_what_cannot_work_with_one_line(args, problem, tiny_ber
 def test_pretrain_from_python_checks_settings_changed_by_attribute(tiny_bert_dir, tmp_path):
     """As --set checks them: a mask_prob over 1 had masked every word, masking "span" had masked tokens under that
     name; one text file given as a string had been read letter by letter."""
-    from mrc_cli.config import ConfigError, load_config
+    from mrc_cli.config import ConfigError, check_values, load_config
     from mrc_cli.pretraining import pretrain
 
     (tmp_path / "notes.txt").write_text("Paris is the capital of France. " * 20 + "\n\nRome is in Italy. " * 20)
@@ -565,7 +570,11 @@ def test_pretrain_from_python_checks_settings_changed_by_attribute(tiny_bert_dir
         setattr(wrong.pretrain, key, value)
         with pytest.raises(ConfigError, match=re.escape(problem)):
             pretrain(wrong)
-    cfg.pretrain.text_files = str(tmp_path / "notes.txt")
+    tupled = copy.deepcopy(cfg)
+    tupled.pretrain.text_files = ("a.txt", "b.txt")  # a tuple where a list belongs: the list
+    check_values(tupled)
+    assert tupled.pretrain.text_files == ["a.txt", "b.txt"]
+    cfg.pretrain.text_files = str(tmp_path / "notes.txt")  # one path alone: a list of one
     pretrain(cfg)
     assert [s["file"] for s in json.loads((tmp_path / "run" / "pretrain_info.json").read_text())["sources"]] == [
         str(tmp_path / "notes.txt")]

@@ -326,6 +326,7 @@ def test_init_from_another_shape_trains_and_reports_keys_by_prefix(run_a, tiny_a
     # (18 tensors) where BERT has 2 layers of 16 tensors
     assert line[0].endswith(": missing encoder.embeddings (5 keys), encoder.encoder (18 keys); "
                             "unexpected encoder.encoder (32 keys)")
+    assert _log_lines(tmp_path / "albert", "warning: no weight of the encoder came from that checkpoint")
     # what fits was loaded: the span head has the same shape (hidden size 32) in both
     assert "qa_outputs" not in missing
     assert torch.allclose(weights["qa_outputs.weight"], source["qa_outputs.weight"], atol=1e-6)

@@ -392,9 +392,14 @@ def test_a_checkpoint_is_resumed_neither_into_another_run_nor_before_the_later_c
     with pytest.raises(ConfigError, match=re.escape(f"--resume {step1}: {tmp_path / 'a'} holds later checkpoints of "
                                                     "the run (step-000002), which --resume auto would go on from")):
         resolve_run(tiny_run_config(tiny_bert_dir, tmp_path / "a", max_steps=3, resume=str(step1)), lambda cfg: False)
-    step2 = tmp_path / "a" / "checkpoints" / "step-000002"  # its own newest: resumed in place
-    assert resolve_run(tiny_run_config(tiny_bert_dir, tmp_path / "a", max_steps=3, resume=str(step2)),
-                       lambda cfg: False)[1] == step2
+    step2 = tmp_path / "a" / "checkpoints" / "step-000002"  # its own newest: resumed in place, also by a link
+    (tmp_path / "last").symlink_to(step2)
+    for given in (step2, tmp_path / "last"):
+        assert resolve_run(tiny_run_config(tiny_bert_dir, tmp_path / "a", max_steps=3, resume=str(given)),
+                           lambda cfg: False)[1] == given
+    # a branch goes into a new folder, not into one of other files (a model folder)
+    with pytest.raises(ConfigError, match="--output-dir .*tiny.* holds other files .*config.json.* and no run"):
+        resolve_run(tiny_run_config(tiny_bert_dir, tiny_bert_dir, max_steps=3, resume=str(step1)), lambda cfg: False)
 
 
 def test_an_output_folder_under_a_file_is_refused_before_any_work(tiny_bert_dir, tmp_path):

@@ -300,4 +300,5 @@ def test_a_file_of_chinese_and_english_questions_is_warned_that_one_metric_score
             f"{path}: 10 of its 11 questions are about Chinese contexts and the others not: one metric (cmrc2018 or "
             "squad) scores them all; score each language as a file of its own"]
     assert validate_file(str(write_squad(tmp_path / "zh.json", zh)), "eval").warnings == []
+    assert validate_file(str(write_squad(tmp_path / "none.json", [])), "score").warnings == []  # no questions: no mix
     assert validate_file(str(shared_file("cmrc2018_dev.json")), "score").warnings == []  # Chinese throughout
