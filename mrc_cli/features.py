@@ -40,6 +40,7 @@ from tokenizers import Encoding
 
 from mrc_cli.config import DataConfig, check_data_config
 from mrc_cli.errors import ConfigError, DataError
+from mrc_cli.files import write_text_atomically
 from mrc_cli.tokenizer import tokenizer_fingerprint
 
 FEATURES_VERSION = 4  # bump when the feature layout changes, so old cache files are not reused
@@ -58,9 +59,11 @@ class FeatureSummary:
     unknown_context_tokens: float  # share of the windows' context tokens that are the tokenizer's unknown token
     from_cache: bool
     seconds: float
+    damaged: str | None = None  # why the cached features were not used, rebuilt
 
     def __str__(self) -> str:
-        source = "loaded from cache" if self.from_cache else "tokenized"
+        source = ("loaded from cache" if self.from_cache else "tokenized" if not self.damaged else
+                  f"tokenized again, the cache entry being damaged: {self.damaged}")
         unknown = unknown_note(self.unknown_context_tokens, "context tokens")
         return (
             f"{self.examples} examples -> {self.features} features ({source} in {self.seconds:.1f}s); "
@@ -96,32 +99,53 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     cache_dir = cache_root(data) / "features"
     if cache:
         cache_dir.mkdir(parents=True, exist_ok=True)
-    from_cache = cache and any(cache_dir.glob(f"{fingerprint}*.arrow"))
+    entry = sorted(cache_dir.glob(f"{fingerprint}*.arrow")) if cache else []
+    counts_file = cache_dir / f"{fingerprint}.counts.json"  # the counts travel with the cached features
     num_proc = data.num_proc if data.num_proc > 1 and len(examples) >= 2 * data.num_proc else None
     backend = rust_encoder(tokenizer)
-    with _progress_bars(shown=progress):
-        features = examples.map(
-            partial(_tokenize_batch, backend=backend, data=data, labels=labels, offsets=offsets,
-                    type_ids="token_type_ids" in tokenizer.model_input_names),
-            batched=True,
-            batch_size=256,
-            num_proc=num_proc,
-            remove_columns=examples.column_names,
-            cache_file_name=str(cache_dir / f"{fingerprint}.arrow") if cache else None,
-            keep_in_memory=not cache,
-            new_fingerprint=fingerprint,
-            desc="Tokenizing",
-        )
-    counts_file = cache_dir / f"{fingerprint}.counts.json"  # the counts travel with the cached features
-    counts = json.loads(counts_file.read_text()) if from_cache and counts_file.is_file() else {}
+
+    def tokenize():
+        with _progress_bars(shown=progress):
+            return examples.map(
+                partial(_tokenize_batch, backend=backend, data=data, labels=labels, offsets=offsets,
+                        type_ids="token_type_ids" in tokenizer.model_input_names),
+                batched=True,
+                batch_size=256,
+                num_proc=num_proc,
+                remove_columns=examples.column_names,
+                cache_file_name=str(cache_dir / f"{fingerprint}.arrow") if cache else None,
+                keep_in_memory=not cache,
+                new_fingerprint=fingerprint,
+                desc="Tokenizing",
+            )
+
+    counts, damaged, recorded = {}, None, False
+    if entry:  # a file cut at a record batch's end loads as fewer features: checked against the count written
+        try:
+            counts = json.loads(counts_file.read_text()) if counts_file.is_file() else {}
+            features = tokenize()
+            recorded = "features" in counts
+            written = counts.pop("features", len(features))  # entries of before it was written: as they are
+            if written != len(features):
+                damaged = f"{len(features)} features of the {written} written"
+        except (OSError, ValueError) as err:  # a file cut inside a batch, an empty or cut counts file
+            damaged = f"{type(err).__name__}: {err}"
+        if damaged:
+            for path in [*entry, counts_file]:
+                path.unlink(missing_ok=True)
+            counts = {}
+    if not entry or damaged:
+        features = tokenize()
     if set(counts) != {"questions_truncated", "answers_lost_to_truncation", "unknown_context_tokens"}:  # or older
         counts = {"questions_truncated": _count_truncated(examples, backend, data.max_query_length),
                   "answers_lost_to_truncation": _count_lost(examples, features) if labels else 0,
                   "unknown_context_tokens": _unknown_share(features, tokenizer.unk_token_id)}
-        if cache:
-            counts_file.write_text(json.dumps(counts))
-    summary = FeatureSummary(examples=len(examples), features=len(features), **counts, from_cache=from_cache,
-                             seconds=time.perf_counter() - started)
+        recorded = False
+    if cache and not recorded:  # whole or not at all: another process may read it the moment it is there
+        write_text_atomically(counts_file, json.dumps({**counts, "features": len(features)}))
+    summary = FeatureSummary(examples=len(examples), features=len(features), **counts,
+                             from_cache=bool(entry) and not damaged, seconds=time.perf_counter() - started,
+                             damaged=damaged)
     return features, summary
 
 

@@ -29,7 +29,7 @@ USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc sco
 MIXED_LANGUAGES = 0.05  # the share of a file's questions in its lesser language that _check_languages warns of
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 7  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 8  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -48,6 +48,7 @@ class ValidationReport:
     without_answers: int = 0  # answerable questions that carry no answer at all (test files)
     read_as_unanswerable: int = 0  # no answers and no is_impossible mark (the Hub's squad_v2 has no such field)
     read_as_answerable: int = 0  # marked is_impossible, but with answers
+    kept: int = 0  # questions fit for the use: the examples
     left_out_of_training: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -146,7 +147,10 @@ def load_examples(source: str, use: str, fmt: str = "auto", cache_dir: str | Pat
     """
     folder = _cache_folder(source, use, fmt, cache_dir)
     if folder is not None and folder.is_dir():
-        return _read_cache(folder)
+        try:
+            return _read_cache(folder)
+        except (OSError, ValueError, TypeError):  # a file of the entry cut, emptied or gone: read and validated again
+            shutil.rmtree(folder, ignore_errors=True)
     raw = read_data(source, fmt)
     records, report = validate_records(raw, use)
     if not report.usable:
@@ -173,7 +177,10 @@ def _read_cache(folder: Path):
 
     report = ValidationReport(**json.loads((folder / "report.json").read_text(encoding="utf-8")))
     golds = json.loads((folder / "golds.json").read_text(encoding="utf-8"))
-    return datasets.Dataset.from_file(str(folder / "examples.arrow")), report, golds  # memory-mapped
+    examples = datasets.Dataset.from_file(str(folder / "examples.arrow"))  # memory-mapped
+    if len(examples) != report.kept:  # a file cut at a record batch's end reads as fewer examples
+        raise ValueError(f"{len(examples)} examples of the {report.kept} written")
+    return examples, report, golds
 
 
 def _cache_folder(source: str, use: str, fmt: str, cache_dir: str | Path | None) -> Path | None:
@@ -277,6 +284,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
     elif raw.records and not kept and not report.errors and use != "score":  # score reads every question's gold
         report.errors.append(f"{raw.source}: none of its {report.questions} questions is left for {use} (the counts "
                              "and repairs say why)")
+    report.kept = len(kept)
     return kept, report
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import shared_file, write_squad
+from conftest import QUICKSTART, shared_file, write_squad
 from mrc_cli.config import DataConfig
 from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import _answer_chars, _label_window, build_features
@@ -158,6 +158,52 @@ def test_second_run_is_served_from_the_cache(wordpiece_tokenizer, tmp_path):
     assert first["input_ids"] == second["input_ids"]
     _, s3 = build_features(examples, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path), doc_stride=100), labels=True)
     assert not s3.from_cache  # other settings, other features
+
+
+def test_a_damaged_cache_entry_is_tokenized_again_and_said_so(wordpiece_tokenizer, tmp_path):
+    """Cut at a record batch's end, the file had loaded as fewer features (questions missing from the scores, exit 0);
+    cut inside one, or its counts file emptied, it had been a traceback."""
+    import pyarrow as pa
+
+    examples, _, _ = load_examples(str(QUICKSTART / "en_train.json"), "train")
+    data = DataConfig(cache_dir=str(tmp_path))
+    whole = build_features(examples, wordpiece_tokenizer, data, labels=True)[0]["input_ids"]
+    (arrow,) = (tmp_path / "features").glob("*.arrow")
+    (counts,) = (tmp_path / "features").glob("*.counts.json")
+
+    def replaced(path, content: bytes) -> None:  # a new file: the old one may still be mapped into memory
+        path.with_suffix(".new").write_bytes(content)
+        path.with_suffix(".new").replace(path)
+
+    def fewer_rows():  # a valid stream of half the rows: what a cut at a batch boundary reads as
+        with pa.memory_map(str(arrow)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table.slice(0, len(table) // 2))
+        replaced(arrow, sink.getvalue().to_pybytes())
+
+    for damage, why in ((fewer_rows, f"{len(whole) // 2} features of the {len(whole)} written"),
+                        (lambda: replaced(arrow, arrow.read_bytes()[:-1000]), "OSError"),
+                        (lambda: replaced(counts, b""), "JSONDecodeError")):
+        damage()
+        features, summary = build_features(examples, wordpiece_tokenizer, data, labels=True)
+        assert not summary.from_cache and summary.damaged.startswith(why), summary.damaged
+        assert f"tokenized again, the cache entry being damaged: {why}" in str(summary)
+        assert features["input_ids"] == whole
+        assert build_features(examples, wordpiece_tokenizer, data, labels=True)[1].from_cache  # whole again
+
+
+def test_a_damaged_examples_cache_entry_is_read_and_validated_again(tmp_path):
+    source = str(QUICKSTART / "en_dev.json")
+    whole = load_examples(source, "eval", cache_dir=tmp_path)[0]["id"]
+    (entry,) = tmp_path.glob("examples-*")
+    for name, content in (("golds.json", b""), ("report.json", b"{"), ("examples.arrow", b"")):
+        (entry / name).with_suffix(".new").write_bytes(content)
+        (entry / name).with_suffix(".new").replace(entry / name)
+        assert load_examples(source, "eval", cache_dir=tmp_path)[0]["id"] == whole, name
+    (entry / "report.json").unlink()
+    assert load_examples(source, "eval", cache_dir=tmp_path)[0]["id"] == whole
 
 
 @pytest.mark.parametrize("segmenter", ["chars", "jieba"])
