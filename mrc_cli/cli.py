@@ -214,6 +214,17 @@ def distil(
     _echo_result(run_distil(cfg))
 
 
+def _says_results(results: dict) -> bool:
+    """Whether this process prints a command's results: under torchrun every process has them, the main one says
+    them, with how many processes shared the work."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes > 1:
+        results["processes"] = state.num_processes
+    return state.is_main_process
+
+
 def _echo_result(result) -> None:
     """A training run's directory, steps and final metrics as one JSON line, once (the main process)."""
     from accelerate import PartialState
@@ -349,6 +360,8 @@ def evaluate(
     from mrc_cli.reader import evaluate_file
 
     metrics = evaluate_file(checkpoint, data, out, store_threshold, calibrate, calibrate_split, backend, metric)
+    if not _says_results(metrics):
+        return
     typer.echo(metrics.pop("data"))
     if "null_rule" in metrics:
         typer.echo(f"null answers: {metrics['null_rule']}")
@@ -388,6 +401,8 @@ def predict(
     from mrc_cli.reader import predict_file
 
     summary = predict_file(checkpoint, data, out, backend)
+    if not _says_results(summary):
+        return
     typer.echo(summary["data"])
     typer.echo(f"{summary['questions']} questions, {summary['answered']} answered ({summary['backend']}); "
                f"wrote {summary['out']}")
@@ -411,6 +426,8 @@ def ensemble(
     from mrc_cli.reader import ensemble_file
 
     summary = ensemble_file(checkpoints, data, out, weights, combine, threshold, submission, save, copy_members)
+    if not _says_results(summary):
+        return
     typer.echo(summary.pop("data"))
     if "null_rule_warning" in summary:
         typer.echo(f"warning: {summary['null_rule_warning']}")

@@ -464,15 +464,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(cfg, tmp_path: Path, cpu: bool = True) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node 2 -m mrc_cli train --config <cfg as YAML>`. On a machine without GPUs accelerate
-    only joins the ranks into one run when told the processes are CPU ones (ACCELERATE_USE_CPU=1, what
-    `accelerate launch --cpu` sets); without it each rank trains alone (see the xfail test below)."""
-    config = tmp_path / "run.yaml"
-    save_config(cfg, config)
+def _torchrun(cfg, tmp_path: Path, cpu: bool = True, args: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m mrc_cli train --config <cfg as YAML>` (or `mrc_cli ARGS`). On a machine without
+    GPUs accelerate only joins the ranks into one run when told the processes are CPU ones (ACCELERATE_USE_CPU=1,
+    what `accelerate launch --cpu` sets); without it each rank trains alone (see the xfail test below)."""
+    if args is None:
+        save_config(cfg, tmp_path / "run.yaml")
+        args = ["train", "--config", str(tmp_path / "run.yaml")]
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "mrc_cli", "train", "--config", str(config)]
+               "-m", "mrc_cli", *args]
     # the ranks run on the CPU also on a GPU machine (a machine with one GPU cannot host two NCCL ranks on it)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
@@ -530,6 +531,13 @@ def test_two_processes_train_and_evaluate_one_run(tiny_bert_dir, tmp_path):
     assert final.pop("compute")["forward_passes"] == 16 * 4  # the training's, both ranks' features: not a score
     assert final.pop("step") == 4  # the evaluation's step: the run's record, not a score
     assert {k: single[k] for k in final} == final
+    # mrc eval on two processes: the same files, its results said once, with the number of processes
+    done = _torchrun(cfg, tmp_path, args=["eval", "--checkpoint", str(run_dir / "checkpoints" / "step-000004"),
+                                          "--data", cfg.data.dev_file, "--out", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-4000:]
+    said = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(said) == 1 and said[0]["processes"] == 2 and said[0]["f1"] == single["f1"]
+    assert json.loads((tmp_path / "two" / "predictions.json").read_text()) == predictions
 
 
 @pytest.mark.slow
