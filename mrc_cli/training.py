@@ -787,16 +787,20 @@ def resumed_run_info(cfg: RunConfig) -> dict:
     """run_info.json of the run cfg resumes (train.resume auto: its run directory's; a checkpoint: its run's), as
     written when it last started; {} where there is none."""
     resume = cfg.train.resume
-    path = (Path(cfg.train.output_dir) if resume in (None, "auto") else run_dir_of(Path(resume).resolve())) / "run_info.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return _run_info_of(Path(cfg.train.output_dir) if resume in (None, "auto") else Path(resume))
+
+
+def _run_info_of(path: Path) -> dict:
+    """run_info.json of a run directory, or of a checkpoint's run (through a link too); {} where there is none."""
+    info = run_dir_of(path.resolve()) / "run_info.json"
+    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
 
 
 def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     """Resuming on other training data would go on through another data set with the first one's batch plan and
     schedule, and no record would show it (a resume writes the data's fingerprints into run_info.json anew). Checked
     against the run_info.json of the checkpoint's run, before anything is loaded or logged."""
-    path = run_dir_of(checkpoint.resolve()) / "run_info.json"
-    then = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    then = _run_info_of(checkpoint)
     now = {"train_file_sha256": file_sha256(cfg.data.train_file),
            **{file: file_sha256(file) for file in [*cfg.pretrain.data_files, *cfg.pretrain.text_files]}}
     then = {"train_file_sha256": then.get("train_file_sha256"), **then.get("files_sha256", {})}
@@ -804,7 +808,7 @@ def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     changed = [key for key, value in now.items() if None not in (value, then.get(key)) and value != then[key]]
     if changed:
         what = "the training file" if changed[0] == "train_file_sha256" else changed[0]
-        raise ConfigError(f"{path.parent}: {what} is not what the run trained on (SHA-256 {then[changed[0]]} "
+        raise ConfigError(f"{run_dir_of(checkpoint.resolve())}: {what} is not what the run trained on (SHA-256 {then[changed[0]]} "
                           f"then, {now[changed[0]]} now); restore it to resume, or start a new run from the "
                           f"checkpoint's weights (--init-from {checkpoint} and another output folder)")
 
@@ -916,7 +920,7 @@ def _init_from(model, path: str, log: RunLog) -> None:
 
     state = {ours(key): value for key, value in load_state_dict_file(weights).items()}
     missing, unexpected = load_weights(model, state, strict=False)
-    if set(model.state_dict()) <= set(missing):
+    if set(own) <= set(missing):
         raise CheckpointError(f"--init-from {weights}: none of its weights fit this model (model "
                               f"type {model.config.model_type}; the checkpoint holds {describe_keys(sorted(state))}): give "
                               "a checkpoint of this model, or the --model it was trained from")

@@ -116,18 +116,21 @@ def word_sizes(features) -> tuple[int, int]:
     return int(context.sum()), int(starts.sum())
 
 
-def _labelled(features) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Training features' word ids (all rows, flat), the flat positions of each labelled answer's first and last
-    token, and their example ids. A label's neighbour token is always in the feature: [SEP] follows the context, and
-    a label is never at position 0."""
+def _labelled(features, words: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """Training features' word ids (all rows, flat; None unless `words`: gathering them copies every row), the
+    positions of each labelled answer's first and last token (flat with `words`, else in their row), and their
+    example ids. A label's neighbour token is always in the feature: [SEP] follows the context, and a label is never
+    at position 0."""
     import pyarrow.compute as pc
 
     table = features.with_format("arrow")[:]
-    words = table.column("word_ids").combine_chunks()
-    flat, offsets = words.flatten().to_numpy(), words.offsets.to_numpy()[:-1]
     start, end = (table.column(name).to_numpy() for name in ("start_positions", "end_positions"))
     labelled = start > 0
     example_ids = pc.filter(table.column("example_id"), labelled).to_numpy(zero_copy_only=False)
+    if not words:
+        return None, start[labelled], end[labelled], example_ids
+    column = table.column("word_ids").combine_chunks()
+    flat, offsets = column.flatten().to_numpy(), column.offsets.to_numpy()[:-1]
     return flat, offsets[labelled] + start[labelled], offsets[labelled] + end[labelled], example_ids
 
 
@@ -143,6 +146,6 @@ def answers_inside_words(features) -> tuple[int, int]:
 def answers_longer_than(features, limit: int, span_level: str) -> tuple[int, int]:
     """(questions whose labelled answer is longer than `limit` as the decoder counts it, decode.max_answer_length: in
     tokens, or in words at model.span_level word; questions with a labelled answer) of training features."""
-    flat, first, last, example_ids = _labelled(features)
-    lengths = flat[last] - flat[first] + 1 if span_level == "word" else last - first + 1
+    flat, first, last, example_ids = _labelled(features, words=span_level == "word")
+    lengths = last - first + 1 if flat is None else flat[last] - flat[first] + 1
     return len(set(example_ids[lengths > limit])), len(set(example_ids))
