@@ -746,8 +746,9 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
         notes = ([f"--resume auto: there is no {run_dir} to resume, so a new run starts there"]
                  if cfg.train.resume == "auto" and not (run_dir.exists() if existed is None else existed) else [])
     check_dropout_settings(resumed)  # before the data is read, as the dry run does
-    if resumed.train.init_from and resume_from is None and not Path(resumed.train.init_from).is_file():
-        resolve_checkpoint(resumed.train.init_from)  # a missing one, likewise
+    if resumed.train.init_from and resume_from is None:  # a missing or unreadable one, likewise
+        source = Path(resumed.train.init_from)
+        load_state_dict_file(source) if source.is_file() else resolve_checkpoint(source)
     evaluates = will_evaluate(resumed)
     if resumed.train.eval_steps and not evaluates and not resumed.data.dev_file:  # (mrc pretrain evaluates nothing)
         notes.append(f"train.eval_steps {resumed.train.eval_steps}: no dev set (--dev), so nothing is evaluated")

@@ -292,7 +292,9 @@ def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse
                                                                            "encoder has no dropout"),
                            ([*no_dropout, "--set", "model.multi_sample_dropout=4"],
                             "model.multi_sample_dropout 4 does nothing"),
-                           (["--init-from", str(tmp_path / "gone")], f"{tmp_path / 'gone'}: no such checkpoint folder")):
+                           (["--init-from", str(tmp_path / "gone")], f"{tmp_path / 'gone'}: no such checkpoint folder"),
+                           (["--init-from", "data/quickstart/en_train.json"], "en_train.json: cannot be read: the "
+                                                                              "file is truncated or corrupt, or not a torch file")):
         for dry in (["--dry-run"], []):
             result = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--output-dir",
                                          str(tmp_path / "new"), *flags, *dry])
