@@ -71,17 +71,17 @@ HAS_ANSWER = "has answer"
 
 @dataclass
 class WindowCounts:
-    counts: dict[str, int]  # question id -> windows
+    counts: dict[tuple[str, str], int]  # (question, context) -> windows: a repeated id's questions keep their own
     settings: str  # the tokenizer and data settings that made them, for the report
 
 
 def count_windows(gold: str, checkpoint: str | None = None, cfg: RunConfig | None = None) -> WindowCounts:
     """Windows per question of the gold file as a trained model (`checkpoint`) or a RunConfig's tokenizer and data
-    settings cut it: the same features `mrc eval` builds (and the same feature cache)."""
+    settings cut it: the features `mrc predict` builds (and their feature cache)."""
     if checkpoint is None and cfg is None:
         raise ValueError("count_windows needs a checkpoint or a RunConfig")
-    from mrc_cli.features import column
-    from mrc_cli.splits import featurize_file
+    from mrc_cli.features import cache_root, column
+    from mrc_cli.splits import select_split
 
     if checkpoint is not None:
         from mrc_cli.loading import load_tokenizer_and_config
@@ -93,10 +93,18 @@ def count_windows(gold: str, checkpoint: str | None = None, cfg: RunConfig | Non
 
         source = cfg.model.tokenizer or cfg.model.name_or_path
         tokenizer = load_tokenizer(source)
-    split = featurize_file(gold, tokenizer, cfg.data, "predict")
+    # the questions analyze scores, a repeated id among them (predict refuses one); each its own windows
+    examples, report, golds = load_examples(gold, "score", cfg.data.format, cache_root(cfg.data) / "examples")
+    ids = column(examples, "id")
+    if len(set(ids)) < len(ids):
+        examples = examples.remove_columns("id").add_column("id", [str(row) for row in range(len(ids))])
+    split = select_split(examples, report, golds, list(range(len(examples))), tokenizer, cfg.data, "predict")
+    per_id = Counter(column(split.features, "example_id"))
     settings = (f"tokenizer of {source}, max_seq_length {cfg.data.max_seq_length}, doc_stride "
                 f"{cfg.data.doc_stride}, max_query_length {cfg.data.max_query_length}")
-    return WindowCounts(dict(Counter(column(split.features, "example_id"))), settings)
+    return WindowCounts({(question, context): per_id[i] for i, question, context in
+                         zip(column(examples, "id"), column(examples, "question"), column(examples, "context"))},
+                        settings)
 
 
 def analyze(
@@ -227,7 +235,8 @@ def _slice_questions(records: list[dict | None], golds: list[dict], language: st
         else:
             labels["answer_length"] = labels["answer_position"] = NO_ANSWER
         if windows is not None:
-            labels["windows"] = _bucket(windows.counts.get(gold["id"], 0), _WINDOW_BUCKETS)
+            count = windows.counts.get((record["question"], record["context"]), 0) if record else 0
+            labels["windows"] = _bucket(count, _WINDOW_BUCKETS)
         if "answerable" not in left_out:
             labels["answerable"] = HAS_ANSWER if answerable else NO_ANSWER
         slices.append(labels)

@@ -289,7 +289,7 @@ def test_windows_per_question_as_the_tokenizer_cuts_them(tmp_path, minilm_path, 
                        if qa in p["qas"])
         encoded = wordpiece_tokenizer(qa["question"], context, truncation="only_second", max_length=128, stride=32,
                                       return_overflowing_tokens=True)
-        assert windows.counts[qa["id"]] == len(encoded["input_ids"])
+        assert windows.counts[(qa["question"], context)] == len(encoded["input_ids"])
     first = questions(gold)[0]["id"]
     result = analyze(str(gold), [write_json(tmp_path / "p.json", {first: "zzz"})], windows=windows)
     rows = by_label(result, "windows")
@@ -368,18 +368,26 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
     assert result.exit_code == 2 and "--config and --set give the data settings of --model" in result.output
 
 
-def test_a_gold_file_with_repeated_ids_is_analyzed_as_mrc_score_scores_it(tmp_path):
-    """Each question keeps its own question and answers; the repeat is a warning, as in mrc score. The answer slices
-    describe one answer: the first found in the context (here the second, the first is not in it)."""
+def test_a_gold_file_with_repeated_ids_is_analyzed_as_mrc_score_scores_it(tmp_path, minilm_path):
+    """Each question keeps its own question, answers and windows; the repeat is a warning, as in mrc score. The answer
+    slices describe one answer: the first found in the context (here the second, the first is not in it)."""
+    from mrc_cli.config import RunConfig
+
     context = "The Eiffel Tower is 330 metres tall. It was built in 1889."
-    article = lambda title, question, answers: {"title": title, "paragraphs": [{"context": context, "qas": [
-        {"id": "b", "question": question, "answers": answers}]}]}
+    article = lambda title, question, answers, more="": {"title": title, "paragraphs": [{"context": context + more,
+        "qas": [{"id": "b", "question": question, "answers": answers}]}]}
     gold = write_json(tmp_path / "gold.json", {"data": [
-        article("A", "When was it built?", [{"text": "1889", "answer_start": 53}]),
+        article("A", "When was it built?", [{"text": "1889", "answer_start": 53}], " It is in Paris." * 20),
         article("B", "How tall is it?", [{"text": "three hundred and thirty metres long", "answer_start": 0},
                                           {"text": "330 metres", "answer_start": 20}])]})
     pred = write_json(tmp_path / "pred.json", {"b": "1889"})
-    result = analyze(gold, pred)
+    cfg = RunConfig()
+    cfg.model.name_or_path = minilm_path
+    cfg.data.max_seq_length, cfg.data.doc_stride, cfg.data.max_query_length = 64, 16, 16
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    result = analyze(gold, pred, windows=count_windows(gold, cfg=cfg))  # what predict would refuse to cut
+    assert [(row["slice"], row["count"], row["A"]["f1"]) for row in result["slices"]["windows"]] == [
+        ("1 window", 1, 0.0), ("3 windows", 1, 100.0)]
     scores, warnings = score_files(gold, pred)
     assert (result["overall"]["A"]["exact"], result["overall"]["A"]["f1"]) == (scores["exact_match"], scores["f1"]) == (
         50.0, 50.0)
@@ -390,5 +398,5 @@ def test_a_gold_file_with_repeated_ids_is_analyzed_as_mrc_score_scores_it(tmp_pa
     # "330 metres" for both slices: not the 6 words of the first answer, which is not in the context
     assert [(row["slice"], row["A"]["f1"]) for row in result["slices"]["answer_length"]] == [("1 word", 100.0),
                                                                                              ("2 words", 0.0)]
-    assert [(row["slice"], row["A"]["f1"]) for row in result["slices"]["answer_position"]] == [("20-40%", 0.0),
-                                                                                               ("80-100%", 100.0)]
+    assert [(row["slice"], row["A"]["f1"]) for row in result["slices"]["answer_position"]] == [("0-20%", 100.0),
+                                                                                               ("20-40%", 0.0)]
