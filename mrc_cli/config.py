@@ -36,7 +36,7 @@ class DataConfig:
     max_query_length: int = 64  # longer questions are cut to this many tokens
     word_segmenter: str = "tokenizer"  # whole words: the tokenizer's pre-tokenizer, chars, jieba, or module:function
     num_proc: int = 1  # processes for tokenization (datasets.map)
-    cache_dir: str | None = None  # feature cache; default ~/.cache/mrc-cli
+    cache_dir: str | None = None  # feature cache; default $MRC_CACHE_DIR, else ~/.cache/mrc-cli
     # the official rules its files are scored by (a run's dev evaluations, eval, kfold); auto: by the text and the
     # questions (mrc_cli.metrics.detect_metric): cmrc2018 for Chinese, squad_v2 with unanswerable questions, else squad
     metric: Literal["auto", "squad", "squad_v2", "cmrc2018"] = "auto"

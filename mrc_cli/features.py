@@ -174,9 +174,28 @@ def _progress_bars(shown: bool):
             enable_progress_bars()
 
 
+CACHE_ENV = "MRC_CACHE_DIR"  # the cache of this machine where a run's config names none, or a model was trained elsewhere
+
+
 def cache_root(data: DataConfig) -> Path:
-    """Where validated examples and features are cached: data.cache_dir, else ~/.cache/mrc-cli."""
-    return Path(data.cache_dir or Path.home() / ".cache" / "mrc-cli")
+    """Where validated examples and features are cached: data.cache_dir, else $MRC_CACHE_DIR, else ~/.cache/mrc-cli;
+    refused, before any work, where it cannot be written."""
+    root = Path(data.cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mrc-cli")
+    problem = unwritable(root)
+    if problem:
+        other = "" if data.cache_dir else f" or {CACHE_ENV}"
+        raise ConfigError(f"the cache folder {root} {problem}: set data.cache_dir (--set data.cache_dir=DIR){other} to a "
+                          "folder you can write")
+    return root
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot hold cache files (made where it is missing), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"cannot be made ({err.strerror or err})"
+    return None if os.access(folder, os.W_OK) else "is not writable"
 
 
 def _tokenize_batch(batch: dict, backend, data: DataConfig, labels: bool, offsets: bool, type_ids: bool) -> dict:

@@ -6,12 +6,15 @@ behind the same call, mrc_cli.onnx_backend), each as a model with its tokenizer 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
 from mrc_cli.config import RunConfig, load_config
 from mrc_cli.errors import CheckpointError
+from mrc_cli.features import CACHE_ENV, unwritable
 from mrc_cli.model import build_model, load_state_dict_file, load_weights
 from mrc_cli.tokenizer import load_tokenizer
 
@@ -37,7 +40,7 @@ def load_trained(path: str | Path) -> Loaded:
     if _is_export(path):
         return read_export(path)
     checkpoint = resolve_checkpoint(path)
-    cfg = read_checkpoint_config(checkpoint)
+    cfg = _checkpoint_config(checkpoint)
     model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=False, source=str(checkpoint))
     load_weights(model, read_weights(checkpoint), strict=True)
     return Loaded(model.eval(), _tokenizer_of(checkpoint, checkpoint / "tokenizer"), cfg, checkpoint)
@@ -50,12 +53,12 @@ def load_tokenizer_and_config(path: str | Path) -> tuple[object, RunConfig]:
     if _is_export(path):
         return load_tokenizer(str(path)), _export_config(path)
     checkpoint = resolve_checkpoint(path)
-    return load_tokenizer(str(checkpoint / "tokenizer")), read_checkpoint_config(checkpoint)
+    return load_tokenizer(str(checkpoint / "tokenizer")), _checkpoint_config(checkpoint)
 
 
 def run_config(path: Path) -> RunConfig:
     """The run config of a checkpoint or export folder (mrc-cli's defaults for a foreign Hugging Face folder)."""
-    return _export_config(path) if _is_export(path) else read_checkpoint_config(path)
+    return _export_config(path) if _is_export(path) else _checkpoint_config(path)
 
 
 def is_ensemble(path: str | Path) -> bool:
@@ -155,4 +158,21 @@ def _export_config(path: Path) -> RunConfig:
     settings = path / EXPORT_SETTINGS
     cfg = load_config(settings if settings.is_file() else None)
     cfg.model.name_or_path = str(path)
+    return _cache_of_this_machine(cfg, path)
+
+
+def _checkpoint_config(checkpoint: Path) -> RunConfig:
+    return _cache_of_this_machine(read_checkpoint_config(checkpoint), checkpoint)
+
+
+def _cache_of_this_machine(cfg: RunConfig, source: Path) -> RunConfig:
+    """The feature cache of the machine that answers: $MRC_CACHE_DIR where set; else the one the model was trained
+    with where it can be written here; else the default. A model copied from another machine names that one's."""
+    named = cfg.data.cache_dir
+    if os.environ.get(CACHE_ENV):
+        cfg.data.cache_dir = os.environ[CACHE_ENV]
+    elif named and unwritable(Path(named)):
+        print(f"note: {source} was trained with data.cache_dir {named}, which {unwritable(Path(named))} here: "
+              f"the cache is the default one ({CACHE_ENV} names another)", file=sys.stderr, flush=True)
+        cfg.data.cache_dir = None
     return cfg

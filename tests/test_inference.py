@@ -415,3 +415,39 @@ def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):
     cfg.decode.recheck_margin = 0.0
     inference.predict_answers(loaded.model, split, cfg, accelerator, "bf16")
     assert runs == [(len(split.features), "bf16")]
+
+
+def test_a_model_trained_with_a_cache_folder_of_another_machine_caches_on_this_one(trained_run, tiny_bert_dir, tmp_path,
+                                                                                     monkeypatch):
+    """A checkpoint copied from a machine with another data.cache_dir: eval uses this machine's cache ($MRC_CACHE_DIR,
+    else the default, with a note), not a traceback; a run given a cache folder it cannot make is refused before
+    any work."""
+    import shutil
+
+    import yaml
+
+    copied = tmp_path / "copied"
+    shutil.copytree(trained_run, copied)
+    for config in copied.rglob("config.yaml"):
+        settings = yaml.safe_load(config.read_text())
+        settings["data"]["cache_dir"] = "/proc/elsewhere/cache"  # /proc: cannot be made, also by root
+        config.write_text(yaml.safe_dump(settings))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MRC_CACHE_DIR", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--checkpoint", str(copied), "--data", DEV, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "was trained with data.cache_dir /proc/elsewhere/cache, which cannot be made" in result.stderr
+    assert list((tmp_path / "home" / ".cache" / "mrc-cli" / "features").glob("*.arrow"))
+    monkeypatch.setenv("MRC_CACHE_DIR", str(tmp_path / "mine"))
+    result = runner.invoke(app, ["predict", "--checkpoint", str(copied), "--data", DEV, "--out", str(tmp_path / "s.json")])
+    assert result.exit_code == 0 and "data.cache_dir" not in result.stderr, result.output
+    assert list((tmp_path / "mine" / "features").glob("*.arrow"))
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads((tmp_path / "a" / "predictions.json").read_text())
+    result = runner.invoke(app, ["train", "--model", tiny_bert_dir,
+                                 "--train", DEV, "--output-dir", str(tmp_path / "run"),
+                                 "--set", "data.cache_dir=/proc/elsewhere/cache"])
+    assert result.exit_code == 1 and result.stderr.startswith(
+        "Error: the cache folder /proc/elsewhere/cache cannot be made (No such file or directory): set data.cache_dir "
+        "(--set data.cache_dir=DIR) to a folder you can write"), result.output
+    assert not (tmp_path / "run").exists()
