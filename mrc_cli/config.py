@@ -283,8 +283,10 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
     resume = cfg.train.resume
     if resume is None:
         return cfg
+    from mrc_cli.checkpoint import run_dir_of  # (checkpoint reads configs: imported here, not at the top)
+
     saved = Path(cfg.train.output_dir if resume == "auto" else resume) / "config.yaml"
-    _refuse_other_command(saved.parent if resume == "auto" else Path(resume).resolve().parent.parent, command)
+    _refuse_other_command(saved.parent if resume == "auto" else run_dir_of(Path(resume).resolve()), command)
     given = path or sets or any(value is not None for key, value in overrides.items()
                                 if key not in ("train.output_dir", "train.resume"))
     if resume == "auto" and not saved.is_file() and not given and (saved.parent / "train.log").is_file():

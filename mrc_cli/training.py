@@ -708,7 +708,10 @@ def _resume_checkpoint(cfg: RunConfig, run_dir: Path, run_dir_flag: str) -> Path
         raise ConfigError(f"--resume {path}: no such checkpoint folder; --resume auto continues the newest checkpoint "
                           f"of {run_dir_flag}")
     if not (path / "trainer_state.json").is_file():
-        raise ConfigError(f"--resume {path}: not a complete checkpoint folder (no trainer_state.json)")
+        newest = latest_checkpoint(path)
+        raise ConfigError(f"--resume {path}: " + (
+            f"a run directory: --resume auto {run_dir_flag} {path} continues its newest checkpoint ({newest.name})"
+            if newest is not None else "not a complete checkpoint folder (no trainer_state.json)"))
     if existing is not None and run_dir_of(path.resolve()) != run_dir.resolve():
         raise ConfigError(f"{run_dir} holds another run (checkpoints up to {existing.name}): resuming {path} there "
                           f"would mix the two; choose another {run_dir_flag}")

@@ -402,6 +402,12 @@ def test_a_checkpoint_is_resumed_neither_into_another_run_nor_before_the_later_c
     # a branch goes into a new folder, not into one of other files (a model folder)
     with pytest.raises(ConfigError, match="--output-dir .*tiny.* holds other files .*config.json.* and no run"):
         resolve_run(tiny_run_config(tiny_bert_dir, tiny_bert_dir, max_steps=3, resume=str(step1)), lambda cfg: False)
+    # a run directory given as the checkpoint: named so, with the flags that continue it
+    with pytest.raises(ConfigError, match=re.escape(f"--resume {tmp_path / 'a'}: a run directory: --resume auto "
+                                                    f"--output-dir {tmp_path / 'a'} continues its newest checkpoint "
+                                                    "(step-000002)")):
+        resolve_run(tiny_run_config(tiny_bert_dir, tmp_path / "c", max_steps=3, resume=str(tmp_path / "a")),
+                    lambda cfg: False)
 
 
 def test_an_output_folder_under_a_file_is_refused_before_any_work(tiny_bert_dir, tmp_path):
