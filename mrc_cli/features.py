@@ -448,7 +448,8 @@ def _fingerprint(examples, tokenizer, data: DataConfig, columns: tuple[bool, boo
                     h.update(buffer)
     h.update(tokenizer_fingerprint(tokenizer).encode())
     settings = (data.max_seq_length, data.doc_stride, data.max_query_length, data.word_segmenter,
-                segmenter_version(data.word_segmenter), columns)
+                segmenter_version(data.word_segmenter), columns,
+                "token_type_ids" in tokenizer.model_input_names)  # a column the backend's JSON does not record
     h.update(repr((FEATURES_VERSION, settings)).encode())
     return "features-" + h.hexdigest()[:24]
 

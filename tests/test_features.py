@@ -158,6 +158,12 @@ def test_second_run_is_served_from_the_cache(wordpiece_tokenizer, tmp_path):
     assert first["input_ids"] == second["input_ids"]
     _, s3 = build_features(examples, wordpiece_tokenizer, DataConfig(cache_dir=str(tmp_path), doc_stride=100), labels=True)
     assert not s3.from_cache  # other settings, other features
+    import copy
+
+    without_types = copy.deepcopy(wordpiece_tokenizer)  # the same vocabulary and backend, no token_type_ids column
+    without_types.model_input_names = ["input_ids", "attention_mask"]
+    third, s4 = build_features(examples, without_types, data, labels=True)
+    assert not s4.from_cache and "token_type_ids" not in third.column_names and "token_type_ids" in first.column_names
 
 
 def test_a_damaged_cache_entry_is_tokenized_again_and_said_so(wordpiece_tokenizer, tmp_path):
