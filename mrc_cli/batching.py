@@ -37,8 +37,8 @@ def epoch_plan(lengths: Sequence[int], batch_size: int, group: int, seed: int, e
     """The optimizer steps of one epoch, each a list of `group` micro-batches of feature indices.
 
     `exclude`: features already trained on in this epoch (a run resumed with another process count plans the rest
-    of the epoch for its own group). A last step with fewer features (or rows) than `group` is left out (counted by
-    the caller). `tokens_per_batch` > 0: a micro-batch is the features of one packed row of at most that many tokens.
+    of the epoch for its own group). A last step with fewer features than `group` is left out (counted by the
+    caller); with a token budget, a last step of fewer rows than `group` is spread over `group` smaller rows. `tokens_per_batch` > 0: a micro-batch is the features of one packed row of at most that many tokens.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(lengths), generator=g).tolist()
@@ -55,6 +55,8 @@ def epoch_plan(lengths: Sequence[int], batch_size: int, group: int, seed: int, e
     if tokens_per_batch:
         rows = pack_rows(order, lengths, tokens_per_batch)
         steps = [rows[i:i + group] for i in range(0, len(rows), group)]
+        if steps and len(steps[-1]) < group:  # as many features as rows would leave out: up to group - 1 full rows
+            steps[-1] = _spread(steps[-1], group)
     else:
         steps = [_split(order[i:i + size], group) for i in range(0, len(order), size)]
     if steps and (len(steps[-1]) < group or not all(steps[-1])):
@@ -102,6 +104,17 @@ def pack_rows(order: Sequence[int], lengths: Sequence[int], budget: int) -> list
         used += lengths[f]
     if row:
         rows.append(row)
+    return rows
+
+
+def _spread(rows: list[list[int]], parts: int) -> list[list[int]]:
+    """The features of fewer than `parts` rows in `parts` rows (each within the budget: a part of a row), the fullest
+    row halved until there are enough; the rows as they were where they hold fewer features than `parts`."""
+    rows = [list(row) for row in rows]
+    while len(rows) < parts and any(len(row) > 1 for row in rows):
+        fullest = max(range(len(rows)), key=lambda i: len(rows[i]))
+        row = rows.pop(fullest)
+        rows[fullest:fullest] = [row[:len(row) // 2], row[len(row) // 2:]]
     return rows
 
 

@@ -316,7 +316,7 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(plan))
     if store.tokens_per_batch:
         sizes = [sum(map(len, step)) for step in plan]
-        log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {len(store) / len(plan):.1f} "
+        log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {sum(sizes) / len(plan):.1f} "
                  f"{task.unit} per optimizer step on average ({min(sizes)}-{max(sizes)}; feature batches: "
                  f"{cfg.train.batch_size * state.plan_group})")
         if cfg.train.cuda_graphs == "on":  # one compiled graph for every step
@@ -593,11 +593,14 @@ def describe_batches(cfg: RunConfig) -> str:
     notes = []
     budget = _token_budget(t, _why_unpacked(t, config, device, resolve_precision(t.precision, device)), lengths,
                            device, notes.append)
-    steps = len(epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget))
+    plan = epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget)
+    steps, planned = len(plan), sum(len(batch) for step in plan for batch in step)
     kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"
     kind += "".join(f" ({note})" for note in notes)
-    return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {len(lengths) / max(1, steps):.1f} "
-            f"features per optimizer step on average, {steps} steps per epoch")
+    return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {planned / max(1, steps):.1f} "
+            f"features per optimizer step on average, {steps} steps per epoch" +
+            (f" ({len(lengths) - planned} left over in each: fewer than a step's {group} micro-batches)"
+             if planned < len(lengths) else ""))
 
 
 class _Meter:

@@ -50,18 +50,24 @@ def test_rows_hold_whole_features_within_the_budget_and_waste_less_than_one_feat
     assert all(sum(lengths[f] for f in row) + lengths[nxt[0]] > 1000 for row, nxt in zip(rows, rows[1:]))
 
 
-@pytest.mark.parametrize("group", [1, 4])
+@pytest.mark.parametrize("group", [1, 4, 8])
 def test_a_packed_epoch_trains_every_feature_once_and_is_a_pure_function(group):
     rng = random.Random(1)
     lengths = [rng.randint(40, 384) for _ in range(2000)]
     for grouped in (False, True):
         plan = epoch_plan(lengths, 16, group, seed=1, epoch=0, group_by_length=grouped, tokens_per_batch=3000)
-        assert all(len(step) == group for step in plan)
+        assert all(len(step) == group and all(step) for step in plan)
         assert all(sum(lengths[f] for f in row) <= 3000 for step in plan for row in step)
         seen = _features(plan)
-        assert len(seen) == len(set(seen)) and len(set(range(2000)) - set(seen)) < 16 * group  # a short last step out
+        # every one: a last step of fewer rows than the group is spread over the group's rows, not left out (the
+        # shortest features of a length-sorted epoch, every epoch)
+        assert len(seen) == len(set(seen)) and set(seen) == set(range(2000))
         assert plan == epoch_plan(lengths, 16, group, 1, 0, grouped, tokens_per_batch=3000)
         assert plan != epoch_plan(lengths, 16, group, 1, 1, grouped, tokens_per_batch=3000)
+    # a one-row epoch on 8 micro-batches: spread over 8 rows; fewer features than micro-batches: no step
+    assert sorted(len(row) for row in epoch_plan([50] * 10, 16, 8, 0, 0, True, tokens_per_batch=3000)[0]) == [
+        1, 1, 1, 1, 1, 1, 2, 2]
+    assert epoch_plan([50] * 7, 16, 8, 0, 0, True, tokens_per_batch=3000) == []
     # grouped rows of similar lengths fill the budget: >= 90 % of the computed tokens are real
     plan = epoch_plan(lengths, 16, group, 1, 0, True, tokens_per_batch=3000)
     assert sum(lengths[f] for f in _features(plan)) >= 0.9 * 3000 * sum(len(step) for step in plan)
