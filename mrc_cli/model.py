@@ -322,28 +322,53 @@ def _pickle_intact(path: Path) -> bool:
         return False
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> tuple[list[str], list[str]]:
-    """Load a state_dict; with strict=False also into another shape. Returns (missing, unexpected) key lists."""
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor],
+                 strict: bool = True) -> tuple[list[str], list[str], list[str]]:
+    """Load a state_dict; with strict=False also into another shape. Returns (missing, unexpected, reshaped) key
+    lists: reshaped, those of both whose shapes differ (left as the model's)."""
     own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if mismatched and strict:
-        raise CheckpointError(f"weights do not fit this model: {describe_keys(mismatched)} differ in shape")
-    state = {k: v for k, v in state.items() if k not in mismatched}
+    reshaped = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    if reshaped and strict:
+        raise CheckpointError(f"weights do not fit this model: {describe_keys(reshaped)} differ in shape")
+    state = {k: v for k, v in state.items() if k not in reshaped}
     result = model.load_state_dict(state, strict=False)
     # a tied weight (an MLM decoder is the input embedding matrix) is saved once: loaded under its other name
     loaded = {own[k].data_ptr() for k in state if k in own and own[k].numel()}
     tied = {k for k in result.missing_keys if own[k].numel() and own[k].data_ptr() in loaded}
-    missing, unexpected = sorted(set(result.missing_keys) - tied | set(mismatched)), sorted(result.unexpected_keys)
+    missing = sorted(set(result.missing_keys) - tied - set(reshaped))
+    unexpected = sorted(result.unexpected_keys)
     if strict and (missing or unexpected):
         raise CheckpointError(f"weights do not fit this model: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}")
-    return missing, unexpected
+    return missing, unexpected, reshaped
 
 
 def describe_keys(keys: list[str]) -> str:
-    """Keys grouped by their first two name parts: 'encoder.pooler (2 keys), qa_outputs (2 keys)'."""
+    """Keys grouped by their name up to the layer number, else their first two parts, a run of layers as one:
+    'encoder.encoder.layer.2-11 (160 keys), encoder.pooler (2 keys), qa_outputs (2 keys)'."""
     if not keys:
         return "none"
-    groups: dict[str, int] = defaultdict(int)
+    groups: dict[tuple[str, int | None], int] = defaultdict(int)
     for key in keys:
-        groups[".".join(key.split(".")[:2]) if key.count(".") > 1 else key.rsplit(".", 1)[0]] += 1
-    return ", ".join(f"{prefix} ({n} key{'s' if n > 1 else ''})" for prefix, n in sorted(groups.items()))
+        parts = key.split(".")
+        number = next((i for i, part in enumerate(parts[:-1]) if part.isdigit()), None)
+        if number is not None:
+            groups[(".".join(parts[:number]), int(parts[number]))] += 1
+        else:
+            groups[(".".join(parts[:2]) if len(parts) > 2 else parts[0], None)] += 1
+    runs: list[list] = []  # [stem, first, last, keys]
+    for (stem, layer), n in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] is not None,
+                                                                    item[0][1] or 0)):
+        if runs and layer is not None and runs[-1][0] == stem and runs[-1][2] == layer - 1:
+            runs[-1][2], runs[-1][3] = layer, runs[-1][3] + n
+        else:
+            runs.append([stem, layer, layer, n])
+    return ", ".join(f"{stem}{'' if first is None else f'.{first}' if first == last else f'.{first}-{last}'} "
+                     f"({n} key{'s' if n > 1 else ''})" for stem, first, last, n in runs)
+
+
+def describe_shapes(keys: list[str], checkpoint: dict[str, torch.Tensor], model: nn.Module, shown: int = 3) -> str:
+    """Keys whose shapes differ, the first few with both shapes."""
+    own = model.state_dict()
+    detail = "; ".join(f"{key} {list(checkpoint[key].shape)} in the checkpoint, {list(own[key].shape)} in the model"
+                       for key in keys[:shown])
+    return f"{describe_keys(keys)}: {detail}{'; ...' if len(keys) > shown else ''}"

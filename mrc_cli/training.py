@@ -53,8 +53,8 @@ from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
 from mrc_cli.metrics import scored_with_nulls
 from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_settings, check_tokenizer_fits,
-                           describe_keys, enable_gradient_checkpointing, encoder_config, load_state_dict_file,
-                           load_weights)
+                           describe_keys, describe_shapes, enable_gradient_checkpointing, encoder_config,
+                           load_state_dict_file, load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
 from mrc_cli.run_lock import LOCK_FILE, run_lock
 from mrc_cli.runs import HELD_OUT, PLAN_RECORD, RUN_BY
@@ -926,13 +926,14 @@ def _init_from(model, path: str, log: RunLog) -> None:
         return next((name for name in names if name in own), key)
 
     state = {ours(key): value for key, value in load_state_dict_file(weights).items()}
-    missing, unexpected = load_weights(model, state, strict=False)
-    if set(own) <= set(missing):
+    missing, unexpected, reshaped = load_weights(model, state, strict=False)
+    if set(own) <= set(missing) | set(reshaped):
         raise CheckpointError(f"--init-from {weights}: none of its weights fit this model (model "
                               f"type {model.config.model_type}; the checkpoint holds {describe_keys(sorted(state))}): give "
                               "a checkpoint of this model, or the --model it was trained from")
-    log.info(f"--init-from {weights}: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}")
-    if all(key in missing for key in own if key.startswith("encoder.")):  # another family's, of the same width
+    log.info(f"--init-from {weights}: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}"
+             + (f"; shapes differ (left as --model's): {describe_shapes(reshaped, state, model)}" if reshaped else ""))
+    if all(key in missing or key in reshaped for key in own if key.startswith("encoder.")):  # another family's, of the same width
         log.info("warning: no weight of the encoder came from that checkpoint, only the span head's: the run "
                  "fine-tunes the encoder of --model")
 
