@@ -886,12 +886,14 @@ def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> li
         return [f"resume: {world} process(es) instead of {state.processes}: train.grad_accum {old} -> "
                 f"{cfg.train.grad_accum} keeps the effective batch of {effective} and the batch plan, so the same "
                 "features make each step; dropout noise and the order of float sums differ"]
+    old, cfg.train.grad_accum = cfg.train.grad_accum, max(1, round(group / world))  # the nearest effective batch
+    accum = f"train.grad_accum {old} -> {cfg.train.grad_accum}, " if old != cfg.train.grad_accum else ""
     now = cfg.train.batch_size * cfg.train.grad_accum * world
-    return [f"resume: {world} process(es) instead of {state.processes}: the effective batch changes from {effective} "
-            f"to {now} ({world} does not divide {group} = processes x grad_accum); the rest of epoch {state.epoch} is "
-            "planned again for it (no feature repeated or skipped) and the schedule keeps its number of steps, so "
-            f"the run sees {now / effective:.2f}x the features it planned. Resume on a process count that divides "
-            f"{group} to continue exactly"]
+    return [f"resume: {world} process(es) instead of {state.processes}: {accum}the effective batch changes from "
+            f"{effective} to {now} ({world} does not divide {group} = processes x grad_accum); the rest of epoch "
+            f"{state.epoch} is planned again for it (no feature repeated or skipped) and the schedule keeps its number "
+            f"of steps, so each step from here trains {now / effective:.2f}x the features planned (an epochs-long run "
+            f"ends that much later in its data). Resume on a process count that divides {group} to continue exactly"]
 
 
 def _load_split(given: Split | None, source: str | None, use: str, tokenizer, cfg: RunConfig, log: RunLog) -> Split:

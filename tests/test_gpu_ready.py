@@ -288,3 +288,16 @@ def test_resume_on_more_processes_plans_the_rest_of_the_epoch_again(tiny_bert_di
     assert "2 process(es) instead of 1: the effective batch changes from 8 to 16" in log
     assert state["epoch_segments"] == [[1, 3], [2, 3]] and state["samples"] == 3 * 8 + 3 * 16
     assert state["processes"] == 2
+
+
+def test_a_resume_on_a_process_count_that_does_not_divide_the_group_keeps_the_nearest_effective_batch(tmp_path):
+    """1 process x grad_accum 3 (24 features a step) resumed on 2: grad_accum 2 (32), not 3 (48, twice as far)."""
+    from conftest import tiny_run_config
+    from mrc_cli.training import TrainerState, _keep_effective_batch
+
+    cfg = tiny_run_config("unused", tmp_path / "run", grad_accum=3)
+    notes = _keep_effective_batch(cfg, TrainerState(processes=1, plan_group=3), world=2)
+    assert cfg.train.grad_accum == 2
+    assert notes[0].startswith("resume: 2 process(es) instead of 1: train.grad_accum 3 -> 2, the effective batch "
+                               "changes from 24 to 32 (2 does not divide 3 = processes x grad_accum)")
+    assert "each step from here trains 1.33x the features planned" in notes[0]
