@@ -782,7 +782,12 @@ def _refuse_other_files(run_dir: Path, run_dir_flag: str) -> None:
 def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> None:
     """A run that ran out of patience is finished, whether that stopped it early or came at its last evaluation:
     resumed (a requeue script, or made longer), it would evaluate once more, stop again and so grow by eval_steps on
-    every call. A larger train.patience trains on."""
+    every call. A larger train.patience trains on. One past a smaller train.max_steps would do nothing and record
+    that length."""
+    if train.max_steps and train.max_steps < state.step:
+        raise ConfigError(f"{run_dir} is at step {state.step}, past --max-steps {train.max_steps}: nothing to train; "
+                          f"give a --max-steps above {state.step} to train on (the run's checkpoints hold the earlier "
+                          "steps' weights)")
     if train.patience and state.evals_without_improvement >= train.patience:
         raise ConfigError(f"{run_dir} ran out of patience at step {state.step} "
                           f"({_evaluations(state.evals_without_improvement)} without improvement, train.patience "

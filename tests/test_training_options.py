@@ -281,6 +281,9 @@ def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse
     longer = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--resume", "auto", "--epochs", "5",
                                  "--dry-run"])  # a run of max_steps: epochs do not lengthen it
     assert "resume: train.max_steps 2 sets the run's length, not train.epochs; --max-steps 0 makes it" in longer.stdout
+    shorter = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--resume", "auto", "--max-steps", "1"])
+    assert shorter.exit_code == 1 and f"Error: {tmp_path / 'run'} is at step 2, past --max-steps 1: nothing to " \
+                                      "train; give a --max-steps above 2" in shorter.stderr, shorter.output
     unevaluated = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--output-dir", str(tmp_path / "new"),
                                       "--eval-steps", "2", "--dry-run"])
     assert "train.eval_steps 2: no dev set (--dev), so nothing is evaluated" in unevaluated.stdout
