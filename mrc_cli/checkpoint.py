@@ -78,8 +78,8 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
         previous = latest_checkpoint(run_dir)
         raise CheckpointError(
             f"could not write checkpoint {final}: {getattr(err, 'strerror', None) or err}; "
-            + (f"the previous checkpoint {previous} is intact, " if previous else "no earlier checkpoint exists, ")
-            + "free some space and continue with --resume auto"
+            + (f"the previous checkpoint {previous} is intact: free some space and continue with --resume auto"
+               if previous else "no earlier checkpoint exists: free some space and run it again")
         ) from None
     except BaseException:  # a second Ctrl-C: no half-written folder left behind
         shutil.rmtree(tmp, ignore_errors=True)

@@ -365,7 +365,7 @@ def _loop(r: _Run) -> TrainResult:
         state.interval = None
     last_eval = None  # (metrics, predictions) of the latest evaluation
     r.model.train()
-    with _StopOnSignal() as stopper:
+    with _StopOnSignal() as stopper, _failures_logged(r.log, bar):
         while state.step < r.total_steps:
             epoch, batches, shares, counts = next(steps)
             loss, stepped = _train_step(r.model, r.optimizer, r.scaler, batches, accelerator, r.precision, cfg.train,
@@ -420,6 +420,17 @@ def _loop(r: _Run) -> TrainResult:
     if r.task.evaluates and last_eval is None:  # resumed at the last step: nothing evaluated yet
         last_eval = _evaluate(r)
     return _finish(r.run_dir, r.task, r.model, r.ema, last_eval, accelerator, state, r.log, cfg.train)
+
+
+@contextlib.contextmanager
+def _failures_logged(log: RunLog, bar):
+    """A run that fails (a NaN, a full disk) says why in train.log too, on a line of its own, not glued to the bar."""
+    try:
+        yield
+    except (TrainingError, CheckpointError) as err:
+        bar.close()
+        log.info(f"Error: {err}", shown=False)  # the command prints it
+        raise
 
 
 def _interrupted(r: _Run, stopper, bar) -> None:

@@ -224,9 +224,10 @@ def test_nan_found_at_the_next_log_step_names_the_steps_and_saves_nothing_after_
     monkeypatch.setattr(model, "span_loss", nan_at_third)
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, save_steps=2, log_steps=4, eval_steps=0)
     cfg.data.dev_file = None
-    with pytest.raises(TrainingError, match="became nan in steps 3-4"):
+    with pytest.raises(TrainingError, match="became nan in steps 3-4") as err:
         train(cfg)
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
+    assert (tmp_path / "run" / "train.log").read_text().splitlines()[-1].endswith(f" Error: {err.value}")  # why it ended
 
 
 NAN_ON_ONE_RANK = textwrap.dedent('''

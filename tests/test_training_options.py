@@ -254,9 +254,10 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_and_leaves_no_partial_
     else:
         monkeypatch.setattr(checkpoint, "save_file", full_disk)
     with pytest.raises(CheckpointError, match=f"could not write checkpoint .*step-000001: .*{re.escape(str(failure))}.*"
-                                              "no earlier checkpoint exists, free some space"):
+                                              "no earlier checkpoint exists: free some space and run it again$"):
         train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1))
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+    assert "Error: could not write checkpoint" in (tmp_path / "run" / "train.log").read_text().splitlines()[-1]
 
 
 def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse(tiny_bert_dir, tmp_path):
