@@ -1056,7 +1056,7 @@ def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: Traine
         part.load_state_dict(training_state[name])
     rngs = training_state["rng"]
     if len(rngs) != accelerator.num_processes:
-        log.info(f"resume: the checkpoint has RNG states of {len(rngs)} processes, this run has "
+        log.info(f"resume: the checkpoint has RNG states of {len(rngs)} process{'es' * (len(rngs) > 1)}, this run has "
                  f"{accelerator.num_processes}; dropout noise will differ from the original run")
     set_rng_state(rngs[accelerator.process_index % len(rngs)], accelerator.device)
     log.truncate_metrics(state.step)  # lines logged after the checkpoint by the stopped run are logged again
