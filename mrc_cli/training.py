@@ -346,7 +346,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
         save_config(cfg, run_dir / "config.yaml")
         _write_run_info(run_dir, tokenizer, precision, accelerator, {"task": task.command, **task.run_info(cfg)},
                         resumed=resume_from is not None)
-    _describe_run(cfg, world, total_steps, state.warmup_steps, precision, accelerator, f"{len(store)} {task.unit}", log)
+    _describe_run(cfg, world, total_steps, state.warmup_steps, precision, accelerator, f"{len(store)} {task.unit}",
+                  max(scheduler.base_lrs), log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
     return _Run(cfg, task, run_dir, accelerator, precision, log, tokenizer, model,
@@ -995,8 +996,9 @@ def _scheduler(optimizer, warmup: int, total_steps: int):
 
 
 def _describe_run(cfg: RunConfig, world: int, total_steps: int, warmup: int, precision: str, accelerator, rows: str,
-                  log: RunLog) -> None:
-    """The derived numbers, once at the start; and the learning rate question of a many-process run."""
+                  lr: float, log: RunLog) -> None:
+    """The derived numbers, once at the start; and the learning rate question of a many-process run (`lr`: the
+    schedule's peak, a resumed run's as it started)."""
     t = cfg.train
     packed = isinstance(t.tokens_per_batch, int) and t.tokens_per_batch > 0  # train.batch_size plays no part
     per_process = f"a row of {t.tokens_per_batch} tokens" if packed else t.batch_size
@@ -1006,7 +1008,9 @@ def _describe_run(cfg: RunConfig, world: int, total_steps: int, warmup: int, pre
              f"{per_process} per process x {t.grad_accum} accumulation x {world}; {rows}; "
              f"{total_steps} optimizer steps, {warmup} of warm-up")
     if world > 1:
-        log.info(f"lr {t.lr * world:g} = {t.lr:g} x {world} processes (train.scale_lr)" if t.scale_lr else
+        scaled = round(lr / t.lr)  # a run resumed on another process count keeps its lr with its effective batch
+        log.info(f"lr {lr:g} = {t.lr:g} x {scaled} process{'es' * (scaled > 1)} (train.scale_lr"
+                 + (f", as the run started; it keeps its effective batch)" if scaled != world else ")") if t.scale_lr else
                  f"lr {t.lr:g} is not scaled for the {world}x larger effective batch; --set train.scale_lr=true "
                  f"multiplies it by {world} (the linear scaling rule; often too much for fine-tuning: compare)")
 

@@ -301,3 +301,20 @@ def test_a_resume_on_a_process_count_that_does_not_divide_the_group_keeps_the_ne
     assert notes[0].startswith("resume: 2 process(es) instead of 1: train.grad_accum 3 -> 2, the effective batch "
                                "changes from 24 to 32 (2 does not divide 3 = processes x grad_accum)")
     assert "each step from here trains 1.33x the features planned" in notes[0]
+
+
+def test_the_lr_line_of_a_run_resumed_on_another_process_count_names_the_lr_it_trains_with(tmp_path):
+    """train.scale_lr scales by the processes a run started with; resumed on more, the schedule keeps that lr."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_run_config
+    from mrc_cli.training import _describe_run
+
+    cfg = tiny_run_config("unused", tmp_path / "run", lr=1e-4, scale_lr=True)
+    lines = []
+    log = SimpleNamespace(info=lines.append)
+    for lr in (2e-4, 1e-4):  # started on 2 processes; started on 1
+        _describe_run(cfg, 2, 10, 1, "no", SimpleNamespace(device="cpu"), "8 features", lr, log)
+    assert [line for line in lines if line.startswith("lr ")] == [
+        "lr 0.0002 = 0.0001 x 2 processes (train.scale_lr)",
+        "lr 0.0001 = 0.0001 x 1 process (train.scale_lr, as the run started; it keeps its effective batch)"]
