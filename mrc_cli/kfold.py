@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,11 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     refuse_several_processes("kfold")
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)
+    if report.duplicate_ids:  # out-of-fold answers and the folds' held-out questions are keyed by id
+        repeated = sorted(qid for qid, n in Counter(column(examples, "id")).items() if n > 1)
+        raise DataError(f"{source}: {report.duplicate_ids} repeated question id{'s' * (report.duplicate_ids > 1)} ({', '.join(repeated[:5])}"
+                        f"{', ...' if len(repeated) > 5 else ''}): k-fold keys its held-out questions and out-of-fold "
+                        "answers by id; give each question its own id (mrc validate lists them)")
     # the held-out folds and the dev file are scored after every fold has trained: refused now if they cannot be
     problem = unscorable(golds, source, cfg.data.metric)
     if problem:

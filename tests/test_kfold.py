@@ -507,6 +507,21 @@ def test_kfold_on_answerable_only_data_scores_the_oof_predictions_and_stores_no_
     assert "Null threshold" not in kfold_module.format_kfold(result)
 
 
+def test_kfold_refuses_repeated_ids_before_any_fold_trains(tiny_bert_dir, tmp_path, monkeypatch):
+    """Held-out questions and out-of-fold answers are keyed by id: a repeat had failed the second fold's process
+    after the first had trained, saying the file changed."""
+    monkeypatch.setattr(runs, "train_in_own_process", lambda *args, **kwargs: pytest.fail("a fold was trained"))
+    articles = json.loads((QUICKSTART / "en_train.json").read_text())["data"]
+    articles[-1]["paragraphs"][0]["qas"][0]["id"] = articles[0]["paragraphs"][0]["qas"][0]["id"]
+    (tmp_path / "train.json").write_text(json.dumps(_squad(articles)))
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=1)
+    cfg.data.train_file, cfg.data.dev_file = str(tmp_path / "train.json"), None
+    repeated = articles[0]["paragraphs"][0]["qas"][0]["id"]
+    with pytest.raises(DataError, match=f"train.json: 1 repeated question id \\({repeated}\\): k-fold keys its held-out"):
+        kfold(cfg, 2, tmp_path / "out")
+    assert not (tmp_path / "out" / "fold-0").exists()
+
+
 def test_kfold_cli_hands_config_folds_and_out_to_the_library(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(kfold_module, "kfold", lambda *args: seen.append(args) or {})
