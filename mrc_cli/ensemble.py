@@ -77,7 +77,19 @@ def build_ensemble(checkpoints: list[str], weights: str = "equal", combine: str 
         cfg.decode.null_score_diff_threshold, cfg.decode.null_threshold_from = float(threshold), "config"
     elif len(members) > 1 and cfg.decode.null_threshold_from != "config":
         cfg.decode.null_threshold_from = "reference"
+    if len(members) > 1:  # a temperature fits one model's probabilities, not the combined ones
+        cfg.decode.temperature, cfg.decode.null_bias = 1.0, 0.0
     return Ensemble(members, [str(m.path.resolve()) for m in members], shares, combine, cfg)
+
+
+def calibration_left_out(ensemble: Ensemble) -> str | None:
+    """A note where the reference carries a calibration that the ensemble of several members does not take."""
+    decode = ensemble.members[0].cfg.decode
+    if len(ensemble.members) < 2 or (decode.temperature, decode.null_bias) == (1.0, 0.0):
+        return None
+    return (f"member 1's calibration (temperature {decode.temperature:.3g}, null bias {decode.null_bias:.3g}) fits "
+            "its own probabilities, not the ensemble's, and is left out: mrc eval --calibrate on the ensemble saved "
+            "with --save fits one for it")
 
 
 def null_rules_differ(ensemble: Ensemble, rule_on: bool) -> str | None:

@@ -19,8 +19,8 @@ from mrc_cli import calibration, thresholds
 from mrc_cli.config import DataConfig, RunConfig, set_value
 from mrc_cli.data import is_blank, to_dataset
 from mrc_cli.decoding import Prediction
-from mrc_cli.ensemble import (Ensemble, build_ensemble, check_save_folder, ensemble_inference, load_ensemble,
-                              null_rules_differ, save_ensemble, store_settings)
+from mrc_cli.ensemble import (Ensemble, build_ensemble, calibration_left_out, check_save_folder, ensemble_inference,
+                              load_ensemble, null_rules_differ, save_ensemble, store_settings)
 from mrc_cli.features import build_features, cache_root
 from mrc_cli.inference import evaluate_split, place_for_inference, write_prediction_files
 from mrc_cli.backends import check_backend, load_with_backend
@@ -249,8 +249,10 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
         if submission:
             _write_submission(Path(submission), predictions)
     warning = null_rules_differ(ensemble, _null_rule(ensemble, split, use))
+    note = calibration_left_out(ensemble)
     return {**metrics, **_answered(predictions), "members": len(ensemble.members), "weights": ensemble.weights,
-            "out": out, "data": split.describe(), **({"null_rule_warning": warning} if warning else {})}
+            "out": out, "data": split.describe(), **({"null_rule_warning": warning} if warning else {}),
+            **({"calibration_note": note} if note else {})}
 
 
 def ensemble_predict(members: list[str] | Ensemble, data: str, weights: str = "equal", combine: str = "prob",

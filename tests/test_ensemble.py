@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,15 +311,23 @@ def test_threshold_and_copied_members_travel_with_the_saved_folder(bert_run, alb
     from mrc_cli.ensemble import load_ensemble
 
     members = [shutil.copytree(run, tmp_path / name) for run, name in ((bert_run, "a"), (albert_run, "b"))]
+    for config in Path(members[0]).rglob("config.yaml"):  # the reference calibrated by mrc eval --calibrate
+        calibrated = yaml.safe_load(config.read_text())
+        calibrated["decode"].update(temperature=0.8, null_bias=-1.9)
+        config.write_text(yaml.safe_dump(calibrated))
     result = _invoke("ensemble", *[x for m in members for x in ("--checkpoint", m)], "--data", DEV, "--out",
                      tmp_path / "out", "--threshold", "1.5", "--combine", "logprob", "--save", tmp_path / "saved",
                      "--copy-members")
     assert result.exit_code == 0, result.output
+    # its temperature fits its own probabilities, not the combined ones: left out, and said
+    assert "note: member 1's calibration (temperature 0.8, null bias -1.9) fits its own probabilities, not the " \
+           "ensemble's, and is left out" in result.stdout
     for member in members:
         shutil.rmtree(member)  # the copies inside the folder are what it loads now
     settings = yaml.safe_load((tmp_path / "saved" / "ensemble.yaml").read_text())
     assert settings["decode"]["null_score_diff_threshold"] == 1.5 and settings["combine"] == "logprob"
     assert settings["decode"]["null_threshold_from"] == "config"  # given, not the member's dev-tuned one
+    assert (settings["decode"]["temperature"], settings["decode"]["null_bias"]) == (1.0, 0.0)
     assert all(not m.startswith("/") for m in settings["members"])
     assert not list((tmp_path / "saved").rglob("training_state.pt"))  # no optimizer state copied
     ensemble = load_ensemble(tmp_path / "saved")
