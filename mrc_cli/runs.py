@@ -186,8 +186,12 @@ def check_facts(run_dir: Path, had: dict, facts: dict, done: str) -> None:
                           "choose another --out, or delete that folder to run it again")
 
 
-# the folder may have moved; the features per inference batch change no logits (padding is masked)
-NOT_RESULTS = {("train", "output_dir"), ("train", "eval_batch_size")}
+# the folder may have moved; the features per inference batch change no logits (padding is masked); how often a run
+# logs and saves, what it keeps and reports, and where and how fast its data is tokenized change no weight
+NOT_RESULTS = {("train", "output_dir"), ("train", "eval_batch_size"), ("train", "log_steps"), ("train", "save_steps"),
+               ("train", "keep_last"), ("train", "keep_training_state"), ("train", "report_to"),
+               ("data", "cache_dir"), ("data", "num_proc")}
+FILES = {("data", "train_file"), ("data", "dev_file")}  # the same file, also given by another path
 
 
 def load_record(path: Path, settings: dict, done: str = "finished") -> dict | None:
@@ -202,7 +206,9 @@ def load_record(path: Path, settings: dict, done: str = "finished") -> dict | No
            for section, values in defaults.items()}
     changed = [f"{section}.{key}: {was[section][key]!r} there, {value!r} now"
                for section, values in settings.items() for key, value in values.items()
-               if value != was[section][key] and (section, key) not in NOT_RESULTS]
+               if value != was[section][key] and (section, key) not in NOT_RESULTS
+               and not ((section, key) in FILES and value and was[section][key]
+                        and os.path.realpath(value) == os.path.realpath(was[section][key]))]
     if changed:
         raise ConfigError(f"{path.parent} {done} with other settings ({'; '.join(changed)}); choose another --out, "
                           "or delete that folder to run it again")

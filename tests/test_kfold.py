@@ -381,6 +381,12 @@ def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
     assert capsys.readouterr().out.count(": done, skipped") == 2
     assert result["folds"] == before["folds"] and result["oof"] == before["oof"]
     assert result["null_threshold"] == before["null_threshold"]
+    # nor do settings that change no weight, or the same file by another path
+    import os
+
+    again = kfold(_cfg(config, os.path.relpath(train_file), dev_file, "train.log_steps=5", "train.save_steps=7",
+                       "train.keep_last=1", "data.num_proc=2"), 2, out)
+    assert capsys.readouterr().out.count(": done, skipped") == 2 and again["oof"] == before["oof"]
 
 
 def test_a_second_kfold_keeps_a_threshold_mrc_eval_stored_since(kfolded, monkeypatch):
