@@ -31,7 +31,7 @@ from mrc_cli.runs import (FOLD_RECORD, HELD_OUT, check_facts, load_record, refus
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import load_scorable, select_split
 from mrc_cli.thresholds import null_share, null_share_warning, null_threshold_sweep, store_threshold
-from mrc_cli.tokenizer import load_tokenizer
+from mrc_cli.tokenizer import check_model_folder, load_tokenizer
 from mrc_cli.training import TrainResult, train
 from mrc_cli.validate import MAX_LISTED, load_examples
 
@@ -98,12 +98,14 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     checkpoint is then scored there (with `thresholds.threshold_report` where the threshold is stored)."""
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
+    _refuse_other_files(out_dir)
     if folds < 2:
         raise ConfigError(f"--folds {folds}: k-fold training needs at least 2 folds")
     source = cfg.data.train_file
     if not source:
         raise ConfigError("no training data: pass --train FILE or set data.train_file in the config")
     refuse_several_processes("kfold")
+    check_model_folder(cfg.model.name_or_path)  # here, not in the first fold's process after the data is read
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)
     if report.duplicate_ids:  # out-of-fold answers and the folds' held-out questions are keyed by id
@@ -143,6 +145,16 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
         result["dev"] = _score_dev(plan, cfg.data.dev_file)
     write_json(out_dir / "kfold.json", result)
     return result
+
+
+def _refuse_other_files(out_dir: Path) -> None:
+    """A folder that holds files and nothing of an mrc kfold (a run directory, a saved ensemble, a model folder) is
+    refused: the folds and out-of-fold files would be written among them."""
+    others = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() else []
+    if others and not any(name in ("kfold.json", "oof") or name.startswith("fold-") for name in others):
+        raise ConfigError(f"--out {out_dir} holds other files ({', '.join(others[:4])}"
+                          f"{f' and {len(others) - 4} more' if len(others) > 4 else ''}) and no k-fold run: choose "
+                          "a new or empty folder")
 
 
 def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], out_dir: Path) -> list[Fold]:

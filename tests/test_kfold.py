@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import yaml
@@ -526,6 +527,19 @@ def test_kfold_refuses_repeated_ids_before_any_fold_trains(tiny_bert_dir, tmp_pa
     with pytest.raises(DataError, match=f"train.json: 1 repeated question id \\({repeated}\\): k-fold keys its held-out"):
         kfold(cfg, 2, tmp_path / "out")
     assert not (tmp_path / "out" / "fold-0").exists()
+
+
+def test_kfold_refuses_a_trained_model_and_a_folder_of_other_files_before_any_work(kfolded, tiny_bert_dir, tmp_path,
+                                                                                    monkeypatch):
+    out, config, train_file, dev_file, _ = kfolded
+    monkeypatch.setattr(runs, "train_in_own_process", lambda *args, **kwargs: pytest.fail("a fold was trained"))
+    trained = out / "fold-0"
+    with pytest.raises(ConfigError, match=f"{trained}: an mrc-cli training run or checkpoint, not an encoder folder"):
+        kfold(_cfg(config, train_file, dev_file, f"model.name_or_path={trained}"), 2, tmp_path / "new")
+    for folder in (trained, Path(tiny_bert_dir)):  # a run directory, a model folder
+        with pytest.raises(ConfigError, match=f"--out {folder} holds other files .* and no k-fold run"):
+            kfold(_cfg(config, train_file, dev_file), 2, folder)
+    assert not (tmp_path / "new").exists() and not (trained / "kfold.json").exists()
 
 
 def test_kfold_cli_hands_config_folds_and_out_to_the_library(monkeypatch, tmp_path):
