@@ -162,7 +162,9 @@ def ensemble_inference(ensemble: Ensemble, split: Split, batch_size: int | None 
 
 
 def _member_split(split: Split, member: Loaded, cache: bool) -> Split:
-    features, summary = build_features(split.examples, member.tokenizer, member.cfg.data, labels=False, cache=cache)
+    # a file's progress bar; not a Reader call's (in memory), where it would flash on every call
+    features, summary = build_features(split.examples, member.tokenizer, member.cfg.data, labels=False, cache=cache,
+                                       progress=cache)
     return dataclasses.replace(split, features=features, summary=summary)
 
 

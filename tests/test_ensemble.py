@@ -237,7 +237,7 @@ def test_a_cross_tokenizer_ensemble_writes_every_file_and_answers_every_question
     assert saved["decode"]["null_threshold_from"] == "reference"
 
 
-def test_a_saved_ensemble_works_in_eval_predict_and_the_reader(cross_ensemble, tmp_path):
+def test_a_saved_ensemble_works_in_eval_predict_and_the_reader(cross_ensemble, tmp_path, capfd):
     root, _ = cross_ensemble
     expected = json.loads((root / "submission.json").read_text())
     result = _invoke("eval", "--checkpoint", root / "saved", "--data", DEV, "--out", tmp_path / "eval")
@@ -248,8 +248,11 @@ def test_a_saved_ensemble_works_in_eval_predict_and_the_reader(cross_ensemble, t
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "sub.json").read_text()) == expected
     questions = _dev_questions()
-    answers = Reader.load(root / "saved")(question=[q for _, q, _ in questions], context=[c for _, _, c in questions])
+    reader = Reader.load(root / "saved")
+    capfd.readouterr()
+    answers = reader(question=[q for _, q, _ in questions], context=[c for _, _, c in questions])
     assert [a["answer"] for a in answers] == [expected[qid] for qid, _, _ in questions]
+    assert "Tokenizing" not in capfd.readouterr().err  # no member's progress bar on a Reader call
 
 
 def test_a_word_level_member_with_a_token_level_reference(bert_run, bert_word_run, tmp_path, monkeypatch):
