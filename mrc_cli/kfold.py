@@ -281,7 +281,8 @@ def _score_dev(plan: list[Fold], dev_file: str) -> list[dict]:
     rows = []
     for fold in plan:
         metrics = evaluate_file(str(fold.run_dir), dev_file, str(fold.run_dir / "dev"))
-        rows.append({"fold": fold.index, **headline(metrics), "threshold_report": metrics.get("threshold_report")})
+        rows.append({"fold": fold.index, **headline(metrics), "threshold_report": metrics.get("threshold_report"),
+                     "null_rule": metrics.get("null_rule")})
     return rows
 
 
@@ -301,7 +302,12 @@ def format_kfold(result: dict) -> str:
                  + (" | |" if dev else ""))
     lines += ["", f"OOF: every training question scored by the model that did not train on it ({result['questions']} "
                   "questions, official rules)."]
-    if dev:
+    off = any((row.get("null_rule") or "").startswith("off") for row in dev.values())
+    if dev and off:  # mrc predict keeps the rule on, with the OOF threshold: its answers are not these
+        lines.append(f"dev: each fold's best checkpoint on {result['settings']['dev_file']}, with the null rule off: "
+                     "that file has no unanswerable questions, so every question is answered; mrc predict with "
+                     "these folds keeps the rule on, with the null threshold they carry, and may answer \"\" there.")
+    elif dev:
         lines.append(f"dev: each fold's best checkpoint on {result['settings']['dev_file']}, at the null threshold it "
                      "carries.")
     left_out = result["left_out"]

@@ -374,6 +374,24 @@ def test_kfold_warns_once_where_the_dev_null_rate_is_another(kfolded):
         "warning: the out-of-fold threshold was chosen on questions 50% unanswerable, these are 10%") == 1
 
 
+def test_kfold_says_where_dev_data_without_unanswerable_questions_was_scored_with_the_null_rule_off(
+        kfolded, monkeypatch, tmp_path):
+    out, config, train_file, dev_file, _ = kfolded
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    data = json.loads(dev_file.read_text())
+    for paragraph in (p for article in data["data"] for p in article["paragraphs"]):
+        paragraph["qas"] = [qa for qa in paragraph["qas"] if qa["answers"]]
+    answerable = tmp_path / "answerable.json"
+    answerable.write_text(json.dumps(data))
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    result = kfold(_cfg(config, train_file, answerable), 2, copy)
+    assert all(row["null_rule"].startswith("off for this data") for row in result["dev"])
+    table = kfold_module.format_kfold(result)
+    assert "with the null rule off: that file has no unanswerable questions" in table
+    assert "at the null threshold it carries" not in table
+
+
 def test_a_second_kfold_skips_finished_folds(kfolded, monkeypatch, capsys):
     out, config, train_file, dev_file, _ = kfolded
     before = json.loads((out / "kfold.json").read_text())
