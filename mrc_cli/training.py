@@ -366,7 +366,7 @@ def _loop(r: _Run) -> TrainResult:
         state.interval = None
     last_eval = None  # (metrics, predictions) of the latest evaluation
     r.model.train()
-    with _StopOnSignal() as stopper, _failures_logged(r.log, bar):
+    with _StopOnSignal() as stopper, _failures_logged(r.log, bar), _StopVote(world) as vote:
         while state.step < r.total_steps:
             epoch, batches, shares, counts = next(steps)
             loss, stepped = _train_step(r.model, r.optimizer, r.scaler, batches, accelerator, r.precision, cfg.train,
@@ -385,7 +385,7 @@ def _loop(r: _Run) -> TrainResult:
             last = state.step == r.total_steps
             evaluate = r.task.evaluates and (last or _every(state.step, cfg.train.eval_steps))
             save = last or _every(state.step, cfg.train.save_steps)
-            signalled = stopper.signal_name is not None and world == 1  # several processes agree at a sync point
+            signalled = vote.after_step(stopper)
             if not (evaluate or save or signalled or last or _every(state.step, cfg.train.log_steps)):
                 continue
             values, signalled = meter.sync(stopper, accelerator, state, r.run_dir)  # raises on every rank after a NaN
@@ -681,9 +681,42 @@ def _every(step: int, interval: int) -> bool:
     return bool(interval) and step % interval == 0
 
 
+class _StopVote:
+    """Whether the processes stop after this step: one process as soon as it has a signal; several at the step after
+    any of them has one (launchers kill their workers soon after the signal: a log step may come too late). Each step
+    all-reduces its flag on the host (gloo), waited for one step later: no wait for the device, little for the host."""
+
+    def __init__(self, world: int):
+        self.world, self.flag, self.pending = world, None, None
+
+    def __enter__(self):
+        if self.world > 1:
+            import torch.distributed as dist
+
+            self.group = dist.new_group(backend="gloo")  # a host-side group beside NCCL's (on CPU: another gloo one)
+        return self
+
+    def after_step(self, stopper) -> bool:
+        if self.world == 1:
+            return stopper.signal_name is not None
+        import torch.distributed as dist
+
+        agreed = False
+        if self.pending is not None:
+            self.pending.wait()
+            agreed = bool(self.flag.item())
+        self.flag = torch.tensor([int(stopper.signal_name is not None)])
+        self.pending = dist.all_reduce(self.flag, group=self.group, async_op=True)
+        return agreed
+
+    def __exit__(self, *exc):
+        if self.pending is not None and exc[0] is None:  # every process issued the same votes: the last one ends
+            self.pending.wait()
+
+
 class _StopOnSignal:
     """SIGINT/SIGTERM ask the loop to save a checkpoint and stop: one process after the current step, several
-    together at the next log step (they agree without an extra wait on the device); a second SIGINT kills."""
+    together a step later (_StopVote); a second SIGINT kills."""
 
     def __init__(self):
         self.signal_name = None

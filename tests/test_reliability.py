@@ -270,6 +270,51 @@ def test_a_nan_on_one_rank_stops_every_rank_with_the_message(tiny_bert_dir, tmp_
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000002"]
 
 
+SIGTERM_ON_ONE_RANK = textwrap.dedent('''
+    import os, signal, sys
+    import mrc_cli.model as model, mrc_cli.training as training
+    from mrc_cli.config import load_config
+    original, calls = model.span_loss, [0]
+    def signal_on_rank_1(*args, **kwargs):
+        calls[0] += 1
+        if os.environ["RANK"] == "1" and calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's signal that reached one process
+        return original(*args, **kwargs)
+    model.span_loss = signal_on_rank_1
+    try:
+        training.train(load_config(sys.argv[1]))
+    except training.TrainingInterrupted as err:
+        print(f"rank {os.environ['RANK']}: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+''')
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_a_step_later_with_a_checkpoint(tiny_bert_dir, tmp_path):
+    """Launchers kill their workers some seconds after the signal: the processes agree to stop the step after it
+    (a vote on the host each step), not at the next log step, here the run's end."""
+    from test_training import _free_port
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, save_steps=0, log_steps=1000, eval_steps=0)
+    cfg.data.dev_file = None
+    config, driver = tmp_path / "run.yaml", tmp_path / "driver.py"
+    save_config(cfg, config)
+    driver.write_text(SIGTERM_ON_ONE_RANK)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                           str(_free_port()), str(driver), str(config)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode != 0
+    for rank in (0, 1):  # both stopped at step 4, the one after the signal
+        assert f"rank {rank}: stopped by " in done.stderr and "at step 4; the checkpoint is saved" in done.stderr, \
+            done.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
+    assert state["processes"] == 2  # two ranks really ran
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000004"]
+
+
 class _Exploit:
     def __init__(self, marker: Path):
         self.marker = marker
