@@ -1043,7 +1043,7 @@ def _describe_run(cfg: RunConfig, world: int, total_steps: int, warmup: int, pre
     if world > 1:
         scaled = round(lr / t.lr)  # a run resumed on another process count keeps its lr with its effective batch
         log.info(f"lr {lr:g} = {t.lr:g} x {scaled} process{'es' * (scaled > 1)} (train.scale_lr"
-                 + (f", as the run started; it keeps its effective batch)" if scaled != world else ")") if t.scale_lr else
+                 + (", as the run started; it keeps its effective batch)" if scaled != world else ")") if t.scale_lr else
                  f"lr {t.lr:g} is not scaled for the {world}x larger effective batch; --set train.scale_lr=true "
                  f"multiplies it by {world} (the linear scaling rule; often too much for fine-tuning: compare)")
 

@@ -248,22 +248,27 @@ NAN_ON_ONE_RANK = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.slow
-def test_a_nan_on_one_rank_stops_every_rank_with_the_message(tiny_bert_dir, tmp_path):
-    """The NaN of one process is in the all-reduced loss: both stop at the same step, none waits in a collective."""
+def _two_ranks(driver_script: str, cfg, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`driver_script` training cfg (without a dev set) on two processes of torchrun."""
     from test_training import _free_port
 
-    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, save_steps=2, log_steps=2, eval_steps=0)
     cfg.data.dev_file = None
     config, driver = tmp_path / "run.yaml", tmp_path / "driver.py"
     save_config(cfg, config)
-    driver.write_text(NAN_ON_ONE_RANK)
+    driver.write_text(driver_script)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
     torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+    return subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
                            str(_free_port()), str(driver), str(config)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_with_the_message(tiny_bert_dir, tmp_path):
+    """The NaN of one process is in the all-reduced loss: both stop at the same step, none waits in a collective."""
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, save_steps=2, log_steps=2, eval_steps=0)
+    done = _two_ranks(NAN_ON_ONE_RANK, cfg, tmp_path)
     assert done.returncode != 0
     for rank in (0, 1):
         assert f"rank {rank}: the training loss became nan in steps 3-4" in done.stderr, done.stderr[-3000:]
@@ -293,19 +298,8 @@ SIGTERM_ON_ONE_RANK = textwrap.dedent('''
 def test_a_signal_to_one_rank_stops_every_rank_a_step_later_with_a_checkpoint(tiny_bert_dir, tmp_path):
     """Launchers kill their workers some seconds after the signal: the processes agree to stop the step after it
     (a vote on the host each step), not at the next log step, here the run's end."""
-    from test_training import _free_port
-
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=8, save_steps=0, log_steps=1000, eval_steps=0)
-    cfg.data.dev_file = None
-    config, driver = tmp_path / "run.yaml", tmp_path / "driver.py"
-    save_config(cfg, config)
-    driver.write_text(SIGTERM_ON_ONE_RANK)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                           str(_free_port()), str(driver), str(config)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=240)
+    done = _two_ranks(SIGTERM_ON_ONE_RANK, cfg, tmp_path)
     assert done.returncode != 0
     for rank in (0, 1):  # both stopped at step 4, the one after the signal
         assert f"rank {rank}: stopped by " in done.stderr and "at step 4; the checkpoint is saved" in done.stderr, \
