@@ -436,6 +436,8 @@ def _failures_logged(log: RunLog, bar):
 
 def _interrupted(r: _Run, stopper, bar) -> None:
     bar.close()  # the message on a line of its own, not glued to the bar
+    if r.accelerator.is_main_process:  # a run requeued many times shows its curves so far
+        plot_curves(r.run_dir / "metrics.jsonl", r.run_dir / "curves.png")
     message = (f"stopped by {stopper.signal_name or 'a signal to another process'} at step {r.state.step}; the "
                f"checkpoint is saved: {_resume_hint(r)}")
     r.log.info(message, shown=False)  # the command prints it as its error

@@ -335,6 +335,7 @@ def test_a_run_stopped_between_log_steps_logs_on_as_the_uninterrupted_run(tiny_b
         run("stopped")
     monkeypatch.setattr(training, "_train_step", step)
     assert [r["step"] for r in read_metrics(tmp_path / "stopped" / "metrics.jsonl")] == [2]
+    assert (tmp_path / "stopped" / "curves.png").stat().st_size > 0  # the curves so far, before a requeue
     run("stopped", resume="auto")
 
     def logged(name: str) -> list[tuple]:
