@@ -366,7 +366,7 @@ def _loop(r: _Run) -> TrainResult:
         state.interval = None
     last_eval = None  # (metrics, predictions) of the latest evaluation
     r.model.train()
-    with _StopOnSignal() as stopper, _failures_logged(r.log, bar), _StopVote(world) as vote:
+    with _StopOnSignal(accelerator.is_main_process) as stopper, _failures_logged(r.log, bar), _StopVote(world) as vote:
         while state.step < r.total_steps:
             epoch, batches, shares, counts = next(steps)
             loss, stepped = _train_step(r.model, r.optimizer, r.scaler, batches, accelerator, r.precision, cfg.train,
@@ -451,7 +451,10 @@ def _resume_hint(r: _Run) -> str:
     by = os.environ.get(RUN_BY)
     if by:
         return f"run the same mrc {by} command again, which resumes it"
-    return f"continue with mrc {r.task.command} --resume auto {r.task.run_dir_flag} {r.run_dir}"
+    hint = f"continue with mrc {r.task.command} --resume auto {r.task.run_dir_flag} {r.run_dir}"
+    world = r.accelerator.num_processes
+    return hint + (f", under your launcher (torchrun, accelerate launch) as before: {world} processes, or another "
+                   "number" if world > 1 else "")
 
 
 def _evaluate(r: _Run) -> tuple[dict, object]:
@@ -720,9 +723,10 @@ class _StopOnSignal:
     """SIGINT/SIGTERM ask the loop to save a checkpoint and stop: one process after the current step, several
     together a step later (_StopVote); a second SIGINT kills."""
 
-    def __init__(self):
+    def __init__(self, shown: bool = True):
         self.signal_name = None
         self.signal_number = None
+        self.shown = shown  # the note: by the main process only, each process gets the launcher's signal
         self._previous = {}
 
     def __enter__(self):
@@ -737,7 +741,9 @@ class _StopOnSignal:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name, self.signal_number = signal.Signals(signum).name, signum
-        tqdm.write(f"{self.signal_name} received: saving a checkpoint and stopping (Ctrl-C again to abort)")
+        if self.shown:
+            again = " (Ctrl-C again to abort)" if signum == signal.SIGINT else ""
+            tqdm.write(f"{self.signal_name} received: saving a checkpoint and stopping{again}")
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

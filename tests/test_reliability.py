@@ -304,6 +304,8 @@ def test_a_signal_to_one_rank_stops_every_rank_a_step_later_with_a_checkpoint(ti
     for rank in (0, 1):  # both stopped at step 4, the one after the signal
         assert f"rank {rank}: stopped by " in done.stderr and "at step 4; the checkpoint is saved" in done.stderr, \
             done.stderr[-3000:]
+    assert "under your launcher (torchrun, accelerate launch) as before: 2 processes" in done.stderr
+    assert (done.stdout + done.stderr).count("SIGTERM received: saving a checkpoint and stopping\n") <= 1  # rank 1's
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
     assert state["processes"] == 2  # two ranks really ran
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000004"]
