@@ -45,6 +45,7 @@ RUN_RECORD = "compare_run.json"  # written when a run has finished: the next com
 SET_BY_COMPARE = ("train.seed", "train.output_dir", "train.resume")
 ONE_SEED = "one seed: no verdict"
 INSIDE = "inside the seed spread"
+NO_SPREAD = "the same difference at every seed: no spread to test, no verdict"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]*")  # a folder name
 _SETTING = r"\s*[A-Za-z_]\w*\.[A-Za-z_]\w*\s*="  # "section.key="
@@ -351,7 +352,9 @@ def paired_difference(differences: list[float]) -> dict:
     t_crit = t_critical(n - 1)
     half = t_crit * statistics.stdev(differences) / math.sqrt(n)
     low, high = mean - half, mean + half
-    verdict = "better" if low > 0 else "worse" if high < 0 else INSIDE
+    # an interval of width 0 (one question flipped alike at two seeds) is no evidence of a small spread
+    verdict = (INSIDE if mean == 0 else NO_SPREAD) if half == 0 else "better" if low > 0 else "worse" if high < 0 \
+        else INSIDE
     return {"n": n, "mean": mean, "low": low, "high": high, "t_crit": t_crit, "verdict": verdict}
 
 

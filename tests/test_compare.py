@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from conftest import QUICKSTART, tiny_run_config
 from mrc_cli import compare as compare_module, runs
 from mrc_cli.cli import app
-from mrc_cli.compare import (EQUAL_COMPUTE, INSIDE, ONE_SEED, Variant, _plan_runs, _run_on_gpus, _visible_gpus, compare,
-                             markdown_table, paired_difference, summarize)
+from mrc_cli.compare import (EQUAL_COMPUTE, INSIDE, NO_SPREAD, ONE_SEED, Variant, _plan_runs, _run_on_gpus,
+                             _visible_gpus, compare, markdown_table, paired_difference, summarize)
 from mrc_cli.config import load_config, save_config
 from mrc_cli.errors import ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.runs import train_in_own_process
@@ -123,6 +123,9 @@ def test_paired_verdicts_on_constructed_differences():
     one = paired_difference([5.0])
     assert one["verdict"] == ONE_SEED and one["low"] is None and one["mean"] == 5.0
     assert paired_difference([1.0, 1.5] * 20)["t_crit"] == 1.96  # beyond 30 degrees of freedom
+    # the same difference at both seeds (one question of 85 flipped alike): no spread measured, so no "better"
+    assert paired_difference([1.18, 1.18])["verdict"] == NO_SPREAD
+    assert paired_difference([0.0, 0.0])["verdict"] == INSIDE  # the variant changed nothing
 
 
 def _rows(variant: str, f1: list[float], steps: list[int], resumed: tuple[int, ...] = (), passes: int = 1,
