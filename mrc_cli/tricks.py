@@ -24,7 +24,9 @@ from mrc_cli.model import feature_mean
 
 # BERT, RoBERTa, ELECTRA: encoder.layer.N; ALBERT: encoder.albert_layer_groups.N (N < num_hidden_groups, usually 1)
 _LAYER = re.compile(r"\.(?:layer|layers|albert_layer_groups)\.(\d+)\.")
-_EMBEDDING = ("embeddings.", "embedding_hidden_mapping_in.")  # ALBERT's factorised embedding and its projection
+# ALBERT's factorised embedding and its projection; ELECTRA's projection (where its embeddings are narrower)
+_EMBEDDING = ("embeddings.", "embedding_hidden_mapping_in.", "embeddings_project.")
+_SHARED_BY_LAYERS = ("relative_attention_bias.",)  # MPNet's: one table every layer reads, with the lowest layer
 
 
 def layer_lr_scales(model: nn.Module, decay: float) -> list[tuple[float, list[nn.Parameter]]]:
@@ -47,12 +49,15 @@ def layer_lr_scales(model: nn.Module, decay: float) -> list[tuple[float, list[nn
 
 
 def _depth(name: str) -> int | None:
-    """0 for embeddings, k + 1 for layer k, None for the rest (the head, final norms)."""
+    """0 for embeddings, k + 1 for layer k (a table shared by the layers: 1), None for the rest (the head, final
+    norms)."""
     found = _LAYER.search(name)
     if found:
         return int(found.group(1)) + 1
     if any(part in name for part in _EMBEDDING):
         return 0
+    if any(part in name for part in _SHARED_BY_LAYERS):
+        return 1
     return None
 
 

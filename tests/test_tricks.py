@@ -48,7 +48,7 @@ def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 # --- layer-wise lr decay ------------------------------------------------------------------------------------------
 
 
-def test_llrd_gives_each_depth_its_factor_bert_and_albert(tiny_bert_dir, tiny_albert_dir):
+def test_llrd_gives_each_depth_its_factor_bert_and_albert(tiny_bert_dir, tiny_albert_dir, tiny_encoder_dir):
     def factors(model, decay):
         names = {id(p): n for n, p in model.named_parameters()}
         return {names[id(p)]: scale for scale, params in layer_lr_scales(model, decay) for p in params}
@@ -67,6 +67,13 @@ def test_llrd_gives_each_depth_its_factor_bert_and_albert(tiny_bert_dir, tiny_al
     assert albert["encoder.encoder.embedding_hidden_mapping_in.weight"] == 0.25  # the factorised embedding's projection
 
     assert [scale for scale, _ in layer_lr_scales(_model(tiny_bert_dir), 1.0)] == [1.0]  # off: one group
+
+    # ELECTRA's projection of its narrower embeddings is an embedding's, not the head's; MPNet's relative position
+    # table, which every layer reads, goes with the lowest layer
+    electra = factors(_model(tiny_encoder_dir("electra")), 0.5)
+    assert electra["encoder.embeddings_project.weight"] == electra["encoder.embeddings.word_embeddings.weight"] == 0.125
+    mpnet = factors(_model(tiny_encoder_dir("mpnet")), 0.5)
+    assert mpnet["encoder.encoder.relative_attention_bias.weight"] == 0.25
 
 
 def test_llrd_first_step_moves_each_depth_by_its_lr(tiny_bert_dir, tmp_path):
