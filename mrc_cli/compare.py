@@ -32,7 +32,7 @@ from mrc_cli.config import (RunConfig, TrainConfig, apply_sets, check_data_confi
                             refuse_unread_sets)
 from mrc_cli.data import missing_file
 from mrc_cli.errors import ConfigError
-from mrc_cli.files import check_output_folder
+from mrc_cli.files import check_output_folder, refuse_other_files
 from mrc_cli.model import check_dropout_settings
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 from mrc_cli.tokenizer import check_model_folder, check_not_missing_folder, load_tokenizer
@@ -121,6 +121,8 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     refuse_several_processes("compare")
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
+    refuse_other_files(out_dir, "--out", lambda entry: entry.name.startswith("compare.") or
+                       (entry.is_dir() and any(entry.glob("seed-*"))), "comparison")
     variants = _with_reference(variants, equal_compute)
     runs = _plan_runs(base, variants, seeds, out_dir)
     print(f"{len(runs)} runs: {len(variants)} variants x {len(seeds)} seeds, against {REFERENCE}" if len(variants) > 1

@@ -87,6 +87,15 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     _check_parents(path, flag)
 
 
+def refuse_other_files(folder: Path, flag: str, ours: Callable[[Path], bool], what: str) -> None:
+    """A folder that holds files and none of `ours` (what the command writes there) is refused before any work: a run
+    directory, a saved ensemble or a model folder would get the command's folders among its files."""
+    others = sorted(folder.iterdir()) if folder.is_dir() else []
+    if others and not any(ours(entry) for entry in others):
+        names = ", ".join(entry.name for entry in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        raise ConfigError(f"{flag} {folder} holds other files ({names}) and no {what}: choose a new or empty folder")
+
+
 def _check_parents(path: Path, flag: str) -> None:
     taken = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if taken is not None:

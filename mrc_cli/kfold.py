@@ -22,7 +22,7 @@ from pathlib import Path
 from mrc_cli.checkpoint import read_checkpoint_config, resolve_checkpoint
 from mrc_cli.config import RunConfig, check_train_config, config_to_dict
 from mrc_cli.errors import ConfigError, DataError
-from mrc_cli.files import check_output_folder
+from mrc_cli.files import check_output_folder, refuse_other_files
 from mrc_cli.features import cache_root, column
 from mrc_cli.inference import headline, write_answer_files
 from mrc_cli.metrics import score, scored_with_nulls, unscorable
@@ -98,7 +98,8 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     checkpoint is then scored there (with `thresholds.threshold_report` where the threshold is stored)."""
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
-    _refuse_other_files(out_dir)
+    refuse_other_files(out_dir, "--out", lambda entry: entry.name in ("kfold.json", "oof") or
+                       entry.name.startswith("fold-"), "k-fold run")
     if folds < 2:
         raise ConfigError(f"--folds {folds}: k-fold training needs at least 2 folds")
     source = cfg.data.train_file
@@ -145,16 +146,6 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
         result["dev"] = _score_dev(plan, cfg.data.dev_file)
     write_json(out_dir / "kfold.json", result)
     return result
-
-
-def _refuse_other_files(out_dir: Path) -> None:
-    """A folder that holds files and nothing of an mrc kfold (a run directory, a saved ensemble, a model folder) is
-    refused: the folds and out-of-fold files would be written among them."""
-    others = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() else []
-    if others and not any(name in ("kfold.json", "oof") or name.startswith("fold-") for name in others):
-        raise ConfigError(f"--out {out_dir} holds other files ({', '.join(others[:4])}"
-                          f"{f' and {len(others) - 4} more' if len(others) > 4 else ''}) and no k-fold run: choose "
-                          "a new or empty folder")
 
 
 def _plan_folds(cfg: RunConfig, held_out: list[list[int]], golds: list[dict], out_dir: Path) -> list[Fold]:

@@ -100,6 +100,9 @@ def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path
     with pytest.raises(ConfigError, match="baseline: no dev file"):
         compare(base, [Variant.parse(VARIANT)], [0], out)
     assert not out.exists()
+    # an --out of other files (here a model folder; a run directory likewise) and no comparison
+    with pytest.raises(ConfigError, match=f"--out {tiny_bert_dir} holds other files .* and no comparison"):
+        compare(base, [Variant.parse(VARIANT)], [0], tiny_bert_dir)
 
 
 def test_a_variant_named_baseline_is_the_reference_and_runs_first(tmp_path):
