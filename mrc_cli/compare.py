@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import math
 import os
 import platform
@@ -339,7 +340,39 @@ def _load_record(run: Run) -> dict | None:
     with these settings, e.g. the baseline trained longer as `epochs4:train.epochs=4`) counts as this run, under this
     run's name and with this plan's facts (the equal-compute scale its record may lack)."""
     record = load_record(run.run_dir / RUN_RECORD, run.settings)
-    return None if record is None else {**record, **run.facts, "variant": run.variant.name, "seed": run.seed}
+    if record is None:
+        return None
+    _refuse_other_data(run)
+    return {**record, **run.facts, "variant": run.variant.name, "seed": run.seed}
+
+
+def _refuse_other_data(run: Run) -> None:
+    """A finished run trained or scored on a file whose content changed since (edited in place): its scores would
+    pass for this data's. Its run_info.json holds the files' hashes (none for runs of before them: taken as they
+    are)."""
+    info = run.run_dir / "run_info.json"
+    then = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+    for what, path in (("train", run.cfg.data.train_file), ("dev", run.cfg.data.dev_file)):
+        was, now = then.get(f"{what}_file_sha256"), _sha256(path)
+        if was and now and was != now:
+            raise ConfigError(f"{run.run_dir} finished on another {what} file: {path} changed since (SHA-256 {was} "
+                              f"there, {now} now), and its scores would pass for this one's; choose another --out, or "
+                              "delete that folder to run it again")
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str | None:
+    from mrc_cli.training import file_sha256
+
+    return file_sha256(path)
+
+
+def _sha256(path: str | None) -> str | None:
+    """A data file's hash, read once per content (by size and modification time) however many runs name it."""
+    if not path or not os.path.isfile(path):
+        return None
+    stat = os.stat(path)
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
 
 
 # --- the summary: pure functions of the records ----------------------------------------------------------------

@@ -399,6 +399,20 @@ def test_finished_runs_of_other_settings_are_refused_not_reused(compared, monkey
     assert len(result["runs"]) == 4
 
 
+
+def test_finished_runs_on_a_data_file_edited_since_are_refused_not_reused(compared, monkeypatch, tmp_path):
+    """The same path, another content (its run_info.json's hash, as the file's edit in place would leave it)."""
+    out, config, _ = compared
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    info = copy / "drop" / "seed-1" / "run_info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "dev_file_sha256": "0123456789abcdef"}))
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    with pytest.raises(ConfigError, match="drop/seed-1 finished on another dev file: .*en_dev.json changed since "
+                                          "\\(SHA-256 0123456789abcdef there, [0-9a-f]{16} now\\)"):
+        compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
+
+
 def test_a_finished_run_copied_from_another_variant_with_its_settings_counts_as_this_one(compared, tmp_path,
                                                                                         monkeypatch, capsys):
     """What `bench_tricks --baseline-from` and hand-made folders do: runs of "drop" copied as "same" (same settings)
