@@ -37,6 +37,8 @@ from mrc_cli.files import check_output_folder, refuse_other_files
 from mrc_cli.model import check_dropout_settings
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 from mrc_cli.tokenizer import check_model_folder, check_not_missing_folder, load_tokenizer
+from mrc_cli.training import check_patience, file_sha256
+from mrc_cli.tricks import check_head_warmup
 
 REFERENCE = "baseline"  # the config unchanged, unless a variant of this name says otherwise
 EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the costliest variant's compute
@@ -218,6 +220,9 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
                 if special is not None:
                     check_data_config(cfg.data, special)
                 check_dropout_settings(cfg)  # R-Drop or multi-sample dropout without dropout: after the others trained
+                check_patience(cfg.train, evaluates=True)  # every run has a dev file
+                if cfg.train.max_steps:  # (a length in epochs is known once the data is featurized)
+                    check_head_warmup(cfg.train.head_warmup, cfg.train.max_steps)
             except ConfigError as err:
                 raise ConfigError(f"variant {variant.text!r}: {err}") from None
             runs.append(Run(variant, seed, cfg, config_to_dict(cfg)))
@@ -362,8 +367,6 @@ def _refuse_other_data(run: Run) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str | None:
-    from mrc_cli.training import file_sha256
-
     return file_sha256(path)
 
 

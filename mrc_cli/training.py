@@ -811,10 +811,15 @@ def resolve_run(cfg: RunConfig, will_evaluate: Callable[[RunConfig], bool], run_
     evaluates = will_evaluate(resumed)
     if resumed.train.eval_steps and not evaluates and not resumed.data.dev_file:  # (mrc pretrain evaluates nothing)
         notes.append(f"train.eval_steps {resumed.train.eval_steps}: no dev set (--dev), so nothing is evaluated")
-    if resumed.train.patience and not (evaluates and resumed.train.eval_steps):
-        raise ConfigError(f"train.patience {resumed.train.patience} needs evaluations during the run: "
-                          + ("set train.eval_steps" if evaluates else "give a dev set (--dev; mrc pretrain has none)"))
+    check_patience(resumed.train, evaluates)
     return resumed, resume_from, notes
+
+
+def check_patience(train: TrainConfig, evaluates: bool) -> None:
+    """Early stopping with no evaluations during the run could never stop anything."""
+    if train.patience and not (evaluates and train.eval_steps):
+        raise ConfigError(f"train.patience {train.patience} needs evaluations during the run: "
+                          + ("set train.eval_steps" if evaluates else "give a dev set (--dev; mrc pretrain has none)"))
 
 
 RUN_MARKS = ("run_info.json", "train.log", "metrics.jsonl", "checkpoints", PLAN_RECORD)  # written by runs only

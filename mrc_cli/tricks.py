@@ -221,6 +221,13 @@ def kept_warmup(started_with: int | None, now: int) -> int:
     return now if started_with is None else min(started_with, now)
 
 
+def check_head_warmup(fraction: float, total_steps: int) -> None:
+    """A train.head_warmup that rounds down to no step of the run is refused: it would do nothing."""
+    if fraction and not int(fraction * total_steps):
+        raise ConfigError(f"train.head_warmup {fraction:g} of {total_steps} steps is no step: raise it to at least "
+                          f"{1 / total_steps:.3g} or set it to 0")
+
+
 class HeadWarmup:
     """train.head_warmup: the first `steps` optimizer steps train the head alone (every parameter outside
     `model.encoder`: the span head qa_outputs, also at word level and in distillation), the encoder joins after
@@ -249,9 +256,8 @@ class HeadWarmup:
         """The warm-up of train.head_warmup (a TrainConfig) in a run of `total_steps`, resumed at `step` with the
         warm-up it `started_with` (kept_warmup); without one, an object that does nothing."""
         steps = kept_warmup(started_with, int(train.head_warmup * total_steps))  # rounded down; none refused below
-        if train.head_warmup and not steps and started_with is None:  # a resumed run shortened to none: it is over
-            raise ConfigError(f"train.head_warmup {train.head_warmup:g} of {total_steps} steps is no step: raise it "
-                              f"to at least {1 / total_steps:.3g} or set it to 0")
+        if started_with is None:  # a resumed run shortened to none: it is over
+            check_head_warmup(train.head_warmup, total_steps)
         warmup = cls(model, steps, optimizer, processes, log)
         if step < steps:
             warmup._set(True)

@@ -91,6 +91,12 @@ def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path
          f"data.dev_file {tmp_path / 'none.json'}: no such file"),
         ([Variant.parse(f"m:model.name_or_path={tmp_path / 'no-model'}")], [0], "no such model folder"),
         ([Variant.parse("d:model.dropout=2")], [0], "model.dropout is a probability"),
+        # refused by the variant's run only after the baseline had trained: early stopping without evaluations, a
+        # head warm-up of no step
+        ([Variant.parse("p:train.patience=2,train.eval_steps=0")], [0],
+         "train.patience 2 needs evaluations during the run: set train.eval_steps"),
+        ([Variant.parse("hw:train.head_warmup=0.01,train.max_steps=20")], [0],
+         "train.head_warmup 0.01 of 20 steps is no step"),
     ]
     for variants, seeds, problem in cases:
         with pytest.raises(ConfigError) as err:
