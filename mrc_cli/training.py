@@ -197,9 +197,12 @@ class SpanTask:
                      "raise it (configs/cmrc2018_*.yaml set 50)")
         if self.dev_split is not None or cfg.data.dev_file:
             self.dev_split = _load_split(self.dev_split, cfg.data.dev_file, "eval", tokenizer, cfg, log)
-        if self.evaluates and not cfg.decode.allow_null and scored_with_nulls(self.dev_split.golds):
-            cfg.decode.allow_null = True
-            log.info("dev set has unanswerable questions: decode.allow_null set to true")
+        # the null rule of a model that learnt unanswerable questions, also without a dev set: predict, serve and the
+        # Reader answer "" by it
+        for name, split in (("training", self.train_split), ("dev", self.dev_split if self.evaluates else None)):
+            if split is not None and not cfg.decode.allow_null and scored_with_nulls(split.golds):
+                cfg.decode.allow_null = True
+                log.info(f"{name} set has unanswerable questions: decode.allow_null set to true")
         return self.train_split.features
 
     def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):

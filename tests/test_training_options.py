@@ -468,3 +468,16 @@ def test_a_loss_gone_nan_before_any_checkpoint_says_none_was_written(tiny_bert_d
     cfg.data.dev_file = None
     with pytest.raises(TrainingError, match="nothing from there on was saved, no checkpoint was written before it"):
         train(cfg)
+
+
+def test_a_model_trained_on_unanswerable_questions_keeps_the_null_rule_without_a_dev_set(tiny_bert_dir, tmp_path):
+    """The null rule had been switched on by the dev set only: a SQuAD v2 model trained without one answered every
+    question in predict, serve and the Reader, though it had learnt to prefer no answer."""
+    from mrc_cli.checkpoint import read_checkpoint_config
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1)
+    cfg.data.train_file, cfg.data.dev_file = "data/quickstart/en_dev.json", None  # 8 of its 49 questions unanswerable
+    result = train(cfg)
+    assert read_checkpoint_config(result.run_dir / "checkpoints" / "step-000001").decode.allow_null
+    assert "training set has unanswerable questions: decode.allow_null set to true" in \
+        (tmp_path / "run" / "train.log").read_text()
