@@ -38,7 +38,9 @@ def forward_flops(encoder_config, tokens: int, token_pairs: int) -> int:
     N comes from the architecture, not from counting tensors: ALBERT's one shared layer is computed n_layer times.
     """
     c = encoder_config
-    d_model, d_ff, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    d_model, layers = c.hidden_size, c.num_hidden_layers
+    # DistilBERT names its feed-forward width hidden_dim (transformers maps only hidden_size and the layer count)
+    d_ff = getattr(c, "intermediate_size", None) or getattr(c, "hidden_dim", None) or 4 * d_model
     d_attn = d_model  # heads x head size in BERT and ALBERT
     non_embedding = 2 * d_model * layers * (2 * d_attn + d_ff)
     return 2 * non_embedding * tokens + 4 * layers * d_attn * token_pairs

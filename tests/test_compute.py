@@ -33,6 +33,13 @@ def test_forward_flops_are_kaplans_estimate_counted_by_hand_on_a_tiny_bert(tiny_
     assert forward_flops(encoder.config, 40, 10 ** 2 + 30 ** 2) == by_hand
     compute = training_compute(encoder.config, TrainConfig(rdrop_alpha=1.0), 2, 40, 1000)
     assert compute == {"forward_passes": 4, "backward_passes": 4, "flops": 2 * 3 * by_hand}  # backward: 2x forward
+    # DistilBERT's config names the feed-forward width hidden_dim: the same shapes count the same (a traceback at the
+    # first log step had ended its runs)
+    from transformers import DistilBertConfig
+
+    distil = DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2)
+    assert not hasattr(distil, "intermediate_size")
+    assert forward_flops(distil, 40, 10 ** 2 + 30 ** 2) == by_hand
 
 
 def test_albert_s_shared_layer_is_counted_once_per_use(tiny_albert_dir):
