@@ -262,7 +262,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         loc = list(error["loc"])
         if error["type"] == "json_invalid":
             reason = error.get("ctx", {}).get("error", error["msg"])
-            what = f"the body is not valid JSON: {reason} at character {loc[-1]}"
+            what = f"the body is not valid JSON: {reason.removesuffix(' at')} at character {loc[-1]}"  # json's own "at"
         elif loc == ["body"] and "json" not in request.headers.get("content-type", ""):
             # FastAPI hands a body not sent as JSON to the model as bytes; "not a dictionary" would not say why
             sent = request.headers.get("content-type")

@@ -151,6 +151,8 @@ BAD_REQUESTS = [
     # (what, request keywords, status, words the message must hold)
     ("malformed JSON", {"content": b'{"context": "The cat.", "questions": ["Who?"', "headers": {"content-type": "application/json"}},
      422, "not valid JSON"),
+    ("an unterminated string", {"content": b'{"context": "Paris', "headers": {"content-type": "application/json"}},
+     422, "the body is not valid JSON: Unterminated string starting at character 12"),
     ("not UTF-8", {"content": '{"context": "Le café.", "questions": ["Où?"]}'.encode("latin-1"),
                    "headers": {"content-type": "application/json"}}, 422, "the body is not UTF-8 text"),
     ("nested too deeply", {"content": b"[" * 3000, "headers": {"content-type": "application/json"}}, 422,
@@ -187,7 +189,7 @@ def test_bad_requests_get_413_or_422_saying_what_was_wrong_and_the_server_goes_o
             assert message in response.json()["detail"], (what, response.json())
             assert [a["text"] for a in _answer(client, context, [q for _, q in qas])] == expected, what
         metrics = client.get("/metrics").json()
-    assert metrics["errors_by_status"] == {"413": 5, "422": 14}
+    assert metrics["errors_by_status"] == {"413": 5, "422": 15}
     assert metrics["requests"] == 2 * len(BAD_REQUESTS) and metrics["questions"] == len(BAD_REQUESTS) * len(qas)
 
 
