@@ -219,6 +219,10 @@ def write_answer_files(out_dir: Path, answers: dict, nbest: dict, null_odds: dic
         files["metrics.json"] = metrics
     for name, obj in files.items():
         (out_dir / name).write_text(to_json(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    # an earlier run's files that this one does not write (eval --calibrate writes its two after these): beside the new
+    # answers they would pass for theirs
+    for name in ({"metrics.json"} - set(files)) | {"calibration.json", "reliability.png"}:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def headline(metrics: dict) -> dict:

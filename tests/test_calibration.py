@@ -217,6 +217,10 @@ def test_eval_calibrate_stores_the_fit_and_predict_and_the_reader_use_it(trained
     right = [score_question(gold, a["answer"], "squad_v2")[0] for gold, a in zip(golds, after)]
     ece = expected_calibration_error(np.array([a["probability"] for a in after]), np.array(right))
     assert ece == pytest.approx(metrics["ece_after"])
+    # an eval into the same folder without --calibrate replaces the folder's files: no calibration of another run
+    result = runner.invoke(app, ["eval", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "eval" / "calibration.json").exists() and not png.exists()
 
 
 def test_eval_calibrate_split_fits_on_half_the_articles(trained_run, tmp_path):
