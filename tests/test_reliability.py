@@ -138,7 +138,8 @@ def test_hints_to_resume_name_the_command_that_resumes(tmp_path, monkeypatch):
     from mrc_cli.runs import HELD_OUT, RUN_BY
     from mrc_cli.training import _resume_hint, train
 
-    run = SimpleNamespace(task=SimpleNamespace(command="pretrain", run_dir_flag="--out"), run_dir=tmp_path)
+    run = SimpleNamespace(task=SimpleNamespace(command="pretrain", run_dir_flag="--out"), run_dir=tmp_path,
+                          accelerator=SimpleNamespace(num_processes=1))
     monkeypatch.delenv(RUN_BY, raising=False)
     assert _resume_hint(run) == f"continue with mrc pretrain --resume auto --out {tmp_path}"
     monkeypatch.setenv(RUN_BY, "kfold")
