@@ -38,7 +38,8 @@ def epoch_plan(lengths: Sequence[int], batch_size: int, group: int, seed: int, e
 
     `exclude`: features already trained on in this epoch (a run resumed with another process count plans the rest
     of the epoch for its own group). A last step with fewer features than `group` is left out (counted by the
-    caller); with a token budget, a last step of fewer rows than `group` is spread over `group` smaller rows. `tokens_per_batch` > 0: a micro-batch is the features of one packed row of at most that many tokens.
+    caller); with a token budget, a last step of fewer rows than `group` is spread over `group` smaller rows.
+    `tokens_per_batch` > 0: a micro-batch is the features of one packed row of at most that many tokens.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(lengths), generator=g).tolist()

@@ -171,8 +171,10 @@ def _cache_of_this_machine(cfg: RunConfig, source: Path) -> RunConfig:
     named = cfg.data.cache_dir
     if os.environ.get(CACHE_ENV):
         cfg.data.cache_dir = os.environ[CACHE_ENV]
-    elif named and unwritable(Path(named)):
-        print(f"note: {source} was trained with data.cache_dir {named}, which {unwritable(Path(named))} here: "
-              f"the cache is the default one ({CACHE_ENV} names another)", file=sys.stderr, flush=True)
+        return cfg
+    problem = unwritable(Path(named)) if named else None
+    if problem:
+        print(f"note: {source} was trained with data.cache_dir {named}, which {problem} here: the cache is the "
+              f"default one ({CACHE_ENV} names another)", file=sys.stderr, flush=True)
         cfg.data.cache_dir = None
     return cfg

@@ -698,23 +698,19 @@ class _StopVote:
         self.world, self.flag, self.pending = world, None, None
 
     def __enter__(self):
-        if self.world > 1:
-            import torch.distributed as dist
-
-            self.group = dist.new_group(backend="gloo")  # a host-side group beside NCCL's (on CPU: another gloo one)
+        if self.world > 1:  # a host-side group beside NCCL's (on CPU: another gloo one)
+            self.group = torch.distributed.new_group(backend="gloo")
         return self
 
     def after_step(self, stopper) -> bool:
         if self.world == 1:
             return stopper.signal_name is not None
-        import torch.distributed as dist
-
         agreed = False
         if self.pending is not None:
             self.pending.wait()
             agreed = bool(self.flag.item())
         self.flag = torch.tensor([int(stopper.signal_name is not None)])
-        self.pending = dist.all_reduce(self.flag, group=self.group, async_op=True)
+        self.pending = torch.distributed.all_reduce(self.flag, group=self.group, async_op=True)
         return agreed
 
     def __exit__(self, *exc):
