@@ -87,10 +87,11 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     _check_parents(path, flag)
 
 
-def refuse_other_files(folder: Path, flag: str, ours: Callable[[Path], bool], what: str) -> None:
+def refuse_other_files(folder: Path, flag: str, ours: Callable[[Path], bool], what: str, ignored: str = "") -> None:
     """A folder that holds files and none of `ours` (what the command writes there) is refused before any work: a run
-    directory, a saved ensemble or a model folder would get the command's folders among its files."""
-    others = sorted(folder.iterdir()) if folder.is_dir() else []
+    directory, a saved ensemble or a model folder would get the command's folders among its files. `ignored`: a file
+    that says nothing about the folder (the lock file the command itself may have just made)."""
+    others = sorted(entry for entry in folder.iterdir() if entry.name != ignored) if folder.is_dir() else []
     if others and not any(ours(entry) for entry in others):
         names = ", ".join(entry.name for entry in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
         raise ConfigError(f"{flag} {folder} holds other files ({names}) and no {what}: choose a new or empty folder")

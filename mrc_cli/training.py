@@ -47,7 +47,7 @@ from mrc_cli.checkpoint import (CHECKPOINTS, checkpoint_dir, complete_checkpoint
 from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, check_values, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from mrc_cli.files import write_text_atomically
+from mrc_cli.files import refuse_other_files, write_text_atomically
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
@@ -829,11 +829,7 @@ def _refuse_other_files(run_dir: Path, run_dir_flag: str) -> None:
     config.yaml, and mrc pretrain its config.json, weights and tokenizer, over theirs."""
     if os.environ.get(RUN_BY):  # a folder mrc compare, kfold or a benchmark prepared for this run
         return
-    others = sorted(entry.name for entry in run_dir.iterdir() if entry.name != LOCK_FILE) if run_dir.is_dir() else []
-    if others and not any((run_dir / mark).exists() for mark in RUN_MARKS):
-        raise ConfigError(f"{run_dir_flag} {run_dir} holds other files ({', '.join(others[:4])}"
-                          f"{f' and {len(others) - 4} more' if len(others) > 4 else ''}) and no run: choose a new or "
-                          "empty folder, which the run fills")
+    refuse_other_files(run_dir, run_dir_flag, lambda entry: entry.name in RUN_MARKS, "run", ignored=LOCK_FILE)
 
 
 def _refuse_finished(run_dir: Path, train: TrainConfig, state: TrainerState) -> None:
