@@ -57,12 +57,16 @@ def run_inference(loaded: Loaded | Ensemble, split: Split, batch_size: int | Non
 
 
 def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, dict[str, Prediction], Split]:
-    """(metrics, predictions, split) of a data file featurized for `use` (eval or predict). eval answers as the data
-    is scored (metrics.scored_with_nulls): the SQuAD v2 null rule on where it has unanswerable questions (the loaded
+    """(metrics, predictions, split) of a data file featurized for `use` (eval or predict): `answer_split`'s."""
+    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, use)
+    return (*answer_split(loaded, split, use), split)
+
+
+def answer_split(loaded: Loaded | Ensemble, split: Split, use: str) -> tuple[dict, dict[str, Prediction]]:
+    """(metrics, predictions) of a featurized split. eval answers as the data is scored (metrics.scored_with_nulls): the SQuAD v2 null rule on where it has unanswerable questions (the loaded
     model keeps it on, so a threshold eval stores or an ensemble it saves has it), off for this scoring only where it
     has none (v1 rules count every "" wrong; a model that learnt the rule from a v2 dev set answered every question
     "" there); a change from the model's own rule is named under "null_rule". predict keeps the model's own."""
-    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, use)
     decode, nulls = loaded.cfg.decode, _null_rule(loaded, split, use)
     changed = decode.allow_null != nulls
     note = {"null_rule": NULL_RULE_NOTES[nulls]} if changed else {}
@@ -72,7 +76,7 @@ def answer_file(loaded: Loaded | Ensemble, data: str, use: str) -> tuple[dict, d
     finally:
         if changed and not nulls:
             decode.allow_null = True
-    return {**metrics, **note}, predictions, split
+    return {**metrics, **note}, predictions
 
 
 def _null_rule(loaded: Loaded | Ensemble, split: Split, use: str) -> bool:
@@ -113,9 +117,10 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     if metric is not None:
         loaded.cfg.data.metric = metric
     stored_allow_null = loaded.cfg.decode.allow_null  # answer_file sets the null rule as the data is scored
-    metrics, predictions, split = answer_file(loaded, data, "eval")
-    # before anything is stored: a file of one article cannot be split
+    split = featurize_file(data, loaded.tokenizer, loaded.cfg.data, "eval")
+    # before the model answers: a file of one article cannot be split
     halves = calibration.halves_by_article(split.examples, data) if calibrate_split else (None, None)
+    metrics, predictions = answer_split(loaded, split, "eval")
     decode = loaded.cfg.decode
     if "best_f1_thresh" in metrics and decode.null_threshold_from == "oof":
         metrics["threshold_report"] = thresholds.threshold_report(

@@ -261,7 +261,11 @@ def test_calibrate_split_alone_is_refused(trained_run):
     assert result.exit_code == 1 and "give --calibrate too" in result.stderr
 
 
-def test_a_calibrate_split_refused_for_one_article_stores_no_threshold_first(trained_run, tmp_path):
+def test_a_calibrate_split_refused_for_one_article_stores_no_threshold_first(trained_run, tmp_path, monkeypatch):
+    import mrc_cli.reader
+
+    # refused before the model answers: inference over a large file would be waited for in vain
+    monkeypatch.setattr(mrc_cli.reader, "run_inference", lambda *args: pytest.fail("answered before the refusal"))
     run = shutil.copytree(trained_run, tmp_path / "run")
     configs = {path: path.read_text() for path in run.rglob("config.yaml")}
     one = tmp_path / "one.json"
