@@ -132,14 +132,18 @@ def _pinned(teacher: str) -> Path:
 
 def _teacher_files(teacher: str | Path) -> dict:
     """Size and modification time of each file the teacher answers from, by path: a model's weights, an ONNX
-    export's graphs, a saved ensemble's settings and its members' files (a member's run directory by its best
-    checkpoint of now)."""
+    export's graphs, its members' files (a member's run directory by its best checkpoint of now); of a saved
+    ensemble's settings what its distributions follow, its members, weights and combination, not its decoding (a
+    threshold or calibration stored there since changes no distribution)."""
     folder = Path(teacher).resolve()
     files = {}
     if is_ensemble(folder):
-        for member in check_saved_ensemble(folder)[2]:
+        settings, shares, members = check_saved_ensemble(folder)
+        for member in members:
             files.update(_teacher_files(_pinned(str(member))))
-    for path in (folder / ENSEMBLE_SETTINGS, folder / "model.safetensors", folder / FP32_GRAPH, folder / INT8_GRAPH):
+        files[str(folder / ENSEMBLE_SETTINGS)] = {"members": settings["members"], "weights": shares,
+                                                  "combine": settings["combine"]}
+    for path in (folder / "model.safetensors", folder / FP32_GRAPH, folder / INT8_GRAPH):
         if path.is_file():
             stat = path.stat()  # weights rewritten in place change both
             files[str(path)] = [stat.st_size, stat.st_mtime_ns]
@@ -157,6 +161,9 @@ def _check_teacher_unchanged(cfg: RunConfig) -> None:
             weights: now.get(weights)}
     if then is None:  # a run begun before mrc-cli recorded any
         return
+    settings = str(Path(cfg.distil.teacher).resolve() / ENSEMBLE_SETTINGS)
+    if isinstance(then.get(settings), list):  # recorded by its size and time before: what it holds is compared now
+        then = {**then, settings: now.get(settings)}
     changed = sorted(path for path in then.keys() | now.keys() if then.get(path) != now.get(path))
     if changed:
         raise ConfigError(f"{cfg.distil.teacher}: the teacher changed since this run began ({', '.join(changed)} "
