@@ -36,6 +36,7 @@ from mrc_cli.combining import Positions, window_distributions
 from mrc_cli.config import RunConfig
 from mrc_cli.ensemble import Ensemble, check_saved_ensemble, combined_positions
 from mrc_cli.errors import ConfigError
+from mrc_cli.metrics import rules
 from mrc_cli.features import column
 from mrc_cli.inference import position_offsets
 from mrc_cli.loading import ENSEMBLE_SETTINGS, is_ensemble, is_onnx_export, run_config
@@ -102,7 +103,8 @@ class DistilTask(SpanTask):
         rows = self.train_split.features
         # loading the teacher draws random weights before its own load: it must not move the student's seed
         with torch.random.fork_rng(devices=[]):
-            scores = shared_teacher_scores(load_model(cfg.distil.teacher), self.train_split.examples)
+            teacher = load_model(cfg.distil.teacher)
+            scores = shared_teacher_scores(teacher, self.train_split.examples)
         student = Positions(column(rows, "example_id"), position_offsets(rows, cfg.data.max_seq_length, cfg.model.span_level),
                             None, None)
         start, end = window_distributions(student, scores)
@@ -110,6 +112,15 @@ class DistilTask(SpanTask):
         log.info(f"teacher {cfg.distil.teacher}: distributions on {len(rows)} training windows; mean start mass on CLS "
                  f"(null or outside the window) {outside:.3f}; alpha {cfg.distil.alpha:g}, temperature "
                  f"{cfg.distil.temperature:g}")
+        unanswerable = [not rules.answerable(gold) for gold in self.train_split.golds]
+        if any(unanswerable) and not teacher.cfg.decode.allow_null:
+            # the gold term says "no answer" on these, the teacher's an answer: alpha decides which the student learns
+            ids = {gold["id"] for gold, null in zip(self.train_split.golds, unanswerable) if null}
+            null_rows = [row for row, example in enumerate(student.example_ids) if example in ids]
+            log.info(f"warning: teacher {cfg.distil.teacher} was trained without unanswerable questions (its null rule "
+                     f"is off), and {sum(unanswerable)} training questions have no answer: on their windows it puts "
+                     f"mean start mass {float(start[null_rows, 0].mean()):.3f} on CLS, where the gold answer puts 1; "
+                     "use a teacher trained on data with unanswerable questions, or a lower distil.alpha")
         return torch.from_numpy(np.stack([start, end], axis=1)).float()
 
     def batch(self, store, index: list[int], rows: torch.Tensor, epoch: int) -> dict:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from conftest import QUICKSTART, ROOT, tiny_run_config
 from mrc_cli.batching import FeatureTensors
-from mrc_cli.checkpoint import resolve_checkpoint
+from mrc_cli.checkpoint import read_checkpoint_config, resolve_checkpoint
 from mrc_cli.cli import app
 from mrc_cli.config import save_config
 from mrc_cli.combining import Positions, own_log_probs, window_distributions
@@ -237,6 +237,24 @@ def test_resumed_distillation_is_bitwise_the_uninterrupted_run(teacher_run, tiny
     assert not torch.equal(_weights(a, 2)["qa_outputs.weight"], wb["qa_outputs.weight"])
     losses = lambda d: [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
     assert losses(b) == [x for x in losses(a) if x[0] > 2]
+
+
+def test_a_teacher_without_the_null_rule_on_data_with_unanswerable_questions_is_warned_of(teacher_run, tiny_albert_dir,
+                                                                                             tmp_path):
+    """A teacher trained on SQuAD v1-style data gives an answer's distribution where the gold label says "no answer":
+    the log says so, with the teacher's mass on CLS there. A teacher that learnt the null rule is not warned of."""
+    v1 = shutil.copytree(resolve_checkpoint(teacher_run), tmp_path / "v1")
+    cfg = read_checkpoint_config(v1)
+    cfg.decode.allow_null = False
+    save_config(cfg, v1 / "config.yaml")
+    for teacher, warned in ((v1, True), (teacher_run, False)):
+        out = tmp_path / f"student-{teacher.name}"
+        run = _distil_cfg(tiny_albert_dir, out, teacher, max_steps=1)
+        run.data.train_file, run.data.dev_file = DEV, None  # 8 of its 49 questions unanswerable
+        distil(run)
+        log = (out / "train.log").read_text()
+        assert ("was trained without unanswerable questions (its null rule is off), and 8 training questions have no "
+                "answer: on their windows it puts mean start mass" in log) is warned
 
 
 @pytest.mark.parametrize("kind", ["run", "ensemble"])
