@@ -29,7 +29,8 @@ from mrc_cli.thresholds import null_threshold_sweep
 from mrc_cli.words import unit_offsets
 
 NEG = torch.finfo(torch.float32).min
-RECHECK_MAX_SHARE = 0.1  # of the windows rerun in fp32 at most (decode.recheck_margin)
+RECHECK_MAX_SHARE = 0.1  # of the windows rerun in fp32 at most (decode.recheck_margin) ...
+RECHECK_MIN_WINDOWS = 32  # ... or this many: a Reader call or a served batch of a few windows rechecks its close calls
 
 
 @dataclass
@@ -164,10 +165,13 @@ def recheck_close_calls(predictions: dict[str, Prediction], example_ids: list[st
 
 
 def _closest_calls(predictions: dict[str, Prediction], windows_of: Counter, cfg: DecodeConfig) -> set[str]:
-    """Questions within recheck_margin of another answer, closest first, up to RECHECK_MAX_SHARE of the windows:
-    an undertrained model has close calls everywhere, and rerunning them all would cost more than fp32 alone."""
+    """Questions within recheck_margin of another answer, closest first, up to RECHECK_MAX_SHARE of the windows or
+    RECHECK_MIN_WINDOWS, whichever is more: an undertrained model has close calls everywhere, and rerunning them all
+    would cost more than fp32 alone; without the floor, a call of fewer than 10 windows (one question to the Reader)
+    would recheck none, and its answer would differ from mrc predict's."""
     margins = {qid: _decision_margin(p, cfg) for qid, p in predictions.items()}
-    budget, chosen, used = RECHECK_MAX_SHARE * sum(windows_of.values()), set(), 0
+    budget = max(RECHECK_MAX_SHARE * sum(windows_of.values()), RECHECK_MIN_WINDOWS)
+    chosen, used = set(), 0
     for qid in sorted((q for q, m in margins.items() if m < cfg.recheck_margin), key=margins.__getitem__):
         if used + windows_of[qid] > budget:
             break

@@ -1,5 +1,6 @@
 """Train -> eval -> predict -> export -> Reader: the same answers everywhere, from the CLI and from Python."""
 
+import dataclasses
 import json
 import re
 import sys
@@ -407,9 +408,20 @@ def test_bf16_close_calls_are_decided_in_fp32(trained_run, monkeypatch):
     assert all(abs(rechecked[q].score - p.score) < 1e-4 for q, p in fp32.items() if p.text)
 
     runs.clear()  # an undertrained model's close calls everywhere: at most RECHECK_MAX_SHARE of the windows rerun
+    monkeypatch.setattr(inference, "RECHECK_MIN_WINDOWS", 1)
     inference.predict_answers(loaded.model, split, cfg, accelerator, "bf16")
     assert runs[0] == (len(split.features), "bf16") and len(runs) == 2
     assert 0 < runs[1][0] <= inference.RECHECK_MAX_SHARE * len(split.features)
+
+    # or RECHECK_MIN_WINDOWS: one question alone (a Reader call) is rechecked as in a file, not left to bf16
+    monkeypatch.setattr(inference, "RECHECK_MIN_WINDOWS", 32)
+    first = split.examples[0]["id"]
+    rows = [i for i, qid in enumerate(split.features["example_id"]) if qid == first]
+    one = dataclasses.replace(split, examples=split.examples.select([0]), golds=split.golds[:1],
+                              features=split.features.select(rows))
+    runs.clear()
+    _, alone = inference.predict_answers(loaded.model, one, cfg, accelerator, "bf16")
+    assert runs == [(len(rows), "bf16"), (len(rows), "no")] and alone[first].text == fp32[first].text
 
     runs.clear()
     cfg.decode.recheck_margin = 0.0
