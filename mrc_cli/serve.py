@@ -175,6 +175,8 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
     async def answer(request: AnswerRequest) -> AnswerResponse:
         """Answer every question about the context, in the order asked."""
         _check_limits(request, settings)
+        if not batcher.started:
+            raise HTTPException(503, NOT_STARTED)
         if batcher.reader is None:
             raise HTTPException(503, "the model is still loading; GET /health answers 200 once it is ready")
         try:
@@ -191,6 +193,8 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
     @app.get("/health")
     async def health() -> JSONResponse:
         """200 once the model is loaded; 503 while it loads or after it failed to load."""
+        if not batcher.started:
+            return JSONResponse({"status": "not started", "detail": NOT_STARTED}, status_code=503)
         if batcher.reader is not None:
             return JSONResponse({"status": "ready", "backend": batcher.reader.backend})
         if status["load_error"]:
@@ -207,6 +211,11 @@ def create_app(reader: Reader | None = None, settings: ServeSettings | None = No
         return PAGE
 
     return app
+
+
+# the batcher's worker and the model's thread start with the app's lifespan, on the loop that serves the requests
+NOT_STARTED = ("the app's startup has not run, so nothing answers: serve it with lifespan events on (uvicorn's "
+               "default), or in tests use `with TestClient(app) as client:`")
 
 
 async def _load_in_model_thread(batcher: RequestBatcher, load: Callable[[], Reader], status: dict) -> None:

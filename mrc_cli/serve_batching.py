@@ -77,9 +77,11 @@ class RequestBatcher:
         self.max_wait = max_wait_ms / 1000  # seconds, as loop.time()
         self.metrics = metrics
         self.reader = reader  # None until loaded (create_app's `load`)
+        self.started = False
 
     def start(self) -> None:
         """On the serving event loop (the app's startup): the queue, its event and the model's thread."""
+        self.started = True
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="mrc-reader")
         self._waiting: deque[_Waiting] = deque()
         self._arrived = asyncio.Event()

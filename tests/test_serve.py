@@ -103,6 +103,16 @@ def test_answers_are_mrc_predicts_in_the_order_asked(reader, paragraphs, submiss
                     assert (a["start"], a["end"]) == (-1, -1)
 
 
+def test_an_app_whose_startup_did_not_run_says_so_rather_than_ready(reader, paragraphs):
+    """A TestClient used without `with` (or uvicorn --lifespan off) runs no startup: no batcher answers. /health must
+    not say ready and /answer not blame the model."""
+    client = TestClient(create_app(reader))
+    context, qas = paragraphs[0]
+    for response in (client.get("/health"), client.post("/answer", json={"context": context, "questions": [qas[0][1]]})):
+        assert response.status_code == 503 and "startup has not run" in response.text
+        assert "with TestClient(app) as client" in response.text
+
+
 def test_many_questions_keep_their_order_past_max_batch(reader, paragraphs):
     """50 questions over 3 contexts' questions in a scrambled order; max_batch 8, so the request runs alone in one
     larger Reader call and the answers must still line up with the questions."""
