@@ -298,6 +298,20 @@ def test_unknown_metric_names_the_valid_ones():
         load_metric("auto")
 
 
+def test_predictions_are_answer_texts_or_the_apis_predictions():
+    """score takes what the Python API's predict functions return (Predictions: their text) as well as {id: text};
+    anything else is refused with what was expected, not an AttributeError from inside the rules."""
+    from mrc_cli.decoding import Prediction
+
+    golds = [gold("q", "x"), gold("r", "y")]
+    predicted = {"q": Prediction("q", "x", 0, 1, 1.0, 0.0, -1.0), "r": "z"}
+    assert score(golds, predicted)["exact_match"] == score(golds, {"q": "x", "r": "z"})["exact_match"] == 50.0
+    with pytest.raises(DataError, match=r"predictions\['q'\]: expected an answer text .*got int '5'"):
+        score(golds, {"q": 5})
+    with pytest.raises(DataError, match=r"predictions: expected \{id: answer text\}, got a list"):
+        score(golds, ["x", "y"])
+
+
 def test_null_odds_only_for_squad_v2():
     with pytest.raises(DataError, match="squad_v2 metric only"):
         score([gold("q", "x")], {"q": "x"}, metric="squad", null_odds={"q": 0.1})

@@ -8,6 +8,7 @@ path, so they work without a network.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,6 +104,7 @@ def score(
     """
     _check_name(metric, ("auto", *METRICS))
     golds = [_with_answer_texts(gold) for gold in golds]
+    predictions = _answer_texts(predictions)
     asked = metric
     if metric == "auto":
         metric = detect_metric(golds)
@@ -119,6 +121,19 @@ def score(
                                  "Chinese answer as one word, with no partial credit; cmrc2018 (or auto) scores it by "
                                  "characters")
     return {"metric": metric, **scores}
+
+
+def _answer_texts(predictions) -> dict[str, str]:
+    """{id: answer text} as given, or of the `Prediction`s that predict_answers and ensemble_predict return (their
+    text); anything else refused with what was expected."""
+    if not isinstance(predictions, Mapping):
+        raise DataError(f"predictions: expected {{id: answer text}}, got a {type(predictions).__name__}")
+    texts = {qid: getattr(answer, "text", answer) for qid, answer in predictions.items()}
+    wrong = next(((qid, answer) for qid, answer in texts.items() if not isinstance(answer, str)), None)
+    if wrong:
+        raise DataError(f"predictions[{wrong[0]!r}]: expected an answer text (\"\" for no answer), got "
+                        f"{type(wrong[1]).__name__} {str(wrong[1])[:40]!r}")
+    return texts
 
 
 def _with_answer_texts(gold: dict) -> dict:
