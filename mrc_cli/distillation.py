@@ -45,6 +45,7 @@ from mrc_cli.onnx_backend import FP32_GRAPH, INT8_GRAPH
 from mrc_cli.reader import load_model
 from mrc_cli.splits import featurize_file
 from mrc_cli.tracking import RunLog
+from mrc_cli.validate import refuse_repeated_ids
 from mrc_cli.training import SpanTask, TrainResult, own_copy, resumed_run_info, run_task
 
 TARGETS = "teacher_targets"  # the batch key of the targets: (batch, 2, max_seq_length), start and end
@@ -83,6 +84,9 @@ class DistilTask(SpanTask):
         if cfg.data.train_file:  # without one, SpanTask.load says what to pass
             self.train_split = featurize_file(cfg.data.train_file, tokenizer, cfg.data, "train", offsets=True)
             log.info(self.train_split.report.summary())
+            # two questions of one id would be softmaxed together: each would learn the other's answer too
+            refuse_repeated_ids(column(self.train_split.examples, "id"), cfg.data.train_file,
+                                "the teacher's distributions are keyed by question id")
         return super().load(cfg, tokenizer, log)
 
     def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):

@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import random
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from mrc_cli.splits import load_scorable, select_split
 from mrc_cli.thresholds import null_share, null_share_warning, null_threshold_sweep, store_threshold
 from mrc_cli.tokenizer import check_model_folder, load_tokenizer
 from mrc_cli.training import TrainResult, train
-from mrc_cli.validate import MAX_LISTED, load_examples
+from mrc_cli.validate import MAX_LISTED, load_examples, refuse_repeated_ids
 
 
 @dataclass
@@ -109,11 +108,8 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     check_model_folder(cfg.model.name_or_path)  # here, not in the first fold's process after the data is read
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)
-    if report.duplicate_ids:  # out-of-fold answers and the folds' held-out questions are keyed by id
-        repeated = sorted(qid for qid, n in Counter(column(examples, "id")).items() if n > 1)
-        raise DataError(f"{source}: {report.duplicate_ids} repeated question id{'s' * (report.duplicate_ids > 1)} ({', '.join(repeated[:5])}"
-                        f"{', ...' if len(repeated) > 5 else ''}): k-fold keys its held-out questions and out-of-fold "
-                        "answers by id; give each question its own id (mrc validate lists them)")
+    refuse_repeated_ids(column(examples, "id"), source, "k-fold keys its held-out questions and out-of-fold answers by "
+                        "id")
     # the held-out folds and the dev file are scored after every fold has trained: refused now if they cannot be
     problem = unscorable(golds, source, cfg.data.metric)
     if problem:

@@ -210,6 +210,17 @@ def _save_to_cache(folder: Path, examples, report: ValidationReport, golds: list
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def refuse_repeated_ids(ids: list[str], source: str, why: str) -> None:
+    """A training file whose question ids repeat, refused by the commands that key its questions by id (`why`):
+    training alone only warns of them."""
+    repeated = sorted(qid for qid, n in Counter(ids).items() if n > 1)
+    if repeated:
+        extra = len(ids) - len(set(ids))
+        raise DataError(f"{source}: {extra} repeated question id{'s' * (extra > 1)} ({', '.join(repeated[:5])}"
+                        f"{', ...' if len(repeated) > 5 else ''}): {why}; give each question its own id (mrc validate "
+                        "lists them)")
+
+
 def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) -> tuple[list[dict], ValidationReport]:
     """Return the records fit for `use` (answers relocated where needed) and the report, which lists the first
     `listed` repairs (None: all) and counts all of them."""

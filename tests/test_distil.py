@@ -28,7 +28,7 @@ from mrc_cli.config import save_config
 from mrc_cli.combining import Positions, own_log_probs, window_distributions
 from mrc_cli.distillation import TARGETS, DistilTask, distil, distillation_kl, teacher_scores
 from mrc_cli.ensemble import build_ensemble, save_ensemble
-from mrc_cli.errors import ConfigError
+from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.features import build_features, column
 from mrc_cli.inference import position_offsets
 from mrc_cli.reader import load_model
@@ -255,6 +255,20 @@ def test_a_teacher_without_the_null_rule_on_data_with_unanswerable_questions_is_
         log = (out / "train.log").read_text()
         assert ("was trained without unanswerable questions (its null rule is off), and 8 training questions have no "
                 "answer: on their windows it puts mean start mass" in log) is warned
+
+
+def test_repeated_question_ids_are_refused_before_the_teacher_pass(teacher_run, tiny_albert_dir, tmp_path):
+    """The teacher's distributions are keyed by id: two questions of one id would each learn the other's answer."""
+    data = json.loads(Path(TRAIN).read_text(encoding="utf-8"))
+    qas = data["data"][0]["paragraphs"][0]["qas"]
+    qas[1]["id"] = qas[0]["id"]
+    repeated = tmp_path / "train.json"
+    repeated.write_text(json.dumps(data), encoding="utf-8")
+    cfg = _distil_cfg(tiny_albert_dir, tmp_path / "student", teacher_run, max_steps=1)
+    cfg.data.train_file = str(repeated)
+    with pytest.raises(DataError, match=f"train.json: 1 repeated question id \\({qas[0]['id']}\\): the teacher's "
+                                        "distributions are keyed by question id"):
+        distil(cfg)
 
 
 @pytest.mark.parametrize("kind", ["run", "ensemble"])
