@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from mrc_cli.errors import MrcError, TrainingInterrupted
-from mrc_cli.files import to_json
+from mrc_cli.files import check_output_folder, to_json
 from mrc_cli.serve_settings import ServeSettings
 
 _debug = False
@@ -37,6 +37,12 @@ class _UserErrorsGroup(TyperGroup):
             if _debug:
                 raise
             typer.echo(f"Error: {err}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as err:  # the system refused a read or write (a full disk, a lost mount): what, not where
+            if _debug:
+                raise
+            what = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+            typer.echo(f"Error: {what} (mrc --debug shows where it happened)", err=True)
             raise typer.Exit(1) from None
 
 
@@ -512,6 +518,8 @@ def analyze(
         raise typer.BadParameter("give --checkpoint or --model for the windows, not both")
     if (config or sets) and not model:
         raise typer.BadParameter("--config and --set give the data settings of --model")
+    if out:  # refused before the windows are counted
+        check_output_folder(out)
     windows = None
     if checkpoint or model:
         from mrc_cli.config import load_config

@@ -71,6 +71,7 @@ def check_output_file(path: str | Path, flag: str = "--out", example: str = "pre
                       data: str | Path | None = None) -> None:
     """Refused before any work: an output file whose name is taken by a folder, or whose folder's by a file, or
     that is the `data` file read."""
+    _check_creatable(Path(path), flag)  # first: a name too long makes is_dir raise
     if Path(path).is_dir():
         raise ConfigError(f"{flag} {path}: a folder; give a file name (e.g. {Path(path) / example})")
     _check_parents(Path(path), flag)
@@ -82,6 +83,7 @@ def check_output_file(path: str | Path, flag: str = "--out", example: str = "pre
 def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     """Refused before any work: an output folder whose name, or a parent's, is taken by a file."""
     path = Path(path)
+    _check_creatable(path, flag)  # first: a name too long makes exists raise
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path}: an existing file; give a folder")
     _check_parents(path, flag)
@@ -95,6 +97,34 @@ def refuse_other_files(folder: Path, flag: str, ours: Callable[[Path], bool], wh
     if others and not any(ours(entry) for entry in others):
         names = ", ".join(entry.name for entry in others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
         raise ConfigError(f"{flag} {folder} holds other files ({names}) and no {what}: choose a new or empty folder")
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """What the system would refuse when the command writes its results, after the work: a name too long for the
+    file system, a link to nothing on the way, a folder this user cannot write in. Walked from the root: a name too
+    long makes even the check of whether it exists fail."""
+    path = Path(os.path.abspath(path))
+    holder, rest = Path(path.anchor), list(path.parts[1:])  # holder: the deepest existing folder, which gets the writes
+    limit = os.pathconf(holder, "PC_NAME_MAX")
+    while rest:
+        _refuse_long_name(rest[0], limit, path, flag)
+        step = holder / rest[0]
+        if step.is_symlink() and not step.exists():
+            raise ConfigError(f"{flag} {path}: {step} is a link to {os.readlink(step)}, which does not exist")
+        if not step.is_dir():
+            break
+        holder, limit = step, os.pathconf(step, "PC_NAME_MAX")
+        rest.pop(0)
+    for part in rest[1:]:  # folders and the file still to be made, on the holder's file system
+        _refuse_long_name(part, limit, path, flag)
+    if not os.access(holder, os.W_OK):
+        raise ConfigError(f"{flag} {path}: {holder} is not writable by this user; choose another place")
+
+
+def _refuse_long_name(name: str, limit: int, path: Path, flag: str) -> None:
+    if len(os.fsencode(name)) > limit:
+        raise ConfigError(f"{flag} {path}: the name {name[:20]}... is {len(os.fsencode(name))} bytes long, and the "
+                          f"file system takes {limit} at most; choose a shorter name")
 
 
 def _check_parents(path: Path, flag: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -313,6 +314,32 @@ def test_outputs_of_the_wrong_kind_are_refused_before_any_model_loads(tmp_path):
                        (("kfold", "--folds", "2", "--train", dev, "--out", inside), "--out"),
                        (("compare", "--variant", "a:train.lr=1e-5", "--dev", dev, "--out", inside), "--out")):
         _fails(_invoke(*args), f"{flag} {inside}: {file} is a file, not a folder")
+    # what the file system would refuse once the results are written: refused before the work
+    long_name, dangling = tmp_path / ("答" * 100 + ".json"), tmp_path / "link"
+    dangling.symlink_to(tmp_path / "gone")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    refusals = [(long_name, "is 305 bytes long, and the file system takes 255 at most"),
+                (dangling / "sub.json", f"{dangling} is a link to {tmp_path / 'gone'}, which does not exist")]
+    if os.geteuid() != 0:  # root writes anywhere
+        refusals.append((locked / "x.json", f"{locked} is not writable by this user"))
+    for out, why in refusals:
+        _fails(_invoke("predict", "--checkpoint", none, "--data", dev, "--out", out), f"--out {out}: ", why)
+        _fails(_invoke("analyze", "--gold", dev, "--pred", dev, "--out", out), f"--out {out}: ", why)
+        _fails(_invoke("validate", dev, "--fix", out), f"--fix {out}: ", why)
+
+
+def test_a_write_the_system_refuses_is_an_error_message_not_a_traceback(monkeypatch, tmp_path):
+    """An OSError no check foresaw (a disk that filled, a mount that went away) is one line naming the file."""
+    import mrc_cli.validate
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "fixed.json"))
+
+    monkeypatch.setattr(mrc_cli.validate, "write_squad", full)
+    result = _invoke("validate", "data/quickstart/en_dev.json", "--fix", tmp_path / "fixed.json")
+    _fails(result, f"Error: No space left on device: {tmp_path / 'fixed.json'} (mrc --debug shows where it happened)")
+    assert "Traceback" not in result.output
 
 
 def test_score_takes_the_folder_mrc_eval_wrote(tmp_path):
