@@ -18,7 +18,8 @@ import logging
 import socket
 import time
 from contextlib import asynccontextmanager
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -30,11 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrc_cli import __version__
 from mrc_cli.data import is_blank
-from mrc_cli.errors import ConfigError
-from mrc_cli.reader import Reader
+from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.serve_settings import ServeSettings
 from mrc_cli.serve_batching import STOPS, RequestBatcher, ServeMetrics
 from mrc_cli.serve_page import PAGE
+
+if TYPE_CHECKING:  # imported where the model loads: torch and transformers take ~10 s, and the server listens first
+    from mrc_cli.reader import Reader
 
 log = logging.getLogger("mrc_cli.serve")
 
@@ -291,11 +294,11 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     """`mrc serve`: listen at once (/health answers 503 while the model loads), load the checkpoint to answer with
     `backend` (mrc_cli.backends), answer until Ctrl-C. A model that fails to load stops the server and raises its
     error."""
-    import datasets
     import uvicorn
 
+    if not Path(checkpoint).exists():  # refused before the server starts, not once it loads the model
+        raise CheckpointError(f"{checkpoint}: no such checkpoint folder or run directory")
     _check_address(host, port)
-    datasets.disable_progress_bars()  # the Reader maps every batch: one progress bar per batch would flood the log
     _log_like_uvicorn()
     failure: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -303,6 +306,11 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     def load() -> Reader:
         log.info("loading %s (backend %s)", checkpoint, backend)
         try:
+            import datasets
+
+            from mrc_cli.reader import Reader
+
+            datasets.disable_progress_bars()  # the Reader maps every batch: a progress bar each would flood the log
             return Reader.load(checkpoint, backend=backend)
         except BaseException as err:
             failure.append(err)
@@ -311,7 +319,10 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
 
     app = create_app(settings=settings, load=load)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn shut down cleanly first, then raised Ctrl-C again: the way to stop it
+        log.info("stopped by Ctrl-C")
     if failure:
         raise failure[0]
 

@@ -323,10 +323,41 @@ def test_mrc_serve_hands_its_flags_to_serve(monkeypatch):
 
 
 def test_mrc_serve_stops_with_the_error_when_the_model_does_not_load(tmp_path):
-    result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path / "missing"), "--port", "0"])
+    result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path), "--port", "0"])  # no checkpoint
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]  # after uvicorn stopped, the CLI's one line
-    assert last.startswith(f"Error: {tmp_path / 'missing'}") and "no such checkpoint" in last
+    assert last.startswith(f"Error: {tmp_path}") and "Uvicorn running" in result.output
+    # a checkpoint that is not there at all: refused before the server starts
+    result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path / "missing"), "--port", "0"])
+    assert result.exit_code == 1 and result.output == (f"Error: {tmp_path / 'missing'}: no such checkpoint folder or "
+                                                       "run directory\n")
+
+
+def test_mrc_serve_listens_before_the_model_loads_and_stops_on_ctrl_c_without_a_word_of_training(trained_run):
+    """The model's imports and load come after the server listens (/health 503 meanwhile); Ctrl-C, the way to stop
+    it, ends it cleanly (exit 0) without the advice for an interrupted training run."""
+    import signal
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mrc_cli", "serve", "--checkpoint", str(trained_run), "--port",
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        statuses, deadline = [], time.monotonic() + 120
+        while (not statuses or statuses[-1] != 200) and time.monotonic() < deadline and server.poll() is None:
+            try:
+                statuses.append(httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code)
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert statuses and statuses[0] == 503 and statuses[-1] == 200  # listening while the model loaded
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert server.returncode == 0 and "stopped by Ctrl-C" in output, output
+    assert "training run" not in output and "Traceback" not in output, output
 
 
 def test_mrc_serve_on_a_port_in_use_says_so_in_one_line(tmp_path):
@@ -335,7 +366,7 @@ def test_mrc_serve_on_a_port_in_use_says_so_in_one_line(tmp_path):
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path / "missing"), "--port", str(port)])
+        result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path), "--port", str(port)])
     assert result.exit_code == 1 and result.output == (f"Error: 127.0.0.1:{port} is in use by another program; choose "
                                                        "another --port (0 takes a free one)\n")
 
