@@ -199,12 +199,16 @@ class FeatureTensors:
     ~130 MB).
     """
 
-    def __init__(self, features, device: torch.device, pad_token_id: int, tokens_per_batch: int = 0):
+    def __init__(self, features, device: torch.device, pad_token_id: int, tokens_per_batch: int = 0,
+                 full_rows: bool = True):
         import pyarrow.compute as pc
 
         table = features.with_format("arrow")
         self.device = device
-        self.tokens_per_batch = tokens_per_batch  # > 0: a batch is one packed row of this many tokens
+        self.tokens_per_batch = tokens_per_batch  # > 0: a batch is one packed row of at most this many tokens
+        # training: every row padded to the budget (one shape for every step); inference: a row ends with its
+        # features, so that a call of one short question does not pay for the whole budget
+        self.full_rows = full_rows
         # fixed shapes of packed rows (fix_shapes); 0: as the row's features need
         self.slots = self.width = self.num_units = 0
         self.multiple_of = pad_multiple(device)
@@ -283,10 +287,10 @@ class FeatureTensors:
         position ids restarting at each feature and the `Packing` of the row; word ids and labels stay per feature
         (the model uses them after it has unpacked the encoder's states). Built on the device from the rows' lengths
         there; only the total and the widest length are read on the host."""
-        budget = self.tokens_per_batch
         total, width = int(self.lengths[index].sum()), batch["input_ids"].shape[1]
-        if total > budget:
-            raise ValueError(f"{total} tokens planned into a row of {budget}")  # a planning bug, never user input
+        if total > self.tokens_per_batch:  # a planning bug, never user input
+            raise ValueError(f"{total} tokens planned into a row of {self.tokens_per_batch}")
+        budget = self.tokens_per_batch if self.full_rows else -(-total // self.multiple_of) * self.multiple_of
         end = torch.cumsum(length, 0)  # (features,)
         start = end - length
         t = torch.arange(budget, device=self.device)

@@ -63,7 +63,7 @@ def predict_logits(model, features, accelerator, batch_size: int | str, precisio
     gather_for_metrics needs equal batch shapes on every process, which length-sorted batches do not have).
     """
     pad_id = getattr(model.config, "pad_token_id", None) or 0
-    store = FeatureTensors(features, accelerator.device, pad_id)
+    store = FeatureTensors(features, accelerator.device, pad_id, full_rows=False)
     lengths = store.lengths.tolist()
     batch_size = inference_batch_size(batch_size, accelerator.device)
     # feature batches for an encoder that cannot run packed rows (mrc_cli.attention.PACKABLE): the same logits; and

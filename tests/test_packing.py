@@ -465,6 +465,15 @@ def test_inference_on_packed_rows_gives_the_logits_of_feature_batches(tiny_bert_
     assert len(inference_batches(FeatureTensors(rows, torch.device("cpu"), 0).lengths.tolist(), 4, 400)) == 3  # rows
     assert torch.allclose(torch.from_numpy(padded.start), torch.from_numpy(packed.start), atol=1e-5)
     assert abs(padded.loss - packed.loss) < 1e-6
+    # a row ends with its features, not at the budget: one short question (a Reader call) pays for its own tokens
+    widths = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+                                           with_kwargs=True)
+    one = rows.select([0])
+    alone = predict_logits(model, one, place, 4, "no", 128, tokens_per_batch=400)
+    hook.remove()
+    assert widths == [len(one[0]["input_ids"])] and widths[0] < 400
+    assert torch.allclose(torch.from_numpy(alone.start[0]), torch.from_numpy(padded.start[0]), atol=1e-5)
 
 
 # --- training ------------------------------------------------------------------------------------------------------
