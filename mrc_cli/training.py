@@ -224,10 +224,10 @@ class SpanTask:
                 "dev_examples": dev.examples if dev else None, "dev_features": dev.features if dev else None}
 
     def finish(self, run_dir: Path, model, last_eval, state: TrainerState, main: bool) -> dict:
-        """The dev predictions of the evaluation at the last step."""
+        """The dev predictions of the evaluation at the last step (metrics.json names the step)."""
         metrics, predictions = last_eval or ({}, None)
         if predictions is not None and main:
-            write_prediction_files(run_dir, predictions, metrics)
+            write_prediction_files(run_dir, predictions, {**metrics, "step": state.step})
         return metrics
 
 
@@ -1118,6 +1118,11 @@ def _finish(run_dir: Path, task: Task, model, ema: EMA | None, last_eval, accele
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         if train_cfg.keep_training_state == "last":
             drop_training_states(run_dir, checkpoint_dir(run_dir, state.step))
+        if last_eval is not None and state.best_step and state.best_step != state.step:
+            # a submission made from RUN/predictions.json would not be the model mrc predict --checkpoint RUN runs
+            log.info(f"{run_dir}/predictions.json and metrics.json are of the last step, {state.step}; eval, predict and "
+                     f"export of {run_dir} take its best checkpoint, step {state.best_step} ({train_cfg.metric_for_best} "
+                     f"{state.best_metric:.4g}): mrc predict --checkpoint {run_dir} writes that one's submission")
         log.info(f"done: {state.step} steps; files in {run_dir}")
     log.close()
     best = checkpoint_dir(run_dir, state.best_step) if state.best_step else None

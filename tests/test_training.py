@@ -133,6 +133,11 @@ def test_train_end_to_end_writes_every_run_file(run_a):
     assert result.best_checkpoint == run_dir / pointer["checkpoint"]
     # beside the last evaluation's metrics, under names of their own (SQuAD v2's hold a best_f1 of the null sweep)
     assert result.best == {"best_checkpoint_step": best_step, "best_checkpoint_f1": pytest.approx(best_f1)}
+    # the run directory's predictions are the last step's, and say so; the log names the best where they differ
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == result.steps
+    differ = (f"predictions.json and metrics.json are of the last step, {result.steps}; eval, predict and export of "
+              f"{run_dir} take its best checkpoint, step {best_step}")
+    assert (differ in (run_dir / "train.log").read_text()) is (best_step != result.steps)
     for step in (3, 6):  # keep_last 5: both checkpoints stay
         checkpoint = run_dir / "checkpoints" / f"step-{step:06d}"
         for name in ("model.safetensors", "trainer_state.json", "training_state.pt", "config.yaml", "config.json"):
