@@ -316,7 +316,7 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, unpacked, store.lengths.tolist(),
                                                                         store.device, log.info)
     plan = _first_plan(store, cfg, state.plan_group)
-    total_steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * len(plan))
+    total_steps = cfg.train.max_steps or _steps_of_epochs(store, cfg, state.plan_group, len(plan))
     if store.tokens_per_batch:
         sizes = [sum(map(len, step)) for step in plan]
         log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {sum(sizes) / len(plan):.1f} "
@@ -569,6 +569,18 @@ def _first_plan(store: FeatureTensors, cfg: RunConfig, group: int) -> list[list[
     t = cfg.train
     return epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, 0, t.group_by_length,
                       tokens_per_batch=store.tokens_per_batch)
+
+
+def _steps_of_epochs(store: FeatureTensors, cfg: RunConfig, group: int, first: int) -> int:
+    """The optimizer steps of train.epochs, the first epoch's plan `first` long: packed rows hold other features each
+    epoch, so each epoch's plan is counted (2 epochs ended 1 step into a third, or short of the second's end,
+    where the first's length was taken for all); feature batches make every epoch's plan as long as the first's."""
+    t = cfg.train
+    whole = math.ceil(t.epochs)
+    lengths = [first] + [len(epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, epoch, t.group_by_length,
+                                        tokens_per_batch=store.tokens_per_batch)) if store.tokens_per_batch else first
+                         for epoch in range(1, whole)]
+    return sum(lengths[:-1]) + math.ceil((t.epochs - (whole - 1)) * lengths[-1])
 
 
 def _why_unpacked(train_cfg: TrainConfig, config, device: torch.device, precision: str,

@@ -8,6 +8,7 @@ import json
 import random
 import re
 import shutil
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -484,6 +485,25 @@ def packed_run(tmp_path_factory, tiny_bert_dir):
     run_dir = tmp_path_factory.mktemp("packed") / "A"
     cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=6, save_steps=3, keep_last=5, tokens_per_batch=600)
     return run_dir, train(cfg)
+
+
+def test_packed_epochs_end_on_the_epoch_boundary(tiny_bert_dir, tmp_path):
+    """Packed rows hold other features each epoch, so epochs differ in steps: --epochs 2 trains every feature twice
+    and no step of a third epoch (the first epoch's length taken for both ran over or stopped short)."""
+    from mrc_cli.batching import epoch_plan
+    from mrc_cli.features import feature_lengths
+    from mrc_cli.splits import featurize_file
+
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", epochs=2, tokens_per_batch=300)
+    cfg.data.dev_file = None
+    train(cfg)
+    lengths = feature_lengths(featurize_file(cfg.data.train_file, load_tokenizer(tiny_bert_dir), cfg.data,
+                                             "train").features)
+    plans = [len(epoch_plan(lengths, 8, 1, cfg.train.seed, epoch, True, tokens_per_batch=300)) for epoch in (0, 1)]
+    assert plans[0] != plans[1]  # the case the first epoch's length got wrong
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = Counter(r["epoch"] for r in rows if "loss" in r)  # a log line per step
+    assert sorted(epochs.items()) == [(0, plans[0]), (1, plans[1])], (epochs, plans)
 
 
 def test_a_packed_run_logs_its_budget_and_trains_only_real_tokens(packed_run):
