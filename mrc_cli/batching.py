@@ -211,6 +211,7 @@ class FeatureTensors:
         self.full_rows = full_rows
         # fixed shapes of packed rows (fix_shapes); 0: as the row's features need
         self.slots = self.width = self.num_units = 0
+        self.always_masked = False  # a compiled step over feature batches: one graph whether a batch has padding or not
         self.multiple_of = pad_multiple(device)
         self.lengths = np.asarray(feature_lengths(features))  # host copy: widths need no device read
         lengths = torch.from_numpy(self.lengths.astype(np.int64))
@@ -275,7 +276,7 @@ class FeatureTensors:
         present = positions < length[:, None]  # (batch, width)
         at = torch.where(present, start[:, None] + positions, 0)  # (batch, width) into the flat tokens
         batch = {key: torch.where(present, flat[at], pad).long() for key, (flat, pad) in self._tokens.items()}
-        if lengths.min() < width:
+        if lengths.min() < width or self.always_masked:
             batch["attention_mask"] = present.long()
         if self.units is not None:
             batch["num_units"] = self.num_units or int(self.units[index].max())

@@ -327,6 +327,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
         if store.slots:
             log.info(f"train.cuda_graphs on: every row has {store.slots} feature slots of {store.width} tokens (the "
                      f"most features a row can hold; empty slots are left out of the loss)")
+    elif cfg.train.cuda_graphs == "on":  # a batch without padding would drop its mask: another graph to compile
+        store.always_masked = True
     state.warmup_steps = kept_warmup(state.warmup_steps, warmup_steps(cfg.train.warmup, total_steps))
     scheduler = _scheduler(optimizer, state.warmup_steps, total_steps)
     scaler = LossScaler(precision, accelerator.device)
@@ -519,7 +521,8 @@ def _compiled(model, train_cfg: TrainConfig, device: torch.device, log: RunLog, 
     if train_cfg.cuda_graphs != "on":
         return None
     if device.type != "cuda":
-        log.info("train.cuda_graphs on: CUDA graphs need a CUDA device; the step is compiled without them")
+        log.info("train.cuda_graphs on: CUDA graphs need a CUDA device; the step is compiled without them, which "
+                 "takes minutes on a CPU and makes its steps no faster (measured): for testing the compiled step only")
     return torch.compile(model, mode="reduce-overhead", dynamic=dynamic)
 
 

@@ -322,6 +322,17 @@ def _layouts(rows, pad_token_id: int) -> dict[str, FeatureTensors]:
             "packed": FeatureTensors(rows, torch.device("cpu"), pad_token_id, tokens_per_batch=1600), "fixed": fixed}
 
 
+def test_a_compiled_step_over_feature_batches_always_gets_a_mask(tiny_bert_dir, windows, tmp_path):
+    """A batch without padding drops its attention mask (a host wait saved in eager steps); compiled (cuda_graphs on,
+    feature batches) it must keep one, or the step is compiled again for a mask of None."""
+    _, rows = windows(tiny_bert_dir, tmp_path)
+    store = FeatureTensors(rows, torch.device("cpu"), 0)
+    same = [i for i in range(len(store)) if store.lengths[i] == store.lengths.max()][:1]  # no padding in it
+    assert "attention_mask" not in store.batch(same)
+    store.always_masked = True
+    assert store.batch(same)["attention_mask"].all()
+
+
 def _two_masks(model):
     """R-Drop's two passes made to differ without dropout (whose masks would differ from layout to layout): the
     second half's start logits shifted by 0.01 x the position (masked ones stay at finfo.min)."""
