@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ class _UserErrorsGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except TrainingInterrupted as err:
-            typer.echo(str(err), err=True)
+            if _launched_rank() == 0:  # every process stops alike: one says so
+                typer.echo(str(err), err=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:  # before a run's own stop takes Ctrl-C (reading data, a teacher's pass), or a second one
             if _debug:
@@ -44,6 +46,11 @@ class _UserErrorsGroup(TyperGroup):
             what = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
             typer.echo(f"Error: {what} (mrc --debug shows where it happened)", err=True)
             raise typer.Exit(1) from None
+
+
+def _launched_rank() -> int:
+    """This process's rank under torchrun or accelerate launch (0 alone), read without joining a process group."""
+    return int(os.environ.get("RANK", "0"))
 
 
 app = typer.Typer(
@@ -549,6 +556,8 @@ def _dry_run(cfg, batches: bool = False, evaluates: bool = True, run_dir_flag: s
     from mrc_cli.training import describe_batches, resolve_run
 
     cfg, resume_from, notes = resolve_run(cfg, lambda run: evaluates and bool(run.data.dev_file), run_dir_flag)
+    if _launched_rank() != 0:  # refused above on every process, printed by one
+        return
     _print_config(cfg)
     for line in [*([f"resumes {resume_from}"] if resume_from else []), *notes]:
         typer.echo(f"# {line}")

@@ -16,10 +16,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from conftest import ROOT, tiny_run_config
 from mrc_cli.config import save_config
-from mrc_cli.errors import CheckpointError
+from mrc_cli.errors import CheckpointError, TrainingInterrupted
 
 # Runs mrc_cli's training in a fresh process and SIGKILLs it at the n-th call of a chosen function:
 # "step" = the n-th training forward's loss, "eval" = the n-th evaluation, "save" = the n-th checkpoint, after its
@@ -412,3 +413,22 @@ def test_damaged_files_beside_the_weights_are_one_line_errors(tmp_path):
     (saved / "ensemble.yaml").write_text("members: [5]\nweights: 1\ncombine: prob\ndecode: {}\n")
     with pytest.raises(ConfigError, match="members must be a list of model folders"):
         Reader.load(saved)
+
+
+def test_under_a_launcher_one_process_prints_the_stop_and_the_dry_run(tiny_bert_dir, tmp_path, monkeypatch):
+    """Every rank stops alike and plans alike: rank 0 says so, the others exit with the same status in silence."""
+    import mrc_cli.training
+    from mrc_cli.cli import app
+
+    def stopped(cfg):
+        raise TrainingInterrupted("stopped by SIGTERM at step 4; the checkpoint is saved", 15)
+
+    monkeypatch.setattr(mrc_cli.training, "train", stopped)
+    args = ["train", "--model", tiny_bert_dir, "--train", "data/quickstart/en_train.json", "--output-dir",
+            str(tmp_path / "run")]
+    for rank, shown in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 143 and ("stopped by SIGTERM at step 4" in result.stderr) is shown
+        result = CliRunner().invoke(app, [*args, "--dry-run"])
+        assert result.exit_code == 0 and ("train_file: data/quickstart/en_train.json" in result.stdout) is shown
