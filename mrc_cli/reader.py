@@ -262,8 +262,14 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
 
 def ensemble_predict(members: list[str] | Ensemble, data: str, weights: str = "equal", combine: str = "prob",
                      threshold: float | None = None) -> tuple[dict, dict[str, Prediction]]:
-    """(metrics, predictions) of an ensemble, or of members given as model folders (the first is the reference), on
-    a data file; metrics are empty where the data has no answers."""
+    """(metrics, predictions) of an ensemble, of a folder `mrc ensemble --save` wrote (with its own weights,
+    combination and threshold), or of members given as model folders (the first is the reference), on a data file;
+    metrics are empty where the data has no answers."""
+    if isinstance(members, (str, Path)) and is_ensemble(members):
+        if (weights, combine, threshold) != ("equal", "prob", None):
+            raise ConfigError(f"{members} is a saved ensemble, which keeps its weights, combination and threshold; "
+                              "to change them, give its members instead")
+        members = load_ensemble(members)
     ensemble = members if isinstance(members, Ensemble) else build_ensemble(members, weights, combine, threshold)
     metrics, predictions, _ = answer_file(ensemble, data, _use_of(data, ensemble.cfg.data))
     return metrics, predictions

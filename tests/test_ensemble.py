@@ -174,6 +174,14 @@ def test_the_same_model_twice_is_that_model(bert_run, tmp_path):
         _, predictions = ensemble_predict([str(bert_run), str(bert_run)], DEV, combine=combine)
         assert {q: p.text for q, p in predictions.items()} == single["predictions.json"]
         assert {q: p.null_odds for q, p in predictions.items()} == single["null_odds.json"]
+    # a saved ensemble's folder, as eval, predict and the Reader take it; its settings are its own
+    from mrc_cli.ensemble import build_ensemble, save_ensemble
+
+    saved = save_ensemble(build_ensemble([str(bert_run), str(bert_run)]), tmp_path / "ens")
+    _, predictions = ensemble_predict(str(saved), DEV)
+    assert {q: p.text for q, p in predictions.items()} == single["predictions.json"]
+    with pytest.raises(ConfigError, match="is a saved ensemble, which keeps its weights"):
+        ensemble_predict(saved, DEV, weights="2,1")
 
 
 def test_under_bf16_the_close_calls_of_a_one_model_ensemble_are_decided_as_for_the_model(bert_run, monkeypatch):
