@@ -221,7 +221,7 @@ def distil(
 
     check_teacher(cfg)
     if dry_run:
-        _dry_run(cfg)
+        _dry_run(cfg, batches=True)
         return
 
     _echo_result(run_distil(cfg))
@@ -276,7 +276,7 @@ def pretrain(
     ), sets or [], "pretrain")
     check_pretrain_config(cfg)
     if dry_run:
-        _dry_run(cfg, evaluates=False, run_dir_flag="--out")
+        _dry_run(cfg, evaluates=False, run_dir_flag="--out", packs=False)
         return
     from accelerate import PartialState
 
@@ -549,13 +549,17 @@ def _print_config(cfg) -> None:
     typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
-def _dry_run(cfg, batches: bool = False, evaluates: bool = True, run_dir_flag: str = "--output-dir") -> None:
+def _dry_run(cfg, batches: bool = False, evaluates: bool = True, run_dir_flag: str = "--output-dir",
+             packs: bool = True) -> None:
     """The config the run would use (a resumed run's: its checkpoint's, with what differs noted) as YAML, refused
     where the real run would be; comments after it, so the output stays a config file. `evaluates`: whether the
-    command evaluates on a dev set where one is given (not mrc pretrain); `run_dir_flag`: its run directory's flag."""
-    from mrc_cli.training import describe_batches, resolve_run
+    command evaluates on a dev set where one is given (not mrc pretrain); `run_dir_flag`: its run directory's flag;
+    `batches`: describe the batches of its training file; `packs`: whether its batches may be packed rows."""
+    from mrc_cli.training import check_packing, describe_batches, resolve_run
 
     cfg, resume_from, notes = resolve_run(cfg, lambda run: evaluates and bool(run.data.dev_file), run_dir_flag)
+    if not batches:  # describe_batches checks it below
+        check_packing(cfg, packs)
     if _launched_rank() != 0:  # refused above on every process, printed by one
         return
     _print_config(cfg)

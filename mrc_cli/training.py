@@ -48,6 +48,7 @@ from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, check_values, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.files import refuse_other_files, write_text_atomically
+from mrc_cli.features import feature_lengths
 from mrc_cli.splits import Split, featurize_file
 from mrc_cli.tokenizer import load_tokenizer, tokenizer_fingerprint
 from mrc_cli.inference import evaluate_split, headline, write_prediction_files
@@ -304,6 +305,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     unpacked = _why_unpacked(cfg.train, config, accelerator.device, precision, task.packs)
     with accelerator.main_process_first():  # one process tokenizes, the others load its cache
         rows = task.load(cfg, tokenizer, log)
+    # before the model (a distillation teacher's pass over the data): a budget below the longest feature
+    cfg.train.tokens_per_batch = _token_budget(cfg.train, unpacked, feature_lengths(rows), accelerator.device, log.info)
 
     model = task.build_model(cfg, pretrained=resume_from is None, log=log)
     if cfg.train.gradient_checkpointing:
@@ -312,9 +315,7 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     optimizer = _optimizer(accelerator.unwrap_model(model), cfg, world, log)
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
-    store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0)
-    store.tokens_per_batch = cfg.train.tokens_per_batch = _token_budget(cfg.train, unpacked, store.lengths.tolist(),
-                                                                        store.device, log.info)
+    store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0, cfg.train.tokens_per_batch)
     plan = _first_plan(store, cfg, state.plan_group)
     total_steps = cfg.train.max_steps or _steps_of_epochs(store, cfg, state.plan_group, len(plan))
     if store.tokens_per_batch:
@@ -611,23 +612,28 @@ def _token_budget(train_cfg: TrainConfig, unpacked: str | None, lengths: list[in
     return token_budget(train_cfg.tokens_per_batch, train_cfg.batch_size, lengths, device)
 
 
+def check_packing(cfg: RunConfig, task_packs: bool = True) -> tuple[str | None, torch.device]:
+    """For --dry-run: _why_unpacked on the device this machine would train on (a number refused where the real run
+    refuses it), and that device."""
+    t = cfg.train
+    device = torch.device("cuda" if torch.cuda.is_available() and not t.cpu else "cpu")
+    config = encoder_config(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout,
+                            cfg.data.max_seq_length)
+    return _why_unpacked(t, config, device, resolve_precision(t.precision, device), task_packs), device
+
+
 def describe_batches(cfg: RunConfig) -> str:
     """The batches `mrc train` would make of cfg.data.train_file on this machine, for --dry-run: features per optimizer
     step and steps per epoch. The file is featurized (into the feature cache, which training then reads)."""
-    from mrc_cli.features import feature_lengths
-
     t = cfg.train
     if not cfg.data.train_file:
         return "no training file: pass --train FILE to see the batches"
+    unpacked, device = check_packing(cfg)
     lengths = feature_lengths(featurize_file(cfg.data.train_file, load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path),
                                              cfg.data, "train").features)
-    device = torch.device("cuda" if torch.cuda.is_available() and not t.cpu else "cpu")
     group = int(os.environ.get("WORLD_SIZE", "1")) * t.grad_accum
-    config = encoder_config(cfg.model.name_or_path, cfg.model.dropout, cfg.model.attention_dropout,
-                            cfg.data.max_seq_length)
     notes = []
-    budget = _token_budget(t, _why_unpacked(t, config, device, resolve_precision(t.precision, device)), lengths,
-                           device, notes.append)
+    budget = _token_budget(t, unpacked, lengths, device, notes.append)
     plan = epoch_plan(lengths, t.batch_size, group, t.seed, 0, t.group_by_length, tokens_per_batch=budget)
     steps, planned = len(plan), sum(len(batch) for step in plan for batch in step)
     kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"

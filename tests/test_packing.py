@@ -546,12 +546,43 @@ def test_a_resumed_packed_run_is_bitwise_the_uninterrupted_run(packed_run, tiny_
 
 
 def test_pretraining_refuses_a_token_budget(tiny_bert_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mrc_cli.cli import app
     from mrc_cli.pretraining import pretrain
 
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "pre", max_steps=2, tokens_per_batch=600)
     cfg.pretrain.data_files = [str(QUICKSTART / "en_train.json")]
     with pytest.raises(ConfigError, match="tokens_per_batch 600: this task cannot be trained on packed rows"):
         pretrain(cfg)
+    # and so does its --dry-run, which is refused where the run would be
+    result = CliRunner().invoke(app, ["pretrain", "--model", tiny_bert_dir, "--data", str(QUICKSTART / "en_train.json"),
+                                      "--out", str(tmp_path / "pre2"), "--set", "train.tokens_per_batch=600",
+                                      "--dry-run"])
+    assert result.exit_code == 1 and "this task cannot be trained on packed rows" in result.stderr
+
+
+def test_distillation_refuses_a_budget_below_the_longest_feature_before_the_teacher_runs(tiny_bert_dir, tmp_path,
+                                                                                          monkeypatch):
+    from typer.testing import CliRunner
+
+    import mrc_cli.distillation
+    from mrc_cli.cli import app
+    from mrc_cli.distillation import distil
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "student", max_steps=2, tokens_per_batch=100)
+    cfg.distil.teacher = str(teacher)
+    monkeypatch.setattr(mrc_cli.distillation, "check_teacher", lambda cfg: None)
+    monkeypatch.setattr(mrc_cli.distillation, "load_model", lambda path: pytest.fail("the teacher ran first"))
+    with pytest.raises(ConfigError, match="tokens_per_batch 100 is below the longest feature"):
+        distil(cfg)
+    result = CliRunner().invoke(app, ["distil", "--teacher", str(teacher), "--student", tiny_bert_dir, "--train",
+                                      str(QUICKSTART / "en_train.json"), "--output-dir", str(tmp_path / "s2"),
+                                      "--set", "train.tokens_per_batch=100", "--set", "data.max_seq_length=128",
+                                      "--set", "data.doc_stride=32", "--set", "data.max_query_length=32", "--dry-run"])
+    assert result.exit_code == 1 and "tokens_per_batch 100 is below the longest feature" in result.stderr
 
 
 def test_dry_run_says_how_many_features_a_step_holds(tiny_bert_dir, tmp_path):
