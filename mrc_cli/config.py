@@ -13,7 +13,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -238,12 +238,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        from mrc_cli.data import read_text  # a config in another encoding: one line saying how to convert it
-
-        try:
-            loaded = yaml.safe_load(read_text(path)) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected sections such as 'data:' and 'train:' at the top level")
         for section, values in loaded.items():
@@ -263,6 +258,38 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{dotted}: its flag gives {flagged[dotted]!r}, --set {item} another value; give one of "
                               "them")
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one silently, so a second
+    `train:` section dropped every setting of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then `lr: 2`: an override YAML means
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # a list as a key: SafeLoader's own error names it
+                continue
+            if key in lines:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: {key!r} is given twice (also on line "
+                                  f"{lines[key]}); YAML would keep the last and drop the first: merge them into one")
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content (plain types only); invalid YAML, or a key given twice in one mapping, is a ConfigError
+    naming the file."""
+    from mrc_cli.data import read_text  # a file in another encoding: one line saying how to convert it
+
+    try:
+        return yaml.load(read_text(path), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _listed(sets: Iterable[str] | str) -> list[str]:

@@ -23,11 +23,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from mrc_cli.checkpoint import TRAINING_STATE, run_dir_of
 from mrc_cli.combining import COMBINATIONS, Positions, combined_logits
-from mrc_cli.config import RunConfig, check_null_threshold, set_value, write_yaml_atomically
+from mrc_cli.config import RunConfig, check_null_threshold, read_yaml, set_value, write_yaml_atomically
 from mrc_cli.decoding import Prediction, decode
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
 from mrc_cli.files import check_output_folder
@@ -284,10 +282,7 @@ def check_saved_ensemble(folder: Path) -> tuple[dict, list[float], list[Path]]:
 
 
 def _read_settings(path: Path) -> dict:
-    try:
-        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    settings = read_yaml(path)
     keys = {"members", "weights", "combine", "decode"}
     if not isinstance(settings, dict) or set(settings) != keys:
         raise ConfigError(f"{path}: expected the keys {', '.join(sorted(keys))}, as `mrc ensemble --save` writes them")

@@ -229,6 +229,23 @@ def test_config_file_in_another_encoding(minilm_path, tmp_path):
            "gb18030.yaml: not UTF-8 text", "iconv")
 
 
+def test_a_config_file_that_gives_a_section_or_a_key_twice_is_refused(minilm_path, tmp_path):
+    from mrc_cli.config import load_config
+
+    # YAML keeps the last of two keys: the first train: section's lr and epochs were dropped without a word
+    config = tmp_path / "twice.yaml"
+    config.write_text("train:\n  lr: 3.0e-5\n  epochs: 3\ndata:\n  max_seq_length: 256\ntrain:\n  batch_size: 8\n")
+    _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", "--config", config),
+           f"{config}: line 6: 'train' is given twice (also on line 1)", "merge them into one")
+    config.write_text("train:\n  lr: 3.0e-5\n  batch_size: 8\n  lr: 1.0e-4\n")
+    _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", "--config", config),
+           f"{config}: line 4: 'lr' is given twice (also on line 2)")
+    # a merge key's value overridden in its mapping is no key given twice
+    config.write_text("train:\n  <<: {lr: 3.0e-5, epochs: 3}\n  lr: 1.0e-4\n")
+    train = load_config(config).train
+    assert (train.lr, train.epochs) == (1e-4, 3)
+
+
 def test_output_directory_of_another_run(tiny_bert_dir, tmp_path):
     from conftest import tiny_run_config
     from mrc_cli.training import train

@@ -379,6 +379,12 @@ def test_a_missing_member_is_named(bert_run, tmp_path):
         load_trained(tmp_path / "saved")
 
 
+def test_a_saved_ensemble_whose_settings_give_a_key_twice_is_refused(tmp_path):
+    (tmp_path / "ensemble.yaml").write_text("members: [a]\nweights: 1\ncombine: prob\ndecode: {}\nweights: 2\n")
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'ensemble.yaml'}: line 5: 'weights' is given twice"):
+        Reader.load(tmp_path)
+
+
 def test_members_must_answer_the_same_questions(bert_run, albert_run):
     import dataclasses
 
