@@ -228,8 +228,8 @@ class RunConfig:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, sets: list[str] = (),
                 base: str | Path | None = None, command: str | None = None) -> RunConfig:
     """Defaults (or the config.yaml `base`) <- YAML file <- `overrides` (named flags, None = not given) <- `sets`
-    ("section.key=value"); a flag and a set that give one key two values are refused, and so is a set `command`
-    (train, compare, ...) would not read."""
+    ("section.key=value"); two sets, or a flag and a set, that give one key two values are refused, and so is a set
+    `command` (train, compare, ...) would not read."""
     sets = _listed(sets)
     if command is not None:
         refuse_unread_sets(sets, command)
@@ -362,19 +362,27 @@ def refuse_unread_sets(sets: Iterable[str], command: str, source: str = "--set")
 
 def apply_sets(cfg: RunConfig, sets: Iterable[str], source: str = "--set") -> None:
     """Apply `section.key=value` overrides to `cfg`, each value read as YAML (3e-5, true, null); `source` names them
-    in errors (--set, a compare variant)."""
+    in errors (--set, a compare variant). A key set twice to two values is refused: which one was meant is not ours
+    to guess."""
+    given = {}
     for item in _listed(sets):
         dotted, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"{source} {item!r}: expected section.key=value, e.g. --set train.lr=1e-4")
+        dotted = dotted.strip()
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            quoted = f"{dotted.strip()}={json.dumps(text, ensure_ascii=False)}"
+            quoted = f"{dotted}={json.dumps(text, ensure_ascii=False)}"
             hint = f"--set '{quoted}'" if source == "--set" else quoted  # the shell keeps quotes inside '...'
             raise ConfigError(f"{source} {item!r}: the value is not YAML ({getattr(err, 'problem', None) or err}); "
                               f"quote it: {hint}") from None
-        set_value(cfg, dotted.strip(), value, source=source)
+        set_value(cfg, dotted, value, source=source)
+        now = _get(cfg, dotted)
+        if dotted in given and given[dotted][1] != now:
+            raise ConfigError(f"{dotted}: {source} {given[dotted][0]} and {source} {item} give it two values; give one "
+                              "of them")
+        given[dotted] = (item, now)
 
 
 # transformers' TrainingArguments names (and other common ones) -> ours: difflib's nearest name by spelling was

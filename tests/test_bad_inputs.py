@@ -217,9 +217,17 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--set", "data.doc_stride=-5"], "doc_stride -5: the tokens neighbouring windows share, 0 or more"),
     (["--set", "decode.null_score_diff_threshold=.nan"], "decode.null_score_diff_threshold is a number"),
     (["--lr", "1e-4", "--set", "train.lr=5e-5"], "train.lr: its flag gives 0.0001, --set train.lr=5e-5 another value"),
+    (["--set", "train.lr=1e-3", "--set", "train.lr=3e-5"],
+     "train.lr: --set train.lr=1e-3 and --set train.lr=3e-5 give it two values; give one of them"),
 ])
 def test_bad_flags_stop_before_any_heavy_work(minilm_path, tmp_path, flags, fragment):
     _fails(_train(minilm_path, tmp_path, "data/quickstart/en_train.json", *flags), fragment)  # later flags win
+
+
+def test_a_set_given_twice_with_one_value_is_that_value():
+    from mrc_cli.config import load_config
+
+    assert load_config(sets=["train.lr=1e-3", "train.lr=0.001"]).train.lr == 1e-3
 
 
 def test_config_file_in_another_encoding(minilm_path, tmp_path):
