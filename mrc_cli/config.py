@@ -42,6 +42,9 @@ class DataConfig:
     metric: Literal["auto", "squad", "squad_v2", "cmrc2018"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.num_proc < 1:  # 0 or below had tokenized in this process without a word
+            raise ConfigError(f"data.num_proc is a number of tokenizer processes, at least 1 (1: this process alone), "
+                              f"got {self.num_proc}")
         module, colon, function = self.word_segmenter.partition(":")
         if self.word_segmenter not in SEGMENTERS and not (colon and module and function):
             raise ConfigError(
@@ -170,7 +173,7 @@ class DecodeConfig:
         if math.isnan(self.null_score_diff_threshold):  # NaN compares false with everything: never a null answer
             raise ConfigError("decode.null_score_diff_threshold is a number (higher: fewer null answers; inf: none), "
                               "got nan")
-        if self.recheck_margin < 0:
+        if not self.recheck_margin >= 0:  # NaN as well: no margin is closer than it, so never a recheck
             raise ConfigError(f"decode.recheck_margin must be 0 (off) or more, got {self.recheck_margin}")
         if self.null_share is not None and not 0 <= self.null_share <= 1:
             raise ConfigError(f"decode.null_share is a share of questions, from 0 to 1 (or null), got {self.null_share}")
@@ -211,8 +214,8 @@ class DistilConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"distil.alpha is a weight in [0, 1], got {self.alpha}")
-        if not self.temperature > 0:
-            raise ConfigError(f"distil.temperature must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):  # inf: a uniform teacher, a term of inf x 0
+            raise ConfigError(f"distil.temperature must be a finite number > 0, got {self.temperature}")
 
 
 @dataclass
@@ -513,8 +516,11 @@ def check_data_config(data: DataConfig, num_special_tokens: int) -> None:
 def check_train_config(train: TrainConfig) -> None:
     """Flags that would fail or silently do nothing, refused before any heavy work."""
     problems = []
-    if not train.lr > 0:
-        problems.append(f"train.lr must be > 0 (got {train.lr}); 1e-4 suits small encoders, 3e-5 base models")
+    if not 0 <= train.seed < 2**32:  # numpy's range; accelerate's set_seed seeds it too
+        problems.append(f"train.seed must be from 0 to 2**32 - 1 = {2**32 - 1} (got {train.seed})")
+    if not (math.isfinite(train.lr) and train.lr > 0):
+        problems.append(f"train.lr must be > 0 and finite (got {train.lr}); 1e-4 suits small encoders, 3e-5 base "
+                        "models")
     if train.eval_batch_size != "auto" and not (isinstance(train.eval_batch_size, int) and train.eval_batch_size >= 1):
         problems.append("train.eval_batch_size is auto or a number of features, at least 1 (got "
                         f"{train.eval_batch_size!r})")
@@ -523,6 +529,9 @@ def check_train_config(train: TrainConfig) -> None:
             problems.append(f"train.{key} must be at least 1 (got {getattr(train, key)})")
     if train.max_steps < 0:
         problems.append(f"train.max_steps is a number of steps, or 0 for train.epochs (got {train.max_steps})")
+    if not math.isfinite(train.epochs):  # inf had passed --dry-run and overflowed the count of steps
+        problems.append(f"train.epochs must be a finite number (got {train.epochs}); train.max_steps sets a length in "
+                        "steps")
     elif train.max_steps == 0 and not train.epochs > 0:
         problems.append(f"train.epochs must be > 0 or train.max_steps > 0 (got epochs {train.epochs}, max_steps 0)")
     for key in ("warmup", "head_warmup"):
@@ -531,7 +540,10 @@ def check_train_config(train: TrainConfig) -> None:
     if train.head_warmup and train.adversarial != "none":
         problems.append(f"train.head_warmup: train.adversarial {train.adversarial} moves the embeddings along their "
                         "gradient, which a frozen encoder does not compute; set one of them off")
-    for key in ("weight_decay", "max_grad_norm", "eval_steps", "save_steps", "patience"):
+    for key in ("weight_decay", "max_grad_norm"):  # inf or NaN turn the weights or gradients into NaN
+        if not (math.isfinite(getattr(train, key)) and getattr(train, key) >= 0):
+            problems.append(f"train.{key} must be a finite number, 0 or more (got {getattr(train, key)}); 0 is off")
+    for key in ("eval_steps", "save_steps", "patience"):
         if getattr(train, key) < 0:
             problems.append(f"train.{key} must not be negative (got {getattr(train, key)})")
     if train.tokens_per_batch != "auto" and not (isinstance(train.tokens_per_batch, int) and train.tokens_per_batch >= 0):
@@ -546,11 +558,12 @@ def check_train_config(train: TrainConfig) -> None:
         problems.append(f"train.llrd is a factor in (0, 1] (got {train.llrd}); 1 is off, 0.8-0.95 are usual")
     if not 0 <= train.ema_decay < 1:
         problems.append(f"train.ema_decay must be in [0, 1) (got {train.ema_decay}); 0 is off, 0.99-0.9999 are usual")
-    if train.rdrop_alpha < 0:
-        problems.append(f"train.rdrop_alpha must not be negative (got {train.rdrop_alpha}); 0 is off")
-    if train.adversarial != "none" and not (train.adv_epsilon > 0 and train.adv_alpha > 0 and train.adv_steps >= 1):
-        problems.append(f"train.adv_epsilon and adv_alpha must be > 0 and adv_steps at least 1 (got {train.adv_epsilon}, "
-                        f"{train.adv_alpha}, {train.adv_steps})")
+    if not (math.isfinite(train.rdrop_alpha) and train.rdrop_alpha >= 0):
+        problems.append(f"train.rdrop_alpha must be a finite number, 0 or more (got {train.rdrop_alpha}); 0 is off")
+    sizes = (train.adv_epsilon, train.adv_alpha)
+    if train.adversarial != "none" and not (all(math.isfinite(x) and x > 0 for x in sizes) and train.adv_steps >= 1):
+        problems.append(f"train.adv_epsilon and adv_alpha must be finite and > 0, and adv_steps at least 1 (got "
+                        f"{train.adv_epsilon}, {train.adv_alpha}, {train.adv_steps})")
     if train.metric_for_best not in ("f1", "exact", "dev_loss"):
         problems.append(f"train.metric_for_best must be f1, exact or dev_loss (got {train.metric_for_best!r})")
     from mrc_cli import tracking  # accelerate's tracker names: a typo or a missing package fails here, --dry-run too

@@ -3,6 +3,7 @@ without importing FastAPI."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mrc_cli.errors import ConfigError
@@ -25,5 +26,5 @@ class ServeSettings:
                      "latency_window"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serve setting {name} is {getattr(self, name)}; it must be at least 1")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"serve setting max_wait_ms is {self.max_wait_ms}; it must be 0 or more")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):  # NaN and inf pass typer's min=0
+            raise ConfigError(f"serve setting max_wait_ms is {self.max_wait_ms}; it must be a finite number, 0 or more")

@@ -205,6 +205,17 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--lr", "-1"], "train.lr must be > 0"),
     (["--max-steps", "-5"], "train.max_steps is a number of steps, or 0 for train.epochs (got -5)"),
     (["--max-steps", "0", "--epochs", "0"], "train.epochs must be > 0 or train.max_steps > 0"),
+    # numpy's refusal, after the data had loaded
+    (["--seed", "-1"], "train.seed must be from 0 to 2**32 - 1 = 4294967295 (got -1)"),
+    (["--seed", "99999999999"], "train.seed must be from 0 to 2**32 - 1 = 4294967295 (got 99999999999)"),
+    # an OverflowError in training's set-up (and passed by --dry-run); NaN losses from the first step
+    (["--dry-run", "--max-steps", "0", "--set", "train.epochs=inf"], "train.epochs must be a finite number (got inf)"),
+    (["--set", "train.lr=.inf"], "train.lr must be > 0 and finite (got inf)"),
+    (["--set", "train.lr=nan"], "train.lr must be > 0 and finite (got nan)"),
+    (["--set", "train.weight_decay=.inf"], "train.weight_decay must be a finite number, 0 or more (got inf)"),
+    (["--set", "train.max_grad_norm=.nan"], "train.max_grad_norm must be a finite number, 0 or more (got nan)"),
+    (["--set", "data.num_proc=0"], "data.num_proc is a number of tokenizer processes, at least 1"),
+    (["--set", "decode.recheck_margin=.nan"], "decode.recheck_margin must be 0 (off) or more, got nan"),
     (["--set", "train.lr=fast"], "train.lr: expected float, got 'fast'"),
     (["--set", "train.learning_rate=1e-4"], "unknown config key 'train.learning_rate'; did you mean train.lr?"),
     (["--set", "train.gradient_accumulation_steps=2"], "did you mean train.grad_accum?"),

@@ -205,6 +205,9 @@ def test_the_teacher_is_required_and_its_settings_checked(tiny_bert_dir, tmp_pat
     result = _invoke("distil", "--teacher", tmp_path / "none", "--student", tiny_bert_dir, "--train", TRAIN,
                      "--set", "distil.alpha=1.5")
     assert result.exit_code == 1 and "distil.alpha is a weight in [0, 1]" in result.output
+    result = _invoke("distil", "--teacher", tmp_path / "none", "--student", tiny_bert_dir, "--train", TRAIN,
+                     "--set", "distil.temperature=.inf")  # the teacher uniform, its term inf x 0
+    assert result.exit_code == 1 and "distil.temperature must be a finite number > 0, got inf" in result.output
     result = _invoke("distil", "--student", tiny_bert_dir, "--train", TRAIN)
     assert result.exit_code == 2 and "a new run needs --teacher and --student" in result.output
     # a teacher that is not a trained model: refused before the run's folder and data, not after them

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from conftest import tiny_run_config
 from mrc_cli import Reader
 from mrc_cli.cli import app as cli_app
-from mrc_cli.errors import CheckpointError
+from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.serve import ServeSettings, create_app
 from mrc_cli.serve_batching import RequestBatcher, ServeMetrics
 from mrc_cli.training import train
@@ -320,6 +320,14 @@ def test_mrc_serve_hands_its_flags_to_serve(monkeypatch):
                                           "--max-wait-ms", "25", "--max-questions", "3", "--backend", "onnx-int8"])
     assert result.exit_code == 0, result.output
     assert calls == [("runs/a", "127.0.0.1", 0, ServeSettings(max_batch=4, max_wait_ms=25.0, max_questions=3), "onnx-int8")]
+
+
+def test_a_wait_that_is_no_finite_number_is_refused(tmp_path):
+    result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path), "--max-wait-ms", "inf"])  # typer's
+    assert result.exit_code == 1, result.output  # min=0 lets it through: the oldest request had waited for ever
+    assert "serve setting max_wait_ms is inf; it must be a finite number, 0 or more" in result.stderr
+    with pytest.raises(ConfigError, match="max_wait_ms is nan"):
+        ServeSettings(max_wait_ms=float("nan"))
 
 
 def test_mrc_serve_stops_with_the_error_when_the_model_does_not_load(tmp_path):

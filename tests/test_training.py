@@ -385,7 +385,7 @@ def test_two_runs_with_different_precisions_in_one_process(tiny_bert_dir, tmp_pa
 
 
 @pytest.mark.parametrize(("flags", "problem"), [
-    (["--lr", "-1"], "train.lr must be > 0 (got -1.0)"),
+    (["--lr", "-1"], "train.lr must be > 0 and finite (got -1.0)"),
     (["--batch-size", "0"], "train.batch_size must be at least 1 (got 0)"),
     (["--config", "/no/such.yaml"], "/no/such.yaml: config file not found"),
     (["--model", "/no/such/folder"], "/no/such/folder: no such model folder"),

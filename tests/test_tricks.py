@@ -4,6 +4,7 @@ silent no-op, each resumes bitwise and runs on two processes."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -341,13 +342,17 @@ def test_a_head_warmup_of_no_step_and_one_in_pretraining_are_refused(tiny_bert_d
 # --- every trick: config checks, exact resume, two processes ------------------------------------------------------
 
 
-@pytest.mark.parametrize("key, value, problem", [
-    ("llrd", 0.0, "train.llrd is a factor in \\(0, 1\\]"), ("llrd", 1.5, "train.llrd is a factor"),
-    ("ema_decay", 1.0, "train.ema_decay must be in \\[0, 1\\)"), ("rdrop_alpha", -1.0, "rdrop_alpha must not be negative"),
+@pytest.mark.parametrize("settings, problem", [
+    ({"llrd": 0.0}, "train.llrd is a factor in \\(0, 1\\]"), ({"llrd": 1.5}, "train.llrd is a factor"),
+    ({"ema_decay": 1.0}, "train.ema_decay must be in \\[0, 1\\)"),
+    ({"rdrop_alpha": -1.0}, "rdrop_alpha must be a finite number, 0 or more"),
+    ({"rdrop_alpha": math.inf}, "train.rdrop_alpha must be a finite number, 0 or more \\(got inf\\)"),
+    ({"adversarial": "fgm", "adv_epsilon": math.inf}, "train.adv_epsilon and adv_alpha must be finite and > 0"),
+    ({"adversarial": "pgd", "adv_alpha": math.nan}, "train.adv_epsilon and adv_alpha must be finite and > 0"),
 ])
-def test_bad_trick_settings_are_refused(key, value, problem):
+def test_bad_trick_settings_are_refused(settings, problem):
     with pytest.raises(ConfigError, match=problem):
-        check_train_config(TrainConfig(**{key: value}))
+        check_train_config(TrainConfig(**settings))
 
 
 ALL_TRICKS = {"llrd": 0.8, "adversarial": "fgm", "ema_decay": 0.9, "rdrop_alpha": 1.0}
