@@ -80,8 +80,11 @@ def plot_curves(metrics_file: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_file)
-    scored = any(r.get("f1") is not None for r in rows)
+    from mrc_cli.inference import headline  # here, not at the top: it imports torch, and config's checks import us
+
+    # EM and F1 by the names each metric writes (squad: exact_match, cmrc2018: EM/F1)
+    rows = [{**r, **headline(r)} for r in read_metrics(metrics_file)]
+    scored = any(r["f1"] is not None for r in rows)
     fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(11 if scored else 6, 4), squeeze=False)
     left, right = axes[0][0], axes[0][-1]
     for key, ax, label in (("loss", left, "train loss"), ("dev_loss", left, "dev loss"),

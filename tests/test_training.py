@@ -148,6 +148,29 @@ def test_train_end_to_end_writes_every_run_file(run_a):
     assert len(_log_lines(run_dir, "1 process(es)")) == 1
 
 
+@pytest.mark.parametrize("scores", [{"exact_match": 40.0, "f1": 50.0}, {"exact": 40.0, "f1": 50.0, "HasAns_f1": 70.0},
+                                    {"EM": 40.0, "F1": 50.0}], ids=["squad", "squad_v2", "cmrc2018"])
+def test_curves_show_dev_em_and_f1_under_each_metrics_names(scores, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mrc_cli.tracking import plot_curves
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # the figure plot_curves drew, kept open to look at
+    rows = [{"step": 1, "loss": 3.0}, {"step": 2, "dev_loss": 2.0, **scores}, {"step": 3, "loss": 2.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    (figure,) = figures
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+             for ax in figure.axes for line in ax.get_lines()}
+    assert lines == {"train loss": ([1, 3], [3.0, 2.5]), "dev loss": ([2], [2.0]), "dev EM": ([2], [40.0]),
+                     "dev F1": ([2], [50.0])}
+    assert [ax.get_title() for ax in figure.axes] == ["Loss", "Dev EM / F1"]
+
+
 # --- 3. exact resume ---------------------------------------------------------------------------------------------
 
 
