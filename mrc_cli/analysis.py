@@ -40,13 +40,13 @@ _QUESTION_TYPES = {
         ("how", r"\bhow\b"), ("which", r"\bwhich\b"), ("what", r"\bwhat\b"),
     ],
     "zh": [  # English names: the chart's default font has no CJK glyphs
-        ("when", "什么时候|何时|何年|哪一?年|哪一?天|哪个?时[候期代]|几月|几日"),
+        ("when", "什么时[候间]|什么年代|何时|何年|哪一?年|哪一?天|哪个?时[候期代]|几月|几日"),
         ("where", "哪里|哪儿|何处|何地|什么地方"),
         ("who", "谁|什么人|何人|哪位"),
         # 称为什么 / 成为什么 ... are 为 + 什么 ("is called what"), not "why"
         ("why", "(?<![称成作名译改])为什么|为何|为啥|因何"),
         ("how many/much", "多少|几(?!内亚)"),  # 几内亚: Guinea
-        ("how", "怎么|怎样|如何|多[大长高久远重宽深厚]"),
+        ("how", "怎么|怎样|如何|多大(?!学)|多[长高久远重宽深厚]"),  # 多大学: a university (科罗拉多大学, 多伦多大学)
         ("which", "哪"),
         ("what", "什么|啥|何种|有何"),
     ],

@@ -62,6 +62,10 @@ def test_question_types_earliest_keyword_wins_most_specific_at_a_tie():
         "锣鼓经常用的节奏型称为什么？": "what",  # 称为 + 什么, not 为什么
         "苏博为什么改名成苏镜宇？": "why",
         "莱索托哪一年独立？": "when",
+        "纳撒尼尔·瑟蒙德在什么时间宣布退役？": "when",  # 什么时间 over 什么, like 什么时候
+        "奥斯曼大道在什么年代完成？": "when",
+        "马特·理查德·史东从科罗拉多大学获得了什么学位？": "what",  # 多大 of 科罗拉多大学 is not "how big"
+        "罗店镇全镇面积是多大？": "how",
         "他出生在哪里？": "where",
         "由谁改编的？": "who",
         "几内亚的首都是哪座城市？": "which",  # 几内亚 is Guinea, not 几 (how many)
