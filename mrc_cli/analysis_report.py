@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from mrc_cli.plotting import cjk_text
+
 TITLES = {  # slice family -> its title in tables and charts
     "question_type": "question type",
     "answer_length": "gold answer length",
@@ -27,6 +29,7 @@ def write_analysis(result: dict, out_dir: str | Path) -> list[str]:
     return files
 
 
+@cjk_text()  # the gold file's name and the predictions' paths may be Chinese
 def plot_slices(result: dict, out: Path) -> Path:
     """One horizontal bar chart of F1 per slice family; two bars per slice when two files are compared."""
     import matplotlib

@@ -35,6 +35,7 @@ import numpy as np
 from mrc_cli.decoding import Prediction, best_span_text, nbest_probabilities
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import detect_metric, rules
+from mrc_cli.plotting import cjk_text
 
 NUM_BINS = 10  # equal-width confidence bins of the ECE and the reliability diagram
 _EPS = 1e-12  # probabilities are clipped to [eps, 1 - eps] in the log loss
@@ -237,6 +238,7 @@ def halves_by_article(examples, source: str = "the eval data") -> tuple[set[str]
     return {ids[row] for row in first}, {ids[row] for row in second}
 
 
+@cjk_text()  # the title is the eval file's name, which may be Chinese
 def plot_reliability(result: dict, out: str | Path, title: str = "") -> Path:
     """The reliability diagram of a `calibrate` result: per probability bin, the share of right answers (and, for
     SQuAD v2, of unanswerable questions) before and after calibration, against the diagonal of perfect calibration."""

@@ -16,6 +16,7 @@ from mrc_cli.cli import app
 from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.metrics import score
 from mrc_cli.metrics.rules import f1_squad, normalize_squad
+from mrc_cli.plotting import cjk_font, cjk_text
 from mrc_cli.scoring import score_files
 
 SQUAD_V1, SQUAD_V2, CMRC = "squad_v1.1_train_head.json", "squad_v2.0_dev_head.json", "cmrc2018_dev.json"
@@ -346,6 +347,33 @@ def test_cli_compares_two_eval_folders_and_writes_json_and_png(tmp_path, export_
     assert len(saved["comparison"]["B_right_A_wrong"]["examples"]) == 2
     assert sum(row["count"] for row in saved["slices"]["windows"]) == 1407
     assert (out / "analysis.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chinese_file_names_are_drawn_without_glyph_warnings(tmp_path, recwarn):
+    """DejaVu Sans, matplotlib's default font, has no CJK glyph: one warning per character of the title, each with a
+    source line, where no CJK font is installed."""
+    context = "北京是中华人民共和国的首都。"
+    gold = write_json(tmp_path / "开发集.json", {"version": "v1.0", "data": [{"title": "首都", "paragraphs": [
+        {"context": context, "qas": [{"id": "q1", "question": "中国的首都是哪里？",
+                                      "answers": [{"text": "北京", "answer_start": 0}]}]}]}]})
+    pred = write_json(tmp_path / "预测" / "结果.json", {"q1": "北京"})
+    analyze(gold, [pred], out_dir=tmp_path / "analysis")
+    assert (tmp_path / "analysis" / "analysis.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [str(w.message) for w in recwarn if "missing from font" in str(w.message)] == []
+
+
+def test_chart_text_falls_back_to_an_installed_cjk_font(monkeypatch):
+    from matplotlib import font_manager, rcParams
+
+    dejavu = [font for font in font_manager.fontManager.ttflist if font.name == "DejaVu Sans"]
+    cjk = font_manager.FontEntry(fname=dejavu[0].fname, name="WenQuanYi Zen Hei")  # as fonts-wqy-zenhei adds it
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*dejavu, cjk])
+    assert cjk_font() == "WenQuanYi Zen Hei"
+    with cjk_text():
+        assert rcParams["font.family"] == ["sans-serif", "WenQuanYi Zen Hei"]  # the default first: Latin text as before
+    assert rcParams["font.family"] == ["sans-serif"]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", dejavu)
+    assert cjk_font() is None
 
 
 def test_bad_inputs_name_the_file_and_the_problem(tmp_path):

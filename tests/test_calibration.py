@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import tiny_run_config
 from mrc_cli import Reader
 from mrc_cli.calibration import (calibrate, collect_outcomes, expected_calibration_error, fit_calibration,
-                                 halves_by_article, reliability_bins)
+                                 halves_by_article, plot_reliability, reliability_bins)
 from mrc_cli.cli import app
 from mrc_cli.config import DecodeConfig, load_config
 from mrc_cli.data import to_dataset
@@ -107,6 +107,13 @@ def test_ece_and_reliability_bins_by_hand():
     assert bins[1]["confidence"] == pytest.approx(0.95) and bins[1]["accuracy"] == pytest.approx(2 / 3)
     assert expected_calibration_error(probabilities, right) == pytest.approx((0.2 + 3 * abs(0.95 - 2 / 3)) / 4)
     assert expected_calibration_error(np.array([]), np.array([])) == 0.0
+
+
+def test_a_chinese_title_is_drawn_without_glyph_warnings(tmp_path, recwarn):
+    predictions, golds = _synthetic(50, 0, sharpen=3.0)
+    png = plot_reliability(calibrate(collect_outcomes(predictions, golds, False, 0.0)), tmp_path / "r.png", "开发集.json")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [str(w.message) for w in recwarn if "missing from font" in str(w.message)] == []
 
 
 def _random_decode(cfg: DecodeConfig, seed: int = 0):

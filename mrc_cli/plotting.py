@@ -1,0 +1,46 @@
+"""Text in the charts mrc writes (analysis.png, reliability.png): their titles and labels carry file names and
+questions, often Chinese, and matplotlib's default font (DejaVu Sans) has no CJK glyphs."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Fonts with CJK glyphs as matplotlib's font_manager names them, most preferred first: Linux packages (fonts-noto-cjk,
+# fonts-wqy-zenhei, fonts-wqy-microhei, fonts-droid-fallback), then macOS and Windows ones.
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans SC",
+             "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "PingFang SC", "Heiti SC",
+             "Microsoft YaHei", "SimHei", "Arial Unicode MS")
+
+
+def cjk_font() -> str | None:
+    """The first of CJK_FONTS that is installed; None where none is."""
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in installed), None)
+
+
+@contextmanager
+def cjk_text() -> Iterator[None]:
+    """A figure made and saved inside this block (or a function it decorates: `@cjk_text()`) draws CJK characters in
+    a CJK font where one is installed (after the default font, which keeps drawing the Latin text), else as boxes;
+    either way without matplotlib's "Glyph ... missing from font(s)" warnings, one per character with our source
+    lines, which leave the user nothing to do."""
+    import matplotlib
+
+    font = cjk_font()
+    # A family list makes matplotlib fall back glyph by glyph; Text objects take it when made, glyphs when drawn.
+    fonts = {"font.family": [*matplotlib.rcParams["font.family"], font]} if font else {}
+    # A CJK font of another weight logs "Failed to find font weight normal for WenQuanYi Zen Hei" per text drawn.
+    font_log = logging.getLogger("matplotlib.font_manager")
+    level = font_log.level
+    font_log.setLevel(logging.ERROR)
+    try:
+        with matplotlib.rc_context(fonts), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from font", UserWarning)
+            yield
+    finally:
+        font_log.setLevel(level)
