@@ -29,7 +29,7 @@ USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc sco
 MIXED_LANGUAGES = 0.05  # the share of a file's questions in its lesser language that _check_languages warns of
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 8  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 9  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -354,8 +354,14 @@ def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
         elif new_text != text.strip():
             _repair(report, f'{where}: answer "{text}" is not in its context, "{new_text}" is: the same text with other '
                             f'whitespace (found at {new_start}, relocated as the context writes it)')
-        elif start < 0:  # the file gave no position (answer_start missing): found, not moved
+        elif start == -1:  # the file gave no position (answer_start missing or null): found, not moved
             _repair(report, f'{where}: answer "{text}" has no answer_start; found at char {new_start} of its context')
+        elif start < 0:
+            _repair(report, f'{where}: answer "{text}" has negative answer_start {start}; found at char {new_start} of '
+                            'its context')
+        elif new_start == start:  # "  text\n" where the context has "text": right place, whitespace not the context's
+            _repair(report, f'{where}: answer "{new_text}" is at char {start} of its context as given, but with '
+                            'whitespace around it (stripped, not moved)')
         else:
             _repair(report, f'{where}: answer "{text}" is not at char {start} of its context (found at {new_start}; '
                             'relocated)')

@@ -266,6 +266,23 @@ def test_an_answer_without_a_position_is_found_and_said_so(tmp_path):
     assert 'answer "1898年" has no answer_start; found at char 7 of its context' in report.repairs[0]
 
 
+def test_a_negative_start_and_whitespace_around_a_well_placed_answer_are_reported_as_what_they_are(tmp_path):
+    context = "总部位于日本埼玉县埼玉市中央区新都心11番地2号，另设东京本部。"
+    path = write_squad(tmp_path / "d.json", [(context, [
+        {"id": "neg", "question": "总部在哪？", "answers": [{"text": "埼玉县埼玉市", "answer_start": -5}]},
+        {"id": "pad", "question": "总部在哪？", "answers": [{"text": "  埼玉县埼玉市中央区新都心11番地2号\n", "answer_start": 6}]},
+        {"id": "gone", "question": "总部在哪？", "answers": [{"text": "东京本部", "answer_start": 3}]}])])
+    records, report = validate_records(read_data(path), "train")
+    assert [r["answers"] for r in records] == [{"text": ["埼玉县埼玉市"], "answer_start": [6]},
+                                               {"text": ["埼玉县埼玉市中央区新都心11番地2号"], "answer_start": [6]},
+                                               {"text": ["东京本部"], "answer_start": [27]}]
+    assert report.repairs == [
+        f'{path}: question neg: answer "埼玉县埼玉市" has negative answer_start -5; found at char 6 of its context',
+        f'{path}: question pad: answer "埼玉县埼玉市中央区新都心11番地2号" is at char 6 of its context as given, but with '
+        'whitespace around it (stripped, not moved)',
+        f'{path}: question gone: answer "东京本部" is not at char 3 of its context (found at 27; relocated)']
+
+
 def test_fix_for_scoring_keeps_the_files_answer_texts_and_its_empty_questions(tmp_path):
     """CMRC 2018's exact match sees spaces and character widths: a gold file fixed for eval or score keeps the texts
     it gives (relocated), so it scores as the original does; fixed for train, the texts are the context's."""
