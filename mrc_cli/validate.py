@@ -29,7 +29,7 @@ USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc sco
 MIXED_LANGUAGES = 0.05  # the share of a file's questions in its lesser language that _check_languages warns of
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 9  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 10  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -252,7 +252,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
             f"(the first: {raw.read_as_unanswerable[0]}); they are trained and scored as unanswerable, as the official "
             "SQuAD v2.0 script scores them" + ("" if raw.marks_unanswerable else ", so the file is scored by SQuAD "
                                                "v2.0's rules: give their answers, or leave them out, for v1.1's"))
-    kept, blank_answers = [], []
+    kept = []
     for rec in raw.records:
         report.questions += 1
         report.unanswerable += rec["is_impossible"]
@@ -270,8 +270,6 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
                 report.errors.append(f"{where}: the context is empty")
         rec = {**rec, "answers": _locate_answers(rec, where, report)}
         located = any(s >= 0 for s in rec["answers"]["answer_start"])
-        if rec["answers"]["text"] and all(is_blank(text) for text in rec["answers"]["text"]):
-            blank_answers.append(rec["id"])
         if not rec["is_impossible"] and not rec["answers"]["text"]:
             report.without_answers += 1
             if use in ("eval", "score"):
@@ -282,13 +280,10 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
         if empty_question and use != "score":
             continue
         kept.append(rec)
-    if blank_answers and use in ("eval", "score"):
-        report.warnings.append(f"{raw.source}: {len(blank_answers)} answerable questions have only blank answer texts "
-                               f"(the first: {blank_answers[0]}): no answer a model gives can match them; mark them "
-                               "is_impossible, or give their answers")
     if use == "eval":
         _check_scorable(raw, report)
     if use in ("eval", "score"):
+        _check_empty_answers(raw, report)
         _check_languages(raw, report)
     if not raw.records and not raw.problems:
         report.errors.append(f"{raw.source}: no questions found")
@@ -307,6 +302,37 @@ def _check_scorable(raw: RawData, report: ValidationReport) -> None:
     problem = unscorable([{**r, "answers": r["answers"]["text"]} for r in raw.records], raw.source)
     if problem:
         report.warnings.append(problem)
+
+
+def _check_empty_answers(raw: RawData, report: ValidationReport) -> None:
+    """Gold answers with nothing left after the official normalisation (blank, "。", "the"): an empty or
+    punctuation-only prediction equals them there (EM 100), and one of invisible characters (a zero-width space)
+    only, which normalisation keeps, no prediction equals."""
+    from mrc_cli.metrics import detect_metric, rules
+
+    golds = [{**r, "answers": r["answers"]["text"]} for r in raw.records]
+    empty_cmrc = _empty_answer_ids(golds, rules.strip_cmrc_punctuation)
+    empty_squad = _empty_answer_ids(golds, rules.normalize_squad)
+    if not (empty_cmrc or empty_squad):  # only then worth finding which rules score the file (0.5 s on CMRC 2018 dev)
+        return
+    if detect_metric(golds) == "cmrc2018":
+        empty, what = empty_cmrc, "only punctuation"
+        advice = ('the CMRC 2018 rules drop punctuation, so an empty or punctuation-only prediction ("。") matches '
+                  "them (EM 100): remove such an answer, or the question where it has no other (not is_impossible: "
+                  "CMRC 2018 has no unanswerable questions, and eval and score would refuse the file)")
+    else:
+        empty, what = empty_squad, "only punctuation and articles"
+        advice = ('the SQuAD rules drop punctuation and a/an/the, so an empty or punctuation-only prediction (".") '
+                  "matches them (EM 100): give their real text, or remove them (a question left with no answer is "
+                  "unanswerable: mark it is_impossible)")
+    if empty:
+        questions = f"{len(empty)} question{'s' * (len(empty) > 1)}"
+        report.warnings.append(f"{raw.source}: gold answers that are blank or {what} in {questions} (the first: "
+                               f"{empty[0]}): {advice}")
+
+
+def _empty_answer_ids(golds: list[dict], normalise) -> list[str]:
+    return [gold["id"] for gold in golds if any(is_blank(text) or not normalise(text) for text in gold["answers"])]
 
 
 def _check_languages(raw: RawData, report: ValidationReport) -> None:

@@ -90,14 +90,36 @@ def test_empty_question_and_context_are_errors_naming_the_record(tmp_path):
     assert not any("the context is empty" in error for error in validate_file(str(path), "score").errors)
 
 
-def test_an_answerable_question_with_blank_answers_only_is_a_warning_for_scoring(tmp_path):
+def test_gold_answers_that_normalise_to_nothing_are_a_warning_for_scoring(tmp_path):
+    """Blank or punctuation-only gold answers, also beside a real one: the official normalisation makes them "", so an
+    empty or punctuation-only prediction scores EM 100 against them (scored here as the rules score it)."""
     path = write_squad(tmp_path / "d.json", [("The cat sat.", [
         {"id": "blank", "question": "Who?", "answers": [{"text": " ", "answer_start": 3}, {"text": "", "answer_start": 0}]},
-        {"id": "half", "question": "Who?", "answers": [{"text": "", "answer_start": 0}, {"text": "cat", "answer_start": 4}]}])])
-    warning = (f"{path}: 1 answerable questions have only blank answer texts (the first: blank): no answer a model "
-               "gives can match them; mark them is_impossible, or give their answers")
+        {"id": "half", "question": "Who?", "answers": [{"text": ".", "answer_start": 11}, {"text": "cat", "answer_start": 4}]},
+        {"id": "ok", "question": "What?", "answers": [{"text": "sat", "answer_start": 8}]}])])
+    warning = (f"{path}: gold answers that are blank or only punctuation and articles in 2 questions (the first: "
+               'blank): the SQuAD rules drop punctuation and a/an/the, so an empty or punctuation-only prediction (".") '
+               "matches them (EM 100): give their real text, or remove them (a question left with no answer is "
+               "unanswerable: mark it is_impossible)")
     assert validate_file(str(path), "eval").warnings == [warning] == validate_file(str(path), "score").warnings
     assert validate_file(str(path), "predict").warnings == []
+    predictions = tmp_path / "p.json"
+    predictions.write_text(json.dumps({"blank": "", "half": ",", "ok": "sat"}))
+    assert score_files(str(path), str(predictions))[0]["exact_match"] == 100.0
+
+
+def test_chinese_gold_answers_of_punctuation_only_are_to_be_removed_not_marked_unanswerable(tmp_path):
+    path = write_squad(tmp_path / "d.json", [("北京是中国的首都。", [
+        {"id": "stop", "question": "首都是哪里？", "answers": [{"text": "北京", "answer_start": 0},
+                                                           {"text": "。", "answer_start": 8}]}])])
+    warning = (f'{path}: gold answers that are blank or only punctuation in 1 question (the first: stop): the CMRC '
+               '2018 rules drop punctuation, so an empty or punctuation-only prediction ("。") matches them (EM 100): '
+               "remove such an answer, or the question where it has no other (not is_impossible: CMRC 2018 has no "
+               "unanswerable questions, and eval and score would refuse the file)")
+    assert validate_file(str(path), "eval").warnings == [warning]
+    predictions = tmp_path / "p.json"
+    predictions.write_text(json.dumps({"stop": "。"}, ensure_ascii=False), encoding="utf-8")
+    assert score_files(str(path), str(predictions))[0]["EM"] == 100.0
 
 
 CAT = "The cat sat. It was built in 1889."
