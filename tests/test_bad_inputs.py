@@ -241,6 +241,18 @@ def test_a_set_given_twice_with_one_value_is_that_value():
     assert load_config(sets=["train.lr=1e-3", "train.lr=0.001"]).train.lr == 1e-3
 
 
+def test_epochs_given_where_the_config_file_sets_max_steps_is_refused(minilm_path, tmp_path):
+    """max_steps wins over epochs: --epochs 3 against a config's max_steps 30 trained 30 steps without a word."""
+    config = tmp_path / "steps.yaml"
+    config.write_text("train:\n  max_steps: 30\n")
+    _fails(_invoke("train", "--model", minilm_path, "--train", "data/quickstart/en_train.json", "--output-dir",
+                   tmp_path / "run", "--config", config, "--epochs", "3"),
+           f"train.epochs 3.0 given, but train.max_steps 30 from {config} sets the run's length", "--max-steps 0")
+    from mrc_cli.config import load_config
+
+    assert load_config(config, {"train.epochs": 3, "train.max_steps": 0}).train.max_steps == 0  # both given: taken
+
+
 def test_config_file_in_another_encoding(minilm_path, tmp_path):
     config = tmp_path / "gb18030.yaml"
     config.write_bytes("# 中文注释\ntrain:\n  lr: 3.0e-5\n".encode("gb18030"))
