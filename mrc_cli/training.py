@@ -352,8 +352,9 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
         save_config(cfg, run_dir / "config.yaml")
         _write_run_info(run_dir, tokenizer, precision, accelerator, {"task": task.command, **task.run_info(cfg)},
                         resumed=resume_from is not None)
-    _describe_run(cfg, world, total_steps, state.warmup_steps, precision, accelerator, f"{len(store)} {task.unit}",
-                  max(scheduler.base_lrs), log)
+    _describe_run(cfg, world, total_steps, state.warmup_steps, precision, accelerator,
+                  f"{len(store)} {task.unit}{_left_over(plan, len(store), state.plan_group)}", max(scheduler.base_lrs),
+                  log)
     if accelerator.log_with:
         accelerator.init_trackers("mrc-cli", config=_flat_config(cfg))  # local ones write to RUN/trackers/mrc-cli
     return _Run(cfg, task, run_dir, accelerator, precision, log, tokenizer, model,
@@ -606,10 +607,16 @@ def _token_budget(train_cfg: TrainConfig, unpacked: str | None, lengths: list[in
     """train.tokens_per_batch for this run (mrc_cli.batching.token_budget); 0 (feature batches) where `unpacked`
     (from _why_unpacked) says why, which auto on CUDA notes."""
     if unpacked:
-        if train_cfg.tokens_per_batch == "auto" and device.type == "cuda":
+        if train_cfg.tokens_per_batch == "auto":
             note(f"train.tokens_per_batch auto: feature batches, as {unpacked}")
         return 0
-    return token_budget(train_cfg.tokens_per_batch, train_cfg.batch_size, lengths, device)
+    budget = token_budget(train_cfg.tokens_per_batch, train_cfg.batch_size, lengths, device)
+    mean = sum(lengths) / max(1, len(lengths))
+    if budget > 8 * train_cfg.batch_size * mean:  # an extra zero typed: memory for all of it, few steps an epoch
+        note(f"warning: train.tokens_per_batch {budget} holds about {budget / mean:.0f} features a row, "
+             f"{budget / (train_cfg.batch_size * mean):.0f}x what batch_size {train_cfg.batch_size} gives, in one "
+             f"forward pass; {train_cfg.batch_size} x the mean length is {int(train_cfg.batch_size * mean)}")
+    return budget
 
 
 def check_packing(cfg: RunConfig, task_packs: bool = True) -> tuple[str | None, torch.device]:
@@ -639,9 +646,14 @@ def describe_batches(cfg: RunConfig) -> str:
     kind = f"rows of {budget} tokens" if budget else f"{t.batch_size} features padded to the longest"
     kind += "".join(f" ({note})" for note in notes)
     return (f"{len(lengths)} training features on {device.type}: micro-batches of {kind}; {planned / max(1, steps):.1f} "
-            f"features per optimizer step on average, {steps} steps per epoch" +
-            (f" ({len(lengths) - planned} left over in each: fewer than a step's {group} micro-batches)"
-             if planned < len(lengths) else ""))
+            f"features per optimizer step on average, {steps} steps per epoch{_left_over(plan, len(lengths), group)}")
+
+
+def _left_over(plan: list[list[list[int]]], features: int, group: int) -> str:
+    """What an epoch's plan leaves out, said where it does: the features of a last step short of its micro-batches."""
+    planned = sum(len(batch) for step in plan for batch in step)
+    return (f" ({features - planned} left over each epoch: fewer than a step's {group} micro-batches)"
+            if planned < features else "")
 
 
 class _Meter:

@@ -601,7 +601,13 @@ def test_dry_run_says_how_many_features_a_step_holds(tiny_bert_dir, tmp_path):
     steps = int(line.split(", ")[-1].split()[0])
     assert 5 < per_step < 8 and per_step == round(344 / steps, 1)  # fewer than 8 a step: 600 tokens hold ~5.5
     plain = CliRunner().invoke(app, args)
-    assert "micro-batches of 8 features padded to the longest; 8.0 features per optimizer step on average, 43 steps" in plain.stdout
+    assert ("micro-batches of 8 features padded to the longest (train.tokens_per_batch auto: feature batches, as "
+            "varlen attention runs on CUDA only); 8.0 features per optimizer step on average, 43 steps") in plain.stdout
+    # rows of 128 tokens, 3 a step: the last 2 features cannot make a step's 3 rows
+    accumulated = CliRunner().invoke(app, [*args, "--set", "train.grad_accum=3", "--set", "train.tokens_per_batch=128"])
+    assert "97 steps per epoch (2 left over each epoch: fewer than a step's 3 micro-batches)" in accumulated.stdout
+    huge = CliRunner().invoke(app, [*args, "--set", "train.tokens_per_batch=100000"])
+    assert "warning: train.tokens_per_batch 100000 holds about" in huge.stdout and "8 x the mean length is" in huge.stdout
 
 
 @pytest.mark.slow
