@@ -971,20 +971,27 @@ def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> li
     group = state.processes * cfg.train.grad_accum
     if world == state.processes:
         return []
-    effective = cfg.train.batch_size * group
     if group % world == 0:
         old, cfg.train.grad_accum = cfg.train.grad_accum, group // world
         return [f"resume: {world} process(es) instead of {state.processes}: train.grad_accum {old} -> "
-                f"{cfg.train.grad_accum} keeps the effective batch of {effective} and the batch plan, so the same "
-                "features make each step; dropout noise and the order of float sums differ"]
+                f"{cfg.train.grad_accum} keeps the effective batch of {_effective_batch(cfg.train, group)} and the "
+                "batch plan, so the same features make each step; dropout noise and the order of float sums differ"]
     old, cfg.train.grad_accum = cfg.train.grad_accum, max(1, round(group / world))  # the nearest effective batch
     accum = f"train.grad_accum {old} -> {cfg.train.grad_accum}, " if old != cfg.train.grad_accum else ""
-    now = cfg.train.batch_size * cfg.train.grad_accum * world
+    now = cfg.train.grad_accum * world
     return [f"resume: {world} process(es) instead of {state.processes}: {accum}the effective batch changes from "
-            f"{effective} to {now} ({world} does not divide {group} = processes x grad_accum); the rest of epoch "
-            f"{state.epoch} is planned again for it (no feature repeated or skipped) and the schedule keeps its number "
-            f"of steps, so each step from here trains {now / effective:.2f}x the features planned (an epochs-long run "
-            f"ends that much later in its data). Resume on a process count that divides {group} to continue exactly"]
+            f"{_effective_batch(cfg.train, group)} to {_effective_batch(cfg.train, now)} ({world} does not divide "
+            f"{group} = processes x grad_accum); the rest of epoch {state.epoch} is planned again for it (no feature "
+            f"repeated or skipped) and the schedule keeps its number of steps, so each step from here trains "
+            f"{now / group:.2f}x the features planned (an epochs-long run ends that much later in its data). Resume on "
+            f"a process count that divides {group} to continue exactly"]
+
+
+def _effective_batch(train: TrainConfig, micro_batches: int) -> str:
+    """A step of so many micro-batches in the run's units: features, or packed rows (whose features vary)."""
+    if isinstance(train.tokens_per_batch, int) and train.tokens_per_batch > 0:
+        return f"{micro_batches} row{'s' * (micro_batches > 1)} of {train.tokens_per_batch} tokens"
+    return str(train.batch_size * micro_batches)
 
 
 def _load_split(given: Split | None, source: str | None, use: str, tokenizer, cfg: RunConfig, log: RunLog) -> Split:

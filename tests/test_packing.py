@@ -666,3 +666,17 @@ def test_a_step_over_packed_rows_of_different_counts_weighs_every_feature_alike(
     # the rows' plain mean, which the step took before, weighs a feature by how few share its row
     plain = sum(loss(batch) for _, batches, _, _ in ranks for batch in batches) / 4
     assert not torch.allclose(plain, step_loss, atol=1e-3)
+
+
+def test_a_packed_run_resumed_on_another_process_count_counts_its_batch_in_rows():
+    """batch_size plays no part in packed rows: the resume note counts rows of the budget, not batch_size x rows."""
+    from mrc_cli.config import RunConfig
+    from mrc_cli.training import TrainerState, _keep_effective_batch
+
+    cfg = RunConfig()
+    cfg.train.tokens_per_batch, cfg.train.grad_accum = 2500, 1
+    kept = _keep_effective_batch(cfg, TrainerState(processes=2), 1)
+    assert "train.grad_accum 1 -> 2 keeps the effective batch of 2 rows of 2500 tokens" in kept[0]
+    cfg.train.grad_accum = 1
+    changed = _keep_effective_batch(cfg, TrainerState(processes=2), 3)
+    assert "the effective batch changes from 2 rows of 2500 tokens to 3 rows of 2500 tokens" in changed[0]
