@@ -555,9 +555,11 @@ def _dry_run(cfg, batches: bool = False, evaluates: bool = True, run_dir_flag: s
     where the real run would be; comments after it, so the output stays a config file. `evaluates`: whether the
     command evaluates on a dev set where one is given (not mrc pretrain); `run_dir_flag`: its run directory's flag;
     `batches`: describe the batches of its training file; `packs`: whether its batches may be packed rows."""
-    from mrc_cli.training import check_packing, describe_batches, resolve_run
+    from mrc_cli.training import check_packing, describe_batches, resolve_run, resumed_batch_notes
 
     cfg, resume_from, notes = resolve_run(cfg, lambda run: evaluates and bool(run.data.dev_file), run_dir_flag)
+    if resume_from is not None:  # on another process count the run changes grad_accum (or its plan) first
+        notes += resumed_batch_notes(cfg, resume_from)
     if not batches:  # describe_batches checks it below
         check_packing(cfg, packs)
     if _launched_rank() != 0:  # refused above on every process, printed by one

@@ -965,6 +965,12 @@ def _trainer_state(checkpoint: Path) -> TrainerState:
     return TrainerState(**saved)
 
 
+def resumed_batch_notes(cfg: RunConfig, checkpoint: Path) -> list[str]:
+    """For --dry-run of a resume: _keep_effective_batch for the process count this launch has (WORLD_SIZE, read
+    without joining a process group), so that the batches described are the ones the resumed run makes."""
+    return _keep_effective_batch(cfg, _trainer_state(checkpoint), int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> list[str]:
     """On resume with another process count, keep processes x grad_accum (the effective batch and the batch plan)
     where the new count divides it: then the run goes on exactly. Otherwise say what changes."""

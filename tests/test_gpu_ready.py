@@ -303,6 +303,24 @@ def test_a_resume_on_a_process_count_that_does_not_divide_the_group_keeps_the_ne
     assert "each step from here trains 1.33x the features planned" in notes[0]
 
 
+def test_the_dry_run_of_a_resume_on_another_process_count_describes_the_batches_it_will_make(tiny_bert_dir, tmp_path,
+                                                                                             monkeypatch):
+    """A run of 1 process resumed under a launch of 2: --dry-run says what changes and plans for 2 processes."""
+    from typer.testing import CliRunner
+
+    from conftest import tiny_run_config
+    from mrc_cli.cli import app
+    from mrc_cli.training import train
+
+    train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=2, save_steps=1, eval_steps=0, grad_accum=2))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(app, ["train", "--resume", "auto", "--output-dir", str(tmp_path / "run"),
+                                      "--max-steps", "4", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "# resume: 2 process(es) instead of 1: train.grad_accum 2 -> 1 keeps the effective batch of 16" in result.stdout
+    assert "features per optimizer step on average, 22 steps per epoch" in result.stdout  # 344 features, 16 a step
+
+
 def test_the_lr_line_of_a_run_resumed_on_another_process_count_names_the_lr_it_trains_with(tmp_path):
     """train.scale_lr scales by the processes a run started with; resumed on more, the schedule keeps that lr."""
     from types import SimpleNamespace
