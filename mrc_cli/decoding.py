@@ -126,6 +126,10 @@ def decode(
         return {}
     index_of = {}  # example id -> example index, numbered by first appearance
     example_index = np.array([index_of.setdefault(eid, len(index_of)) for eid in example_ids])  # (F,)
+    missing = [eid for eid in index_of if eid not in contexts]
+    if missing:  # a KeyError from deep inside would not say which argument lacks what
+        raise ValueError(f"decode: contexts has no context for {len(missing)} example id(s) of the features (the "
+                         f"first: {missing[0]!r}); give {{example id: context}} for every example")
     spans = _nbest_spans(example_index, offsets, start_logits, end_logits, cfg)
     null_scores = _null_scores(example_index, len(index_of), start_logits, end_logits)
     return _build_predictions(list(index_of), contexts, spans, null_scores, cfg)

@@ -83,6 +83,18 @@ def unknown_note(share: float, what: str) -> str:
             "Chinese, an encoder with a Chinese vocabulary)")
 
 
+def _check_arguments(examples, tokenizer) -> None:
+    """From Python, a path for the tokenizer or a list for the examples failed with an AttributeError deep inside."""
+    import datasets
+
+    if not isinstance(examples, datasets.Dataset):
+        raise TypeError(f"examples must be a datasets.Dataset of canonical records (mrc_cli.data.to_dataset(records), "
+                        f"or load_examples(path, use)), not {type(examples).__name__}")
+    if not hasattr(tokenizer, "num_special_tokens_to_add"):
+        raise TypeError(f"tokenizer must be a loaded tokenizer (mrc_cli.tokenizer.load_tokenizer(path)), not "
+                        f"{type(tokenizer).__name__} {str(tokenizer)[:60]!r}")
+
+
 def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: bool = True, offsets: bool = True,
                    progress: bool = True):
     """Tokenize a canonical examples `Dataset` into windowed features; returns (features Dataset, FeatureSummary).
@@ -91,6 +103,7 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
     settings loads them; without it (the Reader's few questions) they stay in memory. `progress`: datasets' bar
     (not for a Reader call, where it would flash for a few milliseconds).
     """
+    _check_arguments(examples, tokenizer)
     check_data_config(data, tokenizer.num_special_tokens_to_add(pair=True))
     started = time.perf_counter()
     # names the cache files; in memory any unique name does, and hashing the tokenizer cost the Reader (mrc serve)

@@ -224,6 +224,9 @@ def refuse_repeated_ids(ids: list[str], source: str, why: str) -> None:
 def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) -> tuple[list[dict], ValidationReport]:
     """Return the records fit for `use` (answers relocated where needed) and the report, which lists the first
     `listed` repairs (None: all) and counts all of them."""
+    if not isinstance(raw, RawData):
+        raise TypeError(f"validate_records takes what read_data(path) returns, not {type(raw).__name__}; "
+                        "validate_file(path, use) reads and validates a file")
     if use not in USES:
         raise ValueError(f"use must be one of {USES}, not {use!r}")
     report = ValidationReport(raw.source, use, listed=listed)

@@ -395,3 +395,9 @@ def test_prediction_equality_compares_the_nbest_lists():
     assert Prediction(*fields, nbest=[one]) == Prediction(*fields, nbest=[dict(one)])
     assert Prediction(*fields, nbest=[one]) != Prediction(*fields)
     assert "nbest" not in repr(Prediction(*fields, nbest=[one]))  # 20 dicts would drown the answer
+
+
+def test_features_of_an_example_without_a_context_are_refused_with_its_id():
+    offsets = pad_offsets([_window(range(8))], 16)
+    with pytest.raises(ValueError, match="contexts has no context for 1 example id.*'b'"):
+        decode(["b"], offsets, _logits(16)[None], _logits(16)[None], {"a": CONTEXT}, DecodeConfig())

@@ -438,3 +438,14 @@ def test_a_user_segmenter_from_the_working_folder_and_its_edits_reach_the_featur
     again, summary = _chinese_features(tmp_path, wordpiece_tokenizer, "reexports_mod:via_helper")
     assert not summary.from_cache and again[0]["word_ids"] == edited[0]["word_ids"] != through[0]["word_ids"]
     sys.modules.pop("reexports_mod")
+
+
+def test_python_callers_get_the_type_they_passed_wrong_named(tiny_bert_dir):
+    """A path for the tokenizer, or records as a list: a TypeError saying what to pass, not an AttributeError."""
+    from mrc_cli.tokenizer import load_tokenizer
+
+    examples, _, _ = load_examples("data/quickstart/en_dev.json", "eval")
+    with pytest.raises(TypeError, match="tokenizer must be a loaded tokenizer .*load_tokenizer"):
+        build_features(examples, tiny_bert_dir, DataConfig(), labels=False, cache=False)
+    with pytest.raises(TypeError, match="examples must be a datasets.Dataset .* not list"):
+        build_features([examples[0]], load_tokenizer(tiny_bert_dir), DataConfig(), labels=False, cache=False)

@@ -341,3 +341,8 @@ def test_a_file_of_chinese_and_english_questions_is_warned_that_one_metric_score
     assert validate_file(str(write_squad(tmp_path / "zh.json", zh)), "eval").warnings == []
     assert validate_file(str(write_squad(tmp_path / "none.json", [])), "score").warnings == []  # no questions: no mix
     assert validate_file(str(shared_file("cmrc2018_dev.json")), "score").warnings == []  # Chinese throughout
+
+
+def test_validate_records_names_what_it_takes():
+    with pytest.raises(TypeError, match="validate_records takes what read_data\\(path\\) returns, not str"):
+        validate_records("data/quickstart/en_dev.json", "eval")
