@@ -16,6 +16,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from mrc_cli.attention import varlen_missing
 from mrc_cli.batching import FeatureTensors, inference_batch_size, inference_batches, token_budget
@@ -74,8 +75,10 @@ def predict_logits(model, features, accelerator, batch_size: int | str, precisio
     results = []  # (feature indices, start logits, end logits, per-feature loss or None)
     was_training = model.training
     model.eval()
+    # a bar for a file's features (cached, as ensembles tell a file from a Reader call's few questions), on one process
+    shown = bool(getattr(features, "cache_files", None)) and accelerator.process_index == 0
     with autocast(accelerator.device, precision):  # one context for all batches: the weights are cast once
-        for index in mine:
+        for index in tqdm(mine, desc="Answering", unit="batch", leave=False, disable=not shown):
             out = model(**store.batch(index))
             pad = (0, width - out.start_logits.shape[1])
             losses = None if out.feature_loss is None else (out.feature_loss.cpu().numpy(), out.labelled.cpu().numpy())

@@ -36,6 +36,7 @@ def test_eval_predict_export_and_reader_agree(trained_run, tmp_path):
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["total"] == 49 and 0 <= metrics["f1"] <= 100 and metrics["dev_loss"] > 0
     assert "best_f1_thresh" in metrics  # the dev set has unanswerable questions: SQuAD v2 rules
+    assert re.search(r"Answering: .* 0/\d+ \[", result.stderr)  # a file's inference shows its progress bar
     # what became of the data: its validation and its windows, truncations counted (as preprocess prints them)
     assert re.search(r"\n49 examples -> \d+ features \(.*\); 0 questions truncated, 0 answers in no window\n",
                      result.stdout), result.stdout
