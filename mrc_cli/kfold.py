@@ -96,6 +96,7 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     are skipped, an unfinished one resumes from its newest checkpoint. With data.dev_file, every fold's best
     checkpoint is then scored there (with `thresholds.threshold_report` where the threshold is stored)."""
     out_dir = Path(out_dir)
+    check_train_config(cfg.train)  # here too, not only as the folds are planned: before the data is read
     check_output_folder(out_dir)
     refuse_other_files(out_dir, "--out", lambda entry: entry.name in ("kfold.json", "oof") or
                        entry.name.startswith("fold-"), "k-fold run")

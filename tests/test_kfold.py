@@ -613,3 +613,12 @@ def test_folds_train_as_processes_of_their_own_and_score_as_in_one(tiny_bert_dir
     assert [{key: f[key] for key in figures} for f in result["folds"]] == [
         {key: f[key] for key in figures} for f in here["folds"]]
     assert result["oof"] == here["oof"]
+
+
+def test_bad_training_settings_are_refused_before_the_data_is_read(tiny_bert_dir, tmp_path, monkeypatch):
+    import mrc_cli.kfold
+
+    monkeypatch.setattr(mrc_cli.kfold, "load_examples", lambda *args: pytest.fail("the data was read first"))
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "unused", seed=-1)
+    with pytest.raises(ConfigError, match="train.seed must be from 0 to 2\\*\\*32 - 1"):
+        kfold(cfg, 2, tmp_path / "kfold")
