@@ -560,7 +560,7 @@ def _dry_run(cfg, batches: bool = False, evaluates: bool = True, run_dir_flag: s
     cfg, resume_from, notes = resolve_run(cfg, lambda run: evaluates and bool(run.data.dev_file), run_dir_flag)
     if resume_from is not None:  # on another process count the run changes grad_accum (or its plan) first
         notes += resumed_batch_notes(cfg, resume_from)
-    if not batches:  # describe_batches checks it below
+    if not batches and cfg.train.tokens_per_batch not in ("auto", 0):  # describe_batches checks it below
         check_packing(cfg, packs)
     if _launched_rank() != 0:  # refused above on every process, printed by one
         return

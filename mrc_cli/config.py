@@ -261,7 +261,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{dotted}: its flag gives {flagged[dotted]!r}, --set {item} another value; give one of "
                               "them")
     given = {*flagged, *(item.partition("=")[0].strip() for item in sets)}
-    if base is None and cfg.train.max_steps and "train.epochs" in given and "train.max_steps" not in given:
+    # (a resume says so in a note: its length is the run's own unless given anew)
+    if base is None and not cfg.train.resume and cfg.train.max_steps and "train.epochs" in given and \
+            "train.max_steps" not in given:
         raise ConfigError(f"train.epochs {cfg.train.epochs} given, but train.max_steps {cfg.train.max_steps} from "
                           f"{path} sets the run's length, and epochs would do nothing; add --max-steps 0 to train by "
                           "epochs")
