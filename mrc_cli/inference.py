@@ -23,7 +23,7 @@ from mrc_cli.batching import FeatureTensors, inference_batch_size, inference_bat
 from mrc_cli.config import DecodeConfig, RunConfig, TrainConfig
 from mrc_cli.decoding import Prediction, decode, pad_offsets, predictions_to_json
 from mrc_cli.features import column
-from mrc_cli.files import to_json
+from mrc_cli.files import to_json, write_text_atomically
 from mrc_cli.metrics import score
 from mrc_cli.precision import autocast, resolve_precision
 from mrc_cli.thresholds import null_threshold_sweep
@@ -224,8 +224,8 @@ def write_answer_files(out_dir: Path, answers: dict, nbest: dict, null_odds: dic
     files = {"predictions.json": answers, "nbest.json": nbest, "null_odds.json": null_odds}
     if metrics:
         files["metrics.json"] = metrics
-    for name, obj in files.items():
-        (out_dir / name).write_text(to_json(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    for name, obj in files.items():  # each whole or the one before: a full disk had left half an nbest.json
+        write_text_atomically(out_dir / name, to_json(obj, ensure_ascii=False, indent=1))
     # an earlier run's files that this one does not write (eval --calibrate writes its two after these): beside the new
     # answers they would pass for theirs
     for name in ({"metrics.json"} - set(files)) | {"calibration.json", "reliability.png"}:

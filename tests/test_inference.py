@@ -464,3 +464,26 @@ def test_a_model_trained_with_a_cache_folder_of_another_machine_caches_on_this_o
         "Error: the cache folder /proc/elsewhere/cache cannot be made (No such file or directory): set data.cache_dir "
         "(--set data.cache_dir=DIR) to a folder you can write"), result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_leaves_the_previous_answer_files_whole(tmp_path, monkeypatch):
+    """A write cut short (a disk that filled) leaves the file as it was, not half of the new one, and no temporary."""
+    from pathlib import Path
+
+    from mrc_cli.inference import write_answer_files
+
+    write_answer_files(tmp_path, {"q": "old"}, {"q": [{"text": "old"}]}, {"q": 0.5})
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    real = Path.write_text
+
+    def half_then_full(path, text, *args, **kwargs):
+        if "nbest" in path.name:
+            real(path, text[:len(text) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_answer_files(tmp_path, {"q": "new"}, {"q": [{"text": "new answer " * 50}]}, {"q": 0.7})
+    assert (tmp_path / "nbest.json").read_text() == before["nbest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temporary file left
