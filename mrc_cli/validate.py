@@ -3,7 +3,9 @@
 Training needs a character position for one answer per question; scoring needs only the answer texts; prediction
 needs neither. So a misaligned `answer_start` is relocated to the occurrence of its text nearest the given start
 (exactly, then ignoring whitespace, then after Unicode normalisation), an answer that cannot be found keeps
-`answer_start = -1`, and a training question with no locatable answer is left out of training. A question with an
+`answer_start = -1`, and a training question with no locatable answer is left out of training. A file whose starts
+are mostly off their texts is tested for starts counted in UTF-8 bytes or UTF-16 code units (what other languages'
+string positions count), and read in the unit that aligns them, before anything is relocated. A question with an
 empty text stops training, but is left out of evaluation and prediction, with its gold answers kept for scoring: the
 official CMRC 2018 trial file has two, and the official scorers score such a file. Every repair and every omission is counted in the report.
 """
@@ -18,6 +20,7 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +32,13 @@ USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc sco
 MIXED_LANGUAGES = 0.05  # the share of a file's questions in its lesser language that _check_languages warns of
 MAX_LISTED = 20  # repairs and warnings listed by message; all of them are counted
 FINAL_PUNCTUATION = "。．.，,；;！!？?、"  # what may end an answer that its context goes on from with another mark
-EXAMPLES_VERSION = 10  # bump when reading or validating changes its output, so old cached examples are not reused
+MOSTLY_MISALIGNED = 0.5  # the share of a file's starts off their found texts that has other offset units tried
+NEARLY_ALL = 0.9  # the share of them another unit must align to be the file's (CMRC 2018 dev in bytes: 9,457 of 9,464)
+OFFSET_UNITS = {  # a character's width where other languages count string positions otherwise than Python
+    "UTF-8 byte": lambda char: len(char.encode("utf-8")),  # Go, Rust, C, byte-level tools
+    "UTF-16 code unit": lambda char: 1 + (ord(char) > 0xFFFF),  # JavaScript, Java, C#: astral characters count 2
+}
+EXAMPLES_VERSION = 11  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -39,7 +48,9 @@ class ValidationReport:
     questions: int = 0
     answers: int = 0
     unanswerable: int = 0
-    misaligned: int = 0
+    misaligned: int = 0  # after reading the starts in the file's offset unit
+    starts_read_as: str = "character"  # the offset unit of the file's answer_start values (OFFSET_UNITS)
+    starts_converted: int = 0  # answer_start values moved from that unit to characters
     relocated: int = 0
     unlocatable: int = 0
     duplicate_ids: int = 0
@@ -70,6 +81,8 @@ class ValidationReport:
             f"{self.misaligned} misaligned answers: {self.relocated} relocated, {self.unlocatable} not in the context"
         )
         extra = []
+        if self.starts_read_as != "character":
+            extra.append(f"answer_start read as {self.starts_read_as} offsets: {self.starts_converted} answers")
         if self.duplicate_ids:
             extra.append(f"{self.duplicate_ids} duplicate ids")
         if self.without_answers and self.use != "predict":
@@ -256,7 +269,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
             "SQuAD v2.0 script scores them" + ("" if raw.marks_unanswerable else ", so the file is scored by SQuAD "
                                                "v2.0's rules: give their answers, or leave them out, for v1.1's"))
     kept = []
-    for rec in raw.records:
+    for rec, starts in zip(raw.records, _read_starts(raw, report)):
         report.questions += 1
         report.unanswerable += rec["is_impossible"]
         where = f"{raw.source}: question {rec['id']}"
@@ -271,7 +284,7 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
             report.empty_contexts += 1
             if use != "score":  # the official scorers read only ids and answers
                 report.errors.append(f"{where}: the context is empty")
-        rec = {**rec, "answers": _locate_answers(rec, where, report)}
+        rec = {**rec, "answers": _locate_answers(rec, starts, where, report)}
         located = any(s >= 0 for s in rec["answers"]["answer_start"])
         if not rec["is_impossible"] and not rec["answers"]["text"]:
             report.without_answers += 1
@@ -351,10 +364,47 @@ def _check_languages(raw: RawData, report: ValidationReport) -> None:
                                "each language as a file of its own")
 
 
-def _locate_answers(rec: dict, where: str, report: ValidationReport) -> dict:
+def _read_starts(raw: RawData, report: ValidationReport) -> list[list[int]]:
+    """Each record's answer starts as characters. Where most starts of the file are off their texts, the first offset
+    unit that aligns nearly all of them is the file's, and every start is converted from it: relocation alone would
+    take the occurrence nearest a byte offset (in CMRC 2018 dev, another than the one meant for 864 of its 9,657
+    answers)."""
+    starts = [rec["answers"]["answer_start"] for rec in raw.records]
+    found = [(rec["context"], text, start) for rec in raw.records
+             for text, start in zip(rec["answers"]["text"], rec["answers"]["answer_start"])
+             if start >= 0 and not is_blank(text) and text in rec["context"]]
+    misaligned = sum(not context.startswith(text, start) for context, text, start in found)
+    if misaligned <= MOSTLY_MISALIGNED * len(found):  # a file in characters: one pass of startswith, no more
+        return starts
+    for unit, width in OFFSET_UNITS.items():
+        to_char = functools.lru_cache(maxsize=None)(functools.partial(_char_at, width=width))
+        aligned = sum(context.startswith(text, to_char(context)(start)) for context, text, start in found)
+        if aligned >= NEARLY_ALL * len(found):
+            converted = [[to_char(rec["context"])(start) for start in rec_starts]
+                         for rec, rec_starts in zip(raw.records, starts)]
+            report.starts_read_as = unit
+            report.starts_converted = sum(a != b for old, new in zip(starts, converted) for a, b in zip(old, new))
+            return converted
+    report.warnings.append(
+        f"{raw.source}: {misaligned} of the {len(found)} answers found in their context are not at their answer_start, "
+        f"read as characters or as {' or '.join(f'{unit}s' for unit in OFFSET_UNITS)}: each was relocated to the "
+        "occurrence of its text nearest its start, which may be another than the one meant; write answer_start as "
+        "character offsets (Python's str indices)")
+    return starts
+
+
+def _char_at(context: str, width: Callable[[str], int]) -> Callable[[int], int]:
+    """A function from an offset into `context`, counted in units of `width` per character, to the index of the
+    character it falls in; an offset outside the context (or negative: no position given) is kept as it is."""
+    chars = [i for i, char in enumerate(context) for _ in range(width(char))] + [len(context)]
+    return lambda start: chars[start] if 0 <= start < len(chars) else start
+
+
+def _locate_answers(rec: dict, given: list[int], where: str, report: ValidationReport) -> dict:
+    """`rec`'s answers at their `given` starts (in characters), relocated where misaligned."""
     context = rec["context"]
     texts, starts = [], []
-    for text, start in zip(rec["answers"]["text"], rec["answers"]["answer_start"]):
+    for text, start in zip(rec["answers"]["text"], given):
         report.answers += 1
         if not is_blank(text) and 0 <= start and context.startswith(text, start):
             texts.append(text)

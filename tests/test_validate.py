@@ -201,6 +201,59 @@ def test_real_cmrc_counts():
     assert report.usable and report.left_out_of_training == 0
 
 
+def _with_starts_in(source, path, encoding: str):
+    """`source` (SQuAD JSON) with its answer starts counted in another unit, as other languages count them."""
+    squad = json.loads(source.read_text(encoding="utf-8"))
+    width = 1 if encoding == "utf-8" else 2
+    for article in squad["data"]:
+        for paragraph in article["paragraphs"]:
+            for answer in (a for qa in paragraph["qas"] for a in qa["answers"]):
+                start = answer["answer_start"]  # -1 (no position) stays -1, as those tools write it
+                if start >= 0:
+                    answer["answer_start"] = len(paragraph["context"][:start].encode(encoding)) // width
+    path.write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_real_cmrc_with_utf8_byte_offsets_is_read_as_bytes(tmp_path):
+    """Relocated to the nearest occurrence instead, 864 answers (295 questions' training answer) moved elsewhere."""
+    source = shared_file("cmrc2018_dev.json")
+    in_bytes = _with_starts_in(source, tmp_path / "zh_bytes.json", "utf-8")
+    report = validate_file(str(in_bytes), "train", fixed=tmp_path / "from_bytes.json")
+    validate_file(str(source), "train", fixed=tmp_path / "from_chars.json")
+    from_bytes, from_chars = (json.loads((tmp_path / name).read_text(encoding="utf-8"))["data"]
+                              for name in ("from_bytes.json", "from_chars.json"))
+    assert from_bytes == from_chars
+    assert (report.starts_read_as, report.starts_converted) == ("UTF-8 byte", 9419)
+    assert (report.misaligned, report.relocated, report.unlocatable) == (200, 167, 33)  # as the file in characters
+    assert "answer_start read as UTF-8 byte offsets: 9419 answers" in report.summary()
+
+
+def test_utf16_offsets_with_astral_characters_are_read_as_code_units(tmp_path):
+    """JavaScript, Java and C# count an astral character (an emoji, a CJK extension B ideograph) as 2."""
+    paragraphs = [("🙂🙂🙂🙂🙂🙂 cat, cat.", "cat", 7), ("𠮷野家 𠮷𠮷𠮷𠮷 牛丼 牛丼", "牛丼", 9), ("🐶🐶🐶 the dog", "dog", 8)]
+    squad = write_squad(tmp_path / "chars.json", [(context, [{"id": f"q{i}", "question": "?", "answers": [
+        {"text": text, "answer_start": start}]}]) for i, (context, text, start) in enumerate(paragraphs)])
+    records, report = validate_records(read_data(_with_starts_in(squad, tmp_path / "d.json", "utf-16-le")), "train")
+    assert [r["answers"]["answer_start"] for r in records] == [[7], [9], [8]]
+    assert (report.starts_read_as, report.starts_converted, report.misaligned, report.warnings) == (
+        "UTF-16 code unit", 3, 0, [])
+
+
+def test_starts_mostly_off_in_every_unit_are_warned_of(tmp_path):
+    path = write_squad(tmp_path / "d.json", [("The cat sat on the mat; the cat ran.", [
+        {"id": "a", "question": "Who?", "answers": [{"text": "cat", "answer_start": 30}]},
+        {"id": "b", "question": "Where?", "answers": [{"text": "mat", "answer_start": 3}]},
+    ])])
+    records, report = validate_records(read_data(path), "train")
+    assert [r["answers"]["answer_start"] for r in records] == [[28], [19]] and report.usable
+    assert report.warnings == [
+        f"{path}: 2 of the 2 answers found in their context are not at their answer_start, read as characters or as "
+        "UTF-8 bytes or UTF-16 code units: each was relocated to the occurrence of its text nearest its start, which "
+        "may be another than the one meant; write answer_start as character offsets (Python's str indices)"]
+    assert report.starts_read_as == "character"
+
+
 def test_an_answer_is_found_without_a_final_mark_its_context_goes_on_from(tmp_path):
     context = "他在1998年回到北京，继续工作。"
     path = write_squad(tmp_path / "d.json", [(context, [{"id": "q", "question": "何时？", "answers": [
