@@ -6,7 +6,9 @@ once, without the contexts of the files you will evaluate on, cut into sequences
 - A plain text file is UTF-8 with documents separated by blank lines; the line breaks inside a document stay (the
   tokenizers treat them as spaces; Chinese lines are not glued together with a space). A file with one document per
   line and no blank lines is one long document, cut into full sequences like any other.
-- Leak guard: the contexts of the eval files are left out unless `include_eval_contexts`; both counts are reported.
+- Leak guard: the contexts of the eval files are left out unless `include_eval_contexts`, as whole texts and wherever
+  one occurs inside a longer text: that part is cut out and the rest kept. Whitespace is ignored in the search, so a
+  context wrapped into lines (even a Chinese one, wrapped without spaces) is found. Both counts are reported.
 - A text becomes [CLS] tokens [SEP] sequences of at most max_seq_length tokens, cut between words (inside a word only
   when one word is longer than a sequence) into near-equal parts, so no sequence is a short leftover. Short texts are
   not packed together: length-grouped batches already pad little, attention never mixes unrelated paragraphs, and a
@@ -18,6 +20,8 @@ from __future__ import annotations
 import re
 import time
 from array import array
+from bisect import bisect_right
+from itertools import accumulate
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,8 +37,9 @@ class SourceCount:
     kind: str  # "contexts" (SQuAD-style) or "text"
     records: int  # questions (contexts files) or documents (text files) read
     distinct: int  # texts not met before in this or an earlier file
-    eval_matches: int  # of those, texts that are contexts of the eval files
+    eval_matches: int  # eval contexts in those texts: whole texts and ones found inside a longer text
     unreadable: int = 0  # records `read_data` could not read (`mrc validate FILE` lists them)
+    eval_inside: int = 0  # of eval_matches, those found inside a longer text
 
 
 @dataclass
@@ -50,6 +55,10 @@ class Corpus:
     def eval_matches(self) -> int:
         return sum(s.eval_matches for s in self.sources)
 
+    @property
+    def eval_inside(self) -> int:
+        return sum(s.eval_inside for s in self.sources)
+
     def summary(self) -> list[str]:
         """What was included and what was left out, one line per file and one for the leak guard."""
         lines = []
@@ -57,60 +66,125 @@ class Corpus:
             read, distinct = ("questions", "contexts") if s.kind == "contexts" else ("documents", "documents")
             lines.append(f"{s.file}: {s.records} {read} -> {s.distinct} distinct {distinct}"
                          + (f", {s.eval_matches} of them in the eval files" if s.eval_matches else "")
+                         + (f" ({s.eval_inside} inside a longer text)" if s.eval_inside else "")
                          + (f"; {s.unreadable} records unreadable (mrc validate lists them)" if s.unreadable else ""))
         if not self.eval_files:
             lines.append("no eval file named (--eval-data or data.dev_file): no context left out")
         elif self.include_eval_contexts:
-            lines.append(f"included: {self.eval_matches} texts that are contexts of {', '.join(self.eval_files)} "
-                         f"({self.eval_contexts} contexts there; --include-eval-contexts)")
+            lines.append(f"included: {self.eval_matches} texts that are contexts of {', '.join(self.eval_files)}"
+                         f"{self._inside_note('in')} ({self.eval_contexts} contexts there; --include-eval-contexts)")
         else:
-            lines.append(f"left out: {self.eval_matches} texts that are contexts of {', '.join(self.eval_files)} "
-                         f"({self.eval_contexts} contexts there; --include-eval-contexts keeps them)")
+            lines.append(f"left out: {self.eval_matches} texts that are contexts of {', '.join(self.eval_files)}"
+                         f"{self._inside_note('cut out of')} ({self.eval_contexts} contexts there; "
+                         "--include-eval-contexts keeps them)")
         lines.append(f"corpus: {len(self.texts)} texts; {self.duplicates} repeats skipped (a context of several "
                      "questions, a text met before)")
         return lines
 
+    def _inside_note(self, where: str) -> str:
+        return f", {self.eval_inside} of them {where} a longer text" if self.eval_inside else ""
+
     def to_dict(self) -> dict:
         return {"sources": [asdict(s) for s in self.sources], "eval_files": self.eval_files,
                 "eval_contexts": self.eval_contexts, "include_eval_contexts": self.include_eval_contexts,
-                "eval_matches": self.eval_matches, "duplicates": self.duplicates, "texts": len(self.texts)}
+                "eval_matches": self.eval_matches, "eval_inside": self.eval_inside, "duplicates": self.duplicates,
+                "texts": len(self.texts)}
 
 
 def collect_texts(pretrain: PretrainConfig, eval_files: list[str], fmt: str = "auto") -> Corpus:
     """The distinct texts of pretrain.data_files (contexts) and text_files (documents), in file order, less the
-    eval files' contexts unless pretrain.include_eval_contexts."""
-    eval_keys = {_key(c) for f in eval_files for c in _contexts(f, fmt)[0]}
-    corpus = Corpus([], [], list(eval_files), len(eval_keys), pretrain.include_eval_contexts)
+    eval files' contexts (whole texts, or cut out of a longer one) unless pretrain.include_eval_contexts."""
+    eval_index = EvalContexts([c for f in eval_files for c in _contexts(f, fmt)[0]])
+    corpus = Corpus([], [], list(eval_files), len(eval_index.keys), pretrain.include_eval_contexts)
     seen: set[str] = set()
     sources = [(f, "contexts") for f in pretrain.data_files] + [(f, "text") for f in pretrain.text_files]
     for path, kind in sources:
         texts, unreadable = _contexts(path, fmt) if kind == "contexts" else (read_documents(Path(path)), 0)
         count = SourceCount(path, kind, len(texts), 0, 0, unreadable)
         for text in texts:
-            key, inside = _key(text), 0
-            if kind == "text" and key not in eval_keys:  # an eval context may be a line of a document
-                lines = text.split("\n")
-                kept = [line for line in lines if _key(line) not in eval_keys]
-                inside = len(lines) - len(kept)
-                if inside and not pretrain.include_eval_contexts:
-                    text = "\n".join(kept).strip()
-                    key = _key(text)
-            if not key:
-                count.eval_matches += inside
-                continue
+            key = _key(text)
             if key in seen:
                 corpus.duplicates += 1
                 continue
             seen.add(key)
-            count.distinct += 1
-            count.eval_matches += inside
-            if key in eval_keys:
+            if key in eval_index.keys:
+                count.distinct += 1
                 count.eval_matches += 1
-                if not pretrain.include_eval_contexts:
+                if pretrain.include_eval_contexts:
+                    corpus.texts.append(text)
+                continue
+            spans = eval_index.find(text)
+            count.eval_matches += len(spans)
+            count.eval_inside += len(spans)
+            if spans and not pretrain.include_eval_contexts:
+                text = _cut(text, spans)
+                if not text or _key(text) in seen:  # nothing left, or what is left came before
+                    corpus.duplicates += bool(text)
                     continue
+                seen.add(_key(text))
+            count.distinct += 1
             corpus.texts.append(text)
         corpus.sources.append(count)
     return corpus
+
+
+# An eval context is found by looking up _ANCHOR characters of the text every _STRIDE characters in a table of each
+# context's first _STRIDE anchors, then comparing the whole context there: one dict lookup per _STRIDE characters of
+# corpus, whatever the number of contexts. Contexts too short to have _STRIDE anchors are searched for one by one.
+_ANCHOR, _STRIDE = 24, 16
+
+
+class EvalContexts:
+    """The eval files' contexts: `keys` (whitespace folded) to recognise a whole text, and `find` for the places one
+    occurs inside a text, whitespace ignored (a wrapped context, even a Chinese one wrapped without spaces)."""
+
+    def __init__(self, contexts: list[str]):
+        self.keys = {_key(c) for c in contexts}
+        self._anchors: dict[str, list[tuple[str, int]]] = {}
+        self._short: list[str] = []
+        for bare in {"".join(c.split()) for c in contexts} - {""}:
+            if len(bare) < _ANCHOR + _STRIDE - 1:
+                self._short.append(bare)
+                continue
+            for offset in range(_STRIDE):
+                self._anchors.setdefault(bare[offset:offset + _ANCHOR], []).append((bare, offset))
+
+    def find(self, text: str) -> list[tuple[int, int]]:
+        """[start, end) character ranges of `text`, sorted, each an eval context there (found overlaps kept)."""
+        bare = "".join(text.split())
+        found = set()
+        for i in range(0, len(bare) - _ANCHOR + 1, _STRIDE):
+            for context, offset in self._anchors.get(bare[i:i + _ANCHOR], ()):
+                if i >= offset and bare.startswith(context, i - offset):
+                    found.add((i - offset, i - offset + len(context)))
+        for context in self._short:
+            start = bare.find(context)
+            while start != -1:
+                found.add((start, start + len(context)))
+                start = bare.find(context, start + 1)
+        return _in_text(text, sorted(found)) if found else []
+
+
+def _in_text(text: str, bare_spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The [start, end) ranges of `text` that [start, end) ranges of the text without its whitespace cover."""
+    words = [(m.start(), len(m.group())) for m in re.finditer(r"\S+", text)]
+    bare_starts = list(accumulate((n for _, n in words), initial=0))
+
+    def position(bare: int) -> int:
+        w = bisect_right(bare_starts, bare) - 1
+        return words[w][0] + bare - bare_starts[w]
+
+    return [(position(start), position(end - 1) + 1) for start, end in bare_spans]
+
+
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` less the sorted spans: the pieces left, each stripped, one a line."""
+    pieces, kept_from = [], 0
+    for start, end in spans:
+        pieces.append(text[kept_from:start])
+        kept_from = max(kept_from, end)
+    pieces.append(text[kept_from:])
+    return "\n".join(p.strip() for p in pieces if p.strip())
 
 
 def _contexts(path: str, fmt: str) -> tuple[list[str], int]:

@@ -159,8 +159,8 @@ class MaskedLMTask:
         if not corpus.texts:
             files = ", ".join(s.file for s in corpus.sources) or "no --data or --text file"
             if corpus.eval_matches and not corpus.include_eval_contexts:
-                raise ConfigError(f"nothing left to pre-train on in {files}: every text is a context of the eval "
-                                  "files; pass --include-eval-contexts to keep them, or other --data/--text files")
+                raise ConfigError(f"nothing left to pre-train on in {files}: every text is made of contexts of the "
+                                  "eval files; pass --include-eval-contexts to keep them, or other --data/--text files")
             raise ConfigError(f"nothing to pre-train on: {files} hold no text (no context, no document); give "
                               "--data files with contexts or --text files")
         sequences, summary = build_sequences(corpus.texts, tokenizer, cfg.data)

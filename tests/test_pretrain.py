@@ -155,6 +155,28 @@ def test_contexts_are_deduplicated_and_eval_contexts_left_out_or_kept(tmp_path):
             collect_texts(PretrainConfig(text_files=[str(given)]), [str(dev)])
 
 
+def test_an_eval_context_wrapped_inside_a_document_is_cut_out_and_the_rest_kept(tmp_path):
+    import textwrap
+
+    en_dev, zh_dev = QUICKSTART / "en_dev.json", QUICKSTART / "zh_dev.json"
+    en = json.loads(en_dev.read_text())["data"][0]["paragraphs"][0]["context"]
+    zh = json.loads(zh_dev.read_text())["data"][0]["paragraphs"][0]["context"]
+    wrapped = "\n".join(textwrap.wrap(en, 80))
+    zh_wrapped = "\n".join(zh[i:i + 30] for i in range(0, len(zh), 30))  # Chinese wraps without spaces
+    books = tmp_path / "books.txt"
+    books.write_text(f"Chapter 1\n{wrapped}\n\nChapter 2\nNo dev text here.\n\n第三章\n{zh_wrapped}\n完。\n\n"
+                     f"Two in a row: {en} {wrapped}\n", encoding="utf-8")
+    cfg = PretrainConfig(text_files=[str(books)])
+
+    left_out = collect_texts(cfg, [str(en_dev), str(zh_dev)])
+    assert left_out.texts == ["Chapter 1", "Chapter 2\nNo dev text here.", "第三章\n完。", "Two in a row:"]
+    assert (left_out.sources[0].eval_matches, left_out.eval_inside) == (4, 4)
+    assert f"left out: 4 texts that are contexts of {en_dev}, {zh_dev}, 4 of them cut out of a longer text" in \
+        "\n".join(left_out.summary())
+    kept = collect_texts(PretrainConfig(text_files=[str(books)], include_eval_contexts=True), [str(en_dev)])
+    assert kept.texts[0] == f"Chapter 1\n{wrapped}" and kept.eval_matches == 3
+    assert "included: 3 texts that are contexts of" in "\n".join(kept.summary())
+
 def test_long_texts_become_near_equal_sequences_cut_between_words(wordpiece_tokenizer):
     text = " ".join(json.loads((QUICKSTART / "en_train.json").read_text())["data"][0]["paragraphs"][0]["context"]
                     for _ in range(4))
@@ -536,7 +558,7 @@ def test_albert_pretrains_with_a_fresh_head_or_its_own(tiny_albert_dir, albert_t
     (["--data", "x.json", "--set", "train.rdrop_alpha=1"], "train.rdrop_alpha 1.0 belongs to span fine-tuning"),
     (["--data", "x.json", "--out", "SAME"], "is the model folder pre-training starts from"),
     (["--data", str(QUICKSTART / "en_dev.json"), "--eval-data", str(QUICKSTART / "en_dev.json")],
-     f"nothing left to pre-train on in {QUICKSTART / 'en_dev.json'}: every text is a context of the eval files"),
+     f"nothing left to pre-train on in {QUICKSTART / 'en_dev.json'}: every text is made of contexts of the eval files"),
     (["--text", "EMPTY"], "nothing to pre-train on: EMPTY hold no text"),
     (["--text", "TINY"], "nothing to predict: the masks take none of the 3 words (pretrain.mask_prob 0.15"),
     (["--text", "TINY", "--set", "data.max_seq_length=4096"], "or less (--max-seq-length, or --set data.max_seq_length=N)"),
