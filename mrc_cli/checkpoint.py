@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from mrc_cli.config import RunConfig, load_config, save_config
-from mrc_cli.errors import CheckpointError
+from mrc_cli.errors import CheckpointError, ConfigError, DataError
 from mrc_cli.files import write_text_atomically
 from mrc_cli.model import load_state_dict_file
 
@@ -185,6 +185,24 @@ def read_checkpoint_config(checkpoint: Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{checkpoint}: no config.yaml; is this an mrc-cli checkpoint?")
     return load_config(path)
+
+
+def pretraining_checkpoint_advice(checkpoint: Path) -> str:
+    """What starts new work from an `mrc pretrain` checkpoint, whose weights are a masked-LM's (`lm.bert.*`): no
+    command takes it as --model and `mrc export` has no span head to export, but its run folder becomes a model folder
+    when the run finishes, and --init-from maps its encoder into a span model."""
+    run = run_dir_of(checkpoint)
+    try:
+        base = read_checkpoint_config(checkpoint).model.name_or_path
+    except (CheckpointError, ConfigError, DataError):  # missing or unreadable: the advice holds all the same
+        base = "<the encoder it was pre-trained from>"
+    if (run / "config.json").is_file():
+        folder = (f"its run folder {run} is a model folder of the run's last weights: `mrc pretrain --model {run}` "
+                  f"pre-trains on from them, `mrc train --model {run}` fine-tunes them")
+    else:
+        folder = (f"its run folder {run} becomes a model folder of the run's last weights when the run finishes "
+                  f"(`mrc pretrain --resume auto --out {run}`, on the files it began with)")
+    return f"{folder}; `mrc train --model {base} --init-from {checkpoint}` fine-tunes this checkpoint's encoder"
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

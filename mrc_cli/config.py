@@ -336,16 +336,21 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any], sets: li
     return load_config(path, overrides, sets, base=saved) if saved.is_file() else cfg
 
 
+def run_command(run_dir: Path) -> str | None:
+    """The command that made a run directory (train, pretrain, distil), from its run_info.json; None without one."""
+    info = run_dir / "run_info.json"
+    if not info.is_file():
+        return None
+    then = json.loads(info.read_text(encoding="utf-8"))
+    # runs from before run_info.json named the command: by what each task records
+    return then.get("task") or ("distil" if "teacher" in then else "pretrain" if "files_sha256" in then else "train")
+
+
 def _refuse_other_command(run_dir: Path, command: str) -> None:
     """A run goes on with the command that made it: mrc train on a pre-training run's folder had failed on a setting
     the other command does not read, naming that instead."""
-    info = run_dir / "run_info.json"
-    if not info.is_file():
-        return
-    then = json.loads(info.read_text(encoding="utf-8"))
-    # runs from before run_info.json named the command: by what each task records
-    made_by = then.get("task") or ("distil" if "teacher" in then else "pretrain" if "files_sha256" in then else "train")
-    if made_by != command:
+    made_by = run_command(run_dir)
+    if made_by and made_by != command:
         raise ConfigError(f"{run_dir} is a run of mrc {made_by}: resume it with mrc {made_by} --resume auto "
                           f"{'--out' if made_by == 'pretrain' else '--output-dir'} {run_dir}, or give mrc {command} "
                           "another folder")
@@ -603,7 +608,7 @@ def check_pretrain_config(cfg: RunConfig) -> None:
     from mrc_cli.data import missing_file
     from mrc_cli.tokenizer import check_model_folder
 
-    check_model_folder(cfg.model.name_or_path)  # before the data: a checkpoint of ours is no encoder to start from
+    check_model_folder(cfg.model.name_or_path, "pretrain")  # before the data: a checkpoint of ours is no encoder
     for flag, files in (("--data", cfg.pretrain.data_files), ("--text", cfg.pretrain.text_files),
                         ("--eval-data", cfg.pretrain.eval_files)):
         for name in files:  # a Hub dataset (--data squad_v2:train) or a saved one (data/saved:train): read at the start

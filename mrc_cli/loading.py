@@ -11,8 +11,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrc_cli.checkpoint import read_checkpoint_config, read_weights, resolve_checkpoint
-from mrc_cli.config import RunConfig, load_config
+from mrc_cli.checkpoint import (pretraining_checkpoint_advice, read_checkpoint_config, read_weights, resolve_checkpoint,
+                                 run_dir_of)
+from mrc_cli.config import RunConfig, load_config, run_command
 from mrc_cli.errors import CheckpointError
 from mrc_cli.features import CACHE_ENV, unwritable
 from mrc_cli.model import build_model, load_state_dict_file, load_weights
@@ -73,7 +74,7 @@ def is_onnx_export(path: str | Path) -> bool:
 
 def _answering_model(path: Path) -> Path:
     """`path`, refused where it holds no one answering model: an ensemble, or a model folder without a span head
-    (mrc pretrain's output, any encoder), whose weights would not fit a QA model."""
+    (mrc pretrain's output, any encoder) or an mrc pretrain checkpoint, whose weights would not fit a QA model."""
     if is_ensemble(path):
         raise CheckpointError(f"{path} is an ensemble ({ENSEMBLE_SETTINGS}): mrc eval, mrc predict and Reader.load take "
                               "it; here give one model, e.g. one of its members")
@@ -82,6 +83,9 @@ def _answering_model(path: Path) -> Path:
             and not (path / "trainer_state.json").is_file() and (path / "model.safetensors").is_file():
         raise CheckpointError(f"{path} is a {architecture} model folder (mrc pretrain writes one), with no span head to "
                               f"answer with: fine-tune it first, mrc train --model {path}")
+    if run_command(run_dir_of(path)) == "pretrain":  # a checkpoint, or a run not finished (no model folder yet)
+        raise CheckpointError(f"{path}: a checkpoint of mrc pretrain (a masked-LM), with no span head to answer with or "
+                              f"export; {pretraining_checkpoint_advice(path)}")
     return path
 
 

@@ -24,17 +24,29 @@ def check_not_missing_folder(name_or_path: str) -> None:
                           f"org/name is taken for a folder where a folder org/ is here)")
 
 
-def check_model_folder(name_or_path: str) -> None:
-    """A model to start from (--model): there (check_not_missing_folder), and not a training run or checkpoint of
-    ours, which holds a span model and reads as no encoder (a tokenizer of 5 tokens, random weights)."""
+def check_model_folder(name_or_path: str, command: str = "train") -> None:
+    """A model for `mrc {command}` to start from (--model): there (check_not_missing_folder), and not a training run
+    or checkpoint of ours, which holds a span or masked-LM model under our names and reads as no encoder (a tokenizer
+    of 5 tokens, random weights). The refusal says what does start `command` from it."""
     check_not_missing_folder(name_or_path)
     path = Path(name_or_path).expanduser()
     run_without_model = (path / "run_info.json").is_file() and not (path / "config.json").is_file()  # not pretrain's
-    if (path / "trainer_state.json").is_file() or run_without_model:
+    if not ((path / "trainer_state.json").is_file() or run_without_model):
+        return
+    from mrc_cli.checkpoint import pretraining_checkpoint_advice, run_dir_of
+    from mrc_cli.config import run_command
+
+    if run_command(run_dir_of(path)) == "pretrain":
+        raise ConfigError(f"{name_or_path}: an mrc pretrain run or checkpoint, not an encoder folder to start from; "
+                          + pretraining_checkpoint_advice(path))
+    if command == "pretrain":  # --init-from is span fine-tuning's; an export is a Hugging Face folder of the encoder
         raise ConfigError(f"{name_or_path}: an mrc-cli training run or checkpoint, not an encoder folder to start "
-                          f"from; `mrc train --init-from {name_or_path}` goes on from its weights (with --model "
-                          f"{_base_model(path)}, the encoder it was trained from), and `mrc export --format hf` makes "
-                          "a model folder of it")
+                          f"from; `mrc export --format hf --out DIR {name_or_path}` makes a model folder of it that "
+                          "`mrc pretrain --model DIR` pre-trains on from (with a fresh masked-LM head)")
+    raise ConfigError(f"{name_or_path}: an mrc-cli training run or checkpoint, not an encoder folder to start "
+                      f"from; `mrc train --init-from {name_or_path}` goes on from its weights (with --model "
+                      f"{_base_model(path)}, the encoder it was trained from), and `mrc export --format hf` makes "
+                      "a model folder of it")
 
 
 def _base_model(run_or_checkpoint: Path) -> str:

@@ -41,9 +41,9 @@ from mrc_cli import __version__
 from mrc_cli.attention import packing_refusal, varlen_missing
 from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
 from mrc_cli.checkpoint import (CHECKPOINTS, checkpoint_dir, complete_checkpoints, drop_training_states,
-                                latest_checkpoint, read_checkpoint_config, read_trainer_state, read_training_state,
-                                read_weights, resolve_checkpoint, rng_state, run_dir_of, save_checkpoint, set_rng_state,
-                                write_best_pointer)
+                                latest_checkpoint, pretraining_checkpoint_advice, read_checkpoint_config,
+                                read_trainer_state, read_training_state, read_weights, resolve_checkpoint, rng_state,
+                                run_dir_of, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.compute import training_compute
 from mrc_cli.config import RunConfig, TrainConfig, check_train_config, check_values, config_to_dict, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
@@ -906,9 +906,12 @@ def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     changed = [key for key, value in now.items() if None not in (value, then.get(key)) and value != then[key]]
     if changed:
         what = "the training file" if changed[0] == "train_file_sha256" else changed[0]
+        # mrc pretrain has no --init-from: a new pre-training run starts from the run's model folder
+        pretraining = bool(cfg.pretrain.data_files or cfg.pretrain.text_files)
+        new_run = (f"start anew: {pretraining_checkpoint_advice(checkpoint)}" if pretraining else
+                   f"start a new run from the checkpoint's weights (--init-from {checkpoint} and another output folder)")
         raise ConfigError(f"{run_dir_of(checkpoint.resolve())}: {what} is not what the run trained on (SHA-256 {then[changed[0]]} "
-                          f"then, {now[changed[0]]} now); restore it to resume, or start a new run from the "
-                          f"checkpoint's weights (--init-from {checkpoint} and another output folder)")
+                          f"then, {now[changed[0]]} now); restore it to resume, or {new_run}")
 
 
 def _accelerator(cpu: bool, report_to: str, run_dir: Path) -> Accelerator:

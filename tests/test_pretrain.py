@@ -424,6 +424,15 @@ def test_a_pretraining_checkpoint_starts_fine_tuning_with_init_from_and_a_misfit
     assert result.exit_code == 1 and (f"Error: --init-from {checkpoint / 'model.safetensors'}: none of its weights fit "
                                       "this model (model type albert; the checkpoint holds lm.bert (5 keys), "
                                       "lm.bert.encoder.layer.0-1 (32 keys), lm.cls (5 keys))") in result.stderr
+    # the other way, a span checkpoint to pre-train from: pretrain has no --init-from; the advised export works
+    span_checkpoint = tmp_path / "ft" / "checkpoints" / "step-000001"
+    result = CliRunner().invoke(app, _pretrain_args(str(span_checkpoint), tmp_path / "p", "--max-steps", "1"))
+    assert result.exit_code == 1 and result.stderr == (
+        f"Error: {span_checkpoint}: an mrc-cli training run or checkpoint, not an encoder folder to start from; `mrc "
+        f"export --format hf --out DIR {span_checkpoint}` makes a model folder of it that `mrc pretrain --model DIR` "
+        "pre-trains on from (with a fresh masked-LM head)\n")
+    _invoke(["export", "--checkpoint", str(span_checkpoint), "--format", "hf", "--out", str(tmp_path / "hf")])
+    _invoke(_pretrain_args(str(tmp_path / "hf"), tmp_path / "p", "--max-steps", "1"))
 
 
 def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_for_the_other(pretrained, tiny_bert_dir,
@@ -436,12 +445,19 @@ def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_
         f"Error: {pretrained} is a BertForMaskedLM model folder (mrc pretrain writes one), with no span head to answer "
         f"with: fine-tune it first, mrc train --model {pretrained}\n")
     checkpoint = pretrained / "checkpoints" / "step-000006"
-    for command in (["pretrain", "--data", str(QUICKSTART / "en_dev.json"), "--out", str(tmp_path / "p")],
-                    ["train", "--train", str(QUICKSTART / "en_dev.json"), "--output-dir", str(tmp_path / "t")]):
-        result = runner.invoke(app, [*command, "--model", str(checkpoint), "--dry-run"])
-        assert result.exit_code == 1 and result.stderr.startswith(
-            f"Error: {checkpoint}: an mrc-cli training run or checkpoint, not an encoder folder to start from; `mrc "
-            f"train --init-from {checkpoint}` goes on from its weights (with --model "), result.output
+    # each command's advice works: --model of the run folder (here and in test_the_pretrained_folder_fine_tunes_with_
+    # mrc_train), --init-from in test_a_pretraining_checkpoint_starts_fine_tuning_with_init_from_...
+    advice = (f"its run folder {pretrained} is a model folder of the run's last weights: `mrc pretrain --model "
+              f"{pretrained}` pre-trains on from them, `mrc train --model {pretrained}` fine-tunes them; `mrc train "
+              f"--model {tiny_bert_dir} --init-from {checkpoint}` fine-tunes this checkpoint's encoder\n")
+    for command in (["pretrain", "--data", str(QUICKSTART / "en_dev.json"), "--out", str(tmp_path / "p"), "--model"],
+                    ["train", "--train", str(QUICKSTART / "en_dev.json"), "--output-dir", str(tmp_path / "t"), "--model"],
+                    ["export", "--format", "hf", "--out", str(tmp_path / "e"), "--checkpoint"]):
+        result = runner.invoke(app, [*command, str(checkpoint)] + (["--dry-run"] if command[0] != "export" else []))
+        problem = ("a checkpoint of mrc pretrain (a masked-LM), with no span head to answer with or export" if
+                   command[0] == "export" else "an mrc pretrain run or checkpoint, not an encoder folder to start from")
+        assert result.exit_code == 1 and result.stderr == f"Error: {checkpoint}: {problem}; {advice}", result.output
+    _invoke(_pretrain_args(str(pretrained), tmp_path / "again", "--max-steps", "1"))
     # pretrain's dry run checks its inputs as the run does, naming its own flags
     result = runner.invoke(app, ["pretrain", "--model", str(pretrained), "--data", str(tmp_path / "none.json"),
                                  "--text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "p"), "--dry-run"])
@@ -494,6 +510,27 @@ def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_b
     state = lambda d: json.loads((d / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
     assert state(pretrained) == state(out)
 
+
+def test_a_run_whose_text_changed_is_refused_with_what_starts_pretraining_anew(pretrained, tiny_bert_dir, tmp_path):
+    """The refusal had advised --init-from, which mrc pretrain refuses as span fine-tuning's; it names the run's model
+    folder (mrc pretrain --model RUN works: test_a_pretrained_folder_and_a_checkpoint_are_told_apart_...)."""
+    out = tmp_path / "B"
+    checkpoint = out / "checkpoints" / "step-000003"
+    shutil.copytree(pretrained / "checkpoints" / "step-000003", checkpoint)
+    info = json.loads((pretrained / "run_info.json").read_text())
+    info["files_sha256"][str(QUICKSTART / "en_train.json")] = "0" * 64  # as if the file changed since
+    (out / "run_info.json").write_text(json.dumps(info))
+    for finished in (False, True):
+        if finished:
+            shutil.copy(pretrained / "config.json", out)
+        result = CliRunner().invoke(app, _pretrain_args(tiny_bert_dir, out, "--max-steps", "6", "--resume", "auto"))
+        folder = (f"its run folder {out} is a model folder of the run's last weights: `mrc pretrain --model {out}` "
+                  f"pre-trains on from them" if finished else f"its run folder {out} becomes a model folder of the "
+                  f"run's last weights when the run finishes (`mrc pretrain --resume auto --out {out}`, on the files "
+                  "it began with)")
+        assert result.exit_code == 1 and f"{QUICKSTART / 'en_train.json'} is not what the run trained on" in \
+            result.stderr and f"restore it to resume, or start anew: {folder}" in result.stderr, result.output
+        assert f"--init-from {checkpoint}` fine-tunes this checkpoint's encoder" in result.stderr
 
 def test_an_ordinary_pretraining_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch):
     """test_gpu_ready's check of the fine-tuning loop, on pre-training: the masks are drawn on the device, the
