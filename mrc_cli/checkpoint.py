@@ -11,6 +11,7 @@ run finishes, only its last checkpoint keeps `training_state.pt` (`drop_training
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -76,8 +77,10 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
     except OSError as err:  # a full disk, a quota, a read-only folder
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
+        reason = getattr(err, "strerror", None) or err
+        needed = _state_bytes(model.state_dict()) + _state_bytes(training_state)
         raise CheckpointError(
-            f"could not write checkpoint {final}: {getattr(err, 'strerror', None) or err}; "
+            f"could not write checkpoint {final}: {reason}{_space_note(err, root, needed)}; "
             + (f"the previous checkpoint {previous} is intact: free some space and continue with --resume auto"
                if previous else "no earlier checkpoint exists: free some space and run it again")
         ) from None
@@ -86,6 +89,31 @@ def save_checkpoint(run_dir: Path, model, tokenizer, cfg: RunConfig, trainer_sta
         raise
     _prune(root, keep_last, trainer_state.get("best_step"))
     return final
+
+
+def _space_note(err: OSError, folder: Path, needed: int) -> str:
+    """A note "(No space left on device? ...)" where the disk holding `folder` has less room than the `needed` bytes
+    and `err` does not say so itself: torch.save reports a full disk as "unexpected pos ...". Measured after the
+    partial folder is removed: the room the checkpoint had."""
+    if err.errno == errno.ENOSPC:
+        return ""
+    folder = next(path for path in (folder.resolve(), *folder.resolve().parents) if path.exists())
+    free = shutil.disk_usage(folder).free
+    if free >= needed:
+        return ""
+    mount = next(path for path in (folder, *folder.parents) if os.path.ismount(path))
+    return f" (No space left on device? {free / 2**20:.0f} MB free on {mount}, about {needed / 2**20:.0f} MB needed)"
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the tensors in a state_dict or a nested training state: about what saving it writes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(map(_state_bytes, state.values()))
+    if isinstance(state, (list, tuple)):
+        return sum(map(_state_bytes, state))
+    return 0
 
 
 def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -260,6 +260,43 @@ def test_a_checkpoint_that_cannot_be_written_is_one_error_and_leaves_no_partial_
     assert "Error: could not write checkpoint" in (tmp_path / "run" / "train.log").read_text().splitlines()[-1]
 
 
+@pytest.mark.parametrize("free_mb", [3, 100_000])
+def test_a_checkpoint_torch_could_not_write_on_a_nearly_full_disk_says_so(tiny_bert_dir, tmp_path, monkeypatch,
+                                                                          free_mb):
+    """torch.save's error for a full disk names no disk ("unexpected pos"): the message adds the room left where it
+    is less than the checkpoint needs, and only there."""
+    import types
+
+    import mrc_cli.checkpoint as checkpoint
+    from mrc_cli.errors import CheckpointError
+
+    failure = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3920320 vs 3920208")
+
+    def full_disk(*args, **kwargs):
+        raise failure
+
+    measured = []
+
+    def disk_usage(path):
+        measured.append(path)
+        return types.SimpleNamespace(total=2**40, used=2**40 - free_mb * 2**20, free=free_mb * 2**20)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+    with pytest.raises(CheckpointError) as raised:
+        train(tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=1))
+    message = str(raised.value)
+    assert message.startswith(f"could not write checkpoint {tmp_path / 'run' / 'checkpoints' / 'step-000001'}: "
+                              f"writing the weights or the training state failed ({failure})")
+    assert message.endswith("; no earlier checkpoint exists: free some space and run it again")
+    note = re.search(r" \(No space left on device\? (\d+) MB free on (/\S*), about (\d+) MB needed\);", message)
+    if free_mb > 100:
+        assert note is None, message
+        return
+    assert note and int(note[1]) == 3 and int(note[3]) > 3, message  # tiny BERT, Adam: a few MB
+    assert measured and Path(measured[0]).is_relative_to(Path(note[2]))
+
+
 def test_a_dry_run_shows_what_the_run_would_use_and_refuses_what_it_would_refuse(tiny_bert_dir, tmp_path):
     import yaml
     from typer.testing import CliRunner
