@@ -134,6 +134,30 @@ def preprocess(
 
 
 @app.command()
+def cache(
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="The cache folder (default: $MRC_CACHE_DIR, else ~/.cache/mrc-cli).")] = None,
+    unused_days: Annotated[Optional[float], typer.Option("--unused-days", min=0, help="Remove the entries no run has loaded for this many days.")] = None,
+    max_gb: Annotated[Optional[float], typer.Option("--max-gb", min=0, help="Then remove the least recently used entries until the cache holds at most this many GB.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every entry.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
+) -> None:
+    """Show what the cache of validated examples and features holds, or prune it: entries are kept per data file
+    content and settings and never removed by the runs themselves. A run that needs a removed entry tokenizes again."""
+    from mrc_cli.cache import describe, entries, prune
+    from mrc_cli.config import DataConfig
+    from mrc_cli.features import cache_root
+
+    root = cache_root(DataConfig(cache_dir=str(cache_dir) if cache_dir else None))
+    if unused_days is None and max_gb is None and not clear:
+        typer.echo(f"{root}: {describe(entries(root))}")
+        typer.echo("prune with --unused-days N, --max-gb G or --clear")
+        return
+    removed, kept = prune(root, unused_days, max_gb, clear, dry_run)
+    typer.echo(f"{root}: {'would remove' if dry_run else 'removed'} {describe(removed)}; {'would keep' if dry_run else 'kept'} "
+               f"{describe(kept)}")
+
+
+@app.command()
 def score(
     gold: Annotated[str, typer.Argument(help="Gold data file (SQuAD-style JSON, JSONL, ...).")],
     predictions: Annotated[Path, typer.Argument(help="Predictions JSON {question id: answer text}, or the folder `mrc eval --out` wrote (its null_odds.json too).")],

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 from tokenizers import Encoding
 
+from mrc_cli.cache import mark_used
 from mrc_cli.config import DataConfig, check_data_config
 from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.files import write_text_atomically
@@ -149,6 +150,8 @@ def build_features(examples, tokenizer, data: DataConfig, labels: bool, cache: b
             counts = {}
     if not entry or damaged:
         features = tokenize()
+    else:
+        mark_used(counts_file if counts_file.is_file() else entry[0])
     if set(counts) != {"questions_truncated", "answers_lost_to_truncation", "unknown_context_tokens"}:  # or older
         counts = {"questions_truncated": _count_truncated(examples, backend, data.max_query_length),
                   "answers_lost_to_truncation": _count_lost(examples, features) if labels else 0,

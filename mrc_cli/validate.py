@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mrc_cli.cache import mark_used
 from mrc_cli.data import RawData, is_blank, read_data, to_dataset
 from mrc_cli.errors import DataError
 from mrc_cli.files import check_output_file
@@ -193,6 +194,7 @@ def _read_cache(folder: Path):
     examples = datasets.Dataset.from_file(str(folder / "examples.arrow"))  # memory-mapped
     if len(examples) != report.kept:  # a file cut at a record batch's end reads as fewer examples
         raise ValueError(f"{len(examples)} examples of the {report.kept} written")
+    mark_used(folder / "report.json")
     return examples, report, golds
 
 
