@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -55,6 +56,8 @@ class RawData:
     marks_unanswerable: bool = False  # some question carries an is_impossible field
     hub_layout: bool = False  # answers as the Hub's dict of lists, whose squad_v2 marks unanswerable by [] alone
     unasked_contexts: list[str] = field(default_factory=list)  # of SQuAD paragraphs without questions: pre-training's
+    # fields like `answer` or `answer_text` of questions without `answers`: another tool's layout, read as no answers
+    unread_answer_fields: Counter = field(default_factory=Counter)
 
 
 def read_data(source: str | Path, fmt: str = "auto") -> RawData:
@@ -296,6 +299,8 @@ def _add_flat(raw: RawData, rec: Any, where: str) -> None:
     if wrong:
         raw.problems.append(RecordProblem(where, f"field(s) {', '.join(wrong)} must be text"))
         return
+    if "answers" not in rec:
+        raw.unread_answer_fields.update(key for key in rec if "answer" in str(key).lower())
     answers = _canonical_answers(rec.get("answers"))
     raw.hub_layout |= isinstance(rec.get("answers"), dict)
     if isinstance(answers, str):

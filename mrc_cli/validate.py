@@ -39,7 +39,7 @@ OFFSET_UNITS = {  # a character's width where other languages count string posit
     "UTF-8 byte": lambda char: len(char.encode("utf-8")),  # Go, Rust, C, byte-level tools
     "UTF-16 code unit": lambda char: 1 + (ord(char) > 0xFFFF),  # JavaScript, Java, C#: astral characters count 2
 }
-EXAMPLES_VERSION = 11  # bump when reading or validating changes its output, so old cached examples are not reused
+EXAMPLES_VERSION = 12  # bump when reading or validating changes its output, so old cached examples are not reused
 
 
 @dataclass
@@ -170,8 +170,10 @@ def load_examples(source: str, use: str, fmt: str = "auto", cache_dir: str | Pat
     if not report.usable:
         shown = "\n  ".join(report.errors[:5])
         more = f"\n  ... and {len(report.errors) - 5} more" if len(report.errors) > 5 else ""
+        # a warning may say why (answers under another field's name): shown with the errors it explains
+        warned = "".join(f"\n  warning: {warning}" for warning in report.warnings[:3])
         raise DataError(
-            f"{source} is not usable for {use} ({len(report.errors)} problems):\n  {shown}{more}\n"
+            f"{source} is not usable for {use} ({len(report.errors)} problems):\n  {shown}{more}{warned}\n"
             f"Run `mrc validate {source} --for {use}` for the full report."
         )
     golds = [
@@ -270,6 +272,11 @@ def validate_records(raw: RawData, use: str, listed: int | None = MAX_LISTED) ->
             f"(the first: {raw.read_as_unanswerable[0]}); they are trained and scored as unanswerable, as the official "
             "SQuAD v2.0 script scores them" + ("" if raw.marks_unanswerable else ", so the file is scored by SQuAD "
                                                "v2.0's rules: give their answers, or leave them out, for v1.1's"))
+    if raw.unread_answer_fields:
+        fields = ", ".join(f"{key!r} ({n})" for key, n in raw.unread_answer_fields.most_common())
+        report.warnings.append(f"{raw.source}: questions without an 'answers' field carry {fields}, which is not read: "
+                               "answers come from 'answers', as [{\"text\", \"answer_start\"}] or {\"text\": [], "
+                               "\"answer_start\": []}, so these questions have no answers; convert the file")
     kept = []
     for rec, starts in zip(raw.records, _read_starts(raw, report)):
         report.questions += 1

@@ -399,3 +399,19 @@ def test_a_file_of_chinese_and_english_questions_is_warned_that_one_metric_score
 def test_validate_records_names_what_it_takes():
     with pytest.raises(TypeError, match="validate_records takes what read_data\\(path\\) returns, not str"):
         validate_records("data/quickstart/en_dev.json", "eval")
+
+
+def test_answers_under_another_field_name_are_named_where_the_file_is_refused(tmp_path):
+    from mrc_cli.errors import DataError
+    from mrc_cli.validate import load_examples
+
+    data = json.loads(shared_file("squad_v2.0_dev_head.json").read_text())["data"][0]["paragraphs"][0]
+    path = tmp_path / "flat.jsonl"  # another tool's layout: one answer text per line under `answer`
+    path.write_text("".join(json.dumps({"id": qa["id"], "context": data["context"], "question": qa["question"],
+                                        "answer": qa["answers"][0]["text"] if qa["answers"] else ""}) + "\n"
+                            for qa in data["qas"]))
+    report = validate_file(str(path), "predict")
+    assert report.usable and report.answers == 0
+    assert f"carry 'answer' ({len(data['qas'])}), which is not read" in report.warnings[0]
+    with pytest.raises(DataError, match=r"none of its \d+ questions is left for train(.|\n)*warning: .*carry 'answer'"):
+        load_examples(str(path), "train")
