@@ -158,6 +158,22 @@ def cache(
 
 
 @app.command()
+def runs(
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="Folders holding run directories (default: outputs).")] = None,
+    sort: Annotated[str, typer.Option(help="f1 | exact | dev_loss (lowest first) | step | name")] = "f1",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list, with every run's settings.")] = False,
+) -> None:
+    """The training runs in or under FOLDERS side by side: task, state (finished, running, stopped, failed), steps,
+    the best checkpoint's step and dev EM/F1, minutes, and the settings in which the runs differ."""
+    from dataclasses import asdict
+
+    from mrc_cli.run_table import format_runs, run_rows
+
+    rows = run_rows(folders or [Path("outputs")], sort)
+    typer.echo(to_json([asdict(row) for row in rows], indent=1) if as_json else format_runs(rows))
+
+
+@app.command()
 def score(
     gold: Annotated[str, typer.Argument(help="Gold data file (SQuAD-style JSON, JSONL, ...).")],
     predictions: Annotated[Path, typer.Argument(help="Predictions JSON {question id: answer text}, or the folder `mrc eval --out` wrote (its null_odds.json too).")],
