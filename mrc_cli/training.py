@@ -59,7 +59,7 @@ from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_sett
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
 from mrc_cli.run_lock import LOCK_FILE, run_lock
 from mrc_cli.runs import HELD_OUT, PLAN_RECORD, RUN_BY
-from mrc_cli import tracking
+from mrc_cli import timing, tracking
 from mrc_cli.tracking import RunLog, plot_curves
 from mrc_cli.tricks import EMA, Adversary, HeadWarmup, kept_warmup, layer_lr_scales, rdrop_loss
 from mrc_cli.words import answers_inside_words, answers_longer_than, check_word_sizes, word_sizes
@@ -366,7 +366,12 @@ def _loop(r: _Run) -> TrainResult:
     """Steps until the last: after each, log, evaluate, save and stop at their intervals; then the task's files."""
     cfg, state, accelerator, world = r.cfg, r.state, r.accelerator, r.accelerator.num_processes
     steps = _step_stream(r.task, r.store, cfg, state, accelerator)
-    bar = tqdm(total=r.total_steps, initial=state.step, desc="Training", unit="step", disable=not accelerator.is_main_process)
+    clock = timing.RunClock()
+    bar = timing.TrainingBar(total=r.total_steps, initial=state.step, desc="Training", unit="step",
+                             disable=not accelerator.is_main_process, clock=clock,
+                             evaluations_left=lambda step: timing.evaluations_left(step, r.total_steps,
+                                                                                   cfg.train.eval_steps)
+                             if r.task.evaluates else 0)
     meter = _Meter(accelerator.device)
     if state.interval:
         meter.carry(state.interval, accelerator.is_main_process, state.processes, world)
@@ -410,14 +415,15 @@ def _loop(r: _Run) -> TrainResult:
             stop = False
             if evaluate:
                 bar.set_description_str("Evaluating", refresh=True)  # the bar would sit still for the whole dev set
-                last_eval = _evaluate(r)
+                with clock.evaluating():
+                    last_eval = _evaluate(r)
                 bar.set_description_str("Training", refresh=False)
                 stop = _track(last_eval[0], cfg, state, r.log)
                 signalled = signalled or (stopper.signal_name is not None and world == 1)  # Ctrl-C while evaluating
             if save or stop or signalled or state.best_step == state.step:
                 _save(r.run_dir, accelerator, r.model, r.stateful, r.tokenizer, cfg, state, r.ema)
             meter.pause(time.perf_counter() - pause_start)
-            bar.unpause()  # evaluating and saving are not in the bar's rate and ETA
+            bar.unpause()  # evaluating and saving are not in the bar's rate: its time left adds the evaluations
             if signalled:
                 _interrupted(r, stopper, bar)
             if stop:

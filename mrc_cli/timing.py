@@ -1,0 +1,59 @@
+"""Wall time of a training run: what the rest of it takes (the progress bar's time left, its evaluations included),
+projected from the measured time of a training step and of an evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from tqdm.auto import tqdm
+
+now = time.perf_counter  # (a test replaces it)
+
+
+def remaining_seconds(steps_left: int, step_seconds: float, evaluations_left: int,
+                      evaluation_seconds: float | None) -> float:
+    """The wall time of the rest of a run: its steps at the time of one, its evaluations at the time of one (None:
+    none measured yet, so none counted)."""
+    return steps_left * step_seconds + evaluations_left * (evaluation_seconds or 0.0)
+
+
+def evaluations_left(step: int, total_steps: int, eval_steps: int) -> int:
+    """The dev evaluations after `step` of a run that evaluates: every eval_steps-th step's and the last step's."""
+    if step >= total_steps:
+        return 0
+    between = total_steps // eval_steps - step // eval_steps if eval_steps else 0
+    return between + (not eval_steps or total_steps % eval_steps != 0)
+
+
+class RunClock:
+    """This process's measured times: the latest evaluation's, which the time left counts for each one to come."""
+
+    def __init__(self):
+        self.evaluation: float | None = None
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        start = now()
+        yield
+        self.evaluation = now() - start
+
+
+class TrainingBar(tqdm):
+    """The training progress bar, whose time left holds the evaluations still to come at the measured time of one
+    (tqdm's own counts steps only: its rate leaves out the pauses in which the run evaluated and saved, as it should,
+    and so promised 5 minutes to a run with 15 minutes of evaluations still ahead)."""
+
+    def __init__(self, *args, evaluations_left=lambda step: 0, clock: RunClock | None = None, **kwargs):
+        self.evaluations_left, self.clock = evaluations_left, clock
+        super().__init__(*args, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, "
+                                           "{rate_fmt}{postfix}]", **kwargs)
+
+    @property
+    def format_dict(self):
+        shown = super().format_dict
+        if self.disable or not shown.get("rate") or self.clock is None:
+            return shown  # no rate yet: tqdm's "?"
+        left = remaining_seconds(self.total - self.n, 1 / shown["rate"], self.evaluations_left(self.n),
+                                 self.clock.evaluation)
+        return {**shown, "remaining": self.format_interval(left)}
