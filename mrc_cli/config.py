@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Hashable, Iterable
@@ -81,6 +82,10 @@ class TrainConfig:
     output_dir: str = "outputs/run"
     epochs: float = 2.0
     max_steps: int = 0  # > 0: stop after this many optimizer steps, whatever the epochs
+    # wall-clock budget of this command, set-up included: "90m", "2h" or seconds ("3600"); the run ends (evaluation,
+    # checkpoint, predictions) after the last step that fits, projected from its measured step and evaluation times.
+    # A resume gets it anew (a requeued job gets its time limit anew). null: no budget
+    max_time: str | None = None
     batch_size: int = 16  # per process; effective batch = batch_size * grad_accum * processes
     scale_lr: bool = False  # true: lr x processes (linear scaling for the larger effective batch of several GPUs)
     grad_accum: int = 1
@@ -525,6 +530,19 @@ def check_data_config(data: DataConfig, num_special_tokens: int) -> None:
         )
 
 
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """train.max_time in seconds: a number with an optional unit s, m or h ("90m", "2h", "3600")."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", str(text))
+    seconds = float(match[1]) * DURATION_UNITS[match[2]] if match else 0.0
+    if not seconds > 0:
+        raise ValueError(f"train.max_time {text!r} is not a time budget: give seconds (3600), minutes (90m) or hours "
+                         "(2h), above 0, or null for none")
+    return seconds
+
+
 def check_train_config(train: TrainConfig) -> None:
     """Flags that would fail or silently do nothing, refused before any heavy work."""
     problems = []
@@ -541,6 +559,11 @@ def check_train_config(train: TrainConfig) -> None:
             problems.append(f"train.{key} must be at least 1 (got {getattr(train, key)})")
     if train.max_steps < 0:
         problems.append(f"train.max_steps is a number of steps, or 0 for train.epochs (got {train.max_steps})")
+    if train.max_time is not None:
+        try:
+            duration_seconds(train.max_time)
+        except ValueError as err:
+            problems.append(str(err))
     if not math.isfinite(train.epochs):  # inf had passed --dry-run and overflowed the count of steps
         problems.append(f"train.epochs must be a finite number (got {train.epochs}); train.max_steps sets a length in "
                         "steps")

@@ -1,5 +1,5 @@
-"""Wall time of a training run: what the rest of it takes (the progress bar's time left, its evaluations included),
-projected from the measured time of a training step and of an evaluation."""
+"""Wall time of a training run: what the rest of it takes (the progress bar's time left, its evaluations included)
+and train.max_time's budget, both projected from the measured time of a training step and of an evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 from tqdm.auto import tqdm
 
-now = time.perf_counter  # (a test replaces it)
+now = time.perf_counter  # one clock for the run's start, its steps and its pauses (a test replaces it)
 
 
 def remaining_seconds(steps_left: int, step_seconds: float, evaluations_left: int,
@@ -27,16 +27,49 @@ def evaluations_left(step: int, total_steps: int, eval_steps: int) -> int:
 
 
 class RunClock:
-    """This process's measured times: the latest evaluation's, which the time left counts for each one to come."""
+    """This process's measured times: seconds per training step (evaluations and saves left out) and the latest
+    evaluation's and save's; with a budget (seconds, from the command's start: set-up counts against a job's time
+    limit too), whether the run must end at this step to end within it."""
 
-    def __init__(self):
+    def __init__(self, started: float, budget: float | None, evaluates: bool, processes: int):
+        self.deadline = started + budget if budget else None
+        self.evaluates = evaluates
+        # several processes agree on a stop a step after one asks (training._StopVote): they look a step further
+        self.lookahead = 1 + (processes > 1)
+        self.loop_started, self.steps, self.paused = now(), 0, 0.0
         self.evaluation: float | None = None
+        self.save = 0.0
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    @property
+    def step_seconds(self) -> float:
+        return (now() - self.loop_started - self.paused) / max(1, self.steps)
 
     @contextlib.contextmanager
     def evaluating(self):
         start = now()
         yield
         self.evaluation = now() - start
+        self.paused += self.evaluation
+
+    @contextlib.contextmanager
+    def saving(self):
+        start = now()
+        yield
+        self.save = now() - start
+        self.paused += self.save
+
+    def out_of_time(self, evaluates_now: bool, saves_now: bool) -> bool:
+        """Whether going on past this step would end the run after its deadline: this step's evaluation and save,
+        the steps until a stop can take effect, then the end's evaluation and checkpoint, at their measured times
+        (an evaluation not yet measured counts nothing)."""
+        if self.deadline is None:
+            return False
+        pending = (self.evaluation or 0.0) * evaluates_now + self.save * saves_now
+        end = (self.evaluation or 0.0) * self.evaluates + self.save
+        return now() + pending + self.lookahead * self.step_seconds + end > self.deadline
 
 
 class TrainingBar(tqdm):

@@ -45,7 +45,8 @@ from mrc_cli.checkpoint import (CHECKPOINTS, checkpoint_dir, complete_checkpoint
                                 read_trainer_state, read_training_state, read_weights, resolve_checkpoint, rng_state,
                                 run_dir_of, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.compute import training_compute
-from mrc_cli.config import RunConfig, TrainConfig, check_train_config, check_values, config_to_dict, save_config
+from mrc_cli.config import (RunConfig, TrainConfig, check_train_config, check_values, config_to_dict, duration_seconds,
+                            save_config)
 from mrc_cli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from mrc_cli.files import refuse_other_files, write_text_atomically
 from mrc_cli.features import feature_lengths
@@ -67,7 +68,7 @@ from mrc_cli.words import answers_inside_words, answers_longer_than, check_word_
 # set by the run from its data or itself, never differences a user made: resume notes no difference in them
 RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
-RESUME_OVERRIDABLE = {"epochs", "max_steps", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
                       "cpu", "report_to", "keep_training_state"}
 
 
@@ -234,11 +235,12 @@ class SpanTask:
 
 def run_task(cfg: RunConfig, task: Task) -> TrainResult:
     """Train `task` as `cfg` says (in `own_copy` of it): set up by small helpers, then the loop."""
+    started = timing.now()  # train.max_time counts the set-up too: a job's time limit does
     cfg = own_copy(cfg)
     existed = Path(cfg.train.output_dir).exists()  # before the lock makes the folder
     try:
         with run_lock(Path(cfg.train.output_dir), task.run_dir_flag):
-            return _loop(_set_up(cfg, task, existed))
+            return _loop(_set_up(cfg, task, existed), started)
     finally:
         _give_back_freed_memory()
 
@@ -362,11 +364,13 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
                 scaler, ema, adversary, head_warmup, stateful, state, store, total_steps)
 
 
-def _loop(r: _Run) -> TrainResult:
-    """Steps until the last: after each, log, evaluate, save and stop at their intervals; then the task's files."""
+def _loop(r: _Run, started: float) -> TrainResult:
+    """Steps until the last (or the last that train.max_time leaves room for, counted from `started`): after each,
+    log, evaluate, save and stop at their intervals; then the task's files."""
     cfg, state, accelerator, world = r.cfg, r.state, r.accelerator, r.accelerator.num_processes
     steps = _step_stream(r.task, r.store, cfg, state, accelerator)
-    clock = timing.RunClock()
+    budget = duration_seconds(cfg.train.max_time) if cfg.train.max_time else None
+    clock = timing.RunClock(started, budget, r.task.evaluates, world)
     bar = timing.TrainingBar(total=r.total_steps, initial=state.step, desc="Training", unit="step",
                              disable=not accelerator.is_main_process, clock=clock,
                              evaluations_left=lambda step: timing.evaluations_left(step, r.total_steps,
@@ -391,13 +395,16 @@ def _loop(r: _Run) -> TrainResult:
             _advance(state, epoch, world * cfg.train.grad_accum)
             meter.add(loss, counts, stepped)
             r.head_warmup.after_step(state, counts)
+            clock.step_done()
             bar.update(1)
 
             # after a step: log, evaluate, save, stop; the device is waited for only at these steps
-            last = state.step == r.total_steps
-            evaluate = r.task.evaluates and (last or _every(state.step, cfg.train.eval_steps))
-            save = last or _every(state.step, cfg.train.save_steps)
-            signalled = vote.after_step(stopper)
+            at_eval = r.task.evaluates and _every(state.step, cfg.train.eval_steps)
+            at_save = _every(state.step, cfg.train.save_steps)
+            signalled, out_of_time = vote.after_step(stopper, clock.out_of_time(at_eval, at_save))
+            last = state.step == r.total_steps or out_of_time  # the budget's last step ends the run as the last does
+            evaluate = at_eval or (r.task.evaluates and last)
+            save = last or at_save
             if not (evaluate or save or signalled or last or _every(state.step, cfg.train.log_steps)):
                 continue
             values, signalled = meter.sync(stopper, accelerator, state, r.run_dir)  # raises on every rank after a NaN
@@ -421,11 +428,16 @@ def _loop(r: _Run) -> TrainResult:
                 stop = _track(last_eval[0], cfg, state, r.log)
                 signalled = signalled or (stopper.signal_name is not None and world == 1)  # Ctrl-C while evaluating
             if save or stop or signalled or state.best_step == state.step:
-                _save(r.run_dir, accelerator, r.model, r.stateful, r.tokenizer, cfg, state, r.ema)
+                with clock.saving():
+                    _save(r.run_dir, accelerator, r.model, r.stateful, r.tokenizer, cfg, state, r.ema)
             meter.pause(time.perf_counter() - pause_start)
             bar.unpause()  # evaluating and saving are not in the bar's rate: its time left adds the evaluations
             if signalled:
                 _interrupted(r, stopper, bar)
+            if out_of_time:
+                r.log.info(f"stopped at the time budget ({cfg.train.max_time}) after step {state.step} of "
+                           f"{r.total_steps} (a resume gets the budget anew): {_resume_hint(r)}")
+                break
             if stop:
                 r.log.info(f"early stopping: {_evaluations(cfg.train.patience)} without improvement of "
                            f"{cfg.train.metric_for_best}")
@@ -729,9 +741,10 @@ def _every(step: int, interval: int) -> bool:
 
 
 class _StopVote:
-    """Whether the processes stop after this step: one process as soon as it has a signal; several at the step after
-    any of them has one (launchers kill their workers soon after the signal: a log step may come too late). Each step
-    all-reduces its flag on the host (gloo), waited for one step later: no wait for the device, little for the host."""
+    """Whether the processes stop after this step, for a signal and for train.max_time (each process measures its own
+    time): one process as soon as it has a reason; several at the step after any of them has one (launchers kill
+    their workers soon after the signal: a log step may come too late), so all stop at the same step. Each step
+    all-reduces its flags on the host (gloo), waited for one step later: no wait for the device, little for the host."""
 
     def __init__(self, world: int):
         self.world, self.flag, self.pending = world, None, None
@@ -741,14 +754,16 @@ class _StopVote:
             self.group = torch.distributed.new_group(backend="gloo")
         return self
 
-    def after_step(self, stopper) -> bool:
+    def after_step(self, stopper, out_of_time: bool = False) -> tuple[bool, bool]:
+        """(signalled, out of time) as the processes agree: any process's reason stops them all."""
+        wishes = (stopper.signal_name is not None, out_of_time)
         if self.world == 1:
-            return stopper.signal_name is not None
-        agreed = False
+            return wishes
+        agreed = (False, False)
         if self.pending is not None:
             self.pending.wait()
-            agreed = bool(self.flag.item())
-        self.flag = torch.tensor([int(stopper.signal_name is not None)])
+            agreed = tuple(bool(flag) for flag in self.flag.tolist())
+        self.flag = torch.tensor([int(wish) for wish in wishes])
         self.pending = torch.distributed.all_reduce(self.flag, group=self.group, async_op=True)
         return agreed
 

@@ -217,6 +217,10 @@ def test_model_without_a_fast_tokenizer(tmp_path):
     (["--set", "data.num_proc=0"], "data.num_proc is a number of tokenizer processes, at least 1"),
     (["--set", "decode.recheck_margin=.nan"], "decode.recheck_margin must be 0 (off) or more, got nan"),
     (["--set", "train.lr=fast"], "train.lr: expected float, got 'fast'"),
+    (["--set", "train.max_time=2 hours"], "train.max_time '2 hours' is not a time budget: give seconds (3600), minutes "
+                                          "(90m) or hours (2h), above 0, or null for none"),
+    (["--set", "train.max_time=0"], "train.max_time '0' is not a time budget"),
+    (["--set", "train.max_time=1d"], "train.max_time '1d' is not a time budget"),
     (["--set", "train.learning_rate=1e-4"], "unknown config key 'train.learning_rate'; did you mean train.lr?"),
     (["--set", "train.gradient_accumulation_steps=2"], "did you mean train.grad_accum?"),
     (["--set", "train.lr_scheduler_type=cosine"], "there is no schedule setting: the lr warms up linearly"),

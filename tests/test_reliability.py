@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -311,6 +312,30 @@ def test_a_signal_to_one_rank_stops_every_rank_a_step_later_with_a_checkpoint(ti
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
     assert state["processes"] == 2  # two ranks really ran
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000004"]
+
+
+def _vote_for_five_steps(rank: int, stop_vote, port: int, out: Path) -> None:
+    """Rank 1 alone is out of time from step 2 on (each rank measures its own clock); the votes each rank receives."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    no_signal = types.SimpleNamespace(signal_name=None)
+    with stop_vote(2) as vote:
+        agreed = [vote.after_step(no_signal, out_of_time=rank == 1 and step >= 2) for step in range(1, 6)]
+    torch.distributed.destroy_process_group()
+    (out / f"rank{rank}.json").write_text(json.dumps(agreed))
+
+
+def test_one_rank_out_of_time_stops_every_rank_at_the_same_step(tmp_path):
+    """train.max_time rides the signal's vote: the step after one rank's clock runs out, every rank is told to stop
+    (with no signal), so all evaluate, save and end at one step instead of one waiting in a collective."""
+    from mrc_cli.training import _StopVote
+    from test_training import _free_port
+
+    # forked: processes that start with everything imported take a second, spawned ones import it all again
+    torch.multiprocessing.start_processes(_vote_for_five_steps, args=(_StopVote, _free_port(), tmp_path), nprocs=2,
+                                          start_method="fork")
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [[False, False], [False, False],
+                                                                           [False, True], [False, True], [False, True]]
 
 
 class _Exploit:

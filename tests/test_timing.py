@@ -28,7 +28,7 @@ def test_evaluations_left_are_every_eval_steps_th_and_the_last_steps(step, total
 
 
 def test_the_training_bar_shows_the_time_left_with_the_evaluations():
-    clock = timing.RunClock()
+    clock = timing.RunClock(started=timing.now(), budget=None, evaluates=True, processes=1)
     bar = timing.TrainingBar(total=100, file=io.StringIO(), mininterval=0, clock=clock,
                              evaluations_left=lambda step: timing.evaluations_left(step, 100, 50))
     bar.update(1)

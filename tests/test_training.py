@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from conftest import QUICKSTART, ROOT, losses_on_a_fixed_batch, tiny_run_config
 from mrc_cli.batching import FeatureTensors
 from mrc_cli.cli import app
-from mrc_cli.config import DataConfig, DecodeConfig, ModelConfig, load_config, save_config
+from mrc_cli.config import DataConfig, DecodeConfig, ModelConfig, duration_seconds, load_config, save_config
 from mrc_cli.errors import ConfigError
 from mrc_cli.splits import featurize_file
 from mrc_cli.tokenizer import load_tokenizer
@@ -458,6 +458,14 @@ def test_set_accepts_floats_in_e_notation(value, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"train:\n  lr: {value}\n", encoding="utf-8")
     assert load_config(config).train.lr == float(value)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("90m", 5400), ("2h", 7200), ("3600", 3600), ("1.5h", 5400),
+                                               ("45s", 45)])
+def test_max_time_takes_seconds_minutes_or_hours(value, seconds):
+    cfg = load_config(sets=[f"train.max_time={value}"])
+    assert cfg.train.max_time == value  # as given (YAML's 3600 as the text), in config.yaml too
+    assert duration_seconds(cfg.train.max_time) == seconds
 
 
 def test_train_cli_hands_the_resolved_config_to_the_trainer(monkeypatch, tmp_path):

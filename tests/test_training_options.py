@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mrc_cli.timing as timing
 import mrc_cli.training as training
 from conftest import tiny_run_config
 from mrc_cli.errors import ConfigError
@@ -518,3 +519,35 @@ def test_a_model_trained_on_unanswerable_questions_keeps_the_null_rule_without_a
     assert read_checkpoint_config(result.run_dir / "checkpoints" / "step-000001").decode.allow_null
     assert "training set has unanswerable questions: decode.allow_null set to true" in \
         (tmp_path / "run" / "train.log").read_text()
+
+
+def test_max_time_ends_the_run_at_the_last_step_that_fits_as_a_finished_run_ends(tiny_bert_dir, tmp_path,
+                                                                                monkeypatch):
+    """A scripted clock: a step takes 10 s, an evaluation 30 s (every 5 steps), a budget of 150 s. At step 9 (120 s)
+    one more step and the end's evaluation would end at 160 s: the run evaluates, saves and ends there, at 150 s."""
+    clock = [0.0]
+    monkeypatch.setattr(timing, "now", lambda: clock[0])
+
+    def taking(seconds: float, original):
+        def timed(*args, **kwargs):
+            clock[0] += seconds
+            return original(*args, **kwargs)
+        return timed
+
+    monkeypatch.setattr(training, "_train_step", taking(10, training._train_step))
+    monkeypatch.setattr(training, "evaluate_split", taking(30, training.evaluate_split))
+    run_dir = tmp_path / "run"
+    cfg = tiny_run_config(tiny_bert_dir, run_dir, max_steps=20, eval_steps=5, save_steps=100, max_time="150")
+    result = train(cfg)
+    assert result.steps == 9 and clock[0] == 150
+    assert "stopped at the time budget (150) after step 9 of 20" in (run_dir / "train.log").read_text()
+    assert _saved_steps(run_dir)[-1] == 9  # (5, written as the best then, is kept too)
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 9
+    assert (run_dir / "predictions.json").is_file()
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "dev_loss" in r] == [5, 9]
+    assert "max_time: '150'" in (run_dir / "config.yaml").read_text()
+    # a resume gets the budget anew: 9 more steps' worth, and the 5th of them evaluates at step 10
+    clock[0] = 0.0
+    resumed = train(tiny_run_config(tiny_bert_dir, run_dir, max_steps=20, eval_steps=5, save_steps=100,
+                                    max_time="150", resume="auto"))
+    assert 9 < resumed.steps < 20
