@@ -68,8 +68,8 @@ from mrc_cli.words import answers_inside_words, answers_longer_than, check_word_
 # set by the run from its data or itself, never differences a user made: resume notes no difference in them
 RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
-RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "eval_steps", "save_steps", "log_steps", "keep_last", "patience", "resume",
-                      "cpu", "report_to", "keep_training_state"}
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "eval_steps", "save_steps", "log_steps", "keep_last",
+                      "patience", "resume", "cpu", "report_to", "keep_training_state"}
 
 
 @dataclass
