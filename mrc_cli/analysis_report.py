@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from mrc_cli.plotting import cjk_text
+from mrc_cli.files import write_text_atomically
+from mrc_cli.plotting import cjk_text, save_figure
 
 TITLES = {  # slice family -> its title in tables and charts
     "question_type": "question type",
@@ -24,7 +25,7 @@ def write_analysis(result: dict, out_dir: str | Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "analysis.json", out_dir / "analysis.png"
     files = [str(json_path), str(png_path)]
-    json_path.write_text(json.dumps({**result, "files": files}, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_text_atomically(json_path, json.dumps({**result, "files": files}, ensure_ascii=False, indent=1))
     plot_slices(result, png_path)
     return files
 
@@ -60,9 +61,7 @@ def plot_slices(result: dict, out: Path) -> Path:
     if len(names) > 1:
         fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.95 if len(names) > 1 else 1))
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def format_summary(result: dict) -> str:

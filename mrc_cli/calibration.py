@@ -35,7 +35,7 @@ import numpy as np
 from mrc_cli.decoding import Prediction, best_span_text, nbest_probabilities
 from mrc_cli.errors import DataError
 from mrc_cli.metrics import detect_metric, rules
-from mrc_cli.plotting import cjk_text
+from mrc_cli.plotting import cjk_text, save_figure
 
 NUM_BINS = 10  # equal-width confidence bins of the ECE and the reliability diagram
 _EPS = 1e-12  # probabilities are clipped to [eps, 1 - eps] in the log loss
@@ -271,6 +271,4 @@ def plot_reliability(result: dict, out: str | Path, title: str = "") -> Path:
     heading = f"{result['report_questions']} questions, scored on {split}"
     fig.suptitle(f"{title}\n{heading}" if title else heading)
     fig.tight_layout(rect=(0, 0, 1, 0.94 if title else 0.96))
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out)

@@ -33,8 +33,9 @@ from mrc_cli.config import (RunConfig, TrainConfig, apply_sets, check_data_confi
                             refuse_unread_sets)
 from mrc_cli.data import missing_file
 from mrc_cli.errors import ConfigError
-from mrc_cli.files import check_output_folder, refuse_other_files
+from mrc_cli.files import check_output_folder, refuse_other_files, write_text_atomically
 from mrc_cli.model import check_dropout_settings
+from mrc_cli.plotting import save_figure
 from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 from mrc_cli.tokenizer import check_model_folder, check_not_missing_folder, load_tokenizer
 from mrc_cli.training import check_patience, file_sha256
@@ -170,7 +171,7 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
         print(f"{out_dir} also holds runs of {', '.join(others)}, not in this comparison: give them again as --variant "
               "to compare them too (their finished runs are skipped)", flush=True)
     write_json(out_dir / "compare.json", result)
-    (out_dir / "compare.md").write_text(markdown_table(result) + "\n", encoding="utf-8")
+    write_text_atomically(out_dir / "compare.md", markdown_table(result) + "\n")
     plot_comparison(result, out_dir / "compare.png")
     return result
 
@@ -565,9 +566,7 @@ def plot_comparison(result: dict, out: Path) -> Path:
     if with_compute:
         _plot_f1_against_compute(panels[2], result)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _plot_f1_against_compute(ax, result: dict) -> None:

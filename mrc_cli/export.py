@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from mrc_cli.checkpoint import weights_fingerprint
 from mrc_cli.config import save_config
 from mrc_cli.errors import CheckpointError, ConfigError
-from mrc_cli.files import check_output_folder, folder_written_whole
+from mrc_cli.files import check_output_folder, folder_written_whole, write_text_atomically
 from mrc_cli.loading import EXPORT_SETTINGS, ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
 
 PARITY_FILE = "parity.json"
@@ -130,11 +130,11 @@ def write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None, parit
                 "outputs": ["start_logits", "end_logits"], "span_level": cfg.model.span_level,
                 "opset": onnx_backend.OPSET, "exported_from": str(loaded.path.resolve()),
                 "source_weights": weights_fingerprint(loaded.path), "versions": _versions()}
-    (out_dir / ONNX_SETTINGS).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    write_text_atomically(out_dir / ONNX_SETTINGS, json.dumps(settings, indent=2))
     if not parity_data:
         return None
     parity = onnx_parity(loaded, out_dir, parity_data)
-    (out_dir / PARITY_FILE).write_text(json.dumps(parity, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_text_atomically(out_dir / PARITY_FILE, json.dumps(parity, indent=2, ensure_ascii=False))
     return parity
 
 

@@ -1,5 +1,5 @@
-"""Files that readers must never see half-written (configs, run records, the best-checkpoint pointer), and JSON that
-every reader can parse."""
+"""Files that readers must never see half-written (configs, run records, results and charts, the best-checkpoint
+pointer), and JSON that every reader can parse."""
 
 from __future__ import annotations
 
@@ -19,12 +19,22 @@ from mrc_cli.errors import ConfigError
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    """Written beside `path` under this process's own name and renamed over it: a write cut short (a full disk, a
-    kill) leaves the previous file whole and no temporary file behind, and two processes never share one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """`text` as the whole of `path`, or `path` as it was (`written_atomically`)."""
+    with written_atomically(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def written_atomically(path: str | Path) -> Iterator[Path]:
+    """A path beside `path`, under this process's own name, to write the file to (text, a chart's PNG), renamed over
+    `path` when the block ends without an error: a write cut short (a full disk, an exception, a kill) leaves the
+    previous file whole (and, unless the process was killed outright, no temporary file behind), and two processes
+    never share one. The temporary name ends in
+    `path`'s suffix, by which matplotlib's savefig picks the format."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""Text in the charts mrc writes (analysis.png, reliability.png): their titles and labels carry file names and
-questions, often Chinese, and matplotlib's default font (DejaVu Sans) has no CJK glyphs."""
+"""The charts mrc writes (analysis.png, reliability.png, curves.png, compare.png): saved whole or not at all, and
+their text, which carries file names and questions, often Chinese, where matplotlib's default font (DejaVu Sans) has
+no CJK glyphs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from mrc_cli.files import written_atomically
 
 # Fonts with CJK glyphs as matplotlib's font_manager names them, most preferred first: Linux packages (fonts-noto-cjk,
 # fonts-wqy-zenhei, fonts-wqy-microhei, fonts-droid-fallback), then macOS and Windows ones.
@@ -44,3 +48,14 @@ def cjk_text() -> Iterator[None]:
             yield
     finally:
         font_log.setLevel(level)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """`fig` as the PNG `out`, written atomically (a chart cut short by a kill or a full disk leaves the previous one),
+    then closed."""
+    import matplotlib.pyplot as plt
+
+    with written_atomically(out) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(out)

@@ -33,6 +33,7 @@ from mrc_cli.batching import FeatureTensors
 from mrc_cli.config import ModelConfig, RunConfig, check_pretrain_config
 from mrc_cli.corpus import build_sequences, collect_texts
 from mrc_cli.errors import ConfigError
+from mrc_cli.files import write_text_atomically
 from mrc_cli.masking import IGNORE_INDEX, MaskingRule, mask_tokens
 from mrc_cli.words import check_word_sizes
 from mrc_cli.model import DROPOUT_KEYS, describe_keys, encoder_config
@@ -240,7 +241,7 @@ class MaskedLMTask:
             _save_model_folder(model.lm, self.tokenizer, self.info["model"], run_dir)
             self.info.update(steps=state.step, epoch=state.epoch, sequences_seen=state.samples, tokens_seen=state.tokens,
                              wall_seconds=round(time.perf_counter() - self.started, 1))
-            (run_dir / INFO_FILE).write_text(json.dumps(self.info, indent=2, ensure_ascii=False), encoding="utf-8")
+            write_text_atomically(run_dir / INFO_FILE, json.dumps(self.info, indent=2, ensure_ascii=False))
         return {}
 
     def _mask(self, word_ids: torch.Tensor, input_ids: torch.Tensor, rows: torch.Tensor, epoch: int):

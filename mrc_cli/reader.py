@@ -25,7 +25,7 @@ from mrc_cli.features import build_features, cache_root
 from mrc_cli.inference import evaluate_split, place_for_inference, write_prediction_files
 from mrc_cli.backends import check_backend, load_with_backend
 from mrc_cli.errors import ConfigError
-from mrc_cli.files import check_output_file, check_output_folder
+from mrc_cli.files import check_output_file, check_output_folder, write_text_atomically
 from mrc_cli.loading import Loaded, is_ensemble, is_onnx_export
 from mrc_cli.metrics import scored_with_nulls
 from mrc_cli.splits import Split, featurize_file
@@ -170,7 +170,7 @@ def _calibrate(loaded: Loaded | Ensemble, data: str, predictions: dict[str, Pred
     result["stored"] = sum(result[f"{k}_after"] for k in ece) <= sum(result[f"{k}_before"] for k in ece)
     files = [out_dir / "calibration.json", out_dir / "reliability.png"]
     if PartialState().is_main_process:
-        files[0].write_text(json.dumps(result, indent=1), encoding="utf-8")
+        write_text_atomically(files[0], json.dumps(result, indent=1))
         calibration.plot_reliability(result, files[1], Path(data).name)
         if result["stored"]:
             decode.temperature, decode.null_bias = result["temperature"], result["null_bias"]
@@ -224,7 +224,7 @@ def _write_submission(path: Path, predictions: dict[str, Prediction]) -> None:
     # an id with spaces around it also under the stripped id, which the official CMRC 2018 script looks answers up by
     # (SQuAD's by the id as given; every official script ignores an answer no question asks for)
     answers.update({pid.strip(): text for pid, text in list(answers.items()) if pid.strip() not in answers})
-    path.write_text(json.dumps(answers, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_text_atomically(path, json.dumps(answers, ensure_ascii=False, indent=1))
 
 
 def _answered(predictions: dict[str, Prediction]) -> dict:

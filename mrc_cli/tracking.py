@@ -9,7 +9,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mrc_cli.errors import ConfigError
-from mrc_cli.files import from_json, to_json
+from mrc_cli.files import from_json, to_json, write_text_atomically
+from mrc_cli.plotting import save_figure
 
 
 def tracker_names(report_to: str) -> list[str] | None:
@@ -59,7 +60,7 @@ class RunLog:
         path = self.run_dir / "metrics.jsonl"
         if self.enabled and path.is_file():
             kept = [r for r in read_metrics(path) if r["step"] <= step]
-            path.write_text("".join(to_json(r) + "\n" for r in kept), encoding="utf-8")
+            write_text_atomically(path, "".join(to_json(r) + "\n" for r in kept))
 
     def close(self) -> None:
         if self.trackers is not None:
@@ -100,6 +101,4 @@ def plot_curves(metrics_file: Path, out: Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -27,7 +27,7 @@ from pathlib import Path
 from mrc_cli.cache import mark_used
 from mrc_cli.data import RawData, is_blank, read_data, to_dataset
 from mrc_cli.errors import DataError
-from mrc_cli.files import check_output_file
+from mrc_cli.files import check_output_file, write_text_atomically
 
 USES = ("train", "eval", "predict", "score")  # score: gold answers for `mrc score`, which allows duplicate ids
 MIXED_LANGUAGES = 0.05  # the share of a file's questions in its lesser language that _check_languages warns of
@@ -149,7 +149,7 @@ def write_squad(records: list[dict], path: Path, version: str) -> None:
     data = [{"title": title, "paragraphs": [{"context": context, "qas": qas} for context, qas in paragraphs.items()]}
             for title, paragraphs in articles.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"version": version, "data": data}, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_text_atomically(path, json.dumps({"version": version, "data": data}, ensure_ascii=False, indent=1))
 
 
 def load_examples(source: str, use: str, fmt: str = "auto", cache_dir: str | Path | None = None):

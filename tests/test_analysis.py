@@ -3,6 +3,7 @@ SQuAD v2 answer/no-answer confusion from hand-built null odds, two files compare
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 from pathlib import Path
@@ -360,6 +361,39 @@ def test_chinese_file_names_are_drawn_without_glyph_warnings(tmp_path, recwarn):
     analyze(gold, [pred], out_dir=tmp_path / "analysis")
     assert (tmp_path / "analysis" / "analysis.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [str(w.message) for w in recwarn if "missing from font" in str(w.message)] == []
+
+
+@pytest.mark.parametrize("cut", ["analysis.json", "analysis.png"])
+def test_a_write_cut_short_keeps_the_previous_file_and_leaves_no_temporary_one(tmp_path, monkeypatch, cut):
+    """A full disk or a kill while a result file is written leaves the previous one whole (a later reader parses
+    it), not a truncated one, and nothing beside it."""
+    import matplotlib.figure
+
+    gold = write_json(tmp_path / "dev.json", {"version": "1.1", "data": [{"title": "t", "paragraphs": [
+        {"context": "Paris is the capital of France.", "qas": [{"id": "q1", "question": "What is the capital?",
+                                                                "answers": [{"text": "Paris", "answer_start": 0}]}]}]}]})
+    pred = write_json(tmp_path / "pred.json", {"q1": "Paris"})
+    out = tmp_path / "analysis"
+    analyze(gold, [pred], out_dir=out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    full_disk = OSError(errno.ENOSPC, "No space left on device")
+    write_text = Path.write_text
+
+    def half_of_the_text(path, text, *args, **kwargs):
+        write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise full_disk
+
+    def half_of_the_png(fig, fname, *args, **kwargs):
+        Path(fname).write_bytes(before["analysis.png"][:100])
+        raise full_disk
+
+    if cut == "analysis.json":
+        monkeypatch.setattr(Path, "write_text", half_of_the_text)
+    else:
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_of_the_png)
+    with pytest.raises(OSError, match="No space left on device"):
+        analyze(gold, [pred], out_dir=out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
 def test_chart_text_falls_back_to_an_installed_cjk_font(monkeypatch):
