@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrc_cli.files import LEFTOVER_AGE, process_alive
+
 HOUR, DAY = 3600.0, 86400.0
 # examples/examples-<hash>/ (a folder); features/features-<hash>[_NNNNN_of_NNNNN].arrow and features-<hash>.counts.json
 _FEATURES = re.compile(r"^(features-[0-9a-f]+)(?:_\d+_of_\d+)?\.(?:arrow|counts\.json)$")
@@ -62,7 +64,7 @@ def prune(root: str | Path, unused_days: float | None = None, max_gb: float | No
     for entry in entries(root):
         age = (now - entry.last_used) / DAY
         if entry.kind == "leftover":  # a file a running process writes is fresh: one an hour old was left behind
-            goes = age > HOUR / DAY
+            goes = age > LEFTOVER_AGE / DAY
         else:
             goes = (everything or (unused_days is not None and age > unused_days)
                     or (max_gb is not None and held > max_gb * 1e9))
@@ -106,15 +108,7 @@ def _children(folder: Path) -> list[Path]:
 def _being_written(name: str) -> bool:
     """A partial examples entry whose process still runs."""
     match = _PARTIAL.search(name)
-    if not match:
-        return False
-    try:
-        os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        pass
-    return True
+    return match is not None and process_alive(int(match.group(1)))
 
 
 def _entry(kind: str, name: str, paths: list[Path]) -> Entry:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from mrc_cli.errors import MrcError, TrainingInterrupted
+from mrc_cli.errors import Interrupted, MrcError
 from mrc_cli.files import check_output_folder, to_json
 from mrc_cli.serve_settings import ServeSettings
 
@@ -25,7 +25,7 @@ class _UserErrorsGroup(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except TrainingInterrupted as err:
+        except Interrupted as err:
             if _launched_rank() == 0:  # every process stops alike: one says so
                 typer.echo(str(err), err=True)
             raise typer.Exit(err.exit_code) from None

@@ -8,14 +8,20 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from mrc_cli.errors import ConfigError
+from mrc_cli.errors import ConfigError, Interrupted
+
+LEFTOVER_AGE = 3600.0  # seconds: a temporary file or folder of a dead process untouched that long was left behind
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
@@ -28,16 +34,17 @@ def write_text_atomically(path: str | Path, text: str) -> None:
 def written_atomically(path: str | Path) -> Iterator[Path]:
     """A path beside `path`, under this process's own name, to write the file to (text, a chart's PNG), renamed over
     `path` when the block ends without an error: a write cut short (a full disk, an exception, a kill) leaves the
-    previous file whole (and, unless the process was killed outright, no temporary file behind), and two processes
-    never share one. The temporary name ends in
+    previous file whole (and, unless the process was killed outright, no temporary file behind: SIGTERM unwinds the
+    block, `sigterm_unwinds`), and two processes never share one. The temporary name ends in
     `path`'s suffix, by which matplotlib's savefig picks the format."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with sigterm_unwinds():
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -47,16 +54,25 @@ def folder_written_whole(folder: str | Path, keep: Callable[[Path], bool] | None
     stay beside the new ones (a folder cannot be renamed onto a full one: the old one is moved aside first). An
     existing empty folder is written in place (a mount point cannot be renamed), and emptied again where the block
     fails. `keep(folder)` true when the block ends: another process wrote it meanwhile, and its folder stays (such a
-    folder, which processes may write at once, is never written in place)."""
+    folder, which processes may write at once, is never written in place). SIGTERM unwinds the block as an error
+    does (`sigterm_unwinds`); what a process killed outright left beside `folder` goes the next time it is written."""
     folder = Path(folder).resolve()
-    if keep is None and folder.is_dir() and not any(folder.iterdir()):
-        try:
-            yield folder
-        except BaseException:
-            for child in folder.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-            raise
-        return
+    with sigterm_unwinds():
+        if keep is None and folder.is_dir() and not any(folder.iterdir()):
+            try:
+                yield folder
+            except BaseException:
+                for child in folder.iterdir():
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                raise
+            return
+        with _written_beside(folder, keep) as mine:
+            yield mine
+
+
+@contextlib.contextmanager
+def _written_beside(folder: Path, keep: Callable[[Path], bool] | None) -> Iterator[Path]:
+    _remove_leftovers(folder)
     mine = folder.with_name(f".{folder.name}.{os.getpid()}")
     stale = folder.with_name(f".{folder.name}.stale.{os.getpid()}")
     shutil.rmtree(mine, ignore_errors=True)
@@ -75,6 +91,50 @@ def folder_written_whole(folder: str | Path, keep: Callable[[Path], bool] | None
     finally:
         shutil.rmtree(mine, ignore_errors=True)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """The folders `_written_beside` left beside `folder` in processes that no longer run (a kill -9, an out-of-memory
+    kill): `.NAME.PID` and `.NAME.stale.PID`, untouched for an hour (a process of that number on another machine, on a
+    shared file system, may still be writing one)."""
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.(?:stale\.)?(\d+)")
+    for leftover in folder.parent.iterdir() if folder.parent.is_dir() else []:
+        match = pattern.fullmatch(leftover.name)
+        if match and leftover.is_dir() and not process_alive(int(match.group(1))) \
+                and time.time() - leftover.stat().st_mtime > LEFTOVER_AGE:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (another user's counts: it may still be writing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler's time limit) raises `Interrupted` in the block, as Ctrl-C raises
+    KeyboardInterrupt: by default it ends the process on the spot, and the block's `finally` (which removes its
+    temporary files) never runs. A handler someone else set (training's checkpoint-and-stop) stays theirs, and a
+    thread other than the main one cannot set any."""
+    ours = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if ours:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(f"stopped by {signal.Signals(signum).name} before its output was complete; nothing was replaced "
+                      "and its temporary files are removed: run the command again", signum)
 
 
 def check_output_file(path: str | Path, flag: str = "--out", example: str = "predictions.json",

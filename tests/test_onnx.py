@@ -3,13 +3,19 @@ BERT and ALBERT), and the folder answers like the checkpoint in `mrc eval`, `mrc
 Reader; int8 export, parity.json, refusals."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_run_config, write_squad
+from conftest import ROOT, tiny_run_config, write_squad
 from mrc_cli import Reader
 from mrc_cli.cli import app
 from mrc_cli.errors import CheckpointError, ConfigError
@@ -299,6 +305,58 @@ def test_an_export_replaces_an_earlier_one_whole_and_takes_no_runs_place(bert_ru
         raise RuntimeError("quantising failed")
     assert not any((tmp_path / "failed").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "failed", "mount", "notes", "run"]  # none left
+
+
+# Runs `mrc export --format onnx` in a fresh process that gets SIGTERM halfway through writing the graph (a
+# scheduler's time limit); no hook in the product: the driver patches the exporter.
+SIGTERM_WHILE_EXPORTING = textwrap.dedent('''
+    import os, signal, sys
+    from pathlib import Path
+    import mrc_cli.onnx_backend as onnx_backend
+    from mrc_cli.cli import app
+    def half_a_graph_then_sigterm(model, path):
+        Path(path).write_bytes(b"half a graph")
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the export")
+    onnx_backend.export_graph = half_a_graph_then_sigterm
+    app(sys.argv[1:], prog_name="mrc")
+''')
+
+
+def test_an_export_stopped_by_sigterm_leaves_no_temporary_folder_and_clears_a_dead_ones(bert_run, tmp_path):
+    """The temporary folder beside --out (.NAME.PID) goes with the SIGTERM, and the earlier export stays; one that a
+    process killed outright left an hour ago goes at the next export there."""
+    out, earlier = tmp_path / "model.onnx", tmp_path / "model.onnx" / "onnx.json"
+    out.mkdir()
+    earlier.write_text("{}")
+    dead = tmp_path / ".model.onnx.999999999"  # above any pid_max: no such process
+    dead.mkdir()
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGTERM_WHILE_EXPORTING)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(driver), "export", "--checkpoint", str(bert_run), "--out", str(out),
+                           "--format", "onnx"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    assert "stopped by SIGTERM before its output was complete" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py", "model.onnx"]
+    assert [p.name for p in out.iterdir()] == ["onnx.json"]
+
+
+def test_only_dead_processes_old_folders_beside_one_written_whole_are_removed(tmp_path):
+    from mrc_cli.files import folder_written_whole
+
+    old = time.time() - 7200
+    names = {".export.999999999": old, ".export.stale.999999998": old, ".export.999999997": None,  # dead, fresh
+             f".export.{os.getppid()}": old, ".exports.999999996": old, ".export.999999995.tmp": old}
+    for name, mtime in names.items():
+        (tmp_path / name).mkdir()
+        if mtime:
+            os.utime(tmp_path / name, (mtime, mtime))
+    with folder_written_whole(tmp_path / "export") as folder:
+        (folder / "model.onnx").write_text("graph")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".export.999999997", f".export.{os.getppid()}", ".exports.999999996", ".export.999999995.tmp", "export"])
 
 
 def test_a_roberta_graph_gives_the_model_logits_and_quantizes(tiny_encoder_dir, tmp_path):
