@@ -20,32 +20,40 @@ _debug = False
 
 class _UserErrorsGroup(TyperGroup):
     """The one edge where our errors become `Error: ...` and exit 1 (`--debug` keeps the traceback), and a run a
-    signal stopped says so and exits 128 + the signal's number."""
+    signal stopped says so and exits 128 + the signal's number. Under a launcher each is said once (`_tell`)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except Interrupted as err:
-            if _launched_rank() == 0:  # every process stops alike: one says so
-                typer.echo(str(err), err=True)
+            _tell(str(err))
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:  # before a run's own stop takes Ctrl-C (reading data, a teacher's pass), or a second one
             if _debug:
                 raise
-            typer.echo("interrupted by Ctrl-C; run the command again to start over (a training run resumes from its "
-                       "newest checkpoint, if it saved one)", err=True)
+            _tell("interrupted by Ctrl-C; run the command again to start over (a training run resumes from its newest "
+                  "checkpoint, if it saved one)")
             raise typer.Exit(128 + signal.SIGINT) from None
         except MrcError as err:
             if _debug:
                 raise
-            typer.echo(f"Error: {err}", err=True)
+            _tell(f"Error: {err}")
             raise typer.Exit(1) from None
         except OSError as err:  # the system refused a read or write (a full disk, a lost mount): what, not where
             if _debug:
                 raise
             what = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+            # by every process: a disk or a mount may fail on one node only
             typer.echo(f"Error: {what} (mrc --debug shows where it happened)", err=True)
             raise typer.Exit(1) from None
+
+
+def _tell(message: str) -> None:
+    """`message` on stderr from rank 0 only: under a launcher every process reads the same config, data and
+    checkpoints and stops alike (a signal reaches them all, a NaN loss is all-reduced), so each would say the same;
+    the others exit with the same status in silence."""
+    if _launched_rank() == 0:
+        typer.echo(message, err=True)
 
 
 def _launched_rank() -> int:

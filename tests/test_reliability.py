@@ -457,3 +457,17 @@ def test_under_a_launcher_one_process_prints_the_stop_and_the_dry_run(tiny_bert_
         assert result.exit_code == 143 and ("stopped by SIGTERM at step 4" in result.stderr) is shown
         result = CliRunner().invoke(app, [*args, "--dry-run"])
         assert result.exit_code == 0 and ("train_file: data/quickstart/en_train.json" in result.stdout) is shown
+
+
+def test_under_a_launcher_one_process_prints_a_config_error_every_rank_finds(tiny_bert_dir, tmp_path, monkeypatch):
+    """A wrong flag is refused by every rank alike: rank 0 says what is wrong, the others exit 1 in silence."""
+    from mrc_cli.cli import app
+
+    args = ["train", "--model", tiny_bert_dir, "--train", "data/quickstart/en_train.json", "--output-dir",
+            str(tmp_path / "run"), "--lr", "-1"]
+    for rank, shown in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("Error: train.lr must be > 0 and finite (got -1.0)") is shown
+        assert (result.stderr == "") is not shown
