@@ -217,20 +217,32 @@ def read_checkpoint_config(checkpoint: Path) -> RunConfig:
 
 def pretraining_checkpoint_advice(checkpoint: Path) -> str:
     """What starts new work from an `mrc pretrain` checkpoint, whose weights are a masked-LM's (`lm.bert.*`): no
-    command takes it as --model and `mrc export` has no span head to export, but its run folder becomes a model folder
-    when the run finishes, and --init-from maps its encoder into a span model."""
+    command takes it as --model and `mrc export` has no span head to export, but --init-from starts a pre-training run
+    (encoder and MLM head) or a fine-tuning run (the encoder) from it, and its run folder becomes a model folder
+    when the run finishes."""
     run = run_dir_of(checkpoint)
-    try:
-        base = read_checkpoint_config(checkpoint).model.name_or_path
-    except (CheckpointError, ConfigError, DataError):  # missing or unreadable: the advice holds all the same
-        base = "<the encoder it was pre-trained from>"
     if (run / "config.json").is_file():
         folder = (f"its run folder {run} is a model folder of the run's last weights: `mrc pretrain --model {run}` "
                   f"pre-trains on from them, `mrc train --model {run}` fine-tunes them")
     else:
         folder = (f"its run folder {run} becomes a model folder of the run's last weights when the run finishes "
                   f"(`mrc pretrain --resume auto --out {run}`, on the files it began with)")
-    return f"{folder}; `mrc train --model {base} --init-from {checkpoint}` fine-tunes this checkpoint's encoder"
+    return (f"{folder}; {pretraining_route(checkpoint)} pre-trains on from this checkpoint (other files too), "
+            f"`mrc train --model {_base_model(checkpoint)} --init-from {checkpoint}` fine-tunes its encoder")
+
+
+def pretraining_route(checkpoint: Path) -> str:
+    """The command that starts a new pre-training run from an `mrc pretrain` checkpoint, with its encoder and MLM
+    head, on any files (a resume takes only the files it began with)."""
+    return f"`mrc pretrain --model {_base_model(checkpoint)} --init-from {checkpoint} --out NEW_DIR --data/--text FILES`"
+
+
+def _base_model(checkpoint: Path) -> str:
+    """The --model a checkpoint's run started from, as its config.yaml says."""
+    try:
+        return read_checkpoint_config(checkpoint).model.name_or_path
+    except (CheckpointError, ConfigError, DataError):  # missing or unreadable: the advice holds all the same
+        return "<the encoder it was pre-trained from>"
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

@@ -75,6 +75,7 @@ FormatOpt = Annotated[Literal["auto", "squad", "jsonl", "hf"], typer.Option("--f
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config (YAML).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: section.key=value.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Encoder: Hub id or local folder.")]
+InitFromOpt = Annotated[Optional[str], typer.Option("--init-from", help="Start from these weights (strict=False; key differences are listed).")]
 TrainFileOpt = Annotated[Optional[str], typer.Option("--train", help="Training data.")]
 DevFileOpt = Annotated[Optional[str], typer.Option("--dev", help="Dev data, evaluated every --eval-steps and at the end.")]
 
@@ -217,7 +218,7 @@ def train(
     eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0: at the end).")] = None,
     save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="auto (newest checkpoint in the run directory) or a checkpoint folder.")] = None,
-    init_from: Annotated[Optional[str], typer.Option(help="Start from these weights (strict=False; key differences are listed).")] = None,
+    init_from: InitFromOpt = None,
     sets: SetOpt = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
@@ -310,17 +311,19 @@ def pretrain(
     epochs: Annotated[Optional[float], typer.Option(help="Epochs (ignored when --max-steps is set).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="auto (newest checkpoint in --out) or a checkpoint folder.")] = None,
+    init_from: InitFromOpt = None,
     sets: SetOpt = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Masked-language-model training (whole-word masking) on the contexts of SQuAD-style files and on plain text;
-    --out becomes a model folder that `mrc train --model` fine-tunes. --set pretrain.masking=token masks tokens."""
+    --out becomes a model folder that `mrc train --model` fine-tunes. --init-from RUN/checkpoints/step-N goes on from a
+    pre-training checkpoint (encoder and MLM head) on any files. --set pretrain.masking=token masks tokens."""
     from mrc_cli.config import check_pretrain_config, load_run_config
 
     cfg = load_run_config(config, _flags(
         model__name_or_path=model, pretrain__data_files=data, pretrain__text_files=text, pretrain__eval_files=eval_data,
         pretrain__include_eval_contexts=include_eval_contexts or None, train__output_dir=out, train__epochs=epochs,
-        train__max_steps=max_steps, train__resume=resume,
+        train__max_steps=max_steps, train__resume=resume, train__init_from=init_from,
     ), sets or [], "pretrain")
     check_pretrain_config(cfg)
     if dry_run:

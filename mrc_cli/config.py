@@ -624,10 +624,10 @@ def check_pretrain_config(cfg: RunConfig) -> None:
     if cfg.data.max_seq_length < 3:
         problems.append(f"data.max_seq_length {cfg.data.max_seq_length} leaves no room between [CLS] and [SEP]")
     for key, value in (("train.rdrop_alpha", cfg.train.rdrop_alpha), ("model.multi_sample_dropout", cfg.model.multi_sample_dropout),
-                       ("train.init_from", cfg.train.init_from), ("train.head_warmup", cfg.train.head_warmup)):
+                       ("train.head_warmup", cfg.train.head_warmup)):
         if value:
-            problems.append(f"{key} {value!r} belongs to span fine-tuning (mrc train); pre-training starts from --model "
-                            "and has no span head: unset it")
+            problems.append(f"{key} {value!r} belongs to span fine-tuning (mrc train); pre-training has no span head: "
+                            "unset it")
     from mrc_cli.data import missing_file
     from mrc_cli.tokenizer import check_model_folder
 

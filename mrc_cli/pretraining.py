@@ -8,7 +8,7 @@ such as MiniLM have no head), run at the predicted positions only (~15 % of the 
 on the device (mrc_cli.masking); no evaluation. At the end the run directory is also a model folder: the encoder and
 its head (save_pretrained, safetensors), config.json and the tokenizer, which `mrc train --model DIR` fine-tunes (the
 encoder; the head is left out there) and `mrc pretrain --model DIR` continues; and pretrain_info.json, the record of
-what was trained on.
+what was trained on. A checkpoint of the run (encoder and head) starts another with train.init_from, on any files.
 
 ALBERT's sentence-order prediction is not trained: it needs pairs of consecutive segments, and SQuAD and CMRC
 contexts are single paragraphs whose order in an article carries little; in-domain adaptation papers (Gururangan et
@@ -38,7 +38,8 @@ from mrc_cli.masking import IGNORE_INDEX, MaskingRule, mask_tokens
 from mrc_cli.words import check_word_sizes
 from mrc_cli.model import DROPOUT_KEYS, describe_keys, encoder_config
 from mrc_cli.tracking import RunLog
-from mrc_cli.training import TrainerState, TrainResult, file_sha256, own_copy, resumed_run_info, run_task
+from mrc_cli.training import (TrainerState, TrainResult, file_sha256, init_from_weights, own_copy, resumed_run_info,
+                               run_task)
 
 INFO_FILE = "pretrain_info.json"
 
@@ -180,7 +181,7 @@ class MaskedLMTask:
                  f"{masked['words']} of {summary.words} words ({masked['words'] / max(summary.words, 1):.1%}), "
                  f"{masked['tokens']} of {summary.tokens} tokens predicted: {masked['mask']} [MASK], "
                  f"{masked['random']} random, {masked['unchanged']} unchanged")
-        self.info = {"model": cfg.model.name_or_path, "masking": cfg.pretrain.masking,
+        self.info = {"model": cfg.model.name_or_path, "init_from": cfg.train.init_from, "masking": cfg.pretrain.masking,
                      "word_segmenter": cfg.data.word_segmenter, "mask_prob": cfg.pretrain.mask_prob,
                      "max_seq_length": cfg.data.max_seq_length, **corpus.to_dict(),
                      "sequences": summary.sequences, "tokens": summary.tokens, "words": summary.words,
@@ -190,6 +191,10 @@ class MaskedLMTask:
 
     def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog) -> MaskedLM:
         model, missing = build_masked_lm(cfg.model, cfg.data.max_seq_length, pretrained)
+        head_source = cfg.model.name_or_path
+        if cfg.train.init_from and pretrained:
+            missing, head_filled = _init_from(model, missing, cfg.train.init_from, log)
+            head_source = cfg.train.init_from if head_filled else head_source
         prefix = model.lm.base_model_prefix + "."
         fresh_head = [k for k in missing if not k.startswith(prefix)]
         fresh_encoder = [k for k in missing if k.startswith(prefix)]
@@ -199,7 +204,7 @@ class MaskedLMTask:
         elif fresh_head:
             head = f"fresh ({describe_keys(fresh_head)} initialised)"
         else:
-            head = f"loaded from {cfg.model.name_or_path}"
+            head = f"loaded from {head_source}"
         log.info(f"MLM head: {head}; its decoder is {'tied to' if tied else 'separate from'} the input embeddings")
         if pretrained and fresh_head:
             # measured (docs/benchmarks.md, "In-domain pre-training"): MiniLM with a fresh head, 200 steps on the
@@ -283,6 +288,14 @@ class MaskedLMTask:
         self._predicted = epoch, torch.cat(per_sequence).numpy()
         return {"words": counts["words"], "tokens": counts["tokens"], "mask": counts["mask"],
                 "random": counts["tokens"] - counts["mask"] - counts["unchanged"], "unchanged": counts["unchanged"]}
+
+
+def _init_from(model: MaskedLM, missing: list[str], path: str, log: RunLog) -> tuple[list[str], bool]:
+    """train.init_from's weights over --model's (a pre-training checkpoint goes on with its encoder and MLM head):
+    the keys of `model.lm` that neither filled (`missing`: those --model lacked), and whether it filled the head."""
+    unfilled = {key.removeprefix("lm.") for key in init_from_weights(model, path, log)}
+    head = {key for key in model.lm.state_dict() if not key.startswith(model.lm.base_model_prefix + ".")}
+    return [key for key in missing if key in unfilled], unfilled.isdisjoint(head)
 
 
 def _save_model_folder(lm: nn.Module, tokenizer, source: str, out: Path) -> None:

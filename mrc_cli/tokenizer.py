@@ -39,7 +39,7 @@ def check_model_folder(name_or_path: str, command: str = "train") -> None:
     if run_command(run_dir_of(path)) == "pretrain":
         raise ConfigError(f"{name_or_path}: an mrc pretrain run or checkpoint, not an encoder folder to start from; "
                           + pretraining_checkpoint_advice(path))
-    if command == "pretrain":  # --init-from is span fine-tuning's; an export is a Hugging Face folder of the encoder
+    if command == "pretrain":  # a span model's weights do not map into a masked LM; its export is an encoder folder
         raise ConfigError(f"{name_or_path}: an mrc-cli training run or checkpoint, not an encoder folder to start "
                           f"from; `mrc export --format hf --out DIR {name_or_path}` makes a model folder of it that "
                           "`mrc pretrain --model DIR` pre-trains on from (with a fresh masked-LM head)")

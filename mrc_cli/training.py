@@ -210,7 +210,7 @@ class SpanTask:
     def build_model(self, cfg: RunConfig, pretrained: bool, log: RunLog):
         model = build_model(cfg.model, cfg.data.max_seq_length, pretrained=pretrained)
         if cfg.train.init_from and pretrained:
-            _init_from(model, cfg.train.init_from, log)
+            init_from_weights(model, cfg.train.init_from, log)
         return model
 
     def batch(self, store: FeatureTensors, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
@@ -927,7 +927,6 @@ def _refuse_other_data(cfg: RunConfig, checkpoint: Path) -> None:
     changed = [key for key, value in now.items() if None not in (value, then.get(key)) and value != then[key]]
     if changed:
         what = "the training file" if changed[0] == "train_file_sha256" else changed[0]
-        # mrc pretrain has no --init-from: a new pre-training run starts from the run's model folder
         pretraining = bool(cfg.pretrain.data_files or cfg.pretrain.text_files)
         new_run = (f"start anew: {pretraining_checkpoint_advice(checkpoint)}" if pretraining else
                    f"start a new run from the checkpoint's weights (--init-from {checkpoint} and another output folder)")
@@ -1041,18 +1040,23 @@ def _load_split(given: Split | None, source: str | None, use: str, tokenizer, cf
     return split
 
 
-def _init_from(model, path: str, log: RunLog) -> None:
+def init_from_weights(model, path: str, log: RunLog) -> list[str]:
     """The weights of a checkpoint that fit the model, in part where the shapes differ: a span model's, or the encoder
     (and QA head) of an `mrc pretrain` checkpoint (`lm.bert.*`), an `mrc export` or other Hugging Face folder
-    (`bert.*`, or unprefixed for a bare encoder); an MLM head stays unused. One that fits nothing is refused: the
-    run would fine-tune the base model under the checkpoint's name."""
+    (`bert.*`, or unprefixed for a bare encoder); into a span model an MLM head stays unused, into `mrc pretrain`'s
+    masked LM (`lm.*`) it is loaded. One that fits nothing is refused: the run would train the base model under the
+    checkpoint's name. Returns the model's keys the checkpoint did not fill."""
     source = Path(path)
     weights = source if source.is_file() else resolve_checkpoint(source) / "model.safetensors"
     own, prefix = model.state_dict(), model.encoder.base_model_prefix
+    # where the Hugging Face encoder sits in the model ("encoder"; "lm.bert" in a masked LM), and the Hugging Face
+    # model holding it ("lm." for a masked LM, whose head keys cls.* become lm.cls.*; "" for a span model)
+    encoder = next(name for name, module in model.named_modules() if module is model.encoder)
+    root = encoder.rpartition(".")[0] + "." if "." in encoder else ""
 
     def ours(key: str) -> str:  # ours; an mrc pretrain checkpoint's; a Hugging Face QA or masked-LM model's; an encoder's
-        names = (key, f"encoder.{key.removeprefix(f'lm.{prefix}.')}", f"encoder.{key.removeprefix(f'{prefix}.')}",
-                 f"encoder.{key}")
+        names = (key, f"{root}{key}", f"{encoder}.{key.removeprefix(f'lm.{prefix}.')}",
+                 f"{encoder}.{key.removeprefix(f'{prefix}.')}", f"{encoder}.{key}")
         return next((name for name in names if name in own), key)
 
     state = {ours(key): value for key, value in load_state_dict_file(weights).items()}
@@ -1063,9 +1067,11 @@ def _init_from(model, path: str, log: RunLog) -> None:
                               "a checkpoint of this model, or the --model it was trained from")
     log.info(f"--init-from {weights}: missing {describe_keys(missing)}; unexpected {describe_keys(unexpected)}"
              + (f"; shapes differ (left as --model's): {describe_shapes(reshaped, state, model)}" if reshaped else ""))
-    if all(key in missing or key in reshaped for key in own if key.startswith("encoder.")):  # another family's, of the same width
-        log.info("warning: no weight of the encoder came from that checkpoint, only the span head's: the run "
-                 "fine-tunes the encoder of --model")
+    if all(key in missing or key in reshaped for key in own if key.startswith(f"{encoder}.")):  # another family's, of the same width
+        head, trains = ("MLM head", "pre-trains") if root else ("span head", "fine-tunes")
+        log.info(f"warning: no weight of the encoder came from that checkpoint, only the {head}'s: the run "
+                 f"{trains} the encoder of --model")
+    return missing + reshaped
 
 
 def _optimizer(model, cfg: RunConfig, world: int, log: RunLog) -> torch.optim.Optimizer:

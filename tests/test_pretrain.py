@@ -424,7 +424,7 @@ def test_a_pretraining_checkpoint_starts_fine_tuning_with_init_from_and_a_misfit
     assert result.exit_code == 1 and (f"Error: --init-from {checkpoint / 'model.safetensors'}: none of its weights fit "
                                       "this model (model type albert; the checkpoint holds lm.bert (5 keys), "
                                       "lm.bert.encoder.layer.0-1 (32 keys), lm.cls (5 keys))") in result.stderr
-    # the other way, a span checkpoint to pre-train from: pretrain has no --init-from; the advised export works
+    # the other way, a span checkpoint to pre-train from: its weights fit no masked LM; the advised export works
     span_checkpoint = tmp_path / "ft" / "checkpoints" / "step-000001"
     result = CliRunner().invoke(app, _pretrain_args(str(span_checkpoint), tmp_path / "p", "--max-steps", "1"))
     assert result.exit_code == 1 and result.stderr == (
@@ -433,6 +433,41 @@ def test_a_pretraining_checkpoint_starts_fine_tuning_with_init_from_and_a_misfit
         "pre-trains on from (with a fresh masked-LM head)\n")
     _invoke(["export", "--checkpoint", str(span_checkpoint), "--format", "hf", "--out", str(tmp_path / "hf")])
     _invoke(_pretrain_args(str(tmp_path / "hf"), tmp_path / "p", "--max-steps", "1"))
+
+
+def test_pretraining_goes_on_from_a_middle_checkpoint_on_other_files_with_init_from(pretrained, tiny_bert_dir, tmp_path):
+    """--resume takes only the files a run began with; --init-from starts a new run from a pre-training checkpoint,
+    its encoder and its trained MLM head (the tiny BERT has none: it would be fresh), on other files."""
+    from mrc_cli.config import load_config
+    from mrc_cli.tracking import RunLog
+
+    checkpoint, out, notes = pretrained / "checkpoints" / "step-000003", tmp_path / "B", tmp_path / "b.txt"
+    notes.write_text("The harbour of Marseille was rebuilt in the 1850s.\n\nLyon lies where two rivers meet. " * 8)
+    _invoke(["pretrain", "--model", tiny_bert_dir, "--init-from", str(checkpoint), "--text", str(notes), "--out",
+             str(out), "--max-steps", "2", "--set", "train.batch_size=2", "--set", "data.max_seq_length=64",
+             "--set", "train.precision=no", "--set", "train.cpu=true", "--set", "train.log_steps=1"])
+    log = (out / "train.log").read_text()
+    assert f"--init-from {checkpoint / 'model.safetensors'}: missing none; unexpected none" in log
+    assert f"MLM head: loaded from {checkpoint}; its decoder is tied to" in log and "fresh MLM head" not in log
+    info = json.loads((out / "pretrain_info.json").read_text())
+    assert (info["init_from"], info["mlm_head"], [s["file"] for s in info["sources"]]) == (
+        str(checkpoint), f"loaded from {checkpoint}", [str(notes)])
+    # the run started from the checkpoint's weights, head included: the model it builds from its saved config
+    start = MaskedLMTask().build_model(load_config(out / "config.yaml"), True, RunLog(tmp_path / "log", False))
+    start = start.state_dict()
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    assert any(key.startswith("lm.cls.") for key in saved) and all(torch.equal(start[k], saved[k]) for k in saved)
+    # and trained from there
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2] and info["steps"] == 2
+    trained = load_file(str(out / "checkpoints" / "step-000002" / "model.safetensors"))
+    for key in ("lm.cls.predictions.transform.dense.weight", "lm.bert.encoder.layer.0.attention.self.query.weight"):
+        assert not torch.equal(trained[key], saved[key]), key
+    # a finished run's model folder (bert.*, cls.*) fits as well
+    from_folder = load_config(out / "config.yaml")
+    from_folder.train.init_from = str(pretrained)
+    MaskedLMTask().build_model(from_folder, True, RunLog(tmp_path / "log2", True))
+    assert f"--init-from {pretrained / 'model.safetensors'}: missing none; unexpected none" in (
+        tmp_path / "log2" / "train.log").read_text()
 
 
 def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_for_the_other(pretrained, tiny_bert_dir,
@@ -446,10 +481,13 @@ def test_a_pretrained_folder_and_a_checkpoint_are_told_apart_where_one_is_given_
         f"with: fine-tune it first, mrc train --model {pretrained}\n")
     checkpoint = pretrained / "checkpoints" / "step-000006"
     # each command's advice works: --model of the run folder (here and in test_the_pretrained_folder_fine_tunes_with_
-    # mrc_train), --init-from in test_a_pretraining_checkpoint_starts_fine_tuning_with_init_from_...
+    # mrc_train), --init-from in test_a_pretraining_checkpoint_starts_fine_tuning_with_init_from_... and
+    # test_pretraining_goes_on_from_a_middle_checkpoint_on_other_files_with_init_from
     advice = (f"its run folder {pretrained} is a model folder of the run's last weights: `mrc pretrain --model "
-              f"{pretrained}` pre-trains on from them, `mrc train --model {pretrained}` fine-tunes them; `mrc train "
-              f"--model {tiny_bert_dir} --init-from {checkpoint}` fine-tunes this checkpoint's encoder\n")
+              f"{pretrained}` pre-trains on from them, `mrc train --model {pretrained}` fine-tunes them; `mrc pretrain "
+              f"--model {tiny_bert_dir} --init-from {checkpoint} --out NEW_DIR --data/--text FILES` pre-trains on from "
+              f"this checkpoint (other files too), `mrc train --model {tiny_bert_dir} --init-from {checkpoint}` "
+              "fine-tunes its encoder\n")
     for command in (["pretrain", "--data", str(QUICKSTART / "en_dev.json"), "--out", str(tmp_path / "p"), "--model"],
                     ["train", "--train", str(QUICKSTART / "en_dev.json"), "--output-dir", str(tmp_path / "t"), "--model"],
                     ["export", "--format", "hf", "--out", str(tmp_path / "e"), "--checkpoint"]):
@@ -512,8 +550,9 @@ def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_b
 
 
 def test_a_run_whose_text_changed_is_refused_with_what_starts_pretraining_anew(pretrained, tiny_bert_dir, tmp_path):
-    """The refusal had advised --init-from, which mrc pretrain refuses as span fine-tuning's; it names the run's model
-    folder (mrc pretrain --model RUN works: test_a_pretrained_folder_and_a_checkpoint_are_told_apart_...)."""
+    """The refusal names the run's model folder (mrc pretrain --model RUN works: test_a_pretrained_folder_and_a_
+    checkpoint_are_told_apart_...) and the full pre-training command from the checkpoint (test_pretraining_goes_on_
+    from_a_middle_checkpoint_on_other_files_with_init_from)."""
     out = tmp_path / "B"
     checkpoint = out / "checkpoints" / "step-000003"
     shutil.copytree(pretrained / "checkpoints" / "step-000003", checkpoint)
@@ -530,7 +569,8 @@ def test_a_run_whose_text_changed_is_refused_with_what_starts_pretraining_anew(p
                   "it began with)")
         assert result.exit_code == 1 and f"{QUICKSTART / 'en_train.json'} is not what the run trained on" in \
             result.stderr and f"restore it to resume, or start anew: {folder}" in result.stderr, result.output
-        assert f"--init-from {checkpoint}` fine-tunes this checkpoint's encoder" in result.stderr
+        assert (f"`mrc pretrain --model {tiny_bert_dir} --init-from {checkpoint} --out NEW_DIR --data/--text FILES` "
+                "pre-trains on from this checkpoint (other files too)") in result.stderr
 
 def test_an_ordinary_pretraining_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch):
     """test_gpu_ready's check of the fine-tuning loop, on pre-training: the masks are drawn on the device, the
