@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from mrc_cli.config import RunConfig, load_config, save_config
+from mrc_cli.config import RunConfig, load_config, run_command, save_config
 from mrc_cli.errors import CheckpointError, ConfigError, DataError
 from mrc_cli.files import write_text_atomically
 from mrc_cli.model import load_state_dict_file
@@ -237,6 +237,14 @@ def pretraining_route(checkpoint: Path) -> str:
     return f"`mrc pretrain --model {_base_model(checkpoint)} --init-from {checkpoint} --out NEW_DIR --data/--text FILES`"
 
 
+def new_run_advice(checkpoint: Path) -> str:
+    """How a new run starts from a checkpoint's weights: --init-from, in the whole command for a pre-training
+    checkpoint (mrc pretrain needs its files and another --out, and takes --model as the encoder to load it into)."""
+    if run_command(run_dir_of(checkpoint.resolve())) == "pretrain":
+        return pretraining_route(checkpoint)
+    return f"--init-from {checkpoint}"
+
+
 def _base_model(checkpoint: Path) -> str:
     """The --model a checkpoint's run started from, as its config.yaml says."""
     try:
@@ -250,7 +258,7 @@ def read_trainer_state(checkpoint: Path) -> dict:
     if not (checkpoint / TRAINING_STATE).is_file():
         raise CheckpointError(f"{checkpoint}: weights only, no {TRAINING_STATE} (dropped when its run finished, as the "
                               f"run's last checkpoint keeps it, or not copied): resume from a checkpoint that has it, "
-                              f"or start a new run from these weights with --init-from {checkpoint}")
+                              f"or start a new run from these weights with {new_run_advice(checkpoint)}")
     return json.loads((checkpoint / "trainer_state.json").read_text())
 
 

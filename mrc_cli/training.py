@@ -41,7 +41,7 @@ from mrc_cli import __version__
 from mrc_cli.attention import packing_refusal, varlen_missing
 from mrc_cli.batching import FeatureTensors, epoch_plan, remaining_steps, token_budget
 from mrc_cli.checkpoint import (CHECKPOINTS, checkpoint_dir, complete_checkpoints, drop_training_states,
-                                latest_checkpoint, pretraining_checkpoint_advice, read_checkpoint_config,
+                                latest_checkpoint, new_run_advice, pretraining_checkpoint_advice, read_checkpoint_config,
                                 read_trainer_state, read_training_state, read_weights, resolve_checkpoint, rng_state,
                                 run_dir_of, save_checkpoint, set_rng_state, write_best_pointer)
 from mrc_cli.compute import training_compute
@@ -984,7 +984,7 @@ def _trainer_state(checkpoint: Path) -> TrainerState:
     unknown = sorted(set(saved) - {f.name for f in fields(TrainerState)})
     if unknown:  # e.g. batch_in_epoch: a per-process position, before positions were kept per optimizer step
         raise CheckpointError(f"{checkpoint}: written by an older mrc-cli (trainer_state.json has {', '.join(unknown)}); "
-                              f"it cannot be resumed, but its weights can start a new run: --init-from {checkpoint}")
+                              f"it cannot be resumed, but its weights can start a new run: {new_run_advice(checkpoint)}")
     return TrainerState(**saved)
 
 

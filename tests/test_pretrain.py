@@ -572,6 +572,30 @@ def test_a_run_whose_text_changed_is_refused_with_what_starts_pretraining_anew(p
         assert (f"`mrc pretrain --model {tiny_bert_dir} --init-from {checkpoint} --out NEW_DIR --data/--text FILES` "
                 "pre-trains on from this checkpoint (other files too)") in result.stderr
 
+def test_a_checkpoint_that_cannot_be_resumed_names_the_pretraining_command_that_starts_from_it(pretrained,
+                                                                                               tiny_bert_dir, tmp_path):
+    """Both refusals had advised a bare --init-from (span fine-tuning's wording; test_training and
+    test_training_options keep it for span runs): for a pre-training checkpoint they give the whole mrc pretrain
+    command, which test_pretraining_goes_on_from_a_middle_checkpoint_on_other_files_with_init_from runs."""
+    route = lambda checkpoint: (f"`mrc pretrain --model {tiny_bert_dir} --init-from {checkpoint} --out NEW_DIR "  # noqa: E731
+                                "--data/--text FILES`")
+    for problem in ("weights only", "older trainer"):
+        out = tmp_path / problem.replace(" ", "_")
+        checkpoint = out / "checkpoints" / "step-000003"
+        shutil.copytree(pretrained / "checkpoints" / "step-000003", checkpoint)
+        shutil.copy(pretrained / "run_info.json", out)
+        if problem == "weights only":  # as a finished run leaves its earlier checkpoints
+            (checkpoint / "training_state.pt").unlink()
+            expected = f"or start a new run from these weights with {route(checkpoint)}"
+        else:
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            state["batch_in_epoch"] = state.pop("epoch_segments")  # the position as mrc-cli up to c62c0a9 kept it
+            (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+            expected = f"it cannot be resumed, but its weights can start a new run: {route(checkpoint)}"
+        result = CliRunner().invoke(app, _pretrain_args(tiny_bert_dir, out, "--max-steps", "6", "--resume", "auto"))
+        assert result.exit_code == 1 and expected in result.stderr, result.output
+
+
 def test_an_ordinary_pretraining_step_never_waits_for_the_device(tiny_bert_dir, tmp_path, monkeypatch):
     """test_gpu_ready's check of the fine-tuning loop, on pre-training: the masks are drawn on the device, the
     predicted positions gathered there in a number the host counted, so only the log steps read from the device."""
