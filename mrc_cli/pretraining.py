@@ -19,7 +19,6 @@ loaded nor saved.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,8 @@ from mrc_cli.masking import IGNORE_INDEX, MaskingRule, mask_tokens
 from mrc_cli.words import check_word_sizes
 from mrc_cli.model import DROPOUT_KEYS, describe_keys, encoder_config
 from mrc_cli.tracking import RunLog
-from mrc_cli.training import (TrainerState, TrainResult, file_sha256, init_from_weights, own_copy, resumed_run_info,
-                               run_task)
+from mrc_cli.training import (TrainerState, TrainResult, WallClock, file_sha256, init_from_weights, own_copy,
+                               resumed_run_info, run_task)
 
 INFO_FILE = "pretrain_info.json"
 
@@ -142,7 +141,8 @@ class MaskedLMTask:
     packs = False  # masking works on padded (sequences, width) batches
 
     def __init__(self):
-        self.started = time.perf_counter()
+        self.clock = WallClock()  # pretrain_info.json's wall_seconds, all parts of a resumed run together
+        self.stateful = {"wall_clock": self.clock}
         self.info: dict = {}  # pretrain_info.json, filled as the run is set up
         self.tokenizer = None  # set by load
         self.rule, self.host, self._predicted = None, None, None  # set by use
@@ -245,7 +245,7 @@ class MaskedLMTask:
         if main:
             _save_model_folder(model.lm, self.tokenizer, self.info["model"], run_dir)
             self.info.update(steps=state.step, epoch=state.epoch, sequences_seen=state.samples, tokens_seen=state.tokens,
-                             wall_seconds=round(time.perf_counter() - self.started, 1))
+                             wall_seconds=round(self.clock.seconds, 1))
             write_text_atomically(run_dir / INFO_FILE, json.dumps(self.info, indent=2, ensure_ascii=False))
         return {}
 

@@ -98,6 +98,25 @@ class TrainerState:
     head_warmup_steps: int | None = None
 
 
+class WallClock:
+    """The wall seconds a run has taken over all its parts: this process's since it began and, where it resumed, the
+    earlier parts' up to that checkpoint (a stopped part's time after its checkpoint is not counted: those steps are
+    trained again). Kept in checkpoints as a part of `stateful`."""
+
+    def __init__(self):
+        self.started, self.before = time.perf_counter(), 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before = state["seconds"]
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -140,6 +159,7 @@ class Task(Protocol):
     run_dir_flag: str  # --output-dir, --out
     evaluates: bool  # whether the task has a dev set (known after `load`)
     packs: bool  # whether its batches may be packed rows (train.tokens_per_batch)
+    stateful: dict  # the task's own parts a checkpoint keeps (state_dict/load_state_dict), beside the loop's
 
     def load(self, cfg: RunConfig, tokenizer, log: RunLog):
         """Read the data; return the training rows (a datasets.Dataset that FeatureTensors stores). May fill
@@ -176,6 +196,7 @@ class SpanTask:
 
     def __init__(self, train_split: Split | None, dev_split: Split | None):
         self.train_split, self.dev_split = train_split, dev_split
+        self.stateful = {}
 
     @property
     def evaluates(self) -> bool:
@@ -336,7 +357,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     scheduler = _scheduler(optimizer, state.warmup_steps, total_steps)
     scaler = LossScaler(precision, accelerator.device)
     ema = EMA(accelerator.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay else None
-    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {})}
+    stateful = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, **({"ema": ema} if ema else {}),
+                **task.stateful}
     if resume_from is not None:
         _restore(resume_from, accelerator, model, stateful, state, task.unit, log)
         # the schedule at the step reached, for this run's length: the same lr where the length is the run's own, and
@@ -1168,13 +1190,20 @@ def _save(run_dir: Path, accelerator, model, stateful: dict, tokenizer, cfg: Run
     accelerator.wait_for_everyone()
 
 
+# parts of `stateful` that checkpoints of older versions lack: resumed from one, they start anew
+ADDED_STATE = ("wall_clock",)
+
+
 def _restore(checkpoint: Path, accelerator, model, stateful: dict, state: TrainerState, unit: str,
              log: RunLog) -> None:
     """Weights, every part of `stateful` and this process's RNG states from a checkpoint."""
     training_state = read_training_state(checkpoint)
     load_weights(accelerator.unwrap_model(model), read_weights(checkpoint), strict=True)
     for name, part in stateful.items():
-        part.load_state_dict(training_state[name])
+        if name in training_state or name not in ADDED_STATE:
+            part.load_state_dict(training_state[name])
+        else:
+            log.info(f"resume: {checkpoint} has no {name} state (an older mrc-cli's): {name} starts anew here")
     rngs = training_state["rng"]
     if len(rngs) != accelerator.num_processes:
         log.info(f"resume: the checkpoint has RNG states of {len(rngs)} process{'es' * (len(rngs) > 1)}, this run has "

@@ -9,6 +9,7 @@ import copy
 import json
 import re
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -532,8 +533,13 @@ def test_resumed_pretraining_is_bitwise_the_uninterrupted_run(pretrained, tiny_b
     out = tmp_path / "B"
     shutil.copytree(pretrained / "checkpoints" / "step-000003", out / "checkpoints" / "step-000003")
     shutil.copy(pretrained / "run_info.json", out)  # as the interrupted run wrote it when it began
+    # the interrupted part took 1000 s to its checkpoint: wall_seconds had counted only the resumed part
+    training_state = out / "checkpoints" / "step-000003" / "training_state.pt"
+    torch.save({**torch.load(training_state, weights_only=True), "wall_clock": {"seconds": 1000.0}}, training_state)
+    started = time.perf_counter()
     _invoke(_pretrain_args(tiny_bert_dir, out, "--max-steps", "6", "--set", "train.save_steps=3",
                            "--set", "train.keep_last=5", "--resume", "auto"))
+    assert 1000 < json.loads((out / "pretrain_info.json").read_text())["wall_seconds"] <= 1000 + time.perf_counter() - started
     assert "resumed from" in (out / "train.log").read_text()
     info = lambda d: json.loads((d / "pretrain_info.json").read_text())
     assert info(out)["mlm_head"] == info(pretrained)["mlm_head"]  # fresh when the run began, not "from the checkpoint"
