@@ -44,7 +44,7 @@ from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.files import write_text_atomically
 from mrc_cli.tokenizer import tokenizer_fingerprint
 
-FEATURES_VERSION = 4  # bump when the feature layout changes, so old cache files are not reused
+FEATURES_VERSION = 5  # bump when the feature layout changes, so old cache files are not reused
 IGNORE_INDEX = -100
 CLS_INDEX = 0
 # "chars": each CJK character, each run of other letters and digits ("1898", "iPhone"), each other symbol
@@ -403,8 +403,8 @@ def _user_segmenter(name: str) -> tuple[Callable[[str], list[str]], object]:
 
 
 def token_words(offsets: list, tokenizer_words: list[int], word_starts: list[int] | None) -> list[int]:
-    """The word of each token: the tokenizer's own (`word_starts` None), else the segmenter's word holding the token's
-    first character (`word_starts`: `segmenter(name)(text)`)."""
+    """The word of each token: the tokenizer's own (`word_starts` None), else the word holding the token's first
+    character (`word_starts`: `words_with_tokens`, where a token belongs to one word whole)."""
     if word_starts is None:
         return tokenizer_words
     return [bisect_right(word_starts, start) - 1 for start, _ in offsets]
@@ -412,11 +412,16 @@ def token_words(offsets: list, tokenizer_words: list[int], word_starts: list[int
 
 def words_with_tokens(word_starts: list[int], offsets: list) -> list[int]:
     """The start characters of the words (`segmenter(name)(text)`) in which a token of the text (`offsets`, all of
-    its tokens) starts. Numbered by these, word ids skip no number, so a window never holds more words than tokens;
-    a token can span several segmenter words (WordPiece's [UNK] for a run of symbols, each a word of `chars`)."""
-    owners = {bisect_right(word_starts, start) - 1 for start, _ in offsets}
+    its tokens) starts, the words a token crosses merged into one: a word start strictly inside a token (the
+    SentencePiece token 学的 over jieba's 大学|的, WordPiece's [UNK] for a run of symbols, each a word of `chars`)
+    is no word start, else a word-level span or mask would begin or end inside a segmenter word. Numbered by these,
+    word ids skip no number, so a window never holds more words than tokens."""
+    crossed = {w for start, end in offsets
+               for w in range(bisect_right(word_starts, start), bisect_left(word_starts, end))}
+    kept = [s for w, s in enumerate(word_starts) if w not in crossed]
+    owners = {bisect_right(kept, start) - 1 for start, _ in offsets}
     # tokens before the first word (text a segmenter left out) are a word of their own, not outside the context
-    return ([0] if -1 in owners else []) + [word_starts[w] for w in sorted(owners) if w >= 0]
+    return ([0] if -1 in owners else []) + [kept[w] for w in sorted(owners) if w >= 0]
 
 
 def _starts_of_words(text: str, words_of: Callable[[str], list[str]], name: str) -> list[int]:

@@ -26,7 +26,7 @@ def unit_index(word_ids: torch.Tensor) -> torch.Tensor:
 
 def pool_words(states: torch.Tensor, units: torch.Tensor, num_units: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of each unit's token states: (batch, seq, hidden) -> (batch, units, hidden), and a (batch, units) mask of
-    units that have tokens (word ids may skip numbers where a token spans two segmenter words).
+    units that have tokens (a feature with fewer words than the batch's widest has empty units at its end).
 
     `num_units`: units per feature in this batch, known on the host from the features (FeatureTensors); without it
     it is read from `units`, which makes the host wait for the device. Tokens of no unit go to one extra slot per

@@ -64,6 +64,27 @@ def albert_tokenizer(albert_tokenizer_dir):
     return load_tokenizer(albert_tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def chinese_albert_tokenizer(tmp_path_factory):
+    """An ALBERT (SentencePiece) tokenizer trained on CMRC 2018 dev contexts from the 11th article on: its pieces of
+    two or three characters cross jieba's words (学的 over 大学|的), as a Chinese SentencePiece vocabulary's do."""
+    import sentencepiece as spm
+    from transformers import AlbertTokenizer
+
+    from mrc_cli.tokenizer import load_tokenizer
+
+    data = json.loads(shared_file("cmrc2018_dev.json").read_text(encoding="utf-8"))["data"]
+    texts = [p["context"] for article in data[10:] for p in article["paragraphs"]][:200]
+    folder = tmp_path_factory.mktemp("chinese_albert_tokenizer")
+    spm.SentencePieceTrainer.train(  # 3,000 pieces: room for words beyond the ~2,900 characters covered
+        sentence_iterator=iter(texts), model_prefix=str(folder / "spiece"), vocab_size=3000, model_type="unigram",
+        character_coverage=0.99, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], minloglevel=2,
+    )
+    AlbertTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+    return load_tokenizer(str(folder))
+
+
 def _english_texts() -> list[str]:
     source = SHARED_DATA / "squad_v1.1_train_head.json"
     if not source.is_file():

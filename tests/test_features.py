@@ -232,6 +232,23 @@ def test_chinese_word_ids_follow_the_segmenter(segmenter, wordpiece_tokenizer, t
     assert sorted(words) == list(range(len(words)))  # word ids count up from 0 without gaps
 
 
+def test_the_segmenter_words_a_token_crosses_are_one_word():
+    """A SentencePiece token can cross a segmenter word boundary: 学的 over jieba's 大学|的确. By the word of its first
+    character alone, 学的 went to 大学 and the next token 确 began the word 的确, a word boundary inside 的确."""
+    from mrc_cli.features import token_words, words_with_tokens
+
+    word_starts = [0, 2, 4]  # 大学|的确|好
+    offsets = [(0, 1), (1, 3), (3, 4), (4, 5)]  # 大 学的 确 好
+    starts = words_with_tokens(word_starts, offsets)
+    assert starts == [0, 4]
+    assert token_words(offsets, [], starts) == [0, 0, 0, 1]
+    # a token over three words, the last one cut: the three and the token in the last one's rest are one word
+    offsets = [(0, 2), (2, 6), (6, 7)]
+    starts = words_with_tokens([0, 2, 3, 5], offsets)
+    assert starts == [0, 2]
+    assert token_words(offsets, [], starts) == [0, 1, 1]
+
+
 def test_doc_stride_that_leaves_no_room_is_a_config_error(wordpiece_tokenizer, tmp_path):
     path = write_squad(tmp_path / "d.json", [("The cat sat.", [{"id": "q", "question": "Who?", "answers": []}])])
     examples, _, _ = load_examples(str(path), "predict")

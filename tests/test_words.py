@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import QUICKSTART, tiny_run_config, write_squad
+from conftest import QUICKSTART, shared_file, tiny_run_config, write_squad
 from mrc_cli.cli import app
 from mrc_cli.config import DataConfig
 from mrc_cli.features import build_features
@@ -27,7 +27,7 @@ def _random_word_ids(rng, batch, seq):
         word = int(rng.integers(0, 50))
         while len(row) < seq - rng.integers(1, 8):
             row += [word] * int(rng.integers(1, 5))
-            word += int(rng.integers(1, 3))  # sometimes skips an id (a token spanning two segmenter words)
+            word += int(rng.integers(1, 3))  # sometimes skips an id: pooling must not rely on consecutive ids
         rows.append((row + [-1] * seq)[:seq])
     return torch.tensor(rows)
 
@@ -113,6 +113,57 @@ def test_answers_inside_a_word_are_counted(wordpiece_tokenizer, tmp_path):
         assert [answers_longer_than(features, limit, "token") for limit in (3, 4)] == [(2, 2), (0, 2)]
         assert [answers_longer_than(features, limit, "word")[0] for limit in range(4)] == [
             sum(length > limit for length in words) for limit in range(4)], segmenter
+
+
+@pytest.mark.parametrize("tokenizer_name", ["chinese_albert_tokenizer", "albert_tokenizer"])
+def test_sentencepiece_words_on_real_cmrc_never_cut_a_jieba_word(tokenizer_name, request, tmp_path):
+    """SentencePiece tokens cross jieba's words: pieces such as 学的 over 大学|的 (a Chinese vocabulary), or a whole
+    run of Chinese as one unknown token (the English one). A word unit is every jieba word its tokens touch, so
+    word-level spans and answers begin and end at jieba words; by a token's first character alone, the token after
+    学的 began a word inside 的's word."""
+    import jieba
+
+    from mrc_cli.words import answers_inside_words
+
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    articles = json.loads(shared_file("cmrc2018_dev.json").read_text(encoding="utf-8"))["data"][:10]
+    path = tmp_path / "cmrc.json"
+    path.write_text(json.dumps({"version": "slice", "data": articles}, ensure_ascii=False), encoding="utf-8")
+    examples, _, _ = load_examples(str(path), "train")
+    data = DataConfig(max_seq_length=128, doc_stride=32, word_segmenter="jieba", cache_dir=str(tmp_path))
+    features, _ = build_features(examples, tokenizer, data, labels=True)
+    spans = unit_offsets(list(features["example_id"]), features["offset_mapping"], features["word_ids"], 128)
+    by_id = {ex["id"]: ex for ex in examples}
+    jieba_words = {context: [(s, e) for w, s, e in jieba.tokenize(context) if w.strip()]
+                   for context in set(examples["context"])}
+    crossed = wider = 0
+    inside = set()
+    for f, feature in enumerate(features):
+        ex = by_id[feature["example_id"]]
+        starts, ends = map(set, zip(*jieba_words[ex["context"]]))
+        units = unit_index(torch.tensor([feature["word_ids"]]))[0].tolist()
+        for (start, end), unit in zip(feature["offset_mapping"], units):
+            if start >= 0:
+                word_start, word_end = spans[f, unit]
+                assert word_start <= start and end <= word_end  # a token lies in its word
+                assert word_start in starts and word_end in ends, (ex["context"][word_start:word_end], start, end)
+                crossed += any(s in starts for s in range(start + 1, end))
+        first, last = feature["start_positions"], feature["end_positions"]
+        if first > 0:
+            answer_start = ex["answers"]["answer_start"][0]
+            answer_end = answer_start + len(ex["answers"]["text"][0])
+            (word_start, _), (_, word_end) = spans[f, units[first]], spans[f, units[last]]
+            assert word_start <= answer_start and answer_end <= word_end, ex["id"]
+            # wider than its tokens where the answer starts or ends inside a word: what answers_inside_words counts
+            tokens = feature["offset_mapping"][first][0], feature["offset_mapping"][last][1]
+            if (word_start, word_end) != tokens:
+                inside.add(ex["id"])
+            wider += (word_start, word_end) != (answer_start, answer_end)
+    assert crossed > 100  # tokens that cross a jieba word boundary are common here
+    inside_words, labelled = answers_inside_words(features)
+    assert labelled >= 15 and wider > 0  # some answers begin or end inside a word: labelled as the whole word
+    # answers_inside_words also counts an answer whose first token follows a lone "▁" of its word (the same start)
+    assert len(inside) <= inside_words
 
 
 def test_a_run_warns_where_many_training_answers_are_longer_than_the_decoder_gives(tiny_bert_dir, tmp_path):
