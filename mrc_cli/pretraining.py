@@ -36,9 +36,10 @@ from mrc_cli.files import write_text_atomically
 from mrc_cli.masking import IGNORE_INDEX, MaskingRule, mask_tokens
 from mrc_cli.words import check_word_sizes
 from mrc_cli.model import DROPOUT_KEYS, describe_keys, encoder_config
+from mrc_cli.timing import WallClock
 from mrc_cli.tracking import RunLog
-from mrc_cli.training import (TrainerState, TrainResult, WallClock, file_sha256, init_from_weights, own_copy,
-                               resumed_run_info, run_task)
+from mrc_cli.training import (TrainerState, TrainResult, file_sha256, init_from_weights, own_copy, resumed_run_info,
+                              run_task)
 
 INFO_FILE = "pretrain_info.json"
 

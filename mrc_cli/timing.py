@@ -90,3 +90,22 @@ class TrainingBar(tqdm):
         left = remaining_seconds(self.total - self.n, 1 / shown["rate"], self.evaluations_left(self.n),
                                  self.clock.evaluation)
         return {**shown, "remaining": self.format_interval(left)}
+
+
+class WallClock:
+    """The wall seconds a run has taken over all its parts: this process's since it began and, where it resumed, the
+    earlier parts' up to that checkpoint (a stopped part's time after its checkpoint is not counted: those steps are
+    trained again). Kept in checkpoints as a part of `stateful`."""
+
+    def __init__(self):
+        self.started, self.before = now(), 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.before + now() - self.started
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before = state["seconds"]

@@ -98,25 +98,6 @@ class TrainerState:
     head_warmup_steps: int | None = None
 
 
-class WallClock:
-    """The wall seconds a run has taken over all its parts: this process's since it began and, where it resumed, the
-    earlier parts' up to that checkpoint (a stopped part's time after its checkpoint is not counted: those steps are
-    trained again). Kept in checkpoints as a part of `stateful`."""
-
-    def __init__(self):
-        self.started, self.before = time.perf_counter(), 0.0
-
-    @property
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-    def state_dict(self) -> dict:
-        return {"seconds": self.seconds}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.before = state["seconds"]
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
