@@ -295,9 +295,9 @@ def format_kfold(result: dict) -> str:
         lines.append(f"dev: each fold's best checkpoint on {result['settings']['dev_file']}, with the null rule off: "
                      "that file has no unanswerable questions, so every question is answered; mrc predict with "
                      "these folds keeps the rule on, with the null threshold they carry, and may answer \"\" there.")
-    elif dev:
-        lines.append(f"dev: each fold's best checkpoint on {result['settings']['dev_file']}, at the null threshold it "
-                     "carries.")
+    elif dev:  # a threshold only where the training data had unanswerable questions to choose one on
+        carried = ", at the null threshold it carries" if result["null_threshold"] is not None else ""
+        lines.append(f"dev: each fold's best checkpoint on {result['settings']['dev_file']}{carried}.")
     left_out = result["left_out"]
     if left_out["count"]:
         lines.append(f"{left_out['count']} questions left out: {left_out['why']}.")

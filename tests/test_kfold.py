@@ -622,3 +622,14 @@ def test_bad_training_settings_are_refused_before_the_data_is_read(tiny_bert_dir
     cfg = tiny_run_config(tiny_bert_dir, tmp_path / "unused", seed=-1)
     with pytest.raises(ConfigError, match="train.seed must be from 0 to 2\\*\\*32 - 1"):
         kfold(cfg, 2, tmp_path / "kfold")
+
+
+def test_kfold_on_data_without_unanswerable_questions_names_no_threshold_for_the_dev_scores():
+    fold = {"fold": 0, "trained_on": 2, "held_out": 1, "exact": 50.0, "f1": 60.0, "steps": 1}
+    dev_row = {"fold": 0, "exact": 40.0, "f1": 45.0, "threshold_report": None, "null_rule": None}
+    result = {"settings": {"dev_file": "zh_dev.json"}, "questions": 1, "folds": [fold], "dev": [dev_row],
+              "oof": {"exact": 50.0, "f1": 60.0}, "null_threshold": None,
+              "left_out": {"count": 0, "ids": [], "why": ""}}
+    table = kfold_module.format_kfold(result)
+    assert "dev: each fold's best checkpoint on zh_dev.json." in table
+    assert "null threshold" not in table
