@@ -340,7 +340,7 @@ def pretrain(
 
 @app.command()
 def compare(
-    variants: Annotated[list[str], typer.Option("--variant", help="name:section.key=value[,section.key=value...]; repeat for each variant.")],
+    variants: Annotated[Optional[list[str]], typer.Option("--variant", help="name:section.key=value[,section.key=value...]; repeat for each variant. Without one: the baseline alone, its seed spread.")] = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     train_file: TrainFileOpt = None,
@@ -365,7 +365,7 @@ def compare(
         raise typer.BadParameter(f"{seed_list!r}: expected integers such as 0,5,7", param_hint="--seed-list") from None
     cfg = load_config(config, _flags(model__name_or_path=model, data__train_file=train_file, data__dev_file=dev_file),
                       sets or [], command="compare")
-    result = run_compare(cfg, [Variant.parse(text) for text in variants], chosen, out, equal_compute=equal_compute)
+    result = run_compare(cfg, [Variant.parse(text) for text in variants or []], chosen, out, equal_compute=equal_compute)
     typer.echo(markdown_table(result))
     typer.echo(f"files in {out}: compare.json, compare.md, compare.png")
 

@@ -637,6 +637,20 @@ def test_compare_cli_hands_config_variants_and_seeds_to_the_library(monkeypatch,
     assert refused.exit_code == 1 and refused.stderr.startswith("Error: variant 'a=1': expected name:")
 
 
+def test_compare_cli_without_a_variant_reaches_the_library(monkeypatch, tmp_path, tiny_bert_dir):
+    seen = []
+    monkeypatch.setattr(compare_module, "compare", lambda *args, **kwargs: seen.append(args) or {})
+    monkeypatch.setattr(compare_module, "markdown_table", lambda result: "TABLE")
+    runner = CliRunner()
+    result = runner.invoke(app, ["compare", "--model", "m", "--dev", "d.json", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen[-1][1] == []  # the baseline alone: its seed spread
+    monkeypatch.undo()
+    refused = runner.invoke(app, ["compare", "--model", tiny_bert_dir, "--dev", "d.json", "--equal-compute", "--out",
+                                  str(tmp_path / "out")])
+    assert refused.exit_code == 1 and "give a --variant besides baseline" in refused.stderr
+
+
 @pytest.mark.slow
 def test_runs_on_two_gpus_go_as_two_mrc_train_processes_at_once(tiny_bert_dir, tmp_path, monkeypatch):
     """The several-GPU path for real, minus the GPUs: two `mrc train` processes side by side (CUDA_VISIBLE_DEVICES
