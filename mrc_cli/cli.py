@@ -497,6 +497,8 @@ def ensemble(
         typer.echo(f"warning: {summary['null_rule_warning']}")
     if "calibration_note" in summary:
         typer.echo(f"note: {summary['calibration_note']}")
+    if "threshold_note" in summary:
+        typer.echo(f"note: {summary['threshold_note']}")
     shares = ", ".join(f"{w:.3f}" for w in summary.pop("weights"))
     typer.echo(f"{summary['members']} members (weights {shares}); {summary['questions']} questions, {summary['answered']} answered; "
                f"wrote {summary['out']}" + (f", {submission}" if submission else "") + (f"; saved to {save}" if save else ""))

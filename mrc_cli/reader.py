@@ -84,10 +84,11 @@ def _null_rule(loaded: Loaded | Ensemble, split: Split, use: str) -> bool:
     return scored_with_nulls(split.golds) if use == "eval" else loaded.cfg.decode.allow_null
 
 
+NULL_RULE_OFF = "off for this data, which has no unanswerable questions"
 NULL_RULE_NOTES = {  # eval's null rule where it is not the model's own: on, off
     True: "on for this data, which has unanswerable questions; the model's own is off, so mrc predict answers every "
           "question unless settings stored with it say otherwise (--store-threshold, a saved ensemble)",
-    False: "off for this data, which has no unanswerable questions; the model's own (on) stays for mrc predict",
+    False: f"{NULL_RULE_OFF}; the model's own (on) stays for mrc predict",
 }
 
 
@@ -253,11 +254,23 @@ def ensemble_file(checkpoints: list[str], data: str, out: str, weights: str = "e
         write_prediction_files(Path(out), predictions, metrics)  # metrics.json only where there are metrics
         if submission:
             _write_submission(Path(submission), predictions)
-    warning = null_rules_differ(ensemble, _null_rule(ensemble, split, use))
+    rule_on = _null_rule(ensemble, split, use)
+    warning = null_rules_differ(ensemble, rule_on)
     note = calibration_left_out(ensemble)
+    unused = _threshold_unused(threshold, rule_on, use)
     return {**metrics, **_answered(predictions), "members": len(ensemble.members), "weights": ensemble.weights,
             "out": out, "data": split.describe(), **({"null_rule_warning": warning} if warning else {}),
-            **({"calibration_note": note} if note else {})}
+            **({"calibration_note": note} if note else {}), **({"threshold_note": unused} if unused else {})}
+
+
+def _threshold_unused(threshold: float | None, rule_on: bool, use: str) -> str | None:
+    """A note where --threshold was given and the answers were decided without the null rule, which it tunes (CMRC
+    data): it changed no answer."""
+    if threshold is None or rule_on:
+        return None
+    why = (f"the null rule is {NULL_RULE_OFF}" if use == "eval" else
+           "the reference answers every question (trained without unanswerable questions: its null rule is off)")
+    return f"--threshold {threshold:g} changed no answer: {why}, so every question is answered"
 
 
 def ensemble_predict(members: list[str] | Ensemble, data: str, weights: str = "equal", combine: str = "prob",

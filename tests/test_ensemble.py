@@ -315,6 +315,23 @@ def test_data_without_answers_gets_answers_and_no_metrics(bert_run, albert_run, 
     assert sorted(json.loads((tmp_path / "bert.json").read_text())) == sorted(submission)
 
 
+def test_a_threshold_on_data_without_unanswerable_questions_is_said_to_change_no_answer(bert_run, tmp_path):
+    """CMRC-like data: the null rule is off, so --threshold has nothing to tune; said, not silently ignored."""
+    data = json.loads((QUICKSTART / "en_dev.json").read_text(encoding="utf-8"))
+    for paragraph in (p for article in data["data"] for p in article["paragraphs"]):
+        paragraph["qas"] = [qa for qa in paragraph["qas"] if qa["answers"]]
+    (tmp_path / "answerable.json").write_text(json.dumps(data), encoding="utf-8")
+    result = _invoke("ensemble", "--checkpoint", bert_run, "--data", tmp_path / "answerable.json", "--out",
+                     tmp_path / "out", "--threshold", "1.5")
+    assert result.exit_code == 0, result.output
+    assert ("note: --threshold 1.5 changed no answer: the null rule is off for this data, which has no unanswerable "
+            "questions, so every question is answered") in result.stdout
+    assert all(_read(tmp_path / "out")["predictions.json"].values())
+    result = _invoke("ensemble", "--checkpoint", bert_run, "--data", DEV, "--out", tmp_path / "v2", "--threshold", "1.5")
+    assert result.exit_code == 0, result.output
+    assert "changed no answer" not in result.stdout
+
+
 # --- saving and errors --------------------------------------------------------------------------------------------
 
 
