@@ -47,6 +47,9 @@ EQUAL_COMPUTE = f"{REFERENCE}@equal_compute"  # the reference trained to the cos
 EQUAL_ENOUGH = 0.9
 RUN_RECORD = "compare_run.json"  # written when a run has finished: the next compare skips it
 SET_BY_COMPARE = ("train.seed", "train.output_dir", "train.resume")
+# how the runs are scored, or on what: a variant of them alone pairs F1s that do not compare (the same weights, F1 0
+# by SQuAD's rules beside 3.27 by CMRC's), so every run is scored alike: set for all of them in the config or --set
+SCORED_BY = {"data.metric": "the official rules its F1 is scored by", "data.dev_file": "the questions it is scored on"}
 ONE_SEED = "one seed: no verdict"
 INSIDE = "inside the seed spread"
 NO_SPREAD = "the same difference at every seed: no spread to test, no verdict"
@@ -84,6 +87,10 @@ class Variant:
             if key in SET_BY_COMPARE:
                 raise ConfigError(f"{where}: compare sets {key} for each run itself (seeds: --seeds or --seed-list, "
                                   "folders: --out)")
+            if key in SCORED_BY:
+                raise ConfigError(f"{where}: {key} is {SCORED_BY[key]}, not something a run learns; a verdict "
+                                  f"pairs the variants' F1s, so all are scored alike: set it for every run with "
+                                  f"--set {item.strip()} (or in the config)")
 
     @property
     def text(self) -> str:
@@ -405,6 +412,7 @@ def summarize(rows: list[dict], variants: list[Variant], seeds: list[int]) -> li
     """Per variant (the reference first): mean and std over seeds of EM, F1, wall time and features/s; its compute;
     the step counts and whether they are the reference's; the paired differences to the reference and the F1
     verdict. Where `variants` holds EQUAL_COMPUTE, each variant but the reference also gets them against that run."""
+    _refuse_other_rules(rows)
     by_run = {(row["variant"], row["seed"]): row for row in rows}
     reference = variants[0].name
     against = {"verdict": ("vs_reference", reference)}  # verdict key: (differences key, the run paired with)
@@ -438,6 +446,17 @@ def summarize(rows: list[dict], variants: list[Variant], seeds: list[int]) -> li
                     summary[verdict] = f"none: {share:.2f}x the FLOPs of {EQUAL_COMPUTE}, not equal compute"
         summaries.append(summary)
     return summaries
+
+
+def _refuse_other_rules(rows: list[dict]) -> None:
+    """Runs scored by other official rules (their records' metric) are not paired: their F1s do not compare. A record
+    of before compare recorded the metric is taken as scored alike."""
+    metrics = {row["metric"] for row in rows if row.get("metric")}
+    if len(metrics) > 1:
+        runs = "; ".join(f"{row['variant']} seed {row['seed']}: {row['metric']}" for row in rows if row.get("metric"))
+        raise ConfigError(f"the runs were scored by different official rules ({runs}), and their F1s do not compare; "
+                          "set data.metric for all of them (--set data.metric=...) and delete the runs scored "
+                          "otherwise, or choose another --out")
 
 
 def _flops_share(mine: list[dict], by_run: dict) -> float | None:

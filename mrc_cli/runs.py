@@ -38,10 +38,11 @@ class FinishedRun:
     resumed_from: Path | None
 
     def record(self) -> dict:
-        """The fields of every run's record: scores at the last step, steps, wall time, where it resumed."""
+        """The fields of every run's record: scores at the last step and the official rules they are by (metric),
+        steps, wall time, where it resumed."""
         from mrc_cli.inference import headline
 
-        return {**headline(self.metrics), "steps": self.logged[-1]["step"], "wall_s": self.wall_s,
+        return {**headline(self.metrics), "metric": self.metrics.get("metric"), "steps": self.logged[-1]["step"], "wall_s": self.wall_s,
                 "resumed_from": self.resumed_from.name if self.resumed_from else None}
 
 

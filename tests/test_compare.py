@@ -63,6 +63,12 @@ def test_a_comma_starts_a_new_setting_only_before_section_key(tmp_path, monkeypa
     ("lr:lr=1e-3", "'lr=1e-3' is not section.key=value"),
     ("s:train.seed=3", "compare sets train.seed for each run itself"),
     ("o:train.lr=1e-3,train.output_dir=x", "compare sets train.output_dir"),
+    # the same weights scored by other rules, or on other questions: F1s that do not compare
+    ("sq:data.metric=squad", "data.metric is the official rules its F1 is scored by, not something a run learns; a "
+                             "verdict pairs the variants' F1s, so all are scored alike: set it for every run with "
+                             "--set data.metric=squad"),
+    ("d:train.lr=1e-3,data.dev_file=other.json", "data.dev_file is the questions it is scored on"),
+    ("baseline:data.metric=squad", "data.metric is the official rules"),
 ])
 def test_a_malformed_variant_is_refused_naming_its_text(text, problem):
     with pytest.raises(ConfigError) as err:
@@ -80,15 +86,14 @@ def test_every_variant_is_checked_before_anything_trains(tiny_bert_dir, tmp_path
         ([Variant.parse("w:train.warmup=1.5")], [0], "train.warmup is a fraction of the steps"),
         ([Variant.parse("a:train.lr=1e-3"), Variant.parse("a:train.lr=1e-2")], [0], "a given twice"),
         ([Variant.parse(VARIANT)], [0, 0], "seeds [0, 0]: give at least one, each once"),
-        ([Variant.parse("nodev:data.dev_file=null")], [0], "nodev: no dev file, so nothing to compare on"),
         # tricks that compare dropout masks, without dropout (the default): refused before the baseline trains
         ([Variant.parse("rd:train.rdrop_alpha=1.0,model.dropout=0,model.attention_dropout=0")], [0],
          "train.rdrop_alpha 1 does nothing: the encoder has no dropout"),
         ([Variant.parse("msd:model.multi_sample_dropout=4,model.dropout=0")], [0],
          "model.multi_sample_dropout 4 does nothing"),
         # a variant's own file or model folder, missing: found before the baseline's hours, not after them
-        ([Variant.parse(f"dev:data.dev_file={tmp_path / 'none.json'}")], [0],
-         f"data.dev_file {tmp_path / 'none.json'}: no such file"),
+        ([Variant.parse(f"tr:data.train_file={tmp_path / 'none.json'}")], [0],
+         f"data.train_file {tmp_path / 'none.json'}: no such file"),
         ([Variant.parse(f"m:model.name_or_path={tmp_path / 'no-model'}")], [0], "no such model folder"),
         ([Variant.parse("d:model.dropout=2")], [0], "model.dropout is a probability"),
         # refused by the variant's run only after the baseline had trained: early stopping without evaluations, a
@@ -171,6 +176,18 @@ def test_pairing_by_seed_calls_an_effect_the_seed_spread_would_hide_and_budgets_
     assert "Not the same budget: short, stopped ran another number of steps than baseline's 10" in table
     assert "t = 4.30 at 2 degrees of freedom" in table
     assert "Resumed: stopped seed 1; their wall time counts only the part after the resume" in table
+
+
+def test_runs_scored_by_other_rules_are_not_paired():
+    variants = [Variant("baseline"), Variant("plus", ("train.lr=1e-3",))]
+    rows = (_rows("baseline", [3.27, 3.5], [10, 10], metric="cmrc2018")
+            + _rows("plus", [0.0, 0.0], [10, 10], metric="squad"))
+    with pytest.raises(ConfigError, match=r"scored by different official rules \(baseline seed 0: cmrc2018; .*plus "
+                                          r"seed 1: squad\), and their F1s do not compare"):
+        summarize(rows, variants, [0, 1])
+    for row in rows[2:]:
+        row["metric"] = "cmrc2018"
+    assert summarize(rows, variants, [0, 1])[1]["verdict"] == "worse"
 
 
 def test_equal_compute_gives_every_variant_a_second_verdict_against_the_longer_baseline():
@@ -358,6 +375,7 @@ def test_compare_cli_writes_the_table_the_json_and_the_plot(compared):
         rates = [r["features_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "features_per_s" in r]
         assert row["features_per_s"] == rates[-1] > 0
         assert row["wall_s"] > 0 and row["resumed_from"] is None
+        assert row["metric"] == json.loads((run_dir / "metrics.json").read_text())["metric"] == "squad_v2"
     baseline, drop = saved["variants"]
     assert (baseline["variant"], baseline["verdict"], drop["variant"]) == ("baseline", "reference", "drop")
     assert drop["sets"] == ["model.dropout=0.3", "train.warmup=0.5"] and drop["same_budget"]
