@@ -36,7 +36,7 @@ from mrc_cli.errors import ConfigError
 from mrc_cli.files import check_output_folder, refuse_other_files, write_text_atomically
 from mrc_cli.model import check_dropout_settings
 from mrc_cli.plotting import save_figure
-from mrc_cli.runs import FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
+from mrc_cli.runs import NOT_RESULTS, FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
 from mrc_cli.tokenizer import check_model_folder, check_not_missing_folder, load_tokenizer
 from mrc_cli.training import check_patience, file_sha256
 from mrc_cli.tricks import check_head_warmup
@@ -136,6 +136,7 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
                        (entry.is_dir() and any(entry.glob("seed-*"))), "comparison")
     variants = _with_reference(variants, equal_compute)
     runs = _plan_runs(base, variants, seeds, out_dir)
+    _refuse_idle_variants(runs)
     print(f"{len(runs)} runs: {len(variants)} variants x {len(seeds)} seeds, against {REFERENCE}" if len(variants) > 1
           else f"{len(runs)} runs: {REFERENCE} alone x {len(seeds)} seeds, its seed spread (--variant adds what to "
                "compare with it)", flush=True)
@@ -235,6 +236,62 @@ def _plan_runs(base: RunConfig, variants: list[Variant], seeds: list[int], out_d
                 raise ConfigError(f"variant {variant.text!r}: {err}") from None
             runs.append(Run(variant, seed, cfg, config_to_dict(cfg)))
     return runs
+
+
+# settings that change no answer of a run: NOT_RESULTS (logging, saving, tokenizing) and the answer probabilities'
+# calibration and the provenance of its threshold
+_NO_ANSWER_CHANGES = {*NOT_RESULTS, ("train", "seed"), ("decode", "temperature"), ("decode", "null_bias"),
+                      ("decode", "null_share"), ("decode", "null_threshold_from")}
+# a setting that does nothing while another holds: (section, key) -> why, or None, from a run's settings
+_INERT = {
+    ("train", "epochs"): lambda s: (f"train.max_steps {s['train']['max_steps']} sets the runs' length" if
+                                    s["train"]["max_steps"] else None),
+    **{("train", key): lambda s: ("train.adversarial is none" if s["train"]["adversarial"] == "none" else None)
+       for key in ("adv_epsilon", "adv_alpha", "adv_steps")},
+}
+
+
+def _refuse_idle_variants(runs: list[Run]) -> None:
+    """A variant that trains what the baseline or an earlier variant trains (train.lr=1e-3 where the config has it)
+    is refused: every seed would train again for a difference of 0, called "inside the seed spread". A setting made
+    inert by another (train.epochs while train.max_steps is set) is left out of that test, and noted where a variant
+    sets it."""
+    first = [run for run in runs if run.seed == runs[0].seed]  # seed by seed: every variant once
+    learnt: dict[str, Run] = {}
+    for run in first:
+        inert = _inert_settings(run.settings)
+        for key in (item.partition("=")[0].strip() for item in run.variant.sets):
+            if key in inert:
+                print(f"note: variant {run.variant.name}: {key} changes nothing while {inert[key]}", flush=True)
+        same = learnt.setdefault(_what_it_learns(run.settings, inert), run)
+        if same is not run:
+            raise ConfigError(f"variant {run.variant.text!r} trains what {same.variant.name} trains "
+                              f"({'; '.join(_why_the_same(run, same, inert))}): every seed would train again for a "
+                              "difference of 0; drop it, or give it a value that differs")
+
+
+def _inert_settings(settings: dict) -> dict[str, str]:
+    """The settings that do nothing in a run with these settings: {section.key: why}."""
+    return {f"{section}.{key}": why for (section, key), rule in _INERT.items() if (why := rule(settings))}
+
+
+def _what_it_learns(settings: dict, inert: dict[str, str]) -> str:
+    """The settings that decide a run's answers, as one comparable text."""
+    kept = {section: {key: value for key, value in values.items() if (section, key) not in _NO_ANSWER_CHANGES
+                      and f"{section}.{key}" not in inert}
+            for section, values in settings.items()}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def _why_the_same(run: Run, same: Run, inert: dict[str, str]) -> list[str]:
+    reasons = []
+    for item in run.variant.sets:
+        key = item.partition("=")[0].strip()
+        section, name = key.split(".", 1)
+        value, there = run.settings[section][name], same.settings[section][name]
+        reasons.append(f"{key} changes nothing while {inert[key]}" if key in inert else
+                       f"{key} is {value!r} there too" if value == there else f"{key} changes no answer")
+    return reasons or ["the config unchanged"]
 
 
 @functools.cache

@@ -123,6 +123,34 @@ def test_a_variant_named_baseline_is_the_reference_and_runs_first(tmp_path):
         ("baseline", 0, 5e-5), ("a", 0, 1e-3), ("baseline", 1, 5e-5), ("a", 1, 1e-3)]  # seed by seed
 
 
+def test_a_variant_that_trains_what_another_trains_is_refused_and_an_inert_setting_noted(tmp_path, capsys):
+    base = tiny_run_config("m", tmp_path / "unused", max_steps=4)
+
+    def plan(*texts):
+        variants = compare_module._with_reference([Variant.parse(text) for text in texts])
+        compare_module._refuse_idle_variants(_plan_runs(base, variants, [0, 1], tmp_path / "out"))
+
+    cases = [
+        ((f"noop:train.lr={base.train.lr}",), f"variant 'noop:train.lr={base.train.lr}' trains what baseline trains "
+                                              f"(train.lr is {base.train.lr!r} there too): every seed would train "
+                                              "again for a difference of 0"),
+        (("logs:train.log_steps=3,decode.temperature=2",), "train.log_steps changes no answer; decode.temperature "
+                                                           "changes no answer"),
+        (("a:train.lr=1e-3", "b:train.lr=0.001"), "variant 'b:train.lr=0.001' trains what a trains"),
+        (("ep:train.epochs=7",), "train.epochs changes nothing while train.max_steps 4 sets the runs' length"),
+    ]
+    for texts, problem in cases:
+        with pytest.raises(ConfigError) as err:
+            plan(*texts)
+        assert problem in str(err.value)
+    capsys.readouterr()
+    plan("lr:train.lr=1e-3,train.epochs=7", "fgm:train.adversarial=fgm,train.adv_epsilon=0.5")
+    assert capsys.readouterr().out == ("note: variant lr: train.epochs changes nothing while train.max_steps 4 sets "
+                                       "the runs' length\n")
+    plan("eps:train.lr=1e-3,train.adv_epsilon=0.5")
+    assert "note: variant eps: train.adv_epsilon changes nothing while train.adversarial is none" in capsys.readouterr().out
+
+
 # --- the verdict ---------------------------------------------------------------------------------------------------
 
 
