@@ -356,7 +356,9 @@ def _run_all(runs: list[Run], gpus: list[str]) -> None:
 
 def _execute(label: str, run: Run, gpu: str | None) -> None:
     """One run as a `mrc train` process (on that GPU, else as this process sees the devices), then its record."""
-    _write_record(run, train_run(run.cfg, run.settings, label + (f" on GPU {gpu}" if gpu else ""), gpu, "compare"))
+    finished = train_run(run.cfg, run.settings, label + (f" on GPU {gpu}" if gpu else ""), gpu, "compare")
+    _write_record(run, finished)
+    finished.stop_if_signalled(run.run_dir, "compare")
 
 
 def _visible_gpus(train_cfg: TrainConfig) -> list[str]:

@@ -173,6 +173,7 @@ def _run_fold(fold: Fold, ids: list[str], folds: int) -> None:
                          lambda: write_json(fold.run_dir / HELD_OUT, {"ids": [ids[row] for row in fold.rows]}))
     write_record(fold.run_dir / FOLD_RECORD, {"fold": fold.index, "trained_on": num_trained, "held_out": len(fold.rows),
                                               **finished.record(), **_facts(fold, ids)}, fold.settings)
+    finished.stop_if_signalled(fold.run_dir, "kfold")
 
 
 def train_fold(cfg: RunConfig) -> TrainResult:

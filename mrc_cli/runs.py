@@ -36,6 +36,15 @@ class FinishedRun:
     logged: list[dict]
     wall_s: float  # of this call: a resumed run's counts only the part after the resume
     resumed_from: Path | None
+    stopped_by: signal.Signals | None = None  # a signal passed on to the run as it finished anyway
+
+    def stop_if_signalled(self, run_dir: Path, by: str) -> None:
+        """Called once the run's record is written: a Ctrl-C or SIGTERM that came as the run finished stops `by`
+        here, before the next run, as it would have stopped the run."""
+        if self.stopped_by:
+            name = "Ctrl-C" if self.stopped_by == signal.SIGINT else self.stopped_by.name
+            raise TrainingInterrupted(f"{run_dir}: finished as {name} came, and recorded as finished; run mrc {by} "
+                                      "again to go on with the runs after it", self.stopped_by)
 
     def record(self) -> dict:
         """The fields of every run's record: scores at the last step and the official rules they are by (metric),
@@ -57,19 +66,21 @@ def train_run(cfg: RunConfig, settings: dict, label: str, gpu: str | None, by: s
     print(label + (f", resuming from {resumed_from}" if resumed_from else ""), flush=True)
     before()
     started = time.perf_counter()
-    train_in_own_process(cfg, gpu, by, command)
+    stopped_by = train_in_own_process(cfg, gpu, by, command)
     metrics = from_json((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    return FinishedRun(metrics, read_metrics(run_dir / "metrics.jsonl"), time.perf_counter() - started, resumed_from)
+    return FinishedRun(metrics, read_metrics(run_dir / "metrics.jsonl"), time.perf_counter() - started, resumed_from,
+                       stopped_by)
 
 
-def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str = "train") -> None:
+def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str = "train") -> signal.Signals | None:
     """`mrc <command> --config <run_dir>/config.yaml` in a child process, its output in <run_dir>/<by>_output.log.
     One process per run because a process that trains again and again grew on CPU until the kernel killed it (10.5
     GB after 6 runs: docs/benchmarks.md, "Memory of a process that trains again and again"); a child gives all its
     memory back when it exits. `gpu`: the one GPU the child sees (runs side by side; output to the log only, their
     lines would interleave); None: the environment as it is (runs one after another; output also to this terminal).
-    `by`: the command whose run it is ("compare", "kfold"). A failed child raises TrainingError; the next call of `by`
-    resumes the run from its newest checkpoint."""
+    `by`: the command whose run it is ("compare", "kfold"). A failed child raises TrainingError, one a signal stopped
+    TrainingInterrupted; the next call of `by` resumes the run from its newest checkpoint. Returns the signal passed
+    on to a child that finished all the same (FinishedRun.stop_if_signalled), else None."""
     run_dir = Path(cfg.train.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "config.yaml"  # train() rewrites it, resolved, when it starts
@@ -84,6 +95,8 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
     code, stopped_by = _run_logged(child, env, log) if gpu is not None else _run_teed(child, env, log)
     if code - 128 in (signal.SIGINT, signal.SIGTERM):  # the child stopped (after a checkpoint once training began)
         stopped_by = stopped_by or signal.Signals(code - 128)
+    if stopped_by and code == 0:  # it had finished (its last evaluation, its files): a finished run, to be recorded
+        return stopped_by
     if stopped_by:
         name = "Ctrl-C" if stopped_by == signal.SIGINT else stopped_by.name
         then = ("resume it from its newest checkpoint" if latest_checkpoint(run_dir) else
@@ -100,6 +113,7 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
         else:  # an error it reported (a setting, a file) before any checkpoint: running it again repeats it
             then = f"It saved no checkpoint: its output says why; run mrc {by} again once that is fixed"
         raise TrainingError(f"{run_dir}: mrc {command} {ended}; its output is in {log}. {then}")
+    return None
 
 
 def refuse_several_processes(by: str) -> None:
@@ -120,37 +134,37 @@ def _run_logged(child: list[str], env: dict, log: Path) -> tuple[int, None]:
 
 def _run_teed(child: list[str], env: dict, log: Path) -> tuple[int, signal.Signals | None]:
     """The child's output (stdout and stderr) to this process's stdout and to `log` as it comes: chunks, not lines,
-    so that a progress bar's carriage returns show; (its exit status, what stopped it or None). Ctrl-C reaches the
-    child too (one process group), and a SIGTERM sent to this process is passed on (a scheduler or `kill` stops the
-    parent): the child saves a checkpoint and stops while this process reads on until it has ended (a second Ctrl-C
-    ends it at once). Without passing it on, this process would die and the child with it, on its next write to the
-    closed pipe, its last checkpoint steps back."""
+    so that a progress bar's carriage returns show; (its exit status, what stopped it or None). Ctrl-C and SIGTERM
+    sent to this process are passed on (Ctrl-C at the terminal, or `kill -INT` / a scheduler's SIGTERM to this process
+    alone): the child saves a checkpoint and stops while this process reads on until it has ended (a second Ctrl-C
+    ends it at once). The child has a process group of its own, so a Ctrl-C at the terminal reaches it once, through
+    this process, not twice (its second would abort it). Without passing them on, this process would die and the
+    child with it, on its next write to the closed pipe, its last checkpoint steps back; or, a Ctrl-C caught here
+    alone, the child trained to its end while this process called it stopped."""
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end inside a character
     stopped_by = None
-    with open(log, "ab") as out, subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                  env=env) as process:
+    main = threading.current_thread() is threading.main_thread()  # the only thread that may handle signals
+    with open(log, "ab") as out, subprocess.Popen(child, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, env=env,
+                                                  process_group=0 if main else None) as process:
         def pass_on(signum, frame):
             nonlocal stopped_by
-            stopped_by = signal.SIGTERM
-            process.send_signal(signal.SIGTERM)
+            stopped_by = stopped_by or signal.Signals(signum)
+            process.send_signal(signum)
 
-        main = threading.current_thread() is threading.main_thread()  # the only thread that may handle signals
-        previous = signal.signal(signal.SIGTERM, pass_on) if main else None
+        previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             while True:
-                try:
-                    chunk = process.stdout.read1(1 << 16)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    out.flush()
-                    sys.stdout.write(decode.decode(chunk))
-                    sys.stdout.flush()
-                except KeyboardInterrupt:
-                    stopped_by = signal.SIGINT
+                chunk = process.stdout.read1(1 << 16)
+                if not chunk:
+                    break
+                out.write(chunk)
+                out.flush()
+                sys.stdout.write(decode.decode(chunk))
+                sys.stdout.flush()
         finally:
-            if main:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return process.returncode, stopped_by
 
 

@@ -358,6 +358,43 @@ def test_a_sigterm_to_compare_reaches_its_child_which_stops_cleanly(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before  # this process's own handling is back
 
 
+def test_a_ctrl_c_to_compare_alone_reaches_its_child_once(tmp_path):
+    """`kill -INT <compare's pid>`: passed on, as SIGTERM is; before, only the parent took it and the child trained to
+    its end. The child has a process group of its own, so a Ctrl-C at the terminal also reaches it once, not twice."""
+    script = ("import os, signal, sys, time\n"
+              "got = []\n"
+              "signal.signal(signal.SIGINT, lambda *_: got.append(1))\n"
+              "print('ready', os.getpgid(0) == os.getpid(), flush=True)\n"
+              "time.sleep(6)\n"
+              "print('SIGINTs:', len(got), flush=True)\n")
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # the child is up and waiting by then
+    before = signal.getsignal(signal.SIGINT)
+    assert runs._run_teed([sys.executable, "-c", script], dict(os.environ), tmp_path / "log") == (0, signal.SIGINT)
+    assert (tmp_path / "log").read_text() == "ready True\nSIGINTs: 1\n"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_run_that_finished_as_ctrl_c_came_is_recorded_as_finished_then_compare_stops(tiny_bert_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    def train_then_ctrl_c(cfg, gpu, by, command):
+        train(cfg)
+        return signal.SIGINT  # passed on as the child finished: it exited 0
+
+    monkeypatch.setattr(runs, "train_in_own_process", train_then_ctrl_c)
+    base = tiny_run_config(tiny_bert_dir, tmp_path / "unused", max_steps=1)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted, match="seed-0: finished as Ctrl-C came, and recorded as finished; run mrc "
+                                                  "compare again to go on") as err:
+        compare(base, [], [0, 1], out)
+    assert err.value.exit_code == 130
+    assert (out / "baseline" / "seed-0" / "compare_run.json").is_file()
+    assert not (out / "baseline" / "seed-1").exists()  # stopped before the next run
+    monkeypatch.setattr(runs, "train_in_own_process", _no_training)
+    capsys.readouterr()
+    compare(base, [], [0], out)
+    assert "run 1/1: baseline seed 0: done, skipped" in capsys.readouterr().out
+
+
 def test_compare_and_kfold_refuse_to_run_under_a_launcher(tiny_bert_dir, tmp_path, monkeypatch):
     from mrc_cli.kfold import kfold
 
@@ -511,7 +548,7 @@ def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monke
     (run_dir / "compare_run.json").unlink()  # as if killed after the checkpoint at step 2
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
     calls = []
-    monkeypatch.setattr(runs, "train_in_own_process", lambda cfg, *args: calls.append(cfg) or train(cfg))
+    monkeypatch.setattr(runs, "train_in_own_process", lambda cfg, *args: calls.append(cfg) or train(cfg) and None)
     result = compare(load_config(config), [Variant.parse(VARIANT)], [0, 1], copy)
     printed = capsys.readouterr().out
     assert len(calls) == 1 and printed.count(": done, skipped") == 3
