@@ -592,7 +592,8 @@ def markdown_table(result: dict) -> str:
                      "the schedule): the difference mixes the setting with the budget.")
     resumed = [f"{r['variant']} seed {r['seed']}" for r in result["runs"] if r["resumed_from"]]
     if resumed:
-        lines.append(f"Resumed: {', '.join(resumed)}; their wall time counts only the part after the resume.")
+        lines.append(f"Resumed: {', '.join(resumed)}; their wall time adds up their parts, each up to its last "
+                     "checkpoint (one an older mrc-cli saved, without its time, counts 0).")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ class FinishedRun:
 
     metrics: dict
     logged: list[dict]
-    wall_s: float  # of this call: a resumed run's counts only the part after the resume
+    wall_s: float  # of every call: a resumed run's adds its earlier parts', each up to its last checkpoint
     resumed_from: Path | None
     stopped_by: signal.Signals | None = None  # a signal passed on to the run as it finished anyway
 
@@ -68,8 +68,9 @@ def train_run(cfg: RunConfig, settings: dict, label: str, gpu: str | None, by: s
     started = time.perf_counter()
     stopped_by = train_in_own_process(cfg, gpu, by, command)
     metrics = from_json((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    return FinishedRun(metrics, read_metrics(run_dir / "metrics.jsonl"), time.perf_counter() - started, resumed_from,
-                       stopped_by)
+    # a run resumed at its last step trained nothing in this call: its time is mostly the earlier parts'
+    wall_s = time.perf_counter() - started + metrics.get("earlier_parts_wall_s", 0.0)
+    return FinishedRun(metrics, read_metrics(run_dir / "metrics.jsonl"), wall_s, resumed_from, stopped_by)
 
 
 def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str = "train") -> signal.Signals | None:

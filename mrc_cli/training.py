@@ -177,7 +177,9 @@ class SpanTask:
 
     def __init__(self, train_split: Split | None, dev_split: Split | None):
         self.train_split, self.dev_split = train_split, dev_split
-        self.stateful = {}
+        # the earlier parts' seconds of a resumed run, for the wall time of its every part (mrc compare's runs)
+        self.clock = timing.WallClock()
+        self.stateful = {"wall_clock": self.clock}
 
     @property
     def evaluates(self) -> bool:
@@ -228,8 +230,11 @@ class SpanTask:
                 "dev_examples": dev.examples if dev else None, "dev_features": dev.features if dev else None}
 
     def finish(self, run_dir: Path, model, last_eval, state: TrainerState, main: bool) -> dict:
-        """The dev predictions of the evaluation at the last step (metrics.json names the step)."""
+        """The dev predictions of the evaluation at the last step (metrics.json names the step, and for a resumed run
+        the wall seconds of its parts before this process, each up to its last checkpoint)."""
         metrics, predictions = last_eval or ({}, None)
+        if self.clock.before:
+            metrics = {**metrics, "earlier_parts_wall_s": round(self.clock.before, 1)}
         if predictions is not None and main:
             write_prediction_files(run_dir, predictions, {**metrics, "step": state.step})
         return metrics

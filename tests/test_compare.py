@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from conftest import QUICKSTART, tiny_run_config
 from mrc_cli import compare as compare_module, runs
 from mrc_cli.cli import app
+from mrc_cli.checkpoint import read_training_state
 from mrc_cli.compare import (EQUAL_COMPUTE, INSIDE, NO_SPREAD, ONE_SEED, Variant, _plan_runs, _run_on_gpus,
                              _visible_gpus, compare, markdown_table, paired_difference, summarize)
 from mrc_cli.config import load_config, save_config
@@ -203,7 +204,7 @@ def test_pairing_by_seed_calls_an_effect_the_seed_spread_would_hide_and_budgets_
     assert "| 8 (differs) |" in table and "| 9/10 (differs) |" in table
     assert "Not the same budget: short, stopped ran another number of steps than baseline's 10" in table
     assert "t = 4.30 at 2 degrees of freedom" in table
-    assert "Resumed: stopped seed 1; their wall time counts only the part after the resume" in table
+    assert "Resumed: stopped seed 1; their wall time adds up their parts, each up to its last checkpoint" in table
 
 
 def test_runs_scored_by_other_rules_are_not_paired():
@@ -558,6 +559,10 @@ def test_an_unfinished_run_resumes_from_its_checkpoint(compared, tmp_path, monke
     assert (row["variant"], row["seed"], row["steps"], row["resumed_from"]) == ("drop", 1, 4, "step-000002")
     assert (row["exact"], row["f1"]) == (finished["exact"], finished["f1"])  # a resumed run ends as the uninterrupted one
     assert "Resumed: drop seed 1" in (copy / "compare.md").read_text()
+    # its wall time: this call's and the first part's up to the checkpoint it resumed from
+    earlier = read_training_state(run_dir / "checkpoints" / "step-000002")["wall_clock"]["seconds"]
+    assert json.loads((run_dir / "metrics.json").read_text())["earlier_parts_wall_s"] == round(earlier, 1) > 0
+    assert row["wall_s"] > round(earlier, 1)
 
 
 # --- equal compute, end to end: rdrop, fgm and both at seed 0, 2 steps each, then the longer baseline --------------
