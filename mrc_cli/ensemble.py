@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,21 +117,61 @@ def parse_weights(text: str | list[float], checkpoints: list[str]) -> list[float
 
 def held_out_f1(checkpoints: list[str]) -> list[float]:
     """`--weights oof`: each member's F1 on the fold it was held out of, from the record `mrc kfold` writes in the
-    fold's run directory (the member is that directory or one of its checkpoints). Proportional weights: a member
-    that scored better on questions it never saw counts more, by as much as it scored better."""
+    fold's run directory (the member is that directory or one of its checkpoints): on SQuAD v2 data at the null
+    threshold the k-fold run chose out of fold, where the record has it. Proportional weights: a member that scored
+    better on questions it never saw counts more, by as much as it scored better. The members must be folds of one
+    k-fold run: F1s on other data, or by other rules, do not weigh them against each other."""
+    records = [_fold_record(number, checkpoint) for number, checkpoint in enumerate(checkpoints, start=1)]
+    _refuse_other_kfold_runs(records, checkpoints)
     scores = []
-    for number, checkpoint in enumerate(checkpoints, start=1):
-        record = run_dir_of(checkpoint) / FOLD_RECORD
-        if not record.is_file():
-            raise ConfigError(f"--weights oof: member {number} ({checkpoint}) was not trained by `mrc kfold` (no "
-                              f"{FOLD_RECORD} in it or its run directory), so it has no out-of-fold F1; pass the folds' "
-                              "run directories (OUT/fold-<k>), or weights such as 2,1")
-        f1 = json.loads(record.read_text(encoding="utf-8"))["f1"]
+    for number, (checkpoint, record) in enumerate(zip(checkpoints, records), start=1):
+        f1 = record.get("f1_at_oof_threshold", record["f1"])
         if not f1 > 0:
             raise ConfigError(f"--weights oof: member {number} ({checkpoint}) scored F1 {f1} on the fold it was held "
                               "out of, which would weigh it 0; leave it out, or give weights such as 1,1")
         scores.append(f1)
+    unthresholded = [str(number) for number, record in enumerate(records, start=1)
+                     if record.get("metric") == "squad_v2" and "f1_at_oof_threshold" not in record]
+    if unthresholded:
+        print(f"warning: --weights oof: member(s) {', '.join(unthresholded)} have only their held-out F1 at null "
+              "threshold 0 (their k-fold run predates the F1 at its out-of-fold threshold), which on SQuAD v2 mostly "
+              "measures each fold's share of unanswerable questions; run mrc kfold again on its --out to record it",
+              file=sys.stderr, flush=True)
     return scores
+
+
+def _fold_record(number: int, checkpoint: str) -> dict:
+    """A member's k-fold record, with the training file's hash from its run_info.json (None where absent)."""
+    run_dir = run_dir_of(checkpoint)
+    record = run_dir / FOLD_RECORD
+    if not record.is_file():
+        raise ConfigError(f"--weights oof: member {number} ({checkpoint}) was not trained by `mrc kfold` (no "
+                          f"{FOLD_RECORD} in it or its run directory), so it has no out-of-fold F1; pass the folds' "
+                          "run directories (OUT/fold-<k>), or weights such as 2,1")
+    info = run_dir / "run_info.json"
+    train_sha256 = json.loads(info.read_text(encoding="utf-8")).get("train_file_sha256") if info.is_file() else None
+    return {**json.loads(record.read_text(encoding="utf-8")), "train_sha256": train_sha256}
+
+
+def _kfold_run(record: dict) -> dict:
+    """What the folds of one k-fold run share: the number of folds, the training data, the rules they were scored by
+    and their config but for each fold's folder."""
+    config = copy.deepcopy(record["config"])
+    config["train"].pop("output_dir", None)
+    return {"number of folds": record.get("folds"), "training data (SHA-256)": record["train_sha256"],
+            "metric": record.get("metric"), "settings": config}
+
+
+def _refuse_other_kfold_runs(records: list[dict], checkpoints: list[str]) -> None:
+    reference = _kfold_run(records[0])
+    for number, record in enumerate(records[1:], start=2):
+        run = _kfold_run(record)
+        differ = [key for key in reference if None not in (reference[key], run[key]) and reference[key] != run[key]]
+        if differ:
+            raise ConfigError(f"--weights oof: members 1 ({checkpoints[0]}) and {number} ({checkpoints[number - 1]}) "
+                              f"are folds of different mrc kfold runs (other {', '.join(differ)}): their held-out F1s "
+                              "were scored on other questions or by other rules and do not weigh them against each "
+                              "other; pass the folds of one k-fold run (OUT/fold-<k>), or weights such as 1,1")
 
 
 def normalised_weights(values: list, num_members: int, where: str) -> list[float]:

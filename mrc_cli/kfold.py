@@ -29,7 +29,8 @@ from mrc_cli.runs import (FOLD_RECORD, HELD_OUT, check_facts, load_record, refus
                           write_record)
 from mrc_cli.scoring import read_json_map
 from mrc_cli.splits import load_scorable, select_split
-from mrc_cli.thresholds import null_share, null_share_warning, null_threshold_sweep, store_threshold
+from mrc_cli.thresholds import (answers_at_threshold, null_share, null_share_warning, null_threshold_sweep,
+                                 store_threshold)
 from mrc_cli.tokenizer import check_model_folder, load_tokenizer
 from mrc_cli.training import TrainResult, train
 from mrc_cli.validate import MAX_LISTED, load_examples, refuse_repeated_ids
@@ -131,13 +132,14 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     for fold in todo:
         _run_fold(fold, ids, folds)
 
+    scores = _score_oof(plan, golds, ids, out_dir / "oof", cfg.data.metric)  # first: it adds to the fold records
     result = {
         "settings": {"folds": folds, "seed": cfg.train.seed, "train_file": source, "dev_file": cfg.data.dev_file,
                      "out_dir": str(out_dir), "config": config_to_dict(cfg)},
         "questions": len(golds),
         "left_out": _left_out(golds, set(ids), source),
         "folds": [_finished(fold, ids) for fold in plan],
-        **_score_oof(plan, golds, ids, out_dir / "oof", cfg.data.metric),
+        **scores,
     }
     if cfg.data.dev_file:
         result["dev"] = _score_dev(plan, cfg.data.dev_file)
@@ -252,6 +254,7 @@ def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Pat
         return {"oof": scores, "null_threshold": None}
     sweep = null_threshold_sweep(golds, nbest, null_odds)
     threshold, kept = sweep["best_f1_thresh"], []
+    _record_f1_at_threshold(plan, golds, ids, nbest, null_odds, threshold)
     for fold in plan:
         best = resolve_checkpoint(fold.run_dir)
         cfg = read_checkpoint_config(best)
@@ -261,6 +264,22 @@ def _score_oof(plan: list[Fold], golds: list[dict], ids: list[str], oof_dir: Pat
             continue
         store_threshold(best, cfg, threshold, "oof", null_share(golds))
     return {"oof": {**scores, **sweep}, "null_threshold": threshold, "threshold_kept_by_folds": kept}
+
+
+def _record_f1_at_threshold(plan: list[Fold], golds: list[dict], ids: list[str], nbest: dict, null_odds: dict,
+                            threshold: float) -> None:
+    """Each fold's held-out F1 at the OOF threshold, in its record, for `mrc ensemble --weights oof`: its F1 at the
+    threshold 0 it trained with mostly measures its share of unanswerable questions (a fold that answers "" to all
+    scores that share)."""
+    by_id = {gold["id"]: gold for gold in golds}
+    for fold in plan:
+        held_out = [ids[row] for row in fold.rows]
+        answers = answers_at_threshold({qid: nbest[qid] for qid in held_out}, {qid: null_odds[qid] for qid in held_out},
+                                       threshold)
+        f1 = score([by_id[qid] for qid in held_out], answers, "squad_v2")["f1"]
+        path = fold.run_dir / FOLD_RECORD
+        record = json.loads(path.read_text(encoding="utf-8"))
+        write_json(path, {**record, "oof_threshold": threshold, "f1_at_oof_threshold": f1})
 
 
 def _score_dev(plan: list[Fold], dev_file: str) -> list[dict]:

@@ -302,7 +302,12 @@ def test_the_oof_threshold_is_stored_with_every_fold_and_predict_applies_it(kfol
 
 def test_oof_weights_are_the_folds_held_out_f1_shares(kfolded, tmp_path):
     out, _, _, dev_file, _ = kfolded
-    f1 = [fold["f1"] for fold in json.loads((out / "kfold.json").read_text())["folds"]]
+    saved = json.loads((out / "kfold.json").read_text())
+    records = [json.loads((out / f"fold-{k}" / "kfold_fold.json").read_text()) for k in (0, 1)]
+    # SQuAD v2 data: the F1 at the threshold the k-fold run chose, not at 0 (there mostly the fold's null share)
+    assert all(record["oof_threshold"] == saved["null_threshold"] for record in records)
+    f1 = [record["f1_at_oof_threshold"] for record in records]
+    assert f1 != [fold["f1"] for fold in saved["folds"]]
     assert min(f1) > 0 and f1[0] != f1[1]  # else equal weights would pass for these
     members = [str(out / "fold-0"), str(resolve_checkpoint(out / "fold-1"))]  # a run directory and a checkpoint
     result = CliRunner().invoke(app, ["ensemble", *sum((["--checkpoint", m] for m in members), []), "--weights", "oof",
@@ -316,10 +321,41 @@ def test_oof_weights_are_the_folds_held_out_f1_shares(kfolded, tmp_path):
     assert result.exit_code == 1 and "member 2" in result.stderr and "was not trained by `mrc kfold`" in result.stderr
     zero = shutil.copytree(out / "fold-1", tmp_path / "fold-zero")  # a tiny model's fold can score 0
     record = json.loads((zero / "kfold_fold.json").read_text())
-    (zero / "kfold_fold.json").write_text(json.dumps({**record, "f1": 0.0}))
+    (zero / "kfold_fold.json").write_text(json.dumps({**record, "f1": 0.0, "f1_at_oof_threshold": 0.0}))
     result = CliRunner().invoke(app, ["ensemble", "--checkpoint", members[0], "--checkpoint", str(zero),
                                       "--weights", "oof", "--data", str(dev_file), "--out", str(tmp_path / "ens3")])
     assert result.exit_code == 1 and f"member 2 ({zero}) scored F1 0.0 on the fold it was held out of" in result.stderr
+
+
+def test_oof_weights_refuse_folds_of_different_kfold_runs_and_warn_without_the_oof_threshold_f1(kfolded, tmp_path):
+    out, _, _, dev_file, _ = kfolded
+    other = shutil.copytree(out / "fold-1", tmp_path / "other")  # a fold of another k-fold run: CMRC beside SQuAD v2
+    record = json.loads((other / "kfold_fold.json").read_text())
+
+    def weights_of(**changes):
+        (other / "kfold_fold.json").write_text(json.dumps({**record, **changes}))
+        return CliRunner().invoke(app, ["ensemble", "--checkpoint", str(out / "fold-0"), "--checkpoint", str(other),
+                                        "--weights", "oof", "--data", str(dev_file), "--out", str(tmp_path / "ens")])
+
+    result = weights_of(metric="cmrc2018", folds=3)
+    assert result.exit_code == 1
+    assert (f"--weights oof: members 1 ({out / 'fold-0'}) and 2 ({other}) are folds of different mrc kfold runs "
+            "(other number of folds, metric)") in result.stderr
+    config = {**record["config"], "data": {**record["config"]["data"], "train_file": "zh_train.json"}}
+    result = weights_of(config=config)
+    assert result.exit_code == 1 and "(other settings)" in result.stderr
+    info = json.loads((other / "run_info.json").read_text())
+    (other / "run_info.json").write_text(json.dumps({**info, "train_file_sha256": "0" * 64}))
+    result = weights_of()
+    assert result.exit_code == 1 and "(other training data (SHA-256))" in result.stderr
+    (other / "run_info.json").write_text(json.dumps(info))
+    # a record of before the F1 at the out-of-fold threshold: its F1 at 0, with a warning
+    unthresholded = {key: value for key, value in record.items() if key not in ("f1_at_oof_threshold", "oof_threshold")}
+    (other / "kfold_fold.json").write_text(json.dumps(unthresholded))
+    result = CliRunner().invoke(app, ["ensemble", "--checkpoint", str(out / "fold-0"), "--checkpoint", str(other),
+                                      "--weights", "oof", "--data", str(dev_file), "--out", str(tmp_path / "ens2")])
+    assert result.exit_code == 0, result.output
+    assert "warning: --weights oof: member(s) 2 have only their held-out F1 at null threshold 0" in result.stderr
 
 
 def test_the_chain_folds_ensemble_student_submission_runs_from_the_cli(kfolded, tiny_albert_dir, tmp_path):
