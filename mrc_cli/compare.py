@@ -36,7 +36,8 @@ from mrc_cli.errors import ConfigError
 from mrc_cli.files import check_output_folder, refuse_other_files, write_text_atomically
 from mrc_cli.model import check_dropout_settings
 from mrc_cli.plotting import save_figure
-from mrc_cli.runs import NOT_RESULTS, FinishedRun, load_record, refuse_several_processes, train_run, write_json, write_record
+from mrc_cli.runs import (NOT_RESULTS, FinishedRun, load_record, refuse_several_processes, train_run, write_json,
+                          write_record)
 from mrc_cli.tokenizer import check_model_folder, check_not_missing_folder, load_tokenizer
 from mrc_cli.training import check_patience, file_sha256
 from mrc_cli.tricks import check_head_warmup

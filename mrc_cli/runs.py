@@ -51,7 +51,8 @@ class FinishedRun:
         steps, wall time, where it resumed."""
         from mrc_cli.inference import headline
 
-        return {**headline(self.metrics), "metric": self.metrics.get("metric"), "steps": self.logged[-1]["step"], "wall_s": self.wall_s,
+        return {**headline(self.metrics), "metric": self.metrics.get("metric"), "steps": self.logged[-1]["step"],
+                "wall_s": self.wall_s,
                 "resumed_from": self.resumed_from.name if self.resumed_from else None}
 
 

@@ -149,7 +149,8 @@ def test_a_variant_that_trains_what_another_trains_is_refused_and_an_inert_setti
     assert capsys.readouterr().out == ("note: variant lr: train.epochs changes nothing while train.max_steps 4 sets "
                                        "the runs' length\n")
     plan("eps:train.lr=1e-3,train.adv_epsilon=0.5")
-    assert "note: variant eps: train.adv_epsilon changes nothing while train.adversarial is none" in capsys.readouterr().out
+    noted = capsys.readouterr().out
+    assert "note: variant eps: train.adv_epsilon changes nothing while train.adversarial is none" in noted
 
 
 # --- the verdict ---------------------------------------------------------------------------------------------------

@@ -327,7 +327,8 @@ def test_a_threshold_on_data_without_unanswerable_questions_is_said_to_change_no
     assert ("note: --threshold 1.5 changed no answer: the null rule is off for this data, which has no unanswerable "
             "questions, so every question is answered") in result.stdout
     assert all(_read(tmp_path / "out")["predictions.json"].values())
-    result = _invoke("ensemble", "--checkpoint", bert_run, "--data", DEV, "--out", tmp_path / "v2", "--threshold", "1.5")
+    result = _invoke("ensemble", "--checkpoint", bert_run, "--data", DEV, "--out", tmp_path / "v2", "--threshold",
+                     "1.5")
     assert result.exit_code == 0, result.output
     assert "changed no answer" not in result.stdout
 
