@@ -66,15 +66,17 @@ def cached_export(path: str | Path) -> Path:
 
 
 def _is_current(folder: Path, source: Path) -> bool:
-    """An export in `folder` with both graphs, made by this graph format from the weights `source` holds now."""
-    from mrc_cli.onnx_backend import OPSET
+    """An export in `folder` with both graphs and the files they load with, made by this graph format from the
+    weights `source` holds now."""
+    from mrc_cli.onnx_backend import OPSET, missing_export_files
 
     try:
         settings = json.loads((folder / ONNX_SETTINGS).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
     return (set(GRAPHS.values()) <= set(settings.get("graphs", {})) and settings.get("opset") == OPSET
-            and settings.get("source_weights") == weights_fingerprint(source))
+            and settings.get("source_weights") == weights_fingerprint(source)
+            and not any(missing_export_files(folder, graph, own_settings=False) for graph in GRAPHS.values()))
 
 
 def _export(source: Path, folder: Path) -> None:

@@ -146,13 +146,14 @@ def read_onnx_export(path: Path, graph: str | None = None, settings_from: Path |
     precision (fp32 or int8 weights: autocast would change nothing, a bf16 recheck would rerun the same logits).
     `settings_from`: the checkpoint (or export) whose run config to answer with and to store thresholds and
     calibration in, for a checkpoint's own cached export (mrc_cli.backends), so they stay the checkpoint's."""
-    from mrc_cli.onnx_backend import load_onnx_model, read_settings
+    from mrc_cli.onnx_backend import check_export_files, load_onnx_model, read_settings
 
     path = Path(path)
+    graph = graph or read_settings(path)["graph"]
+    check_export_files(path, graph, own_settings=settings_from is None)
     home = path if settings_from is None else settings_from
     cfg = run_config(home)
     cfg.train.tokens_per_batch, cfg.train.precision, cfg.train.cpu = 0, "no", True
-    graph = graph or read_settings(path)["graph"]
     return Loaded(load_onnx_model(path, cfg.model.span_level, graph), _tokenizer_of(path), cfg, home,
                   "onnx-int8" if graph == "int8" else "onnx")
 

@@ -301,12 +301,7 @@ def load_onnx_model(folder: Path, span_level: str, graph: str) -> OnnxSpanModel:
                               "(or pip install mrc-cli with its dependencies)") from None
     from transformers import AutoConfig
 
-    graphs = read_settings(folder)["graphs"]
-    if graph not in graphs:
-        raise CheckpointError(f"{folder}: this export has no {graph} graph (it has {', '.join(graphs)})")
-    path = folder / graphs[graph]
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; export the checkpoint again with mrc export --format onnx")
+    path = folder / read_settings(folder)["graphs"][graph]  # there: check_export_files
     try:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # torch's threads: one setting for both backends
@@ -315,6 +310,34 @@ def load_onnx_model(folder: Path, span_level: str, graph: str) -> OnnxSpanModel:
         raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0][:200]}); export the "
                               "checkpoint again") from None
     return OnnxSpanModel(session, AutoConfig.from_pretrained(str(folder)), span_level, path)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what save_pretrained writes for a fast tokenizer
+
+
+def missing_export_files(folder: Path, graph: str, own_settings: bool = True) -> list[str]:
+    """The files an export folder loads `graph` from that it lacks: the graph, the encoder's config.json, the
+    tokenizer's and, where it answers with its own settings (not a checkpoint's: mrc_cli.backends), mrc_cli.yaml."""
+    from mrc_cli.loading import EXPORT_SETTINGS
+
+    needed = [read_settings(folder)["graphs"][graph], "config.json", *TOKENIZER_FILES,
+              *([EXPORT_SETTINGS] if own_settings else [])]
+    return [name for name in needed if not (folder / name).is_file()]
+
+
+def check_export_files(folder: Path, graph: str, own_settings: bool = True) -> None:
+    """Refuse an export folder without `graph` or a file it loads from (one left out of a copy, say), naming it:
+    else transformers or the config loader would fail on it without saying the folder is an export."""
+    settings = read_settings(folder)
+    if graph not in settings["graphs"]:
+        raise CheckpointError(f"{folder}: this export has no {graph} graph (it has {', '.join(settings['graphs'])})")
+    missing = missing_export_files(folder, graph, own_settings)
+    if missing:
+        source = settings.get("exported_from", "CHECKPOINT")
+        quantize = " --quantize int8" if "int8" in settings["graphs"] else ""
+        raise CheckpointError(f"{folder}: an ONNX export without {', '.join(missing)}; export the checkpoint again "
+                              f"(mrc export --checkpoint {source} --format onnx{quantize} --out {folder}), or copy "
+                              "the whole folder")
 
 
 def read_settings(folder: Path) -> dict:

@@ -491,3 +491,20 @@ def test_a_checkpoint_answers_with_every_backend_exporting_once(bert_run, bert_o
     result = runner.invoke(app, ["predict", "--checkpoint", str(run), "--data", DEV, "--out", str(tmp_path / "x.json"),
                                  "--backend", "tensorrt"])
     assert result.exit_code == 2 and "tensorrt" in result.stderr
+
+
+@pytest.mark.parametrize("left_out", ["config.json", "mrc_cli.yaml", "tokenizer.json", "model.int8.onnx"])
+def test_an_export_missing_a_file_it_loads_from_names_it(bert_onnx, tmp_path, left_out):
+    """A copy that left a file behind: one line naming the folder and the file, for predict, eval and serve alike
+    (config.json gave transformers' traceback, mrc_cli.yaml "no config.yaml; is this an mrc-cli checkpoint?")."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in bert_onnx[0].iterdir():
+        if file.name != left_out:
+            (copy / file.name).symlink_to(file)
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(copy), "--data", DEV, "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{copy}: an ONNX export without {left_out}; export the checkpoint again" in result.stderr
+    assert "--quantize int8" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(CheckpointError, match=f"without {left_out}"):
+        Reader.load(copy)
