@@ -196,12 +196,11 @@ def export_graph(model: SpanExtractionModel, path: Path) -> list[str]:
     model.encoder.set_attn_implementation(FUSABLE_ATTENTION)
     # the exporter prints its progress to stdout, where `mrc export` prints its summary; warns that the two axis names
     # are shared by all inputs, which is what is meant; and says nothing the user can act on about torchvision's ops
-    # (not installed, not used) and a deprecation inside torch
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    # (not installed, not used), a deprecation inside torch and an empty attribute list onnx_ir types as INTS (at
+    # word level: "Attribute type is ambiguous")
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), \
+                _quiet_loggers("torch.onnx._internal.exporter._registration", "onnx_ir._convenience"):
             warnings.filterwarnings("ignore", message=".*axis name.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             torch.onnx.export(_GraphForward(model).eval(), tuple(inputs.values()), str(path), dynamo=True,
@@ -209,7 +208,6 @@ def export_graph(model: SpanExtractionModel, path: Path) -> list[str]:
                               output_names=["start_logits", "end_logits"], external_data=False,
                               dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs})
     finally:
-        registration.setLevel(level)
         model.encoder.set_attn_implementation(attention)
     fuse_graph(path, model.config)
     check_graph(path)
@@ -229,11 +227,27 @@ def fuse_graph(path: Path, config) -> None:
 
     options = FusionOptions("bert")
     options.use_raw_attention_mask(True)
-    # its shape inference prints a bare "failed in shape inference" on the word pooling: not the user's concern
-    with contextlib.redirect_stdout(io.StringIO()):
+    # its shape inference prints a bare "failed in shape inference" on the word pooling, and the SkipLayerNormalization
+    # fusion then logs "symbolic shape inference disabled or failed." (onnxruntime.transformers imports its modules
+    # by their bare names): not the user's concern
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_loggers("fusion_skiplayernorm"):
         fused = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
                                hidden_size=config.hidden_size, optimization_options=options, opt_level=1)
         fused.save_model_to_file(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """The named loggers at ERROR for the block: libraries' warnings that say nothing the user can act on."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _example_inputs(model: SpanExtractionModel) -> dict[str, torch.Tensor]:
