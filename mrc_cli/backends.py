@@ -38,14 +38,19 @@ def check_backend(backend: str) -> None:
         raise ConfigError(f"backend {backend!r}: choose {', '.join(BACKENDS)}")
 
 
+def check_loadable(path: str | Path, backend: str) -> None:
+    """Refuse a backend `path` cannot answer with: an unknown one, or torch for an ONNX export (no PyTorch weights)."""
+    check_backend(backend)
+    if backend == "torch" and is_onnx_export(path):
+        raise CheckpointError(f"{path} is an ONNX export, without PyTorch weights: for --backend torch give the "
+                              f"checkpoint it was exported from (exported_from in its {ONNX_SETTINGS})")
+
+
 def load_with_backend(path: str | Path, backend: str = "auto") -> Loaded:
     """A trained model (checkpoint, run directory, export) ready to answer with `backend`."""
-    check_backend(backend)
+    check_loadable(path, backend)
     path = Path(path)
     if is_onnx_export(path):
-        if backend == "torch":
-            raise CheckpointError(f"{path} is an ONNX export, without PyTorch weights: for --backend torch give the "
-                                  f"checkpoint it was exported from (exported_from in its {ONNX_SETTINGS})")
         return read_onnx_export(path, GRAPHS.get(backend))
     if backend in ("auto", "torch"):
         return load_trained(path)

@@ -298,6 +298,7 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
 
     if not Path(checkpoint).exists():  # refused before the server starts, not once it loads the model
         raise CheckpointError(f"{checkpoint}: no such checkpoint folder or run directory")
+    _check_backend(checkpoint, backend)
     _check_address(host, port)
     _log_like_uvicorn()
     failure: list[BaseException] = []
@@ -325,6 +326,15 @@ def serve(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, settings: 
         log.info("stopped by Ctrl-C")
     if failure:
         raise failure[0]
+
+
+def _check_backend(checkpoint: str, backend: str) -> None:
+    """Refuse before the server starts --backend torch on an ONNX export (mrc_cli.backends.check_loadable says why),
+    looking for its onnx.json first: importing mrc_cli.backends takes torch's ~10 s, which the server listens before."""
+    if backend == "torch" and (Path(checkpoint) / "onnx.json").is_file():
+        from mrc_cli.backends import check_loadable
+
+        check_loadable(checkpoint, backend)
 
 
 def _check_address(host: str, port: int) -> None:

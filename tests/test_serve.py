@@ -341,6 +341,14 @@ def test_mrc_serve_stops_with_the_error_when_the_model_does_not_load(tmp_path):
                                                        "run directory\n")
 
 
+def test_mrc_serve_with_torch_on_an_onnx_export_is_refused_before_the_server_starts(tmp_path):
+    (tmp_path / "onnx.json").write_text("{}")  # what makes a folder an ONNX export
+    result = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(tmp_path), "--port", "0", "--backend", "torch"])
+    assert result.exit_code == 1 and "Uvicorn" not in result.output, result.output
+    assert result.output.startswith(f"Error: {tmp_path} is an ONNX export, without PyTorch weights")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_mrc_serve_listens_before_the_model_loads_and_stops_on_ctrl_c_without_a_word_of_training(trained_run):
     """The model's imports and load come after the server listens (/health 503 meanwhile); Ctrl-C, the way to stop
     it, ends it cleanly (exit 0) without the advice for an interrupted training run."""
