@@ -103,10 +103,8 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
     metrics. `metric`: the official rules to score by, for this call (default: the model's data.metric, auto)."""
     if calibrate_split and not calibrate:
         raise ConfigError("--calibrate-split says where --calibrate fits and reports; give --calibrate too")
-    if (store_threshold or calibrate) and backend == "onnx-int8" and not is_onnx_export(checkpoint):
-        raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and calibration "
-                          "serve every backend: fit them with --backend torch or onnx (the same answers), or on an "
-                          "int8 export of its own (mrc export --format onnx --quantize int8)")
+    if store_threshold or calibrate:
+        _check_fit_backend(checkpoint, backend)
     if metric is not None:
         set_value(RunConfig(), "data.metric", metric, "--metric")  # the name checked before any work
     if out:  # refused before any work; the default, inside the checkpoint, once the checkpoint is known to be one
@@ -137,6 +135,29 @@ def evaluate_file(checkpoint: str, data: str, out: str | None = None, store_thre
         metrics.update(_calibrate(loaded, data, predictions, split, out_dir, stored_allow_null or threshold_stored,
                                   threshold, halves))
     return {**metrics, "backend": backend_of(loaded), "out": str(out_dir), "data": split.describe()}
+
+
+def _check_fit_backend(checkpoint: str, backend: str) -> None:
+    """Refuse to fit a threshold or calibration, which predict and serve then apply, on answers other than theirs:
+    int8's for a checkpoint (its settings serve every backend, and torch and onnx give the same answers), or an ONNX
+    export's other graph (its mrc_cli.yaml serves the graph onnx.json names, which loads by default)."""
+    from mrc_cli.backends import GRAPHS
+
+    if not is_onnx_export(checkpoint):
+        if backend == "onnx-int8":
+            raise ConfigError(f"--backend onnx-int8 changes some answers of {checkpoint}, whose threshold and "
+                              "calibration serve every backend: fit them with --backend torch or onnx (the same "
+                              "answers), or on an int8 export of its own (mrc export --format onnx --quantize int8)")
+        return
+    from mrc_cli.onnx_backend import read_settings
+
+    own = read_settings(Path(checkpoint))["graph"]
+    graph = GRAPHS.get(backend, own)
+    if graph != own:
+        fit_with = next(name for name, answers_with in GRAPHS.items() if answers_with == own)
+        raise ConfigError(f"--backend {backend} answers with the {graph} graph of {checkpoint}, but predict and serve "
+                          f"answer with its {own} graph (onnx.json), which the threshold and calibration kept in its "
+                          f"mrc_cli.yaml serve: fit them with --backend {fit_with} (or auto)")
 
 
 RUN_FILES = ("predictions.json", "nbest.json", "null_odds.json", "metrics.json")  # a run's final evaluation

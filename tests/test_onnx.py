@@ -513,3 +513,17 @@ def test_an_export_missing_a_file_it_loads_from_names_it(bert_onnx, tmp_path, le
     assert "--quantize int8" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(CheckpointError, match=f"without {left_out}"):
         Reader.load(copy)
+
+
+def test_a_fit_on_an_exports_other_graph_is_refused(bert_onnx, tmp_path):
+    """The int8 export's mrc_cli.yaml serves its int8 graph: a threshold or calibration fitted on its fp32 graph
+    would be applied to int8's answers by every later predict and serve."""
+    out, _ = bert_onnx
+    kept = (out / "mrc_cli.yaml").read_text()
+    for flag in ("--calibrate", "--store-threshold"):
+        result = CliRunner().invoke(app, ["eval", "--checkpoint", str(out), "--data", DEV, "--out", str(tmp_path / "e"),
+                                          "--backend", "onnx", flag])
+        assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert "--backend onnx answers with the fp32 graph" in result.stderr
+        assert "fit them with --backend onnx-int8 (or auto)" in result.stderr
+    assert (out / "mrc_cli.yaml").read_text() == kept and not (tmp_path / "e").exists()
