@@ -106,13 +106,14 @@ def export_onnx(checkpoint: str, out: str, quantize: str | None = None, parity_d
         load_scorable(parity_data, loaded.cfg.data)
     onnx_backend.check_exportable(loaded.model.config, checkpoint)
     with folder_written_whole(out) as folder:
-        parity = write_onnx_export(loaded, folder, quantize, parity_data)
+        parity = write_onnx_export(loaded, folder, quantize, parity_data, Path(out))
     return OnnxExport(Path(out), parity)
 
 
-def write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None, parity_data: str | None = None) -> dict | None:
+def write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None, parity_data: str | None = None,
+                      named: Path | None = None) -> dict | None:
     """Write the ONNX export of a loaded torch model into a new folder; with `parity_data`, also parity.json, which it
-    returns."""
+    returns (its advice names the export `named`, the folder's name once written whole)."""
     from mrc_cli import onnx_backend
 
     inputs = onnx_backend.export_graph(loaded.model, out_dir / onnx_backend.FP32_GRAPH)
@@ -133,7 +134,7 @@ def write_onnx_export(loaded: Loaded, out_dir: Path, quantize: str | None, parit
     write_text_atomically(out_dir / ONNX_SETTINGS, json.dumps(settings, indent=2))
     if not parity_data:
         return None
-    parity = onnx_parity(loaded, out_dir, parity_data)
+    parity = onnx_parity(loaded, out_dir, parity_data, named or out_dir)
     write_text_atomically(out_dir / PARITY_FILE, json.dumps(parity, indent=2, ensure_ascii=False))
     return parity
 
@@ -151,12 +152,13 @@ def _versions() -> dict:
     return {name: metadata.version(name) for name in ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")}
 
 
-def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
+def onnx_parity(loaded: Loaded, folder: Path, data: str, named: Path) -> dict:
     """The export's graphs against the torch model on a data file with answers: the same features and decoder for
     all, the torch model in fp32. Per backend: EM/F1, questions/s of logits and decoding (features made once, off the
-    clock) and, for each graph, the answers identical to the torch model's (%, how many differ, the first 10 of their
-    ids) and the
-    largest |logit difference| at scored positions."""
+    clock), the questions answered and, on data with unanswerable questions, HasAns/NoAns scores and the best
+    threshold (`_null_figures`); for each graph, the answers identical to the torch model's (%, how many differ, the
+    first 10 of their ids) and the largest |logit difference| at scored positions. `threshold_warning` where the int8
+    graph's best threshold changes answers against the stored one, naming the export `named` in its command."""
     import numpy as np
 
     from mrc_cli.inference import evaluate_predictions, headline, place_for_inference, predict_answers
@@ -178,7 +180,8 @@ def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
         logits, predictions = predict_answers(model, split, cfg, state, "no")
         seconds = time.perf_counter() - started
         answers = {qid: p.text for qid, p in predictions.items()}
-        entry = {**headline(evaluate_predictions(split.golds, predictions, cfg.decode, cfg.data.metric)),
+        metrics = evaluate_predictions(split.golds, predictions, cfg.decode, cfg.data.metric)
+        entry = {**headline(metrics), **_null_figures(metrics, predictions, cfg.decode),
                  "seconds": seconds, "questions_per_s": len(answers) / seconds}
         if reference is None:
             reference = (answers, logits)
@@ -192,16 +195,47 @@ def onnx_parity(loaded: Loaded, folder: Path, data: str) -> dict:
                          max_abs_logit_diff=diff, differing_answers=len(differing), differing_ids=differing[:10],
                          speedup=entry["questions_per_s"] / report["backends"]["torch_fp32"]["questions_per_s"])
         report["backends"][name] = entry
-    return report
+    warning = _threshold_warning(report["backends"].get("onnx_int8"), named, data)
+    return {**report, **({"threshold_warning": warning} if warning else {})}
+
+
+NULL_FIGURES = ("HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_f1", "best_f1_thresh")  # SQuAD v2's
+
+
+def _null_figures(metrics: dict, predictions: dict, decode) -> dict:
+    """How a backend's answers meet the null threshold: the questions answered (not ""); where the data has
+    unanswerable questions, the official script's HasAns/NoAns scores, the best F1 and its threshold, and the answers
+    that threshold would change against the stored one (int8 shifts the null odds)."""
+    figures = {"answered": sum(bool(p.text) for p in predictions.values())}
+    figures.update({key: metrics[key] for key in NULL_FIGURES if key in metrics})
+    if "best_f1_thresh" in metrics:
+        low, high = sorted((decode.null_score_diff_threshold, metrics["best_f1_thresh"]))
+        figures.update(null_threshold=decode.null_score_diff_threshold, answers_moved_at_best_threshold=sum(
+            low < p.null_odds <= high for p in predictions.values()))  # answered iff null_odds <= threshold
+    return figures
+
+
+def _threshold_warning(int8: dict | None, folder: Path, data: str) -> str | None:
+    """Where the int8 graph's best threshold changes answers against the stored one (fitted on the torch model's
+    null odds), the command that stores int8's own in the export."""
+    if not int8 or not int8.get("answers_moved_at_best_threshold"):
+        return None
+    return (f"onnx_int8 answers {int8['answered']} questions at the stored null threshold "
+            f"{int8['null_threshold']:.3g}; at {int8['best_f1_thresh']:.3g} its F1 would be {int8['best_f1']:.2f} "
+            f"({int8['answers_moved_at_best_threshold']} answers change): mrc eval --checkpoint {folder} --data {data} "
+            "--store-threshold keeps that threshold with the int8 export")
 
 
 def format_parity(report: dict) -> str:
-    """parity.json in one line: answers identical, F1, max |logit difference|, questions/s of every backend."""
+    """parity.json in one line: answers identical, F1, questions answered, max |logit difference|, questions/s of
+    every backend; then the threshold warning, where there is one."""
     backends = report["backends"]
     graphs = [name for name in backends if name != "torch_fp32"]
     identical = ", ".join(f"{name} {backends[name]['answers_identical_pct']:.1f} %" for name in graphs)
     f1 = " / ".join(f"{name} {entry['f1']:.2f}" for name, entry in backends.items())
+    answered = " / ".join(f"{name} {entry['answered']}" for name, entry in backends.items())
     diff = ", ".join(f"{name} {backends[name]['max_abs_logit_diff']:.2g}" for name in graphs)
     speed = " / ".join(f"{name} {entry['questions_per_s']:.1f}" for name, entry in backends.items())
+    warning = f". Warning: {report['threshold_warning']}" if "threshold_warning" in report else ""
     return (f"parity on {report['questions']} questions: answers identical to torch_fp32: {identical}; F1 {f1}; "
-            f"max |logit diff| {diff}; questions/s {speed}")
+            f"answered {answered}; max |logit diff| {diff}; questions/s {speed}{warning}")

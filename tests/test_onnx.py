@@ -219,6 +219,9 @@ def test_int8_graph_loads_by_default_and_mostly_agrees(bert_run, bert_onnx):
     assert parity["questions"] == 49 and set(parity["backends"]) == {"torch_fp32", "onnx_fp32", "onnx_int8"}
     for name, entry in parity["backends"].items():
         assert {"exact", "f1", "questions_per_s", "seconds"} <= set(entry), name
+        # why int8 may lose F1 on SQuAD v2 data: how many it answers, HasAns/NoAns, and the best threshold for it
+        assert {"answered", "HasAns_f1", "NoAns_f1", "best_f1", "best_f1_thresh", "null_threshold"} <= set(entry), name
+    assert parity["backends"]["onnx_fp32"]["answered"] == parity["backends"]["torch_fp32"]["answered"]
     fp32, int8 = parity["backends"]["onnx_fp32"], parity["backends"]["onnx_int8"]
     assert fp32["answers_identical_pct"] == 100.0 and fp32["max_abs_logit_diff"] < 1e-4 and fp32["differing_answers"] == 0
     assert int8["differing_answers"] == round(49 * (1 - int8["answers_identical_pct"] / 100))
@@ -228,6 +231,12 @@ def test_int8_graph_loads_by_default_and_mostly_agrees(bert_run, bert_onnx):
     summary = stdout.strip().splitlines()[-1]
     assert summary.startswith("parity on 49 questions: answers identical to torch_fp32: onnx_fp32 100.0 %")
     assert "questions/s" in summary and "max |logit diff|" in summary
+    assert f"answered torch_fp32 {parity['backends']['torch_fp32']['answered']} / " in summary
+    if int8["answers_moved_at_best_threshold"]:  # the stored threshold is torch's: int8's null odds are shifted
+        assert f"Warning: onnx_int8 answers {int8['answered']} questions" in summary
+        assert f"mrc eval --checkpoint {out} --data {DEV} --store-threshold" in parity["threshold_warning"]
+    else:
+        assert "threshold_warning" not in parity and "Warning" not in summary
     # the folder itself loads its int8 graph; eval on it runs
     loaded = load_trained(out)
     assert loaded.cfg.train.precision == "no" and loaded.cfg.train.tokens_per_batch == 0
