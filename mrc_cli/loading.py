@@ -14,7 +14,7 @@ from pathlib import Path
 from mrc_cli.checkpoint import (pretraining_checkpoint_advice, read_checkpoint_config, read_weights, resolve_checkpoint,
                                  run_dir_of)
 from mrc_cli.config import RunConfig, load_config, run_command
-from mrc_cli.errors import CheckpointError
+from mrc_cli.errors import CheckpointError, MrcError
 from mrc_cli.features import CACHE_ENV, unwritable
 from mrc_cli.model import build_model, load_state_dict_file, load_weights
 from mrc_cli.tokenizer import load_tokenizer
@@ -154,8 +154,28 @@ def read_onnx_export(path: Path, graph: str | None = None, settings_from: Path |
     home = path if settings_from is None else settings_from
     cfg = run_config(home)
     cfg.train.tokens_per_batch, cfg.train.precision, cfg.train.cpu = 0, "no", True
+    if settings_from is None:
+        _note_settings_stored_since(path, read_settings(path).get("exported_from"), cfg)
     return Loaded(load_onnx_model(path, cfg.model.span_level, graph), _tokenizer_of(path), cfg, home,
                   "onnx-int8" if graph == "int8" else "onnx")
+
+
+def _note_settings_stored_since(export: Path, source: str | None, cfg: RunConfig) -> None:
+    """An export's mrc_cli.yaml is a copy made when it was exported: say so where the checkpoint (or export) it came
+    from, still there, has stored other decoding settings since (a null threshold, a calibration), which it does not
+    see. Settings stored in the export later than that are its own, and left unremarked."""
+    settings = next((Path(source) / name for name in ("config.yaml", EXPORT_SETTINGS)
+                     if source and (Path(source) / name).is_file()), None)
+    if settings is None or settings.stat().st_mtime_ns <= (export / EXPORT_SETTINGS).stat().st_mtime_ns:
+        return
+    try:
+        stored = load_config(settings).decode
+    except MrcError:  # not readable now: nothing to compare, and loading the export does not need it
+        return
+    if stored != cfg.decode:
+        print(f"note: {source}, which {export} was exported from, has stored other decoding settings since (a null "
+              f"threshold or calibration); the export answers with its own: to carry them over, export again (mrc "
+              f"export --checkpoint {source} --format onnx --out {export})", file=sys.stderr, flush=True)
 
 
 def _export_config(path: Path) -> RunConfig:

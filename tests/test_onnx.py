@@ -536,3 +536,34 @@ def test_a_fit_on_an_exports_other_graph_is_refused(bert_onnx, tmp_path):
         assert "--backend onnx answers with the fp32 graph" in result.stderr
         assert "fit them with --backend onnx-int8 (or auto)" in result.stderr
     assert (out / "mrc_cli.yaml").read_text() == kept and not (tmp_path / "e").exists()
+
+
+def test_loading_an_export_notes_settings_its_checkpoint_stored_since(bert_run, bert_onnx, tmp_path, capsys):
+    """A threshold stored on the checkpoint after the export does not reach it (mrc_cli.yaml is a copy): a note says
+    so; none where the settings agree, where the export's own are newer, or where the checkpoint is gone."""
+    import shutil
+
+    from mrc_cli.checkpoint import resolve_checkpoint
+    from mrc_cli.config import load_config, save_config
+
+    checkpoint = shutil.copytree(resolve_checkpoint(bert_run), tmp_path / "checkpoint")
+    export = shutil.copytree(bert_onnx[0], tmp_path / "export")
+    settings = json.loads((export / "onnx.json").read_text())
+    (export / "onnx.json").write_text(json.dumps({**settings, "exported_from": str(checkpoint)}))
+    capsys.readouterr()
+    Reader.load(export)
+    assert "note:" not in capsys.readouterr().err  # the same settings
+    cfg = load_config(checkpoint / "config.yaml")
+    cfg.decode.null_score_diff_threshold += 1.5  # mrc eval --store-threshold on the checkpoint, after the export
+    save_config(cfg, checkpoint / "config.yaml")
+    Reader.load(export)
+    err = capsys.readouterr().err
+    assert f"note: {checkpoint}, which {export} was exported from, has stored other decoding settings since" in err
+    assert f"export again (mrc export --checkpoint {checkpoint} --format onnx --out {export})" in err
+    later = time.time() + 60  # a threshold stored in the export since: its own, for its int8 graph
+    os.utime(export / "mrc_cli.yaml", (later, later))
+    Reader.load(export)
+    assert "note:" not in capsys.readouterr().err
+    shutil.rmtree(checkpoint)
+    Reader.load(export)
+    assert "note:" not in capsys.readouterr().err
