@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from mrc_cli.checkpoint import weights_fingerprint
-from mrc_cli.config import save_config
+from mrc_cli.config import SEGMENTERS, save_config
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.files import check_output_folder, folder_written_whole, write_text_atomically
 from mrc_cli.loading import EXPORT_SETTINGS, ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
@@ -143,7 +144,22 @@ def _load_torch_model(checkpoint: str) -> Loaded:
     if is_onnx_export(checkpoint):
         raise CheckpointError(f"{checkpoint} is an ONNX export; export from the checkpoint or run directory it came "
                               "from (onnx.json names it)")
-    return load_trained(checkpoint)
+    loaded = load_trained(checkpoint)
+    _note_user_segmenter(loaded)
+    return loaded
+
+
+def _note_user_segmenter(loaded: Loaded) -> None:
+    """An export does not carry a `module:function` word segmenter's module: loading one would put the folder on the
+    import path, so that loading a model received from someone ran its Python, and a module is one per process (two
+    exports with modules of one name would share the first's words). Say which module the target needs."""
+    name = loaded.cfg.data.word_segmenter
+    if name in SEGMENTERS:
+        return
+    module = name.partition(":")[0]
+    print(f"note: {loaded.path} splits words with data.word_segmenter {name}, whose module the export does not "
+          f"carry: where it is evaluated, predicted with or served, {module} must be importable (the working folder "
+          "or PYTHONPATH), the same file it was trained with", file=sys.stderr, flush=True)
 
 
 def _versions() -> dict:

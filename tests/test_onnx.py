@@ -567,3 +567,23 @@ def test_loading_an_export_notes_settings_its_checkpoint_stored_since(bert_run, 
     shutil.rmtree(checkpoint)
     Reader.load(export)
     assert "note:" not in capsys.readouterr().err
+
+
+def test_an_export_names_the_segmenter_module_it_does_not_carry(bert_run, tmp_path):
+    """A module:function segmenter is not copied into an export (loading it would run the folder's Python): the
+    export says which module the machine that answers with it must have."""
+    import shutil
+
+    from mrc_cli.checkpoint import resolve_checkpoint
+    from mrc_cli.config import load_config, save_config
+
+    checkpoint = shutil.copytree(resolve_checkpoint(bert_run), tmp_path / "checkpoint")
+    cfg = load_config(checkpoint / "config.yaml")
+    cfg.data.word_segmenter = "my_words:split"
+    save_config(cfg, checkpoint / "config.yaml")
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert "data.word_segmenter my_words:split, whose module the export does not carry" in result.stderr
+    assert "my_words must be importable" in result.stderr
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(bert_run), "--out", str(tmp_path / "plain")])
+    assert result.exit_code == 0 and "word_segmenter" not in result.stderr
