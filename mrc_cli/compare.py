@@ -130,7 +130,8 @@ def compare(base: RunConfig, variants: list[Variant], seeds: list[int], out_dir:
     skipped, unfinished ones resume from their newest checkpoint. Several visible GPUs run as many runs at once.
     `equal_compute`: then the reference again, trained to the costliest variant's compute (EQUAL_COMPUTE), and a
     second verdict per variant against it."""
-    refuse_several_processes("compare")
+    refuse_several_processes("compare", "starts a process for each run itself (one per GPU where several "
+                                         "are visible)")
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
     refuse_other_files(out_dir, "--out", lambda entry: entry.name.startswith("compare.") or

@@ -106,7 +106,8 @@ def kfold(cfg: RunConfig, folds: int, out_dir: str | Path) -> dict:
     source = cfg.data.train_file
     if not source:
         raise ConfigError("no training data: pass --train FILE or set data.train_file in the config")
-    refuse_several_processes("kfold")
+    refuse_several_processes("kfold", "trains its folds one after another, each in one process it starts "
+                                       "itself")
     check_model_folder(cfg.model.name_or_path)  # here, not in the first fold's process after the data is read
     examples, report, golds = load_examples(source, "train", cfg.data.format, cache_root(cfg.data) / "examples")
     print(report.summary(), flush=True)

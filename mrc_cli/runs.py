@@ -118,13 +118,14 @@ def train_in_own_process(cfg: RunConfig, gpu: str | None, by: str, command: str 
     return None
 
 
-def refuse_several_processes(by: str) -> None:
-    """`mrc compare` and `mrc kfold` start a process for each run themselves; under a launcher every rank would start
-    each run once more, into the same folders. WORLD_SIZE (torchrun and accelerate launch set it) is read rather than
-    accelerate's PartialState, which under a launcher would join a process group only to refuse."""
+def refuse_several_processes(by: str, how: str) -> None:
+    """`mrc compare` and `mrc kfold` start the process of each run themselves (`how` says how, for the message);
+    under a launcher every rank would train each run once more, into the same folders. WORLD_SIZE (torchrun and
+    accelerate launch set it) is read rather than accelerate's PartialState, which under a launcher would join a
+    process group only to refuse."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(f"mrc {by} starts a process for each run itself (one per GPU where several are visible): "
-                          "start it without accelerate launch / torchrun")
+        raise ConfigError(f"mrc {by} {how}; under a launcher every process would train each run again into the same "
+                          "folders: start it without accelerate launch / torchrun")
 
 
 def _run_logged(child: list[str], env: dict, log: Path) -> tuple[int, None]:

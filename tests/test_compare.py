@@ -403,11 +403,15 @@ def test_compare_and_kfold_refuse_to_run_under_a_launcher(tiny_bert_dir, tmp_pat
     monkeypatch.setattr(runs, "train_in_own_process", _no_training)
     monkeypatch.setenv("WORLD_SIZE", "2")
     base = tiny_run_config(tiny_bert_dir, tmp_path / "unused")
-    for command, start in (("compare", lambda: compare(base, [], [0], tmp_path / "out")),
-                           ("kfold", lambda: kfold(base, 2, tmp_path / "folds"))):
-        with pytest.raises(ConfigError, match=f"mrc {command} starts a process for each run itself .*: start it "
-                                              "without accelerate launch / torchrun"):
+    # kfold's folds run one after another in one process each (kfold passes no GPU), so it names no GPUs
+    for says, start in (("mrc compare starts a process for each run itself (one per GPU where several are visible)",
+                         lambda: compare(base, [], [0], tmp_path / "out")),
+                        ("mrc kfold trains its folds one after another, each in one process it starts itself",
+                         lambda: kfold(base, 2, tmp_path / "folds"))):
+        with pytest.raises(ConfigError) as refused:
             start()
+        assert str(refused.value) == (f"{says}; under a launcher every process would train each run again into the "
+                                      "same folders: start it without accelerate launch / torchrun")
 
 
 # --- end to end on the tiny BERT: 2 variants x 2 seeds, 4 steps each ------------------------------------------------
