@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from mrc_cli.errors import Interrupted, MrcError
+from mrc_cli.errors import ConfigError, Interrupted, MrcError
 from mrc_cli.files import check_output_folder, to_json
 from mrc_cli.serve_settings import ServeSettings
 
@@ -80,10 +80,28 @@ TrainFileOpt = Annotated[Optional[str], typer.Option("--train", help="Training d
 DevFileOpt = Annotated[Optional[str], typer.Option("--dev", help="Dev data, evaluated every --eval-steps and at the end.")]
 
 
+# commands with no work to share between processes: under a launcher each process would run them in full, print
+# everything again and write the same files at once (serve: bind the same port)
+ONE_PROCESS = ("validate", "preprocess", "cache", "runs", "score", "export", "serve", "analyze")
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
+def _root(ctx: typer.Context,
+          debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False) -> None:
     global _debug
     _debug = debug
+    if ctx.invoked_subcommand in ONE_PROCESS:
+        _refuse_launcher(ctx.invoked_subcommand)
+
+
+def _refuse_launcher(command: str) -> None:
+    """WORLD_SIZE (torchrun and accelerate launch set it) is read rather than accelerate's PartialState, which would
+    join a process group only to refuse."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise ConfigError(f"mrc {command} runs in one process, and under a launcher each of the {world} would run it "
+                          "in full (its output again, its files written at once): start it without accelerate launch "
+                          "/ torchrun")
 
 
 @app.command()

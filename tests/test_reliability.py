@@ -471,3 +471,32 @@ def test_under_a_launcher_one_process_prints_a_config_error_every_rank_finds(tin
         assert result.exit_code == 1, result.output
         assert result.stderr.startswith("Error: train.lr must be > 0 and finite (got -1.0)") is shown
         assert (result.stderr == "") is not shown
+
+
+def test_under_a_launcher_the_commands_of_one_process_are_refused_once(tiny_bert_dir, tmp_path, monkeypatch):
+    """score, validate, export... have no work to share: every rank would run them in full and write the same files
+    at once. Refused before they read anything, said by rank 0; train, eval, predict and the rest still run."""
+    from mrc_cli.cli import ONE_PROCESS, app
+
+    gold, out = "data/quickstart/en_train.json", tmp_path / "out"
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text("{}")
+    calls = {"validate": [gold], "preprocess": ["--data", gold, "--model", tiny_bert_dir],
+             "cache": ["--cache-dir", str(out), "--clear"], "runs": [str(tmp_path)], "score": [gold, str(predictions)],
+             "export": ["--checkpoint", tiny_bert_dir, "--out", str(out)], "serve": ["--checkpoint", tiny_bert_dir],
+             "analyze": ["--gold", gold, "--pred", str(predictions), "--out", str(out)]}
+    assert set(ONE_PROCESS) == set(calls)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command, args in calls.items():
+        for rank, shown in (("0", True), ("1", False)):
+            monkeypatch.setenv("RANK", rank)
+            result = CliRunner().invoke(app, [command, *args])
+            assert result.exit_code == 1, result.output
+            assert (result.stderr == f"Error: mrc {command} runs in one process, and under a launcher each of the 2 "
+                    "would run it in full (its output again, its files written at once): start it without accelerate "
+                    "launch / torchrun\n") is shown
+            assert (result.stderr == "") is not shown and result.stdout == "" and not out.exists()
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(app, ["train", "--model", tiny_bert_dir, "--train", gold, "--output-dir",
+                                      str(tmp_path / "run"), "--dry-run"])
+    assert result.exit_code == 0 and "train_file: data/quickstart/en_train.json" in result.stdout
