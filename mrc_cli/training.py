@@ -1239,7 +1239,7 @@ def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_
     path = run_dir / "run_info.json"
     before = json.loads(path.read_text(encoding="utf-8")).get("commands", []) if resumed and path.is_file() else []
     info = {
-        "commands": [*before, shlex.join(sys.argv)], "mrc_cli": __version__, "git_commit": commit,
+        "commands": [*before, command_line(sys.argv, os.environ)], "mrc_cli": __version__, "git_commit": commit,
         "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "datasets": datasets.__version__,
         "accelerate": accelerate.__version__, "device": str(accelerator.device), "processes": accelerator.num_processes,
@@ -1248,6 +1248,27 @@ def _write_run_info(run_dir: Path, tokenizer, precision: str, accelerator, task_
         **task_info,
     }
     write_text_atomically(path, json.dumps(info, indent=2))  # read again by a resume
+
+
+def command_line(argv: list[str], env) -> str:
+    """The command that started this process, as one could type it again: `mrc ...` for the console script and for
+    `python -m mrc_cli` (whose argv[0] is the path of __main__.py); under a launcher (WORLD_SIZE > 1; `env`: the
+    environment) its form for the same process count, which the launcher's own flags (a port, a host) are not in.
+    accelerate launch marks its processes with ACCELERATE_MIXED_PRECISION; torchrun with no ACCELERATE_ variable."""
+    path = Path(argv[0])
+    ours = path.name == "mrc" or (path.name == "__main__.py" and path.parent.name == "mrc_cli")
+    if not ours:  # train() called from Python: the script's own command line
+        return shlex.join(argv)
+    world, local = int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    if world == 1:
+        return shlex.join(["mrc", *argv[1:]])
+    nodes = world // local
+    if "ACCELERATE_MIXED_PRECISION" in env:
+        launcher = ["accelerate", "launch", "--multi_gpu", *(["--num_machines", str(nodes)] if nodes > 1 else []),
+                    "--num_processes", str(world)]
+    else:
+        launcher = ["torchrun", *(["--nnodes", str(nodes)] if nodes > 1 else []), "--nproc_per_node", str(local)]
+    return shlex.join([*launcher, "-m", "mrc_cli", *argv[1:]])
 
 
 def file_sha256(path: str | None) -> str | None:

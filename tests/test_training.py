@@ -674,3 +674,24 @@ def test_resume_auto_into_a_folder_that_was_not_there_says_so_in_the_run_log(tin
     train(cfg)
     assert f"--resume auto: there is no {tmp_path / 'typo'} to resume, so a new run starts there" in \
         (tmp_path / "typo" / "train.log").read_text()
+
+
+def test_run_info_records_the_command_as_it_can_be_typed_again_with_its_launcher():
+    """`python -m mrc_cli` (as launchers run it) has __main__.py's path as argv[0]: recorded as `mrc`, and under a
+    launcher in that launcher's form for the same processes (torchrun sets no ACCELERATE_ variable)."""
+    from mrc_cli.training import command_line
+
+    main = str(ROOT / "mrc_cli" / "__main__.py")
+    args = ["train", "--output-dir", "runs/a b"]
+    one = {"WORLD_SIZE": "1"}
+    torchrun = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "1"}
+    accelerate = {**torchrun, "ACCELERATE_MIXED_PRECISION": "no"}
+    two_nodes = {"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}
+    assert command_line([main, *args], {}) == "mrc train --output-dir 'runs/a b'"
+    assert command_line(["/venv/bin/mrc", *args], one) == "mrc train --output-dir 'runs/a b'"
+    assert command_line([main, *args], torchrun) == "torchrun --nproc_per_node 2 -m mrc_cli train --output-dir 'runs/a b'"
+    assert command_line(["/venv/bin/mrc", *args], two_nodes) == ("torchrun --nnodes 2 --nproc_per_node 4 -m mrc_cli "
+                                                                 "train --output-dir 'runs/a b'")
+    assert command_line([main, *args], accelerate) == ("accelerate launch --multi_gpu --num_processes 2 -m mrc_cli "
+                                                       "train --output-dir 'runs/a b'")
+    assert command_line(["driver.py", "run.yaml"], torchrun) == "driver.py run.yaml"  # train() from a script
