@@ -27,6 +27,7 @@ from mrc_cli.checkpoint import resolve_checkpoint, weights_fingerprint
 from mrc_cli.errors import CheckpointError, ConfigError
 from mrc_cli.files import folder_written_whole
 from mrc_cli.loading import ONNX_SETTINGS, Loaded, is_onnx_export, load_trained, read_onnx_export
+from mrc_cli.processes import first_then_others
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 GRAPHS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend -> the graph of an ONNX export it loads
@@ -60,13 +61,17 @@ def load_with_backend(path: str | Path, backend: str = "auto") -> Loaded:
 def cached_export(path: str | Path) -> Path:
     """The ONNX export (fp32 and int8 graphs) of a checkpoint, run directory or `mrc export` folder, kept in its
     folder `onnx/`: written on first use and again when the weights it came from changed. Under `accelerate launch`
-    the first process of each machine writes it while the others wait; independent processes (two `mrc predict`
+    the first process of each machine writes it while the others wait (its failure stops them all); independent processes (two `mrc predict`
     at once) each write their own copy and move it into place whole, so no reader meets a half-written one."""
     source = resolve_checkpoint(path)
     folder = source / CACHED_EXPORT
-    with PartialState(cpu=True).local_main_process_first():  # ONNX Runtime runs on the CPU, in every process
+
+    def export() -> None:
         if not _is_current(folder, source):
             _export(source, folder)
+
+    # ONNX Runtime runs on the CPU, in every process
+    first_then_others(PartialState(cpu=True), export, f"exporting {source} to ONNX", local=True)
     return folder
 
 

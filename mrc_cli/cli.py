@@ -20,7 +20,8 @@ _debug = False
 
 class _UserErrorsGroup(TyperGroup):
     """The one edge where our errors become `Error: ...` and exit 1 (`--debug` keeps the traceback), and a run a
-    signal stopped says so and exits 128 + the signal's number. Under a launcher each is said once (`_tell`)."""
+    signal stopped says so and exits 128 + the signal's number. Under a launcher each is said once (`_tell`), and a
+    process other than rank 0 that another's exit left in a broken collective says so in one line."""
 
     def invoke(self, ctx):
         try:
@@ -46,6 +47,22 @@ class _UserErrorsGroup(TyperGroup):
             # by every process: a disk or a mount may fail on one node only
             typer.echo(f"Error: {what} (mrc --debug shows where it happened)", err=True)
             raise typer.Exit(1) from None
+        except RuntimeError as err:  # torch.distributed's errors are RuntimeErrors
+            rank = _launched_rank()
+            if _debug or rank == 0 or not _peer_gone(err):
+                raise
+            typer.echo(f"rank {rank}: stopped because another process failed; its error is above", err=True)
+            raise typer.Exit(1) from None
+
+
+# what gloo and NCCL say when the process at the other end went away (it failed, or was killed)
+PEER_GONE = ("closed by peer", "reset by peer", "Broken pipe", "communicator was aborted", "remote process exit")
+
+
+def _peer_gone(err: RuntimeError) -> bool:
+    """Whether a collective failed because another process went away: its error, said by that process (by rank 0
+    where it is a user error every process meets), is the one to read, not this process's traceback of the wait."""
+    return any(words in str(err) for words in PEER_GONE)
 
 
 def _tell(message: str) -> None:

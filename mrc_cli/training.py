@@ -58,6 +58,7 @@ from mrc_cli.model import (attention_dropout_of, build_model, check_dropout_sett
                            describe_keys, describe_shapes, enable_gradient_checkpointing, encoder_config,
                            load_state_dict_file, load_weights)
 from mrc_cli.precision import LossScaler, autocast, precision_name, resolve_precision, unseen_gpus_warning
+from mrc_cli.processes import first_then_others
 from mrc_cli.run_lock import LOCK_FILE, run_lock
 from mrc_cli.runs import HELD_OUT, PLAN_RECORD, RUN_BY
 from mrc_cli import timing, tracking
@@ -312,8 +313,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
                             cfg.data.max_seq_length)
     check_tokenizer_fits(config, tokenizer, cfg.model)
     unpacked = _why_unpacked(cfg.train, config, accelerator.device, precision, task.packs)
-    with accelerator.main_process_first():  # one process tokenizes, the others load its cache
-        rows = task.load(cfg, tokenizer, log)
+    # one process tokenizes, the others load its cache
+    rows = first_then_others(accelerator, lambda: task.load(cfg, tokenizer, log), "reading the data")
     # before the model (a distillation teacher's pass over the data): a budget below the longest feature
     cfg.train.tokens_per_batch = _token_budget(cfg.train, unpacked, feature_lengths(rows), accelerator.device, log.info)
 

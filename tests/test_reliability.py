@@ -500,3 +500,51 @@ def test_under_a_launcher_the_commands_of_one_process_are_refused_once(tiny_bert
     result = CliRunner().invoke(app, ["train", "--model", tiny_bert_dir, "--train", gold, "--output-dir",
                                       str(tmp_path / "run"), "--dry-run"])
     assert result.exit_code == 0 and "train_file: data/quickstart/en_train.json" in result.stdout
+
+
+TRAIN_ON_A_MISSING_FILE = textwrap.dedent('''
+    import os, sys
+    from mrc_cli.cli import app
+    print(f"rank {os.environ['RANK']} started", file=sys.stderr, flush=True)
+    try:
+        app(["train", "--config", sys.argv[1], "--train", "nothere.json"], prog_name="mrc")
+    except SystemExit as done:
+        print(f"rank {os.environ['RANK']} exited {done.code}", file=sys.stderr, flush=True)
+        raise
+''')
+
+
+@pytest.mark.slow
+def test_under_a_launcher_a_missing_training_file_is_one_message_and_no_traceback(tiny_bert_dir, tmp_path):
+    """Rank 0 reads the data first and fails: the others are not left at a barrier it never reaches (they waited for
+    its exit and printed gloo's "Connection closed by peer" traceback) but stop with it, in silence."""
+    cfg = tiny_run_config(tiny_bert_dir, tmp_path / "run", max_steps=2, eval_steps=0)
+    done = _two_ranks(TRAIN_ON_A_MISSING_FILE, cfg, tmp_path)
+    assert done.returncode != 0
+    for rank in (0, 1):  # two ranks really ran, and each ended through mrc's edge with status 1
+        assert f"rank {rank} started" in done.stderr and f"rank {rank} exited 1" in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count("Error: nothere.json: no such file") == 1, done.stderr[-3000:]
+    workers = done.stderr.split("torch/distributed/elastic")[0]  # torchrun's own report of failed workers follows
+    assert "Traceback" not in workers and "Connection closed" not in done.stderr, done.stderr[-3000:]
+
+
+def test_a_rank_that_another_process_left_in_a_broken_collective_says_so_in_one_line(tmp_path, monkeypatch):
+    """The safety net where another process's exit breaks a collective: rank 1 says one line, no traceback (--debug
+    keeps it); rank 0, whose own error would be lost, keeps its traceback, and so does an error of another cause."""
+    import mrc_cli.training
+    from mrc_cli.cli import app
+
+    gloo = "[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29500"
+    raised = [torch.distributed.DistBackendError(gloo)]
+    monkeypatch.setattr(mrc_cli.training, "train", lambda cfg: (_ for _ in ()).throw(raised[0]))
+    args = ["train", "--train", "data/quickstart/en_train.json", "--output-dir", str(tmp_path / "run")]
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "rank 1: stopped because another process failed; its error is above\n"
+    assert isinstance(CliRunner().invoke(app, ["--debug", *args]).exception, torch.distributed.DistBackendError)
+    raised[0] = RuntimeError("CUDA error: an illegal memory access was encountered")
+    assert isinstance(CliRunner().invoke(app, args).exception, RuntimeError)
+    raised[0] = torch.distributed.DistBackendError(gloo)
+    monkeypatch.setenv("RANK", "0")
+    assert isinstance(CliRunner().invoke(app, args).exception, torch.distributed.DistBackendError)
