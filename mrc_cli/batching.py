@@ -127,19 +127,41 @@ def _split(features: list[int], parts: int) -> list[list[int]]:
 
 def remaining_steps(lengths: Sequence[int], batch_size: int, group: int, seed: int, epoch: int, group_by_length: bool,
                     segments: Sequence[Sequence[int]] = (), tokens_per_batch: int = 0) -> list[list[list[int]]]:
-    """The steps left in an epoch for `group`, after `segments`: the (group, steps) run so far in it, in order.
+    """The steps left in an epoch for `group`, after `segments`: the (group, steps) run so far in it, in order, or
+    (group, steps, batch_size) where a segment's micro-batches held another batch size.
 
-    With the group unchanged the plan goes on where it stopped (an exact continuation); after a change of group
-    (another process count) the features not yet trained on in this epoch are planned again for the new group, so
-    none is repeated or skipped.
+    With the features per step unchanged the plan goes on where it stopped (an exact continuation), each step cut
+    into `group` micro-batches where the group changed with the batch size (a resume on another process count that
+    kept the effective batch by train.batch_size); after another change of group the features not yet trained on
+    in this epoch are planned again for the new group, so none is repeated or skipped.
     """
     done: set[int] = set()
-    for i, (earlier, steps) in enumerate(segments):
-        plan = epoch_plan(lengths, batch_size, earlier, seed, epoch, group_by_length, done, tokens_per_batch)
-        if i == len(segments) - 1 and earlier == group:
-            return plan[steps:]
+    for i, (earlier, steps, *then) in enumerate(segments):
+        plan = epoch_plan(lengths, then[0] if then else batch_size, earlier, seed, epoch, group_by_length, done,
+                          tokens_per_batch)
+        later = segments[i + 1:]
+        # packed rows never change their batch size (a row is a micro-batch): for them this compares groups
+        if all(_step_size(s, batch_size) == _step_size(segments[i], batch_size) for s in [*later, [group, 0]]):
+            rest = plan[steps:]
+            for again, more, *_ in later:  # the steps the later segments took of it, as they cut them
+                rest = _regrouped(rest, again)[more:]
+            return _regrouped(rest, group)
         done.update(f for step in plan[:steps] for batch in step for f in batch)
     return epoch_plan(lengths, batch_size, group, seed, epoch, group_by_length, done, tokens_per_batch)
+
+
+def _step_size(segment: Sequence[int], batch_size: int) -> int:
+    """A segment's features per step (micro-batches x their batch size: its own, or `batch_size`)."""
+    return segment[0] * (segment[2] if len(segment) > 2 else batch_size)
+
+
+def _regrouped(steps: list[list[list[int]]], group: int) -> list[list[list[int]]]:
+    """Planned steps, each cut into `group` micro-batches; a step of fewer features than `group` (an epoch's last,
+    which the old group could still cut) is left out, as epoch_plan leaves out such a last step."""
+    if all(len(step) == group for step in steps):
+        return steps
+    whole = [[f for batch in step for f in batch] for step in steps]
+    return [_split(features, group) for features in whole if len(features) >= group]
 
 
 def inference_batches(lengths: Sequence[int], batch_size: int, tokens_per_batch: int = 0) -> list[list[int]]:

@@ -645,9 +645,10 @@ def _dry_run(cfg, batches: bool = False, evaluates: bool = True, run_dir_flag: s
     `batches`: describe the batches of its training file; `packs`: whether its batches may be packed rows."""
     from mrc_cli.training import check_packing, describe_batches, resolve_run, resumed_batch_notes
 
+    asked_batch_size = cfg.train.batch_size
     cfg, resume_from, notes = resolve_run(cfg, lambda run: evaluates and bool(run.data.dev_file), run_dir_flag)
-    if resume_from is not None:  # on another process count the run changes grad_accum (or its plan) first
-        notes += resumed_batch_notes(cfg, resume_from)
+    if resume_from is not None:  # on another process count the run changes grad_accum, batch_size or its plan first
+        notes += resumed_batch_notes(cfg, resume_from, asked_batch_size)
     if not batches and cfg.train.tokens_per_batch not in ("auto", 0):  # describe_batches checks it below
         check_packing(cfg, packs)
     if _launched_rank() != 0:  # refused above on every process, printed by one

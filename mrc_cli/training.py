@@ -71,13 +71,17 @@ RESOLVED_AT_START = {("decode", "allow_null"), ("train", "resume")}
 # keys a resumed run takes from the command line; every other setting comes from the checkpoint
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "max_time", "eval_steps", "save_steps", "log_steps", "keep_last",
                       "patience", "resume", "cpu", "report_to", "keep_training_state"}
+# taken from the command line only where it keeps the effective batch on another process count: _keep_effective_batch
+# decides, and says which value wins
+BATCH_SIZE = ("train", "batch_size")
 
 
 @dataclass
 class TrainerState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch of the last step done
-    # [group, steps] run in that epoch, in order; group = processes x grad_accum (another after a resume elsewhere)
+    # [group, steps] run in that epoch, in order; group = processes x grad_accum (another after a resume elsewhere);
+    # [group, steps, batch_size] where its micro-batches held another train.batch_size (_keep_effective_batch)
     epoch_segments: list = field(default_factory=list)
     samples: int = 0  # features trained on, all processes together
     tokens: int = 0  # real (not padding) tokens trained on, all processes together
@@ -85,6 +89,7 @@ class TrainerState:
     # [features, tokens, token_pairs] of those whose backward ended at the head (train.head_warmup, one process)
     head_only: list = field(default_factory=lambda: [0, 0, 0])
     plan_group: int = 0  # the group the run started with: its steps per epoch set the schedule's length
+    plan_batch_size: int = 0  # the train.batch_size it started with, where a resume changed it (0: unchanged)
     processes: int = 1  # of the run that wrote the checkpoint
     best_metric: float | None = None
     best_step: int | None = None
@@ -291,6 +296,7 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     start from; the run directory's config, run_info and the derived numbers written once."""
     check_train_config(cfg.train)
     run_dir = Path(cfg.train.output_dir)
+    asked_batch_size = cfg.train.batch_size  # a resume takes it where another process count needs it
     cfg, resume_from, resume_notes = resolve_run(cfg, task.will_evaluate, task.run_dir_flag, existed)
     saved_state = _trainer_state(resume_from) if resume_from is not None else None
     if resume_from is None and ((run_dir / "metrics.jsonl").is_file() or (run_dir / "train.log").is_file()):
@@ -300,7 +306,7 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     world = accelerator.num_processes
     if saved_state is not None:
-        resume_notes += _keep_effective_batch(cfg, saved_state, world)
+        resume_notes += _keep_effective_batch(cfg, saved_state, world, asked_batch_size)
     log = RunLog(run_dir, accelerator.is_main_process, accelerator if accelerator.log_with else None)
     if resume_from is None:
         log.truncate_metrics(0)
@@ -326,8 +332,8 @@ def _set_up(cfg: RunConfig, task: Task, existed: bool) -> _Run:
     adversary = Adversary.for_config(accelerator.unwrap_model(model), cfg.train)  # None unless train.adversarial
     state = saved_state or TrainerState(seed=cfg.train.seed, plan_group=world * cfg.train.grad_accum, processes=world)
     store = FeatureTensors(rows, accelerator.device, tokenizer.pad_token_id or 0, cfg.train.tokens_per_batch)
-    plan = _first_plan(store, cfg, state.plan_group)
-    total_steps = cfg.train.max_steps or _steps_of_epochs(store, cfg, state.plan_group, len(plan))
+    plan = _first_plan(store, cfg, state)
+    total_steps = cfg.train.max_steps or _steps_of_epochs(store, cfg, state, len(plan))
     if store.tokens_per_batch:
         sizes = [sum(map(len, step)) for step in plan]
         log.info(f"token-budget batches: rows of {store.tokens_per_batch} tokens, {sum(sizes) / len(plan):.1f} "
@@ -559,8 +565,8 @@ def _advance(state: TrainerState, epoch: int, group: int) -> None:
     """Count one optimizer step of `group` micro-batches in `epoch` (the position a resumed run starts from)."""
     if epoch != state.epoch:
         state.epoch, state.epoch_segments = epoch, []
-    if not state.epoch_segments or state.epoch_segments[-1][0] != group:
-        state.epoch_segments.append([group, 0])
+    if not state.epoch_segments or state.epoch_segments[-1][0] != group or len(state.epoch_segments[-1]) > 2:
+        state.epoch_segments.append([group, 0])  # another group, or the first steps at another batch size
     state.epoch_segments[-1][1] += 1
     state.step += 1
 
@@ -596,22 +602,22 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
             yield epoch, batches, shares, counts
 
 
-def _first_plan(store: FeatureTensors, cfg: RunConfig, group: int) -> list[list[list[int]]]:
-    """The plan of epoch 0: its length sets the schedule's."""
+def _first_plan(store: FeatureTensors, cfg: RunConfig, state: TrainerState) -> list[list[list[int]]]:
+    """The plan of epoch 0 as the run started (its group and batch size): its length sets the schedule's."""
     t = cfg.train
-    return epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, 0, t.group_by_length,
-                      tokens_per_batch=store.tokens_per_batch)
+    return epoch_plan(store.lengths.tolist(), state.plan_batch_size or t.batch_size, state.plan_group, t.seed, 0,
+                      t.group_by_length, tokens_per_batch=store.tokens_per_batch)
 
 
-def _steps_of_epochs(store: FeatureTensors, cfg: RunConfig, group: int, first: int) -> int:
+def _steps_of_epochs(store: FeatureTensors, cfg: RunConfig, state: TrainerState, first: int) -> int:
     """The optimizer steps of train.epochs, the first epoch's plan `first` long: packed rows hold other features each
     epoch, so each epoch's plan is counted (2 epochs ended 1 step into a third, or short of the second's end,
     where the first's length was taken for all); feature batches make every epoch's plan as long as the first's."""
     t = cfg.train
     whole = math.ceil(t.epochs)
-    lengths = [first] + [len(epoch_plan(store.lengths.tolist(), t.batch_size, group, t.seed, epoch, t.group_by_length,
-                                        tokens_per_batch=store.tokens_per_batch)) if store.tokens_per_batch else first
-                         for epoch in range(1, whole)]
+    lengths = [first] + [len(epoch_plan(store.lengths.tolist(), t.batch_size, state.plan_group, t.seed, epoch,
+                                        t.group_by_length, tokens_per_batch=store.tokens_per_batch))
+                         if store.tokens_per_batch else first for epoch in range(1, whole)]
     return sum(lengths[:-1]) + math.ceil((t.epochs - (whole - 1)) * lengths[-1])
 
 
@@ -974,7 +980,7 @@ def _config_for_resume(cfg: RunConfig, checkpoint: Path) -> tuple[RunConfig, lis
     notes = []
     for section, values in now.items():
         for key, value in values.items():
-            if value == then[section][key]:
+            if value == then[section][key] or (section, key) == BATCH_SIZE:
                 continue
             keep_new = section == "train" and key in RESUME_OVERRIDABLE or (section, key) == ("train", "output_dir")
             if not (value == "auto" or (section, key) in RESOLVED_AT_START):  # else what the run resolved it to
@@ -997,37 +1003,98 @@ def _trainer_state(checkpoint: Path) -> TrainerState:
     return TrainerState(**saved)
 
 
-def resumed_batch_notes(cfg: RunConfig, checkpoint: Path) -> list[str]:
+def resumed_batch_notes(cfg: RunConfig, checkpoint: Path, asked_batch_size: int) -> list[str]:
     """For --dry-run of a resume: _keep_effective_batch for the process count this launch has (WORLD_SIZE, read
     without joining a process group), so that the batches described are the ones the resumed run makes."""
-    return _keep_effective_batch(cfg, _trainer_state(checkpoint), int(os.environ.get("WORLD_SIZE", "1")))
+    return _keep_effective_batch(cfg, _trainer_state(checkpoint), int(os.environ.get("WORLD_SIZE", "1")),
+                                 asked_batch_size)
 
 
-def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> list[str]:
-    """On resume with another process count, keep processes x grad_accum (the effective batch and the batch plan)
-    where the new count divides it: then the run goes on exactly. Otherwise say what changes."""
-    group = state.processes * cfg.train.grad_accum
+def _keep_effective_batch(cfg: RunConfig, state: TrainerState, world: int, asked_batch_size: int) -> list[str]:
+    """On resume with another process count, keep processes x grad_accum x batch_size (the effective batch and the
+    batch plan): by grad_accum where the new count divides processes x grad_accum, else by a smaller train.batch_size
+    per process; then the run goes on exactly. A train.batch_size given anew (`asked_batch_size`) is taken where it
+    keeps the effective batch on the new count. Otherwise say what changes. A packed row is a micro-batch whatever
+    train.batch_size, so a packed run keeps its batch by grad_accum alone."""
+    t = cfg.train
+    group, packed = state.processes * t.grad_accum, _is_packed(t)
+    asked_accum = (_grad_accum_keeping(t.batch_size * group, world, asked_batch_size)
+             if asked_batch_size != t.batch_size and world != state.processes and not packed else None)
+    why = ("a packed row is one micro-batch whatever train.batch_size" if packed else "a new one is taken where it "
+           f"keeps the effective batch of {_effective_batch(t, group)} on another process count")
+    notes = [] if asked_batch_size == t.batch_size or asked_accum else [
+        f"resume: train.batch_size is {t.batch_size} in the checkpoint and {asked_batch_size} now; using the "
+        f"checkpoint ({why})"]
     if world == state.processes:
-        return []
+        return notes
+    if asked_accum:
+        return notes + _change_batch_size(cfg, state, world, asked_batch_size, asked_accum, "as given")
     if group % world == 0:
-        old, cfg.train.grad_accum = cfg.train.grad_accum, group // world
-        return [f"resume: {world} process(es) instead of {state.processes}: train.grad_accum {old} -> "
-                f"{cfg.train.grad_accum} keeps the effective batch of {_effective_batch(cfg.train, group)} and the "
-                "batch plan, so the same features make each step; dropout noise and the order of float sums differ"]
-    old, cfg.train.grad_accum = cfg.train.grad_accum, max(1, round(group / world))  # the nearest effective batch
-    accum = f"train.grad_accum {old} -> {cfg.train.grad_accum}, " if old != cfg.train.grad_accum else ""
-    now = cfg.train.grad_accum * world
+        old, t.grad_accum = t.grad_accum, group // world
+        return notes + [f"resume: {world} process(es) instead of {state.processes}: train.grad_accum {old} -> "
+                        f"{t.grad_accum} keeps the effective batch of {_effective_batch(t, group)} and the batch "
+                        "plan, so the same features make each step; dropout noise and the order of float sums differ"]
+    smaller = None if packed else _smaller_batch_size(t.batch_size * group, world, t.batch_size)
+    if smaller:
+        return notes + _change_batch_size(cfg, state, world, *smaller, f"{world} does not divide {group} = processes "
+                                          "x grad_accum")
+    return notes + _change_effective_batch(cfg, state, world)
+
+
+def _grad_accum_keeping(features: int, world: int, batch_size: int) -> int | None:
+    """The grad_accum that makes a step of `features` on `world` processes of `batch_size` each, or None."""
+    return features // (world * batch_size) if features % (world * batch_size) == 0 else None
+
+
+def _smaller_batch_size(features: int, world: int, batch_size: int) -> tuple[int, int] | None:
+    """(batch_size, grad_accum) that make a step of `features` on `world` processes, the batch size at most
+    `batch_size` (it fits in memory as before) and as large as that allows; None where `world` does not divide it."""
+    for accum in range(max(1, math.ceil(features / (world * batch_size))), features // world + 1):
+        if features % (world * accum) == 0:
+            return features // (world * accum), accum
+    return None
+
+
+def _change_batch_size(cfg: RunConfig, state: TrainerState, world: int, batch_size: int, grad_accum: int,
+                       why: str) -> list[str]:
+    """Micro-batches of `batch_size`, `grad_accum` of them per process, with the effective batch and the batch plan of
+    the run: the segments of the epoch so far keep the batch size they were planned with (remaining_steps)."""
+    t = cfg.train
+    before = _effective_batch(t, state.processes * t.grad_accum)
+    state.plan_batch_size = state.plan_batch_size or t.batch_size
+    state.epoch_segments = [segment if len(segment) > 2 else [*segment, t.batch_size] for segment in state.epoch_segments]
+    (old_size, t.batch_size), (old_accum, t.grad_accum) = (t.batch_size, batch_size), (t.grad_accum, grad_accum)
+    accum = f", train.grad_accum {old_accum} -> {grad_accum}" if old_accum != grad_accum else ""
+    return [f"resume: {world} process(es) instead of {state.processes}: train.batch_size {old_size} -> {batch_size} "
+            f"({why}){accum} keeps the effective batch of {before} and the batch plan, so the same features make "
+            "each step; dropout noise and the order of float sums differ"]
+
+
+def _change_effective_batch(cfg: RunConfig, state: TrainerState, world: int) -> list[str]:
+    """The nearest effective batch `world` processes make with the run's batch size, and what that changes."""
+    t = cfg.train
+    group = state.processes * t.grad_accum
+    old, t.grad_accum = t.grad_accum, max(1, round(group / world))  # the nearest effective batch
+    accum = f"train.grad_accum {old} -> {t.grad_accum}, " if old != t.grad_accum else ""
+    now = t.grad_accum * world
+    # a packed row is one micro-batch, whatever train.batch_size
+    whole, parts = (group, "processes x grad_accum") if _is_packed(t) else (
+        group * t.batch_size, "processes x grad_accum x batch_size")
     return [f"resume: {world} process(es) instead of {state.processes}: {accum}the effective batch changes from "
-            f"{_effective_batch(cfg.train, group)} to {_effective_batch(cfg.train, now)} ({world} does not divide "
-            f"{group} = processes x grad_accum); the rest of epoch {state.epoch} is planned again for it (no feature "
-            f"repeated or skipped) and the schedule keeps its number of steps, so each step from here trains "
-            f"{now / group:.2f}x the features planned (an epochs-long run ends that much later in its data). Resume on "
-            f"a process count that divides {group} to continue exactly"]
+            f"{_effective_batch(t, group)} to {_effective_batch(t, now)} ({world} does not divide {whole} = {parts}); "
+            f"the rest of epoch {state.epoch} is planned again for it (no feature repeated or skipped) and the "
+            f"schedule keeps its number of steps, so each step from here trains {now / group:.2f}x the features "
+            f"planned (an epochs-long run ends that much later in its data). Resume on a process count that divides "
+            f"{whole} to continue exactly"]
+
+
+def _is_packed(train: TrainConfig) -> bool:
+    return isinstance(train.tokens_per_batch, int) and train.tokens_per_batch > 0
 
 
 def _effective_batch(train: TrainConfig, micro_batches: int) -> str:
     """A step of so many micro-batches in the run's units: features, or packed rows (whose features vary)."""
-    if isinstance(train.tokens_per_batch, int) and train.tokens_per_batch > 0:
+    if _is_packed(train):
         return f"{micro_batches} row{'s' * (micro_batches > 1)} of {train.tokens_per_batch} tokens"
     return str(train.batch_size * micro_batches)
 

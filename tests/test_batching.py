@@ -88,6 +88,20 @@ def test_resumed_plan_with_the_same_group_continues_exactly():
     assert remaining_steps(lengths, 8, 2, 0, 3, True, []) == plan
 
 
+@pytest.mark.parametrize("features", [1000, 1001])  # 1001: the last step, 1 feature, is too small for 2 micro-batches
+def test_a_plan_resumed_with_a_smaller_batch_size_and_a_larger_group_continues_with_the_same_steps(features):
+    """1 process x 8 features resumed on 2 x 4 (_keep_effective_batch): each step holds the features it was planned
+    with, cut in two; a step of fewer features than micro-batches is left out, as an epoch's last one is."""
+    lengths = [random.Random(3).randint(40, 384) for _ in range(features)]
+    plan = epoch_plan(lengths, 8, 1, seed=0, epoch=0, group_by_length=True)
+    rest = remaining_steps(lengths, 4, 2, 0, 0, True, [[1, 20, 8]])
+    planned = [step[0] for step in plan[20:] if len(step[0]) >= 2]
+    assert [batch_a + batch_b for batch_a, batch_b in rest] == planned and len(planned) == len(plan) - 20 - (features % 8 == 1)
+    assert all(len(batch) == 4 for step in rest for batch in step if len(step[0]) + len(step[1]) == 8)
+    # steps at the new size after it go on where those stopped
+    assert remaining_steps(lengths, 4, 2, 0, 0, True, [[1, 20, 8], [2, 5]]) == rest[5:]
+
+
 @pytest.mark.parametrize("segments, group", [([[2, 20]], 1), ([[1, 20]], 2), ([[4, 5], [2, 7]], 8), ([[1, 9], [2, 3]], 2)])
 def test_resumed_plan_with_another_group_repeats_and_skips_nothing(segments, group):
     lengths = [random.Random(2).randint(40, 384) for _ in range(1000)]

@@ -283,24 +283,50 @@ def test_a_packed_run_on_two_processes_resumes_on_one_with_the_same_rows(tiny_be
 
 
 @pytest.mark.slow
-def test_resume_on_more_processes_plans_the_rest_of_the_epoch_again(tiny_bert_dir, tmp_path):
+def test_resume_on_more_processes_keeps_the_effective_batch_by_a_smaller_batch_size(tiny_bert_dir, tmp_path):
+    """1 process x 8 features resumed on 2: grad_accum cannot go below 1, so each process takes 4 of the 8 features
+    the step was planned with, and the run ends with the weights of the uninterrupted one."""
     state, log = _resume_elsewhere(tiny_bert_dir, tmp_path, before=1, after=2)
-    assert "2 process(es) instead of 1: the effective batch changes from 8 to 16" in log
-    assert state["epoch_segments"] == [[1, 3], [2, 3]] and state["samples"] == 3 * 8 + 3 * 16
-    assert state["processes"] == 2
+    assert ("2 process(es) instead of 1: train.batch_size 8 -> 4 (2 does not divide 1 = processes x grad_accum) keeps "
+            "the effective batch of 8 and the batch plan") in log
+    assert "resume: train.batch_size is" not in log  # not the checkpoint's 8
+    assert state["epoch_segments"] == [[1, 3, 8], [2, 3]] and state["samples"] == 6 * 8
+    assert state["processes"] == 2 and state["plan_batch_size"] == 8  # two ranks really ran
+    reference, resumed = _weights(tmp_path, "reference"), _weights(tmp_path, "resumed")
+    assert all(torch.allclose(reference[k], resumed[k], atol=1e-5) for k in reference)
 
 
-def test_a_resume_on_a_process_count_that_does_not_divide_the_group_keeps_the_nearest_effective_batch(tmp_path):
-    """1 process x grad_accum 3 (24 features a step) resumed on 2: grad_accum 2 (32), not 3 (48, twice as far)."""
+def test_a_resume_on_another_process_count_keeps_the_effective_batch_by_grad_accum_or_batch_size(tmp_path):
+    """1 process x grad_accum 3 x 8 features (24 a step) resumed on 2: 2 x grad_accum 2 x 6; a --batch-size given anew
+    is taken where it keeps the 24 (2 x grad_accum 3 x 4), refused where it does not or the process count is the
+    same. Where the new count divides no such step, the nearest effective batch."""
     from conftest import tiny_run_config
     from mrc_cli.training import TrainerState, _keep_effective_batch
 
-    cfg = tiny_run_config("unused", tmp_path / "run", grad_accum=3)
-    notes = _keep_effective_batch(cfg, TrainerState(processes=1, plan_group=3), world=2)
-    assert cfg.train.grad_accum == 2
-    assert notes[0].startswith("resume: 2 process(es) instead of 1: train.grad_accum 3 -> 2, the effective batch "
-                               "changes from 24 to 32 (2 does not divide 3 = processes x grad_accum)")
-    assert "each step from here trains 1.33x the features planned" in notes[0]
+    def resumed(world: int, asked: int, grad_accum: int = 3) -> tuple[list[str], tuple[int, int], TrainerState]:
+        cfg = tiny_run_config("unused", tmp_path / "run", grad_accum=grad_accum, batch_size=8)
+        state = TrainerState(processes=1, plan_group=grad_accum, epoch_segments=[[grad_accum, 2]])
+        return _keep_effective_batch(cfg, state, world, asked), (cfg.train.batch_size, cfg.train.grad_accum), state
+
+    notes, kept, state = resumed(2, 8)
+    assert kept == (6, 2) and notes == [
+        "resume: 2 process(es) instead of 1: train.batch_size 8 -> 6 (2 does not divide 3 = processes x grad_accum), "
+        "train.grad_accum 3 -> 2 keeps the effective batch of 24 and the batch plan, so the same features make each "
+        "step; dropout noise and the order of float sums differ"]
+    assert state.epoch_segments == [[3, 2, 8]] and state.plan_batch_size == 8  # the epoch so far, as planned
+    notes, kept, _ = resumed(2, 4)
+    assert kept == (4, 3) and notes[0].startswith("resume: 2 process(es) instead of 1: train.batch_size 8 -> 4 (as "
+                                                  "given) keeps the effective batch of 24")
+    notes, kept, _ = resumed(2, 5)
+    assert kept == (6, 2) and notes[0] == ("resume: train.batch_size is 8 in the checkpoint and 5 now; using the "
+                                           "checkpoint (a new one is taken where it keeps the effective batch of 24 "
+                                           "on another process count)")
+    notes, kept, _ = resumed(1, 4)
+    assert kept == (8, 3) and len(notes) == 1 and "using the checkpoint" in notes[0]
+    notes, kept, _ = resumed(5, 8, grad_accum=1)
+    assert kept == (8, 1) and notes[0].startswith("resume: 5 process(es) instead of 1: the effective batch changes "
+                                                  "from 8 to 40 (5 does not divide 8 = processes x grad_accum x "
+                                                  "batch_size)")
 
 
 def test_the_dry_run_of_a_resume_on_another_process_count_describes_the_batches_it_will_make(tiny_bert_dir, tmp_path,
@@ -319,6 +345,18 @@ def test_the_dry_run_of_a_resume_on_another_process_count_describes_the_batches_
     assert result.exit_code == 0, result.output
     assert "# resume: 2 process(es) instead of 1: train.grad_accum 2 -> 1 keeps the effective batch of 16" in result.stdout
     assert "features per optimizer step on average, 22 steps per epoch" in result.stdout  # 344 features, 16 a step
+    # a run of 1 x 8 features: 2 x 4 keeps its step, as does a --batch-size 2 given anew (2 x grad_accum 2 x 2)
+    monkeypatch.delenv("WORLD_SIZE")
+    train(tiny_run_config(tiny_bert_dir, tmp_path / "one", max_steps=2, save_steps=1, eval_steps=0))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for given, says in (([], "train.batch_size 8 -> 4 (2 does not divide 1 = processes x grad_accum) keeps"),
+                        (["--batch-size", "2"], "train.batch_size 8 -> 2 (as given), train.grad_accum 1 -> 2 keeps")):
+        result = CliRunner().invoke(app, ["train", "--resume", "auto", "--output-dir", str(tmp_path / "one"),
+                                          "--max-steps", "4", "--dry-run", *given])
+        assert result.exit_code == 0, result.output
+        assert f"# resume: 2 process(es) instead of 1: {says} the effective batch of 8" in result.stdout
+        assert "resume: train.batch_size is" not in result.stdout
+        assert "features per optimizer step on average, 43 steps per epoch" in result.stdout  # 344 features, 8 a step
 
 
 def test_the_lr_line_of_a_run_resumed_on_another_process_count_names_the_lr_it_trains_with(tmp_path):

@@ -675,8 +675,8 @@ def test_a_packed_run_resumed_on_another_process_count_counts_its_batch_in_rows(
 
     cfg = RunConfig()
     cfg.train.tokens_per_batch, cfg.train.grad_accum = 2500, 1
-    kept = _keep_effective_batch(cfg, TrainerState(processes=2), 1)
+    kept = _keep_effective_batch(cfg, TrainerState(processes=2), 1, cfg.train.batch_size)
     assert "train.grad_accum 1 -> 2 keeps the effective batch of 2 rows of 2500 tokens" in kept[0]
     cfg.train.grad_accum = 1
-    changed = _keep_effective_batch(cfg, TrainerState(processes=2), 3)
+    changed = _keep_effective_batch(cfg, TrainerState(processes=2), 3, cfg.train.batch_size)
     assert "the effective batch changes from 2 rows of 2500 tokens to 3 rows of 2500 tokens" in changed[0]
