@@ -231,10 +231,13 @@ class MaskedLMTask:
         del batch["num_units"]  # word-level span extraction's, added wherever features carry word ids
         batch["input_ids"], batch["labels"] = self._mask(batch.pop("word_ids"), batch["input_ids"], rows, epoch)
         # the predicted tokens' flat indices, sized by the host's count: nonzero without a size waits for the device
-        num_predicted = int(self._num_predicted(epoch)[index].sum())
+        num_predicted = self.loss_terms(index, epoch)
         batch["masked_positions"] = torch.nonzero_static(batch["labels"].flatten() != IGNORE_INDEX,
                                                          size=num_predicted).squeeze(1)  # (predicted,)
         return batch
+
+    def loss_terms(self, index: list[int], epoch: int) -> int:
+        return int(self._num_predicted(epoch)[index].sum())  # the loss is the mean over the predicted tokens
 
     def run_info(self, cfg: RunConfig) -> dict:
         files = [*cfg.pretrain.data_files, *cfg.pretrain.text_files, *self.info["eval_files"]]

@@ -159,6 +159,10 @@ class Task(Protocol):
     def batch(self, store: FeatureTensors, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
         """The inputs of rows `index` (`rows`: the same on the device) in `epoch`."""
 
+    def loss_terms(self, index: list[int], epoch: int) -> int:
+        """How many terms the loss of rows `index` in `epoch` is the mean of (counted on the host), so that a step of
+        several micro-batches weighs each by it: its features, or its predicted tokens."""
+
     def evaluate(self, model, cfg: RunConfig, accelerator, precision: str) -> tuple[dict, object]:
         """(metrics, predictions) on the dev set; called only where `evaluates`."""
 
@@ -225,6 +229,9 @@ class SpanTask:
 
     def batch(self, store: FeatureTensors, index: list[int], rows: torch.Tensor, epoch: int) -> dict:
         return store.batch(index, rows)
+
+    def loss_terms(self, index: list[int], epoch: int) -> int:
+        return len(index)  # a loss per feature
 
     def evaluate(self, model, cfg: RunConfig, accelerator, precision: str) -> tuple[dict, object]:
         return evaluate_split(model, self.dev_split, cfg, accelerator, precision)
@@ -575,9 +582,10 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
     """(epoch, this process's micro-batches, their shares, (features, real tokens, computed tokens, squared feature
     lengths summed)) of every optimizer step from the resumed position on, epoch after epoch; `task` makes each
     micro-batch's inputs. Micro-batch a of an optimizer step goes to rank r as piece a * world + r, so the pieces that
-    ranks run side by side are neighbours in length. A micro-batch's loss is the mean over its features; its share,
-    features x world / the step's features on all ranks, makes the step's gradient (averaged over ranks by DDP) that
-    of the mean over all the step's features, also where packed rows hold different numbers of them."""
+    ranks run side by side are neighbours in length. A micro-batch's loss is the mean over its terms (features;
+    pre-training: predicted tokens); its share, terms x world / the step's terms on all ranks, makes the step's
+    gradient (averaged over ranks by DDP) that of the mean over all the step's terms, also where packed rows hold
+    different numbers of features, so any process count and grad_accum train alike."""
     rank, world, accum = accelerator.process_index, accelerator.num_processes, cfg.train.grad_accum
     lengths = store.lengths.tolist()
     t = cfg.train
@@ -590,8 +598,8 @@ def _step_stream(task: Task, store: FeatureTensors, cfg: RunConfig, state: Train
         rows = torch.tensor([f for step in mine for batch in step for f in batch], device=accelerator.device)
         at = 0
         for whole, step in zip(plan, mine):
-            features = sum(map(len, whole))
-            shares = [len(index) * world / features for index in step]
+            terms = [task.loss_terms(index, epoch) for index in whole]  # (world x accum,) every rank's micro-batches
+            shares = [terms[a * world + rank] * world / max(1, sum(terms)) for a in range(accum)]
             batches = []
             for index in step:
                 batches.append(task.batch(store, index, rows[at:at + len(index)], epoch))

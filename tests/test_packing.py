@@ -647,7 +647,8 @@ def test_a_step_over_packed_rows_of_different_counts_weighs_every_feature_alike(
     cfg = RunConfig()
     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.group_by_length = 4, 2, False  # rows of mixed lengths
     task = SimpleNamespace(batch=lambda store, index, device_rows, epoch: {**store.batch(index, device_rows),
-                                                                           "index": index})
+                                                                           "index": index},
+                           loss_terms=lambda index, epoch: len(index))
     ranks = [next(_step_stream(task, store, cfg, TrainerState(), SimpleNamespace(
         process_index=rank, num_processes=2, device=torch.device("cpu")))) for rank in range(2)]
     counts = [len(batch["index"]) for _, batches, _, _ in ranks for batch in batches]

@@ -276,6 +276,45 @@ def test_the_head_sees_only_predicted_positions_and_gives_transformers_loss_and_
     assert loss.item() == 0 and all(torch.count_nonzero(g) == 0 for g in grads.values()) and len(grads) > 10
 
 
+def test_a_step_over_ranks_and_micro_batches_is_the_mean_over_all_its_predicted_tokens(tiny_bert_dir, wordpiece_tokenizer):
+    """2 ranks x grad_accum 2 x 4 sequences: each micro-batch's mean loss, weighted by its share of the step's
+    predicted tokens and averaged over the ranks as DDP averages gradients, is the loss of the 16 sequences as one
+    batch, so any process count and grad_accum train alike (the mean of the micro-batches' means gave 2 x 4
+    10.33342 where 1 x 8 gave 10.33351)."""
+    from types import SimpleNamespace
+
+    from mrc_cli.config import RunConfig
+    from mrc_cli.training import TrainerState, _step_stream
+
+    corpus = collect_texts(PretrainConfig(data_files=[str(QUICKSTART / "en_train.json")]), [])
+    sequences, _ = build_sequences(corpus.texts, wordpiece_tokenizer, DataConfig(max_seq_length=128))
+    task, store = _task(wordpiece_tokenizer, sequences), FeatureTensors(sequences, torch.device("cpu"), 0)
+    batch_of = task.batch
+    task.batch = lambda store, index, rows, epoch: {**batch_of(store, index, rows, epoch), "index": index}
+    cfg = RunConfig()
+    cfg.train.batch_size, cfg.train.grad_accum = 4, 2
+    ranks = [next(_step_stream(task, store, cfg, TrainerState(), SimpleNamespace(
+        process_index=rank, num_processes=2, device=torch.device("cpu")))) for rank in range(2)]
+    predicted = [int((batch["labels"] != IGNORE_INDEX).sum()) for _, batches, _, _ in ranks for batch in batches]
+    assert len(predicted) == 4 and len(set(predicted)) > 1, predicted
+    torch.manual_seed(0)
+    model, _ = build_masked_lm(ModelConfig(name_or_path=tiny_bert_dir), 128)
+    model.eval()
+    keys = ("input_ids", "labels", "masked_positions", "attention_mask")
+
+    def loss(batch):
+        return model(**{key: value for key, value in batch.items() if key in keys}).loss
+
+    with torch.no_grad():
+        step_loss = sum(share * loss(batch) for _, batches, shares, _ in ranks
+                        for batch, share in zip(batches, shares)) / 2
+        every = [f for _, batches, _, _ in ranks for batch in batches for f in batch["index"]]
+        whole = loss(_masked(sequences, task, every))
+        plain = sum(loss(batch) for _, batches, _, _ in ranks for batch in batches) / 4
+    assert step_loss.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert plain.item() != pytest.approx(whole.item(), rel=1e-6)  # the micro-batches' plain mean, as before
+
+
 TINY = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 64, "pad_token_id": 0}
 FAMILIES = {"bert": {}, "albert": {"embedding_size": 16}, "roberta": {}, "xlm-roberta": {}, "camembert": {},
