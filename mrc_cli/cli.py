@@ -188,14 +188,16 @@ def cache(
     """Show what the cache of validated examples and features holds, or prune it: entries are kept per data file
     content and settings and never removed by the runs themselves. A run that needs a removed entry tokenizes again."""
     from mrc_cli.cache import describe, entries, prune
-    from mrc_cli.config import DataConfig
-    from mrc_cli.features import cache_root
+    from mrc_cli.features import cache_location, unwritable
 
-    root = cache_root(DataConfig(cache_dir=str(cache_dir) if cache_dir else None))
-    if unused_days is None and max_gb is None and not clear:
+    root = cache_location(str(cache_dir) if cache_dir else None)
+    if unused_days is None and max_gb is None and not clear:  # a cache of another user's may be listed
         typer.echo(f"{root}: {describe(entries(root))}")
         typer.echo("prune with --unused-days N, --max-gb G or --clear")
         return
+    problem = unwritable(root) if root.exists() else None
+    if problem:
+        raise ConfigError(f"the cache folder {root} {problem}: nothing can be removed from it")
     removed, kept = prune(root, unused_days, max_gb, clear, dry_run)
     typer.echo(f"{root}: {'would remove' if dry_run else 'removed'} {describe(removed)}; {'would keep' if dry_run else 'kept'} "
                f"{describe(kept)}")

@@ -193,10 +193,15 @@ def _progress_bars(shown: bool):
 CACHE_ENV = "MRC_CACHE_DIR"  # the cache of this machine where a run's config names none, or a model was trained elsewhere
 
 
+def cache_location(cache_dir: str | None) -> Path:
+    """The cache folder `cache_dir`, else $MRC_CACHE_DIR, else ~/.cache/mrc-cli."""
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mrc-cli")
+
+
 def cache_root(data: DataConfig) -> Path:
     """Where validated examples and features are cached: data.cache_dir, else $MRC_CACHE_DIR, else ~/.cache/mrc-cli;
     refused, before any work, where it cannot be written."""
-    root = Path(data.cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mrc-cli")
+    root = cache_location(data.cache_dir)
     problem = unwritable(root)
     if problem:
         other = "" if data.cache_dir else f" or {CACHE_ENV}"

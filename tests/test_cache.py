@@ -79,3 +79,9 @@ def test_mrc_cache_lists_and_prunes(tmp_path, wordpiece_tokenizer):
     assert "would remove 2 entries" in dry.stdout and len(entries(cache)) == 2
     cleared = runner.invoke(app, ["cache", "--cache-dir", str(cache), "--clear"])
     assert "removed 2 entries" in cleared.stdout and "kept no entries" in cleared.stdout and entries(cache) == []
+
+
+def test_mrc_cache_lists_a_missing_cache_folder_without_making_it(tmp_path):
+    result = runner.invoke(app, ["cache", "--cache-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{tmp_path / 'nowhere'}: no entries") and not (tmp_path / "nowhere").exists()
