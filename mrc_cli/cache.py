@@ -59,9 +59,9 @@ def prune(root: str | Path, unused_days: float | None = None, max_gb: float | No
     """Remove the entries not used for `unused_days`, then the least recently used ones until the cache holds at most
     `max_gb`, or all of them (`everything`); leftovers of dead processes (older than an hour) go too. Returns (removed,
     kept); `dry_run` removes nothing. A run that loads a removed entry tokenizes again."""
-    now, removed, kept = time.time(), [], []
-    held = sum(entry.bytes for entry in entries(root))
-    for entry in entries(root):
+    now, removed, kept, listed = time.time(), [], [], entries(root)
+    held = sum(entry.bytes for entry in listed)
+    for entry in listed:
         age = (now - entry.last_used) / DAY
         if entry.kind == "leftover":  # a file a running process writes is fresh: one an hour old was left behind
             goes = age > LEFTOVER_AGE / DAY
