@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from mrc_cli.checkpoint import BEST_POINTER
-from mrc_cli.errors import ConfigError
+from mrc_cli.errors import ConfigError, DataError
 from mrc_cli.files import from_json
 from mrc_cli.run_lock import in_use
 from mrc_cli.runs import NOT_RESULTS
@@ -55,7 +55,7 @@ def run_rows(folders: list[str | Path], sort: str = "f1") -> list[RunRow]:
     if not runs:
         raise ConfigError(f"no run directories (folders with {RUN_INFO}) in {', '.join(map(str, folders))}")
     base = Path(folders[0]) if len(folders) == 1 else None
-    rows = [_row(run, str(run.relative_to(base)) if base and run != base else str(run)) for run in runs]
+    rows = [_readable_row(run, str(run.relative_to(base)) if base and run != base else str(run)) for run in runs]
 
     def key(row: RunRow):
         if sort == "name":
@@ -82,6 +82,14 @@ def format_runs(rows: list[RunRow]) -> str:
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
                      for line in [header, *lines])
+
+
+def _readable_row(run_dir: Path, name: str) -> RunRow:
+    try:
+        return _row(run_dir, name)
+    except (OSError, ValueError) as err:  # a file cut by a full disk or a kill, or edited by hand
+        raise DataError(f"{run_dir}: its run files cannot be read ({type(err).__name__}: {err}); leave the folder out "
+                        "or remove it") from None
 
 
 def _row(run_dir: Path, name: str) -> RunRow:

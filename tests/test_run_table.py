@@ -34,3 +34,11 @@ def test_runs_lists_each_run_with_its_best_scores_and_the_settings_that_differ(t
         "cut", "fast", "slow"]
     assert lines[3].endswith("train.lr=0.0001")  # the one setting in which they differ (output_dir changes no weight)
     assert runner.invoke(app, ["runs", str(tmp_path / "none")]).stderr.startswith(f"Error: {tmp_path / 'none'}: no such")
+
+
+def test_a_run_whose_files_are_cut_is_named_not_a_traceback(tmp_path):
+    (tmp_path / "runs" / "cut").mkdir(parents=True)
+    (tmp_path / "runs" / "cut" / "run_info.json").write_text('{"task": "tr')  # a kill mid-write, or a hand edit
+    result = runner.invoke(app, ["runs", str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith(f"Error: {tmp_path / 'runs' / 'cut'}: its run files cannot be read (JSONDecodeError")
